@@ -1,0 +1,1 @@
+"""tokensift.hw: Amaranth generators of the accelerator blocks."""

@@ -1,0 +1,56 @@
+"""Amaranth forms of :mod:`tokensift.quant.fixed`: the same rounding and overflow rules, in gates.
+
+Every hardware block rounds and saturates through these two functions, and their fast simulator tests
+check them bit for bit against :func:`tokensift.quant.fixed.round_shift` and
+:meth:`tokensift.quant.fixed.FixedFormat.fit`.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Const, Mux, Value
+
+from tokensift.quant.fixed import FixedFormat, Overflow, Rounding
+
+__all__ = ["round_shift", "fit"]
+
+
+def round_shift(value, shift: int, rounding: Rounding = Rounding.HALF_UP) -> Value:
+    """``value / 2**shift`` rounded by ``rounding``; the result is one bit wider than needed, never wraps."""
+    value = Value.cast(value)
+    if not isinstance(shift, int) or shift < 0:
+        raise ValueError(f"shift must be a non-negative integer, not {shift!r}")
+    if shift == 0:
+        return value
+    floor = value >> shift
+    if rounding is Rounding.FLOOR:
+        return floor
+    if rounding is Rounding.HALF_UP:
+        return (value + (1 << (shift - 1))) >> shift
+    rem = value.as_unsigned()[:shift]
+    half = Const(1 << (shift - 1), shift + 1)
+    negative = value.shape().signed and value[-1]
+    if rounding is Rounding.TRUNC:
+        return floor + (negative & (rem != 0))
+    if rounding is Rounding.HALF_AWAY:
+        return floor + ((rem > half) | ((rem == half) & ~negative))
+    if rounding is Rounding.HALF_EVEN:
+        return floor + ((rem > half) | ((rem == half) & floor[0]))
+    raise TypeError(f"rounding must be a Rounding, not {rounding!r}")
+
+
+def fit(value, fmt: FixedFormat) -> tuple[Value, Value]:
+    """Bring ``value`` into ``fmt`` by its overflow mode; returns ``(result, overflowed)``.
+
+    ``result`` has ``fmt.shape``; ``overflowed`` is 1 when the input was outside the range, so a block
+    can count or flag it instead of corrupting its output silently.
+    """
+    value = Value.cast(value)
+    too_big = value > fmt.max_int
+    too_small = value < fmt.min_int
+    low = value.as_unsigned()[: fmt.bits]
+    low = low.as_signed() if fmt.signed else low
+    if fmt.overflow is Overflow.WRAP:
+        result = low
+    else:
+        result = Mux(too_big, Const(fmt.max_int, fmt.shape), Mux(too_small, Const(fmt.min_int, fmt.shape), low))
+    return result, too_big | too_small

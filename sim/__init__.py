@@ -1,0 +1,1 @@
+"""tokensift.sim: cocotb testbenches and the Verilator runner."""

@@ -1,0 +1,189 @@
+"""Build and run a cocotb testbench on Verilator for an Amaranth component.
+
+elaborate -> Verilog (:func:`amaranth.back.verilog.convert`) -> Verilator build in a per-case directory
+(through :mod:`cocotb_tools.runner`) -> run the cocotb test module -> return what it reported.
+
+Testbench modules live in :mod:`tokensift.sim` so they import from anywhere. A testbench receives its
+parameters as JSON through the ``TOKENSIFT_TB_PARAMS`` environment variable and writes its results
+(cycles, pass/fail details) as JSON to the path in ``TOKENSIFT_TB_RESULTS``; :func:`tb_params` and
+:func:`tb_report` are the testbench side of that contract.
+
+The Verilog is only rewritten when it changed, so repeated runs of the same configuration reuse the
+Verilator build (make sees nothing new).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokensift.errors import TokensiftError
+from tokensift.toolchain import find_verilator
+
+__all__ = [
+    "SimulationError",
+    "SimResult",
+    "emit_verilog",
+    "run_cocotb",
+    "tb_params",
+    "tb_report",
+    "default_build_root",
+]
+
+_PARAMS_ENV = "TOKENSIFT_TB_PARAMS"
+_RESULTS_ENV = "TOKENSIFT_TB_RESULTS"
+#: Verilator options for Amaranth output: its width-extension idioms trigger lint warnings only
+_VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT", "-O3",
+                   "--x-assign", "fast", "--x-initial", "fast", "--noassert"]
+
+
+class SimulationError(TokensiftError, RuntimeError):
+    """The simulation did not build, crashed, or one of its checks failed."""
+
+
+@dataclass
+class SimResult:
+    """What a testbench reported, plus where its files are."""
+
+    report: dict
+    build_dir: Path
+    verilog: Path
+    results_xml: Path
+    waves: Path | None = None
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def default_build_root() -> Path:
+    """Where per-case build directories go: ``$TOKENSIFT_BUILD`` or ``./build/sim``."""
+    return Path(os.environ.get("TOKENSIFT_BUILD", "build/sim")).resolve()
+
+
+def emit_verilog(component, *, name: str, path: Path | None = None) -> str:
+    """Verilog text of ``component`` with top module ``name``; written to ``path`` only if it changed."""
+    from amaranth.back import verilog
+
+    text = verilog.convert(component, name=name, emit_src=False)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+    return text
+
+
+def run_cocotb(
+    component,
+    *,
+    toplevel: str,
+    test_module: str,
+    params: dict | None = None,
+    build_dir: Path | str | None = None,
+    testcase: str | list[str] | None = None,
+    waves: bool | str = False,
+    seed: int | None = None,
+) -> SimResult:
+    """Elaborate ``component``, build it with Verilator and run ``test_module`` against it.
+
+    ``params`` reach the testbench through :func:`tb_params`; the dict it passed to :func:`tb_report`
+    comes back as ``SimResult.report``. ``waves`` is ``False``, ``True``/``"vcd"`` or ``"fst"``; the
+    waveform lands in the build directory. ``build_dir`` defaults to a directory under
+    :func:`default_build_root` named after the top level and a hash of the Verilog, so each case has
+    its own build and identical cases share one.
+    """
+    from cocotb_tools.runner import get_runner
+
+    find_verilator()
+    if waves not in (False, True, "vcd", "fst"):
+        raise ValueError(f"waves must be False, True, 'vcd' or 'fst', not {waves!r}")
+    text = emit_verilog(component, name=toplevel)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+    wave_kind = "fst" if waves == "fst" else ("vcd" if waves else None)
+    if build_dir is None:
+        build_dir = default_build_root() / f"{toplevel}-{digest}{'-' + wave_kind if wave_kind else ''}"
+    build_dir = Path(build_dir).resolve()
+    verilog_path = build_dir / f"{toplevel}.v"
+    emit_verilog(component, name=toplevel, path=verilog_path)
+
+    build_args = list(_VERILATOR_ARGS)
+    if wave_kind == "fst":
+        build_args += ["--trace-fst"]
+    runner = get_runner("verilator")
+    log_dir = build_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stamp = f"{os.getpid()}-{time.monotonic_ns()}"
+    results_json = log_dir / f"report-{stamp}.json"
+    results_xml = log_dir / f"results-{stamp}.xml"
+    env = {
+        _PARAMS_ENV: json.dumps(params or {}),
+        _RESULTS_ENV: str(results_json),
+    }
+    start = time.perf_counter()
+    try:
+        runner.build(
+            sources=[verilog_path],
+            hdl_toplevel=toplevel,
+            build_dir=build_dir,
+            build_args=build_args,
+            waves=bool(wave_kind),
+            log_file=log_dir / "build.log",
+        )
+        runner.test(
+            test_module=test_module,
+            hdl_toplevel=toplevel,
+            build_dir=build_dir,
+            test_dir=build_dir,
+            testcase=testcase,
+            extra_env=env,
+            waves=bool(wave_kind),
+            seed=seed,
+            results_xml=str(results_xml),
+            log_file=log_dir / f"test-{stamp}.log",
+        )
+    except SystemExit as exc:  # cocotb_tools.runner exits the process on failures under pytest
+        raise SimulationError(
+            f"simulation of {toplevel} failed (exit {exc.code}); see {log_dir}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a build error from make/verilator is a CalledProcessError
+        raise SimulationError(f"simulation of {toplevel} failed: {exc}; see {log_dir}") from exc
+    wall = time.perf_counter() - start
+
+    from cocotb_tools.check_results import get_results
+
+    try:
+        n_tests, n_failed = get_results(results_xml)
+    except RuntimeError:
+        raise SimulationError(f"simulation of {toplevel} ended abnormally; see {log_dir}") from None
+    if n_tests == 0:
+        raise SimulationError(f"no cocotb test of {test_module} ran against {toplevel}")
+    if n_failed:
+        raise SimulationError(f"{n_failed} of {n_tests} cocotb tests failed on {toplevel}; see {log_dir}")
+    report = json.loads(results_json.read_text()) if results_json.exists() else {}
+    waves_path = None
+    if wave_kind:
+        candidates = sorted(build_dir.glob(f"*.{wave_kind}"), key=lambda p: p.stat().st_mtime)
+        waves_path = candidates[-1] if candidates else None
+    return SimResult(report=report, build_dir=build_dir, verilog=verilog_path, results_xml=results_xml,
+                     waves=waves_path, wall_s=wall)
+
+
+# -- testbench side --------------------------------------------------------------------------------
+
+def tb_params() -> dict:
+    """Inside a cocotb test: the ``params`` given to :func:`run_cocotb`."""
+    return json.loads(os.environ.get(_PARAMS_ENV, "{}"))
+
+
+def tb_report(**values) -> None:
+    """Inside a cocotb test: merge ``values`` into the report :func:`run_cocotb` returns."""
+    path = os.environ.get(_RESULTS_ENV)
+    if not path:
+        return
+    path = Path(path)
+    current = json.loads(path.read_text()) if path.exists() else {}
+    current.update(values)
+    path.write_text(json.dumps(current))

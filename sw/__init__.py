@@ -1,0 +1,1 @@
+"""tokensift.sw"""
