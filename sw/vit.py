@@ -1,0 +1,324 @@
+"""A timm-compatible Vision Transformer whose blocks can prune tokens.
+
+Module and parameter names follow ``timm.models.vision_transformer.VisionTransformer`` exactly
+(``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.{i}.norm1``, ``blocks.{i}.attn.qkv``,
+``blocks.{i}.attn.proj``, ``blocks.{i}.norm2``, ``blocks.{i}.mlp.fc1``, ``blocks.{i}.mlp.fc2``, ``norm``,
+``head``), so a timm or DeiT state dict loads without key mapping. LayerNorm eps is 1e-6, GELU is exact and
+the fused ``qkv`` output is laid out as (3, heads, head_dim), as in timm.
+
+Token selectors (:class:`tokensift.sw.selection.TokenSelector`) sit in ``selectors``, a ``ModuleDict`` keyed by
+the index of the block they act on; each one runs either before the block (``site="pre"``) or between the
+block's attention and its MLP (``site="mid"``). The backbone never knows which method is in use.
+
+Example:
+    >>> import torch
+    >>> from tokensift.sw.vit import VisionTransformer
+    >>> model = VisionTransformer(img_size=28, patch_size=4, in_chans=1, num_classes=10,
+    ...                           embed_dim=48, depth=2, num_heads=3)
+    >>> model(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .selection import AttnInfo, TokenSelector, TokenState, masked_softmax
+
+__all__ = ["PatchEmbed", "Attention", "Mlp", "Block", "VisionTransformer"]
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, not {value}")
+    return value
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens: a ``patch_size`` x ``patch_size`` convolution with the same stride."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
+        super().__init__()
+        _check_positive_int("img_size", img_size)
+        _check_positive_int("patch_size", patch_size)
+        _check_positive_int("in_chans", in_chans)
+        _check_positive_int("embed_dim", embed_dim)
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        expected = (self.in_chans, self.img_size, self.img_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"input images must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), "
+                f"not {tuple(x.shape)}"
+            )
+        x = self.proj(x).flatten(2).transpose(1, 2)  # B, N, C
+        return self.norm(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with an optional soft keep mask over the keys.
+
+    ``keep`` (B, N) weights every key column: a token with keep 0 receives no attention from the others
+    but still attends to itself, so no row of the attention matrix is empty (DynamicViT's rule). Without a
+    mask, the fused ``scaled_dot_product_attention`` kernel runs.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        _check_positive_int("dim", dim)
+        _check_positive_int("num_heads", num_heads)
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = nn.Identity()
+        self.k_norm = nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, keep: Tensor | None = None, want_info: bool = False
+                ) -> tuple[Tensor, AttnInfo | None]:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # B, H, N, head_dim
+        q, k = self.q_norm(q), self.k_norm(k)
+        cls_attn = None
+        if keep is None:
+            o = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+            if want_info:
+                # the class token's attention row only: O(N) extra work, not a second attention pass
+                cls_attn = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)[:, :, 0]
+        else:
+            attn = masked_softmax((q * self.scale) @ k.transpose(-2, -1), keep)
+            if want_info:
+                cls_attn = attn[:, :, 0]
+            o = self.attn_drop(attn) @ v
+        info = None
+        if want_info:
+            sq = o.square()
+            if keep is not None:
+                sq = sq * keep[:, None, :, None]
+            info = AttnInfo(cls_attn=cls_attn, head_norm=sq.sum(dim=(-2, -1)).sqrt())
+        x = o.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x)), info
+
+
+class Mlp(nn.Module):
+    """fc1 -> exact GELU -> fc2, timm's ``Mlp``."""
+
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.norm = nn.Identity()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity at inference)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block, split in two halves so a selector can act between them."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                              proj_drop=proj_drop)
+        self.ls1 = nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        self.ls2 = nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward_attn(self, x: Tensor, keep: Tensor | None = None, want_info: bool = False
+                     ) -> tuple[Tensor, AttnInfo | None]:
+        y, info = self.attn(self.norm1(x), keep=keep, want_info=want_info)
+        return x + self.drop_path1(self.ls1(y)), info
+
+    def forward_mlp(self, x: Tensor) -> Tensor:
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_mlp(self.forward_attn(x)[0])
+
+
+class VisionTransformer(nn.Module):
+    """ViT / DeiT with optional token selectors.
+
+    Args:
+        img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias,
+        drop_rate, attn_drop_rate, drop_path_rate: as in timm.
+        selectors: block index -> :class:`TokenSelector`; empty for the dense model.
+    """
+
+    def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 selectors: Mapping[int, TokenSelector] | None = None):
+        super().__init__()
+        _check_positive_int("depth", depth)
+        _check_positive_int("num_classes", num_classes)
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.num_prefix_tokens = 1
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop=drop_rate, attn_drop=attn_drop_rate,
+                  drop_path=dpr[i])
+            for i in range(depth)
+        ])
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.fc_norm = nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes)
+        self._init_weights()
+        self.selectors = nn.ModuleDict()
+        for index, selector in (selectors or {}).items():
+            self.add_selector(index, selector)
+
+    # -- construction -----------------------------------------------------------------------------------
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def add_selector(self, block_index: int, selector: TokenSelector) -> None:
+        """Attach ``selector`` to block ``block_index`` (before it or between its attention and MLP)."""
+        if not isinstance(selector, TokenSelector):
+            raise TypeError(f"selector must be a TokenSelector, not {type(selector).__name__}")
+        if not isinstance(block_index, int) or not 0 <= block_index < len(self.blocks):
+            raise ValueError(f"selector block index must be in [0, {len(self.blocks) - 1}], not {block_index!r}")
+        if str(block_index) in self.selectors:
+            raise ValueError(f"block {block_index} already has a token selector")
+        if selector.site == "pre" and block_index == 0 and selector.needs_attn_info:
+            raise ValueError("a selector that needs attention scores cannot run before block 0")
+        self.selectors[str(block_index)] = selector
+        # stages are numbered in block order, so the schedule is independent of insertion order
+        ordered = sorted(self.selectors.items(), key=lambda kv: int(kv[0]))
+        self.selectors = nn.ModuleDict(ordered)
+        for stage, (_, sel) in enumerate(ordered):
+            sel.stage = stage
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_patches(self) -> int:
+        return self.patch_embed.num_patches
+
+    def stage_selectors(self) -> list[tuple[int, TokenSelector]]:
+        """(block index, selector) pairs in stage order."""
+        return [(int(k), s) for k, s in self.selectors.items()]
+
+    def set_keep_ratio(self, keep_ratio: float) -> None:
+        """Change the base keep ratio of every selector at run time (no retraining)."""
+        for _, sel in self.stage_selectors():
+            sel.set_keep_ratio(keep_ratio)
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def _embed(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.pos_drop(x)
+
+    def forward_state(self, x: Tensor, path: str | None = None) -> TokenState:
+        """Run embedding, blocks and final norm; return the final :class:`TokenState`.
+
+        ``path`` is ``"mask"`` (tokens stay, masked in attention: differentiable decisions) or
+        ``"gather"`` (tokens are removed, so compute shrinks); by default ``"mask"`` in training mode
+        and ``"gather"`` in eval mode.
+        """
+        if path is None:
+            path = "mask" if self.training else "gather"
+        if path not in ("mask", "gather"):
+            raise ValueError(f"path must be 'mask' or 'gather', not {path!r}")
+        x = self._embed(x)
+        state = TokenState.initial(x, path=path)
+        sels = {int(k): s for k, s in self.selectors.items()}
+        for i, blk in enumerate(self.blocks):
+            pre, mid = None, None
+            sel = sels.get(i)
+            if sel is not None:
+                pre, mid = (sel, None) if sel.site == "pre" else (None, sel)
+            nxt = sels.get(i + 1)
+            want_info = (mid is not None and mid.needs_attn_info) or (
+                nxt is not None and nxt.site == "pre" and nxt.needs_attn_info)
+            if pre is not None:
+                state = pre(state, state.attn_info)
+            state.record_block(attn=True)
+            x, info = blk.forward_attn(state.x, keep=state.keep, want_info=want_info)
+            state = state.replace(x=x, attn_info=info)
+            if mid is not None:
+                state = mid(state, info)
+            state.record_block(attn=False)
+            state = state.replace(x=blk.forward_mlp(state.x))
+        return state.replace(x=self.norm(state.x))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.forward_state(x).x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.head_drop(self.fc_norm(x[:, 0]))  # class token pooling ('token'), as DeiT
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def extra_repr(self) -> str:
+        return f"num_patches={self.num_patches}, selectors={len(self.selectors)}"
+
+
+def _unused() -> None:  # pragma: no cover - keeps math imported for doctest users
+    math.sqrt(1)

