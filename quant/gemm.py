@@ -1,0 +1,187 @@
+"""Integer GEMM and the integer linear layer: int8 x int8 -> int32 -> requantized int8.
+
+Arithmetic contract (what the matrix hardware computes, bit for bit):
+
+1. Operands are signed integers of ``a_bits`` and ``b_bits`` (int8 by default); values outside those
+   widths are rejected (they are a bug upstream, not an overflow).
+2. Each output is the **exact** sum of products plus the bias (hardware: an accumulator with enough guard
+   bits, ``a_bits + b_bits - 1 + ceil(log2(K + 1))`` for ``K`` terms). The exact sum is then saturated
+   **once** into ``acc_bits`` (int32 by default); every value that did not fit is counted in the
+   :class:`~tokensift.quant.fixed.OverflowCounter` under the site name. With int8 operands and no bias
+   the int32 accumulator can only overflow for ``K >= 2**17`` terms; a bias can make it overflow earlier.
+3. Requantization: ``out = fit(round_shift(acc * multiplier, shift))`` by
+   :func:`tokensift.quant.fixed.requantize` (round half up, saturate, count), with one
+   ``(multiplier, shift)`` per output channel (per-channel weight scales).
+
+>>> a = np.array([[1, 2], [3, 4]])
+>>> b = np.array([[5, 6], [7, 8]])
+>>> matmul_int(a, b).tolist()
+[[19, 22], [43, 50]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, requantize
+from tokensift.quant.qparams import (
+    MULTIPLIER_BITS,
+    quantize_bias,
+    quantize_multiplier,
+    quantize_tensor,
+    quantize_weight_per_channel,
+)
+
+__all__ = ["matmul_int", "requantize_per_channel", "IntLinear"]
+
+
+def _check_bits(name: str, value: object, low: int, high: int) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+    return int(value)
+
+
+def _int_operand(name: str, values, bits: int) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers, not {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    fmt = FixedFormat(bits=bits)
+    if arr.size and not fmt.contains(arr):
+        raise ValueError(f"{name} values must fit in signed {bits} bits, between {fmt.min_int} and {fmt.max_int}")
+    return arr
+
+
+def matmul_int(a, b, bias=None, *, a_bits: int = 8, b_bits: int = 8, acc_bits: int = 32,
+               counter: OverflowCounter | None = None, site: str = "gemm") -> np.ndarray:
+    """``fit_acc(a @ b + bias)``: signed integer matrix product with a saturating ``acc_bits`` result.
+
+    Args:
+        a: (..., M, K) integers of ``a_bits`` bits.
+        b: (K, N) or (..., K, N) integers of ``b_bits`` bits.
+        bias: optional (N,) integers of ``acc_bits`` bits, added to the exact sum.
+        a_bits, b_bits: operand widths, 2..16. acc_bits: accumulator width, 2..32.
+        counter, site: where saturated accumulators are counted.
+
+    Returns:
+        int64 array of (..., M, N) accumulators, each within ``acc_bits`` signed bits.
+    """
+    a_bits = _check_bits("a_bits", a_bits, 2, 16)
+    b_bits = _check_bits("b_bits", b_bits, 2, 16)
+    acc_bits = _check_bits("acc_bits", acc_bits, 2, 32)
+    x = _int_operand("a", a, a_bits)
+    w = _int_operand("b", b, b_bits)
+    if x.ndim < 2 or w.ndim < 2:
+        raise ValueError(f"a and b must have at least two dimensions, not {x.ndim} and {w.ndim}")
+    if x.shape[-1] != w.shape[-2]:
+        raise ValueError(f"inner dimensions must agree, not {x.shape[-1]} and {w.shape[-2]}")
+    # |a*b| <= 2**30 and K < 2**32 keep the exact int64 sum far from overflow
+    if x.shape[-1] >= 1 << 32:
+        raise ValueError(f"the inner dimension must be below 2**32, not {x.shape[-1]}")
+    acc = np.matmul(x, w)
+    if bias is not None:
+        bq = _int_operand("bias", bias, acc_bits)
+        if bq.shape != (w.shape[-1],):
+            raise ValueError(f"bias must have shape ({w.shape[-1]},), not {bq.shape}")
+        acc = acc + bq
+    return FixedFormat(bits=acc_bits).fit(acc, counter=counter, site=site)
+
+
+def requantize_per_channel(acc, multipliers, shifts, out: FixedFormat = INT8, *,
+                           counter: OverflowCounter | None = None, site: str = "requantize") -> np.ndarray:
+    """Requantize the last axis channel by channel, each with its own ``(multiplier, shift)``.
+
+    Channels that share a ``(multiplier, shift)`` pair go through one call of
+    :func:`~tokensift.quant.fixed.requantize`, so the result is that function's, bit for bit.
+    """
+    x = np.asarray(acc)
+    m = np.asarray(multipliers)
+    s = np.asarray(shifts)
+    if m.shape != (x.shape[-1],) or s.shape != (x.shape[-1],):
+        raise ValueError(f"multipliers and shifts must have shape ({x.shape[-1]},), not {m.shape} and {s.shape}")
+    if not (np.issubdtype(m.dtype, np.integer) and np.issubdtype(s.dtype, np.integer)):
+        raise TypeError("multipliers and shifts must be integers")
+    result = np.empty(x.shape, dtype=np.int64)
+    pairs = np.stack([m.astype(np.int64), s.astype(np.int64)], axis=1)
+    for mult, shift in np.unique(pairs, axis=0):
+        cols = np.flatnonzero((pairs[:, 0] == mult) & (pairs[:, 1] == shift))
+        result[..., cols] = requantize(x[..., cols], int(mult), int(shift), out, counter=counter, site=site)
+    return result
+
+
+@dataclass(frozen=True)
+class IntLinear:
+    """An integer ``nn.Linear``: int8 inputs, per-channel int8 weights, int32 bias, requantized outputs.
+
+    ``y_q = requantize_c(x_q @ weight.T + bias)`` with ``real(y) ~= out_scale[c] * y_q``. The integer
+    fields are what the hardware is built with; the real scales document what the codes mean.
+
+    Attributes:
+        weight: (out, in) int64 codes of ``w_bits`` bits. bias: (out,) accumulator codes at scale
+            ``in_scale * weight_scale[c]``.
+        multipliers, shifts: (out,) requantization constants, ``multiplier * 2**-shift ~=
+            in_scale * weight_scale[c] / out_scale[c]``.
+        in_bits, w_bits, acc_bits: widths. out: output format.
+        in_scale, weight_scale, out_scale: the real meaning of the codes.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    multipliers: np.ndarray
+    shifts: np.ndarray
+    in_scale: float
+    weight_scale: np.ndarray
+    out_scale: np.ndarray
+    in_bits: int = 8
+    w_bits: int = 8
+    acc_bits: int = 32
+    out: FixedFormat = INT8
+
+    @classmethod
+    def from_float(cls, weight, bias, *, in_scale: float, out_scale, in_bits: int = 8, w_bits: int = 8,
+                   acc_bits: int = 32, out: FixedFormat = INT8, multiplier_bits: int = MULTIPLIER_BITS,
+                   counter: OverflowCounter | None = None, site: str = "linear") -> IntLinear:
+        """Quantize a real ``(out, in)`` weight and ``(out,)`` bias.
+
+        ``out_scale`` is a number (per-tensor output) or an ``(out,)`` array (one scale per output
+        channel, e.g. q, k and v of a fused ``qkv`` layer with their own scales).
+        """
+        w = np.asarray(weight, dtype=np.float64)
+        if w.ndim != 2:
+            raise ValueError(f"weight must have shape (out, in), not {w.shape}")
+        n_out = w.shape[0]
+        wq, ws = quantize_weight_per_channel(w, bits=w_bits)
+        b = np.zeros(n_out) if bias is None else np.asarray(bias, dtype=np.float64)
+        bq = quantize_bias(b, in_scale, ws, acc_bits, counter=counter, site=f"{site}.bias")
+        os_ = np.broadcast_to(np.asarray(out_scale, dtype=np.float64), (n_out,)).copy()
+        pairs = [quantize_multiplier(float(in_scale) * float(ws[c]) / float(os_[c]), multiplier_bits)
+                 for c in range(n_out)]
+        mult = np.array([p[0] for p in pairs], dtype=np.int64)
+        shift = np.array([p[1] for p in pairs], dtype=np.int64)
+        return cls(weight=wq, bias=bq, multipliers=mult, shifts=shift, in_scale=float(in_scale),
+                   weight_scale=ws, out_scale=os_, in_bits=in_bits, w_bits=w_bits, acc_bits=acc_bits, out=out)
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    def accumulate(self, x_q, *, counter: OverflowCounter | None = None, site: str = "linear") -> np.ndarray:
+        """The int32 accumulators ``x_q @ weight.T + bias`` (saturated, counted)."""
+        return matmul_int(x_q, self.weight.T, self.bias, a_bits=self.in_bits, b_bits=self.w_bits,
+                          acc_bits=self.acc_bits, counter=counter, site=f"{site}.acc")
+
+    def __call__(self, x_q, *, counter: OverflowCounter | None = None, site: str = "linear") -> np.ndarray:
+        acc = self.accumulate(x_q, counter=counter, site=site)
+        return requantize_per_channel(acc, self.multipliers, self.shifts, self.out, counter=counter,
+                                      site=f"{site}.out")
+
+    def quantize_input(self, x, *, counter: OverflowCounter | None = None, site: str = "linear.in") -> np.ndarray:
+        """Real inputs -> codes at ``in_scale`` (the boundary from the float world)."""
+        return quantize_tensor(x, self.in_scale, self.in_bits, counter=counter, site=site)
