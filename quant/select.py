@@ -1,0 +1,489 @@
+"""Integer token selection: head-weighted scores, top-k / threshold keep, the package token.
+
+The bit-exact reference of the hardware token selector (:mod:`tokensift.hw.selector`); the PyTorch side
+(:mod:`tokensift.sw.selection`) follows the same selection rule. NumPy ``int64`` throughout, no floats
+inside a kernel; every rounding goes through :func:`tokensift.quant.fixed.round_shift` and every
+saturation through :meth:`tokensift.quant.fixed.FixedFormat.fit`.
+
+Conventions
+-----------
+* A frame holds ``N`` tokens; index 0 is the class token, 1..N-1 are the patch tokens (the
+  *candidates*). The class token is always kept and its score is ignored.
+* ``k`` counts **patch tokens**: top-k keeps the class token plus the ``k`` best candidates, so a frame
+  keeps ``1 + k`` tokens and ``0 <= k <= N - 1`` (as ``sw.selection.TokenSelector.num_keep``).
+* Tie rule: a higher score wins; among equal scores the **lower index** wins. Kept tokens stay in their
+  original order.
+* Threshold mode keeps the class token plus every candidate whose score is **strictly greater** than
+  the threshold (AS-ViT's hard inference rule).
+* Scores are unsigned ``score_bits`` integers (higher = more worth keeping); features are signed
+  ``feature_bits`` integers.
+
+The hardware finds the k-th largest candidate score ``v`` by a radix (histogram) search,
+:func:`radix_threshold`, and how many of the candidates equal to ``v`` to admit (``ties``); a token is
+then kept when ``score > v`` or when it is one of the first ``ties`` candidates with ``score == v``.
+Threshold mode is the same rule with ``v = T`` and ``ties = 0``.
+
+>>> mask, idx = topk_keep([9, 5, 7, 7, 7, 1], k=2, n=6)
+>>> idx.tolist()  # class token, the 7 at index 2 and the 7 at index 3 (lower index wins the tie)
+[0, 2, 3]
+>>> threshold_keep([0, 5, 7, 7, 7, 1], t=5, n=6)[1].tolist()
+[0, 2, 3, 4]
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+from tokensift.quant.fixed import FixedFormat, OverflowCounter, Rounding, round_shift
+
+__all__ = [
+    "Mode",
+    "Status",
+    "RADIX_BITS",
+    "FIELD_BITS",
+    "SCORE_FORMAT",
+    "SelectorParams",
+    "SelectResult",
+    "isqrt_newton",
+    "head_importance",
+    "head_weighted_scores",
+    "radix_threshold",
+    "keep_by_threshold",
+    "topk_keep",
+    "threshold_keep",
+    "package_token",
+    "check_runtime",
+    "select_frame",
+]
+
+#: bits of one radix digit of the hardware's histogram search (16 histogram bins)
+RADIX_BITS = 4
+#: width of the run-time ``n_tokens`` and ``k`` fields of the selector's command
+FIELD_BITS = 16
+#: default score format of :func:`head_weighted_scores`: unsigned, 16 bits, values in [0, 2)
+SCORE_FORMAT = FixedFormat(bits=16, frac=15, signed=False)
+
+
+class Mode(enum.IntEnum):
+    """Selection rule of one frame (the hardware's ``mode`` command bit)."""
+
+    TOPK = 0
+    THRESHOLD = 1
+
+
+class Status(enum.IntEnum):
+    """Outcome of a frame's run-time settings; anything but ``OK`` means no token is output.
+
+    Checked in this order: ``N_ZERO`` (N = 0), ``N_TOO_LARGE`` (N > n_max), ``K_TOO_LARGE``
+    (top-k with k > N - 1, i.e. more patch tokens than the frame has).
+    """
+
+    OK = 0
+    N_ZERO = 1
+    N_TOO_LARGE = 2
+    K_TOO_LARGE = 3
+
+
+def _check_int(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+    return int(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectorParams:
+    """Elaboration parameters of the token selector, shared by the reference, the hardware and its costs.
+
+    Attributes:
+        n_max: most tokens per frame (class token included), 2..4096.
+        dim: features per token, 1..8192, a multiple of ``lanes``.
+        score_bits: width of the unsigned scores, 1..24 (one score times one feature fits one DSP).
+        feature_bits: width of the signed features, 2..16.
+        lanes: features moved per stream beat, and parallel multipliers of the package token.
+        package: whether the package-token datapath is built.
+
+    >>> p = SelectorParams(n_max=197, dim=384, lanes=16, package=True)
+    >>> p.beats, p.digits, p.idx_bits, p.count_bits
+    (24, 4, 8, 8)
+    >>> SelectorParams(n_max=8, dim=30, lanes=8)
+    Traceback (most recent call last):
+    ...
+    ValueError: dim must be a multiple of lanes, not dim=30 with lanes=8
+    """
+
+    n_max: int
+    dim: int
+    score_bits: int = 16
+    feature_bits: int = 8
+    lanes: int = 16
+    package: bool = False
+
+    def __post_init__(self):
+        _check_int("n_max", self.n_max, 2, 4096)
+        _check_int("dim", self.dim, 1, 8192)
+        _check_int("score_bits", self.score_bits, 1, 24)
+        _check_int("feature_bits", self.feature_bits, 2, 16)
+        _check_int("lanes", self.lanes, 1, 256)
+        if not isinstance(self.package, bool):
+            raise TypeError(f"package must be a bool, not {type(self.package).__name__}")
+        if self.dim % self.lanes:
+            raise ValueError(f"dim must be a multiple of lanes, not dim={self.dim} with lanes={self.lanes}")
+
+    @property
+    def beats(self) -> int:
+        """Stream beats per token: ``dim // lanes``."""
+        return self.dim // self.lanes
+
+    @property
+    def idx_bits(self) -> int:
+        """Width of a token index (0..n_max-1)."""
+        return max(1, (self.n_max - 1).bit_length())
+
+    @property
+    def count_bits(self) -> int:
+        """Width of a token count (0..n_max)."""
+        return self.n_max.bit_length()
+
+    @property
+    def digits(self) -> int:
+        """Radix digits of the histogram search: ``ceil(score_bits / RADIX_BITS)``."""
+        return -(-self.score_bits // RADIX_BITS)
+
+    @property
+    def sum_bits(self) -> int:
+        """Width of a sum of up to n_max scores."""
+        return self.score_bits + self.count_bits
+
+    @property
+    def acc_bits(self) -> int:
+        """Width of the signed package accumulators (sum of n_max score x feature products)."""
+        return self.feature_bits + self.score_bits + self.count_bits + 1
+
+    @property
+    def feature_format(self) -> FixedFormat:
+        return FixedFormat(bits=self.feature_bits, frac=0, signed=True, rounding=Rounding.HALF_UP)
+
+
+# -- scores -----------------------------------------------------------------------------------------------
+def _ints(name: str, values, ndim: int | None = None) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        arr = arr.astype(np.int64)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers, not {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension{'s' if ndim != 1 else ''}, not {arr.ndim}")
+    return arr
+
+
+def _in_range(name: str, arr: np.ndarray, low: int, high: int) -> None:
+    if arr.size and (arr.min() < low or arr.max() > high):
+        raise ValueError(f"{name} must lie in [{low}, {high}], not [{arr.min()}, {arr.max()}]")
+
+
+def isqrt_newton(values) -> np.ndarray:
+    """Floor square root of non-negative integers by Newton's iteration (I-BERT's integer sqrt).
+
+    Start from ``x0 = 2**ceil(bit_length / 2) >= sqrt(n)`` and iterate ``x <- (x + n // x) >> 1`` while
+    it decreases; the last decreasing iterate is ``floor(sqrt(n))``. Integer floor divisions only.
+
+    >>> isqrt_newton([0, 1, 15, 16, 17, 2**40]).tolist()
+    [0, 1, 3, 4, 4, 1048576]
+    """
+    n = _ints("values", values)
+    if n.size and n.min() < 0:
+        raise ValueError(f"values must be non-negative, not {n.min()}")
+    bits = np.array([int(v).bit_length() for v in n.ravel()], dtype=np.int64).reshape(n.shape)
+    x = np.left_shift(np.ones_like(n), (bits + 1) // 2)
+    x = np.where(n == 0, 0, x)
+    while True:
+        safe = np.where(x == 0, 1, x)
+        y = round_shift(x + n // safe, 1, Rounding.FLOOR)
+        better = (y < x) & (n > 0)
+        if not better.any():
+            return x
+        x = np.where(better, y, x)
+
+
+def head_importance(head_outputs, *, out_frac: int = 8, feature_bits: int = 8) -> np.ndarray:
+    """AS-ViT head importance: each head's output L2 norm, normalised across heads, as unsigned fixed point.
+
+    ``head_outputs`` is (H, N, head_dim) signed ``feature_bits`` integers (the per-head attention outputs
+    before the projection). For head ``h``: ``norm_h = isqrt_newton(sum(x**2))`` (the floor of the L2
+    norm in units of one feature LSB), then
+
+        ``w_h = round_shift((norm_h << (out_frac + 1)) // sum(norm), 1, HALF_UP)``
+
+    i.e. ``norm_h / sum(norm)`` rounded half up to ``out_frac`` fractional bits (the floor division
+    keeps one extra bit, and the shared rounding rule rounds it away). When every norm is zero the heads
+    weigh equally: ``w_h = round_shift((1 << (out_frac + 1)) // H, 1, HALF_UP)``.
+
+    >>> x = np.zeros((2, 3, 4), dtype=np.int64); x[0] = 3; x[1] = 1
+    >>> head_importance(x, out_frac=8).tolist()  # norms 10 and 3: 10/13 and 3/13 of 256
+    [197, 59]
+    """
+    _check_int("out_frac", out_frac, 0, 30)
+    _check_int("feature_bits", feature_bits, 2, 16)
+    x = _ints("head_outputs", head_outputs, ndim=3)
+    if x.shape[0] == 0:
+        raise ValueError("head_outputs must hold at least one head")
+    _in_range("head_outputs", x, -(1 << (feature_bits - 1)), (1 << (feature_bits - 1)) - 1)
+    norms = isqrt_newton((x * x).reshape(x.shape[0], -1).sum(axis=1))
+    total = int(norms.sum())
+    if total == 0:
+        norms, total = np.ones_like(norms), x.shape[0]
+    return round_shift((norms << (out_frac + 1)) // total, 1, Rounding.HALF_UP)
+
+
+def head_weighted_scores(class_attn_rows, head_importance, *, attn_frac: int, importance_frac: int,
+                         score: FixedFormat = SCORE_FORMAT,
+                         counter: OverflowCounter | None = None) -> np.ndarray:
+    """Token scores: the class token's attention, summed over heads weighted by head importance.
+
+    ``class_attn_rows`` (H, N) are unsigned probabilities with ``attn_frac`` fractional bits (row 0 of
+    each head's integer softmax); ``head_importance`` (H,) unsigned weights with ``importance_frac``
+    fractional bits (:func:`head_importance`, or ``round(2**f / H)`` each for EViT's mean over heads).
+    The exact sum ``acc_i = sum_h a[h, i] * w[h]`` has ``attn_frac + importance_frac`` fractional bits;
+    it is rounded to ``score.frac`` bits by ``round_shift(acc, attn_frac + importance_frac - score.frac,
+    score.rounding)`` and saturated into ``score`` (values that did not fit are counted in ``counter``).
+
+    >>> head_weighted_scores([[128, 64], [0, 256]], [128, 128], attn_frac=8, importance_frac=8,
+    ...                      score=FixedFormat(bits=8, frac=7, signed=False)).tolist()
+    [32, 80]
+    """
+    _check_int("attn_frac", attn_frac, 0, 30)
+    _check_int("importance_frac", importance_frac, 0, 30)
+    if not isinstance(score, FixedFormat):
+        raise TypeError(f"score must be a FixedFormat, not {type(score).__name__}")
+    if score.signed:
+        raise ValueError("score must be an unsigned FixedFormat, not a signed one")
+    a = _ints("class_attn_rows", class_attn_rows, ndim=2)
+    w = _ints("head_importance", head_importance, ndim=1)
+    if a.shape[0] != w.shape[0]:
+        raise ValueError(f"class_attn_rows and head_importance must have the same number of heads, "
+                         f"not {a.shape[0]} and {w.shape[0]}")
+    _in_range("class_attn_rows", a, 0, (1 << 31) - 1)
+    _in_range("head_importance", w, 0, (1 << 31) - 1)
+    acc = (a * w[:, None]).sum(axis=0)
+    return score.fit(round_shift(acc, attn_frac + importance_frac - score.frac, score.rounding),
+                     counter=counter, site="head_weighted_scores")
+
+
+# -- selection --------------------------------------------------------------------------------------------
+def _scores_for(scores, n: int) -> np.ndarray:
+    s = _ints("scores", scores, ndim=1)
+    n = _check_int("n", n, 1, 1 << 20)
+    if s.shape[0] < n:
+        raise ValueError(f"scores must hold at least n={n} values, not {s.shape[0]}")
+    s = s[:n]
+    if s.min() < 0:
+        raise ValueError(f"scores must be non-negative, not {s.min()}")
+    return s
+
+
+def radix_threshold(scores, k: int, n: int, *, score_bits: int, radix_bits: int = RADIX_BITS) -> tuple[int, int]:
+    """The hardware's histogram search: ``(v, ties)`` such that top-k keeps ``score > v`` plus ties.
+
+    Candidates are ``scores[1:n]``. Digits of ``radix_bits`` are resolved from the most significant one
+    down (``score_bits`` is padded up to a whole number of digits): a histogram of the current digit
+    over the candidates whose higher digits equal the prefix found so far, then a scan of the bins from
+    the top picks the first bin where the running count reaches the remaining rank. At the end ``v`` is
+    the k-th largest candidate score and ``ties = k - #(score > v)`` (for ``k = 0``: ``v`` is all ones,
+    ``ties = 0``).
+
+    >>> radix_threshold([0, 3, 9, 9, 2], 2, 5, score_bits=4)
+    (9, 2)
+    >>> radix_threshold([0, 3, 9, 9, 2], 3, 5, score_bits=4)
+    (3, 1)
+    """
+    s = _scores_for(scores, n)
+    _check_int("score_bits", score_bits, 1, 62)
+    _check_int("radix_bits", radix_bits, 1, 16)
+    k = _check_int("k", k, 0, n - 1)
+    _in_range("scores", s, 0, (1 << score_bits) - 1)
+    cand = s[1:]
+    digits = -(-score_bits // radix_bits)
+    bins = 1 << radix_bits
+    prefix, rank = 0, k
+    for d in range(digits):
+        low = (digits - 1 - d) * radix_bits
+        matching = cand[(cand >> (low + radix_bits)) == prefix]
+        hist = np.bincount((matching >> low) & (bins - 1), minlength=bins)
+        cum, sel = 0, 0
+        for b in range(bins - 1, -1, -1):
+            if cum + int(hist[b]) >= rank:
+                sel = b
+                break
+            cum += int(hist[b])
+        prefix = (prefix << radix_bits) | sel
+        rank -= cum
+    return prefix, rank
+
+
+def keep_by_threshold(scores, v: int, ties: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The compaction rule: keep index 0, every ``score > v``, and the first ``ties`` with ``score == v``.
+
+    Returns ``(mask, indices)``: a bool mask over the ``n`` tokens and the kept indices in ascending
+    (original) order.
+    """
+    s = _scores_for(scores, n)
+    greater = s > v
+    equal = s == v
+    equal[0] = False
+    admitted = equal & (np.cumsum(equal) <= ties)
+    mask = greater | admitted
+    mask[0] = True
+    return mask, np.flatnonzero(mask).astype(np.int64)
+
+
+def topk_keep(scores, k: int, n: int, *, score_bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the class token and the ``k`` best of the ``n - 1`` patch tokens (lower index wins ties).
+
+    ``scores[:n]`` are used (``scores[0]``, the class token's, is ignored); ``0 <= k <= n - 1``.
+    ``score_bits`` defaults to the width of the largest score. Returns ``(mask, indices)`` as
+    :func:`keep_by_threshold`; computed the hardware's way (:func:`radix_threshold` then compaction).
+    """
+    s = _scores_for(scores, n)
+    bits = (int(s.max()).bit_length() or 1) if score_bits is None else score_bits
+    v, ties = radix_threshold(s, k, n, score_bits=bits)
+    return keep_by_threshold(s, v, ties, n)
+
+
+def threshold_keep(scores, t: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the class token and every patch token whose score is strictly greater than ``t``."""
+    t = _check_int("t", t, 0, (1 << 62) - 1)
+    return keep_by_threshold(scores, t, 0, n)
+
+
+def package_token(features, scores, pruned_mask, *, feature_bits: int = 8) -> np.ndarray:
+    """SPViT/HeatViT package token: the pruned tokens' features averaged with their scores as weights.
+
+    With ``acc_c = sum_{i pruned} s_i * x[i, c]`` and ``S = sum_{i pruned} s_i`` (exact integers):
+
+        ``p_c = fit(round_shift((2 * acc_c) // S, 1, HALF_UP))``
+
+    ``//`` is floor division (what a restoring divider computes); taking one extra quotient bit and
+    rounding it half up gives exactly ``floor(acc_c / S + 1/2)``, i.e. ``acc_c / S`` rounded half up.
+    The result is a convex combination of the features, so it always fits ``feature_bits`` (``fit`` is
+    kept for safety). With no pruned token, or when the pruned scores sum to 0, the package token is
+    all zeros.
+
+    >>> package_token([[0, 0], [10, -10], [20, 5]], [0, 1, 2], [False, True, True]).tolist()
+    [17, 0]
+    """
+    x = _ints("features", features, ndim=2)
+    s = _ints("scores", scores, ndim=1)
+    m = np.asarray(pruned_mask)
+    if m.dtype != bool:
+        raise TypeError(f"pruned_mask must be a bool array, not {m.dtype}")
+    if not (x.shape[0] == s.shape[0] == m.shape[0]):
+        raise ValueError(f"features, scores and pruned_mask must have the same number of tokens, "
+                         f"not {x.shape[0]}, {s.shape[0]} and {m.shape[0]}")
+    fmt = FixedFormat(bits=_check_int("feature_bits", feature_bits, 2, 16), frac=0)
+    _in_range("features", x, fmt.min_int, fmt.max_int)
+    _in_range("scores", s, 0, (1 << 40) - 1)
+    w = np.where(m, s, 0)
+    total = int(w.sum())
+    if total == 0:
+        return np.zeros(x.shape[1], dtype=np.int64)
+    acc = (w[:, None] * x).sum(axis=0)
+    return fmt.fit(round_shift((2 * acc) // total, 1, Rounding.HALF_UP))
+
+
+# -- one frame, as the hardware sees it -------------------------------------------------------------------
+@dataclass
+class SelectResult:
+    """What the selector outputs for one frame.
+
+    Attributes:
+        status: :class:`Status`; when not ``OK`` nothing else is output (``n_kept`` is 0).
+        n_kept: kept tokens, class token included, package token excluded.
+        indices: original indices of the kept tokens, ascending (n_kept,).
+        mask: bool keep mask over the frame's N tokens (all False when the status is not OK).
+        tokens: kept features (n_kept, dim).
+        package: the package token (dim,), or None when not requested or the status is not OK.
+        threshold, ties: the compaction rule that was applied (see :func:`keep_by_threshold`).
+    """
+
+    status: Status
+    n_kept: int
+    indices: np.ndarray
+    mask: np.ndarray
+    tokens: np.ndarray
+    package: np.ndarray | None
+    threshold: int = 0
+    ties: int = 0
+
+
+def check_runtime(params: SelectorParams, *, n_tokens: int, mode: Mode, k: int | None = None,
+                  threshold: int | None = None) -> Status:
+    """The status the hardware reports for a frame's run-time settings.
+
+    Settings the command cannot even hold (negative, wider than its fields) raise ValueError; settings
+    it can hold but that make no sense for the frame give a :class:`Status` other than ``OK``.
+
+    >>> p = SelectorParams(n_max=8, dim=4, lanes=4)
+    >>> [check_runtime(p, n_tokens=n, mode=Mode.TOPK, k=k).name for n, k in [(5, 4), (5, 5), (9, 0), (0, 0)]]
+    ['OK', 'K_TOO_LARGE', 'N_TOO_LARGE', 'N_ZERO']
+    """
+    if not isinstance(params, SelectorParams):
+        raise TypeError(f"params must be SelectorParams, not {type(params).__name__}")
+    if not isinstance(mode, Mode):
+        raise TypeError(f"mode must be a Mode, not {type(mode).__name__}")
+    n = _check_int("n_tokens", n_tokens, 0, (1 << FIELD_BITS) - 1)
+    if mode is Mode.TOPK:
+        if k is None:
+            raise TypeError("k must be an integer in top-k mode, not None")
+        k = _check_int("k", k, 0, (1 << FIELD_BITS) - 1)
+    else:
+        if threshold is None:
+            raise TypeError("threshold must be an integer in threshold mode, not None")
+        _check_int("threshold", threshold, 0, (1 << params.score_bits) - 1)
+    if n == 0:
+        return Status.N_ZERO
+    if n > params.n_max:
+        return Status.N_TOO_LARGE
+    if mode is Mode.TOPK and k > n - 1:
+        return Status.K_TOO_LARGE
+    return Status.OK
+
+
+def select_frame(params: SelectorParams, scores, features, *, mode: Mode, k: int | None = None,
+                 threshold: int | None = None, package: bool | None = None) -> SelectResult:
+    """The selector's output for one frame of ``N = len(scores)`` tokens, bit for bit.
+
+    ``features`` is (N, dim). ``package`` defaults to ``params.package`` and needs it. Invalid run-time
+    settings give a result with a non-``OK`` status and no tokens (see :func:`check_runtime`).
+    """
+    if not isinstance(params, SelectorParams):
+        raise TypeError(f"params must be SelectorParams, not {type(params).__name__}")
+    package = params.package if package is None else package
+    if not isinstance(package, bool):
+        raise TypeError(f"package must be a bool, not {type(package).__name__}")
+    if package and not params.package:
+        raise ValueError("package token requested from a selector built without package=True")
+    s = _ints("scores", scores, ndim=1)
+    x = _ints("features", features, ndim=2)
+    n = s.shape[0]
+    if x.shape != (n, params.dim):
+        raise ValueError(f"features must have shape ({n}, {params.dim}), not {x.shape}")
+    _in_range("scores", s, 0, (1 << params.score_bits) - 1)
+    fmt = params.feature_format
+    _in_range("features", x, fmt.min_int, fmt.max_int)
+    status = check_runtime(params, n_tokens=n, mode=mode, k=k, threshold=threshold)
+    if status is not Status.OK:
+        return SelectResult(status, 0, np.zeros(0, np.int64), np.zeros(n, bool),
+                            np.zeros((0, params.dim), np.int64), None)
+    if mode is Mode.TOPK:
+        v, ties = radix_threshold(s, k, n, score_bits=params.score_bits)
+    else:
+        v, ties = int(threshold), 0
+    mask, idx = keep_by_threshold(s, v, ties, n)
+    pruned = ~mask
+    pkg = package_token(x, s, pruned, feature_bits=params.feature_bits) if package else None
+    return SelectResult(status, int(idx.size), idx, mask, x[idx], pkg, v, ties)
