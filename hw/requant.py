@@ -7,7 +7,7 @@ throughput (one value per cycle) with valid/ready backpressure on both sides.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 

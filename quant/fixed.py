@@ -144,7 +144,7 @@ class FixedFormat:
         if not 1 + int(self.signed) <= self.bits <= 62:
             low = 2 if self.signed else 1
             raise ValueError(
-                f"bits must be between {low} and 62 for a {'signed' if self.signed else 'unsigned'} format, "
+                f"bits must be between {low} and 62 for {'a signed' if self.signed else 'an unsigned'} format, "
                 f"not {self.bits}"
             )
         if not isinstance(self.rounding, Rounding):

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokensift.errors import TokensiftError
+from tokensift.errors import TokensiftError, ToolchainError
 from tokensift.toolchain import find_verilator
 
 __all__ = [
@@ -56,6 +56,11 @@ class SimResult:
     waves: Path | None = None
     wall_s: float = 0.0
     extra: dict = field(default_factory=dict)
+
+
+def fst_supported() -> bool:
+    """Verilator's FST writer compiles against lz4; VCD needs nothing extra."""
+    return any(Path(d, "lz4.h").exists() for d in ("/usr/include", "/usr/local/include"))
 
 
 def default_build_root() -> Path:
@@ -103,6 +108,8 @@ def run_cocotb(
     text = emit_verilog(component, name=toplevel)
     digest = hashlib.sha1(text.encode()).hexdigest()[:10]
     wave_kind = "fst" if waves == "fst" else ("vcd" if waves else None)
+    if wave_kind == "fst" and not fst_supported():
+        raise ToolchainError("FST waveforms need the lz4 headers (apt-get install liblz4-dev); use waves='vcd'")
     if build_dir is None:
         build_dir = default_build_root() / f"{toplevel}-{digest}{'-' + wave_kind if wave_kind else ''}"
     build_dir = Path(build_dir).resolve()
@@ -132,6 +139,10 @@ def run_cocotb(
             waves=bool(wave_kind),
             log_file=log_dir / "build.log",
         )
+    except (SystemExit, Exception) as exc:  # make/verilator failures arrive as CalledProcessError
+        raise SimulationError(f"Verilator build of {toplevel} failed; see {log_dir / 'build.log'}") from exc
+    exit_code = 0
+    try:
         runner.test(
             test_module=test_module,
             hdl_toplevel=toplevel,
@@ -144,12 +155,8 @@ def run_cocotb(
             results_xml=str(results_xml),
             log_file=log_dir / f"test-{stamp}.log",
         )
-    except SystemExit as exc:  # cocotb_tools.runner exits the process on failures under pytest
-        raise SimulationError(
-            f"simulation of {toplevel} failed (exit {exc.code}); see {log_dir}"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - a build error from make/verilator is a CalledProcessError
-        raise SimulationError(f"simulation of {toplevel} failed: {exc}; see {log_dir}") from exc
+    except SystemExit as exc:  # cocotb_tools.runner exits on failing tests when run under pytest
+        exit_code = exc.code
     wall = time.perf_counter() - start
 
     from cocotb_tools.check_results import get_results
@@ -157,7 +164,9 @@ def run_cocotb(
     try:
         n_tests, n_failed = get_results(results_xml)
     except RuntimeError:
-        raise SimulationError(f"simulation of {toplevel} ended abnormally; see {log_dir}") from None
+        raise SimulationError(
+            f"simulation of {toplevel} ended abnormally (exit {exit_code}); see {log_dir}"
+        ) from None
     if n_tests == 0:
         raise SimulationError(f"no cocotb test of {test_module} ran against {toplevel}")
     if n_failed:

@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except TokensiftError as exc:
-        # errors a user can hit: one sentence, no traceback
+    except (TokensiftError, ValueError, TypeError) as exc:
+        # errors a user can hit (bad parameters, missing tools): one sentence, no traceback
         if getattr(args, "json", False):
             emit_json({"error": str(exc), "type": type(exc).__name__})
         print(f"tokensift {args.command}: error: {exc}", file=sys.stderr)

@@ -13,3 +13,22 @@ class ToolchainError(TokensiftError, RuntimeError):
 
 class NotYetAvailableError(TokensiftError, NotImplementedError):
     """A subcommand whose implementation has not landed yet."""
+
+
+class UnknownModelError(TokensiftError, ValueError):
+    """A model name that is not in the registry of :mod:`tokensift.sw`."""
+
+
+class UnknownMethodError(TokensiftError, ValueError):
+    """A token-pruning method name that is not registered in :mod:`tokensift.sw.methods`."""
+
+
+class CheckpointError(TokensiftError, ValueError):
+    """A checkpoint file that is missing, unreadable, or does not fit the model."""
+
+
+class DatasetError(TokensiftError, ValueError):
+    """A dataset folder that is missing or not laid out as class folders of images."""
+
+
+__all__ += ["UnknownModelError", "UnknownMethodError", "CheckpointError", "DatasetError"]
