@@ -1,0 +1,235 @@
+"""Integer-only LayerNorm (I-BERT style), the reference of the encoder block's normalisation hardware.
+
+For one token of ``C`` input codes ``q`` (signed ``in_bits``) at scale ``S``:
+
+1. ``sum = sum_j q_j``; ``d_i = C * q_i - sum`` (exactly ``C`` times the centred value: no divider and
+   no rounding of the mean).
+2. ``v = sum_i d_i**2 + eps_int`` (``sum d**2 = C**3 * variance``, exact), with
+   ``eps_int = max(1, round(eps * C**3 / S**2))`` (LayerNorm's epsilon in these units; at least 1, so
+   ``v >= 1``). Normalise: ``k = (62 - bit_length(v)) >> 1``, ``r = isqrt(v << 2k)``, the floor integer
+   square root by Newton's iteration (:func:`isqrt`); ``r ~= 2**k sqrt(v)`` has 31 significant bits
+   (``2**30 <= r < 2**31``), so the floor costs at most ``2**-30`` relative.
+3. Normalised reciprocal: ``f = floor(2**(31 + R) / r)`` with ``R = recip_bits - 1``, so
+   ``2**R < f <= 2**(R + 1)`` (one integer division per token).
+4. ``n_i = round_shift(d_i * f, 31 + R - F - k)`` with ``F = norm_bits - 1``: ``n_i ~= 2**F d_i / sqrt(v)``.
+   As ``|d_i| <= sqrt(v)``, ``|n_i| <= 2**F`` (up to rounding). The standardised value is
+   ``n_i * 2**-F * sqrt(C)``.
+5. ``acc_i = fit_acc(n_i * gamma_i + beta_i)`` (saturated, counted), ``gamma`` per-tensor symmetric codes
+   of ``gamma_bits`` for ``gamma_real * sqrt(C)`` at scale ``s_g``, ``beta`` accumulator codes at scale
+   ``s_g * 2**-F``.
+6. ``out_i = requantize(acc_i, multiplier, shift)`` with ``multiplier * 2**-shift ~= s_g * 2**-F / out_scale``.
+
+All rounding is :func:`~tokensift.quant.fixed.round_shift` / ``requantize`` (round half up); the
+divisions of steps 2-3 (inside Newton's iteration and the reciprocal) are floor divisions, as a restoring
+divider computes them.
+
+>>> params = LayerNormParams.from_float(np.ones(4), np.zeros(4), in_scale=0.1, out_scale=2 / 127)
+>>> layernorm_int([[10, 20, 30, 40]], params).tolist()  # standardised: -1.34, -0.45, 0.45, 1.34
+[[-85, -28, 28, 85]]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, requantize, round_shift
+from tokensift.quant.qparams import MULTIPLIER_BITS, quantize_multiplier, symmetric_scale
+
+__all__ = ["bit_length", "isqrt", "LayerNormParams", "layernorm_int", "layernorm_normalise"]
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+    return int(value)
+
+
+def _check_scale(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a real number, not {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{name} must be a positive finite number, not {value}")
+    return value
+
+
+def _nonneg_int64(name: str, values) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must be integers, not {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if np.any(arr < 0):
+        raise ValueError(f"{name} must be non-negative")
+    return arr
+
+
+def bit_length(values) -> np.ndarray:
+    """Number of bits of each non-negative int64 (0 for 0), by a binary search of shifts.
+
+    >>> bit_length([0, 1, 2, 255, 256, 2**62]).tolist()
+    [0, 1, 2, 8, 9, 63]
+    """
+    n = _nonneg_int64("bit_length inputs", values)
+    length = np.zeros(n.shape, dtype=np.int64)
+    for step in (32, 16, 8, 4, 2, 1):
+        length = length + step * ((n >> (length + step)) > 0)
+    return length + (n > 0)
+
+
+def isqrt(values) -> np.ndarray:
+    """``floor(sqrt(n))`` of non-negative int64s by Newton's iteration ``x <- (x + n // x) >> 1``.
+
+    Starting above the root (``x0 = 2**ceil(bit_length(n) / 2)``), the iterates decrease strictly until
+    they reach ``floor(sqrt(n))``; the loop stops when no element decreases (at most 6 steps for 62 bits).
+
+    >>> isqrt([0, 1, 3, 4, 15, 16, 2**62 - 1]).tolist()
+    [0, 1, 1, 2, 3, 4, 2147483647]
+    """
+    n = _nonneg_int64("isqrt inputs", values)
+    x = np.where(n > 0, np.left_shift(1, (bit_length(n) + 1) >> 1), 0)
+    while True:
+        safe = np.maximum(x, 1)
+        y = (x + n // safe) >> 1
+        smaller = y < x
+        if not np.any(smaller):
+            return x
+        x = np.where(smaller, y, x)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerNormParams:
+    """The integer constants of one LayerNorm instance (what the hardware generator takes).
+
+    Attributes:
+        dim: ``C``, channels per token, 1..4096.
+        in_bits: width of the signed input codes, 2..16.
+        eps_int: epsilon in ``v`` units, >= 1.
+        recip_bits: significant bits of the reciprocal minus one (``R + 1``), 2..30.
+        norm_bits: width of the normalised value ``n`` (``F + 1``), 2..24.
+        gamma: (C,) codes of ``gamma_bits`` bits. beta: (C,) codes of ``acc_bits`` bits.
+        gamma_bits: 2..24, with ``norm_bits + gamma_bits <= acc_bits``.
+        acc_bits: width of the affine accumulator, 2..32.
+        multiplier, shift: requantization into ``out``.
+        in_scale, out_scale, gamma_scale: the real scales (documentation only).
+    """
+
+    dim: int
+    in_bits: int
+    eps_int: int
+    gamma: np.ndarray
+    beta: np.ndarray
+    multiplier: int
+    shift: int
+    recip_bits: int = 16
+    norm_bits: int = 16
+    gamma_bits: int = 16
+    acc_bits: int = 32
+    out: FixedFormat = INT8
+    in_scale: float = float("nan")
+    out_scale: float = float("nan")
+    gamma_scale: float = float("nan")
+
+    def __post_init__(self):
+        dim = _check_int("dim", self.dim, 1, 4096)
+        in_bits = _check_int("in_bits", self.in_bits, 2, 16)
+        _check_int("recip_bits", self.recip_bits, 2, 30)
+        norm_bits = _check_int("norm_bits", self.norm_bits, 2, 24)
+        gamma_bits = _check_int("gamma_bits", self.gamma_bits, 2, 24)
+        acc_bits = _check_int("acc_bits", self.acc_bits, 2, 32)
+        if norm_bits + gamma_bits > acc_bits:
+            raise ValueError(f"norm_bits + gamma_bits must be at most acc_bits = {acc_bits}, "
+                             f"not {norm_bits} + {gamma_bits}")
+        eps_int = _check_int("eps_int", self.eps_int, 1, 1 << 61)
+        v_max = dim * ((dim - 1) * ((1 << in_bits) - 1)) ** 2
+        if v_max + eps_int >= 1 << 62:
+            raise ValueError(f"dim {dim} with {in_bits}-bit inputs and eps_int {eps_int} overflows the "
+                             "62-bit variance accumulator; use fewer input bits or a smaller epsilon")
+        for name, arr, bits in (("gamma", self.gamma, gamma_bits), ("beta", self.beta, acc_bits)):
+            a = np.asarray(arr)
+            if a.dtype == object or not np.issubdtype(a.dtype, np.integer):
+                raise TypeError(f"{name} must hold integers, not {a.dtype}")
+            if a.shape != (dim,):
+                raise ValueError(f"{name} must have shape ({dim},), not {a.shape}")
+            if not FixedFormat(bits=bits).contains(a):
+                raise ValueError(f"{name} codes must fit in signed {bits} bits")
+        _check_int("multiplier", self.multiplier, 1, (1 << 31) - 1)
+        _check_int("shift", self.shift, 0, 62)
+        if not isinstance(self.out, FixedFormat):
+            raise TypeError(f"out must be a FixedFormat, not {type(self.out).__name__}")
+
+    @classmethod
+    def from_float(cls, weight, bias, *, in_scale: float, out_scale: float, eps: float = 1e-6,
+                   in_bits: int = 8, recip_bits: int = 16, norm_bits: int = 16, gamma_bits: int = 16,
+                   acc_bits: int = 32, out: FixedFormat = INT8, multiplier_bits: int = MULTIPLIER_BITS,
+                   counter: OverflowCounter | None = None, site: str = "layernorm") -> LayerNormParams:
+        """Quantize a LayerNorm's ``weight`` (gamma) and ``bias`` (beta) for the given scales."""
+        s = _check_scale("in_scale", in_scale)
+        so = _check_scale("out_scale", out_scale)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps must be a non-negative finite number, not {eps!r}")
+        g = np.asarray(weight, dtype=np.float64)
+        b = np.asarray(bias, dtype=np.float64)
+        if g.ndim != 1 or b.shape != g.shape:
+            raise ValueError(f"weight and bias must be vectors of one length, not {g.shape} and {b.shape}")
+        dim = _check_int("dim", g.shape[0], 1, 4096)
+        norm_bits = _check_int("norm_bits", norm_bits, 2, 24)
+        gamma_bits = _check_int("gamma_bits", gamma_bits, 2, 24)
+        frac = norm_bits - 1
+        eps_int = max(1, math.floor(eps * dim**3 / (s * s) + 0.5))
+        g_real = g * math.sqrt(dim)
+        s_g = float(symmetric_scale(np.abs(g_real).max(), gamma_bits))
+        g_q = FixedFormat(bits=gamma_bits).quantize(g_real / s_g)
+        b_q = FixedFormat(bits=_check_int("acc_bits", acc_bits, 2, 32)).quantize(
+            b * 2.0**frac / s_g, counter=counter, site=f"{site}.beta")
+        multiplier, shift = quantize_multiplier(s_g * 2.0**-frac / so, multiplier_bits)
+        return cls(dim=dim, in_bits=in_bits, eps_int=eps_int, gamma=g_q, beta=b_q, multiplier=multiplier,
+                   shift=shift, recip_bits=recip_bits, norm_bits=norm_bits, gamma_bits=gamma_bits,
+                   acc_bits=acc_bits, out=out, in_scale=s, out_scale=so, gamma_scale=s_g)
+
+
+def _check_input(q, params: LayerNormParams) -> np.ndarray:
+    if not isinstance(params, LayerNormParams):
+        raise TypeError(f"params must be LayerNormParams, not {type(params).__name__}")
+    x = np.asarray(q)
+    if x.dtype == object or not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(f"LayerNorm inputs must be integers, not {x.dtype}")
+    x = x.astype(np.int64, copy=False)
+    if x.ndim < 1 or x.shape[-1] != params.dim:
+        raise ValueError(f"LayerNorm inputs must have {params.dim} channels in the last axis, not shape {x.shape}")
+    fmt = FixedFormat(bits=params.in_bits)
+    if x.size and not fmt.contains(x):
+        raise ValueError(f"LayerNorm inputs must fit in signed {params.in_bits} bits, "
+                         f"between {fmt.min_int} and {fmt.max_int}")
+    return x
+
+
+def layernorm_normalise(q, params: LayerNormParams) -> np.ndarray:
+    """Steps 1-4: the normalised codes ``n`` (``n * 2**-(norm_bits-1) * sqrt(C)`` is the standardised value)."""
+    x = _check_input(q, params)
+    d = params.dim * x - x.sum(axis=-1, keepdims=True)
+    v = (d * d).sum(axis=-1, keepdims=True) + params.eps_int
+    k = (62 - bit_length(v)) >> 1
+    r = isqrt(v << (2 * k))  # 2**30 <= r < 2**31
+    big_r = params.recip_bits - 1
+    f = (1 << (31 + big_r)) // r
+    shifts = 31 + big_r - (params.norm_bits - 1) - k
+    prod = d * f
+    n = np.empty_like(prod)
+    flat_shift = shifts[..., 0]
+    for s in np.unique(flat_shift):
+        rows = flat_shift == s
+        n[rows] = round_shift(prod[rows], int(s))
+    return n
+
+
+def layernorm_int(q, params: LayerNormParams, *, counter: OverflowCounter | None = None,
+                  site: str = "layernorm") -> np.ndarray:
+    """Integer LayerNorm over the last axis of ``q`` -> ``params.out`` codes at ``out_scale``."""
+    n = layernorm_normalise(q, params)
+    acc = FixedFormat(bits=params.acc_bits).fit(n * params.gamma + params.beta, counter=counter, site=f"{site}.acc")
+    return requantize(acc, params.multiplier, params.shift, params.out, counter=counter, site=site)
