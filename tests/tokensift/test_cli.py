@@ -63,7 +63,7 @@ def test_user_error_is_one_line_with_json(tmp_path):
     assert json.loads(out) == {"error": "shift must be an integer between 0 and 62, not 99", "type": "ValueError"}
 
 
-@pytest.mark.parametrize("command", ["estimate", "co-opt", "bench", "demo"])
+@pytest.mark.parametrize("command", ["estimate", "co-opt", "demo"])
 def test_unbuilt_subcommands_say_so(command):
     code, out, err = run_cli(command, "--json")
     if code == 0:  # the subcommand has landed; its own tests cover it
@@ -71,3 +71,17 @@ def test_unbuilt_subcommands_say_so(command):
     assert code == 2
     assert json.loads(out)["type"] == "NotYetAvailableError"
     assert err.strip().endswith("is not implemented yet in this version of tokensift")
+
+
+def test_bench_runs_scripts_and_reports_status(monkeypatch, tmp_path, capsys):
+    from tokensift.commands import bench
+
+    (tmp_path / "bench_good.py").write_text("print('ratio 1.00')\n")
+    (tmp_path / "bench_bad.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.setattr(bench, "bench_dir", lambda: tmp_path)
+    assert cli.main(["bench", "--list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"benchmarks": ["bad", "good"]}
+    assert cli.main(["bench", "good", "bad", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) == {"returncodes": {"good": 0, "bad": 3}, "ok": False}
+    assert cli.main(["bench", "nope"]) == 2
+    assert "unknown benchmark 'nope'; known: bad, good" in capsys.readouterr().err
