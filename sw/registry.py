@@ -117,11 +117,16 @@ def create_model(name: str, method: str = "none", keep_ratio: float | None = Non
                              f"not {list(cfg.prune_locs)}")
     if len(set(cfg.prune_locs)) != len(cfg.prune_locs):
         raise ValueError(f"pruning locations must be distinct, not {list(cfg.prune_locs)}")
-    selectors = spec.build_selectors(cfg.embed_dim, cfg.num_patches, keep_ratio, tuple(cfg.prune_locs))
+    if spec.selectors_from_config is not None:
+        selectors = spec.selectors_from_config(cfg, keep_ratio)
+    else:
+        selectors = spec.build_selectors(cfg.embed_dim, cfg.num_patches, keep_ratio, tuple(cfg.prune_locs))
     model = VisionTransformer(**cfg.model_kwargs(), selectors=selectors)
     model.config = cfg
     model.method = method
     model.keep_ratio = keep_ratio
+    if spec.prepare is not None:
+        spec.prepare(model)
     return model
 
 

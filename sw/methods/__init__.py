@@ -65,6 +65,10 @@ class MethodSpec:
         build_criterion: ``(keep_ratio, num_stages) -> loss module`` called as
             ``loss(student, teacher, images, labels) -> (loss, parts)``.
         uses_teacher: fine-tuning distils from the dense model.
+        selectors_from_config: when set, used instead of ``build_selectors`` as
+            ``(model config, keep_ratio) -> {block index: selector}``, for methods that need more of the
+            configuration (e.g. ``num_heads``).
+        prepare: called by ``create_model`` on the built model (e.g. to plan keep ratios from a budget).
         frozen_fraction: fraction of fine-tuning epochs with the backbone frozen (then it trains at
             ``backbone_lr_scale`` of the selector learning rate).
     """
@@ -77,6 +81,8 @@ class MethodSpec:
     backbone_lr_scale: float = 1.0
     description: str = ""
     extra: dict = field(default_factory=dict)
+    selectors_from_config: Callable[[object, float], dict[int, TokenSelector]] | None = None
+    prepare: Callable[[nn.Module], None] | None = None
 
 
 _METHODS: dict[str, MethodSpec] = {}
