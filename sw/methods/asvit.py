@@ -1,0 +1,139 @@
+"""AS-ViT (Liu et al., 2023): adaptive token pruning by learned thresholds on head-weighted class attention.
+
+* **Score** (no predictor): the class token's attention to each token, summed over heads weighted by head
+  importance ``w_h = ||o_h|| / sum_j ||o_j||`` (the L2 norm of head ``h``'s attention output over the valid
+  tokens). Both come from :class:`tokensift.sw.selection.AttnInfo` of the block just before the stage,
+  i.e. from the attention that block computes anyway; no second attention pass. The integer reference is
+  :func:`tokensift.quant.select.head_weighted_scores`.
+* **Learnable threshold per stage**, before the 4th, 7th and 10th blocks of DeiT (0-indexed 3, 6, 9: the
+  model's ``prune_locs``, before blocks 1, 3, 5 of the 6-block MNIST model). The threshold is in units of
+  uniform attention ``1 / num_patches``: a patch token is kept when ``score * num_patches > threshold``.
+  Training: a steep sigmoid ``sigmoid((score * num_patches - threshold) / temperature)`` with a
+  straight-through estimator (hard 0/1 forward, sigmoid gradient). Inference: the hard comparison, so the
+  number of kept tokens adapts to each image; a batch keeps different counts per image (pad + mask).
+* **Budget-aware loss** (:class:`ASViTLoss`): cross-entropy + 2.0 x |FLOPs(soft counts) / dense FLOPs -
+  rho| + 0.5 x (KL to the dense teacher + MSE on the kept tokens). ``keep_ratio`` is rho, the target
+  FLOPs as a fraction of the dense model's; the FLOPs are ``model.budget`` (replaceable by a latency model).
+
+Example:
+    >>> import torch
+    >>> from tokensift.sw import create_model
+    >>> model = create_model("vit_mnist_patch4_28", method="asvit", keep_ratio=0.6).eval()
+    >>> state = model.forward_state(torch.randn(4, 1, 28, 28))
+    >>> tuple(state.attn_tokens[1].shape)  # one count per image
+    (4,)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..losses_budget import budget_gap
+from ..losses_distill import logit_distill, teacher_outputs, token_distill
+from ..selection import AttnInfo, TokenSelector, TokenState
+from . import MethodSpec, register_method
+
+__all__ = ["ASViTSelector", "ASViTLoss", "head_weighted_scores"]
+
+
+def head_weighted_scores(info: AttnInfo) -> Tensor:
+    """(B, N) class-token attention summed over heads, each head weighted by its normalised output norm."""
+    norm = info.head_norm
+    total = norm.sum(dim=-1, keepdim=True)
+    w = torch.where(total > 0, norm / total.clamp_min(1e-30), torch.full_like(norm, 1.0 / norm.shape[-1]))
+    return (w[:, :, None] * info.cls_attn).sum(dim=1)
+
+
+class ASViTSelector(TokenSelector):
+    """One AS-ViT stage (before its block): keep the patch tokens whose score exceeds a learned threshold.
+
+    Args:
+        num_patches: patch tokens of the model (sets the threshold's unit).
+        num_heads: attention heads (for the MAC count of the scoring).
+        keep_ratio: rho, the FLOPs target of the budget loss (not a per-stage count: counts adapt).
+        threshold: initial threshold, in units of uniform attention ``1 / num_patches``.
+        temperature: width of the training sigmoid in the same units (smaller is steeper).
+    """
+
+    site = "pre"
+    needs_attn_info = True
+    adaptive = True
+
+    def __init__(self, num_patches: int, num_heads: int, keep_ratio: float, threshold: float = 0.5,
+                 temperature: float = 0.1):
+        super().__init__(keep_ratio)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, not {temperature!r}")
+        self.num_patches, self.num_heads, self.temperature = num_patches, num_heads, float(temperature)
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+
+    def score(self, state: TokenState, info: AttnInfo | None) -> Tensor:
+        return head_weighted_scores(info)
+
+    def decide(self, scores: Tensor, state: TokenState) -> Tensor:
+        z = scores * self.num_patches - self.threshold
+        hard = (z > 0).to(scores.dtype)
+        if self.training:
+            soft = torch.sigmoid(z / self.temperature)
+            hard = hard + soft - soft.detach()  # straight-through: hard forward, sigmoid gradient
+        return hard * state.candidates().to(scores.dtype)
+
+    def expected_tokens(self, n_in: int) -> int:
+        """The count adapts to each image: the static schedule is the worst case (nothing pruned)."""
+        return n_in
+
+    def macs(self, n_in, n_out, dim: int):
+        # head importance (sum of squares of every head output) and the head-weighted sum of class attention
+        return n_in * dim + n_in * self.num_heads
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", threshold={float(self.threshold):.4g}, temperature={self.temperature}"
+
+
+class ASViTLoss(nn.Module):
+    """AS-ViT's budget-aware objective on the mask path (terms and weights in the module docstring)."""
+
+    def __init__(self, keep_ratio: float, num_stages: int, budget_weight: float = 2.0,
+                 distill_weight: float = 0.5):
+        super().__init__()
+        self.target = float(keep_ratio)
+        self.num_stages = num_stages
+        self.budget_weight, self.distill_weight = budget_weight, distill_weight
+
+    def forward(self, student: nn.Module, teacher: nn.Module | None, images: Tensor, labels: Tensor
+                ) -> tuple[Tensor, dict[str, float]]:
+        module = getattr(student, "module", student)
+        state = module.forward_state(images, path="mask")
+        logits = module.forward_head(state.x)
+        if len(state.decisions) != self.num_stages:
+            raise RuntimeError(f"expected {self.num_stages} pruning stages, got {len(state.decisions)}")
+        gap, cost = budget_gap(module, state, self.target)
+        cls_loss = F.cross_entropy(logits, labels)
+        loss = cls_loss + self.budget_weight * gap.to(logits.dtype)
+        parts = {"cls": float(cls_loss.detach()), "budget": float(gap.detach()), "cost": float(cost.detach())}
+        if teacher is not None and self.distill_weight > 0:
+            t = teacher_outputs(teacher, images)
+            kl, tok = logit_distill(logits, t.logits), token_distill(state, t.tokens)
+            loss = loss + self.distill_weight * (kl + tok)
+            parts.update(kl=float(kl.detach()), token=float(tok.detach()))
+        return loss, parts
+
+
+def _selectors(cfg, keep_ratio: float) -> dict[int, ASViTSelector]:
+    return {loc: ASViTSelector(cfg.num_patches, cfg.num_heads, keep_ratio) for loc in cfg.prune_locs}
+
+
+def _needs_config(dim, num_patches, keep_ratio, locs):
+    raise TypeError("AS-ViT selectors need the number of heads: build them with selectors_from_config")
+
+
+register_method(MethodSpec(
+    name="asvit",
+    build_selectors=_needs_config,
+    selectors_from_config=_selectors,
+    build_criterion=lambda rho, stages: ASViTLoss(rho, stages),
+    uses_teacher=True,
+    description="head-weighted class attention vs a learned threshold per stage, FLOPs-budget L1 loss",
+))
