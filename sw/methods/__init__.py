@@ -134,3 +134,6 @@ register_method(MethodSpec(
     uses_teacher=True,
     description="class-attention top-k inside the block, dropped tokens fused into one",
 ))
+
+# methods in their own files register themselves on import (after the registry above exists)
+from . import asvit, sait, spvit  # noqa: E402,F401
