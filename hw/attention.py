@@ -1,0 +1,154 @@
+"""The attention accelerator: ``softmax(Q K^T * scale) V`` for one head per frame, bit-exact with
+:func:`tokensift.quant.attention.attention_head`, plus the class token's attention row.
+
+:class:`Attention` is the top level: it checks each frame's header (a token count of 0 or above
+``n_max`` is rejected and flagged in ``status``, and its beats are dropped), hands frames round-robin to
+``heads_parallel`` copies of :class:`tokensift.hw.attention_engine.AttentionEngine`, and merges their
+outputs (each beat says which copy made it). Heads of a layer are consecutive frames: on one core they
+run one after the other (the next frame loads while the previous one drains), with several copies in
+parallel. Stream formats: :mod:`tokensift.hw.attention_layout`. Cycle model: :mod:`tokensift.hw.attention_cost`.
+
+>>> dut = Attention(n_max=197, head_dim=64, lanes=16)
+>>> dut.params.chunks, cycles(dut.params, n_tokens=197)
+(4, 312860)
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from tokensift.hw.attention_cost import cycles, frame_interval, frame_schedule, mac_utilization
+from tokensift.hw.attention_engine import AttentionEngine
+from tokensift.hw.attention_layout import (
+    HEADER_BITS,
+    input_layout,
+    output_layout,
+    score_layout,
+    status_layout,
+)
+from tokensift.quant.attention import AttentionParams
+from tokensift.quant.softmax import SoftmaxParams, SoftmaxVariant
+
+__all__ = ["Attention", "AttentionParams", "SoftmaxParams", "SoftmaxVariant", "cycles", "frame_interval",
+           "frame_schedule", "mac_utilization"]
+
+_FRONT_HEADER, _FRONT_FORWARD, _FRONT_DROP = 0, 1, 2
+
+
+class Attention(wiring.Component):
+    """Attention accelerator top level.
+
+    Parameters (keyword-only)
+    -------------------------
+    params : AttentionParams, optional
+        All parameters at once; otherwise the keywords of :class:`AttentionParams` (``n_max``,
+        ``head_dim``, ``lanes``, ``data_bits``, ``acc_bits``, ``softmax``, ``scale_multiplier``,
+        ``scale_shift``, ``out_multiplier``, ``out_shift``, ``heads_parallel``), validated there.
+
+    Ports
+    -----
+    i_stream : in, frames (header, Q, K, V rows)
+    o_stream : out, rows of the output
+    s_stream : out, the class-attention row (token scores)
+    status : out, ``busy``, ``error`` (latest header invalid), ``rejected`` and ``overflows`` counts
+    """
+
+    def __init__(self, *, params: AttentionParams | None = None, **kwargs):
+        if params is None:
+            params = AttentionParams(**kwargs)
+        elif kwargs:
+            raise TypeError("give either params or parameter keywords, not both")
+        elif not isinstance(params, AttentionParams):
+            raise TypeError(f"params must be an AttentionParams, not {type(params).__name__}")
+        self._p = params
+        self._engines = [AttentionEngine(params, head=h) for h in range(params.heads_parallel)]
+        super().__init__({
+            "i_stream": In(stream.Signature(input_layout(params))),
+            "o_stream": Out(stream.Signature(output_layout(params))),
+            "s_stream": Out(stream.Signature(score_layout(params))),
+            "status": Out(status_layout()),
+        })
+
+    @property
+    def params(self) -> AttentionParams:
+        return self._p
+
+    @property
+    def engines(self) -> list[AttentionEngine]:
+        return list(self._engines)
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        engines = self._engines
+        for h, eng in enumerate(engines):
+            m.submodules[f"engine{h}"] = eng
+
+        # -- front end: check the header, forward the frame to one core or drop it ---------------------
+        state = Signal(range(3))
+        remaining = Signal(range(3 * ((1 << HEADER_BITS) - 1) * p.chunks + 1))
+        target = Signal(range(len(engines)))
+        hdr_n = self.i_stream.payload.header.n_tokens
+        n_ok = (hdr_n != 0) & (hdr_n <= p.n_max)
+        routed = ((state == _FRONT_HEADER) & n_ok) | (state == _FRONT_FORWARD)
+        eng_ready = Signal()
+        for h, eng in enumerate(engines):
+            m.d.comb += [eng.i_stream.payload.eq(self.i_stream.payload),
+                         eng.i_stream.valid.eq(self.i_stream.valid & routed & (target == h))]
+            with m.If(target == h):
+                m.d.comb += eng_ready.eq(eng.i_stream.ready)
+        m.d.comb += self.i_stream.ready.eq(Mux(routed, eng_ready, 1))
+        taken = self.i_stream.valid & self.i_stream.ready
+        error = Signal()
+        rejected = Signal(16)
+        next_target = Mux(target == len(engines) - 1, 0, target + 1)
+        with m.If(taken):
+            with m.Switch(state):
+                with m.Case(_FRONT_HEADER):
+                    m.d.sync += remaining.eq(hdr_n * (3 * p.chunks))
+                    with m.If(n_ok):
+                        m.d.sync += [state.eq(_FRONT_FORWARD), error.eq(0)]
+                    with m.Else():
+                        m.d.sync += error.eq(1)
+                        with m.If(rejected != 0xFFFF):
+                            m.d.sync += rejected.eq(rejected + 1)
+                        with m.If(hdr_n != 0):
+                            m.d.sync += state.eq(_FRONT_DROP)
+                with m.Default():
+                    m.d.sync += remaining.eq(remaining - 1)
+                    with m.If(remaining == 1):
+                        m.d.sync += state.eq(_FRONT_HEADER)
+                        with m.If(state == _FRONT_FORWARD):
+                            m.d.sync += target.eq(next_target)
+
+        # -- outputs: the lowest-numbered core with data, held until taken -----------------------------
+        for name in ("o_stream", "s_stream"):
+            self._merge(m, name, [getattr(eng, name) for eng in engines], getattr(self, name))
+
+        overflow_sum = sum(eng.overflows for eng in engines)
+        busy = state != _FRONT_HEADER
+        for eng in engines:
+            busy = busy | eng.busy
+        m.d.comb += [self.status.busy.eq(busy), self.status.error.eq(error), self.status.rejected.eq(rejected),
+                     self.status.overflows.eq(Mux(overflow_sum > 0xFFFF, 0xFFFF, overflow_sum))]
+        return m
+
+    @staticmethod
+    def _merge(m, name, sources, sink):
+        if len(sources) == 1:
+            wiring.connect(m, wiring.flipped(sink), sources[0])
+            return
+        held = Signal(name=f"{name}_held")
+        held_sel = Signal(range(len(sources)), name=f"{name}_held_sel")
+        pick = Signal.like(held_sel, name=f"{name}_pick")
+        for h in reversed(range(len(sources))):
+            with m.If(sources[h].valid):
+                m.d.comb += pick.eq(h)
+        sel = Mux(held, held_sel, pick)
+        for h, src in enumerate(sources):
+            with m.If(sel == h):
+                m.d.comb += [sink.payload.eq(src.payload), sink.valid.eq(src.valid), src.ready.eq(sink.ready)]
+        # a presented beat that was not taken stays selected, so the payload never changes under valid
+        m.d.sync += [held.eq(sink.valid & ~sink.ready), held_sel.eq(sel)]

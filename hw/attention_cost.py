@@ -1,0 +1,173 @@
+"""Cycle model of the attention accelerator: exact for stall-free streams, checked against simulation.
+
+The engine's schedule (see :mod:`tokensift.hw.attention_engine`) gives, for one frame of ``N`` tokens,
+``C = head_dim / lanes`` chunks per row, ``L = lanes``, cycles counted from the header's transfer (cycle
+0) with the input always valid and the outputs always ready:
+
+- load: ``3 N C`` beats, the first ``QK(0)`` operation issues at ``X0 = 3 N C + 1``;
+- ``QK(i)`` takes ``N C`` cycles, ``PV(i)`` takes ``T_pv = C max(N, L)``; one step ``QK(i+1), PV(i)`` is
+  ``W = N C + T_pv``;
+- the softmax of row ``i`` can start ``4 + dot_latency`` cycles after the last ``QK(i)`` operation and,
+  ``T_sm = N + exp_latency + prob_frac + 6`` cycles later, ``PV(i)`` may issue (``G = 4 + dot_latency
+  + T_sm`` after ``QK(i)`` ended);
+- the last output beat leaves ``(C - 1) max(N, L) + N + L + 7`` cycles after ``PV(N-1)`` began.
+
+When the array never waits for the softmax in steady state (``N >= 3`` and ``G <= W``, the usual case)
+the frame takes the closed form::
+
+    B0     = X0 + 2 N C + max(0, G - N C)          # PV(0) waits only if the first softmax is slow
+    B_last = B0 + (N - 2) W + max(T_pv, G)          # PV(N-1) has no QK(N) in front of it
+    cycles = B_last + (C - 1) max(N, L) + N + L + 7
+
+Otherwise (few tokens, or ``head_dim == lanes`` with small ``N``) :func:`frame_schedule` evaluates the
+same dependency rules row by row (``O(N)``), which is what :func:`cycles` does then. Back-to-back frames
+overlap: the next header is accepted the cycle after the last ``PV`` operation issues
+(:func:`frame_interval`), while the tail drains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.utils import ceil_log2
+
+from tokensift.quant.attention import AttentionParams, macs
+from tokensift.quant.softmax import SoftmaxVariant
+
+__all__ = ["FrameSchedule", "frame_schedule", "cycles", "frame_interval", "mac_utilization", "latencies"]
+
+
+def latencies(params: AttentionParams) -> dict:
+    """Fixed pipeline latencies of the hardware, from its structure (see the unit classes)."""
+    exp_latency = 4 if params.softmax.variant is SoftmaxVariant.EXP2_LUT else 7
+    return {
+        "front": 3,                                  # memory read, two normalizer stages
+        "dot": 2 + ceil_log2(params.lanes),          # product, adder tree, chunk accumulator
+        "vec": 2,                                    # product, lane accumulator
+        "exp": exp_latency,
+        "recip": params.softmax.prob_frac + 4,       # quotient bits, rounding, result register
+    }
+
+
+@dataclass(frozen=True)
+class FrameSchedule:
+    """Cycle numbers of one frame (header transfer = 0)."""
+
+    n_tokens: int
+    compute_start: int     # first QK(0) operation
+    pv0_start: int         # first PV(0) operation
+    last_pv_start: int     # first PV(N-1) operation
+    last_issue: int        # last operation of the frame
+    last_output: int       # transfer of the last output beat: the frame's latency in cycles
+    closed_form: bool      # True when the closed form applies
+
+
+def _params(params, kwargs) -> AttentionParams:
+    if params is not None:
+        if kwargs:
+            raise TypeError("give either params or parameter keywords, not both")
+        if not isinstance(params, AttentionParams):
+            raise TypeError(f"params must be an AttentionParams, not {type(params).__name__}")
+        return params
+    return AttentionParams(**kwargs)
+
+
+def _check_n(n_tokens, p: AttentionParams) -> int:
+    if not isinstance(n_tokens, int) or isinstance(n_tokens, bool):
+        raise TypeError(f"n_tokens must be an integer, not {type(n_tokens).__name__}")
+    if not 1 <= n_tokens <= p.n_max:
+        raise ValueError(f"n_tokens must be between 1 and n_max {p.n_max}, not {n_tokens}")
+    return n_tokens
+
+
+def frame_schedule(params: AttentionParams | None = None, *, n_tokens: int, **kwargs) -> FrameSchedule:
+    """The stall-free schedule of one frame, by the engine's dependency rules (row by row)."""
+    p = _params(params, kwargs)
+    n = _check_n(n_tokens, p)
+    lat = latencies(p)
+    c, lanes = p.chunks, p.lanes
+    chunk_len = max(n, lanes)
+    t_qk, t_pv = n * c, c * chunk_len
+    t_done = n + 1 + lat["exp"] + lat["recip"] + 1   # softmax start -> ``done`` visible
+    to_softmax = 4 + lat["dot"]                       # last QK op -> softmax may start (+ 1)
+    x0 = 3 * n * c + 1
+
+    a = [0] * n                                       # QK(i) start
+    b = [0] * n                                       # PV(i) start
+    sm_free = 0                                       # when the softmax unit can take the next row
+    ready = [0] * n                                   # when PV(i) may issue
+    a[0] = x0
+    for i in range(n):
+        if i == 1:
+            a[1] = a[0] + t_qk
+        elif i >= 2:
+            a[i] = b[i - 2] + t_pv
+        start = max(a[i] + t_qk - 1 + to_softmax, sm_free)
+        sm_free = start + t_done
+        ready[i] = start + t_done + 1
+        if i >= 1:
+            b[i - 1] = max(a[i] + t_qk, ready[i - 1])  # PV(i-1) follows QK(i)
+    last_prev = b[n - 2] + t_pv if n >= 2 else a[0] + t_qk
+    b[n - 1] = max(last_prev, ready[n - 1])
+    last_issue = b[n - 1] + (c - 1) * chunk_len + n - 1
+    last_output = last_issue + lanes + 8
+    g = to_softmax + t_done
+    closed = n >= 3 and g <= t_qk + t_pv
+    return FrameSchedule(n_tokens=n, compute_start=x0, pv0_start=b[0], last_pv_start=b[n - 1],
+                         last_issue=last_issue, last_output=last_output, closed_form=closed)
+
+
+def _closed_form(p: AttentionParams, n: int) -> int | None:
+    lat = latencies(p)
+    c, lanes = p.chunks, p.lanes
+    chunk_len = max(n, lanes)
+    t_qk, t_pv = n * c, c * chunk_len
+    w = t_qk + t_pv
+    t_sm = n + lat["exp"] + lat["recip"] + 2
+    g = 4 + lat["dot"] + t_sm
+    if n < 3 or g > w:
+        return None
+    x0 = 3 * n * c + 1
+    b0 = x0 + 2 * t_qk + max(0, g - t_qk)
+    b_last = b0 + (n - 2) * w + max(t_pv, g)
+    return b_last + (c - 1) * chunk_len + n + lanes + 7
+
+
+def frame_interval(params: AttentionParams | None = None, *, n_tokens: int, **kwargs) -> int:
+    """Cycles between the headers of back-to-back frames on one core (the next header is taken the
+    cycle after the last operation issues)."""
+    p = _params(params, kwargs)
+    return frame_schedule(p, n_tokens=n_tokens).last_issue + 1
+
+
+def cycles(params: AttentionParams | None = None, *, n_tokens: int, heads: int = 1, **kwargs) -> int:
+    """Cycles from the first header's transfer to the last output beat's, for ``heads`` frames of
+    ``n_tokens`` sent back to back (input always valid, outputs always ready).
+
+    Frames go round-robin to the ``heads_parallel`` cores; the shared input stream takes one frame's
+    ``1 + 3 N C`` beats at a time and a core takes its next frame :func:`frame_interval` cycles after
+    its previous one. Parameters are an :class:`AttentionParams` or its keywords::
+
+        cycles(n_max=197, head_dim=64, lanes=16, n_tokens=197)
+    """
+    p = _params(params, kwargs)
+    n = _check_n(n_tokens, p)
+    if not isinstance(heads, int) or isinstance(heads, bool):
+        raise TypeError(f"heads must be an integer, not {type(heads).__name__}")
+    if heads < 1:
+        raise ValueError(f"heads must be at least 1, not {heads}")
+    closed = _closed_form(p, n)
+    latency = closed if closed is not None else frame_schedule(p, n_tokens=n).last_output
+    interval = frame_interval(p, n_tokens=n)
+    beats = 1 + 3 * n * p.chunks
+    hp = p.heads_parallel
+    f = heads - 1
+    last_header = max(f * beats, (f // hp) * interval + (f % hp) * beats)
+    return last_header + latency
+
+
+def mac_utilization(params: AttentionParams | None = None, *, n_tokens: int, heads: int = 1, **kwargs) -> float:
+    """Useful MACs over ``lanes x heads_parallel x cycles``."""
+    p = _params(params, kwargs)
+    total = cycles(p, n_tokens=n_tokens, heads=heads)
+    return heads * macs(n_tokens, p.head_dim) / (p.lanes * p.heads_parallel * total)

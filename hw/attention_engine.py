@@ -1,0 +1,293 @@
+"""One attention head core: buffers, the MAC array, the softmax unit, the output requantizer.
+
+A frame (header with a valid ``N``, then ``N`` rows each of Q, K, V) is loaded into block RAM, then the
+array runs the jobs ``QK(0), QK(1), PV(0), QK(2), PV(1), ..., QK(N-1), PV(N-2), PV(N-1)`` back to back
+while the softmax unit works on row ``i`` between ``QK(i)`` and ``PV(i)``: the softmax of a row overlaps
+``PV`` of the row before and ``QK`` of the row after, so the multipliers are busy except at the very
+start and end of a frame.
+
+- ``QK(i)``: for each token ``j``, the ``chunks = head_dim / lanes`` lane vectors of ``q_i`` and ``k_j``
+  (dot mode), ``N * chunks`` cycles; the scores go to the softmax unit's buffer and their running max
+  is kept per bank.
+- ``PV(i)``: for each chunk, every token ``j`` (vec mode): ``p_ij = normalize(e_ij, r_i)`` broadcast
+  to the lanes times ``v_j``'s chunk; ``chunks * max(N, lanes)`` cycles (a chunk is padded to ``lanes``
+  cycles when ``N < lanes``, the time the serial output requantizer needs). For row 0 and chunk 0 the
+  probabilities also go to the class-attention FIFO: the token scores, without an extra pass.
+- Each finished chunk (``lanes`` accumulators) is requantized one value per cycle by
+  :class:`tokensift.hw.requant.Requantizer` into one output beat. A ``PV`` chunk only starts when the
+  output FIFO has room for its beat, so output backpressure stalls the array, never corrupts it.
+
+Row parity selects the bank of the two-bank score and exponential buffers, so ``QK(i+1)`` can write
+while row ``i`` is in the softmax unit.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from tokensift.hw.attention_layout import input_layout, output_layout, score_layout
+from tokensift.hw.kv_buffer import RowBuffer
+from tokensift.hw.mac_array import MODE_DOT, MODE_VEC, MacArray
+from tokensift.hw.requant import Requantizer
+from tokensift.hw.softmax_unit import ProbNormalizer, SoftmaxUnit
+from tokensift.quant.attention import AttentionParams
+
+__all__ = ["AttentionEngine", "FRONT_STAGES"]
+
+#: cycles from an operation's issue to the MAC array inputs: memory read, then the 2-stage normalizer
+FRONT_STAGES = 3
+
+
+class AttentionEngine(wiring.Component):
+    """One head core. ``i_stream`` carries frames whose header ``N`` is already known to be valid
+    (:class:`tokensift.hw.attention.Attention` checks it); ``o_stream``/``s_stream`` as documented in
+    :mod:`tokensift.hw.attention_layout`, ``payload.head = head``."""
+
+    def __init__(self, params: AttentionParams, *, head: int = 0):
+        if not isinstance(params, AttentionParams):
+            raise TypeError(f"params must be an AttentionParams, not {type(params).__name__}")
+        self._p = params
+        self._head = head
+        p = params
+        self._mac = MacArray(lanes=p.lanes, a_bits=max(p.data_bits, p.softmax.prob_frac + 2), b_bits=p.data_bits,
+                             dot_bits=2 * p.data_bits, acc_bits=p.acc_bits, tag_bits=self._tag_layout().size)
+        self._softmax = SoftmaxUnit(params=p.softmax, n_max=p.n_max, score_bits=p.score_bits,
+                                    multiplier=p.scale_multiplier, shift=p.scale_shift)
+        super().__init__({
+            "i_stream": In(stream.Signature(input_layout(p))),
+            "o_stream": Out(stream.Signature(output_layout(p))),
+            "s_stream": Out(stream.Signature(score_layout(p))),
+            "busy": Out(1),
+            "overflows": Out(16),
+        })
+
+    def _tag_layout(self):
+        return data.StructLayout({"j": range(self._p.n_max), "bank": 1, "lastj": 1, "cls": 1, "final": 1})
+
+    @property
+    def mac(self) -> MacArray:
+        return self._mac
+
+    @property
+    def softmax(self) -> SoftmaxUnit:
+        return self._softmax
+
+    @property
+    def out_fifo_depth(self) -> int:
+        """Beats of output buffering: enough for every chunk in flight when nothing stalls."""
+        p = self._p
+        in_flight = FRONT_STAGES + self._mac.vec_latency + p.lanes + 4
+        return 2 + -(-in_flight // p.lanes)
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        n_max, lanes, chunks = p.n_max, p.lanes, p.chunks
+        m.submodules.mac = mac = self._mac
+        m.submodules.softmax = sm = self._softmax
+        m.submodules.qbuf = qbuf = RowBuffer(depth=n_max * chunks, lanes=lanes, data_bits=p.data_bits)
+        m.submodules.kvbuf = kvbuf = RowBuffer(depth=2 * n_max * chunks, lanes=lanes, data_bits=p.data_bits)
+        m.submodules.norm = norm = ProbNormalizer(params=p.softmax)
+        m.submodules.requant = rq = Requantizer(acc_bits=p.acc_bits, out=p.data_format,
+                                                multiplier=p.out_multiplier, shift=p.out_shift)
+        out_l, score_l = output_layout(p), score_layout(p)
+        m.submodules.ofifo = ofifo = SyncFIFOBuffered(width=out_l.size, depth=self.out_fifo_depth)
+        m.submodules.sfifo = sfifo = SyncFIFOBuffered(width=score_l.size, depth=n_max)
+        v_base = n_max * chunks
+
+        # -- frame registers and loading ---------------------------------------------------------------
+        n = Signal(range(n_max + 1))
+        n_chunks = Signal(range(n_max * chunks + 1))  # N * chunks
+        chunk_len = Signal(range(max(n_max, lanes) + 1))  # max(N, lanes)
+        region = Signal(range(3))  # 0: Q, 1: K, 2: V
+        load_addr = Signal(range(n_max * chunks))
+        computing = Signal()
+        loading = Signal()
+
+        i_ok = self.i_stream.valid & self.i_stream.ready
+        m.d.comb += self.i_stream.ready.eq(~computing)
+        with m.If(i_ok & ~loading):  # header
+            hdr_n = self.i_stream.payload.header.n_tokens[: len(n)]
+            m.d.sync += [n.eq(hdr_n), n_chunks.eq(hdr_n * chunks), chunk_len.eq(Mux(hdr_n > lanes, hdr_n, lanes)),
+                         loading.eq(1), region.eq(0), load_addr.eq(0)]
+        row = self.i_stream.payload.row
+        m.d.comb += [qbuf.w_data.eq(row), kvbuf.w_data.eq(row),
+                     qbuf.w_addr.eq(load_addr), kvbuf.w_addr.eq(Mux(region == 2, v_base + load_addr, load_addr)),
+                     qbuf.w_en.eq(i_ok & loading & (region == 0)), kvbuf.w_en.eq(i_ok & loading & (region != 0))]
+
+        # -- sequencer state -------------------------------------------------------------------------
+        k = Signal(range(n_max + 2))  # step: QK(k) then PV(k - 1)
+        phase_pv = Signal()
+        j = Signal(range(n_max))
+        c = Signal(range(chunks))
+        cc = Signal(range(max(n_max, lanes) + 1))
+        q_base = Signal(range(n_max * chunks + chunks))
+        kaddr = Signal(range(n_max * chunks + 1))
+        vaddr = Signal(range(2 * n_max * chunks + 1))
+        sm_done = Signal(2)      # softmax of the row in bank b finished (exponentials and reciprocal ready)
+        recips = [Signal.like(sm.recip, name=f"recip{b}") for b in range(2)]
+        inflight = Signal(range(self.out_fifo_depth + 1))
+
+        def begin_step(k_new):
+            m.d.sync += [k.eq(k_new), j.eq(0), c.eq(0), cc.eq(0), kaddr.eq(0), vaddr.eq(v_base)]
+            m.d.sync += phase_pv.eq(k_new >= n)
+
+        with m.If(i_ok & loading):
+            with m.If(load_addr == n_chunks - 1):
+                m.d.sync += [load_addr.eq(0), region.eq(region + 1)]
+                with m.If(region == 2):
+                    m.d.sync += [loading.eq(0), computing.eq(1), q_base.eq(0)]
+                    begin_step(0)
+            with m.Else():
+                m.d.sync += load_addr.eq(load_addr + 1)
+
+        pv_row0 = k == 1
+        pv_bank = ~k[0]
+        qk_bank = k[0]
+        chunk_start = cc == 0
+        credit_ok = (ofifo.level + inflight) < self.out_fifo_depth
+        class_ok = ~(pv_row0 & (c == 0)) | (sfifo.level == 0)
+        go = Mux(sm_done.bit_select(pv_bank, 1), 1, 0) & credit_ok & class_ok
+        pv_advance = computing & phase_pv & (~chunk_start | go)
+        pv_op = pv_advance & (cc < n)
+        qk_op = computing & ~phase_pv
+
+        chunk_done = Signal()
+        m.d.comb += chunk_done.eq(pv_advance & (cc == chunk_len - 1))
+        with m.If(qk_op):
+            m.d.sync += kaddr.eq(kaddr + 1)
+            with m.If(c == chunks - 1):
+                m.d.sync += c.eq(0)
+                with m.If(j == n - 1):  # end of QK(k)
+                    m.d.sync += [j.eq(0), q_base.eq(q_base + chunks)]
+                    with m.If(k == 0):
+                        begin_step(1)
+                    with m.Else():
+                        m.d.sync += [phase_pv.eq(1), cc.eq(0), vaddr.eq(v_base)]
+                with m.Else():
+                    m.d.sync += j.eq(j + 1)
+            with m.Else():
+                m.d.sync += c.eq(c + 1)
+        with m.If(pv_advance):
+            m.d.sync += [cc.eq(cc + 1), vaddr.eq(vaddr + chunks)]
+            with m.If(chunk_done):
+                m.d.sync += [cc.eq(0), vaddr.eq(v_base + c + 1), c.eq(c + 1)]
+                with m.If(c == chunks - 1):  # end of PV(k - 1)
+                    m.d.sync += sm_done.bit_select(pv_bank, 1).eq(0)
+                    with m.If(k == n):
+                        m.d.sync += computing.eq(0)
+                    with m.Else():
+                        begin_step(k + 1)
+
+        # -- operation issue: memory reads (stage 1), normalizer (stages 2, 3), MAC inputs (stage 3) -------
+        tag_l = self._tag_layout()
+        op_tag = Signal(tag_l)
+        m.d.comb += [
+            op_tag.j.eq(Mux(phase_pv, cc, j)),
+            op_tag.bank.eq(Mux(phase_pv, pv_bank, qk_bank)),
+            op_tag.lastj.eq(Mux(phase_pv, cc == n - 1, j == n - 1)),
+            op_tag.cls.eq(phase_pv & pv_row0 & (c == 0)),
+            op_tag.final.eq(phase_pv & (k == n) & (c == chunks - 1)),
+        ]
+        op_valid = qk_op | pv_op
+        op_first = Mux(phase_pv, cc == 0, c == 0)
+        op_last = Mux(phase_pv, cc == n - 1, c == chunks - 1)
+        m.d.comb += [qbuf.r_addr.eq(q_base + c), kvbuf.r_addr.eq(Mux(phase_pv, vaddr, kaddr)),
+                     sm.e_r_bank.eq(pv_bank), sm.e_r_addr.eq(cc)]
+
+        ctrl_l = data.StructLayout({"valid": 1, "mode": 1, "first": 1, "last": 1, "tag": tag_l})
+        ctrl = [Signal(ctrl_l, name=f"ctrl{s}") for s in range(FRONT_STAGES + 1)]
+        m.d.comb += [ctrl[0].valid.eq(op_valid), ctrl[0].mode.eq(Mux(phase_pv, MODE_VEC, MODE_DOT)),
+                     ctrl[0].first.eq(op_first), ctrl[0].last.eq(op_last), ctrl[0].tag.eq(op_tag)]
+        for s in range(FRONT_STAGES):
+            m.d.sync += ctrl[s + 1].eq(ctrl[s])
+        q2, q3, kv2, kv3 = (Signal.like(qbuf.r_data, name=nm) for nm in ("q2", "q3", "kv2", "kv3"))
+        m.d.sync += [q2.eq(qbuf.r_data), q3.eq(q2), kv2.eq(kvbuf.r_data), kv3.eq(kv2)]
+        m.d.comb += [norm.e.eq(sm.e_r_data), norm.recip.eq(Mux(ctrl[1].tag.bank, recips[1], recips[0]))]
+        c3 = ctrl[FRONT_STAGES]
+        m.d.comb += [mac.valid.eq(c3.valid), mac.mode.eq(c3.mode), mac.first.eq(c3.first), mac.last.eq(c3.last),
+                     mac.tag.eq(c3.tag)]
+        for lane in range(lanes):
+            m.d.comb += [mac.a[lane].eq(Mux(c3.mode == MODE_VEC, norm.p, q3[lane])), mac.b[lane].eq(kv3[lane])]
+
+        # class-token probabilities into their FIFO as PV(0) reads them
+        s_word = Signal(score_l)
+        m.d.comb += [s_word.prob.eq(norm.p), s_word.last.eq(c3.tag.lastj), s_word.head.eq(self._head),
+                     sfifo.w_data.eq(s_word), sfifo.w_en.eq(c3.valid & (c3.mode == MODE_VEC) & c3.tag.cls)]
+        m.d.comb += [self.s_stream.payload.eq(sfifo.r_data), self.s_stream.valid.eq(sfifo.r_rdy),
+                     sfifo.r_en.eq(self.s_stream.ready)]
+
+        # -- scores: into the softmax unit's buffer, running max per bank --------------------------------
+        dot_tag = Signal(tag_l)
+        m.d.comb += dot_tag.eq(mac.dot_tag)
+        score = mac.dot[: p.score_bits].as_signed()
+        m.d.comb += [sm.score_w_en.eq(mac.dot_valid), sm.score_w_bank.eq(dot_tag.bank),
+                     sm.score_w_addr.eq(dot_tag.j), sm.score_w_data.eq(score)]
+        row_max = [Signal(signed(p.score_bits), name=f"row_max{b}") for b in range(2)]
+        scores_ready = Signal(2)
+        for b in range(2):
+            with m.If(mac.dot_valid & (dot_tag.bank == b)):
+                with m.If((dot_tag.j == 0) | (score > row_max[b])):
+                    m.d.sync += row_max[b].eq(score)
+                with m.If(dot_tag.lastj):
+                    m.d.sync += scores_ready[b].eq(1)
+
+        # -- softmax rows in order, alternating banks ----------------------------------------------------
+        sm_bank = Signal()
+        start = Signal()
+        m.d.comb += [start.eq(computing & sm.ready & scores_ready.bit_select(sm_bank, 1)),
+                     sm.start.eq(start), sm.start_bank.eq(sm_bank),
+                     sm.start_max.eq(Mux(sm_bank, row_max[1], row_max[0])), sm.start_n.eq(n)]
+        with m.If(start):
+            m.d.sync += [scores_ready.bit_select(sm_bank, 1).eq(0), sm_bank.eq(~sm_bank)]
+        with m.If(sm.done):
+            m.d.sync += sm_done.bit_select(sm.done_bank, 1).eq(1)
+            for b in range(2):
+                with m.If(sm.done_bank == b):
+                    m.d.sync += recips[b].eq(sm.recip)
+        with m.If(i_ok & loading & (region == 2) & (load_addr == n_chunks - 1)):  # a new frame computes
+            m.d.sync += [sm_bank.eq(0), scores_ready.eq(0), sm_done.eq(0)]
+
+        # -- finished chunks: serial requantization into output beats ----------------------------------
+        hold = [Signal(signed(p.acc_bits), name=f"hold{lane}") for lane in range(lanes)]
+        ser_count = Signal(range(lanes + 1))
+        ser_final = Signal()
+        vec_tag = Signal(tag_l)
+        m.d.comb += vec_tag.eq(mac.vec_tag)
+        m.d.comb += [rq.i_stream.valid.eq(ser_count != 0), rq.i_stream.payload.eq(hold[0]),
+                     rq.o_stream.ready.eq(1)]
+        sent = rq.i_stream.valid & rq.i_stream.ready
+        with m.If(mac.vec_valid):
+            m.d.sync += [ser_count.eq(lanes), ser_final.eq(vec_tag.final)]
+            m.d.sync += [hold[lane].eq(mac.vec[lane]) for lane in range(lanes)]
+        with m.Elif(sent):
+            m.d.sync += ser_count.eq(ser_count - 1)
+            m.d.sync += [hold[lane].eq(hold[lane + 1]) for lane in range(lanes - 1)]
+        # the requantizer has one register stage and is never stalled: its outputs follow one cycle later
+        out_last_lane, out_final = Signal(), Signal()
+        m.d.sync += [out_last_lane.eq(sent & (ser_count == 1)), out_final.eq(ser_final)]
+        pack = Signal(data.ArrayLayout(signed(p.data_bits), lanes))
+        if lanes > 1:
+            with m.If(rq.o_stream.valid):
+                m.d.sync += pack.eq(Mux(out_last_lane, 0, (pack.as_value() >> p.data_bits)
+                                        | (rq.o_stream.payload.as_unsigned() << ((lanes - 1) * p.data_bits))))
+        o_word = Signal(out_l)
+        beat = (pack.as_value() >> p.data_bits) | (rq.o_stream.payload.as_unsigned() << ((lanes - 1) * p.data_bits))
+        m.d.comb += [o_word.row.eq(beat), o_word.last.eq(out_final), o_word.head.eq(self._head),
+                     ofifo.w_data.eq(o_word), ofifo.w_en.eq(rq.o_stream.valid & out_last_lane)]
+        m.d.comb += [self.o_stream.payload.eq(ofifo.r_data), self.o_stream.valid.eq(ofifo.r_rdy),
+                     ofifo.r_en.eq(self.o_stream.ready)]
+        chunk_issue = pv_advance & chunk_start
+        with m.If(chunk_issue & ~ofifo.w_en):
+            m.d.sync += inflight.eq(inflight + 1)
+        with m.Elif(~chunk_issue & ofifo.w_en):
+            m.d.sync += inflight.eq(inflight - 1)
+
+        m.d.comb += self.overflows.eq(rq.overflows)
+        pipe_busy = ctrl[1].valid | ctrl[2].valid | ctrl[3].valid
+        m.d.comb += self.busy.eq(loading | computing | pipe_busy | (inflight != 0) | ofifo.r_rdy | sfifo.r_rdy
+                                 | ~sm.ready | (ser_count != 0) | mac.dot_valid | mac.vec_valid)
+        return m
