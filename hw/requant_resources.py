@@ -1,0 +1,108 @@
+"""Cost of the streaming requantizer (:class:`tokensift.hw.requant.Requantizer`): resources and cycles.
+
+The multiplier by the constant ``multiplier`` is the only DSP user: Yosys folds a power of two into a
+shift, otherwise the product ``acc_bits x (multiplier.bit_length() + 1)`` (signed) is tiled onto DSPs by
+:func:`tokensift.hw.resources.multiplier_dsps`. No memory. LUTs (rounding adder, range check,
+saturation, overflow counter) and flip-flops (output register, valid, counter) follow the fitted linear
+model of :mod:`tokensift.hw.resources` over the features of :func:`features`.
+
+>>> from tokensift.quant.fixed import INT8
+>>> p = RequantParams(acc_bits=32, out=INT8, multiplier=12345, shift=20)
+>>> resources(p, "xcup").dsp, cycles(p, n_values=100)
+(2, 101)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokensift.hw.resources import Resources, check_family, fitted, multiplier_dsps
+from tokensift.quant.fixed import FixedFormat, Rounding
+
+__all__ = ["RequantParams", "features", "resources", "cycles", "LATENCY"]
+
+#: cycles from a value's acceptance to its appearance on ``o_stream`` (one register stage)
+LATENCY = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequantParams:
+    """The elaboration parameters of a :class:`~tokensift.hw.requant.Requantizer`."""
+
+    acc_bits: int = 32
+    out: FixedFormat
+    multiplier: int
+    shift: int
+    counter_bits: int = 16
+
+    @classmethod
+    def of(cls, component) -> RequantParams:
+        """The parameters of an elaborated-to-be :class:`~tokensift.hw.requant.Requantizer`."""
+        return cls(acc_bits=len(component.i_stream.payload), out=component.out, multiplier=component.multiplier,
+                   shift=component.shift, counter_bits=len(component.overflows))
+
+    def component(self):
+        from tokensift.hw.requant import Requantizer
+
+        return Requantizer(acc_bits=self.acc_bits, out=self.out, multiplier=self.multiplier, shift=self.shift,
+                           counter_bits=self.counter_bits)
+
+
+def _check(params) -> RequantParams:
+    if not isinstance(params, RequantParams):
+        raise TypeError(f"params must be RequantParams, not {type(params).__name__}")
+    return params
+
+
+def _power_of_two(value: int) -> bool:
+    return value & (value - 1) == 0
+
+
+def features(params: RequantParams, family: str) -> dict[str, float]:
+    """Structural sizes of the RTL the LUT/FF fit is linear in.
+
+    ``product_bits``: width of ``acc * multiplier``; ``rounded_bits``: the width after the rounding
+    shift (the range check and the saturation multiplexer run over it); ``round_add_bits``: width of
+    the rounding adder (0 for FLOOR); ``out_bits``, ``counter_bits``: registers.
+    """
+    p = _check(params)
+    check_family(family)
+    mbits = p.multiplier.bit_length()
+    product = p.acc_bits + mbits + 1
+    rounded = product - p.shift + 1
+    if p.shift == 0 or p.out.rounding is Rounding.FLOOR:
+        round_add = 0
+    elif p.out.rounding is Rounding.HALF_UP:
+        round_add = product + 1
+    else:
+        round_add = rounded + p.shift  # remainder compare plus the increment of the floor
+    return {
+        "product_bits": float(product),
+        "rounded_bits": float(max(rounded, 1)),
+        "round_add_bits": float(round_add),
+        "out_bits": float(p.out.bits),
+        "counter_bits": float(p.counter_bits),
+        "soft_mul_bits": 0.0 if _power_of_two(p.multiplier) or _dsps(p, family) else float(p.acc_bits * mbits),
+    }
+
+
+def _dsps(p: RequantParams, family: str) -> int:
+    if _power_of_two(p.multiplier):
+        return 0  # a shift
+    return multiplier_dsps(p.acc_bits, p.multiplier.bit_length() + 1, family=family, signed=True)
+
+
+def resources(params: RequantParams, family: str) -> Resources:
+    """DSP (exact), LUT and FF (fitted) of one requantizer on ``family``."""
+    p = _check(params)
+    lut, ff = fitted("requant", family, features(p, family))
+    return Resources(dsp=_dsps(p, family), lut=lut, ff=ff)
+
+
+def cycles(params: RequantParams, *, n_values: int) -> int:
+    """Cycles from the first value's acceptance to the last result being valid, with no stalls: one value
+    per cycle plus :data:`LATENCY`."""
+    _check(params)
+    if isinstance(n_values, bool) or not isinstance(n_values, int) or n_values < 0:
+        raise ValueError(f"n_values must be a non-negative integer, not {n_values!r}")
+    return n_values + LATENCY if n_values else 0

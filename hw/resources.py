@@ -1,0 +1,430 @@
+"""FPGA resources and the per-family rules that turn RTL structure into primitives.
+
+:class:`Resources` is the vocabulary every cost function returns (DSP, block RAM, LUT, FF). The rules
+below map the structures our generators emit onto each family's primitives, the way the Yosys flows of
+:mod:`tokensift.hw.synth` map them, so that DSP and block-RAM counts are exact:
+
+* :func:`multiplier_dsps` — a ``w1 x w2`` multiplier on DSP48E1 (25x18, ``xc7``), DSP48E2 (27x18,
+  ``xcup``) or ECP5 ``MULT18X18D`` (18x18), tiled as Yosys's ``mul2dsp`` tiles it (signed-only 24x17 /
+  26x17 / 18x18 partial products, products narrower than 9 bits or operands narrower than 2 bits stay in
+  LUTs on Xilinx).
+* :func:`map_memory` — a ``width x depth`` memory with one write port and one read port onto block RAM
+  (RAMB18/RAMB36 by their aspect ratios 16Kx1 .. 512x36 / 32Kx1 .. 512x72; ECP5 18 Kb EBR, 16Kx1 ..
+  512x36), LUT RAM or flip-flops, choosing like Yosys's ``memory_libmap``: every candidate's cost
+  (blocks x block cost + address-decoding muxes + emulated features) is compared with the cost of soft
+  logic (one per bit) and the cheapest wins.
+* LUT and FF counts of control and datapath logic are linear functions of a block's structure whose
+  coefficients are fitted from synthesis (:func:`lut_ff_coefficients`, written by
+  ``bench/fit_cost_model.py`` into ``tokensift/data/lut_ff_fit.json``).
+
+>>> multiplier_dsps(8, 8, family="xcup"), multiplier_dsps(32, 15, family="xc7")
+(1, 2)
+>>> m = map_memory(16, 197, family="xcup")
+>>> m.kind, m.primitive, m.count
+('block', 'RAMB18', 1)
+>>> (Resources(dsp=2, lut=10) * 3 + Resources(bram18=1)).dsp
+6
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from functools import cache
+from importlib import resources as importlib_resources
+
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "Resources",
+    "MemoryMap",
+    "family_info",
+    "check_family",
+    "multiplier_dsps",
+    "map_memory",
+    "mux_luts",
+    "lut_ff_coefficients",
+    "fitted",
+]
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the rules need to know about a device family."""
+
+    name: str
+    vendor: str
+    lut_inputs: int
+    dsp_primitive: str
+    dsp_a: int  # widest A operand of one DSP multiplier
+    dsp_b: int
+    dsp_a_partial: int  # A-slice width of the partial products of a split multiplier
+    dsp_signed_only: bool
+    dsp_y_min: int  # narrower products stay in LUTs
+    bram_kinds: tuple[str, ...]
+
+
+FAMILIES: dict[str, Family] = {
+    "xcup": Family("xcup", "xilinx", 6, "DSP48E2", 27, 18, 18, True, 9, ("bram18", "bram36")),
+    "xc7": Family("xc7", "xilinx", 6, "DSP48E1", 25, 18, 18, True, 9, ("bram18", "bram36")),
+    "ecp5": Family("ecp5", "lattice", 4, "MULT18X18D", 18, 18, 18, False, 0, ("ebr",)),
+}
+
+
+def check_family(family) -> str:
+    if not isinstance(family, str):
+        raise TypeError(f"family must be a string, not {type(family).__name__}")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
+    return family
+
+
+def family_info(family: str) -> Family:
+    return FAMILIES[check_family(family)]
+
+
+# -- resources ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Resources:
+    """DSP slices (ECP5: MULT18X18D), Xilinx RAMB18/RAMB36 and URAM, ECP5 EBR, LUTs and flip-flops.
+
+    Adds with ``+`` and scales with ``* k`` (k copies). LUT and FF may be fractional estimates; the
+    counts of hard blocks are integers.
+    """
+
+    dsp: int = 0
+    bram18: int = 0
+    bram36: int = 0
+    uram: int = 0
+    ebr: int = 0
+    lut: float = 0.0
+    ff: float = 0.0
+
+    def __add__(self, other: Resources) -> Resources:
+        if not isinstance(other, Resources):
+            return NotImplemented
+        return Resources(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def __radd__(self, other):
+        if other == 0:  # sum() starts from 0
+            return self
+        return NotImplemented
+
+    def __mul__(self, k: int) -> Resources:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise TypeError(f"resources scale by a non-negative integer (copies), not {k!r}")
+        return Resources(**{f.name: getattr(self, f.name) * k for f in fields(self)})
+
+    __rmul__ = __mul__
+
+    @property
+    def bram36_equiv(self) -> float:
+        """Block RAM in RAMB36 units (a RAMB18 is half of one)."""
+        return self.bram36 + self.bram18 / 2
+
+    def as_dict(self, family: str | None = None) -> dict:
+        """Rounded counts; with a family, only the keys that family has (``bram36`` = RAMB36 equivalents
+        on Xilinx, ``ebr`` on ECP5)."""
+        out = {"dsp": int(self.dsp), "bram18": int(self.bram18), "bram36": self.bram36_equiv,
+               "uram": int(self.uram), "ebr": int(self.ebr), "lut": int(round(self.lut)),
+               "ff": int(round(self.ff))}
+        if family is None:
+            return out
+        info = family_info(family)
+        if info.vendor == "lattice":
+            return {k: out[k] for k in ("dsp", "ebr", "lut", "ff")}
+        return {k: out[k] for k in ("dsp", "bram18", "bram36", "uram", "lut", "ff")}
+
+
+# -- multipliers -------------------------------------------------------------------------------------
+def _mul_dsps(info: Family, a: int, b: int, a_signed: bool, b_signed: bool, y: int, generic: bool) -> int:
+    # one step of Yosys's techlibs/common/mul2dsp.v (generic: the cell is the original $mul)
+    if generic and a < b:
+        a, b, a_signed, b_signed = b, a, b_signed, a_signed
+    if a < 2 or b < 2 or y < info.dsp_y_min:
+        return 0  # soft multiplier
+    if info.dsp_signed_only and generic and not a_signed and not b_signed:
+        return _mul_dsps(info, a + 1, b + 1, True, True, y, generic)
+    head = 1 if info.dsp_signed_only else 0
+    if a > info.dsp_a:
+        step = info.dsp_a_partial - head
+        n = (a - info.dsp_a + info.dsp_a_partial - head - 1) // step
+        part_y = min(y, b + info.dsp_a_partial)
+        last_a = a - n * step
+        return (n * _mul_dsps(info, info.dsp_a_partial, b, bool(head), b_signed, part_y, False)
+                + _mul_dsps(info, last_a, b, a_signed, b_signed, b + last_a, False))
+    if b > info.dsp_b:
+        step = info.dsp_b - head  # DSP_B_MAXWIDTH_PARTIAL defaults to DSP_B_MAXWIDTH
+        n = (b - info.dsp_b + info.dsp_b - head - 1) // step
+        part_y = min(y, a + info.dsp_b)
+        last_b = b - n * step
+        return (n * _mul_dsps(info, a, info.dsp_b, a_signed, bool(head), part_y, False)
+                + _mul_dsps(info, a, last_b, a_signed, b_signed, a + last_b, False))
+    return 1
+
+
+def multiplier_dsps(a_bits: int, b_bits: int, *, family: str, signed: bool = True, y_bits: int | None = None) -> int:
+    """DSP primitives of one ``a_bits x b_bits`` multiplier (both operands signed, or both unsigned).
+
+    ``y_bits`` is the width of the product actually used (default: the full ``a_bits + b_bits``).
+    Multiplying by a power of two costs no DSP; pass the operand widths Yosys sees after constant
+    folding (a constant ``c`` multiplier is ``c.bit_length() + 1`` bits when the other side is signed).
+    """
+    info = family_info(family)
+    for name, value in (("a_bits", a_bits), ("b_bits", b_bits)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    y = a_bits + b_bits if y_bits is None else y_bits
+    return _mul_dsps(info, a_bits, b_bits, signed, signed, y, True)
+
+
+# -- memories ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Ram:
+    """One candidate of a family's RAM library (a Yosys memlib entry, one option choice)."""
+
+    name: str
+    kind: str  # "distributed" or "block"
+    abits: int
+    widths: tuple[int, ...]
+    cost: float
+    widthscale: float
+    byte: int
+    port_max: int  # widest width the ports reach (index into widths)
+    port_min: int  # narrowest width the write port accepts (index)
+    primitive: str
+    global_width: bool = False
+    sync_only: bool = False  # block RAM: synchronous read ports only
+    per_replica: dict | None = None  # resource counts per replica: {"bram18": 1} / {"lut": 8}
+    lut_per_bit: int = 0  # LUT RAM built of 1-bit cells: LUTs per used bit
+
+
+def _lutram_xcup() -> list[_Ram]:
+    r = []
+    for name, options in (
+        ("DP", ((5, 8, "RAM32M16", 8, 0), (6, 4, "RAM64X1D", 0, 2), (7, 2, "RAM128X1D", 0, 4),
+                (8, 1, "RAM256X1D", 0, 8))),
+        ("QP", ((5, 4, "RAM32M16", 8, 0), (6, 2, "RAM64M8", 8, 0))),
+        ("OP", ((5, 2, "RAM32M16", 8, 0), (6, 1, "RAM64M8", 8, 0))),
+        ("SDP", ((5, 14, "RAM32M16", 8, 0), (6, 7, "RAM64M8", 8, 0))),
+    ):
+        for abits, width, prim, luts, per_bit in options:
+            r.append(_Ram(f"LUTRAM_{name}{abits}", "distributed", abits, (width,), 16, 16, 0, 0, 0, prim,
+                          global_width=True, per_replica={"lut": luts}, lut_per_bit=per_bit))
+    return r
+
+
+def _lutram_xc7() -> list[_Ram]:
+    r = []
+    for name, cost, ws, options in (
+        ("DP", 8, 8, ((5, 4, "RAM32M", 4, 0), (6, 2, "RAM64X1D", 0, 2), (7, 1, "RAM128X1D", 0, 4))),
+        ("QP", 7, 7, ((5, 2, "RAM32M", 4, 0), (6, 1, "RAM64M", 4, 0))),
+        ("SDP", 8, 7, ((5, 6, "RAM32M", 4, 0), (6, 3, "RAM64M", 4, 0))),
+    ):
+        for abits, width, prim, luts, per_bit in options:
+            r.append(_Ram(f"LUTRAM_{name}{abits}", "distributed", abits, (width,), cost, ws, 0, 0, 0, prim,
+                          global_width=True, per_replica={"lut": luts}, lut_per_bit=per_bit))
+    return r
+
+
+_XILINX_BRAM = [
+    # true dual port: RAMB18 (HALF), RAMB36 (FULL), two cascaded RAMB36 (CASCADE)
+    _Ram("TDP_HALF", "block", 14, (1, 2, 4, 9, 18), 129, 0, 9, 4, 0, "RAMB18", sync_only=True,
+         per_replica={"bram18": 1}),
+    _Ram("TDP_FULL", "block", 15, (1, 2, 4, 9, 18, 36), 257, 0, 9, 5, 0, "RAMB36", sync_only=True,
+         per_replica={"bram36": 1}),
+    _Ram("TDP_CASCADE", "block", 16, (1, 2, 4, 9), 513, 0, 9, 3, 0, "RAMB36", sync_only=True,
+         per_replica={"bram36": 2}),
+    # simple dual port: the write and read ports are 36 (HALF) / 72 (FULL) wide
+    _Ram("SDP_HALF", "block", 14, (1, 2, 4, 9, 18, 36), 129, 0, 9, 5, 5, "RAMB18", sync_only=True,
+         per_replica={"bram18": 1}),
+    _Ram("SDP_FULL", "block", 15, (1, 2, 4, 9, 18, 36, 72), 257, 0, 9, 6, 6, "RAMB36", sync_only=True,
+         per_replica={"bram36": 1}),
+]
+
+_LIBRARIES: dict[str, list[_Ram]] = {
+    "xcup": _lutram_xcup() + _XILINX_BRAM,
+    "xc7": _lutram_xc7() + _XILINX_BRAM,
+    "ecp5": [
+        _Ram("DPR16X4", "distributed", 4, (4,), 4, 0, 0, 0, 0, "TRELLIS_DPR16X4", global_width=True,
+             per_replica={"lut": 6}),
+        _Ram("DP16KD", "block", 14, (1, 2, 4, 9, 18), 128, 0, 9, 4, 0, "DP16KD", sync_only=True,
+             per_replica={"ebr": 1}),
+        _Ram("PDPW16KD", "block", 14, (1, 2, 4, 9, 18, 36), 128, 0, 9, 5, 5, "PDPW16KD", sync_only=True,
+             per_replica={"ebr": 1}),
+    ],
+}
+
+#: emulation score of a one-write, one-read memory (the read port never shares the write port's address):
+#: one point for the unshared read port; ECP5 block RAM also emulates its read-port reset/initial value
+_EMU_SCORE = {("xcup", "distributed"): 1, ("xcup", "block"): 1, ("xc7", "distributed"): 1,
+              ("xc7", "block"): 1, ("ecp5", "distributed"): 1, ("ecp5", "block"): 7}
+_FACTOR_MUX, _FACTOR_DEMUX, _FACTOR_EMU = 0.5, 0.5, 2
+
+
+@dataclass(frozen=True)
+class MemoryMap:
+    """How one memory maps.
+
+    ``kind`` is "block", "distributed" or "logic"; ``primitive`` and ``count`` say which cells and how
+    many; ``blocks`` are their resources (block RAMs, or the LUTs of LUT RAM); ``lut`` and ``ff`` are the
+    soft logic around them: the multiplexer over address ranges and the write-enable decoder when a
+    memory spans several LUT RAM depths, the data register of a synchronous read from asynchronous LUT
+    RAM, the storage of a memory left in flip-flops, and on ECP5 the read-first emulation of block RAM
+    (write data, write address and read data registers and a bypass multiplexer: Yosys's EBR ports do
+    not return the old data on a same-address collision between ports).
+    """
+
+    width: int
+    depth: int
+    kind: str
+    primitive: str
+    count: int
+    blocks: Resources
+    mux_ways: int
+    lut: int
+    ff: int
+
+    @property
+    def resources(self) -> Resources:
+        return self.blocks + Resources(lut=self.lut, ff=self.ff)
+
+
+def _geometry(ram: _Ram, width: int, depth: int) -> tuple[float, int, int, int] | None:
+    """(cost, replicas, address ranges, unit width) of the best base width, as memory_libmap picks it."""
+    best = None
+    best_cost = 0
+    for base in range(len(ram.widths)):
+        unit_idx = min(base, ram.port_max)
+        if unit_idx != base and best is not None:
+            break
+        if base < ram.port_min and base < _byte_index(ram):
+            continue  # the write port cannot be this narrow
+        unit = ram.widths[unit_idx]
+        eb = ram.byte if 0 < ram.byte <= unit else unit
+        swizzle = -(-width // eb) * eb
+        addrs = 1 << (ram.abits - base)
+        mult_a = (depth - 1) // addrs + 1
+        repl = -(-(mult_a * swizzle) // unit)
+        score_demux = mult_a if mult_a != 1 else 0
+        score_mux = (mult_a - 1) * width
+        cost = (ram.cost - ram.widthscale) * repl + ram.widthscale * mult_a * width / unit
+        cost += score_mux * _FACTOR_MUX + score_demux * _FACTOR_DEMUX
+        if best is None or cost < best_cost:
+            best = (cost, repl, mult_a, unit)
+            best_cost = int(cost)  # memory_libmap keeps the best cost in an int
+        if ram.global_width:
+            break
+    return best
+
+
+def _byte_index(ram: _Ram) -> int:
+    if ram.byte == 0:
+        return len(ram.widths) - 1
+    return max(i for i, w in enumerate(ram.widths) if ram.byte >= w)
+
+
+def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True) -> MemoryMap:
+    """Map a ``width x depth`` memory with one write port and one read port (synchronous by default, at an
+    address independent of the write address; no byte enables) onto the family's primitives."""
+    check_family(family)
+    for name, value in (("width", width), ("depth", depth)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"memory {name} must be a positive integer, not {value!r}")
+    logic_cost = width * depth * 1.0
+    candidates = []  # prune: cheapest per kind, the first on ties
+    for ram in _LIBRARIES[family]:
+        if ram.sync_only and not sync_read:
+            continue
+        geom = _geometry(ram, width, depth)
+        if geom is None:
+            continue
+        cost = geom[0] + _EMU_SCORE[(family, ram.kind)] * _FACTOR_EMU
+        same = [i for i, c in enumerate(candidates) if c[1].kind == ram.kind]
+        if same:
+            if cost < candidates[same[0]][0]:
+                candidates[same[0]] = (cost, ram, geom)
+        else:
+            candidates.append((cost, ram, geom))
+    candidates.sort(key=lambda c: _LIBRARIES[family].index(c[1]))
+    chosen = None
+    best = int(logic_cost)
+    for cost, ram, geom in candidates:
+        if cost < best:
+            chosen, best = (ram, geom), int(cost)
+    read_reg = width if sync_read else 0
+    if chosen is None:
+        soft = mux_luts(depth, width, family=family) + depth
+        return MemoryMap(width, depth, "logic", "FF", width * depth, Resources(), depth, soft,
+                         width * depth + read_reg)
+    ram, (_, repl, mult_a, unit) = chosen
+    if ram.lut_per_bit:  # one 1-bit cell per used bit
+        count = min(width * mult_a, repl * unit)
+        blocks = Resources(lut=ram.lut_per_bit * count)
+    else:
+        per = ram.per_replica or {}
+        count = repl * max(per.values())
+        blocks = Resources(**{k: v * repl for k, v in per.items()})
+    if ram.kind == "block":
+        if family == "ecp5":
+            abits = max(1, (depth - 1).bit_length())
+            return MemoryMap(width, depth, "block", ram.primitive, count, blocks, mult_a, width + 2 * abits + 3,
+                             2 * width + abits + 2)
+        return MemoryMap(width, depth, "block", ram.primitive, count, blocks, mult_a, 0, 0)
+    # LUT RAM reads asynchronously: a synchronous read port gets its data register in flip-flops
+    soft = mux_luts(mult_a, width, family=family) + (mult_a if mult_a > 1 else 0)
+    return MemoryMap(width, depth, "distributed", ram.primitive, count, blocks, mult_a, soft, read_reg)
+
+
+def mux_luts(ways: int, bits: int, *, family: str) -> int:
+    """LUTs of ``bits`` independent ``ways``-to-1 multiplexers (LUT6 + MUXF7/F8 on Xilinx: four inputs
+    per LUT, sixteen per slice; LUT4 + PFUMX/L6MUX21 on ECP5: two inputs per LUT)."""
+    info = family_info(family)
+    if ways <= 1 or bits <= 0:
+        return 0
+    if info.lut_inputs == 6:
+        per_bit = -(-ways // 4) + (-(-ways // 16) if ways > 16 else 0)
+    else:
+        per_bit = -(-ways // 2) + (-(-ways // 8) if ways > 8 else 0)
+    return per_bit * bits
+
+
+# -- fitted LUT / FF coefficients ------------------------------------------------------------------------
+@cache
+def _fit_table() -> dict:
+    path = importlib_resources.files("tokensift") / "data" / "lut_ff_fit.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def lut_ff_coefficients(block: str, family: str) -> dict:
+    """The fitted ``{"lut": {feature: coef}, "ff": {feature: coef}}`` of ``block`` on ``family``.
+
+    Written by ``bench/fit_cost_model.py`` from the synthesis baselines; a missing entry is an error (an
+    estimator must never return 0 silently).
+    """
+    check_family(family)
+    table = _fit_table().get("blocks", {})
+    try:
+        return table[block][family]
+    except KeyError:
+        raise LookupError(f"no fitted LUT/FF coefficients for block {block!r} on {family}; "
+                          f"run `python bench/fit_cost_model.py`") from None
+
+
+def fitted(block: str, family: str, features: dict[str, float]) -> tuple[float, float]:
+    """(LUT, FF) of the fitted linear model: ``sum(coef[k] * features[k])`` (``const`` is the intercept)."""
+    coefs = lut_ff_coefficients(block, family)
+    out = []
+    for metric in ("lut", "ff"):
+        total = 0.0
+        for name, coef in coefs[metric].items():
+            if name == "const":
+                total += coef
+            elif name not in features:
+                raise KeyError(f"feature {name!r} of the {block} {metric} fit is not computed by its model")
+            else:
+                total += coef * features[name]
+        out.append(max(total, 0.0))
+    return out[0], out[1]
