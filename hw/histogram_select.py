@@ -18,6 +18,7 @@ from __future__ import annotations
 from amaranth.hdl import Array, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+
 from tokensift.quant.select import RADIX_BITS
 
 __all__ = ["HistogramSelect"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+
 from tokensift.hw import fixed as hwfixed
 from tokensift.quant.fixed import FixedFormat, Rounding
 

@@ -49,6 +49,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+
 from tokensift.hw.compactor import Compactor
 from tokensift.hw.histogram_select import HistogramSelect
 from tokensift.hw.package_mac import PackageMAC

@@ -36,6 +36,7 @@ import enum
 from dataclasses import dataclass
 
 import numpy as np
+
 from tokensift.quant.fixed import FixedFormat, OverflowCounter, Rounding, round_shift
 
 __all__ = [

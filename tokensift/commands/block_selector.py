@@ -1,0 +1,83 @@
+"""CLI glue of the token selector (:mod:`tokensift.hw.selector`): ``generate selector``, ``simulate selector``."""
+
+from __future__ import annotations
+
+HELP = "token selector: top-k or threshold keep in O(N) cycles, compaction in original order, package token"
+
+TOPLEVEL = "tokensift_selector"
+
+
+def _common(parser):
+    parser.add_argument("--n-max", type=int, default=197, help="most tokens per frame, class token included")
+    parser.add_argument("--dim", type=int, default=384, help="features per token")
+    parser.add_argument("--lanes", type=int, default=16, help="features per stream beat = package-token MACs")
+    parser.add_argument("--score-bits", type=int, default=16, help="width of the unsigned scores")
+    parser.add_argument("--feature-bits", type=int, default=8, help="width of the signed features")
+    parser.add_argument("--package", action="store_true", help="build (and, when simulating, use) the package token")
+
+
+def _params(args):
+    from tokensift.quant.select import SelectorParams
+
+    return SelectorParams(n_max=args.n_max, dim=args.dim, lanes=args.lanes, score_bits=args.score_bits,
+                          feature_bits=args.feature_bits, package=args.package)
+
+
+def _component(p):
+    from tokensift.hw.selector import Selector
+
+    return Selector(n_max=p.n_max, dim=p.dim, score_bits=p.score_bits, feature_bits=p.feature_bits,
+                    lanes=p.lanes, package=p.package)
+
+
+def add_generate_arguments(parser):
+    _common(parser)
+
+
+def build(args):
+    from dataclasses import asdict
+
+    p = _params(args)
+    return _component(p), TOPLEVEL, asdict(p)
+
+
+def add_simulate_arguments(parser):
+    _common(parser)
+    parser.add_argument("--tokens", type=int, default=None, help="tokens N of the frame (default: n_max)")
+    rule = parser.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--keep", type=int, help="top-k: patch tokens to keep (the class token is always kept)")
+    rule.add_argument("--threshold", type=int, help="threshold: keep patch tokens whose score is greater")
+
+
+def simulate(args) -> dict:
+    from dataclasses import asdict
+
+    from tokensift.quant.select import Mode, check_runtime
+    from tokensift.sim.runner import run_cocotb
+
+    p = _params(args)
+    tokens = p.n_max if args.tokens is None else args.tokens
+    mode = Mode.TOPK if args.keep is not None else Mode.THRESHOLD
+    status = check_runtime(p, n_tokens=tokens, mode=mode, k=args.keep, threshold=args.threshold)
+    params = {"config": asdict(p), "seed": args.seed, "tokens": tokens, "keep": args.keep,
+              "threshold": args.threshold, "package": args.package}
+    res = run_cocotb(_component(p), toplevel=TOPLEVEL, test_module="tokensift.sim.tb_selector", params=params,
+                     build_dir=args.build_dir, testcase="cli_frame", waves=args.waves or False, seed=args.seed)
+    r = res.report
+    return {
+        "cycles": r.get("cycles"),
+        "bit_exact": r.get("bit_exact", False),
+        "kept": r.get("kept"),
+        "expected_cycles": r.get("expected_cycles"),
+        "cycles_match": r.get("cycles") == r.get("expected_cycles"),
+        "status": status.name,
+        "mode": mode.name.lower(),
+        "tokens": tokens,
+        "keep": args.keep,
+        "threshold": args.threshold,
+        "package": r.get("package"),
+        "indices": r.get("indices"),
+        "error": r.get("error"),
+        "build_dir": str(res.build_dir),
+        "waves": str(res.waves) if res.waves else None,
+    }
