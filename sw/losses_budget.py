@@ -16,13 +16,15 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from .budget import Budget, FlopsBudget
 from .selection import TokenState
 
-__all__ = ["model_budget", "stage_token_counts", "budget_ratio", "budget_gap"]
+__all__ = ["model_budget", "stage_token_counts", "budget_ratio", "budget_gap", "largest_within"]
 
 
 def model_budget(model: nn.Module) -> Budget:
@@ -67,3 +69,21 @@ def budget_gap(model: nn.Module, state: TokenState, target: float) -> tuple[Tens
     """(L1 gap |cost / dense - target|, cost / dense): AS-ViT's budget-aware loss term."""
     ratio = budget_ratio(model, state)
     return (ratio - target).abs(), ratio
+
+
+def largest_within(cost: Callable[[float], float], limit: float, low: float, high: float = 1.0,
+                   iterations: int = 40) -> float:
+    """Largest ``q`` in [low, high] with ``cost(q) <= limit`` (bisection; ``cost`` non-decreasing in ``q``).
+
+    Returns ``low`` when even ``cost(low)`` exceeds the limit; the caller decides whether that is an error.
+
+    >>> round(largest_within(lambda q: q * q, 0.25, 0.0), 6)
+    0.5
+    """
+    if cost(high) <= limit:
+        return high
+    lo, hi = low, high
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cost(mid) <= limit else (lo, mid)
+    return lo

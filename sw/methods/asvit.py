@@ -6,14 +6,22 @@
   i.e. from the attention that block computes anyway; no second attention pass. The integer reference is
   :func:`tokensift.quant.select.head_weighted_scores`.
 * **Learnable threshold per stage**, before the 4th, 7th and 10th blocks of DeiT (0-indexed 3, 6, 9: the
-  model's ``prune_locs``, before blocks 1, 3, 5 of the 6-block MNIST model). The threshold is in units of
-  uniform attention ``1 / num_patches``: a patch token is kept when ``score * num_patches > threshold``.
-  Training: a steep sigmoid ``sigmoid((score * num_patches - threshold) / temperature)`` with a
-  straight-through estimator (hard 0/1 forward, sigmoid gradient). Inference: the hard comparison, so the
-  number of kept tokens adapts to each image; a batch keeps different counts per image (pad + mask).
+  model's ``prune_locs``, before blocks 1, 3, 5 of the 6-block MNIST model). A patch token is kept when
+  its score is greater than the stage's ``threshold = exp(log_threshold) / num_patches``; the learned
+  parameter is the logarithm of the threshold in units of uniform attention, because the scores are
+  heavy-tailed (a few tokens take most of the attention) and a step of the optimiser should move the
+  threshold by a ratio, not by an absolute amount. Training: a steep sigmoid of the log-ratio,
+  ``sigmoid((log(score * num_patches) - log_threshold) / temperature)``, with a straight-through estimator
+  (hard 0/1 forward, sigmoid gradient). Inference: the hard comparison ``score > threshold``, so the number
+  of kept tokens adapts to each image; a batch keeps different counts per image (pad + mask).
 * **Budget-aware loss** (:class:`ASViTLoss`): cross-entropy + 2.0 x |FLOPs(soft counts) / dense FLOPs -
   rho| + 0.5 x (KL to the dense teacher + MSE on the kept tokens). ``keep_ratio`` is rho, the target
   FLOPs as a fraction of the dense model's; the FLOPs are ``model.budget`` (replaceable by a latency model).
+* **Threshold initialisation** (:func:`calibrate_thresholds`, run by the loss on its first batch): a
+  pretrained backbone's scores span orders of magnitude, so the thresholds start where the budget would
+  be met by the schedule ``int(num_patches * q ** (s + 1))`` (the largest ``q`` within budget, found with
+  the budget callable): stage ``s``'s threshold is the batch quantile of its candidates' scores that keeps
+  that fraction. The loss then learns them.
 
 Example:
     >>> import torch
@@ -26,16 +34,19 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses_budget import budget_gap
+from ..losses_budget import budget_gap, largest_within, model_budget
 from ..losses_distill import logit_distill, teacher_outputs, token_distill
 from ..selection import AttnInfo, TokenSelector, TokenState
 from . import MethodSpec, register_method
 
-__all__ = ["ASViTSelector", "ASViTLoss", "head_weighted_scores"]
+__all__ = ["ASViTSelector", "ASViTLoss", "head_weighted_scores", "calibrate_thresholds"]
 
 
 def head_weighted_scores(info: AttnInfo) -> Tensor:
@@ -54,7 +65,7 @@ class ASViTSelector(TokenSelector):
         num_heads: attention heads (for the MAC count of the scoring).
         keep_ratio: rho, the FLOPs target of the budget loss (not a per-stage count: counts adapt).
         threshold: initial threshold, in units of uniform attention ``1 / num_patches``.
-        temperature: width of the training sigmoid in the same units (smaller is steeper).
+        temperature: width of the training sigmoid on the log scale (smaller is steeper).
     """
 
     site = "pre"
@@ -62,18 +73,26 @@ class ASViTSelector(TokenSelector):
     adaptive = True
 
     def __init__(self, num_patches: int, num_heads: int, keep_ratio: float, threshold: float = 0.5,
-                 temperature: float = 0.1):
+                 temperature: float = 0.2):
         super().__init__(keep_ratio)
+        if not threshold > 0:
+            raise ValueError(f"threshold must be positive, not {threshold!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, not {temperature!r}")
         self.num_patches, self.num_heads, self.temperature = num_patches, num_heads, float(temperature)
-        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+        self.log_threshold = nn.Parameter(torch.tensor(math.log(threshold)))
+        self.register_buffer("calibrated", torch.tensor(False))
+
+    @property
+    def threshold(self) -> Tensor:
+        """The inference rule's threshold on the scores (a patch token is kept when its score is greater)."""
+        return self.log_threshold.exp() / self.num_patches
 
     def score(self, state: TokenState, info: AttnInfo | None) -> Tensor:
         return head_weighted_scores(info)
 
     def decide(self, scores: Tensor, state: TokenState) -> Tensor:
-        z = scores * self.num_patches - self.threshold
+        z = (scores * self.num_patches).clamp_min(1e-30).log() - self.log_threshold
         hard = (z > 0).to(scores.dtype)
         if self.training:
             soft = torch.sigmoid(z / self.temperature)
@@ -89,7 +108,60 @@ class ASViTSelector(TokenSelector):
         return n_in * dim + n_in * self.num_heads
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", threshold={float(self.threshold):.4g}, temperature={self.temperature}"
+        return (super().extra_repr() + f", threshold={float(self.threshold) * self.num_patches:.4g}/"
+                f"{self.num_patches}, temperature={self.temperature}")
+
+
+def _asvit_stages(model: nn.Module) -> list[ASViTSelector]:
+    sels = [s for _, s in getattr(model, "module", model).stage_selectors()]
+    if not sels or not all(isinstance(s, ASViTSelector) for s in sels):
+        raise ValueError("calibrate_thresholds needs a model whose token selectors are all AS-ViT selectors")
+    return sels
+
+
+@torch.no_grad()
+def calibrate_thresholds(model: nn.Module, images: Tensor) -> list[float]:
+    """Set each stage's threshold so that ``images`` meet the budget rho on average; return the thresholds.
+
+    The per-stage kept fractions follow ``int(num_patches * q ** (s + 1))`` with the largest ``q`` whose
+    cost under ``model.budget`` is within rho of the dense cost; stage ``s``'s threshold is the quantile
+    of the scores of its candidates over the batch that keeps its fraction. Under ``torch.distributed``
+    the thresholds are averaged over the processes.
+    """
+    module = getattr(model, "module", model)
+    sels = _asvit_stages(module)
+    budget = model_budget(module)
+    n = sels[0].num_patches
+
+    def kept(q: float) -> list[int]:
+        return [max(1, int(n * q ** (s + 1) + 1e-6)) for s in range(len(sels))]
+
+    def cost(q: float) -> float:
+        return float(budget(torch.tensor([1.0 + k for k in kept(q)], dtype=torch.float64)))
+
+    q = largest_within(cost, sels[0].keep_ratio * budget.dense, 0.5 / n, 1.0)
+    targets = [n] + kept(q)
+    was_training = module.training
+    module.eval()
+    try:
+        for s, sel in enumerate(sels):
+            state = module.forward_state(images, path="mask")
+            d = state.decisions[s]
+            cand = d.index >= 1
+            if s > 0:
+                cand &= state.decisions[s - 1].keep > 0.5
+            scores = d.scores[cand].double()
+            frac = targets[s + 1] / targets[s]
+            t = float(torch.quantile(scores, 1.0 - frac)) if frac < 1 and scores.numel() else 0.0
+            sel.log_threshold.fill_(math.log(max(t * sel.num_patches, 1e-12)))
+            sel.calibrated.fill_(True)
+    finally:
+        module.train(was_training)
+    if dist.is_available() and dist.is_initialized():
+        for sel in sels:
+            dist.all_reduce(sel.log_threshold.data)
+            sel.log_threshold.data /= dist.get_world_size()
+    return [float(sel.threshold) for sel in sels]
 
 
 class ASViTLoss(nn.Module):
@@ -105,6 +177,8 @@ class ASViTLoss(nn.Module):
     def forward(self, student: nn.Module, teacher: nn.Module | None, images: Tensor, labels: Tensor
                 ) -> tuple[Tensor, dict[str, float]]:
         module = getattr(student, "module", student)
+        if not all(bool(sel.calibrated) for sel in _asvit_stages(module)):
+            calibrate_thresholds(module, images)
         state = module.forward_state(images, path="mask")
         logits = module.forward_head(state.x)
         if len(state.decisions) != self.num_stages:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..budget import Budget
-from ..losses_budget import budget_ratio, model_budget
+from ..losses_budget import budget_ratio, largest_within, model_budget
 from ..losses_distill import logit_distill, teacher_outputs, token_distill
 from ..selection import AttnInfo, TokenSelector, TokenState, check_keep_ratio, gumbel_keep, stable_topk_mask
 from . import MethodSpec, register_method
@@ -234,18 +234,12 @@ def plan_keep_ratio(model: nn.Module, budget_ratio: float, budget: Budget | None
     if cost(lowest) > limit:
         raise ValueError(f"a budget of {budget_ratio:g} of the dense cost is below what SPViT can reach on "
                          f"this model ({cost(lowest) / budget.dense:.3f}, one patch token per stage)")
-    lo, hi = lowest, 1.0
-    if cost(hi) <= limit:
-        lo = hi
-    else:
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if cost(mid) <= limit else (lo, mid)
-    cost(lo)
+    q = largest_within(cost, limit, lowest, 1.0, iterations)
+    cost(q)
     module.budget_ratio = budget_ratio
     module.planned_ratio = float(budget(torch.tensor(static_stage_counts(module), dtype=torch.float64))
                                  ) / budget.dense
-    return lo
+    return q
 
 
 # -- training --------------------------------------------------------------------------------------------
