@@ -150,6 +150,19 @@ def _images(batch):
     return batch
 
 
+def _observing_hook(obs: Observer, which):
+    def hook(mod, args, out):
+        if which == "input":
+            value = args[0]
+        elif which == "output":
+            value = out
+        else:
+            value = which(args, out)
+        obs.update(value[0] if isinstance(value, tuple) else value)
+
+    return hook
+
+
 def calibrate(model, loader: Iterable, sites: dict[str, tuple[object, str]], *,
               observer: str | Callable[[], Observer] = "minmax", num_batches: int = 4,
               bits: int = 8) -> dict[str, float]:
@@ -158,7 +171,9 @@ def calibrate(model, loader: Iterable, sites: dict[str, tuple[object, str]], *,
     Args:
         model: a torch module (run in eval mode under ``torch.no_grad``; its mode is restored).
         loader: iterable of image batches or ``(images, labels)`` pairs.
-        sites: ``name -> (module, "input" | "output")``: which tensor each scale is for.
+        sites: ``name -> (module, which)`` or a list of such pairs (one observer over all of them), with
+            ``which`` ``"input"`` (the first positional argument), ``"output"`` (the output, or its first
+            element for a tuple) or a callable ``(args, output) -> tensor`` (e.g. a slice of the output).
         observer: ``"minmax"``, ``"percentile"`` or an :class:`Observer` factory.
         num_batches: how many batches to run (at least 1).
         bits: activation width.
@@ -174,16 +189,16 @@ def calibrate(model, loader: Iterable, sites: dict[str, tuple[object, str]], *,
         raise ValueError(f"num_batches must be at least 1, not {num_batches}")
     observers = {name: make_observer(observer) for name in sites}
     handles = []
-    for name, (module, which) in sites.items():
-        if which not in ("input", "output"):
-            raise ValueError(f"site {name!r} must observe 'input' or 'output', not {which!r}")
-        obs = observers[name]
-
-        def hook(mod, args, out, obs=obs, which=which):
-            value = args[0] if which == "input" else out
-            obs.update(value[0] if isinstance(value, tuple) else value)
-
-        handles.append(module.register_forward_hook(hook))
+    try:
+        for name, spec in sites.items():
+            for module, which in (spec if isinstance(spec, list) else [spec]):
+                if not (which in ("input", "output") or callable(which)):
+                    raise ValueError(f"site {name!r} must observe 'input', 'output' or a callable, not {which!r}")
+                handles.append(module.register_forward_hook(_observing_hook(observers[name], which)))
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
     was_training = model.training
     model.eval()
     seen = 0

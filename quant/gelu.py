@@ -38,7 +38,8 @@ import numpy as np
 from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, requantize, round_shift
 from tokensift.quant.qparams import MULTIPLIER_BITS, quantize_multiplier
 
-__all__ = ["GELU_A", "GELU_B", "GeluParams", "gelu_int", "gelu_poly"]
+__all__ = ["GELU_A", "GELU_B", "GeluParams", "gelu_int", "gelu_product", "gelu_poly", "gelu_exact",
+           "gelu_error_bound", "gelu_error"]
 
 #: I-BERT's erf polynomial: ``erf(u) ~= sign(u) * (1 + GELU_A * (min(|u|, -GELU_B) + GELU_B)**2)``.
 GELU_A = -0.2888
@@ -67,6 +68,13 @@ def gelu_poly(x):
     x = np.asarray(x, dtype=np.float64)
     u = np.abs(x) / math.sqrt(2.0)
     erf = np.sign(x) * (1.0 + GELU_A * (np.minimum(u, -GELU_B) + GELU_B) ** 2)
+    return x / 2.0 * (1.0 + erf)
+
+
+def gelu_exact(x):
+    """The exact GELU ``x/2 (1 + erf(x / sqrt(2)))`` in float64 (the reference of the error measurements)."""
+    x = np.asarray(x, dtype=np.float64)
+    erf = np.asarray(np.frompyfunc(math.erf, 1, 1)(x / math.sqrt(2.0)), dtype=np.float64)
     return x / 2.0 * (1.0 + erf)
 
 
@@ -163,3 +171,48 @@ def gelu_int(q, params: GeluParams, *, counter: OverflowCounter | None = None, s
     """Integer GELU of codes ``q`` (``in_bits`` signed) -> ``params.out`` codes at ``out_scale``."""
     y = gelu_product(q, params)
     return requantize(y, params.multiplier, params.shift, params.out, counter=counter, site=site)
+
+
+def gelu_error_bound(q, params: GeluParams) -> np.ndarray:
+    """Per-input bound on ``|out_scale * gelu_int(q) - GELU(in_scale * q)|`` for unsaturated outputs.
+
+    Three sources, each derived from the scheme (real units):
+
+    1. polynomial: ``|P(x) - GELU(x)|`` evaluated exactly at each input (``P`` = :func:`gelu_poly`);
+    2. integer constants: with ``w = |a| S_p**2 one`` the kernel computes
+       ``S_y y = x/2 (w + sign(x) (w - |a| (S_p t)**2))`` where ``P`` has ``x/2 (1 + sign(x) (1 - |a| z**2))``,
+       ``z = min(|x|/sqrt(2), -b) + b``. ``w`` stands for 1 twice (``|w - 1| <= |a| S_p**2 / 2``, taken
+       exactly); ``S_p t`` differs from ``z`` by at most ``delta = delta_m + delta_c``, ``delta_m = S_p/2``
+       when ``p > 0`` (``|q|`` is rounded by the pre-shift) and ``delta_c = |S_p c + b|`` (the clip
+       point's rounding; ``min`` is 1-Lipschitz), so ``|(S_p t)**2 - z**2| <= delta (2|b| + delta)`` and
+       ``|S_y y - P(x)| <= |x|/2 (2|w - 1| + |a| delta (2|b| + delta))``;
+    3. requantization: half an output step plus ``|y|`` times the multiplier's error.
+    """
+    x = params.in_scale * np.asarray(q, dtype=np.float64)
+    sp = params.in_scale / math.sqrt(2.0) * 2.0**params.pre_shift
+    a, b = -GELU_A, -GELU_B
+    delta = (sp / 2 if params.pre_shift else 0.0) + abs(sp * params.clip - b)
+    w = a * sp * sp * params.one
+    poly = np.abs(gelu_poly(x) - gelu_exact(x))
+    consts = np.abs(x) / 2 * (2 * abs(w - 1) + a * delta * (2 * b + delta))
+    y = gelu_product(q, params)
+    m_err = abs(params.multiplier * 2.0**-params.shift - params.y_scale / params.out_scale)
+    return poly + consts + params.out_scale / 2 + np.abs(y) * m_err * params.out_scale
+
+
+def gelu_error(q, params: GeluParams) -> dict:
+    """Measured error of :func:`gelu_int` against the exact GELU of ``in_scale * q`` (real units).
+
+    Returns ``max_abs``, ``mean_abs``, ``bound_max`` (of :func:`gelu_error_bound`), ``within_bound`` and
+    ``saturated`` (outputs whose exact value lies outside the output format: excluded from the rest).
+    """
+    out = gelu_int(q, params)
+    exact = gelu_exact(params.in_scale * np.asarray(q, dtype=np.float64))
+    fmt = params.out
+    inside = (exact / params.out_scale > fmt.min_int - 0.5) & (exact / params.out_scale < fmt.max_int + 0.5)
+    err = np.abs(out * params.out_scale - exact)[inside]
+    bound = gelu_error_bound(q, params)[inside]
+    return {"max_abs": float(err.max(initial=0.0)), "mean_abs": float(err.mean()) if err.size else 0.0,
+            "bound_max": float(bound.max(initial=0.0)),
+            "within_bound": bool(np.all(err <= bound * (1 + 1e-9) + 1e-12)),
+            "saturated": int(np.count_nonzero(~inside))}

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, requantize
 from tokensift.quant.qparams import (
     MULTIPLIER_BITS,
@@ -33,7 +34,7 @@ from tokensift.quant.qparams import (
     quantize_weight_per_channel,
 )
 
-__all__ = ["matmul_int", "requantize_per_channel", "IntLinear"]
+__all__ = ["matmul_int", "requantize_per_channel", "IntLinear", "linear_error_bound", "linear_error"]
 
 
 def _check_bits(name: str, value: object, low: int, high: int) -> int:
@@ -185,3 +186,50 @@ class IntLinear:
     def quantize_input(self, x, *, counter: OverflowCounter | None = None, site: str = "linear.in") -> np.ndarray:
         """Real inputs -> codes at ``in_scale`` (the boundary from the float world)."""
         return quantize_tensor(x, self.in_scale, self.in_bits, counter=counter, site=site)
+
+
+def linear_error_bound(layer: IntLinear, x, weight, bias=None) -> np.ndarray:
+    """Per-output bound on ``|out_scale * layer(quantize(x)) - (x @ weight.T + bias)|`` (real units).
+
+    With ``x^ = s_x q_x``, ``w^ = s_w q_w``, ``b^ = s_x s_w q_b`` the accumulator is exactly
+    ``acc s_x s_w = sum_k x^_k w^_k + b^``. Inputs within the calibrated range round to nearest
+    (``|x^ - x| <= s_x/2``; clipped inputs add ``|x| - max code * s_x``), ``|w^ - w| <= s_w/2``, so
+
+        ``|acc s_x s_w - y| <= sum_k (e_x,k |w^_k| + |x_k| s_w / 2) + |b^ - b|``
+
+    and requantization adds ``s_o/2 + |acc| |m 2**-k - s_x s_w / s_o| s_o``. Saturated outputs (and
+    saturated accumulators) are not covered.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64)
+    b = np.zeros(w.shape[0]) if bias is None else np.asarray(bias, dtype=np.float64)
+    s_x, s_w, s_o = layer.in_scale, layer.weight_scale, layer.out_scale
+    fmt = FixedFormat(bits=layer.in_bits)
+    e_x = np.maximum(s_x / 2, np.maximum(x - fmt.max_int * s_x, fmt.min_int * s_x - x))
+    w_hat = layer.weight * s_w[:, None]
+    acc_bound = e_x @ np.abs(w_hat).T + np.abs(x) @ (s_w / 2 * np.ones(w.shape[1])[:, None]) \
+        + np.abs(layer.bias * layer.in_scale * s_w - b)
+    acc = layer.accumulate(layer.quantize_input(x))
+    m_err = np.abs(layer.multipliers * 2.0 ** -layer.shifts.astype(np.float64) - s_x * s_w / s_o)
+    return acc_bound + s_o / 2 + np.abs(acc) * m_err * s_o
+
+
+def linear_error(layer: IntLinear, x, weight, bias=None) -> dict:
+    """Measured error of the integer layer against the float ``x @ weight.T + bias`` (real units).
+
+    Returns ``max_abs``, ``mean_abs``, ``bound_max``, ``within_bound`` and ``saturated`` (outputs whose
+    exact value lies outside the output format, excluded from the rest).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64)
+    y = x @ w.T + (0.0 if bias is None else np.asarray(bias, dtype=np.float64))
+    out = layer(layer.quantize_input(x))
+    fmt = layer.out
+    ratio = y / layer.out_scale
+    inside = (ratio > fmt.min_int - 0.5) & (ratio < fmt.max_int + 0.5)
+    err = np.abs(out * layer.out_scale - y)[inside]
+    bound = linear_error_bound(layer, x, w, bias)[inside]
+    return {"max_abs": float(err.max(initial=0.0)), "mean_abs": float(err.mean()) if err.size else 0.0,
+            "bound_max": float(bound.max(initial=0.0)),
+            "within_bound": bool(np.all(err <= bound * (1 + 1e-9) + 1e-12)),
+            "saturated": int(np.count_nonzero(~inside))}

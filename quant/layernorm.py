@@ -38,7 +38,8 @@ import numpy as np
 from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, requantize, round_shift
 from tokensift.quant.qparams import MULTIPLIER_BITS, quantize_multiplier, symmetric_scale
 
-__all__ = ["bit_length", "isqrt", "LayerNormParams", "layernorm_int", "layernorm_normalise"]
+__all__ = ["bit_length", "isqrt", "LayerNormParams", "layernorm_int", "layernorm_normalise", "layernorm_float",
+           "layernorm_error_bound", "layernorm_error"]
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
@@ -233,3 +234,69 @@ def layernorm_int(q, params: LayerNormParams, *, counter: OverflowCounter | None
     n = layernorm_normalise(q, params)
     acc = FixedFormat(bits=params.acc_bits).fit(n * params.gamma + params.beta, counter=counter, site=f"{site}.acc")
     return requantize(acc, params.multiplier, params.shift, params.out, counter=counter, site=site)
+
+
+def layernorm_float(x, weight, bias, eps: float) -> np.ndarray:
+    """Float64 LayerNorm over the last axis (population variance), the reference of the error measurements."""
+    x = np.asarray(x, dtype=np.float64)
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * np.asarray(weight, dtype=np.float64) + np.asarray(bias, dtype=np.float64)
+
+
+def layernorm_error_bound(q, params: LayerNormParams, weight, bias, eps: float) -> np.ndarray:
+    """Per-element bound on ``|out_scale * layernorm_int(q) - LayerNorm(in_scale * q)|`` (unsaturated).
+
+    With ``C`` channels, ``d = C q - sum(q)``, ``F = norm_bits - 1``, ``R = recip_bits - 1``:
+
+    * exact standardised value ``z = sqrt(C) d / sqrt(v_true)``, ``v_true = sum d**2 + eps C**3 / S**2``;
+      write ``n_exact = 2**F d / sqrt(v_true)``, so ``z = 2**-F sqrt(C) n_exact``;
+    * the kernel uses ``v_int = sum d**2 + eps_int`` (``rho = sqrt(v_true / v_int)``, computed exactly), the
+      floor root ``r = 2**k sqrt(v_int) (1 - e_r)``, ``0 <= e_r <= 1/r <= 2**-30``, and the floor reciprocal
+      ``f = 2**(31+R) / r (1 - e_f)``, ``0 <= e_f <= r / 2**(31+R) < 2**-R``; before its rounding
+      ``n = n_exact rho (1 - e_f) / (1 - e_r)``, within ``|n_exact| max(|rho (1 - 2**-R) - 1|,
+      |rho / (1 - 2**-30) - 1|)`` of ``n_exact``; the rounding adds 1/2;
+    * affine: the kernel's real value is ``2**-F n g^ + b^`` (``g^ = s_g gamma_code``,
+      ``b^ = s_g 2**-F beta_code``), the float one ``2**-F n_exact gamma sqrt(C) + beta``: they differ by at
+      most ``2**-F |n - n_exact| |g^| + 2**-F |n_exact| |g^ - gamma sqrt(C)| + |b^ - beta|`` (code errors
+      taken exactly from the parameters);
+    * requantization: ``out_scale / 2`` plus ``|acc|`` times the multiplier's error.
+    """
+    C, F, R = params.dim, params.norm_bits - 1, params.recip_bits - 1
+    s, so = params.in_scale, params.out_scale
+    qf = np.asarray(q, dtype=np.float64)
+    gamma = np.asarray(weight, dtype=np.float64)
+    beta = np.asarray(bias, dtype=np.float64)
+    d = C * qf - qf.sum(axis=-1, keepdims=True)
+    sum_d2 = (d * d).sum(axis=-1, keepdims=True)
+    v_true = sum_d2 + eps * C**3 / (s * s)
+    v_int = sum_d2 + params.eps_int
+    n_exact = 2.0**F * d / np.sqrt(v_true)
+    rho = np.sqrt(v_true / v_int)
+    rel = np.maximum(np.abs(rho * (1 - 2.0**-R) - 1), np.abs(rho / (1 - 2.0**-30) - 1))
+    dn = 0.5 + np.abs(n_exact) * rel
+    g_hat = params.gamma_scale * params.gamma
+    b_hat = params.gamma_scale * 2.0**-F * params.beta
+    affine = 2.0**-F * (dn * np.abs(g_hat) + np.abs(n_exact) * np.abs(g_hat - gamma * math.sqrt(C))) \
+        + np.abs(b_hat - beta)
+    acc = layernorm_normalise(q, params) * params.gamma + params.beta
+    m_err = abs(params.multiplier * 2.0**-params.shift - params.gamma_scale * 2.0**-F / so)
+    return affine + so / 2 + np.abs(acc) * m_err * so
+
+
+def layernorm_error(q, params: LayerNormParams, weight, bias, eps: float) -> dict:
+    """Measured error of :func:`layernorm_int` against float LayerNorm of ``in_scale * q`` (real units).
+
+    Returns ``max_abs``, ``mean_abs``, ``bound_max`` (of :func:`layernorm_error_bound`), ``within_bound``
+    and ``saturated`` (outputs whose exact value lies outside the output format: excluded from the rest).
+    """
+    out = layernorm_int(q, params)
+    ref = layernorm_float(params.in_scale * np.asarray(q, dtype=np.float64), weight, bias, eps)
+    fmt = params.out
+    inside = (ref / params.out_scale > fmt.min_int - 0.5) & (ref / params.out_scale < fmt.max_int + 0.5)
+    err = np.abs(out * params.out_scale - ref)[inside]
+    bound = layernorm_error_bound(q, params, weight, bias, eps)[inside]
+    return {"max_abs": float(err.max(initial=0.0)), "mean_abs": float(err.mean()) if err.size else 0.0,
+            "bound_max": float(bound.max(initial=0.0)),
+            "within_bound": bool(np.all(err <= bound * (1 + 1e-9) + 1e-12)),
+            "saturated": int(np.count_nonzero(~inside))}

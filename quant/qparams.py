@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from tokensift.quant.fixed import FixedFormat, OverflowCounter
 
 __all__ = [

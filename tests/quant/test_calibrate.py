@@ -181,5 +181,25 @@ class TestCalibrate:
             calibrate(model, [torch.ones(1, 4)], {"x": (model[0], "input")}, num_batches=0)
         with pytest.raises(TypeError, match=r"^num_batches must be an integer, not 2\.0$"):
             calibrate(model, [torch.ones(1, 4)], {"x": (model[0], "input")}, num_batches=2.0)
-        with pytest.raises(ValueError, match=r"^site 'x' must observe 'input' or 'output', not 'weight'$"):
+        with pytest.raises(ValueError, match=r"^site 'x' must observe 'input', 'output' or a callable, not 'weight'$"):
             calibrate(model, [torch.ones(1, 4)], {"x": (model[0], "weight")})
+
+    def test_shared_observer_and_callable_sites(self):
+        model = tiny_model()
+        data = self.batches(1)
+        scales = calibrate(model, data, {
+            "both": [(model[0], "input"), (model[1], "output")],
+            "first_half": (model[0], lambda args, out: out[:, :4]),
+        })
+        x = data[0][0]
+        with torch.no_grad():
+            h = model[0](x)
+        assert scales["both"] == pytest.approx(max(float(x.abs().max()), float(h.relu().max())) / 127, rel=1e-6)
+        assert scales["first_half"] == pytest.approx(float(h[:, :4].abs().max()) / 127, rel=1e-6)
+        assert not model[0]._forward_hooks and not model[1]._forward_hooks
+
+    def test_hooks_removed_after_a_bad_site(self):
+        model = tiny_model()
+        with pytest.raises(ValueError, match=r"^site 'b' must observe 'input', 'output' or a callable, not 3$"):
+            calibrate(model, [torch.ones(1, 4)], {"a": (model[0], "input"), "b": (model[2], 3)})
+        assert not model[0]._forward_hooks

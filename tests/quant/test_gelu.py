@@ -4,55 +4,30 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter
-from tokensift.quant.gelu import GELU_A, GELU_B, GeluParams, gelu_int, gelu_poly, gelu_product
-
-
-def gelu_exact(x):
-    return torch.nn.functional.gelu(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
-
-
-def error_terms(q, p: GeluParams):
-    """Per-input bounds of the three error sources, for inputs x = S q and outputs at scale s_o.
-
-    1. polynomial: |P(x) - GELU(x)|, evaluated exactly at each input (P = I-BERT's real polynomial).
-    2. integer constants: with S_p = S / sqrt(2) * 2**p and w = |a| S_p**2 one, the kernel computes
-         S_y y = x/2 (w + sign(x) (w - |a| (S_p t)**2)),
-       where P has x/2 (1 + sign(x) (1 - |a| z**2)), z = min(|x|/sqrt(2), -b) + b. The constant w stands
-       for 1 twice (one is rounded to nearest, |w - 1| <= |a| S_p**2 / 2; the exact |w - 1| is used).
-       S_p t differs from z by at most delta = delta_m + delta_c, with delta_m = S_p/2 when p > 0 (|q| is
-       rounded by the pre-shift; 0 when p = 0) and delta_c = |S_p c + b| (the clip point's rounding;
-       min() is 1-Lipschitz), so |(S_p t)**2 - z**2| <= delta (2|b| + delta). Hence
-         |S_y y - P(x)| <= |x|/2 (2 |w - 1| + |a| delta (2|b| + delta)).
-    3. requantization: half an output step plus |y| times the multiplier's error (output step units).
-    """
-    s, so = p.in_scale, p.out_scale
-    x = s * q
-    sp = s / math.sqrt(2.0) * 2.0**p.pre_shift
-    delta = (sp / 2 if p.pre_shift else 0.0) + abs(sp * p.clip + GELU_B)
-    w = -GELU_A * sp * sp * p.one
-    erf_err = 2 * abs(w - 1) + -GELU_A * delta * (2 * -GELU_B + delta)
-    poly = np.abs(gelu_poly(x) - gelu_exact(x))
-    consts = np.abs(x) / 2 * erf_err
-    y = gelu_product(q, p)
-    m_err = abs(p.multiplier * 2.0**-p.shift - p.y_scale / so)
-    requant = so / 2 + np.abs(y) * m_err * so
-    return poly, consts, requant
+from tokensift.quant.gelu import (
+    GeluParams,
+    gelu_error,
+    gelu_error_bound,
+    gelu_exact,
+    gelu_int,
+    gelu_poly,
+    gelu_product,
+)
 
 
 def check_bound(q, p: GeluParams):
+    """The derived per-input bound of :func:`gelu_error_bound` holds for every unsaturated output."""
     out = gelu_int(q, p)
-    x = p.in_scale * q
-    exact = gelu_exact(x)
+    exact = gelu_exact(p.in_scale * q)
     inside = np.abs(exact / p.out_scale) < 127  # saturated outputs are checked separately
     err = np.abs(out * p.out_scale - exact)[inside]
-    poly, consts, requant = (t[inside] if np.ndim(t) else t for t in error_terms(q, p))
-    assert np.all(err <= (poly + consts + requant) * (1 + 1e-9) + 1e-12)
-    return err, poly, consts
+    bound = gelu_error_bound(q, p)[inside]
+    assert np.all(err <= bound * (1 + 1e-9) + 1e-12)
+    return err, bound
 
 
 class TestAccuracy:
@@ -62,11 +37,13 @@ class TestAccuracy:
         x = in_scale * q
         so = np.abs(gelu_exact(x)).max() / 127 * 1.01
         p = GeluParams.from_scales(in_scale, so)
-        err, poly, consts = check_bound(q, p)
-        # mean: |e| <= |poly| + |consts| + |requant| termwise; the requantization error is modelled as
-        # uniform on one output step, so its mean magnitude is at most its RMS s_o / sqrt(12) (Jensen).
-        # A biased rounding (e.g. floor, mean s_o / 2) would break this.
-        assert err.mean() <= poly.mean() + consts.mean() + so / math.sqrt(12)
+        err, bound = check_bound(q, p)
+        # mean: the bound's final half step (the output rounding) modelled as uniform on one output step
+        # has mean magnitude at most its RMS s_o / sqrt(12) (Jensen); a biased rounding (e.g. floor, mean
+        # s_o / 2) would break this.
+        assert err.mean() <= bound.mean() - so / 2 + so / math.sqrt(12)
+        stats = gelu_error(q, p)
+        assert stats["within_bound"] and stats["max_abs"] == err.max() and stats["saturated"] == 0
 
     def test_random_real_valued_inputs(self):
         # activations as a real layer produces them: quantized once at a calibrated scale
@@ -81,7 +58,7 @@ class TestAccuracy:
         q = np.arange(-(2**15), 2**15, 7)
         s = 6.0 / 2**15
         p = GeluParams.from_scales(s, 6.0 / 127, in_bits=16)
-        err, poly, consts = check_bound(q, p)
+        check_bound(q, p)
         assert p.pre_shift > 0  # 16-bit inputs at a fine scale need the pre-shift to fit 32 bits
 
     def test_polynomial_error_documented(self):

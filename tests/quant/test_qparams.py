@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tokensift.quant.fixed import INT8, OverflowCounter, requantize
 from tokensift.quant.qparams import (
     MULTIPLIER_BITS,
