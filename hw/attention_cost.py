@@ -21,8 +21,8 @@ the frame takes the closed form::
 
 Otherwise (few tokens, or ``head_dim == lanes`` with small ``N``) :func:`frame_schedule` evaluates the
 same dependency rules row by row (``O(N)``), which is what :func:`cycles` does then. Back-to-back frames
-overlap: the next header is accepted the cycle after the last ``PV`` operation issues
-(:func:`frame_interval`), while the tail drains.
+overlap: the next header is accepted the cycle after ``PV(N-1)`` ends (:func:`frame_interval`), while
+the tail drains.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def latencies(params: AttentionParams) -> dict:
         "dot": 2 + ceil_log2(params.lanes),          # product, adder tree, chunk accumulator
         "vec": 2,                                    # product, lane accumulator
         "exp": exp_latency,
-        "recip": params.softmax.prob_frac + 4,       # quotient bits, rounding, result register
+        "recip": params.softmax.prob_frac + 5,       # load, quotient bits, rounding
     }
 
 
@@ -58,6 +58,7 @@ class FrameSchedule:
     pv0_start: int         # first PV(0) operation
     last_pv_start: int     # first PV(N-1) operation
     last_issue: int        # last operation of the frame
+    next_header: int       # earliest header of the next frame on the same core
     last_output: int       # transfer of the last output beat: the frame's latency in cycles
     closed_form: bool      # True when the closed form applies
 
@@ -88,7 +89,7 @@ def frame_schedule(params: AttentionParams | None = None, *, n_tokens: int, **kw
     c, lanes = p.chunks, p.lanes
     chunk_len = max(n, lanes)
     t_qk, t_pv = n * c, c * chunk_len
-    t_done = n + 1 + lat["exp"] + lat["recip"] + 1   # softmax start -> ``done`` visible
+    t_done = n + 1 + lat["exp"] + lat["recip"]       # softmax start -> ``done`` visible
     to_softmax = 4 + lat["dot"]                       # last QK op -> softmax may start (+ 1)
     x0 = 3 * n * c + 1
 
@@ -114,7 +115,8 @@ def frame_schedule(params: AttentionParams | None = None, *, n_tokens: int, **kw
     g = to_softmax + t_done
     closed = n >= 3 and g <= t_qk + t_pv
     return FrameSchedule(n_tokens=n, compute_start=x0, pv0_start=b[0], last_pv_start=b[n - 1],
-                         last_issue=last_issue, last_output=last_output, closed_form=closed)
+                         last_issue=last_issue, next_header=b[n - 1] + t_pv, last_output=last_output,
+                         closed_form=closed)
 
 
 def _closed_form(p: AttentionParams, n: int) -> int | None:
@@ -123,7 +125,7 @@ def _closed_form(p: AttentionParams, n: int) -> int | None:
     chunk_len = max(n, lanes)
     t_qk, t_pv = n * c, c * chunk_len
     w = t_qk + t_pv
-    t_sm = n + lat["exp"] + lat["recip"] + 2
+    t_sm = n + 1 + lat["exp"] + lat["recip"]
     g = 4 + lat["dot"] + t_sm
     if n < 3 or g > w:
         return None
@@ -134,36 +136,55 @@ def _closed_form(p: AttentionParams, n: int) -> int | None:
 
 
 def frame_interval(params: AttentionParams | None = None, *, n_tokens: int, **kwargs) -> int:
-    """Cycles between the headers of back-to-back frames on one core (the next header is taken the
-    cycle after the last operation issues)."""
+    """Cycles between the headers of back-to-back frames on one core: the next header is taken the cycle
+    after ``PV(N-1)`` ends (its last chunk padded to ``lanes`` cycles when ``N < lanes``), while the
+    previous frame's outputs drain."""
     p = _params(params, kwargs)
-    return frame_schedule(p, n_tokens=n_tokens).last_issue + 1
+    return frame_schedule(p, n_tokens=n_tokens).next_header
 
 
-def cycles(params: AttentionParams | None = None, *, n_tokens: int, heads: int = 1, **kwargs) -> int:
-    """Cycles from the first header's transfer to the last output beat's, for ``heads`` frames of
-    ``n_tokens`` sent back to back (input always valid, outputs always ready).
+def cycles(params: AttentionParams | None = None, *, n_tokens, heads: int = 1, **kwargs) -> int:
+    """Cycles from the first header's transfer to the last output beat's, for frames sent back to back
+    (input always valid, outputs always ready).
 
-    Frames go round-robin to the ``heads_parallel`` cores; the shared input stream takes one frame's
-    ``1 + 3 N C`` beats at a time and a core takes its next frame :func:`frame_interval` cycles after
-    its previous one. Parameters are an :class:`AttentionParams` or its keywords::
+    ``n_tokens`` is one count (``heads`` frames of it) or a sequence of counts, one per frame. Frames go
+    round-robin to the ``heads_parallel`` cores; the shared input stream takes a frame's ``1 + 3 N C``
+    beats at a time, and a core takes its next header :func:`frame_interval` cycles after its previous
+    one; each frame then has the latency of one frame alone. For ``heads`` frames of equal ``N`` this is
+    ``max(f b, (f // P) I + (f % P) b) + latency`` with ``f = heads - 1``, ``b = 1 + 3 N C``,
+    ``I`` the interval and ``P = heads_parallel``. Parameters are an :class:`AttentionParams` or its
+    keywords::
 
         cycles(n_max=197, head_dim=64, lanes=16, n_tokens=197)
     """
     p = _params(params, kwargs)
-    n = _check_n(n_tokens, p)
     if not isinstance(heads, int) or isinstance(heads, bool):
         raise TypeError(f"heads must be an integer, not {type(heads).__name__}")
     if heads < 1:
         raise ValueError(f"heads must be at least 1, not {heads}")
-    closed = _closed_form(p, n)
-    latency = closed if closed is not None else frame_schedule(p, n_tokens=n).last_output
-    interval = frame_interval(p, n_tokens=n)
-    beats = 1 + 3 * n * p.chunks
-    hp = p.heads_parallel
-    f = heads - 1
-    last_header = max(f * beats, (f // hp) * interval + (f % hp) * beats)
-    return last_header + latency
+    if isinstance(n_tokens, (list, tuple)):
+        if heads != 1:
+            raise ValueError("give heads only with a single n_tokens, not with a sequence")
+        if not n_tokens:
+            raise ValueError("n_tokens must not be an empty sequence")
+        counts = [_check_n(n, p) for n in n_tokens]
+    else:
+        counts = [_check_n(n_tokens, p)] * heads
+    cache: dict[int, tuple[int, int]] = {}
+    input_free, end = 0, 0
+    core_free = [0] * p.heads_parallel
+    for f, n in enumerate(counts):
+        if n not in cache:
+            closed = _closed_form(p, n)
+            sched = frame_schedule(p, n_tokens=n)
+            cache[n] = (closed if closed is not None else sched.last_output, sched.next_header)
+        latency, interval = cache[n]
+        core = f % p.heads_parallel
+        header = max(input_free, core_free[core])
+        input_free = header + 1 + 3 * n * p.chunks
+        core_free[core] = header + interval
+        end = max(end, header + latency)
+    return end
 
 
 def mac_utilization(params: AttentionParams | None = None, *, n_tokens: int, heads: int = 1, **kwargs) -> float:

@@ -137,8 +137,8 @@ class Reciprocal(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from ``start`` to ``done``: one per quotient bit, one for the rounding."""
-        return self._steps + 1
+        """Cycles from ``start`` to ``done``: loading, one per quotient bit, the rounding."""
+        return self._steps + 2
 
     def elaborate(self, platform):
         m = Module()

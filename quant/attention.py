@@ -189,6 +189,14 @@ class AttentionParams:
     def min_acc_bits(self) -> int:
         return max(self.score_bits, self.pv_bits)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> AttentionParams:
+        """The inverse of :meth:`to_dict`."""
+        values = dict(values)
+        if isinstance(values.get("softmax"), dict):
+            values["softmax"] = SoftmaxParams(**values["softmax"])
+        return cls(**values)
+
     def to_dict(self) -> dict:
         """JSON-friendly parameters (for manifests and reports)."""
         return {"n_max": self.n_max, "head_dim": self.head_dim, "lanes": self.lanes,

@@ -1,0 +1,327 @@
+"""cocotb testbench of :class:`tokensift.hw.attention.Attention` (through :class:`AttentionHarness`).
+
+Scoreboard: every frame's expected output rows and class-attention row come from
+:func:`tokensift.quant.attention.attention_head`; beats are matched per core copy (``payload.head``;
+frames go round-robin to the copies) and in order, including the ``last`` flags. 0 LSB difference.
+
+Tests (``tb_params()`` carries ``params`` = :meth:`AttentionParams.to_dict` and the test settings):
+
+- ``bulk``: whole frames through the harness memories, Python out of the cycle loop; each run in
+  ``runs`` is a list of token counts sent back to back. Checks bit-exactness and that the measured
+  cycles equal :func:`tokensift.hw.attention_cost.cycles`; measures
+  simulated cycles per second of wall time.
+- ``stalls_and_invalid_headers``: random valid/ready stalls on all three streams, back-to-back frames
+  of different ``N`` (1 and ``n_max`` included) with rejected headers (``N = 0``, ``N > n_max`` followed
+  by its beats) in between; checks ``status.error`` / ``status.rejected``.
+- ``reset_mid_frame``: a frame is cut off by a reset while loading and while computing; the next
+  frames are exact.
+- ``extreme_values``: all ``+max`` / ``-min`` inputs and huge score ranges, with stalls.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge, with_timeout
+
+from tokensift.hw.attention_cost import cycles as expected_cycles
+from tokensift.hw.attention_layout import decode_rows, encode_frame
+from tokensift.quant.attention import AttentionParams, attention_head
+from tokensift.quant.fixed import OverflowCounter
+from tokensift.sim.runner import tb_params, tb_report
+from tokensift.sim.streams import StreamSink, StreamSource, reset, start_clock
+
+
+def _setup():
+    t = tb_params()
+    return AttentionParams.from_dict(t["params"]), t
+
+
+def make_frame(rng, n: int, p: AttentionParams, kind: str = "random"):
+    """Q, K, V of ``n`` tokens: ``random`` (a random magnitude per frame), or directed corners."""
+    lo, hi = p.data_format.min_int, p.data_format.max_int
+    shape = (n, p.head_dim)
+    if kind == "random":
+        mag = int(rng.choice([2, 8, hi // 4, hi]))
+        return [rng.integers(max(lo, -mag), mag + 1, size=shape) for _ in range(3)]
+    if kind == "max":
+        return [np.full(shape, hi) for _ in range(3)]
+    if kind == "min":
+        return [np.full(shape, lo) for _ in range(3)]
+    if kind == "mixed":  # largest scores of both signs and an alternating V
+        q = np.full(shape, lo)
+        k = np.where(rng.integers(0, 2, size=shape) == 1, lo, hi)
+        v = np.where(np.indices(shape).sum(axis=0) % 2 == 0, hi, lo)
+        return [q, k, v]
+    if kind == "range":  # one token far above the rest: a huge spread of scores in every row
+        q = rng.integers(lo, hi + 1, size=shape)
+        k = rng.integers(-2, 3, size=shape)
+        k[n // 2] = np.sign(q[0]) * hi
+        v = rng.integers(lo, hi + 1, size=shape)
+        return [q, k, v]
+    raise ValueError(f"unknown frame kind {kind!r}")
+
+
+class Scoreboard:
+    """Expected beats per core copy, in order; compares what came out. ``first_core`` is the copy the
+    front end hands the next valid frame to."""
+
+    def __init__(self, p: AttentionParams, *, first_core: int = 0):
+        self.p = p
+        self.frames = []          # (o rows, class row, core copy)
+        self.counter = OverflowCounter()
+        self.next_core = first_core
+
+    def add(self, q, k, v):
+        out, cls = attention_head(q, k, v, self.p, counter=self.counter)
+        self.frames.append((out, cls, self.next_core))
+        self.next_core = (self.next_core + 1) % self.p.heads_parallel
+
+    @property
+    def o_beats(self) -> int:
+        return sum(len(o) * self.p.chunks for o, _, _ in self.frames)
+
+    @property
+    def s_beats(self) -> int:
+        return sum(len(c) for _, c, _ in self.frames)
+
+    def check(self, o_words, s_words) -> dict:
+        """Mismatch counts of output values, class probabilities and flags."""
+        p = self.p
+        row_bits = p.lanes * p.data_bits
+        prob_bits = p.softmax.prob_frac + 1
+        o_by_core = {h: [] for h in range(p.heads_parallel)}
+        s_by_core = {h: [] for h in range(p.heads_parallel)}
+        for w in o_words:
+            o_by_core[w >> (row_bits + 1)].append(w)
+        for w in s_words:
+            s_by_core[w >> (prob_bits + 1)].append(w)
+        o_bad = s_bad = flag_bad = 0
+        for h in range(p.heads_parallel):
+            exp_o = [(o, c) for o, c, core in self.frames if core == h]
+            words_o, words_s = o_by_core[h], s_by_core[h]
+            if len(words_o) != sum(len(o) * p.chunks for o, _ in exp_o) or len(words_s) != sum(
+                    len(c) for _, c in exp_o):
+                return {"o_mismatches": -1, "s_mismatches": -1, "flag_mismatches": -1,
+                        "o_beats": len(o_words), "s_beats": len(s_words)}
+            at_o = at_s = 0
+            for out, cls in exp_o:
+                nb = len(out) * p.chunks
+                chunk = words_o[at_o: at_o + nb]
+                at_o += nb
+                got = decode_rows([w & ((1 << row_bits) - 1) for w in chunk], p)
+                o_bad += int(np.count_nonzero(got != out))
+                flags = [(w >> row_bits) & 1 for w in chunk]
+                flag_bad += int(flags != [0] * (nb - 1) + [1])
+                sc = words_s[at_s: at_s + len(cls)]
+                at_s += len(cls)
+                probs = np.array([w & ((1 << prob_bits) - 1) for w in sc])
+                s_bad += int(np.count_nonzero(probs != cls))
+                sflags = [(w >> prob_bits) & 1 for w in sc]
+                flag_bad += int(sflags != [0] * (len(cls) - 1) + [1])
+        return {"o_mismatches": o_bad, "s_mismatches": s_bad, "flag_mismatches": flag_bad,
+                "o_beats": len(o_words), "s_beats": len(s_words)}
+
+
+def _idle_inputs(dut):
+    dut.bulk.value = 0
+    dut.start.value = 0
+    dut.in_beats.value = 0
+    dut.o_expected.value = 0
+    dut.s_expected.value = 0
+    dut.i_stream__valid.value = 0
+    dut.o_stream__ready.value = 0
+    dut.s_stream__ready.value = 0
+
+
+async def bulk_run(dut, p: AttentionParams, frames, *, timeout_cycles: int) -> dict:
+    """Load ``frames`` (lists of beats) into ``in_mem``, run them, read the outputs back."""
+    sb_words = [w for f in frames for w in f]
+    t_load = time.perf_counter()
+    for i, w in enumerate(sb_words):
+        dut.in_mem[i].value = w
+    t_start = time.perf_counter()
+    await FallingEdge(dut.clk)
+    dut.bulk.value = 1
+    dut.in_beats.value = len(sb_words)
+    dut.start.value = 1
+    await FallingEdge(dut.clk)
+    dut.start.value = 0
+    await with_timeout(RisingEdge(dut.done), timeout_cycles * 10, "ns")
+    t_done = time.perf_counter()
+    o_count, s_count = int(dut.o_count.value), int(dut.s_count.value)
+    o_words = [int(dut.o_mem[i].value) for i in range(o_count)]
+    s_words = [int(dut.s_mem[i].value) for i in range(s_count)]
+    t_read = time.perf_counter()
+    elapsed = int(dut.elapsed.value)
+    return {"cycles": int(dut.cycles.value), "elapsed": elapsed, "o_words": o_words, "s_words": s_words,
+            "run_s": t_done - t_start, "total_s": t_read - t_load}
+
+
+@cocotb.test()
+async def bulk(dut):
+    p, t = _setup()
+    rng = np.random.default_rng(t["seed"])
+    _idle_inputs(dut)
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns", impl="gpi").start())
+    await reset(dut)
+    results = []
+    core = 0
+    overflows_ref = 0  # the hardware's count only clears on reset: compare running totals
+    for run in t["runs"]:
+        ns, kind = run["ns"], run.get("kind", "random")
+        sb = Scoreboard(p, first_core=core)
+        frames = []
+        for n in ns:
+            q, k, v = make_frame(rng, n, p, kind)
+            sb.add(q, k, v)
+            frames.append(encode_frame(q, k, v, p))
+        dut.o_expected.value = sb.o_beats
+        dut.s_expected.value = sb.s_beats
+        budget = 4 * sum(expected_cycles(p, n_tokens=n) for n in ns) + 1000
+        r = await bulk_run(dut, p, frames, timeout_cycles=budget)
+        check = sb.check(r["o_words"], r["s_words"])
+        core = sb.next_core
+        overflows_ref += sb.counter.total
+        expected = expected_cycles(p, n_tokens=ns)
+        results.append({"ns": ns, "kind": kind, **check, "cycles": r["cycles"], "expected_cycles": expected,
+                        "elapsed": r["elapsed"], "run_s": r["run_s"], "total_s": r["total_s"],
+                        "sim_cycles_per_s": r["elapsed"] / r["run_s"] if r["run_s"] > 0 else None,
+                        "overflows_hw": int(dut.status.value.to_unsigned() >> 18) & 0xFFFF,
+                        "overflows_ref": overflows_ref})
+        tb_report(bulk=results)
+        assert check["o_mismatches"] == 0 and check["s_mismatches"] == 0 and check["flag_mismatches"] == 0, \
+            f"frames {ns} ({kind}): {check}"
+        assert r["cycles"] == expected, f"frames {ns}: {r['cycles']} cycles, formula says {expected}"
+        assert results[-1]["overflows_hw"] == min(overflows_ref, 0xFFFF), results[-1]
+
+
+def _status(dut) -> dict:
+    v = dut.status.value.to_unsigned()
+    return {"busy": v & 1, "error": (v >> 1) & 1, "rejected": (v >> 2) & 0xFFFF, "overflows": (v >> 18) & 0xFFFF}
+
+
+async def _collect(dut, sb: Scoreboard, o_sink, s_sink, *, timeout_cycles: int):
+    await o_sink.wait_for(sb.o_beats, timeout_cycles=timeout_cycles)
+    await s_sink.wait_for(sb.s_beats, timeout_cycles=timeout_cycles)
+    await ClockCycles(dut.clk, 30)  # nothing more may come out
+    return sb.check(o_sink.received, s_sink.received)
+
+
+def _streams(dut, t, seed):
+    src = StreamSource(dut, "i_stream", idle=t.get("idle", 0.3), seed=seed)
+    o_sink = StreamSink(dut, "o_stream", stall=t.get("stall", 0.3), seed=seed + 1, signed=False)
+    s_sink = StreamSink(dut, "s_stream", stall=t.get("stall", 0.3), seed=seed + 2, signed=False)
+    return src, o_sink, s_sink
+
+
+@cocotb.test()
+async def stalls_and_invalid_headers(dut):
+    p, t = _setup()
+    rng = np.random.default_rng(t["seed"] + 1)
+    _idle_inputs(dut)
+    start_clock(dut)
+    src, o_sink, s_sink = _streams(dut, t, t["seed"])
+    await reset(dut)
+    sb = Scoreboard(p)
+    ns = [1, p.n_max] + [int(x) for x in rng.integers(1, p.n_max + 1, size=t.get("frames", 4))]
+    rejected = 0
+    budget = 0
+    for i, n in enumerate(ns):
+        if i == 2:  # an empty frame: only its header
+            src.send([0])
+            rejected += 1
+        if i == 3:  # too many tokens: the header and every beat it announces are dropped
+            junk = rng.integers(-(1 << (p.data_bits - 1)), 1 << (p.data_bits - 1), size=(p.n_max + 1, p.head_dim))
+            src.send(encode_frame(junk, junk, junk, p))
+            rejected += 1
+        q, k, v = make_frame(rng, n, p)
+        sb.add(q, k, v)
+        src.send(encode_frame(q, k, v, p))
+        budget += 10 * expected_cycles(p, n_tokens=n) + 100 * p.n_max * p.chunks
+    check = await _collect(dut, sb, o_sink, s_sink, timeout_cycles=budget)
+    st = _status(dut)
+    tb_report(stalls={"ns": ns, **check, "status": st, "rejected_expected": rejected,
+                      "overflows_ref": sb.counter.total})
+    assert check == {**check, "o_mismatches": 0, "s_mismatches": 0, "flag_mismatches": 0}, check
+    assert st["rejected"] == rejected and st["error"] == 0 and st["busy"] == 0, st
+    assert st["overflows"] == min(sb.counter.total, 0xFFFF), st
+
+    # a rejected header raises ``error`` and leaves the core idle; the next valid header clears it
+    src.send([p.n_max + 1 if p.n_max + 1 < 1 << 16 else 0] + [0] * (3 * (p.n_max + 1) * p.chunks))
+    for _ in range(20 * (p.n_max + 1) * p.chunks + 100):
+        await RisingEdge(dut.clk)
+        if src.idle_now:
+            break
+    await ClockCycles(dut.clk, 4)
+    st = _status(dut)
+    assert st["error"] == 1 and st["rejected"] == rejected + 1 and st["busy"] == 0, st
+    sb2 = Scoreboard(p, first_core=sb.next_core)
+    q, k, v = make_frame(rng, 2 if p.n_max >= 2 else 1, p)
+    sb2.add(q, k, v)
+    o_sink.received.clear()
+    s_sink.received.clear()
+    src.send(encode_frame(q, k, v, p))
+    check = await _collect(dut, sb2, o_sink, s_sink, timeout_cycles=100 * expected_cycles(p, n_tokens=len(q)))
+    assert check["o_mismatches"] == 0 and check["s_mismatches"] == 0 and _status(dut)["error"] == 0, check
+
+
+@cocotb.test()
+async def reset_mid_frame(dut):
+    p, t = _setup()
+    rng = np.random.default_rng(t["seed"] + 2)
+    pyrng = random.Random(t["seed"])
+    _idle_inputs(dut)
+    start_clock(dut)
+    src, o_sink, s_sink = _streams(dut, t, t["seed"] + 10)
+    await reset(dut)
+    outcomes = []
+    load = 1 + 3 * p.n_max * p.chunks
+    for cut in (pyrng.randrange(2, load), load + pyrng.randrange(1, expected_cycles(p, n_tokens=p.n_max) - load)):
+        q, k, v = make_frame(rng, p.n_max, p)
+        src.send(encode_frame(q, k, v, p))
+        await ClockCycles(dut.clk, cut)
+        src.clear()                  # the sender abandons the frame ...
+        await ClockCycles(dut.clk, 2)
+        await reset(dut)             # ... and resets the core
+        o_sink.received.clear()
+        s_sink.received.clear()
+        assert _status(dut) == {"busy": 0, "error": 0, "rejected": 0, "overflows": 0}
+        sb = Scoreboard(p)
+        for n in (p.n_max, max(1, p.n_max // 2)):
+            q, k, v = make_frame(rng, n, p)
+            sb.add(q, k, v)
+            src.send(encode_frame(q, k, v, p))
+        check = await _collect(dut, sb, o_sink, s_sink, timeout_cycles=40 * expected_cycles(p, n_tokens=p.n_max))
+        outcomes.append({"cut": cut, **check})
+        o_sink.received.clear()
+        s_sink.received.clear()
+    tb_report(reset=outcomes)
+    for o in outcomes:
+        assert o["o_mismatches"] == 0 and o["s_mismatches"] == 0 and o["flag_mismatches"] == 0, o
+
+
+@cocotb.test()
+async def extreme_values(dut):
+    p, t = _setup()
+    rng = np.random.default_rng(t["seed"] + 3)
+    _idle_inputs(dut)
+    start_clock(dut)
+    src, o_sink, s_sink = _streams(dut, t, t["seed"] + 20)
+    await reset(dut)
+    sb = Scoreboard(p)
+    budget = 0
+    for kind in ("max", "min", "mixed", "range"):
+        for n in (p.n_max, 1):
+            q, k, v = make_frame(rng, n, p, kind)
+            sb.add(q, k, v)
+            src.send(encode_frame(q, k, v, p))
+            budget += 10 * expected_cycles(p, n_tokens=n)
+    check = await _collect(dut, sb, o_sink, s_sink, timeout_cycles=budget)
+    tb_report(extremes={**check, "overflows_hw": _status(dut)["overflows"], "overflows_ref": sb.counter.total})
+    assert check["o_mismatches"] == 0 and check["s_mismatches"] == 0 and check["flag_mismatches"] == 0, check
+    assert _status(dut)["overflows"] == min(sb.counter.total, 0xFFFF)

@@ -1,0 +1,505 @@
+"""Sub-units of the attention accelerator in the Amaranth simulator, bit for bit against quant/."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from tokensift.hw.attention import Attention
+from tokensift.hw.attention_cost import cycles, frame_interval, frame_schedule, latencies, mac_utilization
+from tokensift.hw.attention_engine import AttentionEngine
+from tokensift.hw.attention_layout import decode_rows, encode_frame, encode_header, frame_beats
+from tokensift.hw.kv_buffer import RowBuffer
+from tokensift.hw.mac_array import MODE_DOT, MODE_VEC, MacArray
+from tokensift.hw.softmax_unit import Exp2Unit, ProbNormalizer, Reciprocal, SoftmaxUnit
+from tokensift.quant.attention import AttentionParams, attention_head, macs
+from tokensift.quant.softmax import (
+    SoftmaxParams,
+    exp2_neg,
+    log2_argument,
+    normalize,
+    reciprocal,
+    softmax_trace,
+)
+from tokensift.sim.attention_harness import harness_for
+
+# components built only for their properties or errors are never elaborated
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+SOFTMAX = [SoftmaxParams(), SoftmaxParams(variant="exp2_poly"),
+           SoftmaxParams(log2_frac=5, exp_frac=10, prob_frac=8)]
+
+
+def run(dut, *benches, clock=1e-6):
+    sim = Simulator(dut)
+    sim.add_clock(clock)
+    for b in benches:
+        sim.add_testbench(b)
+    sim.run()
+
+
+class TestMacArray:
+    def test_init(self):
+        mac = MacArray(lanes=16, a_bits=17, b_bits=8, dot_bits=16, acc_bits=32, tag_bits=4)
+        assert (mac.lanes, mac.dot_latency, mac.vec_latency) == (16, 6, 2)
+        assert MacArray(lanes=5, a_bits=8, b_bits=8, dot_bits=16, acc_bits=24, tag_bits=1).dot_latency == 5
+
+    @pytest.mark.parametrize("kwargs, exc, message", [
+        ({"lanes": 0}, ValueError, r"^lanes must be between 1 and 256, not 0$"),
+        ({"a_bits": 28}, ValueError, r"^a_bits must be between 2 and 27, not 28$"),
+        ({"b_bits": 8.0}, TypeError, r"^b_bits must be an integer, not float$"),
+        ({"dot_bits": 40}, ValueError, r"^dot_bits must be between 2 and 25, not 40$"),
+        ({"tag_bits": 0}, ValueError, r"^tag_bits must be between 1 and 64, not 0$"),
+    ])
+    def test_init_wrong(self, kwargs, exc, message):
+        base = {"lanes": 4, "a_bits": 17, "b_bits": 8, "dot_bits": 16, "acc_bits": 32, "tag_bits": 4}
+        with pytest.raises(exc, match=message):
+            MacArray(**{**base, **kwargs})
+
+    @pytest.mark.parametrize("lanes", [1, 3, 8])
+    def test_sim_dot_and_vec(self, lanes):
+        rng = np.random.default_rng(lanes)
+        mac = MacArray(lanes=lanes, a_bits=17, b_bits=8, dot_bits=16, acc_bits=32, tag_bits=8)
+        # operations: (mode, first, last, a vector, b vector, tag), interleaving the two modes
+        ops, expect_dot, expect_vec = [], [], []
+        for t in range(12):
+            chunks = int(rng.integers(1, 4))
+            if t % 2 == 0:
+                a = rng.integers(-128, 128, size=(chunks, lanes))
+                b = rng.integers(-128, 128, size=(chunks, lanes))
+                for c in range(chunks):
+                    ops.append((MODE_DOT, c == 0, c == chunks - 1, a[c], b[c], t))
+                expect_dot.append((int((a * b).sum()), t))
+            else:
+                a = rng.integers(0, 1 << 16, size=chunks)
+                b = rng.integers(-128, 128, size=(chunks, lanes))
+                for c in range(chunks):
+                    ops.append((MODE_VEC, c == 0, c == chunks - 1, [a[c]] * lanes, b[c], t))
+                expect_vec.append(((a[:, None] * b).sum(axis=0).tolist(), t))
+        got_dot, got_vec, when = [], [], {}
+
+        async def driver(ctx):
+            issue = 0
+            for op in ops:
+                mode, first, last, a, b, tag = op
+                ctx.set(mac.valid, 1)
+                ctx.set(mac.mode, mode)
+                ctx.set(mac.first, int(first))
+                ctx.set(mac.last, int(last))
+                ctx.set(mac.tag, tag)
+                for lane in range(lanes):
+                    ctx.set(mac.a[lane], int(a[lane]))
+                    ctx.set(mac.b[lane], int(b[lane]))
+                when.setdefault(tag, issue)
+                when[("last", tag)] = issue
+                await ctx.tick()
+                issue += 1
+            ctx.set(mac.valid, 0)
+
+        async def monitor(ctx):
+            for cycle in range(len(ops) + 12):
+                if ctx.get(mac.dot_valid):
+                    got_dot.append((ctx.get(mac.dot), ctx.get(mac.dot_tag), cycle))
+                if ctx.get(mac.vec_valid):
+                    got_vec.append(([ctx.get(mac.vec[lane]) for lane in range(lanes)], ctx.get(mac.vec_tag), cycle))
+                await ctx.tick()
+
+        run(mac, driver, monitor)
+        assert [(d, t) for d, t, _ in got_dot] == expect_dot
+        assert [(v, t) for v, t, _ in got_vec] == expect_vec
+        assert all(cyc == when[("last", t)] + mac.dot_latency for _, t, cyc in got_dot)
+        assert all(cyc == when[("last", t)] + mac.vec_latency for _, t, cyc in got_vec)
+
+
+class TestExp2Unit:
+    @pytest.mark.parametrize("params", SOFTMAX, ids=str)
+    @pytest.mark.parametrize("mult, shift", [(94548, 19), (1, 0), ((1 << 17) - 1, 2)])
+    def test_sim(self, params, mult, shift):
+        rng = np.random.default_rng(mult + shift)
+        diffs = np.concatenate([[0, -1, -(1 << 22)], -rng.integers(0, 1 << 16, 150), -rng.integers(0, 50, 50)])
+        dut = Exp2Unit(params=params, diff_bits=24, multiplier=mult, shift=shift, tag_bits=8)
+        expect = exp2_neg(log2_argument(diffs, mult, shift), params)
+        got, cycles_seen = [], []
+
+        async def driver(ctx):
+            for i, d in enumerate(diffs):
+                ctx.set(dut.i_valid, 1)
+                ctx.set(dut.i_diff, int(d))
+                ctx.set(dut.i_tag, i % 256)
+                await ctx.tick()
+            ctx.set(dut.i_valid, 0)
+
+        async def monitor(ctx):
+            for cycle in range(len(diffs) + dut.latency + 2):
+                if ctx.get(dut.o_valid):
+                    got.append(ctx.get(dut.o_e))
+                    cycles_seen.append(cycle - ctx.get(dut.o_tag))
+                await ctx.tick()
+
+        run(dut, driver, monitor)
+        assert got == expect.tolist()
+        assert set(cycles_seen) == {dut.latency} or len(diffs) > 256
+
+    def test_latency_matches_cost_model(self):
+        for params in SOFTMAX[:2]:
+            dut = Exp2Unit(params=params, diff_bits=8, multiplier=1, shift=0)
+            p = AttentionParams(n_max=4, head_dim=4, lanes=4, softmax=params)
+            assert dut.latency == latencies(p)["exp"]
+
+    def test_wrong_params(self):
+        with pytest.raises(TypeError, match=r"^params must be a SoftmaxParams, not str$"):
+            Exp2Unit(params="exp2_lut", diff_bits=8, multiplier=1, shift=0)
+
+
+class TestReciprocal:
+    @pytest.mark.parametrize("params", SOFTMAX, ids=str)
+    def test_sim(self, params):
+        rng = np.random.default_rng(params.exp_frac)
+        e = params.exp_frac
+        totals = [1 << e, (1 << e) + 1, 3 << e, 197 << e, (1024 << e) - 1] + rng.integers(1 << e, 512 << e, 20).tolist()
+        dut = Reciprocal(params=params, total_bits=e + 12)
+        got = []
+
+        async def bench(ctx):
+            for s in totals:
+                ctx.set(dut.start, 1)
+                ctx.set(dut.total, int(s))
+                await ctx.tick()
+                ctx.set(dut.start, 0)
+                waited = 1
+                while not ctx.get(dut.done):
+                    await ctx.tick()
+                    waited += 1
+                got.append((ctx.get(dut.recip), waited))
+                assert not ctx.get(dut.busy)
+
+        run(dut, bench)
+        assert [r for r, _ in got] == reciprocal(totals, params).tolist()
+        assert {w for _, w in got} == {dut.latency}
+
+
+class TestProbNormalizer:
+    @pytest.mark.parametrize("params", SOFTMAX, ids=str)
+    def test_sim(self, params):
+        rng = np.random.default_rng(1)
+        totals = rng.integers(1 << params.exp_frac, 300 << params.exp_frac, 40)
+        recips = reciprocal(totals, params)
+        es = rng.integers(0, (1 << params.exp_frac) + 1, 40)
+        dut = ProbNormalizer(params=params)
+        got = []
+
+        async def bench(ctx):
+            for i in range(len(es) + dut.latency):
+                if i < len(es):
+                    ctx.set(dut.e, int(es[i]))
+                    ctx.set(dut.recip, int(recips[i]))
+                await ctx.tick()
+                if i + 1 >= dut.latency:
+                    got.append(ctx.get(dut.p))
+
+        run(dut, bench)
+        assert got[: len(es)] == normalize(es, recips, params).tolist()
+
+
+class TestSoftmaxUnit:
+    @pytest.mark.parametrize("params", SOFTMAX[:2], ids=str)
+    def test_sim_rows(self, params):
+        rng = np.random.default_rng(5)
+        n_max = 9
+        dut = SoftmaxUnit(params=params, n_max=n_max, score_bits=22, multiplier=94548, shift=19)
+        rows = [rng.integers(-(1 << 20), 1 << 20, size=n) for n in (9, 1, 4)] + [np.full(3, -(1 << 21))]
+        results = []
+
+        async def bench(ctx):
+            for r, scores in enumerate(rows):
+                bank = r % 2
+                for j, s in enumerate(scores):
+                    ctx.set(dut.score_w_en, 1)
+                    ctx.set(dut.score_w_bank, bank)
+                    ctx.set(dut.score_w_addr, j)
+                    ctx.set(dut.score_w_data, int(s))
+                    await ctx.tick()
+                ctx.set(dut.score_w_en, 0)
+                assert ctx.get(dut.ready)
+                ctx.set(dut.start, 1)
+                ctx.set(dut.start_bank, bank)
+                ctx.set(dut.start_max, int(scores.max()))
+                ctx.set(dut.start_n, len(scores))
+                await ctx.tick()
+                ctx.set(dut.start, 0)
+                waited = 1
+                while not ctx.get(dut.done):
+                    await ctx.tick()
+                    waited += 1
+                assert ctx.get(dut.done_bank) == bank
+                recip = ctx.get(dut.recip)
+                exps = []
+                for j in range(len(scores)):
+                    ctx.set(dut.e_r_bank, bank)
+                    ctx.set(dut.e_r_addr, j)
+                    await ctx.tick()
+                    exps.append(ctx.get(dut.e_r_data))
+                results.append((exps, recip, waited))
+
+        run(dut, bench)
+        for scores, (exps, recip, waited) in zip(rows, results, strict=True):
+            tr = softmax_trace(scores, multiplier=94548, shift=19, params=params)
+            assert exps == tr["e"].tolist()
+            assert recip == int(tr["recip"])
+            assert waited == dut.row_cycles(len(scores))
+
+
+class TestRowBuffer:
+    def test_sim(self):
+        buf = RowBuffer(depth=10, lanes=3, data_bits=8)
+        data = np.random.default_rng(0).integers(-128, 128, size=(10, 3))
+        got = []
+
+        async def bench(ctx):
+            for a, row in enumerate(data):
+                ctx.set(buf.w_en, 1)
+                ctx.set(buf.w_addr, a)
+                for lane in range(3):
+                    ctx.set(buf.w_data[lane], int(row[lane]))
+                await ctx.tick()
+            ctx.set(buf.w_en, 0)
+            for a in [3, 9, 0, 0, 5]:
+                ctx.set(buf.r_addr, a)
+                assert [ctx.get(buf.r_data[lane]) for lane in range(3)] != [9999]
+                await ctx.tick()  # registered read: the data of this address after the edge
+                got.append((a, [ctx.get(buf.r_data[lane]) for lane in range(3)]))
+
+        run(buf, bench)
+        assert all(row == data[a].tolist() for a, row in got)
+
+    @pytest.mark.parametrize("kwargs, exc, message", [
+        ({"depth": 0}, ValueError, r"^depth must be at least 1, not 0$"),
+        ({"lanes": "4"}, TypeError, r"^lanes must be an integer, not str$"),
+    ])
+    def test_init_wrong(self, kwargs, exc, message):
+        with pytest.raises(exc, match=message):
+            RowBuffer(**{"depth": 4, "lanes": 4, "data_bits": 8, **kwargs})
+
+    def test_verilog_uses_a_registered_read(self):
+        from amaranth.back import verilog
+
+        text = verilog.convert(RowBuffer(depth=64, lanes=4, data_bits=8), name="buf")
+        assert "always @(posedge clk)" in text and "r_data" in text
+
+
+def stream_frames(dut, frames, *, o_beats, s_beats, idle=0.0, stall=0.0, seed=0, limit=20000):
+    """Drive whole frames through ``dut`` (Attention or AttentionEngine) in the Python simulator until
+    ``o_beats`` and ``s_beats`` came out (and 20 cycles more, in which nothing else may come)."""
+    beats = [b for f in frames for b in f]
+    rng_i, rng_o = random.Random(seed), random.Random(seed + 1)
+    out = {"o": [], "s": [], "first_in": None, "last_out": None}
+
+    async def producer(ctx):
+        for beat in beats:
+            while rng_i.random() < idle:
+                ctx.set(dut.i_stream.valid, 0)
+                await ctx.tick()
+            ctx.set(dut.i_stream.payload.as_value(), beat)
+            ctx.set(dut.i_stream.valid, 1)
+            await ctx.tick().until(dut.i_stream.ready)
+        ctx.set(dut.i_stream.valid, 0)
+
+    async def consumer(ctx):
+        tail = 20
+        for cycle in range(limit):
+            if len(out["o"]) >= o_beats and len(out["s"]) >= s_beats:
+                tail -= 1
+                if tail == 0:
+                    break
+            ro, rs = rng_o.random() >= stall, rng_o.random() >= stall
+            ctx.set(dut.o_stream.ready, ro)
+            ctx.set(dut.s_stream.ready, rs)
+            if ctx.get(dut.i_stream.valid) and ctx.get(dut.i_stream.ready) and out["first_in"] is None:
+                out["first_in"] = cycle
+            if ro and ctx.get(dut.o_stream.valid):
+                out["o"].append(ctx.get(dut.o_stream.payload.as_value()))
+                out["last_out"] = cycle
+            if rs and ctx.get(dut.s_stream.valid):
+                out["s"].append(ctx.get(dut.s_stream.payload.as_value()))
+                out["last_out"] = cycle
+            await ctx.tick()
+
+    run(dut, producer, consumer)
+    return out
+
+
+def _frame(rng, n, p):
+    return [rng.integers(-100, 101, size=(n, p.head_dim)) for _ in range(3)]
+
+
+class TestEngine:
+    def test_wrong_params(self):
+        with pytest.raises(TypeError, match=r"^params must be an AttentionParams, not dict$"):
+            AttentionEngine({})
+
+    @pytest.mark.parametrize("n", [1, 3, 6])
+    def test_sim_one_frame_exact_and_cycles(self, n):
+        p = AttentionParams(n_max=6, head_dim=8, lanes=4)
+        rng = np.random.default_rng(n)
+        q, k, v = _frame(rng, n, p)
+        res = stream_frames(AttentionEngine(p), [encode_frame(q, k, v, p)], o_beats=n * p.chunks, s_beats=n)
+        assert len(res["o"]) == n * p.chunks and len(res["s"]) == n
+        out, cls = attention_head(q, k, v, p)
+        rows = decode_rows([w & 0xFFFFFFFF for w in res["o"]], p)
+        assert rows.tolist() == out.tolist()
+        assert [w & 0xFFFF for w in res["s"]] == cls.tolist()
+        assert res["last_out"] - res["first_in"] == cycles(p, n_tokens=n)
+
+
+class TestAttention:
+    def test_init(self):
+        dut = Attention(n_max=197, head_dim=64, lanes=16)
+        assert dut.params == AttentionParams(n_max=197, head_dim=64, lanes=16)
+        assert len(dut.engines) == 1
+        assert Attention(params=AttentionParams(n_max=4, head_dim=4, lanes=4, heads_parallel=3)).params.heads_parallel == 3
+
+    def test_init_wrong(self):
+        with pytest.raises(ValueError, match=r"^head_dim must be a multiple of lanes 16, not 12$"):
+            Attention(n_max=197, head_dim=12, lanes=16)
+        with pytest.raises(TypeError, match=r"^give either params or parameter keywords, not both$"):
+            Attention(params=AttentionParams(n_max=4, head_dim=4, lanes=4), lanes=4)
+        with pytest.raises(TypeError, match=r"^params must be an AttentionParams, not int$"):
+            Attention(params=3)
+        with pytest.raises(TypeError):
+            Attention(4, 4, 4)  # keyword-only
+
+    def test_sim_parallel_cores_stalls_and_rejected_frames(self):
+        p = AttentionParams(n_max=5, head_dim=4, lanes=2, heads_parallel=2, softmax="exp2_poly")
+        rng = np.random.default_rng(3)
+        frames, expect = [], []
+        for i, n in enumerate([5, 2, 1, 4]):
+            if i == 1:
+                frames.append([encode_header(0)])
+                junk = rng.integers(-5, 5, size=(6, 4))
+                frames.append(encode_frame(junk, junk, junk, p))  # N = 6 > n_max, with its beats
+            q, k, v = _frame(rng, n, p)
+            frames.append(encode_frame(q, k, v, p))
+            expect.append(attention_head(q, k, v, p))
+        dut = Attention(params=p)
+        res = stream_frames(dut, frames, idle=0.2, stall=0.3, seed=7, o_beats=12 * p.chunks, s_beats=12)
+        assert len(res["o"]) == 12 * p.chunks and len(res["s"]) == 12
+        row_bits = p.lanes * p.data_bits
+        for core in (0, 1):
+            mine = [e for i, e in enumerate(expect) if i % 2 == core]
+            words = [w for w in res["o"] if w >> (row_bits + 1) == core]
+            rows = decode_rows([w & ((1 << row_bits) - 1) for w in words], p)
+            assert rows.tolist() == np.concatenate([o for o, _ in mine]).tolist()
+            probs = [w & 0xFFFF for w in res["s"] if w >> 17 == core]
+            assert probs == np.concatenate([c for _, c in mine]).tolist()
+
+    def test_status_flags_a_rejected_header(self):
+        p = AttentionParams(n_max=3, head_dim=2, lanes=2)
+        dut = Attention(params=p)
+        seen = []
+
+        async def bench(ctx):
+            for n in (0, 4, 9):
+                ctx.set(dut.i_stream.valid, 1)
+                ctx.set(dut.i_stream.payload.header.n_tokens, n)
+                await ctx.tick().until(dut.i_stream.ready)
+                ctx.set(dut.i_stream.valid, 0)
+                await ctx.tick()
+                seen.append((ctx.get(dut.status.error), ctx.get(dut.status.rejected), ctx.get(dut.status.busy)))
+
+        run(dut, bench)
+        # N = 0: rejected, idle; N = 4 > 3: rejected, busy dropping its 12 beats; the 9 is one of them
+        assert seen == [(1, 1, 0), (1, 2, 1), (1, 2, 1)]
+
+
+class TestHarness:
+    def test_bulk_mode_in_python_simulator(self):
+        p = AttentionParams(n_max=4, head_dim=4, lanes=2)
+        dut = harness_for(p, frames=2)
+        rng = np.random.default_rng(0)
+        frames = [_frame(rng, n, p) for n in (4, 2)]
+        words = [w for f in frames for w in encode_frame(*f, p)]
+        got = {}
+
+        async def bench(ctx):
+            for i, w in enumerate(words):
+                ctx.set(dut.in_data[i], w)
+            ctx.set(dut.bulk, 1)
+            ctx.set(dut.in_beats, len(words))
+            ctx.set(dut.o_expected, 6 * p.chunks)
+            ctx.set(dut.s_expected, 6)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            await ctx.tick().until(dut.done)
+            got["o"] = [ctx.get(dut.o_data[i]) for i in range(ctx.get(dut.o_count))]
+            got["s"] = [ctx.get(dut.s_data[i]) for i in range(ctx.get(dut.s_count))]
+            got["cycles"] = ctx.get(dut.cycles)
+
+        run(dut, bench)
+        expect = [attention_head(*f, p) for f in frames]
+        assert decode_rows([w & 0xFFFF for w in got["o"]], p).tolist() == np.concatenate(
+            [o for o, _ in expect]).tolist()
+        assert [w & 0xFFFF for w in got["s"]] == np.concatenate([c for _, c in expect]).tolist()
+        assert got["cycles"] == cycles(p, n_tokens=[4, 2])
+
+
+class TestCostModel:
+    @pytest.mark.parametrize("cfg", [dict(n_max=197, head_dim=64, lanes=16), dict(n_max=64, head_dim=32, lanes=8),
+                                     dict(n_max=40, head_dim=16, lanes=16, softmax="exp2_poly"),
+                                     dict(n_max=30, head_dim=8, lanes=1)])
+    def test_closed_form_equals_schedule(self, cfg):
+        p = AttentionParams(**cfg)
+        closed = 0
+        for n in range(1, p.n_max + 1):
+            s = frame_schedule(p, n_tokens=n)
+            assert cycles(p, n_tokens=n) == s.last_output
+            closed += s.closed_form
+        assert closed > 0
+
+    def test_goals(self):
+        p = dict(n_max=197, head_dim=64, lanes=16)
+        assert mac_utilization(**p, n_tokens=197) >= 0.90
+        c197 = cycles(**p, n_tokens=197)
+        for n in (138, 97, 68):
+            ratio = c197 / cycles(**p, n_tokens=n)
+            assert abs(ratio / (197 / n) ** 2 - 1) <= 0.05
+
+    def test_heads(self):
+        p = AttentionParams(n_max=16, head_dim=16, lanes=4)
+        one, interval = cycles(p, n_tokens=16), frame_interval(p, n_tokens=16)
+        assert cycles(p, n_tokens=16, heads=3) == 2 * interval + one
+        assert cycles(p, n_tokens=[16, 16, 16]) == cycles(p, n_tokens=16, heads=3)
+        p2 = AttentionParams(n_max=16, head_dim=16, lanes=4, heads_parallel=2)
+        beats = frame_beats(16, p2)
+        assert cycles(p2, n_tokens=16, heads=2) == beats + one
+        assert cycles(p2, n_tokens=16, heads=3) == interval + one
+        assert mac_utilization(p2, n_tokens=16, heads=4) == 4 * macs(16, 16) / (8 * cycles(p2, n_tokens=16, heads=4))
+
+    def test_cycles_scale_with_n(self):
+        p = AttentionParams(n_max=197, head_dim=64, lanes=16)
+        values = [cycles(p, n_tokens=n) for n in range(1, 198)]
+        assert all(a < b for a, b in zip(values, values[1:], strict=False))
+
+    @pytest.mark.parametrize("kwargs, exc, message", [
+        ({"n_tokens": 0}, ValueError, r"^n_tokens must be between 1 and n_max 8, not 0$"),
+        ({"n_tokens": 9}, ValueError, r"^n_tokens must be between 1 and n_max 8, not 9$"),
+        ({"n_tokens": 2.0}, TypeError, r"^n_tokens must be an integer, not float$"),
+        ({"n_tokens": 2, "heads": 0}, ValueError, r"^heads must be at least 1, not 0$"),
+        ({"n_tokens": [2, 3], "heads": 2}, ValueError,
+         r"^give heads only with a single n_tokens, not with a sequence$"),
+        ({"n_tokens": []}, ValueError, r"^n_tokens must not be an empty sequence$"),
+    ])
+    def test_wrong(self, kwargs, exc, message):
+        with pytest.raises(exc, match=message):
+            cycles(AttentionParams(n_max=8, head_dim=8, lanes=4), **kwargs)
+
+    def test_params_or_keywords(self):
+        p = AttentionParams(n_max=8, head_dim=8, lanes=4)
+        assert cycles(p, n_tokens=5) == cycles(n_max=8, head_dim=8, lanes=4, n_tokens=5)
+        with pytest.raises(TypeError, match=r"^give either params or parameter keywords, not both$"):
+            cycles(p, n_tokens=5, lanes=4)
+        with pytest.raises(TypeError, match=r"^params must be an AttentionParams, not dict$"):
+            cycles({}, n_tokens=5)
