@@ -17,9 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tokensift.hw.resources import Resources, check_family, fitted, multiplier_dsps
-from tokensift.quant.fixed import FixedFormat, Rounding
+from tokensift.quant.fixed import FixedFormat, Overflow, Rounding
 
-__all__ = ["RequantParams", "features", "resources", "cycles", "LATENCY"]
+__all__ = ["BLOCK", "RequantParams", "features", "exact", "resources", "cycles", "build", "params_to_dict",
+           "params_from_dict", "LATENCY"]
+
+BLOCK = "requant"
 
 #: cycles from a value's acceptance to its appearance on ``o_stream`` (one register stage)
 LATENCY = 1
@@ -92,11 +95,38 @@ def _dsps(p: RequantParams, family: str) -> int:
     return multiplier_dsps(p.acc_bits, p.multiplier.bit_length() + 1, family=family, signed=True)
 
 
+def exact(params: RequantParams, family: str) -> Resources:
+    """The rule-based part: DSPs (no memory)."""
+    p = _check(params)
+    check_family(family)
+    return Resources(dsp=_dsps(p, family))
+
+
 def resources(params: RequantParams, family: str) -> Resources:
     """DSP (exact), LUT and FF (fitted) of one requantizer on ``family``."""
     p = _check(params)
-    lut, ff = fitted("requant", family, features(p, family))
-    return Resources(dsp=_dsps(p, family), lut=lut, ff=ff)
+    lut, ff = fitted(BLOCK, family, features(p, family))
+    return exact(p, family) + Resources(lut=lut, ff=ff)
+
+
+def build(params: RequantParams):
+    """The :class:`~tokensift.hw.requant.Requantizer` these parameters describe (for synthesis)."""
+    return _check(params).component()
+
+
+def params_to_dict(params: RequantParams) -> dict:
+    p = _check(params)
+    return {"acc_bits": p.acc_bits, "out_bits": p.out.bits, "out_signed": p.out.signed,
+            "rounding": p.out.rounding.value, "overflow": p.out.overflow.value, "multiplier": p.multiplier,
+            "shift": p.shift, "counter_bits": p.counter_bits}
+
+
+def params_from_dict(d: dict) -> RequantParams:
+    out = FixedFormat(bits=d["out_bits"], frac=0, signed=d.get("out_signed", True),
+                      rounding=Rounding(d.get("rounding", "half_up")),
+                      overflow=Overflow(d.get("overflow", "saturate")))
+    return RequantParams(acc_bits=d["acc_bits"], out=out, multiplier=d["multiplier"], shift=d["shift"],
+                         counter_bits=d.get("counter_bits", 16))
 
 
 def cycles(params: RequantParams, *, n_values: int) -> int:

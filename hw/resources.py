@@ -196,6 +196,7 @@ class _Ram:
     global_width: bool = False
     sync_only: bool = False  # block RAM: synchronous read ports only
     per_replica: dict | None = None  # resource counts per replica: {"bram18": 1} / {"lut": 8}
+    cells: int = 1  # primitives per replica
     lut_per_bit: int = 0  # LUT RAM built of 1-bit cells: LUTs per used bit
 
 
@@ -234,7 +235,7 @@ _XILINX_BRAM = [
     _Ram("TDP_FULL", "block", 15, (1, 2, 4, 9, 18, 36), 257, 0, 9, 5, 0, "RAMB36", sync_only=True,
          per_replica={"bram36": 1}),
     _Ram("TDP_CASCADE", "block", 16, (1, 2, 4, 9), 513, 0, 9, 3, 0, "RAMB36", sync_only=True,
-         per_replica={"bram36": 2}),
+         per_replica={"bram36": 2}, cells=2),
     # simple dual port: the write and read ports are 36 (HALF) / 72 (FULL) wide
     _Ram("SDP_HALF", "block", 14, (1, 2, 4, 9, 18, 36), 129, 0, 9, 5, 5, "RAMB18", sync_only=True,
          per_replica={"bram18": 1}),
@@ -363,7 +364,7 @@ def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True) -
         blocks = Resources(lut=ram.lut_per_bit * count)
     else:
         per = ram.per_replica or {}
-        count = repl * max(per.values())
+        count = repl * ram.cells
         blocks = Resources(**{k: v * repl for k, v in per.items()})
     if ram.kind == "block":
         if family == "ecp5":

@@ -94,7 +94,11 @@ def parse_stat(stat: dict, family: str) -> dict:
     """Flat resource dict from the ``stat -json`` output of a flattened design."""
     _check_family(family)
     design = stat.get("design") or next(iter(stat["modules"].values()))
-    cells = {k.lstrip("\\$"): int(v) for k, v in design.get("num_cells_by_type", {}).items()}
+    raw = {k.lstrip("\\"): int(v) for k, v in design.get("num_cells_by_type", {}).items()}
+    generic = sorted(k for k in raw if k.startswith("$") and k != "$scopeinfo")
+    if generic:
+        raise SynthesisError(f"the netlist still holds generic cells {', '.join(generic)}; synthesis did not finish")
+    cells = {k: v for k, v in raw.items() if not k.startswith("$")}
     lutram = sum(LUTRAM_LUTS[name] * n for name, n in cells.items() if name in LUTRAM_LUTS)
     if family == "ecp5":
         lut_logic = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
@@ -118,9 +122,6 @@ def parse_stat(stat: dict, family: str) -> dict:
             "carry": cells.get("CARRY4", 0) + cells.get("CARRY8", 0),
             "muxf": _count(cells, r"MUXF[789]"),
         }
-    unknown = sorted(name for name in cells if name.startswith("$") or name in {"mul", "mem", "mem_v2"})
-    if unknown:
-        raise SynthesisError(f"the netlist still holds generic cells {', '.join(unknown)}; synthesis did not finish")
     return {"family": family, **out, "lut": lut_logic + lutram, "lut_logic": lut_logic, "lutram": lutram,
             "cells": dict(sorted(cells.items()))}
 

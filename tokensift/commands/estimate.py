@@ -1,11 +1,304 @@
-"""`tokensift estimate`: not built yet (see the open issues); says so plainly."""
+"""`tokensift estimate`: resources and latency of a whole model, or of one block, on a device.
 
-from tokensift.errors import NotYetAvailableError
+    tokensift estimate --device zcu102 --model deit_small_patch16_224 --lanes 16 --keep 0.7 --json
+    tokensift estimate --block attention --n-max 100 --head-dim 48 --lanes 12 --family xcup --json
+    tokensift estimate --block selector --n-max 197 --dim 384 --lanes 16 --package --family xcup --json
+    tokensift estimate --validate [--block selector] [--family xc7]
+
+The whole-model estimate adds up the accelerator's units (:mod:`tokensift.hw.layer_cost`: attention,
+token selector, linear array) and the exact cycles of the model's token schedule; a block alone gives
+that block's resources and cycles, the same numbers the whole-model estimate adds. ``--validate``
+prints the cost model against the stored Yosys baselines with the error of every configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tokensift.errors import InvalidArgumentError
+
+__all__ = ["add_arguments", "run", "estimate_model", "estimate_block", "check_fit"]
+
+_DEFAULT_DEVICE = "zcu102"
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tokensift.hw.synth import FAMILIES
+    from tokensift.sw.methods import list_methods
+    from tokensift.sw.registry import list_models
+
+    parser.add_argument("--device", default=None,
+                        help=f"target device, e.g. zcu102, zcu104, kv260, pynq-z2, alveo-u250, ecp5-85f "
+                             f"(default: {_DEFAULT_DEVICE}; with --block it sets the family)")
+    parser.add_argument("--clock-mhz", type=float, default=None, help="clock (default: the device's typical one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    whole = parser.add_argument_group("whole model")
+    whole.add_argument("--model", default="deit_small_patch16_224", choices=list_models(),
+                       help="registered model (default: %(default)s)")
+    whole.add_argument("--method", default="dynamicvit", choices=list_methods(),
+                       help="token-pruning method; 'none' is the dense model (default: %(default)s)")
+    whole.add_argument("--keep", type=float, default=None,
+                       help="keep ratio rho in (0, 1] (default: 0.7 for pruning methods, 1 for 'none')")
+    whole.add_argument("--lanes", type=int, default=None,
+                       help="MAC lanes of the attention core and the linear array, features per selector beat "
+                            "(default: 16)")
+    whole.add_argument("--heads-parallel", type=int, default=1, help="attention cores (default: %(default)s)")
+    whole.add_argument("--linear-lanes", type=int, default=None, help="lanes of the linear array (default: --lanes)")
+    block = parser.add_argument_group("one block (--block)")
+    block.add_argument("--block", choices=["attention", "selector", "requant"], default=None,
+                       help="estimate one block instead of a model")
+    block.add_argument("--family", choices=list(FAMILIES), default=None,
+                       help="device family of a block estimate (default: the device's, else xcup)")
+    block.add_argument("--n-max", type=int, default=None, help="most tokens per frame (default: 197)")
+    block.add_argument("--head-dim", type=int, default=64, help="attention: channels per head (default: 64)")
+    block.add_argument("--dim", type=int, default=384, help="selector: features per token (default: 384)")
+    block.add_argument("--package", action="store_true", help="selector: build the package-token datapath")
+    block.add_argument("--score-bits", type=int, default=16, help="selector: score width (default: 16)")
+    block.add_argument("--feature-bits", type=int, default=8, help="selector: feature width (default: 8)")
+    block.add_argument("--n-tokens", type=int, default=None, help="tokens of the frame (default: --n-max)")
+    block.add_argument("--heads", type=int, default=1, help="attention: frames (heads) sent back to back")
+    block.add_argument("--kept", type=int, default=None,
+                       help="selector: tokens kept, class token included (default: about 70%%)")
+    block.add_argument("--mode", choices=["topk", "threshold"], default="topk", help="selector rule")
+    block.add_argument("--softmax", default=None, help="attention softmax variant (default: its default)")
+    block.add_argument("--n-values", type=int, default=1000, help="requant: values streamed (default: 1000)")
+    val = parser.add_argument_group("validation")
+    val.add_argument("--validate", action="store_true",
+                     help="print the model against the stored synthesis baselines (use --block/--family to filter)")
 
 
-def run(args):
-    raise NotYetAvailableError("'tokensift estimate' is not implemented yet in this version of tokensift")
+# -- helpers -----------------------------------------------------------------------------------------------
+def _positive(name: str, value) -> int:
+    if value is not None and value < 1:
+        raise InvalidArgumentError(f"--{name} must be at least 1, not {value}")
+    return value
+
+
+def check_fit(used: dict, device) -> tuple[dict, bool, list[str]]:
+    """Utilization per resource, whether everything fits, and one sentence per resource that does not."""
+    names = {"dsp": "DSPs" if device.family != "ecp5" else "18x18 multipliers", "bram36": "BRAM36 blocks",
+             "ebr": "EBR blocks", "uram": "URAMs", "lut": "LUTs", "ff": "flip-flops"}
+    util, problems = {}, []
+    for key, capacity in device.capacity().items():
+        need = used.get(key, 0)
+        util[key] = need / capacity if capacity else (0.0 if need == 0 else float("inf"))
+        if need > capacity:
+            need_s = f"{need:g}" if isinstance(need, float) else str(need)
+            problems.append(f"needs {need_s} {names[key]}, {need - capacity:g} more than {device.name} has "
+                            f"({capacity})")
+    return util, not problems, problems
+
+
+def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | None, heads_parallel: int,
+                   linear_lanes: int | None, device: str, clock_mhz: float | None) -> dict:
+    """The ``--json`` object of a whole-model estimate."""
+    from tokensift.devices import get_device
+    from tokensift.hw.layer_cost import HwConfig, ModelCost
+
+    dev = get_device(device)
+    clock = float(clock_mhz) if clock_mhz is not None else dev.clock_mhz
+    if not clock > 0:
+        raise InvalidArgumentError(f"--clock-mhz must be positive, not {clock_mhz}")
+    try:
+        hw = HwConfig(lanes=lanes or 16, heads_parallel=heads_parallel, linear_lanes=linear_lanes)
+        cost = ModelCost.from_name(model, method=method, keep_ratio=keep, hw=hw)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    units = cost.units(dev.family)
+    total = sum(units.values(), start=units["linear"] * 0)
+    used = total.as_dict(dev.family)
+    util, fits, problems = check_fit(used, dev)
+    per_block = cost.per_block()
+    cycles = cost.cycles()
+    sched = cost.schedule()
+    return {
+        "device": dev.name,
+        "family": dev.family,
+        "model": model,
+        "method": method,
+        "keep_ratio": cost.desc.selectors[0][1].keep_ratio if cost.desc.selectors else 1.0,
+        "hw": {"lanes": hw.lanes, "heads_parallel": hw.heads_parallel, "linear_lanes": cost.linear.lanes,
+               "selector_lanes": cost.selector.lanes if cost.selector else None},
+        "resources": used,
+        "capacity": dev.capacity(),
+        "utilization": util,
+        "fits": fits,
+        "problems": problems,
+        "cycles": cycles,
+        "latency_ms": cycles / (clock * 1e3),
+        "clock_mhz": clock,
+        "tokens": sched.attn_tokens,
+        "units": {name: {"resources": r.as_dict(dev.family)} for name, r in units.items()},
+        "fixed": cost.fixed_cycles(),
+        "per_block": per_block,
+        "not_modeled": ["layernorm", "gelu", "residual additions", "off-chip weight bandwidth"],
+    }
+
+
+def estimate_block(args) -> dict:
+    """The ``--json`` object of a one-block estimate."""
+    family = args.family
+    if family is None:
+        if args.device is not None:
+            from tokensift.devices import get_device
+
+            family = get_device(args.device).family
+        else:
+            family = "xcup"
+    n_max = _positive("n-max", args.n_max) or 197
+    n_tokens = _positive("n-tokens", args.n_tokens) or n_max
+    try:
+        if args.block == "attention":
+            from tokensift.hw.attention_cost import cycles
+            from tokensift.hw.attention_resources import resources
+            from tokensift.quant.attention import AttentionParams
+
+            kwargs = {"n_max": n_max, "head_dim": args.head_dim, "lanes": args.lanes or 16,
+                      "heads_parallel": args.heads_parallel}
+            if args.softmax is not None:
+                kwargs["softmax"] = args.softmax
+            p = AttentionParams(**kwargs)
+            res = resources(p, family)
+            cyc = cycles(p, n_tokens=n_tokens, heads=args.heads)
+            params = {"n_max": p.n_max, "head_dim": p.head_dim, "lanes": p.lanes, "heads_parallel": p.heads_parallel,
+                      "softmax": p.softmax.variant.value, "n_tokens": n_tokens, "heads": args.heads}
+        elif args.block == "selector":
+            from tokensift.hw.selector import cycles
+            from tokensift.hw.selector_resources import resources
+            from tokensift.quant.select import Mode, SelectorParams
+
+            p = SelectorParams(n_max=n_max, dim=args.dim, lanes=args.lanes or 16, score_bits=args.score_bits,
+                               feature_bits=args.feature_bits, package=args.package)
+            kept = args.kept if args.kept is not None else 1 + -(-(n_tokens - 1) * 7 // 10)
+            mode = Mode.TOPK if args.mode == "topk" else Mode.THRESHOLD
+            res = resources(p, family)
+            cyc = cycles(p, n_tokens=n_tokens, kept=kept, mode=mode, package=args.package)
+            params = {"n_max": p.n_max, "dim": p.dim, "lanes": p.lanes, "score_bits": p.score_bits,
+                      "feature_bits": p.feature_bits, "package": p.package,
+                      "n_tokens": n_tokens, "kept": kept, "mode": args.mode}
+        else:
+            from tokensift.hw.requant_resources import RequantParams, cycles, resources
+            from tokensift.quant.fixed import INT8
+
+            p = RequantParams(acc_bits=32, out=INT8, multiplier=(1 << 16) - 1, shift=24)
+            res = resources(p, family)
+            cyc = cycles(p, n_values=args.n_values)
+            params = {"acc_bits": 32, "out_bits": 8, "multiplier": p.multiplier, "shift": p.shift,
+                      "n_values": args.n_values}
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    return {"block": args.block, "family": family, "params": params, "resources": res.as_dict(family),
+            "cycles": cyc}
+
+
+def _validate(args) -> int:
+    from tokensift.hw.cost_validation import BASELINE_DIR, compare, summary
+
+    blocks = [args.block] if args.block else None
+    families = [args.family] if args.family else None
+    rows = compare(blocks, families)
+    if not rows:
+        raise InvalidArgumentError(f"no synthesis baselines found in {BASELINE_DIR}; run "
+                                   f"`python bench/synth_baselines.py` in a source checkout")
+    failures = [r for r in rows if not r.ok]
+    if args.json:
+        from tokensift.cli import emit_json
+
+        emit_json({"rows": [r.as_dict() for r in rows], "summary": summary(rows), "failures": len(failures),
+                   "ok": not failures})
+        return 0 if not failures else 1
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="cost model vs Yosys synthesis")
+    for col in ("block", "config", "family", "metric", "model", "synth", "error", "tolerance", ""):
+        table.add_column(col, justify="right" if col in ("model", "synth", "error") else "left")
+    for r in rows:
+        tol = f"±{r.tolerance['abs']}" if "abs" in r.tolerance else f"{r.tolerance['rel']:.0%}"
+        err = f"{r.error:.1%}" if r.metric in ("lut", "ff") or r.synth else f"{r.error:g}"
+        table.add_row(r.block, r.name, r.family, r.metric, f"{r.model:.0f}", f"{r.synth:.0f}", err, tol,
+                      "ok" if r.ok else "[red]FAIL")
+    console.print(table)
+    s = summary(rows)
+    small = Table(title="per block and family")
+    for col in ("block", "family", "configs", "failures", "LUT max err", "LUT mean err", "FF max err", "FF mean err"):
+        small.add_column(col)
+    for block, fams in s.items():
+        for family, v in fams.items():
+            small.add_row(block, family, str(v["configs"]), str(v["failures"]),
+                          *(f"{v[k]:.1%}" if k in v else "-" for k in ("lut_max_err", "lut_mean_err",
+                                                                        "ff_max_err", "ff_mean_err")))
+    console.print(small)
+    return 0 if not failures else 1
+
+
+def _print_model(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    title = (f"{summary['model']} / {summary['method']} / keep {summary['keep_ratio']:g} on {summary['device']} "
+             f"({summary['family']}, {summary['clock_mhz']:g} MHz)")
+    res = Table(title=title)
+    res.add_column("resource")
+    for name in summary["units"]:
+        res.add_column(name, justify="right")
+    res.add_column("total", justify="right")
+    res.add_column(summary["device"], justify="right")
+    res.add_column("used", justify="right")
+    for key, total in summary["resources"].items():
+        cap = summary["capacity"].get(key)
+        util = summary["utilization"].get(key)
+        res.add_row(key, *(f"{u['resources'].get(key, 0):g}" for u in summary["units"].values()), f"{total:g}",
+                    "-" if cap is None else str(cap), "-" if util is None else
+                    (f"[red]{util:.1%}" if util > 1 else f"{util:.1%}"))
+    console.print(res)
+    cyc = Table(title="cycles per encoder layer")
+    parts = ["qkv", "attention", "proj", "selector", "predictor", "fc1", "fc2"]
+    for col in ["block", "tokens", *parts, "total"]:
+        cyc.add_column(col, justify="right")
+    for row in summary["per_block"]:
+        cyc.add_row(str(row["block"]), str(row["tokens"]), *(str(row["cycles"].get(p, "")) for p in parts),
+                    str(row["total"]))
+    console.print(cyc)
+    console.print(f"patch embedding {summary['fixed']['patch_embed']} cycles, head {summary['fixed']['head']} cycles")
+    console.print(f"[bold]{summary['cycles']} cycles = {summary['latency_ms']:.3f} ms at {summary['clock_mhz']:g} MHz")
+    if summary["fits"]:
+        console.print(f"[green]fits on {summary['device']}")
+    else:
+        console.print(f"[red]does not fit on {summary['device']}: " + "; ".join(summary["problems"]))
+    console.print("not modeled: " + ", ".join(summary["not_modeled"]))
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokensift.cli import emit_json
+
+    if args.validate:
+        return _validate(args)
+    for name in ("lanes", "heads_parallel", "linear_lanes"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    if args.block is not None:
+        out = estimate_block(args)
+        if args.json:
+            emit_json(out)
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{out['block']} on {out['family']}: " + ", ".join(f"{k}={v}" for k, v in out["params"].items()))
+        table.add_column("resource")
+        table.add_column("count", justify="right")
+        for k, v in out["resources"].items():
+            table.add_row(k, f"{v:g}")
+        table.add_row("cycles", str(out["cycles"]))
+        Console().print(table)
+        return 0
+    out = estimate_model(model=args.model, method=args.method, keep=args.keep, lanes=args.lanes,
+                         heads_parallel=args.heads_parallel, linear_lanes=args.linear_lanes,
+                         device=args.device or _DEFAULT_DEVICE, clock_mhz=args.clock_mhz)
+    if args.json:
+        emit_json(out)
+    else:
+        _print_model(out)
+    return 0

@@ -1,0 +1,207 @@
+"""(Re)synthesize the validation grid with Yosys and write the baselines in ``tests/hw/baselines/``.
+
+Every entry of :data:`GRID` is synthesized for every family (``xcup``, ``xc7``, ``ecp5``) by
+:func:`tokensift.hw.synth.synthesize` (cached in ``build/synth``) and stored with the measured cell
+counts; the tolerances the tests apply are written next to them. Nothing is entered by hand: run this
+script to regenerate, then ``python bench/fit_cost_model.py`` to refit the LUT/FF coefficients.
+
+Usage::
+
+    python bench/synth_baselines.py                      # every block, every family
+    python bench/synth_baselines.py --block selector --family xcup --jobs 2
+    python bench/synth_baselines.py --list               # the grid, without synthesizing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tokensift.hw.cost_registry import BLOCKS, block_cost
+from tokensift.hw.synth import FAMILIES, synthesize
+from tokensift.toolchain import find_yosys
+
+OUT_DIR = Path(__file__).resolve().parent.parent / "tests" / "hw" / "baselines"
+
+#: DSP and block RAM must match exactly; LUT and FF within 20% (the issue's tolerance, goal 10%)
+TOLERANCES = {
+    "dsp": {"abs": 0}, "bram18": {"abs": 0}, "bram36": {"abs": 0}, "ebr": {"abs": 0},
+    "lut": {"rel": 0.20}, "ff": {"rel": 0.20},
+}
+#: the primitive probes: a memory's block RAM and LUT RAM exactly (its soft logic within 20%); a
+#: multiplier's DSPs exactly (the adders of a split product are not part of the rule)
+PROBE_TOLERANCES = {
+    "memory": {**TOLERANCES, "lutram": {"abs": 0}},
+    "multiplier": {"dsp": {"abs": 0}},
+}
+
+_SEL = dict(score_bits=16, feature_bits=8)
+
+#: block -> list of (name, params); names marked ``quick`` are the live configurations of test_synth.py
+GRID: dict[str, list[tuple[str, dict]]] = {
+    "memory": [
+        (f"m{w}x{d}{'s' if s else 'a'}", {"width": w, "depth": d, "sync_read": s})
+        for w, d, s in [(8, 197, True), (16, 64, True), (16, 197, True), (10, 400, True), (32, 1024, True),
+                        (72, 512, True), (128, 394, True), (64, 1576, True), (128, 4728, True), (42, 4, False),
+                        (130, 4, False), (12, 64, False), (3, 5000, True), (36, 2000, True), (4, 16, True)]
+    ],
+    "multiplier": [
+        (f"x{a}x{b}{'s' if s else 'u'}", {"a_bits": a, "b_bits": b, "signed": s})
+        for a, b, s in [(8, 8, True), (8, 8, False), (17, 8, True), (25, 18, True), (26, 18, True),
+                        (27, 18, True), (28, 18, True), (32, 15, True), (32, 32, True), (18, 18, False),
+                        (3, 3, True), (9, 9, True), (24, 24, False), (40, 17, True), (19, 19, True),
+                        (17, 17, False)]
+    ],
+    "requant": [
+        ("acc32_m12345_s20", {"acc_bits": 32, "out_bits": 8, "multiplier": 12345, "shift": 20}),
+        ("acc24_m3_s7_even_wrap", {"acc_bits": 24, "out_bits": 8, "multiplier": 3, "shift": 7,
+                                   "rounding": "half_even", "overflow": "wrap"}),
+        ("acc18_mbig_s34_floor", {"acc_bits": 18, "out_bits": 6, "multiplier": (1 << 30) - 1, "shift": 34,
+                                  "rounding": "floor"}),
+        ("acc32_m16384_s20", {"acc_bits": 32, "out_bits": 8, "multiplier": 1 << 14, "shift": 20}),
+        ("acc16_m200_s10", {"acc_bits": 16, "out_bits": 8, "multiplier": 200, "shift": 10}),
+        ("acc32_m1e6_s28_away", {"acc_bits": 32, "out_bits": 8, "multiplier": 1000003, "shift": 28,
+                                 "rounding": "half_away"}),
+        ("acc24_m777_s12_trunc", {"acc_bits": 24, "out_bits": 12, "multiplier": 777, "shift": 12,
+                                  "rounding": "trunc"}),
+        ("acc20_m91_s9", {"acc_bits": 20, "out_bits": 8, "multiplier": 91, "shift": 9}),
+    ],
+    "selector": [
+        ("n32_d32_l4", {"n_max": 32, "dim": 32, "lanes": 4, "package": False, **_SEL}),
+        ("n32_d32_l4_pkg", {"n_max": 32, "dim": 32, "lanes": 4, "package": True, **_SEL}),
+        ("n64_d64_l8_pkg", {"n_max": 64, "dim": 64, "lanes": 8, "package": True, **_SEL}),
+        ("n100_d96_l8", {"n_max": 100, "dim": 96, "lanes": 8, "package": False, **_SEL}),
+        ("n128_d128_l16_pkg", {"n_max": 128, "dim": 128, "lanes": 16, "package": True, **_SEL}),
+        ("n197_d192_l16", {"n_max": 197, "dim": 192, "lanes": 16, "package": False, **_SEL}),
+        ("n197_d384_l16_pkg", {"n_max": 197, "dim": 384, "lanes": 16, "package": True, **_SEL}),
+        ("n50_d64_l2_pkg", {"n_max": 50, "dim": 64, "lanes": 2, "package": True, **_SEL}),
+    ],
+    "mac_array": [
+        (f"l{lanes}_a{a}b{b}", {"lanes": lanes, "a_bits": a, "b_bits": b, "dot_bits": a + b, "acc_bits": 32,
+                                "tag_bits": 8})
+        for lanes, a, b in [(4, 8, 8), (8, 8, 8), (12, 8, 8), (16, 8, 8), (32, 8, 8), (16, 12, 10)]
+    ],
+    "attention": [],  # filled by attention_grid() once the block is there
+}
+
+#: the configurations test_synth.py synthesizes live (small, a few seconds each)
+QUICK = {"memory": ["m16x197s", "m42x4a"], "multiplier": ["x32x15s"], "requant": ["acc32_m12345_s20"],
+         "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": []}
+
+
+def attention_grid() -> list[tuple[str, dict]]:
+    try:
+        from tokensift.hw.attention_resources import baseline_grid
+    except ModuleNotFoundError:
+        return []
+    return baseline_grid()
+
+
+def grid(block: str) -> list[tuple[str, dict]]:
+    if block == "attention":
+        return attention_grid()
+    return GRID[block]
+
+
+def quick(block: str) -> list[str]:
+    if block == "attention":
+        try:
+            from tokensift.hw.attention_resources import QUICK_CONFIGS
+        except ModuleNotFoundError:
+            return []
+        return list(QUICK_CONFIGS)
+    return QUICK[block]
+
+
+def _measured(result: dict) -> dict:
+    keys = ("dsp", "bram18", "bram36", "uram", "ebr", "lut", "lut_logic", "lutram", "ff", "carry", "muxf")
+    return {k: result[k] for k in keys}
+
+
+def synthesize_entry(block: str, name: str, params: dict, family: str) -> dict:
+    cost = block_cost(block)
+    params = cost.normalize(params)
+    result = synthesize(cost.build(params), family=family, top=f"{block}_{name}".replace("-", "_"))
+    return {"name": name, "family": family, "params": params, "synth": _measured(result),
+            "cells": result["cells"], "seconds": result["seconds"], "quick": name in quick(block)}
+
+
+def run_block(block: str, families: list[str], jobs: int, log=print) -> dict:
+    entries = grid(block)
+    if not entries:
+        raise SystemExit(f"no grid for block {block!r} (has it landed?)")
+    todo = [(name, params, family) for family in families for name, params in entries]
+    start = time.monotonic()
+    results = []
+
+    def one(item):
+        name, params, family = item
+        entry = synthesize_entry(block, name, params, family)
+        log(f"  {block:10s} {family:5s} {name:24s} dsp={entry['synth']['dsp']:<3d} "
+            f"bram18={entry['synth']['bram18']:<3d} bram36={entry['synth']['bram36']:<3d} "
+            f"ebr={entry['synth']['ebr']:<3d} lut={entry['synth']['lut']:<6d} ff={entry['synth']['ff']:<6d} "
+            f"({entry['seconds']:.0f} s)")
+        return entry
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = list(pool.map(one, todo))
+    return {
+        "block": block,
+        "generated_by": "bench/synth_baselines.py",
+        "yosys": find_yosys().version,
+        "scripts": {f: FAMILIES[f] for f in families},
+        "tolerances": PROBE_TOLERANCES[block] if BLOCKS[block] is None else TOLERANCES,
+        "wall_seconds": round(time.monotonic() - start, 1),
+        "entries": results,
+    }
+
+
+def merge(path: Path, new: dict) -> dict:
+    """Keep entries of families not re-run this time."""
+    if not path.exists():
+        return new
+    old = json.loads(path.read_text())
+    redone = {(e["name"], e["family"]) for e in new["entries"]}
+    keep = [e for e in old.get("entries", []) if (e["name"], e["family"]) not in redone
+            and any(e["name"] == n for n, _ in grid(new["block"]))]
+    merged = dict(new)
+    merged["entries"] = sorted(keep + new["entries"], key=lambda e: (e["family"], e["name"]))
+    merged["scripts"] = {**old.get("scripts", {}), **new["scripts"]}
+    return merged
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--block", action="append", choices=list(BLOCKS), help="block(s) to run (default: all)")
+    parser.add_argument("--family", action="append", choices=list(FAMILIES), help="families (default: all)")
+    parser.add_argument("--jobs", type=int, default=1, help="Yosys processes at once (default 1)")
+    parser.add_argument("--list", action="store_true", help="print the grid and exit")
+    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    args = parser.parse_args(argv)
+    blocks = args.block or list(BLOCKS)
+    families = args.family or list(FAMILIES)
+    if args.list:
+        for block in blocks:
+            for name, params in grid(block):
+                print(f"{block:10s} {name:24s} {json.dumps(params)}")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for block in blocks:
+        if not grid(block):
+            print(f"{block}: no grid yet, skipped", file=sys.stderr)
+            continue
+        print(f"{block}: synthesizing {len(grid(block))} configurations x {len(families)} families", file=sys.stderr)
+        data = run_block(block, families, args.jobs, log=lambda s: print(s, file=sys.stderr, flush=True))
+        path = args.out / f"{block}.json"
+        data = merge(path, data)
+        path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+        print(f"{block}: wrote {path} ({len(data['entries'])} entries)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

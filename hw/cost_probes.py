@@ -1,0 +1,85 @@
+"""Probe circuits that check the primitive rules of :mod:`tokensift.hw.resources` against synthesis.
+
+A :class:`MemoryProbe` is one memory (one write port, one read port at its own address, synchronous or
+asynchronous read) and a :class:`MultiplierProbe` one registered multiplier; synthesizing a grid of them
+validates :func:`~tokensift.hw.resources.map_memory` and
+:func:`~tokensift.hw.resources.multiplier_dsps` shape by shape, apart from any block.
+
+They follow the protocol of the block cost modules (``build``, ``exact``, ``params_to_dict``,
+``params_from_dict``), with the probe kind as ``BLOCK``:
+
+>>> exact_memory({"width": 16, "depth": 197, "sync_read": True}, "xcup").bram18
+1
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from tokensift.hw.resources import Resources, map_memory, multiplier_dsps
+
+__all__ = ["MemoryProbe", "MultiplierProbe", "build_memory", "build_multiplier", "exact_memory",
+           "exact_multiplier", "resources_memory"]
+
+
+class MemoryProbe(wiring.Component):
+    """A ``width x depth`` memory: write port (``w_addr``, ``w_data``, ``w_en``) and a read port
+    (``r_addr`` -> ``r_data``), synchronous unless ``sync_read=False``."""
+
+    def __init__(self, *, width: int, depth: int, sync_read: bool = True):
+        self._width, self._depth, self._sync = width, depth, sync_read
+        abits = max(1, (depth - 1).bit_length())
+        super().__init__({"w_addr": In(abits), "w_data": In(width), "w_en": In(1), "r_addr": In(abits),
+                          "r_data": Out(width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=unsigned(self._width), depth=self._depth, init=[])
+        wr = mem.write_port()
+        rd = mem.read_port() if self._sync else mem.read_port(domain="comb")
+        m.d.comb += [wr.addr.eq(self.w_addr), wr.data.eq(self.w_data), wr.en.eq(self.w_en),
+                     rd.addr.eq(self.r_addr), self.r_data.eq(rd.data)]
+        return m
+
+
+class MultiplierProbe(wiring.Component):
+    """``p <= a * b`` with ``a_bits``- and ``b_bits``-wide operands, both signed or both unsigned."""
+
+    def __init__(self, *, a_bits: int, b_bits: int, signed: bool = True):
+        self._signed = signed
+        shape = globals()["signed"] if signed else unsigned
+        super().__init__({"a": In(shape(a_bits)), "b": In(shape(b_bits)), "p": Out(shape(a_bits + b_bits))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.p.eq(self.a * self.b)
+        return m
+
+
+def build_memory(params: dict) -> MemoryProbe:
+    return MemoryProbe(width=params["width"], depth=params["depth"], sync_read=params.get("sync_read", True))
+
+
+def build_multiplier(params: dict) -> MultiplierProbe:
+    return MultiplierProbe(a_bits=params["a_bits"], b_bits=params["b_bits"], signed=params.get("signed", True))
+
+
+def exact_memory(params: dict, family: str) -> Resources:
+    """Block RAM / LUT RAM primitives and flip-flops of the memory, by :func:`map_memory`."""
+    m = map_memory(params["width"], params["depth"], family=family, sync_read=params.get("sync_read", True))
+    return m.blocks + Resources(ff=m.ff)
+
+
+def exact_multiplier(params: dict, family: str) -> Resources:
+    """DSP primitives of the multiplier, by :func:`multiplier_dsps`."""
+    return Resources(dsp=multiplier_dsps(params["a_bits"], params["b_bits"], family=family,
+                                         signed=params.get("signed", True)))
+
+
+def resources_memory(params: dict, family: str) -> Resources:
+    """The memory's primitives, flip-flops and soft logic (read multiplexer, decoders, emulation)."""
+    m = map_memory(params["width"], params["depth"], family=family, sync_read=params.get("sync_read", True))
+    return m.resources

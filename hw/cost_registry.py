@@ -1,0 +1,70 @@
+"""The blocks whose cost models are validated against synthesis, behind one interface.
+
+Each block's cost lives next to its generator (``hw/<block>_resources.py``); the baseline generator,
+the fit and the tests reach them through :func:`block_cost`, with parameters as JSON-able dicts:
+
+>>> cost = block_cost("requant")
+>>> params = {"acc_bits": 32, "out_bits": 8, "multiplier": 12345, "shift": 20}
+>>> cost.exact(params, "xcup").dsp
+2
+>>> sorted(BLOCKS)
+['attention', 'mac_array', 'memory', 'multiplier', 'requant', 'selector']
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tokensift.hw.resources import Resources
+
+__all__ = ["BLOCKS", "BlockCost", "block_cost", "FITTED_BLOCKS"]
+
+#: block name -> module holding its cost functions (``None``: a primitive probe of cost_probes)
+BLOCKS: dict[str, str | None] = {
+    "requant": "tokensift.hw.requant_resources",
+    "selector": "tokensift.hw.selector_resources",
+    "attention": "tokensift.hw.attention_resources",
+    "mac_array": "tokensift.hw.mac_array_resources",
+    "memory": None,
+    "multiplier": None,
+}
+
+#: blocks whose LUT/FF come from a fitted model (the probes check primitive rules only)
+FITTED_BLOCKS = ("requant", "selector", "attention", "mac_array")
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    """A block's cost functions over parameter dicts."""
+
+    name: str
+    build: Callable[[dict], object]
+    exact: Callable[[dict, str], Resources]
+    resources: Callable[[dict, str], Resources]
+    features: Callable[[dict, str], dict] | None
+    normalize: Callable[[dict], dict]
+
+
+def block_cost(name: str) -> BlockCost:
+    """The cost interface of block ``name`` (raises ``ModuleNotFoundError`` for a block not built yet)."""
+    if name not in BLOCKS:
+        raise ValueError(f"block must be one of {', '.join(BLOCKS)}, not {name!r}")
+    module_name = BLOCKS[name]
+    if module_name is None:
+        from tokensift.hw import cost_probes as probes
+
+        build, exact = {"memory": (probes.build_memory, probes.exact_memory),
+                        "multiplier": (probes.build_multiplier, probes.exact_multiplier)}[name]
+        resources = probes.resources_memory if name == "memory" else exact
+        return BlockCost(name, build, exact, resources, None, dict)
+    mod = importlib.import_module(module_name)
+    return BlockCost(
+        name=name,
+        build=lambda d: mod.build(mod.params_from_dict(d)),
+        exact=lambda d, family: mod.exact(mod.params_from_dict(d), family),
+        resources=lambda d, family: mod.resources(mod.params_from_dict(d), family),
+        features=lambda d, family: mod.features(mod.params_from_dict(d), family),
+        normalize=lambda d: mod.params_to_dict(mod.params_from_dict(d)),
+    )

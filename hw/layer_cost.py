@@ -1,0 +1,337 @@
+"""Cost of a whole encoder layer and of a whole model for a token schedule (device independent).
+
+The accelerator is one attention unit (:class:`tokensift.hw.attention.Attention` with
+``heads_parallel`` cores), one token selector (:class:`tokensift.hw.selector.Selector`, present when the
+model prunes) and one linear array (:mod:`tokensift.hw.linear_cost`, the assumption for the layers not
+built yet). They run one after the other, layer by layer; the resources are those of the three units
+(each instantiated once and reused by every layer). Per encoder layer ``b`` with ``N`` tokens in attention
+and ``M`` in the MLP::
+
+    qkv        N x dim -> 3 dim        linear array
+    attention  heads frames of N       attention unit (heads_parallel cores)
+    proj       N x dim -> dim          linear array
+    selector   where a stage prunes    token selector + its predictor's MACs on the linear array
+    fc1, fc2   M x dim -> hidden -> dim  linear array
+
+plus the patch embedding and the classifier head. The token schedule (how many tokens each layer sees,
+where the selectors sit and what they keep) comes from :mod:`tokensift.sw` (:func:`model_schedule`), the
+same one its FLOPs counter uses.
+
+>>> cost = ModelCost.from_name("deit_small_patch16_224", method="dynamicvit", keep_ratio=0.7,
+...                            hw=HwConfig(lanes=16))
+>>> s = cost.schedule()
+>>> s.attn_tokens[:4], [(st.block, st.n_in, st.n_out) for st in s.stages]
+([197, 197, 197, 138], [(3, 197, 138), (6, 138, 97), (9, 97, 68)])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokensift.hw.linear_cost import LinearParams, linear_cycles, linear_resources, predictor_cycles
+from tokensift.hw.resources import Resources, check_family
+from tokensift.quant.select import Mode, SelectorParams
+
+__all__ = ["HwConfig", "ModelDesc", "Stage", "Schedule", "ModelCost", "model_schedule"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HwConfig:
+    """Hardware parameters of a whole-model accelerator.
+
+    ``lanes``: multipliers of the attention core and of the linear array, and features per beat of the
+    selector (``linear_lanes`` / ``selector_lanes`` override the last two); ``heads_parallel``: attention
+    cores; ``softmax``: the attention's softmax variant (its default when None).
+    """
+
+    lanes: int = 16
+    heads_parallel: int = 1
+    linear_lanes: int | None = None
+    selector_lanes: int | None = None
+    softmax: str | None = None
+
+    def __post_init__(self):
+        for name in ("lanes", "heads_parallel", "linear_lanes", "selector_lanes"):
+            value = getattr(self, name)
+            if value is None and name != "lanes" and name != "heads_parallel":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pruning stage: before (``pre``) or inside (``mid``) ``block``; ``n_in`` tokens enter, ``n_out``
+    leave (class token and added tokens included); the hardware keeps ``kept`` and adds a package token
+    when ``package``."""
+
+    index: int
+    block: int
+    site: str
+    n_in: int
+    n_out: int
+    package: bool
+    mode: Mode
+    selector: object = field(repr=False, compare=False)
+
+    @property
+    def kept(self) -> int:
+        return self.n_out - int(self.package)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    attn_tokens: list[int]
+    mlp_tokens: list[int]
+    stages: list[Stage]
+
+
+def _adds_token(sel) -> bool:
+    if hasattr(sel, "adds_package"):
+        return bool(sel.adds_package())
+    return bool(getattr(sel, "fuse_token", False)) and getattr(sel, "keep_ratio", 1.0) < 1.0
+
+
+def _mode(sel) -> Mode:
+    return Mode.THRESHOLD if hasattr(sel, "log_threshold") else Mode.TOPK
+
+
+def _stage_inputs(attn: list, mlp: list, num_tokens, block: int, site: str):
+    if site == "pre":
+        return mlp[block - 1] if block > 0 else num_tokens
+    return attn[block]
+
+
+@dataclass(frozen=True)
+class ModelDesc:
+    """What the cost needs to know about a ViT: sizes and its token selectors ``[(block, selector)]`` in
+    stage order (a :mod:`tokensift.sw` model, or a registered configuration without its weights)."""
+
+    name: str
+    dim: int
+    hidden: int
+    depth: int
+    heads: int
+    num_patches: int
+    patch_in: int
+    num_classes: int
+    selectors: tuple = ()
+
+    @classmethod
+    def from_model(cls, model) -> ModelDesc:
+        from tokensift.sw.flops import FlopsSpec
+
+        model = getattr(model, "module", model)
+        spec = FlopsSpec.from_model(model)
+        num_patches = spec.num_tokens - 1
+        cfg = getattr(model, "config", None)
+        return cls(name=getattr(cfg, "name", type(model).__name__), dim=spec.dim, hidden=spec.hidden,
+                   depth=spec.depth, heads=model.blocks[0].attn.num_heads, num_patches=num_patches,
+                   patch_in=spec.patch_macs // (num_patches * spec.dim), num_classes=spec.head_macs // spec.dim,
+                   selectors=tuple(model.stage_selectors()))
+
+    @classmethod
+    def from_name(cls, name: str, *, method: str = "none", keep_ratio: float | None = None,
+                  **overrides) -> ModelDesc:
+        """A registered model with ``method``'s selectors, as :func:`tokensift.sw.create_model` builds it,
+        without initializing the backbone's weights when the method allows (methods with a ``prepare``
+        step get the real model)."""
+        from tokensift.sw.methods import get_method
+        from tokensift.sw.registry import get_config
+
+        spec = get_method(method)
+        if spec.prepare is not None:
+            from tokensift.sw import create_model
+
+            return cls.from_model(create_model(name, method=method, keep_ratio=keep_ratio, **overrides))
+        cfg = get_config(name, **overrides)
+        keep_ratio = _keep_ratio(method, keep_ratio)
+        for loc in cfg.prune_locs:
+            if not isinstance(loc, int) or not 0 < loc < cfg.depth:
+                raise ValueError(f"pruning locations must be block indices in [1, {cfg.depth - 1}], "
+                                 f"not {list(cfg.prune_locs)}")
+        if spec.selectors_from_config is not None:
+            built = spec.selectors_from_config(cfg, keep_ratio)
+        else:
+            built = spec.build_selectors(cfg.embed_dim, cfg.num_patches, keep_ratio, tuple(cfg.prune_locs))
+        selectors = sorted(built.items())
+        for stage, (_, sel) in enumerate(selectors):
+            sel.stage = stage  # stages are numbered in block order, as the model does
+        return cls(name=name, dim=cfg.embed_dim, hidden=int(cfg.embed_dim * cfg.mlp_ratio), depth=cfg.depth,
+                   heads=cfg.num_heads, num_patches=cfg.num_patches,
+                   patch_in=cfg.in_chans * cfg.patch_size**2, num_classes=cfg.num_classes,
+                   selectors=tuple(selectors))
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + 1
+
+    def flops_spec(self):
+        """The :class:`tokensift.sw.flops.FlopsSpec` of this model (same schedule as the FLOPs counter)."""
+        from tokensift.sw.flops import FlopsSpec
+
+        return FlopsSpec(dim=self.dim, hidden=self.hidden, depth=self.depth, num_tokens=self.num_tokens,
+                         patch_macs=self.num_patches * self.patch_in * self.dim,
+                         head_macs=self.dim * self.num_classes,
+                         stages=[(b, sel.site, sel) for b, sel in self.selectors])
+
+    def stage_selectors(self):
+        return list(self.selectors)
+
+    @property
+    def blocks(self):
+        return range(self.depth)
+
+
+def _keep_ratio(method: str, keep_ratio):
+    # the same defaults and checks as tokensift.sw.create_model
+    from tokensift.sw.registry import DEFAULT_KEEP_RATIO
+    from tokensift.sw.selection import check_keep_ratio
+
+    if method == "none":
+        if keep_ratio is not None and check_keep_ratio(keep_ratio) != 1.0:
+            raise ValueError(f"the dense model (method 'none') keeps every token; keep ratio must be 1, "
+                             f"not {keep_ratio}")
+        return 1.0
+    return check_keep_ratio(DEFAULT_KEEP_RATIO if keep_ratio is None else keep_ratio)
+
+
+def model_schedule(model) -> Schedule:
+    """The static token schedule (the selectors' keep ratios) of a model or :class:`ModelDesc`, by
+    :func:`tokensift.sw.flops.static_schedule`."""
+    from tokensift.sw.flops import static_schedule
+
+    desc = model if isinstance(model, ModelDesc) else ModelDesc.from_model(model)
+    attn, mlp = static_schedule(desc)
+    stages = []
+    for s, (block, sel) in enumerate(desc.selectors):
+        n_in = _stage_inputs(attn, mlp, desc.num_tokens, block, sel.site)
+        n_out = attn[block] if sel.site == "pre" else mlp[block]
+        stages.append(Stage(s, block, sel.site, int(n_in), int(n_out), _adds_token(sel), _mode(sel), sel))
+    return Schedule([int(n) for n in attn], [int(n) for n in mlp], stages)
+
+
+class ModelCost:
+    """Resources and exact cycles of a ViT (a :mod:`tokensift.sw` model or a :class:`ModelDesc`) on the
+    accelerator ``hw``."""
+
+    def __init__(self, model, hw: HwConfig | None = None):
+        self.hw = hw if hw is not None else HwConfig()
+        if not isinstance(self.hw, HwConfig):
+            raise TypeError(f"hw must be a HwConfig, not {type(self.hw).__name__}")
+        self.desc = model if isinstance(model, ModelDesc) else ModelDesc.from_model(model)
+        self.spec = self.desc.flops_spec()
+        self.heads = self.desc.heads
+        self.head_dim = self.spec.dim // self.heads
+        self.num_patches = self.desc.num_patches
+        self.patch_in = self.desc.patch_in
+        self.num_classes = self.desc.num_classes
+        sched = self.schedule()
+        self.n_max = max([self.spec.num_tokens, *sched.attn_tokens, *sched.mlp_tokens,
+                          *(st.n_in for st in sched.stages)])
+        self.attention = self._attention_params(self.n_max)
+        lanes = self.hw.linear_lanes or self.hw.lanes
+        self.linear = LinearParams(lanes=lanes, in_max=max(self.spec.dim, self.spec.hidden, self.patch_in))
+        self.selector = None
+        if sched.stages:
+            self.selector = SelectorParams(n_max=max(st.n_in for st in sched.stages), dim=self.spec.dim,
+                                           lanes=self.hw.selector_lanes or self.hw.lanes,
+                                           package=any(st.package for st in sched.stages))
+
+    @classmethod
+    def from_name(cls, name: str, *, method: str = "none", keep_ratio: float | None = None,
+                  hw: HwConfig | None = None, **overrides) -> ModelCost:
+        return cls(ModelDesc.from_name(name, method=method, keep_ratio=keep_ratio, **overrides), hw)
+
+    def _attention_params(self, n_max: int):
+        from tokensift.quant.attention import AttentionParams
+
+        kwargs = {"n_max": n_max, "head_dim": self.head_dim, "lanes": self.hw.lanes,
+                  "heads_parallel": self.hw.heads_parallel}
+        if self.hw.softmax is not None:
+            kwargs["softmax"] = self.hw.softmax
+        return AttentionParams(**kwargs)
+
+    # -- the schedule ----------------------------------------------------------------------------------
+    def schedule(self) -> Schedule:
+        return model_schedule(self.desc)
+
+    # -- cycles ----------------------------------------------------------------------------------------
+    def attention_cycles(self, n_tokens: int) -> int:
+        """One layer's attention: ``heads`` frames of ``n_tokens`` on the attention unit."""
+        from tokensift.hw.attention_cost import cycles
+
+        return cycles(self.attention, n_tokens=int(n_tokens), heads=self.heads)
+
+    def attn_part_cycles(self, n_tokens: int) -> dict[str, int]:
+        d = self.spec.dim
+        return {
+            "qkv": linear_cycles(self.linear, n_tokens=n_tokens, in_features=d, out_features=3 * d),
+            "attention": self.attention_cycles(n_tokens),
+            "proj": linear_cycles(self.linear, n_tokens=n_tokens, in_features=d, out_features=d),
+        }
+
+    def mlp_part_cycles(self, n_tokens: int) -> dict[str, int]:
+        d, h = self.spec.dim, self.spec.hidden
+        return {
+            "fc1": linear_cycles(self.linear, n_tokens=n_tokens, in_features=d, out_features=h),
+            "fc2": linear_cycles(self.linear, n_tokens=n_tokens, in_features=h, out_features=d),
+        }
+
+    def stage_cycles(self, stage: Stage, n_in: int | None = None, n_out: int | None = None) -> dict[str, int]:
+        """The selector frame and the predictor's MACs of one stage (``n_in``/``n_out`` override)."""
+        from tokensift.hw.selector import cycles
+
+        n_in = stage.n_in if n_in is None else n_in
+        n_out = stage.n_out if n_out is None else n_out
+        kept = n_out - int(stage.package)
+        sel = cycles(self.selector, n_tokens=int(n_in), kept=int(kept), mode=stage.mode, package=stage.package)
+        macs = stage.selector.macs(int(n_in), int(n_out), self.spec.dim)
+        return {"selector": sel, "predictor": predictor_cycles(self.linear, macs=int(macs))}
+
+    def fixed_cycles(self) -> dict[str, int]:
+        """Patch embedding and classifier head."""
+        return {
+            "patch_embed": linear_cycles(self.linear, n_tokens=self.num_patches, in_features=self.patch_in,
+                                         out_features=self.spec.dim),
+            "head": linear_cycles(self.linear, n_tokens=1, in_features=self.spec.dim,
+                                  out_features=self.num_classes),
+        }
+
+    def per_block(self, schedule: Schedule | None = None) -> list[dict]:
+        """Cycles of every encoder layer under ``schedule`` (default: the model's static one)."""
+        s = schedule or self.schedule()
+        by_block = {st.block: st for st in s.stages}
+        rows = []
+        for b in range(self.spec.depth):
+            parts = dict(self.attn_part_cycles(s.attn_tokens[b]))
+            st = by_block.get(b)
+            if st is not None:
+                parts.update(self.stage_cycles(st))
+            parts.update(self.mlp_part_cycles(s.mlp_tokens[b]))
+            rows.append({"block": b, "tokens": s.attn_tokens[b], "mlp_tokens": s.mlp_tokens[b],
+                         "pruning": None if st is None else {"site": st.site, "n_in": st.n_in, "n_out": st.n_out},
+                         "cycles": parts, "total": sum(parts.values())})
+        return rows
+
+    def cycles(self, schedule: Schedule | None = None) -> int:
+        """Total cycles of one image."""
+        return sum(r["total"] for r in self.per_block(schedule)) + sum(self.fixed_cycles().values())
+
+    # -- resources -------------------------------------------------------------------------------------
+    def units(self, family: str) -> dict[str, Resources]:
+        """Resources of each unit on ``family``."""
+        from tokensift.hw.attention_resources import resources as attention_resources
+        from tokensift.hw.selector_resources import resources as selector_resources
+
+        check_family(family)
+        out = {"attention": attention_resources(self.attention, family),
+               "linear": linear_resources(self.linear, family)}
+        if self.selector is not None:
+            out["selector"] = selector_resources(self.selector, family)
+        return out
+
+    def resources(self, family: str) -> Resources:
+        return sum(self.units(family).values(), Resources())
