@@ -16,7 +16,8 @@ Streams (``amaranth.lib.stream``, valid/ready, every one stall-tolerant)
     concurrently, in any interleaving, into block RAM.
 ``o_frame`` (one beat per frame, :func:`frame_layout`)
     ``status`` (:class:`tokensift.quant.select.Status`), ``n_kept`` (class token included) and
-    ``package`` (a package token follows the kept tokens), sent before the frame's tokens.
+    ``package`` (a package token follows the kept tokens: it was requested and at least one token was
+    pruned, as SPViT's model adds none when nothing was pruned), sent before the frame's tokens.
 ``o_token`` (:func:`token_layout`)
     The kept tokens in their original order, ``dim / lanes`` beats each, every beat with the token's
     original ``index``; then the package token (``package`` = 1) when requested; ``last`` marks the
@@ -32,7 +33,8 @@ Algorithm
    the fly (top-k).
 2. Search (top-k): per further digit, one pass over the candidates' scores and a 16-bin scan
    (:class:`tokensift.hw.histogram_select.HistogramSelect`) finds the k-th largest score ``v`` and how many
-   ties at ``v`` to admit; no sort, ``digits * (N + 18)`` cycles.
+   ties at ``v`` to admit; no sort: ``digits * 18 + (digits - 1) * N`` cycles, ``digits =
+   ceil(score_bits / 4)``.
 3. Compaction (:class:`tokensift.hw.compactor.Compactor`): one pass in index order writes the kept indices
    (ascending) and the pruned ones into a list memory; lower indices win ties.
 4. Output: the kept tokens' beats from the feature memory at one beat per cycle; then, per beat of the
@@ -62,6 +64,7 @@ __all__ = [
     "frame_layout",
     "token_layout",
     "cycles",
+    "cycle_breakdown",
     "OUT_FIFO_DEPTH",
 ]
 
@@ -89,17 +92,13 @@ def token_layout(params: SelectorParams) -> data.StructLayout:
     return data.StructLayout({"data": feature_layout(params), "index": params.idx_bits, "package": 1, "last": 1})
 
 
-def cycles(params: SelectorParams, *, n_tokens: int, kept: int, mode: Mode, package: bool = False,
-           status: Status = Status.OK) -> int:
-    """Clock cycles of one frame with no stalls: from the cycle its command is accepted to the cycle the
-    next command can be (the frame period when frames come back to back).
+def cycle_breakdown(params: SelectorParams, *, n_tokens: int, kept: int, mode: Mode, package: bool = False,
+                    status: Status = Status.OK) -> dict[str, int]:
+    """The terms of :func:`cycles` by phase: ``load``, ``search``, ``compact``, ``header``, ``output``,
+    ``package`` (an invalid frame has ``load`` and ``header`` only).
 
-    ``kept`` counts the class token (1 + k in top-k mode), not the package token. For an invalid frame
-    (``status`` not OK) only ``n_tokens`` matters.
-
-    >>> p = SelectorParams(n_max=197, dim=384, lanes=16, package=True)
-    >>> cycles(p, n_tokens=197, kept=99, mode=Mode.TOPK, package=True)
-    10646
+    >>> cycle_breakdown(SelectorParams(n_max=8, dim=8, lanes=4), n_tokens=8, kept=3, mode=Mode.TOPK)
+    {'load': 18, 'search': 96, 'compact': 10, 'header': 1, 'output': 6, 'package': 0}
     """
     if not isinstance(params, SelectorParams):
         raise TypeError(f"params must be SelectorParams, not {type(params).__name__}")
@@ -112,25 +111,54 @@ def cycles(params: SelectorParams, *, n_tokens: int, kept: int, mode: Mode, pack
             raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
     if not 0 <= n_tokens < (1 << FIELD_BITS):
         raise ValueError(f"n_tokens must be between 0 and {(1 << FIELD_BITS) - 1}, not {n_tokens}")
-    beats = params.beats
-    load = 1 + n_tokens * beats + 1  # command, beats, exit
+    n, b = n_tokens, params.beats
+    load = 2 + n * b
     if status is not Status.OK:
-        return load + 1  # header
-    if not 1 <= kept <= n_tokens:
-        raise ValueError(f"kept must be between 1 and n_tokens={n_tokens}, not {kept}")
+        return {"load": load, "header": 1}
+    if not 1 <= kept <= n:
+        raise ValueError(f"kept must be between 1 and n_tokens={n}, not {kept}")
     if package and not params.package:
         raise ValueError("package token requested from a selector built without package=True")
-    total = load
-    if mode is Mode.TOPK:
-        scan = (1 << RADIX_BITS) + 2  # scan pulse, busy cycles, result
-        total += params.digits * scan + (params.digits - 1) * n_tokens
-    total += 1 + n_tokens + 1  # compaction: start, one token per cycle, last write
-    total += 1  # header
-    total += kept * beats
-    if package:
-        pruned = n_tokens - kept
-        total += beats * (pruned + 1 + PackageMAC.latency + 1 + params.feature_bits + 2)
-    return total
+    d = params.digits
+    return {
+        "load": load,
+        "search": d * ((1 << RADIX_BITS) + 2) + (d - 1) * n if mode is Mode.TOPK else 0,
+        "compact": n + 2,
+        "header": 1,
+        "output": kept * b,
+        "package": b * ((n - kept) + 1 + PackageMAC.latency + 1 + params.feature_bits + 2)
+        if package and kept < n else 0,
+    }
+
+
+def cycles(params: SelectorParams, *, n_tokens: int, kept: int, mode: Mode, package: bool = False,
+           status: Status = Status.OK) -> int:
+    """Clock cycles of one frame with no stalls: from the cycle its command is accepted to the cycle the
+    next command can be (the frame period when frames come back to back; inputs always valid, outputs
+    always ready). Equal to simulation, cycle for cycle (``tests/sim/test_selector_sim.py``).
+
+    With ``N = n_tokens``, ``B = dim / lanes`` beats per token, ``D = ceil(score_bits / 4)`` digits and
+    ``P = N - kept`` pruned tokens::
+
+        load     = 2 + N * B                      command, N * B feature beats (scores alongside), exit
+        search   = D * 18 + (D - 1) * N           top-k only: D scans of 16 bins (+2), D - 1 score passes
+        compact  = N + 2
+        header   = 1
+        output   = kept * B                       one beat per cycle
+        package  = B * (P + feature_bits + 6)     per beat: P MACs, 1 + 2 pipeline, 1 + fb + 1 divider, push
+        invalid frame (status not OK): 3 + N * B  (inputs drained, header only)
+
+    ``kept`` counts the class token (1 + k in top-k mode), not the package token. For an invalid frame
+    only ``n_tokens`` matters.
+
+    >>> p = SelectorParams(n_max=197, dim=384, lanes=16, package=True)
+    >>> cycles(p, n_tokens=197, kept=99, mode=Mode.TOPK, package=True)
+    10657
+    >>> cycles(p, n_tokens=197, kept=99, mode=Mode.THRESHOLD)
+    7306
+    """
+    return sum(cycle_breakdown(params, n_tokens=n_tokens, kept=kept, mode=mode, package=package,
+                               status=status).values())
 
 
 class Selector(wiring.Component):
@@ -268,6 +296,7 @@ class Selector(wiring.Component):
         beat = Signal(range(beats))
         base = Signal(range(n_max * beats))
         n_kept = comp.n_kept
+        pkg_out = pkg & (n_kept != n)  # a package token is output when requested and a token was pruned
 
         with m.FSM():
             with m.State("IDLE"):
@@ -344,7 +373,7 @@ class Selector(wiring.Component):
                     self.o_frame.valid.eq(1),
                     self.o_frame.payload.status.eq(self.status),
                     self.o_frame.payload.n_kept.eq(Mux(ok, n_kept, 0)),
-                    self.o_frame.payload.package.eq(ok & pkg),
+                    self.o_frame.payload.package.eq(ok & pkg_out),
                 ]
                 with m.If(self.o_frame.ready):
                     m.d.sync += [i.eq(0), beat.eq(0), base.eq(0)]
@@ -357,7 +386,7 @@ class Selector(wiring.Component):
                 final = (i == n_kept - 1) & (beat == beats - 1)
                 with m.If(credit):
                     m.d.comb += issue_out.eq(1)
-                    m.d.sync += [s1_valid.eq(1), s1_mac.eq(0), s1_base.eq(base), s1_last.eq(final & ~pkg)]
+                    m.d.sync += [s1_valid.eq(1), s1_mac.eq(0), s1_base.eq(base), s1_last.eq(final & ~pkg_out)]
                     with m.If(beat == beats - 1):
                         m.d.sync += [beat.eq(0), base.eq(0), i.eq(i + 1)]
                     with m.Else():
@@ -366,7 +395,7 @@ class Selector(wiring.Component):
                         m.d.sync += [i.eq(n_kept), beat.eq(0), base.eq(0)]
                         m.next = "PKG_MAC" if p.package else "IDLE"
                         if p.package:
-                            with m.If(~pkg):
+                            with m.If(~pkg_out):
                                 m.next = "IDLE"
 
             if p.package:

@@ -407,7 +407,9 @@ class SelectResult:
         indices: original indices of the kept tokens, ascending (n_kept,).
         mask: bool keep mask over the frame's N tokens (all False when the status is not OK).
         tokens: kept features (n_kept, dim).
-        package: the package token (dim,), or None when not requested or the status is not OK.
+        package: the package token (dim,); None when not requested, when no token was pruned (as the
+            SPViT model adds none then), or when the status is not OK. Pruned tokens whose scores sum to
+            0 give an all-zero package token.
         threshold, ties: the compaction rule that was applied (see :func:`keep_by_threshold`).
     """
 
@@ -486,5 +488,5 @@ def select_frame(params: SelectorParams, scores, features, *, mode: Mode, k: int
         v, ties = int(threshold), 0
     mask, idx = keep_by_threshold(s, v, ties, n)
     pruned = ~mask
-    pkg = package_token(x, s, pruned, feature_bits=params.feature_bits) if package else None
+    pkg = package_token(x, s, pruned, feature_bits=params.feature_bits) if package and pruned.any() else None
     return SelectResult(status, int(idx.size), idx, mask, x[idx], pkg, v, ties)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 from fractions import Fraction
 
@@ -245,7 +246,8 @@ def test_invalid_runtime_settings_give_a_status_and_no_tokens(n, mode, k, t, sta
     if status is not Status.OK:
         assert r.n_kept == 0 and r.indices.size == 0 and r.package is None and not r.mask.any()
     else:
-        assert r.n_kept == r.indices.size >= 1 and r.package is not None
+        assert r.n_kept == r.indices.size >= 1
+        assert (r.package is not None) == bool((~r.mask).any())  # a package token only when one was pruned
 
 
 @pytest.mark.parametrize(("kwargs", "exc", "message"), [
@@ -307,3 +309,10 @@ def test_reference_errors(call, exc, message):
     p = SelectorParams(n_max=8, dim=4, lanes=4, score_bits=4)
     with pytest.raises(exc, match=message):
         call(p)
+
+
+def test_doctests():
+    import tokensift.quant.select as module
+
+    result = doctest.testmod(module)
+    assert result.attempted >= 8 and result.failed == 0
