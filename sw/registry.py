@@ -45,6 +45,8 @@ class ViTConfig:
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    weight_init: str = "timm"
+    pos_embed_init: str = "trunc_normal"
     prune_locs: tuple[int, ...] = (3, 6, 9)
 
     @property

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .selection import AttnInfo, TokenSelector, TokenState, masked_softmax
 
-__all__ = ["PatchEmbed", "Attention", "Mlp", "Block", "VisionTransformer"]
+__all__ = ["PatchEmbed", "Attention", "Mlp", "Block", "VisionTransformer", "sincos_pos_embed"]
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -187,20 +187,35 @@ class Block(nn.Module):
         return self.forward_mlp(self.forward_attn(x)[0])
 
 
+def sincos_pos_embed(dim: int, grid_size: int) -> Tensor:
+    """(1 + grid_size**2, dim) 2-D sine-cosine position embedding, zeros for the class token (as MAE)."""
+    if dim % 4:
+        raise ValueError(f"a sine-cosine position embedding needs a dim divisible by 4, not {dim}")
+    gy, gx = torch.meshgrid(torch.arange(grid_size, dtype=torch.float64),
+                            torch.arange(grid_size, dtype=torch.float64), indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    parts = []
+    for pos in (gy.flatten(), gx.flatten()):
+        angle = pos[:, None] * omega[None]
+        parts += [angle.sin(), angle.cos()]
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), torch.cat(parts, dim=1)]).float()
+
+
 class VisionTransformer(nn.Module):
     """ViT / DeiT with optional token selectors.
 
     Args:
         img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias,
         drop_rate, attn_drop_rate, drop_path_rate: as in timm.
+        weight_init, pos_embed_init: initialisation (see ``_init_weights``); no effect on loading weights.
         selectors: block index -> :class:`TokenSelector`; empty for the dense model.
     """
 
     def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
                  num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 selectors: Mapping[int, TokenSelector] | None = None):
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, weight_init: str = "timm",
+                 pos_embed_init: str = "trunc_normal", selectors: Mapping[int, TokenSelector] | None = None):
         super().__init__()
         _check_positive_int("depth", depth)
         _check_positive_int("num_classes", num_classes)
@@ -222,18 +237,32 @@ class VisionTransformer(nn.Module):
         self.fc_norm = nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes)
-        self._init_weights()
+        self._init_weights(weight_init, pos_embed_init)
         self.selectors = nn.ModuleDict()
         for index, selector in (selectors or {}).items():
             self.add_selector(index, selector)
 
     # -- construction -----------------------------------------------------------------------------------
-    def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+    def _init_weights(self, weight_init: str, pos_embed_init: str) -> None:
+        """``weight_init``: "timm" (truncated normal, std 0.02) or "jax" (Xavier-uniform linears, as timm's
+        "jax" mode). ``pos_embed_init``: "trunc_normal" (std 0.02) or "sincos" (fixed 2-D sine-cosine values,
+        then learned, as MAE). Small data sets train much faster with "jax" + "sincos"."""
+        if weight_init not in ("timm", "jax"):
+            raise ValueError(f"weight_init must be 'timm' or 'jax', not {weight_init!r}")
+        if pos_embed_init not in ("trunc_normal", "sincos"):
+            raise ValueError(f"pos_embed_init must be 'trunc_normal' or 'sincos', not {pos_embed_init!r}")
+        if pos_embed_init == "sincos":
+            with torch.no_grad():
+                self.pos_embed.copy_(sincos_pos_embed(self.embed_dim, self.patch_embed.grid_size)[None])
+        else:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                if weight_init == "jax":
+                    nn.init.xavier_uniform_(m.weight)
+                else:
+                    nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 

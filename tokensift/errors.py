@@ -32,3 +32,10 @@ class DatasetError(TokensiftError, ValueError):
 
 
 __all__ += ["UnknownModelError", "UnknownMethodError", "CheckpointError", "DatasetError"]
+
+
+class InvalidArgumentError(TokensiftError, ValueError):
+    """A command-line argument whose value does not fit (the message says which and why)."""
+
+
+__all__ += ["InvalidArgumentError"]

@@ -39,7 +39,10 @@ class PredictorLG(nn.Module):
         x = self.in_conv(x)
         C = x.shape[-1]
         local_x = x[..., : C // 2]
-        global_x = (x[..., C // 2:] * policy).sum(dim=1, keepdim=True) / policy.sum(dim=1, keepdim=True)
+        # mean over the kept tokens; an image whose patches are all dropped gets a zero global feature
+        # (the released code divides by zero there)
+        global_x = (x[..., C // 2:] * policy).sum(dim=1, keepdim=True) / policy.sum(
+            dim=1, keepdim=True).clamp_min(1e-6)
         return self.out_conv(torch.cat([local_x, global_x.expand_as(local_x)], dim=-1))
 
     @staticmethod
