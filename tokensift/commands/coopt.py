@@ -1,11 +1,186 @@
-"""`tokensift co-opt`: not built yet (see the open issues); says so plainly."""
+"""`tokensift co-opt`: which accelerator configuration and which keep ratios meet a latency target on a device.
 
-from tokensift.errors import NotYetAvailableError
+    tokensift co-opt --device pynq-z2 --model vit_mnist_patch4_28 --method evit --target-fps 1000 --json
+    tokensift co-opt --device zcu102 --model deit_small_patch16_224 --method dynamicvit --target-latency-ms 20 \\
+        --search nsga2 --trials 300 --storage sqlite:///study.db --report out/coopt
+
+The search (:mod:`tokensift.coopt.search`) spans attention lanes, parallel attention cores, softmax
+variant, linear-array lanes, selector lanes and the clock x the method's keep ratios, under the device's
+DSP/BRAM/LUT/FF budget; it prints the Pareto front, the chosen point (its resources and utilization) and
+the training budget it implies. An unreachable target exits with code 2 and names the closest design.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tokensift.errors import InvalidArgumentError
+
+__all__ = ["add_arguments", "run", "parse_list"]
 
 
-def add_arguments(parser):
+def parse_list(text: str, kind=int, name: str = "value") -> tuple:
+    """``"4,8,16"`` -> ``(4, 8, 16)``; one sentence on a bad item."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            out.append(kind(item))
+        except ValueError:
+            raise InvalidArgumentError(f"--{name} takes a comma-separated list of {kind.__name__}s, not "
+                                       f"{text!r}") from None
+    return tuple(out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tokensift.coopt.search import SEARCHES
+    from tokensift.sw.methods import list_methods
+    from tokensift.sw.registry import list_models
+
+    parser.add_argument("--device", default="pynq-z2", help="target device (default: %(default)s)")
+    parser.add_argument("--model", default="vit_mnist_patch4_28", choices=list_models(),
+                        help="registered model (default: %(default)s)")
+    parser.add_argument("--method", default="evit", choices=list_methods(),
+                        help="token-pruning method (default: %(default)s)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-latency-ms", type=float, help="latency target per image in ms")
+    target.add_argument("--target-fps", type=float, help="throughput target in images per second (1000 / latency)")
+    parser.add_argument("--search", choices=SEARCHES, default=None,
+                        help="grid (exhaustive, vectorised) or nsga2 (optuna); default: grid, or nsga2 with "
+                             "--storage or --accuracy measured")
+    parser.add_argument("--trials", type=int, default=200, help="nsga2: trials of this worker (default: %(default)s)")
+    parser.add_argument("--population", type=int, default=40, help="nsga2: population size (default: %(default)s)")
+    parser.add_argument("--storage", default=None,
+                        help="nsga2: optuna storage URL shared by workers, e.g. sqlite:///study.db")
+    parser.add_argument("--study-name", default=None, help="nsga2: study name (default: derived from the space)")
+    parser.add_argument("--seed", type=int, default=0, help="nsga2: sampler seed (default: %(default)s)")
+    parser.add_argument("--prefer", choices=["accuracy", "resources"], default="accuracy",
+                        help="among designs meeting the target: best accuracy proxy or fewest resources")
+    axes = parser.add_argument_group("design space (comma-separated lists; defaults sized for the model)")
+    axes.add_argument("--lanes", default=None, help="attention MAC lanes, e.g. 4,8,16")
+    axes.add_argument("--heads-parallel", default=None, help="parallel attention cores, e.g. 1,2,4")
+    axes.add_argument("--linear-lanes", default=None, help="linear-array MAC lanes, e.g. 16,32,64")
+    axes.add_argument("--selector-lanes", default=None, help="token-selector lanes, e.g. 8,16")
+    axes.add_argument("--softmax", default=None, help="softmax variants: exp2_lut,exp2_poly")
+    axes.add_argument("--clock-mhz", default=None, help="clock assumptions in MHz (default: the device's typical)")
+    axes.add_argument("--keep-min", type=float, default=0.3, help="lowest keep ratio (default: %(default)s)")
+    axes.add_argument("--keep-step", type=float, default=0.05,
+                      help="keep-ratio step (per stage; a fifth of it for one-ratio methods; default: %(default)s)")
+    acc = parser.add_argument_group("accuracy objective")
+    acc.add_argument("--accuracy", choices=["flops", "measured"], default="flops",
+                     help="retained-FLOPs proxy, or accuracy measured with --checkpoint (default: %(default)s)")
+    acc.add_argument("--checkpoint", type=Path, default=None, help="trained model of --method for --accuracy measured")
+    acc.add_argument("--data", type=Path, default=None, help="image folder for measured accuracy (default: MNIST)")
+    acc.add_argument("--eval-images", type=int, default=500, help="images per accuracy measurement")
+    parser.add_argument("--max-front", type=int, default=200, help="Pareto points listed (default: %(default)s)")
+    parser.add_argument("--report", type=Path, default=None, help="write report.md and PNG plots into this folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def run(args):
-    raise NotYetAvailableError("'tokensift co-opt' is not implemented yet in this version of tokensift")
+def _target_ms(args) -> float:
+    if args.target_fps is not None:
+        if not args.target_fps > 0 or args.target_fps == float("inf"):
+            raise InvalidArgumentError(f"--target-fps must be a positive number, not {args.target_fps:g}")
+        return 1e3 / args.target_fps
+    if not args.target_latency_ms > 0 or args.target_latency_ms == float("inf"):
+        raise InvalidArgumentError(f"--target-latency-ms must be a positive number, not {args.target_latency_ms:g}")
+    return args.target_latency_ms
+
+
+def _spaces(args, ev_desc, device):
+    from tokensift.coopt.space import HwSpace, default_hw_space, default_keep_space
+
+    base = default_hw_space(ev_desc, device)
+    axes = {}
+    for name, kind in (("lanes", int), ("heads_parallel", int), ("linear_lanes", int), ("selector_lanes", int),
+                       ("softmax", str), ("clock_mhz", float)):
+        text = getattr(args, name)
+        axes[name] = parse_list(text, kind, name.replace("_", "-")) if text is not None else getattr(base, name)
+    hw = HwSpace(**axes)
+    return hw, default_keep_space(args.method, len(ev_desc.selectors), low=args.keep_min, step=args.keep_step)
+
+
+def _measured_oracle(args):
+    from tokensift.coopt.accuracy import MeasuredAccuracy
+    from tokensift.sw.checkpoint import load_checkpoint
+    from tokensift.sw.data import load_image_folder, load_mnist
+    from tokensift.sw.registry import create_model, get_config
+
+    if args.checkpoint is None:
+        raise InvalidArgumentError("--accuracy measured needs --checkpoint, a trained model of the method")
+    cfg = get_config(args.model)
+    if args.data is None:
+        _, test = load_mnist()
+        classes = 10
+    else:
+        _, test = load_image_folder(args.data, cfg.img_size, cfg.in_chans)
+        classes = len(getattr(test, "dataset", test).classes)
+    model = create_model(args.model, method=args.method, num_classes=classes)
+    load_checkpoint(model, args.checkpoint, strict=True)
+    return MeasuredAccuracy(model, test, images=args.eval_images)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokensift.coopt.evaluate import CostEvaluator
+    from tokensift.coopt.search import co_optimize
+    from tokensift.devices import get_device
+    from tokensift.hw.layer_cost import ModelDesc
+
+    target = _target_ms(args)
+    for name in ("trials", "population", "max_front", "eval_images"):
+        if getattr(args, name) < 1:
+            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    device = get_device(args.device)
+    search = args.search or ("nsga2" if args.storage or args.accuracy == "measured" else "grid")
+    if args.storage and search != "nsga2":
+        raise InvalidArgumentError("--storage shares an optuna study between workers, so it needs --search nsga2")
+    try:
+        desc = ModelDesc.from_name(args.model, method=args.method)
+        hw_space, keep_space = _spaces(args, desc, device)
+        oracle = _measured_oracle(args) if args.accuracy == "measured" else None
+        ev = CostEvaluator(desc, method=args.method, device=device, hw_space=hw_space, keep_space=keep_space)
+        result = co_optimize(args.model, method=args.method, device=device, target_latency_ms=target,
+                             search=search, trials=args.trials, storage=args.storage, study_name=args.study_name,
+                             seed=args.seed, population=args.population, accuracy=oracle, prefer=args.prefer,
+                             max_front=args.max_front, progress=not args.no_progress, evaluator=ev)
+    except InvalidArgumentError:
+        raise
+    except (ValueError, TypeError) as exc:
+        if type(exc).__module__.startswith("tokensift"):
+            raise
+        raise InvalidArgumentError(str(exc)) from None
+    summary = result.summary
+    if args.report is not None:
+        from tokensift.coopt.report import write_report
+
+        summary["report"] = str(write_report(result, args.report))
+    if args.json:
+        from tokensift.cli import emit_json
+
+        emit_json(summary)
+    else:
+        _print_summary(summary)
+    if not result.feasible:
+        print(f"tokensift co-opt: error: {summary['message']}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _print_summary(s: dict) -> None:
+    c = s["chosen"]
+    print(s["message"])
+    print(f"search: {s['search']['kind']}, {s['search']['points']} design points in {s['search']['seconds']:.2f} s; "
+          f"Pareto front: {s['pareto_size']} points")
+    if c is None:
+        return
+    hw = c["hw"]
+    print(f"hardware: attention lanes {hw['lanes']} x {hw['heads_parallel']} cores ({hw['softmax']}), linear lanes "
+          f"{hw['linear_lanes']}, selector lanes {hw['selector_lanes']}, {hw['clock_mhz']:g} MHz")
+    print(f"keep: {c['keep']['point']} -> tokens per layer {c['keep']['tokens']}")
+    print(f"cycles {c['cycles']}, latency {c['latency_ms']:.4g} ms, {c['fps']:.4g} fps")
+    util = ", ".join(f"{k} {c['resources'][k]} ({100 * u:.1f}%)" for k, u in c["utilization"].items())
+    print(f"resources: {util} [{c['resource_model']}]")
+    print(f"train: {s['training_budget']['command']}")
