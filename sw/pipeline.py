@@ -54,6 +54,9 @@ class PipelineConfig:
     max_steps: int | None = None
     progress: bool = True
     threads: int | None = 1  # intra-op threads per process; None leaves torch's default
+    # computation-aware training: an object with prepare(student, criterion, train_set) -> criterion (sets the
+    # budget and keep ratios) and report(student, test_set) -> dict, e.g. tokensift.coopt.latency_train.LatencyPlan
+    budget_plan: object | None = None
 
 
 def _log(msg: str) -> None:
@@ -159,6 +162,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                          frozen_epochs=frozen, backbone_lr_scale=spec.backbone_lr_scale,
                          max_steps=cfg.max_steps, warmup_epochs=min(1.0, cfg.epochs / 4))
         criterion = spec.build_criterion(model.keep_ratio, len(model.selectors))
+        if cfg.budget_plan is not None:
+            criterion = cfg.budget_plan.prepare(model, criterion, train_set)
         res = fit(model, criterion, train_set, tc, test_set=None,
                   teacher=dense if spec.uses_teacher else None, progress=cfg.progress,
                   description=f"{cfg.method} {model.keep_ratio:g}",
@@ -167,6 +172,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         acc = evaluate(model, test_set)
         flops = count_flops(model)
         result["keep"] = model.keep_ratio
+        if cfg.budget_plan is not None:
+            result["latency"] = cfg.budget_plan.report(model, test_set)
         ckpt = None
         if out is not None and is_main_process():
             ckpt = save_checkpoint(out / f"{cfg.method}_keep{model.keep_ratio:g}.pth", model, seed=cfg.seed,
