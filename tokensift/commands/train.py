@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop each training stage after this many steps (quick checks)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    from tokensift.coopt.latency_cli import add_latency_arguments
+
+    add_latency_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
         dense_checkpoint=args.dense_checkpoint, cache_dir=args.cache_dir, use_cache=not args.no_cache,
         max_steps=args.max_steps, progress=not args.no_progress,
     )
+    from tokensift.coopt.latency_cli import latency_plan
+
+    cfg.budget_plan = latency_plan(args)  # None without --target-latency-ms
     try:
         result = run_pipeline(cfg)
     except (ValueError, TypeError) as exc:
@@ -95,4 +101,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dense accuracy {result['dense_accuracy']:.4f} ({result['dense_gflops']:.4f} GFLOPs); "
               f"{result['method']} keep {result['keep']:g}: accuracy {result['accuracy']:.4f} "
               f"({result['gflops']:.4f} GFLOPs, {result['ratio']:.3f} of dense)")
+        if "latency" in result:
+            lat = result["latency"]
+            print(f"latency on {lat['device']}: {lat['latency_ms']:.4g} ms per image (target {lat['target_latency_ms']:g} "
+                  f"ms, dense {lat['dense_latency_ms']:.4g} ms): {'meets' if lat['meets_target'] else 'misses'} the target")
     return 0
