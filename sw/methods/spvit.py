@@ -66,6 +66,10 @@ def package_tokens(x: Tensor, scores: Tensor, pruned: Tensor) -> tuple[Tensor, T
     return pkg, total
 
 
+def _at_least_zero(v):
+    return v.clamp_min(0) if isinstance(v, Tensor) else max(0, v)
+
+
 class MultiHeadPredictor(nn.Module):
     """Per-head DynamicViT predictors (independent weights) mixed by squeeze-and-excitation head weights."""
 
@@ -137,8 +141,9 @@ class SPViTSelector(TokenSelector):
         return n_in - self.kept_patches(self.stage - 1) + self.kept_patches() + int(self.adds_package())
 
     def macs(self, n_in, n_out, dim: int):
-        candidates = n_in - self.protected_in()
-        pruned = n_in - n_out + int(self.adds_package())
+        # at counts no schedule reaches (fewer tokens than the protected ones) nothing is counted below 0
+        candidates = _at_least_zero(n_in - self.protected_in())
+        pruned = _at_least_zero(n_in - n_out + int(self.adds_package()))
         return (candidates * self.predictor.macs_per_token() + self.predictor.macs_per_image()
                 + pruned * dim)  # the package token: one multiply-accumulate per channel of a pruned token
 
