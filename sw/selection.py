@@ -225,12 +225,15 @@ class TokenSelector(nn.Module):
     Class attributes a subclass may set:
         site: ``"pre"`` (runs before its block) or ``"mid"`` (between the block's attention and MLP).
         needs_attn_info: the selector reads :class:`AttnInfo` from the attention just before it.
+        adaptive: the kept count depends on each image (e.g. a threshold); ``expected_tokens`` is then the
+            worst case, and FLOPs are counted on images (``count_flops(model, images)``).
 
     ``stage`` (0, 1, 2, ...) is assigned by the model in block order.
     """
 
     site: str = "pre"
     needs_attn_info: bool = False
+    adaptive: bool = False
 
     def __init__(self, keep_ratio: float):
         super().__init__()
