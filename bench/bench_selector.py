@@ -108,14 +108,16 @@ def reference_kept(p: SelectorParams, *, keep: int | None, threshold: int | None
 
 def simulate_deit_frame(p: SelectorParams, *, keep: int | None, threshold: int | None, package: bool) -> dict:
     """One DeiT-S frame through Verilator (cocotb ``cli_frame``); returns the testbench report."""
+    from tokensift.commands.block_selector import verilator_pch_fix
     from tokensift.sim.runner import run_cocotb
 
     params = {"config": asdict(p), "seed": 1, "tokens": p.n_max, "keep": keep, "threshold": threshold,
               "package": package}
     comp = Selector(n_max=p.n_max, dim=p.dim, score_bits=p.score_bits, feature_bits=p.feature_bits,
                     lanes=p.lanes, package=p.package)
-    return run_cocotb(comp, toplevel="tokensift_selector", test_module="tokensift.sim.tb_selector",
-                      params=params, testcase="cli_frame", seed=1).report
+    with verilator_pch_fix():
+        return run_cocotb(comp, toplevel="tokensift_selector", test_module="tokensift.sim.tb_selector",
+                          params=params, testcase="cli_frame", seed=1).report
 
 
 def table_deit(console: Console, out: dict, *, simulate: bool) -> None:
@@ -171,7 +173,7 @@ def table_resources(console: Console, out: dict) -> None:
 
     n, dim, lanes = DEIT_S["n"], DEIT_S["dim"], DEIT_S["lanes"]
     t = Table(title="Selector resources, Yosys synth_xilinx -family xcup (DeiT-S: n_max 197, dim 384, 16 lanes)")
-    for col in ("package", "DSP", "RAMB36", "RAMB18", "LUT", "FF", "DSP % ZCU102", "DSP % KV260",
+    for col in ("selector package token", "DSP", "RAMB36", "RAMB18", "LUT", "FF", "DSP % ZCU102", "DSP % KV260",
                 "HeatViT DSP overhead"):
         t.add_column(col, justify="right")
     zcu, kv = get_device("zcu102"), get_device("kv260")
@@ -179,13 +181,31 @@ def table_resources(console: Console, out: dict) -> None:
     for package in (False, True):
         comp = Selector(n_max=n, dim=dim, lanes=lanes, package=package)
         r = synthesize(comp, family="xcup", top="tokensift_selector")
-        rows.append({"package": package, **{k: r[k] for k in ("dsp", "bram36", "bram18", "lut", "ff")},
+        rows.append({"block": "selector", "package": package, **{k: r[k] for k in ("dsp", "bram36", "bram18", "lut", "ff")},
                      "seconds": r.get("seconds"), "cached": r.get("cached")})
         t.add_row(str(package), str(r["dsp"]), str(r["bram36"]), str(r["bram18"]), f"{r['lut']:,}",
                   f"{r['ff']:,}", f"{100 * r['dsp'] / zcu.dsp:.2f}%", f"{100 * r['dsp'] / kv.dsp:.2f}%",
                   f"{HEATVIT_DSP_OVERHEAD[0]:.0f}-{HEATVIT_DSP_OVERHEAD[1]:.0f}% of its backbone")
+    try:
+        from tokensift.hw.attention import Attention
+        from tokensift.quant.attention import AttentionParams
+    except ImportError as exc:
+        console.print(f"[yellow]attention core not available for comparison ({exc})[/]")
+        out["resources"] = rows
+        return
+    a = synthesize(Attention(params=AttentionParams(n_max=n, head_dim=DEIT_S["head_dim"], lanes=lanes)),
+                   family="xcup", top="tokensift_attention")
+    rows.append({"block": "attention core", **{k: a[k] for k in ("dsp", "bram36", "bram18", "lut", "ff")}})
+    t.add_row("attention core", str(a["dsp"]), str(a["bram36"]), str(a["bram18"]), f"{a['lut']:,}",
+              f"{a['ff']:,}", f"{100 * a['dsp'] / zcu.dsp:.2f}%", f"{100 * a['dsp'] / kv.dsp:.2f}%", "")
     console.print(t)
+    sel = rows[1]
+    console.print(f"selector with package token: {sel['dsp']} DSPs = {100 * sel['dsp'] / zcu.dsp:.2f}% of a ZCU102, "
+                  f"{100 * sel['dsp'] / a['dsp']:.0f}% of the 16-lane attention core's {a['dsp']} (which holds only the "
+                  f"QK^T and AV matmuls); HeatViT: {HEATVIT_DSP_OVERHEAD[0]:.0f}-{HEATVIT_DSP_OVERHEAD[1]:.0f}% "
+                  f"of a whole ZCU102 accelerator")
     out["resources"] = rows
+    out["attention_core_resources"] = {k: a[k] for k in ("dsp", "bram36", "bram18", "lut", "ff")}
 
 
 def main(argv: list[str] | None = None) -> int:
