@@ -1,11 +1,18 @@
 """`tokensift flops`: multiply-accumulates of a model under a token-pruning schedule.
 
     tokensift flops --model deit_small_patch16_224 --method dynamicvit --keep 0.7 --json
+    tokensift flops --model vit_mnist_patch4_28 --method asvit --checkpoint runs/asvit/asvit_keep0.6.pth \
+        --images 1000
+
+Adaptive methods (AS-ViT, SaiT) keep a different number of tokens per image: their static count is the
+worst case (nothing pruned); ``--images N`` counts each of the first N bundled MNIST test images on the
+inference path and averages, ``--checkpoint`` loads the trained weights the counts depend on.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tokensift.errors import InvalidArgumentError
 
@@ -31,12 +38,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep ratio rho in (0, 1] (default: 0.7 for pruning methods, 1 for 'none')")
     parser.add_argument("--locs", type=_locs, default=None,
                         help="pruning stage blocks, e.g. 3,6,9 (default: the model's)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="trained weights of this model and method (e.g. from 'tokensift train --out')")
+    parser.add_argument("--images", type=int, default=None, metavar="N",
+                        help="count on the first N bundled MNIST test images (per-image counts of adaptive "
+                             "methods); default: the static schedule")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def flops_summary(model_name: str, method: str, keep: float | None, locs: tuple[int, ...] | None = None) -> dict:
+def _mnist_images(model, model_name: str, n: int):
+    import torch
+
+    from tokensift.sw.data import load_mnist
+
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
+        raise InvalidArgumentError(f"--images must be between 1 and 1000 (the MNIST test split), not {n}")
+    cfg = model.config
+    if (cfg.img_size, cfg.in_chans, cfg.num_classes) != (28, 1, 10):
+        raise InvalidArgumentError(f"--images counts on the bundled MNIST test images, which need a 28x28, "
+                                   f"1-channel, 10-class model, not {model_name}")
+    _, test = load_mnist()
+    return torch.stack([test[i][0] for i in range(n)])
+
+
+def flops_summary(model_name: str, method: str, keep: float | None, locs: tuple[int, ...] | None = None,
+                  images: int | None = None, checkpoint: Path | None = None) -> dict:
     """The ``--json`` object: GFLOPs (MACs) and tokens entering each block, with the dense reference."""
     from tokensift.sw import create_model
+    from tokensift.sw.checkpoint import load_checkpoint
     from tokensift.sw.flops import count_flops
 
     try:
@@ -44,7 +73,15 @@ def flops_summary(model_name: str, method: str, keep: float | None, locs: tuple[
         dense = create_model(model_name)
     except (ValueError, TypeError) as exc:
         raise InvalidArgumentError(str(exc)) from None
-    report, dense_report = count_flops(model), count_flops(dense)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    batch = None if images is None else _mnist_images(model, model_name, images)
+    report, dense_report = count_flops(model.eval(), batch), count_flops(dense)
+    adaptive = any(getattr(sel, "adaptive", False) for _, sel in model.stage_selectors())
+    extra = {"adaptive": adaptive, "images": 0 if images is None else images}
+    if adaptive and images is None:
+        extra["note"] = (f"{method} keeps a different number of tokens per image: this static count is the "
+                         f"worst case (nothing pruned); pass --checkpoint and --images N to measure")
     return {
         "model": model_name,
         "method": method,
@@ -57,11 +94,12 @@ def flops_summary(model_name: str, method: str, keep: float | None, locs: tuple[
         "flops_speedup": dense_report.gflops / report.gflops,
         "prune_locs": [b for b, _ in model.stage_selectors()],
         "breakdown_gflops": {k: v / 1e9 for k, v in report.breakdown.items() if k != "total"},
+        **extra,
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = flops_summary(args.model, args.method, args.keep, args.locs)
+    summary = flops_summary(args.model, args.method, args.keep, args.locs, args.images, args.checkpoint)
     if args.json:
         from tokensift.cli import emit_json
 
@@ -81,4 +119,6 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"ratio {summary['ratio']:.3f} of dense ({summary['flops_speedup']:.2f}x fewer FLOPs); "
                   f"tokens entering each block: {summary['tokens']}")
+    if "note" in summary:
+        console.print(f"note: {summary['note']}")
     return 0
