@@ -38,12 +38,14 @@ class EViTSelector(TokenSelector):
         return (state.x * weight[..., None]).sum(dim=1, keepdim=True)
 
     def expected_tokens(self, n_in: int) -> int:
+        if self.keep_ratio >= 1.0:
+            return n_in  # the stage is skipped (see forward): nothing dropped, no fused token
         n_cand = n_in - 1
         return 1 + math.ceil(n_cand * self.keep_ratio - 1e-9) + (1 if self.fuse_token else 0)
 
     def macs(self, n_in, n_out, dim: int):
         # the fused token: one multiply-accumulate per channel of every dropped token
-        if not self.fuse_token:
+        if not self.fuse_token or self.keep_ratio >= 1.0:
             return 0 * n_in
         return (n_in - (n_out - 1)) * dim
 
