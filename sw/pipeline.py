@@ -40,9 +40,9 @@ class PipelineConfig:
     method: str = "none"
     keep_ratio: float | None = None
     epochs: int = 8  # fine-tuning epochs (dense epochs when method is "none")
-    dense_epochs: int = 40
+    dense_epochs: int = 60
     batch_size: int = 64
-    lr: float = 1e-3  # dense training
+    lr: float = 2e-3  # dense training
     finetune_lr: float = 1e-3
     seed: int = 0
     out: Path | None = None
@@ -54,6 +54,11 @@ class PipelineConfig:
     max_steps: int | None = None
     progress: bool = True
     threads: int | None = 1  # intra-op threads per process; None leaves torch's default
+    # initialisation for training from scratch: Xavier ("jax") weights and a sine-cosine position embedding.
+    # On 4,000 MNIST images the timm initialisation learns positions far more slowly (measured: 26% vs 46%
+    # test accuracy after 150 steps; 90.3% after 40 epochs). None keeps the model's default.
+    weight_init: str | None = "jax"
+    pos_embed_init: str | None = "sincos"
     # computation-aware training: an object with prepare(student, criterion, train_set) -> criterion (sets the
     # budget and keep ratios) and report(student, test_set) -> dict, e.g. tokensift.coopt.latency_train.LatencyPlan
     budget_plan: object | None = None
@@ -107,13 +112,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     distributed = init_distributed()
     world = torch.distributed.get_world_size() if distributed else 1
     spec = get_method(cfg.method)
-    model_cfg = get_config(cfg.model)
+    init = {"weight_init": cfg.weight_init, "pos_embed_init": cfg.pos_embed_init}
+    model_cfg = get_config(cfg.model, **init)
     train_set, test_set, num_classes, data_id = _datasets(cfg, model_cfg)
     out = Path(cfg.out) if cfg.out is not None else None
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir is not None else default_cache_dir()
     dense_epochs = cfg.epochs if cfg.method == "none" else cfg.dense_epochs
 
-    dense = create_model(cfg.model, num_classes=num_classes)
+    dense = create_model(cfg.model, num_classes=num_classes, **init)
     arch = hashlib.sha1(repr(model_cfg).encode()).hexdigest()[:8]  # a changed configuration misses the cache
     dense_key = (f"{cfg.model}-{arch}-{data_id}-c{num_classes}-seed{cfg.seed}-e{dense_epochs}"
                  f"-lr{cfg.lr:g}-b{cfg.batch_size}" + (f"-s{cfg.max_steps}" if cfg.max_steps else "")
@@ -155,7 +161,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         result["keep"] = 1.0
         ckpt = dense_path
     else:
-        model = create_model(cfg.model, method=cfg.method, keep_ratio=cfg.keep_ratio, num_classes=num_classes)
+        model = create_model(cfg.model, method=cfg.method, keep_ratio=cfg.keep_ratio, num_classes=num_classes,
+                             **init)
         load_checkpoint(model, {"model": dense.state_dict()}, strict=False)  # selectors start fresh
         frozen = round(spec.frozen_fraction * cfg.epochs)
         tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr, seed=cfg.seed,

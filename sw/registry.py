@@ -152,7 +152,8 @@ def vit_mnist_patch4_28() -> ViTConfig:
     """28x28 grey images, 4x4 patches (49 + class token), 6 blocks of width 64 with 4 heads, MLP ratio 2.
 
     Small enough to train on 2 CPU cores in minutes. Pruning stages every second block, before blocks 1,
-    3, 5 (DeiT's 3, 6, 9 scaled to 6 blocks).
+    3, 5 (DeiT's 3, 6, 9 scaled to 6 blocks). ``tokensift train`` initialises it with
+    ``weight_init="jax", pos_embed_init="sincos"`` (see :class:`tokensift.sw.pipeline.PipelineConfig`).
     """
     return ViTConfig("vit_mnist_patch4_28", img_size=28, patch_size=4, in_chans=1, num_classes=10,
                      embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.0, prune_locs=(1, 3, 5))

@@ -132,6 +132,7 @@ register_method(MethodSpec(
     build_selectors=lambda dim, n, rho, locs: {loc: EViTSelector(rho) for loc in locs},
     build_criterion=lambda rho, stages: ClassificationLoss(distill_weight=0.5, path="gather"),
     uses_teacher=True,
+    backbone_lr_scale=0.1,  # no selector parameters: fine-tune the backbone gently
     description="class-attention top-k inside the block, dropped tokens fused into one",
 ))
 

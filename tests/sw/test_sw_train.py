@@ -131,3 +131,16 @@ def test_cli_train_errors(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "tokensift train: error: the bundled MNIST data needs a 28x28, 1-channel, 10-class model; "
         "deit_tiny_patch16_224 is 224x224 with 3 channels (pass --data for your own images)")
+
+
+def test_deit_checkpoint_start_reinitialises_a_head_of_another_size(tmp_path, capsys):
+    from tokensift.sw.pipeline import _load_start_weights
+
+    src = create_model("vit_mnist_patch4_28", num_classes=1000)
+    torch.save({"model": src.state_dict()}, tmp_path / "deit.pth")
+    dst = create_model("vit_mnist_patch4_28", num_classes=3)
+    head_before = dst.head.weight.clone()
+    _load_start_weights(dst, tmp_path / "deit.pth")
+    assert torch.equal(dst.blocks[2].mlp.fc1.weight, src.blocks[2].mlp.fc1.weight)
+    assert torch.equal(dst.head.weight, head_before)
+    assert "checkpoint head has 1000 classes, the data 3: re-initialising the head" in capsys.readouterr().err
