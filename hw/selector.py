@@ -177,9 +177,10 @@ class Selector(wiring.Component):
     package : bool
         Build the package-token datapath.
 
-    >>> sel = Selector(n_max=16, dim=8, lanes=4, package=True)
-    >>> sel.params.beats
-    2
+    Example (then ``amaranth.back.verilog.convert(sel, name="top")``, or ``tokensift generate selector``)::
+
+        sel = Selector(n_max=197, dim=384, lanes=16, package=True)
+        sel.params.beats  # 24 beats of 16 features per token
     """
 
     def __init__(self, *, n_max: int, dim: int, score_bits: int = 16, feature_bits: int = 8, lanes: int = 16,

@@ -357,7 +357,6 @@ class TestCycles:
             cycles(p, **{"n_tokens": 10, "kept": 3, "mode": Mode.TOPK, **kwargs})
 
 
-@pytest.mark.filterwarnings("ignore:.*created but never used")  # the docstrings build components to show them
 @pytest.mark.parametrize("module", ["tokensift.hw.selector", "tokensift.hw.histogram_select",
                                     "tokensift.hw.compactor", "tokensift.hw.package_mac"])
 def test_doctests(module):
