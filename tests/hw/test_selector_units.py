@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import random
+import re
 
 import numpy as np
 import pytest
@@ -362,3 +363,18 @@ class TestCycles:
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.failed == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["generate", "selector", "--lanes", "5", "--out", "unused"],
+     r"^tokensift generate: error: dim must be a multiple of lanes, not dim=384 with lanes=5$"),
+    (["simulate", "selector", "--n-max", "16", "--dim", "8", "--lanes", "4", "--tokens", "70000", "--keep", "3"],
+     r"^tokensift simulate: error: n_tokens must be between 0 and 65535, not 70000$"),
+    (["simulate", "selector", "--n-max", "16", "--dim", "8", "--lanes", "4", "--threshold", "-1"],
+     r"^tokensift simulate: error: threshold must be between 0 and 65535, not -1$"),
+])
+def test_cli_errors(argv, message, capsys):
+    from tokensift.cli import main
+
+    assert main(argv) == 2
+    assert re.match(message, capsys.readouterr().err.strip())
