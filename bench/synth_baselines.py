@@ -48,6 +48,12 @@ GRID: dict[str, list[tuple[str, dict]]] = {
         for w, d, s in [(8, 197, True), (16, 64, True), (16, 197, True), (10, 400, True), (32, 1024, True),
                         (72, 512, True), (128, 394, True), (64, 1576, True), (128, 4728, True), (42, 4, False),
                         (130, 4, False), (12, 64, False), (3, 5000, True), (36, 2000, True), (4, 16, True)]
+    ] + [
+        (f"m{w}x{d}e", {"width": w, "depth": d, "sync_read": True, "read_en": True})
+        for w, d in [(40, 15), (16, 197), (30, 3)]
+    ] + [
+        (f"r{w}x{d}", {"width": w, "depth": d, "sync_read": True, "rom": True})
+        for w, d in [(17, 256), (17, 64), (9, 1024), (10, 256), (40, 512)]
     ],
     "multiplier": [
         (f"x{a}x{b}{'s' if s else 'u'}", {"a_bits": a, "b_bits": b, "signed": s})
@@ -69,6 +75,14 @@ GRID: dict[str, list[tuple[str, dict]]] = {
         ("acc24_m777_s12_trunc", {"acc_bits": 24, "out_bits": 12, "multiplier": 777, "shift": 12,
                                   "rounding": "trunc"}),
         ("acc20_m91_s9", {"acc_bits": 20, "out_bits": 8, "multiplier": 91, "shift": 9}),
+        ("acc32_m65535_s24", {"acc_bits": 32, "out_bits": 8, "multiplier": 65535, "shift": 24}),
+        ("acc32_m40000_s30_even", {"acc_bits": 32, "out_bits": 8, "multiplier": 40000, "shift": 30,
+                                   "rounding": "half_even"}),
+        ("acc28_m5_s3", {"acc_bits": 28, "out_bits": 8, "multiplier": 5, "shift": 3}),
+        ("acc16_m2_s1", {"acc_bits": 16, "out_bits": 8, "multiplier": 2, "shift": 1}),
+        ("acc32_m99_s10_wrap", {"acc_bits": 32, "out_bits": 8, "multiplier": 99, "shift": 10, "overflow": "wrap"}),
+        ("acc24_m65535_s16_floor", {"acc_bits": 24, "out_bits": 10, "multiplier": 65535, "shift": 16,
+                                    "rounding": "floor"}),
     ],
     "selector": [
         ("n32_d32_l4", {"n_max": 32, "dim": 32, "lanes": 4, "package": False, **_SEL}),

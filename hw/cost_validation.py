@@ -54,7 +54,8 @@ def _model_value(res, metric: str, block: str, params: dict, family: str) -> flo
 
         if block != "memory":
             return float("nan")
-        m = map_memory(params["width"], params["depth"], family=family, sync_read=params.get("sync_read", True))
+        m = map_memory(params["width"], params["depth"], family=family, sync_read=params.get("sync_read", True),
+                       rom=params.get("rom", False))
         return float(m.blocks.lut)
     return float(getattr(res, metric))
 

@@ -66,7 +66,9 @@ def features(params: RequantParams, family: str) -> dict[str, float]:
 
     ``product_bits``: width of ``acc * multiplier``; ``rounded_bits``: the width after the rounding
     shift (the range check and the saturation multiplexer run over it); ``round_add_bits``: width of
-    the rounding adder (0 for FLOOR); ``out_bits``, ``counter_bits``: registers.
+    the rounding adder (0 for FLOOR); ``split_add_bits``: the adders that sum the partial products of a
+    multiplier split over several DSPs (0 for one DSP); ``out_bits``, ``counter_bits``: registers;
+    ``soft_mul_bits``: a multiplier too small for a DSP, in LUTs.
     """
     p = _check(params)
     check_family(family)
@@ -79,13 +81,15 @@ def features(params: RequantParams, family: str) -> dict[str, float]:
         round_add = product + 1
     else:
         round_add = rounded + p.shift  # remainder compare plus the increment of the floor
+    dsps = _dsps(p, family)
     return {
         "product_bits": float(product),
+        "split_add_bits": float(max(dsps - 1, 0) * product),
         "rounded_bits": float(max(rounded, 1)),
         "round_add_bits": float(round_add),
         "out_bits": float(p.out.bits),
         "counter_bits": float(p.counter_bits),
-        "soft_mul_bits": 0.0 if _power_of_two(p.multiplier) or _dsps(p, family) else float(p.acc_bits * mbits),
+        "soft_mul_bits": 0.0 if _power_of_two(p.multiplier) or dsps else float(p.acc_bits * mbits),
     }
 
 

@@ -291,7 +291,7 @@ class MemoryMap:
         return self.blocks + Resources(lut=self.lut, ff=self.ff)
 
 
-def _geometry(ram: _Ram, width: int, depth: int) -> tuple[float, int, int, int] | None:
+def _geometry(ram: _Ram, width: int, depth: int, rom: bool = False) -> tuple[float, int, int, int] | None:
     """(cost, replicas, address ranges, unit width) of the best base width, as memory_libmap picks it."""
     best = None
     best_cost = 0
@@ -302,12 +302,12 @@ def _geometry(ram: _Ram, width: int, depth: int) -> tuple[float, int, int, int] 
         if base < ram.port_min and base < _byte_index(ram):
             continue  # the write port cannot be this narrow
         unit = ram.widths[unit_idx]
-        eb = ram.byte if 0 < ram.byte <= unit else unit
+        eb = 1 if rom else (ram.byte if 0 < ram.byte <= unit else unit)
         swizzle = -(-width // eb) * eb
         addrs = 1 << (ram.abits - base)
         mult_a = (depth - 1) // addrs + 1
         repl = -(-(mult_a * swizzle) // unit)
-        score_demux = mult_a if mult_a != 1 else 0
+        score_demux = mult_a if (mult_a != 1 and not rom) else 0
         score_mux = (mult_a - 1) * width
         cost = (ram.cost - ram.widthscale) * repl + ram.widthscale * mult_a * width / unit
         cost += score_mux * _FACTOR_MUX + score_demux * _FACTOR_DEMUX
@@ -325,22 +325,34 @@ def _byte_index(ram: _Ram) -> int:
     return max(i for i, w in enumerate(ram.widths) if ram.byte >= w)
 
 
-def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True) -> MemoryMap:
-    """Map a ``width x depth`` memory with one write port and one read port (synchronous by default, at an
-    address independent of the write address; no byte enables) onto the family's primitives."""
+#: memory_libmap's cost of one bit of ROM left in soft logic (Xilinx flows pass 1/64: one LUT6 holds 64
+#: bits; the default elsewhere is 1/16, one LUT4); one bit of RAM costs 1
+_LOGIC_COST_ROM = {"xcup": 1 / 64, "xc7": 1 / 64, "ecp5": 1 / 16}
+
+
+def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True, rom: bool = False) -> MemoryMap:
+    """Map a ``width x depth`` memory onto the family's primitives.
+
+    The memory has one write port and one read port (synchronous by default, at an address independent
+    of the write address, with or without a read enable; no byte enables), or, with ``rom=True``, one
+    synchronous read port and initial contents only.
+    """
     check_family(family)
     for name, value in (("width", width), ("depth", depth)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"memory {name} must be a positive integer, not {value!r}")
-    logic_cost = width * depth * 1.0
+    if rom and not sync_read:
+        raise ValueError("a ROM is read synchronously (sync_read=True)")
+    logic_cost = width * depth * (_LOGIC_COST_ROM[family] if rom else 1.0)
     candidates = []  # prune: cheapest per kind, the first on ties
     for ram in _LIBRARIES[family]:
-        if ram.sync_only and not sync_read:
-            continue
-        geom = _geometry(ram, width, depth)
+        if (ram.sync_only and not sync_read) or (rom and ram.kind == "distributed"):
+            continue  # LUT RAM libraries are pruned for ROMs
+        geom = _geometry(ram, width, depth, rom=rom)
         if geom is None:
             continue
-        cost = geom[0] + _EMU_SCORE[(family, ram.kind)] * _FACTOR_EMU
+        emu = 1 if rom else _EMU_SCORE[(family, ram.kind)]  # a ROM has no write port to emulate against
+        cost = geom[0] + emu * _FACTOR_EMU
         same = [i for i, c in enumerate(candidates) if c[1].kind == ram.kind]
         if same:
             if cost < candidates[same[0]][0]:
@@ -354,6 +366,11 @@ def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True) -
         if cost < best:
             chosen, best = (ram, geom), int(cost)
     read_reg = width if sync_read else 0
+    if chosen is None and rom:
+        # a table of constants: every output bit is a function of the address (one LUT per LUT-sized
+        # slice of the table, combined by the slice multiplexers), then the read register
+        per_bit = -(-depth // (1 << family_info(family).lut_inputs))
+        return MemoryMap(width, depth, "logic", "LUT", 0, Resources(), 1, per_bit * width, read_reg)
     if chosen is None:
         soft = mux_luts(depth, width, family=family) + depth
         return MemoryMap(width, depth, "logic", "FF", width * depth, Resources(), depth, soft,
@@ -367,7 +384,7 @@ def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True) -
         count = repl * ram.cells
         blocks = Resources(**{k: v * repl for k, v in per.items()})
     if ram.kind == "block":
-        if family == "ecp5":
+        if family == "ecp5" and not rom:
             abits = max(1, (depth - 1).bit_length())
             return MemoryMap(width, depth, "block", ram.primitive, count, blocks, mult_a, width + 2 * abits + 3,
                              2 * width + abits + 2)

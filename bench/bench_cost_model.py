@@ -1,0 +1,47 @@
+"""Cost model versus Yosys synthesis: every stored configuration, every metric, with its error.
+
+Reads the baselines of ``tests/hw/baselines`` (``bench/synth_baselines.py`` writes them from real
+synthesis runs) and prints, per block and family, the model's DSP / block RAM (exact) and LUT / FF
+(fitted) next to the measured counts, the relative error and the tolerance; then the worst and mean
+LUT/FF errors per block and family and the leave-one-out errors of the fit. Exit status 1 when a
+configuration is outside its tolerance. Same report as ``tokensift estimate --validate``.
+
+    python bench/bench_cost_model.py          (or: tokensift bench cost_model)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from tokensift.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def loo_table() -> Table:
+    fit = json.loads((ROOT / "tokensift" / "data" / "lut_ff_fit.json").read_text())
+    table = Table(title="LUT/FF fit: in-sample and leave-one-out relative errors")
+    for col in ("block", "family", "n", "LUT max", "LUT mean", "LUT LOO max", "FF max", "FF mean", "FF LOO max"):
+        table.add_column(col, justify="left" if col in ("block", "family") else "right")
+    for block, fams in fit["blocks"].items():
+        for family, e in fams.items():
+            lut, ff = e["errors"]["lut"], e["errors"]["ff"]
+            table.add_row(block, family, str(e["n"]), f"{lut['max_rel']:.1%}", f"{lut['mean_rel']:.1%}",
+                          f"{lut['loo_max_rel']:.1%}", f"{ff['max_rel']:.1%}", f"{ff['mean_rel']:.1%}",
+                          f"{ff['loo_max_rel']:.1%}")
+    return table
+
+
+def main() -> int:
+    status = cli_main(["estimate", "--validate"])
+    Console().print(loo_table())
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

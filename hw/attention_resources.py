@@ -1,0 +1,197 @@
+"""Cost of the attention accelerator (:class:`tokensift.hw.attention.Attention`): resources next to its
+generator. Cycles are the block's own closed form, :func:`tokensift.hw.attention_cost.cycles`.
+
+Per core (``heads_parallel`` copies of :class:`tokensift.hw.attention_engine.AttentionEngine`):
+
+* DSP: the MAC array's ``lanes`` multipliers (``max(data_bits, prob_frac + 2) x data_bits``), the
+  exponent unit's scale multiplier (``(score_bits + 1) x scale``), the two polynomial multipliers of the
+  ``exp2_poly`` softmax, the probability normalizer (``(exp_frac + 1) x (prob_frac + 2)``), the
+  ``N * chunks`` of the header and the output requantizer's multiplier; a constant power of two is a
+  shift. The top level adds ``N * 3 chunks`` (its frame-length counter).
+* Memories (:func:`tokensift.hw.resources.map_memory`): Q and K/V row buffers, the two-bank score and
+  exponential buffers, the ``exp2`` table (a ROM, ``exp2_lut``), the output and class-attention FIFOs
+  (:class:`amaranth.lib.fifo.SyncFIFOBuffered`: a memory one entry shallower, read synchronously with an
+  enable).
+* LUT / FF: the fitted linear model over :func:`features`.
+
+>>> p = AttentionParams(n_max=100, head_dim=48, lanes=12)
+>>> r = exact(p, "xcup")
+>>> r.dsp >= 12
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from amaranth.utils import ceil_log2
+
+from tokensift.hw.resources import Resources, check_family, fitted, map_memory, multiplier_dsps
+from tokensift.quant.attention import AttentionParams
+from tokensift.quant.softmax import SoftmaxParams, SoftmaxVariant
+
+__all__ = ["BLOCK", "AttentionParams", "memories", "multipliers", "features", "exact", "resources", "build",
+           "params_to_dict", "params_from_dict", "baseline_grid", "QUICK_CONFIGS"]
+
+BLOCK = "attention"
+
+
+def _check(params) -> AttentionParams:
+    if not isinstance(params, AttentionParams):
+        raise TypeError(f"params must be an AttentionParams, not {type(params).__name__}")
+    return params
+
+
+def _pow2(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+def _out_fifo_depth(p: AttentionParams) -> int:
+    """The engine's own output FIFO depth (read from an engine object that is never elaborated)."""
+    from tokensift.hw.attention_engine import AttentionEngine
+
+    engine = AttentionEngine(p)
+    depth = engine.out_fifo_depth
+    # the engine and its units are only asked a question: tell Amaranth they are not meant to be used
+    for obj in (engine, engine.mac, engine.softmax, engine.softmax._exp, engine.softmax._recip):
+        obj._MustUse__silence = True
+    return depth
+
+
+def memories(params: AttentionParams, family: str) -> dict:
+    """One core's memories as :class:`~tokensift.hw.resources.MemoryMap` s, by name."""
+    from tokensift.hw.attention_layout import output_layout, score_layout
+
+    p = _check(params)
+    sm = p.softmax
+    row = p.lanes * p.data_bits
+    mems = {
+        "q": map_memory(row, p.n_max * p.chunks, family=family),
+        "kv": map_memory(row, 2 * p.n_max * p.chunks, family=family),
+        "scores": map_memory(p.score_bits, 2 * p.n_max, family=family),
+        "exps": map_memory(sm.exp_frac + 1, 2 * p.n_max, family=family),
+    }
+    if sm.variant is SoftmaxVariant.EXP2_LUT:
+        mems["exp2_table"] = map_memory(sm.exp_frac + 2, 1 << sm.log2_frac, family=family, rom=True)
+    for name, width, depth in (("out_fifo", output_layout(p).size, _out_fifo_depth(p)),
+                               ("class_fifo", score_layout(p).size, p.n_max)):
+        if depth >= 2:
+            mems[name] = map_memory(width, depth - 1, family=family)
+    return mems
+
+
+def multipliers(params: AttentionParams) -> list[tuple[str, int, int, bool, int | None]]:
+    """One core's multipliers ``(name, a_bits, b_bits, signed, product_bits)``; constant powers of two
+    (shifts) are left out."""
+    p = _check(params)
+    sm: SoftmaxParams = p.softmax
+    a_bits = max(p.data_bits, sm.prob_frac + 2)
+    out = [(f"mac{lane}", a_bits, p.data_bits, True, None) for lane in range(p.lanes)]
+    if not _pow2(p.scale_multiplier):
+        out.append(("exp_scale", p.score_bits + 1, p.scale_multiplier.bit_length() + 1, True, None))
+    if sm.variant is SoftmaxVariant.EXP2_POLY:
+        a, b = sm.poly_coefficients
+        f = sm.log2_frac
+        if not _pow2(b):
+            out.append(("exp_poly_b", f, b.bit_length(), False, None))
+        out.append(("exp_poly_x", f, max(a.bit_length(), b.bit_length() + 1) + 1, False, f + sm.exp_frac + 2))
+    out.append(("normalize", sm.exp_frac + 1, sm.prob_frac + 2, False, None))
+    if not _pow2(p.chunks):
+        n_bits = p.n_max.bit_length()
+        out.append(("header_chunks", n_bits, p.chunks.bit_length(), False, (p.n_max * p.chunks).bit_length()))
+    if not _pow2(p.out_multiplier):
+        out.append(("requant", p.acc_bits, p.out_multiplier.bit_length() + 1, True, None))
+    return out
+
+
+def _top_dsps(p: AttentionParams, family: str) -> int:
+    from tokensift.hw.attention_layout import HEADER_BITS
+
+    const = 3 * p.chunks
+    remaining = (3 * ((1 << HEADER_BITS) - 1) * p.chunks).bit_length()
+    return multiplier_dsps(HEADER_BITS, const.bit_length(), family=family, signed=False, y_bits=remaining)
+
+
+def _engine_dsps(p: AttentionParams, family: str) -> int:
+    return sum(multiplier_dsps(a, b, family=family, signed=s, y_bits=y) for _, a, b, s, y in multipliers(p))
+
+
+def features(params: AttentionParams, family: str) -> dict[str, float]:
+    """Structural sizes of the attention RTL the LUT/FF fit is linear in (all per core, times
+    ``heads_parallel``): ``engines`` (the softmax unit, divider, sequencer: a constant per core),
+    ``lane_bits`` (per lane: accumulator, serial-requantizer hold register, the Q/KV pipeline registers
+    and the MAC operand multiplexer), ``tree_bits`` (the MAC array's adder tree), ``addr_bits`` (buffer
+    address counters and token indices)."""
+    p = _check(params)
+    check_family(family)
+    hp = p.heads_parallel
+    a_bits = max(p.data_bits, p.softmax.prob_frac + 2)
+    tree, width = 0, p.lanes
+    for depth in range(ceil_log2(p.lanes)):
+        width = -(-width // 2)
+        tree += width * (2 * p.data_bits + depth + 1)
+    lane = 2 * p.acc_bits + 4 * p.data_bits + a_bits
+    addr = 3 * ceil_log2(2 * p.n_max * p.chunks + 1) + 4 * ceil_log2(p.n_max + 2)
+    return {
+        "engines": float(hp),
+        "lane_bits": float(hp * p.lanes * lane),
+        "tree_bits": float(hp * tree),
+        "addr_bits": float(hp * addr),
+    }
+
+
+def exact(params: AttentionParams, family: str) -> Resources:
+    """The rule-based part: DSPs, block RAM, LUT RAM and the memories' soft logic."""
+    p = _check(params)
+    core = Resources(dsp=_engine_dsps(p, family))
+    for mem in memories(p, family).values():
+        core = core + mem.resources
+    return core * p.heads_parallel + Resources(dsp=_top_dsps(p, family))
+
+
+def resources(params: AttentionParams, family: str) -> Resources:
+    """DSP and block RAM (exact), LUT and FF (rules plus the fitted model) of the attention unit."""
+    p = _check(params)
+    lut, ff = fitted(BLOCK, family, features(p, family))
+    return exact(p, family) + Resources(lut=lut, ff=ff)
+
+
+def build(params: AttentionParams):
+    from tokensift.hw.attention import Attention
+
+    return Attention(params=_check(params))
+
+
+def params_to_dict(params: AttentionParams) -> dict:
+    p = _check(params)
+    d = asdict(p)
+    d["softmax"] = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(p.softmax).items()}
+    return d
+
+
+def params_from_dict(d: dict) -> AttentionParams:
+    d = dict(d)
+    sm = d.pop("softmax", None)
+    if isinstance(sm, dict):
+        d["softmax"] = SoftmaxParams(**sm)
+    elif sm is not None:
+        d["softmax"] = sm
+    return AttentionParams(**d)
+
+
+#: the configurations synthesized for the baselines (bench/synth_baselines.py): name -> parameters
+_GRID = [
+    ("n16_d8_l4", dict(n_max=16, head_dim=8, lanes=4)),
+    ("n16_d16_l4", dict(n_max=16, head_dim=16, lanes=4)),
+    ("n24_d12_l4", dict(n_max=24, head_dim=12, lanes=4)),
+    ("n32_d16_l8", dict(n_max=32, head_dim=16, lanes=8)),
+    ("n16_d16_l4_hp2", dict(n_max=16, head_dim=16, lanes=4, heads_parallel=2)),
+    ("n16_d16_l4_poly", dict(n_max=16, head_dim=16, lanes=4, softmax="exp2_poly")),
+    ("n64_d32_l8", dict(n_max=64, head_dim=32, lanes=8)),
+    ("n100_d48_l12", dict(n_max=100, head_dim=48, lanes=12)),
+]
+QUICK_CONFIGS = ["n16_d8_l4"]
+
+
+def baseline_grid() -> list[tuple[str, dict]]:
+    return [(name, params_to_dict(AttentionParams(**kw))) for name, kw in _GRID]
