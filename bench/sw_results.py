@@ -4,7 +4,8 @@ Trains (or takes from the cache) the dense ``vit_mnist_patch4_28`` on the bundle
 DynamicViT at rho = 0.9 / 0.8 / 0.7 and EViT at 0.7 with the dense model as teacher, and writes
 ``bench/sw_results.json`` plus a Markdown table on stdout. Same recipe as ``tokensift train``.
 
-    .venv/bin/python bench/sw_results.py            # about an hour on 2 CPU cores
+    .venv/bin/python bench/sw_results.py            # about an hour on 2 busy CPU cores
+    .venv/bin/torchrun --nproc-per-node 2 bench/sw_results.py    # the same recipe over 2 processes (DDP)
     .venv/bin/python bench/sw_results.py --quick    # a few steps per stage, to check the script
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from tokensift.sw.pipeline import PipelineConfig, run_pipeline
+from tokensift.sw.train import is_main_process
 
 RUNS = [("none", None), ("dynamicvit", 0.9), ("dynamicvit", 0.8), ("dynamicvit", 0.7), ("evit", 0.7)]
 
@@ -41,27 +43,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("sw_results.json"))
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--dense-epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the recipe's)")
     args = parser.parse_args(argv)
     rows = []
     t0 = time.time()
     for method, keep in RUNS:
         cfg = PipelineConfig(model="vit_mnist_patch4_28", method=method, keep_ratio=keep, seed=args.seed,
                              progress=not args.no_progress)
+        if args.dense_epochs is not None:
+            cfg.dense_epochs = args.dense_epochs
+        if args.epochs is not None:
+            cfg.epochs = args.epochs
         if method == "none":
             cfg.epochs = cfg.dense_epochs
         if args.quick:
             cfg.max_steps = 3
         r = run_pipeline(cfg)
         rows.append(r)
-        print(json.dumps({k: r[k] for k in ("method", "keep", "accuracy", "gflops", "ratio")}),
-              file=sys.stderr, flush=True)
-    if not args.quick:
-        payload = {"recipe": {k: v for k, v in PipelineConfig().__dict__.items() if not k.startswith("_")
-                              and k not in ("out", "data", "checkpoint", "dense_checkpoint", "cache_dir")},
-                   "torch": torch.__version__, "machine": platform.machine(), "seconds": time.time() - t0,
-                   "test_images": rows[0]["test_images"], "runs": rows}
-        args.out.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    print(markdown(rows))
+        if is_main_process():
+            print(json.dumps({k: r[k] for k in ("method", "keep", "accuracy", "gflops", "ratio")}),
+                  file=sys.stderr, flush=True)
+        if not args.quick and is_main_process():  # after every run: a long run leaves its finished rows
+            recipe = {k: v for k, v in PipelineConfig().__dict__.items()
+                      if k not in ("out", "data", "checkpoint", "dense_checkpoint", "cache_dir")}
+            payload = {"recipe": {**recipe, "dense_epochs": cfg.dense_epochs, "epochs": cfg.epochs},
+                       "processes": r["world_size"], "torch": torch.__version__, "machine": platform.machine(),
+                       "seconds": time.time() - t0, "test_images": rows[0]["test_images"],
+                       "complete": len(rows) == len(RUNS), "runs": rows}
+            args.out.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    if is_main_process():
+        print(markdown(rows))
     return 0
 
 

@@ -39,9 +39,9 @@ class PipelineConfig:
     model: str = "vit_mnist_patch4_28"
     method: str = "none"
     keep_ratio: float | None = None
-    epochs: int = 8  # fine-tuning epochs (dense epochs when method is "none")
-    dense_epochs: int = 60
-    batch_size: int = 64
+    epochs: int = 5  # fine-tuning epochs (dense epochs when method is "none")
+    dense_epochs: int = 40
+    batch_size: int = 64  # global: split over the processes under torchrun
     lr: float = 2e-3  # dense training
     finetune_lr: float = 1e-3
     seed: int = 0
@@ -111,6 +111,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     distributed = init_distributed()
     world = torch.distributed.get_world_size() if distributed else 1
+    if cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} must be divisible by the number of processes {world}")
+    per_process_batch = cfg.batch_size // world
     spec = get_method(cfg.method)
     init = {"weight_init": cfg.weight_init, "pos_embed_init": cfg.pos_embed_init}
     model_cfg = get_config(cfg.model, **init)
@@ -137,11 +140,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     else:
         if cfg.checkpoint is not None:
             _load_start_weights(dense, Path(cfg.checkpoint))
-        tc = TrainConfig(epochs=dense_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+        tc = TrainConfig(epochs=dense_epochs, batch_size=per_process_batch, lr=cfg.lr, seed=cfg.seed,
                          max_steps=cfg.max_steps, warmup_epochs=min(1.0, dense_epochs / 4))
         res = fit(dense, spec.build_criterion(1.0, 0) if cfg.method == "none"
                   else get_method("none").build_criterion(1.0, 0), train_set, tc, test_set=None,
-                  progress=cfg.progress, description="dense", on_epoch=_epoch_logger("dense", cfg))
+                  progress=cfg.progress, description="dense", on_epoch=_epoch_logger("dense", cfg),
+                  checkpoint_dir=None if out is None else out / "dense")
         result["dense_train_seconds"] = res.seconds
         dense_path, dense_source = cached, "trained"
         if is_main_process():
@@ -165,7 +169,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                              **init)
         load_checkpoint(model, {"model": dense.state_dict()}, strict=False)  # selectors start fresh
         frozen = round(spec.frozen_fraction * cfg.epochs)
-        tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr, seed=cfg.seed,
+        tc = TrainConfig(epochs=cfg.epochs, batch_size=per_process_batch, lr=cfg.finetune_lr, seed=cfg.seed,
                          frozen_epochs=frozen, backbone_lr_scale=spec.backbone_lr_scale,
                          max_steps=cfg.max_steps, warmup_epochs=min(1.0, cfg.epochs / 4))
         criterion = spec.build_criterion(model.keep_ratio, len(model.selectors))
@@ -174,7 +178,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         res = fit(model, criterion, train_set, tc, test_set=None,
                   teacher=dense if spec.uses_teacher else None, progress=cfg.progress,
                   description=f"{cfg.method} {model.keep_ratio:g}",
-                  on_epoch=_epoch_logger(f"{cfg.method} {model.keep_ratio:g}", cfg))
+                  on_epoch=_epoch_logger(f"{cfg.method} {model.keep_ratio:g}", cfg),
+                  checkpoint_dir=None if out is None else out / f"{cfg.method}_keep{model.keep_ratio:g}")
         result["train_seconds"] = res.seconds
         acc = evaluate(model, test_set)
         flops = count_flops(model)

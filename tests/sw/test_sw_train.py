@@ -112,6 +112,8 @@ def test_cli_train_json_on_a_folder_then_from_cache(tmp_path, capsys):
     assert 0 < out["gflops"] < out["dense_gflops"] and out["ratio"] == pytest.approx(
         out["gflops"] / out["dense_gflops"])
     assert (tmp_path / "out" / "dense.pth").is_file() and (tmp_path / "out" / "dynamicvit_keep0.7.pth").is_file()
+    assert (tmp_path / "out" / "dense" / "last.pth").is_file()  # per-epoch checkpoints of each stage
+    assert (tmp_path / "out" / "dynamicvit_keep0.7" / "last.pth").is_file()
     assert out["test_images"] == 2  # 20% of 12 images, seeded split
     meta = load_checkpoint(create_model("vit_mnist_patch4_28", method="dynamicvit", num_classes=2),
                            out["checkpoint"])
