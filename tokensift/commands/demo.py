@@ -1,11 +1,75 @@
-"""`tokensift demo`: not built yet (see the open issues); says so plainly."""
+"""`tokensift demo`: the end-to-end demo on the bundled MNIST data (see :mod:`tokensift.coopt.demo`).
 
-from tokensift.errors import NotYetAvailableError
+    tokensift demo                       # out/demo: summary.json, table.txt, coopt/report.md, verilog/, sim/
+    tokensift demo --device ecp5-85f --out out/ecp5 --json
+    tokensift demo --quick               # a couple of training steps, one simulated image (a smoke test)
+
+Progress goes to stderr; the table (or with ``--json`` the summary object) goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tokensift.errors import InvalidArgumentError
+
+__all__ = ["add_arguments", "run"]
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tokensift.coopt.demo import DemoConfig
+
+    d = DemoConfig()
+    parser.add_argument("--out", type=Path, default=d.out, help="output folder (default: %(default)s)")
+    parser.add_argument("--device", default=d.device, help="small device: pynq-z2 or ecp5-85f (default: %(default)s)")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--target-latency-ms", type=float, default=None, help="latency target per image")
+    target.add_argument("--target-fps", type=float, default=None, help="throughput target (images per second)")
+    target.add_argument("--speedup", type=float, default=d.speedup,
+                        help="default target: the fastest dense design that fits, divided by this "
+                             "(default: %(default)s)")
+    parser.add_argument("--dense-epochs", type=int, default=d.dense_epochs, help="default: %(default)s")
+    parser.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="default: %(default)s")
+    parser.add_argument("--sim-images", type=int, default=d.sim_images,
+                        help="MNIST test images simulated cycle-accurately (default: %(default)s)")
+    parser.add_argument("--eval-images", type=int, default=d.eval_images,
+                        help="test images for the accuracies (default: %(default)s)")
+    parser.add_argument("--synth", action="store_true", help="also synthesize the generated blocks with Yosys")
+    parser.add_argument("--quick", action="store_true",
+                        help="a couple of training steps, a coarse keep grid, one simulated image")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="dense-model cache (default: ~/.cache/tokensift)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def run(args):
-    raise NotYetAvailableError("'tokensift demo' is not implemented yet in this version of tokensift")
+def run(args: argparse.Namespace) -> int:
+    from tokensift.coopt.demo import DemoConfig, render_table, run_demo
+
+    for name in ("dense_epochs", "finetune_epochs", "sim_images", "eval_images"):
+        if getattr(args, name) < 1:
+            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    target = args.target_latency_ms
+    if args.target_fps is not None:
+        if not args.target_fps > 0:
+            raise InvalidArgumentError(f"--target-fps must be positive, not {args.target_fps:g}")
+        target = 1e3 / args.target_fps
+    if target is not None and not target > 0:
+        raise InvalidArgumentError(f"--target-latency-ms must be positive, not {target:g}")
+    if not args.speedup > 0:
+        raise InvalidArgumentError(f"--speedup must be positive, not {args.speedup:g}")
+    kwargs = dict(out=args.out, device=args.device, target_latency_ms=target, speedup=args.speedup,
+                  synth=args.synth, progress=not args.no_progress, cache_dir=args.cache_dir)
+    if args.quick:
+        cfg = DemoConfig.quick(**kwargs)
+    else:
+        cfg = DemoConfig(**kwargs, dense_epochs=args.dense_epochs, finetune_epochs=args.finetune_epochs,
+                         sim_images=args.sim_images, eval_images=args.eval_images)
+    summary = run_demo(cfg)
+    if args.json:
+        from tokensift.cli import emit_json
+
+        emit_json(summary)
+    else:
+        print(render_table(summary))
+    return 0 if summary["bit_exact"] and summary["meets_target"] else 1

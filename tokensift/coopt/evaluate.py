@@ -36,11 +36,7 @@ from tokensift.coopt.space import (
 )
 from tokensift.devices import Device, get_device
 
-__all__ = ["CostEvaluator", "KeepSchedule", "GridResult", "BYPASS_AT_ONE"]
-
-#: methods whose stage does nothing at keep ratio 1 (their forward returns the tokens untouched, no fused
-#: token, so the hardware skips the selector for that stage)
-BYPASS_AT_ONE = frozenset({"evit", "sait"})
+__all__ = ["CostEvaluator", "KeepSchedule", "GridResult"]
 
 _DEFAULT_LINEAR = 16
 
@@ -50,7 +46,7 @@ class KeepSchedule:
     """The token schedule of one keep point.
 
     ``attn``/``mlp``: tokens per layer; ``stages``: per pruning stage ``(n_in, kept, mode, package, macs)``
-    or None where the stage is bypassed; ``macs``: total multiply-accumulates (selectors included);
+    (a stage that keeps everything still runs its selector frame, as the cost model charges it); ``macs``: total multiply-accumulates (selectors included);
     ``retained``: backbone MACs (qkv, attention, proj, MLP) over the dense model's, the accuracy proxy.
     """
 
@@ -216,8 +212,6 @@ class CostEvaluator:
         patches = spec.num_tokens - 1
 
         def run_stage(s, sel, n_in):
-            if self.method in BYPASS_AT_ONE and sel.keep_ratio >= 1.0:
-                return n_in  # stage bypassed: nothing dropped, nothing added
             if self.kind == "adaptive":
                 before = patches if s == 0 else keep_count(patches, sel.keep_ratio, s - 1)
                 n_out = n_in - before + keep_count(patches, sel.keep_ratio, s)

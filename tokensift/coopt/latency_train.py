@@ -53,6 +53,8 @@ class _ClampedMacs:
         return max(0, self._sel.macs(n_in, n_out, dim))
 
     def __getattr__(self, name):
+        if name == "_sel":  # not set yet (copy, pickle)
+            raise AttributeError(name)
         return getattr(self._sel, name)
 
 
@@ -70,6 +72,8 @@ class _Recorder:
         return state
 
     def __getattr__(self, name):
+        if name in ("_module", "state"):
+            raise AttributeError(name)
         return getattr(self._module, name)
 
     def __call__(self, *args, **kwargs):
@@ -227,7 +231,8 @@ class LatencyPlan:
             return get_method(method).build_criterion(rho, len(sels))
         if method == "evit":
             keep = self._plan_per_stage(module)
-            self.info.update(keep=list(keep), planned_latency_ms=self._static_ms(module, budget, None))
+            module.budget = self.budget_for(module)  # tables of the planned schedule (package tokens per stage)
+            self.info.update(keep=list(keep), planned_latency_ms=self._static_ms(module, module.budget, None))
             return criterion
         # a static schedule with one rho (DynamicViT and methods like it)
         def cost(q: float) -> float:
@@ -240,22 +245,20 @@ class LatencyPlan:
         for sel in sels:
             sel.set_keep_ratio(q)
         module.keep_ratio = q
-        planned = cost(q)
+        budget = module.budget = self.budget_for(module)
+        planned = self._static_ms(module, budget, None)
         self.info.update(keep=q, planned_latency_ms=planned)
         base = get_method(method).build_criterion(q, len(sels))
         return LatencyBudgetLoss(base, planned / dense, self.weight)
 
     def _static_ms(self, module, budget, ratios) -> float:
-        from tokensift.coopt.evaluate import BYPASS_AT_ONE
-
         sels = [sel for _, sel in module.stage_selectors()]
         if ratios is not None:
             for sel, r in zip(sels, ratios, strict=True):
                 sel.set_keep_ratio(max(min(r, 1.0), 1e-9))
         n, counts = module.num_patches + 1, []
         for sel in sels:
-            skip = module.method in BYPASS_AT_ONE and sel.keep_ratio >= 1.0
-            n = n if skip else sel.expected_tokens(n)
+            n = sel.expected_tokens(n)
             counts.append(float(n))
         return float(budget(torch.tensor(counts, dtype=torch.float64)))
 

@@ -106,6 +106,32 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=False)
 
 
+def _open_storage(url: str | None, attempts: int = 8):
+    """An optuna storage for ``url`` (None: in memory). SQLite waits up to a minute for a lock; opening a new
+    database from several workers at once races in optuna's schema set-up (``UNIQUE constraint failed:
+    alembic_version``), so opening is retried with a growing pause."""
+    import random
+
+    import optuna
+
+    if url is None:
+        return None
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except ImportError as exc:  # a missing database driver
+            raise ValueError(f"cannot open the optuna storage {url!r}: {exc}") from None
+        except Exception as exc:  # sqlalchemy's IntegrityError / OperationalError while another worker sets up
+            if type(exc).__module__.startswith("sqlalchemy") and attempt < attempts - 1:
+                time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
+                continue
+            if isinstance(exc, ValueError) or type(exc).__module__.startswith("sqlalchemy"):
+                raise ValueError(f"cannot open the optuna storage {url!r}: {str(exc).splitlines()[0]}") from None
+            raise
+    raise AssertionError("unreachable")
+
+
 # -- the two searches ------------------------------------------------------------------------------------
 def _grid_search(ev: CostEvaluator, accuracy, progress: bool):
     total = ev.hw_space.size * ev.keep_space.size
@@ -139,14 +165,10 @@ def _nsga2_search(ev: CostEvaluator, accuracy, *, trials: int, storage: str | No
     used = ev.resources()
     util_all = ev.utilization(used).max(axis=1)
     signature = _space_signature(ev)
-    sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed,
-                                            constraints_func=lambda t: t.user_attrs["constraints"])
+    sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
     name = study_name or f"tokensift-{signature}"
-    try:
-        study = optuna.create_study(storage=storage, sampler=sampler, study_name=name, load_if_exists=True,
-                                    directions=["minimize", "minimize", "maximize"])
-    except (ValueError, ImportError) as exc:  # a malformed URL or a missing database driver
-        raise ValueError(f"cannot open the optuna storage {storage!r}: {exc}") from None
+    study = optuna.create_study(storage=_open_storage(storage), sampler=sampler, study_name=name,
+                                load_if_exists=True, directions=["minimize", "minimize", "maximize"])
     existing = study.user_attrs.get("space")
     if existing is None:
         study.set_user_attr("space", signature)
@@ -176,7 +198,7 @@ def _nsga2_search(ev: CostEvaluator, accuracy, *, trials: int, storage: str | No
         lat = cycles / (choice.clock_mhz * 1e3)
         acc = float(sched.retained if accuracy is None else np.asarray(accuracy([sched]))[0])
         util = float(util_all[h])
-        trial.set_user_attr("constraints", [util - 1.0])
+        trial.set_constraint("fits", util - 1.0)  # feasible when <= 0
         trial.set_user_attr("h", h)
         trial.set_user_attr("keep", list(point))
         trial.set_user_attr("cycles", cycles)

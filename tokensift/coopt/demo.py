@@ -1,0 +1,349 @@
+"""The end-to-end demo (``tokensift demo`` / ``make demo``) on the bundled MNIST data.
+
+1. **dense model**: train the small ViT (``vit_mnist_patch4_28``) or reuse the cached one
+   (:func:`tokensift.sw.pipeline.run_pipeline`);
+2. **co-optimize** for the device: the grid over the hardware axes x EViT's per-stage keep ratios
+   (:func:`tokensift.coopt.search.co_optimize`); the default target asks for ``speedup`` x the fastest dense
+   design that fits the device, so pruning is needed whatever the resource model says;
+3. **fine-tune with the latency budget** (:class:`tokensift.coopt.latency_train.LatencyPlan`) at the chosen
+   hardware and keep ratios;
+4. **quantize**: the integer-only model (:class:`tokensift.quant.integer_model.IntegerViT`), int8 accuracy;
+5. **generate** the Verilog of the chosen attention core (with the integer model's scales) and selector;
+6. **simulate** real test images: the integer model's Q/K/V of the first pruning block and its token
+   scores through Verilator, bit-exact against the integer reference (:mod:`tokensift.coopt.sim_real`);
+7. print **one table** and write ``summary.json`` and the co-optimization report.
+
+EViT is the method because the integer model runs EViT's selection (class-attention scores, a fused
+token) in integer arithmetic; its keep ratios fix the token counts, so the latency budget is met by
+construction and fine-tuning recovers accuracy at those ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DemoConfig", "run_demo", "render_table"]
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("out/demo")
+    device: str = "pynq-z2"
+    model: str = "vit_mnist_patch4_28"
+    method: str = "evit"
+    target_latency_ms: float | None = None
+    speedup: float = 1.5            # default target: fastest dense design that fits / speedup
+    dense_epochs: int = 12
+    finetune_epochs: int = 2
+    max_steps: int | None = None    # per training stage (quick runs)
+    keep_step: float = 0.05
+    sim_images: int = 4
+    eval_images: int = 1000
+    calib_batches: int = 4
+    synth: bool = False
+    seed: int = 0
+    progress: bool = True
+    cache_dir: Path | None = None
+    timings: dict = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, **kw) -> DemoConfig:
+        """A couple of training steps, one simulated image, a coarse keep grid (for tests)."""
+        base = {"dense_epochs": 1, "finetune_epochs": 1, "max_steps": 2, "keep_step": 0.1, "sim_images": 1,
+                "eval_images": 100}
+        return cls(**{**base, **kw})
+
+
+class _Steps:
+    def __init__(self, console, total: int):
+        self.console, self.total, self.n, self.t0 = console, total, 0, time.perf_counter()
+
+    def __call__(self, text: str):
+        self.n += 1
+        self.console.print(f"[bold cyan][{self.n}/{self.total}][/] {text} "
+                           f"[dim](+{time.perf_counter() - self.t0:.0f} s)[/]")
+
+
+def _accuracy(model, dataset) -> float:
+    from tokensift.sw.train import evaluate
+
+    return evaluate(model, dataset)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run the demo; return the summary (also written to ``cfg.out / "summary.json"``)."""
+    import torch
+    from rich.console import Console
+
+    from tokensift.coopt.accuracy import MeasuredAccuracy, set_keep_point
+    from tokensift.coopt.evaluate import CostEvaluator
+    from tokensift.coopt.latency_train import LatencyPlan
+    from tokensift.coopt.report import write_report
+    from tokensift.coopt.search import co_optimize
+    from tokensift.coopt.space import default_keep_space
+    from tokensift.devices import get_device
+    from tokensift.hw.layer_cost import HwConfig, ModelCost
+    from tokensift.sw.checkpoint import load_checkpoint
+    from tokensift.sw.data import load_mnist
+    from tokensift.sw.pipeline import PipelineConfig, run_pipeline
+    from tokensift.sw.registry import create_model
+
+    if cfg.method != "evit":
+        raise ValueError(f"the demo runs EViT (the method the integer model executes), not {cfg.method!r}")
+    if not cfg.speedup > 0:
+        raise ValueError(f"speedup must be positive, not {cfg.speedup}")
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console(file=sys.stderr)
+    step = _Steps(console, 7)
+    device = get_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    _, test = load_mnist()
+    eval_set = torch.utils.data.Subset(test, range(min(cfg.eval_images, len(test))))
+    timings: dict = {}
+
+    # 1. dense model --------------------------------------------------------------------------------------
+    step(f"dense {cfg.model} on MNIST ({cfg.dense_epochs} epochs, cached after the first run)")
+    t = time.perf_counter()
+    dense_cfg = PipelineConfig(model=cfg.model, method="none", epochs=cfg.dense_epochs, seed=cfg.seed,
+                               max_steps=cfg.max_steps, progress=cfg.progress, cache_dir=cfg.cache_dir,
+                               out=out / "dense")
+    dense_res = run_pipeline(dense_cfg)
+    dense_ckpt = dense_res["dense_checkpoint"]
+    timings["dense_s"] = time.perf_counter() - t
+
+    # 2. co-optimization ------------------------------------------------------------------------------------
+    step(f"co-optimize hardware x keep ratios for {device.name}")
+    t = time.perf_counter()
+    ev = CostEvaluator(cfg.model, method=cfg.method, device=device,
+                       keep_space=default_keep_space(cfg.method, 3, low=0.3, step=cfg.keep_step))
+    if cfg.target_latency_ms is None:
+        ones = tuple(1.0 for _ in ev.sels)
+        g = ev.grid(points=[ones])
+        fastest_dense = float(g.latency_ms[g.fits, 0].min()) if g.fits.any() else None
+        if fastest_dense is None:
+            raise ValueError(f"no hardware configuration of the space fits {device.name}")
+        target = fastest_dense / cfg.speedup
+        target_note = f"fastest dense design that fits ({fastest_dense:.4g} ms) / {cfg.speedup:g}"
+    else:
+        target, target_note = float(cfg.target_latency_ms), "given"
+    result = co_optimize(cfg.model, method=cfg.method, device=device, target_latency_ms=target,
+                         progress=cfg.progress, evaluator=ev)
+    if not result.feasible:
+        raise ValueError(result.summary["message"])
+    chosen = result.chosen
+    hw = chosen["hw"]
+    keep = tuple(chosen["keep"]["point"])
+    # measured accuracy (dense weights, before fine-tuning) at the latency-accuracy frontier, for the plot
+    dense_evit = create_model(cfg.model, method=cfg.method)
+    load_checkpoint(dense_evit, dense_ckpt, strict=False)
+    oracle = MeasuredAccuracy(dense_evit, eval_set, images=len(eval_set))
+    frontier = sorted(result.front, key=lambda p: p["latency_ms"])
+    pick = np.unique(np.linspace(0, len(frontier) - 1, min(10, len(frontier))).round().astype(int))
+    measured = [(frontier[i]["latency_ms"], oracle.at(frontier[i]["keep"]["point"])) for i in pick]
+    report_dir = out / "coopt"
+    write_report(result, report_dir, measured=measured, extra_sections=[
+        "Red points: top-1 accuracy measured on MNIST test images at front points, with the dense weights "
+        "(before fine-tuning)."])
+    (report_dir / "coopt.json").write_text(json.dumps(result.summary, indent=1, default=_json))
+    timings["coopt_s"] = time.perf_counter() - t
+
+    # 3. fine-tuning with the latency budget ---------------------------------------------------------------
+    step(f"fine-tune {cfg.method} at keep {list(keep)} with the latency budget ({target:.4g} ms)")
+    t = time.perf_counter()
+    hw_cfg = HwConfig(lanes=hw["lanes"], heads_parallel=hw["heads_parallel"], linear_lanes=hw["linear_lanes"],
+                      selector_lanes=hw["selector_lanes"], softmax=hw["softmax"])
+    plan = LatencyPlan(device=device.name, hw=hw_cfg, target_ms=target, clock_mhz=hw["clock_mhz"], stage_keep=keep)
+    ft_cfg = PipelineConfig(model=cfg.model, method=cfg.method, keep_ratio=max(keep), epochs=cfg.finetune_epochs,
+                            seed=cfg.seed, max_steps=cfg.max_steps, progress=cfg.progress, cache_dir=cfg.cache_dir,
+                            dense_checkpoint=Path(dense_ckpt), out=out / "finetune", budget_plan=plan)
+    ft = run_pipeline(ft_cfg)
+    model = create_model(cfg.model, method=cfg.method, keep_ratio=max(keep))
+    load_checkpoint(model, ft["checkpoint"], strict=True)
+    set_keep_point(model, cfg.method, keep)
+    model.eval()
+    timings["finetune_s"] = time.perf_counter() - t
+    cost = ModelCost(model, hw_cfg)
+    model_cycles = cost.cycles()
+
+    # 4. quantization ---------------------------------------------------------------------------------------
+    step("quantize to the integer-only model (int8 weights and activations, int16 residual)")
+    t = time.perf_counter()
+    from tokensift.quant.integer_model import IntegerViT
+    from tokensift.quant.softmax import SoftmaxParams
+
+    train, _ = load_mnist()
+    calib = torch.utils.data.DataLoader(train, batch_size=64, shuffle=False)
+    iv = IntegerViT.from_float(model, calib, num_batches=cfg.calib_batches,
+                               softmax=SoftmaxParams(variant=hw["softmax"]))
+    acc_float_dense = _accuracy(_dense(cfg, dense_ckpt), eval_set)
+    acc_float = _accuracy(model, eval_set)
+    acc_int8 = iv.evaluate(eval_set)
+    timings["quantize_s"] = time.perf_counter() - t
+
+    # 5. Verilog -----------------------------------------------------------------------------------------------
+    step("generate the Verilog of the chosen attention core and token selector")
+    from dataclasses import asdict as _asdict
+
+    from tokensift.coopt.sim_real import (
+        attention_hw_params,
+        capture_block,
+        selector_hw_params,
+        simulate_block,
+    )
+    from tokensift.hw.attention import Attention
+    from tokensift.hw.manifest import write_outputs
+    from tokensift.hw.selector import Selector
+
+    stages = [i for i, blk in enumerate(iv.blocks) if blk.selector is not None]
+    block = stages[0] if stages else 0
+    ap = attention_hw_params(iv, block, lanes=hw["lanes"], heads_parallel=hw["heads_parallel"])
+    sp = selector_hw_params(iv, lanes=hw["selector_lanes"])
+    verilog = {
+        "attention": write_outputs(Attention(params=ap), toplevel="tokensift_attention", block="attention",
+                                   parameters=ap.to_dict(), out_dir=out / "verilog" / "attention")["files"],
+        "selector": write_outputs(Selector(**_asdict(sp)), toplevel="tokensift_selector", block="selector",
+                                  parameters=_asdict(sp), out_dir=out / "verilog" / "selector")["files"],
+    }
+    synth = None
+    if cfg.synth:
+        synth = _synthesize(ap, sp, device.family)
+
+    # 6. cycle-accurate simulation of real images ---------------------------------------------------------
+    n_sim = min(cfg.sim_images, len(test))
+    step(f"simulate block {block} (attention + selector) on {n_sim} real MNIST test images in Verilator")
+    t = time.perf_counter()
+    images = torch.stack([test[i][0] for i in range(n_sim)])
+    cap = capture_block(iv, images, block)
+    sim = simulate_block(iv, cap, lanes=hw["lanes"], heads_parallel=hw["heads_parallel"],
+                         selector_lanes=hw["selector_lanes"], work_dir=out / "sim")
+    timings["simulate_s"] = time.perf_counter() - t
+
+    # 7. the table ----------------------------------------------------------------------------------------
+    step("summary")
+    n_block = int(cap.q.shape[2])
+    model_attn = cost.attention_cycles(n_block)
+    selector_formula = None
+    if "selector" in sim:
+        from tokensift.hw.selector import cycles as selector_cycles
+        from tokensift.quant.select import Mode
+
+        kept = 1 + cap.keep
+        selector_formula = selector_cycles(sp, n_tokens=n_block, kept=kept, mode=Mode.TOPK, package=True)
+    latency_ms = model_cycles / (hw["clock_mhz"] * 1e3)
+    summary = {
+        "device": device.as_dict(),
+        "model": cfg.model,
+        "method": cfg.method,
+        "target_latency_ms": target,
+        "target": target_note,
+        "accuracy": {"float_dense": acc_float_dense, "float_pruned": acc_float, "int8_pruned": acc_int8,
+                     "images": len(eval_set)},
+        "keep": {"per_stage": list(keep), "tokens": chosen["keep"]["tokens"]},
+        "hw": hw,
+        "cycles": model_cycles,
+        "latency_ms": latency_ms,
+        "fps": 1e3 / latency_ms,
+        "meets_target": latency_ms <= target * (1 + 1e-12),
+        "latency_report": ft.get("latency"),
+        "resources": chosen["resources"],
+        "utilization": chosen["utilization"],
+        "resource_model": chosen["resource_model"],
+        "units": chosen["units"],
+        "synthesized": synth,
+        "coopt": {k: result.summary[k] for k in ("search", "pareto_size", "message")},
+        "simulation": {**sim, "model_attention_cycles": model_attn, "selector_formula_cycles": selector_formula},
+        "bit_exact": bool(sim["attention"]["bit_exact"] and sim.get("selector", {"bit_exact": True})["bit_exact"]),
+        "verilog": verilog,
+        "dense_checkpoint": dense_ckpt,
+        "checkpoint": ft["checkpoint"],
+        "report": str(report_dir / "report.md"),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "timings"},
+    }
+    timings["total_s"] = time.perf_counter() - t_start
+    summary["timings"] = timings
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json))
+    (out / "table.txt").write_text(render_table(summary) + "\n")
+    return summary
+
+
+def _dense(cfg: DemoConfig, ckpt):
+    from tokensift.sw.checkpoint import load_checkpoint
+    from tokensift.sw.registry import create_model
+
+    m = create_model(cfg.model)
+    load_checkpoint(m, ckpt, strict=True)
+    return m.eval()
+
+
+def _synthesize(ap, sp, family: str) -> dict:
+    from dataclasses import asdict
+
+    from tokensift.hw.attention import Attention
+    from tokensift.hw.selector import Selector
+    from tokensift.hw.synth import synthesize
+
+    out = {}
+    for name, comp in (("attention", Attention(params=ap)), ("selector", Selector(**asdict(sp)))):
+        r = synthesize(comp, family=family, top=f"tokensift_{name}")
+        out[name] = {k: r[k] for k in ("dsp", "bram18", "bram36", "ebr", "lut", "ff") if k in r}
+    return out
+
+
+def _json(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def render_table(s: dict) -> str:
+    """The demo's one table, as text."""
+    acc = s["accuracy"]
+    sim = s["simulation"]
+    hw = s["hw"]
+    rows = [
+        ("device", f"{s['device']['name']} ({s['device']['part']}), {hw['clock_mhz']:g} MHz"),
+        ("target", f"{s['target_latency_ms']:.4g} ms per image ({s['target']})"),
+        ("accuracy float, dense", f"{100 * acc['float_dense']:.2f}% ({acc['images']} MNIST test images)"),
+        ("accuracy float, pruned", f"{100 * acc['float_pruned']:.2f}%"),
+        ("accuracy int8, pruned", f"{100 * acc['int8_pruned']:.2f}% (integer-only model)"),
+        ("keep ratios per stage", ", ".join(f"{r:g}" for r in s["keep"]["per_stage"])),
+        ("tokens per layer", ", ".join(str(n) for n in s["keep"]["tokens"])),
+        ("hardware", f"attention {hw['lanes']} lanes x {hw['heads_parallel']} cores ({hw['softmax']}), linear "
+                     f"{hw['linear_lanes']} lanes, selector {hw['selector_lanes']} lanes"),
+        ("cycles per image (cost model)", f"{s['cycles']:,}"),
+        ("latency", f"{s['latency_ms']:.4g} ms ({s['fps']:.4g} fps): "
+                    f"{'meets' if s['meets_target'] else 'misses'} the target"),
+        (f"block {sim['block']} attention, simulated", f"{sim['attention']['cycles'][0]:,} cycles per image "
+                                                         f"(cost model {sim['model_attention_cycles']:,})"),
+    ]
+    if "selector" in sim:
+        rows.append((f"block {sim['block']} selector, simulated",
+                     f"{sim['selector']['cycles'][0]:,} cycles per frame (formula {sim['selector_formula_cycles']:,})"))
+    frames = sim["attention"]["frames"] + sim.get("selector", {}).get("frames", 0)
+    rows.append(("bit-exact vs integer model", f"{'yes' if s['bit_exact'] else 'NO'} ({frames} frames of "
+                                                f"{sim['images']} real images)"))
+    for k, u in s["utilization"].items():
+        cap = s["device"].get(k)
+        if not cap:
+            continue
+        rows.append((k.upper(), f"{s['resources'][k]} of {cap} ({100 * u:.1f}%)"))
+    if s["resource_model"] == "hard-blocks-only":
+        rows.append(("LUT", "not estimated (LUT/FF fit or attention resource model missing in this checkout)"))
+    if s.get("synthesized"):
+        for name, r in s["synthesized"].items():
+            rows.append((f"Yosys {name}", ", ".join(f"{k} {v}" for k, v in r.items())))
+    rows.append(("wall time", f"{s['timings']['total_s']:.0f} s"))
+    width = max(len(a) for a, _ in rows)
+    line = "+" + "-" * (width + 2) + "+" + "-" * (max(len(b) for _, b in rows) + 2) + "+"
+    body = [line] + [f"| {a.ljust(width)} | {b.ljust(len(line) - width - 7)} |" for a, b in rows] + [line]
+    return "\n".join(body)

@@ -1,0 +1,195 @@
+"""Real frames from the integer model, through the cycle-accurate simulation of the generated blocks.
+
+:func:`capture_block` runs :class:`tokensift.quant.integer_model.IntegerViT` up to block ``b`` on a few
+images and keeps what the accelerator's blocks see there: each head's int8 Q, K, V (the attention core's
+input), the integer model's own attention outputs and class rows, and -- for an EViT stage in that block --
+the token scores, the residual tokens and the tokens the integer model keeps. :func:`simulate_block` writes
+them to an ``.npz``, runs the attention core and the token selector in Verilator
+(:mod:`tokensift.coopt.tb_real`) and checks the chain **hardware == quant reference == integer model**:
+
+* hardware == :func:`tokensift.quant.attention.attention_head` / :func:`tokensift.quant.select.select_frame`
+  (the testbenches, 0 LSB),
+* reference == the integer model's values (here: its attention outputs and class rows per head; its kept
+  tokens and its fused token ``fit(round_shift(package * mass, score_frac))``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["BlockCapture", "capture_block", "attention_hw_params", "selector_hw_params", "simulate_block",
+           "forward_features"]
+
+
+@dataclass
+class BlockCapture:
+    block: int
+    q: np.ndarray            # (images, heads, N, head_dim)
+    k: np.ndarray
+    v: np.ndarray
+    attn_out: np.ndarray     # (images, N, C) the integer model's attention output (before proj)
+    cls_rows: np.ndarray     # (images, heads, N)
+    scores: np.ndarray | None = None     # (images, N) EViT token scores
+    features: np.ndarray | None = None   # (images, N, C) residual tokens entering the selector
+    keep: int | None = None              # patch tokens kept
+    selected: np.ndarray | None = None   # (images, kept + 1 + fused, C) what the integer model keeps
+
+
+def _block_step(iv, x, i: int, blk, capture: bool):
+    from tokensift.quant.gelu import gelu_int
+    from tokensift.quant.layernorm import layernorm_int
+
+    c = iv.counter
+    site = f"blocks.{i}"
+    h = layernorm_int(x, blk.norm1, counter=c, site=f"{site}.norm1")
+    qkv = None
+    if capture:
+        B, N, C = h.shape
+        qkv = blk.qkv(h, counter=c, site=f"{site}.qkv").reshape(B, N, 3, blk.num_heads, C // blk.num_heads)
+    o, cls_rows = iv.attention(h, blk, site)
+    x = iv.res.fit(x + blk.proj(o, counter=c, site=f"{site}.proj"), counter=c, site=f"{site}.res1")
+    before_select = x
+    if blk.selector is not None:
+        x = iv.select(x, cls_rows, blk.selector, blk.attn.softmax.prob_frac)
+    selected = x
+    h = layernorm_int(x, blk.norm2, counter=c, site=f"{site}.norm2")
+    f = blk.fc1(h, counter=c, site=f"{site}.fc1")
+    g = gelu_int(f, blk.gelu, counter=c, site=f"{site}.gelu")
+    x = iv.res.fit(x + blk.fc2(g, counter=c, site=f"{site}.fc2"), counter=c, site=f"{site}.res2")
+    return x, (qkv, o, cls_rows, before_select, selected)
+
+
+def forward_features(iv, images) -> np.ndarray:
+    """The integer model's forward pass, block by block as :func:`capture_block` runs it (equal to
+    :meth:`IntegerViT.forward_features`; the tests check it)."""
+    x = iv.embed(images)
+    for i, blk in enumerate(iv.blocks):
+        x, _ = _block_step(iv, x, i, blk, capture=False)
+    return x
+
+
+def capture_block(iv, images, block: int) -> BlockCapture:
+    """What the attention core and the selector of ``block`` see for ``images`` (see the module docstring)."""
+    from tokensift.quant.integer_model import HEAD_WEIGHT_FRAC
+    from tokensift.quant.select import SCORE_FORMAT, head_weighted_scores
+
+    if not 0 <= block < len(iv.blocks):
+        raise ValueError(f"block must be between 0 and {len(iv.blocks) - 1}, not {block}")
+    x = iv.embed(images)
+    for i, blk in enumerate(iv.blocks[:block]):
+        x, _ = _block_step(iv, x, i, blk, capture=False)
+    blk = iv.blocks[block]
+    _, (qkv, o, cls_rows, before, selected) = _block_step(iv, x, block, blk, capture=True)
+    cap = BlockCapture(block=block, q=np.ascontiguousarray(qkv[:, :, 0].transpose(0, 2, 1, 3)),
+                       k=np.ascontiguousarray(qkv[:, :, 1].transpose(0, 2, 1, 3)),
+                       v=np.ascontiguousarray(qkv[:, :, 2].transpose(0, 2, 1, 3)), attn_out=o, cls_rows=cls_rows)
+    if blk.selector is not None:
+        H = cls_rows.shape[1]
+        weights = np.full(H, (1 << HEAD_WEIGHT_FRAC) // H, dtype=np.int64)
+        cap.scores = np.stack([head_weighted_scores(cls_rows[b], weights, attn_frac=blk.attn.softmax.prob_frac,
+                                                    importance_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT)
+                               for b in range(len(cls_rows))])
+        cap.features = before
+        cap.keep = blk.selector.num_keep(before.shape[1] - 1)
+        cap.selected = selected
+    return cap
+
+
+def attention_hw_params(iv, block: int, *, lanes: int, heads_parallel: int):
+    """The integer model's attention parameters of ``block`` on the chosen hardware (lanes, cores)."""
+    return replace(iv.blocks[block].attn, lanes=lanes, heads_parallel=heads_parallel)
+
+
+def selector_hw_params(iv, *, lanes: int):
+    """A selector for the integer model's residual tokens (``res.bits``-wide features) and its scores."""
+    from tokensift.quant.select import SCORE_FORMAT, SelectorParams
+
+    dim = iv.pos.shape[1]
+    return SelectorParams(n_max=iv.pos.shape[0] + 1, dim=dim, score_bits=SCORE_FORMAT.bits,
+                          feature_bits=iv.res.bits, lanes=lanes, package=True)
+
+
+def _check_attention_reference(cap: BlockCapture, params) -> int:
+    """Mismatching values between attention_head (on ``params``) and the integer model's own outputs."""
+    from tokensift.quant.attention import attention_head
+
+    bad = 0
+    B, H, N, hd = cap.q.shape
+    for b in range(B):
+        for h in range(H):
+            out, row = attention_head(cap.q[b, h], cap.k[b, h], cap.v[b, h], params)
+            bad += int(np.count_nonzero(out != cap.attn_out[b, :, h * hd:(h + 1) * hd]))
+            bad += int(np.count_nonzero(row != cap.cls_rows[b, h]))
+    return bad
+
+
+def _check_selector_reference(cap: BlockCapture, params, iv) -> int:
+    """Mismatches between select_frame and what the integer model kept (tokens and fused token)."""
+    from tokensift.quant.fixed import round_shift
+    from tokensift.quant.select import SCORE_FORMAT, Mode, select_frame
+
+    bad = 0
+    for b in range(len(cap.scores)):
+        ref = select_frame(params, cap.scores[b], cap.features[b], mode=Mode.TOPK, k=cap.keep, package=True)
+        rows = cap.selected[b]
+        kept = rows[:ref.n_kept]
+        bad += int(np.count_nonzero(kept != ref.tokens)) + abs(len(rows) - ref.n_kept - 1) * rows.shape[1]
+        if ref.package is not None:
+            mass = int(cap.scores[b][~ref.mask].sum())
+            fused = iv.res.fit(round_shift(ref.package * mass, SCORE_FORMAT.frac))
+            bad += int(np.count_nonzero(fused != rows[ref.n_kept]))
+    return bad
+
+
+def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, selector_lanes: int,
+                   work_dir: Path, build_root: Path | None = None) -> dict:
+    """Run the captured frames through Verilator; return bit-exactness and cycles of both blocks."""
+    import os
+
+    from tokensift.sim.attention_harness import TOPLEVEL, harness_for, verilator_setup
+    from tokensift.sim.runner import run_cocotb
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if build_root is not None:
+        os.environ.setdefault("TOKENSIFT_BUILD", str(build_root))
+    out: dict = {"block": cap.block, "images": int(cap.q.shape[0])}
+    ap = attention_hw_params(iv, cap.block, lanes=lanes, heads_parallel=heads_parallel)
+    out["attention_reference_mismatches"] = _check_attention_reference(cap, ap)
+    frames = work_dir / f"attention_block{cap.block}.npz"
+    np.savez(frames, q=cap.q, k=cap.k, v=cap.v)
+    with verilator_setup():
+        res = run_cocotb(harness_for(ap, frames=cap.q.shape[1]), toplevel=TOPLEVEL,
+                         test_module="tokensift.coopt.tb_real", testcase="attention_frames",
+                         params={"params": ap.to_dict(), "frames_file": str(frames)})
+    runs = res.report.get("runs", [])
+    out["attention"] = {
+        "params": ap.to_dict(), "frames": sum(r["frames"] for r in runs),
+        "mismatches": sum(r["o_mismatches"] + r["s_mismatches"] + r["flag_mismatches"] for r in runs),
+        "cycles": [r["cycles"] for r in runs], "expected_cycles": [r["expected_cycles"] for r in runs],
+        "build_dir": str(res.build_dir), "wall_s": res.wall_s,
+    }
+    out["attention"]["bit_exact"] = bool(runs) and out["attention"]["mismatches"] == 0 \
+        and out["attention_reference_mismatches"] == 0
+    if cap.scores is not None:
+        from dataclasses import asdict
+
+        from tokensift.hw.selector import Selector
+
+        sp = selector_hw_params(iv, lanes=selector_lanes)
+        out["selector_reference_mismatches"] = _check_selector_reference(cap, sp, iv)
+        frames = work_dir / f"selector_block{cap.block}.npz"
+        np.savez(frames, scores=cap.scores, features=cap.features, k=np.full(len(cap.scores), cap.keep))
+        with verilator_setup("tokensift_selector"):  # (big selectors need its precompiled-header fix too)
+            res = run_cocotb(Selector(**asdict(sp)), toplevel="tokensift_selector",
+                             test_module="tokensift.coopt.tb_real", testcase="selector_frames",
+                             params={"params": asdict(sp), "frames_file": str(frames)})
+        r = res.report
+        out["selector"] = {"params": asdict(sp), "frames": len(cap.scores), "kept": r.get("kept"),
+                           "cycles": r.get("cycles"), "expected_cycles": r.get("expected_cycles"),
+                           "build_dir": str(res.build_dir), "wall_s": res.wall_s,
+                           "bit_exact": r.get("error") is None and out["selector_reference_mismatches"] == 0}
+    return out

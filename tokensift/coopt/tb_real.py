@@ -1,0 +1,97 @@
+"""cocotb testbenches that run *real* frames -- a trained integer model's Q/K/V and token scores -- through
+the attention core (:class:`tokensift.sim.attention_harness.AttentionHarness`, bulk mode) and the token
+selector (:class:`tokensift.hw.selector.Selector`), checked bit for bit against :mod:`tokensift.quant`.
+
+Parameters (``tb_params()``): ``params`` (the block's parameters as a dict) and ``frames_file``, an ``.npz``
+written by :mod:`tokensift.coopt.sim_real`:
+
+* ``attention_frames``: arrays ``q``, ``k``, ``v`` of shape (images, heads, N, head_dim); each image's
+  heads go back to back as one bulk run; the report holds each run's mismatches, measured cycles and the
+  cycle model's.
+* ``selector_frames``: arrays ``scores`` (images, N), ``features`` (images, N, dim), ``k`` (images,); the
+  frames go back to back; the report holds the kept indices, the package tokens and each frame's period
+  next to the cycle model's.
+"""
+
+from __future__ import annotations
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles
+
+from tokensift.sim.runner import tb_params, tb_report
+
+
+def _load():
+    t = tb_params()
+    with np.load(t["frames_file"]) as f:
+        data = {k: f[k] for k in f.files}
+    return t, data
+
+
+@cocotb.test()
+async def attention_frames(dut):
+    from tokensift.hw.attention_cost import cycles as expected_cycles
+    from tokensift.hw.attention_layout import encode_frame
+    from tokensift.quant.attention import AttentionParams
+    from tokensift.sim.streams import reset
+    from tokensift.sim.tb_attention import Scoreboard, bulk_run
+
+    t, data = _load()
+    p = AttentionParams.from_dict(t["params"])
+    for name in ("bulk", "start", "in_beats", "o_expected", "s_expected", "i_stream__valid", "o_stream__ready",
+                 "s_stream__ready"):
+        getattr(dut, name).value = 0
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns", impl="gpi").start())
+    await reset(dut)
+    q, k, v = data["q"], data["k"], data["v"]
+    runs, core = [], 0
+    for img in range(q.shape[0]):
+        sb = Scoreboard(p, first_core=core)
+        frames = []
+        for h in range(q.shape[1]):
+            sb.add(q[img, h], k[img, h], v[img, h])
+            frames.append(encode_frame(q[img, h], k[img, h], v[img, h], p))
+        dut.o_expected.value = sb.o_beats
+        dut.s_expected.value = sb.s_beats
+        ns = [int(q.shape[2])] * q.shape[1]
+        expected = expected_cycles(p, n_tokens=ns)
+        r = await bulk_run(dut, p, frames, timeout_cycles=4 * expected + 1000)
+        check = sb.check(r["o_words"], r["s_words"])
+        core = sb.next_core
+        runs.append({"image": img, "frames": len(frames), "tokens": ns[0], **check, "cycles": r["cycles"],
+                     "expected_cycles": expected, "overflows_ref": sb.counter.total})
+        tb_report(runs=runs)
+    bad = [r for r in runs if r["o_mismatches"] or r["s_mismatches"] or r["flag_mismatches"]]
+    assert not bad, f"attention outputs differ from quant.attention_head: {bad}"
+
+
+@cocotb.test()
+async def selector_frames(dut):
+    from tokensift.quant.select import Mode, SelectorParams
+    from tokensift.sim.streams import reset, start_clock
+    from tokensift.sim.tb_selector import Harness, expected_cycles, make_frame
+
+    t, data = _load()
+    p = SelectorParams(**t["params"])
+    rng = np.random.default_rng(0)  # unused: every frame carries its own scores and features
+    frames = [make_frame(p, rng, n=int(data["scores"].shape[1]), mode=Mode.TOPK, k=int(data["k"][i]),
+                         package=p.package, scores=data["scores"][i], features=data["features"][i])
+              for i in range(data["scores"].shape[0])]
+    start_clock(dut)
+    h = Harness(dut, p, seed=0)
+    await reset(dut)
+    h.send(frames)
+    error = None
+    try:
+        beats = await h.check(frames)
+    except AssertionError as exc:
+        error, beats = str(exc), 0
+    await ClockCycles(dut.clk, 4)
+    measured = h.periods(len(frames)) if error is None else []
+    tb_report(beats=beats, error=error, cycles=measured, expected_cycles=[expected_cycles(p, f) for f in frames],
+              kept=[int(f["ref"].n_kept) for f in frames],
+              indices=[f["ref"].indices.tolist() for f in frames],
+              package=[None if f["ref"].package is None else f["ref"].package.tolist() for f in frames])
+    assert error is None, error
