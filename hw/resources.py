@@ -33,7 +33,10 @@ from dataclasses import dataclass, fields
 from functools import cache
 from importlib import resources as importlib_resources
 
+from tokensift.errors import TokensiftError
+
 __all__ = [
+    "MissingFitError",
     "FAMILIES",
     "Family",
     "Resources",
@@ -408,6 +411,10 @@ def mux_luts(ways: int, bits: int, *, family: str) -> int:
 
 
 # -- fitted LUT / FF coefficients ------------------------------------------------------------------------
+class MissingFitError(TokensiftError, LookupError):
+    """No fitted LUT/FF coefficients for a block and family (run ``bench/fit_cost_model.py``)."""
+
+
 @cache
 def _fit_table() -> dict:
     path = importlib_resources.files("tokensift") / "data" / "lut_ff_fit.json"
@@ -427,8 +434,8 @@ def lut_ff_coefficients(block: str, family: str) -> dict:
     try:
         return table[block][family]
     except KeyError:
-        raise LookupError(f"no fitted LUT/FF coefficients for block {block!r} on {family}; "
-                          f"run `python bench/fit_cost_model.py`") from None
+        raise MissingFitError(f"no fitted LUT/FF coefficients for block {block!r} on {family}; "
+                              f"run `python bench/fit_cost_model.py`") from None
 
 
 def fitted(block: str, family: str, features: dict[str, float]) -> tuple[float, float]:

@@ -104,13 +104,13 @@ def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | 
         cost = ModelCost.from_name(model, method=method, keep_ratio=keep, hw=hw)
     except (ValueError, TypeError) as exc:
         raise InvalidArgumentError(str(exc)) from None
+    from tokensift.hw.resources import MissingFitError
+
     try:
         units = cost.units(dev.family)
-    except ModuleNotFoundError as exc:
-        if exc.name != "tokensift.hw.attention_resources":
-            raise
-        raise NotYetAvailableError("'tokensift estimate' of a whole model needs the attention block's resource "
-                                   "model, which is not implemented yet in this version of tokensift") from None
+    except MissingFitError as exc:
+        raise NotYetAvailableError(f"'tokensift estimate' of a whole model needs every block's LUT/FF fit ({exc}), "
+                                   f"which is not implemented yet in this version of tokensift") from None
     total = sum(units.values(), start=units["linear"] * 0)
     used = total.as_dict(dev.family)
     util, fits, problems = check_fit(used, dev)
