@@ -7,6 +7,7 @@ DynamicViT at rho = 0.9 / 0.8 / 0.7 and EViT at 0.7 with the dense model as teac
     .venv/bin/python bench/sw_results.py            # about an hour on 2 busy CPU cores
     .venv/bin/torchrun --nproc-per-node 2 bench/sw_results.py    # the same recipe over 2 processes (DDP)
     .venv/bin/python bench/sw_results.py --quick    # a few steps per stage, to check the script
+    .venv/bin/python bench/sw_results.py --tables   # the README tables from the recorded JSON files
 """
 
 from __future__ import annotations
@@ -37,6 +38,24 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def speed_markdown(speed: dict) -> str:
+    lines = ["| batch | model | GFLOPs | images/s | FLOPs ratio | measured speedup | speedup / FLOPs ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for r in speed["rows"]:
+        lines.append(f"| {r['batch']} | {r['model']} | {r['gflops']:.2f} | {r['images_per_s']:.2f} | "
+                     f"{r['flops_ratio']:.2f}x | {r['speedup']:.2f}x | {r['efficiency']:.2f} |")
+    return "\n".join(lines)
+
+
+def tables(results_path: Path, speed_path: Path) -> str:
+    """The README's tables, rendered from the recorded JSON files."""
+    res = json.loads(results_path.read_text())
+    out = [markdown(res["runs"]), ""]
+    if speed_path.is_file():
+        out.append(speed_markdown(json.loads(speed_path.read_text())))
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps per stage (checks the script)")
@@ -45,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--dense-epochs", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the recipe's)")
+    parser.add_argument("--tables", action="store_true",
+                        help="only print the README tables from the recorded sw_results.json and sw_speed.json")
     args = parser.parse_args(argv)
+    if args.tables:
+        print(tables(args.out, Path(__file__).with_name("sw_speed.json")))
+        return 0
     rows = []
     t0 = time.time()
     for method, keep in RUNS:
