@@ -28,6 +28,7 @@ from tokensift.hw.attention_layout import (
     score_layout,
     status_layout,
 )
+from tokensift.hw.mac_array import mul_const
 from tokensift.quant.attention import AttentionParams
 from tokensift.quant.softmax import SoftmaxParams, SoftmaxVariant
 
@@ -107,7 +108,7 @@ class Attention(wiring.Component):
         with m.If(taken):
             with m.Switch(state):
                 with m.Case(_FRONT_HEADER):
-                    m.d.sync += remaining.eq(hdr_n * (3 * p.chunks))
+                    m.d.sync += remaining.eq(mul_const(hdr_n, 3 * p.chunks))
                     with m.If(n_ok):
                         m.d.sync += [state.eq(_FRONT_FORWARD), error.eq(0)]
                     with m.Else():

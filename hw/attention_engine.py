@@ -30,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 
 from tokensift.hw.attention_layout import input_layout, output_layout, score_layout
 from tokensift.hw.kv_buffer import RowBuffer
-from tokensift.hw.mac_array import MODE_DOT, MODE_VEC, MacArray
+from tokensift.hw.mac_array import MODE_DOT, MODE_VEC, MacArray, mul_const
 from tokensift.hw.requant import Requantizer
 from tokensift.hw.softmax_unit import ProbNormalizer, SoftmaxUnit
 from tokensift.quant.attention import AttentionParams
@@ -111,7 +111,7 @@ class AttentionEngine(wiring.Component):
         m.d.comb += self.i_stream.ready.eq(~computing)
         with m.If(i_ok & ~loading):  # header
             hdr_n = self.i_stream.payload.header.n_tokens[: len(n)]
-            m.d.sync += [n.eq(hdr_n), n_chunks.eq(hdr_n * chunks), chunk_len.eq(Mux(hdr_n > lanes, hdr_n, lanes)),
+            m.d.sync += [n.eq(hdr_n), n_chunks.eq(mul_const(hdr_n, chunks)), chunk_len.eq(Mux(hdr_n > lanes, hdr_n, lanes)),
                          loading.eq(1), region.eq(0), load_addr.eq(0)]
         row = self.i_stream.payload.row
         m.d.comb += [qbuf.w_data.eq(row), kvbuf.w_data.eq(row),

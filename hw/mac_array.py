@@ -19,7 +19,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-__all__ = ["MacArray", "MODE_DOT", "MODE_VEC"]
+__all__ = ["MacArray", "MODE_DOT", "MODE_VEC", "mul_const"]
 
 MODE_DOT = 0
 MODE_VEC = 1
@@ -30,6 +30,13 @@ def _check(name, value, low, high):
         raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+
+
+def mul_const(value, k: int):
+    """``value * k`` for a constant ``k >= 0`` as a sum of shifts: bookkeeping products (row counts times
+    chunks) stay in logic instead of taking a DSP slice from the MAC array's budget."""
+    terms = [value << bit for bit in range(k.bit_length()) if (k >> bit) & 1]
+    return sum(terms[1:], terms[0]) if terms else value & 0
 
 
 class MacArray(wiring.Component):

@@ -354,6 +354,20 @@ class TestEngine:
         assert res["last_out"] - res["first_in"] == cycles(p, n_tokens=n)
 
 
+    def test_sim_heavy_backpressure(self):
+        # consumers ready one cycle in ten: the class FIFO fills, output credits run out, the array waits
+        p = AttentionParams(n_max=6, head_dim=8, lanes=2)
+        rng = np.random.default_rng(9)
+        frames = [_frame(rng, n, p) for n in (6, 3)]
+        res = stream_frames(AttentionEngine(p), [encode_frame(*f, p) for f in frames], o_beats=9 * p.chunks,
+                            s_beats=9, idle=0.5, stall=0.9, seed=2)
+        expect = [attention_head(*f, p) for f in frames]
+        assert decode_rows([w & 0xFFFF for w in res["o"]], p).tolist() == np.concatenate(
+            [o for o, _ in expect]).tolist()
+        assert [w & 0xFFFF for w in res["s"]] == np.concatenate([c for _, c in expect]).tolist()
+        assert res["last_out"] - res["first_in"] > cycles(p, n_tokens=[6, 3])  # the stalls cost cycles
+
+
 class TestAttention:
     def test_init(self):
         dut = Attention(n_max=197, head_dim=64, lanes=16)
@@ -454,6 +468,17 @@ class TestHarness:
             [o for o, _ in expect]).tolist()
         assert [w & 0xFFFF for w in got["s"]] == np.concatenate([c for _, c in expect]).tolist()
         assert got["cycles"] == cycles(p, n_tokens=[4, 2])
+
+    @pytest.mark.parametrize("kwargs, exc, message", [
+        ({"in_depth": 0}, ValueError, r"^in_depth must be a positive integer, not 0$"),
+        ({"params": {}}, TypeError, r"^params must be an AttentionParams, not dict$"),
+    ])
+    def test_init_wrong(self, kwargs, exc, message):
+        from tokensift.sim.attention_harness import AttentionHarness
+
+        base = {"params": AttentionParams(n_max=2, head_dim=2, lanes=2), "in_depth": 4, "o_depth": 4, "s_depth": 4}
+        with pytest.raises(exc, match=message):
+            AttentionHarness(**{**base, **kwargs})
 
     def test_internal_clock_instance(self):
         from amaranth.back import verilog

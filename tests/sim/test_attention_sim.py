@@ -79,6 +79,6 @@ def test_wrong_reference_fails():
 def test_attention_bigger(cfg):
     p = AttentionParams(**cfg)
     runs = [{"ns": [n]} for n in (1, 2, 7, p.n_max // 2, p.n_max - 1, p.n_max)] + [{"ns": [p.n_max] * 2}]
-    report = run_attention(p, settings={"runs": runs, "frames": 3}, seed=5).report
+    report = run_attention(p, settings={"runs": runs}, seed=5).report
     for r in report["bulk"]:
         assert (r["o_mismatches"], r["s_mismatches"], r["cycles"]) == (0, 0, r["expected_cycles"]), r
