@@ -90,12 +90,13 @@ def test_heads_have_independent_predictors_and_each_gets_its_own_gradient():
     assert len({id(p["in_conv.1.weight"]) for p in params}) == 4
     assert not torch.equal(params[0]["in_conv.1.weight"], params[1]["in_conv.1.weight"])
     x = torch.randn(2, 10, 64)
-    mixed, probs, weights = pred(x, torch.ones(2, 10, 1))
-    assert probs.shape == (2, 4, 10) and weights.shape == (2, 4)
+    mixed, logits, weights = pred(x, torch.ones(2, 10, 1))
+    assert logits.shape == (2, 4, 10) and weights.shape == (2, 4)
     assert ((weights > 0) & (weights < 1)).all()
-    expected = (weights[:, :, None] * probs).sum(1) / weights.sum(1, keepdim=True)
-    torch.testing.assert_close(mixed, expected)
-    probs[:, 2].sum().backward()  # only head 2's predictor sees this gradient
+    lp = pred.heads[1](x[..., 16:32], torch.ones(2, 10, 1))  # head 1 sees channels 16..31 only
+    torch.testing.assert_close(logits[:, 1], lp[..., 0] - lp[..., 1])
+    torch.testing.assert_close(mixed, (weights[:, :, None] * logits).sum(1))
+    logits[:, 2].sum().backward()  # only head 2's predictor sees this gradient
     grads = [h.in_conv[1].weight.grad for h in pred.heads]
     assert grads[2] is not None and grads[2].abs().sum() > 0
     assert all(g is None or not g.any() for i, g in enumerate(grads) if i != 2)
@@ -145,7 +146,7 @@ def test_budget_and_ratio_losses_decrease_on_a_short_run():
     with torch.no_grad():  # start far from the budget: every predictor keeps almost every token
         for sel in model.selectors.values():
             for head in sel.predictor.heads:
-                head.out_conv[4].bias.copy_(torch.tensor([3.0, -3.0]))
+                head.out_conv[4].bias.copy_(torch.tensor([0.75, -0.75]))
     crit = get_method("spvit").build_criterion(0.5, 3)
     opt = torch.optim.Adam([p for n, p in model.named_parameters() if n.startswith("selectors.")], lr=1e-2)
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
