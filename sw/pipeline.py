@@ -103,6 +103,15 @@ def _load_start_weights(model, path: Path) -> None:
     load_checkpoint(model, {"model": state}, strict=False)
 
 
+def _measured_flops(model, test_set, max_images: int = 1000):
+    """FLOPs of the trained model: the static schedule, or for adaptive selectors (a per-image count, as
+    AS-ViT and SaiT) the mean over the first ``max_images`` test images."""
+    if not any(getattr(sel, "adaptive", False) for _, sel in model.stage_selectors()):
+        return count_flops(model)
+    images = torch.stack([test_set[i][0] for i in range(min(max_images, len(test_set)))])
+    return count_flops(model, images)
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run the recipe; return a JSON-ready dict of accuracies, FLOPs and checkpoint paths."""
     if cfg.threads is not None:
@@ -182,7 +191,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                   checkpoint_dir=None if out is None else out / f"{cfg.method}_keep{model.keep_ratio:g}")
         result["train_seconds"] = res.seconds
         acc = evaluate(model, test_set)
-        flops = count_flops(model)
+        flops = _measured_flops(model, test_set)
         result["keep"] = model.keep_ratio
         if cfg.budget_plan is not None:
             result["latency"] = cfg.budget_plan.report(model, test_set)
