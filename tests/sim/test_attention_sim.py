@@ -11,8 +11,8 @@ import pytest
 from tokensift.hw.attention_cost import cycles
 from tokensift.quant.attention import AttentionParams
 from tokensift.quant.softmax import SoftmaxParams
-from tokensift.sim.attention_harness import run_attention
-from tokensift.sim.runner import SimulationError
+from tokensift.sim.attention_harness import TOPLEVEL, harness_for, run_attention, verilator_options
+from tokensift.sim.runner import SimulationError, run_cocotb
 
 pytestmark = pytest.mark.sim
 
@@ -62,15 +62,11 @@ def test_wrong_reference_fails():
     # the testbench predicts with another scale than the hardware uses: the scoreboard must catch it
     p = GRID["lut-c2"]
     other = AttentionParams(**{**p.to_dict(), "softmax": p.softmax, "scale_multiplier": p.scale_multiplier + 999})
-    from tokensift.sim import attention_harness
-
-    harness = attention_harness.harness_for(p)
-    from tokensift.sim.runner import run_cocotb
-
-    with attention_harness.verilator_setup(), pytest.raises(
-            SimulationError, match=r"^1 of 1 cocotb tests failed on tokensift_attention_tb; see "):
-        run_cocotb(harness, toplevel="tokensift_attention_tb", test_module="tokensift.sim.tb_attention",
-                   params={"params": other.to_dict(), "seed": 1, "runs": [{"ns": [p.n_max]}]}, testcase="bulk")
+    build_args, sources = verilator_options()
+    with pytest.raises(SimulationError, match=r"^1 of 1 cocotb tests failed on tokensift_attention_tb; see "):
+        run_cocotb(harness_for(p), toplevel=TOPLEVEL, test_module="tokensift.sim.tb_attention",
+                   params={"params": other.to_dict(), "seed": 1, "runs": [{"ns": [p.n_max]}]}, testcase="bulk",
+                   build_args=build_args, extra_sources=sources)
 
 
 @pytest.mark.slow
