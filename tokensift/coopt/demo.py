@@ -106,7 +106,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     device = get_device(cfg.device)
     torch.manual_seed(cfg.seed)
     _, test = load_mnist()
-    eval_set = torch.utils.data.Subset(test, range(min(cfg.eval_images, len(test))))
+    # evenly strided subsets: the test split is ordered by digit, so its first images are all zeros
+    eval_set = torch.utils.data.Subset(test, _spread(len(test), cfg.eval_images))
     timings: dict = {}
 
     # 1. dense model --------------------------------------------------------------------------------------
@@ -220,7 +221,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     n_sim = min(cfg.sim_images, len(test))
     step(f"simulate block {block} (attention + selector) on {n_sim} real MNIST test images in Verilator")
     t = time.perf_counter()
-    images = torch.stack([test[i][0] for i in range(n_sim)])
+    images = torch.stack([test[i][0] for i in _spread(len(test), n_sim)])
     cap = capture_block(iv, images, block)
     sim = simulate_block(iv, cap, lanes=hw["lanes"], heads_parallel=hw["heads_parallel"],
                          selector_lanes=hw["selector_lanes"], work_dir=out / "sim")
@@ -272,6 +273,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json))
     (out / "table.txt").write_text(render_table(summary) + "\n")
     return summary
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)``."""
+    k = max(1, min(k, n))
+    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
 
 
 def _dense(cfg: DemoConfig, ckpt):

@@ -15,6 +15,8 @@ them to an ``.npz``, runs the attention core and the token selector in Verilator
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -144,11 +146,25 @@ def _check_selector_reference(cap: BlockCapture, params, iv) -> int:
     return bad
 
 
+@contextlib.contextmanager
+def _quick_compile():
+    """These runs simulate a few thousand cycles once, so the C++ model is compiled without optimisation
+    (measured: a fifth less build time for the selector)."""
+    old = os.environ.get("MAKEFLAGS")
+    flags = "OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
+    os.environ["MAKEFLAGS"] = f"{old} {flags}" if old else flags
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MAKEFLAGS"]
+        else:
+            os.environ["MAKEFLAGS"] = old
+
+
 def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, selector_lanes: int,
                    work_dir: Path, build_root: Path | None = None) -> dict:
     """Run the captured frames through Verilator; return bit-exactness and cycles of both blocks."""
-    import os
-
     from tokensift.sim.attention_harness import TOPLEVEL, harness_for, verilator_setup
     from tokensift.sim.runner import run_cocotb
 
@@ -161,7 +177,7 @@ def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, se
     out["attention_reference_mismatches"] = _check_attention_reference(cap, ap)
     frames = work_dir / f"attention_block{cap.block}.npz"
     np.savez(frames, q=cap.q, k=cap.k, v=cap.v)
-    with verilator_setup():
+    with verilator_setup(), _quick_compile():
         res = run_cocotb(harness_for(ap, frames=cap.q.shape[1]), toplevel=TOPLEVEL,
                          test_module="tokensift.coopt.tb_real", testcase="attention_frames",
                          params={"params": ap.to_dict(), "frames_file": str(frames)})
@@ -183,7 +199,7 @@ def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, se
         out["selector_reference_mismatches"] = _check_selector_reference(cap, sp, iv)
         frames = work_dir / f"selector_block{cap.block}.npz"
         np.savez(frames, scores=cap.scores, features=cap.features, k=np.full(len(cap.scores), cap.keep))
-        with verilator_setup("tokensift_selector"):  # (big selectors need its precompiled-header fix too)
+        with verilator_setup("tokensift_selector"), _quick_compile():  # (big selectors need its header fix too)
             res = run_cocotb(Selector(**asdict(sp)), toplevel="tokensift_selector",
                              test_module="tokensift.coopt.tb_real", testcase="selector_frames",
                              params={"params": asdict(sp), "frames_file": str(frames)})
