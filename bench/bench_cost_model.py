@@ -7,6 +7,7 @@ LUT/FF errors per block and family and the leave-one-out errors of the fit. Exit
 configuration is outside its tolerance. Same report as ``tokensift estimate --validate``.
 
     python bench/bench_cost_model.py          (or: tokensift bench cost_model)
+    python bench/bench_cost_model.py --markdown   # the summary table of hw/README_COST.md
 """
 
 from __future__ import annotations
@@ -37,7 +38,43 @@ def loo_table() -> Table:
     return table
 
 
+def markdown() -> str:
+    """The per block and family summary as a Markdown table (for hw/README_COST.md)."""
+    from tokensift.hw.cost_validation import compare, summary
+
+    rows = compare()
+    s = summary(rows)
+    fit = json.loads((ROOT / "tokensift" / "data" / "lut_ff_fit.json").read_text())["blocks"]
+    exact = {}
+    for r in rows:
+        if r.metric in ("dsp", "bram18", "bram36", "ebr", "lutram"):
+            key = (r.block, r.family)
+            ok, n = exact.get(key, (0, 0))
+            exact[key] = (ok + (r.model == r.synth), n + 1)
+    lines = ["| block | family | configs | DSP/BRAM/LUTRAM exact | LUT max / mean err | LUT leave-one-out max "
+             "| FF max / mean err | FF leave-one-out max |", "|---|---|---|---|---|---|---|---|"]
+    for block, fams in s.items():
+        for family, v in fams.items():
+            ok, n = exact.get((block, family), (0, 0))
+            loo = fit.get(block, {}).get(family, {}).get("errors", {})
+
+            def err(metric, v=v):
+                if f"{metric}_max_err" not in v:
+                    return "-"
+                return f"{v[f'{metric}_max_err']:.1%} / {v[f'{metric}_mean_err']:.1%}"
+
+            def loo_of(metric, loo=loo):
+                return f"{loo[metric]['loo_max_rel']:.1%}" if metric in loo else "-"
+
+            lines.append(f"| {block} | {family} | {v['configs']} | {ok}/{n} | {err('lut')} | {loo_of('lut')} | "
+                         f"{err('ff')} | {loo_of('ff')} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
+    if "--markdown" in sys.argv[1:]:
+        print(markdown())
+        return 0
     status = cli_main(["estimate", "--validate"])
     Console().print(loo_table())
     return status

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from tokensift.hw.cost_registry import FITTED_BLOCKS, block_cost
+from tokensift.hw.resources import Resources
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = ROOT / "tests" / "hw" / "baselines"
@@ -32,8 +33,14 @@ OUT = ROOT / "tokensift" / "data" / "lut_ff_fit.json"
 METRICS = ("lut", "ff")
 
 
-def _design(rows: list[dict], names: list[str]) -> np.ndarray:
-    return np.array([[1.0] + [r["features"][n] for n in names] for r in rows])
+#: (metrics fitted, with an intercept) per block: a memory's soft logic is 0 when it has none, and its
+#: flip-flops are exact rules
+SETTINGS = {"memory": (("lut",), False)}
+DEFAULT = (("lut", "ff"), True)
+
+
+def _design(rows: list[dict], names: list[str], intercept: bool = True) -> np.ndarray:
+    return np.array([([1.0] if intercept else [0.0]) + [r["features"][n] for n in names] for r in rows])
 
 
 def _solve(X: np.ndarray, y: np.ndarray, total: np.ndarray) -> np.ndarray:
@@ -42,11 +49,11 @@ def _solve(X: np.ndarray, y: np.ndarray, total: np.ndarray) -> np.ndarray:
     return coef
 
 
-def fit_one(rows: list[dict], metric: str) -> dict:
+def fit_one(rows: list[dict], metric: str, intercept: bool = True) -> dict:
     """Coefficients and errors of one (block, family, metric)."""
     names = sorted(rows[0]["features"])
     varying = [n for n in names if len({r["features"][n] for r in rows}) > 1]
-    X = _design(rows, varying)
+    X = _design(rows, varying, intercept)
     y = np.array([r["synth"][metric] - r["exact"][metric] for r in rows], dtype=float)
     total = np.array([r["synth"][metric] for r in rows], dtype=float)
     coef = _solve(X, y, total)
@@ -60,7 +67,7 @@ def fit_one(rows: list[dict], metric: str) -> dict:
         c = _solve(X[keep], y[keep], total[keep])
         p = X[i] @ c + rows[i]["exact"][metric]
         loo.append(abs(p - total[i]) / max(total[i], 1.0))
-    coefs = {"const": float(coef[0])}
+    coefs = {"const": float(coef[0])} if intercept else {}
     coefs.update({n: float(c) for n, c in zip(varying, coef[1:], strict=True) if c != 0.0})
     return {
         "coefficients": coefs,
@@ -79,6 +86,8 @@ def rows_of(block: str) -> dict[str, list[dict]]:
     by_family: dict[str, list[dict]] = {}
     for e in data["entries"]:
         exact = cost.exact(e["params"], e["family"])
+        if block == "memory":  # the probe's exact part: its primitives and flip-flops, no soft LUTs
+            exact = Resources(lut=exact.lut, ff=exact.ff)
         by_family.setdefault(e["family"], []).append({
             "name": e["name"], "params": e["params"], "synth": e["synth"],
             "features": cost.features(e["params"], e["family"]),
@@ -88,19 +97,28 @@ def rows_of(block: str) -> dict[str, list[dict]]:
 
 
 def fit_all() -> dict:
+    from tokensift.hw.resources import use_fit_table
+
     blocks = {}
-    for block in FITTED_BLOCKS:
-        by_family = rows_of(block)
-        if not by_family:
-            continue
-        blocks[block] = {}
-        for family, rows in sorted(by_family.items()):
-            entry = {"n": len(rows)}
-            fits = {m: fit_one(rows, m) for m in METRICS}
-            for m in METRICS:
-                entry[m] = fits[m]["coefficients"]
-            entry["errors"] = {m: fits[m]["errors"] for m in METRICS}
-            blocks[block][family] = entry
+    try:
+        for block in FITTED_BLOCKS:
+            # the blocks fitted so far (the memories first) are in effect for the ones that contain them
+            use_fit_table({"blocks": blocks})
+            by_family = rows_of(block)
+            if not by_family:
+                continue
+            metrics, intercept = SETTINGS.get(block, DEFAULT)
+            fitted_block = {}
+            for family, rows in sorted(by_family.items()):
+                entry = {"n": len(rows)}
+                fits = {m: fit_one(rows, m, intercept) for m in metrics}
+                for m in metrics:
+                    entry[m] = fits[m]["coefficients"]
+                entry["errors"] = {m: fits[m]["errors"] for m in metrics}
+                fitted_block[family] = entry
+            blocks[block] = fitted_block
+    finally:
+        use_fit_table(None)
     return {
         "generated_by": "bench/fit_cost_model.py",
         "about": ("LUT/FF = exact part (primitive rules) + sum(coef * feature) with coef >= 0, fitted per "
@@ -119,7 +137,7 @@ def main(argv=None) -> int:
     for block, fams in fit["blocks"].items():
         for family, e in fams.items():
             errs = " ".join(f"{m}: max {e['errors'][m]['max_rel']:.1%} loo-max "
-                            f"{(e['errors'][m]['loo_max_rel'] or 0):.1%}" for m in METRICS)
+                            f"{(e['errors'][m]['loo_max_rel'] or 0):.1%}" for m in e["errors"])
             print(f"{block:10s} {family:5s} n={e['n']:2d} {errs}")
     if args.check:
         stored = json.loads(OUT.read_text()) if OUT.exists() else {}

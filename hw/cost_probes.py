@@ -22,10 +22,10 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from tokensift.hw.resources import Resources, map_memory, multiplier_dsps
+from tokensift.hw.resources import Resources, map_memory, memory_soft_features, multiplier_dsps
 
 __all__ = ["MemoryProbe", "MultiplierProbe", "build_memory", "build_multiplier", "exact_memory",
-           "exact_multiplier", "resources_memory"]
+           "exact_multiplier", "features_memory", "resources_memory"]
 
 
 class MemoryProbe(wiring.Component):
@@ -98,6 +98,12 @@ def exact_multiplier(params: dict, family: str) -> Resources:
     """DSP primitives of the multiplier, by :func:`multiplier_dsps`."""
     return Resources(dsp=multiplier_dsps(params["a_bits"], params["b_bits"], family=family,
                                          signed=params.get("signed", True)))
+
+
+def features_memory(params: dict, family: str) -> dict:
+    """The soft-logic structure the ``memory`` LUT fit is linear in."""
+    return memory_soft_features(map_memory(params["width"], params["depth"], family=family,
+                                           **_mem_kwargs(params)))
 
 
 def resources_memory(params: dict, family: str) -> Resources:

@@ -31,8 +31,9 @@ BLOCKS: dict[str, str | None] = {
     "multiplier": None,
 }
 
-#: blocks whose LUT/FF come from a fitted model (the probes check primitive rules only)
-FITTED_BLOCKS = ("requant", "selector", "attention", "mac_array")
+#: blocks whose LUT/FF come from a fitted model, in fitting order: the memories' soft logic first (the
+#: blocks contain memories), then the blocks
+FITTED_BLOCKS = ("memory", "requant", "mac_array", "selector", "attention")
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ def block_cost(name: str) -> BlockCost:
         build, exact = {"memory": (probes.build_memory, probes.exact_memory),
                         "multiplier": (probes.build_multiplier, probes.exact_multiplier)}[name]
         resources = probes.resources_memory if name == "memory" else exact
-        return BlockCost(name, build, exact, resources, None, dict)
+        features = probes.features_memory if name == "memory" else None
+        return BlockCost(name, build, exact, resources, features, dict)
     mod = importlib.import_module(module_name)
     return BlockCost(
         name=name,

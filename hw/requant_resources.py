@@ -67,7 +67,8 @@ def features(params: RequantParams, family: str) -> dict[str, float]:
     ``product_bits``: width of ``acc * multiplier``; ``rounded_bits``: the width after the rounding
     shift (the range check and the saturation multiplexer run over it); ``round_add_bits``: width of
     the rounding adder (0 for FLOOR); ``split_add_bits``: the adders that sum the partial products of a
-    multiplier split over several DSPs (0 for one DSP); ``out_bits``, ``counter_bits``: registers;
+    multiplier split over several DSPs along its wide operand (0 for one DSP), ``b_split_bits`` those of
+    a split of the narrow operand too (both operands wider than one DSP's); ``out_bits``, ``counter_bits``: registers;
     ``soft_mul_bits``: a multiplier too small for a DSP, in LUTs.
     """
     p = _check(params)
@@ -82,15 +83,31 @@ def features(params: RequantParams, family: str) -> dict[str, float]:
     else:
         round_add = rounded + p.shift  # remainder compare plus the increment of the floor
     dsps = _dsps(p, family)
+    b_adders = _b_split_adders(p, family) if dsps else 0
     return {
         "product_bits": float(product),
-        "split_add_bits": float(max(dsps - 1, 0) * product),
+        "split_add_bits": float(max(dsps - 1 - b_adders, 0) * product),
+        "b_split_bits": float(b_adders * product),
         "rounded_bits": float(max(rounded, 1)),
         "round_add_bits": float(round_add),
         "out_bits": float(p.out.bits),
         "counter_bits": float(p.counter_bits),
         "soft_mul_bits": 0.0 if _power_of_two(p.multiplier) or dsps else float(p.acc_bits * mbits),
     }
+
+
+def _b_split_adders(p: RequantParams, family: str) -> int:
+    """Partial-product adders from splitting the narrower operand (one per slice of the wider one)."""
+    from tokensift.hw.resources import family_info
+
+    info = family_info(family)
+    a, b = sorted((p.acc_bits, p.multiplier.bit_length() + 1), reverse=True)
+    if b <= info.dsp_b:
+        return 0
+    head = 1 if info.dsp_signed_only else 0
+    a_parts = 1 + ((a - info.dsp_a + info.dsp_a_partial - head - 1) // (info.dsp_a_partial - head)
+                   if a > info.dsp_a else 0)
+    return a_parts
 
 
 def _dsps(p: RequantParams, family: str) -> int:

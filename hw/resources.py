@@ -29,7 +29,7 @@ below map the structures our generators emit onto each family's primitives, the 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cache
 from importlib import resources as importlib_resources
 
@@ -45,8 +45,9 @@ __all__ = [
     "check_family",
     "multiplier_dsps",
     "map_memory",
-    "mux_luts",
+    "memory_soft_features",
     "lut_ff_coefficients",
+    "use_fit_table",
     "fitted",
 ]
 
@@ -271,12 +272,14 @@ class MemoryMap:
     """How one memory maps.
 
     ``kind`` is "block", "distributed" or "logic"; ``primitive`` and ``count`` say which cells and how
-    many; ``blocks`` are their resources (block RAMs, or the LUTs of LUT RAM); ``lut`` and ``ff`` are the
-    soft logic around them: the multiplexer over address ranges and the write-enable decoder when a
-    memory spans several LUT RAM depths, the data register of a synchronous read from asynchronous LUT
-    RAM, the storage of a memory left in flip-flops, and on ECP5 the read-first emulation of block RAM
-    (write data, write address and read data registers and a bypass multiplexer: Yosys's EBR ports do
-    not return the old data on a same-address collision between ports).
+    many; ``blocks`` are their resources (block RAMs, or the LUTs of LUT RAM, exact); ``ff`` the
+    flip-flops around them (exact structure: the data register of a synchronous read from asynchronous
+    LUT RAM, the registered select of the multiplexer over address ranges, the storage of a memory left
+    in flip-flops, and on ECP5 the read-first emulation of block RAM: write data, write address and read
+    data registers, because Yosys's EBR ports do not return the old data on a same-address collision);
+    ``soft`` the structure of the soft logic around them (the multiplexer over address ranges and the
+    write-enable decoder when a memory spans several primitive depths, the ECP5 read-first bypass, a
+    memory or ROM left in logic), whose LUTs (:attr:`lut`) come from the fitted ``memory`` model.
     """
 
     width: int
@@ -286,12 +289,26 @@ class MemoryMap:
     count: int
     blocks: Resources
     mux_ways: int
-    lut: int
     ff: int
+    soft: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def lut(self) -> float:
+        """LUTs of the soft logic (fitted per family from the memory probes' synthesis)."""
+        if not any(self.soft.values()):
+            return 0.0
+        family = self.soft["family"]
+        coefs = lut_ff_coefficients("memory", family)["lut"]
+        return max(0.0, sum(coefs.get(k, 0.0) * v for k, v in self.soft.items() if k != "family"))
 
     @property
     def resources(self) -> Resources:
         return self.blocks + Resources(lut=self.lut, ff=self.ff)
+
+
+def memory_soft_features(m: MemoryMap) -> dict[str, float]:
+    """The soft-logic structure of a mapped memory (what the ``memory`` LUT fit is linear in)."""
+    return {k: float(v) for k, v in m.soft.items() if k != "family"}
 
 
 def _geometry(ram: _Ram, width: int, depth: int, rom: bool = False) -> tuple[float, int, int, int] | None:
@@ -369,15 +386,18 @@ def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True, r
         if cost < best:
             chosen, best = (ram, geom), int(cost)
     read_reg = width if sync_read else 0
+    soft = {"family": family, "range_mux_bits": 0, "ranges": 0, "emu_bits": 0, "emu_addr_bits": 0,
+            "logic_bits": 0, "rom_lut_bits": 0}
     if chosen is None and rom:
         # a table of constants: every output bit is a function of the address (one LUT per LUT-sized
         # slice of the table, combined by the slice multiplexers), then the read register
         per_bit = -(-depth // (1 << family_info(family).lut_inputs))
-        return MemoryMap(width, depth, "logic", "LUT", 0, Resources(), 1, per_bit * width, read_reg)
+        soft["rom_lut_bits"] = per_bit * width
+        return MemoryMap(width, depth, "logic", "LUT", 0, Resources(), 1, read_reg, soft)
     if chosen is None:
-        soft = mux_luts(depth, width, family=family) + depth
-        return MemoryMap(width, depth, "logic", "FF", width * depth, Resources(), depth, soft,
-                         width * depth + read_reg)
+        soft["logic_bits"] = width * depth
+        return MemoryMap(width, depth, "logic", "FF", width * depth, Resources(), depth,
+                         width * depth + read_reg, soft)
     ram, (_, repl, mult_a, unit) = chosen
     if ram.lut_per_bit:  # one 1-bit cell per used bit
         count = min(width * mult_a, repl * unit)
@@ -386,28 +406,19 @@ def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True, r
         per = ram.per_replica or {}
         count = repl * ram.cells
         blocks = Resources(**{k: v * repl for k, v in per.items()})
+    if mult_a > 1:
+        soft["range_mux_bits"] = (mult_a - 1) * width
+        soft["ranges"] = 0 if rom else mult_a
     if ram.kind == "block":
+        select = (mult_a - 1).bit_length() if mult_a > 1 else 0  # registered select of the range multiplexer
         if family == "ecp5" and not rom:
             abits = max(1, (depth - 1).bit_length())
-            return MemoryMap(width, depth, "block", ram.primitive, count, blocks, mult_a, width + 2 * abits + 3,
-                             2 * width + abits + 2)
-        return MemoryMap(width, depth, "block", ram.primitive, count, blocks, mult_a, 0, 0)
+            soft["emu_bits"], soft["emu_addr_bits"] = width, abits
+            return MemoryMap(width, depth, "block", ram.primitive, count, blocks, mult_a,
+                             2 * width + abits + 2 + select, soft)
+        return MemoryMap(width, depth, "block", ram.primitive, count, blocks, mult_a, select, soft)
     # LUT RAM reads asynchronously: a synchronous read port gets its data register in flip-flops
-    soft = mux_luts(mult_a, width, family=family) + (mult_a if mult_a > 1 else 0)
-    return MemoryMap(width, depth, "distributed", ram.primitive, count, blocks, mult_a, soft, read_reg)
-
-
-def mux_luts(ways: int, bits: int, *, family: str) -> int:
-    """LUTs of ``bits`` independent ``ways``-to-1 multiplexers (LUT6 + MUXF7/F8 on Xilinx: four inputs
-    per LUT, sixteen per slice; LUT4 + PFUMX/L6MUX21 on ECP5: two inputs per LUT)."""
-    info = family_info(family)
-    if ways <= 1 or bits <= 0:
-        return 0
-    if info.lut_inputs == 6:
-        per_bit = -(-ways // 4) + (-(-ways // 16) if ways > 16 else 0)
-    else:
-        per_bit = -(-ways // 2) + (-(-ways // 8) if ways > 8 else 0)
-    return per_bit * bits
+    return MemoryMap(width, depth, "distributed", ram.primitive, count, blocks, mult_a, read_reg, soft)
 
 
 # -- fitted LUT / FF coefficients ------------------------------------------------------------------------
@@ -415,8 +426,24 @@ class MissingFitError(TokensiftError, LookupError):
     """No fitted LUT/FF coefficients for a block and family (run ``bench/fit_cost_model.py``)."""
 
 
-@cache
+_FIT_OVERRIDE: dict | None = None
+
+
+def use_fit_table(table: dict | None) -> None:
+    """Use ``table`` instead of ``tokensift/data/lut_ff_fit.json`` (None: back to the file); for the fit
+    script, which fits the memories before the blocks that contain them."""
+    global _FIT_OVERRIDE
+    _FIT_OVERRIDE = table
+
+
 def _fit_table() -> dict:
+    if _FIT_OVERRIDE is not None:
+        return _FIT_OVERRIDE
+    return _fit_file()
+
+
+@cache
+def _fit_file() -> dict:
     path = importlib_resources.files("tokensift") / "data" / "lut_ff_fit.json"
     if not path.is_file():
         return {}

@@ -78,13 +78,15 @@ def check_fit(used: dict, device) -> tuple[dict, bool, list[str]]:
     """Utilization per resource, whether everything fits, and one sentence per resource that does not."""
     names = {"dsp": "DSPs" if device.family != "ecp5" else "18x18 multipliers", "bram36": "BRAM36 blocks",
              "ebr": "EBR blocks", "uram": "URAMs", "lut": "LUTs", "ff": "flip-flops"}
+    def num(v) -> str:
+        return str(int(v)) if float(v).is_integer() else f"{v:.1f}"
+
     util, problems = {}, []
     for key, capacity in device.capacity().items():
         need = used.get(key, 0)
         util[key] = need / capacity if capacity else (0.0 if need == 0 else float("inf"))
         if need > capacity:
-            need_s = f"{need:g}" if isinstance(need, float) else str(need)
-            problems.append(f"needs {need_s} {names[key]}, {need - capacity:g} more than {device.name} has "
+            problems.append(f"needs {num(need)} {names[key]}, {num(need - capacity)} more than {device.name} has "
                             f"({capacity})")
     return util, not problems, problems
 
