@@ -12,7 +12,7 @@ Example:
     >>> from tokensift.sw import create_model
     >>> budget = FlopsBudget(create_model("deit_small_patch16_224", method="dynamicvit", keep_ratio=0.7))
     >>> counts = torch.tensor([138.0, 97.0, 68.0], requires_grad=True)
-    >>> round(float(budget(counts)) / 1e9, 2), round(budget.dense / 1e9, 2)
+    >>> round(float(budget(counts).detach()) / 1e9, 2), round(budget.dense / 1e9, 2)
     (2.98, 4.6)
 """
 
