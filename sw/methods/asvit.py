@@ -26,10 +26,13 @@
 Example:
     >>> import torch
     >>> from tokensift.sw import create_model
+    >>> from tokensift.sw.flops import count_flops
     >>> model = create_model("vit_mnist_patch4_28", method="asvit", keep_ratio=0.6).eval()
-    >>> state = model.forward_state(torch.randn(4, 1, 28, 28))
-    >>> tuple(state.attn_tokens[1].shape)  # one count per image
-    (4,)
+    >>> images = torch.randn(8, 1, 28, 28)
+    >>> _ = calibrate_thresholds(model, images)  # thresholds that meet 60% of the dense FLOPs here
+    >>> counts = model.forward_state(images).attn_tokens[1]  # tokens entering block 1, one count per image
+    >>> tuple(counts.shape), round(count_flops(model, images).macs / model.budget.dense, 2)
+    ((8,), 0.6)
 """
 
 from __future__ import annotations

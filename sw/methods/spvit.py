@@ -9,9 +9,10 @@
   with small heads), and the keep score is ``sigmoid(z)``.
 * **Package token**: at each stage the newly pruned tokens are fused into one token, their features
   averaged with their keep scores as weights, ``sum_i s_i x_i / sum_i s_i`` (the float form of
-  :func:`tokensift.quant.select.package_token`; all zeros when nothing was pruned). It is placed right
-  after the class token and protected, so no later stage prunes it. Training (mask path) and inference
-  (gather path) build it the same way.
+  :func:`tokensift.quant.select.package_token`; all zeros if the pruned scores sum to 0). It is placed
+  right after the class token and protected, so no later stage prunes it; a stage that prunes nothing
+  adds none (an image that pruned nothing on the mask path gets a masked one). Training (mask path) and
+  inference (gather path) build it the same way.
 * **Computation-aware keep ratios**: the ``keep_ratio`` given to ``create_model`` is the *budget*, the
   target cost as a fraction of the dense model's. :func:`plan_keep_ratio` picks the per-stage schedule
   (``int(num_patches * q ** (s + 1))`` patches kept after stage ``s``, DynamicViT's form) with the largest
@@ -59,7 +60,7 @@ def package_tokens(x: Tensor, scores: Tensor, pruned: Tensor) -> tuple[Tensor, T
     >>> x = torch.tensor([[[0.0, 0.0], [10.0, -10.0], [20.0, 5.0]]])
     >>> p, s = package_tokens(x, torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([[0.0, 1.0, 1.0]]))
     >>> [round(v, 3) for v in p.flatten().tolist()], s.tolist()
-    [[16.667, 0.0], [3.0]]
+    ([16.667, 0.0], [3.0])
     """
     w = scores * pruned
     total = w.sum(dim=1)
