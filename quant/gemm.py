@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, requantize
+from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, round_shift
 from tokensift.quant.qparams import (
     MULTIPLIER_BITS,
     quantize_bias,
@@ -95,8 +95,9 @@ def requantize_per_channel(acc, multipliers, shifts, out: FixedFormat = INT8, *,
                            counter: OverflowCounter | None = None, site: str = "requantize") -> np.ndarray:
     """Requantize the last axis channel by channel, each with its own ``(multiplier, shift)``.
 
-    Channels that share a ``(multiplier, shift)`` pair go through one call of
-    :func:`~tokensift.quant.fixed.requantize`, so the result is that function's, bit for bit.
+    Element for element this is :func:`~tokensift.quant.fixed.requantize` (``out.fit(round_shift(acc *
+    multiplier, shift, out.rounding))``, the same two primitives), vectorised over the channels that share
+    a shift, with the same parameter checks.
     """
     x = np.asarray(acc)
     m = np.asarray(multipliers)
@@ -105,12 +106,18 @@ def requantize_per_channel(acc, multipliers, shifts, out: FixedFormat = INT8, *,
         raise ValueError(f"multipliers and shifts must have shape ({x.shape[-1]},), not {m.shape} and {s.shape}")
     if not (np.issubdtype(m.dtype, np.integer) and np.issubdtype(s.dtype, np.integer)):
         raise TypeError("multipliers and shifts must be integers")
-    result = np.empty(x.shape, dtype=np.int64)
-    pairs = np.stack([m.astype(np.int64), s.astype(np.int64)], axis=1)
-    for mult, shift in np.unique(pairs, axis=0):
-        cols = np.flatnonzero((pairs[:, 0] == mult) & (pairs[:, 1] == shift))
-        result[..., cols] = requantize(x[..., cols], int(mult), int(shift), out, counter=counter, site=site)
-    return result
+    m, s = m.astype(np.int64), s.astype(np.int64)
+    if m.size and not (m.min() >= 1 and m.max() < (1 << 31)):
+        raise ValueError("multipliers must be between 1 and 2**31 - 1")
+    if s.size and not (s.min() >= 0 and s.max() <= 62):
+        raise ValueError("shifts must be between 0 and 62")
+    x = _int_operand("accumulators", x, 32)
+    prod = x * m
+    rounded = np.empty(prod.shape, dtype=np.int64)
+    for shift in np.unique(s):
+        cols = np.flatnonzero(s == shift)
+        rounded[..., cols] = round_shift(prod[..., cols], int(shift), out.rounding)
+    return out.fit(rounded, counter=counter, site=site)
 
 
 @dataclass(frozen=True)

@@ -237,3 +237,13 @@ class TestIntLinear:
         out = clipped(clipped.quantize_input(x))
         ok = np.abs(y / layer.out_scale) < 127
         assert np.all((np.abs(out * layer.out_scale - y) <= linear_error_bound(clipped, x, w, b) * (1 + 1e-9))[ok])
+
+
+def test_requantize_per_channel_rejects_constants():
+    acc = np.zeros((1, 2), dtype=np.int64)
+    with pytest.raises(ValueError, match=r"^multipliers must be between 1 and 2\*\*31 - 1$"):
+        requantize_per_channel(acc, [0, 1], [1, 1])
+    with pytest.raises(ValueError, match=r"^shifts must be between 0 and 62$"):
+        requantize_per_channel(acc, [1, 1], [1, 63])
+    with pytest.raises(ValueError, match=r"^accumulators values must fit in signed 32 bits, "):
+        requantize_per_channel(np.array([[2**31, 0]]), [1, 1], [1, 1])
