@@ -295,19 +295,3 @@ def test_ten_thousand_design_points_in_under_30_seconds():
     print(f"{points} design points in {wall:.2f} s ({points / wall:,.0f} points/s, grid {res.summary['search']['seconds']:.2f} s)")
     assert points >= 10_000
     assert wall < 30.0
-
-
-# -- the hard-block fallback against Yosys -------------------------------------------------------------------
-@pytest.mark.synth
-@pytest.mark.slow
-@pytest.mark.parametrize("lanes, cores, softmax", [(16, 1, "exp2_lut"), (8, 2, "exp2_poly")])
-def test_attention_hard_blocks_match_yosys(lanes, cores, softmax):
-    from tokensift.coopt.unit_resources import attention_hard_blocks
-    from tokensift.hw.attention import Attention
-    from tokensift.hw.synth import synthesize
-    from tokensift.quant.attention import AttentionParams
-
-    p = AttentionParams(n_max=50, head_dim=16, lanes=lanes, heads_parallel=cores, softmax=softmax)
-    measured = synthesize(Attention(params=p), family="xc7", top="tokensift_attention")
-    model = attention_hard_blocks(p, "xc7")
-    assert (model.dsp, model.bram18, model.bram36) == (measured["dsp"], measured["bram18"], measured["bram36"])

@@ -345,7 +345,7 @@ def render_table(s: dict) -> str:
             continue
         rows.append((k.upper(), f"{s['resources'][k]} of {cap} ({100 * u:.1f}%)"))
     if s["resource_model"] == "hard-blocks-only":
-        rows.append(("LUT", "not estimated (LUT/FF fit or attention resource model missing in this checkout)"))
+        rows.append(("LUT", "not estimated (a unit's LUT/FF fit is missing in this checkout)"))
     if s.get("synthesized"):
         for name, r in s["synthesized"].items():
             rows.append((f"Yosys {name}", ", ".join(f"{k} {v}" for k, v in r.items())))

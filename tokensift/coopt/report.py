@@ -132,7 +132,7 @@ def write_report(result, out_dir, *, measured: list[tuple[float, float]] | None 
         + ", ".join(f"{k} ({v})" for k, v in s["objectives"].items()) + f"; constraint: {s['constraint']}.",
         "",
         f"Resource model: {point['resource_model'] if point else 'n/a'}"
-        + (" (DSP and block RAM only: the LUT/FF fit or a unit's resource model is missing in this checkout)"
+        + (" (DSP and block RAM only: a unit's LUT/FF fit is missing in this checkout)"
            if point and point["resource_model"] == "hard-blocks-only" else ""),
         "",
         "![Pareto front](pareto.png)",

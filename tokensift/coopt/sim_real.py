@@ -148,8 +148,9 @@ def _check_selector_reference(cap: BlockCapture, params, iv) -> int:
 
 @contextlib.contextmanager
 def _quick_compile():
-    """These runs simulate a few thousand cycles once, so the C++ model is compiled without optimisation
-    (measured: a fifth less build time for the selector)."""
+    """These runs simulate a few thousand cycles once, so the model's slow-path and global C++ code is
+    compiled without optimisation (the runner's ``OPT_FAST=-O2`` comes later and wins for the per-cycle
+    code)."""
     old = os.environ.get("MAKEFLAGS")
     flags = "OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
     os.environ["MAKEFLAGS"] = f"{old} {flags}" if old else flags
@@ -165,7 +166,7 @@ def _quick_compile():
 def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, selector_lanes: int,
                    work_dir: Path, build_root: Path | None = None) -> dict:
     """Run the captured frames through Verilator; return bit-exactness and cycles of both blocks."""
-    from tokensift.sim.attention_harness import TOPLEVEL, harness_for, verilator_setup
+    from tokensift.sim.attention_harness import TOPLEVEL, harness_for, verilator_options
     from tokensift.sim.runner import run_cocotb
 
     work_dir = Path(work_dir)
@@ -177,10 +178,12 @@ def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, se
     out["attention_reference_mismatches"] = _check_attention_reference(cap, ap)
     frames = work_dir / f"attention_block{cap.block}.npz"
     np.savez(frames, q=cap.q, k=cap.k, v=cap.v)
-    with verilator_setup(), _quick_compile():
+    build_args, sources = verilator_options()
+    with _quick_compile():
         res = run_cocotb(harness_for(ap, frames=cap.q.shape[1]), toplevel=TOPLEVEL,
                          test_module="tokensift.coopt.tb_real", testcase="attention_frames",
-                         params={"params": ap.to_dict(), "frames_file": str(frames)})
+                         params={"params": ap.to_dict(), "frames_file": str(frames)}, build_args=build_args,
+                         extra_sources=sources)
     runs = res.report.get("runs", [])
     out["attention"] = {
         "params": ap.to_dict(), "frames": sum(r["frames"] for r in runs),
@@ -199,7 +202,7 @@ def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, se
         out["selector_reference_mismatches"] = _check_selector_reference(cap, sp, iv)
         frames = work_dir / f"selector_block{cap.block}.npz"
         np.savez(frames, scores=cap.scores, features=cap.features, k=np.full(len(cap.scores), cap.keep))
-        with verilator_setup("tokensift_selector"), _quick_compile():  # (big selectors need its header fix too)
+        with _quick_compile():
             res = run_cocotb(Selector(**asdict(sp)), toplevel="tokensift_selector",
                              test_module="tokensift.coopt.tb_real", testcase="selector_frames",
                              params={"params": asdict(sp), "frames_file": str(frames)})
