@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tokensift.hw.cost_registry import BLOCKS, block_cost
-from tokensift.hw.synth import FAMILIES, synthesize
+from tokensift.hw.synth import FAMILIES, SynthesisError, synthesize
 from tokensift.toolchain import find_yosys
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "tests" / "hw" / "baselines"
@@ -154,7 +154,11 @@ def run_block(block: str, families: list[str], jobs: int, log=print) -> dict:
 
     def one(item):
         name, params, family = item
-        entry = synthesize_entry(block, name, params, family)
+        try:
+            entry = synthesize_entry(block, name, params, family)
+        except SynthesisError as exc:  # a run killed from outside (memory pressure): try once more
+            log(f"  {block:10s} {family:5s} {name:24s} retrying after: {exc}")
+            entry = synthesize_entry(block, name, params, family)
         log(f"  {block:10s} {family:5s} {name:24s} dsp={entry['synth']['dsp']:<3d} "
             f"bram18={entry['synth']['bram18']:<3d} bram36={entry['synth']['bram36']:<3d} "
             f"ebr={entry['synth']['ebr']:<3d} lut={entry['synth']['lut']:<6d} ff={entry['synth']['ff']:<6d} "

@@ -5,9 +5,9 @@ Per core (``heads_parallel`` copies of :class:`tokensift.hw.attention_engine.Att
 
 * DSP: the MAC array's ``lanes`` multipliers (``max(data_bits, prob_frac + 2) x data_bits``), the
   exponent unit's scale multiplier (``(score_bits + 1) x scale``), the two polynomial multipliers of the
-  ``exp2_poly`` softmax, the probability normalizer (``(exp_frac + 1) x (prob_frac + 2)``), the
-  ``N * chunks`` of the header and the output requantizer's multiplier; a constant power of two is a
-  shift. The top level adds ``N * 3 chunks`` (its frame-length counter).
+  ``exp2_poly`` softmax, the probability normalizer (``(exp_frac + 1) x (prob_frac + 2)``) and the
+  output requantizer's multiplier; a constant power of two is a shift (the header's bookkeeping
+  products are shift-and-add logic, :func:`tokensift.hw.mac_array.mul_const`).
 * Memories (:func:`tokensift.hw.resources.map_memory`): Q and K/V row buffers, the two-bank score and
   exponential buffers, the ``exp2`` table (a ROM, ``exp2_lut``), the output and class-attention FIFOs
   (:class:`amaranth.lib.fifo.SyncFIFOBuffered`: a memory one entry shallower, read synchronously with an
@@ -96,20 +96,9 @@ def multipliers(params: AttentionParams) -> list[tuple[str, int, int, bool, int 
             out.append(("exp_poly_b", f, b.bit_length(), False, None))
         out.append(("exp_poly_x", f, max(a.bit_length(), b.bit_length() + 1) + 1, False, f + sm.exp_frac + 2))
     out.append(("normalize", sm.exp_frac + 1, sm.prob_frac + 2, False, None))
-    if not _pow2(p.chunks):
-        n_bits = p.n_max.bit_length()
-        out.append(("header_chunks", n_bits, p.chunks.bit_length(), False, (p.n_max * p.chunks).bit_length()))
     if not _pow2(p.out_multiplier):
         out.append(("requant", p.acc_bits, p.out_multiplier.bit_length() + 1, True, None))
     return out
-
-
-def _top_dsps(p: AttentionParams, family: str) -> int:
-    from tokensift.hw.attention_layout import HEADER_BITS
-
-    const = 3 * p.chunks
-    remaining = (3 * ((1 << HEADER_BITS) - 1) * p.chunks).bit_length()
-    return multiplier_dsps(HEADER_BITS, const.bit_length(), family=family, signed=False, y_bits=remaining)
 
 
 def _engine_dsps(p: AttentionParams, family: str) -> int:
@@ -146,7 +135,7 @@ def exact(params: AttentionParams, family: str) -> Resources:
     core = Resources(dsp=_engine_dsps(p, family))
     for mem in memories(p, family).values():
         core = core + mem.resources
-    return core * p.heads_parallel + Resources(dsp=_top_dsps(p, family))
+    return core * p.heads_parallel
 
 
 def resources(params: AttentionParams, family: str) -> Resources:

@@ -163,7 +163,8 @@ def synthesize_verilog(verilog: str, *, family: str, top: str = "top", cache_dir
         stat_file = tmp_path / "stat.json"
         if proc.returncode != 0 or not stat_file.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            raise SynthesisError(f"Yosys failed on {top} for {family}: {' | '.join(tail)}")
+            why = " | ".join(tail) if tail else "no output"
+            raise SynthesisError(f"Yosys failed on {top} for {family} (exit status {proc.returncode}): {why}")
         result = parse_stat(json.loads(stat_file.read_text()), family)
     result = {**result, "seconds": round(seconds, 2), "yosys": yosys.version}
     cache_dir.mkdir(parents=True, exist_ok=True)
