@@ -175,10 +175,10 @@ class TestQuantConv:
 
 
 def small_variant(name):
-    """Every registered architecture, shrunk (4 blocks, 32 pixels for the DeiTs) so the sweep stays fast."""
+    """Every registered architecture, shrunk (4 blocks, 64 pixels for the DeiTs) so the sweep stays fast."""
     if "mnist" in name:
         return {}
-    return dict(img_size=32, depth=4, prune_locs=(1, 2, 3))
+    return dict(img_size=64, depth=4, prune_locs=(1, 2, 3))
 
 
 @pytest.mark.parametrize("method", list_methods())
