@@ -148,6 +148,27 @@ class IntLinear:
     acc_bits: int = 32
     out: FixedFormat = INT8
 
+    def __post_init__(self):
+        _check_bits("in_bits", self.in_bits, 2, 16)
+        w_bits = _check_bits("w_bits", self.w_bits, 2, 16)
+        acc_bits = _check_bits("acc_bits", self.acc_bits, 2, 32)
+        if not isinstance(self.out, FixedFormat):
+            raise TypeError(f"out must be a FixedFormat, not {type(self.out).__name__}")
+        w = _int_operand("weight", self.weight, w_bits)
+        if w.ndim != 2:
+            raise ValueError(f"weight must have shape (out, in), not {w.shape}")
+        n_out = w.shape[0]
+        _int_operand("bias", self.bias, acc_bits)
+        for name in ("bias", "multipliers", "shifts", "weight_scale", "out_scale"):
+            shape = np.shape(getattr(self, name))
+            if shape != (n_out,):
+                raise ValueError(f"{name} must have shape ({n_out},), not {shape}")
+        m, sh = np.asarray(self.multipliers), np.asarray(self.shifts)
+        if not (np.issubdtype(m.dtype, np.integer) and np.issubdtype(sh.dtype, np.integer)):
+            raise TypeError("multipliers and shifts must be integers")
+        if n_out and not (m.min() >= 1 and m.max() < (1 << 31) and sh.min() >= 0 and sh.max() <= 62):
+            raise ValueError("multipliers must be between 1 and 2**31 - 1 and shifts between 0 and 62")
+
     @classmethod
     def from_float(cls, weight, bias, *, in_scale: float, out_scale, in_bits: int = 8, w_bits: int = 8,
                    acc_bits: int = 32, out: FixedFormat = INT8, multiplier_bits: int = MULTIPLIER_BITS,

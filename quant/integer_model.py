@@ -14,7 +14,7 @@ What the accelerator computes, image by image (``C`` channels, ``H`` heads, ``N`
   ``fc2`` into ``s_res`` -> saturating residual add;
 * **token selection** (EViT stages, between attention and MLP): the class-attention rows of the heads
   (integer softmax probabilities) averaged by :func:`tokensift.quant.select.head_weighted_scores` with equal
-  head weights, ``k = ceil(rho * candidates)`` by :func:`~tokensift.quant.select.topk_keep` (lower index
+  head weights ``round(2**15 / H)`` (exactly the mean for a power-of-two head count), ``k = ceil(rho * candidates)`` by :func:`~tokensift.quant.select.topk_keep` (lower index
   wins ties), and EViT's fused token ``sum_pruned a_i x_i``: the normalised package token of
   :func:`~tokensift.quant.select.package_token` times the pruned attention mass ``S = sum a_i``,
   ``round_shift(package * S, score_frac)``, appended after the kept tokens;
@@ -45,8 +45,8 @@ from tokensift.quant.softmax import SoftmaxParams
 
 __all__ = ["EViTStage", "IntegerBlock", "IntegerViT", "calibration_sites", "capture_activations", "kernel_errors"]
 
-#: fractional bits of the equal head weights used for EViT's mean over heads
-HEAD_WEIGHT_FRAC = 8
+#: fractional bits of the equal head weights ``round(2**15 / H)`` used for EViT's mean over heads
+HEAD_WEIGHT_FRAC = 15
 
 
 @dataclass(frozen=True)
@@ -267,10 +267,8 @@ class IntegerViT:
         """
         B, N, C = x.shape
         H = cls_rows.shape[1]
-        weights = np.full(H, (1 << HEAD_WEIGHT_FRAC) // H, dtype=np.int64)
-        if (1 << HEAD_WEIGHT_FRAC) % H:
-            raise ValueError(f"EViT's mean over heads needs a power-of-two head count up to "
-                             f"{1 << HEAD_WEIGHT_FRAC}, not {H}")
+        # 1/H rounded half up to HEAD_WEIGHT_FRAC bits (exact for a power-of-two H)
+        weights = np.full(H, int(round_shift((1 << (HEAD_WEIGHT_FRAC + 1)) // H, 1)), dtype=np.int64)
         k = stage.num_keep(N - 1)
         rows = []
         for b in range(B):

@@ -247,3 +247,32 @@ def test_requantize_per_channel_rejects_constants():
         requantize_per_channel(acc, [1, 1], [1, 63])
     with pytest.raises(ValueError, match=r"^accumulators values must fit in signed 32 bits, "):
         requantize_per_channel(np.array([[2**31, 0]]), [1, 1], [1, 1])
+
+
+class TestIntLinearFields:
+    def fields(self, **changes):
+        f = dict(weight=np.ones((2, 3), dtype=np.int64), bias=np.zeros(2, dtype=np.int64),
+                 multipliers=np.full(2, 1 << 15), shifts=np.full(2, 20), in_scale=0.1,
+                 weight_scale=np.ones(2), out_scale=np.ones(2))
+        f.update(changes)
+        return f
+
+    def test_valid(self):
+        layer = IntLinear(**self.fields())
+        assert (layer.in_features, layer.out_features) == (3, 2)
+
+    @pytest.mark.parametrize("changes, error, message", [
+        ({"weight": np.full((2, 3), 128)}, ValueError, r"^weight values must fit in signed 8 bits, between -128 and 127$"),
+        ({"weight": np.ones(3, dtype=np.int64)}, ValueError, r"^weight must have shape \(out, in\), not \(3,\)$"),
+        ({"weight": np.ones((2, 3))}, TypeError, r"^weight must hold integers, not float64$"),
+        ({"bias": np.zeros(3, dtype=np.int64)}, ValueError, r"^bias must have shape \(2,\), not \(3,\)$"),
+        ({"shifts": np.full(2, 63)}, ValueError,
+         r"^multipliers must be between 1 and 2\*\*31 - 1 and shifts between 0 and 62$"),
+        ({"multipliers": np.full(2, 1.5)}, TypeError, r"^multipliers and shifts must be integers$"),
+        ({"out_scale": np.ones(3)}, ValueError, r"^out_scale must have shape \(2,\), not \(3,\)$"),
+        ({"in_bits": 17}, ValueError, r"^in_bits must be between 2 and 16, not 17$"),
+        ({"out": 8}, TypeError, r"^out must be a FixedFormat, not int$"),
+    ])
+    def test_rejects(self, changes, error, message):
+        with pytest.raises(error, match=message):
+            IntLinear(**self.fields(**changes))

@@ -113,6 +113,18 @@ def test_extreme_inputs_saturate_and_are_counted(quick_dense, mnist):
         assert int_model.counter.by_site["input"] == 2 * 28 * 28  # every pixel saturates at the input
 
 
+def test_any_head_count(mnist):
+    # three heads: EViT's mean over heads uses weights round(2**15 / 3), not an exact third
+    train, test = mnist
+    torch.manual_seed(0)
+    model = create_model("vit_mnist_patch4_28", method="evit", **{**TINY, "embed_dim": 48, "num_heads": 3}).eval()
+    int_model = IntegerViT.from_float(model, calib_batches(train, n=1, size=16))
+    images = torch.stack([test[i][0] for i in range(2)])
+    x = int_model.forward_features(images)
+    with torch.no_grad():
+        assert x.shape == model.forward_state(images).x.shape
+
+
 def test_percentile_observer(quick_dense, mnist):
     train, test = mnist
     int_model = IntegerViT.from_float(quick_dense, calib_batches(train), observer="percentile")
