@@ -181,3 +181,12 @@ class TestActivationsAndBias:
     def test_bias_shape(self):
         with pytest.raises(ValueError, match=r"^bias shape \(2,\) must match the weight scales' shape \(3,\)$"):
             quantize_bias([1.0, 2.0], 0.5, [1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("name", ["qparams", "gemm", "gelu", "layernorm", "calibrate"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"tokensift.quant.{name}"))
+    assert result.attempted > 0 and result.failed == 0
