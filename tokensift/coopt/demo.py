@@ -28,7 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DemoConfig", "run_demo", "render_table"]
+__all__ = ["DemoConfig", "run_demo", "render_table", "RES_BITS"]
+
+#: width of the integer model's residual stream (and so of the tokens its selector moves)
+RES_BITS = 16
 
 
 @dataclass
@@ -86,7 +89,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from tokensift.coopt.latency_train import LatencyPlan
     from tokensift.coopt.report import write_report
     from tokensift.coopt.search import co_optimize
-    from tokensift.coopt.space import default_keep_space
+    from tokensift.coopt.space import HwChoice, default_keep_space
     from tokensift.devices import get_device
     from tokensift.hw.layer_cost import HwConfig, ModelCost
     from tokensift.sw.checkpoint import load_checkpoint
@@ -123,7 +126,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     # 2. co-optimization ------------------------------------------------------------------------------------
     step(f"co-optimize hardware x keep ratios for {device.name}")
     t = time.perf_counter()
-    ev = CostEvaluator(cfg.model, method=cfg.method, device=device,
+    # the integer model's residual stream is int16, so its selector moves int16 tokens: cost that selector
+    ev = CostEvaluator(cfg.model, method=cfg.method, device=device, selector_feature_bits=RES_BITS,
                        keep_space=default_keep_space(cfg.method, 3, low=0.3, step=cfg.keep_step))
     if cfg.target_latency_ms is None:
         ones = tuple(1.0 for _ in ev.sels)
@@ -172,7 +176,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     model.eval()
     timings["finetune_s"] = time.perf_counter() - t
     cost = ModelCost(model, hw_cfg)
-    model_cycles = cost.cycles()
+    # the whole image on the generated hardware (int16-token selector), the number the search optimised
+    model_cycles = ev.point(ev.hw_space.index_of(HwChoice(**hw)), keep)["cycles"]
 
     # 4. quantization ---------------------------------------------------------------------------------------
     step("quantize to the integer-only model (int8 weights and activations, int16 residual)")
@@ -182,7 +187,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     train, _ = load_mnist()
     calib = torch.utils.data.DataLoader(train, batch_size=64, shuffle=False)
-    iv = IntegerViT.from_float(model, calib, num_batches=cfg.calib_batches,
+    iv = IntegerViT.from_float(model, calib, num_batches=cfg.calib_batches, res_bits=RES_BITS,
                                softmax=SoftmaxParams(variant=hw["softmax"]))
     acc_float_dense = _accuracy(_dense(cfg, dense_ckpt), eval_set)
     acc_float = _accuracy(model, eval_set)

@@ -105,14 +105,18 @@ class CostEvaluator:
         method: the pruning method (with a model name).
         device: a device name or :class:`~tokensift.devices.Device`.
         hw_space, keep_space: the axes (defaults: :func:`default_hw_space`, :func:`default_keep_space`).
+        selector_feature_bits: width of the features the token selector moves (the cost model assumes
+            int8; an integer model whose residual stream is int16 selects int16 tokens).
         overrides: :class:`~tokensift.sw.registry.ViTConfig` overrides with a model name.
     """
 
     def __init__(self, model, *, method: str | None = None, device: str | Device = "pynq-z2",
-                 hw_space: HwSpace | None = None, keep_space: KeepSpace | None = None, **overrides):
+                 hw_space: HwSpace | None = None, keep_space: KeepSpace | None = None,
+                 selector_feature_bits: int | None = None, **overrides):
         from tokensift.hw.layer_cost import ModelDesc
 
         self.device = get_device(device)
+        self.selector_feature_bits = selector_feature_bits
         if isinstance(model, str):
             self.method = method or "none"
             self.desc = ModelDesc.from_name(model, method=self.method, **overrides)
@@ -172,6 +176,10 @@ class CostEvaluator:
             hw = HwConfig(lanes=lanes, heads_parallel=heads_parallel, softmax=softmax, linear_lanes=linear_lanes,
                           selector_lanes=selector_lanes)
             cost = ModelCost(self.desc, hw)
+            if self.selector_feature_bits is not None and cost.selector is not None:
+                from dataclasses import replace
+
+                cost.selector = replace(cost.selector, feature_bits=self.selector_feature_bits)
             self._costs[key] = cost
         return cost
 

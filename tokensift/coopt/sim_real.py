@@ -169,7 +169,7 @@ def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, se
     from tokensift.sim.attention_harness import TOPLEVEL, harness_for, verilator_options
     from tokensift.sim.runner import run_cocotb
 
-    work_dir = Path(work_dir)
+    work_dir = Path(work_dir).resolve()  # the testbench runs in the build directory
     work_dir.mkdir(parents=True, exist_ok=True)
     if build_root is not None:
         os.environ.setdefault("TOKENSIFT_BUILD", str(build_root))
