@@ -233,6 +233,31 @@ def test_space_validation(make, message):
         make()
 
 
+def test_cli_measured_accuracy_with_nsga2(tmp_path, capsys):
+    """NSGA-II on measured accuracy, its first generation seeded from the cost grid's frontier."""
+    import torch
+
+    from tokensift.coopt.accuracy import MeasuredAccuracy
+    from tokensift.sw import create_model
+    from tokensift.sw.checkpoint import save_checkpoint
+    from tokensift.sw.data import load_mnist
+
+    torch.manual_seed(0)
+    model = create_model(MODEL, method="evit")
+    ckpt = save_checkpoint(tmp_path / "evit.pth", model)
+    rc = main(["co-opt", "--device", "pynq-z2", "--target-latency-ms", "1.5", "--lanes", "4,16", "--heads-parallel",
+               "1,4", "--linear-lanes", "16,128", "--selector-lanes", "16", "--keep-step", "0.2", "--accuracy",
+               "measured", "--checkpoint", str(ckpt), "--trials", "10", "--population", "4", "--eval-images", "40",
+               "--no-progress", "--json"])
+    d = json.loads(capsys.readouterr().out)
+    assert rc == 0 and d["search"]["kind"] == "nsga2" and d["search"]["seeded_from_grid"] == 4
+    assert list(d["objectives"]) == ["latency_ms", "max_utilization", "measured_accuracy"]
+    c = d["chosen"]
+    assert c["latency_ms"] <= 1.5 and c["fits"]
+    oracle = MeasuredAccuracy(model, load_mnist()[1], images=40)
+    assert c["accuracy_proxy"] == oracle.at(c["keep"]["point"])
+
+
 # -- NSGA-II and shared storage ----------------------------------------------------------------------------
 def test_nsga2_finds_a_feasible_point(evit_small):
     res = co_optimize(MODEL, method="evit", device="pynq-z2", target_latency_ms=2.0, search="nsga2", trials=40,

@@ -60,6 +60,10 @@ def plot_pareto(result, path: Path, measured: list[tuple[float, float]] | None =
         ax.scatter([c["latency_ms"]], [c["accuracy_proxy"]], marker="*", s=220, c="tab:red", edgecolors="k",
                    zorder=5, label="chosen" if s["chosen"] else "closest")
     ax.set_xscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter(""))
     ax.set_xlabel("latency per image (ms, log scale)")
     ax.set_ylabel(result.extra.get("accuracy_name", "accuracy proxy").replace("_", " "))
     ax.set_title(f"{s['model']} / {s['method']} on {s['device']['name']}")

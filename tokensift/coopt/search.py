@@ -9,7 +9,7 @@ the dense model's multiply-accumulates the token schedule still computes), or me
 * ``grid``: every hardware point x every keep point through :meth:`CostEvaluator.grid` (vectorised), the
   exact front by :func:`tokensift.coopt.pareto.grid_front`.
 * ``nsga2``: optuna's NSGA-II sampler over the same axes, one design point per trial, with the fit as its
-  constraint; ``storage`` (an optuna storage URL such as ``sqlite:///study.db``) lets several workers
+  constraint; a new study's first generation is seeded from the cost grid's frontier; ``storage`` (an optuna storage URL such as ``sqlite:///study.db``) lets several workers
   share one study, and each worker's answer is computed from every trial in the study.
 
 The chosen point meets the target latency and fits the device; among those it has the best accuracy proxy
@@ -156,8 +156,29 @@ def _grid_search(ev: CostEvaluator, accuracy, progress: bool):
             "points_per_s": g.points / g.seconds if g.seconds > 0 else None}, lat, util, acc, fits, points, flat_index
 
 
+def _seed_points(ev: CostEvaluator, target_ms: float, n: int) -> list[tuple[int, tuple]]:
+    """``n`` designs for NSGA-II's first generation: the latency vs retained-FLOPs frontier of everything
+    that fits (from the cheap cost grid), spread evenly along latency and centred on the target."""
+    from tokensift.coopt.pareto import front_2d
+
+    g = ev.grid()
+    K = g.cycles.shape[1]
+    flat = np.flatnonzero(np.repeat(g.fits, K))
+    if not len(flat):
+        return []
+    lat = g.latency_ms.reshape(-1)[flat]
+    acc = np.tile(g.accuracy, g.cycles.shape[0])[flat]
+    front = flat[front_2d(lat, -acc)]
+    front = front[np.argsort(g.latency_ms.reshape(-1)[front], kind="stable")]
+    near = np.searchsorted(g.latency_ms.reshape(-1)[front], target_ms, side="right")
+    lo = max(0, min(near - n // 2, len(front) - n))
+    pick = front[lo:lo + n]
+    scheds = g.extra["schedules"]
+    return [(int(i // K), scheds[i % K].point) for i in pick]
+
+
 def _nsga2_search(ev: CostEvaluator, accuracy, *, trials: int, storage: str | None, study_name: str | None,
-                  seed: int | None, population: int, progress: bool):
+                  seed: int | None, population: int, progress: bool, seed_target: float | None = None):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -177,6 +198,14 @@ def _nsga2_search(ev: CostEvaluator, accuracy, *, trials: int, storage: str | No
                          f"device or axes differ); pass a new --study-name")
     keep_names = ([f"keep_{s}" for s in range(ks.stages)] if ks.kind == "per-stage"
                   else ["rho"] if ks.kind != "none" else [])
+    seeded = 0
+    if seed_target is not None and not study.trials and hs.size * ks.size <= MAX_GRID_POINTS:
+        for h, point in _seed_points(ev, seed_target, population):
+            c = hs.choice(h)
+            study.enqueue_trial({"lanes": c.lanes, "heads_parallel": c.heads_parallel, "linear_lanes": c.linear_lanes,
+                                 "selector_lanes": c.selector_lanes, "softmax": c.softmax, "clock_mhz": c.clock_mhz,
+                                 **dict(zip(keep_names, point, strict=True))})
+            seeded += 1
 
     def objective(trial):
         from tokensift.coopt.space import HwChoice
@@ -231,7 +260,8 @@ def _nsga2_search(ev: CostEvaluator, accuracy, *, trials: int, storage: str | No
         points = [(keys[i], float(lat[i])) for i in cand[np.asarray(mask, dtype=bool)]]
     info = {"kind": "nsga2", "trials": trials, "study_trials": len(done), "distinct_points": len(uniq),
             "study": name, "storage": storage, "seconds": seconds, "points": trials,
-            "points_per_s": trials / seconds if seconds > 0 else None, "population": population, "seed": seed}
+            "points_per_s": trials / seconds if seconds > 0 else None, "population": population, "seed": seed,
+            "seeded_from_grid": seeded}
     return info, lat, util, acc, fits, points, lambda i: keys[i]
 
 
@@ -272,10 +302,13 @@ def co_optimize(model, *, method: str | None = None, device="pynq-z2", target_la
                 hw_space=None, keep_space=None, search: str = "grid", trials: int = 200, storage: str | None = None,
                 study_name: str | None = None, seed: int | None = 0, population: int = 40, accuracy=None,
                 prefer: str = "accuracy", max_front: int = 200, progress: bool = False,
-                evaluator: CostEvaluator | None = None, **overrides) -> CoOptResult:
+                evaluator: CostEvaluator | None = None, seed_from_grid: bool = True, **overrides) -> CoOptResult:
     """Search the design space of ``model`` on ``device`` for ``target_latency_ms``; see the module docstring.
 
-    ``accuracy`` is None (the retained-FLOPs proxy) or a callable ``[KeepSchedule] -> accuracies``.
+    ``accuracy`` is None (the retained-FLOPs proxy) or a callable ``[KeepSchedule] -> accuracies``. With
+    ``seed_from_grid`` a new NSGA-II study starts from ``population`` designs of the cheap cost grid's
+    latency-vs-retained-FLOPs frontier around the target, so the expensive objective (measured accuracy)
+    is spent near the answer.
     """
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {', '.join(SEARCHES)}, not {search!r}")
@@ -293,7 +326,8 @@ def co_optimize(model, *, method: str | None = None, device="pynq-z2", target_la
     else:
         info, lat, util, acc, fits, front_keys, key_of = _nsga2_search(
             ev, accuracy, trials=trials, storage=storage, study_name=study_name, seed=seed,
-            population=population, progress=progress)
+            population=population, progress=progress,
+            seed_target=float(target_latency_ms) if seed_from_grid else None)
     acc_name = "retained_flops" if accuracy is None else getattr(accuracy, "name", "accuracy")
     chosen_i, closest_i = choose(lat, util, acc, fits, float(target_latency_ms), prefer)
 
