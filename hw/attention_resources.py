@@ -26,7 +26,14 @@ from dataclasses import asdict
 
 from amaranth.utils import ceil_log2
 
-from tokensift.hw.resources import Resources, check_family, fitted, map_memory, multiplier_dsps
+from tokensift.hw.resources import (
+    Resources,
+    check_family,
+    const_operand_bits,
+    fitted,
+    map_memory,
+    multiplier_dsps,
+)
 from tokensift.quant.attention import AttentionParams
 from tokensift.quant.softmax import SoftmaxParams, SoftmaxVariant
 
@@ -88,16 +95,17 @@ def multipliers(params: AttentionParams) -> list[tuple[str, int, int, bool, int 
     a_bits = max(p.data_bits, sm.prob_frac + 2)
     out = [(f"mac{lane}", a_bits, p.data_bits, True, None) for lane in range(p.lanes)]
     if not _pow2(p.scale_multiplier):
-        out.append(("exp_scale", p.score_bits + 1, p.scale_multiplier.bit_length() + 1, True, None))
+        out.append(("exp_scale", p.score_bits + 1, const_operand_bits(p.scale_multiplier, signed=True), True, None))
     if sm.variant is SoftmaxVariant.EXP2_POLY:
         a, b = sm.poly_coefficients
         f = sm.log2_frac
         if not _pow2(b):
-            out.append(("exp_poly_b", f, b.bit_length(), False, None))
-        out.append(("exp_poly_x", f, max(a.bit_length(), b.bit_length() + 1) + 1, False, f + sm.exp_frac + 2))
+            out.append(("exp_poly_b", f, const_operand_bits(b, signed=False), False, None))
+        # a + round_shift(fr * b, f): the rounding adds a bit and the shift keeps the width in the RTL
+        out.append(("exp_poly_x", f, max(a.bit_length(), b.bit_length() + f + 1) + 1, False, f + sm.exp_frac + 2))
     out.append(("normalize", sm.exp_frac + 1, sm.prob_frac + 2, False, None))
     if not _pow2(p.out_multiplier):
-        out.append(("requant", p.acc_bits, p.out_multiplier.bit_length() + 1, True, None))
+        out.append(("requant", p.acc_bits, const_operand_bits(p.out_multiplier, signed=True), True, None))
     return out
 
 

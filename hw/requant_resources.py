@@ -1,7 +1,8 @@
 """Cost of the streaming requantizer (:class:`tokensift.hw.requant.Requantizer`): resources and cycles.
 
 The multiplier by the constant ``multiplier`` is the only DSP user: Yosys folds a power of two into a
-shift, otherwise the product ``acc_bits x (multiplier.bit_length() + 1)`` (signed) is tiled onto DSPs by
+shift, otherwise the product ``acc_bits x`` the constant's odd part (signed,
+:func:`tokensift.hw.resources.const_operand_bits`) is tiled onto DSPs by
 :func:`tokensift.hw.resources.multiplier_dsps`. No memory. LUTs (rounding adder, range check,
 saturation, overflow counter) and flip-flops (output register, valid, counter) follow the fitted linear
 model of :mod:`tokensift.hw.resources` over the features of :func:`features`.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokensift.hw.resources import Resources, check_family, fitted, multiplier_dsps
+from tokensift.hw.resources import Resources, check_family, const_operand_bits, fitted, multiplier_dsps
 from tokensift.quant.fixed import FixedFormat, Overflow, Rounding
 
 __all__ = ["BLOCK", "RequantParams", "features", "exact", "resources", "cycles", "build", "params_to_dict",
@@ -101,7 +102,7 @@ def _b_split_adders(p: RequantParams, family: str) -> int:
     from tokensift.hw.resources import family_info
 
     info = family_info(family)
-    a, b = sorted((p.acc_bits, p.multiplier.bit_length() + 1), reverse=True)
+    a, b = sorted((p.acc_bits, const_operand_bits(p.multiplier, signed=True)), reverse=True)
     if b <= info.dsp_b:
         return 0
     head = 1 if info.dsp_signed_only else 0
@@ -113,7 +114,7 @@ def _b_split_adders(p: RequantParams, family: str) -> int:
 def _dsps(p: RequantParams, family: str) -> int:
     if _power_of_two(p.multiplier):
         return 0  # a shift
-    return multiplier_dsps(p.acc_bits, p.multiplier.bit_length() + 1, family=family, signed=True)
+    return multiplier_dsps(p.acc_bits, const_operand_bits(p.multiplier, signed=True), family=family, signed=True)
 
 
 def exact(params: RequantParams, family: str) -> Resources:

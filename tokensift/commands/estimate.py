@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     whole.add_argument("--heads-parallel", type=int, default=1, help="attention cores (default: %(default)s)")
     whole.add_argument("--linear-lanes", type=int, default=None, help="lanes of the linear array (default: --lanes)")
     block = parser.add_argument_group("one block (--block)")
-    block.add_argument("--block", choices=["attention", "selector", "requant"], default=None,
-                       help="estimate one block instead of a model")
+    block.add_argument("--block", choices=["attention", "selector", "requant", "mac_array", "memory", "multiplier"],
+                       default=None, help="estimate one block instead of a model (the last three: --validate only)")
     block.add_argument("--family", choices=list(FAMILIES), default=None,
                        help="device family of a block estimate (default: the device's, else xcup)")
     block.add_argument("--n-max", type=int, default=None, help="most tokens per frame (default: 197)")
@@ -143,8 +143,14 @@ def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | 
     }
 
 
+_ESTIMABLE = ("attention", "selector", "requant")
+
+
 def estimate_block(args) -> dict:
     """The ``--json`` object of a one-block estimate."""
+    if args.block not in _ESTIMABLE:
+        raise InvalidArgumentError(f"--block {args.block} is only compared with synthesis (--validate); estimate "
+                                   f"one of {', '.join(_ESTIMABLE)}")
     family = args.family
     if family is None:
         if args.device is not None:
