@@ -319,7 +319,7 @@ class CostEvaluator:
             self._units[key] = units.get(kind)
         return self._units[key]
 
-    def _resource_keys(self) -> list[str]:
+    def resource_keys(self) -> list[str]:
         """The capacities the fit is checked against (block RAM and DSP only with the hard-block fallback)."""
         from tokensift.coopt.unit_resources import HARD_BLOCKS_ONLY
 
@@ -331,7 +331,7 @@ class CostEvaluator:
         return keys
 
     def _unit_matrix(self, kind: str, count: int) -> np.ndarray:
-        keys = self._resource_keys()
+        keys = self.resource_keys()
         rows = []
         for i in range(count):
             r = self._unit(kind, i)
@@ -357,7 +357,7 @@ class CostEvaluator:
 
     def utilization(self, used: np.ndarray) -> np.ndarray:
         """(H, R) used / capacity (a resource the device lacks: 0 if unused, inf if used)."""
-        cap = np.array([self.capacity[k] for k in self._resource_keys()], dtype=np.float64)
+        cap = np.array([self.capacity[k] for k in self.resource_keys()], dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             util = np.where(cap > 0, used / np.where(cap > 0, cap, 1), np.where(used > 0, np.inf, 0.0))
         return util
@@ -434,7 +434,7 @@ class CostEvaluator:
         A, L, S = self.columns(sched.point)
         a, li, si, _ = hs.unravel(h)
         cycles = int(A[a, 0] + L[li, 0] + S[si, 0])
-        keys = self._resource_keys()
+        keys = self.resource_keys()
         used = self.resources()[h]
         util = self.utilization(used[None])[0]
         units = {"attention": self._unit("attention", a), "linear": self._unit("linear", li)}
