@@ -128,17 +128,18 @@ class Resources:
         return self.bram36 + self.bram18 / 2
 
     def as_dict(self, family: str | None = None) -> dict:
-        """Rounded counts; with a family, only the keys that family has (``bram36`` = RAMB36 equivalents
-        on Xilinx, ``ebr`` on ECP5)."""
-        out = {"dsp": int(self.dsp), "bram18": int(self.bram18), "bram36": self.bram36_equiv,
-               "uram": int(self.uram), "ebr": int(self.ebr), "lut": int(round(self.lut)),
-               "ff": int(round(self.ff))}
+        """Rounded counts. ``bram36`` is in RAMB36 equivalents (what a device's BRAM capacity counts);
+        ``bram36_blocks`` / ``bram18_blocks`` are the primitives themselves. With a family, only the keys
+        that family has (ECP5: ``dsp``, ``ebr``, ``lut``, ``ff``)."""
+        out = {"dsp": int(self.dsp), "bram36": self.bram36_equiv, "bram36_blocks": int(self.bram36),
+               "bram18_blocks": int(self.bram18), "uram": int(self.uram), "ebr": int(self.ebr),
+               "lut": int(round(self.lut)), "ff": int(round(self.ff))}
         if family is None:
             return out
         info = family_info(family)
         if info.vendor == "lattice":
             return {k: out[k] for k in ("dsp", "ebr", "lut", "ff")}
-        return {k: out[k] for k in ("dsp", "bram18", "bram36", "uram", "lut", "ff")}
+        return {k: out[k] for k in ("dsp", "bram36", "bram36_blocks", "bram18_blocks", "uram", "lut", "ff")}
 
 
 # -- multipliers -------------------------------------------------------------------------------------
