@@ -221,10 +221,9 @@ def _validate(args) -> int:
         emit_json({"rows": [r.as_dict() for r in rows], "summary": summary(rows), "failures": len(failures),
                    "ok": not failures})
         return 0 if not failures else 1
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     table = Table(title="cost model vs Yosys synthesis")
     for col in ("block", "config", "family", "metric", "model", "synth", "error", "tolerance", ""):
         table.add_column(col, justify="right" if col in ("model", "synth", "error") else "left")
@@ -247,11 +246,18 @@ def _validate(args) -> int:
     return 0 if not failures else 1
 
 
-def _print_model(summary: dict) -> None:
+def _console():
+    import sys
+
     from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 150)
+
+
+def _print_model(summary: dict) -> None:
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     title = (f"{summary['model']} / {summary['method']} / keep {summary['keep_ratio']:g} on {summary['device']} "
              f"({summary['family']}, {summary['clock_mhz']:g} MHz)")
     res = Table(title=title)
@@ -297,7 +303,6 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             emit_json(out)
             return 0
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"{out['block']} on {out['family']}: " + ", ".join(f"{k}={v}" for k, v in out["params"].items()))
@@ -306,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
         for k, v in out["resources"].items():
             table.add_row(k, f"{v:g}")
         table.add_row("cycles", str(out["cycles"]))
-        Console().print(table)
+        _console().print(table)
         return 0
     out = estimate_model(model=args.model, method=args.method, keep=args.keep, lanes=args.lanes,
                          heads_parallel=args.heads_parallel, linear_lanes=args.linear_lanes,
