@@ -30,7 +30,8 @@ __all__ = [
 from tokensift.quant.calibrate import MinMaxObserver, PercentileObserver, calibrate  # noqa: E402
 from tokensift.quant.gelu import GeluParams, gelu_int  # noqa: E402
 from tokensift.quant.gemm import IntLinear, matmul_int, requantize_per_channel  # noqa: E402
-from tokensift.quant.layernorm import LayerNormParams, isqrt, layernorm_int  # noqa: E402
+from tokensift.quant.intmath import isqrt  # noqa: E402
+from tokensift.quant.layernorm import LayerNormParams, layernorm_int  # noqa: E402
 from tokensift.quant.qparams import (  # noqa: E402
     quantize_bias,
     quantize_multiplier,

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, requantize, round_shift
+from tokensift.quant.intmath import check_int, check_scale
 from tokensift.quant.qparams import MULTIPLIER_BITS, quantize_multiplier
 
 __all__ = ["GELU_A", "GELU_B", "GeluParams", "gelu_int", "gelu_product", "gelu_poly", "gelu_exact",
@@ -46,21 +47,6 @@ GELU_A = -0.2888
 GELU_B = -1.769
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
-    return int(value)
-
-
-def _check_scale(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a real number, not {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{name} must be a positive finite number, not {value}")
-    return value
 
 
 def gelu_poly(x):
@@ -103,15 +89,15 @@ class GeluParams:
     out_scale: float = float("nan")
 
     def __post_init__(self):
-        in_bits = _check_int("in_bits", self.in_bits, 2, 16)
-        _check_int("pre_shift", self.pre_shift, 0, 31)
-        _check_int("clip", self.clip, 1, 1 << 16)
+        in_bits = check_int("in_bits", self.in_bits, 2, 16)
+        check_int("pre_shift", self.pre_shift, 0, 31)
+        check_int("clip", self.clip, 1, 1 << 16)
         one_max = ((1 << 31) - 1) >> in_bits
-        _check_int("one", self.one, 1, one_max)
+        check_int("one", self.one, 1, one_max)
         if self.one < self.clip * self.clip:
             raise ValueError(f"one must be at least clip**2 = {self.clip * self.clip}, not {self.one}")
-        _check_int("multiplier", self.multiplier, 1, (1 << 31) - 1)
-        _check_int("shift", self.shift, 0, 62)
+        check_int("multiplier", self.multiplier, 1, (1 << 31) - 1)
+        check_int("shift", self.shift, 0, 62)
         if not isinstance(self.out, FixedFormat):
             raise TypeError(f"out must be a FixedFormat, not {type(self.out).__name__}")
 
@@ -123,9 +109,9 @@ class GeluParams:
         Raises ValueError when ``in_scale`` is so coarse that the polynomial has no resolution left
         (``clip < 1``, i.e. ``in_scale`` above about 3.7).
         """
-        s = _check_scale("in_scale", in_scale)
-        so = _check_scale("out_scale", out_scale)
-        in_bits = _check_int("in_bits", in_bits, 2, 16)
+        s = check_scale("in_scale", in_scale)
+        so = check_scale("out_scale", out_scale)
+        in_bits = check_int("in_bits", in_bits, 2, 16)
         one_max = ((1 << 31) - 1) >> in_bits
         for p in range(32):
             sp = s / math.sqrt(2.0) * 2.0**p

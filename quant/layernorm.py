@@ -36,70 +36,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, requantize, round_shift
+from tokensift.quant.intmath import bit_length, check_int, check_scale, isqrt  # noqa: F401
 from tokensift.quant.qparams import MULTIPLIER_BITS, quantize_multiplier, symmetric_scale
 
 __all__ = ["bit_length", "isqrt", "LayerNormParams", "layernorm_int", "layernorm_normalise", "layernorm_float",
            "layernorm_error_bound", "layernorm_error"]
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
-    return int(value)
-
-
-def _check_scale(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a real number, not {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{name} must be a positive finite number, not {value}")
-    return value
-
-
-def _nonneg_int64(name: str, values) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must be integers, not {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
-    if np.any(arr < 0):
-        raise ValueError(f"{name} must be non-negative")
-    return arr
-
-
-def bit_length(values) -> np.ndarray:
-    """Number of bits of each non-negative int64 (0 for 0), by a binary search of shifts.
-
-    >>> bit_length([0, 1, 2, 255, 256, 2**62]).tolist()
-    [0, 1, 2, 8, 9, 63]
-    """
-    n = _nonneg_int64("bit_length inputs", values)
-    length = np.zeros(n.shape, dtype=np.int64)
-    for step in (32, 16, 8, 4, 2, 1):
-        length = length + step * ((n >> (length + step)) > 0)
-    return length + (n > 0)
-
-
-def isqrt(values) -> np.ndarray:
-    """``floor(sqrt(n))`` of non-negative int64s by Newton's iteration ``x <- (x + n // x) >> 1``.
-
-    Starting above the root (``x0 = 2**ceil(bit_length(n) / 2)``), the iterates decrease strictly until
-    they reach ``floor(sqrt(n))``; the loop stops when no element decreases (at most 6 steps for 62 bits).
-
-    >>> isqrt([0, 1, 3, 4, 15, 16, 2**62 - 1]).tolist()
-    [0, 1, 1, 2, 3, 4, 2147483647]
-    """
-    n = _nonneg_int64("isqrt inputs", values)
-    x = np.where(n > 0, np.left_shift(1, (bit_length(n) + 1) >> 1), 0)
-    while True:
-        safe = np.maximum(x, 1)
-        y = (x + n // safe) >> 1
-        smaller = y < x
-        if not np.any(smaller):
-            return x
-        x = np.where(smaller, y, x)
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,16 +77,16 @@ class LayerNormParams:
     gamma_scale: float = float("nan")
 
     def __post_init__(self):
-        dim = _check_int("dim", self.dim, 1, 4096)
-        in_bits = _check_int("in_bits", self.in_bits, 2, 16)
-        _check_int("recip_bits", self.recip_bits, 2, 30)
-        norm_bits = _check_int("norm_bits", self.norm_bits, 2, 24)
-        gamma_bits = _check_int("gamma_bits", self.gamma_bits, 2, 24)
-        acc_bits = _check_int("acc_bits", self.acc_bits, 2, 32)
+        dim = check_int("dim", self.dim, 1, 4096)
+        in_bits = check_int("in_bits", self.in_bits, 2, 16)
+        check_int("recip_bits", self.recip_bits, 2, 30)
+        norm_bits = check_int("norm_bits", self.norm_bits, 2, 24)
+        gamma_bits = check_int("gamma_bits", self.gamma_bits, 2, 24)
+        acc_bits = check_int("acc_bits", self.acc_bits, 2, 32)
         if norm_bits + gamma_bits > acc_bits:
             raise ValueError(f"norm_bits + gamma_bits must be at most acc_bits = {acc_bits}, "
                              f"not {norm_bits} + {gamma_bits}")
-        eps_int = _check_int("eps_int", self.eps_int, 1, 1 << 61)
+        eps_int = check_int("eps_int", self.eps_int, 1, 1 << 61)
         v_max = dim * ((dim - 1) * ((1 << in_bits) - 1)) ** 2
         if v_max + eps_int >= 1 << 62:
             raise ValueError(f"dim {dim} with {in_bits}-bit inputs and eps_int {eps_int} overflows the "
@@ -158,8 +99,8 @@ class LayerNormParams:
                 raise ValueError(f"{name} must have shape ({dim},), not {a.shape}")
             if not FixedFormat(bits=bits).contains(a):
                 raise ValueError(f"{name} codes must fit in signed {bits} bits")
-        _check_int("multiplier", self.multiplier, 1, (1 << 31) - 1)
-        _check_int("shift", self.shift, 0, 62)
+        check_int("multiplier", self.multiplier, 1, (1 << 31) - 1)
+        check_int("shift", self.shift, 0, 62)
         if not isinstance(self.out, FixedFormat):
             raise TypeError(f"out must be a FixedFormat, not {type(self.out).__name__}")
 
@@ -169,23 +110,23 @@ class LayerNormParams:
                    acc_bits: int = 32, out: FixedFormat = INT8, multiplier_bits: int = MULTIPLIER_BITS,
                    counter: OverflowCounter | None = None, site: str = "layernorm") -> LayerNormParams:
         """Quantize a LayerNorm's ``weight`` (gamma) and ``bias`` (beta) for the given scales."""
-        s = _check_scale("in_scale", in_scale)
-        so = _check_scale("out_scale", out_scale)
+        s = check_scale("in_scale", in_scale)
+        so = check_scale("out_scale", out_scale)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps >= 0):
             raise ValueError(f"eps must be a non-negative finite number, not {eps!r}")
         g = np.asarray(weight, dtype=np.float64)
         b = np.asarray(bias, dtype=np.float64)
         if g.ndim != 1 or b.shape != g.shape:
             raise ValueError(f"weight and bias must be vectors of one length, not {g.shape} and {b.shape}")
-        dim = _check_int("dim", g.shape[0], 1, 4096)
-        norm_bits = _check_int("norm_bits", norm_bits, 2, 24)
-        gamma_bits = _check_int("gamma_bits", gamma_bits, 2, 24)
+        dim = check_int("dim", g.shape[0], 1, 4096)
+        norm_bits = check_int("norm_bits", norm_bits, 2, 24)
+        gamma_bits = check_int("gamma_bits", gamma_bits, 2, 24)
         frac = norm_bits - 1
         eps_int = max(1, math.floor(eps * dim**3 / (s * s) + 0.5))
         g_real = g * math.sqrt(dim)
         s_g = float(symmetric_scale(np.abs(g_real).max(), gamma_bits))
         g_q = FixedFormat(bits=gamma_bits).quantize(g_real / s_g)
-        b_q = FixedFormat(bits=_check_int("acc_bits", acc_bits, 2, 32)).quantize(
+        b_q = FixedFormat(bits=check_int("acc_bits", acc_bits, 2, 32)).quantize(
             b * 2.0**frac / s_g, counter=counter, site=f"{site}.beta")
         multiplier, shift = quantize_multiplier(s_g * 2.0**-frac / so, multiplier_bits)
         return cls(dim=dim, in_bits=in_bits, eps_int=eps_int, gamma=g_q, beta=b_q, multiplier=multiplier,

@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from tokensift.quant.fixed import FixedFormat, OverflowCounter
+from tokensift.quant.intmath import check_int, check_scale
 
 __all__ = [
     "MULTIPLIER_BITS",
@@ -48,21 +49,6 @@ MULTIPLIER_BITS = 16
 MAX_SHIFT = 62
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
-    return int(value)
-
-
-def _check_scale(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a real number, not {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{name} must be a positive finite number, not {value}")
-    return value
 
 
 def quantize_multiplier(real_scale: float, bits: int = MULTIPLIER_BITS) -> tuple[int, int]:
@@ -92,8 +78,8 @@ def quantize_multiplier(real_scale: float, bits: int = MULTIPLIER_BITS) -> tuple
         TypeError: for a non-real scale or a non-integer width.
         ValueError: for a scale that is not positive and finite, or outside the representable range.
     """
-    scale = _check_scale("real_scale", real_scale)
-    bits = _check_int("multiplier bits", bits, 2, 31)
+    scale = check_scale("real_scale", real_scale)
+    bits = check_int("multiplier bits", bits, 2, 31)
     frac, exp = math.frexp(scale)
     shift = bits - exp
     multiplier = math.floor(math.ldexp(frac, bits) + 0.5)
@@ -117,7 +103,7 @@ def symmetric_scale(absmax, bits: int = 8) -> np.ndarray:
     >>> symmetric_scale([127.0, 0.0]).tolist()
     [1.0, 1.0]
     """
-    bits = _check_int("bits", bits, 2, 32)
+    bits = check_int("bits", bits, 2, 32)
     a = np.asarray(absmax, dtype=np.float64)
     if not np.all(np.isfinite(a)) or np.any(a < 0):
         raise ValueError("absmax values must be finite and non-negative")
@@ -132,8 +118,8 @@ def quantize_tensor(x, scale: float, bits: int = 8, *, counter: OverflowCounter 
     >>> quantize_tensor([0.5, -0.25, 100.0], 0.5).tolist()
     [1, 0, 127]
     """
-    scale = _check_scale("scale", scale)
-    fmt = FixedFormat(bits=_check_int("bits", bits, 2, 32))
+    scale = check_scale("scale", scale)
+    fmt = FixedFormat(bits=check_int("bits", bits, 2, 32))
     return fmt.quantize(np.asarray(x, dtype=np.float64) / scale, counter=counter, site=site)
 
 
@@ -147,13 +133,13 @@ def quantize_weight_per_channel(weight, bits: int = 8, axis: int = 0) -> tuple[n
     >>> q.tolist(), s.tolist()
     ([[127, -63], [0, 0]], [0.007874015748031496, 1.0])
     """
-    bits = _check_int("bits", bits, 2, 32)
+    bits = check_int("bits", bits, 2, 32)
     w = np.asarray(weight, dtype=np.float64)
     if w.ndim < 1:
         raise ValueError("weight must have at least one dimension")
     if not np.all(np.isfinite(w)):
         raise ValueError("weight values must be finite, not NaN or infinity")
-    axis = _check_int("axis", axis, -w.ndim, w.ndim - 1) % w.ndim
+    axis = check_int("axis", axis, -w.ndim, w.ndim - 1) % w.ndim
     moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
     scales = symmetric_scale(np.abs(moved).max(axis=1) if moved.size else np.zeros(w.shape[axis]), bits)
     shape = [1] * w.ndim
@@ -165,10 +151,10 @@ def quantize_weight_per_channel(weight, bits: int = 8, axis: int = 0) -> tuple[n
 def quantize_bias(bias, in_scale: float, weight_scales, acc_bits: int = 32, *,
                   counter: OverflowCounter | None = None, site: str = "bias") -> np.ndarray:
     """Bias -> accumulator codes at scale ``in_scale * weight_scales[c]`` (saturated, counted)."""
-    in_scale = _check_scale("in_scale", in_scale)
+    in_scale = check_scale("in_scale", in_scale)
     ws = np.asarray(weight_scales, dtype=np.float64)
     b = np.asarray(bias, dtype=np.float64)
     if b.shape != ws.shape:
         raise ValueError(f"bias shape {b.shape} must match the weight scales' shape {ws.shape}")
-    fmt = FixedFormat(bits=_check_int("acc_bits", acc_bits, 2, 62))
+    fmt = FixedFormat(bits=check_int("acc_bits", acc_bits, 2, 62))
     return fmt.quantize(b / (in_scale * ws), counter=counter, site=site)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tokensift.quant.fixed import FixedFormat, OverflowCounter, Rounding, round_shift
+from tokensift.quant.intmath import isqrt
 
 __all__ = [
     "Mode",
@@ -47,7 +48,7 @@ __all__ = [
     "SCORE_FORMAT",
     "SelectorParams",
     "SelectResult",
-    "isqrt_newton",
+
     "head_importance",
     "head_weighted_scores",
     "radix_threshold",
@@ -187,35 +188,11 @@ def _in_range(name: str, arr: np.ndarray, low: int, high: int) -> None:
         raise ValueError(f"{name} must lie in [{low}, {high}], not [{arr.min()}, {arr.max()}]")
 
 
-def isqrt_newton(values) -> np.ndarray:
-    """Floor square root of non-negative integers by Newton's iteration (I-BERT's integer sqrt).
-
-    Start from ``x0 = 2**ceil(bit_length / 2) >= sqrt(n)`` and iterate ``x <- (x + n // x) >> 1`` while
-    it decreases; the last decreasing iterate is ``floor(sqrt(n))``. Integer floor divisions only.
-
-    >>> isqrt_newton([0, 1, 15, 16, 17, 2**40]).tolist()
-    [0, 1, 3, 4, 4, 1048576]
-    """
-    n = _ints("values", values)
-    if n.size and n.min() < 0:
-        raise ValueError(f"values must be non-negative, not {n.min()}")
-    bits = np.array([int(v).bit_length() for v in n.ravel()], dtype=np.int64).reshape(n.shape)
-    x = np.left_shift(np.ones_like(n), (bits + 1) // 2)
-    x = np.where(n == 0, 0, x)
-    while True:
-        safe = np.where(x == 0, 1, x)
-        y = round_shift(x + n // safe, 1, Rounding.FLOOR)
-        better = (y < x) & (n > 0)
-        if not better.any():
-            return x
-        x = np.where(better, y, x)
-
-
 def head_importance(head_outputs, *, out_frac: int = 8, feature_bits: int = 8) -> np.ndarray:
     """AS-ViT head importance: each head's output L2 norm, normalised across heads, as unsigned fixed point.
 
     ``head_outputs`` is (H, N, head_dim) signed ``feature_bits`` integers (the per-head attention outputs
-    before the projection). For head ``h``: ``norm_h = isqrt_newton(sum(x**2))`` (the floor of the L2
+    before the projection). For head ``h``: ``norm_h = isqrt(sum(x**2))`` (the floor of the L2
     norm in units of one feature LSB), then
 
         ``w_h = round_shift((norm_h << (out_frac + 1)) // sum(norm), 1, HALF_UP)``
@@ -234,7 +211,7 @@ def head_importance(head_outputs, *, out_frac: int = 8, feature_bits: int = 8) -
     if x.shape[0] == 0:
         raise ValueError("head_outputs must hold at least one head")
     _in_range("head_outputs", x, -(1 << (feature_bits - 1)), (1 << (feature_bits - 1)) - 1)
-    norms = isqrt_newton((x * x).reshape(x.shape[0], -1).sum(axis=1))
+    norms = isqrt((x * x).reshape(x.shape[0], -1).sum(axis=1))
     total = int(norms.sum())
     if total == 0:
         norms, total = np.ones_like(norms), x.shape[0]

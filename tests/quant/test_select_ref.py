@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokensift.quant.fixed import FixedFormat, OverflowCounter
+from tokensift.quant.intmath import isqrt
 from tokensift.quant.select import (
     Mode,
     SelectorParams,
@@ -19,7 +20,6 @@ from tokensift.quant.select import (
     check_runtime,
     head_importance,
     head_weighted_scores,
-    isqrt_newton,
     keep_by_threshold,
     package_token,
     radix_threshold,
@@ -173,8 +173,8 @@ def test_package_token_rounds_half_up():
 # -- scores --------------------------------------------------------------------------------------------------
 @FAST
 @given(st.lists(st.integers(0, (1 << 62) - 1), min_size=1, max_size=20))
-def test_isqrt_newton_is_floor_sqrt(values):
-    assert isqrt_newton(values).tolist() == [math.isqrt(v) for v in values]
+def test_isqrt_is_floor_sqrt(values):
+    assert isqrt(values).tolist() == [math.isqrt(v) for v in values]
 
 
 @FAST
@@ -303,7 +303,6 @@ def test_params_are_keyword_only():
      r"^class_attn_rows and head_importance must have the same number of heads, not 1 and 2$"),
     (lambda p: head_weighted_scores([[1]], [1], attn_frac=1, importance_frac=1, score=FixedFormat(bits=8)),
      ValueError, r"^score must be an unsigned FixedFormat, not a signed one$"),
-    (lambda p: isqrt_newton([-4]), ValueError, r"^values must be non-negative, not -4$"),
 ])
 def test_reference_errors(call, exc, message):
     p = SelectorParams(n_max=8, dim=4, lanes=4, score_bits=4)
