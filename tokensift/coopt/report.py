@@ -53,7 +53,7 @@ def plot_pareto(result, path: Path, measured: list[tuple[float, float]] | None =
                 label="latency-accuracy frontier")
     if measured:
         ml, ma = zip(*sorted(measured), strict=True)
-        ax.plot(ml, ma, "o-", color="tab:red", ms=4, lw=1, label="measured accuracy (front points)")
+        ax.plot(ml, ma, "o-", color="tab:red", ms=4, lw=1, label="measured accuracy (frontier designs)")
     ax.axvline(s["target"]["latency_ms"], color="tab:orange", ls="--", label=f"target {s['target']['latency_ms']:g} ms")
     c = s["chosen"] or s["closest"]
     if c is not None:
