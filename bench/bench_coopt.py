@@ -70,10 +70,10 @@ def main() -> int:
         print(json.dumps({"load_average": load, "cpus": os.cpu_count(), "cases": rows}, indent=1))
         return 0
     print(f"load average {load:.1f} on {os.cpu_count()} CPUs; fastest of {args.repeat} runs, fresh evaluator each")
-    print(f"{'model':24} {'method':14} {'device':9} {'points':>10} {'seconds':>8} {'points/s':>12} {'front':>7}")
+    print(f"{'model':24} {'method':14} {'device':9} {'points':>10} {'seconds':>8} {'points/s':>12} {'front':>7}  resources")
     for r in rows:
         print(f"{r['model']:24} {r['method']:14} {r['device']:9} {r['points']:>10,} {r['total_s']:>8.2f} "
-              f"{r['points_per_s']:>12,.0f} {r['front']:>7,}")
+              f"{r['points_per_s']:>12,.0f} {r['front']:>7,}  {r.get('resource_model') or ''}")
     worst = min(r["points_per_s"] for r in rows[:-1])
     print(f"slowest grid case: {worst:,.0f} points/s -> 10,000 points in {1e4 / worst:.3f} s")
     return 0
