@@ -7,7 +7,7 @@ LUT/FF errors per block and family and the leave-one-out errors of the fit. Exit
 configuration is outside its tolerance. Same report as ``tokensift estimate --validate``.
 
     python bench/bench_cost_model.py          (or: tokensift bench cost_model)
-    python bench/bench_cost_model.py --markdown   # the summary table of hw/README_COST.md
+    python bench/bench_cost_model.py --markdown   # the summary table of docs/cost.md
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def loo_table() -> Table:
 
 
 def markdown() -> str:
-    """The per block and family summary as a Markdown table (for hw/README_COST.md)."""
+    """The per block and family summary as a Markdown table (for docs/cost.md)."""
     from tokensift.hw.cost_validation import compare, summary
 
     rows = compare()
