@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from tokensift import cli
 
 
@@ -61,16 +59,6 @@ def test_user_error_is_one_line_with_json(tmp_path):
     assert code == 2
     assert err.strip() == "tokensift generate: error: shift must be an integer between 0 and 62, not 99"
     assert json.loads(out) == {"error": "shift must be an integer between 0 and 62, not 99", "type": "ValueError"}
-
-
-@pytest.mark.parametrize("command", ["estimate"])  # co-opt and demo have landed: tests/tokensift/test_coopt.py, test_demo.py
-def test_unbuilt_subcommands_say_so(command):
-    code, out, err = run_cli(command, "--json")
-    if code == 0:  # the subcommand has landed; its own tests cover it
-        return
-    assert code == 2
-    assert json.loads(out)["type"] == "NotYetAvailableError"
-    assert err.strip().endswith("is not implemented yet in this version of tokensift")
 
 
 def test_bench_runs_scripts_and_reports_status(monkeypatch, tmp_path, capsys):
