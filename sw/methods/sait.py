@@ -11,9 +11,10 @@
   (bit for bit).
 * **Dense/sparse alternating training** (:class:`SaiTLoss`): steps alternate between the dense model
   (``r = 1``) and a sparse one (cycling through ``densities``), with the same weights. Both are distilled
-  from the dense teacher (0.5 x KL of the class outputs); sparse steps add the **distillation for early
-  selection**: 1.0 x KL(teacher's last-block class attention || student's class attention at the first
-  pruning stage), over the patch tokens, so the early layers learn to look where the final layer does.
+  from the dense teacher (1.0 x KL of the class outputs: the shared weights must keep the dense model's
+  accuracy); sparse steps add the **distillation for early selection**: 1.0 x KL(teacher's last-block
+  class attention || student's class attention at the first pruning stage), over the patch tokens, so the
+  early layers learn to look where the final layer does.
 
 Example:
     >>> import torch
@@ -102,7 +103,7 @@ class SaiTLoss(nn.Module):
     """
 
     def __init__(self, keep_ratio: float, num_stages: int, densities: tuple[float, ...] | None = None,
-                 distill_weight: float = 0.5, attn_weight: float = 1.0):
+                 distill_weight: float = 1.0, attn_weight: float = 1.0):
         super().__init__()
         self.densities = tuple(check_keep_ratio(d) for d in (densities or default_densities(keep_ratio)))
         self.num_stages = num_stages
