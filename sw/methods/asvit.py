@@ -111,7 +111,7 @@ class ASViTSelector(TokenSelector):
         return n_in * dim + n_in * self.num_heads
 
     def extra_repr(self) -> str:
-        return (super().extra_repr() + f", threshold={float(self.threshold) * self.num_patches:.4g}/"
+        return (super().extra_repr() + f", threshold={float(self.threshold.detach()) * self.num_patches:.4g}/"
                 f"{self.num_patches}, temperature={self.temperature}")
 
 
