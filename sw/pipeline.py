@@ -174,6 +174,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         result["keep"] = 1.0
         ckpt = dense_path
     else:
+        torch.manual_seed(cfg.seed)  # the selectors' initialisation must not depend on what ran before
         model = create_model(cfg.model, method=cfg.method, keep_ratio=cfg.keep_ratio, num_classes=num_classes,
                              **init)
         load_checkpoint(model, {"model": dense.state_dict()}, strict=False)  # selectors start fresh
