@@ -128,6 +128,8 @@ class SaiTLoss(nn.Module):
         finally:
             for (_, sel), r in zip(module.stage_selectors(), saved, strict=True):
                 sel.set_keep_ratio(r)
+        if density < 1.0 and len(state.decisions) != self.num_stages:
+            raise RuntimeError(f"expected {self.num_stages} pruning stages, got {len(state.decisions)}")
         logits = module.forward_head(state.x)
         cls_loss = F.cross_entropy(logits, labels)
         loss = cls_loss
