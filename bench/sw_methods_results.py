@@ -1,4 +1,4 @@
-"""Accuracy vs GFLOPs of DynamicViT, SPViT, AS-ViT and SaiT on the bundled MNIST model (sw/README_METHODS.md).
+"""Accuracy vs GFLOPs of DynamicViT, SPViT, AS-ViT and SaiT on the bundled MNIST model (docs/methods.md).
 
 Every operating point is a real, seeded fine-tuning run of ``tokensift train``'s recipe
 (:func:`tokensift.sw.pipeline.run_pipeline`): the dense ``vit_mnist_patch4_28`` comes from the pipeline's
