@@ -92,6 +92,7 @@ class LatencyBudget:
         self._stage_tables = [self._stage_table(st, n_cap) for st in self._stages]
         self._fixed = float(sum(c.fixed_cycles().values()))
         self._site = {st.block: st for st in self._stages}
+        self._on_device: dict[torch.device, tuple[Tensor, Tensor, list[Tensor]]] = {}
         depth, n0 = c.spec.depth, c.spec.num_tokens
         self._dense_cycles = self._fixed + depth * (attn[n0] + mlp[n0])
         self.dense = self._dense_cycles / (self.clock_mhz * 1e3)
@@ -144,14 +145,26 @@ class LatencyBudget:
             mlp.append(n)
         return attn, mlp, stage_in
 
+    def _tables(self, device: torch.device) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """The tables on ``device``: copied once per accelerator (a training step reads them every time);
+        on the CPU ``to`` returns the tables themselves."""
+        if device.type == "cpu":
+            return (self._attn_table.to(device), self._mlp_table.to(device),
+                    [t.to(device) for t in self._stage_tables])
+        if device not in self._on_device:
+            self._on_device[device] = (self._attn_table.to(device), self._mlp_table.to(device),
+                                       [t.to(device) for t in self._stage_tables])
+        return self._on_device[device]
+
     def cycles(self, token_counts: Tensor) -> Tensor:
-        """The (interpolated) cycle count, float64, of the leading shape."""
+        """The (interpolated) cycle count, float64, of the leading shape, on the counts' device."""
         attn, mlp, stage_in = self.schedule(token_counts)
         counts = token_counts.to(torch.float64)
+        attn_table, mlp_table, stage_tables = self._tables(counts.device)
         total = torch.full(counts.shape[:-1], self._fixed, dtype=torch.float64, device=counts.device)
         for a, m in zip(attn, mlp, strict=True):
-            total = total + _interp1(self._attn_table, a) + _interp1(self._mlp_table, m)
-        for st, table in zip(self._stages, self._stage_tables, strict=True):
+            total = total + _interp1(attn_table, a) + _interp1(mlp_table, m)
+        for st, table in zip(self._stages, stage_tables, strict=True):
             total = total + _interp2(table, stage_in[st.index], counts[..., st.index])
         return total
 

@@ -30,7 +30,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, **meta) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)
-    payload = {"model": module.state_dict(), "meta": dict(meta)}
+    # stored on the CPU so that a checkpoint written on a GPU loads anywhere
+    payload = {"model": {k: v.detach().cpu() for k, v in module.state_dict().items()}, "meta": dict(meta)}
     cfg = getattr(module, "config", None)
     if cfg is not None:
         payload["meta"].setdefault("model", cfg.name)

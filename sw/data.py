@@ -44,8 +44,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 
 
 def _normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    m = torch.tensor(mean, dtype=x.dtype).reshape(-1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).reshape(-1, 1, 1)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
     return (x - m) / s
 
 
@@ -83,7 +83,8 @@ def random_affine(images: Tensor, generator: torch.Generator | None = None, max_
     B = images.shape[0]
 
     def u(lo, hi):
-        return torch.rand(B, generator=generator) * (hi - lo) + lo
+        # drawn where the generator lives (the CPU), so a seed gives the same augmentation on any device
+        return (torch.rand(B, generator=generator) * (hi - lo) + lo).to(images.device)
 
     angle = u(-max_rotate, max_rotate) * math.pi / 180
     scale = u(1 - max_scale, 1 + max_scale)

@@ -133,14 +133,18 @@ def count_flops(model: nn.Module, images: Tensor | None = None) -> FlopsReport:
     if images is None:
         attn, mlp = static_schedule(module)
     else:
+        from .placement import module_device
+
         was_training = module.training
         module.eval()
-        state = module.forward_state(images, path="gather")
+        state = module.forward_state(images.to(module_device(module)), path="gather")
         module.train(was_training)
         B = images.shape[0]
 
         def per_image(v):
-            return v.double() if isinstance(v, Tensor) else torch.full((B,), float(v), dtype=torch.float64)
+            if isinstance(v, Tensor):
+                return v.double()
+            return torch.full((B,), float(v), dtype=torch.float64, device=state.x.device)
 
         attn = [per_image(v) for v in state.attn_tokens]
         mlp = [per_image(v) for v in state.mlp_tokens]

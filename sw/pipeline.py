@@ -23,8 +23,9 @@ from .checkpoint import extract_state_dict, load_checkpoint, read_checkpoint, sa
 from .data import load_image_folder, load_mnist
 from .flops import count_flops
 from .methods import get_method
+from .placement import init_distributed, resolve_device
 from .registry import create_model, get_config
-from .train import TrainConfig, evaluate, fit, init_distributed, is_main_process
+from .train import TrainConfig, evaluate, fit, is_main_process
 
 __all__ = ["PipelineConfig", "default_cache_dir", "run_pipeline"]
 
@@ -54,6 +55,9 @@ class PipelineConfig:
     max_steps: int | None = None
     progress: bool = True
     threads: int | None = 1  # intra-op threads per process; None leaves torch's default
+    accelerator: str = "auto"  # "auto" (a GPU when there is one), "cuda" or "cpu": see tokensift.sw.placement
+    amp: bool = False  # bfloat16 autocast in training
+    workers: int = 0  # data-loading processes per training process
     # initialisation for training from scratch: Xavier ("jax") weights and a sine-cosine position embedding.
     # On 4,000 MNIST images the timm initialisation learns positions far more slowly (measured: 26% vs 46%
     # test accuracy after 150 steps; 90.3% after 40 epochs). None keeps the model's default.
@@ -118,7 +122,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         # small models train fastest single-threaded, and a shared or oversubscribed CPU makes OpenMP
         # threads wait for each other (measured: 13 s vs 0.8 s per step); scale out with torchrun instead
         torch.set_num_threads(cfg.threads)
-    distributed = init_distributed()
+    device = resolve_device(cfg.accelerator)
+    distributed = init_distributed(device)
     world = torch.distributed.get_world_size() if distributed else 1
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by the number of processes {world}")
@@ -131,14 +136,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir is not None else default_cache_dir()
     dense_epochs = cfg.epochs if cfg.method == "none" else cfg.dense_epochs
 
-    dense = create_model(cfg.model, num_classes=num_classes, **init)
+    dense = create_model(cfg.model, num_classes=num_classes, **init).to(device)
     arch = hashlib.sha1(repr(model_cfg).encode()).hexdigest()[:8]  # a changed configuration misses the cache
     dense_key = (f"{cfg.model}-{arch}-{data_id}-c{num_classes}-seed{cfg.seed}-e{dense_epochs}"
                  f"-lr{cfg.lr:g}-b{cfg.batch_size}" + (f"-s{cfg.max_steps}" if cfg.max_steps else "")
                  + (f"-init{hashlib.sha1(str(cfg.checkpoint).encode()).hexdigest()[:8]}" if cfg.checkpoint
                     else "") + "-dense.pth")
     cached = cache_dir / dense_key
-    result: dict = {"model": cfg.model, "method": cfg.method, "seed": cfg.seed, "world_size": world}
+    result: dict = {"model": cfg.model, "method": cfg.method, "seed": cfg.seed, "world_size": world,
+                    "device": str(device)}
     if cfg.dense_checkpoint is not None:
         load_checkpoint(dense, cfg.dense_checkpoint, strict=True)
         dense_path, dense_source = Path(cfg.dense_checkpoint), "given"
@@ -150,7 +156,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         if cfg.checkpoint is not None:
             _load_start_weights(dense, Path(cfg.checkpoint))
         tc = TrainConfig(epochs=dense_epochs, batch_size=per_process_batch, lr=cfg.lr, seed=cfg.seed,
-                         max_steps=cfg.max_steps, warmup_epochs=min(1.0, dense_epochs / 4))
+                         max_steps=cfg.max_steps, warmup_epochs=min(1.0, dense_epochs / 4), amp=cfg.amp,
+                         workers=cfg.workers)
         res = fit(dense, spec.build_criterion(1.0, 0) if cfg.method == "none"
                   else get_method("none").build_criterion(1.0, 0), train_set, tc, test_set=None,
                   progress=cfg.progress, description="dense", on_epoch=_epoch_logger("dense", cfg),
@@ -163,7 +170,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             if out is not None:
                 dense_path = save_checkpoint(out / "dense.pth", dense, seed=cfg.seed, epochs=dense_epochs,
                                              data=data_id)
-    dense_acc = evaluate(dense, test_set)
+    dense_acc = evaluate(dense, test_set, workers=cfg.workers)
     dense_flops = count_flops(dense)
     result.update(dense_accuracy=dense_acc, dense_gflops=dense_flops.gflops,
                   dense_checkpoint=str(dense_path), dense_source=dense_source)
@@ -176,12 +183,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     else:
         torch.manual_seed(cfg.seed)  # the selectors' initialisation must not depend on what ran before
         model = create_model(cfg.model, method=cfg.method, keep_ratio=cfg.keep_ratio, num_classes=num_classes,
-                             **init)
+                             **init).to(device)
         load_checkpoint(model, {"model": dense.state_dict()}, strict=False)  # selectors start fresh
         frozen = round(spec.frozen_fraction * cfg.epochs)
         tc = TrainConfig(epochs=cfg.epochs, batch_size=per_process_batch, lr=cfg.finetune_lr, seed=cfg.seed,
                          frozen_epochs=frozen, backbone_lr_scale=spec.backbone_lr_scale,
-                         max_steps=cfg.max_steps, warmup_epochs=min(1.0, cfg.epochs / 4))
+                         max_steps=cfg.max_steps, warmup_epochs=min(1.0, cfg.epochs / 4), amp=cfg.amp,
+                         workers=cfg.workers)
         criterion = spec.build_criterion(model.keep_ratio, len(model.selectors))
         if cfg.budget_plan is not None:
             criterion = cfg.budget_plan.prepare(model, criterion, train_set)
@@ -191,7 +199,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                   on_epoch=_epoch_logger(f"{cfg.method} {model.keep_ratio:g}", cfg),
                   checkpoint_dir=None if out is None else out / f"{cfg.method}_keep{model.keep_ratio:g}")
         result["train_seconds"] = res.seconds
-        acc = evaluate(model, test_set)
+        acc = evaluate(model, test_set, workers=cfg.workers)
         flops = _measured_flops(model, test_set)
         result["keep"] = model.keep_ratio
         if cfg.budget_plan is not None:

@@ -1,7 +1,9 @@
 """Training loops: dense training, pruning fine-tuning with a dense teacher, evaluation, DDP.
 
-Run under ``torchrun --nproc-per-node N`` the loops shard the data with a ``DistributedSampler`` and
-average gradients with DDP (``gloo`` on CPU): call :func:`init_distributed` first.
+The loops run on the device of the model's parameters (move the model first: see
+:mod:`tokensift.sw.placement`); batches follow it. Run under ``torchrun --nproc-per-node N`` they shard the
+data with a ``DistributedSampler`` and average gradients with DDP (``nccl`` on GPUs, ``gloo`` on CPUs):
+call :func:`init_distributed` with the device first.
 
 The loss is a method's criterion, called as ``criterion(student, teacher, images, labels) -> (loss,
 parts)``; the student and criterion are wrapped together so DDP sees every forward pass.
@@ -10,7 +12,6 @@ parts)``; the student and criterion are wrapped together so DDP sees every forwa
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .checkpoint import save_checkpoint
 from .data import random_affine
+from .placement import init_distributed, module_device, world
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "evaluate", "init_distributed", "is_main_process",
            "param_groups"]
@@ -46,6 +48,8 @@ class TrainConfig:
         seed: seeds initial shuffling and augmentation.
         max_steps: stop after this many steps (for quick checks); None for full epochs.
         grad_clip: max gradient norm, or None.
+        amp: run forward passes under bfloat16 autocast (on GPUs that have it; the loss stays float32).
+        workers: data-loading processes (0 loads in the training process; image folders want several).
     """
 
     epochs: int = 10
@@ -60,6 +64,8 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None
     grad_clip: float | None = 5.0
+    amp: bool = False
+    workers: int = 0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -68,6 +74,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be positive, not {self.lr!r}")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
+            raise ValueError(f"workers must be a non-negative integer, not {self.workers!r}")
 
 
 @dataclass
@@ -78,24 +86,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def init_distributed() -> bool:
-    """Join the process group torchrun describes (``gloo``); return True when running distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    dist.init_process_group(backend="gloo")
-    return True
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def is_main_process() -> bool:
-    return _world()[0] == 0
+    return world()[0] == 0
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -123,6 +115,10 @@ class _Objective(nn.Module):
         return self.criterion(self.student, teacher, images, labels)
 
 
+#: steps between progress-bar loss readings (each reading waits for the device)
+_LOSS_EVERY = 20
+
+
 def _lr_factor(step: float, total: int, warmup: float, lr: float, min_lr: float) -> float:
     if warmup > 0 and step < warmup:
         return lr * (step + 1) / warmup
@@ -131,18 +127,23 @@ def _lr_factor(step: float, total: int, warmup: float, lr: float, min_lr: float)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy (in [0, 1]) on the inference (gather) path; sharded over processes if distributed."""
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, workers: int = 0) -> float:
+    """Top-1 accuracy (in [0, 1]) on the inference (gather) path, on the model's device; sharded over
+    processes if distributed."""
     module = getattr(model, "module", model)
+    device = module_device(module)
     was_training = module.training
     module.eval()
-    rank, world = _world()
-    subset = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
-    correct = torch.zeros(2, dtype=torch.float64)
-    for images, labels in DataLoader(subset, batch_size=batch_size, shuffle=False):
-        correct[0] += (module(images).argmax(dim=-1) == labels).sum().item()
+    rank, size = world()
+    subset = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), size)))
+    correct = torch.zeros(2, dtype=torch.float64, device=device)  # on the device: nccl reduces GPU tensors
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        correct[0] += (module(images).argmax(dim=-1) == labels).sum()
         correct[1] += len(labels)
-    if world > 1:
+    if size > 1:
         dist.all_reduce(correct)
     module.train(was_training)
     return float(correct[0] / correct[1])
@@ -156,24 +157,30 @@ def fit(model: nn.Module, criterion: nn.Module, train_set: Dataset, cfg: TrainCo
 
     The backbone learning rate is 0 for ``cfg.frozen_epochs`` epochs and ``cfg.backbone_lr_scale * lr``
     afterwards; selector parameters always get the full schedule. With ``checkpoint_dir`` the main process
-    writes ``last.pth`` after every epoch.
+    writes ``last.pth`` after every epoch. Training runs on the device of ``model``'s parameters; the
+    teacher and the criterion are moved there.
     """
-    rank, world = _world()
+    rank, size = world()
+    device = module_device(model)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     if teacher is not None:
-        teacher.eval()
+        teacher.to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+    criterion.to(device)
     objective: nn.Module = _Objective(model, criterion)
-    if world > 1:
-        objective = nn.parallel.DistributedDataParallel(objective)
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+    if size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+    sampler = DistributedSampler(train_set, num_replicas=size, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.workers > 0)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ValueError(f"the training set ({len(train_set)} images over {world} processes) is smaller "
+        raise ValueError(f"the training set ({len(train_set)} images over {size} processes) is smaller "
                          f"than one batch of {cfg.batch_size}")
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
@@ -198,7 +205,8 @@ def fit(model: nn.Module, criterion: nn.Module, train_set: Dataset, cfg: TrainCo
             sampler.set_epoch(epoch)
             model.train()
             frozen = epoch < cfg.frozen_epochs
-            running, n_batches = 0.0, 0
+            # the running loss stays on the device: reading it every step would wait for the GPU each time
+            running, n_batches = torch.zeros((), dtype=torch.float64, device=device), 0
             for images, labels in loader:
                 if step >= total:
                     break
@@ -206,21 +214,26 @@ def fit(model: nn.Module, criterion: nn.Module, train_set: Dataset, cfg: TrainCo
                 for g in opt.param_groups:
                     scale = 1.0 if g["role"] == "selector" else (0.0 if frozen else cfg.backbone_lr_scale)
                     g["lr"] = lr * scale
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 if cfg.augment:
                     images = random_affine(images, generator=gen)
-                loss, parts = objective(images, labels, teacher)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                    loss, parts = objective(images, labels, teacher)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.float().backward()
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 step += 1
-                running += float(loss.detach())
+                running += loss.detach()
                 n_batches += 1
-                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {running / n_batches:.3f}")
-            record = {"epoch": epoch + 1, "step": step, "loss": running / max(1, n_batches)}
+                if show and (n_batches % _LOSS_EVERY == 0 or step >= total):
+                    bar.update(task, info=f"epoch {epoch + 1} loss {float(running) / n_batches:.3f}")
+                bar.update(task, advance=1)
+            record = {"epoch": epoch + 1, "step": step, "loss": float(running) / max(1, n_batches)}
+            bar.update(task, info=f"epoch {epoch + 1} loss {record['loss']:.3f}")
             if test_set is not None:
-                accuracy = evaluate(model, test_set)
+                accuracy = evaluate(model, test_set, workers=cfg.workers)
                 record["accuracy"] = accuracy
                 bar.update(task, info=f"epoch {epoch + 1} loss {record['loss']:.3f} acc {accuracy:.4f}")
             history.append(record)

@@ -41,17 +41,17 @@ class ClassificationLoss(nn.Module):
         self.path = path
 
     def forward(self, student: nn.Module, teacher: nn.Module | None, images: Tensor, labels: Tensor
-                ) -> tuple[Tensor, dict[str, float]]:
+                ) -> tuple[Tensor, dict[str, Tensor | float]]:
         logits = student.forward_head(student.forward_state(images, path=self.path).x)
         loss = F.cross_entropy(logits, labels)
-        parts = {"cls": float(loss.detach())}
+        parts = {"cls": loss.detach()}
         if teacher is not None and self.distill_weight > 0:
             with torch.no_grad():
                 t_logits = teacher(images)
             kl = F.kl_div(F.log_softmax(logits, dim=-1), F.log_softmax(t_logits, dim=-1),
                           reduction="batchmean", log_target=True)
             loss = loss + self.distill_weight * kl
-            parts["kl"] = float(kl.detach())
+            parts["kl"] = kl.detach()
         return loss, parts
 
 
@@ -63,7 +63,8 @@ class MethodSpec:
         name: registry name (``create_model(..., method=name)``).
         build_selectors: ``(embed_dim, num_patches, keep_ratio, locations) -> {block index: selector}``.
         build_criterion: ``(keep_ratio, num_stages) -> loss module`` called as
-            ``loss(student, teacher, images, labels) -> (loss, parts)``.
+            ``loss(student, teacher, images, labels) -> (loss, parts)``; ``parts`` maps term names to
+            detached 0-dim tensors (read them with ``float`` when logging: each read waits for a GPU).
         uses_teacher: fine-tuning distils from the dense model.
         selectors_from_config: when set, used instead of ``build_selectors`` as
             ``(model config, keep_ratio) -> {block index: selector}``, for methods that need more of the

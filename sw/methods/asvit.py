@@ -178,7 +178,7 @@ class ASViTLoss(nn.Module):
         self.budget_weight, self.distill_weight = budget_weight, distill_weight
 
     def forward(self, student: nn.Module, teacher: nn.Module | None, images: Tensor, labels: Tensor
-                ) -> tuple[Tensor, dict[str, float]]:
+                ) -> tuple[Tensor, dict[str, Tensor | float]]:
         module = getattr(student, "module", student)
         if not all(bool(sel.calibrated) for sel in _asvit_stages(module)):
             calibrate_thresholds(module, images)
@@ -189,12 +189,12 @@ class ASViTLoss(nn.Module):
         gap, cost = budget_gap(module, state, self.target)
         cls_loss = F.cross_entropy(logits, labels)
         loss = cls_loss + self.budget_weight * gap.to(logits.dtype)
-        parts = {"cls": float(cls_loss.detach()), "budget": float(gap.detach()), "cost": float(cost.detach())}
+        parts = {"cls": cls_loss.detach(), "budget": gap.detach(), "cost": cost.detach()}
         if teacher is not None and self.distill_weight > 0:
             t = teacher_outputs(teacher, images)
             kl, tok = logit_distill(logits, t.logits), token_distill(state, t.tokens)
             loss = loss + self.distill_weight * (kl + tok)
-            parts.update(kl=float(kl.detach()), token=float(tok.detach()))
+            parts.update(kl=kl.detach(), token=tok.detach())
         return loss, parts
 
 

@@ -94,7 +94,7 @@ class DynamicViTLoss(nn.Module):
     """DynamicViT's training objective with a frozen dense teacher.
 
     ``forward(student, teacher, images, labels)`` runs both models (the teacher without gradients) and
-    returns (loss, parts) where ``parts`` holds the four terms as floats.
+    returns (loss, parts) where ``parts`` holds the four terms as detached 0-dim tensors.
     """
 
     def __init__(self, keep_ratio: float, num_stages: int, ratio_weight: float = 2.0,
@@ -106,7 +106,7 @@ class DynamicViTLoss(nn.Module):
         self.clf_weight = clf_weight
 
     def forward(self, student: nn.Module, teacher: nn.Module | None, images: Tensor, labels: Tensor
-                ) -> tuple[Tensor, dict[str, float]]:
+                ) -> tuple[Tensor, dict[str, Tensor | float]]:
         state = student.forward_state(images, path="mask")
         logits = student.forward_head(state.x)
         if len(state.decisions) != len(self.targets):
@@ -118,7 +118,7 @@ class DynamicViTLoss(nn.Module):
         ratio_loss = ratio_loss / len(self.targets)
         cls_loss = F.cross_entropy(logits, labels)
         loss = self.clf_weight * cls_loss + self.ratio_weight * ratio_loss
-        parts = {"cls": float(cls_loss.detach()), "ratio": float(ratio_loss.detach())}
+        parts = {"cls": cls_loss.detach(), "ratio": ratio_loss.detach()}
         if teacher is not None:
             with torch.no_grad():
                 t_state = teacher.forward_state(images, path="gather")
@@ -132,5 +132,5 @@ class DynamicViTLoss(nn.Module):
             else:
                 token_loss = logits.new_zeros(())
             loss = loss + self.distill_weight * (kl + token_loss)
-            parts.update(kl=float(kl.detach()), token=float(token_loss.detach()))
+            parts.update(kl=kl.detach(), token=token_loss.detach())
         return loss, parts

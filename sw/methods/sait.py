@@ -117,7 +117,7 @@ class SaiTLoss(nn.Module):
         return self.densities[(self.calls // 2) % len(self.densities)]
 
     def forward(self, student: nn.Module, teacher: nn.Module | None, images: Tensor, labels: Tensor
-                ) -> tuple[Tensor, dict[str, float]]:
+                ) -> tuple[Tensor, dict[str, Tensor | float]]:
         module = getattr(student, "module", student)
         density = self.next_density()
         self.calls += 1
@@ -133,18 +133,18 @@ class SaiTLoss(nn.Module):
         logits = module.forward_head(state.x)
         cls_loss = F.cross_entropy(logits, labels)
         loss = cls_loss
-        parts = {"cls": float(cls_loss.detach()), "density": density}
+        parts = {"cls": cls_loss.detach(), "density": density}
         if teacher is not None:
             sparse = density < 1.0 and self.attn_weight > 0
             t = teacher_outputs(teacher, images, last_attention=sparse)
             if self.distill_weight > 0:
                 kl = logit_distill(logits, t.logits)
                 loss = loss + self.distill_weight * kl
-                parts["kl"] = float(kl.detach())
+                parts["kl"] = kl.detach()
             if sparse:
                 attn = early_selection_distill(state, t.last_cls_attn)
                 loss = loss + self.attn_weight * attn
-                parts["attn"] = float(attn.detach())
+                parts["attn"] = attn.detach()
         return loss, parts
 
 

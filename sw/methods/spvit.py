@@ -261,7 +261,7 @@ class SPViTLoss(nn.Module):
         self.ratio_weight, self.budget_weight, self.distill_weight = ratio_weight, budget_weight, distill_weight
 
     def forward(self, student: nn.Module, teacher: nn.Module | None, images: Tensor, labels: Tensor
-                ) -> tuple[Tensor, dict[str, float]]:
+                ) -> tuple[Tensor, dict[str, Tensor | float]]:
         module = getattr(student, "module", student)
         sels = _spvit_stages(module)
         state = module.forward_state(images, path="mask")
@@ -278,13 +278,13 @@ class SPViTLoss(nn.Module):
         budget_loss = (cost - target).abs().to(logits.dtype) if target is not None else logits.new_zeros(())
         cls_loss = F.cross_entropy(logits, labels)
         loss = cls_loss + self.ratio_weight * ratio_loss + self.budget_weight * budget_loss
-        parts = {"cls": float(cls_loss.detach()), "ratio": float(ratio_loss.detach()),
-                 "budget": float(budget_loss.detach()), "cost": float(cost.detach())}
+        parts = {"cls": cls_loss.detach(), "ratio": ratio_loss.detach(),
+                 "budget": budget_loss.detach(), "cost": cost.detach()}
         if teacher is not None and self.distill_weight > 0:
             t = teacher_outputs(teacher, images)
             kl, tok = logit_distill(logits, t.logits), token_distill(state, t.tokens)
             loss = loss + self.distill_weight * (kl + tok)
-            parts.update(kl=float(kl.detach()), token=float(tok.detach()))
+            parts.update(kl=kl.detach(), token=tok.detach())
         return loss, parts
 
 

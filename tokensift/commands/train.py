@@ -1,7 +1,8 @@
 """`tokensift train`: dense training, then token-pruning fine-tuning with the dense model as teacher.
 
     tokensift train --model vit_mnist_patch4_28 --method dynamicvit --keep 0.7 --epochs 10 --out runs/dvit --json
-    torchrun --nproc-per-node 2 -m tokensift train ...      # DDP on CPU (gloo)
+    torchrun --nproc-per-node 8 -m tokensift train --data imagenet/ ...   # DDP: one GPU per process (nccl)
+    torchrun --nproc-per-node 2 -m tokensift train --accelerator cpu ...  # DDP on CPU processes (gloo)
 
 Progress goes to stderr; with ``--json`` one JSON object (accuracies, FLOPs, checkpoints) goes to stdout.
 """
@@ -56,6 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the dense cache")
     parser.add_argument("--max-steps", type=_positive_int, default=None,
                         help="stop each training stage after this many steps (quick checks)")
+    from tokensift.sw.placement import ACCELERATORS
+
+    parser.add_argument("--accelerator", default=d.accelerator, choices=ACCELERATORS,
+                        help="auto: the GPU of this process's LOCAL_RANK when CUDA is available, else the CPU "
+                             "(default: %(default)s)")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast in training (GPUs)")
+    parser.add_argument("--workers", type=int, default=d.workers,
+                        help="data-loading processes per training process (default: %(default)s; use several "
+                             "for image folders)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     from tokensift.coopt.latency_cli import add_latency_arguments
@@ -72,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         create_model(args.model, method=args.method, keep_ratio=args.keep)  # validate before any work
         if not args.lr > 0 or not args.finetune_lr > 0:
             raise ValueError(f"learning rates must be positive, not {args.lr} and {args.finetune_lr}")
+        if args.workers < 0:
+            raise ValueError(f"--workers must be a non-negative integer, not {args.workers}")
     except (ValueError, TypeError) as exc:
         raise InvalidArgumentError(str(exc)) from None
     cfg = PipelineConfig(
@@ -79,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         dense_epochs=args.dense_epochs, batch_size=args.batch_size, lr=args.lr, finetune_lr=args.finetune_lr,
         seed=args.seed, out=args.out, data=args.data, checkpoint=args.checkpoint,
         dense_checkpoint=args.dense_checkpoint, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-        max_steps=args.max_steps, progress=not args.no_progress,
+        max_steps=args.max_steps, progress=not args.no_progress, accelerator=args.accelerator, amp=args.amp,
+        workers=args.workers,
     )
     from tokensift.coopt.latency_cli import latency_plan
 

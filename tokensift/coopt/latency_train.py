@@ -101,7 +101,7 @@ class LatencyBudgetLoss(nn.Module):
             raise RuntimeError(f"{type(self.base).__name__} ran no mask-path forward pass to take token counts from")
         ratio = budget_ratio(module, rec.state)
         gap = (ratio - self.target_ratio).abs()
-        parts = {**parts, "latency_gap": float(gap.detach()), "latency_ratio": float(ratio.detach())}
+        parts = {**parts, "latency_gap": gap.detach(), "latency_ratio": ratio.detach()}
         return loss + self.weight * gap.to(loss.dtype), parts
 
 
@@ -109,14 +109,16 @@ class LatencyBudgetLoss(nn.Module):
 def measure_latency(model: nn.Module, budget, images: Tensor, batch_size: int = 250) -> Tensor:
     """Per-image latency (ms) of ``model``'s inference path on ``images`` under ``budget``."""
     from tokensift.sw.losses_budget import stage_token_counts
+    from tokensift.sw.placement import module_device
 
     module = getattr(model, "module", model)
+    device = module_device(module)
     was = module.training
     module.eval()
     out = []
     try:
         for i in range(0, len(images), batch_size):
-            state = module.forward_state(images[i:i + batch_size], path="gather")
+            state = module.forward_state(images[i:i + batch_size].to(device), path="gather")
             out.append(budget(stage_token_counts(module, state)))
     finally:
         module.train(was)
