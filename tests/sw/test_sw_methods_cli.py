@@ -72,3 +72,23 @@ def test_train_runs_each_new_method(method, tmp_path, capsys):
     from tokensift.sw.checkpoint import load_checkpoint
 
     load_checkpoint(model, out["checkpoint"])  # the trained model reloads into the method's model
+
+
+def test_train_with_loader_workers_and_autocast_reports_its_device(tmp_path, capsys):
+    argv = ["train", "--method", "dynamicvit", "--epochs", "1", "--dense-epochs", "1", "--max-steps", "2",
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--json", "--workers", "1", "--amp",
+            "--accelerator", "cpu"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["device"] == "cpu" and 0 <= out["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--accelerator", "cuda"], "accelerator 'cuda' was asked for, but this PyTorch build sees no CUDA GPU"),
+    (["--workers", "-1"], "--workers must be a non-negative integer, not -1"),
+])
+def test_train_device_errors_are_one_line(argv, msg, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["train", "--max-steps", "1", "--cache-dir", str(tmp_path), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1
