@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tokensift.checks import check_int, check_scale
 from tokensift.quant.fixed import FixedFormat, OverflowCounter, requantize
 from tokensift.quant.softmax import (
     SoftmaxParams,
@@ -64,10 +65,7 @@ def scale_for(alpha: float, *, log2_frac: int = 8, bits: int = _SCALE_MULT_BITS)
     >>> scale_for(2.0**-11)
     (94548, 19)
     """
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-        raise TypeError(f"alpha must be a real number, not {type(alpha).__name__}")
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a positive finite number, not {alpha}")
+    check_scale("alpha", alpha, numpy=False)
     target = alpha * math.log2(math.e) * 2.0**log2_frac
     shift = bits - 1 - math.floor(math.log2(target))
     if shift < 0:
@@ -79,17 +77,6 @@ def scale_for(alpha: float, *, log2_frac: int = 8, bits: int = _SCALE_MULT_BITS)
     if multiplier >= 1 << bits:  # rounding up reached the next power of two
         multiplier, shift = (multiplier + 1) >> 1, shift - 1
     return multiplier, shift
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _check(name: str, value, low: int, high: int) -> None:
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,18 +120,18 @@ class AttentionParams:
     heads_parallel: int = 1
 
     def __post_init__(self):
-        _check("n_max", self.n_max, 1, 4096)
-        _check("lanes", self.lanes, 1, 256)
-        _check("head_dim", self.head_dim, 1, 4096)
+        check_int("n_max", self.n_max, low=1, high=4096)
+        check_int("lanes", self.lanes, low=1, high=256)
+        check_int("head_dim", self.head_dim, low=1, high=4096)
         if self.head_dim % self.lanes:
             raise ValueError(f"head_dim must be a multiple of lanes {self.lanes}, not {self.head_dim}")
-        _check("data_bits", self.data_bits, 2, 16)
+        check_int("data_bits", self.data_bits, low=2, high=16)
         if isinstance(self.softmax, (str, SoftmaxVariant)):
             object.__setattr__(self, "softmax", SoftmaxParams(variant=self.softmax))
         if not isinstance(self.softmax, SoftmaxParams):
             raise TypeError(f"softmax must be a SoftmaxParams, a SoftmaxVariant or a variant name, "
                             f"not {type(self.softmax).__name__}")
-        _check("acc_bits", self.acc_bits, 2, 32)
+        check_int("acc_bits", self.acc_bits, low=2, high=32)
         if self.acc_bits < self.min_acc_bits:
             raise ValueError(f"acc_bits must be at least {self.min_acc_bits} to hold the scores and P V sums "
                              f"of {self.data_bits}-bit data with head_dim {self.head_dim} and n_max "
@@ -155,13 +142,13 @@ class AttentionParams:
             m, s = scale_for(2.0**-8 / math.sqrt(self.head_dim), log2_frac=self.softmax.log2_frac)
             object.__setattr__(self, "scale_multiplier", m)
             object.__setattr__(self, "scale_shift", s)
-        _check("scale_multiplier", self.scale_multiplier, 1, (1 << _SCALE_MULT_BITS) - 1)
-        _check("scale_shift", self.scale_shift, 0, 48)
-        _check("out_multiplier", self.out_multiplier, 1, (1 << 31) - 1)
+        check_int("scale_multiplier", self.scale_multiplier, low=1, high=(1 << _SCALE_MULT_BITS) - 1)
+        check_int("scale_shift", self.scale_shift, low=0, high=48)
+        check_int("out_multiplier", self.out_multiplier, low=1, high=(1 << 31) - 1)
         if self.out_shift is None:
             object.__setattr__(self, "out_shift", self.softmax.prob_frac)
-        _check("out_shift", self.out_shift, 0, 62)
-        _check("heads_parallel", self.heads_parallel, 1, 16)
+        check_int("out_shift", self.out_shift, low=0, high=62)
+        check_int("heads_parallel", self.heads_parallel, low=1, high=16)
 
     # -- derived widths ----------------------------------------------------------------------------
     @property

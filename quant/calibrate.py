@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from tokensift.checks import check_int
 from tokensift.quant.qparams import symmetric_scale
 
 __all__ = ["Observer", "MinMaxObserver", "PercentileObserver", "make_observer", "OBSERVERS", "calibrate"]
@@ -88,10 +89,7 @@ class PercentileObserver(Observer):
             raise TypeError(f"percentile must be a number, not {percentile!r}")
         if not 0.0 < float(percentile) <= 100.0:
             raise ValueError(f"percentile must be in (0, 100], not {percentile}")
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int):
-            raise TypeError(f"max_samples must be an integer, not {max_samples!r}")
-        if max_samples < 1:
-            raise ValueError(f"max_samples must be at least 1, not {max_samples}")
+        check_int("max_samples", max_samples, low=1, numpy=False, show="repr")
         self.percentile = float(percentile)
         self.max_samples = max_samples
         self._rng = np.random.default_rng(seed)
@@ -183,10 +181,7 @@ def calibrate(model, loader: Iterable, sites: dict[str, tuple[object, str]], *,
     """
     import torch
 
-    if isinstance(num_batches, bool) or not isinstance(num_batches, int):
-        raise TypeError(f"num_batches must be an integer, not {num_batches!r}")
-    if num_batches < 1:
-        raise ValueError(f"num_batches must be at least 1, not {num_batches}")
+    check_int("num_batches", num_batches, low=1, numpy=False, show="repr")
     observers = {name: make_observer(observer) for name in sites}
     handles = []
     try:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokensift.checks import check_int
 from tokensift.quant.calibrate import Observer, calibrate
 
 __all__ = ["fake_quant", "fake_quant_weight", "QuantLinear", "QuantConv2d", "QuantPatchEmbed", "quantize_model",
@@ -36,11 +37,7 @@ __all__ = ["fake_quant", "fake_quant_weight", "QuantLinear", "QuantConv2d", "Qua
 
 
 def _check_bits(bits: object) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int):
-        raise TypeError(f"bits must be an integer, not {bits!r}")
-    if not 2 <= bits <= 16:
-        raise ValueError(f"bits must be between 2 and 16, not {bits}")
-    return bits
+    return check_int("bits", bits, low=2, high=16, numpy=False, show="repr")
 
 
 def fake_quant(x: Tensor, scale: Tensor | float, bits: int = 8) -> Tensor:

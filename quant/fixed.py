@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tokensift.checks import check_int
+
 __all__ = [
     "Rounding",
     "Overflow",
@@ -98,10 +100,8 @@ def round_shift(values, shift: int, rounding: Rounding = Rounding.HALF_UP) -> np
 
     ``shift`` may be zero (identity) or negative (an exact left shift).
     """
-    if not isinstance(shift, (int, np.integer)):
-        raise TypeError(f"shift must be an integer, not {type(shift).__name__}")
+    shift = check_int("shift", shift)
     x = _as_int_array(values)
-    shift = int(shift)
     if shift <= 0:
         return x << (-shift)
     floor = x >> shift
@@ -137,10 +137,8 @@ class FixedFormat:
     overflow: Overflow = Overflow.SATURATE
 
     def __post_init__(self):
-        if not isinstance(self.bits, (int, np.integer)) or isinstance(self.bits, bool):
-            raise TypeError(f"bits must be an integer, not {type(self.bits).__name__}")
-        if not isinstance(self.frac, (int, np.integer)) or isinstance(self.frac, bool):
-            raise TypeError(f"frac must be an integer, not {type(self.frac).__name__}")
+        check_int("bits", self.bits)
+        check_int("frac", self.frac)
         if not 1 + int(self.signed) <= self.bits <= 62:
             low = 2 if self.signed else 1
             raise ValueError(
@@ -257,8 +255,7 @@ def requantize(acc, multiplier: int, shift: int, out: FixedFormat, *,
     The product ``acc * multiplier`` is formed exactly, rounded by ``out.rounding`` while shifting,
     then saturated (or wrapped) into ``out``; values that did not fit are counted.
     """
-    if not isinstance(multiplier, (int, np.integer)) or isinstance(multiplier, bool):
-        raise TypeError(f"multiplier must be an integer, not {type(multiplier).__name__}")
+    check_int("multiplier", multiplier)
     if not 0 < int(multiplier) < (1 << 31):
         raise ValueError(f"multiplier must be between 1 and 2**31 - 1, not {multiplier}")
     if not 0 <= int(shift) <= 62:

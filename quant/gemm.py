@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, round_shift
+from tokensift.quant.intmath import check_int
 from tokensift.quant.qparams import (
     MULTIPLIER_BITS,
     quantize_bias,
@@ -35,14 +36,6 @@ from tokensift.quant.qparams import (
 )
 
 __all__ = ["matmul_int", "requantize_per_channel", "IntLinear", "linear_error_bound", "linear_error"]
-
-
-def _check_bits(name: str, value: object, low: int, high: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
-    return int(value)
 
 
 def _int_operand(name: str, values, bits: int) -> np.ndarray:
@@ -70,9 +63,9 @@ def matmul_int(a, b, bias=None, *, a_bits: int = 8, b_bits: int = 8, acc_bits: i
     Returns:
         int64 array of (..., M, N) accumulators, each within ``acc_bits`` signed bits.
     """
-    a_bits = _check_bits("a_bits", a_bits, 2, 16)
-    b_bits = _check_bits("b_bits", b_bits, 2, 16)
-    acc_bits = _check_bits("acc_bits", acc_bits, 2, 32)
+    a_bits = check_int("a_bits", a_bits, 2, 16)
+    b_bits = check_int("b_bits", b_bits, 2, 16)
+    acc_bits = check_int("acc_bits", acc_bits, 2, 32)
     x = _int_operand("a", a, a_bits)
     w = _int_operand("b", b, b_bits)
     if x.ndim < 2 or w.ndim < 2:
@@ -149,9 +142,9 @@ class IntLinear:
     out: FixedFormat = INT8
 
     def __post_init__(self):
-        _check_bits("in_bits", self.in_bits, 2, 16)
-        w_bits = _check_bits("w_bits", self.w_bits, 2, 16)
-        acc_bits = _check_bits("acc_bits", self.acc_bits, 2, 32)
+        check_int("in_bits", self.in_bits, 2, 16)
+        w_bits = check_int("w_bits", self.w_bits, 2, 16)
+        acc_bits = check_int("acc_bits", self.acc_bits, 2, 32)
         if not isinstance(self.out, FixedFormat):
             raise TypeError(f"out must be a FixedFormat, not {type(self.out).__name__}")
         w = _int_operand("weight", self.weight, w_bits)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tokensift.checks import check_int
 from tokensift.quant.attention import AttentionParams, attention_error, attention_head, scale_for
 from tokensift.quant.calibrate import Observer, calibrate
 from tokensift.quant.fixed import FixedFormat, OverflowCounter, round_shift
@@ -161,10 +162,7 @@ class IntegerViT:
 
         if not isinstance(model, VisionTransformer):
             raise TypeError(f"model must be a tokensift.sw VisionTransformer, not {type(model).__name__}")
-        if isinstance(res_bits, bool) or not isinstance(res_bits, int):
-            raise TypeError(f"res_bits must be an integer, not {res_bits!r}")
-        if not 8 <= res_bits <= 16:
-            raise ValueError(f"res_bits must be between 8 and 16, not {res_bits}")
+        check_int("res_bits", res_bits, low=8, high=16, numpy=False, show="repr")
         softmax = SoftmaxParams() if softmax is None else softmax
         if not isinstance(softmax, SoftmaxParams):
             raise TypeError(f"softmax must be a SoftmaxParams, not {type(softmax).__name__}")

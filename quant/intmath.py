@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from tokensift import checks
 
 __all__ = ["check_int", "check_scale", "bit_length", "isqrt"]
 
 
 def check_int(name: str, value: object, low: int, high: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
-    return int(value)
+    """:func:`tokensift.checks.check_int` in ``low..high``, naming a wrong value by its repr."""
+    return checks.check_int(name, value, low=low, high=high, show="repr")
 
 
 def check_scale(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a real number, not {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{name} must be a positive finite number, not {value}")
-    return value
+    """:func:`tokensift.checks.check_scale`, naming a wrong value by its repr."""
+    return checks.check_scale(name, value, show="repr")
 
 
 def _nonneg_int64(name: str, values) -> np.ndarray:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tokensift.checks import check_bool, check_int
 from tokensift.quant.fixed import FixedFormat, OverflowCounter, Rounding, round_shift
 from tokensift.quant.intmath import isqrt
 
@@ -88,14 +89,6 @@ class Status(enum.IntEnum):
     K_TOO_LARGE = 3
 
 
-def _check_int(name: str, value, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
-    return int(value)
-
-
 @dataclass(frozen=True, kw_only=True)
 class SelectorParams:
     """Elaboration parameters of the token selector, shared by the reference, the hardware and its costs.
@@ -125,13 +118,12 @@ class SelectorParams:
     package: bool = False
 
     def __post_init__(self):
-        _check_int("n_max", self.n_max, 2, 4096)
-        _check_int("dim", self.dim, 1, 8192)
-        _check_int("score_bits", self.score_bits, 1, 24)
-        _check_int("feature_bits", self.feature_bits, 2, 16)
-        _check_int("lanes", self.lanes, 1, 256)
-        if not isinstance(self.package, bool):
-            raise TypeError(f"package must be a bool, not {type(self.package).__name__}")
+        check_int("n_max", self.n_max, low=2, high=4096)
+        check_int("dim", self.dim, low=1, high=8192)
+        check_int("score_bits", self.score_bits, low=1, high=24)
+        check_int("feature_bits", self.feature_bits, low=2, high=16)
+        check_int("lanes", self.lanes, low=1, high=256)
+        check_bool("package", self.package)
         if self.dim % self.lanes:
             raise ValueError(f"dim must be a multiple of lanes, not dim={self.dim} with lanes={self.lanes}")
 
@@ -205,8 +197,8 @@ def head_importance(head_outputs, *, out_frac: int = 8, feature_bits: int = 8) -
     >>> head_importance(x, out_frac=8).tolist()  # norms 10 and 3: 10/13 and 3/13 of 256
     [197, 59]
     """
-    _check_int("out_frac", out_frac, 0, 30)
-    _check_int("feature_bits", feature_bits, 2, 16)
+    check_int("out_frac", out_frac, low=0, high=30)
+    check_int("feature_bits", feature_bits, low=2, high=16)
     x = _ints("head_outputs", head_outputs, ndim=3)
     if x.shape[0] == 0:
         raise ValueError("head_outputs must hold at least one head")
@@ -234,8 +226,8 @@ def head_weighted_scores(class_attn_rows, head_importance, *, attn_frac: int, im
     ...                      score=FixedFormat(bits=8, frac=7, signed=False)).tolist()
     [32, 80]
     """
-    _check_int("attn_frac", attn_frac, 0, 30)
-    _check_int("importance_frac", importance_frac, 0, 30)
+    check_int("attn_frac", attn_frac, low=0, high=30)
+    check_int("importance_frac", importance_frac, low=0, high=30)
     if not isinstance(score, FixedFormat):
         raise TypeError(f"score must be a FixedFormat, not {type(score).__name__}")
     if score.signed:
@@ -255,7 +247,7 @@ def head_weighted_scores(class_attn_rows, head_importance, *, attn_frac: int, im
 # -- selection --------------------------------------------------------------------------------------------
 def _scores_for(scores, n: int) -> np.ndarray:
     s = _ints("scores", scores, ndim=1)
-    n = _check_int("n", n, 1, 1 << 20)
+    n = check_int("n", n, low=1, high=1 << 20)
     if s.shape[0] < n:
         raise ValueError(f"scores must hold at least n={n} values, not {s.shape[0]}")
     s = s[:n]
@@ -280,9 +272,9 @@ def radix_threshold(scores, k: int, n: int, *, score_bits: int, radix_bits: int 
     (3, 1)
     """
     s = _scores_for(scores, n)
-    _check_int("score_bits", score_bits, 1, 62)
-    _check_int("radix_bits", radix_bits, 1, 16)
-    k = _check_int("k", k, 0, n - 1)
+    check_int("score_bits", score_bits, low=1, high=62)
+    check_int("radix_bits", radix_bits, low=1, high=16)
+    k = check_int("k", k, low=0, high=n - 1)
     _in_range("scores", s, 0, (1 << score_bits) - 1)
     cand = s[1:]
     digits = -(-score_bits // radix_bits)
@@ -334,7 +326,7 @@ def topk_keep(scores, k: int, n: int, *, score_bits: int | None = None) -> tuple
 
 def threshold_keep(scores, t: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep the class token and every patch token whose score is strictly greater than ``t``."""
-    t = _check_int("t", t, 0, (1 << 62) - 1)
+    t = check_int("t", t, low=0, high=(1 << 62) - 1)
     return keep_by_threshold(scores, t, 0, n)
 
 
@@ -362,7 +354,7 @@ def package_token(features, scores, pruned_mask, *, feature_bits: int = 8) -> np
     if not (x.shape[0] == s.shape[0] == m.shape[0]):
         raise ValueError(f"features, scores and pruned_mask must have the same number of tokens, "
                          f"not {x.shape[0]}, {s.shape[0]} and {m.shape[0]}")
-    fmt = FixedFormat(bits=_check_int("feature_bits", feature_bits, 2, 16), frac=0)
+    fmt = FixedFormat(bits=check_int("feature_bits", feature_bits, low=2, high=16), frac=0)
     _in_range("features", x, fmt.min_int, fmt.max_int)
     _in_range("scores", s, 0, (1 << 40) - 1)
     w = np.where(m, s, 0)
@@ -415,15 +407,15 @@ def check_runtime(params: SelectorParams, *, n_tokens: int, mode: Mode, k: int |
         raise TypeError(f"params must be SelectorParams, not {type(params).__name__}")
     if not isinstance(mode, Mode):
         raise TypeError(f"mode must be a Mode, not {type(mode).__name__}")
-    n = _check_int("n_tokens", n_tokens, 0, (1 << FIELD_BITS) - 1)
+    n = check_int("n_tokens", n_tokens, low=0, high=(1 << FIELD_BITS) - 1)
     if mode is Mode.TOPK:
         if k is None:
             raise TypeError("k must be an integer in top-k mode, not None")
-        k = _check_int("k", k, 0, (1 << FIELD_BITS) - 1)
+        k = check_int("k", k, low=0, high=(1 << FIELD_BITS) - 1)
     else:
         if threshold is None:
             raise TypeError("threshold must be an integer in threshold mode, not None")
-        _check_int("threshold", threshold, 0, (1 << params.score_bits) - 1)
+        check_int("threshold", threshold, low=0, high=(1 << params.score_bits) - 1)
     if n == 0:
         return Status.N_ZERO
     if n > params.n_max:
@@ -443,8 +435,7 @@ def select_frame(params: SelectorParams, scores, features, *, mode: Mode, k: int
     if not isinstance(params, SelectorParams):
         raise TypeError(f"params must be SelectorParams, not {type(params).__name__}")
     package = params.package if package is None else package
-    if not isinstance(package, bool):
-        raise TypeError(f"package must be a bool, not {type(package).__name__}")
+    check_bool("package", package)
     if package and not params.package:
         raise ValueError("package token requested from a selector built without package=True")
     s = _ints("scores", scores, ndim=1)

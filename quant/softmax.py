@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tokensift.checks import check_int
 from tokensift.quant.fixed import FixedFormat, round_shift
 
 __all__ = [
@@ -70,13 +71,6 @@ class SoftmaxVariant(enum.Enum):
     EXP2_POLY = "exp2_poly"
 
 
-def _check_int(name: str, value, low: int, high: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
-
-
 @dataclass(frozen=True, kw_only=True)
 class SoftmaxParams:
     """Number formats of the integer softmax.
@@ -107,9 +101,9 @@ class SoftmaxParams:
                 raise ValueError(f"variant must be one of {names}, not {self.variant!r}") from None
         if not isinstance(self.variant, SoftmaxVariant):
             raise TypeError(f"variant must be a SoftmaxVariant, not {type(self.variant).__name__}")
-        _check_int("log2_frac", self.log2_frac, 1, 12)
-        _check_int("exp_frac", self.exp_frac, 4, 24)
-        _check_int("prob_frac", self.prob_frac, 1, 16)
+        check_int("log2_frac", self.log2_frac, low=1, high=12)
+        check_int("exp_frac", self.exp_frac, low=4, high=24)
+        check_int("prob_frac", self.prob_frac, low=1, high=16)
 
     @property
     def prob_format(self) -> FixedFormat:
