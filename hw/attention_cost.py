@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from amaranth.utils import ceil_log2
 
+from tokensift.checks import check_int
 from tokensift.quant.attention import AttentionParams, macs
 from tokensift.quant.softmax import SoftmaxVariant
 
@@ -74,8 +75,7 @@ def _params(params, kwargs) -> AttentionParams:
 
 
 def _check_n(n_tokens, p: AttentionParams) -> int:
-    if not isinstance(n_tokens, int) or isinstance(n_tokens, bool):
-        raise TypeError(f"n_tokens must be an integer, not {type(n_tokens).__name__}")
+    check_int("n_tokens", n_tokens, numpy=False)
     if not 1 <= n_tokens <= p.n_max:
         raise ValueError(f"n_tokens must be between 1 and n_max {p.n_max}, not {n_tokens}")
     return n_tokens
@@ -158,10 +158,7 @@ def cycles(params: AttentionParams | None = None, *, n_tokens, heads: int = 1, *
         cycles(n_max=197, head_dim=64, lanes=16, n_tokens=197)
     """
     p = _params(params, kwargs)
-    if not isinstance(heads, int) or isinstance(heads, bool):
-        raise TypeError(f"heads must be an integer, not {type(heads).__name__}")
-    if heads < 1:
-        raise ValueError(f"heads must be at least 1, not {heads}")
+    check_int("heads", heads, low=1, numpy=False)
     if isinstance(n_tokens, (list, tuple)):
         if heads != 1:
             raise ValueError("give heads only with a single n_tokens, not with a sequence")

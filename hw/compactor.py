@@ -17,6 +17,8 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from tokensift.checks import check_int
+
 __all__ = ["Compactor"]
 
 
@@ -48,10 +50,7 @@ class Compactor(wiring.Component):
     def __init__(self, *, score_bits: int, threshold_bits: int, idx_bits: int, count_bits: int):
         for name, value, high in (("score_bits", score_bits, 24), ("threshold_bits", threshold_bits, 32),
                                   ("idx_bits", idx_bits, 16), ("count_bits", count_bits, 17)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-            if not 1 <= value <= high:
-                raise ValueError(f"{name} must be between 1 and {high}, not {value}")
+            check_int(name, value, low=1, high=high, numpy=False)
         if threshold_bits < score_bits:
             raise ValueError(f"threshold_bits must be at least score_bits={score_bits}, not {threshold_bits}")
         self._count_bits = count_bits

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Mux, Value
 
+from tokensift.checks import check_count
 from tokensift.quant.fixed import FixedFormat, Overflow, Rounding
 
 __all__ = ["round_shift", "fit"]
@@ -17,8 +18,7 @@ __all__ = ["round_shift", "fit"]
 def round_shift(value, shift: int, rounding: Rounding = Rounding.HALF_UP) -> Value:
     """``value / 2**shift`` rounded by ``rounding``; the result is one bit wider than needed, never wraps."""
     value = Value.cast(value)
-    if not isinstance(shift, int) or shift < 0:
-        raise ValueError(f"shift must be a non-negative integer, not {shift!r}")
+    check_count("shift", shift, zero=True, numpy=False)
     if shift == 0:
         return value
     floor = value >> shift

@@ -19,6 +19,7 @@ from amaranth.hdl import Array, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from tokensift.checks import check_int
 from tokensift.quant.select import RADIX_BITS
 
 __all__ = ["HistogramSelect"]
@@ -54,10 +55,7 @@ class HistogramSelect(wiring.Component):
     def __init__(self, *, score_bits: int, count_bits: int, radix_bits: int = RADIX_BITS):
         for name, value, high in (("score_bits", score_bits, 24), ("count_bits", count_bits, 16),
                                   ("radix_bits", radix_bits, 8)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-            if not 1 <= value <= high:
-                raise ValueError(f"{name} must be between 1 and {high}, not {value}")
+            check_int(name, value, low=1, high=high, numpy=False)
         self._score_bits, self._count_bits, self._radix_bits = score_bits, count_bits, radix_bits
         self._digits = -(-score_bits // radix_bits)
         super().__init__({

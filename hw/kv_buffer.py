@@ -11,6 +11,8 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from tokensift.checks import check_int
+
 __all__ = ["RowBuffer"]
 
 
@@ -27,10 +29,7 @@ class RowBuffer(wiring.Component):
 
     def __init__(self, *, depth: int, lanes: int, data_bits: int):
         for name, value in (("depth", depth), ("lanes", lanes), ("data_bits", data_bits)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, not {value}")
+            check_int(name, value, low=1, numpy=False)
         self._depth = depth
         vec = data.ArrayLayout(signed(data_bits), lanes)
         super().__init__({

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tokensift.checks import check_int
 from tokensift.hw.linear_cost import LinearParams, linear_cycles, linear_resources, predictor_cycles
 from tokensift.hw.resources import Resources, check_family
 from tokensift.quant.select import Mode, SelectorParams
@@ -55,10 +56,7 @@ class HwConfig:
             value = getattr(self, name)
             if value is None and name != "lanes" and name != "heads_parallel":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, not {value}")
+            check_int(name, value, low=1, numpy=False)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from amaranth.utils import ceil_log2
 
+from tokensift.checks import check_count, check_int
 from tokensift.hw.mac_array_resources import MacArrayParams
 from tokensift.hw.mac_array_resources import resources as mac_array_resources
 from tokensift.hw.requant_resources import RequantParams
@@ -69,10 +70,7 @@ class LinearParams:
     def __post_init__(self):
         for name, value, low in (("lanes", self.lanes, 1), ("in_max", self.in_max, 1),
                                  ("data_bits", self.data_bits, 2), ("acc_bits", self.acc_bits, 2)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-            if value < low:
-                raise ValueError(f"{name} must be at least {low}, not {value}")
+            check_int(name, value, low=low, numpy=False)
 
     @property
     def mac_array(self) -> MacArrayParams:
@@ -95,8 +93,7 @@ def linear_cycles(params: LinearParams, *, n_tokens: int, in_features: int, out_
     """Cycles of one linear layer over ``n_tokens`` rows (0 rows: 0 cycles)."""
     p = _check(params)
     for name, value in (("n_tokens", n_tokens), ("in_features", in_features), ("out_features", out_features)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
+        check_count(name, value, zero=True, numpy=False)
     if in_features > p.in_max:
         raise ValueError(f"in_features {in_features} exceeds the row buffer of the linear array (in_max {p.in_max})")
     if n_tokens == 0 or out_features == 0:
@@ -107,8 +104,7 @@ def linear_cycles(params: LinearParams, *, n_tokens: int, in_features: int, out_
 def predictor_cycles(params: LinearParams, *, macs: int) -> int:
     """Cycles of a token predictor's MLP of ``macs`` multiply-accumulates on the linear array."""
     p = _check(params)
-    if isinstance(macs, bool) or not isinstance(macs, int) or macs < 0:
-        raise ValueError(f"macs must be a non-negative integer, not {macs!r}")
+    check_count("macs", macs, zero=True, numpy=False)
     return -(-macs // p.lanes) + p.fill if macs else 0
 
 

@@ -19,17 +19,12 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from tokensift.checks import check_int
+
 __all__ = ["MacArray", "MODE_DOT", "MODE_VEC", "mul_const"]
 
 MODE_DOT = 0
 MODE_VEC = 1
-
-
-def _check(name, value, low, high):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
 
 
 def mul_const(value, k: int):
@@ -58,12 +53,12 @@ class MacArray(wiring.Component):
     """
 
     def __init__(self, *, lanes: int, a_bits: int, b_bits: int, dot_bits: int, acc_bits: int, tag_bits: int):
-        _check("lanes", lanes, 1, 256)
-        _check("a_bits", a_bits, 2, 27)
-        _check("b_bits", b_bits, 2, 27)
-        _check("dot_bits", dot_bits, 2, a_bits + b_bits)
-        _check("acc_bits", acc_bits, 2, 64)
-        _check("tag_bits", tag_bits, 1, 64)
+        check_int("lanes", lanes, low=1, high=256, numpy=False)
+        check_int("a_bits", a_bits, low=2, high=27, numpy=False)
+        check_int("b_bits", b_bits, low=2, high=27, numpy=False)
+        check_int("dot_bits", dot_bits, low=2, high=a_bits + b_bits, numpy=False)
+        check_int("acc_bits", acc_bits, low=2, high=64, numpy=False)
+        check_int("tag_bits", tag_bits, low=1, high=64, numpy=False)
         self._lanes, self._dot_bits, self._acc_bits = lanes, dot_bits, acc_bits
         self._tree_levels = ceil_log2(lanes)
         super().__init__({

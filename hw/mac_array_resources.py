@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from amaranth.utils import ceil_log2
 
+from tokensift.checks import check_int
 from tokensift.hw.resources import Resources, check_family, fitted, multiplier_dsps
 
 __all__ = ["BLOCK", "MacArrayParams", "features", "exact", "resources", "build", "params_to_dict",
@@ -40,10 +41,7 @@ class MacArrayParams:
         for name, value, low, high in (("lanes", self.lanes, 1, 256), ("a_bits", self.a_bits, 2, 27),
                                        ("b_bits", self.b_bits, 2, 27), ("acc_bits", self.acc_bits, 2, 64),
                                        ("tag_bits", self.tag_bits, 1, 64)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+            check_int(name, value, low=low, high=high, numpy=False)
         if not 2 <= self.dot_bits <= self.a_bits + self.b_bits:
             raise ValueError(f"dot_bits must be between 2 and a_bits + b_bits, not {self.dot_bits}")
 

@@ -21,6 +21,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from tokensift.checks import check_int
 from tokensift.hw import fixed as hwfixed
 from tokensift.quant.fixed import FixedFormat, Rounding
 
@@ -56,10 +57,7 @@ class PackageMAC(wiring.Component):
     def __init__(self, *, lanes: int, score_bits: int, feature_bits: int, count_bits: int):
         for name, value, low, high in (("lanes", lanes, 1, 256), ("score_bits", score_bits, 1, 24),
                                        ("feature_bits", feature_bits, 2, 16), ("count_bits", count_bits, 1, 17)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+            check_int(name, value, low=low, high=high, numpy=False)
         self._lanes, self._score_bits, self._feature_bits = lanes, score_bits, feature_bits
         self._sum_bits = score_bits + count_bits
         self._acc_bits = feature_bits + score_bits + count_bits + 1

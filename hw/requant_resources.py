@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokensift.checks import check_count
 from tokensift.hw.resources import Resources, check_family, const_operand_bits, fitted, multiplier_dsps
 from tokensift.quant.fixed import FixedFormat, Overflow, Rounding
 
@@ -155,6 +156,5 @@ def cycles(params: RequantParams, *, n_values: int) -> int:
     """Cycles from the first value's acceptance to the last result being valid, with no stalls: one value
     per cycle plus :data:`LATENCY`."""
     _check(params)
-    if isinstance(n_values, bool) or not isinstance(n_values, int) or n_values < 0:
-        raise ValueError(f"n_values must be a non-negative integer, not {n_values!r}")
+    check_count("n_values", n_values, zero=True, numpy=False)
     return n_values + LATENCY if n_values else 0

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, fields
 from functools import cache
 from importlib import resources as importlib_resources
 
+from tokensift.checks import check_count
 from tokensift.errors import TokensiftError
 
 __all__ = [
@@ -172,8 +173,7 @@ def _mul_dsps(info: Family, a: int, b: int, a_signed: bool, b_signed: bool, y: i
 def const_operand_bits(value: int, *, signed: bool) -> int:
     """Width of a positive constant multiplier as Yosys multiplies by it: trailing zero bits become a
     shift of the product, the odd part takes ``bit_length`` bits, one more next to a signed operand."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"a constant multiplier must be a positive integer, not {value!r}")
+    check_count("a constant multiplier", value, numpy=False)
     odd = value >> ((value & -value).bit_length() - 1)
     return odd.bit_length() + int(signed)
 
@@ -187,8 +187,7 @@ def multiplier_dsps(a_bits: int, b_bits: int, *, family: str, signed: bool = Tru
     """
     info = family_info(family)
     for name, value in (("a_bits", a_bits), ("b_bits", b_bits)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        check_count(name, value, numpy=False)
     y = a_bits + b_bits if y_bits is None else y_bits
     return _mul_dsps(info, a_bits, b_bits, signed, signed, y, True)
 
@@ -370,8 +369,7 @@ def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True, r
     """
     check_family(family)
     for name, value in (("width", width), ("depth", depth)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"memory {name} must be a positive integer, not {value!r}")
+        check_count(f"memory {name}", value, numpy=False)
     if rom and not sync_read:
         raise ValueError("a ROM is read synchronously (sync_read=True)")
     logic_cost = width * depth * (_LOGIC_COST_ROM[family] if rom else 1.0)

@@ -52,6 +52,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from tokensift.checks import check_int
 from tokensift.hw.compactor import Compactor
 from tokensift.hw.histogram_select import HistogramSelect
 from tokensift.hw.package_mac import PackageMAC
@@ -107,8 +108,7 @@ def cycle_breakdown(params: SelectorParams, *, n_tokens: int, kept: int, mode: M
     if not isinstance(status, Status):
         raise TypeError(f"status must be a Status, not {type(status).__name__}")
     for name, value in (("n_tokens", n_tokens), ("kept", kept)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+        check_int(name, value, numpy=False)
     if not 0 <= n_tokens < (1 << FIELD_BITS):
         raise ValueError(f"n_tokens must be between 0 and {(1 << FIELD_BITS) - 1}, not {n_tokens}")
     n, b = n_tokens, params.beats

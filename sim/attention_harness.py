@@ -26,6 +26,7 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from tokensift.checks import check_count
 from tokensift.hw.attention import Attention
 from tokensift.hw.attention_layout import input_layout, output_layout, score_layout, status_layout
 from tokensift.quant.attention import AttentionParams
@@ -51,8 +52,7 @@ class AttentionHarness(wiring.Component):
         if not isinstance(params, AttentionParams):
             raise TypeError(f"params must be an AttentionParams, not {type(params).__name__}")
         for name, value in (("in_depth", in_depth), ("o_depth", o_depth), ("s_depth", s_depth)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+            check_count(name, value, numpy=False)
         self._p = params
         self._depths = (in_depth, o_depth, s_depth)
         self._internal_clock = bool(internal_clock)
