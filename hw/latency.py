@@ -91,7 +91,6 @@ class LatencyBudget:
         self._mlp_table = torch.tensor(mlp, dtype=torch.float64)
         self._stage_tables = [self._stage_table(st, n_cap) for st in self._stages]
         self._fixed = float(sum(c.fixed_cycles().values()))
-        self._site = {st.block: st for st in self._stages}
         self._on_device: dict[torch.device, tuple[Tensor, Tensor, list[Tensor]]] = {}
         depth, n0 = c.spec.depth, c.spec.num_tokens
         self._dense_cycles = self._fixed + depth * (attn[n0] + mlp[n0])
@@ -124,26 +123,10 @@ class LatencyBudget:
 
     def schedule(self, token_counts: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Per-block (attention, MLP) counts and per-stage input counts for per-stage counts."""
-        if not isinstance(token_counts, Tensor):
-            raise TypeError(f"token counts must be a torch tensor, not {type(token_counts).__name__}")
-        if token_counts.shape[-1:] != (self.num_stages,):
-            raise ValueError(f"token counts must have {self.num_stages} entries in the last axis (one per "
-                             f"pruning stage), not shape {tuple(token_counts.shape)}")
-        counts = token_counts.to(torch.float64)
-        n = torch.full(counts.shape[:-1], float(self.cost.spec.num_tokens), dtype=torch.float64,
-                       device=counts.device)
-        attn, mlp, stage_in = [], [], [None] * self.num_stages
-        for b in range(self.cost.spec.depth):
-            st = self._site.get(b)
-            if st is not None and st.site == "pre":
-                stage_in[st.index] = n
-                n = counts[..., st.index]
-            attn.append(n)
-            if st is not None and st.site == "mid":
-                stage_in[st.index] = n
-                n = counts[..., st.index]
-            mlp.append(n)
-        return attn, mlp, stage_in
+        from tokensift.sw.budget import stage_schedule
+
+        sites = [(st.block, st.site) for st in sorted(self._stages, key=lambda st: st.index)]
+        return stage_schedule(token_counts, sites, self.cost.spec.depth, self.cost.spec.num_tokens)
 
     def _tables(self, device: torch.device) -> tuple[Tensor, Tensor, list[Tensor]]:
         """The tables on ``device``: copied once per accelerator (a training step reads them every time);

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .flops import FlopsSpec, schedule_macs
 
-__all__ = ["Budget", "FlopsBudget"]
+__all__ = ["Budget", "FlopsBudget", "stage_schedule"]
 
 
 @runtime_checkable
@@ -49,27 +49,37 @@ class FlopsBudget:
 
     def schedule(self, token_counts: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Per-block (attention, MLP) token counts for per-stage counts (..., num_stages)."""
-        if not isinstance(token_counts, Tensor):
-            raise TypeError(f"token counts must be a torch tensor, not {type(token_counts).__name__}")
-        if token_counts.shape[-1:] != (self.num_stages,):
-            raise ValueError(f"token counts must have {self.num_stages} entries in the last axis (one per "
-                             f"pruning stage), not shape {tuple(token_counts.shape)}")
-        counts = token_counts.to(torch.float64)
-        first = torch.full(counts.shape[:-1], float(self.spec.num_tokens), dtype=counts.dtype,
-                           device=counts.device)
-        stage_at = {b: (s, site) for s, (b, site, _) in enumerate(self.spec.stages)}
-        n = first
-        attn, mlp = [], []
-        for b in range(self.spec.depth):
-            s = stage_at.get(b)
-            if s is not None and s[1] == "pre":
-                n = counts[..., s[0]]
-            attn.append(n)
-            if s is not None and s[1] == "mid":
-                n = counts[..., s[0]]
-            mlp.append(n)
+        sites = [(b, site) for b, site, _ in self.spec.stages]
+        attn, mlp, _ = stage_schedule(token_counts, sites, self.spec.depth, self.spec.num_tokens)
         return attn, mlp
 
     def __call__(self, token_counts: Tensor) -> Tensor:
         attn, mlp = self.schedule(token_counts)
         return schedule_macs(self.spec, attn, mlp)["total"]
+
+
+def stage_schedule(token_counts: Tensor, sites: list[tuple[int, str]], depth: int, num_tokens: int
+                   ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Per-block (attention, MLP) token counts and per-stage input counts, as float64 tensors.
+
+    ``sites[s]`` is ``(block, "pre" | "mid")``: stage ``s`` prunes before block's attention or between its
+    attention and MLP; ``token_counts[..., s]`` is the number of tokens it lets through.
+    """
+    if not isinstance(token_counts, Tensor):
+        raise TypeError(f"token counts must be a torch tensor, not {type(token_counts).__name__}")
+    if token_counts.shape[-1:] != (len(sites),):
+        raise ValueError(f"token counts must have {len(sites)} entries in the last axis (one per "
+                         f"pruning stage), not shape {tuple(token_counts.shape)}")
+    counts = token_counts.to(torch.float64)
+    n = torch.full(counts.shape[:-1], float(num_tokens), dtype=torch.float64, device=counts.device)
+    stage_at = {block: (s, site) for s, (block, site) in enumerate(sites)}
+    attn, mlp, stage_in = [], [], [n] * len(sites)
+    for b in range(depth):
+        s, site = stage_at.get(b, (None, None))
+        if site == "pre":
+            stage_in[s], n = n, counts[..., s]
+        attn.append(n)
+        if site == "mid":
+            stage_in[s], n = n, counts[..., s]
+        mlp.append(n)
+    return attn, mlp, stage_in

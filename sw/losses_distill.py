@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .selection import TokenState
 
-__all__ = ["TeacherOutputs", "teacher_outputs", "logit_distill", "token_distill"]
+__all__ = ["TeacherOutputs", "teacher_outputs", "logit_distill", "token_distill", "add_distillation"]
 
 
 @dataclass
@@ -63,3 +63,15 @@ def token_distill(state: TokenState, teacher_tokens: Tensor) -> Tensor:
         return state.x.new_zeros(())
     ref = torch.gather(teacher_tokens, 1, index.clamp(min=0)[..., None].expand(-1, -1, state.x.shape[-1]))
     return (state.x[valid] - ref[valid]).pow(2).mean()
+
+
+def add_distillation(loss: Tensor, parts: dict, weight: float, logits: Tensor, state: TokenState,
+                     teacher: nn.Module | None, images: Tensor) -> Tensor:
+    """``loss + weight * (KL to the teacher's logits + MSE to its tokens)``, recording ``kl`` and ``token``
+    in ``parts``; ``loss`` unchanged without a teacher or with a zero weight."""
+    if teacher is None or weight <= 0:
+        return loss
+    t = teacher_outputs(teacher, images)
+    kl, tok = logit_distill(logits, t.logits), token_distill(state, t.tokens)
+    parts.update(kl=kl.detach(), token=tok.detach())
+    return loss + weight * (kl + tok)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..losses_budget import budget_gap, largest_within, model_budget
-from ..losses_distill import logit_distill, teacher_outputs, token_distill
+from ..losses_distill import add_distillation
 from ..selection import AttnInfo, TokenSelector, TokenState
 from . import MethodSpec, register_method
 
@@ -190,11 +190,7 @@ class ASViTLoss(nn.Module):
         cls_loss = F.cross_entropy(logits, labels)
         loss = cls_loss + self.budget_weight * gap.to(logits.dtype)
         parts = {"cls": cls_loss.detach(), "budget": gap.detach(), "cost": cost.detach()}
-        if teacher is not None and self.distill_weight > 0:
-            t = teacher_outputs(teacher, images)
-            kl, tok = logit_distill(logits, t.logits), token_distill(state, t.tokens)
-            loss = loss + self.distill_weight * (kl + tok)
-            parts.update(kl=kl.detach(), token=tok.detach())
+        loss = add_distillation(loss, parts, self.distill_weight, logits, state, teacher, images)
         return loss, parts
 
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..budget import Budget
 from ..losses_budget import budget_ratio, largest_within, model_budget
-from ..losses_distill import logit_distill, teacher_outputs, token_distill
+from ..losses_distill import add_distillation
 from ..selection import AttnInfo, TokenSelector, TokenState, check_keep_ratio, gumbel_keep, stable_topk_mask
 from . import MethodSpec, register_method
 from .dynamicvit import PredictorLG, keep_count
@@ -280,11 +280,7 @@ class SPViTLoss(nn.Module):
         loss = cls_loss + self.ratio_weight * ratio_loss + self.budget_weight * budget_loss
         parts = {"cls": cls_loss.detach(), "ratio": ratio_loss.detach(),
                  "budget": budget_loss.detach(), "cost": cost.detach()}
-        if teacher is not None and self.distill_weight > 0:
-            t = teacher_outputs(teacher, images)
-            kl, tok = logit_distill(logits, t.logits), token_distill(state, t.tokens)
-            loss = loss + self.distill_weight * (kl + tok)
-            parts.update(kl=kl.detach(), token=tok.detach())
+        loss = add_distillation(loss, parts, self.distill_weight, logits, state, teacher, images)
         return loss, parts
 
 
