@@ -320,3 +320,32 @@ def test_ten_thousand_design_points_in_under_30_seconds():
     print(f"{points} design points in {wall:.2f} s ({points / wall:,.0f} points/s, grid {res.summary['search']['seconds']:.2f} s)")
     assert points >= 10_000
     assert wall < 30.0
+
+
+@pytest.mark.parametrize("updates", ["suggest", "user_attr"])
+def test_a_seed_trial_another_worker_finished_is_dropped_not_fatal(tmp_path, updates):
+    """Two workers can pop the same enqueued trial from SQLite; the one that finishes second drops it."""
+    import optuna
+
+    from tokensift.coopt.search import _run_trial
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", directions=["minimize"])
+    study.enqueue_trial({"x": 1})
+    first = study.ask()
+    twin = optuna.Trial(study, first._trial_id)  # what the racing worker got from its own pop
+    study.tell(first, [1.0])
+
+    def objective(trial):
+        x = trial.suggest_int("x", 0, 2)
+        if updates == "user_attr":
+            trial.set_user_attr("h", x)
+        return [float(x)]
+
+    study.ask = lambda: twin
+    assert _run_trial(study, objective) is False
+    del study.ask
+    assert _run_trial(study, objective) is True  # a fresh trial still counts
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    with pytest.raises(ZeroDivisionError):  # the objective's own errors still surface, the trial is failed
+        _run_trial(study, lambda t: 1 / 0)
+    assert study.trials[-1].state.name == "FAIL"

@@ -132,6 +132,32 @@ def _open_storage(url: str | None, attempts: int = 8):
     raise AssertionError("unreachable")
 
 
+def _run_trial(study, objective) -> bool:
+    """Ask, evaluate and tell one trial; False when another worker finished the same trial first.
+
+    Several workers on one SQLite study can pop the same enqueued (seed) trial: SQLite has no row locks, so
+    optuna's WAITING -> RUNNING check races. The loser's updates then fail on a finished trial; its
+    evaluation is a duplicate of the winner's (same parameters, same cost model), so it is dropped.
+    """
+    import optuna
+
+    trial = study.ask()
+    try:
+        values = objective(trial)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    except BaseException:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        raise
+    try:
+        study.tell(trial, values)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        if study.get_trials(deepcopy=False)[trial.number].state.is_finished():
+            return False
+        raise
+    return True
+
+
 # -- the two searches ------------------------------------------------------------------------------------
 def _grid_search(ev: CostEvaluator, accuracy, progress: bool):
     total = ev.hw_space.size * ev.keep_space.size
@@ -237,10 +263,11 @@ def _nsga2_search(ev: CostEvaluator, accuracy, *, trials: int, storage: str | No
     with _progress(progress) as bar:
         task = bar.add_task("co-opt nsga2", total=trials, info="")
 
-        def tick(study, trial):
-            bar.update(task, advance=1, info=f"{len(study.get_trials(deepcopy=False))} trials in the study")
-
-        study.optimize(objective, n_trials=trials, callbacks=[tick])
+        done_here = 0
+        while done_here < trials:
+            if _run_trial(study, objective):
+                done_here += 1
+                bar.update(task, advance=1, info=f"{len(study.get_trials(deepcopy=False))} trials in the study")
     seconds = time.perf_counter() - t0
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     lat = np.array([t.values[0] for t in done])
