@@ -23,6 +23,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from tokensift.checks import check_count
+
 from .checkpoint import save_checkpoint
 from .data import random_affine
 from .placement import init_distributed, module_device, world
@@ -69,13 +71,10 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+            check_count(name, getattr(self, name), numpy=False)
         if not self.lr > 0:
             raise ValueError(f"learning rate must be positive, not {self.lr!r}")
-        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
-            raise ValueError(f"workers must be a non-negative integer, not {self.workers!r}")
+        check_count("workers", self.workers, zero=True, numpy=False)
 
 
 @dataclass

@@ -27,17 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokensift.checks import check_count, check_int
+
 from .selection import AttnInfo, TokenSelector, TokenState, masked_softmax
 
 __all__ = ["PatchEmbed", "Attention", "Mlp", "Block", "VisionTransformer", "sincos_pos_embed"]
 
 
 def _check_positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, not {value}")
-    return value
+    check_int(name, value, numpy=False, show="repr")
+    return check_count(name, value, numpy=False)
 
 
 class PatchEmbed(nn.Module):

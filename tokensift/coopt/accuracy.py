@@ -21,6 +21,7 @@ import copy
 import numpy as np
 import torch
 
+from tokensift.checks import check_count
 from tokensift.coopt.space import keep_kind
 
 __all__ = ["MeasuredAccuracy", "set_keep_point"]
@@ -58,8 +59,7 @@ class MeasuredAccuracy:
         if self.method == "asvit":
             raise ValueError("measured accuracy needs keep ratios that change the model's inference, and AS-ViT's "
                              "learned thresholds do not read them; use the retained-FLOPs proxy")
-        if isinstance(images, bool) or not isinstance(images, int) or images < 1:
-            raise ValueError(f"images must be a positive integer, not {images!r}")
+        check_count("images", images, numpy=False)
         self.model = copy.deepcopy(module).eval()
         n = min(images, len(dataset))
         idx = sorted({int(i) for i in np.linspace(0, len(dataset) - 1, n).round()})
