@@ -1,0 +1,282 @@
+# amaranth: UnusedElaboratable=no
+"""Amaranth-simulator tests of the score combiner, bit for bit against quant.select.head_weighted_scores."""
+
+from __future__ import annotations
+
+import doctest
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, ResetInserter, Signal
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from tokensift.hw import score_combiner
+from tokensift.hw.score_combiner import (
+    CombinerParams,
+    CombinerStatus,
+    ScoreCombiner,
+    check_runtime,
+    combiner_cycles,
+)
+from tokensift.hw.selector import Selector
+from tokensift.quant.fixed import FixedFormat, Overflow, OverflowCounter, Rounding
+from tokensift.quant.select import head_weighted_scores
+
+
+def _dut(p: CombinerParams) -> ScoreCombiner:
+    return ScoreCombiner(n_max=p.n_max, heads=p.heads, lanes=p.lanes, attn_bits=p.attn_bits, attn_frac=p.attn_frac,
+                         importance_bits=p.importance_bits, importance_frac=p.importance_frac, score=p.score)
+
+
+def make_frame(p: CombinerParams, rng, *, n, heads, rows=None, weights=None, counter=None):
+    """One frame's stimulus (command, weights, row beats) and its reference scores and status."""
+    rows = rng.integers(0, 1 << p.attn_bits, (heads, n)) if rows is None else np.asarray(rows, np.int64)
+    weights = rng.integers(0, 1 << p.importance_bits, heads) if weights is None else np.asarray(weights, np.int64)
+    status = check_runtime(p, n_tokens=n, heads=heads)
+    beats = []
+    for h in range(heads):
+        b = -(-n // p.lanes)
+        padded = np.concatenate([rows[h], rng.integers(0, 1 << p.attn_bits, b * p.lanes - n)])  # junk lanes
+        beats += [[int(v) for v in padded[i * p.lanes:(i + 1) * p.lanes]] for i in range(b)]
+    ref = []
+    if status is CombinerStatus.OK:
+        ref = head_weighted_scores(rows, weights, attn_frac=p.attn_frac, importance_frac=p.importance_frac,
+                                   score=p.score, counter=counter).tolist()
+    return {"cmd": {"n_tokens": n, "heads": heads}, "weights": [int(w) for w in weights], "beats": beats,
+            "ref": ref, "status": status}
+
+
+def simulate(p: CombinerParams, frames, *, stall=0.0, idle=0.0, seed=0, limit=50_000):
+    """Drive frames through the combiner; returns (scores, statuses, cmd accept cycles, overflows)."""
+    dut = _dut(p)
+    rng = random.Random(seed)
+    scores, statuses, accepts, now, final = [], [], [], [0], {}
+    expected = sum(len(f["ref"]) for f in frames)
+
+    async def clock(ctx):
+        async for _ in ctx.tick():
+            now[0] += 1
+
+    def source(port, items, on_accept=None):
+        async def tb(ctx):
+            for item in items:
+                while rng.random() < idle:
+                    await ctx.tick()
+                ctx.set(port.payload, item)
+                ctx.set(port.valid, 1)
+                await ctx.tick().until(port.ready)
+                ctx.set(port.valid, 0)
+                if on_accept is not None:
+                    on_accept(ctx)
+        return tb
+
+    def on_cmd(ctx):
+        accepts.append(now[0])
+        statuses.append(CombinerStatus(ctx.get(dut.status)))
+
+    async def sink(ctx):
+        while len(scores) < expected:
+            ready = rng.random() >= stall
+            ctx.set(dut.o_score.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.o_score.valid, dut.o_score.payload)
+            if ready and valid:
+                scores.append(payload)
+        ctx.set(dut.o_score.ready, 0)
+        await ctx.tick().repeat(4)
+        final["overflows"] = ctx.get(dut.overflows)
+        final["valid"] = ctx.get(dut.o_score.valid)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source(dut.i_cmd, [f["cmd"] for f in frames], on_cmd))
+    sim.add_testbench(source(dut.i_weight, [w for f in frames for w in f["weights"]]))
+    sim.add_testbench(source(dut.i_attn, [b for f in frames for b in f["beats"]]))
+    sim.add_testbench(sink)
+    sim.add_process(clock)
+    while sim.advance():
+        assert now[0] < limit, "simulation did not finish"
+    assert not final["valid"], "more scores than expected"
+    return scores, statuses, accepts, final["overflows"]
+
+
+def check(p, frames, result, counter=None):
+    scores, statuses, _, overflows = result
+    assert statuses == [f["status"] for f in frames]
+    assert scores == [s for f in frames for s in f["ref"]]
+    if counter is not None:
+        assert overflows == counter.total
+
+
+class TestParams:
+    def test_init(self):
+        dut = ScoreCombiner(n_max=197, heads=6, lanes=4)
+        assert dut.params == CombinerParams(n_max=197, heads=6, lanes=4)
+        assert (dut.params.acc_bits, dut.params.words, dut.params.shift) == (28, 50, 8)
+        assert len(dut.status) == 3 and len(dut.overflows) == 32
+
+    @pytest.mark.parametrize(("kwargs", "exc", "message"), [
+        ({"n_max": 0}, ValueError, r"^n_max must be between 1 and 4096, not 0$"),
+        ({"heads": 256}, ValueError, r"^heads must be between 1 and 255, not 256$"),
+        ({"lanes": 2.0}, TypeError, r"^lanes must be an integer, not float$"),
+        ({"lanes": 65}, ValueError, r"^lanes must be between 1 and 64, not 65$"),
+        ({"lanes": 32}, ValueError, r"^lanes must be at most n_max=16, not 32$"),
+        ({"attn_bits": 32}, ValueError, r"^attn_bits must be between 1 and 31, not 32$"),
+        ({"attn_frac": -1}, ValueError, r"^attn_frac must be between 0 and 30, not -1$"),
+        ({"importance_bits": True}, TypeError, r"^importance_bits must be an integer, not bool$"),
+        ({"importance_frac": 31}, ValueError, r"^importance_frac must be between 0 and 30, not 31$"),
+        ({"score": 16}, TypeError, r"^score must be a FixedFormat, not int$"),
+        ({"score": FixedFormat(bits=8, frac=4)}, ValueError,
+         r"^score must be an unsigned FixedFormat, not a signed one$"),
+    ])
+    def test_init_wrong(self, kwargs, exc, message):
+        with pytest.raises(exc, match=message):
+            ScoreCombiner(**{"n_max": 16, "heads": 4, **kwargs})
+
+    def test_positional_refused(self):
+        with pytest.raises(TypeError):
+            ScoreCombiner(16, 4)  # the parameters are keyword-only
+
+    @pytest.mark.parametrize(("kwargs", "exc", "message"), [
+        ({"n_tokens": -1}, ValueError, r"^n_tokens must be between 0 and 65535, not -1$"),
+        ({"heads": 256}, ValueError, r"^heads must be between 0 and 255, not 256$"),
+        ({"heads": 1.0}, TypeError, r"^heads must be an integer, not float$"),
+        ({"params": None}, TypeError, r"^params must be CombinerParams, not NoneType$"),
+    ])
+    def test_runtime_wrong(self, kwargs, exc, message):
+        args = {"params": CombinerParams(n_max=8, heads=2), "n_tokens": 4, "heads": 2, **kwargs}
+        with pytest.raises(exc, match=message):
+            combiner_cycles(args.pop("params"), **args)
+
+    def test_connects_to_selector(self):
+        comb = ScoreCombiner(n_max=16, heads=2, lanes=4)
+        sel = Selector(n_max=16, dim=8, lanes=4)
+        m = Module()
+        m.submodules += [comb, sel]
+        wiring.connect(m, comb.o_score, sel.i_score)
+
+    def test_doctests(self):
+        assert doctest.testmod(score_combiner).failed == 0
+
+
+class TestSim:
+    @pytest.mark.parametrize(("n_max", "heads", "lanes", "seed"), [(13, 3, 3, 1), (9, 4, 1, 2), (16, 2, 4, 3)])
+    def test_random_stalls(self, n_max, heads, lanes, seed):
+        p = CombinerParams(n_max=n_max, heads=heads, lanes=lanes, attn_bits=9, attn_frac=8, importance_bits=6,
+                           importance_frac=5, score=FixedFormat(bits=10, frac=9, signed=False))
+        rng = np.random.default_rng(seed)
+        counter = OverflowCounter()
+        frames = [make_frame(p, rng, n=int(rng.integers(1, n_max + 1)), heads=int(rng.integers(1, heads + 1)),
+                             counter=counter) for _ in range(8)]
+        frames.insert(3, make_frame(p, rng, n=n_max + 1, heads=2))  # N > n_max in the middle
+        frames.insert(6, make_frame(p, rng, n=n_max, heads=heads + 1))  # H > heads
+        frames.append(make_frame(p, rng, n=n_max, heads=heads, counter=counter))
+        check(p, frames, simulate(p, frames, stall=0.4, idle=0.3, seed=seed), counter)
+        assert counter.total > 0
+
+    def test_corners_and_cycles(self):
+        p = CombinerParams(n_max=8, heads=3, lanes=2, attn_bits=8, attn_frac=7, importance_bits=5,
+                           importance_frac=4, score=FixedFormat(bits=8, frac=7, signed=False))
+        rng = np.random.default_rng(2)
+        counter = OverflowCounter()
+        top_a, top_w = (1 << p.attn_bits) - 1, (1 << p.importance_bits) - 1
+        frames = [
+            make_frame(p, rng, n=8, heads=3, rows=np.zeros((3, 8)), counter=counter),  # all-zero rows
+            make_frame(p, rng, n=8, heads=3, rows=np.full((3, 8), top_a), weights=[top_w] * 3,
+                       counter=counter),  # everything saturates
+            make_frame(p, rng, n=5, heads=1, counter=counter),  # one head
+            make_frame(p, rng, n=1, heads=3, counter=counter),  # N = 1: every row one beat, back to back
+            make_frame(p, rng, n=7, heads=2, rows=[[9] * 7, [3] * 7], counter=counter),  # ties
+            make_frame(p, rng, n=0, heads=2),  # N = 0
+            make_frame(p, rng, n=9, heads=2),  # N > n_max
+            make_frame(p, rng, n=4, heads=0),  # no head
+            make_frame(p, rng, n=4, heads=4),  # more heads than built
+            make_frame(p, rng, n=8, heads=3, counter=counter),  # N = n_max after invalid frames
+            make_frame(p, rng, n=3, heads=2, rows=[[128, 64, 0], [0, 128, 255]], weights=[8, 24],
+                       counter=counter),
+        ]
+        assert frames[1]["ref"] == [255] * 8 and frames[4]["ref"][1:] == frames[4]["ref"][:-1]
+        result = simulate(p, frames)
+        check(p, frames, result, counter)
+        assert counter.total >= 8  # frame 1 saturates all 8 scores
+        periods = np.diff(result[2]).tolist()
+        want = [combiner_cycles(p, n_tokens=f["cmd"]["n_tokens"], heads=f["cmd"]["heads"]) for f in frames[:-1]]
+        assert periods == want
+
+    @pytest.mark.parametrize("lanes", [1, 4])
+    def test_rounding_modes_and_shifts(self, lanes):
+        rng = np.random.default_rng(lanes)
+        for score in (FixedFormat(bits=6, frac=3, signed=False, rounding=Rounding.HALF_EVEN),
+                      FixedFormat(bits=5, frac=8, signed=False, overflow=Overflow.WRAP),  # left shift
+                      FixedFormat(bits=12, frac=7, signed=False, rounding=Rounding.FLOOR)):  # shift 0
+            p = CombinerParams(n_max=6, heads=2, lanes=lanes, attn_bits=5, attn_frac=4, importance_bits=4,
+                               importance_frac=3, score=score)
+            counter = OverflowCounter()
+            frames = [make_frame(p, rng, n=int(rng.integers(1, 7)), heads=int(rng.integers(1, 3)), counter=counter)
+                      for _ in range(3)]
+            check(p, frames, simulate(p, frames, stall=0.3, seed=lanes), counter)
+
+    def test_reset_mid_frame(self):
+        p = CombinerParams(n_max=6, heads=2, lanes=2, attn_bits=6, attn_frac=5, importance_bits=4,
+                           importance_frac=3, score=FixedFormat(bits=4, frac=2, signed=False))
+        rng = np.random.default_rng(5)
+        counter = OverflowCounter()
+        first = make_frame(p, rng, n=6, heads=2, weights=[15, 15], rows=np.full((2, 6), 63))
+        clean = make_frame(p, rng, n=5, heads=2, counter=counter)
+        rst = Signal()
+        dut = _dut(p)
+        top = ResetInserter(rst)(dut)
+        got = []
+
+        async def put(ctx, port, item):
+            ctx.set(port.payload, item)
+            ctx.set(port.valid, 1)
+            await ctx.tick().until(port.ready)
+            ctx.set(port.valid, 0)
+
+        async def tb(ctx):
+            for cut in ("load", "out"):
+                await put(ctx, dut.i_cmd, first["cmd"])
+                for w in first["weights"]:
+                    await put(ctx, dut.i_weight, w)
+                for b in first["beats"][: 4 if cut == "load" else None]:
+                    await put(ctx, dut.i_attn, b)
+                if cut == "out":  # two saturated scores leave, then the reset
+                    ctx.set(dut.o_score.ready, 1)
+                    await ctx.tick().until(dut.o_score.valid)
+                    await ctx.tick()
+                    assert ctx.get(dut.overflows) == 2
+                    ctx.set(dut.o_score.ready, 0)
+                ctx.set(rst, 1)
+                await ctx.tick()
+                ctx.set(rst, 0)
+                assert ctx.get(dut.overflows) == 0 and not ctx.get(dut.o_score.valid)
+                await put(ctx, dut.i_cmd, clean["cmd"])
+                for w in clean["weights"]:
+                    await put(ctx, dut.i_weight, w)
+                for b in clean["beats"]:
+                    await put(ctx, dut.i_attn, b)
+                ctx.set(dut.o_score.ready, 1)
+                for _ in clean["ref"]:
+                    (payload,) = await ctx.tick().sample(dut.o_score.payload).until(dut.o_score.valid)
+                    got.append(payload)
+                ctx.set(dut.o_score.ready, 0)
+                await ctx.tick()
+                assert ctx.get(dut.overflows) == counter.total and not ctx.get(dut.o_score.valid)
+                ctx.set(rst, 1)
+                await ctx.tick()
+                ctx.set(rst, 0)
+
+        sim = Simulator(top)
+        sim.add_clock(1e-8)
+        sim.add_testbench(tb)
+        sim.run()
+        assert got == clean["ref"] * 2
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 4, 16])
+def test_cycles_deit_small(lanes):
+    p = CombinerParams(n_max=197, heads=6, lanes=lanes)
+    b = -(-197 // lanes)
+    assert combiner_cycles(p, n_tokens=197, heads=6) == 6 * b + 197 + 5
