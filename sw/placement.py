@@ -19,7 +19,8 @@ from torch import nn
 
 from tokensift.errors import InvalidArgumentError
 
-__all__ = ["ACCELERATORS", "resolve_device", "backend_for", "module_device", "init_distributed", "world"]
+__all__ = ["ACCELERATORS", "resolve_device", "backend_for", "module_device", "init_distributed", "shutdown_distributed",
+           "world"]
 
 ACCELERATORS = ("auto", "cuda", "cpu")
 
@@ -81,6 +82,16 @@ def init_distributed(device: torch.device | None = None) -> bool:
         torch.cuda.set_device(device)
     dist.init_process_group(backend=backend_for(device))
     return True
+
+
+def shutdown_distributed(*, wait: bool = True) -> None:
+    """Leave the process group (if any), after every process got here when ``wait``: a process that exits
+    while its group is alive can take the collective library's threads down with it (an abort instead of
+    exit code 0). Pass ``wait=False`` on an error path, where the other processes may never arrive."""
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def world() -> tuple[int, int]:

@@ -92,3 +92,24 @@ def test_train_device_errors_are_one_line(argv, msg, tmp_path, capsys, monkeypat
     assert main(["train", "--max-steps", "1", "--cache-dir", str(tmp_path), "--no-progress", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert msg in err and len(err.splitlines()) == 1
+
+
+def test_train_under_torchrun_two_processes(tmp_path):
+    """The documented multi-process command: two CPU workers (gloo), one JSON object, a clean exit."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "tokensift", "train", "--method", "spvit", "--keep", "0.6", "--epochs", "1", "--dense-epochs", "1",
+           "--max-steps", "2", "--batch-size", "16", "--accelerator", "cpu", "--cache-dir", str(tmp_path / "cache"),
+           "--out", str(tmp_path / "out"), "--no-progress", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)  # one object: only the main process prints
+    assert out["world_size"] == 2 and out["device"] == "cpu" and out["method"] == "spvit"
+    model = create_model("vit_mnist_patch4_28", method="spvit", keep_ratio=0.6)
+    from tokensift.sw.checkpoint import load_checkpoint
+
+    load_checkpoint(model, out["checkpoint"])

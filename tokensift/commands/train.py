@@ -75,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tokensift.sw.pipeline import PipelineConfig, run_pipeline
+    from tokensift.sw.placement import shutdown_distributed
     from tokensift.sw.registry import create_model
     from tokensift.sw.train import is_main_process
 
@@ -100,11 +101,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_pipeline(cfg)
     except (ValueError, TypeError) as exc:
+        shutdown_distributed(wait=False)
         if isinstance(exc, InvalidArgumentError) or hasattr(exc, "__module__") and "tokensift" in type(
                 exc).__module__:
             raise
         raise InvalidArgumentError(str(exc)) from None
-    if not is_main_process():
+    except BaseException:
+        shutdown_distributed(wait=False)
+        raise
+    main_process = is_main_process()
+    shutdown_distributed()
+    if not main_process:
         return 0
     if args.json:
         from tokensift.cli import emit_json
