@@ -13,6 +13,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from tokensift.hw import score_combiner
+from tokensift.hw.resources import multiplier_dsps
 from tokensift.hw.score_combiner import (
     CombinerParams,
     CombinerStatus,
@@ -20,6 +21,7 @@ from tokensift.hw.score_combiner import (
     check_runtime,
     combiner_cycles,
 )
+from tokensift.hw.score_combiner_resources import dsps, exact, memories
 from tokensift.hw.selector import Selector
 from tokensift.quant.fixed import FixedFormat, Overflow, OverflowCounter, Rounding
 from tokensift.quant.select import head_weighted_scores
@@ -280,3 +282,38 @@ def test_cycles_deit_small(lanes):
     p = CombinerParams(n_max=197, heads=6, lanes=lanes)
     b = -(-197 // lanes)
     assert combiner_cycles(p, n_tokens=197, heads=6) == 6 * b + 197 + 5
+
+
+class TestResources:
+    @pytest.mark.parametrize(("lanes", "family", "dsp", "bram18", "bram36", "ebr", "acc_kind"), [
+        (1, "xcup", 1, 1, 0, 0, "block"),  # 197 x 28 bits: one RAMB18
+        (4, "xcup", 4, 0, 0, 0, "distributed"),  # 50 x 112 bits: LUT RAM
+        (4, "ecp5", 4, 0, 0, 4, "block"),
+        (16, "xc7", 16, 0, 0, 0, "distributed"),
+    ])
+    def test_deit_small(self, lanes, family, dsp, bram18, bram36, ebr, acc_kind):
+        p = CombinerParams(n_max=197, heads=6, lanes=lanes)
+        r = exact(p, family)
+        assert (r.dsp, r.bram18, r.bram36, r.ebr) == (dsp, bram18, bram36, ebr)
+        mems = memories(p, family)
+        assert (mems["acc"].width, mems["acc"].depth, mems["acc"].kind) == (lanes * 28, -(-197 // lanes), acc_kind)
+        assert (mems["weights"].width, mems["weights"].depth, mems["weights"].kind) == (9, 6, "distributed")
+
+    def test_narrow_multipliers_stay_in_luts(self):
+        p = CombinerParams(n_max=16, heads=2, lanes=2, attn_bits=4, importance_bits=4)
+        assert dsps(p, "xcup") == 0 and dsps(p, "ecp5") == 2
+        assert dsps(CombinerParams(n_max=16, heads=2, lanes=2, attn_bits=30, importance_bits=9), "xcup") == \
+            2 * multiplier_dsps(30, 9, family="xcup", signed=False) == 4
+
+    @pytest.mark.parametrize(("args", "exc", "message"), [
+        ((None, "xcup"), TypeError, r"^params must be CombinerParams, not NoneType$"),
+        ((CombinerParams(n_max=4, heads=1), "xc9"), ValueError, r"^family must be one of "),
+    ])
+    def test_wrong(self, args, exc, message):
+        with pytest.raises(exc, match=message):
+            exact(*args)
+
+    def test_doctests(self):
+        from tokensift.hw import score_combiner_resources
+
+        assert doctest.testmod(score_combiner_resources).failed == 0
