@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tokensift.checks import check_int, check_scale
+from tokensift.checks import check_int, check_int_array, check_scale
 from tokensift.quant.fixed import FixedFormat, OverflowCounter, requantize
 from tokensift.quant.softmax import (
     SoftmaxParams,
@@ -203,14 +203,10 @@ def _check_inputs(q, k, v, params: AttentionParams):
         raise TypeError(f"params must be an AttentionParams, not {type(params).__name__}")
     arrays = []
     for name, x in (("q", q), ("k", k), ("v", v)):
-        a = np.asarray(x)
-        if not np.issubdtype(a.dtype, np.integer):
-            raise TypeError(f"{name} must hold integers, not {a.dtype}")
+        a = check_int_array(name, x)
         if a.ndim != 2 or a.shape[1] != params.head_dim:
             raise ValueError(f"{name} must have shape (n_tokens, {params.head_dim}), not {a.shape}")
-        if not params.data_format.contains(a):
-            raise ValueError(f"{name} values must fit signed {params.data_bits} bits")
-        arrays.append(a.astype(np.int64))
+        arrays.append(check_int_array(f"{name} values", a, bits=params.data_bits))
     n = arrays[0].shape[0]
     if arrays[1].shape[0] != n or arrays[2].shape[0] != n:
         raise ValueError(f"q, k and v must have the same number of rows, not {[a.shape[0] for a in arrays]}")

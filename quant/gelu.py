@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tokensift.checks import check_int_array
 from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, requantize, round_shift
 from tokensift.quant.intmath import check_int, check_scale
 from tokensift.quant.qparams import MULTIPLIER_BITS, quantize_multiplier
@@ -139,14 +140,7 @@ def gelu_product(q, params: GeluParams) -> np.ndarray:
     """Steps 3-5: the exact integer ``y = q * (one + sign(q) * e)`` before requantization."""
     if not isinstance(params, GeluParams):
         raise TypeError(f"params must be GeluParams, not {type(params).__name__}")
-    x = np.asarray(q)
-    if x.dtype == object or not np.issubdtype(x.dtype, np.integer):
-        raise TypeError(f"GELU inputs must be integers, not {x.dtype}")
-    x = x.astype(np.int64, copy=False)
-    fmt = FixedFormat(bits=params.in_bits)
-    if x.size and not fmt.contains(x):
-        raise ValueError(f"GELU inputs must fit in signed {params.in_bits} bits, "
-                         f"between {fmt.min_int} and {fmt.max_int}")
+    x = check_int_array("GELU inputs", q, bits=params.in_bits)
     mag = round_shift(np.abs(x), params.pre_shift)
     t = np.minimum(mag, params.clip) - params.clip
     e = params.one - t * t

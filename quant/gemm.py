@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tokensift.checks import check_int_array
 from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, round_shift
 from tokensift.quant.intmath import check_int
 from tokensift.quant.qparams import (
@@ -39,14 +40,7 @@ __all__ = ["matmul_int", "requantize_per_channel", "IntLinear", "linear_error_bo
 
 
 def _int_operand(name: str, values, bits: int) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must hold integers, not {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
-    fmt = FixedFormat(bits=bits)
-    if arr.size and not fmt.contains(arr):
-        raise ValueError(f"{name} values must fit in signed {bits} bits, between {fmt.min_int} and {fmt.max_int}")
-    return arr
+    return check_int_array(f"{name} values", check_int_array(name, values), bits=bits)
 
 
 def matmul_int(a, b, bias=None, *, a_bits: int = 8, b_bits: int = 8, acc_bits: int = 32,

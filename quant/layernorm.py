@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tokensift.checks import check_int_array
 from tokensift.quant.fixed import INT8, FixedFormat, OverflowCounter, requantize, round_shift
 from tokensift.quant.intmath import bit_length, check_int, check_scale, isqrt  # noqa: F401
 from tokensift.quant.qparams import MULTIPLIER_BITS, quantize_multiplier, symmetric_scale
@@ -92,13 +93,10 @@ class LayerNormParams:
             raise ValueError(f"dim {dim} with {in_bits}-bit inputs and eps_int {eps_int} overflows the "
                              "62-bit variance accumulator; use fewer input bits or a smaller epsilon")
         for name, arr, bits in (("gamma", self.gamma, gamma_bits), ("beta", self.beta, acc_bits)):
-            a = np.asarray(arr)
-            if a.dtype == object or not np.issubdtype(a.dtype, np.integer):
-                raise TypeError(f"{name} must hold integers, not {a.dtype}")
+            a = check_int_array(name, arr)
             if a.shape != (dim,):
                 raise ValueError(f"{name} must have shape ({dim},), not {a.shape}")
-            if not FixedFormat(bits=bits).contains(a):
-                raise ValueError(f"{name} codes must fit in signed {bits} bits")
+            check_int_array(f"{name} codes", a, bits=bits)
         check_int("multiplier", self.multiplier, 1, (1 << 31) - 1)
         check_int("shift", self.shift, 0, 62)
         if not isinstance(self.out, FixedFormat):
@@ -137,17 +135,10 @@ class LayerNormParams:
 def _check_input(q, params: LayerNormParams) -> np.ndarray:
     if not isinstance(params, LayerNormParams):
         raise TypeError(f"params must be LayerNormParams, not {type(params).__name__}")
-    x = np.asarray(q)
-    if x.dtype == object or not np.issubdtype(x.dtype, np.integer):
-        raise TypeError(f"LayerNorm inputs must be integers, not {x.dtype}")
-    x = x.astype(np.int64, copy=False)
+    x = check_int_array("LayerNorm inputs", q)
     if x.ndim < 1 or x.shape[-1] != params.dim:
         raise ValueError(f"LayerNorm inputs must have {params.dim} channels in the last axis, not shape {x.shape}")
-    fmt = FixedFormat(bits=params.in_bits)
-    if x.size and not fmt.contains(x):
-        raise ValueError(f"LayerNorm inputs must fit in signed {params.in_bits} bits, "
-                         f"between {fmt.min_int} and {fmt.max_int}")
-    return x
+    return check_int_array("LayerNorm inputs", x, bits=params.in_bits)
 
 
 def layernorm_normalise(q, params: LayerNormParams) -> np.ndarray:

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-__all__ = ["check_int", "check_count", "check_bool", "check_scale"]
+__all__ = ["check_int", "check_count", "check_bool", "check_scale", "check_int_array"]
 
 
 def _shown(value: object, show: str) -> str:
@@ -80,3 +80,24 @@ def check_scale(name: str, value: object, *, numpy: bool = True, show: str = "ty
     if not (math.isfinite(value) and value > 0.0):
         raise ValueError(f"{name} must be a positive finite number, not {value}")
     return value
+
+
+def check_int_array(name: str, values, *, bits: int | None = None) -> np.ndarray:
+    """``values`` as an int64 array (of a numpy integer dtype, not ``object``), whose values fit in
+    ``bits``-bit signed integers when ``bits`` is given.
+
+    >>> check_int_array("q", [[1, -128]], bits=8).dtype
+    dtype('int64')
+    >>> check_int_array("q", [1, 128], bits=8)
+    Traceback (most recent call last):
+    ValueError: q must fit in signed 8 bits, between -128 and 127
+    """
+    arr = np.asarray(values)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers, not {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if bits is not None and arr.size:
+        low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        if arr.min() < low or arr.max() > high:
+            raise ValueError(f"{name} must fit in signed {bits} bits, between {low} and {high}")
+    return arr

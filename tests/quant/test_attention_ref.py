@@ -160,7 +160,7 @@ class TestHead:
     def test_wrong_inputs(self):
         p = AttentionParams(n_max=6, head_dim=8, lanes=4)
         z = np.zeros((3, 8), dtype=np.int64)
-        with pytest.raises(ValueError, match=r"^v values must fit signed 8 bits$"):
+        with pytest.raises(ValueError, match=r"^v values must fit in signed 8 bits, between -128 and 127$"):
             attention_head(z, z, z + 128, p)
         with pytest.raises(TypeError, match=r"^k must hold integers, not float64$"):
             attention_head(z, z.astype(float), z, p)

@@ -154,7 +154,7 @@ class TestParameters:
         p = GeluParams.from_scales(0.05, 0.05)
         with pytest.raises(ValueError, match=r"^GELU inputs must fit in signed 8 bits, between -128 and 127$"):
             gelu_int(np.array([128]), p)
-        with pytest.raises(TypeError, match=r"^GELU inputs must be integers, not float64$"):
+        with pytest.raises(TypeError, match=r"^GELU inputs must hold integers, not float64$"):
             gelu_int(np.array([1.0]), p)
         with pytest.raises(TypeError, match=r"^params must be GeluParams, not dict$"):
             gelu_int(np.array([1]), {})

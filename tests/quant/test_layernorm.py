@@ -210,7 +210,7 @@ class TestParameters:
          r"^norm_bits \+ gamma_bits must be at most acc_bits = 32, not 20 \+ 16$"),
         ({"gamma": np.ones(3, dtype=np.int64)}, ValueError, r"^gamma must have shape \(4,\), not \(3,\)$"),
         ({"gamma": np.ones(4)}, TypeError, r"^gamma must hold integers, not float64$"),
-        ({"gamma": np.full(4, 2**15)}, ValueError, r"^gamma codes must fit in signed 16 bits$"),
+        ({"gamma": np.full(4, 2**15)}, ValueError, r"^gamma codes must fit in signed 16 bits, between -32768 and 32767$"),
         ({"multiplier": 2**31}, ValueError, r"^multiplier must be between 1 and 2147483647, not 2147483648$"),
         ({"out": INT8.bits}, TypeError, r"^out must be a FixedFormat, not int$"),
         ({"dim": 4096, "in_bits": 16, "gamma": np.ones(4096, dtype=np.int64), "beta": np.zeros(4096, dtype=np.int64)},
@@ -245,7 +245,7 @@ class TestParameters:
             layernorm_int(np.zeros((2, 3), dtype=np.int64), p)
         with pytest.raises(ValueError, match=r"^LayerNorm inputs must fit in signed 8 bits, between -128 and 127$"):
             layernorm_int(np.array([[0, 0, 0, 200]]), p)
-        with pytest.raises(TypeError, match=r"^LayerNorm inputs must be integers, not float64$"):
+        with pytest.raises(TypeError, match=r"^LayerNorm inputs must hold integers, not float64$"):
             layernorm_int(np.zeros((1, 4)), p)
         with pytest.raises(TypeError, match=r"^params must be LayerNormParams, not NoneType$"):
             layernorm_int(np.zeros((1, 4), dtype=np.int64), None)
