@@ -317,3 +317,18 @@ class TestResources:
         from tokensift.hw import score_combiner_resources
 
         assert doctest.testmod(score_combiner_resources).failed == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["generate", "score_combiner", "--lanes", "65", "--out", "unused"],
+     r"^tokensift generate: error: lanes must be between 1 and 64, not 65$"),
+    (["generate", "score_combiner", "--n-max", "8", "--lanes", "16", "--out", "unused"],
+     r"^tokensift generate: error: lanes must be at most n_max=8, not 16$"),
+])
+def test_cli_errors(argv, message, capsys):
+    import re
+
+    from tokensift.cli import main
+
+    assert main(argv) == 2
+    assert re.match(message, capsys.readouterr().err.strip())

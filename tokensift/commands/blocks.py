@@ -14,7 +14,7 @@ import importlib
 
 __all__ = ["BLOCKS", "load"]
 
-BLOCKS = ["attention", "selector", "requant"]
+BLOCKS = ["attention", "selector", "requant", "score_combiner"]
 
 
 def load(name: str):

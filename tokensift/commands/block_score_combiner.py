@@ -1,0 +1,69 @@
+"""CLI glue of the score combiner (:mod:`tokensift.hw.score_combiner`)."""
+
+from __future__ import annotations
+
+from tokensift.quant.fixed import Rounding
+
+HELP = "score combiner: per-head class-attention rows x head weights -> one token score per token"
+
+
+def _common(parser):
+    parser.add_argument("--n-max", type=int, default=197)
+    parser.add_argument("--heads", type=int, default=6, help="most heads per frame")
+    parser.add_argument("--lanes", type=int, default=1, help="probabilities per beat (= multipliers)")
+    parser.add_argument("--attn-bits", type=int, default=16)
+    parser.add_argument("--attn-frac", type=int, default=15)
+    parser.add_argument("--importance-bits", type=int, default=9)
+    parser.add_argument("--importance-frac", type=int, default=8)
+    parser.add_argument("--score-bits", type=int, default=16)
+    parser.add_argument("--score-frac", type=int, default=15)
+    parser.add_argument("--rounding", choices=[r.value for r in Rounding], default="half_up")
+
+
+def _params(args) -> dict:
+    return {"n_max": args.n_max, "heads": args.heads, "lanes": args.lanes, "attn_bits": args.attn_bits,
+            "attn_frac": args.attn_frac, "importance_bits": args.importance_bits,
+            "importance_frac": args.importance_frac, "score_bits": args.score_bits, "score_frac": args.score_frac,
+            "rounding": args.rounding}
+
+
+def _component(p: dict):
+    from tokensift.hw.score_combiner_resources import build
+    from tokensift.sim.tb_score_combiner import combiner_params
+
+    return build(combiner_params(p))
+
+
+def add_generate_arguments(parser):
+    _common(parser)
+
+
+def build(args):
+    p = _params(args)
+    return _component(p), "tokensift_score_combiner", p
+
+
+def add_simulate_arguments(parser):
+    _common(parser)
+    parser.add_argument("--tokens", type=int, default=None, help="N of the timed frames (default n_max)")
+    parser.add_argument("--frame-heads", type=int, default=None, help="H of the timed frames (default --heads)")
+    parser.add_argument("--frames", type=int, default=4, help="random frames under stalls")
+    parser.add_argument("--stall", type=float, default=0.3, help="probability of a ready/valid stall per cycle")
+
+
+def simulate(args) -> dict:
+    from tokensift.sim.runner import run_cocotb
+
+    p = _params(args)
+    params = {**p, "seed": args.seed, "frames": args.frames, "idle": args.stall, "stall": args.stall,
+              "tokens": args.n_max if args.tokens is None else args.tokens,
+              "frame_heads": args.heads if args.frame_heads is None else args.frame_heads}
+    res = run_cocotb(_component(p), toplevel="tokensift_score_combiner",
+                     test_module="tokensift.sim.tb_score_combiner", params=params, build_dir=args.build_dir,
+                     waves=args.waves or False, seed=args.seed)
+    r = res.report
+    return {"cycles": r.get("cycles"), "expected_cycles": r.get("expected_cycles"),
+            "cycles_match": r.get("cycles") == r.get("expected_cycles"), "bit_exact": r.get("mismatches") == 0,
+            "scores": r.get("scores"), "frames": r.get("frames"), "status": r.get("status"),
+            "overflows": r.get("overflows_hw"), "build_dir": str(res.build_dir),
+            "waves": str(res.waves) if res.waves else None}
