@@ -1,0 +1,20 @@
+"""bench/bench_score_combiner.py: the quick tables (formula and model) and its JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_score_combiner.py"
+
+
+def test_quick_bench_reports_deit_s_cycles(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_score_combiner", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick", "--json", str(tmp_path / "out.json")]) == 0
+    rows = json.loads((tmp_path / "out.json").read_text())["deit_s"]
+    assert [r["lanes"] for r in rows] == [1, 4, 16]
+    assert [r["formula"] for r in rows] == [1384, 502, 280]  # H * ceil(N / lanes) + N + 5
+    assert all(0 < r["ratio"] < 0.001 for r in rows)
