@@ -26,6 +26,16 @@ def test_doctor_json_reports_versions():
     for key in ["python", "torch", "amaranth", "cocotb", "verilator", "yosys"]:
         assert data[key], key
     assert out.count("\n") == 1  # exactly one JSON object on stdout
+    assert data["train on"] == "cpu (this torch sees no CUDA GPU)"  # the CPU build CI installs
+
+
+def test_doctor_names_the_gpus_training_would_use(monkeypatch):
+    from tokensift.commands.doctor import training_devices
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 8)
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda i: "NVIDIA H100")
+    assert training_devices() == "cuda x 8 (NVIDIA H100); torchrun --nproc-per-node 8"
 
 
 def test_doctor_names_what_is_missing(monkeypatch, capsys):
