@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import doctest
-import random
 
 import numpy as np
 import pytest
 from amaranth.hdl import Module, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
+from amaranth_streams import StreamBench
 
 from tokensift.hw import score_combiner
 from tokensift.hw.resources import multiplier_dsps
@@ -53,38 +53,16 @@ def make_frame(p: CombinerParams, rng, *, n, heads, rows=None, weights=None, cou
 def simulate(p: CombinerParams, frames, *, stall=0.0, idle=0.0, seed=0, limit=50_000):
     """Drive frames through the combiner; returns (scores, statuses, cmd accept cycles, overflows)."""
     dut = _dut(p)
-    rng = random.Random(seed)
-    scores, statuses, accepts, now, final = [], [], [], [0], {}
+    bench = StreamBench(seed, idle=idle, stall=stall)
+    scores, statuses, accepts, final = [], [], [], {}
     expected = sum(len(f["ref"]) for f in frames)
 
-    async def clock(ctx):
-        async for _ in ctx.tick():
-            now[0] += 1
-
-    def source(port, items, on_accept=None):
-        async def tb(ctx):
-            for item in items:
-                while rng.random() < idle:
-                    await ctx.tick()
-                ctx.set(port.payload, item)
-                ctx.set(port.valid, 1)
-                await ctx.tick().until(port.ready)
-                ctx.set(port.valid, 0)
-                if on_accept is not None:
-                    on_accept(ctx)
-        return tb
-
     def on_cmd(ctx):
-        accepts.append(now[0])
+        accepts.append(bench.now)
         statuses.append(CombinerStatus(ctx.get(dut.status)))
 
     async def sink(ctx):
-        while len(scores) < expected:
-            ready = rng.random() >= stall
-            ctx.set(dut.o_score.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.o_score.valid, dut.o_score.payload)
-            if ready and valid:
-                scores.append(payload)
+        await bench.sink(dut.o_score, scores, expected)(ctx)
         ctx.set(dut.o_score.ready, 0)
         await ctx.tick().repeat(4)
         final["overflows"] = ctx.get(dut.overflows)
@@ -92,13 +70,13 @@ def simulate(p: CombinerParams, frames, *, stall=0.0, idle=0.0, seed=0, limit=50
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
-    sim.add_testbench(source(dut.i_cmd, [f["cmd"] for f in frames], on_cmd))
-    sim.add_testbench(source(dut.i_weight, [w for f in frames for w in f["weights"]]))
-    sim.add_testbench(source(dut.i_attn, [b for f in frames for b in f["beats"]]))
+    sim.add_testbench(bench.source(dut.i_cmd, [f["cmd"] for f in frames], on_cmd))
+    sim.add_testbench(bench.source(dut.i_weight, [w for f in frames for w in f["weights"]]))
+    sim.add_testbench(bench.source(dut.i_attn, [b for f in frames for b in f["beats"]]))
     sim.add_testbench(sink)
-    sim.add_process(clock)
+    sim.add_process(bench.clock)
     while sim.advance():
-        assert now[0] < limit, "simulation did not finish"
+        assert bench.now < limit, "simulation did not finish"
     assert not final["valid"], "more scores than expected"
     return scores, statuses, accepts, final["overflows"]
 

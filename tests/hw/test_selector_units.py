@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import random
 import re
 
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
+from amaranth_streams import StreamBench
 
 from tokensift.hw.compactor import Compactor
 from tokensift.hw.histogram_select import HistogramSelect
@@ -226,46 +226,19 @@ def simulate_frames(p: SelectorParams, frames, *, stall=0.0, idle=0.0, seed=0):
     """Drive frames through the selector in the Python simulator; returns headers, beats, accept cycles."""
     dut = Selector(n_max=p.n_max, dim=p.dim, score_bits=p.score_bits, feature_bits=p.feature_bits,
                    lanes=p.lanes, package=p.package)
-    rng = random.Random(seed)
-    headers, beats, accepts, now = [], [], [], [0]
+    bench = StreamBench(seed, idle=idle, stall=stall)
+    headers, beats, accepts = [], [], []
     n_beats = sum(len(expected_beats(p, f["ref"])) for f in frames)
     features = [[int(v) for v in row[b * p.lanes:(b + 1) * p.lanes]]
                 for f in frames for row in f["features"] for b in range(p.beats)]
 
-    async def clock(ctx):
-        async for _ in ctx.tick():
-            now[0] += 1
-
-    def source(port, items, log=None):
-        async def tb(ctx):
-            for item in items:
-                while rng.random() < idle:
-                    await ctx.tick()
-                ctx.set(port.payload, item)
-                ctx.set(port.valid, 1)
-                await ctx.tick().until(port.ready)
-                if log is not None:
-                    log.append(now[0])
-                ctx.set(port.valid, 0)
-        return tb
-
-    def sink(port, out, count):
-        async def tb(ctx):
-            while len(out) < count:
-                ready = rng.random() >= stall
-                ctx.set(port.ready, ready)
-                _, _, valid, payload = await ctx.tick().sample(port.valid, port.payload)
-                if ready and valid:
-                    out.append(payload)
-        return tb
-
     _run(dut,
-         source(dut.i_cmd, [f["cmd"] for f in frames], accepts),
-         source(dut.i_score, [s for f in frames for s in f["scores"]]),
-         source(dut.i_feature, features),
-         sink(dut.o_frame, headers, len(frames)),
-         sink(dut.o_token, beats, n_beats),
-         processes=[clock], limit=100_000)
+         bench.source(dut.i_cmd, [f["cmd"] for f in frames], lambda ctx: accepts.append(bench.now)),
+         bench.source(dut.i_score, [s for f in frames for s in f["scores"]]),
+         bench.source(dut.i_feature, features),
+         bench.sink(dut.o_frame, headers, len(frames)),
+         bench.sink(dut.o_token, beats, n_beats),
+         processes=[bench.clock], limit=100_000)
     return headers, beats, accepts
 
 
