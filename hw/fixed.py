@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Mux, Value
 
-from tokensift.checks import check_count
+from tokensift.checks import check_int
 from tokensift.quant.fixed import FixedFormat, Overflow, Rounding
 
 __all__ = ["round_shift", "fit"]
 
 
 def round_shift(value, shift: int, rounding: Rounding = Rounding.HALF_UP) -> Value:
-    """``value / 2**shift`` rounded by ``rounding``; the result is one bit wider than needed, never wraps."""
+    """``value / 2**shift`` rounded by ``rounding``; the result is one bit wider than needed, never wraps.
+
+    As :func:`tokensift.quant.fixed.round_shift`, ``shift`` may be zero (identity) or negative (an exact
+    left shift)."""
     value = Value.cast(value)
-    check_count("shift", shift, zero=True, numpy=False)
-    if shift == 0:
-        return value
+    check_int("shift", shift, numpy=False)
+    if shift <= 0:
+        return value << -shift
     floor = value >> shift
     if rounding is Rounding.FLOOR:
         return floor

@@ -290,8 +290,7 @@ class ScoreCombiner(wiring.Component):
         o_tok = Signal(FIELD_BITS)
         o_lane = Signal(range(lanes))
         value = acc_rd.data[o_lane]
-        shifted = hwfixed.round_shift(value, p.shift, p.score.rounding) if p.shift >= 0 else value << -p.shift
-        score, overflowed = hwfixed.fit(shifted, p.score)
+        score, overflowed = hwfixed.fit(hwfixed.round_shift(value, p.shift, p.score.rounding), p.score)
         m.d.comb += [self.o_score.payload.eq(score), acc_rd.en.eq(1), acc_rd.addr.eq(word)]
         at_max = self.overflows == Const((1 << OVERFLOW_BITS) - 1, OVERFLOW_BITS)
 
