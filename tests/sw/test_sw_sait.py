@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from path_agreement import assert_mask_and_gather_agree
 
 from tokensift.sw import create_model
 from tokensift.sw.flops import count_flops
@@ -85,14 +86,7 @@ def test_lower_density_keeps_fewer_tokens_per_image_and_the_class_token():
 def test_mask_and_gather_paths_agree():
     model = _peaked(create_model(MODEL, method="sait", keep_ratio=0.8)).eval()
     x = torch.randn(5, 1, 28, 28) * torch.linspace(0.5, 2, 5)[:, None, None, None]
-    with torch.no_grad():
-        masked, gathered = model.forward_state(x, path="mask"), model.forward_state(x, path="gather")
-        lm, lg = model.forward_head(masked.x), model.forward_head(gathered.x)
-    assert gathered.x.shape[1] < masked.x.shape[1]
-    torch.testing.assert_close(lm, lg, rtol=1e-4, atol=1e-5)
-    for dm, dg in zip(masked.decisions, gathered.decisions, strict=True):
-        for im, km, ig, kg in zip(dm.index, dm.keep, dg.index, dg.keep, strict=True):
-            assert sorted(im[km > 0.5].tolist()) == sorted(ig[kg > 0.5].tolist())
+    assert_mask_and_gather_agree(model, x)
 
 
 def test_mass_rule_matches_a_naive_model():

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from path_agreement import assert_mask_and_gather_agree
 
 from tokensift.quant.select import package_token as int_package_token
 from tokensift.sw import create_model
@@ -105,14 +106,7 @@ def test_heads_have_independent_predictors_and_each_gets_its_own_gradient():
 def test_mask_and_gather_paths_agree():
     model = create_model(MODEL, method="spvit", keep_ratio=0.5).eval()
     x = torch.randn(4, 1, 28, 28)
-    with torch.no_grad():
-        masked, gathered = model.forward_state(x, path="mask"), model.forward_state(x, path="gather")
-        lm, lg = model.forward_head(masked.x), model.forward_head(gathered.x)
-    assert gathered.x.shape[1] < masked.x.shape[1]
-    torch.testing.assert_close(lm, lg, rtol=1e-4, atol=1e-5)
-    for dm, dg in zip(masked.decisions, gathered.decisions, strict=True):
-        for im, km, ig, kg in zip(dm.index, dm.keep, dg.index, dg.keep, strict=True):
-            assert sorted(im[km > 0.5].tolist()) == sorted(ig[kg > 0.5].tolist())
+    assert_mask_and_gather_agree(model, x)
 
 
 def test_keep_ratios_come_from_the_budget_and_a_latency_callable_plugs_in():
