@@ -5,7 +5,7 @@ N = 197, head_dim = 64, lanes = 16 and the pruned token counts N' = 138, 97, 68,
 to back for the simulation speed. Prints ``rich`` tables:
 
 1. MAC utilization = useful MACs (2 N^2 head_dim) / (lanes x cycles), measured and from the formula
-   (:func:`tokensift.hw.attention_cost.cycles`); goal >= 90 %;
+   (:func:`tokensift.hw.attention.cycles.cycles`); goal >= 90 %;
 2. cycles(197) / cycles(N') next to the ideal (197 / N')^2; goal: within 5 %;
 3. simulated cycles per second of wall time and per second of CPU time of the simulator process (the
    machine's load average is printed: on a shared machine the wall figure is the CPU figure times the
@@ -29,7 +29,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from tokensift.hw.attention_cost import cycles
+from tokensift.hw.attention.cycles import cycles
 from tokensift.quant.attention import AttentionParams, attention_error, macs
 from tokensift.quant.softmax import SoftmaxParams, SoftmaxVariant, measure_softmax_error
 
@@ -133,8 +133,8 @@ def table_softmax(console: Console, out: dict) -> None:
 
 
 def table_resources(console: Console, out: dict) -> None:
-    from tokensift.hw.attention import Attention
-    from tokensift.hw.synth import synthesize
+    from tokensift.hw.attention.core import Attention
+    from tokensift.hw.cost.synth import synthesize
 
     r = synthesize(Attention(params=PARAMS), family="xcup", top="tokensift_attention")
     t = Table(title="Resources (Yosys synth_xilinx -family xcup), N_max 197, head_dim 64, 16 lanes")

@@ -42,7 +42,7 @@ def loo_table() -> Table:
 
 def markdown() -> str:
     """The per block and family summary as a Markdown table (for docs/cost.md)."""
-    from tokensift.hw.cost_validation import compare, summary
+    from tokensift.hw.cost.validation import compare, summary
 
     rows = compare()
     s = summary(rows)

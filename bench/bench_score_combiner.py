@@ -4,10 +4,10 @@ Prints, as ``rich`` tables:
 
 1. DeiT-S (N = 197, 6 heads): the combiner's cycles per frame for 1, 4 and 16 lanes, measured in Verilator
    (cocotb, no stalls, bit-exact check against ``quant.select.head_weighted_scores``) next to the closed
-   form :func:`tokensift.hw.score_combiner.combiner_cycles`, as a share of the attention core it follows
-   (:func:`tokensift.hw.attention_cost.cycles`, six heads of 64 on one 16-lane core); only the N + 5 cycles
+   form :func:`tokensift.hw.score_combiner.core.combiner_cycles`, as a share of the attention core it follows
+   (:func:`tokensift.hw.attention.cycles.cycles`, six heads of 64 on one 16-lane core); only the N + 5 cycles
    after the last head add latency, the rest overlaps the attention core's rows;
-2. resources for the same configurations: the exact model (:mod:`tokensift.hw.score_combiner_resources`:
+2. resources for the same configurations: the exact model (:mod:`tokensift.hw.score_combiner.resources`:
    DSP, block RAM, memory LUT RAM) next to Yosys (``synth_xilinx -family xcup``, cached under ``build/synth``).
 
     .venv/bin/python bench/bench_score_combiner.py            # everything (first run: Verilator + Yosys, minutes)
@@ -24,9 +24,9 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from tokensift.hw.attention_cost import cycles as attention_cycles
-from tokensift.hw.score_combiner import CombinerParams, combiner_cycles
-from tokensift.hw.score_combiner_resources import build, exact
+from tokensift.hw.attention.cycles import cycles as attention_cycles
+from tokensift.hw.score_combiner.core import CombinerParams, combiner_cycles
+from tokensift.hw.score_combiner.resources import build, exact
 from tokensift.quant.attention import AttentionParams
 
 N, HEADS, HEAD_DIM, ATTENTION_LANES = 197, 6, 64, 16
@@ -74,7 +74,7 @@ def table_cycles(console: Console, out: dict, *, run_sim: bool) -> None:
 
 
 def table_resources(console: Console, out: dict) -> None:
-    from tokensift.hw.synth import synthesize
+    from tokensift.hw.cost.synth import synthesize
 
     t = Table(title=f"Score combiner resources (n_max {N}, {HEADS} heads), model vs Yosys synth_xilinx -family xcup")
     for col in ("lanes", "DSP model", "DSP Yosys", "BRAM18 model", "BRAM18 Yosys", "LUT Yosys", "FF Yosys"):

@@ -3,9 +3,9 @@
 Prints, as ``rich`` tables:
 
 1. cycles per frame as a function of N (dim 384, 16 lanes) and of dim / lanes (N = 197), from the
-   closed form :func:`tokensift.hw.selector.cycles` (equal to simulation, cycle for cycle, by the tests);
+   closed form :func:`tokensift.hw.selector.core.cycles` (equal to simulation, cycle for cycle, by the tests);
 2. DeiT-S (N = 197, dim 384, 6 heads of 64, 16 lanes): the selector's cycles, measured in Verilator next
-   to the formula, against (a) the attention core it follows (:func:`tokensift.hw.attention_cost.cycles`,
+   to the formula, against (a) the attention core it follows (:func:`tokensift.hw.attention.cycles.cycles`,
    six heads on one 16-lane core) and (b) the whole attention layer including the qkv and output
    projections at its ideal ``MACs / 16`` on 16 MACs; goal: under 3%;
 3. the selector's DSPs, BRAM, LUT and FF from Yosys (``synth_xilinx -family xcup``, cached under
@@ -27,7 +27,7 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.table import Table
 
-from tokensift.hw.selector import Selector, cycle_breakdown, cycles
+from tokensift.hw.selector.core import Selector, cycle_breakdown, cycles
 from tokensift.quant.select import Mode, SelectorParams
 
 DEIT_S = {"n": 197, "dim": 384, "heads": 6, "head_dim": 64, "lanes": 16, "mlp_ratio": 4}
@@ -81,7 +81,7 @@ def table_vs_width(console: Console, out: dict) -> None:
 def attention_cycles() -> tuple[int | None, str]:
     """Cycles of the attention core for DeiT-S (6 heads of 64 on one 16-lane core), if it exists."""
     try:
-        from tokensift.hw.attention_cost import cycles as attn_cycles
+        from tokensift.hw.attention.cycles import cycles as attn_cycles
         from tokensift.quant.attention import AttentionParams
     except ImportError as exc:  # the attention core has not landed: fall back to the ideal bound
         return None, f"hw.attention_cost not available ({exc})"
@@ -167,7 +167,7 @@ def table_deit(console: Console, out: dict, *, simulate: bool) -> None:
 
 def table_resources(console: Console, out: dict) -> None:
     from tokensift.devices import get_device
-    from tokensift.hw.synth import synthesize
+    from tokensift.hw.cost.synth import synthesize
 
     n, dim, lanes = DEIT_S["n"], DEIT_S["dim"], DEIT_S["lanes"]
     t = Table(title="Selector resources, Yosys synth_xilinx -family xcup (DeiT-S: n_max 197, dim 384, 16 lanes)")
@@ -185,7 +185,7 @@ def table_resources(console: Console, out: dict) -> None:
                   f"{r['ff']:,}", f"{100 * r['dsp'] / zcu.dsp:.2f}%", f"{100 * r['dsp'] / kv.dsp:.2f}%",
                   f"{HEATVIT_DSP_OVERHEAD[0]:.0f}-{HEATVIT_DSP_OVERHEAD[1]:.0f}% of its backbone")
     try:
-        from tokensift.hw.attention import Attention
+        from tokensift.hw.attention.core import Attention
         from tokensift.quant.attention import AttentionParams
     except ImportError as exc:
         console.print(f"[yellow]attention core not available for comparison ({exc})[/]")

@@ -1,7 +1,7 @@
 """(Re)synthesize the validation grid with Yosys and write the baselines in ``tests/hw/baselines/``.
 
 Every entry of :data:`GRID` is synthesized for every family (``xcup``, ``xc7``, ``ecp5``) by
-:func:`tokensift.hw.synth.synthesize` (cached in ``build/synth``) and stored with the measured cell
+:func:`tokensift.hw.cost.synth.synthesize` (cached in ``build/synth``) and stored with the measured cell
 counts; the tolerances the tests apply are written next to them. Nothing is entered by hand: run this
 script to regenerate, then ``python bench/fit_cost_model.py`` to refit the LUT/FF coefficients.
 
@@ -21,8 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tokensift.hw.cost_registry import BLOCKS, block_cost
-from tokensift.hw.synth import FAMILIES, SynthesisError, synthesize
+from tokensift.hw.cost.registry import BLOCKS, block_cost
+from tokensift.hw.cost.synth import FAMILIES, SynthesisError, synthesize
 from tokensift.toolchain import find_yosys
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "tests" / "hw" / "baselines"
@@ -109,7 +109,7 @@ QUICK = {"memory": ["m16x197s", "m42x4a"], "multiplier": ["x32x15s"], "requant":
 
 def attention_grid() -> list[tuple[str, dict]]:
     try:
-        from tokensift.hw.attention_resources import baseline_grid
+        from tokensift.hw.attention.resources import baseline_grid
     except ModuleNotFoundError:
         return []
     return baseline_grid()
@@ -124,7 +124,7 @@ def grid(block: str) -> list[tuple[str, dict]]:
 def quick(block: str) -> list[str]:
     if block == "attention":
         try:
-            from tokensift.hw.attention_resources import QUICK_CONFIGS
+            from tokensift.hw.attention.resources import QUICK_CONFIGS
         except ModuleNotFoundError:
             return []
         return list(QUICK_CONFIGS)

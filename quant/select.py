@@ -1,6 +1,6 @@
 """Integer token selection: head-weighted scores, top-k / threshold keep, the package token.
 
-The bit-exact reference of the hardware token selector (:mod:`tokensift.hw.selector`); the PyTorch side
+The bit-exact reference of the hardware token selector (:mod:`tokensift.hw.selector.core`); the PyTorch side
 (:mod:`tokensift.sw.selection`) follows the same selection rule. NumPy ``int64`` throughout, no floats
 inside a kernel; every rounding goes through :func:`tokensift.quant.fixed.round_shift` and every
 saturation through :meth:`tokensift.quant.fixed.FixedFormat.fit`.

@@ -2,7 +2,7 @@
 
 Every step is an integer operation on ``numpy.int64`` arrays and every rounding goes through
 :func:`tokensift.quant.fixed.round_shift` or :meth:`FixedFormat.fit`, so the hardware
-(:mod:`tokensift.hw.softmax_unit`) reproduces it to the bit. For one row of integer scores ``s``
+(:mod:`tokensift.hw.attention.softmax`) reproduces it to the bit. For one row of integer scores ``s``
 (the ``Q K^T`` accumulators) with row maximum ``m``:
 
 1. **log2-domain argument** ``t = round_shift((s - m) * M, sh)`` (half up), ``t <= 0``. The scale

@@ -1,4 +1,4 @@
-"""Simulation-only wrapper of :class:`tokensift.hw.attention.Attention` for cocotb/Verilator.
+"""Simulation-only wrapper of :class:`tokensift.hw.attention.core.Attention` for cocotb/Verilator.
 
 Two modes on one build (so a configuration is compiled once):
 
@@ -27,8 +27,8 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from tokensift.checks import check_count
-from tokensift.hw.attention import Attention
-from tokensift.hw.attention_layout import input_layout, output_layout, score_layout, status_layout
+from tokensift.hw.attention.core import Attention
+from tokensift.hw.attention.layout import input_layout, output_layout, score_layout, status_layout
 from tokensift.quant.attention import AttentionParams
 
 __all__ = ["AttentionHarness", "CLKGEN_VERILOG", "DEFAULT_FRAMES", "TOPLEVEL", "harness_for", "run_attention",

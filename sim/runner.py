@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokensift.errors import TokensiftError, ToolchainError
+from tokensift.hw.common.verilog import emit_verilog
 from tokensift.toolchain import find_verilator
 
 __all__ = [
@@ -71,19 +72,6 @@ def fst_supported() -> bool:
 def default_build_root() -> Path:
     """Where per-case build directories go: ``$TOKENSIFT_BUILD`` or ``./build/sim``."""
     return Path(os.environ.get("TOKENSIFT_BUILD", "build/sim")).resolve()
-
-
-def emit_verilog(component, *, name: str, path: Path | None = None) -> str:
-    """Verilog text of ``component`` with top module ``name``; written to ``path`` only if it changed."""
-    from amaranth.back import verilog
-
-    text = verilog.convert(component, name=name, emit_src=False)
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-    return text
 
 
 def run_cocotb(

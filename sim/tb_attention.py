@@ -1,4 +1,4 @@
-"""cocotb testbench of :class:`tokensift.hw.attention.Attention` (through :class:`AttentionHarness`).
+"""cocotb testbench of :class:`tokensift.hw.attention.core.Attention` (through :class:`AttentionHarness`).
 
 Scoreboard: every frame's expected output rows and class-attention row come from
 :func:`tokensift.quant.attention.attention_head`; beats are matched per core copy (``payload.head``;
@@ -8,7 +8,7 @@ Tests (``tb_params()`` carries ``params`` = :meth:`AttentionParams.to_dict` and 
 
 - ``bulk``: whole frames through the harness memories, Python out of the cycle loop; each run in
   ``runs`` is a list of token counts sent back to back. Checks bit-exactness and that the measured
-  cycles equal :func:`tokensift.hw.attention_cost.cycles`; measures
+  cycles equal :func:`tokensift.hw.attention.cycles.cycles`; measures
   simulated cycles per second of wall time.
 - ``stalls_and_invalid_headers``: random valid/ready stalls on all three streams, back-to-back frames
   of different ``N`` (1 and ``n_max`` included) with rejected headers (``N = 0``, ``N > n_max`` followed
@@ -28,8 +28,8 @@ import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge, with_timeout
 
-from tokensift.hw.attention_cost import cycles as expected_cycles
-from tokensift.hw.attention_layout import decode_rows, encode_frame
+from tokensift.hw.attention.cycles import cycles as expected_cycles
+from tokensift.hw.attention.layout import decode_rows, encode_frame
 from tokensift.quant.attention import AttentionParams, attention_head
 from tokensift.quant.fixed import OverflowCounter
 from tokensift.sim.runner import tb_params, tb_report

@@ -1,4 +1,4 @@
-"""cocotb testbench of :class:`tokensift.hw.requant.Requantizer` against :func:`quant.fixed.requantize`."""
+"""cocotb testbench of :class:`tokensift.hw.common.requant.Requantizer` against :func:`quant.fixed.requantize`."""
 
 from __future__ import annotations
 

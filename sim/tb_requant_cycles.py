@@ -1,4 +1,4 @@
-"""cocotb: the requantizer's cycles with no stalls, for :func:`tokensift.hw.requant_resources.cycles`.
+"""cocotb: the requantizer's cycles with no stalls, for :func:`tokensift.hw.common.requant_resources.cycles`.
 
 ``count`` values stream in back to back with ``o_stream.ready`` held high; the testbench counts the
 clock edges from the first input transfer to the last output transfer, both included, and reports it

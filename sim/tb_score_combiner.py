@@ -1,4 +1,4 @@
-"""cocotb testbench of :class:`tokensift.hw.score_combiner.ScoreCombiner` against
+"""cocotb testbench of :class:`tokensift.hw.score_combiner.core.ScoreCombiner` against
 :func:`tokensift.quant.select.head_weighted_scores`."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge
 
-from tokensift.hw.score_combiner import CombinerParams, CombinerStatus, check_runtime, combiner_cycles
+from tokensift.hw.score_combiner.core import CombinerParams, CombinerStatus, check_runtime, combiner_cycles
 from tokensift.quant.fixed import FixedFormat, OverflowCounter, Rounding
 from tokensift.quant.select import FIELD_BITS, head_weighted_scores
 from tokensift.sim.runner import tb_params, tb_report

@@ -1,9 +1,9 @@
-"""cocotb scoreboard of :class:`tokensift.hw.selector.Selector` against :func:`quant.select.select_frame`.
+"""cocotb scoreboard of :class:`tokensift.hw.selector.core.Selector` against :func:`quant.select.select_frame`.
 
 A driver feeds commands, scores and features (:class:`tokensift.sim.streams.StreamSource`), two monitors
 collect the frame headers and the token beats, the reference predicts every frame, and the checker
 compares them in order, bit for bit. A cycle monitor measures each frame's period (command accepted to
-the next command accepted) for :func:`tokensift.hw.selector.cycles`.
+the next command accepted) for :func:`tokensift.hw.selector.core.cycles`.
 
 Parameters (``tb_params()``): ``config`` (the :class:`SelectorParams` fields), ``seed``, and for
 ``cli_frame`` one frame: ``tokens``, ``keep`` or ``threshold``, ``package``.
@@ -15,7 +15,7 @@ import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 
-from tokensift.hw.selector import command_layout, cycles, feature_layout, frame_layout, token_layout
+from tokensift.hw.selector.core import command_layout, cycles, feature_layout, frame_layout, token_layout
 from tokensift.quant.select import Mode, SelectorParams, Status, select_frame
 from tokensift.sim.runner import tb_params, tb_report
 from tokensift.sim.streams import StreamSink, StreamSource, reset, start_clock

@@ -43,7 +43,7 @@ class Device:
     ebr: int = 0
 
     def capacity(self) -> dict[str, int]:
-        """Capacities keyed like :meth:`tokensift.hw.resources.Resources.as_dict` for this family."""
+        """Capacities keyed like :meth:`tokensift.hw.common.resources.Resources.as_dict` for this family."""
         if self.family == "ecp5":
             return {"dsp": self.dsp, "ebr": self.ebr, "lut": self.lut, "ff": self.ff}
         return {"dsp": self.dsp, "bram36": self.bram36, "uram": self.uram, "lut": self.lut, "ff": self.ff}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tokensift.hw.attention import Attention
-from tokensift.hw.kv_buffer import RowBuffer
-from tokensift.hw.mac_array import MacArray
-from tokensift.hw.synth import synthesize
+from tokensift.hw.attention.core import Attention
+from tokensift.hw.common.buffers import RowBuffer
+from tokensift.hw.common.mac_array import MacArray
+from tokensift.hw.cost.synth import synthesize
 
 pytestmark = pytest.mark.synth
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from tokensift.hw.attention import Attention
-from tokensift.hw.attention_cost import cycles, frame_interval, frame_schedule, latencies, mac_utilization
-from tokensift.hw.attention_engine import AttentionEngine
-from tokensift.hw.attention_layout import decode_rows, encode_frame, encode_header, frame_beats
-from tokensift.hw.kv_buffer import RowBuffer
-from tokensift.hw.mac_array import MODE_DOT, MODE_VEC, MacArray
-from tokensift.hw.softmax_unit import Exp2Unit, ProbNormalizer, Reciprocal, SoftmaxUnit
+from tokensift.hw.attention.core import Attention
+from tokensift.hw.attention.cycles import cycles, frame_interval, frame_schedule, latencies, mac_utilization
+from tokensift.hw.attention.engine import AttentionEngine
+from tokensift.hw.attention.layout import decode_rows, encode_frame, encode_header, frame_beats
+from tokensift.hw.attention.softmax import Exp2Unit, ProbNormalizer, Reciprocal, SoftmaxUnit
+from tokensift.hw.common.buffers import RowBuffer
+from tokensift.hw.common.mac_array import MODE_DOT, MODE_VEC, MacArray
 from tokensift.quant.attention import AttentionParams, attention_head, macs
 from tokensift.quant.softmax import (
     SoftmaxParams,

@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from tokensift.devices import UnknownDeviceError, get_device, list_devices
-from tokensift.hw import resources as R
-from tokensift.hw.cost_registry import BLOCKS, FITTED_BLOCKS, block_cost
-from tokensift.hw.cost_validation import BASELINE_DIR, compare, load_baselines
-from tokensift.hw.latency import LatencyBudget, latency_ms
-from tokensift.hw.layer_cost import HwConfig, ModelCost, ModelDesc
-from tokensift.hw.linear_cost import LinearParams, linear_cycles, predictor_cycles
-from tokensift.hw.requant_resources import RequantParams
-from tokensift.hw.requant_resources import cycles as requant_cycles
-from tokensift.hw.resources import Resources, map_memory, multiplier_dsps
-from tokensift.hw.synth import SynthesisError, parse_stat
+from tokensift.hw.common import resources as R
+from tokensift.hw.common.requant_resources import RequantParams
+from tokensift.hw.common.requant_resources import cycles as requant_cycles
+from tokensift.hw.common.resources import Resources, map_memory, multiplier_dsps
+from tokensift.hw.cost.latency import LatencyBudget, latency_ms
+from tokensift.hw.cost.layer import HwConfig, ModelCost, ModelDesc
+from tokensift.hw.cost.linear import LinearParams, linear_cycles, predictor_cycles
+from tokensift.hw.cost.registry import BLOCKS, FITTED_BLOCKS, block_cost
+from tokensift.hw.cost.synth import SynthesisError, parse_stat
+from tokensift.hw.cost.validation import BASELINE_DIR, compare, load_baselines
 from tokensift.quant.fixed import INT8
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,7 +110,7 @@ def test_lut_ff_fit_is_the_scripts_output():
 
     def close(a, b, path="fit"):
         if isinstance(a, dict):
-            assert isinstance(b, dict) and set(a) == set(b), path
+            assert isinstance(b, dict) and set(a) == set(b), f"{path}: {sorted(set(a) ^ set(b))}"
             for k in a:
                 close(a[k], b[k], f"{path}.{k}")
         elif isinstance(a, float) or isinstance(b, float):
@@ -168,7 +168,7 @@ def test_resources_arithmetic_and_errors():
 def test_missing_fit_is_an_error_not_zero(monkeypatch):
     monkeypatch.setattr(R, "_fit_table", lambda: {"blocks": {}})
     p = RequantParams(acc_bits=32, out=INT8, multiplier=12345, shift=20)
-    from tokensift.hw.requant_resources import resources
+    from tokensift.hw.common.requant_resources import resources
 
     with pytest.raises(R.MissingFitError, match=r"^no fitted LUT/FF coefficients for block 'requant' on xcup; run "):
         resources(p, "xcup")
@@ -269,7 +269,7 @@ def test_model_cycles_add_up(deit_s):
     assert deit_s.cycles() == sum(r["total"] for r in rows) + sum(deit_s.fixed_cycles().values())
     assert rows[3]["cycles"]["selector"] > 0 and "selector" not in rows[2]["cycles"]
     # attention of a layer is the block's own closed form: heads frames of N tokens
-    from tokensift.hw.attention_cost import cycles
+    from tokensift.hw.attention.cycles import cycles
 
     assert rows[5]["cycles"]["attention"] == cycles(deit_s.attention, n_tokens=138, heads=6)
     dense = ModelCost.from_name("deit_small_patch16_224", hw=HwConfig(lanes=16))
@@ -297,7 +297,7 @@ def test_latency_is_exact_at_integer_counts(budget):
     counts = torch.tensor([float(st.n_out) for st in cost.schedule().stages])
     assert float(budget(counts)) == pytest.approx(cost.cycles() / 100e3, rel=1e-12)
     # any integer schedule, not only the static one: a hand-built schedule through ModelCost
-    from tokensift.hw.layer_cost import Schedule, Stage
+    from tokensift.hw.cost.layer import Schedule, Stage
 
     outs = [40, 31, 12]
     stages, attn, mlp, n = [], [], [], cost.spec.num_tokens
@@ -349,7 +349,7 @@ def test_latency_follows_the_device_clock():
 
 
 def test_constant_multipliers_lose_their_trailing_zeros():
-    from tokensift.hw.resources import const_operand_bits
+    from tokensift.hw.common.resources import const_operand_bits
 
     assert const_operand_bits(94548, signed=True) == 16  # 0b10111000101010100: 23637 << 2
     assert const_operand_bits(12345, signed=False) == 14

@@ -5,7 +5,7 @@ import pytest
 from amaranth.hdl import Module, Signal, signed
 from amaranth.sim import Simulator
 
-from tokensift.hw import fixed as hwfixed
+from tokensift.hw.common import fixed as hwfixed
 from tokensift.quant.fixed import FixedFormat, Overflow, Rounding, round_shift
 
 WIDTH = 10

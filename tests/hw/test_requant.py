@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from tokensift.hw.requant import Requantizer
+from tokensift.hw.common.requant import Requantizer
 from tokensift.quant.fixed import INT8, FixedFormat, Overflow, OverflowCounter, Rounding, requantize
 
 

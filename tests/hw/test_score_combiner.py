@@ -12,17 +12,17 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 from amaranth_streams import StreamBench
 
-from tokensift.hw import score_combiner
-from tokensift.hw.resources import multiplier_dsps
-from tokensift.hw.score_combiner import (
+from tokensift.hw.common.resources import multiplier_dsps
+from tokensift.hw.score_combiner import core as score_combiner
+from tokensift.hw.score_combiner.core import (
     CombinerParams,
     CombinerStatus,
     ScoreCombiner,
     check_runtime,
     combiner_cycles,
 )
-from tokensift.hw.score_combiner_resources import dsps, exact, memories
-from tokensift.hw.selector import Selector
+from tokensift.hw.score_combiner.resources import dsps, exact, memories
+from tokensift.hw.selector.core import Selector
 from tokensift.quant.fixed import FixedFormat, Overflow, OverflowCounter, Rounding
 from tokensift.quant.select import head_weighted_scores
 
@@ -292,7 +292,7 @@ class TestResources:
             exact(*args)
 
     def test_doctests(self):
-        from tokensift.hw import score_combiner_resources
+        from tokensift.hw.score_combiner import resources as score_combiner_resources
 
         assert doctest.testmod(score_combiner_resources).failed == 0
 

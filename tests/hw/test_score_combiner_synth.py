@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tokensift.hw.score_combiner import CombinerParams
-from tokensift.hw.score_combiner_resources import build, exact
+from tokensift.hw.score_combiner.core import CombinerParams
+from tokensift.hw.score_combiner.resources import build, exact
 
 pytestmark = pytest.mark.synth
 
 
 def test_dsp_and_bram_match_the_estimate():
-    from tokensift.hw.synth import synthesize
+    from tokensift.hw.cost.synth import synthesize
 
     # DeiT-S's 197 tokens and 6 heads, one lane: one 16 x 9 multiplier, 197 x 28-bit sums in one RAMB18
     p = CombinerParams(n_max=197, heads=6, lanes=1)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tokensift.hw.selector import Selector
+from tokensift.hw.selector.core import Selector
 
 pytestmark = [pytest.mark.synth, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("package", [False, True])
 def test_dsp_and_bram_inference(package):
-    from tokensift.hw.synth import synthesize
+    from tokensift.hw.cost.synth import synthesize
 
     lanes = 4
     r = synthesize(Selector(n_max=64, dim=64, lanes=lanes, package=package), family="xcup",

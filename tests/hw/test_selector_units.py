@@ -12,10 +12,10 @@ import pytest
 from amaranth.sim import Simulator
 from amaranth_streams import StreamBench
 
-from tokensift.hw.compactor import Compactor
-from tokensift.hw.histogram_select import HistogramSelect
-from tokensift.hw.package_mac import PackageMAC
-from tokensift.hw.selector import Selector, cycles
+from tokensift.hw.selector.compactor import Compactor
+from tokensift.hw.selector.core import Selector, cycles
+from tokensift.hw.selector.histogram import HistogramSelect
+from tokensift.hw.selector.package import PackageMAC
 from tokensift.quant.select import (
     Mode,
     SelectorParams,
@@ -331,8 +331,8 @@ class TestCycles:
             cycles(p, **{"n_tokens": 10, "kept": 3, "mode": Mode.TOPK, **kwargs})
 
 
-@pytest.mark.parametrize("module", ["tokensift.hw.selector", "tokensift.hw.histogram_select",
-                                    "tokensift.hw.compactor", "tokensift.hw.package_mac"])
+@pytest.mark.parametrize("module", ["tokensift.hw.selector.core", "tokensift.hw.selector.histogram",
+                                    "tokensift.hw.selector.compactor", "tokensift.hw.selector.package"])
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.failed == 0

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tokensift.hw.cost_registry import block_cost
-from tokensift.hw.cost_validation import _within, load_baselines
-from tokensift.hw.synth import synthesize
+from tokensift.hw.cost.registry import block_cost
+from tokensift.hw.cost.synth import synthesize
+from tokensift.hw.cost.validation import _within, load_baselines
 
 pytestmark = pytest.mark.synth
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokensift.hw.attention_cost import cycles
+from tokensift.hw.attention.cycles import cycles
 from tokensift.quant.attention import AttentionParams
 from tokensift.quant.softmax import SoftmaxParams
 from tokensift.sim.attention_harness import TOPLEVEL, harness_for, run_attention, verilator_options

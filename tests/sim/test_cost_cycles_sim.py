@@ -10,8 +10,8 @@ import json
 import pytest
 
 from tokensift.cli import main
-from tokensift.hw.requant_resources import RequantParams
-from tokensift.hw.requant_resources import cycles as requant_cycles
+from tokensift.hw.common.requant_resources import RequantParams
+from tokensift.hw.common.requant_resources import cycles as requant_cycles
 from tokensift.quant.fixed import INT8
 from tokensift.sim.runner import run_cocotb
 

@@ -3,7 +3,7 @@
 import pytest
 
 from tokensift.errors import ToolchainError
-from tokensift.hw.requant import Requantizer
+from tokensift.hw.common.requant import Requantizer
 from tokensift.quant.fixed import FixedFormat, Overflow, Rounding
 from tokensift.sim import runner
 from tokensift.sim.runner import SimulationError, run_cocotb

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import pytest
 
-from tokensift.hw.selector import Selector
+from tokensift.hw.selector.core import Selector
 from tokensift.quant.select import SelectorParams
 from tokensift.sim.runner import run_cocotb
 

@@ -16,8 +16,8 @@ from virtual_device import VirtualDevice
 
 from tokensift.coopt.latency_train import LatencyPlan, measure_latency
 from tokensift.errors import InvalidArgumentError
-from tokensift.hw.latency import LatencyBudget
-from tokensift.hw.layer_cost import HwConfig
+from tokensift.hw.cost.latency import LatencyBudget
+from tokensift.hw.cost.layer import HwConfig
 from tokensift.sw import create_model, placement
 from tokensift.sw.budget import FlopsBudget
 from tokensift.sw.data import random_affine

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tokensift.hw.attention_cost import cycles
+from tokensift.hw.attention.cycles import cycles
 from tokensift.quant.attention import AttentionParams
 
 

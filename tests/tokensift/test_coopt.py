@@ -17,7 +17,7 @@ from tokensift.coopt import CostEvaluator, HwSpace, KeepSpace
 from tokensift.coopt.pareto import front_2d, grid_front, pareto_mask
 from tokensift.coopt.search import choose, co_optimize
 from tokensift.coopt.space import default_keep_space
-from tokensift.hw.layer_cost import ModelCost, ModelDesc
+from tokensift.hw.cost.layer import ModelCost, ModelDesc
 
 MODEL = "vit_mnist_patch4_28"
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,7 +148,7 @@ def test_training_budget_agrees_with_the_latency_budget(evit_small):
 
     from tokensift.coopt.accuracy import set_keep_point
     from tokensift.coopt.space import HwChoice
-    from tokensift.hw.latency import LatencyBudget
+    from tokensift.hw.cost.latency import LatencyBudget
     from tokensift.sw import create_model
 
     res = co_optimize(MODEL, method="evit", device="pynq-z2", target_latency_ms=1.3, evaluator=evit_small)

@@ -9,7 +9,7 @@ import torch
 
 from tokensift.cli import main
 from tokensift.coopt.latency_train import LatencyBudgetLoss, LatencyPlan, measure_latency
-from tokensift.hw.layer_cost import HwConfig, ModelCost
+from tokensift.hw.cost.layer import HwConfig, ModelCost
 from tokensift.sw import create_model
 from tokensift.sw.data import load_mnist
 

@@ -21,8 +21,8 @@ def _threads():
 
 def test_integer_forward_used_for_capture_matches_the_integer_model():
     """The block-by-block forward that captures frames is the integer model's own forward."""
-    from tokensift.coopt.sim_real import capture_block, forward_features
     from tokensift.quant.integer_model import IntegerViT
+    from tokensift.sim.real_images import capture_block, forward_features
     from tokensift.sw import create_model
     from tokensift.sw.data import load_mnist
 

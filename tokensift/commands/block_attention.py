@@ -1,4 +1,4 @@
-"""CLI glue of the attention accelerator (:mod:`tokensift.hw.attention`)."""
+"""CLI glue of the attention accelerator (:mod:`tokensift.hw.attention.core`)."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def add_generate_arguments(parser):
 
 
 def build(args):
-    from tokensift.hw.attention import Attention, cycles
-    from tokensift.hw.attention_layout import describe_formats
+    from tokensift.hw.attention.core import Attention, cycles
+    from tokensift.hw.attention.layout import describe_formats
 
     p = params_from_args(args)
     parameters = {**p.to_dict(), "stream_formats": describe_formats(p),
@@ -61,7 +61,7 @@ def add_simulate_arguments(parser):
 
 
 def simulate(args) -> dict:
-    from tokensift.hw.attention_cost import cycles
+    from tokensift.hw.attention.cycles import cycles
     from tokensift.quant.attention import macs
     from tokensift.sim.attention_harness import DEFAULT_FRAMES, run_attention
 

@@ -1,4 +1,4 @@
-"""CLI glue of the streaming requantizer (:mod:`tokensift.hw.requant`)."""
+"""CLI glue of the streaming requantizer (:mod:`tokensift.hw.common.requant`)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _params(args) -> dict:
 
 
 def _component(p: dict):
-    from tokensift.hw.requant import Requantizer
+    from tokensift.hw.common.requant import Requantizer
 
     out = FixedFormat(bits=p["out_bits"], rounding=Rounding(p["rounding"]), overflow=Overflow(p["overflow"]))
     return Requantizer(acc_bits=p["acc_bits"], out=out, multiplier=p["multiplier"], shift=p["shift"])

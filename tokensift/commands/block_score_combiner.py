@@ -1,4 +1,4 @@
-"""CLI glue of the score combiner (:mod:`tokensift.hw.score_combiner`)."""
+"""CLI glue of the score combiner (:mod:`tokensift.hw.score_combiner.core`)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _params(args) -> dict:
 
 
 def _component(p: dict):
-    from tokensift.hw.score_combiner_resources import build
+    from tokensift.hw.score_combiner.resources import build
     from tokensift.sim.tb_score_combiner import combiner_params
 
     return build(combiner_params(p))

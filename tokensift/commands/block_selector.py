@@ -1,4 +1,4 @@
-"""CLI glue of the token selector (:mod:`tokensift.hw.selector`): ``generate selector``, ``simulate selector``."""
+"""CLI glue of the token selector (:mod:`tokensift.hw.selector.core`): ``generate selector``, ``simulate selector``."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _params(args):
 
 
 def _component(p):
-    from tokensift.hw.selector import Selector
+    from tokensift.hw.selector.core import Selector
 
     return Selector(n_max=p.n_max, dim=p.dim, score_bits=p.score_bits, feature_bits=p.feature_bits,
                     lanes=p.lanes, package=p.package)

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from tokensift.coopt.evaluate import CostEvaluator
     from tokensift.coopt.search import co_optimize
     from tokensift.devices import get_device
-    from tokensift.hw.layer_cost import ModelDesc
+    from tokensift.hw.cost.layer import ModelDesc
 
     target = _target_ms(args)
     for name in ("trials", "population", "max_front", "eval_images"):

@@ -5,7 +5,7 @@
     tokensift estimate --block selector --n-max 197 --dim 384 --lanes 16 --package --family xcup --json
     tokensift estimate --validate [--block selector] [--family xc7]
 
-The whole-model estimate adds up the accelerator's units (:mod:`tokensift.hw.layer_cost`: attention,
+The whole-model estimate adds up the accelerator's units (:mod:`tokensift.hw.cost.layer`: attention,
 token selector, linear array) and the exact cycles of the model's token schedule; a block alone gives
 that block's resources and cycles, the same numbers the whole-model estimate adds. ``--validate``
 prints the cost model against the stored Yosys baselines with the error of every configuration.
@@ -23,7 +23,7 @@ _DEFAULT_DEVICE = "zcu102"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tokensift.hw.synth import FAMILIES
+    from tokensift.hw.cost.synth import FAMILIES
     from tokensift.sw.methods import list_methods
     from tokensift.sw.registry import list_models
 
@@ -95,7 +95,7 @@ def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | 
                    linear_lanes: int | None, device: str, clock_mhz: float | None) -> dict:
     """The ``--json`` object of a whole-model estimate."""
     from tokensift.devices import get_device
-    from tokensift.hw.layer_cost import HwConfig, ModelCost
+    from tokensift.hw.cost.layer import HwConfig, ModelCost
 
     dev = get_device(device)
     clock = float(clock_mhz) if clock_mhz is not None else dev.clock_mhz
@@ -106,7 +106,7 @@ def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | 
         cost = ModelCost.from_name(model, method=method, keep_ratio=keep, hw=hw)
     except (ValueError, TypeError) as exc:
         raise InvalidArgumentError(str(exc)) from None
-    from tokensift.hw.resources import MissingFitError
+    from tokensift.hw.common.resources import MissingFitError
 
     try:
         units = cost.units(dev.family)
@@ -163,8 +163,8 @@ def estimate_block(args) -> dict:
     n_tokens = _positive("n-tokens", args.n_tokens) or n_max
     try:
         if args.block == "attention":
-            from tokensift.hw.attention_cost import cycles
-            from tokensift.hw.attention_resources import resources
+            from tokensift.hw.attention.cycles import cycles
+            from tokensift.hw.attention.resources import resources
             from tokensift.quant.attention import AttentionParams
 
             kwargs = {"n_max": n_max, "head_dim": args.head_dim, "lanes": args.lanes or 16,
@@ -177,8 +177,8 @@ def estimate_block(args) -> dict:
             params = {"n_max": p.n_max, "head_dim": p.head_dim, "lanes": p.lanes, "heads_parallel": p.heads_parallel,
                       "softmax": p.softmax.variant.value, "n_tokens": n_tokens, "heads": args.heads}
         elif args.block == "selector":
-            from tokensift.hw.selector import cycles
-            from tokensift.hw.selector_resources import resources
+            from tokensift.hw.selector.core import cycles
+            from tokensift.hw.selector.resources import resources
             from tokensift.quant.select import Mode, SelectorParams
 
             p = SelectorParams(n_max=n_max, dim=args.dim, lanes=args.lanes or 16, score_bits=args.score_bits,
@@ -191,7 +191,7 @@ def estimate_block(args) -> dict:
                       "feature_bits": p.feature_bits, "package": p.package,
                       "n_tokens": n_tokens, "kept": kept, "mode": args.mode}
         else:
-            from tokensift.hw.requant_resources import RequantParams, cycles, resources
+            from tokensift.hw.common.requant_resources import RequantParams, cycles, resources
             from tokensift.quant.fixed import INT8
 
             p = RequantParams(acc_bits=32, out=INT8, multiplier=(1 << 16) - 1, shift=24)
@@ -206,7 +206,7 @@ def estimate_block(args) -> dict:
 
 
 def _validate(args) -> int:
-    from tokensift.hw.cost_validation import BASELINE_DIR, compare, summary
+    from tokensift.hw.cost.validation import BASELINE_DIR, compare, summary
 
     blocks = [args.block] if args.block else None
     families = [args.family] if args.family else None

@@ -19,7 +19,7 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from tokensift.cli import emit_json
-    from tokensift.hw.manifest import write_outputs
+    from tokensift.hw.common.manifest import write_outputs
 
     component, toplevel, parameters = args._glue.build(args)
     data = write_outputs(component, toplevel=toplevel, block=args.block, parameters=parameters, out_dir=args.out)

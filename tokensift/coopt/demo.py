@@ -10,7 +10,7 @@
 4. **quantize**: the integer-only model (:class:`tokensift.quant.integer_model.IntegerViT`), int8 accuracy;
 5. **generate** the Verilog of the chosen attention core (with the integer model's scales) and selector;
 6. **simulate** real test images: the integer model's Q/K/V of the first pruning block and its token
-   scores through Verilator, bit-exact against the integer reference (:mod:`tokensift.coopt.sim_real`);
+   scores through Verilator, bit-exact against the integer reference (:mod:`tokensift.sim.real_images`);
 7. print **one table** and write ``summary.json`` and the co-optimization report.
 
 EViT is the method because the integer model runs EViT's selection (class-attention scores, a fused
@@ -91,7 +91,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from tokensift.coopt.search import co_optimize
     from tokensift.coopt.space import HwChoice, default_keep_space
     from tokensift.devices import get_device
-    from tokensift.hw.layer_cost import HwConfig, ModelCost
+    from tokensift.hw.cost.layer import HwConfig, ModelCost
     from tokensift.sw.checkpoint import load_checkpoint
     from tokensift.sw.data import load_mnist
     from tokensift.sw.pipeline import PipelineConfig, run_pipeline
@@ -204,15 +204,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     step("generate the Verilog of the chosen attention core and token selector")
     from dataclasses import asdict as _asdict
 
-    from tokensift.coopt.sim_real import (
+    from tokensift.hw.attention.core import Attention
+    from tokensift.hw.common.manifest import write_outputs
+    from tokensift.hw.selector.core import Selector
+    from tokensift.sim.real_images import (
         attention_hw_params,
         capture_block,
         selector_hw_params,
         simulate_block,
     )
-    from tokensift.hw.attention import Attention
-    from tokensift.hw.manifest import write_outputs
-    from tokensift.hw.selector import Selector
 
     stages = [i for i, blk in enumerate(iv.blocks) if blk.selector is not None]
     block = stages[0] if stages else 0
@@ -244,7 +244,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     model_attn = cost.attention_cycles(n_block)
     selector_formula = None
     if "selector" in sim:
-        from tokensift.hw.selector import cycles as selector_cycles
+        from tokensift.hw.selector.core import cycles as selector_cycles
         from tokensift.quant.select import Mode
 
         kept = 1 + cap.keep
@@ -305,9 +305,9 @@ def _dense(cfg: DemoConfig, ckpt):
 def _synthesize(ap, sp, family: str) -> dict:
     from dataclasses import asdict
 
-    from tokensift.hw.attention import Attention
-    from tokensift.hw.selector import Selector
-    from tokensift.hw.synth import synthesize
+    from tokensift.hw.attention.core import Attention
+    from tokensift.hw.cost.synth import synthesize
+    from tokensift.hw.selector.core import Selector
 
     out = {}
     for name, comp in (("attention", Attention(params=ap)), ("selector", Selector(**asdict(sp)))):

@@ -1,6 +1,6 @@
 """Fast, exact evaluation of design points with the validated cost model.
 
-The cost of one design point (:class:`tokensift.hw.layer_cost.ModelCost`) is a sum of parts that each
+The cost of one design point (:class:`tokensift.hw.cost.layer.ModelCost`) is a sum of parts that each
 depend on one unit only:
 
 * resources = attention unit (lanes, parallel cores, softmax) + linear array (its lanes) + selector
@@ -84,7 +84,7 @@ class GridResult:
 
 
 def _adds_token(sel) -> bool:
-    # the rule of tokensift.hw.layer_cost (a stage adds a package/fused token)
+    # the rule of tokensift.hw.cost.layer (a stage adds a package/fused token)
     if hasattr(sel, "adds_package"):
         return bool(sel.adds_package())
     return bool(getattr(sel, "fuse_token", False)) and getattr(sel, "keep_ratio", 1.0) < 1.0
@@ -101,7 +101,7 @@ class CostEvaluator:
 
     Args:
         model: a registered model name, a :mod:`tokensift.sw` ViT (copied, never modified) or a
-            :class:`~tokensift.hw.layer_cost.ModelDesc`.
+            :class:`~tokensift.hw.cost.layer.ModelDesc`.
         method: the pruning method (with a model name).
         device: a device name or :class:`~tokensift.devices.Device`.
         hw_space, keep_space: the axes (defaults: :func:`default_hw_space`, :func:`default_keep_space`).
@@ -113,7 +113,7 @@ class CostEvaluator:
     def __init__(self, model, *, method: str | None = None, device: str | Device = "pynq-z2",
                  hw_space: HwSpace | None = None, keep_space: KeepSpace | None = None,
                  selector_feature_bits: int | None = None, **overrides):
-        from tokensift.hw.layer_cost import ModelDesc
+        from tokensift.hw.cost.layer import ModelDesc
 
         self.device = get_device(device)
         self.selector_feature_bits = selector_feature_bits
@@ -167,7 +167,7 @@ class CostEvaluator:
     def _cost(self, lanes: int, heads_parallel: int, softmax: str, linear_lanes: int, selector_lanes: int):
         """A :class:`ModelCost` for one unit combination (built at the lowest keep point, so that the
         hardware has every datapath a point of the space may use: package token, ``n_max``)."""
-        from tokensift.hw.layer_cost import HwConfig, ModelCost
+        from tokensift.hw.cost.layer import HwConfig, ModelCost
 
         key = (lanes, heads_parallel, softmax, linear_lanes, selector_lanes)
         cost = self._costs.get(key)
@@ -264,7 +264,7 @@ class CostEvaluator:
 
     def _linear_parts(self, li: int) -> tuple:
         """(linear params, fixed cycles) of linear variant ``li``."""
-        from tokensift.hw.linear_cost import LinearParams
+        from tokensift.hw.cost.linear import LinearParams
 
         ll = self.hw_space.linear_lanes[li]
         cost = self._cost(self.hw_space.lanes[0], 1, self.hw_space.softmax[0], ll, self.hw_space.selector_lanes[0])
@@ -273,8 +273,8 @@ class CostEvaluator:
 
     def _layer_linear_cycles(self, p, n: np.ndarray, m: np.ndarray) -> np.ndarray:
         """Linear-array cycles of whole layers: qkv + proj at ``n`` tokens and fc1 + fc2 at ``m`` tokens, by
-        :func:`tokensift.hw.linear_cost.linear_cycles` at each distinct count, looked up elementwise."""
-        from tokensift.hw.linear_cost import linear_cycles
+        :func:`tokensift.hw.cost.linear.linear_cycles` at each distinct count, looked up elementwise."""
+        from tokensift.hw.cost.linear import linear_cycles
 
         d, h = self.spec.dim, self.spec.hidden
         n, m = np.asarray(n, dtype=np.int64), np.asarray(m, dtype=np.int64)
@@ -290,7 +290,7 @@ class CostEvaluator:
         return attn_side[n] + mlp_side[m]
 
     def _selector_cycles(self, si: int, stage) -> int:
-        from tokensift.hw.selector import cycles
+        from tokensift.hw.selector.core import cycles
 
         cost = self._cost(self.hw_space.lanes[0], 1, self.hw_space.softmax[0], _DEFAULT_LINEAR,
                           self.hw_space.selector_lanes[si])
@@ -375,7 +375,7 @@ class CostEvaluator:
             lookup = np.zeros(int(counts.max()) + 1, dtype=np.int64)
             lookup[counts] = [table[int(n)] for n in counts]
             A[a] = lookup[attn].sum(axis=1)
-        from tokensift.hw.linear_cost import predictor_cycles
+        from tokensift.hw.cost.linear import predictor_cycles
 
         L = np.zeros((len(hs.linear_lanes), len(schedules)), dtype=np.int64)
         macs = sorted({st[4] for s in schedules for st in s.stages if st is not None})

@@ -33,7 +33,7 @@ def latency_plan(args: argparse.Namespace):
     """A :class:`~tokensift.coopt.latency_train.LatencyPlan` from the parsed options, or None without a target."""
     from tokensift.coopt.latency_train import LatencyPlan
     from tokensift.devices import get_device
-    from tokensift.hw.layer_cost import HwConfig
+    from tokensift.hw.cost.layer import HwConfig
 
     if args.target_latency_ms is None:
         if args.device is not None:

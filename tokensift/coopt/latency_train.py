@@ -2,7 +2,7 @@
 
 :class:`LatencyPlan` plugs into :func:`tokensift.sw.pipeline.run_pipeline` (``PipelineConfig.budget_plan``)
 between building the pruned student and fine-tuning it. It installs
-:class:`tokensift.hw.latency.LatencyBudget` -- the exact cycle model of the accelerator ``hw`` on
+:class:`tokensift.hw.cost.latency.LatencyBudget` -- the exact cycle model of the accelerator ``hw`` on
 ``device``, differentiable in the soft token counts -- as the model's budget, and turns the latency
 target into each method's own knob:
 
@@ -135,7 +135,7 @@ class LatencyPlan:
     """The latency target of a training run (see the module docstring).
 
     Args:
-        device: device name; ``hw``: a :class:`tokensift.hw.layer_cost.HwConfig`; ``clock_mhz``: the clock
+        device: device name; ``hw``: a :class:`tokensift.hw.cost.layer.HwConfig`; ``clock_mhz``: the clock
             (default: the device's typical one); ``target_ms``: latency per image.
         stage_keep: EViT's per-stage keep ratios (default: searched).
         weight: weight of the latency term DynamicViT gets.
@@ -162,7 +162,7 @@ class LatencyPlan:
 
     # -- before training ---------------------------------------------------------------------------------
     def budget_for(self, model):
-        """The :class:`~tokensift.hw.latency.LatencyBudget` of ``model`` in its current state.
+        """The :class:`~tokensift.hw.cost.latency.LatencyBudget` of ``model`` in its current state.
 
         The budget tabulates every stage at every (tokens in, tokens out) pair, including pairs no schedule
         reaches; SPViT's selector counts a negative number of candidates there (fewer tokens than its
@@ -171,8 +171,8 @@ class LatencyPlan:
         """
         import dataclasses
 
-        from tokensift.hw.latency import LatencyBudget
-        from tokensift.hw.layer_cost import ModelDesc
+        from tokensift.hw.cost.latency import LatencyBudget
+        from tokensift.hw.cost.layer import ModelDesc
 
         desc = ModelDesc.from_model(getattr(model, "module", model))
         desc = dataclasses.replace(desc, selectors=tuple((b, _ClampedMacs(sel)) for b, sel in desc.selectors))

@@ -313,7 +313,7 @@ def training_budget(ev: CostEvaluator, point: dict, target_ms: float, model_name
         "dense_latency_ms": dense_ms,
         "latency_ratio": point["latency_ms"] / dense_ms,
         "keep": point["keep"],
-        "budget": "tokensift.hw.latency.LatencyBudget(model, HwConfig(**hw without clock_mhz), device, "
+        "budget": "tokensift.hw.cost.latency.LatencyBudget(model, HwConfig(**hw without clock_mhz), device, "
                   "clock_mhz=clock_mhz): the budget loss is |latency / dense - latency_ratio|",
         "command": cmd,
     }

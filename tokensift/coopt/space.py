@@ -5,7 +5,7 @@ cores, softmax variant, linear-array lanes, selector lanes, clock) and one token
 :class:`KeepSpace` point). Buffer sizes are not free: the attention core's ``n_max`` and the linear
 array's row buffer are the smallest that hold the model's largest frame and row (every layer before the
 first pruning stage sees all tokens, so a smaller buffer cannot run the model and a larger one only costs
-block RAM); they follow from the model, as :class:`tokensift.hw.layer_cost.ModelCost` sizes them.
+block RAM); they follow from the model, as :class:`tokensift.hw.cost.layer.ModelCost` sizes them.
 
 How keep ratios map onto a method (:func:`keep_kind`):
 
@@ -54,7 +54,7 @@ def keep_kind(method: str) -> str:
 
 @dataclass(frozen=True)
 class HwChoice:
-    """One accelerator configuration (the fields of :class:`tokensift.hw.layer_cost.HwConfig` + clock)."""
+    """One accelerator configuration (the fields of :class:`tokensift.hw.cost.layer.HwConfig` + clock)."""
 
     lanes: int
     heads_parallel: int
@@ -64,7 +64,7 @@ class HwChoice:
     clock_mhz: float
 
     def hw_config(self):
-        from tokensift.hw.layer_cost import HwConfig
+        from tokensift.hw.cost.layer import HwConfig
 
         return HwConfig(lanes=self.lanes, heads_parallel=self.heads_parallel, linear_lanes=self.linear_lanes,
                         selector_lanes=self.selector_lanes, softmax=self.softmax)
@@ -199,7 +199,7 @@ def _powers_of_two(low: int, high: int, divides: int | None = None) -> tuple[int
 
 
 def default_hw_space(desc, device, clock_mhz=None) -> HwSpace:
-    """A space sized for ``desc`` (a :class:`tokensift.hw.layer_cost.ModelDesc`) on ``device``.
+    """A space sized for ``desc`` (a :class:`tokensift.hw.cost.layer.ModelDesc`) on ``device``.
 
     Attention lanes: powers of two dividing the head width (up to 64); parallel cores: powers of two up to
     the head count, and the head count; linear lanes: powers of two from 4 to the device's DSPs (at most

@@ -1,16 +1,16 @@
 """Resources of the accelerator's units: the validated model, or its hard-block part while it is incomplete.
 
-:meth:`tokensift.hw.layer_cost.ModelCost.units` is the source of truth. It needs the fitted LUT/FF
+:meth:`tokensift.hw.cost.layer.ModelCost.units` is the source of truth. It needs the fitted LUT/FF
 coefficients of every unit (``tokensift/data/lut_ff_fit.json``, written by ``bench/fit_cost_model.py``).
 When a unit's fit is missing in this checkout, :func:`unit_resources` falls back to the **hard blocks
 only**: the units' own ``exact`` functions (DSPs and block RAM by the primitive rules of
-:mod:`tokensift.hw.resources`), with LUT and FF left out (reported as not estimated, and left out of the
+:mod:`tokensift.hw.common.resources`), with LUT and FF left out (reported as not estimated, and left out of the
 fit check).
 """
 
 from __future__ import annotations
 
-from tokensift.hw.resources import Resources, map_memory
+from tokensift.hw.common.resources import Resources, map_memory
 
 __all__ = ["unit_resources", "HARD_BLOCKS_ONLY", "FULL_MODEL"]
 
@@ -29,12 +29,12 @@ def unit_resources(cost, family: str) -> tuple[dict[str, Resources], str]:
         return cost.units(family), FULL_MODEL
     except LookupError:  # no fitted LUT/FF coefficients for a unit in this checkout
         pass
-    from tokensift.hw.attention_resources import exact as attention_exact
-    from tokensift.hw.linear_cost import REQUANT_MULTIPLIER, REQUANT_SHIFT
-    from tokensift.hw.mac_array_resources import exact as mac_exact
-    from tokensift.hw.requant_resources import RequantParams
-    from tokensift.hw.requant_resources import exact as requant_exact
-    from tokensift.hw.selector_resources import exact as selector_exact
+    from tokensift.hw.attention.resources import exact as attention_exact
+    from tokensift.hw.common.mac_array_resources import exact as mac_exact
+    from tokensift.hw.common.requant_resources import RequantParams
+    from tokensift.hw.common.requant_resources import exact as requant_exact
+    from tokensift.hw.cost.linear import REQUANT_MULTIPLIER, REQUANT_SHIFT
+    from tokensift.hw.selector.resources import exact as selector_exact
     from tokensift.quant.fixed import INT8
 
     lp = cost.linear

@@ -1,9 +1,9 @@
-"""Probe circuits that check the primitive rules of :mod:`tokensift.hw.resources` against synthesis.
+"""Probe circuits that check the primitive rules of :mod:`tokensift.hw.common.resources` against synthesis.
 
 A :class:`MemoryProbe` is one memory (one write port, one read port at its own address, synchronous or
 asynchronous read) and a :class:`MultiplierProbe` one registered multiplier; synthesizing a grid of them
-validates :func:`~tokensift.hw.resources.map_memory` and
-:func:`~tokensift.hw.resources.multiplier_dsps` shape by shape, apart from any block.
+validates :func:`~tokensift.hw.common.resources.map_memory` and
+:func:`~tokensift.hw.common.resources.multiplier_dsps` shape by shape, apart from any block.
 
 They follow the protocol of the block cost modules (``build``, ``exact``, ``params_to_dict``,
 ``params_from_dict``), with the probe kind as ``BLOCK``:
@@ -22,7 +22,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from tokensift.hw.resources import Resources, map_memory, memory_soft_features, multiplier_dsps
+from tokensift.hw.common.resources import Resources, map_memory, memory_soft_features, multiplier_dsps
 
 __all__ = ["MemoryProbe", "MultiplierProbe", "build_memory", "build_multiplier", "exact_memory",
            "exact_multiplier", "features_memory", "resources_memory"]

@@ -1,14 +1,14 @@
-"""Cost of the token selector (:class:`tokensift.hw.selector.Selector`): resources next to its generator.
+"""Cost of the token selector (:class:`tokensift.hw.selector.core.Selector`): resources next to its generator.
 
-Cycles are the selector's own closed form, :func:`tokensift.hw.selector.cycles`. Resources:
+Cycles are the selector's own closed form, :func:`tokensift.hw.selector.core.cycles`. Resources:
 
 * DSP: ``lanes`` score x feature multipliers of the package-token datapath
-  (:class:`tokensift.hw.package_mac.PackageMAC`), ``(score_bits + 1) x feature_bits`` signed each, when
+  (:class:`tokensift.hw.selector.package.PackageMAC`), ``(score_bits + 1) x feature_bits`` signed each, when
   built with ``package=True``; none otherwise.
-* Memories, by :func:`tokensift.hw.resources.map_memory`: the features (``lanes * feature_bits`` wide,
+* Memories, by :func:`tokensift.hw.common.resources.map_memory`: the features (``lanes * feature_bits`` wide,
   ``n_max * beats`` deep), the scores (``score_bits x n_max``) and the kept/pruned list
   (``idx_bits x n_max``), read synchronously; the output FIFO (one token beat wide,
-  :data:`~tokensift.hw.selector.OUT_FIFO_DEPTH` deep, read asynchronously).
+  :data:`~tokensift.hw.selector.core.OUT_FIFO_DEPTH` deep, read asynchronously).
 * LUT and FF of the control, the radix search, the compactor, the read pipeline and the package
   datapath's accumulators and restoring dividers: the fitted linear model over :func:`features`.
 
@@ -20,7 +20,7 @@ Cycles are the selector's own closed form, :func:`tokensift.hw.selector.cycles`.
 
 from __future__ import annotations
 
-from tokensift.hw.resources import Resources, check_family, fitted, map_memory, multiplier_dsps
+from tokensift.hw.common.resources import Resources, check_family, fitted, map_memory, multiplier_dsps
 from tokensift.quant.select import FIELD_BITS, SelectorParams
 
 __all__ = ["BLOCK", "SelectorParams", "memories", "features", "exact", "resources", "build", "params_to_dict",
@@ -40,8 +40,8 @@ def _token_bits(p: SelectorParams) -> int:
 
 
 def memories(params: SelectorParams, family: str) -> dict:
-    """The selector's memories as :class:`~tokensift.hw.resources.MemoryMap` s, by name."""
-    from tokensift.hw.selector import OUT_FIFO_DEPTH
+    """The selector's memories as :class:`~tokensift.hw.common.resources.MemoryMap` s, by name."""
+    from tokensift.hw.selector.core import OUT_FIFO_DEPTH
 
     p = _check(params)
     return {
@@ -100,8 +100,8 @@ def resources(params: SelectorParams, family: str) -> Resources:
 
 
 def build(params: SelectorParams):
-    """The :class:`~tokensift.hw.selector.Selector` these parameters describe (for synthesis)."""
-    from tokensift.hw.selector import Selector
+    """The :class:`~tokensift.hw.selector.core.Selector` these parameters describe (for synthesis)."""
+    from tokensift.hw.selector.core import Selector
 
     p = _check(params)
     return Selector(n_max=p.n_max, dim=p.dim, score_bits=p.score_bits, feature_bits=p.feature_bits,

@@ -3,14 +3,14 @@
 Everything the model needs that has no generator yet — the QKV, output-projection and MLP layers, the
 patch embedding, the classifier head and the token predictors' MLPs — is costed here, and only here:
 
-**Linear array.** One :class:`tokensift.hw.mac_array.MacArray` of ``lanes`` int8 x int8 multipliers (one
+**Linear array.** One :class:`tokensift.hw.common.mac_array.MacArray` of ``lanes`` int8 x int8 multipliers (one
 DSP each) in dot mode, fed by an input-row buffer and followed by one
-:class:`tokensift.hw.requant.Requantizer`:
+:class:`tokensift.hw.common.requant.Requantizer`:
 
 * weights are streamed from off-chip memory, ``lanes`` int8 weights per cycle, and never stored on chip
   (the bandwidth is assumed available: ``lanes`` bytes per cycle, 4.8 GB/s for 16 lanes at 300 MHz);
 * the buffer holds one input row (``in_max`` int8 values as ``lanes``-wide words, block or LUT RAM by
-  :func:`tokensift.hw.resources.map_memory`) and is reused for every output of that row;
+  :func:`tokensift.hw.common.resources.map_memory`) and is reused for every output of that row;
 * an output is one dot product of ``ceil(in / lanes)`` chunks issued back to back, so a layer of
   ``N`` tokens takes::
 
@@ -23,8 +23,8 @@ DSP each) in dot mode, fed by an input-row buffer and followed by one
 * LayerNorm, GELU, softmax of the predictor and the residual additions are not modeled (neither
   resources nor cycles): they are assumed to be streaming units overlapped with the array.
 
-Its resources are those of the three validated pieces: :mod:`tokensift.hw.mac_array_resources`,
-:func:`tokensift.hw.resources.map_memory` and :mod:`tokensift.hw.requant_resources`.
+Its resources are those of the three validated pieces: :mod:`tokensift.hw.common.mac_array_resources`,
+:func:`tokensift.hw.common.resources.map_memory` and :mod:`tokensift.hw.common.requant_resources`.
 
 >>> p = LinearParams(lanes=16, in_max=1536)
 >>> linear_cycles(p, n_tokens=197, in_features=384, out_features=1152)
@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_count, check_int
-from tokensift.hw.mac_array_resources import MacArrayParams
-from tokensift.hw.mac_array_resources import resources as mac_array_resources
-from tokensift.hw.requant_resources import RequantParams
-from tokensift.hw.requant_resources import resources as requant_resources
-from tokensift.hw.resources import Resources, map_memory
+from tokensift.hw.common.mac_array_resources import MacArrayParams
+from tokensift.hw.common.mac_array_resources import resources as mac_array_resources
+from tokensift.hw.common.requant_resources import RequantParams
+from tokensift.hw.common.requant_resources import resources as requant_resources
+from tokensift.hw.common.resources import Resources, map_memory
 from tokensift.quant.fixed import INT8
 from tokensift.quant.qparams import MULTIPLIER_BITS
 

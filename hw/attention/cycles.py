@@ -1,6 +1,6 @@
 """Cycle model of the attention accelerator: exact for stall-free streams, checked against simulation.
 
-The engine's schedule (see :mod:`tokensift.hw.attention_engine`) gives, for one frame of ``N`` tokens,
+The engine's schedule (see :mod:`tokensift.hw.attention.engine`) gives, for one frame of ``N`` tokens,
 ``C = head_dim / lanes`` chunks per row, ``L = lanes``, cycles counted from the header's transfer (cycle
 0) with the input always valid and the outputs always ready:
 

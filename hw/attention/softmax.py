@@ -19,7 +19,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from tokensift.hw import fixed as hwfixed
+from tokensift.hw.common import fixed as hwfixed
 from tokensift.quant.softmax import SoftmaxParams, SoftmaxVariant, exp2_table
 
 __all__ = ["Exp2Unit", "Reciprocal", "ProbNormalizer", "SoftmaxUnit"]

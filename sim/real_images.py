@@ -5,7 +5,7 @@ images and keeps what the accelerator's blocks see there: each head's int8 Q, K,
 input), the integer model's own attention outputs and class rows, and -- for an EViT stage in that block --
 the token scores, the residual tokens and the tokens the integer model keeps. :func:`simulate_block` writes
 them to an ``.npz``, runs the attention core and the token selector in Verilator
-(:mod:`tokensift.coopt.tb_real`) and checks the chain **hardware == quant reference == integer model**:
+(:mod:`tokensift.sim.tb_real_images`) and checks the chain **hardware == quant reference == integer model**:
 
 * hardware == :func:`tokensift.quant.attention.attention_head` / :func:`tokensift.quant.select.select_frame`
   (the testbenches, 0 LSB),
@@ -181,7 +181,7 @@ def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, se
     build_args, sources = verilator_options()
     with _quick_compile():
         res = run_cocotb(harness_for(ap, frames=cap.q.shape[1]), toplevel=TOPLEVEL,
-                         test_module="tokensift.coopt.tb_real", testcase="attention_frames",
+                         test_module="tokensift.sim.tb_real_images", testcase="attention_frames",
                          params={"params": ap.to_dict(), "frames_file": str(frames)}, build_args=build_args,
                          extra_sources=sources)
     runs = res.report.get("runs", [])
@@ -196,7 +196,7 @@ def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, se
     if cap.scores is not None:
         from dataclasses import asdict
 
-        from tokensift.hw.selector import Selector
+        from tokensift.hw.selector.core import Selector
 
         sp = selector_hw_params(iv, lanes=selector_lanes)
         out["selector_reference_mismatches"] = _check_selector_reference(cap, sp, iv)
@@ -204,7 +204,7 @@ def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, se
         np.savez(frames, scores=cap.scores, features=cap.features, k=np.full(len(cap.scores), cap.keep))
         with _quick_compile():
             res = run_cocotb(Selector(**asdict(sp)), toplevel="tokensift_selector",
-                             test_module="tokensift.coopt.tb_real", testcase="selector_frames",
+                             test_module="tokensift.sim.tb_real_images", testcase="selector_frames",
                              params={"params": asdict(sp), "frames_file": str(frames)})
         r = res.report
         out["selector"] = {"params": asdict(sp), "frames": len(cap.scores), "kept": r.get("kept"),

@@ -1,9 +1,9 @@
 """cocotb testbenches that run *real* frames -- a trained integer model's Q/K/V and token scores -- through
 the attention core (:class:`tokensift.sim.attention_harness.AttentionHarness`, bulk mode) and the token
-selector (:class:`tokensift.hw.selector.Selector`), checked bit for bit against :mod:`tokensift.quant`.
+selector (:class:`tokensift.hw.selector.core.Selector`), checked bit for bit against :mod:`tokensift.quant`.
 
 Parameters (``tb_params()``): ``params`` (the block's parameters as a dict) and ``frames_file``, an ``.npz``
-written by :mod:`tokensift.coopt.sim_real`:
+written by :mod:`tokensift.sim.real_images`:
 
 * ``attention_frames``: arrays ``q``, ``k``, ``v`` of shape (images, heads, N, head_dim); each image's
   heads go back to back as one bulk run; the report holds each run's mismatches, measured cycles and the
@@ -31,8 +31,8 @@ def _load():
 
 @cocotb.test()
 async def attention_frames(dut):
-    from tokensift.hw.attention_cost import cycles as expected_cycles
-    from tokensift.hw.attention_layout import encode_frame
+    from tokensift.hw.attention.cycles import cycles as expected_cycles
+    from tokensift.hw.attention.layout import encode_frame
     from tokensift.quant.attention import AttentionParams
     from tokensift.sim.tb_attention import Scoreboard, bulk_run
 

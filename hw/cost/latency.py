@@ -5,7 +5,7 @@
 tokens included, as :class:`tokensift.sw.budget.FlopsBudget` takes them) it returns the latency in
 milliseconds, a torch tensor of the leading shape.
 
-The value is the exact integer-cycle model of :class:`tokensift.hw.layer_cost.ModelCost` divided by the
+The value is the exact integer-cycle model of :class:`tokensift.hw.cost.layer.ModelCost` divided by the
 clock, linearly interpolated between integer token counts: every part of it (one layer's attention
 side, one layer's MLP, one pruning stage as a function of its input and output counts) is tabulated at
 every integer count from the blocks' own ``cycles`` functions, and a soft count reads the table
@@ -13,7 +13,7 @@ piecewise linearly (bilinearly for a stage). So at integer counts it *is* the ex
 them its gradient is the exact model's finite difference.
 
 >>> import torch
->>> from tokensift.hw.layer_cost import HwConfig, ModelCost
+>>> from tokensift.hw.cost.layer import HwConfig, ModelCost
 >>> budget = LatencyBudget("deit_small_patch16_224", HwConfig(lanes=16), "zcu102", method="dynamicvit")
 >>> counts = torch.tensor([138.0, 97.0, 68.0], requires_grad=True)
 >>> ms = budget(counts)
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from tokensift.devices import Device, get_device
-from tokensift.hw.layer_cost import HwConfig, ModelCost, ModelDesc
+from tokensift.hw.cost.layer import HwConfig, ModelCost, ModelDesc
 
 __all__ = ["LatencyBudget", "latency_ms"]
 
@@ -61,14 +61,14 @@ class LatencyBudget:
     of the per-stage token counts (the :class:`tokensift.sw.budget.Budget` protocol).
 
     Args:
-        model: a :mod:`tokensift.sw` ViT, a :class:`~tokensift.hw.layer_cost.ModelDesc`, or a registered
+        model: a :mod:`tokensift.sw` ViT, a :class:`~tokensift.hw.cost.layer.ModelDesc`, or a registered
             model name (then ``method``, ``keep_ratio`` and config overrides build its selectors).
         hw: the accelerator's parameters.
         device: a device name or :class:`~tokensift.devices.Device` (its ``clock_mhz`` unless
             ``clock_mhz`` is given).
 
     Attributes: ``num_stages``; ``dense`` (ms with no pruning, no selectors); ``cost`` (the
-    :class:`~tokensift.hw.layer_cost.ModelCost`); ``clock_mhz``.
+    :class:`~tokensift.hw.cost.layer.ModelCost`); ``clock_mhz``.
     """
 
     def __init__(self, model, hw: HwConfig | None = None, device: str | Device = "zcu102", *,

@@ -11,7 +11,7 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from tokensift.hw import fixed as hwfixed
+from tokensift.hw.common import fixed as hwfixed
 from tokensift.quant.fixed import FixedFormat
 
 __all__ = ["Requantizer"]

@@ -3,7 +3,7 @@
 The hardware form of :func:`tokensift.quant.select.package_token` for one beat of ``lanes`` features:
 ``acc_c += s_i * x[i, c]`` over the pruned tokens (one multiplier per lane, each one DSP), then, with
 ``S`` the sum of the pruned scores, ``p_c = fit(round_shift((2 * acc_c) // S, 1, HALF_UP))`` through
-:func:`tokensift.hw.fixed.round_shift` and :func:`tokensift.hw.fixed.fit`, or 0 when ``S = 0``.
+:func:`tokensift.hw.common.fixed.round_shift` and :func:`tokensift.hw.common.fixed.fit`, or 0 when ``S = 0``.
 
 The floor division is a restoring divider per lane. Because ``acc_c / S`` lies in the feature range
 ``[-2**(fb-1), 2**(fb-1) - 1]``, the dividend ``2 * acc_c + S * 2**fb`` is non-negative and its
@@ -22,7 +22,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from tokensift.checks import check_int
-from tokensift.hw import fixed as hwfixed
+from tokensift.hw.common import fixed as hwfixed
 from tokensift.quant.fixed import FixedFormat, Rounding
 
 __all__ = ["PackageMAC"]

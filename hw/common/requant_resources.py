@@ -1,11 +1,11 @@
-"""Cost of the streaming requantizer (:class:`tokensift.hw.requant.Requantizer`): resources and cycles.
+"""Cost of the streaming requantizer (:class:`tokensift.hw.common.requant.Requantizer`): resources and cycles.
 
 The multiplier by the constant ``multiplier`` is the only DSP user: Yosys folds a power of two into a
 shift, otherwise the product ``acc_bits x`` the constant's odd part (signed,
-:func:`tokensift.hw.resources.const_operand_bits`) is tiled onto DSPs by
-:func:`tokensift.hw.resources.multiplier_dsps`. No memory. LUTs (rounding adder, range check,
+:func:`tokensift.hw.common.resources.const_operand_bits`) is tiled onto DSPs by
+:func:`tokensift.hw.common.resources.multiplier_dsps`. No memory. LUTs (rounding adder, range check,
 saturation, overflow counter) and flip-flops (output register, valid, counter) follow the fitted linear
-model of :mod:`tokensift.hw.resources` over the features of :func:`features`.
+model of :mod:`tokensift.hw.common.resources` over the features of :func:`features`.
 
 >>> from tokensift.quant.fixed import INT8
 >>> p = RequantParams(acc_bits=32, out=INT8, multiplier=12345, shift=20)
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tokensift.checks import check_count
-from tokensift.hw.resources import Resources, check_family, const_operand_bits, fitted, multiplier_dsps
+from tokensift.hw.common.resources import Resources, check_family, const_operand_bits, fitted, multiplier_dsps
 from tokensift.quant.fixed import FixedFormat, Overflow, Rounding
 
 __all__ = ["BLOCK", "RequantParams", "features", "exact", "resources", "cycles", "build", "params_to_dict",
@@ -32,7 +32,7 @@ LATENCY = 1
 
 @dataclass(frozen=True, kw_only=True)
 class RequantParams:
-    """The elaboration parameters of a :class:`~tokensift.hw.requant.Requantizer`."""
+    """The elaboration parameters of a :class:`~tokensift.hw.common.requant.Requantizer`."""
 
     acc_bits: int = 32
     out: FixedFormat
@@ -42,12 +42,12 @@ class RequantParams:
 
     @classmethod
     def of(cls, component) -> RequantParams:
-        """The parameters of an elaborated-to-be :class:`~tokensift.hw.requant.Requantizer`."""
+        """The parameters of an elaborated-to-be :class:`~tokensift.hw.common.requant.Requantizer`."""
         return cls(acc_bits=len(component.i_stream.payload), out=component.out, multiplier=component.multiplier,
                    shift=component.shift, counter_bits=len(component.overflows))
 
     def component(self):
-        from tokensift.hw.requant import Requantizer
+        from tokensift.hw.common.requant import Requantizer
 
         return Requantizer(acc_bits=self.acc_bits, out=self.out, multiplier=self.multiplier, shift=self.shift,
                            counter_bits=self.counter_bits)
@@ -100,7 +100,7 @@ def features(params: RequantParams, family: str) -> dict[str, float]:
 
 def _b_split_adders(p: RequantParams, family: str) -> int:
     """Partial-product adders from splitting the narrower operand (one per slice of the wider one)."""
-    from tokensift.hw.resources import family_info
+    from tokensift.hw.common.resources import family_info
 
     info = family_info(family)
     a, b = sorted((p.acc_bits, const_operand_bits(p.multiplier, signed=True)), reverse=True)
@@ -133,7 +133,7 @@ def resources(params: RequantParams, family: str) -> Resources:
 
 
 def build(params: RequantParams):
-    """The :class:`~tokensift.hw.requant.Requantizer` these parameters describe (for synthesis)."""
+    """The :class:`~tokensift.hw.common.requant.Requantizer` these parameters describe (for synthesis)."""
     return _check(params).component()
 
 

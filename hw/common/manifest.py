@@ -69,7 +69,7 @@ def manifest(component: wiring.Component, *, toplevel: str, block: str, paramete
 def write_outputs(component: wiring.Component, *, toplevel: str, block: str, parameters: dict,
                   out_dir: Path | str, extra: dict | None = None) -> dict:
     """Write ``<toplevel>.v`` and ``<toplevel>.json`` into ``out_dir``; returns the manifest."""
-    from tokensift.sim.runner import emit_verilog
+    from tokensift.hw.common.verilog import emit_verilog
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 :class:`Resources` is the vocabulary every cost function returns (DSP, block RAM, LUT, FF). The rules
 below map the structures our generators emit onto each family's primitives, the way the Yosys flows of
-:mod:`tokensift.hw.synth` map them, so that DSP and block-RAM counts are exact:
+:mod:`tokensift.hw.cost.synth` map them, so that DSP and block-RAM counts are exact:
 
 * :func:`multiplier_dsps` — a ``w1 x w2`` multiplier on DSP48E1 (25x18, ``xc7``), DSP48E2 (27x18,
   ``xcup``) or ECP5 ``MULT18X18D`` (18x18), tiled as Yosys's ``mul2dsp`` tiles it (signed-only 24x17 /

@@ -14,7 +14,7 @@ start and end of a frame.
   cycles when ``N < lanes``, the time the serial output requantizer needs). For row 0 and chunk 0 the
   probabilities also go to the class-attention FIFO: the token scores, without an extra pass.
 - Each finished chunk (``lanes`` accumulators) is requantized one value per cycle by
-  :class:`tokensift.hw.requant.Requantizer` into one output beat. A ``PV`` chunk only starts when the
+  :class:`tokensift.hw.common.requant.Requantizer` into one output beat. A ``PV`` chunk only starts when the
   output FIFO has room for its beat, so output backpressure stalls the array, never corrupts it.
 
 Row parity selects the bank of the two-bank score and exponential buffers, so ``QK(i+1)`` can write
@@ -28,11 +28,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from tokensift.hw.attention_layout import input_layout, output_layout, score_layout
-from tokensift.hw.kv_buffer import RowBuffer
-from tokensift.hw.mac_array import MODE_DOT, MODE_VEC, MacArray, mul_const
-from tokensift.hw.requant import Requantizer
-from tokensift.hw.softmax_unit import ProbNormalizer, SoftmaxUnit
+from tokensift.hw.attention.layout import input_layout, output_layout, score_layout
+from tokensift.hw.attention.softmax import ProbNormalizer, SoftmaxUnit
+from tokensift.hw.common.buffers import RowBuffer
+from tokensift.hw.common.mac_array import MODE_DOT, MODE_VEC, MacArray, mul_const
+from tokensift.hw.common.requant import Requantizer
 from tokensift.quant.attention import AttentionParams
 
 __all__ = ["AttentionEngine", "FRONT_STAGES"]
@@ -43,8 +43,8 @@ FRONT_STAGES = 3
 
 class AttentionEngine(wiring.Component):
     """One head core. ``i_stream`` carries frames whose header ``N`` is already known to be valid
-    (:class:`tokensift.hw.attention.Attention` checks it); ``o_stream``/``s_stream`` as documented in
-    :mod:`tokensift.hw.attention_layout`, ``payload.head = head``."""
+    (:class:`tokensift.hw.attention.core.Attention` checks it); ``o_stream``/``s_stream`` as documented in
+    :mod:`tokensift.hw.attention.layout`, ``payload.head = head``."""
 
     def __init__(self, params: AttentionParams, *, head: int = 0):
         if not isinstance(params, AttentionParams):

@@ -1,7 +1,7 @@
-"""Cost of the MAC array (:class:`tokensift.hw.mac_array.MacArray`), the multiplier bank shared by the
-attention core and, by assumption, by the linear layers (:mod:`tokensift.hw.linear_cost`).
+"""Cost of the MAC array (:class:`tokensift.hw.common.mac_array.MacArray`), the multiplier bank shared by the
+attention core and, by assumption, by the linear layers (:mod:`tokensift.hw.cost.linear`).
 
-* DSP: one ``a_bits x b_bits`` signed multiplier per lane (:func:`tokensift.hw.resources.multiplier_dsps`).
+* DSP: one ``a_bits x b_bits`` signed multiplier per lane (:func:`tokensift.hw.common.resources.multiplier_dsps`).
 * No memory.
 * LUT / FF: the fitted linear model over :func:`features` (adder tree, per-lane accumulators, product
   and control registers).
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int
-from tokensift.hw.resources import Resources, check_family, fitted, multiplier_dsps
+from tokensift.hw.common.resources import Resources, check_family, fitted, multiplier_dsps
 
 __all__ = ["BLOCK", "MacArrayParams", "features", "exact", "resources", "build", "params_to_dict",
            "params_from_dict"]
@@ -28,7 +28,7 @@ BLOCK = "mac_array"
 
 @dataclass(frozen=True, kw_only=True)
 class MacArrayParams:
-    """The elaboration parameters of a :class:`~tokensift.hw.mac_array.MacArray` (int8 defaults)."""
+    """The elaboration parameters of a :class:`~tokensift.hw.common.mac_array.MacArray` (int8 defaults)."""
 
     lanes: int
     a_bits: int = 8
@@ -83,7 +83,7 @@ def resources(params: MacArrayParams, family: str) -> Resources:
 
 
 def build(params: MacArrayParams):
-    from tokensift.hw.mac_array import MacArray
+    from tokensift.hw.common.mac_array import MacArray
 
     return MacArray(**asdict(_check(params)))
 

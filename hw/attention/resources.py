@@ -1,14 +1,14 @@
-"""Cost of the attention accelerator (:class:`tokensift.hw.attention.Attention`): resources next to its
-generator. Cycles are the block's own closed form, :func:`tokensift.hw.attention_cost.cycles`.
+"""Cost of the attention accelerator (:class:`tokensift.hw.attention.core.Attention`): resources next to its
+generator. Cycles are the block's own closed form, :func:`tokensift.hw.attention.cycles.cycles`.
 
-Per core (``heads_parallel`` copies of :class:`tokensift.hw.attention_engine.AttentionEngine`):
+Per core (``heads_parallel`` copies of :class:`tokensift.hw.attention.engine.AttentionEngine`):
 
 * DSP: the MAC array's ``lanes`` multipliers (``max(data_bits, prob_frac + 2) x data_bits``), the
   exponent unit's scale multiplier (``(score_bits + 1) x scale``), the two polynomial multipliers of the
   ``exp2_poly`` softmax, the probability normalizer (``(exp_frac + 1) x (prob_frac + 2)``) and the
   output requantizer's multiplier; a constant power of two is a shift (the header's bookkeeping
-  products are shift-and-add logic, :func:`tokensift.hw.mac_array.mul_const`).
-* Memories (:func:`tokensift.hw.resources.map_memory`): Q and K/V row buffers, the two-bank score and
+  products are shift-and-add logic, :func:`tokensift.hw.common.mac_array.mul_const`).
+* Memories (:func:`tokensift.hw.common.resources.map_memory`): Q and K/V row buffers, the two-bank score and
   exponential buffers, the ``exp2`` table (a ROM, ``exp2_lut``), the output and class-attention FIFOs
   (:class:`amaranth.lib.fifo.SyncFIFOBuffered`: a memory one entry shallower, read synchronously with an
   enable).
@@ -26,7 +26,7 @@ from dataclasses import asdict
 
 from amaranth.utils import ceil_log2
 
-from tokensift.hw.resources import (
+from tokensift.hw.common.resources import (
     Resources,
     check_family,
     const_operand_bits,
@@ -55,7 +55,7 @@ def _pow2(value: int) -> bool:
 
 def _out_fifo_depth(p: AttentionParams) -> int:
     """The engine's own output FIFO depth (read from an engine object that is never elaborated)."""
-    from tokensift.hw.attention_engine import AttentionEngine
+    from tokensift.hw.attention.engine import AttentionEngine
 
     engine = AttentionEngine(p)
     depth = engine.out_fifo_depth
@@ -66,8 +66,8 @@ def _out_fifo_depth(p: AttentionParams) -> int:
 
 
 def memories(params: AttentionParams, family: str) -> dict:
-    """One core's memories as :class:`~tokensift.hw.resources.MemoryMap` s, by name."""
-    from tokensift.hw.attention_layout import output_layout, score_layout
+    """One core's memories as :class:`~tokensift.hw.common.resources.MemoryMap` s, by name."""
+    from tokensift.hw.attention.layout import output_layout, score_layout
 
     p = _check(params)
     sm = p.softmax
@@ -154,7 +154,7 @@ def resources(params: AttentionParams, family: str) -> Resources:
 
 
 def build(params: AttentionParams):
-    from tokensift.hw.attention import Attention
+    from tokensift.hw.attention.core import Attention
 
     return Attention(params=_check(params))
 

@@ -3,7 +3,7 @@
 The hardware form of :func:`tokensift.quant.select.head_weighted_scores` (AS-ViT's importance-weighted
 scores, or EViT's mean over heads with uniform weights), between the attention core (which produces
 each head's softmax row 0, head after head) and the token selector (which consumes one score per
-token: ``o_score`` connects to :attr:`tokensift.hw.selector.Selector.i_score`).
+token: ``o_score`` connects to :attr:`tokensift.hw.selector.core.Selector.i_score`).
 
 Streams (``amaranth.lib.stream``, valid/ready, every one stall-tolerant)
 -----------------------------------------------------------------------
@@ -37,7 +37,7 @@ read-modify-write of an accumulator memory of ``ceil(n_max / lanes)`` words of `
 writes its products (no clear pass); a three-stage pipeline (read, multiply, add and write) forwards
 the two writes still in flight, so rows shorter than three beats run at one beat per cycle too. After
 the last head the words are read back one by one, and one rounding and saturation unit
-(:func:`tokensift.hw.fixed.round_shift`, :func:`tokensift.hw.fixed.fit`) serves a token per cycle.
+(:func:`tokensift.hw.common.fixed.round_shift`, :func:`tokensift.hw.common.fixed.fit`) serves a token per cycle.
 
 >>> p = CombinerParams(n_max=197, heads=6, lanes=4)
 >>> p.acc_bits, p.words, combiner_cycles(p, n_tokens=197, heads=6)
@@ -55,7 +55,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from tokensift.checks import check_int
-from tokensift.hw import fixed as hwfixed
+from tokensift.hw.common import fixed as hwfixed
 from tokensift.quant.fixed import FixedFormat
 from tokensift.quant.select import FIELD_BITS, SCORE_FORMAT
 

@@ -32,14 +32,14 @@ Algorithm
 1. Load: scores and features into memories; the histogram of the scores' top radix digit is counted on
    the fly (top-k).
 2. Search (top-k): per further digit, one pass over the candidates' scores and a 16-bin scan
-   (:class:`tokensift.hw.histogram_select.HistogramSelect`) finds the k-th largest score ``v`` and how many
+   (:class:`tokensift.hw.selector.histogram.HistogramSelect`) finds the k-th largest score ``v`` and how many
    ties at ``v`` to admit; no sort: ``digits * 18 + (digits - 1) * N`` cycles, ``digits =
    ceil(score_bits / 4)``.
-3. Compaction (:class:`tokensift.hw.compactor.Compactor`): one pass in index order writes the kept indices
+3. Compaction (:class:`tokensift.hw.selector.compactor.Compactor`): one pass in index order writes the kept indices
    (ascending) and the pruned ones into a list memory; lower indices win ties.
 4. Output: the kept tokens' beats from the feature memory at one beat per cycle; then, per beat of the
    package token, the pruned tokens' beats through ``lanes`` MACs and dividers
-   (:class:`tokensift.hw.package_mac.PackageMAC`).
+   (:class:`tokensift.hw.selector.package.PackageMAC`).
 
 :func:`cycles` gives the exact cycle count of a frame without stalls.
 """
@@ -53,9 +53,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from tokensift.checks import check_int
-from tokensift.hw.compactor import Compactor
-from tokensift.hw.histogram_select import HistogramSelect
-from tokensift.hw.package_mac import PackageMAC
+from tokensift.hw.selector.compactor import Compactor
+from tokensift.hw.selector.histogram import HistogramSelect
+from tokensift.hw.selector.package import PackageMAC
 from tokensift.quant.select import FIELD_BITS, RADIX_BITS, Mode, SelectorParams, Status
 
 __all__ = [
