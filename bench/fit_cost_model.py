@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import nnls
 
-from tokensift.hw.cost_registry import FITTED_BLOCKS, block_cost
-from tokensift.hw.resources import Resources
+from tokensift.hw.common.resources import Resources
+from tokensift.hw.cost.registry import FITTED_BLOCKS, block_cost
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = ROOT / "tests" / "hw" / "baselines"
@@ -35,6 +35,9 @@ METRICS = ("lut", "ff")
 
 #: (metrics fitted, with an intercept) per block: a memory's soft logic is 0 when it has none, and its
 #: flip-flops are exact rules
+#: coefficients smaller than this (in LUTs or FFs per unit of a feature) are dropped
+_NEGLIGIBLE = 1e-9
+
 SETTINGS = {"memory": (("lut",), False)}
 DEFAULT = (("lut", "ff"), True)
 
@@ -68,7 +71,8 @@ def fit_one(rows: list[dict], metric: str, intercept: bool = True) -> dict:
         p = X[i] @ c + rows[i]["exact"][metric]
         loo.append(abs(p - total[i]) / max(total[i], 1.0))
     coefs = {"const": float(coef[0])} if intercept else {}
-    coefs.update({n: float(c) for n, c in zip(varying, coef[1:], strict=True) if c != 0.0})
+    # a coefficient that only LAPACK rounding keeps off zero (1e-16 on one machine, 0 on another) is zero
+    coefs.update({n: float(c) for n, c in zip(varying, coef[1:], strict=True) if abs(c) > _NEGLIGIBLE})
     return {
         "coefficients": coefs,
         "errors": {"max_rel": float(rel.max()), "mean_rel": float(rel.mean()),
@@ -97,7 +101,7 @@ def rows_of(block: str) -> dict[str, list[dict]]:
 
 
 def fit_all() -> dict:
-    from tokensift.hw.resources import use_fit_table
+    from tokensift.hw.common.resources import use_fit_table
 
     blocks = {}
     try:

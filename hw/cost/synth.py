@@ -171,7 +171,10 @@ def synthesize_verilog(verilog: str, *, family: str, top: str = "top", cache_dir
         result = parse_stat(json.loads(stat_file.read_text()), family)
     result = {**result, "seconds": round(seconds, 2), "yosys": yosys.version}
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(result, indent=1, sort_keys=True))
+    # written under a private name, then renamed: a parallel test worker never reads half a file
+    partial = cached.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps(result, indent=1, sort_keys=True))
+    os.replace(partial, cached)
     return {**result, "cached": False}
 
 
