@@ -20,7 +20,8 @@ As released (PeiyanFlying/SPViT ``vit_l2_3keep_senet.py``: ``MultiheadPredictorL
   **unnormalised**, its division is commented out). ``package="mean"`` divides by ``sum_i p_i`` (tokensift's
   earlier form, the one the hardware package unit and :func:`tokensift.quant.select.package_token`
   compute). A package token is appended at **every** stage, also where an image pruned nothing (then it is
-  zero, and attended, as in the release); it is placed right after the class token and the earlier
+  zero, and attended, as in the release; with ``decision="topk"`` a stage whose schedule prunes nothing
+  adds none, as the hardware); it is placed right after the class token and the earlier
   package tokens and protected (the release appends it at the end: the order does not change any result).
 * **Decisions.** Training (mask path): hard Gumbel-softmax on the mixed log-probabilities (temperature
   ``tau``, default 1), multiplied by the previous stage's decisions, tokens masked in attention, as
@@ -185,22 +186,30 @@ class SPViTSelector(TokenSelector):
         return self.num_patches if stage < 0 else keep_count(self.num_patches, self.keep_ratio, stage)
 
     def adds_package(self, stage: int | None = None) -> bool:
-        """Every stage appends a package token (the release)."""
-        return True
+        """Whether the static schedule has a package token after ``stage``: where it prunes patches (with
+        ``decision="threshold"`` the forward appends one at every stage, as the release; the schedule
+        leaves out the zero token of a stage planned to prune nothing, as the hardware does)."""
+        stage = self.stage if stage is None else stage
+        return self.kept_patches(stage) < self.kept_patches(stage - 1)
+
+    def _appends_package(self) -> bool:
+        return self.decision == "threshold" or self.adds_package()
 
     def protected_in(self) -> int:
         """Protected tokens entering this stage: the class token and the earlier stages' package tokens."""
-        return 1 + self.stage
+        if self.decision == "threshold":
+            return 1 + self.stage
+        return 1 + sum(self.adds_package(s) for s in range(self.stage))
 
     def expected_tokens(self, n_in: int) -> int:
         """The planned schedule (with ``decision="threshold"`` each image's count varies around it)."""
-        return n_in - self.kept_patches(self.stage - 1) + self.kept_patches() + 1
+        return n_in - self.kept_patches(self.stage - 1) + self.kept_patches() + int(self.adds_package())
 
     def macs(self, n_in, n_out, dim: int):
         # every token but the class token is scored (the release scores the package tokens too); at counts
-        # no schedule reaches (fewer tokens than the protected ones) nothing is counted below 0
+        # no schedule reaches nothing is counted below 0
         scored = _at_least_zero(n_in - 1)
-        pruned = _at_least_zero(n_in - n_out + 1)
+        pruned = _at_least_zero(n_in - n_out + int(self._appends_package()))
         return scored * self.predictor.macs_per_token() + pruned * dim  # package: one MAC per pruned channel
 
     # -- the stage -----------------------------------------------------------------------------------
@@ -228,17 +237,20 @@ class SPViTSelector(TokenSelector):
         pruned = prev - keep
         keep_prob = torch.cat([prob.new_zeros(B, 1), prob[..., 0]], dim=1)
         pkg, _ = package_tokens(state.x, keep_prob, pruned, normalise=self.package == "mean")
+        if not self._appends_package():
+            pkg = pkg[:, :0]  # top-k at a stage planned to prune nothing: no (zero) package token
         if state.path == "mask":
             x, index, valid = state.x, state.index, keep
         else:
             indices, valid = pack_keep_mask(keep > 0.5)  # the protected tokens come first, in order
             x, index = gather_tokens(state.x, indices), torch.gather(state.index, 1, indices)
             valid = None if valid is None else valid.to(x.dtype)
+        E = pkg.shape[1]
         x = torch.cat([x[:, :P], pkg.to(x.dtype), x[:, P:]], dim=1)
-        index = torch.cat([index[:, :P], index.new_full((B, 1), -1), index[:, P:]], dim=1)
+        index = torch.cat([index[:, :P], index.new_full((B, E), -1), index[:, P:]], dim=1)
         if valid is not None:
-            valid = torch.cat([valid[:, :P], valid.new_ones(B, 1), valid[:, P:]], dim=1)
-        return state.replace(x=x, keep=valid, index=index, num_protected=P + 1, attn_info=None)
+            valid = torch.cat([valid[:, :P], valid.new_ones(B, E), valid[:, P:]], dim=1)
+        return state.replace(x=x, keep=valid, index=index, num_protected=P + E, attn_info=None)
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", heads={self.predictor.num_heads}, keep={self.kept_patches()}, "

@@ -98,14 +98,22 @@ def test_a_stage_that_prunes_nothing_still_appends_a_zero_package_token():
         pkg, total = package_tokens(torch.ones(1, 3, 2), torch.ones(1, 3), torch.zeros(1, 3), normalise=normalise)
         assert torch.equal(pkg, torch.zeros(1, 1, 2)) and float(total) == 0
     model = create_model(MODEL, method="spvit", keep_ratio=0.6).eval()
-    set_decision(model, "topk")
-    model.set_keep_ratio(1.0)  # keep every patch: nothing to package
+    with torch.no_grad():  # every predictor keeps every token
+        for sel in model.selectors.values():
+            for head in sel.predictor.heads:
+                head.out_conv[4].bias.copy_(torch.tensor([20.0, -20.0]))
     calls = _capture(model)
+    x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
-        state = model.forward_state(torch.randn(2, 1, 28, 28))
-    assert state.x.shape[1] == 1 + 3 + 49 and (state.index[:, 1:4] == -1).all()
+        state = model.forward_state(x)
+    assert state.x.shape[1] == 1 + 3 + 49 and (state.index[:, 1:4] == -1).all()  # as the release
     for s_in, s_out in calls:
         assert not s_out.x[:, s_in.num_protected].any()
+    set_decision(model, "topk")
+    model.set_keep_ratio(1.0)  # a schedule that prunes nothing: no package tokens (as the hardware)
+    with torch.no_grad():
+        state = model.forward_state(x)
+    assert state.x.shape[1] == 50 and (state.index >= 0).all()
 
 
 def test_threshold_decisions_keep_when_keep_is_likelier_than_drop_and_adapt_per_image():
