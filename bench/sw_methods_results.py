@@ -16,6 +16,10 @@ Writes ``bench/sw_methods_results.json`` and ``docs/img/accuracy_vs_flops.png`` 
 
     .venv/bin/python bench/sw_methods_results.py            # ~15 minutes on 2 CPU cores (cached dense)
     .venv/bin/python bench/sw_methods_results.py --quick    # a few steps per run, to check the script
+    .venv/bin/python bench/sw_methods_results.py --seeds 0 1 2 --methods spvit asvit  # rerun two methods
+
+With ``--methods``, only those methods are trained; the other methods' runs are kept from the existing
+``--out`` file and the summary, table and plot are rebuilt from all of them.
 """
 
 from __future__ import annotations
@@ -140,20 +144,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per run (default: 2)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", choices=sorted({m for m, _ in TRAINED}), default=None,
+                        help="train only these methods and keep the others' runs from --out (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "sw_methods_results.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "accuracy_vs_flops.png")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
     _, test = load_mnist()
+    methods = set(args.methods or (m for m, _ in TRAINED))
+    kept_rows = []
+    if args.methods and not args.quick:
+        if not args.out.exists():
+            parser.error(f"--methods keeps the other methods' runs from {args.out}, which does not exist")
+        kept_rows = [r for r in json.loads(args.out.read_text())["runs"] if r["method"] not in methods]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for method, keep in TRAINED:
+                if method not in methods:
+                    continue
                 rows += run_point(method, keep, seed, args.epochs, args.quick, test, Path(tmp))
                 last = rows[-1]
                 print(f"{method} {keep:g} seed {seed}: accuracy {last['accuracy']:.4f}, "
                       f"{1e3 * last['gflops']:.3f} MFLOPs ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    rows = kept_rows + rows
     dense = {"accuracy": statistics.fmean(r["dense_accuracy"] for r in rows), "gflops": rows[0]["dense_gflops"]}
     summary = summarise(rows)
     table = markdown(summary, dense)

@@ -100,12 +100,16 @@ def create_model(name: str, method: str = "none", keep_ratio: float | None = Non
         keep_ratio: the method's base keep ratio rho in (0, 1]; default 0.7 for pruning methods. The dense
             model ("none") accepts only None or 1.
         **kwargs: overrides of :class:`ViTConfig` fields (``num_classes``, ``prune_locs``, ``img_size``...).
+            Without ``prune_locs``, a method with its own locations (AS-ViT) uses them; others use the
+            model's.
 
     The returned model carries ``model.config`` (the :class:`ViTConfig`), ``model.method`` and
     ``model.keep_ratio``.
     """
     spec = get_method(method)
     cfg = get_config(name, **kwargs)
+    if spec.default_prune_locs is not None and kwargs.get("prune_locs") is None:
+        cfg = dataclasses.replace(cfg, prune_locs=tuple(spec.default_prune_locs(cfg)))
     if method == "none":
         if keep_ratio is not None and check_keep_ratio(keep_ratio) != 1.0:
             raise ValueError(f"the dense model (method 'none') keeps every token; keep ratio must be 1, "

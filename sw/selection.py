@@ -144,10 +144,13 @@ class AttnInfo:
     Attributes:
         cls_attn: (B, H, N) the class token's attention probabilities over all tokens.
         head_norm: (B, H) L2 norm of each head's output over the valid tokens (head importance).
+        head_token_norm: (B, H, N) L2 norm of each head's output at each token (AS-ViT's per-token head
+            importance).
     """
 
     cls_attn: Tensor
     head_norm: Tensor
+    head_token_norm: Tensor | None = None
 
 
 @dataclass
@@ -226,7 +229,8 @@ class TokenSelector(nn.Module):
         site: ``"pre"`` (runs before its block) or ``"mid"`` (between the block's attention and MLP).
         needs_attn_info: the selector reads :class:`AttnInfo` from the attention just before it.
         adaptive: the kept count depends on each image (e.g. a threshold); ``expected_tokens`` is then the
-            worst case, and FLOPs are counted on images (``count_flops(model, images)``).
+            worst case (or, for a method trained towards a schedule, as SPViT, that schedule), and FLOPs
+            are counted on images (``count_flops(model, images)``).
 
     ``stage`` (0, 1, 2, ...) is assigned by the model in block order.
     """

@@ -119,10 +119,11 @@ class Attention(nn.Module):
             o = self.attn_drop(attn) @ v
         info = None
         if want_info:
-            sq = o.square()
+            sq = o.square().sum(dim=-1)  # (B, H, N)
+            token_norm = sq.sqrt()
             if keep is not None:
-                sq = sq * keep[:, None, :, None]
-            info = AttnInfo(cls_attn=cls_attn, head_norm=sq.sum(dim=(-2, -1)).sqrt())
+                sq = sq * keep[:, None, :]
+            info = AttnInfo(cls_attn=cls_attn, head_norm=sq.sum(dim=-1).sqrt(), head_token_norm=token_norm)
         x = o.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x)), info
 

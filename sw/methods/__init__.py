@@ -70,6 +70,9 @@ class MethodSpec:
             ``(model config, keep_ratio) -> {block index: selector}``, for methods that need more of the
             configuration (e.g. ``num_heads``).
         prepare: called by ``create_model`` on the built model (e.g. to plan keep ratios from a budget).
+        default_prune_locs: when set, ``(model config) -> locations``: the method's own pruning locations,
+            used unless ``create_model`` is given ``prune_locs`` (AS-ViT prunes one block later than
+            DynamicViT).
         frozen_fraction: fraction of fine-tuning epochs with the backbone frozen (then it trains at
             ``backbone_lr_scale`` of the selector learning rate).
     """
@@ -84,6 +87,7 @@ class MethodSpec:
     extra: dict = field(default_factory=dict)
     selectors_from_config: Callable[[object, float], dict[int, TokenSelector]] | None = None
     prepare: Callable[[nn.Module], None] | None = None
+    default_prune_locs: Callable[[object], tuple[int, ...]] | None = None
 
 
 _METHODS: dict[str, MethodSpec] = {}

@@ -1,19 +1,31 @@
 """AS-ViT (Liu et al., 2023): adaptive token pruning by learned thresholds on head-weighted class attention.
 
-* **Score** (no predictor): the class token's attention to each token, summed over heads weighted by head
-  importance ``w_h = ||o_h|| / sum_j ||o_j||`` (the L2 norm of head ``h``'s attention output over the valid
-  tokens). Both come from :class:`tokensift.sw.selection.AttnInfo` of the block just before the stage,
-  i.e. from the attention that block computes anyway; no second attention pass. The integer reference is
-  :func:`tokensift.quant.select.head_weighted_scores`.
-* **Learnable threshold per stage**, before the 4th, 7th and 10th blocks of DeiT (0-indexed 3, 6, 9: the
-  model's ``prune_locs``, before blocks 1, 3, 5 of the 6-block MNIST model). A patch token is kept when
-  its score is greater than the stage's ``threshold = exp(log_threshold) / num_patches``; the learned
-  parameter is the logarithm of the threshold in units of uniform attention, because the scores are
-  heavy-tailed (a few tokens take most of the attention) and a step of the optimiser should move the
-  threshold by a ratio, not by an absolute amount. Training: a steep sigmoid of the log-ratio,
+As released (Cydia2018/AS-ViT ``vit.py``, ``main.py``, ``infer.py``), except where noted:
+
+* **Score** (no predictor): the class token's attention to each token, summed over heads weighted by the
+  head importance **of that token**, ``w_hj = ||o_hj|| / (sum_g ||o_gj|| + 1e-8)``, the L2 norm of head
+  ``h``'s attention output at token ``j`` over the heads' sum (``head_importance="token"``, the release's
+  ``Attention.forward``). ``head_importance="image"`` is tokensift's earlier variant, one weight per head
+  from the norm over all valid tokens: the form the hardware score combiner
+  (:func:`tokensift.quant.select.head_weighted_scores`) computes. Both come from
+  :class:`tokensift.sw.selection.AttnInfo` of the block just before the stage, i.e. from the attention
+  that block computes anyway (the release also scores from the previous block's attention).
+* **Where**: before the 5th, 8th and 11th blocks of DeiT (0-indexed 4, 7, 10, as the release's
+  ``main.py``/``infer.py``), one block later than DynamicViT's 3, 6, 9. On a model of another depth the
+  positions are scaled, ``round(l * depth / 12)`` (:func:`default_prune_locs`): 2, 4, 5 on the 6-block
+  MNIST model. ``create_model(..., prune_locs=...)`` overrides them.
+* **Learnable threshold per stage**. A patch token is kept when its score is greater than the stage's
+  ``threshold = exp(log_threshold) / num_patches`` (the release's hard rule ``score > keep_threshold``).
+  tokensift learns the logarithm of the threshold in units of uniform attention (the release learns the
+  threshold itself, initialised at 0.001 / 0.002 / 0.003 with a sigmoid of temperature 1e-4), because the
+  scores are heavy-tailed (a few tokens take most of the attention) and a step of the optimiser should
+  move the threshold by a ratio, not by an absolute amount. Training: a steep sigmoid of the log-ratio,
   ``sigmoid((log(score * num_patches) - log_threshold) / temperature)``, with a straight-through estimator
-  (hard 0/1 forward, sigmoid gradient). Inference: the hard comparison ``score > threshold``, so the number
-  of kept tokens adapts to each image; a batch keeps different counts per image (pad + mask).
+  (hard 0/1 forward, as the release; sigmoid gradient). Inference: the hard comparison ``score >
+  threshold``, so the number of kept tokens adapts to each image. In a batch each image keeps its own
+  tokens (pad + mask); the release's batched inference keeps the batch's ``floor(mean)`` count in every
+  image (its per-image rule runs only at batch size 1), which makes an image's prediction depend on the
+  other images of its batch: tokensift keeps the per-image rule.
 * **Budget-aware loss** (:class:`ASViTLoss`): cross-entropy + 2.0 x |FLOPs(soft counts) / dense FLOPs -
   rho| + 0.5 x (KL to the dense teacher + MSE on the kept tokens). ``keep_ratio`` is rho, the target
   FLOPs as a fraction of the dense model's; the FLOPs are ``model.budget`` (replaceable by a latency model).
@@ -30,7 +42,9 @@ Example:
     >>> model = create_model("vit_mnist_patch4_28", method="asvit", keep_ratio=0.6).eval()
     >>> images = torch.randn(8, 1, 28, 28)
     >>> _ = calibrate_thresholds(model, images)  # thresholds that meet 60% of the dense FLOPs here
-    >>> counts = model.forward_state(images).attn_tokens[1]  # tokens entering block 1, one count per image
+    >>> model.config.prune_locs  # the release's 4, 7, 10 of DeiT's 12 blocks, scaled to 6
+    (2, 4, 5)
+    >>> counts = model.forward_state(images).attn_tokens[2]  # tokens entering block 2, one count per image
     >>> tuple(counts.shape), round(count_flops(model, images).macs / model.budget.dense, 2)
     ((8,), 0.6)
 """
@@ -49,15 +63,42 @@ from ..losses_distill import add_distillation
 from ..selection import AttnInfo, TokenSelector, TokenState
 from . import MethodSpec, register_method
 
-__all__ = ["ASViTSelector", "ASViTLoss", "head_weighted_scores", "calibrate_thresholds"]
+__all__ = ["ASViTSelector", "ASViTLoss", "head_weighted_scores", "calibrate_thresholds", "default_prune_locs"]
 
 
-def head_weighted_scores(info: AttnInfo) -> Tensor:
-    """(B, N) class-token attention summed over heads, each head weighted by its normalised output norm."""
+HEAD_IMPORTANCE = ("token", "image")
+
+
+def head_weighted_scores(info: AttnInfo, head_importance: str = "token") -> Tensor:
+    """(B, N) class-token attention summed over heads, weighted by normalised head-output norms.
+
+    ``"token"``: each token's head weights are its head-output norms over their sum (the release);
+    ``"image"``: one weight per head from its output norm over all valid tokens.
+    """
+    if head_importance == "token":
+        norm = info.head_token_norm
+        w = norm / (norm.sum(dim=1, keepdim=True) + 1e-8)  # the release's epsilon
+        return (w * info.cls_attn).sum(dim=1)
     norm = info.head_norm
     total = norm.sum(dim=-1, keepdim=True)
     w = torch.where(total > 0, norm / total.clamp_min(1e-30), torch.full_like(norm, 1.0 / norm.shape[-1]))
     return (w[:, :, None] * info.cls_attn).sum(dim=1)
+
+
+#: the release's pruning locations on the 12-block DeiT (0-indexed blocks the stages run before)
+RELEASED_PRUNE_LOCS = (4, 7, 10)
+
+
+def default_prune_locs(cfg) -> tuple[int, ...]:
+    """AS-ViT's pruning locations for a model configuration: the release's 4, 7, 10 of 12 blocks, scaled
+    to ``cfg.depth`` (rounded half up, kept inside ``[1, depth - 1]`` and distinct).
+
+    >>> from types import SimpleNamespace
+    >>> default_prune_locs(SimpleNamespace(depth=12)), default_prune_locs(SimpleNamespace(depth=6))
+    ((4, 7, 10), (2, 4, 5))
+    """
+    locs = sorted({min(max(int(loc * cfg.depth / 12 + 0.5), 1), cfg.depth - 1) for loc in RELEASED_PRUNE_LOCS})
+    return tuple(locs)
 
 
 class ASViTSelector(TokenSelector):
@@ -69,6 +110,8 @@ class ASViTSelector(TokenSelector):
         keep_ratio: rho, the FLOPs target of the budget loss (not a per-stage count: counts adapt).
         threshold: initial threshold, in units of uniform attention ``1 / num_patches``.
         temperature: width of the training sigmoid on the log scale (smaller is steeper).
+        head_importance: ``"token"`` (per-token head weights, the release) or ``"image"`` (one weight per
+            head, as the hardware score combiner).
     """
 
     site = "pre"
@@ -76,8 +119,13 @@ class ASViTSelector(TokenSelector):
     adaptive = True
 
     def __init__(self, num_patches: int, num_heads: int, keep_ratio: float, threshold: float = 0.5,
-                 temperature: float = 0.2):
+                 temperature: float = 0.2, head_importance: str = "token"):
         super().__init__(keep_ratio)
+        if not isinstance(head_importance, str):
+            raise TypeError(f"head_importance must be a string, not {head_importance!r}")
+        if head_importance not in HEAD_IMPORTANCE:
+            raise ValueError(f"head_importance must be 'token' or 'image', not {head_importance!r}")
+        self.head_importance = head_importance
         if not threshold > 0:
             raise ValueError(f"threshold must be positive, not {threshold!r}")
         if not temperature > 0:
@@ -92,7 +140,7 @@ class ASViTSelector(TokenSelector):
         return self.log_threshold.exp() / self.num_patches
 
     def score(self, state: TokenState, info: AttnInfo | None) -> Tensor:
-        return head_weighted_scores(info)
+        return head_weighted_scores(info, self.head_importance)
 
     def decide(self, scores: Tensor, state: TokenState) -> Tensor:
         z = (scores * self.num_patches).clamp_min(1e-30).log() - self.log_threshold
@@ -111,7 +159,7 @@ class ASViTSelector(TokenSelector):
         return n_in * dim + n_in * self.num_heads
 
     def extra_repr(self) -> str:
-        return (super().extra_repr() + f", threshold={float(self.threshold.detach()) * self.num_patches:.4g}/"
+        return (super().extra_repr() + f", head_importance={self.head_importance!r}, threshold={float(self.threshold.detach()) * self.num_patches:.4g}/"
                 f"{self.num_patches}, temperature={self.temperature}")
 
 
@@ -206,6 +254,7 @@ register_method(MethodSpec(
     name="asvit",
     build_selectors=_needs_config,
     selectors_from_config=_selectors,
+    default_prune_locs=default_prune_locs,
     build_criterion=lambda rho, stages: ASViTLoss(rho, stages),
     uses_teacher=True,
     description="head-weighted class attention vs a learned threshold per stage, FLOPs-budget L1 loss",

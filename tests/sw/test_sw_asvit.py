@@ -9,14 +9,17 @@ import torch
 from tokensift.sw import create_model
 from tokensift.sw.flops import count_flops
 from tokensift.sw.methods import get_method
-from tokensift.sw.methods.asvit import ASViTLoss, ASViTSelector, calibrate_thresholds
+from tokensift.sw.methods.asvit import ASViTLoss, ASViTSelector, calibrate_thresholds, default_prune_locs
+from tokensift.sw.registry import get_config
 from tokensift.sw.vit import Attention
 
 MODEL = "vit_mnist_patch4_28"
 
 
 def _model(threshold=1.0, keep_ratio=0.6, **kwargs):
-    """A model whose attention is peaked (as after training), with every threshold set to ``threshold``."""
+    """A model whose attention is peaked (as after training), with every threshold set to ``threshold``;
+    stages before blocks 1, 3, 5 unless ``prune_locs`` is given."""
+    kwargs.setdefault("prune_locs", (1, 3, 5))
     model = create_model(MODEL, method="asvit", keep_ratio=keep_ratio, **kwargs)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -28,8 +31,11 @@ def _model(threshold=1.0, keep_ratio=0.6, **kwargs):
     return model
 
 
-def test_scores_are_class_attention_weighted_by_head_output_norms_from_the_existing_pass():
+@pytest.mark.parametrize("head_importance", ["token", "image"])
+def test_scores_are_class_attention_weighted_by_head_output_norms_from_the_existing_pass(head_importance):
     model = _model().eval()
+    for sel in model.selectors.values():
+        sel.head_importance = head_importance
     x = torch.randn(2, 1, 28, 28)
     calls = []
     for m in model.modules():
@@ -45,10 +51,22 @@ def test_scores_are_class_attention_weighted_by_head_output_norms_from_the_exist
         qkv = attn.qkv(model.blocks[0].norm1(h)).reshape(B, N, 3, 4, C // 4).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         a = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(-1)
-        norms = (a @ v).square().sum(dim=(-2, -1)).sqrt()  # (B, H)
-        w = norms / norms.sum(-1, keepdim=True)
-        expected = (w[:, :, None] * a[:, :, 0]).sum(1)
+        if head_importance == "token":  # each token's head-output norms over their sum (the release)
+            norms = (a @ v).norm(dim=-1)  # (B, H, N)
+            w = norms / (norms.sum(1, keepdim=True) + 1e-8)
+        else:  # one weight per head, from its output norm over all tokens
+            norms = (a @ v).square().sum(dim=(-2, -1)).sqrt()  # (B, H)
+            w = (norms / norms.sum(-1, keepdim=True))[:, :, None]
+        expected = (w * a[:, :, 0]).sum(1)
     torch.testing.assert_close(state.decisions[0].scores, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_default_pruning_locations_are_the_releases_scaled_to_the_depth():
+    assert default_prune_locs(get_config("deit_small_patch16_224")) == (4, 7, 10)
+    assert create_model(MODEL, method="asvit").config.prune_locs == (2, 4, 5)
+    assert create_model(MODEL, method="asvit", depth=12).config.prune_locs == (4, 7, 10)
+    assert create_model(MODEL, method="asvit", prune_locs=(1, 3)).config.prune_locs == (1, 3)
+    assert create_model(MODEL, method="dynamicvit").config.prune_locs == (1, 3, 5)
 
 
 def test_kept_count_adapts_to_each_image_and_class_token_is_never_pruned():
@@ -106,7 +124,7 @@ def test_budget_loss_decreases_on_a_short_run():
     crit = ASViTLoss(0.5, 3)
     opt = torch.optim.Adam([p for n, p in model.train().named_parameters() if n.startswith("selectors.")], lr=0.1)
     hist = []
-    for _ in range(12):
+    for _ in range(20):
         loss, parts = crit(model, None, x, y)
         opt.zero_grad()
         loss.backward()
@@ -157,6 +175,8 @@ def test_flops_counter_agrees_with_a_hand_count_per_image():
     ({"temperature": 0.0}, ValueError, r"^temperature must be positive, not 0\.0$"),
     ({"threshold": -1}, ValueError, r"^threshold must be positive, not -1$"),
     ({"keep_ratio": 0.0}, ValueError, r"^keep ratio must be in \(0, 1\], not 0\.0$"),
+    ({"head_importance": "head"}, ValueError, r"^head_importance must be 'token' or 'image', not 'head'$"),
+    ({"head_importance": None}, TypeError, r"^head_importance must be a string, not None$"),
 ])
 def test_errors(kwargs, exc, msg):
     with pytest.raises(exc, match=msg):

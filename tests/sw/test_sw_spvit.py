@@ -1,4 +1,5 @@
-"""SPViT: multi-head selector, package token (vs the integer reference), budget planning, both paths."""
+"""SPViT: multi-head selector, package token (vs the integer reference), decision rules, budget planning,
+both paths. Agreement with the released code: test_sw_release_agreement.py."""
 
 import math
 
@@ -17,6 +18,7 @@ from tokensift.sw.methods.spvit import (
     SPViTSelector,
     package_tokens,
     plan_keep_ratio,
+    set_decision,
     static_stage_counts,
 )
 
@@ -31,34 +33,50 @@ def _capture(model):
     return calls
 
 
+def _decisive(sel) -> None:
+    """Predictor weights of gain 3 and no bias: decisions that depend on each token (not all keep)."""
+    for lin in (m for m in sel.predictor.heads.modules() if isinstance(m, torch.nn.Linear)):
+        lin.weight.normal_(0.0, 3.0 / lin.in_features ** 0.5)
+        lin.bias.zero_()
+
+
+@pytest.mark.parametrize("package", ["sum", "mean"])
 @pytest.mark.parametrize("path", ["gather", "mask"])
-def test_class_token_kept_and_package_token_is_the_score_weighted_mean_of_the_newly_pruned(path):
+def test_class_token_kept_and_package_token_fuses_the_newly_pruned_by_keep_probability(path, package):
     model = create_model(MODEL, method="spvit", keep_ratio=0.6).eval()
+    set_decision(model, "topk")  # every stage prunes at this budget
+    for _, sel in model.stage_selectors():
+        sel.package = package
     calls = _capture(model)
     with torch.no_grad():
         state = model.forward_state(torch.randn(3, 1, 28, 28), path=path)
     assert (state.index[:, 0] == 0).all()
     assert len(calls) == 3
-    for stage, (s_in, s_out) in enumerate(calls):
+    for stage, ((_, sel), (s_in, s_out)) in enumerate(zip(model.stage_selectors(), calls, strict=True)):
         d = state.decisions[stage]
         assert (d.keep[:, 0] == 1).all() and (d.keep[:, 1:s_in.num_protected] == 1).all()
         P = s_in.num_protected
         assert P == 1 + stage and s_out.num_protected == P + 1
         assert (s_out.index[:, P] == -1).all()  # the new package token sits right after the protected ones
+        policy = (torch.ones(3, s_in.x.shape[1]) if s_in.keep is None else s_in.keep)[:, 1:, None]
+        with torch.no_grad():  # the predictor sees every token but the class token (earlier packages too)
+            logp, prob, _ = sel.predictor(s_in.x[:, 1:], policy)
+        torch.testing.assert_close(d.scores[:, 1:], logp[..., 0] - logp[..., 1])
         for b in range(3):
             cand = [i for i in range(s_in.x.shape[1]) if i >= P and (s_in.keep is None or s_in.keep[b, i] > 0.5)]
             pruned = [i for i in cand if d.keep[b, i] <= 0.5]
             assert pruned, "every stage prunes at this budget"
-            w = torch.tensor([float(d.scores[b, i]) for i in pruned], dtype=torch.float64)
-            feats = s_in.x[b, pruned].double()
-            expected = (w[:, None] * feats).sum(0) / w.sum()
-            torch.testing.assert_close(s_out.x[b, P].double(), expected, rtol=1e-5, atol=1e-6)
+            w = prob[b, [i - 1 for i in pruned], 0].double()
+            expected = (w[:, None] * s_in.x[b, pruned].double()).sum(0)
+            if package == "mean":
+                expected = expected / w.sum()
+            torch.testing.assert_close(s_out.x[b, P].double(), expected, rtol=1e-5, atol=1e-5)
             if path == "gather":  # the pruned tokens are gone, the kept ones stay in order
                 kept = [int(s_in.index[b, i]) for i in cand if d.keep[b, i] > 0.5]
                 assert s_out.index[b, P + 1:].tolist() == kept
 
 
-def test_package_formula_equals_the_integer_reference_on_integer_inputs():
+def test_normalised_package_formula_equals_the_integer_reference_on_integer_inputs():
     rng = np.random.default_rng(3)
     for _ in range(50):
         n, c = int(rng.integers(2, 12)), int(rng.integers(1, 6))
@@ -69,44 +87,82 @@ def test_package_formula_equals_the_integer_reference_on_integer_inputs():
         ref = int_package_token(x, s, pruned)
         got, total = package_tokens(torch.tensor(x[None], dtype=torch.float64),
                                     torch.tensor(s[None], dtype=torch.float64),
-                                    torch.tensor(pruned[None], dtype=torch.float64))
+                                    torch.tensor(pruned[None], dtype=torch.float64), normalise=True)
         assert float(total) == float((s * pruned).sum())
         rounded = torch.floor(got[0, 0] + 0.5).to(torch.int64).numpy()  # round half up, as the hardware
         assert rounded.tolist() == ref.tolist()
 
 
-def test_no_pruned_token_gives_no_package_token_and_a_zero_package():
-    pkg, total = package_tokens(torch.ones(1, 3, 2), torch.ones(1, 3), torch.zeros(1, 3))
-    assert torch.equal(pkg, torch.zeros(1, 1, 2)) and float(total) == 0
+def test_a_stage_that_prunes_nothing_still_appends_a_zero_package_token():
+    for normalise in (False, True):
+        pkg, total = package_tokens(torch.ones(1, 3, 2), torch.ones(1, 3), torch.zeros(1, 3), normalise=normalise)
+        assert torch.equal(pkg, torch.zeros(1, 1, 2)) and float(total) == 0
     model = create_model(MODEL, method="spvit", keep_ratio=0.6).eval()
-    model.set_keep_ratio(1.0)  # keep every patch: nothing to package
+    with torch.no_grad():  # every predictor keeps every token
+        for sel in model.selectors.values():
+            for head in sel.predictor.heads:
+                head.out_conv[4].bias.copy_(torch.tensor([20.0, -20.0]))
+    calls = _capture(model)
+    x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
-        state = model.forward_state(torch.randn(2, 1, 28, 28))
+        state = model.forward_state(x)
+    assert state.x.shape[1] == 1 + 3 + 49 and (state.index[:, 1:4] == -1).all()  # as the release
+    for s_in, s_out in calls:
+        assert not s_out.x[:, s_in.num_protected].any()
+    set_decision(model, "topk")
+    model.set_keep_ratio(1.0)  # a schedule that prunes nothing: no package tokens (as the hardware)
+    with torch.no_grad():
+        state = model.forward_state(x)
     assert state.x.shape[1] == 50 and (state.index >= 0).all()
 
 
-def test_heads_have_independent_predictors_and_each_gets_its_own_gradient():
+def test_threshold_decisions_keep_when_keep_is_likelier_than_drop_and_adapt_per_image():
+    torch.manual_seed(0)
+    model = create_model(MODEL, method="spvit", keep_ratio=0.6).eval()
+    sel = model.selectors["1"]
+    assert sel.decision == "threshold" and sel.adaptive
+    with torch.no_grad():
+        _decisive(sel)
+        state = model.forward_state(torch.randn(8, 1, 28, 28))
+    d = state.decisions[0]
+    assert torch.equal(d.keep[:, 1:] > 0.5, d.scores[:, 1:] > 0)
+    counts = (d.keep[:, 1:] > 0.5).sum(dim=1)
+    assert len(set(counts.tolist())) > 1
+    set_decision(model, "topk")
+    assert not sel.adaptive
+    with torch.no_grad():
+        counts = (model.forward_state(torch.randn(8, 1, 28, 28)).decisions[0].keep[:, 1:] > 0.5).sum(dim=1)
+    assert (counts == sel.kept_patches()).all()
+
+
+def test_heads_have_independent_predictors_and_per_token_head_weights():
     pred = MultiHeadPredictor(64, 4)
     params = [dict(h.named_parameters()) for h in pred.heads]
     assert len({id(p["in_conv.1.weight"]) for p in params}) == 4
     assert not torch.equal(params[0]["in_conv.1.weight"], params[1]["in_conv.1.weight"])
     x = torch.randn(2, 10, 64)
-    mixed, logits, weights = pred(x, torch.ones(2, 10, 1))
-    assert logits.shape == (2, 4, 10) and weights.shape == (2, 4)
-    assert ((weights > 0) & (weights < 1)).all()
-    lp = pred.heads[1](x[..., 16:32], torch.ones(2, 10, 1))  # head 1 sees channels 16..31 only
-    torch.testing.assert_close(logits[:, 1], lp[..., 0] - lp[..., 1])
-    torch.testing.assert_close(mixed, (weights[:, :, None] * logits).sum(1))
-    logits[:, 2].sum().backward()  # only head 2's predictor sees this gradient
-    grads = [h.in_conv[1].weight.grad for h in pred.heads]
-    assert grads[2] is not None and grads[2].abs().sum() > 0
-    assert all(g is None or not g.any() for i, g in enumerate(grads) if i != 2)
+    policy = torch.ones(2, 10, 1)
+    logp, prob, weights = pred(x, policy)
+    assert logp.shape == prob.shape == (2, 10, 2) and weights.shape == (2, 10, 4)
+    assert ((weights > 0) & (weights < 1)).all() and not torch.allclose(weights[:, 0], weights[:, 1])
+    torch.testing.assert_close(weights, pred.se(x.reshape(2, 10, 4, 16).mean(dim=-1)))
+    per_head = torch.stack([h(x[..., 16 * i:16 * (i + 1)], policy) for i, h in enumerate(pred.heads)], dim=2)
+    w = weights[..., None]
+    torch.testing.assert_close(logp, (w * per_head).sum(2) / w.sum(2))  # weighted mean of log-probabilities
+    torch.testing.assert_close(prob, (w * per_head.exp()).sum(2) / w.sum(2))
+    (logp[..., 0] - logp[..., 1]).sum().backward()
+    assert all(h.in_conv[1].weight.grad.abs().sum() > 0 for h in pred.heads)
 
 
-def test_mask_and_gather_paths_agree():
+@pytest.mark.parametrize("decision", ["threshold", "topk"])
+def test_mask_and_gather_paths_agree(decision):
+    torch.manual_seed(1)
     model = create_model(MODEL, method="spvit", keep_ratio=0.5).eval()
-    x = torch.randn(4, 1, 28, 28)
-    assert_mask_and_gather_agree(model, x)
+    set_decision(model, decision)
+    with torch.no_grad():
+        for sel in model.selectors.values():
+            _decisive(sel)
+    assert_mask_and_gather_agree(model, torch.randn(4, 1, 28, 28))
 
 
 def test_keep_ratios_come_from_the_budget_and_a_latency_callable_plugs_in():
@@ -176,10 +232,11 @@ def test_flops_counter_agrees_with_a_hand_count():
         return n * 16 * 48 + 2 * n * n * 16 + n * 16 * 16 + 2 * n * 16 * 32
 
     n1 = 1 + 1 + kept  # class token, package token, kept patches
-    predictor = 4 * 2 * (8 * 8 + 8 * 4 + 4 * 2 + 2 * 2) + 2 * 2 * 1  # per candidate per head, SE branch
+    predictor = 4 * (2 * (8 * 8 + 8 * 4 + 4 * 2 + 2 * 2) + 2 * 2 * 1)  # per scored token: heads, SE branch
     package = (4 - kept) * 16
     hand = 4 * 16 * 16 + block(5) + 2 * block(n1) + 16 * 10 + predictor + package
     assert count_flops(model).macs == hand
+    set_decision(model, "topk")  # the threshold rule's counts depend on the image
     with torch.no_grad():
         assert count_flops(model, torch.randn(3, 1, 8, 8)).macs == hand
 
@@ -194,6 +251,13 @@ def test_flops_counter_agrees_with_a_hand_count():
     (lambda: plan_keep_ratio(create_model(MODEL, method="dynamicvit"), 0.5), ValueError,
      r"^plan_keep_ratio needs a model whose token selectors are all SPViT selectors$"),
     (lambda: SPViTSelector(64, 4, 49, keep_ratio=1.5), ValueError, r"^keep ratio must be in \(0, 1\], not 1\.5$"),
+    (lambda: SPViTSelector(64, 4, 49, decision="gumbel"), ValueError,
+     r"^decision must be one of 'threshold', 'topk', not 'gumbel'$"),
+    (lambda: SPViTSelector(64, 4, 49, package=1), TypeError, r"^package must be a string, not 1$"),
+    (lambda: set_decision(create_model(MODEL, method="spvit"), "all"), ValueError,
+     r"^decision must be one of 'threshold', 'topk', not 'all'$"),
+    (lambda: set_decision(create_model(MODEL, method="evit"), "topk"), ValueError,
+     r"^set_decision needs a model whose token selectors are all SPViT selectors$"),
 ])
 def test_errors(call, exc, msg):
     with pytest.raises(exc, match=msg):

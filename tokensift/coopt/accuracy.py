@@ -43,6 +43,10 @@ def set_keep_point(model, method: str, point) -> None:
             raise ValueError(f"method {method!r} takes one keep ratio, not {len(point)}")
         for sel in sels:
             sel.set_keep_ratio(point[0])
+        if method == "spvit":  # a keep point is a static schedule: SPViT keeps its top-k, not its threshold rule
+            from tokensift.sw.methods.spvit import set_decision
+
+            set_decision(module, "topk")
     elif point:
         raise ValueError(f"the dense model takes no keep ratios, not {list(point)}")
 

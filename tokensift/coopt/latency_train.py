@@ -201,7 +201,9 @@ class LatencyPlan:
         if ratio >= 1.0:
             self.info["note"] = "the dense model already meets the target"
         if method == "spvit":
-            from tokensift.sw.methods.spvit import plan_keep_ratio
+            from tokensift.sw.methods.spvit import plan_keep_ratio, set_decision
+
+            set_decision(module, "topk")  # the latency plan is a static schedule: run it, not the threshold rule
 
             # the budget's stage tables hold the selectors' state (package tokens, protected counts) at the
             # time it is built: plan, rebuild at the planned schedule, plan again until it meets the target
