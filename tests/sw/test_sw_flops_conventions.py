@@ -114,6 +114,26 @@ def test_spvit_paper_count_leaves_the_package_tokens_out():
     assert tokens[-1] < attn[-1]
 
 
+def test_asvit_paper_count_on_images_follows_each_images_patches():
+    """Adaptive: on images, AS-ViT's formula counts each image's kept patch tokens, then the mean."""
+    torch.manual_seed(0)
+    from tokensift.sw.methods.asvit import calibrate_thresholds
+
+    model = create_model("vit_mnist_patch4_28", method="asvit", keep_ratio=0.6).eval()
+    x = torch.randn(4, 1, 28, 28)
+    calibrate_thresholds(model, x)  # thresholds that prune, so that the images keep different counts
+    report = count_flops(model, x, convention="paper")
+    with torch.no_grad():
+        state = model.forward_state(x, path="gather")
+    per_image = [[int(t[i]) if isinstance(t, torch.Tensor) else t for t in state.attn_tokens] for i in range(4)]
+    C, hidden = 64, 128
+    # Block.flops over the patch tokens (the class token left out), PatchEmbed.flops over the 49 patches
+    hand = [49 * 16 * C + sum(4 * p * C * C + 2 * p * p * C + 2 * p * C * hidden for p in (n - 1 for n in tokens))
+            for tokens in per_image]
+    assert len({sum(t) for t in per_image}) > 1  # the images really keep different counts
+    assert report.macs == pytest.approx(sum(hand) / 4, rel=1e-12)
+
+
 def test_asvit_formula_exactly():
     """AS-ViT's vit.py: 196 patch tokens per block, patch embedding over 196 tokens, no head, no scoring."""
     model = shapes_only("deit_small_patch16_224", "none")
