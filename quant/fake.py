@@ -151,9 +151,11 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
 
 def _is_patch_embed(module: nn.Module) -> bool:
     proj = getattr(module, "proj", None)
+    # a convolutional stem (LV-ViT) feeds ``proj`` from its own convolutions, not from the image: its layers
+    # are wrapped one by one instead
     return (isinstance(proj, nn.Conv2d) and not isinstance(proj, QuantConv2d) and hasattr(module, "patch_size")
             and proj.kernel_size == proj.stride and proj.padding == (0, 0) and proj.groups == 1
-            and proj.dilation == (1, 1))
+            and proj.dilation == (1, 1) and proj.in_channels == getattr(module, "in_chans", proj.in_channels))
 
 
 class QuantPatchEmbed(nn.Module):

@@ -158,10 +158,14 @@ class IntegerViT:
             softmax: the integer softmax's formats (default :class:`~tokensift.quant.softmax.SoftmaxParams`).
             multiplier_bits: width of the requantization multipliers.
         """
-        from tokensift.sw.vit import VisionTransformer
+        from tokensift.sw.vit import PatchEmbed, VisionTransformer
 
         if not isinstance(model, VisionTransformer):
             raise TypeError(f"model must be a tokensift.sw VisionTransformer, not {type(model).__name__}")
+        if (not isinstance(model.patch_embed, PatchEmbed) or model.aux_head is not None
+                or any(blk.residual_scale != 1.0 for blk in model.blocks)):
+            raise ValueError("the integer model runs ViT/DeiT backbones (one-convolution patch embedding, plain "
+                             "residuals, one head), not LV-ViT's stem, residual scale or auxiliary head")
         check_int("res_bits", res_bits, low=8, high=16, numpy=False, show="repr")
         softmax = SoftmaxParams() if softmax is None else softmax
         if not isinstance(softmax, SoftmaxParams):

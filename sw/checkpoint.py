@@ -1,5 +1,9 @@
 """Checkpoints: save ours, load ours and timm / DeiT ``.pth`` files (plain state dict or ``{"model": ...}``).
 
+DynamicViT's released checkpoints (DeiT and LV-ViT, ``raoyongming/DynamicViT``) name the prediction modules
+``score_predictor.{stage}.*``; they load into the stage's ``selectors.{block}.predictor.*`` unchanged (the
+modules are the same), so those files load as they are.
+
 A checkpoint that does not fit fails with one :class:`~tokensift.errors.CheckpointError` naming the first
 offending keys. ``strict=False`` tolerates only method-specific extras: missing selector parameters
 (``selectors.*``, e.g. when a dense DeiT checkpoint initialises a DynamicViT model) and unexpected extra
@@ -19,7 +23,8 @@ from torch import Tensor, nn
 
 from tokensift.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "read_checkpoint", "extract_state_dict", "load_checkpoint", "check_state_dict"]
+__all__ = ["save_checkpoint", "read_checkpoint", "extract_state_dict", "load_checkpoint", "check_state_dict",
+           "release_names"]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state", "module")
 _SHOWN = 3
@@ -106,10 +111,29 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor], strict: bool
     return {k: v for k, v in state.items() if k in own}
 
 
+def release_names(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with DynamicViT's released predictor names (``score_predictor.{stage}.``) renamed to the
+    stage's ``selectors.{block}.predictor.``, where ``model`` has a predictor at that stage; other keys as
+    they are."""
+    module = getattr(model, "module", model)
+    stages = getattr(module, "stage_selectors", None)
+    if stages is None or not any(k.startswith("score_predictor.") for k in state):
+        return dict(state)
+    prefixes = {f"score_predictor.{s}.": f"selectors.{block}.predictor."
+                for s, (block, sel) in enumerate(stages()) if hasattr(sel, "predictor")}
+    out = {}
+    for key, value in state.items():
+        head, dot, rest = key.partition(".")
+        stage, _, tail = rest.partition(".")
+        new = prefixes.get(f"{head}{dot}{stage}.") if head == "score_predictor" else None
+        out[key if new is None else new + tail] = value
+    return out
+
+
 def load_checkpoint(model: nn.Module, source: str | Path | Mapping, strict: bool = True) -> dict:
     """Load a checkpoint (a path, or an already loaded dict) into ``model``; return its ``meta`` dict."""
     obj = read_checkpoint(source) if isinstance(source, (str, Path)) else dict(source)
-    state = check_state_dict(model, extract_state_dict(obj), strict=strict)
+    state = check_state_dict(model, release_names(model, extract_state_dict(obj)), strict=strict)
     module = getattr(model, "module", model)
     module.load_state_dict(state, strict=False)
     meta = obj.get("meta")

@@ -47,6 +47,10 @@ class ViTConfig:
     drop_path_rate: float = 0.0
     weight_init: str = "timm"
     pos_embed_init: str = "trunc_normal"
+    embed_layer: str = "patch"
+    norm_eps: float = 1e-6
+    residual_scale: float = 1.0
+    aux_head: bool = False
     prune_locs: tuple[int, ...] = (3, 6, 9)
 
     @property
@@ -149,6 +153,18 @@ def deit_small_patch16_224() -> ViTConfig:
 @register_model
 def deit_base_patch16_224() -> ViTConfig:
     return ViTConfig("deit_base_patch16_224", embed_dim=768, depth=12, num_heads=12)
+
+
+@register_model
+def lvvit_s() -> ViTConfig:
+    """LV-ViT-S (Jiang et al., 2021; the papers' second backbone): 16 blocks of width 384, 6 heads, MLP ratio 3,
+    a convolutional stem, residual branches divided by 2, no ``qkv`` bias, LayerNorm eps 1e-5 and the
+    token-labelling auxiliary head, as DynamicViT's released ``LVViTDiffPruning`` (same state-dict keys).
+    Pruning stages before blocks 4, 8, 12 (DynamicViT's ``PRUNING_LOC`` for LV-ViT-S).
+    """
+    return ViTConfig("lvvit_s", embed_dim=384, depth=16, num_heads=6, mlp_ratio=3.0, qkv_bias=False,
+                     embed_layer="conv4", norm_eps=1e-5, residual_scale=0.5, aux_head=True,
+                     prune_locs=(4, 8, 12))
 
 
 @register_model

@@ -6,6 +6,13 @@ Module and parameter names follow ``timm.models.vision_transformer.VisionTransfo
 ``head``), so a timm or DeiT state dict loads without key mapping. LayerNorm eps is 1e-6, GELU is exact and
 the fused ``qkv`` output is laid out as (3, heads, head_dim), as in timm.
 
+LV-ViT (Jiang et al., 2021, the second backbone of the DynamicViT, SPViT and AS-ViT tables) is the same model
+with four changes, each a constructor argument: a convolutional stem (:class:`ConvStemPatchEmbed`,
+``embed_layer="conv4"``), residual branches divided by 2 (``residual_scale=0.5``, the release's
+``skip_lam=2``), LayerNorm eps 1e-5 and no ``qkv`` bias, and an auxiliary token-labelling head
+(``aux_head=True``: logits = head(class token) + 0.5 x max over the other tokens of aux_head(token)). Its
+parameter names are those of DynamicViT's released ``LVViTDiffPruning`` (and TokenLabeling's ``lvvit_s``).
+
 Token selectors (:class:`tokensift.sw.selection.TokenSelector`) sit in ``selectors``, a ``ModuleDict`` keyed by
 the index of the block they act on; each one runs either before the block (``site="pre"``) or between the
 block's attention and its MLP (``site="mid"``). The backbone never knows which method is in use.
@@ -31,12 +38,19 @@ from tokensift.checks import check_count, check_int
 
 from .selection import AttnInfo, TokenSelector, TokenState, masked_softmax
 
-__all__ = ["PatchEmbed", "Attention", "Mlp", "Block", "VisionTransformer", "sincos_pos_embed"]
+__all__ = ["PatchEmbed", "ConvStemPatchEmbed", "Attention", "Mlp", "Block", "VisionTransformer",
+           "sincos_pos_embed"]
 
 
 def _check_positive_int(name: str, value: object) -> int:
     check_int(name, value, numpy=False, show="repr")
     return check_count(name, value, numpy=False)
+
+
+def _check_images(x: Tensor, in_chans: int, img_size: int) -> None:
+    if x.ndim != 4 or tuple(x.shape[1:]) != (in_chans, img_size, img_size):
+        raise ValueError(f"input images must have shape (batch, {in_chans}, {img_size}, {img_size}), "
+                         f"not {tuple(x.shape)}")
 
 
 class PatchEmbed(nn.Module):
@@ -59,12 +73,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        expected = (self.in_chans, self.img_size, self.img_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"input images must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), "
-                f"not {tuple(x.shape)}"
-            )
+        _check_images(x, self.in_chans, self.img_size)
         # the convolution has stride == kernel size: a linear map of each flattened patch (same numbers,
         # and much faster than a strided convolution on CPU)
         B, C, H, W = x.shape
@@ -72,6 +81,59 @@ class PatchEmbed(nn.Module):
         patches = x.reshape(B, C, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(B, g * g, C * p * p)
         x = F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
         return self.norm(x)
+
+    def macs(self) -> int:
+        """Multiply-accumulates of the embedding (one per weight and patch)."""
+        return self.num_patches * self.in_chans * self.patch_size**2 * self.proj.out_channels
+
+
+class ConvStemPatchEmbed(nn.Module):
+    """LV-ViT's convolutional stem (DynamicViT's ``PatchEmbed4_2``): three convolutions with batch norm and
+    ReLU at half resolution, then a ``patch_size / 2`` projection with the same stride.
+
+    conv1 7x7 stride 2 (``in_chans`` -> 64), conv2 and conv3 3x3 (64 -> 64), all without bias; ``proj``
+    (64 -> ``embed_dim``) with bias. Parameter names are the release's (``conv1``, ``bn1``, ..., ``proj``).
+    """
+
+    stem_channels = 64
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 384):
+        super().__init__()
+        _check_positive_int("img_size", img_size)
+        _check_positive_int("patch_size", patch_size)
+        _check_positive_int("in_chans", in_chans)
+        _check_positive_int("embed_dim", embed_dim)
+        if patch_size % 2 or img_size % patch_size:
+            raise ValueError(f"the convolutional stem needs an even patch_size that divides img_size, not "
+                             f"patch_size {patch_size} and img_size {img_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size**2
+        c = self.stem_channels
+        self.conv1 = nn.Conv2d(in_chans, c, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(c, c, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.conv3 = nn.Conv2d(c, c, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c)
+        self.proj = nn.Conv2d(c, embed_dim, kernel_size=patch_size // 2, stride=patch_size // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_images(x, self.in_chans, self.img_size)
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        x = self.relu(self.bn3(self.conv3(x)))
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+    def macs(self) -> int:
+        """Multiply-accumulates of the four convolutions (batch norm and ReLU not counted)."""
+        half = (self.img_size // 2) ** 2  # conv1 has stride 2 and padding 3: a 112 x 112 output at 224
+        c = self.stem_channels
+        return (half * self.in_chans * c * 7 * 7 + 2 * half * c * c * 3 * 3
+                + self.num_patches * c * (self.patch_size // 2) ** 2 * self.proj.out_channels)
 
 
 class Attention(nn.Module):
@@ -163,14 +225,17 @@ class Block(nn.Module):
     """Pre-norm transformer block, split in two halves so a selector can act between them."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+                 proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 norm_eps: float = 1e-6, residual_scale: float = 1.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        # LV-ViT divides both residual branches by its skip_lam = 2; 1.0 is the plain ViT
+        self.residual_scale = residual_scale
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
                               proj_drop=proj_drop)
         self.ls1 = nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
         self.ls2 = nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -178,13 +243,21 @@ class Block(nn.Module):
     def forward_attn(self, x: Tensor, keep: Tensor | None = None, want_info: bool = False
                      ) -> tuple[Tensor, AttnInfo | None]:
         y, info = self.attn(self.norm1(x), keep=keep, want_info=want_info)
+        if self.residual_scale != 1.0:
+            y = y * self.residual_scale
         return x + self.drop_path1(self.ls1(y)), info
 
     def forward_mlp(self, x: Tensor) -> Tensor:
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        y = self.mlp(self.norm2(x))
+        if self.residual_scale != 1.0:
+            y = y * self.residual_scale
+        return x + self.drop_path2(self.ls2(y))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_mlp(self.forward_attn(x)[0])
+
+
+_EMBED_LAYERS = {"patch": PatchEmbed, "conv4": ConvStemPatchEmbed}
 
 
 def sincos_pos_embed(dim: int, grid_size: int) -> Tensor:
@@ -208,6 +281,11 @@ class VisionTransformer(nn.Module):
         img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias,
         drop_rate, attn_drop_rate, drop_path_rate: as in timm.
         weight_init, pos_embed_init: initialisation (see ``_init_weights``); no effect on loading weights.
+        embed_layer: ``"patch"`` (one strided convolution, ViT/DeiT) or ``"conv4"`` (LV-ViT's stem).
+        norm_eps: LayerNorm eps (1e-6 in timm's ViT/DeiT, 1e-5 in LV-ViT).
+        residual_scale: factor on every residual branch (0.5 in LV-ViT, whose release divides by 2).
+        aux_head: LV-ViT's token-labelling head: logits = head(class token) + 0.5 x the per-class maximum
+            of aux_head over the other tokens (those still kept, when pruning; none kept: no auxiliary term).
         selectors: block index -> :class:`TokenSelector`; empty for the dense model.
     """
 
@@ -215,28 +293,43 @@ class VisionTransformer(nn.Module):
                  num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, weight_init: str = "timm",
-                 pos_embed_init: str = "trunc_normal", selectors: Mapping[int, TokenSelector] | None = None):
+                 pos_embed_init: str = "trunc_normal", embed_layer: str = "patch", norm_eps: float = 1e-6,
+                 residual_scale: float = 1.0, aux_head: bool = False,
+                 selectors: Mapping[int, TokenSelector] | None = None):
         super().__init__()
         _check_positive_int("depth", depth)
         _check_positive_int("num_classes", num_classes)
+        if embed_layer not in _EMBED_LAYERS:
+            raise ValueError(f"embed_layer must be one of {', '.join(map(repr, _EMBED_LAYERS))}, "
+                             f"not {embed_layer!r}")
+        for name, value in (("norm_eps", norm_eps), ("residual_scale", residual_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, not {value!r}")
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be positive and finite, not {value}")
+        if not isinstance(aux_head, bool):
+            raise TypeError(f"aux_head must be True or False, not {aux_head!r}")
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 1
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = _EMBED_LAYERS[embed_layer](img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        # stochastic depth grows linearly over the blocks (timm's rule), computed without a tensor so that
+        # a model can be built on the meta device (shapes only, e.g. to count FLOPs)
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop=drop_rate, attn_drop=attn_drop_rate,
-                  drop_path=dpr[i])
+                  drop_path=dpr[i], norm_eps=norm_eps, residual_scale=residual_scale)
             for i in range(depth)
         ])
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.fc_norm = nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes)
+        self.aux_head = nn.Linear(embed_dim, num_classes) if aux_head else None
         self._init_weights(weight_init, pos_embed_init)
         self.selectors = nn.ModuleDict()
         for index, selector in (selectors or {}).items():
@@ -342,12 +435,29 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         return self.forward_state(x).x
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(self.fc_norm(x[:, 0]))  # class token pooling ('token'), as DeiT
-        return x if pre_logits else self.head(x)
+    def forward_head(self, x: Tensor, pre_logits: bool = False, keep: Tensor | None = None) -> Tensor:
+        """Logits from the final tokens ``x`` (B, N, C). With an auxiliary head, ``keep`` (B, N) marks the
+        tokens still kept (mask path, or padding on the gather path): the others do not enter its maximum."""
+        cls = self.head_drop(self.fc_norm(x[:, 0]))  # class token pooling ('token'), as DeiT
+        if pre_logits:
+            return cls
+        logits = self.head(cls)
+        if self.aux_head is not None and x.shape[1] > 1:
+            aux = self.aux_head(x[:, 1:])
+            if keep is not None:
+                kept = keep[:, 1:, None] > 0.5
+                # an image that kept no token besides the class token (an adaptive method may prune them
+                # all) gets no auxiliary term
+                aux = aux.masked_fill(~kept, float("-inf")).max(dim=1).values
+                aux = aux.masked_fill(~kept.any(dim=1), 0.0)
+            else:
+                aux = aux.max(dim=1).values
+            logits = logits + 0.5 * aux
+        return logits
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+        state = self.forward_state(x)
+        return self.forward_head(state.x, keep=state.keep)
 
     def extra_repr(self) -> str:
         return f"num_patches={self.num_patches}, selectors={len(self.selectors)}"

@@ -102,6 +102,13 @@ def _stage_inputs(attn: list, mlp: list, num_tokens, block: int, site: str):
     return attn[block]
 
 
+def _check_modelled(cfg) -> None:
+    """The cost model describes ViT/DeiT backbones: one-convolution patch embedding, one head."""
+    if cfg.embed_layer != "patch" or cfg.aux_head or cfg.residual_scale != 1.0:
+        raise ValueError(f"the hardware cost model describes ViT/DeiT backbones (one-convolution patch "
+                         f"embedding, one head), not {cfg.name}'s convolutional stem and auxiliary head")
+
+
 @dataclass(frozen=True)
 class ModelDesc:
     """What the cost needs to know about a ViT: sizes and its token selectors ``[(block, selector)]`` in
@@ -122,9 +129,11 @@ class ModelDesc:
         from tokensift.sw.flops import FlopsSpec
 
         model = getattr(model, "module", model)
+        cfg = getattr(model, "config", None)
+        if cfg is not None:
+            _check_modelled(cfg)
         spec = FlopsSpec.from_model(model)
         num_patches = spec.num_tokens - 1
-        cfg = getattr(model, "config", None)
         return cls(name=getattr(cfg, "name", type(model).__name__), dim=spec.dim, hidden=spec.hidden,
                    depth=spec.depth, heads=model.blocks[0].attn.num_heads, num_patches=num_patches,
                    patch_in=spec.patch_macs // (num_patches * spec.dim), num_classes=spec.head_macs // spec.dim,
@@ -145,6 +154,7 @@ class ModelDesc:
 
             return cls.from_model(create_model(name, method=method, keep_ratio=keep_ratio, **overrides))
         cfg = get_config(name, **overrides)
+        _check_modelled(cfg)
         keep_ratio = _keep_ratio(method, keep_ratio)
         for loc in cfg.prune_locs:
             if not isinstance(loc, int) or not 0 < loc < cfg.depth:

@@ -284,6 +284,10 @@ def test_model_config_errors():
     with pytest.raises(ValueError, match=r"^the dense model \(method 'none'\) keeps every token; keep ratio must "
                                          r"be 1, not 0\.5$"):
         ModelDesc.from_name("deit_tiny_patch16_224", keep_ratio=0.5)
+    with pytest.raises(ValueError, match=r"^the hardware cost model describes ViT/DeiT backbones \(one-convolution "
+                                         r"patch embedding, one head\), not lvvit_s's convolutional stem and "
+                                         r"auxiliary head$"):
+        ModelDesc.from_name("lvvit_s")
 
 
 # -- differentiable latency ----------------------------------------------------------------------------

@@ -4,9 +4,15 @@
     tokensift flops --model vit_mnist_patch4_28 --method asvit --checkpoint runs/asvit/asvit_keep0.6.pth \
         --images 1000
 
+    tokensift flops --model lvvit_s --method dynamicvit --keep 0.7 --convention paper --json
+
 Adaptive methods (AS-ViT, SaiT) keep a different number of tokens per image: their static count is the
 worst case (nothing pruned); ``--images N`` counts each of the first N bundled MNIST test images on the
 inference path and averages, ``--checkpoint`` loads the trained weights the counts depend on.
+
+``--convention macs`` (default) counts the true multiply-accumulates (``--count-norms`` adds LayerNorm and
+batch norm as fvcore counts them); ``--convention paper`` the method's published estimator, which reproduces
+the DynamicViT, SPViT and AS-ViT tables (see :mod:`tokensift.sw.flops`).
 """
 
 from __future__ import annotations
@@ -43,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=None, metavar="N",
                         help="count on the first N bundled MNIST test images (per-image counts of adaptive "
                              "methods); default: the static schedule")
+    parser.add_argument("--convention", default="macs", choices=["macs", "paper"],
+                        help="'macs': true multiply-accumulates; 'paper': the method's published estimator "
+                             "(default: %(default)s)")
+    parser.add_argument("--count-norms", action="store_true",
+                        help="add LayerNorm and batch norm as fvcore counts them (with --convention macs)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -62,21 +73,34 @@ def _mnist_images(model, model_name: str, n: int):
 
 
 def flops_summary(model_name: str, method: str, keep: float | None, locs: tuple[int, ...] | None = None,
-                  images: int | None = None, checkpoint: Path | None = None) -> dict:
-    """The ``--json`` object: GFLOPs (MACs) and tokens entering each block, with the dense reference."""
+                  images: int | None = None, checkpoint: Path | None = None, convention: str = "macs",
+                  count_norms: bool = False) -> dict:
+    """The ``--json`` object: GFLOPs and tokens entering each block, with the dense reference (same
+    convention)."""
+    import torch
+
     from tokensift.sw import create_model
     from tokensift.sw.checkpoint import load_checkpoint
-    from tokensift.sw.flops import count_flops
+    from tokensift.sw.flops import PAPER_ESTIMATORS, count_flops
 
+    if count_norms and convention != "macs":
+        raise InvalidArgumentError("--count-norms applies to --convention macs only (the papers' estimators "
+                                   "leave the norms out)")
+    if convention == "paper" and method not in PAPER_ESTIMATORS:
+        raise InvalidArgumentError(f"no published FLOPs estimator is reproduced for method {method!r} (only "
+                                   f"for {', '.join(sorted(PAPER_ESTIMATORS))}); use --convention macs")
     try:
         model = create_model(model_name, method=method, keep_ratio=keep, prune_locs=locs)
-        dense = create_model(model_name)
+        # the dense reference is counted, never run: its shapes are enough
+        with torch.device("meta"):
+            dense = create_model(model_name)
     except (ValueError, TypeError) as exc:
         raise InvalidArgumentError(str(exc)) from None
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     batch = None if images is None else _mnist_images(model, model_name, images)
-    report, dense_report = count_flops(model.eval(), batch), count_flops(dense)
+    kw = {"convention": convention, "norms": count_norms}
+    report, dense_report = count_flops(model.eval(), batch, **kw), count_flops(dense, **kw)
     adaptive = any(getattr(sel, "adaptive", False) for _, sel in model.stage_selectors())
     extra = {"adaptive": adaptive, "images": 0 if images is None else images}
     if adaptive and images is None:
@@ -86,6 +110,8 @@ def flops_summary(model_name: str, method: str, keep: float | None, locs: tuple[
         "model": model_name,
         "method": method,
         "keep": model.keep_ratio,
+        "convention": convention,
+        "count_norms": count_norms,
         "gflops": report.gflops,
         "tokens": report.attn_tokens,
         "mlp_tokens": report.mlp_tokens,
@@ -99,7 +125,8 @@ def flops_summary(model_name: str, method: str, keep: float | None, locs: tuple[
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = flops_summary(args.model, args.method, args.keep, args.locs, args.images, args.checkpoint)
+    summary = flops_summary(args.model, args.method, args.keep, args.locs, args.images, args.checkpoint,
+                            args.convention, args.count_norms)
     if args.json:
         from tokensift.cli import emit_json
 
@@ -108,9 +135,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    unit = {"macs": "GFLOPs (MACs" + (" + norms)" if summary["count_norms"] else ")"),
+            "paper": "GFLOPs (paper estimator)"}[summary["convention"]]
     table = Table(title=f"{summary['model']} / {summary['method']} / keep {summary['keep']:g}")
     table.add_column("part")
-    table.add_column("GFLOPs (MACs)", justify="right")
+    table.add_column(unit, justify="right")
     for part, value in summary["breakdown_gflops"].items():
         table.add_row(part, f"{value:.4f}")
     table.add_row("[bold]total", f"[bold]{summary['gflops']:.4f}")
