@@ -114,11 +114,12 @@ def model_clock(device, *, units=("attention", "linear"), package: bool = False,
     if clock_mhz is not None:
         if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or not clock_mhz > 0:
             raise ValueError(f"clock_mhz must be a positive number, not {clock_mhz!r}")
+        own = model_clock(dev, units=units, package=package, path=path)
+        if float(clock_mhz) == own.mhz:
+            return own  # the design's own clock passed along (the co-optimizer's answer to training)
         note = "given"
-        if dev.family == "ecp5":
-            measured = model_clock(dev, units=units, package=package, path=path)
-            if measured.source == "measured" and clock_mhz > measured.mhz:
-                note = f"given; above the {measured.mhz:g} MHz this design is measured to reach"
+        if own.source == "measured" and clock_mhz > own.mhz:
+            note = f"given; above the {own.mhz:g} MHz this design is measured to reach"
         return Clock(float(clock_mhz), "given", note, dev.clock_mhz)
     if dev.family != "ecp5":
         return Clock(dev.clock_mhz, "assumed",
