@@ -3,6 +3,7 @@
     python bench/bench_timing.py             # P&R every configuration at speed 6 and 8, print the table
     python bench/bench_timing.py --write     # ... and store the figures in tests/hw/baselines/fmax.json
     python bench/bench_timing.py --block requant --speeds 6
+    python bench/bench_timing.py --block selector --config demo_package --write   # one configuration
 
 Each configuration of :data:`GRID` is a block with ``tokensift generate`` parameters; it is synthesized with
 Yosys ``synth_ecp5`` and placed and routed out of context by nextpnr-ecp5 on the LFE5U-85F (CABGA381), default
@@ -90,14 +91,17 @@ def assumed_clocks() -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--block", action="append", default=None, help="only this block (repeatable)")
+    ap.add_argument("--config", action="append", default=None, help="only this configuration name (repeatable)")
     ap.add_argument("--speeds", default=",".join(map(str, DEFAULT_SPEEDS)), help="comma-separated speed grades")
     ap.add_argument("--write", action="store_true", help=f"store the figures in {BASELINE.relative_to(BASELINE.parents[3])}")
     ap.add_argument("--no-cache", action="store_true", help="run the tools even when a cached result exists")
     args = ap.parse_args(argv)
     speeds = tuple(int(s) for s in args.speeds.split(","))
-    grid = [g for g in GRID if args.block is None or g[0] in args.block]
+    grid = [g for g in GRID if (args.block is None or g[0] in args.block)
+            and (args.config is None or g[1] in args.config)]
     if not grid:
-        ap.error(f"no configuration of block {args.block}; blocks: {sorted({g[0] for g in GRID})}")
+        ap.error(f"no configuration of {args.block or ''} {args.config or ''} in the grid: "
+                 f"{', '.join(f'{g[0]}/{g[1]}' for g in GRID)}")
     rows = []
     for block, name, about, cfg_argv in grid:
         t = time.monotonic()
@@ -135,22 +139,20 @@ def write(rows: list[dict], speeds) -> None:
 
 
 def _print(rows: list[dict], speeds, clocks: dict) -> None:
-    head = ["block", "configuration", *(f"Fmax s{s}" for s in speeds), f"critical path (speed {speeds[0]})",
-            "logic/routing ns"]
-    table = [head]
+    """The tables, as Markdown (docs/cost.md quotes them as printed)."""
+    print("| block | configuration | " + " | ".join(f"Fmax speed {s} (MHz)" for s in speeds)
+          + f" | critical path at speed {speeds[0]}: from -> to | logic / routing ns |")
+    print("|---|---|" + "---:|" * len(speeds) + "---|---:|")
     for r in rows:
         cp = r["critical_path"][str(speeds[0])]
-        table.append([r["block"], r["name"], *(f"{r['fmax_mhz'][str(s)]:.1f}" for s in speeds),
-                      f"{cp['from'][:40]} -> {cp['to'][:40]}", f"{cp['logic_ns']:.2f} / {cp['routing_ns']:.2f}"])
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    for i, row in enumerate(table):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+        print(f"| {r['block']} | {r['name']}: {r['about']} | "
+              + " | ".join(f"{r['fmax_mhz'][str(s)]:.1f}" for s in speeds)
+              + f" | `{cp['from']}` -> `{cp['to']}` | {cp['logic_ns']:.1f} / {cp['routing_ns']:.1f} |")
     print()
-    print("clock the cost model's latency uses:")
+    print("| device | family | device clock (MHz) | clock the latency uses (MHz) | source |")
+    print("|---|---|---:|---:|---|")
     for name, c in clocks.items():
-        print(f"  {name:11s} {c['family']:5s} device {c['device_mhz']:g} MHz -> {c['mhz']:g} MHz ({c['source']})")
+        print(f"| {name} | {c['family']} | {c['device_mhz']:g} | {c['mhz']:g} | {c['source']} |")
 
 
 if __name__ == "__main__":
