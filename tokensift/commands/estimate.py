@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help=f"target device, e.g. zcu102, zcu104, kv260, pynq-z2, alveo-u250, ecp5-85f "
                              f"(default: {_DEFAULT_DEVICE}; with --block it sets the family)")
-    parser.add_argument("--clock-mhz", type=float, default=None, help="clock (default: the device's typical one)")
+    parser.add_argument("--clock-mhz", type=float, default=None,
+                        help="clock (default: on ECP5 the device's clock capped by the measured Fmax of the blocks, "
+                             "elsewhere the device's assumed clock)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     whole = parser.add_argument_group("whole model")
     whole.add_argument("--model", default="deit_small_patch16_224", choices=list_models(),
@@ -98,8 +100,7 @@ def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | 
     from tokensift.hw.cost.layer import HwConfig, ModelCost
 
     dev = get_device(device)
-    clock = float(clock_mhz) if clock_mhz is not None else dev.clock_mhz
-    if not clock > 0:
+    if clock_mhz is not None and not clock_mhz > 0:
         raise InvalidArgumentError(f"--clock-mhz must be positive, not {clock_mhz}")
     try:
         hw = HwConfig(lanes=lanes or 16, heads_parallel=heads_parallel, linear_lanes=linear_lanes)
@@ -113,6 +114,7 @@ def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | 
     except MissingFitError as exc:
         raise NotYetAvailableError(f"'tokensift estimate' of a whole model needs every block's LUT/FF fit ({exc}), "
                                    f"which is not implemented yet in this version of tokensift") from None
+    clock = cost.clock(dev, clock_mhz=clock_mhz)
     total = sum(units.values(), start=units["linear"] * 0)
     used = total.as_dict(dev.family)
     util, fits, problems = check_fit(used, dev)
@@ -133,8 +135,9 @@ def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | 
         "fits": fits,
         "problems": problems,
         "cycles": cycles,
-        "latency_ms": cycles / (clock * 1e3),
-        "clock_mhz": clock,
+        "latency_ms": cycles / (clock.mhz * 1e3),
+        "clock_mhz": clock.mhz,
+        "clock": clock.as_dict(),
         "tokens": sched.attn_tokens,
         "units": {name: {"resources": r.as_dict(dev.family)} for name, r in units.items()},
         "fixed": cost.fixed_cycles(),
@@ -284,6 +287,7 @@ def _print_model(summary: dict) -> None:
     console.print(cyc)
     console.print(f"patch embedding {summary['fixed']['patch_embed']} cycles, head {summary['fixed']['head']} cycles")
     console.print(f"[bold]{summary['cycles']} cycles = {summary['latency_ms']:.3f} ms at {summary['clock_mhz']:g} MHz")
+    console.print(f"clock {summary['clock_mhz']:g} MHz: {summary['clock']['note']}")
     if summary["fits"]:
         console.print(f"[green]fits on {summary['device']}")
     else:

@@ -260,6 +260,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                      "images": len(eval_set)},
         "keep": {"per_stage": list(keep), "tokens": chosen["keep"]["tokens"]},
         "hw": hw,
+        "clock": chosen["clock"],
         "cycles": model_cycles,
         "latency_ms": latency_ms,
         "fps": 1e3 / latency_ms,
@@ -330,7 +331,8 @@ def render_table(s: dict) -> str:
     sim = s["simulation"]
     hw = s["hw"]
     rows = [
-        ("device", f"{s['device']['name']} ({s['device']['part']}), {hw['clock_mhz']:g} MHz"),
+        ("device", f"{s['device']['name']} ({s['device']['part']})"),
+        ("clock", f"{hw['clock_mhz']:g} MHz, {s['clock']['note']}"),
         ("target", f"{s['target_latency_ms']:.4g} ms per image ({s['target']})"),
         ("accuracy float, dense", f"{100 * acc['float_dense']:.2f}% ({acc['images']} MNIST test images)"),
         ("accuracy float, pruned", f"{100 * acc['float_pruned']:.2f}%"),

@@ -148,6 +148,7 @@ class CostEvaluator:
         self.resource_model: str | None = None
         self._resources: np.ndarray | None = None
         self._columns: dict[tuple, tuple] = {}
+        self._clocks: dict[float, dict] = {}
         self._lowest = min(self.keep_space.values) if self.kind != "none" else 1.0
         self._check_hw_space()
 
@@ -443,6 +444,7 @@ class CostEvaluator:
         latency = cycles / (choice.clock_mhz * 1e3)
         return {
             "hw": choice.as_dict(),
+            "clock": self.clock_info(choice.clock_mhz),
             "keep": {"kind": self.kind, "point": list(sched.point), "kept_fraction": sched.kept_fraction,
                      "tokens": list(sched.attn), "mlp_tokens": list(sched.mlp)},
             "cycles": cycles,
@@ -459,6 +461,17 @@ class CostEvaluator:
             "gflops": sched.macs / 1e9,
             "retained_flops": sched.retained,
         }
+
+    def clock_info(self, mhz: float) -> dict:
+        """Where a clock of the space comes from (:class:`tokensift.hw.cost.clock.Clock` as a dict): the
+        measured or assumed clock of the device, or one given in the space."""
+        from tokensift.hw.cost.clock import clock_for_desc
+
+        if mhz not in self._clocks:
+            default = clock_for_desc(self.desc, self.device)
+            self._clocks[mhz] = (default if mhz == default.mhz
+                                 else clock_for_desc(self.desc, self.device, clock_mhz=mhz)).as_dict()
+        return self._clocks[mhz]
 
     def dense_cycles(self, h: int) -> int:
         """Cycles of the unpruned model (no selectors) on hardware point ``h``."""

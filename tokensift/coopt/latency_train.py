@@ -136,7 +136,9 @@ class LatencyPlan:
 
     Args:
         device: device name; ``hw``: a :class:`tokensift.hw.cost.layer.HwConfig`; ``clock_mhz``: the clock
-            (default: the device's typical one); ``target_ms``: latency per image.
+            (default: the model's, :func:`tokensift.hw.cost.clock.clock_for_cost`: measured on ECP5, the
+            device's assumed clock elsewhere; fixed by the first :meth:`budget_for`); ``target_ms``: latency
+            per image.
         stage_keep: EViT's per-stage keep ratios (default: searched).
         weight: weight of the latency term DynamicViT gets.
         calib_images: training images for SaiT's density calibration and AS-ViT's thresholds.
@@ -158,7 +160,12 @@ class LatencyPlan:
         if isinstance(self.target_ms, bool) or not isinstance(self.target_ms, (int, float)) \
                 or not self.target_ms > 0 or not math.isfinite(self.target_ms):
             raise ValueError(f"the target latency must be a positive number of milliseconds, not {self.target_ms!r}")
-        self.clock_mhz = float(self.clock_mhz if self.clock_mhz is not None else dev.clock_mhz)
+        if self.clock_mhz is not None:
+            if isinstance(self.clock_mhz, bool) or not isinstance(self.clock_mhz, (int, float)) \
+                    or not self.clock_mhz > 0:
+                raise ValueError(f"clock_mhz must be a positive number, not {self.clock_mhz!r}")
+            self.clock_mhz = float(self.clock_mhz)
+        self._device = dev
 
     # -- before training ---------------------------------------------------------------------------------
     def budget_for(self, model):
@@ -176,7 +183,10 @@ class LatencyPlan:
 
         desc = ModelDesc.from_model(getattr(model, "module", model))
         desc = dataclasses.replace(desc, selectors=tuple((b, _ClampedMacs(sel)) for b, sel in desc.selectors))
-        return LatencyBudget(desc, self.hw, self.device, clock_mhz=self.clock_mhz)
+        budget = LatencyBudget(desc, self.hw, self.device, clock_mhz=self.clock_mhz)
+        # without a given clock the model's own (measured on ECP5, assumed elsewhere) is the plan's from now on
+        self.clock_mhz = budget.clock_mhz
+        return budget
 
     def _unreachable(self, method: str, best_ms: float, dense_ms: float) -> ValueError:
         return ValueError(f"a latency target of {self.target_ms:g} ms is below what {method} reaches with this "
@@ -275,7 +285,9 @@ class LatencyPlan:
         hw = self.hw
         ev_space = HwSpace(lanes=(hw.lanes,), heads_parallel=(hw.heads_parallel,),
                            linear_lanes=(hw.linear_lanes or hw.lanes,), selector_lanes=(hw.selector_lanes or hw.lanes,),
-                           softmax=(hw.softmax or "exp2_lut",), clock_mhz=(self.clock_mhz,))
+                           softmax=(hw.softmax or "exp2_lut",),
+                           clock_mhz=(self.clock_mhz if self.clock_mhz is not None
+                                      else self.budget_for(module).clock_mhz,))
         sels = [sel for _, sel in module.stage_selectors()]
         if self.stage_keep is not None:
             if len(self.stage_keep) != len(sels):
@@ -330,7 +342,8 @@ class LatencyPlan:
         return {
             "device": self.device,
             "hw": asdict(self.hw),
-            "clock_mhz": self.clock_mhz,
+            "clock_mhz": budget.clock_mhz,
+            "clock": budget.clock.as_dict(),
             "target_latency_ms": float(self.target_ms),
             **self.info,
             "latency_ms": float(ms.mean()),

@@ -101,7 +101,7 @@ def _fmt_point(p: dict) -> list[str]:
         f"| attention | {hw['lanes']} lanes x {hw['heads_parallel']} cores, {hw['softmax']} |",
         f"| linear array | {hw['linear_lanes']} lanes |",
         f"| token selector | {hw['selector_lanes']} lanes |",
-        f"| clock | {hw['clock_mhz']:g} MHz |",
+        f"| clock | {hw['clock_mhz']:g} MHz ({p['clock']['note']}) |",
         f"| keep ({p['keep']['kind']}) | {p['keep']['point']} |",
         f"| tokens per layer | {p['keep']['tokens']} |",
         f"| cycles | {p['cycles']:,} (attention {p['cycles_by_unit']['attention']:,}, linear "

@@ -393,6 +393,7 @@ def co_optimize(model, *, method: str | None = None, device="pynq-z2", target_la
         "target": {"latency_ms": target, "fps": 1e3 / target},
         "feasible": chosen is not None,
         "message": message,
+        "clock": (chosen or closest)["clock"],
         "search": info,
         "objectives": {"latency_ms": "minimize", "max_utilization": "minimize", acc_name: "maximize"},
         "constraint": f"max_utilization <= 1 over {', '.join(ev.resource_keys())} of the device",

@@ -203,8 +203,9 @@ def default_hw_space(desc, device, clock_mhz=None) -> HwSpace:
 
     Attention lanes: powers of two dividing the head width (up to 64); parallel cores: powers of two up to
     the head count, and the head count; linear lanes: powers of two from 4 to the device's DSPs (at most
-    256, the MAC array's limit); selector lanes: powers of two dividing the width (4..64); both softmax variants; the device's
-    typical clock unless ``clock_mhz`` (a number or a sequence) is given.
+    256, the MAC array's limit); selector lanes: powers of two dividing the width (4..64); both softmax variants; the
+    clock of :func:`tokensift.hw.cost.clock.clock_for_desc` (ECP5: measured, elsewhere the device's assumed
+    clock) unless ``clock_mhz`` (a number or a sequence) is given.
     """
     head_dim = desc.dim // desc.heads
     lanes = _powers_of_two(1, min(64, head_dim), head_dim)
@@ -212,7 +213,9 @@ def default_hw_space(desc, device, clock_mhz=None) -> HwSpace:
     linear = _powers_of_two(4, max(4, min(256, device.dsp)))
     sel = _powers_of_two(4, min(64, desc.dim), desc.dim) or (desc.dim,)
     if clock_mhz is None:
-        clocks = (device.clock_mhz,)
+        from tokensift.hw.cost.clock import clock_for_desc
+
+        clocks = (clock_for_desc(desc, device).mhz,)
     elif isinstance(clock_mhz, (int, float)):
         clocks = (float(clock_mhz),)
     else:

@@ -1,0 +1,159 @@
+"""Fmax of every generated block after place and route on ECP5, next to the clocks the cost model uses.
+
+    python bench/bench_timing.py             # P&R every configuration at speed 6 and 8, print the table
+    python bench/bench_timing.py --write     # ... and store the figures in tests/hw/baselines/fmax.json
+    python bench/bench_timing.py --block requant --speeds 6
+    python bench/bench_timing.py --block selector --config demo_package --write   # one configuration
+
+Each configuration of :data:`GRID` is a block with ``tokensift generate`` parameters; it is synthesized with
+Yosys ``synth_ecp5`` and placed and routed out of context by nextpnr-ecp5 on the LFE5U-85F (CABGA381), default
+seed, 100 MHz constraint (:mod:`tokensift.hw.cost.pnr`; results cached under ``build/pnr``). The table shows
+Fmax at each speed grade, the speed-6 critical path, and the clocks the cost model assumes: on ECP5 the
+device database's 100 MHz capped by the measured Fmax (:mod:`tokensift.hw.cost.clock`); on the Xilinx
+families the database's clocks, assumed because no open place and route exists for them. ``fmax.json`` is
+what the cost model's ECP5 clock reads and what ``tests/hw/test_fmax_baselines.py`` (slow) re-measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+#: (block, configuration name, what it is, ``tokensift generate BLOCK`` arguments)
+GRID: list[tuple[str, str, str, list[str]]] = [
+    ("attention", "deit_s", "DeiT-S: n-max 197, head-dim 64, 16 lanes",
+     ["--n-max", "197", "--head-dim", "64", "--lanes", "16"]),
+    ("attention", "demo", "demo (vit_mnist): n-max 50, head-dim 16, 16 lanes x 4 cores",
+     ["--n-max", "50", "--head-dim", "16", "--lanes", "16", "--heads-parallel", "4"]),
+    ("selector", "deit_s", "DeiT-S: n-max 197, dim 384, 16 lanes",
+     ["--n-max", "197", "--dim", "384", "--lanes", "16"]),
+    ("selector", "deit_s_package", "DeiT-S + package token",
+     ["--n-max", "197", "--dim", "384", "--lanes", "16", "--package"]),
+    ("selector", "demo_package", "demo (vit_mnist): n-max 50, dim 64, int16 features, 16 lanes, package token",
+     ["--n-max", "50", "--dim", "64", "--lanes", "16", "--feature-bits", "16", "--package"]),
+    ("score_combiner", "deit_s", "DeiT-S: n-max 197, 6 heads, 1 lane", ["--n-max", "197", "--heads", "6"]),
+    ("score_combiner", "deit_s_16_lanes", "DeiT-S: n-max 197, 6 heads, 16 lanes",
+     ["--n-max", "197", "--heads", "6", "--lanes", "16"]),
+    ("score_combiner", "demo", "demo (vit_mnist): n-max 50, 4 heads, 1 lane", ["--n-max", "50", "--heads", "4"]),
+    ("requant", "default", "int32 -> int8, multiplier 12345, shift 20", ["--multiplier", "12345", "--shift", "20"]),
+]
+#: the speed grades measured by default (6: the issue's goal; 8: the stretch and the ECP5-85F in the device
+#: database)
+DEFAULT_SPEEDS = (6, 8)
+BASELINE = Path(__file__).resolve().parents[1] / "tests" / "hw" / "baselines" / "fmax.json"
+
+
+def build(block: str, argv: list[str]):
+    """The component, top-level name and parameters of ``tokensift generate BLOCK argv``."""
+    from tokensift.commands import blocks
+
+    glue = blocks.load(block)
+    parser = argparse.ArgumentParser(prog=f"tokensift generate {block}")
+    glue.add_generate_arguments(parser)
+    component, top, params = glue.build(parser.parse_args(argv))
+    return component, top, {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool))}
+
+
+def measure(block: str, argv: list[str], speeds, *, use_cache: bool = True) -> dict:
+    """P&R one configuration at each speed grade: ``{"params", "fmax_mhz": {speed: MHz}, "critical_path",
+    "utilization"}`` (the path and utilization at the first speed)."""
+    from tokensift.hw.cost.pnr import place_and_route
+
+    component, top, params = build(block, argv)
+    out = {"params": params, "top": top, "fmax_mhz": {}, "critical_path": {}, "seconds": {}}
+    for speed in speeds:
+        r = place_and_route(component, top=top, speed=speed, use_cache=use_cache)
+        out["fmax_mhz"][str(speed)] = r["fmax_mhz"]
+        cp = r["critical_path"]
+        out["critical_path"][str(speed)] = {k: cp[k] for k in ("from", "to", "logic_ns", "routing_ns", "total_ns")}
+        out["seconds"][str(speed)] = r["seconds"]
+        out["utilization"] = r["utilization"]
+        out["tools"] = {"yosys": r["yosys"], "nextpnr": r["nextpnr"]}
+    return out
+
+
+def assumed_clocks() -> dict:
+    """The clock the cost model uses per device (and whether it is measured)."""
+    from tokensift.devices import get_device, list_devices
+    from tokensift.hw.cost.clock import model_clock
+
+    out = {}
+    for name in list_devices():
+        dev = get_device(name)
+        clk = model_clock(dev, units=("attention", "selector", "linear"), package=True)
+        out[name] = {"family": dev.family, "device_mhz": dev.clock_mhz, "mhz": clk.mhz, "source": clk.source}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--block", action="append", default=None, help="only this block (repeatable)")
+    ap.add_argument("--config", action="append", default=None, help="only this configuration name (repeatable)")
+    ap.add_argument("--speeds", default=",".join(map(str, DEFAULT_SPEEDS)), help="comma-separated speed grades")
+    ap.add_argument("--write", action="store_true", help=f"store the figures in {BASELINE.relative_to(BASELINE.parents[3])}")
+    ap.add_argument("--no-cache", action="store_true", help="run the tools even when a cached result exists")
+    args = ap.parse_args(argv)
+    speeds = tuple(int(s) for s in args.speeds.split(","))
+    grid = [g for g in GRID if (args.block is None or g[0] in args.block)
+            and (args.config is None or g[1] in args.config)]
+    if not grid:
+        ap.error(f"no configuration of {args.block or ''} {args.config or ''} in the grid: "
+                 f"{', '.join(f'{g[0]}/{g[1]}' for g in GRID)}")
+    rows = []
+    for block, name, about, cfg_argv in grid:
+        t = time.monotonic()
+        m = measure(block, cfg_argv, speeds, use_cache=not args.no_cache)
+        print(f"{block} {name}: " + ", ".join(f"speed {s} {m['fmax_mhz'][str(s)]:g} MHz" for s in speeds)
+              + f" ({time.monotonic() - t:.0f} s)", file=sys.stderr)
+        rows.append({"block": block, "name": name, "about": about, "args": cfg_argv, **m})
+        if args.write:
+            # after every configuration: a long run that is stopped keeps what it measured
+            write(rows, speeds)
+    _print(rows, speeds, assumed_clocks())
+    if args.write:
+        print(f"wrote {BASELINE}", file=sys.stderr)
+    return 0
+
+
+def write(rows: list[dict], speeds) -> None:
+    """Store ``rows`` in the baseline file, replacing their configurations and keeping the others."""
+    configs = [{k: r[k] for k in ("block", "name", "about", "args", "params", "fmax_mhz", "critical_path",
+                                  "utilization", "tools")} for r in rows]
+    order = {(b, n): i for i, (b, n, _, _) in enumerate(GRID)}
+    if BASELINE.exists():
+        done = {(c["block"], c["name"]) for c in configs}
+        configs += [c for c in json.loads(BASELINE.read_text())["configs"]
+                    if (c["block"], c["name"]) not in done and (c["block"], c["name"]) in order]
+    configs.sort(key=lambda c: order.get((c["block"], c["name"]), len(order)))
+    data = {"_about": "Fmax (MHz) after place and route: Yosys synth_ecp5, nextpnr-ecp5 out of context on the "
+                      "LFE5U-85F CABGA381, default seed, 100 MHz constraint; critical path per speed grade, "
+                      "utilization at the first. Written by `python bench/bench_timing.py --write`; read by "
+                      "tokensift.hw.cost.clock; re-measured by tests/hw/test_fmax_baselines.py (slow).",
+            "speeds": list(speeds), "constraint_mhz": 100.0, "configs": configs}
+    partial = BASELINE.with_suffix(".tmp")
+    partial.write_text(json.dumps(data, indent=1) + "\n")
+    partial.replace(BASELINE)
+
+
+def _print(rows: list[dict], speeds, clocks: dict) -> None:
+    """The tables, as Markdown (docs/cost.md quotes them as printed)."""
+    print("| block | configuration | " + " | ".join(f"Fmax speed {s} (MHz)" for s in speeds)
+          + f" | critical path at speed {speeds[0]}: from -> to | logic / routing ns |")
+    print("|---|---|" + "---:|" * len(speeds) + "---|---:|")
+    for r in rows:
+        cp = r["critical_path"][str(speeds[0])]
+        print(f"| {r['block']} | {r['name']}: {r['about']} | "
+              + " | ".join(f"{r['fmax_mhz'][str(s)]:.1f}" for s in speeds)
+              + f" | `{cp['from']}` -> `{cp['to']}` | {cp['logic_ns']:.1f} / {cp['routing_ns']:.1f} |")
+    print()
+    print("| device | family | device clock (MHz) | clock the latency uses (MHz) | source |")
+    print("|---|---|---:|---:|---|")
+    for name, c in clocks.items():
+        print(f"| {name} | {c['family']} | {c['device_mhz']:g} | {c['mhz']:g} | {c['source']} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

