@@ -7,7 +7,8 @@ accuracy is measured on the fixed 1,000-image MNIST test split; GFLOPs (MACs) ar
 on the inference path and averaged (AS-ViT and SaiT keep a different number of tokens per image).
 
 * DynamicViT: keep ratio rho (``int(49 * rho ** s)`` patches after stage s), one run per rho.
-* SPViT: the budget (target FLOPs / dense FLOPs); keep ratios planned from it; one run per budget.
+* SPViT: the budget (target FLOPs / dense FLOPs); keep ratios planned from it; one run per budget, measured
+  with the default noise-free threshold rule (and, in the JSON's ``topk``, with the planned top-k).
 * AS-ViT: rho, the FLOPs target of the budget loss; one run per rho (counts adapt per image).
 * SaiT: ONE run (sparse steps at attention masses 0.85 / 0.9 / 0.95 alternating with dense steps),
   evaluated at several run-time settings with ``model.set_keep_ratio`` (1.0 is the dense model, bit for bit).
@@ -39,6 +40,7 @@ from tokensift.sw import create_model
 from tokensift.sw.checkpoint import load_checkpoint
 from tokensift.sw.data import load_mnist
 from tokensift.sw.flops import count_flops
+from tokensift.sw.methods.spvit import set_decision
 from tokensift.sw.pipeline import PipelineConfig, run_pipeline
 from tokensift.sw.train import evaluate
 
@@ -72,8 +74,10 @@ def run_point(method: str, keep: float, seed: int, epochs: int, quick: bool, tes
               "dense_accuracy": r["dense_accuracy"], "dense_gflops": r["dense_gflops"]}
     if method != "sait":
         row = {**common, "keep": keep, **measure(model, test)}
-        if method == "spvit":
+        if method == "spvit":  # the default is the noise-free threshold rule; the planned top-k for comparison
             row["planned_flops_ratio"] = model.planned_ratio
+            set_decision(model, "topk")
+            row["topk"] = measure(model, test)
         if method == "asvit":
             row["thresholds_x_num_patches"] = [float(s.threshold.detach()) * s.num_patches
                                                for s in model.selectors.values()]

@@ -1,7 +1,9 @@
 """The score combiner: per-head class-attention rows in, one head-weighted score per token out.
 
 The hardware form of :func:`tokensift.quant.select.head_weighted_scores` (AS-ViT's importance-weighted
-scores, or EViT's mean over heads with uniform weights), between the attention core (which produces
+scores with one weight per head, ``head_importance="image"`` in :mod:`tokensift.sw.methods.asvit`; the
+released AS-ViT weights the heads per token, which needs one weight per head and token; or EViT's mean
+over heads with uniform weights), between the attention core (which produces
 each head's softmax row 0, head after head) and the token selector (which consumes one score per
 token: ``o_score`` connects to :attr:`tokensift.hw.selector.core.Selector.i_score`).
 
