@@ -59,6 +59,11 @@ class PatchEmbed(nn.Module):
         self.norm = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input images must be a torch.Tensor, not {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"input images must be a floating-point tensor, not {x.dtype}; convert them with "
+                            f".float() and normalise them as the training data was")
         expected = (self.in_chans, self.img_size, self.img_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
