@@ -9,7 +9,7 @@ JOBS   ?= 2
 # the install stamp is rebuilt whenever the dependency list changes
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-slow lint bench verilog clean
+.PHONY: install demo test test-all test-slow lint bench verilog clean wheel-smoke
 
 install: $(STAMP)
 
@@ -25,9 +25,29 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/tokensift demo
 
-# the default suite: everything except the long sweeps (marker `slow`)
+# the default suite: everything except the long sweeps (marker `slow`), then the wheel as a user gets it
 test: install
 	$(PY) -m pytest -m "not slow" -n $(JOBS) --dist loadfile -q
+	$(MAKE) --no-print-directory wheel-smoke
+
+# build the wheel, install it (not editable) into a fresh venv and run the CLI there, outside the source
+# tree: a package or data file missing from the wheel, or a run-time dependency missing from the main
+# dependencies, fails here
+WHEEL_DIR  := build/wheel
+SMOKE_VENV := build/wheel-venv
+wheel-smoke: install
+	@# build/lib is setuptools' staging copy: a module deleted from the source would live on in it
+	rm -rf $(WHEEL_DIR) $(SMOKE_VENV) build/lib build/bdist.*
+	$(PIP) wheel -q --no-deps -w $(WHEEL_DIR) .
+	$(PYTHON) -m venv $(SMOKE_VENV)
+	$(SMOKE_VENV)/bin/python -m pip --disable-pip-version-check install -q "torch==$(TORCH_VERSION)"
+	$(SMOKE_VENV)/bin/python -m pip --disable-pip-version-check install -q $(WHEEL_DIR)/tokensift-*.whl
+	cd $(SMOKE_VENV) && env -u PYTHONPATH bin/tokensift doctor \
+		&& env -u PYTHONPATH bin/tokensift generate requant --shift 12 --out smoke/requant \
+		&& env -u PYTHONPATH bin/tokensift simulate requant --count 50 --build-dir smoke/sim --json \
+		&& env -u PYTHONPATH bin/tokensift co-opt --target-fps 1000 --keep-step 0.2 --no-progress --json >/dev/null \
+		&& env -u PYTHONPATH bin/tokensift estimate --device zcu102 --json >/dev/null
+	@echo "wheel smoke test passed"
 
 test-slow: install
 	$(PY) -m pytest -m slow -q
@@ -46,7 +66,7 @@ verilog: install
 	$(VENV)/bin/tokensift generate selector --n-max 197 --dim 384 --lanes 16 --out build/verilog/selector
 
 clean:
-	rm -rf build .pytest_cache .ruff_cache .hypothesis
+	rm -rf build *.egg-info .pytest_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
 distclean: clean

@@ -86,40 +86,82 @@ class OverflowCounter:
         self.by_site.clear()
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def _as_int_array(values) -> np.ndarray:
+    """``values`` as int64, refusing (never wrapping or rounding) integers outside the int64 range."""
     arr = np.asarray(values)
-    if arr.dtype == object:
-        arr = arr.astype(np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"integer values expected, not {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind in "iu" and arr.dtype != np.uint64:
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype == np.uint64:
+        if arr.size and arr.max() > _INT64_MAX:
+            raise ValueError(f"integer values must fit in int64 (-2**63 to 2**63 - 1), not {int(arr.max())}")
+        return arr.astype(np.int64)
+    # object arrays, and lists whose Python integers beyond int64 numpy turned into floats: the elements decide
+    if arr.dtype == object or not isinstance(values, np.ndarray):
+        items = np.asarray(values, dtype=object)
+        flat = items.ravel().tolist()
+        if flat and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in flat):
+            outside = [int(v) for v in flat if not _INT64_MIN <= int(v) <= _INT64_MAX]
+            if outside:
+                raise ValueError(f"integer values must fit in int64 (-2**63 to 2**63 - 1), not {outside[0]}")
+            return items.astype(np.int64)
+    raise TypeError(f"integer values expected, not {arr.dtype}")
+
+
+def _check_rounding(rounding) -> Rounding:
+    if not isinstance(rounding, Rounding):
+        raise TypeError(f"rounding must be a Rounding, not {rounding!r}")
+    return rounding
+
+
+def _check_counter(counter) -> OverflowCounter | None:
+    if counter is not None and not isinstance(counter, OverflowCounter):
+        raise TypeError(f"counter must be an OverflowCounter or None, not {type(counter).__name__}")
+    return counter
 
 
 def round_shift(values, shift: int, rounding: Rounding = Rounding.HALF_UP) -> np.ndarray:
     """Divide integers by ``2**shift`` and round, exactly as the hardware does.
 
-    ``shift`` may be zero (identity) or negative (an exact left shift).
+    ``shift`` may be zero (identity) or negative (an exact left shift). The result is exact for every
+    int64 input and shift; a left shift whose result does not fit int64 is refused (``ValueError``),
+    never wrapped.
+
+    >>> round_shift([2**63 - 1], 1).tolist(), round_shift([-2**63], 64, Rounding.HALF_AWAY).tolist()
+    ([4611686018427387904], [-1])
+    >>> round_shift([3], -62)
+    Traceback (most recent call last):
+    ValueError: round_shift: 3 << 62 does not fit in int64
     """
     shift = check_int("shift", shift)
+    _check_rounding(rounding)
     x = _as_int_array(values)
     if shift <= 0:
-        return x << (-shift)
-    floor = x >> shift
-    rem = x - (floor << shift)  # in [0, 2**shift)
+        k = -shift
+        low, high = -((1 << 63) >> k), ((1 << 63) - 1) >> k  # x << k fits int64 exactly for low <= x <= high
+        if x.size and (int(x.max()) > high or int(x.min()) < low):
+            bad = int(x.max()) if int(x.max()) > high else int(x.min())
+            raise ValueError(f"round_shift: {bad} << {k} does not fit in int64")
+        return x << k if k < 64 else np.zeros_like(x)  # past 63 only zeros are left, and numpy stops at 63
+    # int64 shifts stop at 63: a wider one works on Python integers (the result is 0 or -1 anyway)
+    carrier = x.astype(object) if shift >= 64 else x
+    floor = carrier >> shift
+    rem = carrier & ((1 << shift) - 1)  # x - floor * 2**shift, in [0, 2**shift), with no overflow
     half = 1 << (shift - 1)
     if rounding is Rounding.FLOOR:
-        return floor
-    if rounding is Rounding.HALF_UP:
-        return (x + half) >> shift
-    if rounding is Rounding.TRUNC:
-        return np.where((x < 0) & (rem != 0), floor + 1, floor)
-    if rounding is Rounding.HALF_AWAY:
-        up = (rem > half) | ((rem == half) & (x >= 0))
-        return floor + up
-    if rounding is Rounding.HALF_EVEN:
+        up = False
+    elif rounding is Rounding.HALF_UP:
+        up = rem >= half
+    elif rounding is Rounding.TRUNC:
+        up = (carrier < 0) & (rem != 0)
+    elif rounding is Rounding.HALF_AWAY:
+        up = (rem > half) | ((rem == half) & (carrier >= 0))
+    else:  # HALF_EVEN
         up = (rem > half) | ((rem == half) & ((floor & 1) == 1))
-        return floor + up
-    raise TypeError(f"rounding must be a Rounding, not {rounding!r}")
+    out = np.asarray(floor + up).astype(np.int64)  # floor <= 2**62 here, so floor + 1 cannot overflow
+    return out if x.ndim else out[()]
 
 
 @dataclass(frozen=True)
@@ -179,14 +221,16 @@ class FixedFormat:
     # -- integer domain --------------------------------------------------------------------------
     def fit(self, values, *, counter: OverflowCounter | None = None, site: str = "fit") -> np.ndarray:
         """Bring integers into range by the format's overflow mode, counting those that did not fit."""
+        _check_counter(counter)
         x = _as_int_array(values)
         outside = (x < self.min_int) | (x > self.max_int)
         if counter is not None:
             counter.add(site, int(np.count_nonzero(outside)))
         if self.overflow is Overflow.SATURATE:
             return np.clip(x, self.min_int, self.max_int)
-        span = 1 << self.bits
-        return ((x - self.min_int) % span) + self.min_int
+        # the low `bits` bits, sign-extended: exact for every int64 (x - min_int could overflow)
+        low = x & ((1 << self.bits) - 1)
+        return np.where(low > self.max_int, low - (1 << self.bits), low) if self.signed else low
 
     def contains(self, values) -> bool:
         """True when every integer is representable without overflow."""
@@ -196,6 +240,7 @@ class FixedFormat:
     # -- real <-> integer ------------------------------------------------------------------------
     def quantize(self, values, *, counter: OverflowCounter | None = None, site: str = "quantize") -> np.ndarray:
         """Real numbers -> integers of this format (rounded, then saturated or wrapped)."""
+        _check_counter(counter)
         x = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(x)):
             raise ValueError("values to quantize must be finite, not NaN or infinity")
@@ -258,8 +303,12 @@ def requantize(acc, multiplier: int, shift: int, out: FixedFormat, *,
     check_int("multiplier", multiplier)
     if not 0 < int(multiplier) < (1 << 31):
         raise ValueError(f"multiplier must be between 1 and 2**31 - 1, not {multiplier}")
+    check_int("shift", shift)
     if not 0 <= int(shift) <= 62:
         raise ValueError(f"shift must be between 0 and 62, not {shift}")
+    if not isinstance(out, FixedFormat):
+        raise TypeError(f"out must be a FixedFormat, not {type(out).__name__}")
+    _check_counter(counter)
     x = _as_int_array(acc)
     if not INT32.contains(x):
         raise ValueError("accumulators must fit in signed 32 bits before requantization")

@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,7 @@ __all__ = [
     "load_mnist",
     "ImageFolder",
     "load_image_folder",
+    "scan_images",
     "random_affine",
 ]
 
@@ -97,16 +100,50 @@ def random_affine(images: Tensor, generator: torch.Generator | None = None, max_
     return out + fill
 
 
+def _unreadable(path: Path, img_size: int) -> str | None:
+    """Why Pillow cannot decode ``path`` (None when it can): the whole image is decoded, at the reduced
+    size JPEG allows, since a truncated file passes a header check."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (img_size, img_size))
+            im.load()
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        return _reason(exc)
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def scan_images(paths: list[Path], img_size: int = 224) -> dict[Path, str]:
+    """Every file of ``paths`` that cannot be read as an image, with the reason (decoded in threads:
+    Pillow releases the GIL while it decodes)."""
+    if not paths:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        reasons = pool.map(lambda p: _unreadable(p, img_size), paths, chunksize=64)
+        return {p: r for p, r in zip(paths, reasons, strict=True) if r is not None}
+
+
 class ImageFolder(Dataset):
     """Images in class folders (``root/<class>/<image>``), loaded with Pillow, no torchvision.
 
     Classes are the sub-folder names in sorted order. Each image is converted to RGB (``in_chans=3``) or
     greyscale (``in_chans=1``), resized to ``img_size`` x ``img_size`` (bilinear), scaled to [0, 1] and
     normalised.
+
+    Every image is decoded once when the folder is opened, so a bad file is found before training, not
+    in the middle of it: the :class:`DatasetError` names every file that cannot be read, or with
+    ``skip_bad=True`` they are left out and listed in ``skipped``. A class folder without images is an
+    error (it would silently become a class no image belongs to).
     """
 
     def __init__(self, root: str | Path, img_size: int = 224, in_chans: int = 3,
-                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, *,
+                 skip_bad: bool = False):
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"dataset folder {str(root)!r} does not exist")
@@ -126,6 +163,22 @@ class ImageFolder(Dataset):
                     self.samples.append((p, self.class_to_idx[c]))
         if not self.samples:
             raise DatasetError(f"dataset folder {str(root)!r} has no images in its class sub-folders")
+        empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
+        if empty:
+            raise DatasetError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(map(repr, empty))} of "
+                               f"{str(root)!r} hold{'' if len(empty) > 1 else 's'} no images; remove "
+                               f"{'them' if len(empty) > 1 else 'it'} or add images")
+        bad = scan_images([p for p, _ in self.samples], img_size)
+        self.skipped: list[Path] = sorted(bad)
+        if bad and not skip_bad:
+            named = "; ".join(f"{p.relative_to(root)} ({reason})" for p, reason in sorted(bad.items()))
+            raise DatasetError(f"{len(bad)} of {len(self.samples)} images in {str(root)!r} cannot be read: "
+                               f"{named}; fix or remove them, or skip them (tokensift train --skip-bad-images)")
+        if bad:
+            self.samples = [(p, label) for p, label in self.samples if p not in bad]
+            empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
+            if empty:
+                raise DatasetError(f"class folder {empty[0]!r} of {str(root)!r} has no readable images")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -134,27 +187,33 @@ class ImageFolder(Dataset):
         from PIL import Image
 
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            im = im.convert("RGB" if self.in_chans == 3 else "L")
-            im = im.resize((self.img_size, self.img_size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB" if self.in_chans == 3 else "L")
+                im = im.resize((self.img_size, self.img_size), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.float32) / 255.0
+        except Exception as exc:  # a file changed or removed after the scan: name it
+            raise DatasetError(f"image {str(path)!r} cannot be read: {_reason(exc)}") from None
         x = torch.from_numpy(arr.copy())
         x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
         return _normalize(x, self.mean, self.std), label
 
 
-def load_image_folder(root: str | Path, img_size: int = 224, in_chans: int = 3, val_fraction: float = 0.2
-                      ) -> tuple[Dataset, Dataset]:
-    """(train, val) from ``root/train`` and ``root/val``, or a seeded split of ``root``'s class folders."""
+def load_image_folder(root: str | Path, img_size: int = 224, in_chans: int = 3, val_fraction: float = 0.2,
+                      *, skip_bad: bool = False) -> tuple[Dataset, Dataset]:
+    """(train, val) from ``root/train`` and ``root/val``, or a seeded split of ``root``'s class folders.
+
+    ``skip_bad`` leaves out the images that cannot be read (see :class:`ImageFolder`) instead of refusing.
+    """
     root = Path(root)
     if (root / "train").is_dir() and (root / "val").is_dir():
-        train = ImageFolder(root / "train", img_size, in_chans)
-        val = ImageFolder(root / "val", img_size, in_chans)
+        train = ImageFolder(root / "train", img_size, in_chans, skip_bad=skip_bad)
+        val = ImageFolder(root / "val", img_size, in_chans, skip_bad=skip_bad)
         if val.classes != train.classes:
             raise DatasetError(f"the class folders of {str(root / 'val')!r} differ from those of "
                                f"{str(root / 'train')!r}")
         return train, val
-    full = ImageFolder(root, img_size, in_chans)
+    full = ImageFolder(root, img_size, in_chans, skip_bad=skip_bad)
     rng = np.random.RandomState(SPLIT_SEED)
     order = rng.permutation(len(full))
     n_val = max(1, int(round(len(full) * val_fraction)))

@@ -58,6 +58,7 @@ class PipelineConfig:
     accelerator: str = "auto"  # "auto" (a GPU when there is one), "cuda" or "cpu": see tokensift.sw.placement
     amp: bool = False  # bfloat16 autocast in training
     workers: int = 0  # data-loading processes per training process
+    skip_bad_images: bool = False  # leave out unreadable images of --data (counted) instead of refusing
     # initialisation for training from scratch: Xavier ("jax") weights and a sine-cosine position embedding.
     # On 4,000 MNIST images the timm initialisation learns positions far more slowly (measured: 26% vs 46%
     # test accuracy after 150 steps; 90.3% after 40 epochs). None keeps the model's default.
@@ -88,11 +89,14 @@ def _datasets(cfg: PipelineConfig, model_cfg):
                              f"{cfg.model} is {model_cfg.img_size}x{model_cfg.img_size} with "
                              f"{model_cfg.in_chans} channels (pass --data for your own images)")
         train, test = load_mnist()
-        return train, test, 10, "mnist"
-    train, test = load_image_folder(cfg.data, model_cfg.img_size, model_cfg.in_chans)
+        return train, test, 10, "mnist", 0
+    train, test = load_image_folder(cfg.data, model_cfg.img_size, model_cfg.in_chans, skip_bad=cfg.skip_bad_images)
     base = getattr(train, "dataset", train)
     ident = hashlib.sha1(str(Path(cfg.data).resolve()).encode()).hexdigest()[:10]
-    return train, test, len(base.classes), f"folder-{ident}"
+    skipped = {p for ds in (train, test) for p in getattr(getattr(ds, "dataset", ds), "skipped", [])}
+    if skipped:
+        _log(f"skipped {len(skipped)} unreadable images of {cfg.data} (--skip-bad-images)")
+    return train, test, len(base.classes), f"folder-{ident}", len(skipped)
 
 
 def _load_start_weights(model, path: Path) -> None:
@@ -131,7 +135,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     spec = get_method(cfg.method)
     init = {"weight_init": cfg.weight_init, "pos_embed_init": cfg.pos_embed_init}
     model_cfg = get_config(cfg.model, **init)
-    train_set, test_set, num_classes, data_id = _datasets(cfg, model_cfg)
+    train_set, test_set, num_classes, data_id, skipped = _datasets(cfg, model_cfg)
     out = Path(cfg.out) if cfg.out is not None else None
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir is not None else default_cache_dir()
     dense_epochs = cfg.epochs if cfg.method == "none" else cfg.dense_epochs
@@ -145,6 +149,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     cached = cache_dir / dense_key
     result: dict = {"model": cfg.model, "method": cfg.method, "seed": cfg.seed, "world_size": world,
                     "device": str(device)}
+    if cfg.data is not None:
+        result["skipped_images"] = skipped
     if cfg.dense_checkpoint is not None:
         load_checkpoint(dense, cfg.dense_checkpoint, strict=True)
         dense_path, dense_source = Path(cfg.dense_checkpoint), "given"
@@ -163,7 +169,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                   progress=cfg.progress, description="dense", on_epoch=_epoch_logger("dense", cfg),
                   checkpoint_dir=None if out is None else out / "dense")
         result["dense_train_seconds"] = res.seconds
-        dense_path, dense_source = cached, "trained"
+        # the path reported is one that was written: the cache's, --out's, or none with --no-cache alone
+        dense_path, dense_source = (cached if cfg.use_cache else None), "trained"
         if is_main_process():
             if cfg.use_cache:
                 save_checkpoint(cached, dense, seed=cfg.seed, epochs=dense_epochs, data=data_id)
@@ -173,7 +180,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     dense_acc = evaluate(dense, test_set, workers=cfg.workers)
     dense_flops = count_flops(dense)
     result.update(dense_accuracy=dense_acc, dense_gflops=dense_flops.gflops,
-                  dense_checkpoint=str(dense_path), dense_source=dense_source)
+                  dense_checkpoint=None if dense_path is None else str(dense_path), dense_source=dense_source)
     _log(f"dense: accuracy {dense_acc:.4f}, {dense_flops.gflops:.4f} GFLOPs")
 
     if cfg.method == "none":
@@ -207,7 +214,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         ckpt = None
         if out is not None and is_main_process():
             ckpt = save_checkpoint(out / f"{cfg.method}_keep{model.keep_ratio:g}.pth", model, seed=cfg.seed,
-                                   epochs=cfg.epochs, accuracy=acc, dense=str(dense_path))
+                                   epochs=cfg.epochs, accuracy=acc,
+                                   dense=None if dense_path is None else str(dense_path))
         _log(f"{cfg.method} keep {model.keep_ratio:g}: accuracy {acc:.4f}, {flops.gflops:.4f} GFLOPs")
     result.update(accuracy=acc, gflops=flops.gflops, ratio=flops.gflops / dense_flops.gflops,
                   tokens=flops.attn_tokens, checkpoint=None if ckpt is None else str(ckpt),

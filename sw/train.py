@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tokensift.checks import check_count
+from tokensift.errors import TrainingDivergedError
 
 from .checkpoint import save_checkpoint
 from .data import random_affine
@@ -230,6 +231,10 @@ def fit(model: nn.Module, criterion: nn.Module, train_set: Dataset, cfg: TrainCo
                     bar.update(task, info=f"epoch {epoch + 1} loss {float(running) / n_batches:.3f}")
                 bar.update(task, advance=1)
             record = {"epoch": epoch + 1, "step": step, "loss": float(running) / max(1, n_batches)}
+            if not math.isfinite(record["loss"]):
+                # a NaN model would train on silently and be saved and reported as if it were one
+                raise TrainingDivergedError(f"training diverged: the mean loss of epoch {epoch + 1} is "
+                                            f"{record['loss']}; lower the learning rate (now {cfg.lr:g})")
             bar.update(task, info=f"epoch {epoch + 1} loss {record['loss']:.3f}")
             if test_set is not None:
                 accuracy = evaluate(model, test_set, workers=cfg.workers)

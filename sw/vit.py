@@ -48,6 +48,11 @@ def _check_positive_int(name: str, value: object) -> int:
 
 
 def _check_images(x: Tensor, in_chans: int, img_size: int) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"input images must be a torch.Tensor, not {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"input images must be a floating-point tensor, not {x.dtype}; convert them with "
+                        f".float() and normalise them as the training data was")
     if x.ndim != 4 or tuple(x.shape[1:]) != (in_chans, img_size, img_size):
         raise ValueError(f"input images must have shape (batch, {in_chans}, {img_size}, {img_size}), "
                          f"not {tuple(x.shape)}")

@@ -12,10 +12,14 @@ or ``"repr"`` (``not 8.0``).
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["check_int", "check_count", "check_bool", "check_scale", "check_int_array"]
+__all__ = ["check_int", "check_count", "check_bool", "check_scale", "check_int_array", "check_finite",
+           "check_probability", "check_output_dir", "check_input_file"]
 
 
 def _shown(value: object, show: str) -> str:
@@ -101,3 +105,81 @@ def check_int_array(name: str, values, *, bits: int | None = None) -> np.ndarray
         if arr.min() < low or arr.max() > high:
             raise ValueError(f"{name} must fit in signed {bits} bits, between {low} and {high}")
     return arr
+
+
+def check_finite(name: str, value: object, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> float:
+    """``value`` as a finite ``float`` in ``[low, high]`` (``(low, high]`` with ``low_open``).
+
+    >>> check_finite("--clock-mhz", 100, low=0, low_open=True)
+    100.0
+    >>> check_finite("--clock-mhz", float("inf"), low=0, low_open=True)
+    Traceback (most recent call last):
+    ValueError: --clock-mhz must be a finite number, not inf
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, not {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, not {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if too_low or (high is not None and value > high):
+        if high is None and low == 0:
+            raise ValueError(f"{name} must be {'positive' if low_open else 'non-negative'}, not {value:g}")
+        if high is None:
+            raise ValueError(f"{name} must be {'greater than' if low_open else 'at least'} {low:g}, not {value:g}")
+        if low is None:
+            raise ValueError(f"{name} must be at most {high:g}, not {value:g}")
+        raise ValueError(f"{name} must be in {'(' if low_open else '['}{low:g}, {high:g}], not {value:g}")
+    return value
+
+
+def check_probability(name: str, value: object, *, below_one: bool = True) -> float:
+    """``value`` as a probability in ``[0, 1)`` (``[0, 1]`` with ``below_one=False``).
+
+    >>> check_probability("--stall", 1.5)
+    Traceback (most recent call last):
+    ValueError: --stall must be a probability in [0, 1), not 1.5
+    """
+    value = check_finite(name, value)
+    if not (0.0 <= value < 1.0 if below_one else 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a probability in [0, {'1)' if below_one else '1]'}, not {value:g}")
+    return value
+
+
+def check_output_dir(name: str, path: str | os.PathLike) -> Path:
+    """The folder ``path``, created if need be and proven writable, before any work is spent on its contents.
+
+    The error (a :class:`~tokensift.errors.PathError`) names the option, the path and the reason: a file
+    where the folder should be, a parent that is a file, no permission.
+    """
+    from tokensift.errors import PathError
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise PathError(f"{name} {str(folder)!r} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise PathError(f"{name} {str(folder)!r} is not a writable folder: "
+                        f"{exc.strerror or type(exc).__name__}") from None
+    return folder
+
+
+def check_input_file(name: str, path: str | os.PathLike) -> Path:
+    """The file ``path``, which must exist and be readable (a :class:`~tokensift.errors.PathError` if not)."""
+    from tokensift.errors import PathError
+
+    file = Path(path)
+    if not file.exists():
+        raise PathError(f"{name} {str(file)!r} does not exist")
+    if file.is_dir():
+        raise PathError(f"{name} {str(file)!r} is a folder, not a file")
+    try:
+        with open(file, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise PathError(f"{name} {str(file)!r} cannot be read: {exc.strerror or type(exc).__name__}") from None
+    return file

@@ -22,6 +22,8 @@ def round_shift(value, shift: int, rounding: Rounding = Rounding.HALF_UP) -> Val
     left shift)."""
     value = Value.cast(value)
     check_int("shift", shift, numpy=False)
+    if not isinstance(rounding, Rounding):
+        raise TypeError(f"rounding must be a Rounding, not {rounding!r}")
     if shift <= 0:
         return value << -shift
     floor = value >> shift
@@ -47,6 +49,8 @@ def fit(value, fmt: FixedFormat) -> tuple[Value, Value]:
     ``result`` has ``fmt.shape``; ``overflowed`` is 1 when the input was outside the range, so a block
     can count or flag it instead of corrupting its output silently.
     """
+    if not isinstance(fmt, FixedFormat):
+        raise TypeError(f"fmt must be a FixedFormat, not {type(fmt).__name__}")
     value = Value.cast(value)
     too_big = value > fmt.max_int
     too_small = value < fmt.min_int

@@ -342,9 +342,9 @@ def test_doctests(module):
     (["generate", "selector", "--lanes", "5", "--out", "unused"],
      r"^tokensift generate: error: dim must be a multiple of lanes, not dim=384 with lanes=5$"),
     (["simulate", "selector", "--n-max", "16", "--dim", "8", "--lanes", "4", "--tokens", "70000", "--keep", "3"],
-     r"^tokensift simulate: error: n_tokens must be between 0 and 65535, not 70000$"),
+     r"^tokensift simulate: error: --tokens must be between 1 and --n-max 16, not 70000$"),
     (["simulate", "selector", "--n-max", "16", "--dim", "8", "--lanes", "4", "--threshold", "-1"],
-     r"^tokensift simulate: error: threshold must be between 0 and 65535, not -1$"),
+     r"^tokensift simulate: error: --threshold: threshold must be between 0 and 65535, not -1$"),
 ])
 def test_cli_errors(argv, message, capsys):
     from tokensift.cli import main

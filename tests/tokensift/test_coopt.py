@@ -211,7 +211,7 @@ def test_cli_json_and_report(tmp_path, capsys):
      r"^--storage shares an optuna study between workers, so it needs --search nsga2$"),
     (["--target-latency-ms", "1", "--accuracy", "measured"],
      r"^--accuracy measured needs --checkpoint, a trained model of the method$"),
-    (["--target-latency-ms", "1", "--keep-min", "1.5"], r"^the lowest keep ratio must be in \(0, 1\], not 1\.5$"),
+    (["--target-latency-ms", "1", "--keep-min", "1.5"], r"^--keep-min must be in \(0, 1\], not 1\.5$"),
 ])
 def test_cli_user_errors(argv, message, capsys):
     import re

@@ -1,7 +1,16 @@
-"""``tokensift bench [NAME ...]``: run the benchmarks in ``bench/`` (each prints its measured ratios)."""
+"""``tokensift bench [NAME ...]``: run the scripts in ``bench/`` that measure the README's numbers.
+
+``bench/bench_<name>.py`` are the benchmarks (minutes; all of them run without a NAME); the other scripts
+(``sw_results``, ``sw_methods_results``, ``quant_accuracy``, ...) regenerate recorded results and take up
+to an hour, so they run by name, with their own options after ``--script-args``:
+
+    tokensift bench attention selector
+    tokensift bench sw_results --script-args=--quick
+"""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +24,24 @@ def bench_dir() -> Path:
 
 
 def available() -> dict[str, Path]:
+    """Every script of ``bench/`` by name: ``bench_attention.py`` is ``attention``, ``sw_results.py`` is
+    ``sw_results``."""
     folder = bench_dir()
     if not folder.is_dir():
         return {}
-    return {p.stem.removeprefix("bench_"): p for p in sorted(folder.glob("bench_*.py"))}
+    return {p.stem.removeprefix("bench_"): p for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_")}
+
+
+def default_names(found: dict[str, Path]) -> list[str]:
+    """What runs without a NAME: the ``bench_*`` benchmarks (the results scripts take up to an hour)."""
+    return [name for name, path in sorted(found.items()) if path.stem.startswith("bench_")]
 
 
 def add_arguments(parser):
-    parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="scripts to run (default: every bench_* benchmark; --list shows all)")
+    parser.add_argument("--script-args", default="",
+                        help="options passed to each script, e.g. --script-args=--quick (default: none)")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument("--json", action="store_true", help="print one JSON object with each exit status")
 
@@ -42,11 +61,15 @@ def run(args) -> int:
     unknown = [n for n in args.names if n not in found]
     if unknown:
         raise TokensiftError(f"unknown benchmark {unknown[0]!r}; known: {', '.join(sorted(found))}")
+    try:
+        extra = shlex.split(args.script_args)
+    except ValueError as exc:
+        raise TokensiftError(f"--script-args {args.script_args!r} cannot be split into options: {exc}") from None
     status = {}
-    for name in args.names or sorted(found):
+    for name in args.names or default_names(found):
         print(f"== bench {name} ==", file=sys.stderr)
         # benchmark output is human-readable tables; under --json it goes to stderr to keep stdout one object
-        proc = subprocess.run([sys.executable, str(found[name])], stdout=2 if args.json else None)
+        proc = subprocess.run([sys.executable, str(found[name]), *extra], stdout=2 if args.json else None)
         status[name] = proc.returncode
     if args.json:
         emit_json({"returncodes": status, "ok": all(c == 0 for c in status.values())})

@@ -13,16 +13,18 @@ def _common(parser):
     parser.add_argument("--n-max", type=int, default=197, help="largest token count per frame")
     parser.add_argument("--head-dim", type=int, default=64, help="channels per head (a multiple of --lanes)")
     parser.add_argument("--lanes", type=int, default=16, help="multipliers of the MAC array")
-    parser.add_argument("--data-bits", type=int, default=8)
-    parser.add_argument("--acc-bits", type=int, default=32)
-    parser.add_argument("--softmax", choices=[v.value for v in SoftmaxVariant], default="exp2_lut")
+    parser.add_argument("--data-bits", type=int, default=8, help="width of the signed Q, K, V and outputs")
+    parser.add_argument("--acc-bits", type=int, default=32, help="width of the MAC accumulators")
+    parser.add_argument("--softmax", choices=[v.value for v in SoftmaxVariant], default="exp2_lut",
+                        help="softmax exponential: lookup table or polynomial")
     parser.add_argument("--log2-frac", type=int, default=8, help="fractional bits of the base-2 exponent")
     parser.add_argument("--exp-frac", type=int, default=15, help="fractional bits of the exponentials")
     parser.add_argument("--prob-frac", type=int, default=15, help="fractional bits of the probabilities")
     parser.add_argument("--scale-multiplier", type=int, default=None,
                         help="softmax scale into the log2 domain (default: 2**-8 / sqrt(head_dim))")
-    parser.add_argument("--scale-shift", type=int, default=None)
-    parser.add_argument("--out-multiplier", type=int, default=1)
+    parser.add_argument("--scale-shift", type=int, default=None,
+                        help="right shift of the softmax scale (default: derived with --scale-multiplier)")
+    parser.add_argument("--out-multiplier", type=int, default=1, help="requantization multiplier of the outputs")
     parser.add_argument("--out-shift", type=int, default=None, help="default: --prob-frac (output in V's scale)")
     parser.add_argument("--heads-parallel", type=int, default=1, help="core copies")
 
@@ -61,16 +63,14 @@ def add_simulate_arguments(parser):
 
 
 def simulate(args) -> dict:
+    from tokensift.commands.blocks import check_count, check_tokens
     from tokensift.hw.attention.cycles import cycles
     from tokensift.quant.attention import macs
     from tokensift.sim.attention_harness import DEFAULT_FRAMES, run_attention
 
     p = params_from_args(args)
-    n = p.n_max if args.tokens is None else args.tokens
-    if not isinstance(n, int) or not 1 <= n <= p.n_max:
-        raise ValueError(f"--tokens must be between 1 and --n-max {p.n_max}, not {n}")
-    if args.heads < 1:
-        raise ValueError(f"--heads must be at least 1, not {args.heads}")
+    n = check_tokens(args.tokens, p.n_max)
+    check_count("--heads", args.heads)
     expected = cycles(p, n_tokens=n, heads=args.heads)
     res = run_attention(p, settings={"runs": [{"ns": [n] * args.heads}], "assert_checks": False},
                         testcase="bulk", seed=args.seed, frames=max(DEFAULT_FRAMES, args.heads),

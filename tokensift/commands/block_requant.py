@@ -8,12 +8,14 @@ HELP = "streaming requantizer: int32 accumulators -> int8 by a fixed-point multi
 
 
 def _common(parser):
-    parser.add_argument("--acc-bits", type=int, default=32)
-    parser.add_argument("--out-bits", type=int, default=8)
-    parser.add_argument("--multiplier", type=int, default=1 << 14)
-    parser.add_argument("--shift", type=int, default=20)
-    parser.add_argument("--rounding", choices=[r.value for r in Rounding], default="half_up")
-    parser.add_argument("--overflow", choices=[o.value for o in Overflow], default="saturate")
+    parser.add_argument("--acc-bits", type=int, default=32, help="width of the signed accumulators")
+    parser.add_argument("--out-bits", type=int, default=8, help="width of the signed outputs")
+    parser.add_argument("--multiplier", type=int, default=1 << 14, help="fixed-point multiplier, 1 to 2**31 - 1")
+    parser.add_argument("--shift", type=int, default=20, help="rounding right shift after the multiply, 0 to 62")
+    parser.add_argument("--rounding", choices=[r.value for r in Rounding], default="half_up",
+                        help="rounding of the shift")
+    parser.add_argument("--overflow", choices=[o.value for o in Overflow], default="saturate",
+                        help="what happens to outputs out of range")
 
 
 def _params(args) -> dict:
@@ -44,8 +46,11 @@ def add_simulate_arguments(parser):
 
 
 def simulate(args) -> dict:
+    from tokensift.commands.blocks import check_count, check_stall
     from tokensift.sim.runner import run_cocotb
 
+    check_count("--count", args.count)
+    check_stall(args.stall)
     p = _params(args)
     params = {**p, "seed": args.seed, "count": args.count, "idle": args.stall, "stall": args.stall}
     res = run_cocotb(_component(p), toplevel="tokensift_requant", test_module="tokensift.sim.tb_requant",

@@ -8,16 +8,17 @@ HELP = "score combiner: per-head class-attention rows x head weights -> one toke
 
 
 def _common(parser):
-    parser.add_argument("--n-max", type=int, default=197)
+    parser.add_argument("--n-max", type=int, default=197, help="most tokens per frame, class token included")
     parser.add_argument("--heads", type=int, default=6, help="most heads per frame")
     parser.add_argument("--lanes", type=int, default=1, help="probabilities per beat (= multipliers)")
-    parser.add_argument("--attn-bits", type=int, default=16)
-    parser.add_argument("--attn-frac", type=int, default=15)
-    parser.add_argument("--importance-bits", type=int, default=9)
-    parser.add_argument("--importance-frac", type=int, default=8)
-    parser.add_argument("--score-bits", type=int, default=16)
-    parser.add_argument("--score-frac", type=int, default=15)
-    parser.add_argument("--rounding", choices=[r.value for r in Rounding], default="half_up")
+    parser.add_argument("--attn-bits", type=int, default=16, help="width of the unsigned attention probabilities")
+    parser.add_argument("--attn-frac", type=int, default=15, help="fractional bits of the probabilities")
+    parser.add_argument("--importance-bits", type=int, default=9, help="width of the unsigned head weights")
+    parser.add_argument("--importance-frac", type=int, default=8, help="fractional bits of the head weights")
+    parser.add_argument("--score-bits", type=int, default=16, help="width of the unsigned token scores")
+    parser.add_argument("--score-frac", type=int, default=15, help="fractional bits of the token scores")
+    parser.add_argument("--rounding", choices=[r.value for r in Rounding], default="half_up",
+                        help="rounding of the weighted sum into the score format")
 
 
 def _params(args) -> dict:
@@ -52,13 +53,18 @@ def add_simulate_arguments(parser):
 
 
 def simulate(args) -> dict:
+    from tokensift.commands.blocks import check_count, check_stall, check_tokens
     from tokensift.sim.runner import run_cocotb
 
     p = _params(args)
+    component = _component(p)  # validates the build-time parameters first: the run-time ones depend on them
+    tokens = check_tokens(args.tokens, args.n_max)
+    frame_heads = check_tokens(args.frame_heads, args.heads, option="--frame-heads", limit="--heads")
+    check_count("--frames", args.frames)
+    check_stall(args.stall)
     params = {**p, "seed": args.seed, "frames": args.frames, "idle": args.stall, "stall": args.stall,
-              "tokens": args.n_max if args.tokens is None else args.tokens,
-              "frame_heads": args.heads if args.frame_heads is None else args.frame_heads}
-    res = run_cocotb(_component(p), toplevel="tokensift_score_combiner",
+              "tokens": tokens, "frame_heads": frame_heads}
+    res = run_cocotb(component, toplevel="tokensift_score_combiner",
                      test_module="tokensift.sim.tb_score_combiner", params=params, build_dir=args.build_dir,
                      waves=args.waves or False, seed=args.seed)
     r = res.report

@@ -52,13 +52,23 @@ def add_simulate_arguments(parser):
 def simulate(args) -> dict:
     from dataclasses import asdict
 
-    from tokensift.quant.select import Mode, check_runtime
+    from tokensift.commands.blocks import check_tokens
+    from tokensift.errors import InvalidArgumentError
+    from tokensift.quant.select import Mode, Status, check_runtime
     from tokensift.sim.runner import run_cocotb
 
     p = _params(args)
-    tokens = p.n_max if args.tokens is None else args.tokens
+    tokens = check_tokens(args.tokens, p.n_max)
     mode = Mode.TOPK if args.keep is not None else Mode.THRESHOLD
-    status = check_runtime(p, n_tokens=tokens, mode=mode, k=args.keep, threshold=args.threshold)
+    option = "--keep" if mode is Mode.TOPK else "--threshold"
+    try:
+        status = check_runtime(p, n_tokens=tokens, mode=mode, k=args.keep, threshold=args.threshold)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgumentError(f"{option}: {exc}") from None
+    if status is Status.K_TOO_LARGE:
+        # the hardware answers this frame with an error status and no tokens; the CLI refuses it up front
+        raise InvalidArgumentError(f"--keep must be at most --tokens - 1 = {tokens - 1} (the class token is "
+                                   f"always kept), not {args.keep}")
     params = {"config": asdict(p), "seed": args.seed, "tokens": tokens, "keep": args.keep,
               "threshold": args.threshold, "package": args.package}
     res = run_cocotb(_component(p), toplevel=TOPLEVEL, test_module="tokensift.sim.tb_selector",

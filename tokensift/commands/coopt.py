@@ -53,17 +53,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=200, help="nsga2: trials of this worker (default: %(default)s)")
     parser.add_argument("--population", type=int, default=40, help="nsga2: population size (default: %(default)s)")
     parser.add_argument("--storage", default=None,
-                        help="nsga2: optuna storage URL shared by workers, e.g. sqlite:///study.db")
+                        help="nsga2: optuna storage URL shared by workers, e.g. sqlite:///study.db "
+                             "(default: in memory)")
     parser.add_argument("--study-name", default=None, help="nsga2: study name (default: derived from the space)")
     parser.add_argument("--seed", type=int, default=0, help="nsga2: sampler seed (default: %(default)s)")
     parser.add_argument("--prefer", choices=["accuracy", "resources"], default="accuracy",
                         help="among designs meeting the target: best accuracy proxy or fewest resources")
     axes = parser.add_argument_group("design space (comma-separated lists; defaults sized for the model)")
-    axes.add_argument("--lanes", default=None, help="attention MAC lanes, e.g. 4,8,16")
-    axes.add_argument("--heads-parallel", default=None, help="parallel attention cores, e.g. 1,2,4")
-    axes.add_argument("--linear-lanes", default=None, help="linear-array MAC lanes, e.g. 16,32,64")
-    axes.add_argument("--selector-lanes", default=None, help="token-selector lanes, e.g. 8,16")
-    axes.add_argument("--softmax", default=None, help="softmax variants: exp2_lut,exp2_poly")
+    axes.add_argument("--lanes", default=None, help="attention MAC lanes, e.g. 4,8,16 (default: sized for the model)")
+    axes.add_argument("--heads-parallel", default=None,
+                      help="parallel attention cores, e.g. 1,2,4 (default: sized for the model)")
+    axes.add_argument("--linear-lanes", default=None,
+                      help="linear-array MAC lanes, e.g. 16,32,64 (default: sized for the model)")
+    axes.add_argument("--selector-lanes", default=None,
+                      help="token-selector lanes, e.g. 8,16 (default: sized for the model)")
+    axes.add_argument("--softmax", default=None, help="softmax variants (default: exp2_lut,exp2_poly)")
     axes.add_argument("--clock-mhz", default=None, help="clock assumptions in MHz (default: the device's typical)")
     axes.add_argument("--keep-min", type=float, default=0.3, help="lowest keep ratio (default: %(default)s)")
     axes.add_argument("--keep-step", type=float, default=0.05,
@@ -71,11 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     acc = parser.add_argument_group("accuracy objective")
     acc.add_argument("--accuracy", choices=["flops", "measured"], default="flops",
                      help="retained-FLOPs proxy, or accuracy measured with --checkpoint (default: %(default)s)")
-    acc.add_argument("--checkpoint", type=Path, default=None, help="trained model of --method for --accuracy measured")
+    acc.add_argument("--checkpoint", type=Path, default=None,
+                     help="trained model of --method for --accuracy measured (default: none)")
     acc.add_argument("--data", type=Path, default=None, help="image folder for measured accuracy (default: MNIST)")
     acc.add_argument("--eval-images", type=int, default=500, help="images per accuracy measurement")
     parser.add_argument("--max-front", type=int, default=200, help="Pareto points listed (default: %(default)s)")
-    parser.add_argument("--report", type=Path, default=None, help="write report.md and PNG plots into this folder")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="write report.md and PNG plots into this folder (default: no report)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -90,7 +96,20 @@ def _target_ms(args) -> float:
     return args.target_latency_ms
 
 
+def _check_paths(args) -> None:
+    """Files read and folders written, checked before the search so no search is lost to them."""
+    from tokensift.checks import check_input_file, check_output_dir
+
+    if args.report is not None:
+        check_output_dir("--report", args.report)
+    if args.checkpoint is not None:
+        check_input_file("--checkpoint", args.checkpoint)
+    if args.data is not None and not args.data.is_dir():
+        raise InvalidArgumentError(f"--data {str(args.data)!r} is not a folder")
+
+
 def _spaces(args, ev_desc, device):
+    from tokensift.checks import check_finite
     from tokensift.coopt.space import HwSpace, default_hw_space, default_keep_space
 
     base = default_hw_space(ev_desc, device)
@@ -99,6 +118,8 @@ def _spaces(args, ev_desc, device):
                        ("softmax", str), ("clock_mhz", float)):
         text = getattr(args, name)
         axes[name] = parse_list(text, kind, name.replace("_", "-")) if text is not None else getattr(base, name)
+    for clock in axes["clock_mhz"]:
+        check_finite("--clock-mhz", clock, low=0, low_open=True)
     hw = HwSpace(**axes)
     return hw, default_keep_space(args.method, len(ev_desc.selectors), low=args.keep_min, step=args.keep_step)
 
@@ -133,7 +154,11 @@ def run(args: argparse.Namespace) -> int:
     for name in ("trials", "population", "max_front", "eval_images"):
         if getattr(args, name) < 1:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    for name, value in (("keep-min", args.keep_min), ("keep-step", args.keep_step)):
+        if not 0.0 < value <= 1.0:  # NaN fails this too
+            raise InvalidArgumentError(f"--{name} must be in (0, 1], not {value:g}")
     device = get_device(args.device)
+    _check_paths(args)
     search = args.search or ("nsga2" if args.storage or args.accuracy == "measured" else "grid")
     if args.storage and search != "nsga2":
         raise InvalidArgumentError("--storage shares an optuna study between workers, so it needs --search nsga2")

@@ -24,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=d.out, help="output folder (default: %(default)s)")
     parser.add_argument("--device", default=d.device, help="small device: pynq-z2 or ecp5-85f (default: %(default)s)")
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--target-latency-ms", type=float, default=None, help="latency target per image")
-    target.add_argument("--target-fps", type=float, default=None, help="throughput target (images per second)")
+    target.add_argument("--target-latency-ms", type=float, default=None,
+                        help="latency target per image (default: from --speedup)")
+    target.add_argument("--target-fps", type=float, default=None,
+                        help="throughput target in images per second (default: from --speedup)")
     target.add_argument("--speedup", type=float, default=d.speedup,
                         help="default target: the fastest dense design that fits, divided by this "
                              "(default: %(default)s)")
@@ -44,20 +46,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tokensift.checks import check_finite, check_output_dir
     from tokensift.coopt.demo import DemoConfig, render_table, run_demo
+    from tokensift.devices import get_device
+    from tokensift.sw.pipeline import default_cache_dir
 
     for name in ("dense_epochs", "finetune_epochs", "sim_images", "eval_images"):
         if getattr(args, name) < 1:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
-    target = args.target_latency_ms
-    if args.target_fps is not None:
-        if not args.target_fps > 0:
-            raise InvalidArgumentError(f"--target-fps must be positive, not {args.target_fps:g}")
-        target = 1e3 / args.target_fps
-    if target is not None and not target > 0:
-        raise InvalidArgumentError(f"--target-latency-ms must be positive, not {target:g}")
-    if not args.speedup > 0:
-        raise InvalidArgumentError(f"--speedup must be positive, not {args.speedup:g}")
+    try:
+        target = args.target_latency_ms
+        if args.target_fps is not None:
+            target = 1e3 / check_finite("--target-fps", args.target_fps, low=0, low_open=True)
+        elif target is not None:
+            check_finite("--target-latency-ms", target, low=0, low_open=True)
+        check_finite("--speedup", args.speedup, low=0, low_open=True)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    get_device(args.device)
+    check_output_dir("--out", args.out)
+    check_output_dir("--cache-dir", args.cache_dir if args.cache_dir is not None else default_cache_dir())
     kwargs = dict(out=args.out, device=args.device, target_latency_ms=target, speedup=args.speedup,
                   synth=args.synth, progress=not args.no_progress, cache_dir=args.cache_dir)
     if args.quick:

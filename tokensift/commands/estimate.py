@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     whole.add_argument("--linear-lanes", type=int, default=None, help="lanes of the linear array (default: --lanes)")
     block = parser.add_argument_group("one block (--block)")
     block.add_argument("--block", choices=["attention", "selector", "requant", "mac_array", "memory", "multiplier"],
-                       default=None, help="estimate one block instead of a model (the last three: --validate only)")
+                       default=None, help="estimate one block instead of a model (the last three: --validate only; "
+                            "default: the whole model)")
     block.add_argument("--family", choices=list(FAMILIES), default=None,
                        help="device family of a block estimate (default: the device's, else xcup)")
     block.add_argument("--n-max", type=int, default=None, help="most tokens per frame (default: 197)")
@@ -96,12 +97,16 @@ def check_fit(used: dict, device) -> tuple[dict, bool, list[str]]:
 def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | None, heads_parallel: int,
                    linear_lanes: int | None, device: str, clock_mhz: float | None) -> dict:
     """The ``--json`` object of a whole-model estimate."""
+    from tokensift.checks import check_finite
     from tokensift.devices import get_device
     from tokensift.hw.cost.layer import HwConfig, ModelCost
 
     dev = get_device(device)
-    if clock_mhz is not None and not clock_mhz > 0:
-        raise InvalidArgumentError(f"--clock-mhz must be positive, not {clock_mhz}")
+    if clock_mhz is not None:
+        try:  # an infinite clock would report 0 ms and "fits"
+            check_finite("--clock-mhz", clock_mhz, low=0, low_open=True)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgumentError(str(exc)) from None
     try:
         hw = HwConfig(lanes=lanes or 16, heads_parallel=heads_parallel, linear_lanes=linear_lanes)
         cost = ModelCost.from_name(model, method=method, keep_ratio=keep, hw=hw)
@@ -298,6 +303,8 @@ def _print_model(summary: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     from tokensift.cli import emit_json
 
+    if args.clock_mhz is not None and not 0 < args.clock_mhz < float("inf"):  # NaN fails this too
+        raise InvalidArgumentError(f"--clock-mhz must be a positive finite number, not {args.clock_mhz:g}")
     if args.validate:
         return _validate(args)
     for name in ("lanes", "heads_parallel", "linear_lanes"):

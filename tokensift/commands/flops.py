@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--locs", type=_locs, default=None,
                         help="pruning stage blocks, e.g. 3,6,9 (default: the model's)")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="trained weights of this model and method (e.g. from 'tokensift train --out')")
+                        help="trained weights of this model and method (e.g. from 'tokensift train --out'; "
+                             "default: untrained weights)")
     parser.add_argument("--images", type=int, default=None, metavar="N",
                         help="count on the first N bundled MNIST test images (per-image counts of adaptive "
                              "methods); default: the static schedule")

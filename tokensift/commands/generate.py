@@ -18,10 +18,12 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from tokensift.checks import check_output_dir
     from tokensift.cli import emit_json
     from tokensift.hw.common.manifest import write_outputs
 
     component, toplevel, parameters = args._glue.build(args)
+    check_output_dir("--out", args.out)
     data = write_outputs(component, toplevel=toplevel, block=args.block, parameters=parameters, out_dir=args.out)
     if args.json:
         emit_json(data)

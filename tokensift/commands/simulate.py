@@ -10,16 +10,21 @@ def add_arguments(parser):
     for name, glue in blocks.available().items():
         p = sub.add_parser(name, help=glue.HELP, description=glue.HELP)
         glue.add_simulate_arguments(p)
-        p.add_argument("--seed", type=int, default=1, help="seed of the random stimulus")
-        p.add_argument("--waves", choices=["vcd", "fst"], default=None, help="write a waveform into the build dir")
-        p.add_argument("--build-dir", default=None, help="Verilator build directory (default: build/sim/...)")
+        p.add_argument("--seed", type=int, default=1, help="seed of the random stimulus (default: %(default)s)")
+        p.add_argument("--waves", choices=["vcd", "fst"], default=None,
+                       help="write a waveform into the build dir (default: none)")
+        p.add_argument("--build-dir", default=None,
+                       help="Verilator build directory (default: build/sim/<toplevel>-<hash>)")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.set_defaults(_glue=glue)
 
 
 def run(args) -> int:
+    from tokensift.checks import check_output_dir
     from tokensift.cli import emit_json
 
+    if args.build_dir is not None:
+        check_output_dir("--build-dir", args.build_dir)
     result = args._glue.simulate(args)
     if args.json:
         emit_json(result)

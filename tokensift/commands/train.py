@@ -35,28 +35,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = PipelineConfig()
     parser.add_argument("--model", default=d.model, choices=list_models(), help="default: %(default)s")
     parser.add_argument("--method", default=d.method, choices=list_methods(), help="default: %(default)s")
-    parser.add_argument("--keep", type=float, default=None, help="keep ratio rho (default 0.7)")
+    parser.add_argument("--keep", type=float, default=None,
+                        help="keep ratio rho (default: the method's, 0.7 for most)")
     parser.add_argument("--epochs", type=_positive_int, default=d.epochs,
                         help="fine-tuning epochs (dense epochs with --method none; default: %(default)s)")
     parser.add_argument("--dense-epochs", type=_positive_int, default=d.dense_epochs,
                         help="epochs of the dense model when it is not cached (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    parser.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
+                        help="images per step, over all processes")
     parser.add_argument("--lr", type=float, default=d.lr, help="dense learning rate (default: %(default)s)")
     parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr,
                         help="selector learning rate when pruning (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--out", type=Path, default=None, help="folder for checkpoints")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation, data order, augmentation")
+    parser.add_argument("--out", type=Path, default=None, help="folder for checkpoints (default: none are written "
+                                                               "except the dense cache)")
     parser.add_argument("--data", type=Path, default=None,
-                        help="ImageNet-style folder (train/ and val/ of class folders, or class folders)")
+                        help="ImageNet-style folder (train/ and val/ of class folders, or class folders; "
+                             "default: the bundled MNIST)")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="leave out images that cannot be read (counted in the output) instead of stopping "
+                             "before training")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="DeiT/timm .pth to start the dense model from")
+                        help="DeiT/timm .pth to start the dense model from (default: random initialisation)")
     parser.add_argument("--dense-checkpoint", type=Path, default=None,
-                        help="a trained dense model (ours or timm's) to use as is, skipping dense training")
+                        help="a trained dense model (ours or timm's) to use as is, skipping dense training "
+                             "(default: train or take it from the cache)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where trained dense models are cached (default: ~/.cache/tokensift)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the dense cache")
     parser.add_argument("--max-steps", type=_positive_int, default=None,
-                        help="stop each training stage after this many steps (quick checks)")
+                        help="stop each training stage after this many steps (quick checks; default: no limit)")
     from tokensift.sw.placement import ACCELERATORS
 
     parser.add_argument("--accelerator", default=d.accelerator, choices=ACCELERATORS,
@@ -74,30 +82,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokensift.sw.pipeline import PipelineConfig, run_pipeline
+    from tokensift.checks import check_finite, check_input_file, check_output_dir
+    from tokensift.sw.pipeline import PipelineConfig, default_cache_dir, run_pipeline
     from tokensift.sw.placement import shutdown_distributed
     from tokensift.sw.registry import create_model
     from tokensift.sw.train import is_main_process
 
+    # everything that can be checked is checked here, before hours of training can be lost to it
     try:
-        create_model(args.model, method=args.method, keep_ratio=args.keep)  # validate before any work
-        if not args.lr > 0 or not args.finetune_lr > 0:
-            raise ValueError(f"learning rates must be positive, not {args.lr} and {args.finetune_lr}")
+        student = create_model(args.model, method=args.method, keep_ratio=args.keep)
+        check_finite("--lr", args.lr, low=0, low_open=True)
+        check_finite("--finetune-lr", args.finetune_lr, low=0, low_open=True)
         if args.workers < 0:
             raise ValueError(f"--workers must be a non-negative integer, not {args.workers}")
     except (ValueError, TypeError) as exc:
         raise InvalidArgumentError(str(exc)) from None
+    for option in ("checkpoint", "dense_checkpoint"):
+        if getattr(args, option) is not None:
+            check_input_file(f"--{option.replace('_', '-')}", getattr(args, option))
+    if args.out is not None:
+        check_output_dir("--out", args.out)
+    if not args.no_cache and args.dense_checkpoint is None:
+        check_output_dir("--cache-dir", args.cache_dir if args.cache_dir is not None else default_cache_dir())
     cfg = PipelineConfig(
         model=args.model, method=args.method, keep_ratio=args.keep, epochs=args.epochs,
         dense_epochs=args.dense_epochs, batch_size=args.batch_size, lr=args.lr, finetune_lr=args.finetune_lr,
         seed=args.seed, out=args.out, data=args.data, checkpoint=args.checkpoint,
         dense_checkpoint=args.dense_checkpoint, cache_dir=args.cache_dir, use_cache=not args.no_cache,
         max_steps=args.max_steps, progress=not args.no_progress, accelerator=args.accelerator, amp=args.amp,
-        workers=args.workers,
+        workers=args.workers, skip_bad_images=args.skip_bad_images,
     )
     from tokensift.coopt.latency_cli import latency_plan
 
     cfg.budget_plan = latency_plan(args)  # None without --target-latency-ms
+    stage_keep = getattr(cfg.budget_plan, "stage_keep", None)
+    if stage_keep is not None and len(stage_keep) != len(student.selectors):
+        raise InvalidArgumentError(f"--stage-keep needs {len(student.selectors)} ratios for {args.model} "
+                                   f"(one per pruning stage), not {len(stage_keep)}")
     try:
         result = run_pipeline(cfg)
     except (ValueError, TypeError) as exc:

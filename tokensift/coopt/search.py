@@ -29,7 +29,7 @@ import numpy as np
 
 from tokensift.coopt.evaluate import CostEvaluator
 from tokensift.coopt.pareto import grid_front, pareto_mask
-from tokensift.errors import TokensiftError
+from tokensift.errors import MemoryBudgetError, TokensiftError
 
 __all__ = ["CoOptResult", "InfeasibleTargetError", "co_optimize", "choose", "training_budget", "SEARCHES"]
 
@@ -162,8 +162,10 @@ def _run_trial(study, objective) -> bool:
 def _grid_search(ev: CostEvaluator, accuracy, progress: bool):
     total = ev.hw_space.size * ev.keep_space.size
     if total > MAX_GRID_POINTS:
-        raise ValueError(f"the grid has {total} design points, more than {MAX_GRID_POINTS}; narrow the axes or "
-                         f"use the nsga2 search")
+        raise MemoryBudgetError(f"the grid has {total:,} design points ({ev.hw_space.size:,} hardware x "
+                                f"{ev.keep_space.size:,} keep ratios), more than the {MAX_GRID_POINTS:,} the "
+                                f"search holds in memory; coarsen the keep step, narrow the axes or use the nsga2 "
+                                f"search")
     with _progress(progress) as bar:
         task = bar.add_task("co-opt grid", total=1, info=f"{total} design points")
         g = ev.grid(accuracy=accuracy)

@@ -183,7 +183,10 @@ class KeepSpace:
 
     @property
     def size(self) -> int:
-        return len(self.points)
+        # counted, not enumerated: a fine keep step makes more points than memory holds
+        if self.kind == "per-stage":
+            return len(self.values) ** self.stages
+        return 1 if self.kind == "none" else len(self.values)
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "values": list(self.values), "stages": self.stages, "points": self.size}
