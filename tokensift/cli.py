@@ -15,7 +15,7 @@ import sys
 import traceback
 
 from tokensift import __version__
-from tokensift.errors import DEBUG_ENV, BUG_REPORTS, describe_user_error, is_user_error
+from tokensift.errors import BUG_REPORTS, DEBUG_ENV, describe_user_error, is_user_error
 
 __all__ = ["COMMANDS", "HelpFormatter", "build_parser", "emit_json", "main", "takes_value"]
 
