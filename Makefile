@@ -9,7 +9,7 @@ JOBS   ?= 2
 # the install stamp is rebuilt whenever the dependency list changes
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-slow lint bench verilog clean
+.PHONY: install demo test test-all test-slow test-icarus iverilog lint bench verilog clean
 
 install: $(STAMP)
 
@@ -25,14 +25,21 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/tokensift demo
 
-# the default suite: everything except the long sweeps (marker `slow`)
+# the default suite: everything except the long sweeps (marker `slow`) and the Icarus runs (`test-icarus`)
 test: install
-	$(PY) -m pytest -m "not slow" -n $(JOBS) --dist loadfile -q
+	$(PY) -m pytest -m "not slow and not icarus" -n $(JOBS) --dist loadfile -q
+
+# the cocotb testbenches marked `icarus` on Icarus Verilog, installed from Debian when missing (needs root)
+test-icarus: install iverilog
+	$(PY) -m pytest -m icarus -q
+
+iverilog:
+	@command -v iverilog >/dev/null || (apt-get update && apt-get install -y iverilog)
 
 test-slow: install
 	$(PY) -m pytest -m slow -q
 
-test-all: install
+test-all: install iverilog
 	$(PY) -m pytest -q
 
 lint: install
