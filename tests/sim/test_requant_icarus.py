@@ -23,8 +23,8 @@ def test_bit_exact_with_stalls_and_reset_on_icarus(p):
 
 
 def test_cycles_on_icarus():
-    p = CONFIGS[0]
-    result = run_cocotb(make(p), toplevel="requant", test_module="tokensift.sim.tb_requant_cycles",
+    dut = make(CONFIGS[0])
+    result = run_cocotb(dut, toplevel="requant", test_module="tokensift.sim.tb_requant_cycles",
                         params={"count": 100}, simulator="icarus")
     assert result.report["outputs"] == 100
-    assert result.report["cycles"] == cycles(RequantParams.of(make(p)), n_values=100)
+    assert result.report["cycles"] == cycles(RequantParams.of(dut), n_values=100)
