@@ -7,7 +7,7 @@ throughput (one value per cycle) with valid/ready backpressure on both sides.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -30,8 +30,7 @@ class Requantizer(wiring.Component):
         The fixed-point scale, ``1 <= multiplier < 2**31`` (maps onto one or two DSP multipliers),
         ``0 <= shift <= 62``.
     counter_bits : int
-        Width of the saturating ``overflows`` counter; a value that did not fit is counted two cycles
-        after it left on ``o_stream``.
+        Width of the saturating ``overflows`` counter.
     """
 
     def __init__(self, *, acc_bits: int = 32, out: FixedFormat, multiplier: int, shift: int,
@@ -75,9 +74,8 @@ class Requantizer(wiring.Component):
         m.d.comb += self.i_stream.ready.eq(~self.o_stream.valid | self.o_stream.ready)
         with m.If(self.o_stream.ready):
             m.d.sync += self.o_stream.valid.eq(0)
-        over = Signal()  # the value in the output register did not fit
         with m.If(take):
-            m.d.sync += [self.o_stream.payload.eq(result), self.o_stream.valid.eq(1), over.eq(overflowed)]
-        # counted as it leaves, from registers: no rounding adder or range check before the counter's enable
-        hwfixed.count_overflows(m, self.overflows, self.o_stream.valid & self.o_stream.ready & over)
+            m.d.sync += [self.o_stream.payload.eq(result), self.o_stream.valid.eq(1)]
+            with m.If(overflowed & (self.overflows != (1 << len(self.overflows)) - 1)):
+                m.d.sync += self.overflows.eq(self.overflows + 1)
         return m
