@@ -9,7 +9,7 @@ JOBS   ?= 2
 # the install stamp is rebuilt whenever the dependency list changes
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-slow lint bench verilog clean wheel-smoke
+.PHONY: install demo test test-all test-slow test-icarus iverilog lint bench verilog clean wheel-smoke
 
 install: $(STAMP)
 
@@ -25,9 +25,10 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/tokensift demo
 
-# the default suite: everything except the long sweeps (marker `slow`), then the wheel as a user gets it
+# the default suite: everything except the long sweeps (marker `slow`) and the Icarus runs (`test-icarus`),
+# then the wheel as a user gets it
 test: install
-	$(PY) -m pytest -m "not slow" -n $(JOBS) --dist loadfile -q
+	$(PY) -m pytest -m "not slow and not icarus" -n $(JOBS) --dist loadfile -q
 	$(MAKE) --no-print-directory wheel-smoke
 
 # build the wheel, install it (not editable) into a fresh venv and run the CLI there, outside the source
@@ -49,10 +50,17 @@ wheel-smoke: install
 		&& env -u PYTHONPATH bin/tokensift estimate --device zcu102 --json >/dev/null
 	@echo "wheel smoke test passed"
 
+# the cocotb testbenches marked `icarus` on Icarus Verilog, installed from Debian when missing (needs root)
+test-icarus: install iverilog
+	$(PY) -m pytest -m icarus -q
+
+iverilog:
+	@command -v iverilog >/dev/null || (apt-get update && apt-get install -y iverilog)
+
 test-slow: install
 	$(PY) -m pytest -m slow -q
 
-test-all: install
+test-all: install iverilog
 	$(PY) -m pytest -q
 
 lint: install

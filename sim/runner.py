@@ -1,7 +1,9 @@
 """Build and run a cocotb testbench on Verilator for an Amaranth component.
 
 elaborate -> Verilog (:func:`amaranth.back.verilog.convert`) -> Verilator build in a per-case directory
-(through :mod:`cocotb_tools.runner`) -> run the cocotb test module -> return what it reported.
+(through :mod:`cocotb_tools.runner`) -> run the cocotb test module -> return what it reported. The same
+testbench also runs on Icarus Verilog (``simulator="icarus"``), which shows the generated Verilog is not
+tied to one simulator.
 
 Testbench modules live in :mod:`tokensift.sim` so they import from anywhere. A testbench receives its
 parameters as JSON through the ``TOKENSIFT_TB_PARAMS`` environment variable and writes its results
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +89,7 @@ def run_cocotb(
     seed: int | None = None,
     build_args: list[str] | tuple[str, ...] = (),
     extra_sources: list[Path] | tuple[Path, ...] = (),
+    simulator: str = "verilator",
 ) -> SimResult:
     """Elaborate ``component``, build it with Verilator and run ``test_module`` against it.
 
@@ -95,12 +99,24 @@ def run_cocotb(
     :func:`default_build_root` named after the top level and a hash of the Verilog, so each case has
     its own build and identical cases share one. ``build_args`` are extra Verilator options (e.g. a
     control file, ``--timing``) and ``extra_sources`` extra Verilog files (e.g. a sim-only harness clock).
+    ``simulator`` is ``"verilator"`` or ``"icarus"`` (Debian's ``iverilog``; no waveforms, and
+    ``build_args`` go to ``iverilog``).
     """
     from cocotb_tools.runner import get_runner
 
-    find_verilator()
+    if simulator not in ("verilator", "icarus"):
+        raise ValueError(f"simulator must be 'verilator' or 'icarus', not {simulator!r}")
     if waves not in (False, True, "vcd", "fst"):
         raise ValueError(f"waves must be False, True, 'vcd' or 'fst', not {waves!r}")
+    icarus = simulator == "icarus"
+    if icarus and waves:
+        raise ValueError("waves are written by Verilator runs only; use simulator='verilator'")
+    if icarus:
+        if shutil.which("iverilog") is None:
+            raise ToolchainError("Icarus Verilog was not found; apt-get install iverilog "
+                                 "(`make test-icarus` does it)")
+    else:
+        find_verilator()
     text = emit_verilog(component, name=toplevel)
     recipe = text + "\n".join([*build_args, *(Path(f).read_text() for f in extra_sources)])
     digest = hashlib.sha1(recipe.encode()).hexdigest()[:10]
@@ -108,15 +124,16 @@ def run_cocotb(
     if wave_kind == "fst" and not fst_supported():
         raise ToolchainError("FST waveforms need the lz4 headers (apt-get install liblz4-dev); use waves='vcd'")
     if build_dir is None:
-        build_dir = default_build_root() / f"{toplevel}-{digest}{'-' + wave_kind if wave_kind else ''}"
+        suffix = "-icarus" if icarus else ("-" + wave_kind if wave_kind else "")
+        build_dir = default_build_root() / f"{toplevel}-{digest}{suffix}"
     build_dir = Path(build_dir).resolve()
     verilog_path = build_dir / f"{toplevel}.v"
     emit_verilog(component, name=toplevel, path=verilog_path)
 
-    build_args = [*_VERILATOR_ARGS, *build_args]
+    build_args = list(build_args) if icarus else [*_VERILATOR_ARGS, *build_args]
     if wave_kind == "fst":
         build_args += ["--trace-fst"]
-    runner = get_runner("verilator")
+    runner = get_runner(simulator)
     log_dir = build_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     stamp = f"{os.getpid()}-{time.monotonic_ns()}"
@@ -128,7 +145,8 @@ def run_cocotb(
     }
     start = time.perf_counter()
     saved_make_flags = os.environ.get("MAKEFLAGS")
-    os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved_make_flags, *_MAKE_FLAGS]))
+    if not icarus:
+        os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved_make_flags, *_MAKE_FLAGS]))
     try:
         runner.build(
             sources=[verilog_path, *map(Path, extra_sources)],
@@ -137,9 +155,11 @@ def run_cocotb(
             build_args=build_args,
             waves=bool(wave_kind),
             log_file=log_dir / "build.log",
+            **({"timescale": ("1ns", "1ps")} if icarus else {}),  # cocotb's clocks are in ns
         )
     except (SystemExit, Exception) as exc:  # make/verilator failures arrive as CalledProcessError
-        raise SimulationError(f"Verilator build of {toplevel} failed; see {log_dir / 'build.log'}") from exc
+        tool = "Icarus Verilog" if icarus else "Verilator"
+        raise SimulationError(f"{tool} build of {toplevel} failed; see {log_dir / 'build.log'}") from exc
     finally:
         if saved_make_flags is None:
             os.environ.pop("MAKEFLAGS", None)

@@ -2,17 +2,18 @@
 
 Every hardware block rounds and saturates through these two functions, and their fast simulator tests
 check them bit for bit against :func:`tokensift.quant.fixed.round_shift` and
-:meth:`tokensift.quant.fixed.FixedFormat.fit`.
+:meth:`tokensift.quant.fixed.FixedFormat.fit`; :func:`count_overflows` is the running total of an
+:class:`tokensift.quant.fixed.OverflowCounter`.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Mux, Value
+from amaranth.hdl import Const, Module, Mux, Signal, Value
 
 from tokensift.checks import check_int
 from tokensift.quant.fixed import FixedFormat, Overflow, Rounding
 
-__all__ = ["round_shift", "fit"]
+__all__ = ["round_shift", "fit", "count_overflows"]
 
 
 def round_shift(value, shift: int, rounding: Rounding = Rounding.HALF_UP) -> Value:
@@ -52,8 +53,12 @@ def fit(value, fmt: FixedFormat) -> tuple[Value, Value]:
     if not isinstance(fmt, FixedFormat):
         raise TypeError(f"fmt must be a FixedFormat, not {type(fmt).__name__}")
     value = Value.cast(value)
-    too_big = value > fmt.max_int
-    too_small = value < fmt.min_int
+    shape = value.shape()
+    lowest = -(1 << (shape.width - 1)) if shape.signed else 0
+    highest = (1 << (shape.width - shape.signed)) - 1
+    # a bound the value cannot cross is no compare at all (Verilator's lint flags a constant one)
+    too_big = value > fmt.max_int if highest > fmt.max_int else Const(0)
+    too_small = value < fmt.min_int if lowest < fmt.min_int else Const(0)
     low = value.as_unsigned()[: fmt.bits]
     low = low.as_signed() if fmt.signed else low
     if fmt.overflow is Overflow.WRAP:
@@ -61,3 +66,22 @@ def fit(value, fmt: FixedFormat) -> tuple[Value, Value]:
     else:
         result = Mux(too_big, Const(fmt.max_int, fmt.shape), Mux(too_small, Const(fmt.min_int, fmt.shape), low))
     return result, too_big | too_small
+
+
+def count_overflows(m: Module, counter: Signal, event) -> None:
+    """Count the cycles ``event`` is high in ``counter``, which stops at its maximum; two cycles later.
+
+    Timed by construction: ``event`` (typically ``fit``'s ``overflowed`` behind a rounding adder) is
+    registered before it enables the increment, and whether the counter is full is a register of its own,
+    so neither the logic that raised the event nor a compare across the counter's width reaches the
+    enable of the counter's carry chain. ``counter`` is a ``sync`` register, cleared only by the domain's reset.
+    """
+    if not isinstance(counter, Signal):
+        raise TypeError(f"counter must be an Amaranth Signal, not {type(counter).__name__}")
+    if not isinstance(m, Module):
+        raise TypeError(f"m must be an Amaranth Module, not {type(m).__name__}")
+    pending = Signal(name=f"{counter.name}_event")
+    full = Signal(name=f"{counter.name}_full")
+    m.d.sync += pending.eq(event)
+    with m.If(pending & ~full):
+        m.d.sync += [counter.eq(counter + 1), full.eq(counter == (1 << len(counter)) - 2)]

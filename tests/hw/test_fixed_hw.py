@@ -59,3 +59,35 @@ def test_fit_exhaustive(fmt):
 def test_round_shift_rejects_a_shift_that_is_not_an_integer():
     with pytest.raises(TypeError, match=r"^shift must be an integer, not float$"):
         hwfixed.round_shift(Signal(8), 1.0)
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_count_overflows_counts_two_cycles_later_and_stops_at_its_maximum(width):
+    m = Module()
+    counter, event = Signal(width, name="overflows"), Signal()
+    hwfixed.count_overflows(m, counter, event)
+    events = np.random.default_rng(width).random(40) < 0.5
+    events[:3] = [1, 0, 1]
+    seen = []
+
+    async def testbench(ctx):
+        for e in events.tolist():
+            ctx.set(event, e)
+            await ctx.tick()
+            seen.append(ctx.get(counter))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    # after the tick that ends cycle t, the counter holds the events of cycles 0 .. t - 1
+    want = np.minimum(np.concatenate([[0], np.cumsum(events)[:-1]]), (1 << width) - 1)
+    np.testing.assert_array_equal(seen, want)
+    assert want[-1] == (1 << width) - 1  # it did saturate
+
+
+def test_count_overflows_rejects_what_is_not_a_signal():
+    with pytest.raises(TypeError, match=r"^counter must be an Amaranth Signal, not int$"):
+        hwfixed.count_overflows(None, 3, Signal())
+    with pytest.raises(TypeError, match=r"^m must be an Amaranth Module, not NoneType$"):
+        hwfixed.count_overflows(None, Signal(4), Signal())

@@ -54,3 +54,16 @@ def test_failing_check_raises(tmp_path):
         run_cocotb(make(p), toplevel="requant", test_module="tokensift.sim.tb_requant",
                    params={**p, "multiplier": p["multiplier"] + 1, "seed": 2, "count": 200},
                    testcase="random_stream_with_stalls")
+
+
+def test_simulator_choice_is_checked_before_anything_is_built(monkeypatch, tmp_path):
+    dut = make(CONFIGS[0])
+    with pytest.raises(ValueError, match=r"^simulator must be 'verilator' or 'icarus', not 'xsim'$"):
+        run_cocotb(dut, toplevel="requant", test_module="tokensift.sim.tb_requant", simulator="xsim")
+    with pytest.raises(ValueError, match=r"^waves are written by Verilator runs only; use simulator='verilator'$"):
+        run_cocotb(dut, toplevel="requant", test_module="tokensift.sim.tb_requant", simulator="icarus", waves=True)
+    monkeypatch.setattr(runner.shutil, "which", lambda name: None)
+    with pytest.raises(ToolchainError, match=r"^Icarus Verilog was not found; apt-get install iverilog "):
+        run_cocotb(dut, toplevel="requant", test_module="tokensift.sim.tb_requant", simulator="icarus",
+                   build_dir=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
