@@ -37,8 +37,7 @@ class Compactor(wiring.Component):
     Ports
     -----
     start : In
-        One cycle: clear the counters before a pass. ``threshold``, ``ties`` and ``n_tokens`` must
-        stay stable during the pass.
+        One cycle: clear the counters and take ``threshold``, ``ties`` and ``n_tokens`` for the pass.
     sample, index, score : In
         One token per cycle, in ascending index order starting at 0.
     w_en, w_addr, w_data : Out
@@ -71,23 +70,29 @@ class Compactor(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        n_pruned = Signal(self._count_bits)
-        taken = Signal(self._count_bits)  # candidates equal to the threshold seen so far
-        is_cls = self.index == 0
-        equal = ~is_cls & (self.score == self.threshold)
-        keep = is_cls | (self.score > self.threshold) | (equal & (taken < self.ties))
+        # the pass's settings are registers, and the per-token decision is one comparison of the score
+        # with a register plus counters: no subtraction or count comparison on the way to the list write
+        threshold = Signal.like(self.threshold)
+        ties_left = Signal(self._count_bits)  # equal candidates still to admit
+        pruned_addr = Signal(self._count_bits)  # n_tokens - 1 - (tokens pruned so far)
+        first = Signal()  # the next sample is token 0, the class token
+        equal = ~first & (self.score == threshold)
+        admit_tie = equal & (ties_left != 0)
+        keep = first | (self.score > threshold) | admit_tie
         m.d.comb += [
             self.w_en.eq(self.sample),
             self.w_data.eq(self.index),
-            self.w_addr.eq(Mux(keep, self.n_kept, self.n_tokens - 1 - n_pruned)),
+            self.w_addr.eq(Mux(keep, self.n_kept, pruned_addr)),
         ]
         with m.If(self.sample):
-            with m.If(equal):
-                m.d.sync += taken.eq(taken + 1)
+            m.d.sync += first.eq(0)
+            with m.If(admit_tie):
+                m.d.sync += ties_left.eq(ties_left - 1)
             with m.If(keep):
                 m.d.sync += self.n_kept.eq(self.n_kept + 1)
             with m.Else():
-                m.d.sync += [n_pruned.eq(n_pruned + 1), self.pruned_sum.eq(self.pruned_sum + self.score)]
+                m.d.sync += [pruned_addr.eq(pruned_addr - 1), self.pruned_sum.eq(self.pruned_sum + self.score)]
         with m.If(self.start):
-            m.d.sync += [self.n_kept.eq(0), n_pruned.eq(0), taken.eq(0), self.pruned_sum.eq(0)]
+            m.d.sync += [self.n_kept.eq(0), self.pruned_sum.eq(0), first.eq(1), threshold.eq(self.threshold),
+                         ties_left.eq(self.ties), pruned_addr.eq(self.n_tokens - 1)]
         return m

@@ -33,7 +33,7 @@ Algorithm
    the fly (top-k).
 2. Search (top-k): per further digit, one pass over the candidates' scores and a 16-bin scan
    (:class:`tokensift.hw.selector.histogram.HistogramSelect`) finds the k-th largest score ``v`` and how many
-   ties at ``v`` to admit; no sort: ``digits * 18 + (digits - 1) * N`` cycles, ``digits =
+   ties at ``v`` to admit; no sort: ``digits * 20 + (digits - 1) * N`` cycles, ``digits =
    ceil(score_bits / 4)``.
 3. Compaction (:class:`tokensift.hw.selector.compactor.Compactor`): one pass in index order writes the kept indices
    (ascending) and the pruned ones into a list memory; lower indices win ties.
@@ -41,12 +41,16 @@ Algorithm
    package token, the pruned tokens' beats through ``lanes`` MACs and dividers
    (:class:`tokensift.hw.selector.package.PackageMAC`).
 
+Timing: every memory read goes straight into a register (an ECP5 block RAM's output arrives almost 6 ns
+after the clock), the multipliers' inputs and products are registered, and the histogram counts and
+scans without wide multiplexers; :func:`cycles` counts the added stages.
+
 :func:`cycles` gives the exact cycle count of a frame without stalls.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -69,9 +73,15 @@ __all__ = [
     "OUT_FIFO_DEPTH",
 ]
 
-#: entries of the output FIFO (enough for one beat per cycle through the two-stage read pipeline)
-OUT_FIFO_DEPTH = 4
-_PIPE = 2  # read pipeline: list memory, then feature/score memory
+#: cycles from a beat's issue to its data leaving the feature memory: list memory, its output register
+#: (the feature address is added from a register), feature memory
+READ_LATENCY = 3
+#: entries of the output FIFO: a beat holds its credit from its issue until the cycle after it is read,
+#: READ_LATENCY + 3 cycles (the feature memory's output register, the FIFO, the reader), so one beat per
+#: cycle needs that many entries
+OUT_FIFO_DEPTH = READ_LATENCY + 3
+#: cycles between the package pass's last issue and the divide: its read and product reach the accumulator
+_PKG_WAIT = READ_LATENCY + PackageMAC.latency - 2
 
 
 def command_layout(params: SelectorParams) -> data.StructLayout:
@@ -99,7 +109,7 @@ def cycle_breakdown(params: SelectorParams, *, n_tokens: int, kept: int, mode: M
     ``package`` (an invalid frame has ``load`` and ``header`` only).
 
     >>> cycle_breakdown(SelectorParams(n_max=8, dim=8, lanes=4), n_tokens=8, kept=3, mode=Mode.TOPK)
-    {'load': 18, 'search': 96, 'compact': 10, 'header': 1, 'output': 6, 'package': 0}
+    {'load': 18, 'search': 104, 'compact': 11, 'header': 1, 'output': 7, 'package': 0}
     """
     if not isinstance(params, SelectorParams):
         raise TypeError(f"params must be SelectorParams, not {type(params).__name__}")
@@ -120,13 +130,14 @@ def cycle_breakdown(params: SelectorParams, *, n_tokens: int, kept: int, mode: M
     if package and not params.package:
         raise ValueError("package token requested from a selector built without package=True")
     d = params.digits
+    scan = HistogramSelect.count_latency + (1 << RADIX_BITS)
     return {
         "load": load,
-        "search": d * ((1 << RADIX_BITS) + 2) + (d - 1) * n if mode is Mode.TOPK else 0,
-        "compact": n + 2,
+        "search": d * (scan + 2) + (d - 1) * n if mode is Mode.TOPK else 0,
+        "compact": n + 3,
         "header": 1,
-        "output": kept * b,
-        "package": b * ((n - kept) + 1 + PackageMAC.latency + 1 + params.feature_bits + 2)
+        "output": kept * b + 1,
+        "package": b * ((n - kept) + 1 + _PKG_WAIT + 1 + params.feature_bits + 2)
         if package and kept < n else 0,
     }
 
@@ -141,11 +152,13 @@ def cycles(params: SelectorParams, *, n_tokens: int, kept: int, mode: Mode, pack
     ``P = N - kept`` pruned tokens::
 
         load     = 2 + N * B                      command, N * B feature beats (scores alongside), exit
-        search   = D * 18 + (D - 1) * N           top-k only: D scans of 16 bins (+2), D - 1 score passes
-        compact  = N + 2
+        search   = D * 20 + (D - 1) * N           top-k only: D scans (2 counting stages + 16 bins, +2),
+                                                  D - 1 score passes
+        compact  = N + 3                          start, N reads, the last one's 2-stage read
         header   = 1
-        output   = kept * B                       one beat per cycle
-        package  = B * (P + feature_bits + 6)     per beat: P MACs, 1 + 2 pipeline, 1 + fb + 1 divider, push
+        output   = kept * B + 1                   one beat per cycle, then one cycle for the last read
+        package  = B * (P + feature_bits + 8)     per beat: P MACs, 1 + 4 pipeline (read, multiplier
+                                                  input and product), 1 + fb + 1 divider, push
         invalid frame (status not OK): 3 + N * B  (inputs drained, header only)
 
     ``kept`` counts the class token (1 + k in top-k mode), not the package token. For an invalid frame
@@ -153,9 +166,9 @@ def cycles(params: SelectorParams, *, n_tokens: int, kept: int, mode: Mode, pack
 
     >>> p = SelectorParams(n_max=197, dim=384, lanes=16, package=True)
     >>> cycles(p, n_tokens=197, kept=99, mode=Mode.TOPK, package=True)
-    10657
+    10715
     >>> cycles(p, n_tokens=197, kept=99, mode=Mode.THRESHOLD)
-    7306
+    7308
     """
     return sum(cycle_breakdown(params, n_tokens=n_tokens, kept=kept, mode=mode, package=package,
                                status=status).values())
@@ -244,20 +257,31 @@ class Selector(wiring.Component):
         taken = self.o_token.valid & self.o_token.ready
         m.d.sync += outstanding.eq(outstanding + (issue_out | push_pkg) - taken)
 
-        # -- read pipeline: list memory -> feature (and score) memory -> FIFO or MAC ----------------
+        # -- read pipeline: every memory output goes straight into a register ------------------------
+        #    s1: list memory read; s2: the token's index registered, feature (and score) address =
+        #    beat base + index; s3: feature memory read, into the MAC's input registers or, s4, into
+        #    ``feat_q`` and the FIFO
         s1_valid, s1_mac, s1_last = Signal(), Signal(), Signal()
         s1_base = Signal(range(n_max * beats))
         s2_valid, s2_mac, s2_last = Signal(), Signal(), Signal()
+        s2_base = Signal(range(n_max * beats))
         s2_index = Signal(p.idx_bits)
-        m.d.sync += [s1_valid.eq(0), s2_valid.eq(s1_valid), s2_mac.eq(s1_mac), s2_last.eq(s1_last),
-                     s2_index.eq(list_rd.data)]
-        m.d.comb += feat_rd.addr.eq(s1_base + list_rd.data)
-        beat_out = Signal(tok)
-        m.d.comb += [beat_out.data.eq(feat_rd.data), beat_out.index.eq(s2_index), beat_out.last.eq(s2_last)]
-        with m.If(s2_valid & ~s2_mac):
-            m.d.comb += [fifo.w_en.eq(1), fifo.w_data.eq(beat_out)]
+        s3_valid, s3_mac, s3_last = Signal(), Signal(), Signal()
+        s3_index = Signal(p.idx_bits)
+        s4_valid, s4_last = Signal(), Signal()
+        s4_index = Signal(p.idx_bits)
+        feat_q = Signal(feature_layout(p))
+        m.d.sync += [
+            s1_valid.eq(0),
+            s2_valid.eq(s1_valid), s2_mac.eq(s1_mac), s2_last.eq(s1_last), s2_base.eq(s1_base),
+            s2_index.eq(list_rd.data),
+            s3_valid.eq(s2_valid), s3_mac.eq(s2_mac), s3_last.eq(s2_last), s3_index.eq(s2_index),
+            s4_valid.eq(s3_valid & ~s3_mac), s4_last.eq(s3_last), s4_index.eq(s3_index),
+            feat_q.eq(feat_rd.data),
+        ]
+        m.d.comb += feat_rd.addr.eq(s2_base + s2_index)
         if p.package:
-            m.d.comb += [mac.sample.eq(s2_valid & s2_mac), mac.weight.eq(score_rd.data),
+            m.d.comb += [mac.sample.eq(s3_valid & s3_mac), mac.weight.eq(score_rd.data),
                          mac.features.eq(feat_rd.data), mac.divisor.eq(comp.pruned_sum)]
 
         # -- load counters ----------------------------------------------------------------------------
@@ -273,30 +297,43 @@ class Selector(wiring.Component):
         ]
 
         # -- pass counter (search and compaction passes, output and package issue) ---------------------
+        #    a pass reads the score memory at ``i``; the score reaches ``score_q`` two cycles later
         i = Signal(FIELD_BITS)
-        hist_pending = Signal()  # a score read of a search pass is in flight
-        comp_pending = Signal()  # a score read of the compaction pass is in flight
-        rd_index = Signal(p.idx_bits)
+        hist_pending = Signal(2)  # a score read of a search pass is in flight, by stage
+        comp_pending = Signal(2)  # a score read of the compaction pass is in flight, by stage
+        rd_index = Signal(2 * p.idx_bits)  # the index of each stage's read
+        score_q = Signal(p.score_bits)
         load_sample = Signal()
-        m.d.sync += [hist_pending.eq(0), comp_pending.eq(0), rd_index.eq(i)]
+        m.d.sync += [hist_pending.eq(hist_pending << 1), comp_pending.eq(comp_pending << 1),
+                     rd_index.eq(Cat(i[:p.idx_bits], rd_index)), score_q.eq(score_rd.data)]
         m.d.comb += [
-            search.sample.eq(load_sample | hist_pending),
-            search.score.eq(Mux(hist_pending, score_rd.data, self.i_score.payload)),
-            comp.sample.eq(comp_pending),
+            search.sample.eq(load_sample | hist_pending[1]),
+            search.score.eq(Mux(hist_pending[1], score_q, self.i_score.payload)),
+            comp.sample.eq(comp_pending[1]),
             list_rd.addr.eq(i),
-            score_rd.addr.eq(list_rd.data),  # package pass: the score of the token in pipeline stage 1
+            score_rd.addr.eq(s2_index),  # package pass: the score of the token in pipeline stage 2
         ]
         m.d.comb += [
             comp.threshold.eq(Mux(topk, search.threshold, thr)),
             comp.ties.eq(Mux(topk, search.ties, 0)),
             comp.n_tokens.eq(n),
-            comp.index.eq(rd_index),
-            comp.score.eq(score_rd.data),
+            comp.index.eq(rd_index[p.idx_bits:]),
+            comp.score.eq(score_q),
             list_wr.en.eq(comp.w_en), list_wr.addr.eq(comp.w_addr), list_wr.data.eq(comp.w_data),
         ]
         beat = Signal(range(beats))
         base = Signal(range(n_max * beats))
         n_kept = comp.n_kept
+        last_kept = Signal(FIELD_BITS)  # position of the last kept token in the list
+
+        # FIFO write data: every field of token_layout (data, index, package, last) in one expression; a
+        # field left to its default would become a constant process that event-driven simulators never
+        # run (the field would stay X)
+        pkg_word = Cat(mac.result, C(0, p.idx_bits), C(1, 1), beat == beats - 1) if p.package else C(0, tok.size)
+        m.d.comb += [
+            fifo.w_en.eq(s4_valid | push_pkg),
+            fifo.w_data.eq(Mux(s4_valid, Cat(feat_q, s4_index, C(0, 1), s4_last), pkg_word)),
+        ]
         pkg_out = pkg & (n_kept != n)  # a package token is output when requested and a token was pruned
 
         with m.FSM():
@@ -353,7 +390,7 @@ class Selector(wiring.Component):
             with m.State("HIST"):
                 m.d.comb += score_rd.addr.eq(i)
                 with m.If(i < n):
-                    m.d.sync += [i.eq(i + 1), hist_pending.eq(1)]
+                    m.d.sync += [i.eq(i + 1), hist_pending[0].eq(1)]
                 with m.Else():
                     m.next = "SCAN"
 
@@ -365,9 +402,12 @@ class Selector(wiring.Component):
             with m.State("COMPACT"):
                 m.d.comb += score_rd.addr.eq(i)
                 with m.If(i < n):
-                    m.d.sync += [i.eq(i + 1), comp_pending.eq(1)]
+                    m.d.sync += [i.eq(i + 1), comp_pending[0].eq(1)]
                 with m.Else():
-                    m.next = "HEADER"
+                    m.next = "COMPACT_END"
+
+            with m.State("COMPACT_END"):  # the last score reaches the compactor
+                m.next = "HEADER"
 
             with m.State("HEADER"):
                 m.d.comb += [
@@ -377,14 +417,14 @@ class Selector(wiring.Component):
                     self.o_frame.payload.package.eq(ok & pkg_out),
                 ]
                 with m.If(self.o_frame.ready):
-                    m.d.sync += [i.eq(0), beat.eq(0), base.eq(0)]
+                    m.d.sync += [i.eq(0), beat.eq(0), base.eq(0), last_kept.eq(n_kept - 1)]
                     with m.If(ok):
                         m.next = "OUTPUT"
                     with m.Else():
                         m.next = "IDLE"
 
             with m.State("OUTPUT"):
-                final = (i == n_kept - 1) & (beat == beats - 1)
+                final = (i == last_kept) & (beat == beats - 1)
                 with m.If(credit):
                     m.d.comb += issue_out.eq(1)
                     m.d.sync += [s1_valid.eq(1), s1_mac.eq(0), s1_base.eq(base), s1_last.eq(final & ~pkg_out)]
@@ -394,10 +434,15 @@ class Selector(wiring.Component):
                         m.d.sync += [beat.eq(beat + 1), base.eq(base + n_max)]
                     with m.If(final):
                         m.d.sync += [i.eq(n_kept), beat.eq(0), base.eq(0)]
-                        m.next = "PKG_MAC" if p.package else "IDLE"
-                        if p.package:
-                            with m.If(~pkg_out):
-                                m.next = "IDLE"
+                        m.next = "OUTPUT_END"
+
+            with m.State("OUTPUT_END"):
+                # one cycle, so that the next frame's first feature write (to address 0) comes after the
+                # last beat's read even when that beat is token 0's only one
+                m.next = "PKG_MAC" if p.package else "IDLE"
+                if p.package:
+                    with m.If(~pkg_out):
+                        m.next = "IDLE"
 
             if p.package:
                 with m.State("PKG_MAC"):
@@ -410,7 +455,7 @@ class Selector(wiring.Component):
 
                 with m.State("PKG_WAIT"):  # the last product reaches its accumulator
                     m.d.sync += i.eq(i + 1)
-                    with m.If(i == PackageMAC.latency - 1):
+                    with m.If(i == _PKG_WAIT - 1):
                         m.next = "PKG_DIV"
 
                 with m.State("PKG_DIV"):
@@ -419,10 +464,7 @@ class Selector(wiring.Component):
 
                 with m.State("PKG_PUSH"):
                     with m.If(~mac.busy & credit):
-                        pkg_beat = Signal(tok)
-                        m.d.comb += [pkg_beat.data.eq(mac.result), pkg_beat.package.eq(1),
-                                     pkg_beat.last.eq(beat == beats - 1),
-                                     fifo.w_en.eq(1), fifo.w_data.eq(pkg_beat), push_pkg.eq(1), mac.clear.eq(1)]
+                        m.d.comb += [push_pkg.eq(1), mac.clear.eq(1)]
                         m.d.sync += [i.eq(n_kept), beat.eq(beat + 1), base.eq(base + n_max)]
                         with m.If(beat == beats - 1):
                             m.next = "IDLE"

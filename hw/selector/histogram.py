@@ -8,14 +8,17 @@ the top and picks the bin where the running count reaches the remaining rank. Af
 ``threshold`` is the k-th largest candidate score and ``ties`` how many candidates equal to it to admit,
 lowest index first.
 
-Timing: a ``scan`` pulse is followed by exactly ``2**radix_bits`` busy cycles; one pass of ``n`` scores
+Timing: a sample is counted through two registered stages (so a memory output can drive ``score``
+directly) and each bin has its own counter; the scan shifts the bins past one comparison instead of
+reading them through a 16:1 multiplexer. A ``scan`` pulse is followed by exactly ``2 + 2**radix_bits``
+busy cycles and sees every sample given up to and including its own cycle; one pass of ``n`` scores
 takes ``n`` cycles of ``sample``. Counters and the scan are a few dozen LUTs and flip-flops; no DSP, no
 memory.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -45,7 +48,8 @@ class HistogramSelect(wiring.Component):
     sample, score : In
         One candidate score of the current pass; ignored while ``busy``.
     scan : In
-        After a pass: resolve the current digit (``2**radix_bits`` busy cycles follow).
+        After a pass (or in its last sample's cycle): resolve the current digit (:attr:`scan_cycles`
+        busy cycles follow).
     busy, done, digit : Out
         Scanning; all digits resolved; the digit the next pass counts (0 = most significant).
     threshold, ties : Out
@@ -78,66 +82,79 @@ class HistogramSelect(wiring.Component):
 
     @property
     def scan_cycles(self) -> int:
-        """Busy cycles after each ``scan`` pulse."""
-        return 1 << self._radix_bits
+        """Busy cycles after each ``scan`` pulse: the two counting stages, then one per bin."""
+        return self.count_latency + (1 << self._radix_bits)
+
+    #: registered stages between a ``sample`` and its counter (``scan`` follows the same stages)
+    count_latency = 2
 
     def elaborate(self, platform):
         m = Module()
         r, digits, bins = self._radix_bits, self._digits, 1 << self._radix_bits
         width = digits * r
-        hist = Array(Signal(self._count_bits, name=f"hist{b}") for b in range(bins))
+        cb = self._count_bits
+        hist = [Signal(cb, name=f"hist{b}") for b in range(bins)]
         prefix = Signal(width)  # resolved digits, left-aligned: bits above the current digit
-        rank = Signal(self._count_bits)  # rank still to find among candidates matching the prefix
-        cum = Signal(self._count_bits + 1)
+        above = Signal(width)  # mask of the bits above the current digit
+        rank = Signal(cb)  # rank still to find among candidates matching the prefix
+        remaining = Signal(cb)  # during a scan: the rank minus the counts of the bins above this one
+        scanning = Signal()
         found = Signal()
         sel = Signal(r)
-        sel_rank = Signal(self._count_bits)
+        sel_rank = Signal(cb)
         bin_ = Signal(r)
 
-        score = self.score
-        m.d.comb += [self.threshold.eq(prefix), self.ties.eq(rank), self.done.eq(self.digit == digits)]
-
-        # -- counting: the current digit of scores whose higher digits equal the prefix ---------------
+        # -- counting in two registered stages, so that no path runs from the parent's memory read to a
+        #    counter: 1. the sample as it comes; 2. its current digit and whether its higher digits equal
+        #    the prefix; then only the counter of that bin increments (no read-modify-write through a
+        #    16:1 mux). ``scan`` travels down the same stages, so it sees every sample up to its own cycle.
+        sample1, score1, scan1 = Signal(), Signal(width), Signal()
+        sample2, cur2, scan2 = Signal(), Signal(r), Signal()
+        m.d.comb += [
+            self.busy.eq(scan1 | scan2 | scanning),
+            self.threshold.eq(prefix),
+            self.ties.eq(rank),
+            self.done.eq(self.digit == digits),
+        ]
+        idle = ~self.busy & ~self.done
+        m.d.sync += [sample1.eq(self.sample & idle), score1.eq(self.score), scan1.eq(self.scan & idle)]
         cur = Signal(r)
-        match = Signal()
         with m.Switch(self.digit):
             for d in range(digits):
-                low = (digits - 1 - d) * r
                 with m.Case(d):
-                    m.d.comb += cur.eq((score >> low)[:r])
-                    if d == 0:
-                        m.d.comb += match.eq(1)
-                    else:
-                        m.d.comb += match.eq((score >> (low + r)) == (prefix >> (low + r)))
-        with m.If(self.sample & ~self.busy & ~self.done & match):
-            m.d.sync += hist[cur].eq(hist[cur] + 1)
+                    m.d.comb += cur.eq(score1[(digits - 1 - d) * r:][:r])
+        match = ((score1 ^ prefix) & above) == 0
+        m.d.sync += [sample2.eq(sample1 & match), cur2.eq(cur), scan2.eq(scan1)]
+        for b in range(bins):
+            with m.If(sample2 & (cur2 == b)):
+                m.d.sync += hist[b].eq(hist[b] + 1)
 
-        # -- scanning: bins from the top, first one where the running count reaches the rank ----------
-        h = hist[bin_]
-        hit = ~found & (cum + h >= rank)
-        with m.If(self.busy):
-            m.d.sync += bin_.eq(bin_ - 1)
+        # -- scanning: the bins shift towards the top one per cycle, so the bin under test is always the
+        #    last register and the histogram is all zeros when the scan ends; ``remaining`` counts down
+        #    instead of a running sum being compared with the rank
+        with m.If(scan2):
+            m.d.sync += [scanning.eq(1), bin_.eq(bins - 1), remaining.eq(rank), found.eq(0)]
+        h = hist[-1]
+        hit = ~found & (h >= remaining)
+        with m.If(scanning):
+            m.d.sync += [hist[b].eq(hist[b - 1]) for b in range(1, bins)]
+            m.d.sync += [hist[0].eq(0), bin_.eq(bin_ - 1)]
             with m.If(hit):
-                m.d.sync += [found.eq(1), sel.eq(bin_), sel_rank.eq(rank - cum)]
+                m.d.sync += [found.eq(1), sel.eq(bin_), sel_rank.eq(remaining)]
             with m.Elif(~found):
-                m.d.sync += cum.eq(cum + h)
+                m.d.sync += remaining.eq(remaining - h)
             with m.If(bin_ == 0):  # last scan cycle: commit the digit
-                final_sel = Signal(r)
-                final_rank = Signal(self._count_bits)
-                m.d.comb += [final_sel.eq(sel), final_rank.eq(sel_rank)]
-                with m.If(hit):
-                    m.d.comb += [final_sel.eq(bin_), final_rank.eq(rank - cum)]
                 with m.Switch(self.digit):
                     for d in range(digits):
                         low = (digits - 1 - d) * r
                         with m.Case(d):
-                            m.d.sync += prefix[low:low + r].eq(final_sel)
-                m.d.sync += [rank.eq(final_rank), self.digit.eq(self.digit + 1), self.busy.eq(0)]
-                m.d.sync += [c.eq(0) for c in hist]
-        with m.Elif(self.scan & ~self.done):
-            m.d.sync += [self.busy.eq(1), bin_.eq(bins - 1), cum.eq(0), found.eq(0)]
+                            m.d.sync += [prefix[low:low + r].eq(Mux(hit, bin_, sel)),
+                                         above.eq(((1 << width) - 1) ^ ((1 << low) - 1))]
+                m.d.sync += [rank.eq(Mux(hit, remaining, sel_rank)), self.digit.eq(self.digit + 1),
+                             scanning.eq(0)]
 
         with m.If(self.start):
-            m.d.sync += [prefix.eq(0), rank.eq(self.k), self.digit.eq(0), self.busy.eq(0)]
+            m.d.sync += [prefix.eq(0), above.eq(0), rank.eq(self.k), self.digit.eq(0), scanning.eq(0),
+                         sample1.eq(0), sample2.eq(0), scan1.eq(0), scan2.eq(0)]
             m.d.sync += [c.eq(0) for c in hist]
         return m

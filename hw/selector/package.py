@@ -10,7 +10,9 @@ The floor division is a restoring divider per lane. Because ``acc_c / S`` lies i
 quotient by ``S`` fits ``fb + 1`` bits; the divider resolves them MSB first in ``fb + 1`` cycles and
 subtracts the offset ``2**fb`` (``fb = feature_bits``).
 
-Timing: an accumulator holds a sample's product ``latency = 2`` cycles after its ``sample`` cycle; a
+Timing: the multipliers' inputs and products are registered (``sample``, ``weight`` and ``features`` go
+straight into registers, so a memory output can drive them; Yosys can absorb both registers into the
+DSP), so an accumulator holds a sample's product ``latency = 3`` cycles after its ``sample`` cycle; a
 ``divide`` pulse is followed by exactly ``feature_bits + 1`` busy cycles, after which ``result`` holds
 until the next ``divide``.
 """
@@ -52,7 +54,7 @@ class PackageMAC(wiring.Component):
         Dividing; the rounded package beat.
     """
 
-    latency = 2
+    latency = 3
 
     def __init__(self, *, lanes: int, score_bits: int, feature_bits: int, count_bits: int):
         for name, value, low, high in (("lanes", lanes, 1, 256), ("score_bits", score_bits, 1, 24),
@@ -84,19 +86,20 @@ class PackageMAC(wiring.Component):
         rem_bits = fb + 1 + self._sum_bits
         out_fmt = FixedFormat(bits=fb, frac=0, signed=True, rounding=Rounding.HALF_UP)
 
-        prod_valid = Signal()
+        in_valid, prod_valid = Signal(), Signal()
+        weight = Signal(self._score_bits)
         step = Signal(range(fb + 1))
         shifted = Signal(rem_bits)  # divisor << step
         zero = Signal()
-        m.d.sync += prod_valid.eq(self.sample)
+        m.d.sync += [in_valid.eq(self.sample), weight.eq(self.weight), prod_valid.eq(in_valid)]
 
         for lane in range(lanes):
-            x = self.features[lane]
+            x = Signal(signed(fb), name=f"x{lane}")
             prod = Signal(signed(self._score_bits + fb + 1), name=f"prod{lane}")
             acc = Signal(signed(self._acc_bits), name=f"acc{lane}")
             rem = Signal(unsigned(rem_bits), name=f"rem{lane}")
             quo = Signal(unsigned(fb + 1), name=f"quo{lane}")
-            m.d.sync += prod.eq(self.weight * x)  # one DSP multiplier per lane
+            m.d.sync += [x.eq(self.features[lane]), prod.eq(weight * x)]  # one DSP multiplier per lane
             with m.If(self.clear):
                 m.d.sync += acc.eq(0)
             with m.Elif(prod_valid):

@@ -65,14 +65,14 @@ def features(params: SelectorParams, family: str) -> dict[str, float]:
     ``addr_bits``: width of the feature-memory address counters (``n_max * beats`` words);
     ``token_bits``: index and count counters (``idx_bits + count_bits``); ``score_bits``: the radix
     search and the compactor's comparisons; ``package_bits``: per lane of the package datapath, the
-    product, accumulator, remainder and quotient registers and the divider's subtractor
-    (0 without a package token).
+    multiplier's feature input, product, accumulator, remainder and quotient registers and the divider's
+    subtractor (0 without a package token).
     """
     p = _check(params)
     check_family(family)
     addr = max(1, (p.n_max * p.beats - 1).bit_length())
     rem_bits = p.feature_bits + 1 + p.sum_bits
-    per_lane = (p.score_bits + p.feature_bits + 1) + p.acc_bits + rem_bits + (p.feature_bits + 1)
+    per_lane = p.feature_bits + (p.score_bits + p.feature_bits + 1) + p.acc_bits + rem_bits + (p.feature_bits + 1)
     return {
         "beat_bits": float(p.lanes * p.feature_bits),
         "addr_bits": float(addr),

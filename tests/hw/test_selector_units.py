@@ -41,7 +41,7 @@ def _run(dut, *testbenches, processes=(), limit=200_000):
 class TestHistogramSelect:
     def test_init(self):
         dut = HistogramSelect(score_bits=10, count_bits=8)
-        assert dut.digits == 3 and dut.scan_cycles == 16 and len(dut.threshold) == 12
+        assert dut.digits == 3 and dut.scan_cycles == 18 and len(dut.threshold) == 12
 
     @pytest.mark.parametrize(("kwargs", "exc", "message"), [
         ({"score_bits": 0}, ValueError, r"^score_bits must be between 1 and 24, not 0$"),
@@ -315,7 +315,7 @@ class TestCycles:
         base = cycles(p, n_tokens=197, kept=99, mode=Mode.THRESHOLD)
         assert cycles(p, n_tokens=197, kept=100, mode=Mode.THRESHOLD) - base == p.beats
         search = cycles(p, n_tokens=197, kept=99, mode=Mode.TOPK) - base
-        assert search == p.digits * 18 + (p.digits - 1) * 197
+        assert search == p.digits * 20 + (p.digits - 1) * 197
         assert cycles(p, n_tokens=197, kept=1, mode=Mode.TOPK, status=Status.K_TOO_LARGE) == 197 * 24 + 3
 
     @pytest.mark.parametrize(("kwargs", "exc", "message"), [
