@@ -7,17 +7,23 @@ The engine's schedule (see :mod:`tokensift.hw.attention.engine`) gives, for one 
 - load: ``3 N C`` beats, the first ``QK(0)`` operation issues at ``X0 = 3 N C + 1``;
 - ``QK(i)`` takes ``N C`` cycles, ``PV(i)`` takes ``T_pv = C max(N, L)``; one step ``QK(i+1), PV(i)`` is
   ``W = N C + T_pv``;
-- the softmax of row ``i`` can start ``4 + dot_latency`` cycles after the last ``QK(i)`` operation and,
-  ``T_sm = N + exp_latency + prob_frac + 6`` cycles later, ``PV(i)`` may issue (``G = 4 + dot_latency
-  + T_sm`` after ``QK(i)`` ended);
-- the last output beat leaves ``(C - 1) max(N, L) + N + L + 7`` cycles after ``PV(N-1)`` began.
+- the softmax of row ``i`` can start ``front + 1 + dot_latency`` cycles after the last ``QK(i)``
+  operation and, ``T_sm = N + exp_latency + prob_frac + 7`` cycles later, ``PV(i)`` may issue
+  (``G = front + 1 + dot_latency + T_sm`` after ``QK(i)`` ended);
+- the last output beat leaves ``(C - 1) max(N, L) + N + L + front + vec_latency + 2`` cycles after
+  ``PV(N-1)`` began.
+
+The pipeline latencies (:func:`latencies`): ``front = 4`` (memory read, the normalizer's operand,
+product and rounding registers), ``dot_latency = 3 + ceil(log2 L)`` and ``vec_latency = 3`` (operand,
+product, adder tree, accumulator registers), ``exp_latency`` 6 (``exp2_lut``) or 9 (``exp2_poly``); the
+softmax reads each score into a register before the exponent pipeline (``score_read = 2``).
 
 When the array never waits for the softmax in steady state (``N >= 3`` and ``G <= W``, the usual case)
 the frame takes the closed form::
 
     B0     = X0 + 2 N C + max(0, G - N C)          # PV(0) waits only if the first softmax is slow
     B_last = B0 + (N - 2) W + max(T_pv, G)          # PV(N-1) has no QK(N) in front of it
-    cycles = B_last + (C - 1) max(N, L) + N + L + 7
+    cycles = B_last + (C - 1) max(N, L) + N + L + front + vec_latency + 2
 
 Otherwise (few tokens, or ``head_dim == lanes`` with small ``N``) :func:`frame_schedule` evaluates the
 same dependency rules row by row (``O(N)``), which is what :func:`cycles` does then. Back-to-back frames
@@ -39,15 +45,33 @@ __all__ = ["FrameSchedule", "frame_schedule", "cycles", "frame_interval", "mac_u
 
 
 def latencies(params: AttentionParams) -> dict:
-    """Fixed pipeline latencies of the hardware, from its structure (see the unit classes)."""
-    exp_latency = 4 if params.softmax.variant is SoftmaxVariant.EXP2_LUT else 7
+    """Fixed pipeline latencies of the hardware, from its structure (the unit classes say the same; the
+    tests hold them to it)."""
+    exp_latency = 6 if params.softmax.variant is SoftmaxVariant.EXP2_LUT else 9
     return {
-        "front": 3,                                  # memory read, two normalizer stages
-        "dot": 2 + ceil_log2(params.lanes),          # product, adder tree, chunk accumulator
-        "vec": 2,                                    # product, lane accumulator
+        "front": 4,                                  # memory read, three normalizer stages
+        "dot": 3 + ceil_log2(params.lanes),          # operands, product, adder tree, chunk accumulator
+        "vec": 3,                                    # operands, product, lane accumulator
+        "score_read": 2,                             # score buffer read, its register
         "exp": exp_latency,
         "recip": params.softmax.prob_frac + 5,       # load, quotient bits, rounding
     }
+
+
+def _softmax_row(lat: dict, n: int) -> int:
+    """Cycles from the softmax unit's ``start`` to its ``done`` (``SoftmaxUnit.row_cycles``)."""
+    return n + lat["score_read"] + lat["exp"] + lat["recip"]
+
+
+def _to_softmax(lat: dict) -> int:
+    """Cycles from the last ``QK(i)`` issue to the first cycle the softmax of row ``i`` may start."""
+    return lat["front"] + 1 + lat["dot"]
+
+
+def _drain(lat: dict, lanes: int) -> int:
+    """Cycles from the frame's last issue to its last output beat: front, MAC array, the serial
+    requantizer (``lanes`` values, one register), the output FIFO."""
+    return lat["front"] + lat["vec"] + lanes + 3
 
 
 @dataclass(frozen=True)
@@ -89,8 +113,8 @@ def frame_schedule(params: AttentionParams | None = None, *, n_tokens: int, **kw
     c, lanes = p.chunks, p.lanes
     chunk_len = max(n, lanes)
     t_qk, t_pv = n * c, c * chunk_len
-    t_done = n + 1 + lat["exp"] + lat["recip"]       # softmax start -> ``done`` visible
-    to_softmax = 4 + lat["dot"]                       # last QK op -> softmax may start (+ 1)
+    t_done = _softmax_row(lat, n)                     # softmax start -> ``done`` visible
+    to_softmax = _to_softmax(lat)                     # last QK op -> softmax may start (+ 1)
     x0 = 3 * n * c + 1
 
     a = [0] * n                                       # QK(i) start
@@ -111,7 +135,7 @@ def frame_schedule(params: AttentionParams | None = None, *, n_tokens: int, **kw
     last_prev = b[n - 2] + t_pv if n >= 2 else a[0] + t_qk
     b[n - 1] = max(last_prev, ready[n - 1])
     last_issue = b[n - 1] + (c - 1) * chunk_len + n - 1
-    last_output = last_issue + lanes + 8
+    last_output = last_issue + _drain(lat, lanes)
     g = to_softmax + t_done
     closed = n >= 3 and g <= t_qk + t_pv
     return FrameSchedule(n_tokens=n, compute_start=x0, pv0_start=b[0], last_pv_start=b[n - 1],
@@ -125,14 +149,14 @@ def _closed_form(p: AttentionParams, n: int) -> int | None:
     chunk_len = max(n, lanes)
     t_qk, t_pv = n * c, c * chunk_len
     w = t_qk + t_pv
-    t_sm = n + 1 + lat["exp"] + lat["recip"]
-    g = 4 + lat["dot"] + t_sm
+    t_sm = _softmax_row(lat, n)
+    g = _to_softmax(lat) + t_sm
     if n < 3 or g > w:
         return None
     x0 = 3 * n * c + 1
     b0 = x0 + 2 * t_qk + max(0, g - t_qk)
     b_last = b0 + (n - 2) * w + max(t_pv, g)
-    return b_last + (c - 1) * chunk_len + n + lanes + 7
+    return b_last + (c - 1) * chunk_len + n - 1 + _drain(lat, lanes)
 
 
 def frame_interval(params: AttentionParams | None = None, *, n_tokens: int, **kwargs) -> int:

@@ -37,8 +37,9 @@ from tokensift.quant.attention import AttentionParams
 
 __all__ = ["AttentionEngine", "FRONT_STAGES"]
 
-#: cycles from an operation's issue to the MAC array inputs: memory read, then the 2-stage normalizer
-FRONT_STAGES = 3
+#: cycles from an operation's issue to the MAC array inputs: memory read, then the 3-stage normalizer
+#: (operand registers, product, rounding); the Q and K/V words wait in registers alongside
+FRONT_STAGES = 1 + ProbNormalizer.latency
 
 
 class AttentionEngine(wiring.Component):
@@ -182,7 +183,7 @@ class AttentionEngine(wiring.Component):
                     with m.Else():
                         begin_step(k + 1)
 
-        # -- operation issue: memory reads (stage 1), normalizer (stages 2, 3), MAC inputs (stage 3) -------
+        # -- operation issue: memory reads (stage 1), normalizer (stages 2-4), MAC inputs (stage 4) -------
         tag_l = self._tag_layout()
         op_tag = Signal(tag_l)
         m.d.comb += [
@@ -204,19 +205,24 @@ class AttentionEngine(wiring.Component):
                      ctrl[0].first.eq(op_first), ctrl[0].last.eq(op_last), ctrl[0].tag.eq(op_tag)]
         for s in range(FRONT_STAGES):
             m.d.sync += ctrl[s + 1].eq(ctrl[s])
-        q2, q3, kv2, kv3 = (Signal.like(qbuf.r_data, name=nm) for nm in ("q2", "q3", "kv2", "kv3"))
-        m.d.sync += [q2.eq(qbuf.r_data), q3.eq(q2), kv2.eq(kvbuf.r_data), kv3.eq(kv2)]
+        # the block-RAM words go straight into registers, which wait for the normalizer
+        q_pipe, kv_pipe = [qbuf.r_data], [kvbuf.r_data]
+        for s in range(2, FRONT_STAGES + 1):
+            q_pipe.append(Signal.like(qbuf.r_data, name=f"q{s}"))
+            kv_pipe.append(Signal.like(kvbuf.r_data, name=f"kv{s}"))
+            m.d.sync += [q_pipe[-1].eq(q_pipe[-2]), kv_pipe[-1].eq(kv_pipe[-2])]
         m.d.comb += [norm.e.eq(sm.e_r_data), norm.recip.eq(Mux(ctrl[1].tag.bank, recips[1], recips[0]))]
-        c3 = ctrl[FRONT_STAGES]
-        m.d.comb += [mac.valid.eq(c3.valid), mac.mode.eq(c3.mode), mac.first.eq(c3.first), mac.last.eq(c3.last),
-                     mac.tag.eq(c3.tag)]
+        c_mac = ctrl[FRONT_STAGES]
+        m.d.comb += [mac.valid.eq(c_mac.valid), mac.mode.eq(c_mac.mode), mac.first.eq(c_mac.first),
+                     mac.last.eq(c_mac.last), mac.tag.eq(c_mac.tag)]
         for lane in range(lanes):
-            m.d.comb += [mac.a[lane].eq(Mux(c3.mode == MODE_VEC, norm.p, q3[lane])), mac.b[lane].eq(kv3[lane])]
+            m.d.comb += [mac.a[lane].eq(Mux(c_mac.mode == MODE_VEC, norm.p, q_pipe[-1][lane])),
+                         mac.b[lane].eq(kv_pipe[-1][lane])]
 
         # class-token probabilities into their FIFO as PV(0) reads them
         s_word = Signal(score_l)
-        m.d.comb += [s_word.prob.eq(norm.p), s_word.last.eq(c3.tag.lastj), s_word.head.eq(self._head),
-                     sfifo.w_data.eq(s_word), sfifo.w_en.eq(c3.valid & (c3.mode == MODE_VEC) & c3.tag.cls)]
+        m.d.comb += [s_word.prob.eq(norm.p), s_word.last.eq(c_mac.tag.lastj), s_word.head.eq(self._head),
+                     sfifo.w_data.eq(s_word), sfifo.w_en.eq(c_mac.valid & (c_mac.mode == MODE_VEC) & c_mac.tag.cls)]
         m.d.comb += [self.s_stream.payload.eq(sfifo.r_data), self.s_stream.valid.eq(sfifo.r_rdy),
                      sfifo.r_en.eq(self.s_stream.ready)]
 
@@ -287,7 +293,9 @@ class AttentionEngine(wiring.Component):
             m.d.sync += inflight.eq(inflight - 1)
 
         m.d.comb += self.overflows.eq(rq.overflows)
-        pipe_busy = ctrl[1].valid | ctrl[2].valid | ctrl[3].valid
+        pipe_busy = 0
+        for stage in ctrl[1:]:
+            pipe_busy = pipe_busy | stage.valid
         m.d.comb += self.busy.eq(loading | computing | pipe_busy | (inflight != 0) | ofifo.r_rdy | sfifo.r_rdy
                                  | ~sm.ready | (ser_count != 0) | mac.dot_valid | mac.vec_valid)
         return m

@@ -116,8 +116,8 @@ def _engine_dsps(p: AttentionParams, family: str) -> int:
 def features(params: AttentionParams, family: str) -> dict[str, float]:
     """Structural sizes of the attention RTL the LUT/FF fit is linear in (all per core, times
     ``heads_parallel``): ``engines`` (the softmax unit, divider, sequencer: a constant per core),
-    ``lane_bits`` (per lane: accumulator, serial-requantizer hold register, the Q/KV pipeline registers
-    and the MAC operand multiplexer), ``tree_bits`` (the MAC array's adder tree), ``addr_bits`` (buffer
+    ``lane_bits`` (per lane: accumulator, serial-requantizer hold register, the Q/KV pipeline registers,
+    the MAC operand multiplexer and the MAC array's operand registers), ``tree_bits`` (the MAC array's adder tree), ``addr_bits`` (buffer
     address counters and token indices)."""
     p = _check(params)
     check_family(family)
@@ -127,7 +127,7 @@ def features(params: AttentionParams, family: str) -> dict[str, float]:
     for depth in range(ceil_log2(p.lanes)):
         width = -(-width // 2)
         tree += width * (2 * p.data_bits + depth + 1)
-    lane = 2 * p.acc_bits + 4 * p.data_bits + a_bits
+    lane = 2 * p.acc_bits + 7 * p.data_bits + 2 * a_bits
     addr = 3 * ceil_log2(2 * p.n_max * p.chunks + 1) + 4 * ceil_log2(p.n_max + 2)
     return {
         "engines": float(hp),

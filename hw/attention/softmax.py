@@ -5,11 +5,16 @@
   integer quadratic on two multipliers (``exp2_poly``). One value per cycle.
 - :class:`Reciprocal`: ``r = round_shift(floor(2**(K+1) / S), 1)`` by a restoring divider, one quotient
   bit per cycle (``prob_frac + 3`` cycles), plus the rounding.
-- :class:`ProbNormalizer`: ``p = fit(round_shift(e * r, E + 1))``, two stages, one value per cycle.
+- :class:`ProbNormalizer`: ``p = fit(round_shift(e * r, E + 1))``, three stages, one value per cycle.
 - :class:`SoftmaxUnit`: owns the two-bank score and exponential buffers (block RAM); after
   ``start`` it reads one row of scores, writes the exponentials, sums them and runs the divider;
   ``done`` pulses with the row's reciprocal. The engine applies :class:`ProbNormalizer` on the fly when
   it reads the exponentials for ``P V``, so no pass over the row is spent on normalisation.
+
+Every stage is built to close timing by construction: each multiplier has its operands and its product
+in registers (so nothing but the multiplier sits between two registers), every block-RAM read (scores,
+the ``exp2`` table) lands in a register before any logic uses it, and the readers of the exponential
+buffer (:class:`ProbNormalizer`) register its data first.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ def _softmax_params(params) -> SoftmaxParams:
 class Exp2Unit(wiring.Component):
     """``e = exp2_neg(log2_argument(diff, multiplier, shift))``, :attr:`latency` cycles, one per cycle.
 
-    ``diff`` must be ``<= 0`` (a score minus its row maximum). ``tag`` travels with each value.
+    ``diff`` must be ``<= 0`` (a score minus its row maximum); it is registered on entry, so the caller may
+    compute it with logic. ``tag`` travels with each value.
     """
 
     def __init__(self, *, params: SoftmaxParams, diff_bits: int, multiplier: int, shift: int, tag_bits: int = 1):
@@ -51,8 +57,9 @@ class Exp2Unit(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """product, round, table (ROM read or three polynomial stages), shift."""
-        return 4 if self._p.variant is SoftmaxVariant.EXP2_LUT else 7
+        """operand, product, round, split, table (ROM read and its register, or four polynomial stages),
+        shift."""
+        return 6 if self._p.variant is SoftmaxVariant.EXP2_LUT else 9
 
     def elaborate(self, platform):
         m = Module()
@@ -64,18 +71,24 @@ class Exp2Unit(wiring.Component):
             m.d.sync += [v.eq(sig_valid), t.eq(sig_tag)]
             return v, t
 
-        # 1: diff * M (the subtraction before it maps onto a DSP pre-adder)
+        # 0: the multiplier's operand register; 1: diff * M
+        diff = Signal.like(self.i_diff, name="diff")
+        m.d.sync += diff.eq(self.i_diff)
+        v0, t0 = delay(self.i_valid, self.i_tag, "s0")
         prod = Signal(signed(len(self.i_diff) + self._multiplier.bit_length() + 1))
-        m.d.sync += prod.eq(self.i_diff * self._multiplier)
-        v1, t1 = delay(self.i_valid, self.i_tag, "s1")
+        m.d.sync += prod.eq(diff * self._multiplier)
+        v1, t1 = delay(v0, t0, "s1")
         # 2: t = round_shift(prod, sh), <= 0
         t = Signal(signed(len(prod) + 1))
         m.d.sync += t.eq(hwfixed.round_shift(prod, self._shift))
         v2, t2 = delay(v1, t1, "s2")
-        # split: fraction fr = t mod 2**F, right shift min(-(t >> F), E + 2)
+        # split: fraction fr = t mod 2**F, right shift min(-(t >> F), E + 2); one compare with a constant
+        # on the wide integer part and a negation of only the bits a shift of at most E + 2 needs
         fr = t.as_unsigned()[:f]
-        neg_ip = -(t >> f)
-        shift_now = Mux(neg_ip > p.max_shift, p.max_shift, neg_ip)[: ceil_log2(p.max_shift + 1)]
+        int_part = t >> f
+        shift_bits = ceil_log2(p.max_shift + 1)
+        saturate = int_part < -p.max_shift
+        shift_now = Mux(saturate, p.max_shift, (-int_part[: shift_bits + 1].as_signed())[:shift_bits])
         sa = Signal(range(p.max_shift + 1))
         m.d.sync += sa.eq(shift_now)
         v3, t3 = delay(v2, t2, "s3")
@@ -85,7 +98,11 @@ class Exp2Unit(wiring.Component):
                                                    init=[int(x) for x in exp2_table(p)])
             rd = rom.read_port()
             m.d.comb += rd.addr.eq(fr)
-            value, shift_amt, v_last, t_last = rd.data, sa, v3, t3
+            # 4: the ROM's output register
+            val, sa4 = Signal(unsigned(table_bits)), Signal.like(sa)
+            m.d.sync += [val.eq(rd.data), sa4.eq(sa)]
+            v4, t4 = delay(v3, t3, "s4")
+            value, shift_amt, v_last, t_last = val, sa4, v4, t4
         else:
             a, b = p.poly_coefficients
             fr3 = Signal(f)
@@ -95,17 +112,22 @@ class Exp2Unit(wiring.Component):
             fr4, sa4 = Signal(f), Signal.like(sa)
             m.d.sync += [bf.eq(fr3 * b), fr4.eq(fr3), sa4.eq(sa)]
             v4, t4 = delay(v3, t3, "s4")
-            # 5: fr * (A + round_shift(B fr, F))
-            x = Signal(unsigned(f + e_frac + 2))
-            sa5 = Signal.like(sa)
-            m.d.sync += [x.eq(fr4 * (a + hwfixed.round_shift(bf, f))), sa5.eq(sa4)]
+            # 5: A + round_shift(B fr, F), the second multiplier's operand
+            coef_next = a + hwfixed.round_shift(bf, f)
+            coef, fr5, sa5 = Signal(unsigned(len(coef_next))), Signal(f), Signal.like(sa)
+            m.d.sync += [coef.eq(coef_next), fr5.eq(fr4), sa5.eq(sa4)]
             v5, t5 = delay(v4, t4, "s5")
-            # 6: 2**E + round_shift(x, F)
-            val = Signal(unsigned(table_bits))
+            # 6: fr * (A + round_shift(B fr, F))
+            x = Signal(unsigned(f + e_frac + 2))
             sa6 = Signal.like(sa)
-            m.d.sync += [val.eq((1 << e_frac) + hwfixed.round_shift(x, f)), sa6.eq(sa5)]
+            m.d.sync += [x.eq(fr5 * coef), sa6.eq(sa5)]
             v6, t6 = delay(v5, t5, "s6")
-            value, shift_amt, v_last, t_last = val, sa6, v6, t6
+            # 7: 2**E + round_shift(x, F)
+            val = Signal(unsigned(table_bits))
+            sa7 = Signal.like(sa)
+            m.d.sync += [val.eq((1 << e_frac) + hwfixed.round_shift(x, f)), sa7.eq(sa6)]
+            v7, t7 = delay(v6, t6, "s7")
+            value, shift_amt, v_last, t_last = val, sa7, v7, t7
 
         # last: e = round_shift(value, shift_amt), half up, for each possible shift
         e_next = Signal(unsigned(e_frac + 1))
@@ -164,9 +186,10 @@ class Reciprocal(wiring.Component):
 
 
 class ProbNormalizer(wiring.Component):
-    """``p = fit(round_shift(e * recip, E + 1))`` into the unsigned probability format; 2 cycles."""
+    """``p = fit(round_shift(e * recip, E + 1))`` into the unsigned probability format; 3 cycles: the
+    operands (``e`` straight from a block-RAM read port), the product, the rounding."""
 
-    latency = 2
+    latency = 3
 
     def __init__(self, *, params: SoftmaxParams):
         self._p = _softmax_params(params)
@@ -178,8 +201,9 @@ class ProbNormalizer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        e, recip = Signal.like(self.e, name="e_op"), Signal.like(self.recip, name="recip_op")
         prod = Signal(unsigned(len(self.e) + len(self.recip)))
-        m.d.sync += prod.eq(self.e * self.recip)
+        m.d.sync += [e.eq(self.e), recip.eq(self.recip), prod.eq(e * recip)]
         value, _ = hwfixed.fit(hwfixed.round_shift(prod, self._p.exp_frac + 1), self._p.prob_format)
         m.d.sync += self.p.eq(value)
         return m
@@ -201,7 +225,8 @@ class SoftmaxUnit(wiring.Component):
         ``done`` pulses once the exponentials of the row are in ``done_bank`` of the exponential
         buffer and ``recip`` is its reciprocal (held until the next row).
     e_r_bank, e_r_addr : in; e_r_data : out
-        Read port of the exponential buffer, data one cycle after the address.
+        Read port of the exponential buffer, data one cycle after the address, straight from the block
+        RAM: the reader registers it before any logic (:class:`ProbNormalizer` does).
     """
 
     def __init__(self, *, params: SoftmaxParams, n_max: int, score_bits: int, multiplier: int, shift: int):
@@ -237,9 +262,9 @@ class SoftmaxUnit(wiring.Component):
         return self._exp.latency
 
     def row_cycles(self, n_tokens: int) -> int:
-        """Cycles from ``start`` to ``done`` for a row of ``n_tokens``: reads, exponent pipeline, sum,
-        divider."""
-        return n_tokens + 1 + self._exp.latency + self._recip.latency
+        """Cycles from ``start`` to ``done`` for a row of ``n_tokens``: reads (and their register),
+        exponent pipeline, sum, divider."""
+        return n_tokens + 2 + self._exp.latency + self._recip.latency
 
     def elaborate(self, platform):
         m = Module()
@@ -269,16 +294,18 @@ class SoftmaxUnit(wiring.Component):
         with m.If(self.start):
             m.d.sync += [bank.eq(self.start_bank), row_max.eq(self.start_max), n.eq(self.start_n), j.eq(0),
                          reading.eq(1), summing.eq(1), total.eq(0)]
-        # read one score per cycle; the exponent pipeline gets ``s - max`` the cycle after
+        # read one score per cycle into a register; the exponent pipeline gets ``s - max`` the cycle after
         m.d.comb += sr.addr.eq(bank * n_max + j)
         rd_valid, rd_last, rd_j = Signal(), Signal(), Signal(range(n_max + 1))
         m.d.sync += [rd_valid.eq(reading), rd_last.eq(reading & (j == n - 1)), rd_j.eq(j)]
+        score, sc_valid, sc_last, sc_j = Signal.like(sr.data, name="score"), Signal(), Signal(), Signal.like(rd_j)
+        m.d.sync += [score.eq(sr.data), sc_valid.eq(rd_valid), sc_last.eq(rd_last), sc_j.eq(rd_j)]
         with m.If(reading):
             m.d.sync += j.eq(j + 1)
             with m.If(j == n - 1):
                 m.d.sync += reading.eq(0)
-        m.d.comb += [exp.i_valid.eq(rd_valid), exp.i_diff.eq(sr.data - row_max), exp.i_tag.eq(Mux(rd_last, 1, 0)
-                     | (rd_j << 1))]
+        m.d.comb += [exp.i_valid.eq(sc_valid), exp.i_diff.eq(score - row_max), exp.i_tag.eq(Mux(sc_last, 1, 0)
+                     | (sc_j << 1))]
         # exponentials into the buffer and the sum; the last one starts the divider
         out_last = exp.o_tag[0]
         out_j = exp.o_tag[1:]

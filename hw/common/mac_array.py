@@ -1,7 +1,9 @@
 """The MAC array: ``lanes`` multipliers shared by both matrix products of attention.
 
-Each lane is one registered ``a * b`` (one DSP slice: ``a`` up to 18 signed bits, ``b`` up to 27). Two
-modes share the multipliers cycle by cycle:
+Each lane is one ``a * b`` with its operands and its product registered (one DSP slice: ``a`` up to 18
+signed bits, ``b`` up to 27), the shape synthesis can pack into the slice's own input and pipeline
+registers, so no logic of the caller (an operand multiplexer, a block-RAM read) shares a clock period
+with the multiplier. Two modes share the multipliers cycle by cycle:
 
 - **dot** (``Q K^T``): the ``lanes`` products are summed by a registered adder tree and accumulated over
   the chunks of a row (``first`` starts, ``last`` ends); the sum comes out on ``dot`` with ``dot_valid``.
@@ -83,26 +85,29 @@ class MacArray(wiring.Component):
 
     @property
     def dot_latency(self) -> int:
-        """Cycles from the inputs to ``dot``: product, tree levels, accumulator."""
-        return 2 + self._tree_levels
+        """Cycles from the inputs to ``dot``: operand registers, product, tree levels, accumulator."""
+        return 3 + self._tree_levels
 
     @property
     def vec_latency(self) -> int:
-        """Cycles from the inputs to ``vec``: product, accumulator."""
-        return 2
+        """Cycles from the inputs to ``vec``: operand registers, product, accumulator."""
+        return 3
 
     def elaborate(self, platform):
         m = Module()
         lanes = self._lanes
 
-        # stage 1: one registered multiplier per lane, and the control that goes with it
+        # stage 0: operand registers; stage 1: one registered multiplier per lane; the control follows
+        ops_a = [Signal.like(self.a[lane], name=f"op_a{lane}") for lane in range(lanes)]
+        ops_b = [Signal.like(self.b[lane], name=f"op_b{lane}") for lane in range(lanes)]
         prods = [Signal(signed(len(self.a[0]) + len(self.b[0])), name=f"prod{lane}") for lane in range(lanes)]
         for lane in range(lanes):
-            m.d.sync += prods[lane].eq(self.a[lane] * self.b[lane])
+            m.d.sync += [ops_a[lane].eq(self.a[lane]), ops_b[lane].eq(self.b[lane]),
+                         prods[lane].eq(ops_a[lane] * ops_b[lane])]
         ctrl = data.StructLayout({"valid": 1, "mode": 1, "first": 1, "last": 1, "tag": len(self.tag)})
-        c1 = Signal(ctrl)
-        m.d.sync += [c1.valid.eq(self.valid), c1.mode.eq(self.mode), c1.first.eq(self.first),
-                     c1.last.eq(self.last), c1.tag.eq(self.tag)]
+        c0, c1 = Signal(ctrl, name="op_ctrl"), Signal(ctrl)
+        m.d.sync += [c0.valid.eq(self.valid), c0.mode.eq(self.mode), c0.first.eq(self.first),
+                     c0.last.eq(self.last), c0.tag.eq(self.tag), c1.eq(c0)]
 
         # vec mode: per-lane accumulators (stage 2)
         accs = [Signal(signed(self._acc_bits), name=f"acc{lane}") for lane in range(lanes)]

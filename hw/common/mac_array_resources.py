@@ -54,8 +54,8 @@ def _check(params) -> MacArrayParams:
 
 def features(params: MacArrayParams, family: str) -> dict[str, float]:
     """``tree_bits``: adder-tree bits summed over its levels; ``lane_acc_bits``: the per-lane
-    accumulators; ``prod_bits``: the product registers; ``ctrl_bits``: control delayed along the tree
-    plus the dot accumulator."""
+    accumulators; ``prod_bits``: the operand and product registers; ``ctrl_bits``: control delayed
+    along the operand and product stages and the tree, plus the dot accumulator."""
     p = _check(params)
     check_family(family)
     levels = ceil_log2(p.lanes)
@@ -67,7 +67,7 @@ def features(params: MacArrayParams, family: str) -> dict[str, float]:
         "tree_bits": float(tree),
         "lane_acc_bits": float(p.lanes * p.acc_bits),
         "prod_bits": float(p.lanes * (p.a_bits + p.b_bits)),
-        "ctrl_bits": float((levels + 1) * (4 + p.tag_bits) + p.acc_bits),
+        "ctrl_bits": float((levels + 2) * (4 + p.tag_bits) + p.acc_bits),
     }
 
 

@@ -28,7 +28,7 @@ Its resources are those of the three validated pieces: :mod:`tokensift.hw.common
 
 >>> p = LinearParams(lanes=16, in_max=1536)
 >>> linear_cycles(p, n_tokens=197, in_features=384, out_features=1152)
-5446663
+5446664
 >>> linear_resources(p, "xcup").dsp  # 16 MACs + the requantizer's 32 x 17 multiplier
 18
 """
@@ -79,8 +79,9 @@ class LinearParams:
 
     @property
     def fill(self) -> int:
-        """Pipeline fill: the MAC array's dot latency (product, tree, accumulator) and the requantizer."""
-        return 2 + ceil_log2(self.lanes) + 1
+        """Pipeline fill: the MAC array's dot latency (operands, product, tree, accumulator) and the
+        requantizer."""
+        return 3 + ceil_log2(self.lanes) + 1
 
 
 def _check(params) -> LinearParams:

@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 
 from tokensift.hw.attention.core import Attention
 from tokensift.hw.attention.cycles import cycles, frame_interval, frame_schedule, latencies, mac_utilization
-from tokensift.hw.attention.engine import AttentionEngine
+from tokensift.hw.attention.engine import FRONT_STAGES, AttentionEngine
 from tokensift.hw.attention.layout import decode_rows, encode_frame, encode_header, frame_beats
 from tokensift.hw.attention.softmax import Exp2Unit, ProbNormalizer, Reciprocal, SoftmaxUnit
 from tokensift.hw.common.buffers import RowBuffer
@@ -44,8 +44,8 @@ def run(dut, *benches, clock=1e-6):
 class TestMacArray:
     def test_init(self):
         mac = MacArray(lanes=16, a_bits=17, b_bits=8, dot_bits=16, acc_bits=32, tag_bits=4)
-        assert (mac.lanes, mac.dot_latency, mac.vec_latency) == (16, 6, 2)
-        assert MacArray(lanes=5, a_bits=8, b_bits=8, dot_bits=16, acc_bits=24, tag_bits=1).dot_latency == 5
+        assert (mac.lanes, mac.dot_latency, mac.vec_latency) == (16, 7, 3)
+        assert MacArray(lanes=5, a_bits=8, b_bits=8, dot_bits=16, acc_bits=24, tag_bits=1).dot_latency == 6
 
     @pytest.mark.parametrize("kwargs, exc, message", [
         ({"lanes": 0}, ValueError, r"^lanes must be between 1 and 256, not 0$"),
@@ -354,6 +354,19 @@ class TestEngine:
         assert res["last_out"] - res["first_in"] == cycles(p, n_tokens=n)
 
 
+    @pytest.mark.parametrize("cfg", [dict(n_max=8, head_dim=8, lanes=4), dict(n_max=8, head_dim=10, lanes=5,
+                                                                               softmax="exp2_poly")])
+    def test_latencies_are_the_units(self, cfg):
+        # the cycle model's pipeline latencies are those of the units the engine is built from
+        p = AttentionParams(**cfg)
+        eng = AttentionEngine(p)
+        lat = latencies(p)
+        assert lat["front"] == FRONT_STAGES == 1 + ProbNormalizer.latency
+        assert (lat["dot"], lat["vec"]) == (eng.mac.dot_latency, eng.mac.vec_latency)
+        assert lat["exp"] == eng.softmax.exp_latency
+        n = 5
+        assert n + lat["score_read"] + lat["exp"] + lat["recip"] == eng.softmax.row_cycles(n)
+
     def test_sim_heavy_backpressure(self):
         # consumers ready one cycle in ten: the class FIFO fills, output credits run out, the array waits
         p = AttentionParams(n_max=6, head_dim=8, lanes=2)
@@ -489,7 +502,7 @@ class TestHarness:
 
 class TestCostModel:
     @pytest.mark.parametrize("cfg", [dict(n_max=197, head_dim=64, lanes=16), dict(n_max=64, head_dim=32, lanes=8),
-                                     dict(n_max=40, head_dim=16, lanes=16, softmax="exp2_poly"),
+                                     dict(n_max=48, head_dim=16, lanes=16, softmax="exp2_poly"),
                                      dict(n_max=30, head_dim=8, lanes=1)])
     def test_closed_form_equals_schedule(self, cfg):
         p = AttentionParams(**cfg)

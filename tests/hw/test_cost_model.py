@@ -216,8 +216,13 @@ def test_unknown_device_lists_the_known_ones():
 
 
 # -- cycles: linear array, requantizer -------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")  # a MAC array asked for its latency
 def test_linear_cycles_formula():
     p = LinearParams(lanes=16, in_max=1536)
+    # the fill is the MAC array's own dot latency and the requantizer's register
+    from tokensift.hw.common.mac_array_resources import build
+
+    assert p.fill == build(p.mac_array).dot_latency + 1
     assert linear_cycles(p, n_tokens=197, in_features=384, out_features=1152) == 197 * 1152 * 24 + p.fill
     assert linear_cycles(p, n_tokens=3, in_features=20, out_features=5) == 3 * 5 * 2 + p.fill
     assert linear_cycles(p, n_tokens=0, in_features=384, out_features=10) == 0
