@@ -42,8 +42,9 @@ Algorithm
    (:class:`tokensift.hw.selector.package.PackageMAC`).
 
 Timing: every memory read goes straight into a register (an ECP5 block RAM's output arrives almost 6 ns
-after the clock), the multipliers' inputs and products are registered, and the histogram counts and
-scans without wide multiplexers; :func:`cycles` counts the added stages.
+after the clock), the feature memory is split into banks of one EBR depth whose registered outputs are
+multiplexed between registers, the multipliers' inputs and products are registered, and the histogram
+counts and scans without wide multiplexers; :func:`cycles` counts the added stages.
 
 :func:`cycles` gives the exact cycle count of a frame without stalls.
 """

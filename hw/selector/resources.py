@@ -16,7 +16,7 @@ Cycles are the selector's own closed form, :func:`tokensift.hw.selector.core.cyc
 >>> p = SelectorParams(n_max=197, dim=384, lanes=16, package=True)
 >>> r = exact(p, "xcup")
 >>> r.dsp, r.bram18 + 2 * r.bram36
-(16, 8)
+(16, 41)
 """
 
 from __future__ import annotations
