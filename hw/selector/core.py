@@ -42,8 +42,9 @@ Algorithm
    (:class:`tokensift.hw.selector.package.PackageMAC`).
 
 Timing: every memory read goes straight into a register (an ECP5 block RAM's output arrives almost 6 ns
-after the clock), the multipliers' inputs and products are registered, and the histogram counts and
-scans without wide multiplexers; :func:`cycles` counts the added stages.
+after the clock), the feature memory is split into banks of one EBR depth whose registered outputs are
+multiplexed between registers, the multipliers' inputs and products are registered, and the histogram
+counts and scans without wide multiplexers; :func:`cycles` counts the added stages.
 
 :func:`cycles` gives the exact cycle count of a frame without stalls.
 """
@@ -70,18 +71,36 @@ __all__ = [
     "token_layout",
     "cycles",
     "cycle_breakdown",
+    "feature_banks",
+    "BANK_DEPTH",
     "OUT_FIFO_DEPTH",
 ]
 
-#: cycles from a beat's issue to its data leaving the feature memory: list memory, its output register
-#: (the feature address is added from a register), feature memory
-READ_LATENCY = 3
+#: words of one feature-memory bank: one ECP5 EBR column at the feature memory's width (1,024 x 18 per
+#: EBR); a deeper memory would be built from several address ranges with a multiplexer right after the
+#: EBRs' 5.8 ns clock-to-output, so the memory is banked explicitly and the bank multiplexer sits between
+#: registers
+BANK_DEPTH = 1024
+#: cycles from a beat's issue to its data leaving the feature memory's bank registers: list memory, its
+#: output register (the feature address is added from a register), feature memory, bank register
+READ_LATENCY = 4
 #: entries of the output FIFO: a beat holds its credit from its issue until the cycle after it is read,
-#: READ_LATENCY + 3 cycles (the feature memory's output register, the FIFO, the reader), so one beat per
+#: READ_LATENCY + 3 cycles (the bank multiplexer's register, the FIFO, the reader), so one beat per
 #: cycle needs that many entries
 OUT_FIFO_DEPTH = READ_LATENCY + 3
 #: cycles between the package pass's last issue and the divide: its read and product reach the accumulator
 _PKG_WAIT = READ_LATENCY + PackageMAC.latency - 2
+
+
+def feature_banks(params: SelectorParams) -> list[int]:
+    """The depths of the feature memory's banks: ``n_max * beats`` words in banks of :data:`BANK_DEPTH`
+    (the last one holds the rest).
+
+    >>> feature_banks(SelectorParams(n_max=197, dim=384, lanes=16))
+    [1024, 1024, 1024, 1024, 632]
+    """
+    depth = params.n_max * params.beats
+    return [min(BANK_DEPTH, depth - start) for start in range(0, depth, BANK_DEPTH)]
 
 
 def command_layout(params: SelectorParams) -> data.StructLayout:
@@ -157,8 +176,8 @@ def cycles(params: SelectorParams, *, n_tokens: int, kept: int, mode: Mode, pack
         compact  = N + 3                          start, N reads, the last one's 2-stage read
         header   = 1
         output   = kept * B + 1                   one beat per cycle, then one cycle for the last read
-        package  = B * (P + feature_bits + 8)     per beat: P MACs, 1 + 4 pipeline (read, multiplier
-                                                  input and product), 1 + fb + 1 divider, push
+        package  = B * (P + feature_bits + 9)     per beat: P MACs, 1 + 5 pipeline (read, bank register,
+                                                  multiplier input and product), 1 + fb + 1 divider, push
         invalid frame (status not OK): 3 + N * B  (inputs drained, header only)
 
     ``kept`` counts the class token (1 + k in top-k mode), not the package token. For an invalid frame
@@ -166,7 +185,7 @@ def cycles(params: SelectorParams, *, n_tokens: int, kept: int, mode: Mode, pack
 
     >>> p = SelectorParams(n_max=197, dim=384, lanes=16, package=True)
     >>> cycles(p, n_tokens=197, kept=99, mode=Mode.TOPK, package=True)
-    10715
+    10739
     >>> cycles(p, n_tokens=197, kept=99, mode=Mode.THRESHOLD)
     7308
     """
@@ -220,10 +239,15 @@ class Selector(wiring.Component):
         beats, n_max = p.beats, p.n_max
 
         # -- storage --------------------------------------------------------------------------------
-        m.submodules.features = feat_mem = Memory(shape=feature_layout(p), depth=n_max * beats, init=[])
+        bank_depths = feature_banks(p)
+        feat_wrs, feat_rds = [], []
+        for j, depth in enumerate(bank_depths):
+            bank = Memory(shape=unsigned(p.lanes * p.feature_bits), depth=depth, init=[])
+            m.submodules[f"features{j}"] = bank
+            feat_wrs.append(bank.write_port())
+            feat_rds.append(bank.read_port())
         m.submodules.scores = score_mem = Memory(shape=unsigned(p.score_bits), depth=n_max, init=[])
         m.submodules.order = list_mem = Memory(shape=unsigned(p.idx_bits), depth=n_max, init=[])
-        feat_wr, feat_rd = feat_mem.write_port(), feat_mem.read_port()
         score_wr, score_rd = score_mem.write_port(), score_mem.read_port()
         list_wr, list_rd = list_mem.write_port(), list_mem.read_port()
 
@@ -259,8 +283,9 @@ class Selector(wiring.Component):
 
         # -- read pipeline: every memory output goes straight into a register ------------------------
         #    s1: list memory read; s2: the token's index registered, feature (and score) address =
-        #    beat base + index; s3: feature memory read, into the MAC's input registers or, s4, into
-        #    ``feat_q`` and the FIFO
+        #    beat base + index; s3: feature memory banks read; s4: every bank's output registered
+        #    (``bank_q``), the bank multiplexer (select registered, one-hot) into the MAC's input
+        #    registers or, s5, into ``feat_q`` and the FIFO
         s1_valid, s1_mac, s1_last = Signal(), Signal(), Signal()
         s1_base = Signal(range(n_max * beats))
         s2_valid, s2_mac, s2_last = Signal(), Signal(), Signal()
@@ -268,21 +293,40 @@ class Selector(wiring.Component):
         s2_index = Signal(p.idx_bits)
         s3_valid, s3_mac, s3_last = Signal(), Signal(), Signal()
         s3_index = Signal(p.idx_bits)
-        s4_valid, s4_last = Signal(), Signal()
+        s4_valid, s4_mac, s4_last = Signal(), Signal(), Signal()
         s4_index = Signal(p.idx_bits)
+        s5_valid, s5_last = Signal(), Signal()
+        s5_index = Signal(p.idx_bits)
         feat_q = Signal(feature_layout(p))
+        score_q = Signal(p.score_bits)  # the score memory's output register
+        n_banks = len(bank_depths)
+        bank_bits = (BANK_DEPTH - 1).bit_length()
+        feat_rd_addr = Signal(range(n_max * beats))
+        s3_bank, s4_bank = Signal(n_banks), Signal(n_banks)  # one-hot: the bank each stage's read is from
+        bank_q = [Signal(p.lanes * p.feature_bits, name=f"bank_q{j}") for j in range(n_banks)]
+        bank_out = Signal(p.lanes * p.feature_bits)
+        bank_or = C(0, p.lanes * p.feature_bits)
+        for j, q in enumerate(bank_q):
+            bank_or = bank_or | Mux(s4_bank[j], q, 0)
+        m.d.comb += bank_out.eq(bank_or)
         m.d.sync += [
             s1_valid.eq(0),
             s2_valid.eq(s1_valid), s2_mac.eq(s1_mac), s2_last.eq(s1_last), s2_base.eq(s1_base),
             s2_index.eq(list_rd.data),
             s3_valid.eq(s2_valid), s3_mac.eq(s2_mac), s3_last.eq(s2_last), s3_index.eq(s2_index),
-            s4_valid.eq(s3_valid & ~s3_mac), s4_last.eq(s3_last), s4_index.eq(s3_index),
-            feat_q.eq(feat_rd.data),
+            s4_valid.eq(s3_valid), s4_mac.eq(s3_mac), s4_last.eq(s3_last), s4_index.eq(s3_index),
+            s5_valid.eq(s4_valid & ~s4_mac), s5_last.eq(s4_last), s5_index.eq(s4_index),
+            s4_bank.eq(s3_bank),
+            feat_q.eq(bank_out),
         ]
-        m.d.comb += feat_rd.addr.eq(s2_base + s2_index)
+        m.d.comb += feat_rd_addr.eq(s2_base + s2_index)
+        for j, rd in enumerate(feat_rds):
+            m.d.comb += rd.addr.eq(feat_rd_addr[:bank_bits] if n_banks > 1 else feat_rd_addr)
+            m.d.sync += [bank_q[j].eq(rd.data), s3_bank[j].eq(feat_rd_addr[bank_bits:] == j if n_banks > 1 else 1)]
         if p.package:
-            m.d.comb += [mac.sample.eq(s3_valid & s3_mac), mac.weight.eq(score_rd.data),
-                         mac.features.eq(feat_rd.data), mac.divisor.eq(comp.pruned_sum)]
+            # the score read alongside the feature address (s2) is in ``score_q`` at s4
+            m.d.comb += [mac.sample.eq(s4_valid & s4_mac), mac.weight.eq(score_q),
+                         mac.features.eq(bank_out), mac.divisor.eq(comp.pruned_sum)]
 
         # -- load counters ----------------------------------------------------------------------------
         s_cnt = Signal(FIELD_BITS)
@@ -293,8 +337,10 @@ class Selector(wiring.Component):
         f_more = f_tok < n
         m.d.comb += [
             score_wr.addr.eq(s_cnt), score_wr.data.eq(self.i_score.payload),
-            feat_wr.addr.eq(f_addr), feat_wr.data.eq(self.i_feature.payload),
         ]
+        for wr in feat_wrs:
+            m.d.comb += [wr.addr.eq(f_addr[:bank_bits] if n_banks > 1 else f_addr),
+                         wr.data.eq(self.i_feature.payload.as_value())]
 
         # -- pass counter (search and compaction passes, output and package issue) ---------------------
         #    a pass reads the score memory at ``i``; the score reaches ``score_q`` two cycles later
@@ -302,7 +348,6 @@ class Selector(wiring.Component):
         hist_pending = Signal(2)  # a score read of a search pass is in flight, by stage
         comp_pending = Signal(2)  # a score read of the compaction pass is in flight, by stage
         rd_index = Signal(2 * p.idx_bits)  # the index of each stage's read
-        score_q = Signal(p.score_bits)
         load_sample = Signal()
         m.d.sync += [hist_pending.eq(hist_pending << 1), comp_pending.eq(comp_pending << 1),
                      rd_index.eq(Cat(i[:p.idx_bits], rd_index)), score_q.eq(score_rd.data)]
@@ -331,8 +376,8 @@ class Selector(wiring.Component):
         # run (the field would stay X)
         pkg_word = Cat(mac.result, C(0, p.idx_bits), C(1, 1), beat == beats - 1) if p.package else C(0, tok.size)
         m.d.comb += [
-            fifo.w_en.eq(s4_valid | push_pkg),
-            fifo.w_data.eq(Mux(s4_valid, Cat(feat_q, s4_index, C(0, 1), s4_last), pkg_word)),
+            fifo.w_en.eq(s5_valid | push_pkg),
+            fifo.w_data.eq(Mux(s5_valid, Cat(feat_q, s5_index, C(0, 1), s5_last), pkg_word)),
         ]
         pkg_out = pkg & (n_kept != n)  # a package token is output when requested and a token was pruned
 
@@ -357,9 +402,11 @@ class Selector(wiring.Component):
                 feat_take = self.i_feature.valid & f_more
                 m.d.comb += [
                     score_wr.en.eq(score_take & ok),
-                    feat_wr.en.eq(feat_take & ok),
                     load_sample.eq(score_take & ok & topk & (s_cnt != 0)),
                 ]
+                for j, wr in enumerate(feat_wrs):
+                    in_bank = (f_addr[bank_bits:] == j) if n_banks > 1 else 1
+                    m.d.comb += wr.en.eq(feat_take & ok & in_bank)
                 with m.If(score_take):
                     m.d.sync += s_cnt.eq(s_cnt + 1)
                 with m.If(feat_take):
