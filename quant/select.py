@@ -57,6 +57,8 @@ __all__ = [
     "topk_keep",
     "threshold_keep",
     "package_token",
+    "order_key",
+    "mass_keep_count",
     "check_runtime",
     "select_frame",
 ]
@@ -213,35 +215,88 @@ def head_importance(head_outputs, *, out_frac: int = 8, feature_bits: int = 8) -
 def head_weighted_scores(class_attn_rows, head_importance, *, attn_frac: int, importance_frac: int,
                          score: FixedFormat = SCORE_FORMAT,
                          counter: OverflowCounter | None = None) -> np.ndarray:
-    """Token scores: the class token's attention, summed over heads weighted by head importance.
+    """Token scores: per-head values (class attention, or logit differences), summed over heads weighted.
 
-    ``class_attn_rows`` (H, N) are unsigned probabilities with ``attn_frac`` fractional bits (row 0 of
-    each head's integer softmax); ``head_importance`` (H,) unsigned weights with ``importance_frac``
-    fractional bits (:func:`head_importance`, or ``round(2**f / H)`` each for EViT's mean over heads).
-    The exact sum ``acc_i = sum_h a[h, i] * w[h]`` has ``attn_frac + importance_frac`` fractional bits;
-    it is rounded to ``score.frac`` bits by ``round_shift(acc, attn_frac + importance_frac - score.frac,
-    score.rounding)`` and saturated into ``score`` (values that did not fit are counted in ``counter``).
+    ``class_attn_rows`` (H, N) hold each head's value per token with ``attn_frac`` fractional bits: the
+    class token's attention (unsigned probabilities, row 0 of each head's integer softmax) or, with a
+    signed ``score``, signed values such as SPViT's per-head keep-minus-drop logit differences.
+    ``head_importance`` holds unsigned weights with ``importance_frac`` fractional bits, either one per
+    head (H,) (:func:`head_importance`, or ``round(2**f / H)`` each for a mean over heads) or one per head
+    **and token** (H, N) (AS-ViT's and SPViT's per-token head weights).
+    The exact sum ``acc_i = sum_h a[h, i] * w[h(, i)]`` has ``attn_frac + importance_frac`` fractional
+    bits; it is rounded to ``score.frac`` bits by ``round_shift(acc, attn_frac + importance_frac -
+    score.frac, score.rounding)`` and saturated into ``score`` (values that did not fit are counted in
+    ``counter``).
 
     >>> head_weighted_scores([[128, 64], [0, 256]], [128, 128], attn_frac=8, importance_frac=8,
     ...                      score=FixedFormat(bits=8, frac=7, signed=False)).tolist()
     [32, 80]
+    >>> head_weighted_scores([[-64, 64], [32, 0]], [[256, 256], [256, 0]], attn_frac=6, importance_frac=8,
+    ...                      score=FixedFormat(bits=8, frac=4, signed=True)).tolist()  # per token, signed
+    [-8, 16]
     """
     check_int("attn_frac", attn_frac, low=0, high=30)
     check_int("importance_frac", importance_frac, low=0, high=30)
     if not isinstance(score, FixedFormat):
         raise TypeError(f"score must be a FixedFormat, not {type(score).__name__}")
-    if score.signed:
-        raise ValueError("score must be an unsigned FixedFormat, not a signed one")
     a = _ints("class_attn_rows", class_attn_rows, ndim=2)
-    w = _ints("head_importance", head_importance, ndim=1)
-    if a.shape[0] != w.shape[0]:
-        raise ValueError(f"class_attn_rows and head_importance must have the same number of heads, "
-                         f"not {a.shape[0]} and {w.shape[0]}")
-    _in_range("class_attn_rows", a, 0, (1 << 31) - 1)
+    w = _ints("head_importance", head_importance)
+    if w.ndim not in (1, 2):
+        raise ValueError(f"head_importance must have 1 dimension (per head) or 2 (per head and token), "
+                         f"not {w.ndim}")
+    if w.shape[0] != a.shape[0] or (w.ndim == 2 and w.shape != a.shape):
+        raise ValueError(f"head_importance must have shape ({a.shape[0]},) or {a.shape}, not {w.shape}")
+    if score.signed:
+        _in_range("class_attn_rows", a, -(1 << 31), (1 << 31) - 1)
+    else:
+        _in_range("class_attn_rows", a, 0, (1 << 31) - 1)
     _in_range("head_importance", w, 0, (1 << 31) - 1)
-    acc = (a * w[:, None]).sum(axis=0)
+    acc = (a * (w[:, None] if w.ndim == 1 else w)).sum(axis=0)
     return score.fit(round_shift(acc, attn_frac + importance_frac - score.frac, score.rounding),
                      counter=counter, site="head_weighted_scores")
+
+
+def order_key(scores, bits: int) -> np.ndarray:
+    """Signed ``bits``-wide scores as the unsigned keys the selector ranks: the sign bit inverted.
+
+    ``key = score + 2**(bits - 1)`` preserves the order (so top-k is unchanged) and maps a signed
+    threshold ``t`` to ``order_key(t)`` (``score > t`` exactly when ``key > order_key(t)``); in hardware
+    it is one inverter on the most significant bit.
+
+    >>> order_key([-128, -1, 0, 127], 8).tolist()
+    [0, 127, 128, 255]
+    """
+    check_int("bits", bits, low=1, high=62)
+    s = _ints("scores", scores)
+    _in_range("scores", s, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    return s + (1 << (bits - 1))
+
+
+def mass_keep_count(scores, n: int, mass: int, *, mass_frac: int) -> int:
+    """SaiT's adaptive count: the fewest best-ranked candidates that hold a fraction ``mass / 2**mass_frac``
+    of the candidates' total score.
+
+    Candidates are ``scores[1:n]`` (unsigned), ranked by score, lower index first on ties (the shared tie
+    rule). With ``before_j`` the sum of the scores ranked above candidate ``j`` and ``S`` the total,
+    ``k = #{j : before_j * 2**mass_frac < mass * S}``: exact integers, no division, the same count as
+    :func:`tokensift.sw.methods.sait.mass_keep_counts` on the real scores (at least one candidate when
+    ``mass > 0``). When every candidate scores 0 all are kept (the float rule's ``0 < mass``), and so are
+    they at ``mass = 2**mass_frac`` (density 1.0: SaiT's dense model).
+
+    >>> mass_keep_count([0, 50, 10, 30, 10], 5, 58, mass_frac=7)  # 0.45: the 50 alone holds half
+    1
+    >>> mass_keep_count([0, 50, 10, 30, 10], 5, 109, mass_frac=7)  # 0.85: 50 + 30 = 80% is not enough
+    3
+    """
+    s = _scores_for(scores, n)
+    check_int("mass_frac", mass_frac, low=0, high=30)
+    check_int("mass", mass, low=0, high=1 << mass_frac)
+    cand = np.sort(s[1:])[::-1]
+    total = int(cand.sum())
+    if total == 0 or mass == 1 << mass_frac:
+        return int(cand.size) if mass > 0 else 0
+    before = np.cumsum(cand) - cand
+    return int(np.count_nonzero((before << mass_frac) < mass * total))
 
 
 # -- selection --------------------------------------------------------------------------------------------
@@ -330,22 +385,33 @@ def threshold_keep(scores, t: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return keep_by_threshold(scores, t, 0, n)
 
 
-def package_token(features, scores, pruned_mask, *, feature_bits: int = 8) -> np.ndarray:
-    """SPViT/HeatViT package token: the pruned tokens' features averaged with their scores as weights.
+def package_token(features, scores, pruned_mask, *, feature_bits: int = 8, mode: str = "mean",
+                  score_frac: int = 0, counter: OverflowCounter | None = None) -> np.ndarray:
+    """The pruned tokens fused into one, with their scores as weights (SPViT, HeatViT, EViT).
 
     With ``acc_c = sum_{i pruned} s_i * x[i, c]`` and ``S = sum_{i pruned} s_i`` (exact integers):
 
-        ``p_c = fit(round_shift((2 * acc_c) // S, 1, HALF_UP))``
+    * ``mode="mean"`` (the score-weighted mean):
+      ``p_c = fit(round_shift((2 * acc_c) // S, 1, HALF_UP))``. ``//`` is floor division (what a
+      restoring divider computes); taking one extra quotient bit and rounding it half up gives exactly
+      ``floor(acc_c / S + 1/2)``, i.e. ``acc_c / S`` rounded half up. The result is a convex combination
+      of the features, so it always fits ``feature_bits`` (``fit`` is kept for safety).
+    * ``mode="sum"`` (SPViT's released, unnormalised package token and EViT's fused token
+      ``sum a_i x_i``): ``p_c = fit(round_shift(acc_c, score_frac, HALF_UP))`` with ``score_frac`` the
+      scores' fractional bits; values that do not fit ``feature_bits`` saturate and are counted in
+      ``counter`` (site ``package_token``).
 
-    ``//`` is floor division (what a restoring divider computes); taking one extra quotient bit and
-    rounding it half up gives exactly ``floor(acc_c / S + 1/2)``, i.e. ``acc_c / S`` rounded half up.
-    The result is a convex combination of the features, so it always fits ``feature_bits`` (``fit`` is
-    kept for safety). With no pruned token, or when the pruned scores sum to 0, the package token is
-    all zeros.
+    With no pruned token, or when the pruned scores sum to 0, the package token is all zeros.
 
     >>> package_token([[0, 0], [10, -10], [20, 5]], [0, 1, 2], [False, True, True]).tolist()
     [17, 0]
+    >>> package_token([[0, 0], [10, -10], [20, 5]], [0, 1, 2], [False, True, True], mode="sum",
+    ...               score_frac=1).tolist()  # (10 + 40) / 2, (-10 + 10) / 2
+    [25, 0]
     """
+    if mode not in ("mean", "sum"):
+        raise ValueError(f"mode must be 'mean' or 'sum', not {mode!r}")
+    check_int("score_frac", score_frac, low=0, high=40)
     x = _ints("features", features, ndim=2)
     s = _ints("scores", scores, ndim=1)
     m = np.asarray(pruned_mask)
@@ -362,6 +428,8 @@ def package_token(features, scores, pruned_mask, *, feature_bits: int = 8) -> np
     if total == 0:
         return np.zeros(x.shape[1], dtype=np.int64)
     acc = (w[:, None] * x).sum(axis=0)
+    if mode == "sum":
+        return fmt.fit(round_shift(acc, score_frac, Rounding.HALF_UP), counter=counter, site="package_token")
     return fmt.fit(round_shift((2 * acc) // total, 1, Rounding.HALF_UP))
 
 

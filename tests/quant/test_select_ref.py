@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokensift.quant.fixed import FixedFormat, OverflowCounter
+from tokensift.quant.fixed import FixedFormat, OverflowCounter, round_shift
 from tokensift.quant.intmath import isqrt
 from tokensift.quant.select import (
     Mode,
@@ -21,6 +21,8 @@ from tokensift.quant.select import (
     head_importance,
     head_weighted_scores,
     keep_by_threshold,
+    mass_keep_count,
+    order_key,
     package_token,
     radix_threshold,
     select_frame,
@@ -300,9 +302,15 @@ def test_params_are_keyword_only():
     (lambda p: head_importance(np.zeros((0, 2, 2), np.int64)), ValueError,
      r"^head_outputs must hold at least one head$"),
     (lambda p: head_weighted_scores([[1]], [1, 2], attn_frac=1, importance_frac=1), ValueError,
-     r"^class_attn_rows and head_importance must have the same number of heads, not 1 and 2$"),
-    (lambda p: head_weighted_scores([[1]], [1], attn_frac=1, importance_frac=1, score=FixedFormat(bits=8)),
-     ValueError, r"^score must be an unsigned FixedFormat, not a signed one$"),
+     r"^head_importance must have shape \(1,\) or \(1, 1\), not \(2,\)$"),
+    (lambda p: head_weighted_scores([[1, 2]], [[1]], attn_frac=1, importance_frac=1), ValueError,
+     r"^head_importance must have shape \(1,\) or \(1, 2\), not \(1, 1\)$"),
+    (lambda p: head_weighted_scores([[-1]], [1], attn_frac=1, importance_frac=1), ValueError,
+     r"^class_attn_rows must lie in \[0, 2147483647\], not \[-1, -1\]$"),
+    (lambda p: order_key([128], 8), ValueError, r"^scores must lie in \[-128, 127\], not \[128, 128\]$"),
+    (lambda p: mass_keep_count([0, 1], 2, 129, mass_frac=7), ValueError, r"^mass must be"),
+    (lambda p: package_token([[1]], [1], np.array([True]), mode="max"), ValueError,
+     r"^mode must be 'mean' or 'sum', not 'max'$"),
 ])
 def test_reference_errors(call, exc, message):
     p = SelectorParams(n_max=8, dim=4, lanes=4, score_bits=4)
@@ -315,3 +323,55 @@ def test_doctests():
 
     result = doctest.testmod(module)
     assert result.attempted >= 8 and result.failed == 0
+
+
+# -- the method contracts: per-token head weights, signed scores, the sum package token, SaiT's mass rule --
+@settings(max_examples=60, deadline=None)
+@given(heads=st.integers(1, 6), n=st.integers(1, 12), data=st.data())
+def test_per_token_weights_equal_the_per_head_form_column_by_column(heads, n, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    a = rng.integers(-300, 300, (heads, n))
+    w = rng.integers(0, 300, (heads, n))
+    fmt = FixedFormat(bits=12, frac=2, signed=True)
+    got = head_weighted_scores(a, w, attn_frac=4, importance_frac=6, score=fmt)
+    for i in range(n):
+        col = head_weighted_scores(a[:, i:i + 1], w[:, i], attn_frac=4, importance_frac=6, score=fmt)
+        assert got[i] == col[0]
+
+
+def test_order_key_preserves_order_and_maps_thresholds():
+    rng = np.random.default_rng(3)
+    s = rng.integers(-128, 128, 64)
+    k = order_key(s, 8)
+    assert k.min() >= 0 and k.max() <= 255
+    assert np.array_equal(np.argsort(s, kind="stable"), np.argsort(k, kind="stable"))
+    for t in (-128, -1, 0, 5, 127):
+        assert np.array_equal(s > t, k > order_key(t, 8))
+
+
+def test_sum_package_token_rounds_and_saturates_with_a_count():
+    x = np.array([[0, 0], [100, -100], [100, 27]])
+    counter = OverflowCounter()
+    got = package_token(x, [0, 3, 2], np.array([False, True, True]), mode="sum", score_frac=1, counter=counter)
+    assert got.tolist() == [127, -123]  # 250 saturates; (-300 + 54) / 2 = -123
+    assert counter.by_site["package_token"] == 1
+    assert package_token(x, [0, 3, 2], np.array([False, True, True]), mode="sum", score_frac=2).tolist() == [
+        125, round_shift(np.array(-246), 2).item()]
+
+
+def test_mass_keep_count_matches_saits_float_rule():
+    import torch
+
+    from tokensift.sw.methods.sait import mass_keep_counts
+
+    rng = np.random.default_rng(11)
+    for trial in range(500):
+        n = int(rng.integers(2, 40))
+        s = rng.integers(0, 60, n)
+        if trial % 9 == 0:
+            s[1:] = 0
+        mass = int(rng.integers(0, 128))  # below 1.0: density 1.0 skips SaiT's stages
+        want = mass_keep_counts(torch.tensor(s[None], dtype=torch.float64),
+                                torch.tensor([[False] + [True] * (n - 1)]), mass / 128).item()
+        assert mass_keep_count(s, n, mass, mass_frac=7) == want, (s.tolist(), mass)
+    assert mass_keep_count([0, 5, 0, 0], 4, 128, mass_frac=7) == 3  # density 1.0 keeps every candidate
