@@ -12,17 +12,17 @@ What the accelerator computes, image by image (``C`` channels, ``H`` heads, ``N`
   requantized to the calibrated ``proj`` input scale) -> ``proj`` IntLinear into ``s_res`` -> saturating
   residual add -> [token selector] -> LayerNorm -> ``fc1`` -> integer GELU (:mod:`~tokensift.quant.gelu`) ->
   ``fc2`` into ``s_res`` -> saturating residual add;
-* **token selection** (EViT stages, between attention and MLP): the class-attention rows of the heads
-  (integer softmax probabilities) averaged by :func:`tokensift.quant.select.head_weighted_scores` with equal
-  head weights ``round(2**15 / H)`` (exactly the mean for a power-of-two head count), ``k = ceil(rho * candidates)`` by :func:`~tokensift.quant.select.topk_keep` (lower index
-  wins ties), and EViT's fused token ``sum_pruned a_i x_i``: the normalised package token of
-  :func:`~tokensift.quant.select.package_token` times the pruned attention mass ``S = sum a_i``,
-  ``round_shift(package * S, score_frac)``, appended after the kept tokens;
+* **token selection**: each method's integer stage (:mod:`tokensift.quant.stages`, one module per method)
+  runs where the float selector does, before its block (``"pre"``, reading the previous attention's class
+  rows and head outputs) or between attention and MLP (``"mid"``, EViT). Images run one at a time, so each
+  keeps its own token count (AS-ViT, SaiT and SPViT's threshold rule adapt per image) exactly as the
+  hardware processes frames; every decision is kept in :attr:`IntegerViT.decisions`;
 * **head**: final LayerNorm of the class token -> ``head`` IntLinear into int16 logits; the prediction is
   their argmax.
 
 Every value that saturates is counted in :attr:`IntegerViT.counter` by site. Supported models: every
-:mod:`tokensift.sw` ViT with no selector (dense) or EViT selectors; other selectors raise ValueError.
+:mod:`tokensift.sw` ViT/DeiT backbone, dense or with the selectors :mod:`tokensift.quant.stages` has an
+integer form of; other selectors raise ValueError.
 """
 
 from __future__ import annotations
@@ -36,30 +36,25 @@ import numpy as np
 from tokensift.checks import check_int
 from tokensift.quant.attention import AttentionParams, attention_error, attention_head, scale_for
 from tokensift.quant.calibrate import Observer, calibrate
-from tokensift.quant.fixed import FixedFormat, OverflowCounter, round_shift
+from tokensift.quant.fixed import FixedFormat, OverflowCounter
 from tokensift.quant.gelu import GeluParams, gelu_error_bound, gelu_exact, gelu_int
 from tokensift.quant.gemm import IntLinear, linear_error_bound
 from tokensift.quant.layernorm import LayerNormParams, layernorm_error_bound, layernorm_float, layernorm_int
 from tokensift.quant.qparams import MULTIPLIER_BITS, quantize_multiplier, quantize_tensor, symmetric_scale
-from tokensift.quant.select import SCORE_FORMAT, head_weighted_scores, package_token, topk_keep
 from tokensift.quant.softmax import SoftmaxParams
+from tokensift.quant.stages import (
+    BuildContext,
+    IntegerStage,
+    StageContext,
+    StageRecord,
+    TokenFrame,
+    build_stages,
+)
+from tokensift.quant.stages import stage_sites as _stage_sites
+from tokensift.quant.stages.evit import HEAD_WEIGHT_FRAC
 
-__all__ = ["EViTStage", "IntegerBlock", "IntegerViT", "calibration_sites", "capture_activations", "kernel_errors"]
-
-#: fractional bits of the equal head weights ``round(2**15 / H)`` used for EViT's mean over heads
-HEAD_WEIGHT_FRAC = 15
-
-
-@dataclass(frozen=True)
-class EViTStage:
-    """One EViT selection stage: keep ``ceil(keep_ratio * candidates)`` patch tokens, fuse the rest."""
-
-    keep_ratio: float
-    fuse_token: bool = True
-
-    def num_keep(self, n_candidates: int) -> int:
-        """The same count as :meth:`tokensift.sw.selection.TokenSelector.num_keep` (float64 arithmetic)."""
-        return int(math.ceil(float(n_candidates) * self.keep_ratio - 1e-9))
+__all__ = ["IntegerBlock", "IntegerViT", "BlockTrace", "calibration_sites", "capture_activations", "kernel_errors",
+           "HEAD_WEIGHT_FRAC"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +70,24 @@ class IntegerBlock:
     gelu: GeluParams
     fc2: IntLinear
     num_heads: int
-    selector: EViTStage | None = None
+    selector: IntegerStage | None = None
+
+
+@dataclass
+class BlockTrace:
+    """What one block computed for one image (:meth:`IntegerViT.block_step` with ``trace=True``): the
+    frame that entered, the int8 Q/K/V per head (H, N, head_dim) and the attention outputs (N, C) and class
+    rows (H, N) of its attention, the tokens entering and leaving a ``"mid"`` stage, and the stage's record."""
+
+    entered: TokenFrame
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    attn_out: np.ndarray
+    cls_rows: np.ndarray
+    before_select: TokenFrame | None = None
+    after_select: TokenFrame | None = None
+    record: StageRecord | None = None
 
 
 def _np(t) -> np.ndarray:
@@ -92,6 +104,7 @@ def calibration_sites(model) -> dict:
         "final": (model.norm, lambda args, out: out[:, 0]),
         "logits": (model.head, "output"),
     }
+    sites.update(_stage_sites(model))
     for i, blk in enumerate(model.blocks):
         sites.update({
             f"blocks.{i}.ln1": (blk.norm1, "output"),
@@ -104,19 +117,6 @@ def calibration_sites(model) -> dict:
             f"blocks.{i}.gelu": (blk.mlp.fc2, "input"),
         })
     return sites
-
-
-def _selector_stages(model) -> dict[int, EViTStage]:
-    from tokensift.sw.methods.evit import EViTSelector
-
-    stages = {}
-    for block, sel in model.stage_selectors():
-        if not isinstance(sel, EViTSelector):
-            raise ValueError(f"the integer model runs dense models and EViT selectors, not {type(sel).__name__} "
-                             f"(block {block})")
-        if sel.keep_ratio < 1.0:  # EViT skips a stage that keeps everything
-            stages[block] = EViTStage(sel.keep_ratio, bool(sel.fuse_token))
-    return stages
 
 
 class IntegerViT:
@@ -141,6 +141,8 @@ class IntegerViT:
         self.res_scale = res_scale
         self.input_scale = input_scale
         self.counter = OverflowCounter()
+        #: per image of the latest forward pass, the records of every stage that ran
+        self.decisions: list[list[StageRecord]] = []
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
@@ -150,7 +152,8 @@ class IntegerViT:
         """Quantize ``model`` (a float :mod:`tokensift.sw` ViT) with ranges calibrated on ``calib_loader``.
 
         Args:
-            model: a :class:`tokensift.sw.vit.VisionTransformer`, dense or with EViT selectors.
+            model: a :class:`tokensift.sw.vit.VisionTransformer`, dense or with selectors that have an
+                integer stage (:mod:`tokensift.quant.stages`).
             calib_loader: batches of images (or ``(images, labels)``) for the activation ranges.
             observer: ``"minmax"`` or ``"percentile"`` (see :mod:`tokensift.quant.calibrate`).
             num_batches: calibration batches.
@@ -170,7 +173,9 @@ class IntegerViT:
         softmax = SoftmaxParams() if softmax is None else softmax
         if not isinstance(softmax, SoftmaxParams):
             raise TypeError(f"softmax must be a SoftmaxParams, not {type(softmax).__name__}")
-        stages = _selector_stages(model)
+        for _, sel in model.stage_selectors():  # before calibration: an unsupported method fails fast
+            from tokensift.quant.stages import stage_module
+            stage_module(sel)
         scales = calibrate(model, calib_loader, calibration_sites(model), observer=observer,
                            num_batches=num_batches)
         res = FixedFormat(bits=res_bits)
@@ -185,6 +190,8 @@ class IntegerViT:
         cls_pos = quantize_tensor(_np(model.cls_token)[0, 0] + pos[0], s_res, res_bits)
         pos_q = quantize_tensor(pos[1:], s_res, res_bits)
 
+        stages = build_stages(model, BuildContext(model=model, scales=scales, res=res, res_scale=s_res,
+                                                  prob_frac=softmax.prob_frac, multiplier_bits=mb))
         blocks = []
         for i, blk in enumerate(model.blocks):
             a = blk.attn
@@ -248,6 +255,10 @@ class IntegerViT:
 
     def attention(self, h: np.ndarray, blk: IntegerBlock, site: str) -> tuple[np.ndarray, np.ndarray]:
         """LayerNorm output (B, N, C) int8 -> (attention output (B, N, C) int8, class rows (B, heads, N))."""
+        o, rows, _ = self._attention(h, blk, site)
+        return o, rows
+
+    def _attention(self, h: np.ndarray, blk: IntegerBlock, site: str):
         B, N, C = h.shape
         H = blk.num_heads
         hd = C // H
@@ -260,55 +271,75 @@ class IntegerViT:
                                         counter=self.counter)
                 out[b, :, head] = o
                 cls_rows[b, head] = row
-        return out.reshape(B, N, C), cls_rows
+        return out.reshape(B, N, C), cls_rows, qkv
 
-    def select(self, x: np.ndarray, cls_rows: np.ndarray, stage: EViTStage, prob_frac: int) -> np.ndarray:
-        """EViT token selection on residual tokens (B, N, C) with the heads' class rows (B, H, N).
+    def _stage_context(self) -> StageContext:
+        return StageContext(counter=self.counter, res=self.res, prob_frac=self.blocks[0].attn.softmax.prob_frac)
 
-        ``prob_frac`` is the fractional width of the class rows (the softmax's ``prob_frac``).
-        """
-        B, N, C = x.shape
-        H = cls_rows.shape[1]
-        # 1/H rounded half up to HEAD_WEIGHT_FRAC bits (exact for a power-of-two H)
-        weights = np.full(H, int(round_shift((1 << (HEAD_WEIGHT_FRAC + 1)) // H, 1)), dtype=np.int64)
-        k = stage.num_keep(N - 1)
-        rows = []
-        for b in range(B):
-            scores = head_weighted_scores(cls_rows[b], weights, attn_frac=prob_frac,
-                                          importance_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT,
-                                          counter=self.counter)
-            mask, idx = topk_keep(scores, k, N, score_bits=SCORE_FORMAT.bits)
-            kept = x[b, idx]
-            if stage.fuse_token:
-                pruned = ~mask
-                pkg = package_token(x[b], scores, pruned, feature_bits=self.res.bits)
-                mass = int(scores[pruned].sum())
-                fused = self.res.fit(round_shift(pkg * mass, SCORE_FORMAT.frac), counter=self.counter,
-                                     site="select.fused")
-                kept = np.concatenate([kept, fused[None]], axis=0)
-            rows.append(kept)
-        return np.stack(rows)
+    def block_step(self, frame: TokenFrame, i: int, *, trace: bool = False
+                   ) -> tuple[TokenFrame, StageRecord | None, BlockTrace | None]:
+        """One image through block ``i`` (its stage included): the frame leaving it, the stage's record
+        (None when the block has no stage) and, with ``trace``, what the block computed."""
+        blk = self.blocks[i]
+        site = f"blocks.{i}"
+        stage = blk.selector
+        record = None
+        if stage is not None and stage.site == "pre":
+            frame, record = stage(frame, self._stage_context())
+        entered = frame
+        h = layernorm_int(frame.x[None], blk.norm1, counter=self.counter, site=f"{site}.norm1")
+        o, cls_rows, qkv = self._attention(h, blk, site)
+        x = self._residual_add(frame.x, blk.proj(o[0], counter=self.counter, site=f"{site}.proj"), f"{site}.res1")
+        N, C = x.shape
+        frame = frame.replace(x=x, cls_rows=cls_rows[0], head_out=o[0].reshape(N, blk.num_heads, -1))
+        before = frame
+        if stage is not None and stage.site == "mid":
+            frame, record = stage(frame, self._stage_context())
+        after = frame
+        h = layernorm_int(frame.x, blk.norm2, counter=self.counter, site=f"{site}.norm2")
+        f = blk.fc1(h, counter=self.counter, site=f"{site}.fc1")
+        g = gelu_int(f, blk.gelu, counter=self.counter, site=f"{site}.gelu")
+        x = self._residual_add(frame.x, blk.fc2(g, counter=self.counter, site=f"{site}.fc2"), f"{site}.res2")
+        frame = frame.replace(x=x)
+        if not trace:
+            return frame, record, None
+        t = BlockTrace(entered=entered, q=qkv[0, :, 0].transpose(1, 0, 2), k=qkv[0, :, 1].transpose(1, 0, 2),
+                       v=qkv[0, :, 2].transpose(1, 0, 2), attn_out=o[0], cls_rows=cls_rows[0],
+                       before_select=before if stage is not None and stage.site == "mid" else None,
+                       after_select=after if stage is not None and stage.site == "mid" else None, record=record)
+        return frame, record, t
+
+    def initial_frames(self, images) -> list[TokenFrame]:
+        """The embedded tokens of each image as a frame (nothing computed by attention yet)."""
+        x = self.embed(images)
+        return [TokenFrame(x=x[b], index=np.arange(x.shape[1], dtype=np.int64)) for b in range(x.shape[0])]
+
+    def forward_tokens(self, images) -> list[np.ndarray]:
+        """Residual tokens after the last block, one (N_b, dim) array per image (counts may differ)."""
+        out, self.decisions = [], []
+        for frame in self.initial_frames(images):
+            records = []
+            for i in range(len(self.blocks)):
+                frame, record, _ = self.block_step(frame, i)
+                if record is not None:
+                    records.append(record)
+            out.append(frame.x)
+            self.decisions.append(records)
+        return out
 
     def forward_features(self, images) -> np.ndarray:
-        """Residual tokens after the last block (B, N', dim)."""
-        x = self.embed(images)
-        for i, blk in enumerate(self.blocks):
-            site = f"blocks.{i}"
-            h = layernorm_int(x, blk.norm1, counter=self.counter, site=f"{site}.norm1")
-            o, cls_rows = self.attention(h, blk, site)
-            x = self._residual_add(x, blk.proj(o, counter=self.counter, site=f"{site}.proj"), f"{site}.res1")
-            if blk.selector is not None:
-                x = self.select(x, cls_rows, blk.selector, blk.attn.softmax.prob_frac)
-            h = layernorm_int(x, blk.norm2, counter=self.counter, site=f"{site}.norm2")
-            f = blk.fc1(h, counter=self.counter, site=f"{site}.fc1")
-            g = gelu_int(f, blk.gelu, counter=self.counter, site=f"{site}.gelu")
-            x = self._residual_add(x, blk.fc2(g, counter=self.counter, site=f"{site}.fc2"), f"{site}.res2")
-        return x
+        """Residual tokens after the last block (B, N', dim); ValueError when the images kept different
+        numbers of tokens (an adaptive method: use :meth:`forward_tokens`)."""
+        tokens = self.forward_tokens(images)
+        if len({t.shape[0] for t in tokens}) > 1:
+            raise ValueError("the images kept different numbers of tokens; use forward_tokens for one array "
+                             "per image")
+        return np.stack(tokens)
 
     def logits(self, images) -> np.ndarray:
         """Integer logits (B, classes), int16 codes at :attr:`logit_scale`."""
-        x = self.forward_features(images)
-        h = layernorm_int(x[:, 0], self.norm, counter=self.counter, site="norm")
+        cls = np.stack([t[0] for t in self.forward_tokens(images)])
+        h = layernorm_int(cls, self.norm, counter=self.counter, site="norm")
         return self.head(h, counter=self.counter, site="head")
 
     @property

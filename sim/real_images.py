@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BlockCapture", "capture_block", "attention_hw_params", "selector_hw_params", "simulate_block",
-           "forward_features"]
+__all__ = ["BlockCapture", "capture_block", "attention_hw_params", "selector_hw_params", "simulate_block"]
 
 
 @dataclass
@@ -40,63 +39,29 @@ class BlockCapture:
     selected: np.ndarray | None = None   # (images, kept + 1 + fused, C) what the integer model keeps
 
 
-def _block_step(iv, x, i: int, blk, capture: bool):
-    from tokensift.quant.gelu import gelu_int
-    from tokensift.quant.layernorm import layernorm_int
-
-    c = iv.counter
-    site = f"blocks.{i}"
-    h = layernorm_int(x, blk.norm1, counter=c, site=f"{site}.norm1")
-    qkv = None
-    if capture:
-        B, N, C = h.shape
-        qkv = blk.qkv(h, counter=c, site=f"{site}.qkv").reshape(B, N, 3, blk.num_heads, C // blk.num_heads)
-    o, cls_rows = iv.attention(h, blk, site)
-    x = iv.res.fit(x + blk.proj(o, counter=c, site=f"{site}.proj"), counter=c, site=f"{site}.res1")
-    before_select = x
-    if blk.selector is not None:
-        x = iv.select(x, cls_rows, blk.selector, blk.attn.softmax.prob_frac)
-    selected = x
-    h = layernorm_int(x, blk.norm2, counter=c, site=f"{site}.norm2")
-    f = blk.fc1(h, counter=c, site=f"{site}.fc1")
-    g = gelu_int(f, blk.gelu, counter=c, site=f"{site}.gelu")
-    x = iv.res.fit(x + blk.fc2(g, counter=c, site=f"{site}.fc2"), counter=c, site=f"{site}.res2")
-    return x, (qkv, o, cls_rows, before_select, selected)
-
-
-def forward_features(iv, images) -> np.ndarray:
-    """The integer model's forward pass, block by block as :func:`capture_block` runs it (equal to
-    :meth:`IntegerViT.forward_features`; the tests check it)."""
-    x = iv.embed(images)
-    for i, blk in enumerate(iv.blocks):
-        x, _ = _block_step(iv, x, i, blk, capture=False)
-    return x
-
-
 def capture_block(iv, images, block: int) -> BlockCapture:
-    """What the attention core and the selector of ``block`` see for ``images`` (see the module docstring)."""
-    from tokensift.quant.integer_model import HEAD_WEIGHT_FRAC
-    from tokensift.quant.select import SCORE_FORMAT, head_weighted_scores
+    """What the attention core and the selector of ``block`` see for ``images`` (see the module docstring):
+    each image runs through :meth:`IntegerViT.block_step`, the integer model's own forward pass."""
+    from tokensift.quant.stages.evit import EViTStage
 
     if not 0 <= block < len(iv.blocks):
         raise ValueError(f"block must be between 0 and {len(iv.blocks) - 1}, not {block}")
-    x = iv.embed(images)
-    for i, blk in enumerate(iv.blocks[:block]):
-        x, _ = _block_step(iv, x, i, blk, capture=False)
-    blk = iv.blocks[block]
-    _, (qkv, o, cls_rows, before, selected) = _block_step(iv, x, block, blk, capture=True)
-    cap = BlockCapture(block=block, q=np.ascontiguousarray(qkv[:, :, 0].transpose(0, 2, 1, 3)),
-                       k=np.ascontiguousarray(qkv[:, :, 1].transpose(0, 2, 1, 3)),
-                       v=np.ascontiguousarray(qkv[:, :, 2].transpose(0, 2, 1, 3)), attn_out=o, cls_rows=cls_rows)
-    if blk.selector is not None:
-        H = cls_rows.shape[1]
-        weights = np.full(H, (1 << HEAD_WEIGHT_FRAC) // H, dtype=np.int64)
-        cap.scores = np.stack([head_weighted_scores(cls_rows[b], weights, attn_frac=blk.attn.softmax.prob_frac,
-                                                    importance_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT)
-                               for b in range(len(cls_rows))])
-        cap.features = before
-        cap.keep = blk.selector.num_keep(before.shape[1] - 1)
-        cap.selected = selected
+    traces = []
+    for frame in iv.initial_frames(images):
+        for i in range(block):
+            frame, _, _ = iv.block_step(frame, i)
+        traces.append(iv.block_step(frame, block, trace=True)[2])
+    stack = lambda name: np.stack([getattr(t, name) for t in traces])  # noqa: E731
+    cap = BlockCapture(block=block, q=stack("q"), k=stack("k"), v=stack("v"), attn_out=stack("attn_out"),
+                       cls_rows=stack("cls_rows"))
+    stage = iv.blocks[block].selector
+    if stage is not None:
+        if not isinstance(stage, EViTStage):
+            raise ValueError(f"the real-image capture runs EViT stages, not {type(stage).__name__}")
+        cap.scores = np.stack([t.record.scores for t in traces])
+        cap.features = np.stack([t.before_select.x for t in traces])
+        cap.keep = stage.num_keep(cap.features.shape[1] - 1)
+        cap.selected = np.stack([t.after_select.x for t in traces])
     return cap
 
 
@@ -130,8 +95,7 @@ def _check_attention_reference(cap: BlockCapture, params) -> int:
 
 def _check_selector_reference(cap: BlockCapture, params, iv) -> int:
     """Mismatches between select_frame and what the integer model kept (tokens and fused token)."""
-    from tokensift.quant.fixed import round_shift
-    from tokensift.quant.select import SCORE_FORMAT, Mode, select_frame
+    from tokensift.quant.select import SCORE_FORMAT, Mode, package_token, select_frame
 
     bad = 0
     for b in range(len(cap.scores)):
@@ -139,9 +103,9 @@ def _check_selector_reference(cap: BlockCapture, params, iv) -> int:
         rows = cap.selected[b]
         kept = rows[:ref.n_kept]
         bad += int(np.count_nonzero(kept != ref.tokens)) + abs(len(rows) - ref.n_kept - 1) * rows.shape[1]
-        if ref.package is not None:
-            mass = int(cap.scores[b][~ref.mask].sum())
-            fused = iv.res.fit(round_shift(ref.package * mass, SCORE_FORMAT.frac))
+        if ref.package is not None:  # EViT's fused token is the sum package rule of the same pruned set
+            fused = package_token(cap.features[b], cap.scores[b], ~ref.mask, feature_bits=iv.res.bits,
+                                  mode="sum", score_frac=SCORE_FORMAT.frac)
             bad += int(np.count_nonzero(fused != rows[ref.n_kept]))
     return bad
 

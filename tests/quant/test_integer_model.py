@@ -136,10 +136,16 @@ def test_percentile_observer(quick_dense, mnist):
 def test_rejects(quick_dense, mnist):
     train, _ = mnist
     data = calib_batches(train, n=1, size=4)
-    dyn = create_model("vit_mnist_patch4_28", method="dynamicvit", **TINY).eval()
-    with pytest.raises(ValueError, match=r"^the integer model runs dense models and EViT selectors, not "
-                                         r"DynamicViTSelector \(block 1\)$"):
-        IntegerViT.from_float(dyn, data)
+    from tokensift.sw.selection import TokenSelector
+
+    class RandomSelector(TokenSelector):  # a user's own method, with no integer form
+        def score(self, state, info):
+            return torch.rand(state.x.shape[:2])
+
+    custom = create_model("vit_mnist_patch4_28", **TINY).eval()
+    custom.add_selector(1, RandomSelector(0.5))
+    with pytest.raises(ValueError, match=r"^the integer model has no integer form of RandomSelector$"):
+        IntegerViT.from_float(custom, data)
     with pytest.raises(TypeError, match=r"^model must be a tokensift\.sw VisionTransformer, not Linear$"):
         IntegerViT.from_float(torch.nn.Linear(2, 2), data)
     with pytest.raises(ValueError, match=r"^res_bits must be between 8 and 16, not 17$"):

@@ -23,7 +23,7 @@ def _threads():
 def test_integer_forward_used_for_capture_matches_the_integer_model():
     """The block-by-block forward that captures frames is the integer model's own forward."""
     from tokensift.quant.integer_model import IntegerViT
-    from tokensift.sim.real_images import capture_block, forward_features
+    from tokensift.sim.real_images import capture_block
     from tokensift.sw import create_model
     from tokensift.sw.data import load_mnist
 
@@ -31,8 +31,13 @@ def test_integer_forward_used_for_capture_matches_the_integer_model():
     model = create_model("vit_mnist_patch4_28", method="evit", keep_ratio=0.6).eval()
     iv = IntegerViT.from_float(model, torch.utils.data.DataLoader(train, batch_size=32), num_batches=2)
     images = torch.stack([test[i][0] for i in (0, 500)])
-    assert np.array_equal(forward_features(iv, images), iv.forward_features(images))
+    iv.forward_features(images)
     cap = capture_block(iv, images, 1)
+    for b in range(2):  # the capture's selection is the one the full forward pass recorded
+        record = next(r for r in iv.decisions[b] if r.block == 1)
+        assert np.array_equal(np.flatnonzero(record.keep), np.flatnonzero(
+            (cap.features[b][:, None] == cap.selected[b][None]).all(-1).any(1))[:record.keep.sum()])
+        assert np.array_equal(record.scores, cap.scores[b])
     assert cap.q.shape == (2, 4, 50, 16) and cap.keep == 30 and cap.selected.shape == (2, 32, 64)
     assert cap.q.min() >= -128 and cap.q.max() <= 127 and cap.scores.max() < 1 << 16
 
