@@ -226,3 +226,12 @@ def test_full_model_fine_tuned(tmp_path):
     int_acc = (int_model.predict(images) == labels).mean()
     assert abs(int_acc - evaluate(model, test)) <= 0.01
     assert decision_agreement(int_model.decisions, float_decisions(model, images)) >= 0.97
+
+
+def test_docstring_examples():
+    import doctest
+
+    import tokensift.quant.stages.asvit as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
