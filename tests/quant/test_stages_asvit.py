@@ -29,6 +29,8 @@ from tokensift.sw.train import TrainConfig, fit
 torch.set_num_threads(1)
 
 TINY = dict(embed_dim=32, depth=3, num_heads=2, prune_locs=(1, 2), weight_init="jax", pos_embed_init="sincos")
+# 400 of the 1,000 test images, 40 of each class (the split is sorted by class)
+SPREAD = [int(i * 2.5) for i in range(400)]
 PROB_FRAC = 15
 
 
@@ -188,18 +190,18 @@ def test_decisions_and_accuracy_match_float(quick_dense, mnist, head_importance)
     train, test = mnist
     model = asvit_from(quick_dense, train, head_importance)
     int_model = IntegerViT.from_float(model, calib_batches(train))
-    images = torch.stack([test[i][0] for i in range(400)])
-    labels = np.array([test[i][1] for i in range(400)])
+    images = torch.stack([test[i][0] for i in SPREAD])
+    labels = np.array([test[i][1] for i in SPREAD])
     int_pred = int_model.predict(images)
     with torch.no_grad():
         float_pred = model(images).argmax(dim=-1).numpy()
     kept = np.array([[r.keep[1:].sum() for r in recs] for recs in int_model.decisions])
-    assert kept.shape == (400, 2)
+    assert kept.shape == (len(SPREAD), 2)
     assert 0.4 * 49 < kept[:, 0].mean() < 0.95 * 49 and kept[:, 0].std() > 1  # a real, adaptive selection
     agreement = decision_agreement(int_model.decisions, float_decisions(model, images))
     assert agreement >= 0.97
     float_acc, int_acc = (float_pred == labels).mean(), (int_pred == labels).mean()
-    assert float_acc > 0.6  # the quick model learned something (10 classes), so the comparison means something
+    assert float_acc > 0.4  # the quick model (about 50% on all ten classes) learned something: 4x chance
     assert abs(int_acc - float_acc) <= 0.01
     stages = [b.selector for b in int_model.blocks if b.selector is not None]
     for recs in int_model.decisions:  # the recorded scores are the keys the threshold was applied to

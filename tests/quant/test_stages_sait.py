@@ -21,6 +21,8 @@ from tokensift.sw.train import TrainConfig, fit
 torch.set_num_threads(1)
 
 TINY = dict(embed_dim=32, depth=3, num_heads=2, prune_locs=(1, 2), weight_init="jax", pos_embed_init="sincos")
+# 400 of the 1,000 test images, 40 of each class (the split is sorted by class)
+SPREAD = [int(i * 2.5) for i in range(400)]
 
 
 def ctx(counter=None):
@@ -162,8 +164,8 @@ def test_density_switch_matches_float(quick_dense, mnist, sait_int, density):
     int_model.set_keep_ratio(density)  # no rebuild: the same integer model at another density
     model.set_keep_ratio(density)
     try:
-        images = torch.stack([test[i][0] for i in range(400)])
-        labels = np.array([test[i][1] for i in range(400)])
+        images = torch.stack([test[i][0] for i in SPREAD])
+        labels = np.array([test[i][1] for i in SPREAD])
         int_pred = int_model.predict(images)
         with torch.no_grad():
             float_pred = model(images).argmax(dim=-1).numpy()
@@ -172,7 +174,7 @@ def test_density_switch_matches_float(quick_dense, mnist, sait_int, density):
         model.set_keep_ratio(1.0)
     assert agreement >= 0.97
     float_acc, int_acc = (float_pred == labels).mean(), (int_pred == labels).mean()
-    assert float_acc > 0.6  # the quick model learned something (10 classes), so the comparison means something
+    assert float_acc > 0.4  # the quick model (about 50% on all ten classes) learned something: 4x chance
     assert abs(int_acc - float_acc) <= 0.01
     mass = mass_code(density)
     kept = []
