@@ -123,6 +123,6 @@ def calibration_sites(selector, block: int, model) -> dict:
 
 
 def from_float(selector, block: int, ctx: BuildContext) -> ASViTStage:
-    t = float(np.exp(np.float64(selector.log_threshold.detach().double().item()))) / selector.num_patches
+    t = math.exp(float(selector.log_threshold.detach())) / selector.num_patches  # float64, from the float32 log
     return ASViTStage(block=block, stage=selector.stage, threshold=threshold_code(t),
                       head_importance=selector.head_importance)

@@ -6,8 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from stage_agreement import decision_agreement, float_decisions
-from torch.utils.data import DataLoader, Subset
+from stage_helpers import TINY, calib_batches, decision_agreement, float_decisions, spread, train_quick_dense
 
 from tokensift.quant.fixed import FixedFormat, OverflowCounter
 from tokensift.quant.integer_model import IntegerViT
@@ -28,9 +27,6 @@ from tokensift.sw.train import TrainConfig, fit
 
 torch.set_num_threads(1)
 
-TINY = dict(embed_dim=32, depth=3, num_heads=2, prune_locs=(1, 2), weight_init="jax", pos_embed_init="sincos")
-# 400 of the 1,000 test images, 40 of each class (the split is sorted by class)
-SPREAD = [int(i * 2.5) for i in range(400)]
 PROB_FRAC = 15
 
 
@@ -159,17 +155,7 @@ def mnist():
 
 @pytest.fixture(scope="module")
 def quick_dense(mnist):
-    train, _ = mnist
-    torch.manual_seed(0)
-    model = create_model("vit_mnist_patch4_28", **TINY)
-    fit(model, get_method("none").build_criterion(1.0, 0), train,
-        TrainConfig(epochs=3, batch_size=64, lr=3e-3, warmup_epochs=0.2, max_steps=150, augment=False),
-        progress=False)
-    return model.eval()
-
-
-def calib_batches(train, n=2, size=100):
-    return [images for images, _ in DataLoader(Subset(train, range(n * size)), batch_size=size)]
+    return train_quick_dense(mnist[0])
 
 
 def asvit_from(dense, train, head_importance, keep_ratio=0.75, steps=60):
@@ -190,13 +176,12 @@ def test_decisions_and_accuracy_match_float(quick_dense, mnist, head_importance)
     train, test = mnist
     model = asvit_from(quick_dense, train, head_importance)
     int_model = IntegerViT.from_float(model, calib_batches(train))
-    images = torch.stack([test[i][0] for i in SPREAD])
-    labels = np.array([test[i][1] for i in SPREAD])
+    images, labels = spread(test)
     int_pred = int_model.predict(images)
     with torch.no_grad():
         float_pred = model(images).argmax(dim=-1).numpy()
     kept = np.array([[r.keep[1:].sum() for r in recs] for recs in int_model.decisions])
-    assert kept.shape == (len(SPREAD), 2)
+    assert kept.shape == (len(labels), 2)
     assert 0.4 * 49 < kept[:, 0].mean() < 0.95 * 49 and kept[:, 0].std() > 1  # a real, adaptive selection
     agreement = decision_agreement(int_model.decisions, float_decisions(model, images))
     assert agreement >= 0.97

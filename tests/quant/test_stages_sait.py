@@ -4,8 +4,7 @@ against the float selector on a quickly trained MNIST model."""
 import numpy as np
 import pytest
 import torch
-from stage_agreement import decision_agreement, float_decisions
-from torch.utils.data import DataLoader, Subset
+from stage_helpers import TINY, calib_batches, decision_agreement, float_decisions, spread, train_quick_dense
 
 from tokensift.quant.fixed import FixedFormat, OverflowCounter
 from tokensift.quant.integer_model import IntegerViT
@@ -14,15 +13,9 @@ from tokensift.quant.stages.base import StageContext, TokenFrame
 from tokensift.quant.stages.sait import MASS_FRAC, SaiTStage, mass_code
 from tokensift.sw import create_model
 from tokensift.sw.data import load_mnist
-from tokensift.sw.methods import get_method
 from tokensift.sw.methods.sait import mass_keep_counts
-from tokensift.sw.train import TrainConfig, fit
 
 torch.set_num_threads(1)
-
-TINY = dict(embed_dim=32, depth=3, num_heads=2, prune_locs=(1, 2), weight_init="jax", pos_embed_init="sincos")
-# 400 of the 1,000 test images, 40 of each class (the split is sorted by class)
-SPREAD = [int(i * 2.5) for i in range(400)]
 
 
 def ctx(counter=None):
@@ -111,17 +104,7 @@ def mnist():
 
 @pytest.fixture(scope="module")
 def quick_dense(mnist):
-    train, _ = mnist
-    torch.manual_seed(0)
-    model = create_model("vit_mnist_patch4_28", **TINY)
-    fit(model, get_method("none").build_criterion(1.0, 0), train,
-        TrainConfig(epochs=3, batch_size=64, lr=3e-3, warmup_epochs=0.2, max_steps=150, augment=False),
-        progress=False)
-    return model.eval()
-
-
-def calib_batches(train, n=2, size=100):
-    return [images for images, _ in DataLoader(Subset(train, range(n * size)), batch_size=size)]
+    return train_quick_dense(mnist[0])
 
 
 def sait_from(dense, keep_ratio):
@@ -164,8 +147,7 @@ def test_density_switch_matches_float(quick_dense, mnist, sait_int, density):
     int_model.set_keep_ratio(density)  # no rebuild: the same integer model at another density
     model.set_keep_ratio(density)
     try:
-        images = torch.stack([test[i][0] for i in SPREAD])
-        labels = np.array([test[i][1] for i in SPREAD])
+        images, labels = spread(test)
         int_pred = int_model.predict(images)
         with torch.no_grad():
             float_pred = model(images).argmax(dim=-1).numpy()
