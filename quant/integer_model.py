@@ -232,6 +232,19 @@ class IntegerViT:
         return cls(patch=patch, patch_size=pe.patch_size, in_chans=pe.in_chans, cls_pos=cls_pos, pos=pos_q,
                    blocks=blocks, norm=norm, head=head, res=res, res_scale=s_res, input_scale=scales["input"])
 
+    # -- run-time density ----------------------------------------------------------------------------
+    def set_keep_ratio(self, keep_ratio: float) -> None:
+        """Move every stage with a run-time density (SaiT's) to ``keep_ratio`` in (0, 1], without rebuilding.
+
+        Only SaiT's stages have one; the other stages keep the settings they were built with. A model with
+        no such stage raises ValueError.
+        """
+        stages = [b.selector for b in self.blocks if hasattr(b.selector, "set_keep_ratio")]
+        if not stages:
+            raise ValueError("the integer model has no stage with a run-time density")
+        for stage in stages:
+            stage.set_keep_ratio(keep_ratio)
+
     # -- integer forward -----------------------------------------------------------------------------
     def _residual_add(self, x: np.ndarray, y: np.ndarray, site: str) -> np.ndarray:
         return self.res.fit(x + y, counter=self.counter, site=site)
