@@ -5,7 +5,7 @@ Prints, as ``rich`` tables:
 1. DeiT-S (N = 197, 6 heads): the combiner's cycles per frame for 1, 4 and 16 lanes, measured in Verilator
    (cocotb, no stalls, bit-exact check against ``quant.select.head_weighted_scores``) next to the closed
    form :func:`tokensift.hw.score_combiner.core.combiner_cycles`, as a share of the attention core it follows
-   (:func:`tokensift.hw.attention.cycles.cycles`, six heads of 64 on one 16-lane core); only the N + 6 cycles
+   (:func:`tokensift.hw.attention.cycles.cycles`, six heads of 64 on one 16-lane core); only the N + 7 cycles
    after the last head add latency, the rest overlaps the attention core's rows;
 2. resources for the same configurations: the exact model (:mod:`tokensift.hw.score_combiner.resources`:
    DSP, block RAM, memory LUT RAM) next to Yosys (``synth_xilinx -family xcup``, cached under ``build/synth``).

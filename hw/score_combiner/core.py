@@ -36,8 +36,11 @@ Datapath
 ``lanes`` multipliers (``attn_bits x importance_bits``, one DSP each when wide enough) feed a
 read-modify-write of an accumulator memory of ``ceil(n_max / lanes)`` words of ``lanes`` exact sums
 (:attr:`CombinerParams.acc_bits` wide: the largest sum of ``heads`` products never overflows). Head 0
-writes its products (no clear pass); a three-stage pipeline (read, multiply, add and write) forwards
-the two writes still in flight, so rows shorter than three beats run at one beat per cycle too. After
+writes its products (no clear pass); a four-stage pipeline (read and multiply, registered read word,
+add and write) forwards the three writes its read cannot see, so rows shorter than four beats run at one
+beat per cycle too. The read word is registered before the forwarding multiplexer (the block RAM's
+clock-to-output took most of the cycle on ECP5: 94 MHz at speed 6 with the multiplexer behind it), and
+the multiplexer's selects are registered address compares made a cycle early. After
 the last head the words are read back one by one into a word register that shifts one sum per score
 into one rounding and saturation unit (:func:`tokensift.hw.common.fixed.round_shift`,
 :func:`tokensift.hw.common.fixed.fit`), whose result is registered: a token per cycle, and no lane
@@ -46,7 +49,7 @@ word register costs one cycle per frame).
 
 >>> p = CombinerParams(n_max=197, heads=6, lanes=4)
 >>> p.acc_bits, p.words, combiner_cycles(p, n_tokens=197, heads=6)
-(28, 50, 503)
+(28, 50, 504)
 """
 
 from __future__ import annotations
@@ -80,7 +83,6 @@ __all__ = [
 HEAD_FIELD_BITS = 8
 #: width of the saturating ``overflows`` counter
 OVERFLOW_BITS = 32
-_PIPE = 3  # accept/read, multiply, add/write
 
 
 class CombinerStatus(enum.IntEnum):
@@ -196,20 +198,20 @@ def combiner_cycles(params: CombinerParams, *, n_tokens: int, heads: int) -> int
 
     With ``B = ceil(N / lanes)`` beats per row::
 
-        valid frame:    1 + 1 + H * B + 3 + 1 + N    command, first weight, rows, drain and first read,
+        valid frame:    1 + 1 + H * B + 4 + 1 + N    command, first weight, rows, drain and first read,
                                                      word register, scores
         invalid frame:  3 + H * B  (H * B > 0),  2 + H  (N = 0),  2  (H = 0)   inputs taken, no output
 
     >>> p = CombinerParams(n_max=197, heads=6, lanes=1)
     >>> combiner_cycles(p, n_tokens=197, heads=6), combiner_cycles(p, n_tokens=198, heads=6)
-    (1385, 1191)
+    (1386, 1191)
     """
     p = _check_params(params)
     status = check_runtime(p, n_tokens=n_tokens, heads=heads)
     n, h = int(n_tokens), int(heads)
     b = -(-n // p.lanes)
     if status is CombinerStatus.OK:
-        return h * b + n + 6
+        return h * b + n + 7
     if h == 0:
         return 2
     if b == 0:
@@ -267,7 +269,10 @@ class ScoreCombiner(wiring.Component):
         word = Signal.like(acc_rd.addr)  # word of the next row beat (wraps harmlessly in an invalid frame)
         m.d.comb += [w_wr.addr.eq(w_cnt), w_wr.data.eq(self.i_weight.payload), w_rd.addr.eq(head)]
 
-        # -- accumulation pipeline: s1 read (+ multiply), s2 add and write, s3 the write just done ---
+        # -- accumulation pipeline: s1 read (+ multiply), s2 the registered read word (+ forwarding), s3 add
+        # and write, s4 and s5 the writes just done. The read word is registered before anything uses it (the
+        # block RAM's clock-to-output is most of a cycle on ECP5), so three writes are in flight when a beat
+        # picks its old sums: the one in s3 (written this cycle), s4's and s5's (written after its read). --
         s1_valid, s1_first = Signal(), Signal()
         s1_addr = Signal.like(acc_rd.addr)
         s1_probs = Signal(attn_layout(p))
@@ -275,30 +280,40 @@ class ScoreCombiner(wiring.Component):
         # DSP costs more routing than the multiplier itself); lane l takes the weight while it holds a token
         # (l < rest), which also keeps synthesis from merging the copies back into one
         s1_w = [Signal(p.importance_bits, name=f"s1_w{lane}") for lane in range(lanes)]
-        s2_valid = Signal()
+        prod_layout = data.ArrayLayout(unsigned(p.attn_bits + p.importance_bits), lanes)
+        s2_valid, s2_first = Signal(), Signal()
         s2_addr = Signal.like(acc_rd.addr)
-        s2_prod = Signal(data.ArrayLayout(unsigned(p.attn_bits + p.importance_bits), lanes))
-        s2_old = Signal(acc_layout)
+        s2_prod = Signal(prod_layout)
+        s2_rd = Signal(acc_layout)  # the read word, registered
+        # which old sums s2 takes, decided one cycle early from registered addresses: s3's, s4's or s5's
+        # write (newest first), else the read word; a first-head beat takes zeros
+        s2_fwd3, s2_fwd4, s2_fwd5 = Signal(), Signal(), Signal()
         s3_valid = Signal()
         s3_addr = Signal.like(acc_rd.addr)
-        s3_data = Signal(acc_layout)
+        s3_prod = Signal(prod_layout)
+        s3_old = Signal(acc_layout)
+        s4_valid, s5_valid = Signal(), Signal()
+        s4_addr, s5_addr = Signal.like(acc_rd.addr), Signal.like(acc_rd.addr)
+        s4_data, s5_data = Signal(acc_layout), Signal(acc_layout)
         total = Signal(acc_layout)
         for lane in range(lanes):
-            m.d.comb += total[lane].eq(s2_old[lane] + s2_prod[lane])
+            m.d.comb += total[lane].eq(s3_old[lane] + s3_prod[lane])
             m.d.sync += s2_prod[lane].eq(s1_probs[lane] * s1_w[lane])  # one multiplier (DSP) per lane
         for lane in range(lanes):
             with m.If(rest > lane):
                 m.d.sync += s1_w[lane].eq(w_rd.data)
-        fwd2 = s2_valid & (s2_addr == s1_addr)
-        fwd3 = s3_valid & (s3_addr == s1_addr)
-        old = Mux(s1_first, 0, Mux(fwd2, total, Mux(fwd3, s3_data, acc_rd.data)))
+        old = Mux(s2_first, 0, Mux(s2_fwd3, total, Mux(s2_fwd4, s4_data, Mux(s2_fwd5, s5_data, s2_rd))))
         # s1 takes the beat on the row's handshake alone: its data registers load every cycle (no wide enable)
         m.d.sync += [
             s1_valid.eq(0), s1_first.eq(~head.any()), s1_addr.eq(word), s1_probs.eq(self.i_attn.payload),
-            s2_valid.eq(s1_valid), s2_addr.eq(s1_addr), s2_old.eq(old),
-            s3_valid.eq(s2_valid), s3_addr.eq(s2_addr), s3_data.eq(total),
+            s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_addr.eq(s1_addr), s2_rd.eq(acc_rd.data),
+            s2_fwd3.eq(s2_valid & (s2_addr == s1_addr)), s2_fwd4.eq(s3_valid & (s3_addr == s1_addr)),
+            s2_fwd5.eq(s4_valid & (s4_addr == s1_addr)),
+            s3_valid.eq(s2_valid), s3_addr.eq(s2_addr), s3_prod.eq(s2_prod), s3_old.eq(old),
+            s4_valid.eq(s3_valid), s4_addr.eq(s3_addr), s4_data.eq(total),
+            s5_valid.eq(s4_valid), s5_addr.eq(s4_addr), s5_data.eq(s4_data),
         ]
-        m.d.comb += [acc_wr.en.eq(s2_valid), acc_wr.addr.eq(s2_addr), acc_wr.data.eq(total)]
+        m.d.comb += [acc_wr.en.eq(s3_valid), acc_wr.addr.eq(s3_addr), acc_wr.data.eq(total)]
 
         # -- output: the word register shifts one sum per score into the rounding and saturation unit,
         # whose result is registered, so no lane multiplexer and no counter follows the rounding adder --
@@ -351,7 +366,7 @@ class ScoreCombiner(wiring.Component):
                         m.next = "IDLE"
 
             with m.State("DRAIN"):  # the last writes land; then word 0 is read
-                with m.If(~s1_valid & ~s2_valid):
+                with m.If(~s1_valid & ~s2_valid & ~s3_valid):
                     m.d.sync += [o_loaded.eq(0), o_lane.eq(0), o_left.eq(n), word.eq(1)]
                     m.next = "OUT"
 

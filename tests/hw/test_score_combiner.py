@@ -262,7 +262,7 @@ class TestSim:
 def test_cycles_deit_small(lanes):
     p = CombinerParams(n_max=197, heads=6, lanes=lanes)
     b = -(-197 // lanes)
-    assert combiner_cycles(p, n_tokens=197, heads=6) == 6 * b + 197 + 6
+    assert combiner_cycles(p, n_tokens=197, heads=6) == 6 * b + 197 + 7
 
 
 class TestResources:
