@@ -380,6 +380,28 @@ class TestModes:
         assert p.acc_bits == 28 and dsps(p, "ecp5") == 4
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(24))
+def test_random_configurations_sweep(seed):
+    """Random widths, formats, signedness and weight modes, stalled, bit for bit (a minute in all)."""
+    rng = np.random.default_rng(1000 + seed)
+    n_max = int(rng.integers(1, 25))
+    signed = bool(rng.integers(0, 2))
+    attn_bits, importance_bits = int(rng.integers(2, 13)), int(rng.integers(1, 9))
+    score = FixedFormat(bits=int(rng.integers(2, 17)), frac=int(rng.integers(0, 16)), signed=signed,
+                        rounding=list(Rounding)[int(rng.integers(0, len(Rounding)))],
+                        overflow=list(Overflow)[int(rng.integers(0, len(Overflow)))])
+    p = CombinerParams(n_max=n_max, heads=int(rng.integers(1, 6)), lanes=int(rng.integers(1, min(8, n_max) + 1)),
+                       attn_bits=attn_bits, attn_frac=int(rng.integers(0, attn_bits + 1)),
+                       importance_bits=importance_bits, importance_frac=int(rng.integers(0, importance_bits + 1)),
+                       score=score, per_token_weights=bool(rng.integers(0, 2)))
+    counter = OverflowCounter()
+    frames = [make_frame(p, rng, n=int(rng.integers(0, n_max + 2)), heads=int(rng.integers(0, p.heads + 2)),
+                         per_token=p.per_token_weights and bool(rng.integers(0, 2)), counter=counter)
+              for _ in range(8)]
+    check(p, frames, simulate(p, frames, stall=0.3, idle=0.3, seed=seed, limit=200_000), counter)
+
+
 @pytest.mark.parametrize("lanes", [1, 2, 4, 16])
 def test_cycles_deit_small(lanes):
     p = CombinerParams(n_max=197, heads=6, lanes=lanes)
