@@ -87,7 +87,8 @@ def table_resources(console: Console, out: dict) -> None:
     from tokensift.hw.cost.synth import synthesize
 
     t = Table(title=f"Score combiner resources (n_max {N}, {HEADS} heads), model vs Yosys synth_xilinx -family xcup")
-    for col in ("mode", "lanes", "DSP model", "DSP Yosys", "BRAM18 model", "BRAM18 Yosys", "LUT Yosys", "FF Yosys"):
+    for col in ("mode", "lanes", "DSP model", "DSP Yosys", "BRAM18 model", "BRAM18 Yosys", "LUT Yosys (LUT RAM)",
+                "FF Yosys"):
         t.add_column(col, justify="right")
     rows = []
     for (mode, _, kwargs, _), lanes in itertools.product(MODES, LANES):

@@ -20,6 +20,7 @@ from tokensift.hw.score_combiner.core import (
     ScoreCombiner,
     check_runtime,
     combiner_cycles,
+    weight_beats,
 )
 from tokensift.hw.score_combiner.resources import dsps, exact, memories
 from tokensift.hw.selector.core import Selector
@@ -64,6 +65,7 @@ def make_frame(p: CombinerParams, rng, *, n, heads, rows=None, weights=None, per
         w_beats = [[int(w), *junk_w(p.lanes - 1).tolist()] for w in weights]
     else:
         w_beats = [int(w) for w in weights]
+    assert len(w_beats) == weight_beats(p, n_tokens=n, heads=heads, per_token=per_token)
     ref = []
     if status is CombinerStatus.OK:
         ref = head_weighted_scores(rows, weights, attn_frac=p.attn_frac, importance_frac=p.importance_frac,
