@@ -22,7 +22,14 @@ from tokensift.hw.score_combiner.core import (
     combiner_cycles,
     weight_beats,
 )
-from tokensift.hw.score_combiner.resources import dsps, exact, memories
+from tokensift.hw.score_combiner.resources import (
+    dsps,
+    exact,
+    features,
+    memories,
+    params_from_dict,
+    params_to_dict,
+)
 from tokensift.hw.selector.core import Selector
 from tokensift.quant.fixed import FixedFormat, Overflow, OverflowCounter, Rounding
 from tokensift.quant.select import head_weighted_scores, order_key
@@ -442,6 +449,15 @@ class TestResources:
             low = -heads * (1 << (a - 1)) * ((1 << w) - 1)
             assert -(1 << (p.acc_bits - 1)) <= low < -(1 << (p.acc_bits - 2))
             assert memories(p, "xcup")["acc"].width == p.acc_bits
+
+    def test_params_dict_round_trip_and_features(self):
+        p = CombinerParams(n_max=100, heads=3, lanes=2, per_token_weights=True,
+                           score=FixedFormat(bits=12, frac=9, rounding=Rounding.FLOOR, overflow=Overflow.WRAP))
+        assert params_from_dict(params_to_dict(p)) == p
+        assert params_from_dict({"n_max": 8, "heads": 2}) == CombinerParams(n_max=8, heads=2)
+        f, plain = features(p, "ecp5"), features(CombinerParams(n_max=100, heads=3, lanes=2), "ecp5")
+        assert f["per_token_bits"] == 2 * 9 and plain["per_token_bits"] == 0
+        assert f["sum_bits"] == 2 * p.acc_bits and f["addr_bits"] == 6  # 50 words
 
     def test_narrow_multipliers_stay_in_luts(self):
         p = CombinerParams(n_max=16, heads=2, lanes=2, attn_bits=4, importance_bits=4)
