@@ -38,6 +38,12 @@ GRID: list[tuple[str, str, str, list[str]]] = [
     ("score_combiner", "deit_s_16_lanes", "DeiT-S: n-max 197, 6 heads, 16 lanes",
      ["--n-max", "197", "--heads", "6", "--lanes", "16"]),
     ("score_combiner", "demo", "demo (vit_mnist): n-max 50, 4 heads, 1 lane", ["--n-max", "50", "--heads", "4"]),
+    ("score_combiner", "deit_s_per_token", "DeiT-S, released AS-ViT: 1 lane, per-token weights",
+     ["--n-max", "197", "--heads", "6", "--per-token-weights"]),
+    ("score_combiner", "deit_s_per_token_signed", "DeiT-S, SPViT: 1 lane, per-token weights, signed",
+     ["--n-max", "197", "--heads", "6", "--per-token-weights", "--signed"]),
+    ("score_combiner", "deit_s_16_lanes_per_token_signed", "DeiT-S, SPViT: 16 lanes, per-token weights, signed",
+     ["--n-max", "197", "--heads", "6", "--lanes", "16", "--per-token-weights", "--signed"]),
     ("requant", "default", "int32 -> int8, multiplier 12345, shift 20", ["--multiplier", "12345", "--shift", "20"]),
 ]
 #: the speed grades measured by default (6: the issue's goal; 8: the stretch and the ECP5-85F in the device

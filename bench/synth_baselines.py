@@ -100,11 +100,26 @@ GRID: dict[str, list[tuple[str, dict]]] = {
         for lanes, a, b in [(4, 8, 8), (8, 8, 8), (12, 8, 8), (16, 8, 8), (32, 8, 8), (16, 12, 10)]
     ],
     "attention": [],  # filled by attention_grid() once the block is there
+    "score_combiner": [
+        ("n197_h6_l1", {"n_max": 197, "heads": 6, "lanes": 1}),
+        ("n197_h6_l4", {"n_max": 197, "heads": 6, "lanes": 4}),
+        ("n197_h6_l16", {"n_max": 197, "heads": 6, "lanes": 16}),
+        ("n50_h4_l1", {"n_max": 50, "heads": 4, "lanes": 1}),
+        ("n64_h12_l8_a12w8", {"n_max": 64, "heads": 12, "lanes": 8, "attn_bits": 12, "attn_frac": 11,
+                              "importance_bits": 8, "importance_frac": 7}),
+        ("n32_h2_l2_s10", {"n_max": 32, "heads": 2, "lanes": 2, "score_bits": 10, "score_frac": 9}),
+        ("n197_h6_l1_pt", {"n_max": 197, "heads": 6, "lanes": 1, "per_token_weights": True}),
+        ("n100_h3_l2_pt", {"n_max": 100, "heads": 3, "lanes": 2, "per_token_weights": True}),
+        ("n197_h6_l1_pt_signed", {"n_max": 197, "heads": 6, "lanes": 1, "per_token_weights": True, "signed": True}),
+        ("n197_h6_l4_pt_signed", {"n_max": 197, "heads": 6, "lanes": 4, "per_token_weights": True, "signed": True}),
+        ("n197_h6_l16_pt_signed", {"n_max": 197, "heads": 6, "lanes": 16, "per_token_weights": True,
+                                   "signed": True}),
+    ],
 }
 
 #: the configurations test_synth.py synthesizes live (small, a few seconds each)
 QUICK = {"memory": ["m16x197s", "m42x4a"], "multiplier": ["x32x15s"], "requant": ["acc32_m12345_s20"],
-         "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": []}
+         "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": [], "score_combiner": []}
 
 
 def attention_grid() -> list[tuple[str, dict]]:

@@ -57,7 +57,7 @@ def test_live_synthesis_matches_baseline_and_model(block, name, family, tmp_path
 
 def _all_entries():
     out = []
-    for block in ("memory", "multiplier", "requant", "mac_array", "selector", "attention"):
+    for block in ("memory", "multiplier", "requant", "mac_array", "selector", "attention", "score_combiner"):
         data = load_baselines(block)
         for e in (data or {}).get("entries", []):
             out.append((block, e["name"], e["family"]))

@@ -1,4 +1,5 @@
-"""Verilator + cocotb: the score combiner bit for bit against head_weighted_scores, under stalls and resets."""
+"""Verilator + cocotb: the score combiner bit for bit against head_weighted_scores (order_key of it when signed),
+under stalls, mode switches and resets."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ pytestmark = pytest.mark.sim
     ["--n-max", "20", "--heads", "3", "--lanes", "3", "--score-bits", "10", "--score-frac", "9", "--tokens", "19"],
     ["--n-max", "9", "--heads", "2", "--lanes", "1", "--attn-bits", "7", "--attn-frac", "6", "--importance-bits",
      "5", "--importance-frac", "4", "--score-bits", "6", "--score-frac", "12", "--rounding", "half_even"],
-], ids=["3lanes", "1lane-leftshift"])
+    ["--n-max", "13", "--heads", "3", "--lanes", "3", "--attn-bits", "9", "--attn-frac", "8", "--importance-bits", "6",
+     "--importance-frac", "5", "--score-bits", "9", "--score-frac", "8", "--signed", "--per-token-weights",
+     "--per-token"],
+], ids=["3lanes", "1lane-leftshift", "signed-per-token"])
 def test_cli_simulate(argv, capsys):
     from tokensift.cli import main
 

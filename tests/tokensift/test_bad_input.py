@@ -101,6 +101,8 @@ CASES: dict[str, list[Case]] = {
         case("--frames 0", r"--frames must be at least 1, not 0"),
         case("--stall 1", r"--stall must be a probability in \[0, 1\), not 1"),
         case("--n-max 0", r"n_max must be .*, not 0"),
+        case("--per-token", r"--per-token needs a block built with --per-token-weights"),
+        case("--signed --attn-bits 1", r"attn_bits must be at least 2 with a signed score, not 1"),
     ],
     "simulate attention": [
         case("--n-max 64 --head-dim 32 --lanes 8 --tokens 65", r"--tokens must be between 1 and --n-max 64, not 65"),
