@@ -176,3 +176,163 @@ def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, se
                            "build_dir": str(res.build_dir), "wall_s": res.wall_s,
                            "bit_exact": r.get("error") is None and out["selector_reference_mismatches"] == 0}
     return out
+
+
+# -- every method's selection step: (score combiner ->) token selector on real frames ------------------------
+@dataclass
+class StageCapture:
+    """One block's selection stage on real images: per image the hardware step (what the score combiner
+    and the selector get), the integer model's record of the decision, and the frames entering and leaving
+    the stage."""
+
+    block: int
+    method: str
+    steps: list
+    records: list
+    entered: list
+    left: list
+
+
+def capture_stage(iv, images, block: int) -> StageCapture:
+    """Run ``images`` through the integer model up to the stage of ``block`` and capture its step."""
+    if not 0 <= block < len(iv.blocks):
+        raise ValueError(f"block must be between 0 and {len(iv.blocks) - 1}, not {block}")
+    stage = iv.blocks[block].selector
+    if stage is None:
+        raise ValueError(f"block {block} has no selection stage")
+    cap = StageCapture(block=block, method=type(stage).__module__.rsplit(".", 1)[-1], steps=[], records=[],
+                       entered=[], left=[])
+    for frame in iv.initial_frames(images):
+        for i in range(block):
+            frame, _, _ = iv.block_step(frame, i)
+        if stage.site == "pre":
+            step = stage.hardware_step(frame, iv._stage_context())
+            entered = frame
+            _, record, trace = iv.block_step(frame, block, trace=True)
+            left = trace.entered
+        else:
+            _, record, trace = iv.block_step(frame, block, trace=True)
+            entered, left = trace.before_select, trace.after_select
+            step = stage.hardware_step(entered, iv._stage_context())
+        cap.steps.append(step)
+        cap.records.append(record)
+        cap.entered.append(entered)
+        cap.left.append(left)
+    return cap
+
+
+def step_selector_params(iv, cap: StageCapture, *, lanes: int):
+    """The selector that serves ``cap``'s steps (the integer model's residual tokens, the steps' formats)."""
+    from tokensift.quant.select import SelectorParams
+
+    s = cap.steps[0]
+    return SelectorParams(n_max=iv.pos.shape[0] + 1 + len(iv.blocks), dim=iv.pos.shape[1], score_bits=s.score_bits,
+                          feature_bits=iv.res.bits, lanes=lanes, package=s.package is not None,
+                          weight_bits=s.weight_bits, weight_frac=s.weight_frac, mass=s.mode == "mass",
+                          mass_frac=s.mass_frac)
+
+
+def _select(sp, step):
+    from tokensift.quant.select import Mode, select_frame
+
+    mode = {"topk": Mode.TOPK, "threshold": Mode.THRESHOLD, "mass": Mode.MASS}[step.mode]
+    return select_frame(sp, step.scores, step.features, mode=mode, k=step.k if mode is Mode.TOPK else None,
+                        threshold=step.threshold if mode is Mode.THRESHOLD else None,
+                        mass=step.mass if mode is Mode.MASS else None, package=step.package is not None,
+                        package_rule=step.package or "mean", weights=step.package_weights)
+
+
+def check_stage_reference(cap: StageCapture, sp) -> int:
+    """Mismatches between the hardware references (``head_weighted_scores`` / ``order_key`` for the
+    combiner, ``select_frame`` for the selector) run on the captured steps and what the integer model did:
+    its scores, its keep decision and the tokens (kept ones and the package token) that left the stage."""
+    from tokensift.quant.select import head_weighted_scores, order_key
+    from tokensift.quant.stages import keep_tokens
+
+    bad = 0
+    for step, record, entered, left in zip(cap.steps, cap.records, cap.entered, cap.left, strict=True):
+        c = step.combiner
+        if c is not None:
+            s = head_weighted_scores(c.values, c.weights, attn_frac=c.value_frac, importance_frac=c.weight_frac,
+                                     score=c.score)
+            keys = order_key(s, c.score.bits) if c.score.signed else s
+            bad += int(np.count_nonzero(keys != step.scores))
+        ref = _select(sp, step)
+        bad += int(np.count_nonzero(ref.mask != record.keep))
+        pkg = None
+        if step.package is not None:  # the selector outputs none when nothing was pruned: a zero token then
+            pkg = (ref.package if ref.package is not None else np.zeros(entered.x.shape[1], np.int64))[None]
+        want = keep_tokens(entered, ref.mask, **({"protected": pkg} if step.package_at == "protected"
+                                                  else {"appended": pkg}))
+        if want.x.shape != left.x.shape or np.count_nonzero(want.x != left.x) or np.count_nonzero(
+                want.index != left.index) or want.num_protected != left.num_protected:
+            bad += 1
+    return bad
+
+
+def step_combiner_params(iv, cap: StageCapture, *, lanes: int) -> dict:
+    """The score combiner that serves ``cap``'s steps, as the ``simulate score_combiner`` parameter dict."""
+    c = cap.steps[0].combiner
+    signed = c.score.signed
+    top = max(int(np.abs(s.combiner.values).max(initial=0)) for s in cap.steps)
+    attn_bits = max(c.value_frac + 1, top.bit_length()) + int(signed)
+    wtop = max(int(s.combiner.weights.max(initial=0)) for s in cap.steps)
+    return {"n_max": iv.pos.shape[0] + 1 + len(iv.blocks), "heads": c.values.shape[0], "lanes": lanes,
+            "attn_bits": attn_bits, "attn_frac": c.value_frac, "importance_bits": max(1, wtop.bit_length()),
+            "importance_frac": c.weight_frac, "score_bits": c.score.bits, "score_frac": c.score.frac,
+            "rounding": c.score.rounding.value, "signed": signed,
+            "per_token_weights": any(s.combiner.per_token for s in cap.steps)}
+
+
+def simulate_stage(iv, cap: StageCapture, *, lanes: int, work_dir: Path, build_root: Path | None = None) -> dict:
+    """The captured selection steps through Verilator: the score combiner (when the method has one) and the
+    selector, each bit for bit against its reference, which :func:`check_stage_reference` ties to the
+    integer model. Returns bit-exactness and the measured cycles next to the cycle formulas."""
+    from dataclasses import asdict
+
+    from tokensift.hw.selector.core import Selector
+    from tokensift.sim.runner import run_cocotb
+
+    work_dir = Path(work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if build_root is not None:
+        os.environ.setdefault("TOKENSIFT_BUILD", str(build_root))
+    sp = step_selector_params(iv, cap, lanes=lanes)
+    out = {"block": cap.block, "method": cap.method, "images": len(cap.steps),
+           "reference_mismatches": check_stage_reference(cap, sp)}
+    arrays = {}
+    for i, s in enumerate(cap.steps):
+        arrays.update({f"scores_{i}": s.scores, f"features_{i}": s.features})
+        if s.package_weights is not None:
+            arrays[f"weights_{i}"] = s.package_weights
+        if s.combiner is not None:
+            arrays.update({f"values_{i}": s.combiner.values, f"head_weights_{i}": s.combiner.weights})
+    frames = work_dir / f"stage_block{cap.block}.npz"
+    np.savez(frames, **arrays)
+    s0 = cap.steps[0]
+    step_cmd = {"mode": s0.mode, "k": [s.k for s in cap.steps], "threshold": s0.threshold, "mass": s0.mass,
+                "package": s0.package}
+    if s0.combiner is not None:
+        from tokensift.commands.block_score_combiner import _component
+
+        cp = step_combiner_params(iv, cap, lanes=lanes)
+        with _quick_compile():
+            res = run_cocotb(_component(cp), toplevel="tokensift_score_combiner",
+                             test_module="tokensift.sim.tb_real_images", testcase="combiner_steps",
+                             params={**cp, "frames_file": str(frames), "images": len(cap.steps)})
+        r = res.report
+        out["combiner"] = {"params": cp, "mismatches": r.get("mismatches"), "cycles": r.get("cycles"),
+                           "expected_cycles": r.get("expected_cycles"), "wall_s": res.wall_s,
+                           "bit_exact": r.get("mismatches") == 0}
+    with _quick_compile():
+        res = run_cocotb(Selector(**asdict(sp)), toplevel="tokensift_selector",
+                         test_module="tokensift.sim.tb_real_images", testcase="selector_steps",
+                         params={"params": asdict(sp), "frames_file": str(frames), "images": len(cap.steps),
+                                 "step": step_cmd})
+    r = res.report
+    out["selector"] = {"params": asdict(sp), "kept": r.get("kept"), "cycles": r.get("cycles"),
+                       "expected_cycles": r.get("expected_cycles"), "wall_s": res.wall_s,
+                       "bit_exact": r.get("error") is None}
+    out["bit_exact"] = (out["reference_mismatches"] == 0 and out["selector"]["bit_exact"]
+                        and out.get("combiner", {}).get("bit_exact", True))
+    return out

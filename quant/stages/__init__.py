@@ -10,14 +10,16 @@ import importlib
 
 from tokensift.quant.stages.base import (
     BuildContext,
+    CombinerInput,
     IntegerStage,
+    SelectionStep,
     StageContext,
     StageRecord,
     TokenFrame,
     keep_tokens,
 )
 
-__all__ = ["BuildContext", "IntegerStage", "StageContext", "StageRecord", "TokenFrame", "keep_tokens",
+__all__ = ["BuildContext", "CombinerInput", "SelectionStep", "IntegerStage", "StageContext", "StageRecord", "TokenFrame", "keep_tokens",
            "stage_module", "stage_sites", "build_stages", "METHOD_MODULES"]
 
 #: the float selector class -> its integer module under tokensift.quant.stages

@@ -40,7 +40,9 @@ from tokensift.quant.intmath import isqrt
 from tokensift.quant.select import SCORE_FORMAT, head_importance, head_weighted_scores, threshold_keep
 from tokensift.quant.stages.base import (
     BuildContext,
+    CombinerInput,
     IntegerStage,
+    SelectionStep,
     StageContext,
     StageRecord,
     TokenFrame,
@@ -111,6 +113,13 @@ class ASViTStage(IntegerStage):
                                  importance_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT, counter=local)
         ctx.counter.add(f"blocks.{self.block}.asvit.scores", local.total)
         return s
+
+    def hardware_step(self, frame: TokenFrame, ctx: StageContext) -> SelectionStep:
+        quiet = StageContext(counter=OverflowCounter(), res=ctx.res, prob_frac=ctx.prob_frac)
+        comb = CombinerInput(values=frame.cls_rows, weights=self.weights(frame), value_frac=ctx.prob_frac,
+                             weight_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT)
+        return SelectionStep(features=frame.x, scores=self.scores(frame, quiet), score_bits=SCORE_FORMAT.bits,
+                             mode="threshold", threshold=self.threshold, combiner=comb)
 
     def __call__(self, frame: TokenFrame, ctx: StageContext) -> tuple[TokenFrame, StageRecord]:
         scores = self.scores(frame, ctx)

@@ -23,7 +23,8 @@ import numpy as np
 
 from tokensift.quant.fixed import FixedFormat, OverflowCounter
 
-__all__ = ["TokenFrame", "StageRecord", "StageContext", "BuildContext", "IntegerStage", "keep_tokens", "to_np"]
+__all__ = ["TokenFrame", "StageRecord", "StageContext", "BuildContext", "IntegerStage", "CombinerInput",
+           "SelectionStep", "keep_tokens", "to_np"]
 
 
 def to_np(t) -> np.ndarray:
@@ -96,6 +97,54 @@ class BuildContext:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class CombinerInput:
+    """What the score combiner gets for one image: per-head ``values`` (H, N) with ``value_frac``
+    fractional bits (class-attention rows, or signed logit differences), head ``weights`` (H,) or per head
+    and token (H, N) with ``weight_frac`` bits, and the ``score`` format it rounds into (signed: its
+    ``o_score`` carries :func:`tokensift.quant.select.order_key` of the score)."""
+
+    values: np.ndarray
+    weights: np.ndarray
+    value_frac: int
+    weight_frac: int
+    score: FixedFormat
+
+    @property
+    def per_token(self) -> bool:
+        return self.weights.ndim == 2
+
+
+@dataclass
+class SelectionStep:
+    """One image's selection step as the hardware runs it: (score combiner ->) token selector.
+
+    ``scores`` (N,) are the unsigned keys the selector ranks (``score_bits`` wide; token 0's is ignored),
+    equal to the combiner's output when ``combiner`` is given. ``mode`` is ``"topk"`` (``k`` patch tokens),
+    ``"threshold"`` (keys ``> threshold``) or ``"mass"`` (SaiT: ``mass / 2**mass_frac`` of the candidates'
+    total). ``package`` is the package rule (``"sum"`` / ``"mean"``, or None for none), weighing the pruned
+    tokens by ``package_weights`` (N,) (``weight_bits`` wide; None: by the scores) with ``weight_frac``
+    fractional bits; the package token goes after the kept tokens (``package_at="end"``, EViT) or right
+    after the protected ones (``"protected"``, SPViT). ``features`` (N, C) are the tokens entering the
+    selector.
+    """
+
+    features: np.ndarray
+    scores: np.ndarray
+    score_bits: int
+    mode: str
+    k: int = 0
+    threshold: int = 0
+    mass: int = 0
+    mass_frac: int = 15
+    combiner: CombinerInput | None = None
+    package: str | None = None
+    package_weights: np.ndarray | None = None
+    weight_bits: int = 0
+    weight_frac: int = 0
+    package_at: str = "end"
+
+
 class IntegerStage(ABC):
     """Base class of a method's integer selection stage.
 
@@ -113,6 +162,12 @@ class IntegerStage(ABC):
     @abstractmethod
     def __call__(self, frame: TokenFrame, ctx: StageContext) -> tuple[TokenFrame, StageRecord]:
         """Select tokens of one image: the new frame and the record of the decision."""
+
+    def hardware_step(self, frame: TokenFrame, ctx: StageContext) -> SelectionStep:
+        """This stage's selection of ``frame`` as the score combiner and the selector compute it (the
+        real-image simulation, :mod:`tokensift.sim.real_images`, runs it and checks the result against
+        what ``__call__`` did)."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its hardware step")
 
     def record(self, frame: TokenFrame, keep: np.ndarray, scores: np.ndarray) -> StageRecord:
         return StageRecord(self.stage, self.block, frame.index.copy(), keep.copy(), np.asarray(scores).copy(),

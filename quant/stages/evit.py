@@ -15,11 +15,13 @@ import math
 
 import numpy as np
 
-from tokensift.quant.fixed import round_shift
+from tokensift.quant.fixed import OverflowCounter, round_shift
 from tokensift.quant.select import SCORE_FORMAT, head_weighted_scores, package_token, topk_keep
 from tokensift.quant.stages.base import (
     BuildContext,
+    CombinerInput,
     IntegerStage,
+    SelectionStep,
     StageContext,
     StageRecord,
     TokenFrame,
@@ -55,6 +57,15 @@ class EViTStage(IntegerStage):
         H = frame.cls_rows.shape[0]
         return head_weighted_scores(frame.cls_rows, equal_head_weights(H), attn_frac=ctx.prob_frac,
                                     importance_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT, counter=ctx.counter)
+
+    def hardware_step(self, frame: TokenFrame, ctx: StageContext) -> SelectionStep:
+        H = frame.cls_rows.shape[0]
+        comb = CombinerInput(values=frame.cls_rows, weights=equal_head_weights(H), value_frac=ctx.prob_frac,
+                             weight_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT)
+        return SelectionStep(features=frame.x, scores=self.scores(frame, StageContext(
+            counter=OverflowCounter(), res=ctx.res, prob_frac=ctx.prob_frac)), score_bits=SCORE_FORMAT.bits,
+            mode="topk", k=self.num_keep(frame.n - 1), combiner=comb, package="sum" if self.fuse_token else None,
+            weight_frac=SCORE_FORMAT.frac)
 
     def __call__(self, frame: TokenFrame, ctx: StageContext) -> tuple[TokenFrame, StageRecord]:
         scores = self.scores(frame, ctx)

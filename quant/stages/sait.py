@@ -38,7 +38,9 @@ from tokensift.quant.fixed import OverflowCounter
 from tokensift.quant.select import SCORE_FORMAT, head_weighted_scores, mass_keep_count, topk_keep
 from tokensift.quant.stages.base import (
     BuildContext,
+    CombinerInput,
     IntegerStage,
+    SelectionStep,
     StageContext,
     StageRecord,
     TokenFrame,
@@ -89,6 +91,13 @@ class SaiTStage(IntegerStage):
     def num_keep(self, scores: np.ndarray, n: int) -> int:
         """Candidates to keep: :func:`~tokensift.quant.select.mass_keep_count` at the stage's mass."""
         return mass_keep_count(scores, n, self.mass, mass_frac=MASS_FRAC)
+
+    def hardware_step(self, frame: TokenFrame, ctx: StageContext) -> SelectionStep:
+        quiet = StageContext(counter=OverflowCounter(), res=ctx.res, prob_frac=ctx.prob_frac)
+        comb = CombinerInput(values=frame.cls_rows, weights=equal_head_weights(frame.cls_rows.shape[0]),
+                             value_frac=ctx.prob_frac, weight_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT)
+        return SelectionStep(features=frame.x, scores=self.scores(frame, quiet), score_bits=SCORE_FORMAT.bits,
+                             mode="mass", mass=self.mass, mass_frac=MASS_FRAC, combiner=comb)
 
     def __call__(self, frame: TokenFrame, ctx: StageContext) -> tuple[TokenFrame, StageRecord | None]:
         if self.keep_ratio >= 1.0:
