@@ -109,14 +109,14 @@ class SPViTStage(IntegerStage):
     site = "pre"
 
     def __init__(self, *, block: int, stage: int, heads: list[IntegerPredictor], weights: HeadWeights,
-                 keep_sigmoid: SigmoidParams, decision: str, keep: int, package: str | None):
+                 keep_sigmoid: SigmoidParams, decision: str, keep: int, package: str):
         super().__init__(block=block, stage=stage)
         self.heads = heads
         self.weights = weights
         self.keep_sigmoid = keep_sigmoid
         self.decision = decision
         self.keep = keep
-        self.package = package  # "sum", "mean", or None where no package token is added
+        self.package = package  # "sum" (the release) or "mean"
 
     @property
     def site_name(self) -> str:
@@ -149,12 +149,10 @@ class SPViTStage(IntegerStage):
             keep = select_candidates(keys, P, score_bits=LOGIT_BITS, threshold=int(order_key([0], LOGIT_BITS)[0]))
         else:
             keep = select_candidates(keys, P, score_bits=LOGIT_BITS, k=min(self.keep, frame.n - P))
-        pkg = None
-        if self.package is not None:
-            local = OverflowCounter()
-            pkg = package_token(frame.x, weights, ~keep, feature_bits=ctx.res.bits, mode=self.package,
-                                score_frac=SCORE_FORMAT.frac, counter=local)[None]
-            moved_counts(local, ctx.counter, f"{self.site_name}.package")
+        local = OverflowCounter()
+        pkg = package_token(frame.x, weights, ~keep, feature_bits=ctx.res.bits, mode=self.package,
+                            score_frac=SCORE_FORMAT.frac, counter=local)[None]
+        moved_counts(local, ctx.counter, f"{self.site_name}.package")
         return keep_tokens(frame, keep, protected=pkg), self.record(frame, keep, keys)
 
 
@@ -177,7 +175,7 @@ def calibration_sites(selector, block: int, model) -> dict:
 
 def from_float(selector, block: int, ctx: BuildContext) -> SPViTStage | None:
     if selector.decision == "topk" and not selector.adds_package():
-        return None  # the schedule prunes nothing here and adds no package token
+        return None  # the schedule prunes nothing here and adds no package token (every other stage adds one)
     pre, s, mb = _prefix(block), ctx.scales, ctx.multiplier_bits
     mp = selector.predictor
     s_logit = logit_scale(s[f"{pre}.logit_diff"])
@@ -196,7 +194,6 @@ def from_float(selector, block: int, ctx: BuildContext) -> SPViTStage | None:
                           gelu=GeluParams.from_scales(s[f"{pre}.se1"], s[f"{pre}.se_gelu"], multiplier_bits=mb),
                           se2=linear(se[2], s[f"{pre}.se_gelu"], s[f"{pre}.se2"]),
                           sigmoid=SigmoidParams.from_scale(s[f"{pre}.se2"]))
-    package = selector.package if selector._appends_package() else None
     return SPViTStage(block=block, stage=selector.stage, heads=heads, weights=weights,
                       keep_sigmoid=SigmoidParams.from_scale(s_logit, in_bits=LOGIT_BITS),
-                      decision=selector.decision, keep=selector.kept_patches(), package=package)
+                      decision=selector.decision, keep=selector.kept_patches(), package=selector.package)

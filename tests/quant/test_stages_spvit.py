@@ -131,6 +131,11 @@ def test_package_token_corners(models, monkeypatch):
     assert record.keep.tolist() == [True, True] + [False] * 6
     assert np.array_equal(new.x[:2], x[:2]) and new.num_protected == 3 and new.n == 3
     assert np.array_equal(new.x[2], round_shift((x[2:] << 14).sum(axis=0), 15))
+    mean_stage = copy.copy(stage)
+    mean_stage.package = "mean"  # the normalised form: the p-weighted mean of the pruned tokens
+    _forced(mean_stage, monkeypatch, -5, 1 << 14)
+    new, _ = mean_stage(frame, _ctx())
+    assert np.array_equal(new.x[2], np.floor(x[2:].sum(axis=0) / 6 + 0.5).astype(np.int64))
     _forced(stage, monkeypatch, 0, 1 << 15)  # a score of exactly 0 is not above the threshold: dropped
     _, record = stage(frame, _ctx())
     assert not record.keep[2:].any()
@@ -200,6 +205,9 @@ def test_full_model_accuracy_and_agreement(mnist, tmp_path, decision, min_agree)
     int_acc = int_model.evaluate(test)
     assert float_acc > 0.9
     assert abs(int_acc - float_acc) <= 0.01
-    # top-k measured 95.8% (the goal is 97%): boundary swaps between near-equal mixed logits
+    # measured on 300 images: top-k 95.8% (stages 97.7 / 95.1 / 93.1%; the goal is 97%), boundary
+    # swaps between near-equal mixed logits, with a residual scale 2.6x coarser than DynamicViT's (the
+    # unnormalised package tokens set its range); threshold 100%, but this 2-epoch model keeps every token
+    # with threshold decisions (the quick TINY test covers a threshold model that prunes)
     a = agreement(model, int_model, images_labels(test, 300)[0])
     assert a["fraction"] >= min_agree, a
