@@ -117,6 +117,8 @@ class SPViTStage(IntegerStage):
         self.decision = decision
         self.keep = keep
         self.package = package  # "sum" (the release) or "mean"
+        #: the threshold rule may prune nothing and still add its package token (IntegerViT sizes n_max by it)
+        self.max_added_tokens = 1 if decision == "threshold" else 0
 
     @property
     def site_name(self) -> str:

@@ -83,6 +83,18 @@ def test_threshold_frames_carry_protected_package_tokens(models, mnist):
     assert tokens[0].shape == tuple(state.x[0].shape)
 
 
+def test_attention_fits_the_package_tokens(models, mnist, monkeypatch):
+    # threshold stages may prune nothing and still add a package token: 49 patches + class + one per stage
+    _, test = mnist
+    _, int_model = models["threshold"]
+    assert [blk.attn.n_max for blk in int_model.blocks] == [52] * 3
+    assert [blk.attn.n_max for blk in models["topk"][1].blocks] == [50] * 3  # top-k never grows a frame
+    for blk in int_model.blocks[1:]:
+        _forced(blk.selector, monkeypatch, 5, 1 << 14)  # keep everything
+    x = int_model.forward_features(images_labels(test, 1)[0])
+    assert x.shape == (1, 52, 32)
+
+
 def test_scores_and_package_weights_follow_float(models, mnist):
     # the same residual tokens into both selectors: the integer mixed logit and keep probability track the float
     _, test = mnist
