@@ -7,6 +7,8 @@ backbone frozen for the first part, as the pipeline does).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -18,6 +20,14 @@ from tokensift.sw.train import TrainConfig, fit
 
 TINY = dict(embed_dim=32, depth=3, num_heads=2, prune_locs=(1, 2), weight_init="jax", pos_embed_init="sincos")
 QUICK_STEPS = 150
+
+
+@functools.cache
+def quick_dense():
+    """The quick dense TINY model, trained once per test process (its users only read it)."""
+    from tokensift.sw.data import load_mnist
+
+    return train_dense(load_mnist()[0])
 
 
 def train_dense(train, steps: int = QUICK_STEPS, **config):

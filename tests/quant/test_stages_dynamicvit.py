@@ -12,7 +12,7 @@ from stage_models import (
     finetune,
     images_labels,
     method_from,
-    train_dense,
+    quick_dense,
 )
 
 from tokensift.quant.fixed import OverflowCounter
@@ -43,7 +43,7 @@ def mnist():
 @pytest.fixture(scope="module")
 def trained(mnist):
     train, _ = mnist
-    dense = train_dense(train)
+    dense = quick_dense()
     model = finetune(method_from(dense, "dynamicvit", 0.7), dense, train, FINETUNE_STEPS)
     return model, IntegerViT.from_float(model, calib_batches(train))
 

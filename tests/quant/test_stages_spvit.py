@@ -6,7 +6,7 @@ import doctest
 import numpy as np
 import pytest
 import torch
-from stage_models import agreement, calib_batches, finetune, images_labels, method_from, train_dense
+from stage_models import agreement, calib_batches, finetune, images_labels, method_from, quick_dense
 
 from tokensift.quant.fixed import FixedFormat, OverflowCounter, round_shift
 from tokensift.quant.integer_model import IntegerViT
@@ -35,7 +35,7 @@ def mnist():
 @pytest.fixture(scope="module")
 def models(mnist):
     train, _ = mnist
-    dense = train_dense(train)
+    dense = quick_dense()
     threshold = finetune(method_from(dense, "spvit", 0.7), dense, train, FINETUNE_STEPS)
     topk = copy.deepcopy(threshold)
     set_decision(topk, "topk")
