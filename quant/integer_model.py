@@ -192,6 +192,8 @@ class IntegerViT:
 
         stages = build_stages(model, BuildContext(model=model, scales=scales, res=res, res_scale=s_res,
                                                   prob_frac=softmax.prob_frac, multiplier_bits=mb))
+        # a stage may leave more tokens than it received (SPViT's package token where it pruned nothing)
+        n_max = model.num_patches + 1 + sum(getattr(s, "max_added_tokens", 0) for s in stages.values())
         blocks = []
         for i, blk in enumerate(model.blocks):
             a = blk.attn
@@ -206,7 +208,7 @@ class IntegerViT:
                                        in_scale=scales[f"blocks.{i}.ln1"], out_scale=qkv_out, multiplier_bits=mb)
             sm, ss = scale_for(s_q * s_k / math.sqrt(hd), log2_frac=softmax.log2_frac)
             om, osh = quantize_multiplier(s_v * 2.0**-softmax.prob_frac / s_a, mb)
-            attn = AttentionParams(n_max=model.num_patches + 1, head_dim=hd, lanes=math.gcd(hd, 16),
+            attn = AttentionParams(n_max=n_max, head_dim=hd, lanes=math.gcd(hd, 16),
                                    softmax=softmax, scale_multiplier=sm, scale_shift=ss, out_multiplier=om,
                                    out_shift=osh)
             proj = IntLinear.from_float(_np(a.proj.weight), _np(a.proj.bias), in_scale=s_a, out_scale=s_res,
