@@ -226,20 +226,32 @@ def step_selector_params(iv, cap: StageCapture, *, lanes: int):
     from tokensift.quant.select import SelectorParams
 
     s = cap.steps[0]
-    return SelectorParams(n_max=iv.pos.shape[0] + 1 + len(iv.blocks), dim=iv.pos.shape[1], score_bits=s.score_bits,
+    return SelectorParams(n_max=iv.blocks[0].attn.n_max, dim=iv.pos.shape[1], score_bits=s.score_bits,
                           feature_bits=iv.res.bits, lanes=lanes, package=s.package is not None,
                           weight_bits=s.weight_bits, weight_frac=s.weight_frac, mass=s.mode == "mass",
                           mass_frac=s.mass_frac)
 
 
+def _selector_frame(step) -> tuple:
+    """(scores, features, package weights) of the tokens the selector sees."""
+    sel = step.selector_tokens
+    w = None if step.package_weights is None else step.package_weights[sel]
+    return step.scores[sel], step.features[sel], w
+
+
 def _select(sp, step):
+    """select_frame on the step's selector frame, and the keep mask over the whole frame."""
     from tokensift.quant.select import Mode, select_frame
 
     mode = {"topk": Mode.TOPK, "threshold": Mode.THRESHOLD, "mass": Mode.MASS}[step.mode]
-    return select_frame(sp, step.scores, step.features, mode=mode, k=step.k if mode is Mode.TOPK else None,
-                        threshold=step.threshold if mode is Mode.THRESHOLD else None,
-                        mass=step.mass if mode is Mode.MASS else None, package=step.package is not None,
-                        package_rule=step.package or "mean", weights=step.package_weights)
+    scores, features, weights = _selector_frame(step)
+    ref = select_frame(sp, scores, features, mode=mode, k=step.k if mode is Mode.TOPK else None,
+                       threshold=step.threshold if mode is Mode.THRESHOLD else None,
+                       mass=step.mass if mode is Mode.MASS else None, package=step.package is not None,
+                       package_rule=step.package or "mean", weights=weights)
+    mask = np.ones(len(step.scores), dtype=bool)
+    mask[step.selector_tokens] = ref.mask
+    return ref, mask
 
 
 def check_stage_reference(cap: StageCapture, sp) -> int:
@@ -257,12 +269,12 @@ def check_stage_reference(cap: StageCapture, sp) -> int:
                                      score=c.score)
             keys = order_key(s, c.score.bits) if c.score.signed else s
             bad += int(np.count_nonzero(keys != step.scores))
-        ref = _select(sp, step)
-        bad += int(np.count_nonzero(ref.mask != record.keep))
+        ref, mask = _select(sp, step)
+        bad += int(np.count_nonzero(mask != record.keep))
         pkg = None
         if step.package is not None:  # the selector outputs none when nothing was pruned: a zero token then
             pkg = (ref.package if ref.package is not None else np.zeros(entered.x.shape[1], np.int64))[None]
-        want = keep_tokens(entered, ref.mask, **({"protected": pkg} if step.package_at == "protected"
+        want = keep_tokens(entered, mask, **({"protected": pkg} if step.package_at == "protected"
                                                   else {"appended": pkg}))
         if want.x.shape != left.x.shape or np.count_nonzero(want.x != left.x) or np.count_nonzero(
                 want.index != left.index) or want.num_protected != left.num_protected:
@@ -277,7 +289,7 @@ def step_combiner_params(iv, cap: StageCapture, *, lanes: int) -> dict:
     top = max(int(np.abs(s.combiner.values).max(initial=0)) for s in cap.steps)
     attn_bits = max(c.value_frac + 1, top.bit_length()) + int(signed)
     wtop = max(int(s.combiner.weights.max(initial=0)) for s in cap.steps)
-    return {"n_max": iv.pos.shape[0] + 1 + len(iv.blocks), "heads": c.values.shape[0], "lanes": lanes,
+    return {"n_max": iv.blocks[0].attn.n_max, "heads": c.values.shape[0], "lanes": lanes,
             "attn_bits": attn_bits, "attn_frac": c.value_frac, "importance_bits": max(1, wtop.bit_length()),
             "importance_frac": c.weight_frac, "score_bits": c.score.bits, "score_frac": c.score.frac,
             "rounding": c.score.rounding.value, "signed": signed,
@@ -302,11 +314,13 @@ def simulate_stage(iv, cap: StageCapture, *, lanes: int, work_dir: Path, build_r
            "reference_mismatches": check_stage_reference(cap, sp)}
     arrays = {}
     for i, s in enumerate(cap.steps):
-        arrays.update({f"scores_{i}": s.scores, f"features_{i}": s.features})
-        if s.package_weights is not None:
-            arrays[f"weights_{i}"] = s.package_weights
+        scores, features, weights = _selector_frame(s)
+        arrays.update({f"scores_{i}": scores, f"features_{i}": features})
+        if weights is not None:
+            arrays[f"weights_{i}"] = weights
         if s.combiner is not None:
-            arrays.update({f"values_{i}": s.combiner.values, f"head_weights_{i}": s.combiner.weights})
+            arrays.update({f"values_{i}": s.combiner.values, f"head_weights_{i}": s.combiner.weights,
+                           f"keys_{i}": s.scores})
     frames = work_dir / f"stage_block{cap.block}.npz"
     np.savez(frames, **arrays)
     s0 = cap.steps[0]

@@ -11,6 +11,9 @@ written by :mod:`tokensift.sim.real_images`:
 * ``selector_frames``: arrays ``scores`` (images, N), ``features`` (images, N, dim), ``k`` (images,); the
   frames go back to back; the report holds the kept indices, the package tokens and each frame's period
   next to the cycle model's.
+* ``combiner_steps`` / ``selector_steps``: every method's selection step (:func:`tokensift.sim.real_images.
+  capture_stage`), per image ``i``: ``values_i``, ``head_weights_i``, ``keys_i`` (the score combiner) and
+  ``scores_i``, ``features_i``, ``weights_i`` (the selector's frame), the command in the ``step`` parameter.
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ def _step_arrays(data: dict, i: int, name: str):
 @cocotb.test()
 async def combiner_steps(dut):
     """Each image's combiner input (``values_i`` (H, N), ``head_weights_i`` (H,) or (H, N)) back to back, no
-    stalls; every score against the step's keys (``scores_i``, what the integer model ranked) and every
+    stalls; every score against the step's keys (``keys_i``, what the integer model ranked) and every
     frame's period against :func:`tokensift.hw.score_combiner.core.combiner_cycles`."""
     from tokensift.hw.score_combiner.core import HEAD_FIELD_BITS, combiner_cycles
     from tokensift.quant.select import FIELD_BITS
@@ -137,7 +140,7 @@ async def combiner_steps(dut):
         cmd.send([n | (h << FIELD_BITS) | (int(per_token) << (FIELD_BITS + HEAD_FIELD_BITS))])
         wgt.send(w_beats)
         attn.send([b for row in values for b in _row_beats(row, p.lanes, p.attn_bits, zero)])
-        expected += _step_arrays(data, i, "scores").tolist()
+        expected += _step_arrays(data, i, "keys").tolist()
         sizes.append((n, h, per_token))
     got = await sink.wait_for(len(expected))
     await ClockCycles(dut.clk, 8)

@@ -125,8 +125,9 @@ class SelectionStep:
     total). ``package`` is the package rule (``"sum"`` / ``"mean"``, or None for none), weighing the pruned
     tokens by ``package_weights`` (N,) (``weight_bits`` wide; None: by the scores) with ``weight_frac``
     fractional bits; the package token goes after the kept tokens (``package_at="end"``, EViT) or right
-    after the protected ones (``"protected"``, SPViT). ``features`` (N, C) are the tokens entering the
-    selector.
+    after the protected ones (``"protected"``, SPViT). ``features`` (N, C) are the frame's tokens; the
+    ``bypass`` tokens after the class token (SPViT's earlier package tokens: protected) go around the
+    selector, which sees the class token and the candidates ``[0, 1 + bypass, ..., N - 1]``.
     """
 
     features: np.ndarray
@@ -143,6 +144,12 @@ class SelectionStep:
     weight_bits: int = 0
     weight_frac: int = 0
     package_at: str = "end"
+    bypass: int = 0
+
+    @property
+    def selector_tokens(self) -> np.ndarray:
+        """Indices of the frame's tokens the selector sees (the class token, then the candidates)."""
+        return np.concatenate([[0], np.arange(1 + self.bypass, len(self.scores))]).astype(np.int64)
 
 
 class IntegerStage(ABC):

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from tokensift.quant.fixed import OverflowCounter
 from tokensift.quant.select import order_key
 from tokensift.quant.stages.base import (
     BuildContext,
     IntegerStage,
+    SelectionStep,
     StageContext,
     StageRecord,
     TokenFrame,
@@ -54,6 +56,14 @@ class DynamicViTStage(IntegerStage):
         P = frame.num_protected
         d = self.predictor.logit_diff(frame.x[P:], counter=ctx.counter, site=f"blocks.{self.block}.dynamicvit")
         return np.concatenate([np.zeros(P, dtype=np.int64), d])
+
+    def hardware_step(self, frame: TokenFrame, ctx: StageContext) -> SelectionStep:
+        """The selector ranks the keys of the predictor's logit differences (its linear layers run in the
+        reference until the linear engine computes them): top-k, no combiner, no package token."""
+        quiet = StageContext(counter=OverflowCounter(), res=ctx.res, prob_frac=ctx.prob_frac)
+        keys = order_key(self.scores(frame, quiet), LOGIT_BITS)
+        return SelectionStep(features=frame.x, scores=keys, score_bits=LOGIT_BITS, mode="topk",
+                             k=min(self.keep, frame.n - frame.num_protected), bypass=frame.num_protected - 1)
 
     def __call__(self, frame: TokenFrame, ctx: StageContext) -> tuple[TokenFrame, StageRecord]:
         keys = order_key(self.scores(frame, ctx), LOGIT_BITS)

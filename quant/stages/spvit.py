@@ -47,7 +47,9 @@ from tokensift.quant.select import SCORE_FORMAT, head_weighted_scores, order_key
 from tokensift.quant.sigmoid import SigmoidParams, sigmoid_int
 from tokensift.quant.stages.base import (
     BuildContext,
+    CombinerInput,
     IntegerStage,
+    SelectionStep,
     StageContext,
     StageRecord,
     TokenFrame,
@@ -126,6 +128,10 @@ class SPViTStage(IntegerStage):
 
     def evaluate(self, frame: TokenFrame, ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
         """The signed scores (N,) and the package weights (N,) (``SCORE_FORMAT``; 0 for the class token)."""
+        scores, weights, _, _ = self._evaluate(frame, ctx)
+        return scores, weights
+
+    def _evaluate(self, frame: TokenFrame, ctx: StageContext):
         site = self.site_name
         x = frame.x[1:]
         H = len(self.heads)
@@ -141,7 +147,26 @@ class SPViTStage(IntegerStage):
                                  importance_frac=WEIGHT_FRAC, score=SCORE_FORMAT, counter=local)
         moved_counts(local, ctx.counter, f"{site}.keep_prob")
         zero = np.zeros(1, dtype=np.int64)
-        return np.concatenate([zero, score]), np.concatenate([zero, p])
+        return np.concatenate([zero, score]), np.concatenate([zero, p]), d, v
+
+    def hardware_step(self, frame: TokenFrame, ctx: StageContext) -> SelectionStep:
+        """The combiner mixes the per-head logit differences by the per-token head weights (signed, its
+        output is ``order_key`` of the score, the class token's column 0); the selector keeps keys above
+        ``order_key(0)`` (or the top k), the earlier package tokens bypassing it, and fuses the pruned tokens
+        weighted by their mixed keep probability, which the predictors' reference computes until the
+        linear engine runs them."""
+        quiet = StageContext(counter=OverflowCounter(), res=ctx.res, prob_frac=ctx.prob_frac)
+        scores, weights, d, v = self._evaluate(frame, quiet)
+        col = np.zeros((d.shape[0], 1), dtype=np.int64)
+        comb = CombinerInput(values=np.concatenate([col, d], axis=1), weights=np.concatenate([col, v], axis=1),
+                             value_frac=0, weight_frac=WEIGHT_FRAC, score=LOGIT_FORMAT)
+        P = frame.num_protected
+        common = dict(features=frame.x, scores=order_key(scores, LOGIT_BITS), score_bits=LOGIT_BITS, combiner=comb,
+                      package=self.package, package_weights=weights, weight_bits=SCORE_FORMAT.bits,
+                      weight_frac=SCORE_FORMAT.frac, package_at="protected", bypass=P - 1)
+        if self.decision == "threshold":
+            return SelectionStep(mode="threshold", threshold=int(order_key([0], LOGIT_BITS)[0]), **common)
+        return SelectionStep(mode="topk", k=min(self.keep, frame.n - P), **common)
 
     def __call__(self, frame: TokenFrame, ctx: StageContext) -> tuple[TokenFrame, StageRecord]:
         scores, weights = self.evaluate(frame, ctx)
