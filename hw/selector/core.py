@@ -1,16 +1,21 @@
-"""The token selector: top-k or threshold selection, compaction and the package token, in O(N) cycles.
+"""The token selector: top-k, threshold or mass selection, compaction and the package token, in O(N) cycles.
 
-One hardware block serves the inference-time rules of DynamicViT, EViT, SaiT (top-k at a run-time k),
-AS-ViT (scores above a run-time threshold) and SPViT/HeatViT (plus a package token fusing the pruned
-tokens). It is bit-exact with :func:`tokensift.quant.select.select_frame`.
+One hardware block serves the inference-time rules of DynamicViT and EViT (top-k at a run-time k), AS-ViT
+and SPViT (scores above a run-time threshold), SaiT (mass mode: the best tokens holding a run-time share
+of the total score) and SPViT/HeatViT/EViT (plus a package token fusing the pruned tokens: their weighted
+mean, or their unnormalised weighted sum, weighted by the scores or by package weights of their own). It
+is bit-exact with :func:`tokensift.quant.select.select_frame`.
 
 Streams (``amaranth.lib.stream``, valid/ready, every one stall-tolerant)
 -----------------------------------------------------------------------
 ``i_cmd`` (one beat per frame, :func:`command_layout`)
-    ``mode`` (0 top-k, 1 threshold), ``n_tokens`` (N, class token included), ``k`` (patch tokens to
-    keep, top-k), ``threshold`` (keep ``score > threshold``), and ``package`` when built with one.
-``i_score`` (N beats)
-    The unsigned scores of tokens 0..N-1 (token 0's is ignored: the class token is always kept).
+    ``mode`` (:class:`~tokensift.quant.select.Mode`: 0 top-k, 1 threshold, 2 mass), ``n_tokens`` (N,
+    class token included), ``k`` (patch tokens to keep, top-k), ``threshold`` (keep ``score > threshold``);
+    ``package`` and ``package_sum`` (0: the weighted mean, 1: the sum) when built with a package token;
+    ``mass`` (``mass / 2**mass_frac`` of the candidates' total score) when built with mass mode.
+``i_score`` (N beats, :func:`score_layout`)
+    The unsigned scores of tokens 0..N-1 (token 0's is ignored: the class token is always kept), each
+    with its package weight when built with ``weight_bits``.
 ``i_feature`` (N * dim / lanes beats, :func:`feature_layout`)
     The features, token by token, ``lanes`` signed values per beat. Scores and features are accepted
     concurrently, in any interleaving, into block RAM.
@@ -23,9 +28,10 @@ Streams (``amaranth.lib.stream``, valid/ready, every one stall-tolerant)
     original ``index``; then the package token (``package`` = 1) when requested; ``last`` marks the
     frame's final beat.
 
-Run-time settings the frame cannot satisfy (N = 0, N > n_max, top-k with k > N - 1) are reported on
-``o_frame`` (and the ``status`` output) with ``n_kept`` = 0; the frame's inputs are still consumed so the
-streams stay aligned, and no token is output.
+Run-time settings the frame cannot satisfy (N = 0, N > n_max, a mode not built, top-k with k > N - 1,
+mass above the whole) are reported on ``o_frame`` (and the ``status`` output) with ``n_kept`` = 0; the
+frame's inputs are still consumed so the streams stay aligned, and no token is output. With a package
+token, ``overflows`` counts the sum rule's saturated package values since reset.
 
 Algorithm
 ---------
@@ -34,12 +40,14 @@ Algorithm
 2. Search (top-k): per further digit, one pass over the candidates' scores and a 16-bin scan
    (:class:`tokensift.hw.selector.histogram.HistogramSelect`) finds the k-th largest score ``v`` and how many
    ties at ``v`` to admit; no sort: ``digits * 20 + (digits - 1) * N`` cycles, ``digits =
-   ceil(score_bits / 4)``.
+   ceil(score_bits / 4)``. Mass mode: the target ``ceil(mass * S / 2**mass_frac)`` first
+   (:class:`tokensift.hw.selector.mass.MassTarget`), then the same search over a histogram of score sums,
+   and a divider for the ties.
 3. Compaction (:class:`tokensift.hw.selector.compactor.Compactor`): one pass in index order writes the kept indices
    (ascending) and the pruned ones into a list memory; lower indices win ties.
 4. Output: the kept tokens' beats from the feature memory at one beat per cycle; then, per beat of the
-   package token, the pruned tokens' beats through ``lanes`` MACs and dividers
-   (:class:`tokensift.hw.selector.package.PackageMAC`).
+   package token, the pruned tokens' beats through ``lanes`` MACs and dividers, or the sum rule's
+   rounding (:class:`tokensift.hw.selector.package.PackageMAC`).
 
 Timing: every memory read goes straight into a register (an ECP5 block RAM's output arrives almost 6 ns
 after the clock), the feature memory is split into banks of one EBR depth whose registered outputs are
