@@ -42,20 +42,23 @@ def topk_kept(n: int, rho: float) -> int:
 
 def table_vs_n(console: Console, out: dict) -> None:
     t = Table(title=f"Selector cycles per frame vs N (dim 384, 16 lanes, top-k at rho = {KEEP_RATIO})")
-    for col in ("N", "kept", "top-k", "top-k + package", "threshold", "top-k cycles / (N x beats)",
-                "search share"):
+    for col in ("N", "kept", "top-k", "top-k + package (mean)", "top-k + package (sum)", "threshold",
+                "mass", "top-k cycles / (N x beats)", "search share"):
         t.add_column(col, justify="right")
     rows = []
     for n in (17, 50, 100, 197, 394, 785):
-        p = SelectorParams(n_max=n, dim=384, lanes=16, package=True)
+        p = SelectorParams(n_max=n, dim=384, lanes=16, package=True, mass=True)
         kept = topk_kept(n, KEEP_RATIO)
         topk = cycles(p, n_tokens=n, kept=kept, mode=Mode.TOPK)
         pkg = cycles(p, n_tokens=n, kept=kept, mode=Mode.TOPK, package=True)
+        pkg_sum = cycles(p, n_tokens=n, kept=kept, mode=Mode.TOPK, package=True, package_rule="sum")
         thr = cycles(p, n_tokens=n, kept=kept, mode=Mode.THRESHOLD)
+        mass = cycles(p, n_tokens=n, kept=kept, mode=Mode.MASS)
         search = cycle_breakdown(p, n_tokens=n, kept=kept, mode=Mode.TOPK)["search"]
-        rows.append({"n": n, "kept": kept, "topk": topk, "topk_package": pkg, "threshold": thr})
-        t.add_row(str(n), str(kept), f"{topk:,}", f"{pkg:,}", f"{thr:,}", f"{topk / (n * p.beats):.3f}",
-                  f"{100 * search / topk:.1f}%")
+        rows.append({"n": n, "kept": kept, "topk": topk, "topk_package": pkg, "topk_package_sum": pkg_sum,
+                     "threshold": thr, "mass": mass})
+        t.add_row(str(n), str(kept), f"{topk:,}", f"{pkg:,}", f"{pkg_sum:,}", f"{thr:,}", f"{mass:,}",
+                  f"{topk / (n * p.beats):.3f}", f"{100 * search / topk:.1f}%")
     console.print(t)
     out["vs_n"] = rows
 
@@ -94,40 +97,49 @@ def attention_layer_macs(n: int, dim: int) -> int:
     return n * dim * 3 * dim + 2 * n * n * dim + n * dim * dim
 
 
-def reference_kept(p: SelectorParams, *, keep: int | None, threshold: int | None, package: bool) -> int:
+def _mode(case: dict) -> Mode:
+    return Mode.TOPK if case["keep"] is not None else Mode.THRESHOLD if case["threshold"] is not None else Mode.MASS
+
+
+def reference_kept(p: SelectorParams, *, keep: int | None, threshold: int | None, mass: int | None, package: bool,
+                   package_rule: str) -> int:
     """Tokens the reference keeps on the random frame the Verilator run gets (same generator, seed 1)."""
     import numpy as np
 
     from tokensift.sim.tb_selector import make_frame
 
-    mode = Mode.TOPK if keep is not None else Mode.THRESHOLD
-    frame = make_frame(p, np.random.default_rng(1), n=p.n_max, mode=mode, k=keep or 0, t=threshold or 0,
-                       package=package)
+    frame = make_frame(p, np.random.default_rng(1), n=p.n_max, mode=_mode({"keep": keep, "threshold": threshold}),
+                       k=keep or 0, t=threshold or 0, mass=mass or 0, package=package, rule=package_rule)
     return frame["ref"].n_kept
 
 
-def simulate_deit_frame(p: SelectorParams, *, keep: int | None, threshold: int | None, package: bool) -> dict:
+def simulate_deit_frame(p: SelectorParams, **case) -> dict:
     """One DeiT-S frame through Verilator (cocotb ``cli_frame``); returns the testbench report."""
     from tokensift.sim.runner import run_cocotb
 
-    params = {"config": asdict(p), "seed": 1, "tokens": p.n_max, "keep": keep, "threshold": threshold,
-              "package": package}
-    comp = Selector(n_max=p.n_max, dim=p.dim, score_bits=p.score_bits, feature_bits=p.feature_bits,
-                    lanes=p.lanes, package=p.package)
-    return run_cocotb(comp, toplevel="tokensift_selector", test_module="tokensift.sim.tb_selector",
+    params = {"config": asdict(p), "seed": 1, "tokens": p.n_max, **case}
+    return run_cocotb(Selector(**asdict(p)), toplevel="tokensift_selector", test_module="tokensift.sim.tb_selector",
                       params=params, testcase="cli_frame", seed=1).report
+
+
+#: DeiT-S with every method's selection step built: package token, 16-bit package weights (SPViT's keep
+#: probabilities, 15 fractional bits) apart from the scores, and SaiT's mass mode
+DEIT_S_METHODS = {"package": True, "weight_bits": 16, "weight_frac": 15, "mass": True, "mass_frac": 15}
 
 
 def table_deit(console: Console, out: dict, *, simulate: bool) -> None:
     n, dim, lanes = DEIT_S["n"], DEIT_S["dim"], DEIT_S["lanes"]
-    p = SelectorParams(n_max=n, dim=dim, lanes=lanes, package=True)
+    p = SelectorParams(n_max=n, dim=dim, lanes=lanes, **DEIT_S_METHODS)
     attn, attn_src = attention_cycles()
     ideal = attention_layer_macs(n, dim) // lanes
     kept = topk_kept(n, KEEP_RATIO)
+    off = {"keep": None, "threshold": None, "mass": None, "package": False, "package_rule": "mean"}
     cases = [
-        ("DynamicViT / EViT / SaiT top-k", {"keep": kept - 1, "threshold": None, "package": False}),
-        ("SPViT / HeatViT top-k + package", {"keep": kept - 1, "threshold": None, "package": True}),
-        ("AS-ViT threshold (T = 2^15, uniform scores)", {"keep": None, "threshold": 1 << 15, "package": False}),
+        ("DynamicViT / EViT top-k", {**off, "keep": kept - 1}),
+        ("HeatViT top-k + package (mean)", {**off, "keep": kept - 1, "package": True}),
+        ("SPViT / EViT top-k + package (sum)", {**off, "keep": kept - 1, "package": True, "package_rule": "sum"}),
+        ("AS-ViT threshold (T = 2^15, uniform scores)", {**off, "threshold": 1 << 15}),
+        ("SaiT mass 0.9 (uniform scores)", {**off, "mass": round(0.9 * (1 << 15))}),
     ]
     t = Table(title=f"DeiT-S: selector vs the attention it follows (N = {n}, dim {dim}, 6 x 64 heads, "
                     f"{lanes} lanes)")
@@ -137,8 +149,8 @@ def table_deit(console: Console, out: dict, *, simulate: bool) -> None:
     rows = []
     for name, case in cases:
         kept_now = reference_kept(p, **case)
-        mode = Mode.TOPK if case["keep"] is not None else Mode.THRESHOLD
-        formula = cycles(p, n_tokens=n, kept=kept_now, mode=mode, package=case["package"])
+        formula = cycles(p, n_tokens=n, kept=kept_now, mode=_mode(case), package=case["package"] and kept_now < n,
+                         package_rule=case["package_rule"])
         measured = exact = None
         if simulate:
             rep = simulate_deit_frame(p, **case)
@@ -171,17 +183,17 @@ def table_resources(console: Console, out: dict) -> None:
 
     n, dim, lanes = DEIT_S["n"], DEIT_S["dim"], DEIT_S["lanes"]
     t = Table(title="Selector resources, Yosys synth_xilinx -family xcup (DeiT-S: n_max 197, dim 384, 16 lanes)")
-    for col in ("selector package token", "DSP", "RAMB36", "RAMB18", "LUT", "FF", "DSP % ZCU102", "DSP % KV260",
+    for col in ("selector options", "DSP", "RAMB36", "RAMB18", "LUT", "FF", "DSP % ZCU102", "DSP % KV260",
                 "HeatViT DSP overhead"):
         t.add_column(col, justify="right")
     zcu, kv = get_device("zcu102"), get_device("kv260")
     rows = []
-    for package in (False, True):
-        comp = Selector(n_max=n, dim=dim, lanes=lanes, package=package)
+    for name, extra in (("none", {}), ("package", {"package": True}), ("package, weights, mass", DEIT_S_METHODS)):
+        comp = Selector(n_max=n, dim=dim, lanes=lanes, **extra)
         r = synthesize(comp, family="xcup", top="tokensift_selector")
-        rows.append({"block": "selector", "package": package, **{k: r[k] for k in ("dsp", "bram36", "bram18", "lut", "ff")},
+        rows.append({"block": "selector", "options": name, **{k: r[k] for k in ("dsp", "bram36", "bram18", "lut", "ff")},
                      "seconds": r.get("seconds"), "cached": r.get("cached")})
-        t.add_row(str(package), str(r["dsp"]), str(r["bram36"]), str(r["bram18"]), f"{r['lut']:,}",
+        t.add_row(name, str(r["dsp"]), str(r["bram36"]), str(r["bram18"]), f"{r['lut']:,}",
                   f"{r['ff']:,}", f"{100 * r['dsp'] / zcu.dsp:.2f}%", f"{100 * r['dsp'] / kv.dsp:.2f}%",
                   f"{HEATVIT_DSP_OVERHEAD[0]:.0f}-{HEATVIT_DSP_OVERHEAD[1]:.0f}% of its backbone")
     try:

@@ -93,6 +93,15 @@ GRID: dict[str, list[tuple[str, dict]]] = {
         ("n197_d192_l16", {"n_max": 197, "dim": 192, "lanes": 16, "package": False, **_SEL}),
         ("n197_d384_l16_pkg", {"n_max": 197, "dim": 384, "lanes": 16, "package": True, **_SEL}),
         ("n50_d64_l2_pkg", {"n_max": 50, "dim": 64, "lanes": 2, "package": True, **_SEL}),
+        # package weights apart from the scores (SPViT) and mass mode (SaiT)
+        ("n32_d32_l4_mass", {"n_max": 32, "dim": 32, "lanes": 4, "package": False, "mass": True, **_SEL}),
+        ("n64_d64_l8_pkg_w12", {"n_max": 64, "dim": 64, "lanes": 8, "package": True, "weight_bits": 12,
+                                "weight_frac": 11, **_SEL}),
+        ("n100_d96_l8_mass10", {"n_max": 100, "dim": 96, "lanes": 8, "package": False, "mass": True,
+                                "mass_frac": 10, **_SEL}),
+        ("n128_d128_l16_pkg_mass", {"n_max": 128, "dim": 128, "lanes": 16, "package": True, "mass": True, **_SEL}),
+        ("n197_d384_l16_pkg_w16_mass", {"n_max": 197, "dim": 384, "lanes": 16, "package": True, "weight_bits": 16,
+                                        "weight_frac": 15, "mass": True, **_SEL}),
     ],
     "mac_array": [
         (f"l{lanes}_a{a}b{b}", {"lanes": lanes, "a_bits": a, "b_bits": b, "dot_bits": a + b, "acc_bits": 32,

@@ -46,6 +46,8 @@ __all__ = [
     "Status",
     "RADIX_BITS",
     "FIELD_BITS",
+    "MODE_BITS",
+    "PACKAGE_RULES",
     "SCORE_FORMAT",
     "SelectorParams",
     "SelectResult",
@@ -67,6 +69,10 @@ __all__ = [
 RADIX_BITS = 4
 #: width of the run-time ``n_tokens`` and ``k`` fields of the selector's command
 FIELD_BITS = 16
+#: width of the selector command's ``mode`` field (:class:`Mode`)
+MODE_BITS = 2
+#: package rules of :func:`package_token` (and of the selector's ``package_sum`` command bit: 0 mean, 1 sum)
+PACKAGE_RULES = ("mean", "sum")
 #: default score format of :func:`head_weighted_scores`: unsigned, 16 bits, values in [0, 2)
 SCORE_FORMAT = FixedFormat(bits=16, frac=15, signed=False)
 
@@ -76,19 +82,24 @@ class Mode(enum.IntEnum):
 
     TOPK = 0
     THRESHOLD = 1
+    MASS = 2
 
 
 class Status(enum.IntEnum):
     """Outcome of a frame's run-time settings; anything but ``OK`` means no token is output.
 
-    Checked in this order: ``N_ZERO`` (N = 0), ``N_TOO_LARGE`` (N > n_max), ``K_TOO_LARGE``
-    (top-k with k > N - 1, i.e. more patch tokens than the frame has).
+    Checked in this order: ``N_ZERO`` (N = 0), ``N_TOO_LARGE`` (N > n_max), ``MODE_UNSUPPORTED`` (a
+    mode the selector was not built for: mass without ``mass=True``, or a ``mode`` field value no
+    :class:`Mode` has), ``K_TOO_LARGE`` (top-k with k > N - 1, i.e. more patch tokens than the frame has),
+    ``MASS_TOO_LARGE`` (mass mode with ``mass > 2**mass_frac``, a fraction above 1).
     """
 
     OK = 0
     N_ZERO = 1
     N_TOO_LARGE = 2
     K_TOO_LARGE = 3
+    MASS_TOO_LARGE = 4
+    MODE_UNSUPPORTED = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +113,15 @@ class SelectorParams:
         feature_bits: width of the signed features, 2..16.
         lanes: features moved per stream beat, and parallel multipliers of the package token.
         package: whether the package-token datapath is built.
+        weight_bits: width of a per-token package weight carried next to each score (``i_score`` then
+            holds ``{score, weight}``), 1..24, for methods that rank by one value and fuse by another
+            (SPViT ranks by a logit difference and weighs pruned tokens by their keep probability);
+            0 (default): the score is the weight. Needs ``package``.
+        weight_frac: fractional bits of the package weights (the scores when ``weight_bits`` is 0), which
+            the ``sum`` package rule rounds away (:func:`package_token`'s ``score_frac``), 0..32.
+        mass: whether SaiT's mass mode (:attr:`Mode.MASS`) is built.
+        mass_frac: fractional bits of the run-time ``mass`` (a fraction ``mass / 2**mass_frac`` of the
+            candidates' total score), 0..24.
 
     >>> p = SelectorParams(n_max=197, dim=384, lanes=16, package=True)
     >>> p.beats, p.digits, p.idx_bits, p.count_bits
@@ -118,6 +138,10 @@ class SelectorParams:
     feature_bits: int = 8
     lanes: int = 16
     package: bool = False
+    weight_bits: int = 0
+    weight_frac: int = 0
+    mass: bool = False
+    mass_frac: int = 15
 
     def __post_init__(self):
         check_int("n_max", self.n_max, low=2, high=4096)
@@ -126,8 +150,15 @@ class SelectorParams:
         check_int("feature_bits", self.feature_bits, low=2, high=16)
         check_int("lanes", self.lanes, low=1, high=256)
         check_bool("package", self.package)
+        check_int("weight_bits", self.weight_bits, low=0, high=24)
+        check_int("weight_frac", self.weight_frac, low=0, high=32)
+        check_bool("mass", self.mass)
+        check_int("mass_frac", self.mass_frac, low=0, high=24)
         if self.dim % self.lanes:
             raise ValueError(f"dim must be a multiple of lanes, not dim={self.dim} with lanes={self.lanes}")
+        if self.weight_bits and not self.package:
+            raise ValueError(f"weight_bits={self.weight_bits} needs package=True (the weights only feed the "
+                             f"package token)")
 
     @property
     def beats(self) -> int:
@@ -155,9 +186,24 @@ class SelectorParams:
         return self.score_bits + self.count_bits
 
     @property
+    def package_weight_bits(self) -> int:
+        """Width of the package token's weights: ``weight_bits``, or ``score_bits`` when the score is the weight."""
+        return self.weight_bits or self.score_bits
+
+    @property
+    def weight_sum_bits(self) -> int:
+        """Width of a sum of up to n_max package weights (the mean rule's divisor)."""
+        return self.package_weight_bits + self.count_bits
+
+    @property
     def acc_bits(self) -> int:
-        """Width of the signed package accumulators (sum of n_max score x feature products)."""
-        return self.feature_bits + self.score_bits + self.count_bits + 1
+        """Width of the signed package accumulators (sum of n_max weight x feature products)."""
+        return self.feature_bits + self.package_weight_bits + self.count_bits + 1
+
+    @property
+    def mass_bits(self) -> int:
+        """Width of the command's ``mass`` field: ``mass_frac + 1`` (``mass = 2**mass_frac`` is the whole)."""
+        return self.mass_frac + 1
 
     @property
     def feature_format(self) -> FixedFormat:
@@ -445,9 +491,11 @@ class SelectResult:
         mask: bool keep mask over the frame's N tokens (all False when the status is not OK).
         tokens: kept features (n_kept, dim).
         package: the package token (dim,); None when not requested, when no token was pruned (as the
-            SPViT model adds none then), or when the status is not OK. Pruned tokens whose scores sum to
+            SPViT model adds none then), or when the status is not OK. Pruned tokens whose weights sum to
             0 give an all-zero package token.
         threshold, ties: the compaction rule that was applied (see :func:`keep_by_threshold`).
+        overflows: package-token values that saturated into ``feature_bits`` (the ``sum`` rule only; the
+            selector's ``overflows`` counter adds them up).
     """
 
     status: Status
@@ -458,47 +506,65 @@ class SelectResult:
     package: np.ndarray | None
     threshold: int = 0
     ties: int = 0
+    overflows: int = 0
 
 
 def check_runtime(params: SelectorParams, *, n_tokens: int, mode: Mode, k: int | None = None,
-                  threshold: int | None = None) -> Status:
+                  threshold: int | None = None, mass: int | None = None) -> Status:
     """The status the hardware reports for a frame's run-time settings.
 
     Settings the command cannot even hold (negative, wider than its fields) raise ValueError; settings
-    it can hold but that make no sense for the frame give a :class:`Status` other than ``OK``.
+    it can hold but that make no sense for the frame give a :class:`Status` other than ``OK``. Each mode
+    needs its own setting: ``k`` (top-k), ``threshold`` or ``mass``.
 
-    >>> p = SelectorParams(n_max=8, dim=4, lanes=4)
+    >>> p = SelectorParams(n_max=8, dim=4, lanes=4, mass=True, mass_frac=7)
     >>> [check_runtime(p, n_tokens=n, mode=Mode.TOPK, k=k).name for n, k in [(5, 4), (5, 5), (9, 0), (0, 0)]]
     ['OK', 'K_TOO_LARGE', 'N_TOO_LARGE', 'N_ZERO']
+    >>> [check_runtime(p, n_tokens=5, mode=Mode.MASS, mass=m).name for m in (0, 128, 129)]
+    ['OK', 'OK', 'MASS_TOO_LARGE']
     """
     if not isinstance(params, SelectorParams):
         raise TypeError(f"params must be SelectorParams, not {type(params).__name__}")
     if not isinstance(mode, Mode):
         raise TypeError(f"mode must be a Mode, not {type(mode).__name__}")
     n = check_int("n_tokens", n_tokens, low=0, high=(1 << FIELD_BITS) - 1)
-    if mode is Mode.TOPK:
-        if k is None:
-            raise TypeError("k must be an integer in top-k mode, not None")
-        k = check_int("k", k, low=0, high=(1 << FIELD_BITS) - 1)
-    else:
-        if threshold is None:
-            raise TypeError("threshold must be an integer in threshold mode, not None")
-        check_int("threshold", threshold, low=0, high=(1 << params.score_bits) - 1)
+    name, value, bits, rule = {Mode.TOPK: ("k", k, FIELD_BITS, "top-k"),
+                               Mode.THRESHOLD: ("threshold", threshold, params.score_bits, "threshold"),
+                               Mode.MASS: ("mass", mass, params.mass_bits, "mass")}[mode]
+    if value is None:
+        raise TypeError(f"{name} must be an integer in {rule} mode, not None")
+    value = check_int(name, value, low=0, high=(1 << bits) - 1)
     if n == 0:
         return Status.N_ZERO
     if n > params.n_max:
         return Status.N_TOO_LARGE
-    if mode is Mode.TOPK and k > n - 1:
+    if mode is Mode.MASS and not params.mass:
+        return Status.MODE_UNSUPPORTED
+    if mode is Mode.TOPK and value > n - 1:
         return Status.K_TOO_LARGE
+    if mode is Mode.MASS and value > 1 << params.mass_frac:
+        return Status.MASS_TOO_LARGE
     return Status.OK
 
 
 def select_frame(params: SelectorParams, scores, features, *, mode: Mode, k: int | None = None,
-                 threshold: int | None = None, package: bool | None = None) -> SelectResult:
+                 threshold: int | None = None, mass: int | None = None, package: bool | None = None,
+                 package_rule: str = "mean", weights=None) -> SelectResult:
     """The selector's output for one frame of ``N = len(scores)`` tokens, bit for bit.
 
-    ``features`` is (N, dim). ``package`` defaults to ``params.package`` and needs it. Invalid run-time
-    settings give a result with a non-``OK`` status and no tokens (see :func:`check_runtime`).
+    ``features`` is (N, dim). Top-k keeps the ``k`` best candidates, threshold mode those scoring above
+    ``threshold``, mass mode the ``k = mass_keep_count(scores, N, mass, mass_frac=params.mass_frac)`` best
+    (then the top-k rule). ``package`` defaults to ``params.package`` and needs it; ``package_rule``
+    (``"mean"`` or ``"sum"``, :func:`package_token`) fuses the pruned tokens weighted by ``weights`` (N
+    unsigned ``weight_bits`` integers, needed exactly when the selector was built with ``weight_bits``)
+    or by the scores. Invalid run-time settings give a result with a non-``OK`` status and no tokens (see
+    :func:`check_runtime`).
+
+    >>> p = SelectorParams(n_max=6, dim=1, lanes=1, score_bits=4, package=True, weight_bits=4, weight_frac=1)
+    >>> r = select_frame(p, [0, 9, 2, 7, 1], [[0], [1], [-4], [3], [5]], mode=Mode.TOPK, k=2,
+    ...                  package_rule="sum", weights=[0, 1, 3, 1, 2])
+    >>> r.indices.tolist(), r.package.tolist()  # (3 * -4 + 2 * 5) / 2 = -1
+    ([0, 1, 3], [-1])
     """
     if not isinstance(params, SelectorParams):
         raise TypeError(f"params must be SelectorParams, not {type(params).__name__}")
@@ -506,6 +572,8 @@ def select_frame(params: SelectorParams, scores, features, *, mode: Mode, k: int
     check_bool("package", package)
     if package and not params.package:
         raise ValueError("package token requested from a selector built without package=True")
+    if package_rule not in PACKAGE_RULES:
+        raise ValueError(f"package_rule must be 'mean' or 'sum', not {package_rule!r}")
     s = _ints("scores", scores, ndim=1)
     x = _ints("features", features, ndim=2)
     n = s.shape[0]
@@ -514,15 +582,33 @@ def select_frame(params: SelectorParams, scores, features, *, mode: Mode, k: int
     _in_range("scores", s, 0, (1 << params.score_bits) - 1)
     fmt = params.feature_format
     _in_range("features", x, fmt.min_int, fmt.max_int)
-    status = check_runtime(params, n_tokens=n, mode=mode, k=k, threshold=threshold)
+    if params.weight_bits:
+        if weights is None:
+            raise TypeError(f"weights must be given to a selector built with weight_bits={params.weight_bits}, "
+                            f"not None")
+        w = _ints("weights", weights, ndim=1)
+        if w.shape[0] != n:
+            raise ValueError(f"weights must hold one value per token ({n}), not {w.shape[0]}")
+        _in_range("weights", w, 0, (1 << params.weight_bits) - 1)
+    elif weights is not None:
+        raise ValueError("weights given to a selector built without weight_bits (its package weights are "
+                         "the scores)")
+    else:
+        w = s
+    status = check_runtime(params, n_tokens=n, mode=mode, k=k, threshold=threshold, mass=mass)
     if status is not Status.OK:
         return SelectResult(status, 0, np.zeros(0, np.int64), np.zeros(n, bool),
                             np.zeros((0, params.dim), np.int64), None)
-    if mode is Mode.TOPK:
-        v, ties = radix_threshold(s, k, n, score_bits=params.score_bits)
-    else:
+    if mode is Mode.THRESHOLD:
         v, ties = int(threshold), 0
+    else:
+        if mode is Mode.MASS:
+            k = mass_keep_count(s, n, mass, mass_frac=params.mass_frac)
+        v, ties = radix_threshold(s, k, n, score_bits=params.score_bits)
     mask, idx = keep_by_threshold(s, v, ties, n)
     pruned = ~mask
-    pkg = package_token(x, s, pruned, feature_bits=params.feature_bits) if package and pruned.any() else None
-    return SelectResult(status, int(idx.size), idx, mask, x[idx], pkg, v, ties)
+    pkg, counter = None, OverflowCounter()
+    if package and pruned.any():
+        pkg = package_token(x, w, pruned, feature_bits=params.feature_bits, mode=package_rule,
+                            score_frac=params.weight_frac, counter=counter)
+    return SelectResult(status, int(idx.size), idx, mask, x[idx], pkg, v, ties, counter.total)

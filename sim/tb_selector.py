@@ -5,8 +5,12 @@ collect the frame headers and the token beats, the reference predicts every fram
 compares them in order, bit for bit. A cycle monitor measures each frame's period (command accepted to
 the next command accepted) for :func:`tokensift.hw.selector.core.cycles`.
 
+Frames mix every mode the configuration has (top-k, threshold, mass), both package rules and, when built
+with them, per-token package weights; the ``overflows`` counter is checked against the reference's count
+of saturated package values.
+
 Parameters (``tb_params()``): ``config`` (the :class:`SelectorParams` fields), ``seed``, and for
-``cli_frame`` one frame: ``tokens``, ``keep`` or ``threshold``, ``package``.
+``cli_frame`` one frame: ``tokens``, ``keep``, ``threshold`` or ``mass``, ``package``, ``package_rule``.
 """
 
 from __future__ import annotations
@@ -15,26 +19,40 @@ import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 
-from tokensift.hw.selector.core import command_layout, cycles, feature_layout, frame_layout, token_layout
+from tokensift.hw.selector.core import (
+    command_layout,
+    cycles,
+    feature_layout,
+    frame_layout,
+    score_layout,
+    token_layout,
+)
 from tokensift.quant.select import Mode, SelectorParams, Status, select_frame
 from tokensift.sim.runner import tb_params, tb_report
 from tokensift.sim.streams import StreamSink, StreamSource, reset, start_clock
 
 
 # -- frames ------------------------------------------------------------------------------------------------
-def make_frame(p: SelectorParams, rng, *, n: int, mode: Mode, k: int = 0, t: int = 0, package: bool = False,
-               scores=None, features=None) -> dict:
+def make_frame(p: SelectorParams, rng, *, n: int, mode: Mode, k: int = 0, t: int = 0, mass: int = 0,
+               package: bool = False, rule: str = "mean", scores=None, features=None, weights=None) -> dict:
     """One frame's stimulus and its reference result."""
     s = rng.integers(0, 1 << p.score_bits, n) if scores is None else np.asarray(scores, dtype=np.int64)
     lo, hi = -(1 << (p.feature_bits - 1)), 1 << (p.feature_bits - 1)
     x = rng.integers(lo, hi, (n, p.dim)) if features is None else np.asarray(features, dtype=np.int64)
+    w = None
+    if p.weight_bits:
+        w = rng.integers(0, 1 << p.weight_bits, n) if weights is None else np.asarray(weights, dtype=np.int64)
     package = package and p.package
     ref = select_frame(p, s, x, mode=mode, k=k if mode is Mode.TOPK else None,
-                       threshold=t if mode is Mode.THRESHOLD else None, package=package)
+                       threshold=t if mode is Mode.THRESHOLD else None, mass=mass if mode is Mode.MASS else None,
+                       package=package, package_rule=rule, weights=w)
     cmd = {"mode": int(mode), "n_tokens": n, "k": k, "threshold": t}
     if p.package:
-        cmd["package"] = int(package)
-    return {"cmd": cmd, "scores": s, "features": x, "ref": ref, "mode": mode, "package": package}
+        cmd.update(package=int(package), package_sum=int(rule == "sum"))
+    if p.mass:
+        cmd["mass"] = mass
+    return {"cmd": cmd, "scores": s, "weights": w, "features": x, "ref": ref, "mode": mode, "package": package,
+            "rule": rule}
 
 
 def expected_beats(p: SelectorParams, ref) -> list[tuple[int, int, list[int]]]:
@@ -50,20 +68,23 @@ def expected_beats(p: SelectorParams, ref) -> list[tuple[int, int, list[int]]]:
 def expected_cycles(p: SelectorParams, frame: dict) -> int:
     ref = frame["ref"]
     return cycles(p, n_tokens=len(frame["scores"]), kept=max(ref.n_kept, 1), mode=frame["mode"],
-                  package=ref.package is not None, status=ref.status)
+                  package=ref.package is not None, package_rule=frame["rule"], status=ref.status)
 
 
 def corner_frames(p: SelectorParams, rng) -> list[dict]:
-    """The directed corners, back to back with alternating modes."""
+    """The directed corners, back to back with alternating modes and package rules."""
     n = p.n_max
     half = max(1, n // 2)
     pk = p.package
-    return [
+    top = (1 << p.score_bits) - 1
+    fmax, fmin = (1 << (p.feature_bits - 1)) - 1, -(1 << (p.feature_bits - 1))
+    loud = np.tile([fmax, fmin], (n, p.dim // 2 + 1))[:, :p.dim]  # extreme features: sums saturate
+    frames = [
         make_frame(p, rng, n=n, mode=Mode.TOPK, k=half - 1, package=pk),  # N = n_max
-        make_frame(p, rng, n=n, mode=Mode.TOPK, k=0, package=pk),  # k = 0
+        make_frame(p, rng, n=n, mode=Mode.TOPK, k=0, package=pk, rule="sum"),  # k = 0
         make_frame(p, rng, n=half, mode=Mode.TOPK, k=half - 1, package=pk),  # keep every token
         make_frame(p, rng, n=n, mode=Mode.TOPK, k=half, scores=[3] * n, package=pk),  # every score equal
-        make_frame(p, rng, n=n, mode=Mode.THRESHOLD, t=(1 << p.score_bits) - 1, package=pk),  # above all
+        make_frame(p, rng, n=n, mode=Mode.THRESHOLD, t=top, package=pk, rule="sum"),  # above all
         make_frame(p, rng, n=half, mode=Mode.THRESHOLD, t=0, scores=[0] + [1] * (half - 1)),  # below all
         make_frame(p, rng, n=1, mode=Mode.TOPK, k=0, package=pk),  # N = 1
         make_frame(p, rng, n=1, mode=Mode.THRESHOLD, t=0, package=pk),
@@ -71,18 +92,36 @@ def corner_frames(p: SelectorParams, rng) -> list[dict]:
         make_frame(p, rng, n=n + 2, mode=Mode.THRESHOLD, t=1),  # N > n_max: flagged, inputs drained
         make_frame(p, rng, n=0, mode=Mode.TOPK, k=0),  # N = 0: flagged
         make_frame(p, rng, n=n, mode=Mode.THRESHOLD, t=1 << (p.score_bits - 1), package=pk),
+        make_frame(p, rng, n=n, mode=Mode.TOPK, k=1, package=pk, rule="sum", scores=[top] * n, features=loud,
+                   weights=None if not p.weight_bits else [(1 << p.weight_bits) - 1] * n),  # saturating sums
+        make_frame(p, rng, n=n, mode=Mode.MASS, mass=1, package=pk),  # flagged when mass is not built
         make_frame(p, rng, n=n - 1, mode=Mode.TOPK, k=n // 3, package=False),
     ]
+    if p.mass:
+        whole = 1 << p.mass_frac
+        ties = [int(v) for v in rng.integers(0, 3, n)]
+        frames += [
+            make_frame(p, rng, n=n, mode=Mode.MASS, mass=whole // 2, package=pk),
+            make_frame(p, rng, n=n, mode=Mode.MASS, mass=0, package=pk, rule="sum"),  # keeps no candidate
+            make_frame(p, rng, n=n, mode=Mode.MASS, mass=whole, package=pk),  # the whole: keeps all
+            make_frame(p, rng, n=n, mode=Mode.MASS, mass=whole - 1, scores=[top] + [0] * (n - 1)),  # all zero
+            make_frame(p, rng, n=n, mode=Mode.MASS, mass=whole // 3 or 1, scores=ties, package=pk, rule="sum"),
+            make_frame(p, rng, n=n, mode=Mode.MASS, mass=whole + 1),  # more than the whole: flagged
+            make_frame(p, rng, n=1, mode=Mode.MASS, mass=whole // 2, package=pk),  # no candidate
+        ]
+    return frames
 
 
 def random_frames(p: SelectorParams, rng, count: int) -> list[dict]:
     frames = []
+    modes = 3 if p.mass else 2
     for _ in range(count):
         n = int(rng.integers(0, p.n_max + 3))
-        mode = Mode(int(rng.integers(0, 2)))
+        mode = Mode(int(rng.integers(0, modes)))
         k = int(rng.integers(0, n + 1)) if n else 0
         frames.append(make_frame(p, rng, n=n, mode=mode, k=k, t=int(rng.integers(0, 1 << p.score_bits)),
-                                 package=bool(rng.integers(0, 2))))
+                                 mass=int(rng.integers(0, (1 << p.mass_frac) + 2)),
+                                 package=bool(rng.integers(0, 2)), rule=("mean", "sum")[int(rng.integers(0, 2))]))
     return frames
 
 
@@ -90,7 +129,7 @@ def random_frames(p: SelectorParams, rng, count: int) -> list[dict]:
 class Harness:
     def __init__(self, dut, p: SelectorParams, *, idle: float = 0.0, stall: float = 0.0, seed: int = 0):
         self.dut, self.p = dut, p
-        self.cmd_layout, self.feat_layout = command_layout(p), feature_layout(p)
+        self.cmd_layout, self.feat_layout, self.score_layout = command_layout(p), feature_layout(p), score_layout(p)
         self.frame_layout, self.token_layout = frame_layout(p), token_layout(p)
         self.cmd = StreamSource(dut, "i_cmd", idle=idle, seed=seed)
         self.score = StreamSource(dut, "i_score", idle=idle, seed=seed + 1)
@@ -98,6 +137,7 @@ class Harness:
         self.frames_out = StreamSink(dut, "o_frame", stall=stall, seed=seed + 3, signed=False)
         self.tokens_out = StreamSink(dut, "o_token", stall=stall, seed=seed + 4, signed=False)
         self.cycle = 0
+        self.overflows_base = 0  # the counter's value before the frames being checked
         self.accepts: list[int] = []
         self.ready_cycles: list[int] = []
         cocotb.start_soon(self._watch_commands())
@@ -119,7 +159,11 @@ class Harness:
         p = self.p
         for f in frames:
             self.cmd.send([self.cmd_layout.const(f["cmd"]).as_value().value])
-            self.score.send(int(v) for v in f["scores"])
+            if f["weights"] is None:
+                self.score.send(int(v) for v in f["scores"])
+            else:
+                self.score.send(self.score_layout.const({"score": int(a), "weight": int(b)}).as_value().value
+                                for a, b in zip(f["scores"], f["weights"], strict=True))
             self.feature.send(self.feat_layout.const([int(v) for v in row[b * p.lanes:(b + 1) * p.lanes]])
                               .as_value().value for row in f["features"] for b in range(p.beats))
 
@@ -151,6 +195,11 @@ class Harness:
                 assert int(b.last) == int(j == len(w) - 1), f"frame {i} beat {j}: wrong last flag"
             pos += len(w)
         assert len(self.tokens_out.received) == pos, "the selector sent more beats than the reference"
+        if self.p.package:
+            await ClockCycles(self.dut.clk, 4)  # the counter trails the last package beat by three cycles
+            got, want = int(self.dut.overflows.value), self.overflows_base + sum(f["ref"].overflows for f in frames)
+            assert got == want, f"overflows counter {got} != {want}"
+            self.overflows_base = got
         return pos
 
     def periods(self, count: int) -> list[int]:
@@ -212,14 +261,19 @@ async def reset_mid_frame(dut):
     h = await _start(dut, p, stall=0.2, seed=prm.get("seed", 0) + 20)
     n = p.n_max
     # 1: reset while features are still being loaded
-    h.send([make_frame(p, rng, n=n, mode=Mode.TOPK, k=n // 2, package=True)])
+    first = (make_frame(p, rng, n=n, mode=Mode.MASS, mass=(1 << p.mass_frac) // 3, package=True, rule="sum")
+             if p.mass else make_frame(p, rng, n=n, mode=Mode.TOPK, k=n // 2, package=True))
+    h.send([first])
     while h.feature.sent < max(1, n * p.beats // 2):
         await FallingEdge(dut.clk)
     h.clear()
     await reset(dut)
     h.forget_outputs()
-    after_load = [make_frame(p, rng, n=n, mode=Mode.THRESHOLD, t=1 << (p.score_bits - 1), package=True),
+    h.overflows_base = 0  # the reset cleared the counter
+    after_load = [make_frame(p, rng, n=n, mode=Mode.THRESHOLD, t=1 << (p.score_bits - 1), package=True, rule="sum"),
                   make_frame(p, rng, n=max(1, n // 2), mode=Mode.TOPK, k=0)]
+    if p.mass:
+        after_load.append(make_frame(p, rng, n=n, mode=Mode.MASS, mass=1 << (p.mass_frac - 1), package=True))
     h.send(after_load)
     checked = await h.check(after_load)
     # 2: reset while kept tokens are being output
@@ -230,6 +284,7 @@ async def reset_mid_frame(dut):
     h.clear()
     await reset(dut)
     h.forget_outputs()
+    h.overflows_base = 0
     after_output = [make_frame(p, rng, n=n, mode=Mode.TOPK, k=n // 3, package=True)]
     h.send(after_output)
     checked += await h.check(after_output)
@@ -241,10 +296,13 @@ async def cli_frame(dut):
     """One random frame as the CLI asks for it; reports cycles, kept count and whether it was bit-exact."""
     prm, p, rng = _params()
     n = prm["tokens"]
-    if prm.get("threshold") is None:
-        frame = make_frame(p, rng, n=n, mode=Mode.TOPK, k=prm["keep"], package=prm["package"])
+    rule = prm.get("package_rule", "mean")
+    if prm.get("keep") is not None:
+        frame = make_frame(p, rng, n=n, mode=Mode.TOPK, k=prm["keep"], package=prm["package"], rule=rule)
+    elif prm.get("threshold") is not None:
+        frame = make_frame(p, rng, n=n, mode=Mode.THRESHOLD, t=prm["threshold"], package=prm["package"], rule=rule)
     else:
-        frame = make_frame(p, rng, n=n, mode=Mode.THRESHOLD, t=prm["threshold"], package=prm["package"])
+        frame = make_frame(p, rng, n=n, mode=Mode.MASS, mass=prm["mass"], package=prm["package"], rule=rule)
     h = await _start(dut, p, seed=prm.get("seed", 0))
     h.send([frame])
     try:
@@ -256,5 +314,5 @@ async def cli_frame(dut):
     ref = frame["ref"]
     tb_report(cycles=h.periods(1)[0], expected_cycles=expected_cycles(p, frame), bit_exact=error is None,
               error=error,
-              status=ref.status.name, kept=ref.n_kept, indices=ref.indices.tolist(),
+              status=ref.status.name, kept=ref.n_kept, indices=ref.indices.tolist(), overflows=ref.overflows,
               package=ref.package.tolist() if ref.package is not None else None)

@@ -69,6 +69,9 @@ CASES: dict[str, list[Case]] = {
     ],
     "generate selector": [
         case("--n-max 0 --out {out}", r"n_max must be .*, not 0"),
+        case("--weight-bits 8 --out {out}", r"weight_bits=8 needs package=True \(the weights only feed the package "
+                                            r"token\)"),
+        case("--mass-mode --mass-frac 30 --out {out}", r"mass_frac must be between 0 and 24, not 30"),
         case("--out {under_file}", r"--out '.*' " + NOT_WRITABLE),
     ],
     "generate score_combiner": [
@@ -92,7 +95,11 @@ CASES: dict[str, list[Case]] = {
         case("--n-max 64 --dim 32 --lanes 8 --threshold 70000",
              r"--threshold: threshold must be between 0 and 65535, not 70000"),
         case("--n-max 64 --dim 32 --lanes 8 --keep -1", r"--keep: k must be between 0 and .*, not -1"),
-        case("--n-max 64 --dim 32 --lanes 8", r"one of the arguments --keep --threshold is required"),
+        case("--n-max 64 --dim 32 --lanes 8", r"one of the arguments --keep --threshold --mass is required"),
+        case("--n-max 64 --dim 32 --lanes 8 --mass 40000 --mass-frac 15",
+             r"--mass must be at most 2\*\*--mass-frac = 32768 \(the whole\), not 40000"),
+        case("--n-max 64 --dim 32 --lanes 8 --keep 3 --package-rule max",
+             r"argument --package-rule: invalid choice: 'max' \(choose from 'mean', 'sum'\)"),
         case("--keep 5 --build-dir {under_file}", r"--build-dir '.*' " + NOT_WRITABLE),
     ],
     "simulate score_combiner": [
