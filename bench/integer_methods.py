@@ -12,7 +12,10 @@ evenly over it, as it is sorted by class):
   stage, over the candidate patch tokens that entered it in both models (matched by original position),
   float run one image at a time (the per-image rule, no padding);
 * the average number of tokens each stage keeps (the class token included), float and integer;
-* the integer model's saturations per site over the run (:attr:`IntegerViT.counter`).
+* the integer model's saturations per site over the run (:attr:`IntegerViT.counter`);
+* with ``--rtl N`` (default 4): every stage's selection step on N of the images through the score combiner
+  and the token selector in Verilator (:func:`tokensift.sim.real_images.simulate_stage`), bit for bit against
+  the integer model, cycles against the blocks' formulas.
 
 Trained models: the dense model is the pipeline's cached one (``tokensift train``'s recipe, 40 epochs);
 each method is fine-tuned from it with :func:`tokensift.sw.pipeline.run_pipeline` (``--epochs`` epochs, the
@@ -158,6 +161,33 @@ def measure(method: str, keep: float, model, fq, int_model, unsupported: str | N
     return row
 
 
+def rtl_check(int_model, images, work: Path) -> dict:
+    """Every stage's selection step on ``images`` through the score combiner and the selector in Verilator
+    (:func:`tokensift.sim.real_images.simulate_stage`): hardware == reference == integer model, and the
+    measured cycles against the blocks' formulas."""
+    from tokensift.sim.real_images import capture_stage, simulate_stage
+
+    out = {"images": len(images), "stages": [], "bit_exact": True, "cycles_match": True}
+    for block, blk in enumerate(int_model.blocks):
+        if blk.selector is None:
+            continue
+        cap = capture_stage(int_model, images, block)
+        if any(r is None for r in cap.records):  # a stage that selects nothing at this setting (SaiT at 1.0)
+            continue
+        r = simulate_stage(int_model, cap, lanes=16, work_dir=work / f"block{block}")
+        cycles_ok = r["selector"]["cycles"] == r["selector"]["expected_cycles"]
+        if "combiner" in r:
+            c = r["combiner"]
+            cycles_ok = cycles_ok and c["cycles"] == c["expected_cycles"][:len(c["cycles"])]
+        out["stages"].append({"block": block, "bit_exact": r["bit_exact"], "cycles_match": cycles_ok,
+                              "reference_mismatches": r["reference_mismatches"],
+                              "selector_cycles": r["selector"]["cycles"],
+                              "combiner_cycles": r.get("combiner", {}).get("cycles")})
+        out["bit_exact"] = out["bit_exact"] and r["bit_exact"]
+        out["cycles_match"] = out["cycles_match"] and cycles_ok
+    return out
+
+
 def run_method(method: str, keep: float, args, calib, images, labels) -> list[dict]:
     model = trained_model(method, keep, epochs=args.epochs, quick=args.quick, retrain=args.retrain)
     densities = SAIT_DENSITIES if method == "sait" else (keep,)
@@ -172,6 +202,10 @@ def run_method(method: str, keep: float, args, calib, images, labels) -> list[di
             for m in (model, fq) + ((int_model,) if int_model is not None else ()):
                 m.set_keep_ratio(density)
         row = measure(method, density, model, fq, int_model, unsupported, images, labels)
+        if int_model is not None and args.rtl and method != "none":
+            pick = np.linspace(0, len(images) - 1, args.rtl).round().astype(int)
+            row["rtl"] = rtl_check(int_model, images[pick], ROOT / "build" / "integer_methods" / "rtl" /
+                                   f"{method}-{density:g}")
         if method == "sait":
             row["trained_keep"] = keep
         rows.append(row)
@@ -185,10 +219,18 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _rtl(rtl: dict | None) -> str:
+    if not rtl or not rtl["stages"]:
+        return "-"
+    verdict = "bit-exact" if rtl["bit_exact"] else "MISMATCH"
+    cycles = "cycles = formula" if rtl["cycles_match"] else "cycles differ"
+    return f"{verdict}, {cycles} ({len(rtl['stages'])} stages x {rtl['images']} images)"
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| method | setting | float % | fake-quant % | integer % | int - float (pts) | decisions agreeing % "
-             "| kept tokens per stage, float | integer | saturations |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| kept tokens per stage, float | integer | saturations | RTL selection steps (Verilator) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     setting = {"none": "-", "evit": "keep {:g}", "dynamicvit": "rho {:g}", "spvit": "budget {:g}",
                "asvit": "rho {:g}", "sait": "density {:g}"}
     for r in rows:
@@ -196,7 +238,7 @@ def markdown(rows: list[dict]) -> str:
         if "integer_missing" in r:
             lines.append(f"| {LABELS[r['method']]} | {setting[r['method']].format(r['keep'])} | "
                          f"{_pct(r['float_accuracy'])} | {_pct(r['fake_quant_accuracy'])} | no integer stage in "
-                         f"this branch | - | - | {fk} | - | - |")
+                         f"this branch | - | - | {fk} | - | - | - |")
             continue
         ik = " / ".join(f"{v:.1f}" for v in r["integer_kept"]) or "-"
         sat = sum(r["overflows"].values())
@@ -204,7 +246,7 @@ def markdown(rows: list[dict]) -> str:
                      f"{_pct(r['float_accuracy'])} | {_pct(r['fake_quant_accuracy'])} | "
                      f"{_pct(r['integer_accuracy'])} | "
                      f"{100 * (r['integer_accuracy'] - r['float_accuracy']):+.1f} | "
-                     f"{_pct(r['decision_agreement'])} | {fk} | {ik} | {sat} |")
+                     f"{_pct(r['decision_agreement'])} | {fk} | {ik} | {sat} | {_rtl(r.get('rtl'))} |")
     return "\n".join(lines)
 
 
@@ -217,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per method (default: 2)")
     parser.add_argument("--images", type=int, default=None,
                         help="test images, evenly spread over the split (default: 1000, 50 with --quick)")
+    parser.add_argument("--rtl", type=int, default=4,
+                        help="images whose selection steps also run through the score combiner and the selector "
+                             "in Verilator, per method (default: 4; 0: none)")
     parser.add_argument("--retrain", action="store_true", help="fine-tune again even when a checkpoint is cached")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "integer_methods.json",
