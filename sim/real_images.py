@@ -10,7 +10,7 @@ them to an ``.npz``, runs the attention core and the token selector in Verilator
 * hardware == :func:`tokensift.quant.attention.attention_head` / :func:`tokensift.quant.select.select_frame`
   (the testbenches, 0 LSB),
 * reference == the integer model's values (here: its attention outputs and class rows per head; its kept
-  tokens and its fused token ``fit(round_shift(package * mass, score_frac))``).
+  tokens and its fused token, the selector's sum package rule ``fit(round_shift(sum a_i x_i, score_frac))``).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def selector_hw_params(iv, *, lanes: int):
 
     dim = iv.pos.shape[1]
     return SelectorParams(n_max=iv.pos.shape[0] + 1, dim=dim, score_bits=SCORE_FORMAT.bits,
-                          feature_bits=iv.res.bits, lanes=lanes, package=True)
+                          feature_bits=iv.res.bits, lanes=lanes, package=True, weight_frac=SCORE_FORMAT.frac)
 
 
 def _check_attention_reference(cap: BlockCapture, params) -> int:
@@ -95,18 +95,17 @@ def _check_attention_reference(cap: BlockCapture, params) -> int:
 
 def _check_selector_reference(cap: BlockCapture, params, iv) -> int:
     """Mismatches between select_frame and what the integer model kept (tokens and fused token)."""
-    from tokensift.quant.select import SCORE_FORMAT, Mode, package_token, select_frame
+    from tokensift.quant.select import Mode, select_frame
 
     bad = 0
-    for b in range(len(cap.scores)):
-        ref = select_frame(params, cap.scores[b], cap.features[b], mode=Mode.TOPK, k=cap.keep, package=True)
+    for b in range(len(cap.scores)):  # EViT's fused token is the selector's sum package rule
+        ref = select_frame(params, cap.scores[b], cap.features[b], mode=Mode.TOPK, k=cap.keep, package=True,
+                           package_rule="sum")
         rows = cap.selected[b]
         kept = rows[:ref.n_kept]
         bad += int(np.count_nonzero(kept != ref.tokens)) + abs(len(rows) - ref.n_kept - 1) * rows.shape[1]
-        if ref.package is not None:  # EViT's fused token is the sum package rule of the same pruned set
-            fused = package_token(cap.features[b], cap.scores[b], ~ref.mask, feature_bits=iv.res.bits,
-                                  mode="sum", score_frac=SCORE_FORMAT.frac)
-            bad += int(np.count_nonzero(fused != rows[ref.n_kept]))
+        if ref.package is not None:
+            bad += int(np.count_nonzero(ref.package != rows[ref.n_kept]))
     return bad
 
 

@@ -9,7 +9,7 @@ written by :mod:`tokensift.sim.real_images`:
   heads go back to back as one bulk run; the report holds each run's mismatches, measured cycles and the
   cycle model's.
 * ``selector_frames``: arrays ``scores`` (images, N), ``features`` (images, N, dim), ``k`` (images,); the
-  frames go back to back; the report holds the kept indices, the package tokens and each frame's period
+  frames go back to back (top-k, the sum package rule: EViT's fused token); the report holds the kept indices, the package tokens and each frame's period
   next to the cycle model's.
 * ``combiner_steps`` / ``selector_steps``: every method's selection step (:func:`tokensift.sim.real_images.
   capture_stage`), per image ``i``: ``values_i``, ``head_weights_i``, ``keys_i`` (the score combiner) and
@@ -81,7 +81,7 @@ async def selector_frames(dut):
     p = SelectorParams(**t["params"])
     rng = np.random.default_rng(0)  # unused: every frame carries its own scores and features
     frames = [make_frame(p, rng, n=int(data["scores"].shape[1]), mode=Mode.TOPK, k=int(data["k"][i]),
-                         package=p.package, scores=data["scores"][i], features=data["features"][i])
+                         package=p.package, rule="sum", scores=data["scores"][i], features=data["features"][i])
               for i in range(data["scores"].shape[0])]
     start_clock(dut)
     h = Harness(dut, p, seed=0)

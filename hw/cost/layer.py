@@ -63,7 +63,8 @@ class HwConfig:
 class Stage:
     """One pruning stage: before (``pre``) or inside (``mid``) ``block``; ``n_in`` tokens enter, ``n_out``
     leave (class token and added tokens included); the hardware keeps ``kept`` and adds a package token
-    when ``package``."""
+    when ``package``, by ``package_rule`` (``"sum"``: EViT's fused token and SPViT's released package token;
+    ``"mean"``: SPViT's normalised option)."""
 
     index: int
     block: int
@@ -73,6 +74,7 @@ class Stage:
     package: bool
     mode: Mode
     selector: object = field(repr=False, compare=False)
+    package_rule: str = "sum"
 
     @property
     def kept(self) -> int:
@@ -90,6 +92,12 @@ def _adds_token(sel) -> bool:
     if hasattr(sel, "adds_package"):
         return bool(sel.adds_package())
     return bool(getattr(sel, "fuse_token", False)) and getattr(sel, "keep_ratio", 1.0) < 1.0
+
+
+def package_rule(sel) -> str:
+    """The selector's package rule for a stage's package token: SPViT's ``package`` option, else ``"sum"``."""
+    rule = getattr(sel, "package", "sum")
+    return rule if rule in ("sum", "mean") else "sum"
 
 
 def _mode(sel) -> Mode:
@@ -217,7 +225,8 @@ def model_schedule(model) -> Schedule:
     for s, (block, sel) in enumerate(desc.selectors):
         n_in = _stage_inputs(attn, mlp, desc.num_tokens, block, sel.site)
         n_out = attn[block] if sel.site == "pre" else mlp[block]
-        stages.append(Stage(s, block, sel.site, int(n_in), int(n_out), _adds_token(sel), _mode(sel), sel))
+        stages.append(Stage(s, block, sel.site, int(n_in), int(n_out), _adds_token(sel), _mode(sel), sel,
+                            package_rule(sel)))
     return Schedule([int(n) for n in attn], [int(n) for n in mlp], stages)
 
 
@@ -295,7 +304,8 @@ class ModelCost:
         n_in = stage.n_in if n_in is None else n_in
         n_out = stage.n_out if n_out is None else n_out
         kept = n_out - int(stage.package)
-        sel = cycles(self.selector, n_tokens=int(n_in), kept=int(kept), mode=stage.mode, package=stage.package)
+        sel = cycles(self.selector, n_tokens=int(n_in), kept=int(kept), mode=stage.mode, package=stage.package,
+                     package_rule=stage.package_rule)
         macs = stage.selector.macs(int(n_in), int(n_out), self.spec.dim)
         return {"selector": sel, "predictor": predictor_cycles(self.linear, macs=int(macs))}
 

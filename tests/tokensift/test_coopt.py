@@ -100,7 +100,21 @@ def test_evit_stage_that_keeps_everything(evit_small):
     """Nothing dropped, no fused token, no MACs -- but the selector frame still runs (the cost model's view)."""
     s = evit_small.schedule((1.0, 1.0, 1.0))
     assert s.attn == (50,) * 6 and s.mlp == (50,) * 6 and s.retained == 1.0
-    assert [st[:2] + st[3:] for st in s.stages] == [(50, 50, False, 0)] * 3
+    assert [st[:2] + st[3:] for st in s.stages] == [(50, 50, None, 0)] * 3  # no package rule: no token added
+
+
+def test_evit_fused_token_costs_the_selectors_sum_rule(evit_small):
+    """EViT's fused token is the selector's sum package rule: no divider pass in its cycles."""
+    from tokensift.hw.selector.core import cycles
+
+    s = evit_small.schedule((0.5, 0.5, 0.5))
+    assert all(st[3] == "sum" for st in s.stages)
+    n_in, kept, mode, _, _ = s.stages[0]
+    cost = evit_small._cost(evit_small.hw_space.lanes[0], 1, evit_small.hw_space.softmax[0], 16,
+                            evit_small.hw_space.selector_lanes[0])
+    total = evit_small._selector_cycles(0, s.stages[0])
+    assert total == cycles(cost.selector, n_tokens=n_in, kept=kept, mode=mode, package=True, package_rule="sum")
+    assert total < cycles(cost.selector, n_tokens=n_in, kept=kept, mode=mode, package=True, package_rule="mean")
 
 
 def test_resources_do_not_depend_on_keep_ratios(evit_small):

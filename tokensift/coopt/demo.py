@@ -248,7 +248,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         from tokensift.quant.select import Mode
 
         kept = 1 + cap.keep
-        selector_formula = selector_cycles(sp, n_tokens=n_block, kept=kept, mode=Mode.TOPK, package=True)
+        selector_formula = selector_cycles(sp, n_tokens=n_block, kept=kept, mode=Mode.TOPK, package=True,
+                                           package_rule="sum")
     latency_ms = model_cycles / (hw["clock_mhz"] * 1e3)
     summary = {
         "device": device.as_dict(),

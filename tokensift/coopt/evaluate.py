@@ -46,6 +46,7 @@ class KeepSchedule:
     """The token schedule of one keep point.
 
     ``attn``/``mlp``: tokens per layer; ``stages``: per pruning stage ``(n_in, kept, mode, package, macs)``
+    (``package``: the package rule of the token the stage adds, or None)
     (a stage that keeps everything still runs its selector frame, as the cost model charges it); ``macs``: total multiply-accumulates (selectors included);
     ``retained``: backbone MACs (qkv, attention, proj, MLP) over the dense model's, the accuracy proxy.
     """
@@ -62,7 +63,7 @@ class KeepSchedule:
         """Per stage: tokens leaving / tokens entering (class and added tokens included)."""
         out = []
         for st in self.stages:
-            out.append(1.0 if st is None else (st[1] + int(st[3])) / st[0])
+            out.append(1.0 if st is None else (st[1] + int(st[3] is not None)) / st[0])
         return out
 
 
@@ -220,14 +221,16 @@ class CostEvaluator:
         attn, mlp, stages = [], [], [None] * len(self.sels)
         patches = spec.num_tokens - 1
 
+        from tokensift.hw.cost.layer import package_rule
+
         def run_stage(s, sel, n_in):
             if self.kind == "adaptive":
                 before = patches if s == 0 else keep_count(patches, sel.keep_ratio, s - 1)
                 n_out = n_in - before + keep_count(patches, sel.keep_ratio, s)
             else:
                 n_out = int(sel.expected_tokens(n_in))
-            package = _adds_token(sel)
-            kept = n_out - int(package)
+            package = package_rule(sel) if _adds_token(sel) else None
+            kept = n_out - int(package is not None)
             stages[s] = (int(n_in), int(kept), _mode(sel), package, int(sel.macs(n_in, n_out, spec.dim)))
             return n_out
 
@@ -296,7 +299,8 @@ class CostEvaluator:
         cost = self._cost(self.hw_space.lanes[0], 1, self.hw_space.softmax[0], _DEFAULT_LINEAR,
                           self.hw_space.selector_lanes[si])
         n_in, kept, mode, package, _ = stage
-        return int(cycles(cost.selector, n_tokens=n_in, kept=kept, mode=mode, package=package))
+        return int(cycles(cost.selector, n_tokens=n_in, kept=kept, mode=mode, package=package is not None,
+                          package_rule=package or "mean"))
 
     # -- resources -----------------------------------------------------------------------------------------
     def _unit(self, kind: str, index: int):
@@ -389,7 +393,7 @@ class CostEvaluator:
         S = np.zeros((len(hs.selector_lanes), len(schedules)), dtype=np.int64)
         if self.sels:
             uniq = sorted({st[:4] for s in schedules for st in s.stages if st is not None},
-                          key=lambda t: (t[0], t[1], int(t[2]), t[3]))
+                          key=lambda t: (t[0], t[1], int(t[2]), t[3] or ""))
             for si in range(len(hs.selector_lanes)):
                 table = {t: self._selector_cycles(si, (*t, 0)) for t in uniq}
                 S[si] = [sum(table[st[:4]] for st in s.stages if st is not None) for s in schedules]
