@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Subset
 from tokensift.quant.fake import quantize_model
 from tokensift.quant.integer_model import IntegerViT
 from tokensift.quant.stages import stage_module
+from tokensift.quant.stages.agreement import decision_agreement, float_run
 from tokensift.sw import create_model
 from tokensift.sw.checkpoint import load_checkpoint
 from tokensift.sw.data import load_mnist
@@ -99,34 +100,6 @@ def integer_support(model) -> str | None:
     return None
 
 
-def float_run(model, images) -> tuple[np.ndarray, list[list[tuple[np.ndarray, np.ndarray]]]]:
-    """Predictions and, per image and stage, (original index, keep) of the tokens that entered; one image at a
-    time, so each keeps its own tokens without padding."""
-    preds, decisions = [], []
-    with torch.no_grad():
-        for b in range(len(images)):
-            state = model.forward_state(images[b:b + 1], path="gather")
-            preds.append(int(model.forward_head(state.x, keep=state.keep).argmax(dim=-1)))
-            decisions.append([(d.index[0].numpy(), (d.keep[0] > 0.5).numpy()) for d in state.decisions])
-    return np.array(preds), decisions
-
-
-def agreement(int_decisions, float_decisions) -> tuple[float | None, list[float]]:
-    """Overall and per-stage fraction of candidate tokens (original index >= 1, entering the stage in both
-    models) whose keep decisions agree."""
-    stages: dict[int, list[int]] = {}
-    for records, decisions in zip(int_decisions, float_decisions, strict=True):
-        for s, (rec, (index, keep)) in enumerate(zip(records, decisions, strict=False)):
-            fk = {int(j): bool(k) for j, k in zip(index, keep, strict=True) if j >= 1}
-            counts = stages.setdefault(s, [0, 0])
-            for j, k in zip(rec.index.tolist(), rec.keep.tolist(), strict=True):
-                if j >= 1 and j in fk:
-                    counts[0] += fk[j] == k
-                    counts[1] += 1
-    agree, total = sum(c[0] for c in stages.values()), sum(c[1] for c in stages.values())
-    return (agree / total if total else None), [stages[s][0] / stages[s][1] for s in sorted(stages)]
-
-
 def mean_kept(per_image: list[list[int]]) -> list[float]:
     """Average kept tokens per stage over the images (every image runs every stage)."""
     if not per_image or not per_image[0]:
@@ -139,7 +112,7 @@ def measure(method: str, keep: float, model, fq, int_model, unsupported: str | N
     t0 = time.time()
     float_pred, float_dec = float_run(model, images)
     row["float_accuracy"] = float((float_pred == labels).mean())
-    row["float_kept"] = mean_kept([[int(k.sum()) for _, k in decs] for decs in float_dec])
+    row["float_kept"] = mean_kept([[int(decs[s][1].sum()) for s in sorted(decs)] for decs in float_dec])
     with torch.no_grad():
         row["fake_quant_accuracy"] = float((fq(images).argmax(dim=-1).numpy() == labels).mean())
     if int_model is None:
@@ -152,9 +125,9 @@ def measure(method: str, keep: float, model, fq, int_model, unsupported: str | N
     row["integer_ms_per_image"] = round(1e3 * (time.time() - t1) / len(images), 2)
     row["integer_accuracy"] = float((int_pred == labels).mean())
     row["integer_kept"] = mean_kept([[int(r.keep.sum()) for r in recs] for recs in int_model.decisions])
-    overall, per_stage = agreement(int_model.decisions, float_dec)
-    row["decision_agreement"] = overall
-    row["decision_agreement_per_stage"] = per_stage
+    agree = decision_agreement(int_model.decisions, float_dec)
+    row["decision_agreement"] = agree["fraction"]
+    row["decision_agreement_per_stage"] = [a / t for a, t in agree["per_stage"].values()]
     row["prediction_agreement"] = float((int_pred == float_pred).mean())
     row["overflows"] = dict(sorted(int_model.counter.by_site.items()))
     row["seconds"] = round(time.time() - t0, 1)
@@ -175,10 +148,12 @@ def rtl_check(int_model, images, work: Path) -> dict:
         if any(r is None for r in cap.records):  # a stage that selects nothing at this setting (SaiT at 1.0)
             continue
         r = simulate_stage(int_model, cap, lanes=16, work_dir=work / f"block{block}")
-        cycles_ok = r["selector"]["cycles"] == r["selector"]["expected_cycles"]
+        cycles_ok = len(r["selector"]["cycles"]) == len(images) and r["selector"]["cycles"] == r["selector"][
+            "expected_cycles"]
         if "combiner" in r:
             c = r["combiner"]
-            cycles_ok = cycles_ok and c["cycles"] == c["expected_cycles"][:len(c["cycles"])]
+            cycles_ok = (cycles_ok and len(c["cycles"]) == len(images) - 1  # one period per frame but the last
+                         and c["cycles"] == c["expected_cycles"][:len(c["cycles"])])
         out["stages"].append({"block": block, "bit_exact": r["bit_exact"], "cycles_match": cycles_ok,
                               "reference_mismatches": r["reference_mismatches"],
                               "selector_cycles": r["selector"]["cycles"],

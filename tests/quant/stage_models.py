@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from tokensift.quant.stages.agreement import decision_agreement, float_decisions
 from tokensift.sw import create_model
 from tokensift.sw.checkpoint import load_checkpoint
 from tokensift.sw.methods import get_method
@@ -20,6 +21,8 @@ from tokensift.sw.train import TrainConfig, fit
 
 TINY = dict(embed_dim=32, depth=3, num_heads=2, prune_locs=(1, 2), weight_init="jax", pos_embed_init="sincos")
 QUICK_STEPS = 150
+#: 400 of the 1,000 test images, 40 of each class (the split is sorted by class)
+SPREAD = [int(i * 2.5) for i in range(400)]
 
 
 @functools.cache
@@ -62,48 +65,19 @@ def calib_batches(train, n: int = 2, size: int = 100):
     return [images for images, _ in DataLoader(Subset(train, range(n * size)), batch_size=size)]
 
 
+def spread(test):
+    """The :data:`SPREAD` test images and their labels."""
+    return torch.stack([test[i][0] for i in SPREAD]), np.array([test[i][1] for i in SPREAD])
+
+
 def images_labels(dataset, count: int, start: int = 0):
     items = [dataset[i] for i in range(start, start + count)]
     return torch.stack([im for im, _ in items]), np.array([label for _, label in items])
 
 
-def float_decisions(model, images) -> list[dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """Per image (run alone, as the integer model runs them): stage -> (original index, keep) of the tokens
-    that entered it."""
-    out = []
-    with torch.no_grad():
-        for i in range(images.shape[0]):
-            state = model.forward_state(images[i:i + 1])
-            out.append({d.stage: (d.index[0].numpy(), d.keep[0].numpy() > 0.5) for d in state.decisions})
-    return out
-
-
 def agreement(model, int_model, images) -> dict:
-    """Integer vs float per-token keep decisions, per stage.
-
-    For each image and stage, the patch tokens that entered the stage in both models (by original index;
-    added tokens such as package tokens are protected in both and left out) are compared; returns
-    ``{"per_stage": {stage: (agree, total)}, "fraction": all agreeing / all compared, "kept": {stage:
-    (float kept, integer kept)}}`` (kept patch tokens summed over the images).
-    """
+    """Integer vs float per-token keep decisions on ``images``
+    (:func:`tokensift.quant.stages.agreement.decision_agreement`: fraction, per stage, kept)."""
     floats = float_decisions(model, images)
     int_model.forward_tokens(images)
-    per_stage: dict[int, list[int]] = {}
-    kept: dict[int, list[int]] = {}
-    for fl, records in zip(floats, int_model.decisions, strict=True):
-        for rec in records:
-            f_index, f_keep = fl[rec.stage]
-            f_map = {int(i): bool(k) for i, k in zip(f_index, f_keep, strict=True) if i >= 1}
-            i_map = {int(i): bool(k) for i, k in zip(rec.index, rec.keep, strict=True) if i >= 1}
-            common = f_map.keys() & i_map.keys()
-            agree = sum(f_map[i] == i_map[i] for i in common)
-            s = per_stage.setdefault(rec.stage, [0, 0])
-            s[0] += agree
-            s[1] += len(common)
-            c = kept.setdefault(rec.stage, [0, 0])
-            c[0] += sum(f_map.values())
-            c[1] += sum(i_map.values())
-    total = sum(t for _, t in per_stage.values())
-    return {"per_stage": {k: tuple(v) for k, v in per_stage.items()},
-            "fraction": sum(a for a, _ in per_stage.values()) / max(total, 1),
-            "kept": {k: tuple(v) for k, v in kept.items()}}
+    return decision_agreement(int_model.decisions, floats)

@@ -6,11 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from stage_helpers import TINY, calib_batches, decision_agreement, float_decisions, spread, train_quick_dense
+from stage_models import TINY, calib_batches, spread, train_dense
 
 from tokensift.quant.fixed import FixedFormat, OverflowCounter
 from tokensift.quant.integer_model import IntegerViT
 from tokensift.quant.select import SCORE_FORMAT, head_importance
+from tokensift.quant.stages.agreement import decision_agreement, float_decisions
 from tokensift.quant.stages.asvit import (
     HEAD_WEIGHT_FRAC,
     ASViTStage,
@@ -155,7 +156,7 @@ def mnist():
 
 @pytest.fixture(scope="module")
 def quick_dense(mnist):
-    return train_quick_dense(mnist[0])
+    return train_dense(mnist[0])
 
 
 def asvit_from(dense, train, head_importance, keep_ratio=0.75, steps=60):
@@ -183,7 +184,7 @@ def test_decisions_and_accuracy_match_float(quick_dense, mnist, head_importance)
     kept = np.array([[r.keep[1:].sum() for r in recs] for recs in int_model.decisions])
     assert kept.shape == (len(labels), 2)
     assert 0.4 * 49 < kept[:, 0].mean() < 0.95 * 49 and kept[:, 0].std() > 1  # a real, adaptive selection
-    agreement = decision_agreement(int_model.decisions, float_decisions(model, images))
+    agreement = decision_agreement(int_model.decisions, float_decisions(model, images))["fraction"]
     assert agreement >= 0.97
     float_acc, int_acc = (float_pred == labels).mean(), (int_pred == labels).mean()
     assert float_acc > 0.4  # the quick model (about 50% on all ten classes) learned something: 4x chance
@@ -212,7 +213,7 @@ def test_full_model_fine_tuned(tmp_path):
     labels = np.array([test[i][1] for i in range(len(test))])
     int_acc = (int_model.predict(images) == labels).mean()
     assert abs(int_acc - evaluate(model, test)) <= 0.01
-    assert decision_agreement(int_model.decisions, float_decisions(model, images)) >= 0.97
+    assert decision_agreement(int_model.decisions, float_decisions(model, images))["fraction"] >= 0.97
 
 
 def test_docstring_examples():

@@ -4,11 +4,12 @@ against the float selector on a quickly trained MNIST model."""
 import numpy as np
 import pytest
 import torch
-from stage_helpers import TINY, calib_batches, decision_agreement, float_decisions, spread, train_quick_dense
+from stage_models import TINY, calib_batches, spread, train_dense
 
 from tokensift.quant.fixed import FixedFormat, OverflowCounter
 from tokensift.quant.integer_model import IntegerViT
 from tokensift.quant.select import SCORE_FORMAT, mass_keep_count
+from tokensift.quant.stages.agreement import decision_agreement, float_decisions
 from tokensift.quant.stages.base import StageContext, TokenFrame
 from tokensift.quant.stages.sait import MASS_FRAC, SaiTStage, mass_code
 from tokensift.sw import create_model
@@ -104,7 +105,7 @@ def mnist():
 
 @pytest.fixture(scope="module")
 def quick_dense(mnist):
-    return train_quick_dense(mnist[0])
+    return train_dense(mnist[0])
 
 
 def sait_from(dense, keep_ratio):
@@ -151,7 +152,7 @@ def test_density_switch_matches_float(quick_dense, mnist, sait_int, density):
         int_pred = int_model.predict(images)
         with torch.no_grad():
             float_pred = model(images).argmax(dim=-1).numpy()
-        agreement = decision_agreement(int_model.decisions, float_decisions(model, images))
+        agreement = decision_agreement(int_model.decisions, float_decisions(model, images))["fraction"]
     finally:
         model.set_keep_ratio(1.0)
     assert agreement >= 0.97
@@ -203,7 +204,7 @@ def test_full_model_trained(tmp_path):
             float_acc = (model(images).argmax(dim=-1).numpy() == labels).mean()
         int_acc = (int_model.predict(images) == labels).mean()
         assert abs(int_acc - float_acc) <= 0.01, density
-        assert decision_agreement(int_model.decisions, float_decisions(model, images)) >= 0.97, density
+        assert decision_agreement(int_model.decisions, float_decisions(model, images))["fraction"] >= 0.97, density
 
 
 def test_docstring_examples():
