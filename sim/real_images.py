@@ -164,11 +164,15 @@ def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, se
         sp = selector_hw_params(iv, lanes=selector_lanes)
         out["selector_reference_mismatches"] = _check_selector_reference(cap, sp, iv)
         frames = work_dir / f"selector_block{cap.block}.npz"
-        np.savez(frames, scores=cap.scores, features=cap.features, k=np.full(len(cap.scores), cap.keep))
+        images = len(cap.scores)
+        np.savez(frames, **{f"{name}_{i}": arr[i] for i in range(images)
+                            for name, arr in (("scores", cap.scores), ("features", cap.features))})
+        step = {"mode": "topk", "k": [cap.keep] * images, "threshold": 0, "mass": 0, "package": "sum"}
         with _quick_compile():
             res = run_cocotb(Selector(**asdict(sp)), toplevel="tokensift_selector",
-                             test_module="tokensift.sim.tb_real_images", testcase="selector_frames",
-                             params={"params": asdict(sp), "frames_file": str(frames)})
+                             test_module="tokensift.sim.tb_real_images", testcase="selector_steps",
+                             params={"params": asdict(sp), "frames_file": str(frames), "images": images,
+                                     "step": step})
         r = res.report
         out["selector"] = {"params": asdict(sp), "frames": len(cap.scores), "kept": r.get("kept"),
                            "cycles": r.get("cycles"), "expected_cycles": r.get("expected_cycles"),
@@ -257,17 +261,12 @@ def check_stage_reference(cap: StageCapture, sp) -> int:
     """Mismatches between the hardware references (``head_weighted_scores`` / ``order_key`` for the
     combiner, ``select_frame`` for the selector) run on the captured steps and what the integer model did:
     its scores, its keep decision and the tokens (kept ones and the package token) that left the stage."""
-    from tokensift.quant.select import head_weighted_scores, order_key
     from tokensift.quant.stages import keep_tokens
 
     bad = 0
     for step, record, entered, left in zip(cap.steps, cap.records, cap.entered, cap.left, strict=True):
-        c = step.combiner
-        if c is not None:
-            s = head_weighted_scores(c.values, c.weights, attn_frac=c.value_frac, importance_frac=c.weight_frac,
-                                     score=c.score)
-            keys = order_key(s, c.score.bits) if c.score.signed else s
-            bad += int(np.count_nonzero(keys != step.scores))
+        if step.combiner is not None:
+            bad += int(np.count_nonzero(step.combiner.keys() != step.scores))
         ref, mask = _select(sp, step)
         bad += int(np.count_nonzero(mask != record.keep))
         pkg = None

@@ -8,12 +8,11 @@ written by :mod:`tokensift.sim.real_images`:
 * ``attention_frames``: arrays ``q``, ``k``, ``v`` of shape (images, heads, N, head_dim); each image's
   heads go back to back as one bulk run; the report holds each run's mismatches, measured cycles and the
   cycle model's.
-* ``selector_frames``: arrays ``scores`` (images, N), ``features`` (images, N, dim), ``k`` (images,); the
-  frames go back to back (top-k, the sum package rule: EViT's fused token); the report holds the kept indices, the package tokens and each frame's period
-  next to the cycle model's.
-* ``combiner_steps`` / ``selector_steps``: every method's selection step (:func:`tokensift.sim.real_images.
-  capture_stage`), per image ``i``: ``values_i``, ``head_weights_i``, ``keys_i`` (the score combiner) and
-  ``scores_i``, ``features_i``, ``weights_i`` (the selector's frame), the command in the ``step`` parameter.
+* ``combiner_steps`` / ``selector_steps``: a selection step (EViT's in the demo; every method's from
+  :func:`tokensift.sim.real_images.capture_stage`), per image ``i``: ``values_i``, ``head_weights_i``,
+  ``keys_i`` (the score combiner) and ``scores_i``, ``features_i``, ``weights_i`` (the selector's frame);
+  the command in the ``step`` parameter. Frames go back to back; the report holds each frame's period next
+  to the cycle formula.
 """
 
 from __future__ import annotations
@@ -69,36 +68,6 @@ async def attention_frames(dut):
         tb_report(runs=runs)
     bad = [r for r in runs if r["o_mismatches"] or r["s_mismatches"] or r["flag_mismatches"]]
     assert not bad, f"attention outputs differ from quant.attention_head: {bad}"
-
-
-@cocotb.test()
-async def selector_frames(dut):
-    from tokensift.quant.select import Mode, SelectorParams
-    from tokensift.sim.streams import reset, start_clock
-    from tokensift.sim.tb_selector import Harness, expected_cycles, make_frame
-
-    t, data = _load()
-    p = SelectorParams(**t["params"])
-    rng = np.random.default_rng(0)  # unused: every frame carries its own scores and features
-    frames = [make_frame(p, rng, n=int(data["scores"].shape[1]), mode=Mode.TOPK, k=int(data["k"][i]),
-                         package=p.package, rule="sum", scores=data["scores"][i], features=data["features"][i])
-              for i in range(data["scores"].shape[0])]
-    start_clock(dut)
-    h = Harness(dut, p, seed=0)
-    await reset(dut)
-    h.send(frames)
-    error = None
-    try:
-        beats = await h.check(frames)
-    except AssertionError as exc:
-        error, beats = str(exc), 0
-    await ClockCycles(dut.clk, 4)
-    measured = h.periods(len(frames)) if error is None else []
-    tb_report(beats=beats, error=error, cycles=measured, expected_cycles=[expected_cycles(p, f) for f in frames],
-              kept=[int(f["ref"].n_kept) for f in frames],
-              indices=[f["ref"].indices.tolist() for f in frames],
-              package=[None if f["ref"].package is None else f["ref"].package.tolist() for f in frames])
-    assert error is None, error
 
 
 def _step_arrays(data: dict, i: int, name: str):

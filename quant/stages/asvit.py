@@ -37,7 +37,7 @@ import numpy as np
 
 from tokensift.quant.fixed import OverflowCounter, Rounding, round_shift
 from tokensift.quant.intmath import isqrt
-from tokensift.quant.select import SCORE_FORMAT, head_importance, head_weighted_scores, threshold_keep
+from tokensift.quant.select import SCORE_FORMAT, head_importance, threshold_keep
 from tokensift.quant.stages.base import (
     BuildContext,
     CombinerInput,
@@ -109,16 +109,18 @@ class ASViTStage(IntegerStage):
         if frame.cls_rows is None or frame.head_out is None:
             raise RuntimeError(f"the AS-ViT stage before block {self.block} needs the previous block's attention")
         local = OverflowCounter()
-        s = head_weighted_scores(frame.cls_rows, self.weights(frame), attn_frac=ctx.prob_frac,
-                                 importance_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT, counter=local)
+        s = self.combiner_input(frame, ctx.prob_frac).scores(local)
         ctx.counter.add(f"blocks.{self.block}.asvit.scores", local.total)
         return s
 
-    def hardware_step(self, frame: TokenFrame, ctx: StageContext) -> SelectionStep:
-        quiet = StageContext(counter=OverflowCounter(), res=ctx.res, prob_frac=ctx.prob_frac)
-        comb = CombinerInput(values=frame.cls_rows, weights=self.weights(frame), value_frac=ctx.prob_frac,
+    def combiner_input(self, frame: TokenFrame, prob_frac: int) -> CombinerInput:
+        """The score combiner's input: the class rows with the head weights (per token or per head)."""
+        return CombinerInput(values=frame.cls_rows, weights=self.weights(frame), value_frac=prob_frac,
                              weight_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT)
-        return SelectionStep(features=frame.x, scores=self.scores(frame, quiet), score_bits=SCORE_FORMAT.bits,
+
+    def hardware_step(self, frame: TokenFrame, ctx: StageContext) -> SelectionStep:
+        comb = self.combiner_input(frame, ctx.prob_frac)
+        return SelectionStep(features=frame.x, scores=comb.keys(), score_bits=SCORE_FORMAT.bits,
                              mode="threshold", threshold=self.threshold, combiner=comb)
 
     def __call__(self, frame: TokenFrame, ctx: StageContext) -> tuple[TokenFrame, StageRecord]:

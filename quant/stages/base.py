@@ -114,6 +114,20 @@ class CombinerInput:
     def per_token(self) -> bool:
         return self.weights.ndim == 2
 
+    def scores(self, counter: OverflowCounter | None = None) -> np.ndarray:
+        """The combiner's scores: :func:`tokensift.quant.select.head_weighted_scores` of these inputs."""
+        from tokensift.quant.select import head_weighted_scores
+
+        return head_weighted_scores(self.values, self.weights, attn_frac=self.value_frac,
+                                    importance_frac=self.weight_frac, score=self.score, counter=counter)
+
+    def keys(self) -> np.ndarray:
+        """What ``o_score`` carries: the scores, as :func:`~tokensift.quant.select.order_key` when signed."""
+        from tokensift.quant.select import order_key
+
+        s = self.scores()
+        return order_key(s, self.score.bits) if self.score.signed else s
+
 
 @dataclass
 class SelectionStep:

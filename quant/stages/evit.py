@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-from tokensift.quant.fixed import OverflowCounter, round_shift
-from tokensift.quant.select import SCORE_FORMAT, head_weighted_scores, package_token, topk_keep
+from tokensift.quant.fixed import round_shift
+from tokensift.quant.select import SCORE_FORMAT, package_token, topk_keep
 from tokensift.quant.stages.base import (
     BuildContext,
     CombinerInput,
@@ -28,7 +28,8 @@ from tokensift.quant.stages.base import (
     keep_tokens,
 )
 
-__all__ = ["EViTStage", "HEAD_WEIGHT_FRAC", "equal_head_weights", "calibration_sites", "from_float"]
+__all__ = ["EViTStage", "HEAD_WEIGHT_FRAC", "equal_head_weights", "mean_attention", "calibration_sites",
+           "from_float"]
 
 #: fractional bits of the equal head weights ``round(2**15 / H)`` of a mean over heads
 HEAD_WEIGHT_FRAC = 15
@@ -37,6 +38,13 @@ HEAD_WEIGHT_FRAC = 15
 def equal_head_weights(heads: int) -> np.ndarray:
     """``1/H`` rounded half up to :data:`HEAD_WEIGHT_FRAC` bits, one per head (exact for a power of two)."""
     return np.full(heads, int(round_shift((1 << (HEAD_WEIGHT_FRAC + 1)) // heads, 1)), dtype=np.int64)
+
+
+def mean_attention(cls_rows: np.ndarray, prob_frac: int) -> CombinerInput:
+    """The score combiner's input for the heads' mean class attention (EViT, SaiT): the class rows (H, N)
+    with :func:`equal_head_weights`, into :data:`~tokensift.quant.select.SCORE_FORMAT`."""
+    return CombinerInput(values=cls_rows, weights=equal_head_weights(cls_rows.shape[0]), value_frac=prob_frac,
+                         weight_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT)
 
 
 class EViTStage(IntegerStage):
@@ -54,18 +62,13 @@ class EViTStage(IntegerStage):
         return int(math.ceil(float(n_candidates) * self.keep_ratio - 1e-9))
 
     def scores(self, frame: TokenFrame, ctx: StageContext) -> np.ndarray:
-        H = frame.cls_rows.shape[0]
-        return head_weighted_scores(frame.cls_rows, equal_head_weights(H), attn_frac=ctx.prob_frac,
-                                    importance_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT, counter=ctx.counter)
+        return mean_attention(frame.cls_rows, ctx.prob_frac).scores(ctx.counter)
 
     def hardware_step(self, frame: TokenFrame, ctx: StageContext) -> SelectionStep:
-        H = frame.cls_rows.shape[0]
-        comb = CombinerInput(values=frame.cls_rows, weights=equal_head_weights(H), value_frac=ctx.prob_frac,
-                             weight_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT)
-        return SelectionStep(features=frame.x, scores=self.scores(frame, StageContext(
-            counter=OverflowCounter(), res=ctx.res, prob_frac=ctx.prob_frac)), score_bits=SCORE_FORMAT.bits,
-            mode="topk", k=self.num_keep(frame.n - 1), combiner=comb, package="sum" if self.fuse_token else None,
-            weight_frac=SCORE_FORMAT.frac)
+        comb = mean_attention(frame.cls_rows, ctx.prob_frac)
+        return SelectionStep(features=frame.x, scores=comb.keys(), score_bits=SCORE_FORMAT.bits, mode="topk",
+                             k=self.num_keep(frame.n - 1), combiner=comb,
+                             package="sum" if self.fuse_token else None, weight_frac=SCORE_FORMAT.frac)
 
     def __call__(self, frame: TokenFrame, ctx: StageContext) -> tuple[TokenFrame, StageRecord]:
         scores = self.scores(frame, ctx)

@@ -35,10 +35,9 @@ import numpy as np
 
 from tokensift.checks import check_finite
 from tokensift.quant.fixed import OverflowCounter
-from tokensift.quant.select import SCORE_FORMAT, head_weighted_scores, mass_keep_count, topk_keep
+from tokensift.quant.select import SCORE_FORMAT, mass_keep_count, topk_keep
 from tokensift.quant.stages.base import (
     BuildContext,
-    CombinerInput,
     IntegerStage,
     SelectionStep,
     StageContext,
@@ -46,7 +45,7 @@ from tokensift.quant.stages.base import (
     TokenFrame,
     keep_tokens,
 )
-from tokensift.quant.stages.evit import HEAD_WEIGHT_FRAC, equal_head_weights
+from tokensift.quant.stages.evit import mean_attention
 
 __all__ = ["SaiTStage", "MASS_FRAC", "mass_code", "calibration_sites", "from_float"]
 
@@ -82,9 +81,7 @@ class SaiTStage(IntegerStage):
         if frame.cls_rows is None:
             raise RuntimeError(f"the SaiT stage before block {self.block} needs the previous block's attention")
         local = OverflowCounter()
-        s = head_weighted_scores(frame.cls_rows, equal_head_weights(frame.cls_rows.shape[0]),
-                                 attn_frac=ctx.prob_frac, importance_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT,
-                                 counter=local)
+        s = mean_attention(frame.cls_rows, ctx.prob_frac).scores(local)
         ctx.counter.add(f"blocks.{self.block}.sait.scores", local.total)
         return s
 
@@ -93,11 +90,9 @@ class SaiTStage(IntegerStage):
         return mass_keep_count(scores, n, self.mass, mass_frac=MASS_FRAC)
 
     def hardware_step(self, frame: TokenFrame, ctx: StageContext) -> SelectionStep:
-        quiet = StageContext(counter=OverflowCounter(), res=ctx.res, prob_frac=ctx.prob_frac)
-        comb = CombinerInput(values=frame.cls_rows, weights=equal_head_weights(frame.cls_rows.shape[0]),
-                             value_frac=ctx.prob_frac, weight_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT)
-        return SelectionStep(features=frame.x, scores=self.scores(frame, quiet), score_bits=SCORE_FORMAT.bits,
-                             mode="mass", mass=self.mass, mass_frac=MASS_FRAC, combiner=comb)
+        comb = mean_attention(frame.cls_rows, ctx.prob_frac)
+        return SelectionStep(features=frame.x, scores=comb.keys(), score_bits=SCORE_FORMAT.bits, mode="mass",
+                             mass=self.mass, mass_frac=MASS_FRAC, combiner=comb)
 
     def __call__(self, frame: TokenFrame, ctx: StageContext) -> tuple[TokenFrame, StageRecord | None]:
         if self.keep_ratio >= 1.0:
