@@ -1,16 +1,15 @@
 """Real frames from the integer model, through the cycle-accurate simulation of the generated blocks.
 
-:func:`capture_block` runs :class:`tokensift.quant.integer_model.IntegerViT` up to block ``b`` on a few
-images and keeps what the accelerator's blocks see there: each head's int8 Q, K, V (the attention core's
-input), the integer model's own attention outputs and class rows, and -- for an EViT stage in that block --
-the token scores, the residual tokens and the tokens the integer model keeps. :func:`simulate_block` writes
-them to an ``.npz``, runs the attention core and the token selector in Verilator
-(:mod:`tokensift.sim.tb_real_images`) and checks the chain **hardware == quant reference == integer model**:
+Two captures, one per part of a pruning block, each run through Verilator and checked along the chain
+**hardware == quant reference == integer model**:
 
-* hardware == :func:`tokensift.quant.attention.attention_head` / :func:`tokensift.quant.select.select_frame`
-  (the testbenches, 0 LSB),
-* reference == the integer model's values (here: its attention outputs and class rows per head; its kept
-  tokens and its fused token, the selector's sum package rule ``fit(round_shift(sum a_i x_i, score_frac))``).
+* :func:`capture_attention` / :func:`simulate_attention`: each head's int8 Q, K, V of block ``b`` (what the
+  attention core sees) with the integer model's own attention outputs and class rows; hardware ==
+  :func:`tokensift.quant.attention.attention_head` (0 LSB) == the integer model's values;
+* :func:`capture_stage` / :func:`simulate_stage`: the selection step of the method's stage in block ``b``
+  (every registered method: the score combiner when the method has one, then the token selector); hardware ==
+  ``CombinerInput.keys`` / :func:`tokensift.quant.select.select_frame` == the integer model's keep decision
+  and the tokens (kept ones and the package token) that left the stage.
 """
 
 from __future__ import annotations
@@ -22,28 +21,25 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BlockCapture", "capture_block", "attention_hw_params", "selector_hw_params", "simulate_block"]
+__all__ = ["AttentionCapture", "capture_attention", "attention_hw_params", "simulate_attention",
+           "StageCapture", "capture_stage", "step_selector_params", "step_combiner_params",
+           "check_stage_reference", "simulate_stage"]
 
 
 @dataclass
-class BlockCapture:
+class AttentionCapture:
     block: int
     q: np.ndarray            # (images, heads, N, head_dim)
     k: np.ndarray
     v: np.ndarray
     attn_out: np.ndarray     # (images, N, C) the integer model's attention output (before proj)
     cls_rows: np.ndarray     # (images, heads, N)
-    scores: np.ndarray | None = None     # (images, N) EViT token scores
-    features: np.ndarray | None = None   # (images, N, C) residual tokens entering the selector
-    keep: int | None = None              # patch tokens kept
-    selected: np.ndarray | None = None   # (images, kept + 1 + fused, C) what the integer model keeps
 
 
-def capture_block(iv, images, block: int) -> BlockCapture:
-    """What the attention core and the selector of ``block`` see for ``images`` (see the module docstring):
-    each image runs through :meth:`IntegerViT.block_step`, the integer model's own forward pass."""
-    from tokensift.quant.stages.evit import EViTStage
-
+def capture_attention(iv, images, block: int) -> AttentionCapture:
+    """What the attention core of ``block`` sees for ``images`` (a pruning stage before the block has
+    already selected): each image runs through :meth:`IntegerViT.block_step`, the integer model's own
+    forward pass. All images must reach the block with the same token count (one frame shape)."""
     if not 0 <= block < len(iv.blocks):
         raise ValueError(f"block must be between 0 and {len(iv.blocks) - 1}, not {block}")
     traces = []
@@ -51,18 +47,13 @@ def capture_block(iv, images, block: int) -> BlockCapture:
         for i in range(block):
             frame, _, _ = iv.block_step(frame, i)
         traces.append(iv.block_step(frame, block, trace=True)[2])
+    counts = sorted({t.q.shape[1] for t in traces})
+    if len(counts) > 1:
+        raise ValueError(f"the images reach block {block} with different token counts {counts}; capture them "
+                         "one at a time")
     stack = lambda name: np.stack([getattr(t, name) for t in traces])  # noqa: E731
-    cap = BlockCapture(block=block, q=stack("q"), k=stack("k"), v=stack("v"), attn_out=stack("attn_out"),
-                       cls_rows=stack("cls_rows"))
-    stage = iv.blocks[block].selector
-    if stage is not None:
-        if not isinstance(stage, EViTStage):
-            raise ValueError(f"the real-image capture runs EViT stages, not {type(stage).__name__}")
-        cap.scores = np.stack([t.record.scores for t in traces])
-        cap.features = np.stack([t.before_select.x for t in traces])
-        cap.keep = stage.num_keep(cap.features.shape[1] - 1)
-        cap.selected = np.stack([t.after_select.x for t in traces])
-    return cap
+    return AttentionCapture(block=block, q=stack("q"), k=stack("k"), v=stack("v"), attn_out=stack("attn_out"),
+                            cls_rows=stack("cls_rows"))
 
 
 def attention_hw_params(iv, block: int, *, lanes: int, heads_parallel: int):
@@ -70,16 +61,7 @@ def attention_hw_params(iv, block: int, *, lanes: int, heads_parallel: int):
     return replace(iv.blocks[block].attn, lanes=lanes, heads_parallel=heads_parallel)
 
 
-def selector_hw_params(iv, *, lanes: int):
-    """A selector for the integer model's residual tokens (``res.bits``-wide features) and its scores."""
-    from tokensift.quant.select import SCORE_FORMAT, SelectorParams
-
-    dim = iv.pos.shape[1]
-    return SelectorParams(n_max=iv.pos.shape[0] + 1, dim=dim, score_bits=SCORE_FORMAT.bits,
-                          feature_bits=iv.res.bits, lanes=lanes, package=True, weight_frac=SCORE_FORMAT.frac)
-
-
-def _check_attention_reference(cap: BlockCapture, params) -> int:
+def _check_attention_reference(cap: AttentionCapture, params) -> int:
     """Mismatching values between attention_head (on ``params``) and the integer model's own outputs."""
     from tokensift.quant.attention import attention_head
 
@@ -90,22 +72,6 @@ def _check_attention_reference(cap: BlockCapture, params) -> int:
             out, row = attention_head(cap.q[b, h], cap.k[b, h], cap.v[b, h], params)
             bad += int(np.count_nonzero(out != cap.attn_out[b, :, h * hd:(h + 1) * hd]))
             bad += int(np.count_nonzero(row != cap.cls_rows[b, h]))
-    return bad
-
-
-def _check_selector_reference(cap: BlockCapture, params, iv) -> int:
-    """Mismatches between select_frame and what the integer model kept (tokens and fused token)."""
-    from tokensift.quant.select import Mode, select_frame
-
-    bad = 0
-    for b in range(len(cap.scores)):  # EViT's fused token is the selector's sum package rule
-        ref = select_frame(params, cap.scores[b], cap.features[b], mode=Mode.TOPK, k=cap.keep, package=True,
-                           package_rule="sum")
-        rows = cap.selected[b]
-        kept = rows[:ref.n_kept]
-        bad += int(np.count_nonzero(kept != ref.tokens)) + abs(len(rows) - ref.n_kept - 1) * rows.shape[1]
-        if ref.package is not None:
-            bad += int(np.count_nonzero(ref.package != rows[ref.n_kept]))
     return bad
 
 
@@ -126,9 +92,9 @@ def _quick_compile():
             os.environ["MAKEFLAGS"] = old
 
 
-def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, selector_lanes: int,
-                   work_dir: Path, build_root: Path | None = None) -> dict:
-    """Run the captured frames through Verilator; return bit-exactness and cycles of both blocks."""
+def simulate_attention(iv, cap: AttentionCapture, *, lanes: int, heads_parallel: int, work_dir: Path,
+                       build_root: Path | None = None) -> dict:
+    """Run the captured frames through the attention core in Verilator; return bit-exactness and cycles."""
     from tokensift.sim.attention_harness import TOPLEVEL, harness_for, verilator_options
     from tokensift.sim.runner import run_cocotb
 
@@ -156,28 +122,6 @@ def simulate_block(iv, cap: BlockCapture, *, lanes: int, heads_parallel: int, se
     }
     out["attention"]["bit_exact"] = bool(runs) and out["attention"]["mismatches"] == 0 \
         and out["attention_reference_mismatches"] == 0
-    if cap.scores is not None:
-        from dataclasses import asdict
-
-        from tokensift.hw.selector.core import Selector
-
-        sp = selector_hw_params(iv, lanes=selector_lanes)
-        out["selector_reference_mismatches"] = _check_selector_reference(cap, sp, iv)
-        frames = work_dir / f"selector_block{cap.block}.npz"
-        images = len(cap.scores)
-        np.savez(frames, **{f"{name}_{i}": arr[i] for i in range(images)
-                            for name, arr in (("scores", cap.scores), ("features", cap.features))})
-        step = {"mode": "topk", "k": [cap.keep] * images, "threshold": 0, "mass": 0, "package": "sum"}
-        with _quick_compile():
-            res = run_cocotb(Selector(**asdict(sp)), toplevel="tokensift_selector",
-                             test_module="tokensift.sim.tb_real_images", testcase="selector_steps",
-                             params={"params": asdict(sp), "frames_file": str(frames), "images": images,
-                                     "step": step})
-        r = res.report
-        out["selector"] = {"params": asdict(sp), "frames": len(cap.scores), "kept": r.get("kept"),
-                           "cycles": r.get("cycles"), "expected_cycles": r.get("expected_cycles"),
-                           "build_dir": str(res.build_dir), "wall_s": res.wall_s,
-                           "bit_exact": r.get("error") is None and out["selector_reference_mismatches"] == 0}
     return out
 
 
@@ -281,13 +225,15 @@ def check_stage_reference(cap: StageCapture, sp) -> int:
 
 
 def step_combiner_params(iv, cap: StageCapture, *, lanes: int) -> dict:
-    """The score combiner that serves ``cap``'s steps, as the ``simulate score_combiner`` parameter dict."""
+    """The score combiner that serves ``cap``'s steps, as the ``simulate score_combiner`` parameter dict
+    (``lanes`` capped at a frame's tokens: the combiner takes at most one frame row per beat)."""
     c = cap.steps[0].combiner
+    n_max = iv.blocks[0].attn.n_max
     signed = c.score.signed
     top = max(int(np.abs(s.combiner.values).max(initial=0)) for s in cap.steps)
     attn_bits = max(c.value_frac + 1, top.bit_length()) + int(signed)
     wtop = max(int(s.combiner.weights.max(initial=0)) for s in cap.steps)
-    return {"n_max": iv.blocks[0].attn.n_max, "heads": c.values.shape[0], "lanes": lanes,
+    return {"n_max": n_max, "heads": c.values.shape[0], "lanes": min(lanes, n_max),
             "attn_bits": attn_bits, "attn_frac": c.value_frac, "importance_bits": max(1, wtop.bit_length()),
             "importance_frac": c.weight_frac, "score_bits": c.score.bits, "score_frac": c.score.frac,
             "rounding": c.score.rounding.value, "signed": signed,

@@ -20,40 +20,77 @@ def _threads():
     torch.set_num_threads(old)
 
 
-def test_integer_forward_used_for_capture_matches_the_integer_model():
-    """The block-by-block forward that captures frames is the integer model's own forward."""
+def test_captures_are_the_integer_models_own_forward():
+    """The block-by-block forward that captures frames is the integer model's own forward: the stage's
+    record is the one the full forward pass made, the attention capture holds that block's frames."""
     from tokensift.quant.integer_model import IntegerViT
-    from tokensift.sim.real_images import capture_block
+    from tokensift.sim.real_images import capture_attention, capture_stage
     from tokensift.sw import create_model
     from tokensift.sw.data import load_mnist
 
     train, test = load_mnist()
-    model = create_model("vit_mnist_patch4_28", method="evit", keep_ratio=0.6).eval()
+    model = create_model("vit_mnist_patch4_28", method="dynamicvit", keep_ratio=0.6).eval()
     iv = IntegerViT.from_float(model, torch.utils.data.DataLoader(train, batch_size=32), num_batches=2)
     images = torch.stack([test[i][0] for i in (0, 500)])
     iv.forward_features(images)
-    cap = capture_block(iv, images, 1)
-    for b in range(2):  # the capture's selection is the one the full forward pass recorded
+    stage = capture_stage(iv, images, 1)
+    for b in range(2):
         record = next(r for r in iv.decisions[b] if r.block == 1)
-        assert np.array_equal(cap.selected[b][:record.keep.sum()], cap.features[b][record.keep])
-        assert np.array_equal(record.scores, cap.scores[b])
-    assert cap.q.shape == (2, 4, 50, 16) and cap.keep == 30 and cap.selected.shape == (2, 32, 64)
-    assert cap.q.min() >= -128 and cap.q.max() <= 127 and cap.scores.max() < 1 << 16
+        assert np.array_equal(stage.records[b].keep, record.keep)
+        kept = stage.left[b].x[stage.left[b].num_protected:]
+        assert np.array_equal(kept, stage.entered[b].x[record.keep][stage.entered[b].num_protected:])
+    att = capture_attention(iv, images, 1)  # DynamicViT prunes before block 1: its attention sees the kept tokens
+    assert att.q.shape[2] == len(stage.left[0].x) < 50
+    assert att.q.min() >= -128 and att.q.max() <= 127
+    with pytest.raises(ValueError, match=r"^block must be between 0 and 5, not 6$"):
+        capture_attention(iv, images, 6)
 
 
-@pytest.mark.sim
-def test_quick_demo_end_to_end(tmp_path, capsys):
+def _quick_demo(tmp_path, capsys, *extra):
     rc = main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--cache-dir", str(tmp_path / "cache"),
-               "--no-progress", "--json"])
+               "--no-progress", "--json", *extra])
     s = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert s["bit_exact"] and s["meets_target"] and s["latency_ms"] <= s["target_latency_ms"]
     sim = s["simulation"]
+    assert sim["images"] == 2
     assert sim["attention"]["mismatches"] == 0 and sim["attention_reference_mismatches"] == 0
     assert sim["attention"]["cycles"] == sim["attention"]["expected_cycles"]
     assert sim["attention"]["cycles"][0] == sim["model_attention_cycles"]
-    assert sim["selector"]["cycles"] == sim["selector"]["expected_cycles"] == [sim["selector_formula_cycles"]]
-    assert sim["selector_reference_mismatches"] == 0
+    stage = sim["stage"]
+    assert stage["method"] == s["method"] and stage["block"] == sim["stage_block"] and stage["images"] == 2
+    assert stage["reference_mismatches"] == 0 and stage["selector"]["bit_exact"]
+    assert len(stage["selector"]["cycles"]) == 2 and stage["selector"]["cycles"] == stage["selector"]["expected_cycles"]
+    if "combiner" in stage:
+        assert stage["combiner"]["mismatches"] == 0
+        assert len(stage["combiner"]["cycles"]) == 1 and stage["combiner"]["cycles"] == stage["combiner"]["expected_cycles"]
+    return s
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("method", ["spvit", "sait", "evit"])
+@pytest.mark.slow
+def test_quick_demo_every_method(tmp_path, capsys, method):
+    s = _quick_demo(tmp_path, capsys, "--method", method)
+    assert "combiner" in s["simulation"]["stage"]  # every method but DynamicViT weighs attention heads
+
+
+@pytest.mark.sim
+def test_quick_demo_adaptive_method_with_a_score_combiner(tmp_path, capsys):
+    """AS-ViT: per-token head weights through the score combiner, a learned threshold in the selector, and a
+    latency measured image by image (each image keeps its own count)."""
+    s = _quick_demo(tmp_path, capsys, "--method", "asvit")
+    assert s["keep"]["kind"] == "adaptive" and "mean over" in s["cycles_note"]
+    stage = s["simulation"]["stage"]
+    assert "combiner" in stage and stage["combiner"]["params"]["per_token_weights"]
+    assert (tmp_path / "demo" / "verilog" / "score_combiner" / "tokensift_score_combiner.v").stat().st_size > 100
+
+
+@pytest.mark.sim
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    s = _quick_demo(tmp_path, capsys)
+    assert s["method"] == "dynamicvit" and s["keep"]["kind"] == "geometric"
+    assert "combiner" not in s["simulation"]["stage"]  # DynamicViT ranks its predictor's logit differences
     assert s["latency_report"]["meets_target"]
     assert s["coopt"]["search"]["points"] >= 10_000
     assert all(0 <= v <= 1 for v in s["accuracy"].values() if isinstance(v, float))
@@ -62,8 +99,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
                 "verilog/attention/tokensift_attention.v", "verilog/selector/tokensift_selector.v"):
         assert (out / rel).stat().st_size > 100, rel
     table = (out / "table.txt").read_text()
-    for row in ("accuracy int8, pruned", "keep ratios per stage", "cycles per image", "bit-exact vs integer model",
-                "DSP"):
+    for row in ("accuracy int8, pruned", "method", "keep ratio (rho)", "cycles per image", "bit-exact vs integer model",
+                "DSP", "block 1 selector, simulated"):
         assert row in table
     # PYNQ-Z2 is a Zynq-7000: no open place and route, so the table says its clock is assumed
     assert s["clock"]["source"] == "assumed" and s["clock"]["mhz"] == s["hw"]["clock_mhz"]
@@ -74,6 +111,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
 def test_demo_argument_errors(capsys):
     assert main(["demo", "--quick", "--speedup", "0"]) == 2
     assert re.match(r"^tokensift demo: error: --speedup must be positive, not 0$", capsys.readouterr().err.strip())
+    assert main(["demo", "--method", "tome"]) == 2
+    assert "invalid choice: 'tome'" in capsys.readouterr().err
     assert main(["demo", "--sim-images", "0"]) == 2
     assert re.match(r"^tokensift demo: error: --sim-images must be at least 1, not 0$",
                     capsys.readouterr().err.strip())

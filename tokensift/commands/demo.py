@@ -2,7 +2,8 @@
 
     tokensift demo                       # out/demo: summary.json, table.txt, coopt/report.md, verilog/, sim/
     tokensift demo --device ecp5-85f --out out/ecp5 --json
-    tokensift demo --quick               # a couple of training steps, one simulated image (a smoke test)
+    tokensift demo --method sait         # any of dynamicvit (default), spvit, asvit, sait, evit
+    tokensift demo --quick               # a couple of training steps, two simulated images (a smoke test)
 
 Progress goes to stderr; the table (or with ``--json`` the summary object) goes to stdout.
 """
@@ -18,9 +19,11 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tokensift.coopt.demo import DemoConfig
+    from tokensift.coopt.demo import DEMO_METHODS, DemoConfig
 
     d = DemoConfig()
+    parser.add_argument("--method", default=d.method, choices=DEMO_METHODS,
+                        help="the token-pruning method trained, quantized and simulated (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=d.out, help="output folder (default: %(default)s)")
     parser.add_argument("--device", default=d.device, help="small device: pynq-z2 or ecp5-85f (default: %(default)s)")
     target = parser.add_mutually_exclusive_group()
@@ -39,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test images for the accuracies (default: %(default)s)")
     parser.add_argument("--synth", action="store_true", help="also synthesize the generated blocks with Yosys")
     parser.add_argument("--quick", action="store_true",
-                        help="a couple of training steps, a coarse keep grid, one simulated image")
+                        help="a couple of training steps, a coarse keep grid, two simulated images")
     parser.add_argument("--cache-dir", type=Path, default=None, help="dense-model cache (default: ~/.cache/tokensift)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     get_device(args.device)
     check_output_dir("--out", args.out)
     check_output_dir("--cache-dir", args.cache_dir if args.cache_dir is not None else default_cache_dir())
-    kwargs = dict(out=args.out, device=args.device, target_latency_ms=target, speedup=args.speedup,
+    kwargs = dict(out=args.out, method=args.method, device=args.device, target_latency_ms=target, speedup=args.speedup,
                   synth=args.synth, progress=not args.no_progress, cache_dir=args.cache_dir)
     if args.quick:
         cfg = DemoConfig.quick(**kwargs)

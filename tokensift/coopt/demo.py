@@ -2,20 +2,23 @@
 
 1. **dense model**: train the small ViT (``vit_mnist_patch4_28``) or reuse the cached one
    (:func:`tokensift.sw.pipeline.run_pipeline`);
-2. **co-optimize** for the device: the grid over the hardware axes x EViT's per-stage keep ratios
+2. **co-optimize** for the device: the grid over the hardware axes x the method's keep ratios
    (:func:`tokensift.coopt.search.co_optimize`); the default target asks for ``speedup`` x the fastest dense
    design that fits the device, so pruning is needed whatever the resource model says;
-3. **fine-tune with the latency budget** (:class:`tokensift.coopt.latency_train.LatencyPlan`) at the chosen
-   hardware and keep ratios;
+3. **fine-tune with the latency budget** (:class:`tokensift.coopt.latency_train.LatencyPlan`) on the chosen
+   hardware: EViT at the chosen per-stage ratios; DynamicViT and SPViT (top-k) at the largest schedule that
+   meets the target; AS-ViT (learned thresholds) and SaiT (run-time density) at a budget whose per-image
+   latency, measured image by image, meets it on average;
 4. **quantize**: the integer-only model (:class:`tokensift.quant.integer_model.IntegerViT`), int8 accuracy;
-5. **generate** the Verilog of the chosen attention core (with the integer model's scales) and selector;
-6. **simulate** real test images: the integer model's Q/K/V of the first pruning block and its token
-   scores through Verilator, bit-exact against the integer reference (:mod:`tokensift.sim.real_images`);
+5. **generate** the Verilog of the chosen attention core (with the integer model's scales), the selector and,
+   for the methods that weigh heads (AS-ViT, SPViT), the score combiner, each for the model's first stage;
+6. **simulate** real test images through Verilator (:mod:`tokensift.sim.real_images`): the attention core
+   whose outputs the first stage reads, and that stage's selection step (score combiner, selector), each
+   bit-exact against the integer reference, which is checked against the integer model's own decisions;
 7. print **one table** and write ``summary.json`` and the co-optimization report.
 
-EViT is the method because the integer model runs EViT's selection (class-attention scores, a fused
-token) in integer arithmetic; its keep ratios fix the token counts, so the latency budget is met by
-construction and fine-tuning recovers accuracy at those ratios.
+The default method is DynamicViT: its keep ratio fixes the token counts, so the latency target is met by
+construction. ``--method`` runs any of the five.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DemoConfig", "run_demo", "render_table", "RES_BITS"]
+__all__ = ["DemoConfig", "run_demo", "render_table", "RES_BITS", "DEMO_METHODS"]
 
 #: width of the integer model's residual stream (and so of the tokens its selector moves)
 RES_BITS = 16
+#: the methods the demo runs end to end (the integer model, the selection step in RTL)
+DEMO_METHODS = ("dynamicvit", "spvit", "asvit", "sait", "evit")
 
 
 @dataclass
@@ -39,7 +44,7 @@ class DemoConfig:
     out: Path = Path("out/demo")
     device: str = "pynq-z2"
     model: str = "vit_mnist_patch4_28"
-    method: str = "evit"
+    method: str = "dynamicvit"
     target_latency_ms: float | None = None
     speedup: float = 1.5            # default target: fastest dense design that fits / speedup
     dense_epochs: int = 12
@@ -57,8 +62,8 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **kw) -> DemoConfig:
-        """A couple of training steps, one simulated image, a coarse keep grid (for tests)."""
-        base = {"dense_epochs": 1, "finetune_epochs": 1, "max_steps": 2, "keep_step": 0.1, "sim_images": 1,
+        """A couple of training steps, two simulated images, a coarse keep grid (for tests)."""
+        base = {"dense_epochs": 1, "finetune_epochs": 1, "max_steps": 2, "keep_step": 0.1, "sim_images": 2,
                 "eval_images": 100}
         return cls(**{**base, **kw})
 
@@ -89,7 +94,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from tokensift.coopt.latency_train import LatencyPlan
     from tokensift.coopt.report import write_report
     from tokensift.coopt.search import co_optimize
-    from tokensift.coopt.space import HwChoice, default_keep_space
+    from tokensift.coopt.space import HwChoice, default_keep_space, keep_kind
     from tokensift.devices import get_device
     from tokensift.hw.cost.layer import HwConfig, ModelCost
     from tokensift.sw.checkpoint import load_checkpoint
@@ -97,8 +102,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     from tokensift.sw.pipeline import PipelineConfig, run_pipeline
     from tokensift.sw.registry import create_model
 
-    if cfg.method != "evit":
-        raise ValueError(f"the demo runs EViT (the method the integer model executes), not {cfg.method!r}")
+    if cfg.method not in DEMO_METHODS:
+        raise ValueError(f"the demo runs one of {', '.join(DEMO_METHODS)}, not {cfg.method!r}")
     if not cfg.speedup > 0:
         raise ValueError(f"speedup must be positive, not {cfg.speedup}")
     t_start = time.perf_counter()
@@ -127,8 +132,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     step(f"co-optimize hardware x keep ratios for {device.name}")
     t = time.perf_counter()
     # the integer model's residual stream is int16, so its selector moves int16 tokens: cost that selector
+    n_stages = len(create_model(cfg.model, method=cfg.method).stage_selectors())
     ev = CostEvaluator(cfg.model, method=cfg.method, device=device, selector_feature_bits=RES_BITS,
-                       keep_space=default_keep_space(cfg.method, 3, low=0.3, step=cfg.keep_step))
+                       keep_space=default_keep_space(cfg.method, n_stages, low=0.3, step=cfg.keep_step))
     if cfg.target_latency_ms is None:
         ones = tuple(1.0 for _ in ev.sels)
         g = ev.grid(points=[ones])
@@ -147,9 +153,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     hw = chosen["hw"]
     keep = tuple(chosen["keep"]["point"])
     # measured accuracy (dense weights, before fine-tuning) at the latency-accuracy frontier, for the plot
-    dense_evit = create_model(cfg.model, method=cfg.method)
-    load_checkpoint(dense_evit, dense_ckpt, strict=False)
-    oracle = MeasuredAccuracy(dense_evit, eval_set, images=len(eval_set))
+    dense_pruned = create_model(cfg.model, method=cfg.method)
+    load_checkpoint(dense_pruned, dense_ckpt, strict=False)
+    try:
+        oracle = MeasuredAccuracy(dense_pruned, eval_set, images=len(eval_set))
+    except ValueError:  # AS-ViT: its learned thresholds, not a keep point, decide what it keeps
+        oracle = None
     # ... at 10 points spread along the latency-vs-retained-FLOPs frontier of the designs that fit
     from tokensift.coopt.pareto import front_2d
 
@@ -158,32 +167,46 @@ def run_demo(cfg: DemoConfig) -> dict:
     frontier = frontier[np.argsort(result.latency_ms[frontier], kind="stable")]
     pick = frontier[np.unique(np.linspace(0, len(frontier) - 1, min(10, len(frontier))).round().astype(int))]
     points = ev.keep_space.points
-    measured = [(float(result.latency_ms[i]), oracle.at(points[i % len(points)])) for i in pick]
+    measured = [] if oracle is None else [(float(result.latency_ms[i]), oracle.at(points[i % len(points)]))
+                                          for i in pick]
     report_dir = out / "coopt"
     write_report(result, report_dir, measured=measured, extra_sections=[
         "Red points: top-1 accuracy measured on MNIST test images at designs of the latency-FLOPs frontier, "
-        "with the dense weights (before fine-tuning)."])
+        "with the dense weights (before fine-tuning)." if oracle is not None else
+        f"No measured points: {cfg.method}'s learned thresholds, not a keep point, decide what it keeps, so "
+        "the frontier's accuracy is the retained-FLOPs proxy only."])
     (report_dir / "coopt.json").write_text(json.dumps(result.summary, indent=1, default=_json))
     timings["coopt_s"] = time.perf_counter() - t
 
     # 3. fine-tuning with the latency budget ---------------------------------------------------------------
-    step(f"fine-tune {cfg.method} at keep {list(keep)} with the latency budget ({target:.4g} ms)")
+    kind = keep_kind(cfg.method)
+    step(f"fine-tune {cfg.method} with the latency budget ({target:.4g} ms)"
+         + (f" at keep {list(keep)}" if kind == "per-stage" else ""))
     t = time.perf_counter()
     hw_cfg = HwConfig(lanes=hw["lanes"], heads_parallel=hw["heads_parallel"], linear_lanes=hw["linear_lanes"],
                       selector_lanes=hw["selector_lanes"], softmax=hw["softmax"])
-    plan = LatencyPlan(device=device.name, hw=hw_cfg, target_ms=target, clock_mhz=hw["clock_mhz"], stage_keep=keep)
+    # EViT trains at the chosen per-stage ratios; the other methods' plans find their own knob on this hardware
+    # (the largest static schedule within the target, or a budget met on average by per-image counts)
+    plan = LatencyPlan(device=device.name, hw=hw_cfg, target_ms=target, clock_mhz=hw["clock_mhz"],
+                       stage_keep=keep if kind == "per-stage" else None)
     ft_cfg = PipelineConfig(model=cfg.model, method=cfg.method, keep_ratio=max(keep), epochs=cfg.finetune_epochs,
                             seed=cfg.seed, max_steps=cfg.max_steps, progress=cfg.progress, cache_dir=cfg.cache_dir,
                             dense_checkpoint=Path(dense_ckpt), out=out / "finetune", budget_plan=plan)
     ft = run_pipeline(ft_cfg)
+    planned = ft["latency"]["keep"]
+    keep = tuple(float(r) for r in (planned if kind == "per-stage" else [planned]))
     model = create_model(cfg.model, method=cfg.method, keep_ratio=max(keep))
     load_checkpoint(model, ft["checkpoint"], strict=True)
     set_keep_point(model, cfg.method, keep)
     model.eval()
     timings["finetune_s"] = time.perf_counter() - t
     cost = ModelCost(model, hw_cfg)
-    # the whole image on the generated hardware (int16-token selector), the number the search optimised
-    model_cycles = ev.point(ev.hw_space.index_of(HwChoice(**hw)), keep)["cycles"]
+    # the whole image on the generated hardware (int16-token selector), at the schedule the model runs
+    point = ev.point(ev.hw_space.index_of(HwChoice(**hw)), keep)
+    model_cycles = point["cycles"]
+    adaptive = kind == "adaptive"
+    if adaptive:  # per-image token counts: the latency is the cost model's, image by image, on the test split
+        model_cycles = round(ft["latency"]["latency_ms"] * hw["clock_mhz"] * 1e3)
 
     # 4. quantization ---------------------------------------------------------------------------------------
     step("quantize to the integer-only model (int8 weights and activations, int16 residual)")
@@ -201,55 +224,63 @@ def run_demo(cfg: DemoConfig) -> dict:
     timings["quantize_s"] = time.perf_counter() - t
 
     # 5. Verilog -----------------------------------------------------------------------------------------------
-    step("generate the Verilog of the chosen attention core and token selector")
+    step("generate the Verilog of the chosen attention core and the first stage's selection blocks")
     from dataclasses import asdict as _asdict
 
+    from tokensift.commands.block_score_combiner import _component as combiner_component
     from tokensift.hw.attention.core import Attention
     from tokensift.hw.common.manifest import write_outputs
     from tokensift.hw.selector.core import Selector
     from tokensift.sim.real_images import (
         attention_hw_params,
-        capture_block,
-        selector_hw_params,
-        simulate_block,
+        capture_attention,
+        capture_stage,
+        simulate_attention,
+        simulate_stage,
+        step_combiner_params,
+        step_selector_params,
     )
 
-    stages = [i for i, blk in enumerate(iv.blocks) if blk.selector is not None]
-    block = stages[0] if stages else 0
+    n_sim = min(cfg.sim_images, len(test))
+    images = torch.stack([test[i][0] for i in _spread(len(test), n_sim)])
+    stage_block = next(i for i, blk in enumerate(iv.blocks) if blk.selector is not None)
+    # the attention whose outputs the stage reads: its own block's (a stage between attention and MLP) or the
+    # previous block's (a stage before its block, on the tokens and class rows the previous block left)
+    block = stage_block if iv.blocks[stage_block].selector.site == "mid" else max(stage_block - 1, 0)
+    stage_cap = capture_stage(iv, images, stage_block)
     ap = attention_hw_params(iv, block, lanes=hw["lanes"], heads_parallel=hw["heads_parallel"])
-    sp = selector_hw_params(iv, lanes=hw["selector_lanes"])
+    sp = step_selector_params(iv, stage_cap, lanes=hw["selector_lanes"])
+    vdir = out / "verilog"
     verilog = {
         "attention": write_outputs(Attention(params=ap), toplevel="tokensift_attention", block="attention",
-                                   parameters=ap.to_dict(), out_dir=out / "verilog" / "attention")["files"],
+                                   parameters=ap.to_dict(), out_dir=vdir / "attention")["files"],
         "selector": write_outputs(Selector(**_asdict(sp)), toplevel="tokensift_selector", block="selector",
-                                  parameters=_asdict(sp), out_dir=out / "verilog" / "selector")["files"],
+                                  parameters=_asdict(sp), out_dir=vdir / "selector")["files"],
     }
+    cp = None
+    if stage_cap.steps[0].combiner is not None:
+        cp = step_combiner_params(iv, stage_cap, lanes=hw["selector_lanes"])
+        verilog["score_combiner"] = write_outputs(combiner_component(cp), toplevel="tokensift_score_combiner",
+                                                  block="score_combiner", parameters=cp,
+                                                  out_dir=vdir / "score_combiner")["files"]
     synth = None
     if cfg.synth:
-        synth = _synthesize(ap, sp, device.family)
+        synth = _synthesize(ap, sp, cp, device.family)
 
     # 6. cycle-accurate simulation of real images ---------------------------------------------------------
-    n_sim = min(cfg.sim_images, len(test))
-    step(f"simulate block {block} (attention + selector) on {n_sim} real MNIST test images in Verilator")
+    step(f"simulate block {block}'s attention and block {stage_block}'s {cfg.method} selection step on {n_sim} "
+         f"real MNIST test images in Verilator")
     t = time.perf_counter()
-    images = torch.stack([test[i][0] for i in _spread(len(test), n_sim)])
-    cap = capture_block(iv, images, block)
-    sim = simulate_block(iv, cap, lanes=hw["lanes"], heads_parallel=hw["heads_parallel"],
-                         selector_lanes=hw["selector_lanes"], work_dir=out / "sim")
+    att_cap = capture_attention(iv, images, block)
+    sim = simulate_attention(iv, att_cap, lanes=hw["lanes"], heads_parallel=hw["heads_parallel"],
+                             work_dir=out / "sim")
+    sim["stage"] = simulate_stage(iv, stage_cap, lanes=hw["selector_lanes"], work_dir=out / "sim")
     timings["simulate_s"] = time.perf_counter() - t
 
     # 7. the table ----------------------------------------------------------------------------------------
     step("summary")
-    n_block = int(cap.q.shape[2])
+    n_block = int(att_cap.q.shape[2])
     model_attn = cost.attention_cycles(n_block)
-    selector_formula = None
-    if "selector" in sim:
-        from tokensift.hw.selector.core import cycles as selector_cycles
-        from tokensift.quant.select import Mode
-
-        kept = 1 + cap.keep
-        selector_formula = selector_cycles(sp, n_tokens=n_block, kept=kept, mode=Mode.TOPK, package=True,
-                                           package_rule="sum")
     latency_ms = model_cycles / (hw["clock_mhz"] * 1e3)
     summary = {
         "device": device.as_dict(),
@@ -259,10 +290,14 @@ def run_demo(cfg: DemoConfig) -> dict:
         "target": target_note,
         "accuracy": {"float_dense": acc_float_dense, "float_pruned": acc_float, "int8_pruned": acc_int8,
                      "images": len(eval_set)},
-        "keep": {"per_stage": list(keep), "tokens": chosen["keep"]["tokens"]},
+        "keep": {"kind": kind, "point": list(keep), "tokens": point["keep"]["tokens"],
+                 "tokens_note": ("the expected schedule; each image keeps its own count" if adaptive
+                                 else "every image")},
         "hw": hw,
         "clock": chosen["clock"],
         "cycles": model_cycles,
+        "cycles_note": (f"cost model, mean over {ft['latency']['latency_images']} test images' own token counts"
+                        if adaptive else "cost model"),
         "latency_ms": latency_ms,
         "fps": 1e3 / latency_ms,
         "meets_target": latency_ms <= target * (1 + 1e-12),
@@ -274,8 +309,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         "synthesized": synth,
         "coopt": {**{k: result.summary[k] for k in ("search", "pareto_size", "message")},
                   "frontier_accuracy": [{"latency_ms": lat, "accuracy_dense_weights": a} for lat, a in measured]},
-        "simulation": {**sim, "model_attention_cycles": model_attn, "selector_formula_cycles": selector_formula},
-        "bit_exact": bool(sim["attention"]["bit_exact"] and sim.get("selector", {"bit_exact": True})["bit_exact"]),
+        "simulation": {**sim, "stage_block": stage_block, "model_attention_cycles": model_attn},
+        "bit_exact": bool(sim["attention"]["bit_exact"] and sim["stage"]["bit_exact"]),
         "verilog": verilog,
         "dense_checkpoint": dense_ckpt,
         "checkpoint": ft["checkpoint"],
@@ -304,18 +339,32 @@ def _dense(cfg: DemoConfig, ckpt):
     return m.eval()
 
 
-def _synthesize(ap, sp, family: str) -> dict:
+def _synthesize(ap, sp, cp, family: str) -> dict:
     from dataclasses import asdict
 
+    from tokensift.commands.block_score_combiner import _component as combiner_component
     from tokensift.hw.attention.core import Attention
     from tokensift.hw.cost.synth import synthesize
     from tokensift.hw.selector.core import Selector
 
     out = {}
-    for name, comp in (("attention", Attention(params=ap)), ("selector", Selector(**asdict(sp)))):
+    blocks = [("attention", Attention(params=ap)), ("selector", Selector(**asdict(sp)))]
+    if cp is not None:
+        blocks.append(("score_combiner", combiner_component(cp)))
+    for name, comp in blocks:
         r = synthesize(comp, family=family, top=f"tokensift_{name}")
         out[name] = {k: r[k] for k in ("dsp", "bram18", "bram36", "ebr", "lut", "ff") if k in r}
     return out
+
+
+def _cycle_list(cycles) -> str:
+    """Cycles per frame: one number when every frame took the same."""
+    cycles = list(cycles or [])
+    if not cycles:
+        return "not measured (a period needs two frames)"
+    if len(set(cycles)) == 1:
+        return f"{cycles[0]:,}"
+    return ", ".join(f"{c:,}" for c in cycles)
 
 
 def _json(obj):
@@ -338,20 +387,29 @@ def render_table(s: dict) -> str:
         ("accuracy float, dense", f"{100 * acc['float_dense']:.2f}% ({acc['images']} MNIST test images)"),
         ("accuracy float, pruned", f"{100 * acc['float_pruned']:.2f}%"),
         ("accuracy int8, pruned", f"{100 * acc['int8_pruned']:.2f}% (integer-only model)"),
-        ("keep ratios per stage", ", ".join(f"{r:g}" for r in s["keep"]["per_stage"])),
-        ("tokens per layer", ", ".join(str(n) for n in s["keep"]["tokens"])),
+        ("method", s["method"]),
+        ("keep ratios per stage" if s["keep"]["kind"] == "per-stage" else "keep ratio (rho)",
+         ", ".join(f"{r:.4g}" for r in s["keep"]["point"])),
+        ("tokens per layer", ", ".join(str(n) for n in s["keep"]["tokens"])
+         + ("" if s["keep"]["kind"] != "adaptive" else f" ({s['keep']['tokens_note']})")),
         ("hardware", f"attention {hw['lanes']} lanes x {hw['heads_parallel']} cores ({hw['softmax']}), linear "
                      f"{hw['linear_lanes']} lanes, selector {hw['selector_lanes']} lanes"),
-        ("cycles per image (cost model)", f"{s['cycles']:,}"),
+        ("cycles per image", f"{s['cycles']:,} ({s['cycles_note']})"),
         ("latency", f"{s['latency_ms']:.4g} ms ({s['fps']:.4g} fps): "
                     f"{'meets' if s['meets_target'] else 'misses'} the target"),
         (f"block {sim['block']} attention, simulated", f"{sim['attention']['cycles'][0]:,} cycles per image "
                                                          f"(cost model {sim['model_attention_cycles']:,})"),
     ]
-    if "selector" in sim:
-        rows.append((f"block {sim['block']} selector, simulated",
-                     f"{sim['selector']['cycles'][0]:,} cycles per frame (formula {sim['selector_formula_cycles']:,})"))
-    frames = sim["attention"]["frames"] + sim.get("selector", {}).get("frames", 0)
+    stage = sim["stage"]
+    frames = sim["attention"]["frames"] + stage["images"]
+    if "combiner" in stage:
+        c = stage["combiner"]
+        rows.append((f"block {sim['stage_block']} score combiner, simulated",
+                     f"{_cycle_list(c['cycles'])} cycles per frame (formula {_cycle_list(c['expected_cycles'])})"))
+        frames += stage["images"]
+    sel = stage["selector"]
+    rows.append((f"block {sim['stage_block']} selector, simulated",
+                 f"{_cycle_list(sel['cycles'])} cycles per frame (formula {_cycle_list(sel['expected_cycles'])})"))
     rows.append(("bit-exact vs integer model", f"{'yes' if s['bit_exact'] else 'NO'} ({frames} frames of "
                                                 f"{sim['images']} real images)"))
     for k, u in s["utilization"].items():
