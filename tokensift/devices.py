@@ -41,6 +41,25 @@ class Device:
     bram36: int = 0
     uram: int = 0
     ebr: int = 0
+    dram_peak_gbps: float = 0.0
+    dram_efficiency: float = 0.75
+    dram_source: str = ""
+
+    @property
+    def dram_gbps(self) -> float:
+        """The realistic DRAM bandwidth in GB/s: the board's peak x the sustained fraction assumed for long
+        sequential bursts (see ``_about_dram`` in the data file)."""
+        return self.dram_peak_gbps * self.dram_efficiency
+
+    def dram_bytes_per_cycle(self, clock_mhz: float) -> float:
+        """The realistic DRAM bandwidth in bytes per cycle of a ``clock_mhz`` fabric clock.
+
+        >>> round(get_device("zcu102").dram_bytes_per_cycle(300), 1)
+        48.0
+        """
+        if not clock_mhz > 0:
+            raise ValueError(f"clock_mhz must be positive, not {clock_mhz}")
+        return self.dram_gbps * 1e3 / clock_mhz
 
     def capacity(self) -> dict[str, int]:
         """Capacities keyed like :meth:`tokensift.hw.common.resources.Resources.as_dict` for this family."""
@@ -50,7 +69,7 @@ class Device:
 
     def as_dict(self) -> dict:
         return {"name": self.name, "part": self.part, "family": self.family, "clock_mhz": self.clock_mhz,
-                **self.capacity()}
+                **self.capacity(), "dram_gbps": self.dram_gbps, "dram_source": self.dram_source}
 
 
 def _key(name: str) -> str:
@@ -67,7 +86,8 @@ def load_devices() -> dict[str, Device]:
         devices[name] = Device(name=name, part=entry["part"], family=entry["family"], dsp=int(entry["dsp"]),
                                lut=int(entry["lut"]), ff=int(entry["ff"]), clock_mhz=float(entry["clock_mhz"]),
                                bram36=int(entry.get("bram36", 0)), uram=int(entry.get("uram", 0)),
-                               ebr=int(entry.get("ebr", 0)))
+                               ebr=int(entry.get("ebr", 0)), dram_peak_gbps=float(entry["dram_peak_gbps"]),
+                               dram_efficiency=float(entry["dram_efficiency"]), dram_source=entry["dram_source"])
     return devices
 
 

@@ -207,6 +207,19 @@ def test_device_table():
     assert get_device("pynq-z2").family == "xc7"
 
 
+def test_device_dram_bandwidth_has_a_source():
+    for name in list_devices():
+        d = get_device(name)
+        assert 0 < d.dram_efficiency <= 1 and d.dram_peak_gbps > 0 and len(d.dram_source) > 20
+        assert d.dram_gbps == pytest.approx(d.dram_peak_gbps * d.dram_efficiency)
+        assert d.as_dict()["dram_gbps"] == d.dram_gbps
+    # 64-bit DDR4 at 2400 MT/s = 19.2 GB/s peak; PYNQ-Z2's 16-bit DDR3 at 1050 Mb/s = 2.1 GB/s
+    assert get_device("zcu102").dram_peak_gbps == 19.2 and get_device("pynq-z2").dram_peak_gbps == 2.1
+    assert get_device("pynq-z2").dram_bytes_per_cycle(100) == pytest.approx(2.1 * 0.75 * 10)
+    with pytest.raises(ValueError, match=r"^clock_mhz must be positive, not 0$"):
+        get_device("zcu102").dram_bytes_per_cycle(0)
+
+
 def test_unknown_device_lists_the_known_ones():
     with pytest.raises(UnknownDeviceError, match=r"^unknown device 'zcu111'; choose one of ZCU102, ZCU104, KV260, "
                                                  r"PYNQ-Z2, Alveo-U250, ECP5-85F$"):
