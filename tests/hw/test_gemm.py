@@ -11,6 +11,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from tokensift.hw.gemm import GemmConfig, GemmEngine
+from tokensift.hw.gemm.cycles import WeightMemory, cycles, schedule
 from tokensift.hw.gemm.layout import decode_outputs, encode_job
 from tokensift.quant.fixed import FixedFormat, Rounding
 from tokensift.sim.gemm_jobs import random_job
@@ -136,3 +137,88 @@ def test_other_shapes(cfg):
             random_job(rng, cfg, max(1, cfg.max_tokens // 2), max(1, cfg.max_in // 2), max(1, cfg.max_out - 1),
                        kind="saturate")]
     check(cfg, jobs, seed=5)
+
+
+def measure_cycles(cfg, jobs, *, rate, latency):
+    """Run ``jobs`` with no random stalls: each job's activations then its job beat (the next job's while the
+    previous one computes), weights from a :class:`WeightMemory` started when the first job is accepted,
+    the output always ready. Returns the cycles each job beat was accepted, the cycles each job's last
+    output beat was taken, and the output payloads."""
+    dut = GemmEngine(config=cfg)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    accepted, last, beats = [], [], []
+
+    async def tb(ctx):
+        acts = [job.act_beats(cfg) for job in jobs]
+        weights = [b for job in jobs for b in job.weight_beats(cfg)]
+        expected = [job.output_beats(cfg) for job in jobs]
+        mem = None
+        t, j, a_pos, w_pos, out_count = 0, 0, 0, 0, 0
+        ctx.set(dut.o_stream.ready, 1)
+        while len(last) < len(jobs):
+            offer_act = j < len(jobs) and a_pos < len(acts[j])
+            offer_job = j < len(jobs) and not offer_act
+            offer_w = mem is not None and mem.valid and w_pos < len(weights)
+            ctx.set(dut.act.valid, offer_act)
+            ctx.set(dut.job.valid, offer_job)
+            ctx.set(dut.weights.valid, offer_w)
+            if offer_act:
+                ctx.set(_raw(dut.act.payload), acts[j][a_pos])
+            if offer_job:
+                ctx.set(_raw(dut.job.payload), jobs[j].job_beat())
+            if offer_w:
+                ctx.set(dut.weights.payload, weights[w_pos])
+            _, _, a_rdy, j_rdy, w_rdy, o_val, o_pay = await ctx.tick().sample(
+                dut.act.ready, dut.job.ready, dut.weights.ready, dut.o_stream.valid, _raw(dut.o_stream.payload))
+            if mem is not None:
+                mem.step(offer_w and w_rdy)
+                w_pos += bool(offer_w and w_rdy)
+            if offer_act and a_rdy:
+                a_pos += 1
+            if offer_job and j_rdy:
+                accepted.append(t)
+                j, a_pos = j + 1, 0
+                if mem is None:  # this cycle was the memory's first
+                    mem = WeightMemory(beat_bytes=cfg.weight_bytes, bytes_per_cycle=rate, latency=latency)
+                    mem.step(False)
+            if o_val:
+                beats.append(o_pay)
+                out_count += 1
+                if out_count == expected[len(last)]:
+                    last.append(t)
+                    out_count = 0
+            t += 1
+            assert t < 400_000, "the engine hangs"
+
+    sim.add_testbench(tb)
+    sim.run()
+    return accepted, last, beats
+
+
+CYCLE_CASES = [
+    (SMALL, [(13, 20, 21)], 4, 3),
+    (SMALL, [(3, 1, 5)], 4, 0),
+    (SMALL, [(13, 20, 21)], 1, 5),            # weight-bound: loads slower than compute
+    (SMALL, [(5, 7, 9), (13, 20, 21), (2, 3, 17), (9, 20, 8)], 3, 7),   # back-to-back, different shapes
+    (GemmConfig(rows=2, cols=6, max_tokens=7, max_in=9, max_out=13, weight_bytes=3), [(7, 9, 13), (1, 1, 1)], 5, 2),
+    (GemmConfig(rows=4, cols=16, max_tokens=40, max_in=40, max_out=64, weight_bytes=8), [(40, 40, 64), (17, 40, 48)], 8, 20),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CYCLE_CASES)))
+def test_cycle_model_exact(case):
+    cfg, sizes, rate, latency = CYCLE_CASES[case]
+    rng = np.random.default_rng(case)
+    jobs = [random_job(rng, cfg, n, k, m) for n, k, m in sizes]
+    accepted, last, beats = measure_cycles(cfg, jobs, rate=rate, latency=latency)
+    model = schedule(cfg, [(*size, acc) for size, acc in zip(sizes, accepted, strict=True)],
+                     weight_bytes_per_cycle=rate, weight_latency=latency)
+    assert [t.last_out for t in model] == last
+    if len(sizes) == 1:
+        assert cycles(cfg, *sizes[0], weight_bytes_per_cycle=rate, weight_latency=latency) == last[0] - accepted[0]
+    pos = 0
+    for job in jobs:
+        y, _ = decode_outputs(beats[pos:pos + job.output_beats(cfg)], job.n, job.m, cfg)
+        assert np.array_equal(y, job.expected)
+        pos += job.output_beats(cfg)
