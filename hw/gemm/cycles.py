@@ -113,6 +113,23 @@ def schedule(cfg: GemmConfig, jobs, *, weight_bytes_per_cycle: int, weight_laten
         prev_beat, credit = t, c_t
         return t
 
+    def take_run(count: int, ready: int) -> int:
+        """Cycle of the last of ``count`` beats, the loader ready for them from ``ready`` on. After the
+        first beat only the memory limits them: beat ``i`` comes ``max(i, ceil(((i + 1) W - c0) / rate))``
+        cycles after the first (credit ``c0`` then), and the two-beat cap binds only when ``rate >= W``."""
+        nonlocal prev_beat, credit
+        t0 = take(ready)
+        if count == 1:
+            return t0
+        c0, i = credit, count - 1
+        if rate >= W:
+            t, c = t0 + i, min(c0 + i * (rate - W), 2 * W)
+        else:
+            t = t0 + max(i, -(-((i + 1) * W - c0) // rate))
+            c = c0 + (t - t0) * rate - i * W
+        prev_beat, credit = t, c
+        return t
+
     half_rows_free = [0, 0]     # first cycle the loader may write a half's rows
     half_consts_free = [0, 0]   # ... its records
     next_issue = 0              # first cycle the array may issue
@@ -128,11 +145,8 @@ def schedule(cfg: GemmConfig, jobs, *, weight_bytes_per_cycle: int, weight_laten
         token_tiles = -(-n // cfg.rows)
         for col0 in range(0, m, C):
             half = g % 2
-            t = None
-            for _ in range(k * cfg.row_beats):
-                t = take(max(t + 1 if t is not None else 0, committed, half_rows_free[half]))
-            for _ in range(C * cfg.record_beats):
-                t = take(max(t + 1, committed, half_consts_free[half]))
+            t = take_run(k * cfg.row_beats, max(committed, half_rows_free[half]))
+            t = take_run(C * cfg.record_beats, max(t + 1, half_consts_free[half]))
             loaded = t + _LOADED
             emit = min(C, m - col0)
             for i in range(token_tiles):
