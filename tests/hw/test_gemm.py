@@ -1,0 +1,224 @@
+"""The GEMM engine in the Amaranth simulator: bit-exact (0 LSB) against ``quant.gemm.IntLinear`` with random
+stalls on every stream, the corners (N < rows, M not a multiple of cols, K = 1, -128 x -128 sums, saturating
+accumulators and outputs), back-to-back jobs of different shapes, rejected sizes; and the cycle model."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from tokensift.hw.gemm import GemmConfig, GemmEngine
+from tokensift.hw.gemm.cycles import WeightMemory, cycles, schedule
+from tokensift.hw.gemm.layout import decode_outputs, encode_job
+from tokensift.quant.fixed import FixedFormat, Rounding
+from tokensift.sim.gemm_jobs import random_job
+
+
+def _raw(payload):
+    return payload.as_value() if hasattr(payload, "as_value") else payload
+
+
+def run_jobs(cfg, jobs, *, seed=0, idle=0.3, stall=0.3, bad_jobs=(), max_cycles=200_000):
+    """Feed ``jobs`` (and rejected ``bad_jobs`` (n, k, m) before them) and return the per-job outputs, the
+    overflow counters and the status."""
+    dut = GemmEngine(config=cfg)
+    rng = random.Random(seed)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    received = []
+    expected_beats = sum(j.output_beats(cfg) for j in jobs)
+    state = {"done": False}
+
+    async def send(ctx, port, value):
+        while rng.random() < idle:
+            await ctx.tick()
+        ctx.set(_raw(port.payload), value)
+        ctx.set(port.valid, 1)
+        await ctx.tick().until(port.ready)
+        ctx.set(port.valid, 0)
+
+    async def jobs_tb(ctx):
+        for n, k, m in bad_jobs:
+            await send(ctx, dut.job, encode_job(n, k, m))
+        for job in jobs:
+            for beat in job.act_beats(cfg):
+                await send(ctx, dut.act, beat)
+            await send(ctx, dut.job, job.job_beat())
+
+    async def weights_tb(ctx):
+        for job in jobs:
+            for beat in job.weight_beats(cfg):
+                await send(ctx, dut.weights, beat)
+
+    async def sink_tb(ctx):
+        cycles = 0
+        while len(received) < expected_beats and cycles < max_cycles:
+            ready = rng.random() >= stall
+            ctx.set(dut.o_stream.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.o_stream.valid, _raw(dut.o_stream.payload))
+            cycles += 1
+            if ready and valid:
+                received.append(payload)
+        ctx.set(dut.o_stream.ready, 0)
+        for _ in range(12):
+            await ctx.tick()
+        state.update(done=True, acc=ctx.get(dut.acc_overflows), out=ctx.get(dut.out_overflows),
+                     error=ctx.get(dut.status.error), rejected=ctx.get(dut.status.rejected),
+                     busy=ctx.get(dut.status.busy), extra=ctx.get(dut.o_stream.valid))
+
+    sim.add_testbench(jobs_tb, background=True)
+    sim.add_testbench(weights_tb, background=True)
+    sim.add_testbench(sink_tb)
+    sim.run()
+    assert len(received) == expected_beats, f"{len(received)} of {expected_beats} output beats arrived"
+    outs, pos = [], 0
+    for job in jobs:
+        count = job.output_beats(cfg)
+        y, lasts = decode_outputs(received[pos:pos + count], job.n, job.m, cfg)
+        assert lasts == [0] * (count - 1) + [1]
+        outs.append(y)
+        pos += count
+    return outs, state
+
+
+def check(cfg, jobs, **kw):
+    outs, state = run_jobs(cfg, jobs, **kw)
+    for i, (job, y) in enumerate(zip(jobs, outs, strict=True)):
+        diff = int(np.count_nonzero(y != job.expected))
+        assert diff == 0, f"job {i} ({job.n}x{job.k}x{job.m}): {diff} outputs differ from IntLinear"
+    top = (1 << cfg.counter_bits) - 1
+    assert state["acc"] == min(top, sum(j.acc_overflows for j in jobs))
+    assert state["out"] == min(top, sum(j.out_overflows for j in jobs))
+    assert not state["busy"] and not state["extra"]
+    return state
+
+
+SMALL = GemmConfig(rows=4, cols=8, max_tokens=13, max_in=20, max_out=21, weight_bytes=4)
+
+
+def test_random_sizes_with_stalls_bit_exact():
+    rng = np.random.default_rng(1)
+    jobs = [random_job(rng, SMALL, int(rng.integers(1, 14)), int(rng.integers(1, 21)), int(rng.integers(1, 22)))
+            for _ in range(5)]
+    check(SMALL, jobs, seed=1)
+
+
+def test_corners_back_to_back():
+    rng = np.random.default_rng(2)
+    jobs = [random_job(rng, SMALL, 3, 1, 5),                       # N < rows, K = 1, M < cols
+            random_job(rng, SMALL, 13, 20, 21, kind="extreme"),    # all -128 x -128, full sizes
+            random_job(rng, SMALL, 5, 9, 17, kind="saturate"),     # accumulators and outputs saturate
+            random_job(rng, SMALL, 8, 2, 8)]                       # exact multiples
+    assert jobs[2].acc_overflows > 0 and jobs[2].out_overflows > 0
+    check(SMALL, jobs, seed=2, idle=0.0, stall=0.0)
+    check(SMALL, jobs, seed=3, idle=0.5, stall=0.5)
+
+
+def test_rejected_sizes_flagged_and_next_job_exact():
+    rng = np.random.default_rng(3)
+    jobs = [random_job(rng, SMALL, 6, 7, 9)]
+    state = check(SMALL, jobs, seed=4, bad_jobs=[(0, 4, 4), (14, 4, 4), (4, 21, 4), (4, 4, 22), (4, 0, 4)])
+    assert state["error"] == 1 and state["rejected"] == 5
+
+
+@pytest.mark.parametrize("cfg", [
+    GemmConfig(rows=1, cols=1, max_tokens=3, max_in=4, max_out=3, weight_bytes=1),
+    GemmConfig(rows=2, cols=6, max_tokens=7, max_in=9, max_out=13, weight_bytes=3,
+               out=FixedFormat(bits=12, rounding=Rounding.FLOOR)),
+    GemmConfig(rows=8, cols=16, max_tokens=17, max_in=12, max_out=40, weight_bytes=16, multiplier_bits=20),
+], ids=["1x1", "2x6-int12-floor", "8x16-w16"])
+def test_other_shapes(cfg):
+    rng = np.random.default_rng(4)
+    jobs = [random_job(rng, cfg, cfg.max_tokens, cfg.max_in, cfg.max_out),
+            random_job(rng, cfg, 1, 1, 1),
+            random_job(rng, cfg, max(1, cfg.max_tokens // 2), max(1, cfg.max_in // 2), max(1, cfg.max_out - 1),
+                       kind="saturate")]
+    check(cfg, jobs, seed=5)
+
+
+def measure_cycles(cfg, jobs, *, rate, latency):
+    """Run ``jobs`` with no random stalls: each job's activations then its job beat (the next job's while the
+    previous one computes), weights from a :class:`WeightMemory` started when the first job is accepted,
+    the output always ready. Returns the cycles each job beat was accepted, the cycles each job's last
+    output beat was taken, and the output payloads."""
+    dut = GemmEngine(config=cfg)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    accepted, last, beats = [], [], []
+
+    async def tb(ctx):
+        acts = [job.act_beats(cfg) for job in jobs]
+        weights = [b for job in jobs for b in job.weight_beats(cfg)]
+        expected = [job.output_beats(cfg) for job in jobs]
+        mem = None
+        t, j, a_pos, w_pos, out_count = 0, 0, 0, 0, 0
+        ctx.set(dut.o_stream.ready, 1)
+        while len(last) < len(jobs):
+            offer_act = j < len(jobs) and a_pos < len(acts[j])
+            offer_job = j < len(jobs) and not offer_act
+            offer_w = mem is not None and mem.valid and w_pos < len(weights)
+            ctx.set(dut.act.valid, offer_act)
+            ctx.set(dut.job.valid, offer_job)
+            ctx.set(dut.weights.valid, offer_w)
+            if offer_act:
+                ctx.set(_raw(dut.act.payload), acts[j][a_pos])
+            if offer_job:
+                ctx.set(_raw(dut.job.payload), jobs[j].job_beat())
+            if offer_w:
+                ctx.set(dut.weights.payload, weights[w_pos])
+            _, _, a_rdy, j_rdy, w_rdy, o_val, o_pay = await ctx.tick().sample(
+                dut.act.ready, dut.job.ready, dut.weights.ready, dut.o_stream.valid, _raw(dut.o_stream.payload))
+            if mem is not None:
+                mem.step(offer_w and w_rdy)
+                w_pos += bool(offer_w and w_rdy)
+            if offer_act and a_rdy:
+                a_pos += 1
+            if offer_job and j_rdy:
+                accepted.append(t)
+                j, a_pos = j + 1, 0
+                if mem is None:  # this cycle was the memory's first
+                    mem = WeightMemory(beat_bytes=cfg.weight_bytes, bytes_per_cycle=rate, latency=latency)
+                    mem.step(False)
+            if o_val:
+                beats.append(o_pay)
+                out_count += 1
+                if out_count == expected[len(last)]:
+                    last.append(t)
+                    out_count = 0
+            t += 1
+            assert t < 400_000, "the engine hangs"
+
+    sim.add_testbench(tb)
+    sim.run()
+    return accepted, last, beats
+
+
+CYCLE_CASES = [
+    (SMALL, [(13, 20, 21)], 4, 3),
+    (SMALL, [(3, 1, 5)], 4, 0),
+    (SMALL, [(13, 20, 21)], 1, 5),            # weight-bound: loads slower than compute
+    (SMALL, [(5, 7, 9), (13, 20, 21), (2, 3, 17), (9, 20, 8)], 3, 7),   # back-to-back, different shapes
+    (GemmConfig(rows=2, cols=6, max_tokens=7, max_in=9, max_out=13, weight_bytes=3), [(7, 9, 13), (1, 1, 1)], 5, 2),
+    (GemmConfig(rows=4, cols=16, max_tokens=40, max_in=40, max_out=64, weight_bytes=8), [(40, 40, 64), (17, 40, 48)], 8, 20),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CYCLE_CASES)))
+def test_cycle_model_exact(case):
+    cfg, sizes, rate, latency = CYCLE_CASES[case]
+    rng = np.random.default_rng(case)
+    jobs = [random_job(rng, cfg, n, k, m) for n, k, m in sizes]
+    accepted, last, beats = measure_cycles(cfg, jobs, rate=rate, latency=latency)
+    model = schedule(cfg, [(*size, acc) for size, acc in zip(sizes, accepted, strict=True)],
+                     weight_bytes_per_cycle=rate, weight_latency=latency)
+    assert [t.last_out for t in model] == last
+    if len(sizes) == 1:
+        assert cycles(cfg, *sizes[0], weight_bytes_per_cycle=rate, weight_latency=latency) == last[0] - accepted[0]
+    pos = 0
+    for job in jobs:
+        y, _ = decode_outputs(beats[pos:pos + job.output_beats(cfg)], job.n, job.m, cfg)
+        assert np.array_equal(y, job.expected)
+        pos += job.output_beats(cfg)
