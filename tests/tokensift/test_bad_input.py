@@ -166,6 +166,10 @@ CASES: dict[str, list[Case]] = {
         case("--keep 1.5", r".*keep.*1\.5.*"),
         case("--lanes 0", r"--lanes must be at least 1, not 0"),
         case("--device nope", r".*'nope'.*"),
+        case("--block gemm --rows 3", r"rows must be a power of two, not 3"),
+        case("--block gemm --in-features 2000", r"--in-features must be at most 1536, not 2000"),
+        case("--block gemm --rate 0", r"--rate must be at least 1, not 0"),
+        case("--block gemm --latency -1", r"--latency must be at least 0, not -1"),
     ],
     "co-opt": [
         case("--target-fps 1000 --report {file}", r"--report '.*a_file\.txt' is a file, not a folder"),
