@@ -109,6 +109,7 @@ GRID: dict[str, list[tuple[str, dict]]] = {
         for lanes, a, b in [(4, 8, 8), (8, 8, 8), (12, 8, 8), (16, 8, 8), (32, 8, 8), (16, 12, 10)]
     ],
     "attention": [],  # filled by attention_grid() once the block is there
+    "gemm": [],  # filled by the block's own baseline_grid()
     "score_combiner": [
         ("n197_h6_l1", {"n_max": 197, "heads": 6, "lanes": 1}),
         ("n197_h6_l4", {"n_max": 197, "heads": 6, "lanes": 4}),
@@ -128,7 +129,7 @@ GRID: dict[str, list[tuple[str, dict]]] = {
 
 #: the configurations test_synth.py synthesizes live (small, a few seconds each)
 QUICK = {"memory": ["m16x197s", "m42x4a"], "multiplier": ["x32x15s"], "requant": ["acc32_m12345_s20"],
-         "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": [], "score_combiner": []}
+         "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": [], "score_combiner": [], "gemm": []}
 
 
 def attention_grid() -> list[tuple[str, dict]]:
@@ -142,10 +143,18 @@ def attention_grid() -> list[tuple[str, dict]]:
 def grid(block: str) -> list[tuple[str, dict]]:
     if block == "attention":
         return attention_grid()
+    if block == "gemm":
+        from tokensift.hw.gemm.resources import baseline_grid
+
+        return baseline_grid()
     return GRID[block]
 
 
 def quick(block: str) -> list[str]:
+    if block == "gemm":
+        from tokensift.hw.gemm.resources import QUICK_CONFIGS
+
+        return list(QUICK_CONFIGS)
     if block == "attention":
         try:
             from tokensift.hw.attention.resources import QUICK_CONFIGS

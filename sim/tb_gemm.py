@@ -223,7 +223,7 @@ async def reset_mid_job(dut):
     p = tb_params()
     cfg = config_from(p["config"])
     rng = np.random.default_rng(p["seed"] + 2)
-    first, second = _make_jobs(cfg, p, rng)[:2]
+    first, second = (_make_jobs(cfg, p, rng) * 2)[:2]
     start_clock(dut)
     drv = GemmDriver(dut, cfg, seed=p["seed"], rate=p["rate"], latency=p["latency"], idle=0.2, stall=0.2)
     drv.paused = True

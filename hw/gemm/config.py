@@ -3,7 +3,7 @@ and the manifest, so they cannot drift apart.
 
 >>> cfg = GemmConfig(rows=4, cols=8, max_tokens=20, max_in=64, max_out=40, weight_bytes=4)
 >>> cfg.macs, cfg.token_tiles_max, cfg.record_beats, cfg.pe_acc_bits
-(32, 5, 4, 22)
+(32, 5, 2, 22)
 """
 
 from __future__ import annotations

@@ -11,10 +11,12 @@ Dataflow (stream formats in :mod:`tokensift.hw.gemm.layout`):
   ``r``'s value enters row ``r`` at column 0 and moves one column per cycle (a systolic row: every
   register drives one multiplier and the next register); weight bank ``c`` reads its address ``c`` cycles
   later, so PE ``(r, c)`` sees matching operands, and the control flags travel along the columns with
-  them. Each PE registers its operands and its product (one DSP slice) and accumulates exactly
+  them (one flag register per PE). Each PE registers its operands and its product (one DSP slice) and
+  accumulates exactly
   (``pe_acc_bits``). One cycle after its last product the sum moves to the PE's shadow register, so the
   next tile accumulates at once.
-- **Drain and epilogue.** A one-hot select per row walks the columns one per cycle behind the load
+- **Drain and epilogue.** A one-hot select per row (a shift register started by the drain) walks the
+  columns one per cycle behind the load
   wavefront; a registered OR tree brings the ``rows`` shadows of one channel to the epilogue: bias, int32
   saturation (counted in ``acc_overflows``), ``x * multiplier`` (registered operands and product),
   the rounding shift in two registered steps, saturation into ``out`` (counted in ``out_overflows``).
@@ -280,13 +282,14 @@ class GemmEngine(wiring.Component):
         pe_bits = cfg.pe_acc_bits
         shadows = [[None] * C for _ in range(R)]
         a_left = tok_q
+        f_left = [f_prev] * R  # each row's flags travel with its activations: one flag register per PE
         for c in range(C):
-            f_c = Signal(flags, name=f"flags{c}")
-            done_c = Signal(name=f"done{c}")
-            m.d.sync += [f_c.eq(f_prev), done_c.eq(f_c.valid & f_c.last)]
-            f_prev = f_c
-            a_here = []
+            a_here, f_here = [], []
             for r in range(R):
+                f_c = Signal(flags, name=f"flags{r}_{c}")
+                done_c = Signal(name=f"done{r}_{c}")
+                m.d.sync += [f_c.eq(f_left[r]), done_c.eq(f_c.valid & f_c.last)]
+                f_here.append(f_c)
                 a_reg = Signal(signed(OPERAND_BITS), name=f"a{r}_{c}")
                 w_reg = Signal(signed(OPERAND_BITS), name=f"w{r}_{c}")
                 prod = Signal(signed(2 * OPERAND_BITS), name=f"p{r}_{c}")
@@ -299,7 +302,7 @@ class GemmEngine(wiring.Component):
                     m.d.sync += shadow.eq(acc)
                 shadows[r][c] = shadow
                 a_here.append(a_reg)
-            a_left = a_here
+            a_left, f_left = a_here, f_here
 
         # ---- drain: pending tile -> one-hot column walk -> OR tree --------------------------------
         out_cnt = Signal(range(self.fifo_depth + 1))
@@ -336,7 +339,7 @@ class GemmEngine(wiring.Component):
         level = []
         for r in range(R):
             sel = Signal(C, name=f"sel{r}")
-            m.d.sync += sel.eq(Mux(start, 1, sel << 1))
+            m.d.sync += sel.eq(Cat(start, sel[:-1]) if C > 1 else start)
             groups = []
             for g in range(0, C, 4):
                 s = Signal(signed(pe_bits), name=f"or0_{r}_{g // 4}")

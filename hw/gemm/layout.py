@@ -25,7 +25,7 @@ is set and ``status.rejected`` counts it; it takes no weights and produces no ou
 >>> cfg = GemmConfig(rows=2, cols=4, max_tokens=4, max_in=3, max_out=4, weight_bytes=2)
 >>> x = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
 >>> [hex(b) for b in encode_activations(x, cfg)[:2]]
-['0x40100', '0x50204']
+['0x401', '0x20502']
 """
 
 from __future__ import annotations

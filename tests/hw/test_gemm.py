@@ -222,3 +222,32 @@ def test_cycle_model_exact(case):
         y, _ = decode_outputs(beats[pos:pos + job.output_beats(cfg)], job.n, job.m, cfg)
         assert np.array_equal(y, job.expected)
         pos += job.output_beats(cfg)
+
+
+@pytest.mark.parametrize("module", ["config", "layout", "cycles", "resources"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"tokensift.hw.gemm.{module}"))
+    assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    (dict(rows=3), ValueError, r"^rows must be a power of two, not 3$"),
+    (dict(cols=10, weight_bytes=4), ValueError, r"^cols \(10\) must be a multiple of weight_bytes \(4\)$"),
+    (dict(max_in=0), ValueError, r"^max_in must be between 1 and 65536, not 0$"),
+    (dict(out="int8"), TypeError, r"^out must be a FixedFormat, not str$"),
+    (dict(out=FixedFormat(bits=8, rounding=Rounding.HALF_EVEN)), ValueError,
+     r"^out\.rounding must be half_up or floor, not half_even$"),
+    (dict(rows=2.0), TypeError, r"^rows must be an integer, not float$"),
+])
+def test_config_rejects(kwargs, exc, message):
+    base = dict(rows=4, cols=8, max_tokens=8, max_in=8, max_out=8, weight_bytes=4)
+    with pytest.raises(exc, match=message):
+        GemmConfig(**{**base, **kwargs})
+
+
+def test_engine_takes_a_config():
+    with pytest.raises(TypeError, match=r"^config must be a GemmConfig, not dict$"):
+        GemmEngine(config={})

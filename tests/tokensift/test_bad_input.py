@@ -78,6 +78,12 @@ CASES: dict[str, list[Case]] = {
         case("--heads 0 --out {out}", r"heads must be .*, not 0"),
         case("--out {file}", r"--out '.*a_file\.txt' is a file, not a folder"),
     ],
+    "generate gemm": [
+        case("--rows 3 --out {out}", r"rows must be a power of two, not 3"),
+        case("--cols 10 --weight-bytes 4 --out {out}", r"cols \(10\) must be a multiple of weight_bytes \(4\)"),
+        case("--out-bits 1 --out {out}", r"out_bits must be between 2 and 32, not 1"),
+        case("--out {file}", r"--out '.*a_file\.txt' is a file, not a folder"),
+    ],
     "simulate requant": [
         case("--stall 1.5", r"--stall must be a probability in \[0, 1\), not 1\.5"),
         case("--stall -0.5", r"--stall must be a probability in \[0, 1\), not -0\.5"),
@@ -117,6 +123,17 @@ CASES: dict[str, list[Case]] = {
         case("--lanes 0", r"lanes must be .*, not 0"),
         case("--build-dir {unwritable}", r"--build-dir '.*' " + NOT_WRITABLE),
     ],
+    "simulate gemm": [
+        case("--tokens 300", r"--tokens must be between 1 and --max-tokens 197, not 300"),
+        case("--in-features 0", r"--in-features must be between 1 and --max-in 384, not 0"),
+        case("--out-features 2000", r"--out-features must be between 1 and --max-out 1536, not 2000"),
+        case("--jobs 0", r"--jobs must be at least 1, not 0"),
+        case("--stall 1", r"--stall must be a probability in \[0, 1\), not 1"),
+        case("--rate 0", r"--rate must be at least 1, not 0"),
+        case("--latency -1", r"--latency must be at least 0, not -1"),
+        case("--max-tokens 0", r"max_tokens must be between 1 and 65536, not 0"),
+        case("--build-dir {file}", r"--build-dir '.*a_file\.txt' is a file, not a folder"),
+    ],
     "synth requant": [
         case("--pnr --family xcup", r"--pnr places and routes on ECP5 only \(no open place and route exists for "
                                     r"xcup\); use --family ecp5"),
@@ -137,6 +154,10 @@ CASES: dict[str, list[Case]] = {
         case("--heads 0", r"heads must be .*, not 0"),
         case("--pnr --family xc7", r"--pnr places and routes on ECP5 only .*"),
     ],
+    "synth gemm": [
+        case("--rows 0", r"rows must be between 1 and 64, not 0"),
+        case("--pnr --family xcup", r"--pnr places and routes on ECP5 only .*"),
+    ],
     "estimate": [
         case("--clock-mhz inf", r"--clock-mhz must be a positive finite number, not inf"),
         case("--clock-mhz nan", r"--clock-mhz must be a positive finite number, not nan"),
@@ -145,6 +166,10 @@ CASES: dict[str, list[Case]] = {
         case("--keep 1.5", r".*keep.*1\.5.*"),
         case("--lanes 0", r"--lanes must be at least 1, not 0"),
         case("--device nope", r".*'nope'.*"),
+        case("--block gemm --rows 3", r"rows must be a power of two, not 3"),
+        case("--block gemm --in-features 2000", r"--in-features must be at most 1536, not 2000"),
+        case("--block gemm --rate 0", r"--rate must be at least 1, not 0"),
+        case("--block gemm --latency -1", r"--latency must be at least 0, not -1"),
     ],
     "co-opt": [
         case("--target-fps 1000 --report {file}", r"--report '.*a_file\.txt' is a file, not a folder"),

@@ -3,6 +3,7 @@
     tokensift estimate --device zcu102 --model deit_small_patch16_224 --lanes 16 --keep 0.7 --json
     tokensift estimate --block attention --n-max 100 --head-dim 48 --lanes 12 --family xcup --json
     tokensift estimate --block selector --n-max 197 --dim 384 --lanes 16 --package --family xcup --json
+    tokensift estimate --block gemm --rows 8 --cols 128 --n-tokens 68 --in-features 384 --out-features 384 --json
     tokensift estimate --validate [--block selector] [--family xc7]
 
 The whole-model estimate adds up the accelerator's units (:mod:`tokensift.hw.cost.layer`: attention,
@@ -47,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     whole.add_argument("--heads-parallel", type=int, default=1, help="attention cores (default: %(default)s)")
     whole.add_argument("--linear-lanes", type=int, default=None, help="lanes of the linear array (default: --lanes)")
     block = parser.add_argument_group("one block (--block)")
-    block.add_argument("--block", choices=["attention", "selector", "requant", "mac_array", "memory", "multiplier"],
+    block.add_argument("--block", choices=["attention", "selector", "requant", "gemm", "mac_array", "memory",
+                                           "multiplier"],
                        default=None, help="estimate one block instead of a model (the last three: --validate only; "
                             "default: the whole model)")
     block.add_argument("--family", choices=list(FAMILIES), default=None,
@@ -65,6 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     block.add_argument("--mode", choices=["topk", "threshold"], default="topk", help="selector rule")
     block.add_argument("--softmax", default=None, help="attention softmax variant (default: its default)")
     block.add_argument("--n-values", type=int, default=1000, help="requant: values streamed (default: 1000)")
+    block.add_argument("--rows", type=int, default=8, help="gemm: tokens per tile (default: 8)")
+    block.add_argument("--cols", type=int, default=128, help="gemm: output channels per tile (default: 128)")
+    block.add_argument("--max-in", type=int, default=1536, help="gemm: largest input features K (default: 1536)")
+    block.add_argument("--max-out", type=int, default=1536, help="gemm: largest output features M (default: 1536)")
+    block.add_argument("--weight-bytes", type=int, default=16, help="gemm: bytes per weight beat (default: 16)")
+    block.add_argument("--in-features", type=int, default=None, help="gemm: K of the job (default: --max-in)")
+    block.add_argument("--out-features", type=int, default=None, help="gemm: M of the job (default: --max-out)")
+    block.add_argument("--rate", type=int, default=None,
+                       help="gemm: weight memory bytes per cycle (default: --weight-bytes)")
+    block.add_argument("--latency", type=int, default=100, help="gemm: weight memory latency, cycles (default: 100)")
     val = parser.add_argument_group("validation")
     val.add_argument("--validate", action="store_true",
                      help="print the model against the stored synthesis baselines (use --block/--family to filter)")
@@ -151,7 +163,7 @@ def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | 
     }
 
 
-_ESTIMABLE = ("attention", "selector", "requant")
+_ESTIMABLE = ("attention", "selector", "requant", "gemm")
 
 
 def estimate_block(args) -> dict:
@@ -198,6 +210,27 @@ def estimate_block(args) -> dict:
             params = {"n_max": p.n_max, "dim": p.dim, "lanes": p.lanes, "score_bits": p.score_bits,
                       "feature_bits": p.feature_bits, "package": p.package,
                       "n_tokens": n_tokens, "kept": kept, "mode": args.mode}
+        elif args.block == "gemm":
+            from tokensift.hw.gemm import GemmConfig
+            from tokensift.hw.gemm.cycles import cycles
+            from tokensift.hw.gemm.resources import resources
+
+            cfg = GemmConfig(rows=args.rows, cols=args.cols, max_tokens=n_max, max_in=args.max_in,
+                             max_out=args.max_out, weight_bytes=args.weight_bytes)
+            k = _positive("in-features", args.in_features) or cfg.max_in
+            m = _positive("out-features", args.out_features) or cfg.max_out
+            rate = _positive("rate", args.rate) or cfg.weight_bytes
+            if args.latency < 0:
+                raise InvalidArgumentError(f"--latency must be at least 0, not {args.latency}")
+            for option, value, limit in (("--n-tokens", n_tokens, n_max), ("--in-features", k, cfg.max_in),
+                                         ("--out-features", m, cfg.max_out)):
+                if value > limit:
+                    raise InvalidArgumentError(f"{option} must be at most {limit}, not {value}")
+            res = resources(cfg, family)
+            cyc = cycles(cfg, n_tokens, k, m, weight_bytes_per_cycle=rate, weight_latency=args.latency)
+            params = {**cfg.as_dict(), "n_tokens": n_tokens, "in_features": k, "out_features": m,
+                      "weight_bytes_per_cycle": rate, "weight_latency": args.latency,
+                      "mac_utilization": round(n_tokens * k * m / (cfg.macs * cyc), 4)}
         else:
             from tokensift.hw.common.requant_resources import RequantParams, cycles, resources
             from tokensift.quant.fixed import INT8
