@@ -94,7 +94,6 @@ class LayerNorm(wiring.Component):
         elif not isinstance(config, LayerNormConfig):
             raise TypeError(f"config must be a LayerNormConfig, not {type(config).__name__}")
         self._cfg = config
-        self._stats = StatsPipe(config)
         super().__init__({
             "k_stream": In(stream.Signature(const_layout(config))),
             "i_stream": In(stream.Signature(input_layout(config))),
@@ -116,7 +115,7 @@ class LayerNorm(wiring.Component):
         c = self._cfg
         lanes, nb_max, depth = c.lanes, c.beats_max, c.row_depth
         lane_bits = ceil_log2(lanes)
-        m.submodules.stats = stats = self._stats
+        m.submodules.stats = stats = StatsPipe(c)
         m.submodules.rows = rows = RowBuffer(depth=depth, lanes=lanes, data_bits=c.in_bits)
         consts_l = const_layout(c).members["data"].members["consts"]
         m.submodules.consts = consts = Memory(shape=consts_l, depth=nb_max, init=[])

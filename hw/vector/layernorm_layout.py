@@ -35,7 +35,7 @@ from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int, check_int_array
-from tokensift.quant.fixed import INT8, FixedFormat, Rounding
+from tokensift.quant.fixed import INT8, FixedFormat, Overflow, Rounding
 from tokensift.quant.layernorm import LayerNormParams
 from tokensift.quant.qparams import MULTIPLIER_BITS
 
@@ -106,6 +106,21 @@ class LayerNormConfig:
         if self.v_max + (1 << eps_bits) - 1 >= 1 << 62:
             raise ValueError(f"c_max {self.c_max} with {self.in_bits}-bit inputs and {eps_bits}-bit epsilon "
                              "overflows the 62-bit variance; use fewer input or epsilon bits")
+
+    def to_dict(self) -> dict:
+        """JSON-friendly parameters (manifests, testbenches); :meth:`from_dict` is the inverse."""
+        return {"c_max": self.c_max, "lanes": self.lanes, "in_bits": self.in_bits, "recip_bits": self.recip_bits,
+                "norm_bits": self.norm_bits, "gamma_bits": self.gamma_bits, "acc_bits": self.acc_bits,
+                "out_bits": self.out.bits, "out_signed": self.out.signed, "out_rounding": self.out.rounding.value,
+                "out_overflow": self.out.overflow.value, "mult_bits": self.mult_bits, "eps_bits": self.eps_bits,
+                "counter_bits": self.counter_bits}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> LayerNormConfig:
+        d = dict(values)
+        out = FixedFormat(bits=d.pop("out_bits"), signed=d.pop("out_signed"), rounding=Rounding(d.pop("out_rounding")),
+                          overflow=Overflow(d.pop("out_overflow")))
+        return cls(**d, out=out)
 
     # -- sizes -------------------------------------------------------------------------------------------
     def beats(self, dim: int) -> int:
@@ -251,7 +266,7 @@ def encode_job(params: LayerNormParams, n_tokens: int, cfg: LayerNormConfig) -> 
     gammas = _lanes(np.asarray(params.gamma, dtype=np.int64), cfg.lanes)
     betas = _lanes(np.asarray(params.beta, dtype=np.int64), cfg.lanes)
     g_bits = cfg.lanes * cfg.gamma_bits
-    for g, b in zip(gammas, betas):
+    for g, b in zip(gammas, betas, strict=True):
         beats.append(_pack(g, cfg.gamma_bits) | (_pack(b, cfg.acc_bits) << g_bits))
     beats[-1] |= 1 << (const_layout(cfg).size - 1)
     return beats
