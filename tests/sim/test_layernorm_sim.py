@@ -21,6 +21,7 @@ def test_layernorm_bit_and_cycle_exact(cfg, jobs):
     result = run_cocotb(LayerNorm(config=cfg), toplevel="tokensift_layernorm", test_module="tokensift.sim.tb_layernorm",
                         params={"config": cfg.to_dict(), "seed": 3, "jobs": jobs, "idle": 0.3, "stall": 0.3})
     r = result.report
-    assert r["mismatches"] == 0
+    assert r["mismatches"] == r["timed_mismatches"] == r["reset_mismatches"] == 0
+    assert r["beats"] > 0 and r["timed_beats"] > 0
     assert r["cycles"] == r["expected_cycles"]
     assert r["acc_overflows"] == r["acc_overflows_ref"] and r["out_overflows"] == r["out_overflows_ref"]
