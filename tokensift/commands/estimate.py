@@ -3,6 +3,7 @@
     tokensift estimate --device zcu102 --model deit_small_patch16_224 --lanes 16 --keep 0.7 --json
     tokensift estimate --block attention --n-max 100 --head-dim 48 --lanes 12 --family xcup --json
     tokensift estimate --block selector --n-max 197 --dim 384 --lanes 16 --package --family xcup --json
+    tokensift estimate --block layernorm --dim 384 --lanes 16 --n-tokens 197 --family ecp5 --json
     tokensift estimate --validate [--block selector] [--family xc7]
 
 The whole-model estimate adds up the accelerator's units (:mod:`tokensift.hw.cost.layer`: attention,
@@ -47,14 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     whole.add_argument("--heads-parallel", type=int, default=1, help="attention cores (default: %(default)s)")
     whole.add_argument("--linear-lanes", type=int, default=None, help="lanes of the linear array (default: --lanes)")
     block = parser.add_argument_group("one block (--block)")
-    block.add_argument("--block", choices=["attention", "selector", "requant", "mac_array", "memory", "multiplier"],
+    block.add_argument("--block", choices=["attention", "selector", "requant", "layernorm", "mac_array", "memory",
+                                           "multiplier"],
                        default=None, help="estimate one block instead of a model (the last three: --validate only; "
                             "default: the whole model)")
     block.add_argument("--family", choices=list(FAMILIES), default=None,
                        help="device family of a block estimate (default: the device's, else xcup)")
     block.add_argument("--n-max", type=int, default=None, help="most tokens per frame (default: 197)")
     block.add_argument("--head-dim", type=int, default=64, help="attention: channels per head (default: 64)")
-    block.add_argument("--dim", type=int, default=384, help="selector: features per token (default: 384)")
+    block.add_argument("--dim", type=int, default=384, help="selector: features per token; layernorm: channels C (and c_max) (default: 384)")
     block.add_argument("--package", action="store_true", help="selector: build the package-token datapath")
     block.add_argument("--score-bits", type=int, default=16, help="selector: score width (default: 16)")
     block.add_argument("--feature-bits", type=int, default=8, help="selector: feature width (default: 8)")
@@ -151,7 +153,7 @@ def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | 
     }
 
 
-_ESTIMABLE = ("attention", "selector", "requant")
+_ESTIMABLE = ("attention", "selector", "requant", "layernorm")
 
 
 def estimate_block(args) -> dict:
@@ -198,6 +200,16 @@ def estimate_block(args) -> dict:
             params = {"n_max": p.n_max, "dim": p.dim, "lanes": p.lanes, "score_bits": p.score_bits,
                       "feature_bits": p.feature_bits, "package": p.package,
                       "n_tokens": n_tokens, "kept": kept, "mode": args.mode}
+        elif args.block == "layernorm":
+            from tokensift.hw.vector.layernorm_cost import cycles
+            from tokensift.hw.vector.layernorm_layout import LayerNormConfig
+            from tokensift.hw.vector.layernorm_resources import resources
+
+            cfg = LayerNormConfig(c_max=args.dim, lanes=args.lanes or 16)
+            cyc = cycles(cfg, dim=cfg.c_max, n_tokens=n_tokens)
+            res = resources(cfg, family)
+            params = {"c_max": cfg.c_max, "lanes": cfg.lanes, "dim": cfg.c_max, "n_tokens": n_tokens,
+                      "cycles_per_token": cfg.beats(cfg.c_max)}
         else:
             from tokensift.hw.common.requant_resources import RequantParams, cycles, resources
             from tokensift.quant.fixed import INT8
