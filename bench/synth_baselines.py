@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tokensift.hw.cost.registry import BLOCKS, block_cost
 from tokensift.hw.cost.synth import FAMILIES, SynthesisError, synthesize
+from tokensift.hw.vector.layernorm_layout import LayerNormConfig
 from tokensift.toolchain import find_yosys
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "tests" / "hw" / "baselines"
@@ -125,11 +126,15 @@ GRID: dict[str, list[tuple[str, dict]]] = {
         ("n197_h6_l16_pt_signed", {"n_max": 197, "heads": 6, "lanes": 16, "per_token_weights": True,
                                    "signed": True}),
     ],
+    "layernorm": [
+        (f"c{c}_l{lanes}_r{r}", {**LayerNormConfig(c_max=c, lanes=lanes, recip_bits=r).to_dict()})
+        for c, lanes, r in [(16, 1, 16), (48, 4, 16), (64, 8, 12), (96, 2, 16), (32, 4, 8), (384, 16, 16)]
+    ],
 }
 
 #: the configurations test_synth.py synthesizes live (small, a few seconds each)
 QUICK = {"memory": ["m16x197s", "m42x4a"], "multiplier": ["x32x15s"], "requant": ["acc32_m12345_s20"],
-         "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": [], "score_combiner": [], "gemm": []}
+         "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": [], "score_combiner": [], "gemm": [], "layernorm": []}
 
 
 def attention_grid() -> list[tuple[str, dict]]:

@@ -8,7 +8,7 @@ the fit and the tests reach them through :func:`block_cost`, with parameters as 
 >>> cost.exact(params, "xcup").dsp
 2
 >>> sorted(BLOCKS)
-['attention', 'gemm', 'mac_array', 'memory', 'multiplier', 'requant', 'score_combiner', 'selector']
+['attention', 'gemm', 'layernorm', 'mac_array', 'memory', 'multiplier', 'requant', 'score_combiner', 'selector']
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ BLOCKS: dict[str, str | None] = {
     "mac_array": "tokensift.hw.common.mac_array_resources",
     "score_combiner": "tokensift.hw.score_combiner.resources",
     "gemm": "tokensift.hw.gemm.resources",
+    "layernorm": "tokensift.hw.vector.layernorm_resources",
     "memory": None,
     "multiplier": None,
 }
 
 #: blocks whose LUT/FF come from a fitted model, in fitting order: the memories' soft logic first (the
 #: blocks contain memories), then the blocks
-FITTED_BLOCKS = ("memory", "requant", "mac_array", "selector", "attention", "score_combiner", "gemm")
+FITTED_BLOCKS = ("memory", "requant", "mac_array", "selector", "attention", "score_combiner", "gemm", "layernorm")
 
 
 @dataclass(frozen=True)

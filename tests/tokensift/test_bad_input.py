@@ -84,6 +84,25 @@ CASES: dict[str, list[Case]] = {
         case("--out-bits 1 --out {out}", r"out_bits must be between 2 and 32, not 1"),
         case("--out {file}", r"--out '.*a_file\.txt' is a file, not a folder"),
     ],
+    "generate layernorm": [
+        case("--lanes 12 --out {out}", r"lanes must be a power of two, not 12"),
+        case("--c-max 0 --out {out}", r"c_max must be .*, not 0"),
+        case("--c-max 4096 --in-bits 16 --out {out}",
+             r"c_max 4096 with 16-bit inputs and 32-bit epsilon overflows the 62-bit variance; use fewer input or "
+             r"epsilon bits"),
+        case("--rounding half_even --out {out}",
+             r"argument --rounding: invalid choice: 'half_even' \(choose from 'half_up', 'floor'\)"),
+        case("--out {file}", r"--out '.*a_file\.txt' is a file, not a folder"),
+    ],
+    "simulate layernorm": [
+        case("--c-max 32 --dim 33", r"--dim must be between 1 and --c-max 32, not 33"),
+        case("--dim 0", r"--dim must be between 1 and --c-max 384, not 0"),
+        case("--tokens 70000", r"--tokens must be between 1 and the header's 65535, not 70000"),
+        case("--jobs 0", r"--jobs must be at least 1, not 0"),
+        case("--stall 1", r"--stall must be a probability in \[0, 1\), not 1"),
+        case("--norm-bits 20", r"norm_bits \+ gamma_bits must be at most acc_bits = 32, not 20 \+ 16"),
+        case("--build-dir {file}", r"--build-dir '.*a_file\.txt' is a file, not a folder"),
+    ],
     "simulate requant": [
         case("--stall 1.5", r"--stall must be a probability in \[0, 1\), not 1\.5"),
         case("--stall -0.5", r"--stall must be a probability in \[0, 1\), not -0\.5"),
@@ -150,6 +169,10 @@ CASES: dict[str, list[Case]] = {
         case("--n-max 0", r"n_max must be .*, not 0"),
         case("--pnr --speed 9", r"--speed must be one of 6, 7, 8, not 9"),
     ],
+    "synth layernorm": [
+        case("--lanes 0", r"lanes must be .*, not 0"),
+        case("--pnr --family xc7", r"--pnr places and routes on ECP5 only .*"),
+    ],
     "synth score_combiner": [
         case("--heads 0", r"heads must be .*, not 0"),
         case("--pnr --family xc7", r"--pnr places and routes on ECP5 only .*"),
@@ -163,6 +186,9 @@ CASES: dict[str, list[Case]] = {
         case("--clock-mhz nan", r"--clock-mhz must be a positive finite number, not nan"),
         case("--clock-mhz 0", r"--clock-mhz must be a positive finite number, not 0"),
         case("--block attention --clock-mhz inf", r"--clock-mhz must be a positive finite number, not inf"),
+        case("--block layernorm --dim 5000", r"c_max must be .*, not 5000"),
+        case("--block layernorm --lanes 6", r"lanes must be a power of two, not 6"),
+        case("--block layernorm --n-tokens 70000", r"n_tokens must be .*, not 70000"),
         case("--keep 1.5", r".*keep.*1\.5.*"),
         case("--lanes 0", r"--lanes must be at least 1, not 0"),
         case("--device nope", r".*'nope'.*"),

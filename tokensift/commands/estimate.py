@@ -4,6 +4,7 @@
     tokensift estimate --block attention --n-max 100 --head-dim 48 --lanes 12 --family xcup --json
     tokensift estimate --block selector --n-max 197 --dim 384 --lanes 16 --package --family xcup --json
     tokensift estimate --block gemm --rows 8 --cols 128 --n-tokens 68 --in-features 384 --out-features 384 --json
+    tokensift estimate --block layernorm --dim 384 --lanes 16 --n-tokens 197 --family ecp5 --json
     tokensift estimate --validate [--block selector] [--family xc7]
 
 The whole-model estimate adds up the accelerator's units (:mod:`tokensift.hw.cost.layer`: attention,
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     whole.add_argument("--heads-parallel", type=int, default=1, help="attention cores (default: %(default)s)")
     whole.add_argument("--linear-lanes", type=int, default=None, help="lanes of the linear array (default: --lanes)")
     block = parser.add_argument_group("one block (--block)")
-    block.add_argument("--block", choices=["attention", "selector", "requant", "gemm", "mac_array", "memory",
+    block.add_argument("--block", choices=["attention", "selector", "requant", "gemm", "layernorm", "mac_array",
+                                           "memory",
                                            "multiplier"],
                        default=None, help="estimate one block instead of a model (the last three: --validate only; "
                             "default: the whole model)")
@@ -56,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="device family of a block estimate (default: the device's, else xcup)")
     block.add_argument("--n-max", type=int, default=None, help="most tokens per frame (default: 197)")
     block.add_argument("--head-dim", type=int, default=64, help="attention: channels per head (default: 64)")
-    block.add_argument("--dim", type=int, default=384, help="selector: features per token (default: 384)")
+    block.add_argument("--dim", type=int, default=384, help="selector: features per token; layernorm: channels C (and c_max) (default: 384)")
     block.add_argument("--package", action="store_true", help="selector: build the package-token datapath")
     block.add_argument("--score-bits", type=int, default=16, help="selector: score width (default: 16)")
     block.add_argument("--feature-bits", type=int, default=8, help="selector: feature width (default: 8)")
@@ -163,7 +165,7 @@ def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | 
     }
 
 
-_ESTIMABLE = ("attention", "selector", "requant", "gemm")
+_ESTIMABLE = ("attention", "selector", "requant", "gemm", "layernorm")
 
 
 def estimate_block(args) -> dict:
@@ -231,6 +233,16 @@ def estimate_block(args) -> dict:
             params = {**cfg.as_dict(), "n_tokens": n_tokens, "in_features": k, "out_features": m,
                       "weight_bytes_per_cycle": rate, "weight_latency": args.latency,
                       "mac_utilization": round(n_tokens * k * m / (cfg.macs * cyc), 4)}
+        elif args.block == "layernorm":
+            from tokensift.hw.vector.layernorm_cost import cycles
+            from tokensift.hw.vector.layernorm_layout import LayerNormConfig
+            from tokensift.hw.vector.layernorm_resources import resources
+
+            cfg = LayerNormConfig(c_max=args.dim, lanes=args.lanes or 16)
+            cyc = cycles(cfg, dim=cfg.c_max, n_tokens=n_tokens)
+            res = resources(cfg, family)
+            params = {"c_max": cfg.c_max, "lanes": cfg.lanes, "dim": cfg.c_max, "n_tokens": n_tokens,
+                      "cycles_per_token": cfg.beats(cfg.c_max)}
         else:
             from tokensift.hw.common.requant_resources import RequantParams, cycles, resources
             from tokensift.quant.fixed import INT8

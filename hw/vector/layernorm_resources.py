@@ -1,0 +1,143 @@
+"""Resources of the LayerNorm unit (:class:`tokensift.hw.vector.layernorm.LayerNorm`), next to its generator.
+
+By the rules of :mod:`tokensift.hw.common.resources` (exact for DSP and block RAM):
+
+* DSP (:func:`multipliers`, each through :func:`~tokensift.hw.common.resources.multiplier_dsps`): per lane
+  the square ``q**2``, ``q * C f``, ``n * gamma`` and ``acc * multiplier``; per unit the statistics'
+  ``C S2``, ``S1**2``, ``C (C S2 - S1**2)``, ``C f`` and ``S1 f``. A signed-by-unsigned product is a signed
+  product with the unsigned operand one bit wider (as the emitted Verilog has it).
+* Memories (:func:`memories`, :func:`~tokensift.hw.common.resources.map_memory`): the row buffer
+  (``row_depth`` beats of ``lanes * in_bits``), the job's constants (``ceil(c_max / lanes)`` words of
+  ``lanes * (gamma_bits + acc_bits)``), the token FIFO and the output FIFO (``SyncFIFOBuffered``: a memory
+  one entry shallower, read synchronously).
+
+>>> from tokensift.hw.vector.layernorm_layout import LayerNormConfig
+>>> cfg = LayerNormConfig(c_max=384, lanes=16)
+>>> exact(cfg, "xcup").dsp, exact(cfg, "ecp5").dsp
+(86, 103)
+"""
+
+from __future__ import annotations
+
+from tokensift.hw.common.resources import (
+    MemoryMap,
+    Resources,
+    check_family,
+    fitted,
+    map_memory,
+    multiplier_dsps,
+)
+from tokensift.hw.vector.layernorm import OUT_STAGES
+from tokensift.hw.vector.layernorm_layout import LayerNormConfig, _bits, output_layout
+from tokensift.hw.vector.layernorm_stats import V_BITS, StatsPipe
+
+__all__ = ["BLOCK", "multipliers", "dsps", "memories", "features", "exact", "resources", "params_to_dict",
+           "params_from_dict", "build"]
+
+BLOCK = "layernorm"
+
+
+def _check(cfg) -> LayerNormConfig:
+    if not isinstance(cfg, LayerNormConfig):
+        raise TypeError(f"config must be a LayerNormConfig, not {type(cfg).__name__}")
+    return cfg
+
+
+def multipliers(cfg: LayerNormConfig) -> list[tuple[str, int, int, bool, int | None]]:
+    """``(name, a_bits, b_bits, signed, product_bits)`` of every multiplier (``None``: the full product)."""
+    c = _check(cfg)
+    dim_bits = _bits(c.c_max)
+    s1, s2, f = c.s1_shape.width, c.s2_shape.width, c.f_shape.width
+    p_bits = _bits(c.c_max * (c.c_max << (2 * c.in_bits - 2)))
+    cf_bits = StatsPipe(c).cf_shape.width
+    out = [
+        ("C*S2", dim_bits, s2, False, min(p_bits, dim_bits + s2)),
+        ("S1*S1", s1, s1, True, p_bits),
+        ("C*T", dim_bits, p_bits, False, min(V_BITS, dim_bits + p_bits)),
+        ("C*f", dim_bits, f, False, cf_bits),
+        ("S1*f", s1, f + 1, True, None),
+    ]
+    for lane in range(c.lanes):
+        out += [(f"square{lane}", c.in_bits, c.in_bits, True, None),
+                (f"q*Cf{lane}", c.in_bits, cf_bits + 1, True, None),
+                (f"n*gamma{lane}", c.n_shape.width, c.gamma_bits, True, None),
+                (f"acc*multiplier{lane}", c.acc_bits, c.mult_bits + 1, True, None)]
+    return out
+
+
+def dsps(cfg: LayerNormConfig, family: str) -> int:
+    check_family(family)
+    return sum(multiplier_dsps(a, b, family=family, signed=s, y_bits=y) for _, a, b, s, y in multipliers(cfg))
+
+
+def memories(cfg: LayerNormConfig, family: str) -> dict[str, MemoryMap]:
+    c = _check(cfg)
+    stats = StatsPipe(c)
+    token_bits = stats.cf_shape.width + stats.h_shape.width + stats.o_shift.shape().width
+    mems = {
+        "rows": map_memory(c.lanes * c.in_bits, c.row_depth, family=family),
+        "consts": map_memory(c.lanes * (c.gamma_bits + c.acc_bits), c.beats_max, family=family),
+        "tokens": map_memory(token_bits, c.row_depth - 1, family=family),
+        "out_fifo": map_memory(output_layout(c).size, OUT_STAGES + 4 - 1, family=family),
+    }
+    return mems
+
+
+def features(cfg: LayerNormConfig, family: str) -> dict[str, float]:
+    """Structural sizes of the RTL the LUT/FF fit is linear in.
+
+    ``lane_bits``: per lane, the normalising datapath's registers (code, ``q C f``, the difference and its two
+    shift stages, ``n`` twice, ``n gamma``, beta, the accumulator, the requantization product, its rounding and
+    two shift stages, the output); ``shift_bits``: per lane, the bits the four variable-shift stages select
+    among; ``stats_bits``: the statistics pipeline's registers (the square root's remainder, root and unconsumed
+    bits, the divider's remainder, quotient and divisor, ``S1`` and ``k`` carried along); ``const_bits``: per
+    lane, the registered gamma and beta and the accumulation's squares and adder trees.
+    """
+    c = _check(cfg)
+    check_family(family)
+    stats = StatsPipe(c)
+    cf = stats.cf_shape.width
+    prod = c.in_bits + cf + 1
+    d = max(prod + c.left_pre_shift, stats.h_shape.width) + 1
+    n = c.n_shape.width
+    rq = c.acc_bits + c.mult_bits + 2
+    lane = (c.in_bits + prod + 3 * d + 2 * n + (n + c.gamma_bits) + 2 * c.acc_bits + rq + 3 * (rq + 1)
+            + c.out.bits)
+    s1, f = c.s1_shape.width, c.f_shape.width
+    root = sum((V_BITS - 2 * i) + (i + 2) + (i + 1) for i in range(31))
+    div = (c.recip_bits + 1) * (31 + f + 31)
+    carried = (5 + 31 + c.recip_bits + 1) * (s1 + 5)
+    return {
+        "lane_bits": float(c.lanes * lane),
+        "shift_bits": float(c.lanes * 2 * (d + rq)),
+        "stats_bits": float(root + div + carried + 5 * V_BITS),
+        "const_bits": float(c.lanes * (c.gamma_bits + c.acc_bits + 4 * c.in_bits)),
+    }
+
+
+def exact(cfg: LayerNormConfig, family: str) -> Resources:
+    """DSPs, block RAM, and the LUT RAM and soft logic of the memories."""
+    total = Resources(dsp=dsps(cfg, family))
+    for mem in memories(cfg, family).values():
+        total = total + mem.resources
+    return total
+
+
+def resources(cfg: LayerNormConfig, family: str) -> Resources:
+    """DSP and block RAM (exact), LUT and FF (rules plus the fitted model) of one LayerNorm unit."""
+    lut, ff = fitted(BLOCK, family, features(cfg, family))
+    return exact(cfg, family) + Resources(lut=lut, ff=ff)
+
+
+def build(cfg: LayerNormConfig):
+    from tokensift.hw.vector.layernorm import LayerNorm
+
+    return LayerNorm(config=_check(cfg))
+
+
+def params_to_dict(cfg: LayerNormConfig) -> dict:
+    return _check(cfg).to_dict()
+
+
+def params_from_dict(d: dict) -> LayerNormConfig:
+    return LayerNormConfig.from_dict(d)

@@ -1,0 +1,146 @@
+"""The per-token statistics of :mod:`tokensift.quant.layernorm` in a pipeline that takes a token every cycle.
+
+From a token's ``S1 = sum q`` and ``S2 = sum q**2`` (``C`` codes) the reference's variance is exact without
+a second pass over the row, since ``sum_i (C q_i - S1)**2 = C (C S2 - S1**2)``:
+
+1. ``v = C (C S2 - S1**2) + eps`` (products with operands and result in registers, then the difference, the
+   product, the sum: 4 stages);
+2. ``x = v << 2k`` with ``k = (62 - bit_length(v)) >> 1``: five stages that shift by 32, 16, 8, 4, 2 bits when
+   that many top bits are zero (the greedy sum is the largest even shift that keeps ``x < 2**62``);
+3. ``r = floor(sqrt(x))``, the restoring digit-by-digit root, one bit per stage (31 stages); it is the floor
+   root, the value the reference's Newton iteration ends on;
+4. ``f = floor(2**(31 + R) / r)`` by restoring division, one quotient bit per stage (``R + 2`` stages; as
+   ``2**30 <= r < 2**31`` the quotient's higher bits are zero);
+5. what the output datapath needs per token: ``Cf = C f``, the right shift ``s = 31 + R - F - k + L`` and
+   ``H = S1 f 2**L - half(s)`` (2 stages), so that ``n_i = (q_i Cf 2**L - H) >> s`` is the reference's
+   ``round_shift((C q_i - S1) f, 31 + R - F - k)``.
+
+No stage holds more than one compare-and-subtract of 34 bits or one registered multiplier, and no stage
+waits for another: the pipeline never stalls, and its latency is :attr:`LayerNormConfig.stats_latency`.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from tokensift.hw.vector.layernorm_layout import LayerNormConfig, _bits
+
+__all__ = ["StatsPipe", "ROOT_STEPS", "NORM_STEPS"]
+
+#: significant bits of the normalised root (``2**30 <= r < 2**31``)
+ROOT_STEPS = 31
+#: the normalising shifts of step 2, in bits
+NORM_STEPS = (32, 16, 8, 4, 2)
+V_BITS = 62
+
+
+class StatsPipe(wiring.Component):
+    """``(S1, S2)`` of a token in, ``(Cf, H, s)`` out :attr:`latency` cycles later; ``dim`` and ``eps`` are the
+    job's constants (held while the job's tokens are in the pipeline)."""
+
+    def __init__(self, config: LayerNormConfig):
+        if not isinstance(config, LayerNormConfig):
+            raise TypeError(f"config must be a LayerNormConfig, not {type(config).__name__}")
+        self._cfg = c = config
+        self.cf_shape = unsigned(_bits(c.c_max << c.recip_bits))
+        s1f_bits = c.s1_shape.width + c.f_shape.width + 1 + c.left_pre_shift
+        self.h_shape = signed(s1f_bits + 1)
+        super().__init__({
+            "dim": In(unsigned(_bits(c.c_max))),
+            "eps": In(unsigned(c.eps_bits)),
+            "i_valid": In(1),
+            "i_s1": In(c.s1_shape),
+            "i_s2": In(c.s2_shape),
+            "o_valid": Out(1),
+            "o_cf": Out(self.cf_shape),
+            "o_h": Out(self.h_shape),
+            "o_shift": Out(range(c.norm_shift_max + 1)),
+        })
+
+    @property
+    def latency(self) -> int:
+        return self._cfg.stats_latency
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._cfg
+        big_r = c.recip_bits - 1
+
+        stage_no = [0]
+
+        def stage(valid, **values):
+            """Register ``values`` (and the valid bit) as the next stage; returns the registered signals."""
+            stage_no[0] += 1
+            n = stage_no[0]
+            v = Signal(name=f"t{n}_valid")
+            m.d.sync += v.eq(valid)
+            regs = {}
+            for name, (shape, value) in values.items():
+                r = Signal(shape, name=f"t{n}_{name}")
+                m.d.sync += r.eq(value)
+                regs[name] = r
+            return v, regs
+
+        s1 = (c.s1_shape, self.i_s1)
+        # 1: C S2 and S1**2; 2: their difference (>= 0 by Cauchy-Schwarz); 3: C (C S2 - S1**2); 4: + eps
+        p_bits = _bits(c.c_max * (c.c_max << (2 * c.in_bits - 2)))
+        v1, r1 = stage(self.i_valid, cs2=(unsigned(p_bits), self.dim * self.i_s2),
+                       s1sq=(unsigned(p_bits), self.i_s1 * self.i_s1), s1=s1)
+        v2, r2 = stage(v1, t=(unsigned(p_bits), (r1["cs2"] - r1["s1sq"])[:p_bits]), s1=(c.s1_shape, r1["s1"]))
+        v3, r3 = stage(v2, ct=(unsigned(V_BITS), self.dim * r2["t"]), s1=(c.s1_shape, r2["s1"]))
+        v4, r4 = stage(v3, x=(unsigned(V_BITS), r3["ct"] + self.eps), s1=(c.s1_shape, r3["s1"]))
+
+        # normalise: x = v << 2k
+        valid, x, k, s1 = v4, r4["x"], 0, r4["s1"]
+        k_shape = unsigned(5)
+        for step in NORM_STEPS:
+            top_zero = x[V_BITS - step:] == 0
+            valid, r = stage(valid, x=(unsigned(V_BITS), Mux(top_zero, x << step, x)),
+                             k=(k_shape, k + Mux(top_zero, step // 2, 0)), s1=(c.s1_shape, s1))
+            x, k, s1 = r["x"], r["k"], r["s1"]
+
+        # restoring square root, two bits of x per stage
+        # (the remainder is at most 2 root < 2**32; one subtraction, its sign is the compare)
+        rem_shape, root_shape = unsigned(ROOT_STEPS + 2), unsigned(ROOT_STEPS)
+        rem, root = Const(0, rem_shape), Const(0, root_shape)
+        for _ in range(ROOT_STEPS):
+            cur = Cat(x[V_BITS - 2:V_BITS], rem)  # (rem << 2) | next pair
+            diff = Cat(cur, 0).as_signed() - Cat(1, 0, root, 0).as_signed()  # minus (root << 2) | 1
+            take = ~diff[-1]
+            valid, r = stage(valid, x=(unsigned(V_BITS), x << 2), rem=(rem_shape, Mux(take, diff, cur)),
+                             root=(root_shape, Cat(take, root)), k=(k_shape, k), s1=(c.s1_shape, s1))
+            x, rem, root, k, s1 = r["x"], r["rem"], r["root"], r["k"], r["s1"]
+
+        # restoring division of 2**(31 + R) by r: the prefix above the quotient's top bit is 2**29 < r
+        div_rem = Const(1 << 29, 31)  # the remainder stays below r < 2**31
+        quo = Const(0, c.f_shape)
+        for _ in range(big_r + 2):
+            twice = Cat(0, div_rem)
+            diff = Cat(twice, 0).as_signed() - Cat(root, 0).as_signed()
+            take = ~diff[-1]
+            valid, r = stage(valid, rem=(unsigned(31), Mux(take, diff, twice)),
+                             quo=(c.f_shape, Cat(take, quo)), root=(root_shape, root), k=(k_shape, k),
+                             s1=(c.s1_shape, s1))
+            div_rem, quo, root, k, s1 = r["rem"], r["quo"], r["root"], r["k"], r["s1"]
+
+        # Cf, S1 f, and the shift with its rounding half (half-up when the reference's shift is positive)
+        shift_shape = unsigned(ceil_log2(c.norm_shift_max + 1) or 1)
+        s1f_shape = signed(c.s1_shape.width + c.f_shape.width + 1)
+        valid, r = stage(valid, cf=(self.cf_shape, self.dim * quo), s1f=(s1f_shape, s1 * quo),
+                         shift=(shift_shape, c.norm_shift_max - k))
+        pre = c.left_pre_shift
+        positive = r["shift"] > pre  # the reference shift s - L >= 1
+        half = Signal(self.h_shape)
+        with m.Switch(r["shift"]):
+            for s in range(1, c.norm_shift_max + 1):
+                with m.Case(s):
+                    m.d.comb += half.eq(1 << (s - 1))
+        valid, r2 = stage(valid, h=(self.h_shape, (r["s1f"] << pre) - Mux(positive, half, 0)),
+                          shift=(shift_shape, r["shift"]), cf=(self.cf_shape, r["cf"]))
+        assert stage_no[0] == self.latency, (stage_no[0], self.latency)
+        m.d.comb += [self.o_valid.eq(valid), self.o_cf.eq(r2["cf"]), self.o_h.eq(r2["h"]),
+                     self.o_shift.eq(r2["shift"])]
+        return m
