@@ -23,7 +23,9 @@ Structure (timing by construction)
 ----------------------------------
 The sums live in two block-RAM banks of ``ceil(c_max / lanes)`` words: a frame accumulates into one while
 the other is read out through the dividers, so back-to-back frames keep the input at one beat per cycle
-(``N = 1`` included). Accumulating is a read-modify-write: the RAM read goes straight into a register,
+whenever ``(N - 1) * ceil(C / lanes) >= READOUT_GAP`` (a bank is free again ``ceil(C / lanes) +``
+:data:`READOUT_GAP` cycles after its frame's last beat); shorter frames (``N = 1``) wait for it
+(:func:`burst_cycles`). Accumulating is a read-modify-write: the RAM read goes straight into a register,
 the add has its own stage, and the sums of the three beats still on their way into the RAM are forwarded
 (chosen by address compares made one stage earlier), so no beat waits. The readout and the dividers are
 one pipeline frozen by a stalled output (the RAM's read enable included).
@@ -42,13 +44,17 @@ from amaranth.lib.wiring import In, Out
 
 from tokensift.checks import check_int
 
-__all__ = ["TokenMeanParams", "TokenMean", "cycles", "readout_latency", "FIELD_BITS", "ACC_LATENCY"]
+__all__ = ["TokenMeanParams", "TokenMean", "cycles", "burst_cycles", "readout_latency", "FIELD_BITS", "ACC_LATENCY",
+           "READOUT_GAP"]
 
 #: width of ``n_tokens`` and ``channels`` in a command (values above the maxima are flagged)
 FIELD_BITS = 16
 #: cycles from a frame's last accepted beat to its first readout issue (RAM read, register, add, write,
 #: bank hand-over)
 ACC_LATENCY = 4
+#: cycles past its ``ceil(C / lanes)`` reads from a frame's last beat to the next frame of its bank being
+#: able to start (the accumulation's write, the hand-over, the last read's register, the release)
+READOUT_GAP = 5
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,29 @@ def cycles(params: TokenMeanParams, n_tokens: int, channels: int) -> int:
     c = check_int("channels", channels, low=1, high=params.c_max)
     chunks = -(-c // params.lanes)
     return n * chunks + ACC_LATENCY + chunks + readout_latency(params) - 1
+
+
+def burst_cycles(params: TokenMeanParams, n_tokens: int, channels: int, frames: int) -> int:
+    """Cycles from the first to the last input beat (both included) of ``frames`` identical frames sent
+    back to back without stalls into an idle unit: ``frames * N * ceil(C / lanes)`` when
+    ``(N - 1) * ceil(C / lanes) >= READOUT_GAP``, more for shorter frames (each waits for the bank of the
+    frame two before it).
+
+    >>> p = TokenMeanParams(lanes=16, n_max=197, c_max=192)
+    >>> burst_cycles(p, 138, 192, 3), burst_cycles(p, 1, 192, 3)
+    (4968, 41)
+    """
+    cycles(params, n_tokens, channels)  # checks the arguments
+    frames = check_int("frames", frames, low=1)
+    chunks = -(-channels // params.lanes)
+    beats = n_tokens * chunks
+    starts = [0]
+    for k in range(1, frames):
+        earliest = starts[k - 1] + beats
+        if k >= 2:
+            earliest = max(earliest, starts[k - 2] + beats + chunks + READOUT_GAP)
+        starts.append(earliest)
+    return starts[-1] + beats
 
 
 class TokenMean(wiring.Component):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.hw.vector_streams import drive, simulate
-from tokensift.hw.vector.token_mean import TokenMean, TokenMeanParams, cycles
+from tokensift.hw.vector.token_mean import READOUT_GAP, TokenMean, TokenMeanParams, burst_cycles, cycles
 from tokensift.quant.stages.predictor import mean_rows
 
 
@@ -131,6 +131,21 @@ def test_back_to_back_frames_never_stall_the_input():
     assert got == [b for n, c, codes in frames for b in expected_beats(params, n, c, codes)]
     accepted = traffic.accepted["i_stream"]
     assert accepted == list(range(accepted[0], accepted[0] + len(accepted)))
+
+
+@pytest.mark.parametrize("n, c", [(1, 12), (1, 1), (2, 8), (3, 12)])
+def test_short_frames_back_to_back_match_the_burst_formula(n, c):
+    """Frames too short to hide the readout (``(N - 1) * chunks < READOUT_GAP``) wait for their bank, as
+    burst_cycles says; longer ones do not wait at all."""
+    params = TokenMeanParams(lanes=4, bits=8, n_max=8, c_max=12)
+    rng = np.random.default_rng(n + c)
+    frames = [(n, c, random_codes(rng, params, n, c)) for _ in range(5)]
+    got, traffic = run_frames(params, frames, idle=0.0, stall=0.0, seed=0)
+    assert got == [b for n, c, codes in frames for b in expected_beats(params, n, c, codes)]
+    accepted = traffic.accepted["i_stream"]
+    assert accepted[-1] - accepted[0] + 1 == burst_cycles(params, n, c, 5)
+    chunks = -(-c // 4)
+    assert (burst_cycles(params, n, c, 5) == 5 * n * chunks) == ((n - 1) * chunks >= READOUT_GAP)
 
 
 def test_reset_mid_frame():

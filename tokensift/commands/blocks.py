@@ -18,7 +18,7 @@ from tokensift.errors import InvalidArgumentError
 
 __all__ = ["BLOCKS", "load", "available", "check_tokens", "check_count", "check_stall"]
 
-BLOCKS = ["attention", "selector", "requant", "score_combiner"]
+BLOCKS = ["attention", "selector", "requant", "score_combiner", "gelu", "residual", "token_mean"]
 
 
 def load(name: str):
