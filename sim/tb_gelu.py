@@ -48,7 +48,7 @@ async def _layer(dut, unit: GeluUnitParams, gelu: GeluParams, codes, cfg_src, da
     got = await sink.wait_for(done + len(beats))
     while not data_src.idle_now:
         await RisingEdge(dut.clk)
-    return np.array([list(decode(unit.out_layout, v)) for v in got[done:]]).reshape(-1)
+    return np.array([list(decode(unit.out_layout, v).data) for v in got[done:]]).reshape(-1)
 
 
 @cocotb.test()

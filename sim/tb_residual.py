@@ -37,7 +37,7 @@ async def _stream(dut, p: ResidualParams, x, y, *, idle: float, stall: float, se
     sx.send(encode(p.layout, row) for row in x.tolist())
     sy.send(encode(p.layout, row) for row in y.tolist())
     got = await sink.wait_for(len(x))
-    return np.array([list(decode(p.layout, v)) for v in got])
+    return np.array([list(decode(p.out_layout, v).data) for v in got])
 
 
 @cocotb.test()
@@ -94,4 +94,4 @@ async def reset_mid_stream(dut):
     sx.send(encode(p.layout, row) for row in x.tolist())
     sy.send(encode(p.layout, row) for row in y.tolist())
     got = await sink.wait_for(30)
-    assert np.array_equal(np.array([list(decode(p.layout, v)) for v in got]), residual_add(x, y, p.res))
+    assert np.array_equal(np.array([list(decode(p.out_layout, v).data) for v in got]), residual_add(x, y, p.res))

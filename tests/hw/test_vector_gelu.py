@@ -58,7 +58,7 @@ def run(params, jobs, *, idle, stall, seed):
             beats = codes.reshape(-1, params.lanes).tolist()
             t = await drive(ctx, dut, sources={"i_stream": beats}, sinks={"o_stream": len(beats)}, rng=rng,
                             idle=idle, stall=stall)
-            outputs.append(np.array([list(v) for v in t.received["o_stream"]]).reshape(-1))
+            outputs.append(np.array([list(v.data) for v in t.received["o_stream"]]).reshape(-1))
             traffics.append(t)
         for _ in range(6):
             await ctx.tick()
@@ -137,6 +137,6 @@ def test_codes_wait_for_the_first_configuration_and_reset_forgets_it():
         ctx.set(rst, 0)
         _, _, ready, valid = await ctx.tick().sample(dut.i_stream.ready, dut.o_stream.valid)
         assert not ready and not valid
-        return [v[0] for v in t.received["o_stream"]]
+        return [v.data[0] for v in t.received["o_stream"]]
 
     assert simulate(GeluUnit(params=params), body, resettable=True) == gelu_int([20], gelu).tolist()

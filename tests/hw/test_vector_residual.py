@@ -63,7 +63,7 @@ def run(params, x, y, *, idle, stall, seed):
         return t, ctx.get(dut.overflows)
 
     traffic, overflows = simulate(dut, body)
-    return np.array([list(v) for v in traffic.received["o_stream"]]), overflows, traffic
+    return np.array([list(v.data) for v in traffic.received["o_stream"]]), overflows, traffic
 
 
 @pytest.mark.parametrize("res, lanes", [(FixedFormat(bits=16), 4), (FixedFormat(bits=8, overflow=Overflow.WRAP), 3),
@@ -104,7 +104,7 @@ def test_operands_wait_for_each_other():
         ctx.set(dut.i_x.valid, 0)
         ctx.set(dut.i_y.valid, 0)
         await ctx.tick().until(dut.o_stream.valid)
-        return list(ctx.get(dut.o_stream.payload))
+        return list(ctx.get(dut.o_stream.payload).data)
 
     assert simulate(ResidualAdd(params=params), body) == [127]
 
@@ -125,6 +125,6 @@ def test_reset_clears_pipeline_and_count():
         ctx.set(rst, 0)
         assert ctx.get(dut.overflows) == 0 and not ctx.get(dut.o_stream.valid)
         t = await drive(ctx, dut, sources={"i_x": [[1, -2]], "i_y": [[3, -4]]}, sinks={"o_stream": 1}, rng=rng)
-        return [list(v) for v in t.received["o_stream"]]
+        return [list(v.data) for v in t.received["o_stream"]]
 
     assert simulate(ResidualAdd(params=params), body, resettable=True) == [[4, -6]]
