@@ -129,12 +129,28 @@ GRID: dict[str, list[tuple[str, dict]]] = {
     "layernorm": [
         (f"c{c}_l{lanes}_r{r}", {**LayerNormConfig(c_max=c, lanes=lanes, recip_bits=r).to_dict()})
         for c, lanes, r in [(16, 1, 16), (48, 4, 16), (64, 8, 12), (96, 2, 16), (32, 4, 8), (384, 16, 16)]
+    "gelu": [
+        (f"l{lanes}_i{i}_m{mb}_o{o}", {"lanes": lanes, "in_bits": i, "multiplier_bits": mb, "out_bits": o})
+        for lanes, i, mb, o in [(1, 8, 16, 8), (2, 8, 16, 8), (4, 8, 16, 8), (8, 8, 16, 8), (16, 8, 16, 8),
+                                (4, 12, 24, 8), (2, 16, 20, 12), (8, 10, 12, 8)]
+    ],
+    "residual": [
+        (f"l{lanes}_r{r}{'_wrap' if w else ''}", {"lanes": lanes, "res_bits": r,
+                                                  "overflow": "wrap" if w else "saturate"})
+        for lanes, r, w in [(1, 16, False), (4, 16, False), (16, 16, False), (8, 8, False), (32, 16, False),
+                            (4, 24, False), (16, 20, False), (8, 16, True)]
+    ],
+    "token_mean": [
+        (f"l{lanes}_b{b}_n{n}_c{c}", {"lanes": lanes, "bits": b, "n_max": n, "c_max": c})
+        for lanes, b, n, c in [(1, 8, 197, 192), (4, 8, 197, 192), (16, 8, 197, 192), (8, 8, 64, 64),
+                               (16, 8, 197, 384), (4, 12, 100, 50), (2, 8, 16, 8), (8, 6, 50, 96)]
     ],
 }
 
 #: the configurations test_synth.py synthesizes live (small, a few seconds each)
 QUICK = {"memory": ["m16x197s", "m42x4a"], "multiplier": ["x32x15s"], "requant": ["acc32_m12345_s20"],
-         "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": [], "score_combiner": [], "gemm": [], "layernorm": []}
+         "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": [], "score_combiner": [], "gemm": [], "layernorm": [],
+         "gelu": [], "residual": [], "token_mean": []}
 
 
 def attention_grid() -> list[tuple[str, dict]]:

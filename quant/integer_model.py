@@ -41,6 +41,7 @@ from tokensift.quant.gelu import GeluParams, gelu_error_bound, gelu_exact, gelu_
 from tokensift.quant.gemm import IntLinear, linear_error_bound
 from tokensift.quant.layernorm import LayerNormParams, layernorm_error_bound, layernorm_float, layernorm_int
 from tokensift.quant.qparams import MULTIPLIER_BITS, quantize_multiplier, quantize_tensor, symmetric_scale
+from tokensift.quant.residual import residual_add
 from tokensift.quant.softmax import SoftmaxParams
 from tokensift.quant.stages import (
     BuildContext,
@@ -249,7 +250,7 @@ class IntegerViT:
 
     # -- integer forward -----------------------------------------------------------------------------
     def _residual_add(self, x: np.ndarray, y: np.ndarray, site: str) -> np.ndarray:
-        return self.res.fit(x + y, counter=self.counter, site=site)
+        return residual_add(x, y, self.res, counter=self.counter, site=site)
 
     def embed(self, images) -> np.ndarray:
         """Float images (B, C, H, W) -> int8 codes -> residual tokens (B, 1 + patches, dim)."""

@@ -7,8 +7,8 @@ the fit and the tests reach them through :func:`block_cost`, with parameters as 
 >>> params = {"acc_bits": 32, "out_bits": 8, "multiplier": 12345, "shift": 20}
 >>> cost.exact(params, "xcup").dsp
 2
->>> sorted(BLOCKS)
-['attention', 'gemm', 'layernorm', 'mac_array', 'memory', 'multiplier', 'requant', 'score_combiner', 'selector']
+>>> len(BLOCKS), sorted(BLOCKS)[:6]
+(12, ['attention', 'gelu', 'gemm', 'layernorm', 'mac_array', 'memory'])
 """
 
 from __future__ import annotations
@@ -30,13 +30,17 @@ BLOCKS: dict[str, str | None] = {
     "score_combiner": "tokensift.hw.score_combiner.resources",
     "gemm": "tokensift.hw.gemm.resources",
     "layernorm": "tokensift.hw.vector.layernorm_resources",
+    "gelu": "tokensift.hw.vector.gelu_resources",
+    "residual": "tokensift.hw.vector.residual_resources",
+    "token_mean": "tokensift.hw.vector.token_mean_resources",
     "memory": None,
     "multiplier": None,
 }
 
 #: blocks whose LUT/FF come from a fitted model, in fitting order: the memories' soft logic first (the
 #: blocks contain memories), then the blocks
-FITTED_BLOCKS = ("memory", "requant", "mac_array", "selector", "attention", "score_combiner", "gemm", "layernorm")
+FITTED_BLOCKS = ("memory", "requant", "mac_array", "selector", "attention", "score_combiner", "gemm", "layernorm",
+                 "gelu", "residual", "token_mean")
 
 
 @dataclass(frozen=True)

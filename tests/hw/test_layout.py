@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BLOCK_FAMILIES = ("attention", "selector", "score_combiner")
+BLOCK_FAMILIES = ("attention", "selector", "score_combiner", "vector")
 OUTSIDE_HW = ("tokensift.sim", "tokensift.coopt", "tokensift.commands", "tokensift.cli")
 
 #: (folder, prefixes it must never import)

@@ -181,6 +181,54 @@ CASES: dict[str, list[Case]] = {
         case("--rows 0", r"rows must be between 1 and 64, not 0"),
         case("--pnr --family xcup", r"--pnr places and routes on ECP5 only .*"),
     ],
+    "generate gelu": [
+        case("--in-bits 17 --out {out}", r"in_bits must be between 2 and 16, not 17"),
+        case("--multiplier-bits 32 --out {out}", r"multiplier_bits must be between 2 and 31, not 32"),
+        case("--out {file}", r"--out '.*a_file\.txt' is a file, not a folder"),
+    ],
+    "simulate gelu": [
+        case("--scales 0.05:x", r"--scales must be comma-separated IN:OUT scale pairs, not '0\.05:x'"),
+        case("--scales 0.05", r"--scales must be comma-separated IN:OUT scale pairs, not '0\.05'"),
+        case("--scales 0.05:-1", r"--scales output scale must be a positive finite number, not -1\.0"),
+        case("--scales 9:0.1", r"in_scale 9\.0 is too coarse for the GELU polynomial \(clip point 0, constant one 0\); "
+                               r"use a finer input scale"),
+        case("--count 0", r"--count must be at least 1, not 0"),
+        case("--beats 0", r"--beats must be at least 1, not 0"),
+        case("--stall 1", r"--stall must be a probability in \[0, 1\), not 1"),
+        case("--lanes 0", r"lanes must be between 1 and 64, not 0"),
+    ],
+    "synth gelu": [
+        case("--lanes 65", r"lanes must be between 1 and 64, not 65"),
+        case("--pnr --family xcup", r"--pnr places and routes on ECP5 only .*"),
+    ],
+    "generate residual": [
+        case("--res-bits 40 --out {out}", r"--res-bits must be between 2 and 32, not 40"),
+        case("--overflow clip --out {out}", r"argument --overflow: invalid choice: 'clip' \(choose from .*\)"),
+    ],
+    "simulate residual": [
+        case("--beats 0", r"--beats must be at least 1, not 0"),
+        case("--timed-beats -3", r"--timed-beats must be at least 1, not -3"),
+        case("--stall 1.5", r"--stall must be a probability in \[0, 1\), not 1\.5"),
+        case("--lanes 0", r"lanes must be between 1 and 64, not 0"),
+    ],
+    "synth residual": [
+        case("--res-bits 1", r"--res-bits must be between 2 and 32, not 1"),
+    ],
+    "generate token_mean": [
+        case("--lanes 3 --out {out}", r"lanes must be a power of two, not 3"),
+        case("--n-max 0 --out {out}", r"n_max must be between 1 and 65535, not 0"),
+    ],
+    "simulate token_mean": [
+        case("--tokens 198", r"--tokens must be between 1 and --n-max 197, not 198"),
+        case("--channels 0", r"--channels must be between 1 and --c-max 192, not 0"),
+        case("--channels 193", r"--channels must be between 1 and --c-max 192, not 193"),
+        case("--frames 0", r"--frames must be at least 1, not 0"),
+        case("--c-max 70000", r"c_max must be between 1 and 65535, not 70000"),
+        case("--bits 1", r"bits must be between 2 and 16, not 1"),
+    ],
+    "synth token_mean": [
+        case("--lanes 128", r"lanes must be between 1 and 64, not 128"),
+    ],
     "estimate": [
         case("--clock-mhz inf", r"--clock-mhz must be a positive finite number, not inf"),
         case("--clock-mhz nan", r"--clock-mhz must be a positive finite number, not nan"),

@@ -18,7 +18,8 @@ from tokensift.errors import InvalidArgumentError
 
 __all__ = ["BLOCKS", "load", "available", "check_tokens", "check_count", "check_stall"]
 
-BLOCKS = ["attention", "selector", "requant", "score_combiner", "gemm", "layernorm"]
+BLOCKS = ["attention", "selector", "requant", "score_combiner", "gemm", "layernorm", "gelu", "residual",
+          "token_mean"]
 
 
 def load(name: str):
