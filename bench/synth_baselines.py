@@ -129,6 +129,7 @@ GRID: dict[str, list[tuple[str, dict]]] = {
     "layernorm": [
         (f"c{c}_l{lanes}_r{r}", {**LayerNormConfig(c_max=c, lanes=lanes, recip_bits=r).to_dict()})
         for c, lanes, r in [(16, 1, 16), (48, 4, 16), (64, 8, 12), (96, 2, 16), (32, 4, 8), (384, 16, 16)]
+    ],
     "gelu": [
         (f"l{lanes}_i{i}_m{mb}_o{o}", {"lanes": lanes, "in_bits": i, "multiplier_bits": mb, "out_bits": o})
         for lanes, i, mb, o in [(1, 8, 16, 8), (2, 8, 16, 8), (4, 8, 16, 8), (8, 8, 16, 8), (16, 8, 16, 8),
@@ -149,8 +150,8 @@ GRID: dict[str, list[tuple[str, dict]]] = {
 
 #: the configurations test_synth.py synthesizes live (small, a few seconds each)
 QUICK = {"memory": ["m16x197s", "m42x4a"], "multiplier": ["x32x15s"], "requant": ["acc32_m12345_s20"],
-         "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": [], "score_combiner": [], "gemm": [], "layernorm": [],
-         "gelu": [], "residual": [], "token_mean": []}
+         "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": [], "score_combiner": [], "gemm": [],
+         "layernorm": [], "gelu": [], "residual": [], "token_mean": []}
 
 
 def attention_grid() -> list[tuple[str, dict]]:

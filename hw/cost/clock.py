@@ -7,8 +7,8 @@ Fmax at the device's speed grade. A unit's Fmax is the **lowest measured over it
 selector's with or without the package token, as the model uses it), not the one configuration at hand:
 every configuration of a block is held to the same bound, so ``tokensift estimate``, the co-optimizer and
 the latency budget of training give the same latency for the same design, and a configuration that was
-never placed and routed is not credited with a figure nobody measured. The linear array is a cost-model
-assumption, not generated hardware: it has no Fmax, and the clock says so.
+never placed and routed is not credited with a figure nobody measured. The linear unit is the GEMM engine
+(``gemm`` in the baselines).
 
 For the Xilinx families no open place and route exists: their clock is the device database's assumption
 and every answer labels it ``assumed``. A clock given by the user (``--clock-mhz``) is labelled ``given``.
@@ -35,8 +35,8 @@ FMAX_BASELINE = Path(__file__).resolve().parents[2] / "tests" / "hw" / "baseline
 #: ``measured``: min(device clock, measured Fmax); ``assumed``: the device database's figure, no P&R behind
 #: it; ``given``: the user's
 SOURCES = ("measured", "assumed", "given")
-#: generated units whose Fmax is measured (the linear array is an assumption of the cost model)
-_MEASURED_UNITS = ("attention", "selector")
+#: the block in the Fmax baselines of each unit of :meth:`ModelCost.units`
+_MEASURED_UNITS = {"attention": "attention", "selector": "selector", "linear": "gemm"}
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def model_clock(device, *, units=("attention", "linear"), package: bool = False,
     for unit in units:
         if unit not in _MEASURED_UNITS:
             continue
-        found = block_fmax(unit, speed, package=package if unit == "selector" else None, path=path)
+        found = block_fmax(_MEASURED_UNITS[unit], speed, package=package if unit == "selector" else None, path=path)
         if found is None:
             missing.append(unit)
         else:

@@ -85,6 +85,13 @@ class LatencyBudget:
             raise ValueError(f"clock_mhz must be positive, not {clock_mhz!r}")
         self.clock = clock_for_cost(self.cost, self.device, clock_mhz=clock_mhz)
         self.clock_mhz = self.clock.mhz
+        if self.cost.hw.weight_rate is None:  # the device's DRAM at this clock feeds the linear engine
+            import dataclasses
+
+            from tokensift.hw.cost.linear import device_weight_rate
+
+            hw = dataclasses.replace(self.cost.hw, weight_rate=device_weight_rate(self.device, self.clock_mhz))
+            self.cost = ModelCost(self.cost.desc, hw)
         c = self.cost
         self.num_stages = len(c.desc.selectors)
         self._stages = c.schedule().stages

@@ -2,18 +2,26 @@
 
 The accelerator is one attention unit (:class:`tokensift.hw.attention.core.Attention` with
 ``heads_parallel`` cores), one token selector (:class:`tokensift.hw.selector.core.Selector`, present when the
-model prunes) and one linear array (:mod:`tokensift.hw.cost.linear`, the assumption for the layers not
-built yet). They run one after the other, layer by layer; the resources are those of the three units
+model prunes), the linear engine (:mod:`tokensift.hw.cost.linear`: the GEMM engine of
+:mod:`tokensift.hw.gemm`, weights streamed from DRAM) and the streaming vector units of :mod:`tokensift.hw.vector`
+(LayerNorm, GELU, residual add; ``rows`` lanes each, the engine's output beat). They run one after the other, layer by layer; the resources are those of the three units
 (each instantiated once and reused by every layer). Per encoder layer ``b`` with ``N`` tokens in attention
 and ``M`` in the MLP::
 
-    qkv        N x dim -> 3 dim        linear array
-    attention  heads frames of N       attention unit (heads_parallel cores)
-    proj       N x dim -> dim          linear array
-    selector   where a stage prunes    token selector + its predictor's MACs on the linear array
-    fc1, fc2   M x dim -> hidden -> dim  linear array
+    norm1      N tokens of dim          LayerNorm unit, a pass over the residual stream (its output is the
+                                        next job's activations, loaded as it is produced)
+    qkv        N x dim -> 3 dim         linear engine
+    attention  heads frames of N        attention unit (heads_parallel cores)
+    proj       N x dim -> dim           linear engine
+    residual1                           residual adder on proj's output beats: its pipeline latency
+    selector   where a stage prunes     token selector + its predictor's MACs on the linear engine
+    norm2      M tokens of dim          LayerNorm unit
+    fc1        M x dim -> hidden        linear engine
+    gelu                                GELU unit on fc1's output beats (the activations of fc2): its latency
+    fc2        M x hidden -> dim        linear engine
+    residual2                           residual adder on fc2's output beats: its latency
 
-plus the patch embedding and the classifier head. The token schedule (how many tokens each layer sees,
+plus the patch embedding, the final LayerNorm (the class token) and the classifier head. The token schedule (how many tokens each layer sees,
 where the selectors sit and what they keep) comes from :mod:`tokensift.sw` (:func:`model_schedule`), the
 same one its FLOPs counter uses.
 
@@ -30,19 +38,56 @@ from dataclasses import dataclass, field
 
 from tokensift.checks import check_int
 from tokensift.hw.common.resources import Resources, check_family
-from tokensift.hw.cost.linear import LinearParams, linear_cycles, linear_resources, predictor_cycles
+from tokensift.hw.cost.linear import (
+    DEFAULT_WEIGHT_RATE,
+    LinearParams,
+    linear_cycles,
+    linear_resources,
+    predictor_cycles,
+)
 from tokensift.quant.select import Mode, SelectorParams
 
-__all__ = ["HwConfig", "ModelDesc", "Stage", "Schedule", "ModelCost", "model_schedule"]
+__all__ = ["HwConfig", "ModelDesc", "Stage", "Schedule", "ModelCost", "model_schedule", "VectorUnits",
+           "vector_units", "LINEAR_GROUP"]
+
+#: the units that scale with the linear engine's shape (the co-optimizer's "linear" unit is their sum)
+LINEAR_GROUP = ("linear", "layernorm", "gelu", "residual")
+
+
+@dataclass(frozen=True)
+class VectorUnits:
+    """The streaming units next to the linear engine (one of each, reused by every layer)."""
+
+    layernorm: object
+    gelu: object
+    residual: object
+
+
+def vector_units(dim: int, *, rows: int, res_bits: int = 16) -> VectorUnits:
+    """The vector units of a model of width ``dim`` next to an engine of ``rows`` rows: each takes ``rows``
+    values per cycle (the engine's output beat is one channel of ``rows`` tokens, and a LayerNorm of
+    ``rows`` lanes produces a token tile's activations as fast as the engine loads them); the LayerNorm
+    and the residual adder work on the ``res_bits`` residual stream, the GELU on fc1's int8 outputs."""
+    from tokensift.hw.vector.gelu import GeluUnitParams
+    from tokensift.hw.vector.layernorm_layout import LayerNormConfig
+    from tokensift.hw.vector.residual import ResidualParams
+    from tokensift.quant.fixed import FixedFormat
+
+    return VectorUnits(layernorm=LayerNormConfig(c_max=dim, lanes=rows, in_bits=res_bits),
+                       gelu=GeluUnitParams(lanes=rows), residual=ResidualParams(lanes=rows, res=FixedFormat(bits=res_bits)))
 
 
 @dataclass(frozen=True, kw_only=True)
 class HwConfig:
     """Hardware parameters of a whole-model accelerator.
 
-    ``lanes``: multipliers of the attention core and of the linear array, and features per beat of the
+    ``lanes``: multipliers of the attention core and of the linear engine, and features per beat of the
     selector (``linear_lanes`` / ``selector_lanes`` override the last two); ``heads_parallel``: attention
-    cores; ``softmax``: the attention's softmax variant (its default when None).
+    cores; ``softmax``: the attention's softmax variant (its default when None). The linear engine is a
+    ``linear_rows x (linear_lanes / linear_rows)`` GEMM array (rows default:
+    :func:`tokensift.hw.cost.linear.default_rows`) fed ``weight_rate`` weight bytes per cycle from DRAM
+    (default :data:`tokensift.hw.cost.linear.DEFAULT_WEIGHT_RATE`; the device's realistic bandwidth where
+    a device is known).
     """
 
     lanes: int = 16
@@ -50,9 +95,11 @@ class HwConfig:
     linear_lanes: int | None = None
     selector_lanes: int | None = None
     softmax: str | None = None
+    linear_rows: int | None = None
+    weight_rate: int | None = None
 
     def __post_init__(self):
-        for name in ("lanes", "heads_parallel", "linear_lanes", "selector_lanes"):
+        for name in ("lanes", "heads_parallel", "linear_lanes", "selector_lanes", "linear_rows", "weight_rate"):
             value = getattr(self, name)
             if value is None and name != "lanes" and name != "heads_parallel":
                 continue
@@ -249,8 +296,12 @@ class ModelCost:
         self.n_max = max([self.spec.num_tokens, *sched.attn_tokens, *sched.mlp_tokens,
                           *(st.n_in for st in sched.stages)])
         self.attention = self._attention_params(self.n_max)
-        lanes = self.hw.linear_lanes or self.hw.lanes
-        self.linear = LinearParams(lanes=lanes, in_max=max(self.spec.dim, self.spec.hidden, self.patch_in))
+        self.linear = LinearParams.for_macs(
+            self.hw.linear_lanes or self.hw.lanes, rows=self.hw.linear_rows, max_tokens=self.n_max,
+            in_max=max(self.spec.dim, self.spec.hidden, self.patch_in),
+            out_max=max(3 * self.spec.dim, self.spec.hidden, self.num_classes),
+            weight_rate=self.hw.weight_rate or DEFAULT_WEIGHT_RATE)
+        self.vector = vector_units(self.spec.dim, rows=self.linear.rows)
         self.selector = None
         if sched.stages:
             self.selector = SelectorParams(n_max=max(st.n_in for st in sched.stages), dim=self.spec.dim,
@@ -282,19 +333,35 @@ class ModelCost:
 
         return cycles(self.attention, n_tokens=int(n_tokens), heads=self.heads)
 
+    def norm_cycles(self, n_tokens: int) -> int:
+        """A LayerNorm pass over ``n_tokens`` tokens of the residual stream."""
+        from tokensift.hw.vector.layernorm_cost import cycles
+
+        return cycles(self.vector.layernorm, dim=self.spec.dim, n_tokens=int(n_tokens)) if n_tokens else 0
+
     def attn_part_cycles(self, n_tokens: int) -> dict[str, int]:
+        from tokensift.hw.vector.residual import LATENCY as RESIDUAL_LATENCY
+
         d = self.spec.dim
         return {
+            "norm1": self.norm_cycles(n_tokens),
             "qkv": linear_cycles(self.linear, n_tokens=n_tokens, in_features=d, out_features=3 * d),
             "attention": self.attention_cycles(n_tokens),
             "proj": linear_cycles(self.linear, n_tokens=n_tokens, in_features=d, out_features=d),
+            "residual1": RESIDUAL_LATENCY if n_tokens else 0,
         }
 
     def mlp_part_cycles(self, n_tokens: int) -> dict[str, int]:
+        from tokensift.hw.vector.gelu import LATENCY as GELU_LATENCY
+        from tokensift.hw.vector.residual import LATENCY as RESIDUAL_LATENCY
+
         d, h = self.spec.dim, self.spec.hidden
         return {
+            "norm2": self.norm_cycles(n_tokens),
             "fc1": linear_cycles(self.linear, n_tokens=n_tokens, in_features=d, out_features=h),
+            "gelu": GELU_LATENCY if n_tokens else 0,
             "fc2": linear_cycles(self.linear, n_tokens=n_tokens, in_features=h, out_features=d),
+            "residual2": RESIDUAL_LATENCY if n_tokens else 0,
         }
 
     def stage_cycles(self, stage: Stage, n_in: int | None = None, n_out: int | None = None) -> dict[str, int]:
@@ -310,10 +377,11 @@ class ModelCost:
         return {"selector": sel, "predictor": predictor_cycles(self.linear, macs=int(macs))}
 
     def fixed_cycles(self) -> dict[str, int]:
-        """Patch embedding and classifier head."""
+        """Patch embedding, the final LayerNorm (of the class token) and the classifier head."""
         return {
             "patch_embed": linear_cycles(self.linear, n_tokens=self.num_patches, in_features=self.patch_in,
                                          out_features=self.spec.dim),
+            "norm": self.norm_cycles(1),
             "head": linear_cycles(self.linear, n_tokens=1, in_features=self.spec.dim,
                                   out_features=self.num_classes),
         }
@@ -352,8 +420,16 @@ class ModelCost:
         from tokensift.hw.selector.resources import resources as selector_resources
 
         check_family(family)
+        from tokensift.hw.vector.gelu_resources import resources as gelu_resources
+        from tokensift.hw.vector.layernorm_resources import resources as layernorm_resources
+        from tokensift.hw.vector.residual_resources import resources as residual_resources
+
+        v = self.vector
         out = {"attention": attention_resources(self.attention, family),
-               "linear": linear_resources(self.linear, family)}
+               "linear": linear_resources(self.linear, family),
+               "layernorm": layernorm_resources(v.layernorm, family),
+               "gelu": gelu_resources(v.gelu, family),
+               "residual": residual_resources(v.residual, family)}
         if self.selector is not None:
             out["selector"] = selector_resources(self.selector, family)
         return out

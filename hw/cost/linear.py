@@ -1,36 +1,27 @@
-"""THE assumption for the parts not built yet: linear layers on a MAC array of the same kind.
+"""The linear layers on the GEMM engine (:mod:`tokensift.hw.gemm`), as the cost model counts them.
 
-Everything the model needs that has no generator yet — the QKV, output-projection and MLP layers, the
-patch embedding, the classifier head and the token predictors' MLPs — is costed here, and only here:
+Every linear layer of the model -- QKV, output projection, fc1, fc2, the patch embedding (flattened patches)
+and the classifier head -- is one job of the generated GEMM engine: an output-stationary ``rows x cols``
+array of int8 MACs (one DSP each) with a double-buffered weight buffer, weights streamed from DRAM. A
+layer's cycles are the engine's exact cycle model (:func:`tokensift.hw.gemm.cycles.cycles`, equal to
+Verilator's for a job on an idle engine at a fixed memory latency): from the job's start to its last
+output, the first weight tile's load included (a layer's input is the previous layer's output, so its
+job cannot start earlier).
 
-**Linear array.** One :class:`tokensift.hw.common.mac_array.MacArray` of ``lanes`` int8 x int8 multipliers (one
-DSP each) in dot mode, fed by an input-row buffer and followed by one
-:class:`tokensift.hw.common.requant.Requantizer`:
+The weight stream: ``weight_rate`` bytes per cycle (the device's realistic DRAM bandwidth at the clock,
+:meth:`tokensift.devices.Device.dram_bytes_per_cycle`, rounded down; :data:`DEFAULT_WEIGHT_RATE` when no
+device is given) after ``weight_latency`` cycles (:data:`DEFAULT_WEIGHT_LATENCY`, an assumed DRAM round
+trip), into beats of ``weight_bytes`` (the power of two at or above the rate, at most ``cols``).
 
-* weights are streamed from off-chip memory, ``lanes`` int8 weights per cycle, and never stored on chip
-  (the bandwidth is assumed available: ``lanes`` bytes per cycle, 4.8 GB/s for 16 lanes at 300 MHz);
-* the buffer holds one input row (``in_max`` int8 values as ``lanes``-wide words, block or LUT RAM by
-  :func:`tokensift.hw.common.resources.map_memory`) and is reused for every output of that row;
-* an output is one dot product of ``ceil(in / lanes)`` chunks issued back to back, so a layer of
-  ``N`` tokens takes::
+The token predictors' MLPs (DynamicViT, SPViT) are costed by their multiply-accumulates at the array's
+peak rate (:func:`predictor_cycles`): their layers run on the same engine, as jobs the whole-model
+sequencer issues (issue 17); until then this is a lower bound, not the engine's cycle model.
 
-      cycles = N * out * ceil(in / lanes) + dot_latency + 1
-
-  (the array pipelines across outputs and rows; ``dot_latency`` is the MAC array's, ``+ 1`` the
-  requantizer's register);
-* a predictor of a token selector is a stack of such layers; its cycles are its multiply-accumulates
-  (as :mod:`tokensift.sw` counts them) over ``lanes``, rounded up, plus the same fill;
-* LayerNorm, GELU, softmax of the predictor and the residual additions are not modeled (neither
-  resources nor cycles): they are assumed to be streaming units overlapped with the array.
-
-Its resources are those of the three validated pieces: :mod:`tokensift.hw.common.mac_array_resources`,
-:func:`tokensift.hw.common.resources.map_memory` and :mod:`tokensift.hw.common.requant_resources`.
-
->>> p = LinearParams(lanes=16, in_max=1536)
+>>> p = LinearParams(rows=8, cols=128, max_tokens=197, in_max=1536, out_max=1536, weight_rate=16)
 >>> linear_cycles(p, n_tokens=197, in_features=384, out_features=1152)
-5446664
->>> linear_resources(p, "xcup").dsp  # 16 MACs + the requantizer's 32 x 17 multiplier
-18
+89845
+>>> round(197 * 384 * 1152 / (p.macs * 89845), 3)  # MAC utilization of that job
+0.947
 """
 
 from __future__ import annotations
@@ -38,50 +29,89 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from amaranth.utils import ceil_log2
-
 from tokensift.checks import check_count, check_int
-from tokensift.hw.common.mac_array_resources import MacArrayParams
-from tokensift.hw.common.mac_array_resources import resources as mac_array_resources
-from tokensift.hw.common.requant_resources import RequantParams
-from tokensift.hw.common.requant_resources import resources as requant_resources
-from tokensift.hw.common.resources import Resources, map_memory
-from tokensift.quant.fixed import INT8
-from tokensift.quant.qparams import MULTIPLIER_BITS
+from tokensift.hw.common.resources import Resources
 
-__all__ = ["LinearParams", "linear_cycles", "predictor_cycles", "linear_resources", "REQUANT_MULTIPLIER"]
+__all__ = ["LinearParams", "linear_cycles", "predictor_cycles", "linear_resources", "default_rows",
+           "device_weight_rate", "DEFAULT_WEIGHT_RATE", "DEFAULT_WEIGHT_LATENCY"]
 
-#: the output scale the linear array's requantizer is costed with: a full-width multiplier of the default
-#: width of :func:`tokensift.quant.qparams.quantize_multiplier` (the hardware would load per-channel
-#: multipliers at run time; the multiplier's width, not its value, sets the DSPs)
-REQUANT_MULTIPLIER = (1 << MULTIPLIER_BITS) - 1
-REQUANT_SHIFT = 24
+#: weight bytes per cycle when no device says otherwise: one 128-bit AXI beat per cycle
+DEFAULT_WEIGHT_RATE = 16
+#: cycles from a weight request to its first byte: an assumed DRAM round trip (about 0.3-1 us)
+DEFAULT_WEIGHT_LATENCY = 100
+
+
+def default_rows(macs: int) -> int:
+    """The array's rows (tokens per tile) for ``macs`` MACs when no shape is given: about a quarter of
+    the square root, a power of two from 1 to 16, so tiles are wide in output channels (the weight panel is
+    reused by every token tile) and short in tokens (few padded rows when a frame is pruned).
+
+    >>> [default_rows(m) for m in (4, 16, 64, 128, 1024, 4096)]
+    [1, 1, 2, 2, 8, 16]
+    """
+    check_int("macs", macs, low=1, numpy=False)
+    rows = 1
+    while rows * 2 <= min(16, math.isqrt(macs) // 4):
+        rows *= 2
+    return rows
+
+
+def device_weight_rate(device, clock_mhz: float) -> int:
+    """Weight bytes per cycle the device's DRAM delivers at ``clock_mhz`` (realistic bandwidth, rounded
+    down, at least 1)."""
+    return max(1, int(device.dram_bytes_per_cycle(clock_mhz) + 1e-9))  # 47.999... is 48
 
 
 @dataclass(frozen=True, kw_only=True)
 class LinearParams:
-    """The linear array: ``lanes`` int8 MACs, an input-row buffer for rows up to ``in_max`` values."""
+    """The GEMM engine a model's linear layers run on, and its weight memory."""
 
-    lanes: int
+    rows: int
+    cols: int
+    max_tokens: int
     in_max: int
-    data_bits: int = 8
-    acc_bits: int = 32
+    out_max: int
+    weight_rate: int = DEFAULT_WEIGHT_RATE
+    weight_latency: int = DEFAULT_WEIGHT_LATENCY
 
     def __post_init__(self):
-        for name, value, low in (("lanes", self.lanes, 1), ("in_max", self.in_max, 1),
-                                 ("data_bits", self.data_bits, 2), ("acc_bits", self.acc_bits, 2)):
-            check_int(name, value, low=low, numpy=False)
+        for name in ("rows", "cols", "max_tokens", "in_max", "out_max", "weight_rate"):
+            check_int(name, getattr(self, name), low=1, numpy=False)
+        check_int("weight_latency", self.weight_latency, low=0, numpy=False)
+        self.gemm  # noqa: B018 -- the engine's own checks (rows a power of two, cols <= 1024, ...)
+
+    @classmethod
+    def for_macs(cls, macs: int, *, rows: int | None = None, **kw) -> LinearParams:
+        """An engine of ``macs`` MACs: ``rows`` (default :func:`default_rows`) x ``macs / rows``."""
+        rows = default_rows(macs) if rows is None else check_int("rows", rows, low=1, numpy=False)
+        if macs % rows:
+            raise ValueError(f"the linear array's {macs} MACs are not a multiple of its {rows} rows")
+        return cls(rows=rows, cols=macs // rows, **kw)
 
     @property
-    def mac_array(self) -> MacArrayParams:
-        return MacArrayParams(lanes=self.lanes, a_bits=self.data_bits, b_bits=self.data_bits,
-                              dot_bits=2 * self.data_bits, acc_bits=self.acc_bits, tag_bits=1)
+    def macs(self) -> int:
+        return self.rows * self.cols
 
     @property
-    def fill(self) -> int:
-        """Pipeline fill: the MAC array's dot latency (operands, product, tree, accumulator) and the
-        requantizer."""
-        return 3 + ceil_log2(self.lanes) + 1
+    def lanes(self) -> int:
+        """MACs of the array (the co-optimizer's ``linear_lanes``)."""
+        return self.macs
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes per weight beat: the power of two at or above the memory's rate, at most ``cols`` (a beat
+        must divide a weight row of ``cols`` bytes)."""
+        w = 1
+        while w < self.weight_rate and w < self.cols and self.cols % (2 * w) == 0:
+            w *= 2
+        return w
+
+    @property
+    def gemm(self):
+        from tokensift.hw.gemm.config import GemmConfig
+
+        return GemmConfig(rows=self.rows, cols=self.cols, max_tokens=self.max_tokens, max_in=self.in_max,
+                          max_out=self.out_max, weight_bytes=self.weight_bytes)
 
 
 def _check(params) -> LinearParams:
@@ -91,28 +121,33 @@ def _check(params) -> LinearParams:
 
 
 def linear_cycles(params: LinearParams, *, n_tokens: int, in_features: int, out_features: int) -> int:
-    """Cycles of one linear layer over ``n_tokens`` rows (0 rows: 0 cycles)."""
+    """Cycles of one linear layer over ``n_tokens`` rows (0 rows: 0 cycles): the GEMM engine's job."""
+    from tokensift.hw.gemm.cycles import cycles
+
     p = _check(params)
     for name, value in (("n_tokens", n_tokens), ("in_features", in_features), ("out_features", out_features)):
         check_count(name, value, zero=True, numpy=False)
-    if in_features > p.in_max:
-        raise ValueError(f"in_features {in_features} exceeds the row buffer of the linear array (in_max {p.in_max})")
-    if n_tokens == 0 or out_features == 0:
+    for name, value, limit, what in (("in_features", in_features, p.in_max, "in_max"),
+                                     ("out_features", out_features, p.out_max, "out_max"),
+                                     ("n_tokens", n_tokens, p.max_tokens, "max_tokens")):
+        if value > limit:
+            raise ValueError(f"{name} {value} exceeds the linear engine's {what} {limit}")
+    if n_tokens == 0 or out_features == 0 or in_features == 0:
         return 0
-    return n_tokens * out_features * math.ceil(in_features / p.lanes) + p.fill
+    return int(cycles(p.gemm, int(n_tokens), int(in_features), int(out_features), weight_bytes_per_cycle=p.weight_rate,
+                      weight_latency=p.weight_latency))
 
 
 def predictor_cycles(params: LinearParams, *, macs: int) -> int:
-    """Cycles of a token predictor's MLP of ``macs`` multiply-accumulates on the linear array."""
+    """A token predictor's MLP of ``macs`` multiply-accumulates at the array's peak rate (a lower bound:
+    see the module docstring)."""
     p = _check(params)
     check_count("macs", macs, zero=True, numpy=False)
-    return -(-macs // p.lanes) + p.fill if macs else 0
+    return -(-macs // p.macs) if macs else 0
 
 
 def linear_resources(params: LinearParams, family: str) -> Resources:
-    """MAC array + input-row buffer + requantizer."""
-    p = _check(params)
-    words = math.ceil(p.in_max / p.lanes)
-    buffer = map_memory(p.lanes * p.data_bits, words, family=family).resources
-    requant = RequantParams(acc_bits=p.acc_bits, out=INT8, multiplier=REQUANT_MULTIPLIER, shift=REQUANT_SHIFT)
-    return mac_array_resources(p.mac_array, family) + buffer + requant_resources(requant, family)
+    """The GEMM engine's resources (:mod:`tokensift.hw.gemm.resources`)."""
+    from tokensift.hw.gemm.resources import resources
+
+    return resources(_check(params).gemm, family)

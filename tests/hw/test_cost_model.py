@@ -19,7 +19,13 @@ from tokensift.hw.common.requant_resources import cycles as requant_cycles
 from tokensift.hw.common.resources import Resources, map_memory, multiplier_dsps
 from tokensift.hw.cost.latency import LatencyBudget, latency_ms
 from tokensift.hw.cost.layer import HwConfig, ModelCost, ModelDesc
-from tokensift.hw.cost.linear import LinearParams, linear_cycles, predictor_cycles
+from tokensift.hw.cost.linear import (
+    DEFAULT_WEIGHT_LATENCY,
+    LinearParams,
+    device_weight_rate,
+    linear_cycles,
+    predictor_cycles,
+)
 from tokensift.hw.cost.registry import BLOCKS, FITTED_BLOCKS, block_cost
 from tokensift.hw.cost.synth import SynthesisError, parse_stat
 from tokensift.hw.cost.validation import BASELINE_DIR, compare, load_baselines
@@ -228,23 +234,39 @@ def test_unknown_device_lists_the_known_ones():
         get_device(102)
 
 
-# -- cycles: linear array, requantizer -------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")  # a MAC array asked for its latency
-def test_linear_cycles_formula():
-    p = LinearParams(lanes=16, in_max=1536)
-    # the fill is the MAC array's own dot latency and the requantizer's register
-    from tokensift.hw.common.mac_array_resources import build
+# -- cycles: the linear engine, requantizer ----------------------------------------------------------------
+def test_linear_cycles_are_the_gemm_engines():
+    from tokensift.hw.gemm.cycles import cycles
 
-    assert p.fill == build(p.mac_array).dot_latency + 1
-    assert linear_cycles(p, n_tokens=197, in_features=384, out_features=1152) == 197 * 1152 * 24 + p.fill
-    assert linear_cycles(p, n_tokens=3, in_features=20, out_features=5) == 3 * 5 * 2 + p.fill
+    p = LinearParams(rows=8, cols=128, max_tokens=197, in_max=1536, out_max=1536, weight_rate=16)
+    assert (p.macs, p.weight_bytes, p.gemm.weight_bytes) == (1024, 16, 16)
+    want = cycles(p.gemm, 197, 384, 1152, weight_bytes_per_cycle=16, weight_latency=DEFAULT_WEIGHT_LATENCY)
+    assert linear_cycles(p, n_tokens=197, in_features=384, out_features=1152) == want
+    # the array's peak is rows x cols MACs per cycle: no layer beats it, and a large one comes within 6%
+    assert 197 * 384 * 1152 / 1024 < want < 1.06 * 197 * 384 * 1152 / 1024
+    # fewer tokens: fewer token tiles (8 rows each), the same weight loads
+    assert linear_cycles(p, n_tokens=68, in_features=384, out_features=1152) < 0.4 * want
     assert linear_cycles(p, n_tokens=0, in_features=384, out_features=10) == 0
-    assert predictor_cycles(p, macs=33) == 3 + p.fill
-    with pytest.raises(ValueError, match=r"^in_features 2000 exceeds the row buffer of the linear array "
-                                         r"\(in_max 1536\)$"):
+    assert predictor_cycles(p, macs=2049) == 3
+    with pytest.raises(ValueError, match=r"^in_features 2000 exceeds the linear engine's in_max 1536$"):
         linear_cycles(p, n_tokens=1, in_features=2000, out_features=1)
-    with pytest.raises(ValueError, match=r"^lanes must be at least 1, not 0$"):
-        LinearParams(lanes=0, in_max=8)
+    with pytest.raises(ValueError, match=r"^n_tokens 198 exceeds the linear engine's max_tokens 197$"):
+        linear_cycles(p, n_tokens=198, in_features=8, out_features=1)
+    with pytest.raises(ValueError, match=r"^rows must be at least 1, not 0$"):
+        LinearParams(rows=0, cols=8, max_tokens=8, in_max=8, out_max=8)
+    with pytest.raises(ValueError, match=r"^rows must be a power of two, not 3$"):
+        LinearParams(rows=3, cols=8, max_tokens=8, in_max=8, out_max=8)
+
+
+def test_linear_engine_shape_and_weight_beats():
+    p = LinearParams.for_macs(128, max_tokens=50, in_max=128, out_max=192, weight_rate=15)
+    assert (p.rows, p.cols, p.weight_bytes) == (2, 64, 16)  # a 16-byte beat, the memory delivering 15 per cycle
+    assert LinearParams.for_macs(16, rows=4, max_tokens=8, in_max=8, out_max=8, weight_rate=64).weight_bytes == 4
+    with pytest.raises(ValueError, match=r"^the linear array's 96 MACs are not a multiple of its 64 rows$"):
+        LinearParams.for_macs(96, rows=64, max_tokens=8, in_max=8, out_max=8)
+    # the device's DRAM in bytes per cycle at the clock, rounded down
+    assert device_weight_rate(get_device("pynq-z2"), 100) == 15
+    assert device_weight_rate(get_device("zcu102"), 300) == 48
 
 
 def test_requant_cycles():

@@ -91,7 +91,7 @@ def test_grid_cycles_equal_model_cost(method):
         sels = [s for _, s in desc.selectors]
         for i, s in enumerate(sels):
             s.set_keep_ratio(point[i] if len(point) > 1 else point[0])
-        assert g.cycles[h, k] == ModelCost(desc, space.choice(h).hw_config()).cycles()
+        assert g.cycles[h, k] == ModelCost(desc, ev.hw_space.choice(h).hw_config()).cycles()
         checked += 1
     assert checked == 12
 

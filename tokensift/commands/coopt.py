@@ -64,7 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     axes.add_argument("--heads-parallel", default=None,
                       help="parallel attention cores, e.g. 1,2,4 (default: sized for the model)")
     axes.add_argument("--linear-lanes", default=None,
-                      help="linear-array MAC lanes, e.g. 16,32,64 (default: sized for the model)")
+                      help="linear engine MACs, e.g. 64,256,1024 (default: sized for the device)")
+    axes.add_argument("--linear-rows", default=None,
+                      help="linear engine array rows, powers of two, e.g. 4,8 (default: sized for each MAC count)")
     axes.add_argument("--selector-lanes", default=None,
                       help="token-selector lanes, e.g. 8,16 (default: sized for the model)")
     axes.add_argument("--softmax", default=None, help="softmax variants (default: exp2_lut,exp2_poly)")
@@ -114,13 +116,13 @@ def _spaces(args, ev_desc, device):
 
     base = default_hw_space(ev_desc, device)
     axes = {}
-    for name, kind in (("lanes", int), ("heads_parallel", int), ("linear_lanes", int), ("selector_lanes", int),
-                       ("softmax", str), ("clock_mhz", float)):
+    for name, kind in (("lanes", int), ("heads_parallel", int), ("linear_lanes", int), ("linear_rows", int),
+                       ("selector_lanes", int), ("softmax", str), ("clock_mhz", float)):
         text = getattr(args, name)
         axes[name] = parse_list(text, kind, name.replace("_", "-")) if text is not None else getattr(base, name)
     for clock in axes["clock_mhz"]:
         check_finite("--clock-mhz", clock, low=0, low_open=True)
-    hw = HwSpace(**axes)
+    hw = HwSpace(**axes, weight_rate=None)
     return hw, default_keep_space(args.method, len(ev_desc.selectors), low=args.keep_min, step=args.keep_step)
 
 
@@ -203,7 +205,8 @@ def _print_summary(s: dict) -> None:
         return
     hw = c["hw"]
     print(f"hardware: attention lanes {hw['lanes']} x {hw['heads_parallel']} cores ({hw['softmax']}), linear lanes "
-          f"{hw['linear_lanes']}, selector lanes {hw['selector_lanes']}, {hw['clock_mhz']:g} MHz")
+          f"{hw['linear_lanes']} ({hw['linear_rows']} rows), selector lanes {hw['selector_lanes']}, "
+          f"{hw['clock_mhz']:g} MHz")
     print(f"clock: {hw['clock_mhz']:g} MHz, {c['clock']['note']}")
     print(f"keep: {c['keep']['point']} -> tokens per layer {c['keep']['tokens']}")
     print(f"cycles {c['cycles']}, latency {c['latency_ms']:.4g} ms, {c['fps']:.4g} fps")

@@ -184,7 +184,8 @@ def run_demo(cfg: DemoConfig) -> dict:
          + (f" at keep {list(keep)}" if kind == "per-stage" else ""))
     t = time.perf_counter()
     hw_cfg = HwConfig(lanes=hw["lanes"], heads_parallel=hw["heads_parallel"], linear_lanes=hw["linear_lanes"],
-                      selector_lanes=hw["selector_lanes"], softmax=hw["softmax"])
+                      selector_lanes=hw["selector_lanes"], softmax=hw["softmax"], linear_rows=hw["linear_rows"],
+                      weight_rate=hw["weight_rate"])
     # EViT trains at the chosen per-stage ratios; the other methods' plans find their own knob on this hardware
     # (the largest static schedule within the target, or a budget met on average by per-image counts)
     plan = LatencyPlan(device=device.name, hw=hw_cfg, target_ms=target, clock_mhz=hw["clock_mhz"],
@@ -393,7 +394,8 @@ def render_table(s: dict) -> str:
         ("tokens per layer", ", ".join(str(n) for n in s["keep"]["tokens"])
          + ("" if s["keep"]["kind"] != "adaptive" else f" ({s['keep']['tokens_note']})")),
         ("hardware", f"attention {hw['lanes']} lanes x {hw['heads_parallel']} cores ({hw['softmax']}), linear "
-                     f"{hw['linear_lanes']} lanes, selector {hw['selector_lanes']} lanes"),
+                     f"engine {hw['linear_rows']} x {hw['linear_lanes'] // hw['linear_rows']} MACs (weights "
+                     f"{hw['weight_rate']} B/cycle), selector {hw['selector_lanes']} lanes"),
         ("cycles per image", f"{s['cycles']:,} ({s['cycles_note']})"),
         ("latency", f"{s['latency_ms']:.4g} ms ({s['fps']:.4g} fps): "
                     f"{'meets' if s['meets_target'] else 'misses'} the target"),

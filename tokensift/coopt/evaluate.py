@@ -138,6 +138,13 @@ class CostEvaluator:
             raise ValueError(f"the keep space has {self.keep_space.stages} stages but the model has "
                              f"{len(self.sels)} pruning stages")
         self.hw_space = hw_space or default_hw_space(self.desc, self.device)
+        if self.hw_space.weight_rate is None:  # the device's DRAM feeds the weight stream
+            from dataclasses import replace as _replace
+
+            from tokensift.hw.cost.linear import device_weight_rate
+
+            self.hw_space = _replace(self.hw_space,
+                                     weight_rate=device_weight_rate(self.device, max(self.hw_space.clock_mhz)))
         self.spec = self.desc.flops_spec()
         self.family = self.device.family
         self.capacity = self.device.capacity()
@@ -166,17 +173,18 @@ class CostEvaluator:
             for sel in self.sels:
                 sel.set_keep_ratio(point[0])
 
-    def _cost(self, lanes: int, heads_parallel: int, softmax: str, linear_lanes: int, selector_lanes: int):
+    def _cost(self, lanes: int, heads_parallel: int, softmax: str, linear_lanes: int, selector_lanes: int,
+              linear_rows: int | None = None):
         """A :class:`ModelCost` for one unit combination (built at the lowest keep point, so that the
         hardware has every datapath a point of the space may use: package token, ``n_max``)."""
         from tokensift.hw.cost.layer import HwConfig, ModelCost
 
-        key = (lanes, heads_parallel, softmax, linear_lanes, selector_lanes)
+        key = (lanes, heads_parallel, softmax, linear_lanes, selector_lanes, linear_rows)
         cost = self._costs.get(key)
         if cost is None:
             self._set_point(self._low_point())
             hw = HwConfig(lanes=lanes, heads_parallel=heads_parallel, softmax=softmax, linear_lanes=linear_lanes,
-                          selector_lanes=selector_lanes)
+                          selector_lanes=selector_lanes, linear_rows=linear_rows, weight_rate=self.hw_space.weight_rate)
             cost = ModelCost(self.desc, hw)
             if self.selector_feature_bits is not None and cost.selector is not None:
                 from dataclasses import replace
@@ -267,30 +275,25 @@ class CostEvaluator:
         return table
 
     def _linear_parts(self, li: int) -> tuple:
-        """(linear params, fixed cycles) of linear variant ``li``."""
-        from tokensift.hw.cost.linear import LinearParams
+        """(the ModelCost of linear variant ``li``, its fixed cycles: patch embedding, final norm, head)."""
+        macs, rows = self.hw_space.linear_variants[li]
+        cost = self._cost(self.hw_space.lanes[0], 1, self.hw_space.softmax[0], macs, self.hw_space.selector_lanes[0],
+                          rows)
+        return cost, int(sum(cost.fixed_cycles().values()))
 
-        ll = self.hw_space.linear_lanes[li]
-        cost = self._cost(self.hw_space.lanes[0], 1, self.hw_space.softmax[0], ll, self.hw_space.selector_lanes[0])
-        p: LinearParams = cost.linear
-        return p, int(sum(cost.fixed_cycles().values()))
-
-    def _layer_linear_cycles(self, p, n: np.ndarray, m: np.ndarray) -> np.ndarray:
-        """Linear-array cycles of whole layers: qkv + proj at ``n`` tokens and fc1 + fc2 at ``m`` tokens, by
-        :func:`tokensift.hw.cost.linear.linear_cycles` at each distinct count, looked up elementwise."""
-        from tokensift.hw.cost.linear import linear_cycles
-
-        d, h = self.spec.dim, self.spec.hidden
+    def _layer_linear_cycles(self, cost, n: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """Cycles of the linear engine and the vector units in whole layers (everything of
+        :meth:`ModelCost.attn_part_cycles` but the attention unit at ``n`` tokens, and
+        :meth:`ModelCost.mlp_part_cycles` at ``m``), at each distinct count, looked up elementwise."""
         n, m = np.asarray(n, dtype=np.int64), np.asarray(m, dtype=np.int64)
         top = int(max(n.max(initial=0), m.max(initial=0)))
         attn_side = np.zeros(top + 1, dtype=np.int64)
         mlp_side = np.zeros(top + 1, dtype=np.int64)
         for c in np.unique(n).tolist():
-            attn_side[c] = (linear_cycles(p, n_tokens=c, in_features=d, out_features=3 * d)
-                            + linear_cycles(p, n_tokens=c, in_features=d, out_features=d))
+            parts = cost.attn_part_cycles(c) if c else {}
+            attn_side[c] = sum(v for k, v in parts.items() if k != "attention")
         for c in np.unique(m).tolist():
-            mlp_side[c] = (linear_cycles(p, n_tokens=c, in_features=d, out_features=h)
-                           + linear_cycles(p, n_tokens=c, in_features=h, out_features=d))
+            mlp_side[c] = sum(cost.mlp_part_cycles(c).values()) if c else 0
         return attn_side[n] + mlp_side[m]
 
     def _selector_cycles(self, si: int, stage) -> int:
@@ -313,7 +316,8 @@ class CostEvaluator:
                 lanes, hp, sm = self.hw_space.attention_variants[index]
                 cost = self._cost(lanes, hp, sm, _DEFAULT_LINEAR, sl0)
             elif kind == "linear":
-                cost = self._cost(self.hw_space.lanes[0], 1, sm0, self.hw_space.linear_lanes[index], sl0)
+                macs, rows = self.hw_space.linear_variants[index]
+                cost = self._cost(self.hw_space.lanes[0], 1, sm0, macs, sl0, rows)
             else:
                 cost = self._cost(self.hw_space.lanes[0], 1, sm0, _DEFAULT_LINEAR, self.hw_space.selector_lanes[index])
             units, model = unit_resources(cost, self.family)
@@ -321,7 +325,12 @@ class CostEvaluator:
                 self.resource_model = model
             elif model != self.resource_model:
                 raise RuntimeError("the resource model changed while evaluating (a unit's model appeared midway)")
-            self._units[key] = units.get(kind)
+            if kind == "linear":  # the engine and the vector units sized by its rows
+                from tokensift.hw.cost.layer import LINEAR_GROUP
+
+                self._units[key] = sum((units[u] for u in LINEAR_GROUP if u in units), start=units["linear"] * 0)
+            else:
+                self._units[key] = units.get(kind)
         return self._units[key]
 
     def resource_keys(self) -> list[str]:
@@ -353,7 +362,7 @@ class CostEvaluator:
     def _resources_matrix(self) -> np.ndarray:
         hs = self.hw_space
         a = self._unit_matrix("attention", len(hs.attention_variants))
-        li = self._unit_matrix("linear", len(hs.linear_lanes))
+        li = self._unit_matrix("linear", len(hs.linear_variants))
         s = self._unit_matrix("selector", len(hs.selector_lanes)) if self.sels else np.zeros((len(hs.selector_lanes),
                                                                                               a.shape[1]))
         total = a[:, None, None, :] + li[None, :, None, :] + s[None, None, :, :]
@@ -382,14 +391,14 @@ class CostEvaluator:
             A[a] = lookup[attn].sum(axis=1)
         from tokensift.hw.cost.linear import predictor_cycles
 
-        L = np.zeros((len(hs.linear_lanes), len(schedules)), dtype=np.int64)
+        L = np.zeros((len(hs.linear_variants), len(schedules)), dtype=np.int64)
         macs = sorted({st[4] for s in schedules for st in s.stages if st is not None})
-        for li in range(len(hs.linear_lanes)):
-            p, fixed = self._linear_parts(li)
-            pred = {m: predictor_cycles(p, macs=m) for m in macs}
+        for li in range(len(hs.linear_variants)):
+            cost, fixed = self._linear_parts(li)
+            pred = {m: predictor_cycles(cost.linear, macs=m) for m in macs}
             stage_pred = np.array([sum(pred[st[4]] for st in s.stages if st is not None) for s in schedules],
                                   dtype=np.int64)
-            L[li] = fixed + self._layer_linear_cycles(p, attn, mlp).sum(axis=1) + stage_pred
+            L[li] = fixed + self._layer_linear_cycles(cost, attn, mlp).sum(axis=1) + stage_pred
         S = np.zeros((len(hs.selector_lanes), len(schedules)), dtype=np.int64)
         if self.sels:
             uniq = sorted({st[:4] for s in schedules for st in s.stages if st is not None},
@@ -483,8 +492,8 @@ class CostEvaluator:
         a, li, _, _ = hs.unravel(h)
         n = self.num_tokens
         att = self._attention_cycles(a, [n])[n]
-        p, fixed = self._linear_parts(li)
-        lin = int(self._layer_linear_cycles(p, np.array([n]), np.array([n]))[0])
+        cost, fixed = self._linear_parts(li)
+        lin = int(self._layer_linear_cycles(cost, np.array([n]), np.array([n]))[0])
         return int(fixed + self.spec.depth * (att + lin))
 
     def point_latency(self, h: int, keep: tuple[float, ...]) -> float:

@@ -21,7 +21,9 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
                    help="latency per image the pruned model must meet (with --device; default: none)")
     g.add_argument("--lanes", type=int, default=16, help="attention MAC lanes (default: %(default)s)")
     g.add_argument("--heads-parallel", type=int, default=1, help="parallel attention cores (default: %(default)s)")
-    g.add_argument("--linear-lanes", type=int, default=None, help="linear-array lanes (default: --lanes)")
+    g.add_argument("--linear-lanes", type=int, default=None, help="linear engine's MACs (default: --lanes)")
+    g.add_argument("--linear-rows", type=int, default=None,
+                   help="rows of the linear engine's array, a power of two (default: sized for its MACs)")
     g.add_argument("--selector-lanes", type=int, default=None, help="token-selector lanes (default: --lanes)")
     g.add_argument("--softmax", choices=["exp2_lut", "exp2_poly"], default=None,
                    help="softmax variant (default: exp2_lut)")
@@ -69,7 +71,7 @@ def latency_plan(args: argparse.Namespace):
     get_device(args.device)
     try:
         hw = HwConfig(lanes=args.lanes, heads_parallel=args.heads_parallel, linear_lanes=args.linear_lanes,
-                      selector_lanes=args.selector_lanes, softmax=args.softmax)
+                      selector_lanes=args.selector_lanes, softmax=args.softmax, linear_rows=args.linear_rows)
     except (ValueError, TypeError) as exc:
         raise InvalidArgumentError(str(exc)) from None
     return LatencyPlan(device=args.device, hw=hw, target_ms=args.target_latency_ms, clock_mhz=args.clock_mhz,

@@ -287,7 +287,9 @@ class LatencyPlan:
                            linear_lanes=(hw.linear_lanes or hw.lanes,), selector_lanes=(hw.selector_lanes or hw.lanes,),
                            softmax=(hw.softmax or "exp2_lut",),
                            clock_mhz=(self.clock_mhz if self.clock_mhz is not None
-                                      else self.budget_for(module).clock_mhz,))
+                                      else self.budget_for(module).clock_mhz,),
+                           linear_rows=None if hw.linear_rows is None else (hw.linear_rows,),
+                           weight_rate=hw.weight_rate)
         sels = [sel for _, sel in module.stage_selectors()]
         if self.stage_keep is not None:
             if len(self.stage_keep) != len(sels):

@@ -99,7 +99,8 @@ def _fmt_point(p: dict) -> list[str]:
     hw = p["hw"]
     rows = [
         f"| attention | {hw['lanes']} lanes x {hw['heads_parallel']} cores, {hw['softmax']} |",
-        f"| linear array | {hw['linear_lanes']} lanes |",
+        f"| linear engine | {hw['linear_lanes']} MACs ({hw['linear_rows']} x {hw['linear_lanes'] // hw['linear_rows']}), "
+        f"weights {hw['weight_rate']} bytes per cycle |",
         f"| token selector | {hw['selector_lanes']} lanes |",
         f"| clock | {hw['clock_mhz']:g} MHz ({p['clock']['note']}) |",
         f"| keep ({p['keep']['kind']}) | {p['keep']['point']} |",
@@ -156,7 +157,7 @@ def write_report(result, out_dir, *, measured: list[tuple[float, float]] | None 
     for p in s["pareto"][:60]:
         hw = p["hw"]
         lines.append(f"| {p['latency_ms']:.4g} | {p['accuracy_proxy']:.4f} | {100 * p['max_utilization']:.1f}% | "
-                     f"{hw['lanes']} x {hw['heads_parallel']} | {hw['linear_lanes']} | {hw['selector_lanes']} | "
+                     f"{hw['lanes']} x {hw['heads_parallel']} | {hw['linear_rows']} x {hw['linear_lanes'] // hw['linear_rows']} | {hw['selector_lanes']} | "
                      f"{p['keep']['point']} |")
     if extra_sections:
         lines += ["", *extra_sections]

@@ -230,7 +230,8 @@ def _nsga2_search(ev: CostEvaluator, accuracy, *, trials: int, storage: str | No
     if seed_target is not None and not study.trials and hs.size * ks.size <= MAX_GRID_POINTS:
         for h, point in _seed_points(ev, seed_target, population):
             c = hs.choice(h)
-            study.enqueue_trial({"lanes": c.lanes, "heads_parallel": c.heads_parallel, "linear_lanes": c.linear_lanes,
+            study.enqueue_trial({"lanes": c.lanes, "heads_parallel": c.heads_parallel,
+                                 "linear": f"{c.linear_lanes}/{c.linear_rows}",
                                  "selector_lanes": c.selector_lanes, "softmax": c.softmax, "clock_mhz": c.clock_mhz,
                                  **dict(zip(keep_names, point, strict=True))})
             seeded += 1
@@ -238,12 +239,16 @@ def _nsga2_search(ev: CostEvaluator, accuracy, *, trials: int, storage: str | No
     def objective(trial):
         from tokensift.coopt.space import HwChoice
 
+        # the linear engine's (MACs, rows) shapes as one categorical axis, "MACs/rows"
+        macs, rows = (int(v) for v in trial.suggest_categorical(
+            "linear", [f"{m}/{r}" for m, r in hs.linear_variants]).split("/"))
         choice = HwChoice(lanes=trial.suggest_categorical("lanes", list(hs.lanes)),
                           heads_parallel=trial.suggest_categorical("heads_parallel", list(hs.heads_parallel)),
-                          linear_lanes=trial.suggest_categorical("linear_lanes", list(hs.linear_lanes)),
+                          linear_lanes=macs, linear_rows=rows,
                           selector_lanes=trial.suggest_categorical("selector_lanes", list(hs.selector_lanes)),
                           softmax=trial.suggest_categorical("softmax", list(hs.softmax)),
-                          clock_mhz=trial.suggest_categorical("clock_mhz", list(hs.clock_mhz)))
+                          clock_mhz=trial.suggest_categorical("clock_mhz", list(hs.clock_mhz)),
+                          weight_rate=hs.weight_rate)
         point = tuple(float(trial.suggest_categorical(n, list(ks.values))) for n in keep_names)
         if ks.kind == "geometric" or ks.kind == "adaptive":
             point = point[:1]
@@ -302,7 +307,8 @@ def training_budget(ev: CostEvaluator, point: dict, target_ms: float, model_name
     dense_ms = ev.dense_cycles(h) / (hw["clock_mhz"] * 1e3)
     cmd = (f"tokensift train --model {model_name} --method {ev.method} --device {ev.device.name.lower()} "
            f"--target-latency-ms {target_ms:g} --lanes {hw['lanes']} --heads-parallel {hw['heads_parallel']} "
-           f"--linear-lanes {hw['linear_lanes']} --selector-lanes {hw['selector_lanes']} --softmax {hw['softmax']} "
+           f"--linear-lanes {hw['linear_lanes']} --linear-rows {hw['linear_rows']} "
+           f"--selector-lanes {hw['selector_lanes']} --softmax {hw['softmax']} "
            f"--clock-mhz {hw['clock_mhz']:g}")
     if ev.kind == "per-stage":
         cmd += " --stage-keep " + ",".join(f"{r:g}" for r in point["keep"]["point"])

@@ -62,12 +62,15 @@ class HwChoice:
     selector_lanes: int
     softmax: str
     clock_mhz: float
+    linear_rows: int | None = None
+    weight_rate: int | None = None
 
     def hw_config(self):
         from tokensift.hw.cost.layer import HwConfig
 
         return HwConfig(lanes=self.lanes, heads_parallel=self.heads_parallel, linear_lanes=self.linear_lanes,
-                        selector_lanes=self.selector_lanes, softmax=self.softmax)
+                        selector_lanes=self.selector_lanes, softmax=self.softmax, linear_rows=self.linear_rows,
+                        weight_rate=self.weight_rate)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -104,10 +107,27 @@ class HwSpace:
     selector_lanes: tuple[int, ...]
     softmax: tuple[str, ...]
     clock_mhz: tuple[float, ...]
+    #: rows of the linear engine's array (its shape: rows x linear_lanes / rows); None: the default rows of
+    #: each MAC count (:func:`tokensift.hw.cost.linear.default_rows`)
+    linear_rows: tuple[int, ...] | None = None
+    #: the weight stream's bytes per cycle (not an axis: the device's DRAM, set by the evaluator)
+    weight_rate: int | None = None
 
     def __post_init__(self):
         for name in ("lanes", "heads_parallel", "linear_lanes", "selector_lanes"):
             object.__setattr__(self, name, _axis(name, getattr(self, name)))
+        if self.linear_rows is not None:
+            rows = _axis("linear_rows", self.linear_rows)
+            for r in rows:
+                if r & (r - 1) or r > 64:
+                    raise ValueError(f"linear_rows values must be powers of two up to 64, not {r}")
+            object.__setattr__(self, "linear_rows", rows)
+        if self.weight_rate is not None and (isinstance(self.weight_rate, bool) or not isinstance(
+                self.weight_rate, (int, np.integer)) or self.weight_rate < 1):
+            raise ValueError(f"weight_rate must be a positive integer (bytes per cycle), not {self.weight_rate!r}")
+        if not self.linear_variants:
+            raise ValueError(f"no linear-engine shape: every linear_rows value leaves a linear_lanes value "
+                             f"{list(self.linear_lanes)} with a fractional or over-wide (> 1024) column count")
         object.__setattr__(self, "clock_mhz", _axis("clock_mhz", self.clock_mhz, float, low=1e-9))
         sm = _axis("softmax", self.softmax, str)
         for v in sm:
@@ -118,12 +138,25 @@ class HwSpace:
     @property
     def shape(self) -> tuple[int, ...]:
         """Axis lengths in index order: (attention variants, linear lanes, selector lanes, clocks)."""
-        return (len(self.attention_variants), len(self.linear_lanes), len(self.selector_lanes), len(self.clock_mhz))
+        return (len(self.attention_variants), len(self.linear_variants), len(self.selector_lanes), len(self.clock_mhz))
 
     @property
     def attention_variants(self) -> list[tuple[int, int, str]]:
         """(lanes, heads_parallel, softmax) triples: the attention unit's own axes."""
         return list(itertools.product(self.lanes, self.heads_parallel, self.softmax))
+
+    @property
+    def linear_variants(self) -> list[tuple[int, int]]:
+        """(MACs, rows) pairs of the linear engine: every ``linear_lanes`` x ``linear_rows`` whose columns
+        (``MACs / rows``) are a whole number up to 1024."""
+        from tokensift.hw.cost.linear import default_rows
+
+        out = []
+        for macs in self.linear_lanes:
+            for rows in (self.linear_rows or (default_rows(macs),)):
+                if macs % rows == 0 and macs // rows <= 1024:
+                    out.append((macs, rows))
+        return out
 
     @property
     def size(self) -> int:
@@ -135,17 +168,21 @@ class HwSpace:
     def choice(self, index: int) -> HwChoice:
         a, li, s, c = self.unravel(index)
         lanes, hp, sm = self.attention_variants[a]
-        return HwChoice(lanes=lanes, heads_parallel=hp, linear_lanes=self.linear_lanes[li],
-                        selector_lanes=self.selector_lanes[s], softmax=sm, clock_mhz=self.clock_mhz[c])
+        macs, rows = self.linear_variants[li]
+        return HwChoice(lanes=lanes, heads_parallel=hp, linear_lanes=macs, selector_lanes=self.selector_lanes[s],
+                        softmax=sm, clock_mhz=self.clock_mhz[c], linear_rows=rows, weight_rate=self.weight_rate)
 
     def index_of(self, choice: HwChoice) -> int:
+        from tokensift.hw.cost.linear import default_rows
+
         a = self.attention_variants.index((choice.lanes, choice.heads_parallel, choice.softmax))
-        idx = (a, self.linear_lanes.index(choice.linear_lanes), self.selector_lanes.index(choice.selector_lanes),
-               self.clock_mhz.index(float(choice.clock_mhz)))
+        rows = choice.linear_rows if choice.linear_rows is not None else default_rows(choice.linear_lanes)
+        idx = (a, self.linear_variants.index((choice.linear_lanes, rows)),
+               self.selector_lanes.index(choice.selector_lanes), self.clock_mhz.index(float(choice.clock_mhz)))
         return int(np.ravel_multi_index(idx, self.shape))
 
     def as_dict(self) -> dict:
-        return {k: list(v) for k, v in asdict(self).items()}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -213,7 +250,7 @@ def default_hw_space(desc, device, clock_mhz=None) -> HwSpace:
     head_dim = desc.dim // desc.heads
     lanes = _powers_of_two(1, min(64, head_dim), head_dim)
     hp = tuple(sorted(set(_powers_of_two(1, min(16, desc.heads))) | ({desc.heads} if desc.heads <= 16 else set())))
-    linear = _powers_of_two(4, max(4, min(256, device.dsp)))
+    linear = _powers_of_two(4, max(4, min(4096, device.dsp)))
     sel = _powers_of_two(4, min(64, desc.dim), desc.dim) or (desc.dim,)
     if clock_mhz is None:
         from tokensift.hw.cost.clock import clock_for_desc
@@ -223,8 +260,10 @@ def default_hw_space(desc, device, clock_mhz=None) -> HwSpace:
         clocks = (float(clock_mhz),)
     else:
         clocks = tuple(float(c) for c in clock_mhz)
+    from tokensift.hw.cost.linear import device_weight_rate
+
     return HwSpace(lanes=lanes, heads_parallel=hp, linear_lanes=linear, selector_lanes=sel,
-                   softmax=SOFTMAX_VARIANTS, clock_mhz=clocks)
+                   softmax=SOFTMAX_VARIANTS, clock_mhz=clocks, weight_rate=device_weight_rate(device, max(clocks)))
 
 
 def default_keep_space(method: str, stages: int, *, low: float = 0.3, step: float = 0.05) -> KeepSpace:

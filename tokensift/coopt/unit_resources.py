@@ -10,7 +10,7 @@ fit check).
 
 from __future__ import annotations
 
-from tokensift.hw.common.resources import Resources, map_memory
+from tokensift.hw.common.resources import Resources
 
 __all__ = ["unit_resources", "HARD_BLOCKS_ONLY", "FULL_MODEL"]
 
@@ -30,19 +30,18 @@ def unit_resources(cost, family: str) -> tuple[dict[str, Resources], str]:
     except LookupError:  # no fitted LUT/FF coefficients for a unit in this checkout
         pass
     from tokensift.hw.attention.resources import exact as attention_exact
-    from tokensift.hw.common.mac_array_resources import exact as mac_exact
-    from tokensift.hw.common.requant_resources import RequantParams
-    from tokensift.hw.common.requant_resources import exact as requant_exact
-    from tokensift.hw.cost.linear import REQUANT_MULTIPLIER, REQUANT_SHIFT
+    from tokensift.hw.gemm.resources import exact as gemm_exact
     from tokensift.hw.selector.resources import exact as selector_exact
-    from tokensift.quant.fixed import INT8
+    from tokensift.hw.vector.gelu_resources import exact as gelu_exact
+    from tokensift.hw.vector.layernorm_resources import exact as layernorm_exact
+    from tokensift.hw.vector.residual_resources import exact as residual_exact
 
-    lp = cost.linear
-    buffer = map_memory(lp.lanes * lp.data_bits, -(-lp.in_max // lp.lanes), family=family).resources
-    linear = (mac_exact(lp.mac_array, family) + buffer
-              + requant_exact(RequantParams(acc_bits=lp.acc_bits, out=INT8, multiplier=REQUANT_MULTIPLIER,
-                                            shift=REQUANT_SHIFT), family))
-    out = {"attention": _hard(attention_exact(cost.attention, family)), "linear": _hard(linear)}
+    v = cost.vector
+    out = {"attention": _hard(attention_exact(cost.attention, family)),
+           "linear": _hard(gemm_exact(cost.linear.gemm, family)),
+           "layernorm": _hard(layernorm_exact(v.layernorm, family)),
+           "gelu": _hard(gelu_exact(v.gelu, family)),
+           "residual": _hard(residual_exact(v.residual, family))}
     if cost.selector is not None:
         out["selector"] = _hard(selector_exact(cost.selector, family))
     return out, HARD_BLOCKS_ONLY
