@@ -107,8 +107,8 @@ class HwSpace:
     selector_lanes: tuple[int, ...]
     softmax: tuple[str, ...]
     clock_mhz: tuple[float, ...]
-    #: rows of the linear engine's array (its shape: rows x linear_lanes / rows); None: the default rows of
-    #: each MAC count (:func:`tokensift.hw.cost.linear.default_rows`)
+    #: rows of the linear engine's array (its shape: rows x linear_lanes / rows); None: for each MAC count its
+    #: default rows (:func:`tokensift.hw.cost.linear.default_rows`), half and twice that
     linear_rows: tuple[int, ...] | None = None
     #: the weight stream's bytes per cycle (not an axis: the device's DRAM, set by the evaluator)
     weight_rate: int | None = None
@@ -153,7 +153,8 @@ class HwSpace:
 
         out = []
         for macs in self.linear_lanes:
-            for rows in (self.linear_rows or (default_rows(macs),)):
+            base = default_rows(macs)
+            for rows in (self.linear_rows or sorted({max(1, base // 2), base, min(64, 2 * base)})):
                 if macs % rows == 0 and macs // rows <= 1024:
                     out.append((macs, rows))
         return out
