@@ -340,13 +340,18 @@ class ModelCost:
         return cycles(self.vector.layernorm, dim=self.spec.dim, n_tokens=int(n_tokens)) if n_tokens else 0
 
     def attn_part_cycles(self, n_tokens: int) -> dict[str, int]:
+        parts = self.attn_linear_cycles(n_tokens)
+        return {"norm1": parts["norm1"], "qkv": parts["qkv"], "attention": self.attention_cycles(n_tokens),
+                "proj": parts["proj"], "residual1": parts["residual1"]}
+
+    def attn_linear_cycles(self, n_tokens: int) -> dict[str, int]:
+        """The attention half's parts on the linear engine and the vector units (all but the attention unit)."""
         from tokensift.hw.vector.residual import LATENCY as RESIDUAL_LATENCY
 
         d = self.spec.dim
         return {
             "norm1": self.norm_cycles(n_tokens),
             "qkv": linear_cycles(self.linear, n_tokens=n_tokens, in_features=d, out_features=3 * d),
-            "attention": self.attention_cycles(n_tokens),
             "proj": linear_cycles(self.linear, n_tokens=n_tokens, in_features=d, out_features=d),
             "residual1": RESIDUAL_LATENCY if n_tokens else 0,
         }

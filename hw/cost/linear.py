@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from tokensift.checks import check_count, check_int
 from tokensift.hw.common.resources import Resources
@@ -122,8 +123,6 @@ def _check(params) -> LinearParams:
 
 def linear_cycles(params: LinearParams, *, n_tokens: int, in_features: int, out_features: int) -> int:
     """Cycles of one linear layer over ``n_tokens`` rows (0 rows: 0 cycles): the GEMM engine's job."""
-    from tokensift.hw.gemm.cycles import cycles
-
     p = _check(params)
     for name, value in (("n_tokens", n_tokens), ("in_features", in_features), ("out_features", out_features)):
         check_count(name, value, zero=True, numpy=False)
@@ -134,8 +133,15 @@ def linear_cycles(params: LinearParams, *, n_tokens: int, in_features: int, out_
             raise ValueError(f"{name} {value} exceeds the linear engine's {what} {limit}")
     if n_tokens == 0 or out_features == 0 or in_features == 0:
         return 0
-    return int(cycles(p.gemm, int(n_tokens), int(in_features), int(out_features), weight_bytes_per_cycle=p.weight_rate,
-                      weight_latency=p.weight_latency))
+    return _job_cycles(p, int(n_tokens), int(in_features), int(out_features))
+
+
+@lru_cache(maxsize=1 << 16)
+def _job_cycles(p: LinearParams, n: int, k: int, m: int) -> int:
+    # the co-optimizer asks for the same jobs over and over (every keep point of every hardware point)
+    from tokensift.hw.gemm.cycles import cycles
+
+    return int(cycles(p.gemm, n, k, m, weight_bytes_per_cycle=p.weight_rate, weight_latency=p.weight_latency))
 
 
 def predictor_cycles(params: LinearParams, *, macs: int) -> int:

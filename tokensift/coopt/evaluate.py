@@ -290,8 +290,7 @@ class CostEvaluator:
         attn_side = np.zeros(top + 1, dtype=np.int64)
         mlp_side = np.zeros(top + 1, dtype=np.int64)
         for c in np.unique(n).tolist():
-            parts = cost.attn_part_cycles(c) if c else {}
-            attn_side[c] = sum(v for k, v in parts.items() if k != "attention")
+            attn_side[c] = sum(cost.attn_linear_cycles(c).values()) if c else 0
         for c in np.unique(m).tolist():
             mlp_side[c] = sum(cost.mlp_part_cycles(c).values()) if c else 0
         return attn_side[n] + mlp_side[m]

@@ -281,6 +281,7 @@ class LatencyPlan:
         from tokensift.coopt.evaluate import CostEvaluator
         from tokensift.coopt.search import choose
         from tokensift.coopt.space import HwSpace, default_keep_space
+        from tokensift.hw.cost.linear import default_rows
 
         hw = self.hw
         ev_space = HwSpace(lanes=(hw.lanes,), heads_parallel=(hw.heads_parallel,),
@@ -288,7 +289,7 @@ class LatencyPlan:
                            softmax=(hw.softmax or "exp2_lut",),
                            clock_mhz=(self.clock_mhz if self.clock_mhz is not None
                                       else self.budget_for(module).clock_mhz,),
-                           linear_rows=None if hw.linear_rows is None else (hw.linear_rows,),
+                           linear_rows=(hw.linear_rows or default_rows(hw.linear_lanes or hw.lanes),),
                            weight_rate=hw.weight_rate)
         sels = [sel for _, sel in module.stage_selectors()]
         if self.stage_keep is not None:
