@@ -121,11 +121,9 @@ def params_from_dict(d: dict) -> GemmConfig:
 _GRID = [
     ("r2_c4_w2", dict(rows=2, cols=4, max_tokens=16, max_in=32, max_out=32, weight_bytes=2)),
     ("r4_c8_w4", dict(rows=4, cols=8, max_tokens=16, max_in=32, max_out=32, weight_bytes=4)),
-    ("r4_c8_w8_n197", dict(rows=4, cols=8, max_tokens=197, max_in=384, max_out=1536, weight_bytes=8)),
+    ("r4_c8_w8_n64", dict(rows=4, cols=8, max_tokens=64, max_in=256, max_out=512, weight_bytes=8)),
     ("r2_c16_w4", dict(rows=2, cols=16, max_tokens=24, max_in=64, max_out=64, weight_bytes=4)),
     ("r8_c4_w4", dict(rows=8, cols=4, max_tokens=40, max_in=48, max_out=64, weight_bytes=4)),
-    ("r4_c12_w6_o12", dict(rows=4, cols=12, max_tokens=20, max_in=40, max_out=48, weight_bytes=6, out_bits=12)),
-    ("r1_c8_w8", dict(rows=1, cols=8, max_tokens=8, max_in=100, max_out=16, weight_bytes=8)),
     ("r8_c16_w16", dict(rows=8, cols=16, max_tokens=64, max_in=128, max_out=128, weight_bytes=16)),
 ]
 QUICK_CONFIGS = ["r2_c4_w2"]

@@ -21,7 +21,8 @@ gen = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gen)
 
 #: (block, configuration, family): one per family, all small
-LIVE = [("memory", "m16x197s", "ecp5"), ("multiplier", "x32x15s", "xc7"), ("requant", "acc32_m12345_s20", "xcup")]
+LIVE = [("memory", "m16x197s", "ecp5"), ("multiplier", "x32x15s", "xc7"), ("requant", "acc32_m12345_s20", "xcup"),
+        ("gemm", "r2_c4_w2", "ecp5")]
 
 METRICS = ("dsp", "bram18", "bram36", "ebr", "lut", "ff")
 
@@ -57,7 +58,7 @@ def test_live_synthesis_matches_baseline_and_model(block, name, family, tmp_path
 
 def _all_entries():
     out = []
-    for block in ("memory", "multiplier", "requant", "mac_array", "selector", "attention", "score_combiner"):
+    for block in ("memory", "multiplier", "requant", "mac_array", "selector", "attention", "score_combiner", "gemm"):
         data = load_baselines(block)
         for e in (data or {}).get("entries", []):
             out.append((block, e["name"], e["family"]))

@@ -11,20 +11,21 @@ from tokensift import cli
 
 pytestmark = pytest.mark.sim
 
-SMALL = ["--rows", "2", "--cols", "4", "--max-tokens", "9", "--max-in", "11", "--max-out", "10",
-         "--weight-bytes", "2"]
+#: the "2x6-int12-floor" engine of test_gemm_sim.py: the same Verilog, so the Verilator build is shared
+SMALL = ["--rows", "2", "--cols", "6", "--max-tokens", "7", "--max-in", "9", "--max-out", "13",
+         "--weight-bytes", "3", "--out-bits", "12", "--rounding", "floor"]
 
 
 def test_generate_writes_verilog_and_manifest(tmp_path, capsys):
     assert cli.main(["generate", "gemm", *SMALL, "--out", str(tmp_path), "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert manifest["block"] == "gemm" and manifest["parameters"]["rows"] == 2
-    assert manifest["parameters"]["formats"]["weights"]["record_beats"] == 4  # 54-bit records in 16-bit beats
+    assert manifest["parameters"]["formats"]["weights"]["record_beats"] == 3  # 54-bit records in 24-bit beats
     assert "module tokensift_gemm(" in (tmp_path / "tokensift_gemm.v").read_text()
 
 
 def test_simulate_is_bit_and_cycle_exact(capsys):
-    assert cli.main(["simulate", "gemm", *SMALL, "--tokens", "5", "--in-features", "11", "--out-features", "7",
+    assert cli.main(["simulate", "gemm", *SMALL, "--tokens", "5", "--in-features", "9", "--out-features", "7",
                      "--jobs", "2", "--rate", "1", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["bit_exact"] and r["cycles_match"] and r["cycles"] == r["expected_cycles"]

@@ -25,7 +25,7 @@ GRID = {
 @pytest.mark.parametrize("name", list(GRID))
 def test_gemm_bit_exact(name):
     cfg, jobs, rate, latency = GRID[name]
-    result = run_cocotb(GemmEngine(config=cfg), toplevel="gemm", test_module="tokensift.sim.tb_gemm",
+    result = run_cocotb(GemmEngine(config=cfg), toplevel="tokensift_gemm", test_module="tokensift.sim.tb_gemm",
                         params={"config": cfg.as_dict(), "seed": 5, "jobs": jobs, "rate": rate,
                                 "latency": latency, "idle": 0.3, "dry": 0.3, "stall": 0.3})
     rep = result.report
