@@ -15,10 +15,11 @@ parts run concurrently:
   requantization ``fit(round_shift(acc multiplier, shift))``, one beat per cycle, into an output FIFO; a
   beat is issued only when the FIFO has room for it, so output backpressure stalls the unit, never corrupts it.
 
-Every multiplier has its operands and its product in registers, every RAM read lands in a register, the
-variable shifts are split over two stages, and no compare or carry chain is wider than the datapath's
-widest value, so the unit closes timing by construction. A job's constants are loaded while the unit is
-idle (the previous job drained); its tokens then stream at one beat per cycle: :func:`.layernorm_cost.cycles`.
+Every multiplier has its operands and its product in registers, every RAM read lands in a register, and the
+variable shifts are split over two stages. That is not yet enough on ECP5: the measured Fmax (``docs/vector.md``,
+91 MHz with 2 lanes, 64.6 MHz with 16) is set by the routing to the lanes' multipliers and by the statistics'
+split products, whose fixes are described there. A job's constants are loaded while the unit is idle (the
+previous job drained); its tokens then stream at one beat per cycle: :func:`.layernorm_cost.cycles`.
 
 >>> from tokensift.hw.vector.layernorm_cost import cycles
 >>> unit = LayerNorm(c_max=384, lanes=16)
