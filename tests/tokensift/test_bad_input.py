@@ -193,6 +193,10 @@ CASES: dict[str, list[Case]] = {
         case("--keep 1.5", r".*keep.*1\.5.*"),
         case("--lanes 0", r"--lanes must be at least 1, not 0"),
         case("--device nope", r".*'nope'.*"),
+        case("--block gelu --n-values 0", r"--n-values must be at least 1, not 0"),
+        case("--block residual --lanes 65", r"lanes must be between 1 and 64, not 65"),
+        case("--block token_mean --channels 0", r"c_max must be between 1 and 65535, not 0"),
+        case("--block token_mean --n-tokens 300", r"n_tokens must be between 1 and 197, not 300"),
     ],
     "co-opt": [
         case("--target-fps 1000 --report {file}", r"--report '.*a_file\.txt' is a file, not a folder"),
