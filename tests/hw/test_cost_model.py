@@ -56,7 +56,7 @@ BASELINE_BLOCKS = [b for b in BLOCKS if (BASELINE_DIR / f"{b}.json").exists()]
 
 def test_every_block_with_a_cost_model_has_baselines_for_three_families():
     for block in ["memory", "multiplier", "requant", "selector", "mac_array", "attention", "score_combiner",
-                  "layernorm"]:
+                  "layernorm", "gelu", "residual", "token_mean"]:
         data = load_baselines(block)
         assert data is not None, block
         assert data["generated_by"] == "bench/synth_baselines.py"

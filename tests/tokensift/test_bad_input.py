@@ -244,6 +244,10 @@ CASES: dict[str, list[Case]] = {
         case("--block gemm --in-features 2000", r"--in-features must be at most 1536, not 2000"),
         case("--block gemm --rate 0", r"--rate must be at least 1, not 0"),
         case("--block gemm --latency -1", r"--latency must be at least 0, not -1"),
+        case("--block gelu --n-values 0", r"--n-values must be at least 1, not 0"),
+        case("--block residual --lanes 65", r"lanes must be between 1 and 64, not 65"),
+        case("--block token_mean --channels 0", r"c_max must be between 1 and 65535, not 0"),
+        case("--block token_mean --n-tokens 300", r"n_tokens must be between 1 and 197, not 300"),
     ],
     "co-opt": [
         case("--target-fps 1000 --report {file}", r"--report '.*a_file\.txt' is a file, not a folder"),

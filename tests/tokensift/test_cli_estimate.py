@@ -122,4 +122,22 @@ def test_probe_blocks_are_validation_only(capsys):
     code = main(["estimate", "--block", "memory"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and re.match(r"^tokensift estimate: error: --block memory is only compared with synthesis "
-                                  r"\(--validate\); estimate one of attention, selector, requant$", err)
+                                  r"\(--validate\); estimate one of attention, selector, requant, gelu, residual, "
+                                  r"token_mean$", err)
+
+
+def test_vector_unit_estimates(capsys):
+    """The streaming units: their exact DSPs and cycle formulas, and their memories on ECP5."""
+    from tokensift.hw.vector.gelu import GeluUnitParams
+    from tokensift.hw.vector.gelu import cycles as gelu_cycles
+    from tokensift.hw.vector.token_mean import TokenMeanParams
+    from tokensift.hw.vector.token_mean import cycles as mean_cycles
+
+    code, gelu = _json(capsys, "--block", "gelu", "--lanes", "16", "--n-values", str(197 * 1536), "--family", "xcup")
+    assert code == 0 and gelu["resources"]["dsp"] == 80
+    assert gelu["cycles"] == gelu_cycles(GeluUnitParams(lanes=16), 197 * 1536 // 16) == 197 * 96 + 15
+    code, res = _json(capsys, "--block", "residual", "--lanes", "16", "--n-values", "100", "--family", "xc7")
+    assert code == 0 and res["resources"]["dsp"] == 0 and res["cycles"] == 7 + 2
+    code, mean = _json(capsys, "--block", "token_mean", "--lanes", "16", "--n-tokens", "138", "--family", "ecp5")
+    assert code == 0 and mean["resources"]["dsp"] == 0 and mean["params"]["channels"] == 192
+    assert mean["cycles"] == mean_cycles(TokenMeanParams(lanes=16, n_max=197, c_max=192), 138, 192)

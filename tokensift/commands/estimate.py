@@ -51,9 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     whole.add_argument("--linear-rows", type=int, default=None,
                        help="rows of the linear engine's array, a power of two (default: sized for its MACs)")
     block = parser.add_argument_group("one block (--block)")
-    block.add_argument("--block", choices=["attention", "selector", "requant", "gemm", "layernorm", "mac_array",
-                                           "memory",
-                                           "multiplier"],
+    block.add_argument("--block", choices=["attention", "selector", "requant", "gemm", "layernorm", "gelu", "residual",
+                                           "token_mean", "mac_array", "memory", "multiplier"],
                        default=None, help="estimate one block instead of a model (the last three: --validate only; "
                             "default: the whole model)")
     block.add_argument("--family", choices=list(FAMILIES), default=None,
@@ -70,7 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="selector: tokens kept, class token included (default: about 70%%)")
     block.add_argument("--mode", choices=["topk", "threshold"], default="topk", help="selector rule")
     block.add_argument("--softmax", default=None, help="attention softmax variant (default: its default)")
-    block.add_argument("--n-values", type=int, default=1000, help="requant: values streamed (default: 1000)")
+    block.add_argument("--n-values", type=int, default=1000,
+                       help="requant, gelu, residual: values streamed (default: 1000)")
+    block.add_argument("--channels", type=int, default=192,
+                       help="token_mean: channels averaged, also the unit's maximum (default: 192, DeiT-S's global "
+                            "half)")
     block.add_argument("--rows", type=int, default=8, help="gemm: tokens per tile (default: 8)")
     block.add_argument("--cols", type=int, default=128, help="gemm: output channels per tile (default: 128)")
     block.add_argument("--max-in", type=int, default=1536, help="gemm: largest input features K (default: 1536)")
@@ -181,7 +184,7 @@ def estimate_model(*, model: str, method: str, keep: float | None, lanes: int | 
     }
 
 
-_ESTIMABLE = ("attention", "selector", "requant", "gemm", "layernorm")
+_ESTIMABLE = ("attention", "selector", "requant", "gemm", "layernorm", "gelu", "residual", "token_mean")
 
 
 def estimate_block(args) -> dict:
@@ -259,6 +262,8 @@ def estimate_block(args) -> dict:
             res = resources(cfg, family)
             params = {"c_max": cfg.c_max, "lanes": cfg.lanes, "dim": cfg.c_max, "n_tokens": n_tokens,
                       "cycles_per_token": cfg.beats(cfg.c_max)}
+        elif args.block in ("gelu", "residual", "token_mean"):
+            res, cyc, params = _vector_block(args, family, n_max, n_tokens)
         else:
             from tokensift.hw.common.requant_resources import RequantParams, cycles, resources
             from tokensift.quant.fixed import INT8
@@ -272,6 +277,36 @@ def estimate_block(args) -> dict:
         raise InvalidArgumentError(str(exc)) from None
     return {"block": args.block, "family": family, "params": params, "resources": res.as_dict(family),
             "cycles": cyc}
+
+
+def _vector_block(args, family: str, n_max: int, n_tokens: int):
+    """(resources, cycles, parameters) of a streaming vector unit."""
+    lanes = args.lanes or 16
+    if args.block == "token_mean":
+        from tokensift.hw.vector.token_mean import TokenMeanParams, cycles
+        from tokensift.hw.vector.token_mean_resources import resources
+
+        p = TokenMeanParams(lanes=lanes, n_max=n_max, c_max=args.channels)
+        return (resources(p, family), cycles(p, n_tokens, args.channels),
+                {"lanes": lanes, "bits": p.bits, "n_max": n_max, "c_max": p.c_max, "n_tokens": n_tokens,
+                 "channels": args.channels})
+    if args.n_values < 1:
+        raise InvalidArgumentError(f"--n-values must be at least 1, not {args.n_values}")
+    beats = -(-args.n_values // lanes)
+    if args.block == "gelu":
+        from tokensift.hw.vector.gelu import GeluUnitParams, cycles
+        from tokensift.hw.vector.gelu_resources import resources
+
+        p = GeluUnitParams(lanes=lanes)
+        return (resources(p, family), cycles(p, beats),
+                {"lanes": lanes, "in_bits": p.in_bits, "out_bits": p.out.bits, "multiplier_bits": p.multiplier_bits,
+                 "n_values": args.n_values})
+    from tokensift.hw.vector.residual import ResidualParams, cycles
+    from tokensift.hw.vector.residual_resources import resources
+
+    p = ResidualParams(lanes=lanes)
+    return (resources(p, family), cycles(p, beats),
+            {"lanes": lanes, "res_bits": p.res.bits, "n_values": args.n_values})
 
 
 def _validate(args) -> int:
