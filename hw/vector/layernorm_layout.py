@@ -39,7 +39,7 @@ from tokensift.quant.fixed import INT8, FixedFormat, Overflow, Rounding
 from tokensift.quant.layernorm import LayerNormParams
 from tokensift.quant.qparams import MULTIPLIER_BITS
 
-__all__ = ["LayerNormConfig", "FIELD_BITS", "SHIFT_BITS", "const_layout", "header_layout", "input_layout",
+__all__ = ["LayerNormConfig", "uint_width", "FIELD_BITS", "SHIFT_BITS", "const_layout", "header_layout", "input_layout",
            "output_layout", "status_layout", "encode_job", "encode_tokens", "decode_outputs", "ROUNDINGS"]
 
 #: width of the header's ``dim`` and ``n_tokens``: values above the limits are representable, so they are flagged
@@ -50,7 +50,8 @@ SHIFT_BITS = 6
 ROUNDINGS = (Rounding.HALF_UP, Rounding.FLOOR)
 
 
-def _bits(value: int) -> int:
+def uint_width(value: int) -> int:
+    """Bits of an unsigned register that holds ``value`` (at least 1)."""
     return max(1, int(value).bit_length())
 
 
@@ -152,16 +153,31 @@ class LayerNormConfig:
     # -- datapath widths ---------------------------------------------------------------------------------
     @property
     def s1_shape(self):
-        return signed(_bits(self.c_max << (self.in_bits - 1)) + 1)
+        return signed(uint_width(self.c_max << (self.in_bits - 1)) + 1)
 
     @property
     def s2_shape(self):
-        return unsigned(_bits(self.c_max << (2 * self.in_bits - 2)))
+        return unsigned(uint_width(self.c_max << (2 * self.in_bits - 2)))
 
     @property
     def f_shape(self):
         """The reciprocal ``f = floor(2**(31 + R) / r)``, ``2**R < f <= 2**(R + 1)``."""
         return unsigned(self.recip_bits + 1)
+
+    @property
+    def cf_shape(self):
+        """``C f`` of a token."""
+        return unsigned(uint_width(self.c_max << self.recip_bits))
+
+    @property
+    def h_shape(self):
+        """``H = S1 f 2**L - half``."""
+        return signed(self.s1_shape.width + self.f_shape.width + 1 + self.left_pre_shift + 1)
+
+    @property
+    def shift_shape(self):
+        """The per-token right shift ``s``, ``0 .. norm_shift_max``."""
+        return unsigned(uint_width(self.norm_shift_max))
 
     @property
     def left_pre_shift(self) -> int:

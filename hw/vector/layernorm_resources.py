@@ -28,8 +28,8 @@ from tokensift.hw.common.resources import (
     multiplier_dsps,
 )
 from tokensift.hw.vector.layernorm import OUT_STAGES
-from tokensift.hw.vector.layernorm_layout import LayerNormConfig, _bits, output_layout
-from tokensift.hw.vector.layernorm_stats import V_BITS, StatsPipe
+from tokensift.hw.vector.layernorm_layout import LayerNormConfig, output_layout, uint_width
+from tokensift.hw.vector.layernorm_stats import V_BITS
 
 __all__ = ["BLOCK", "multipliers", "dsps", "memories", "features", "exact", "resources", "params_to_dict",
            "params_from_dict", "build"]
@@ -46,10 +46,10 @@ def _check(cfg) -> LayerNormConfig:
 def multipliers(cfg: LayerNormConfig) -> list[tuple[str, int, int, bool, int | None]]:
     """``(name, a_bits, b_bits, signed, product_bits)`` of every multiplier (``None``: the full product)."""
     c = _check(cfg)
-    dim_bits = _bits(c.c_max)
+    dim_bits = uint_width(c.c_max)
     s1, s2, f = c.s1_shape.width, c.s2_shape.width, c.f_shape.width
-    p_bits = _bits(c.c_max * (c.c_max << (2 * c.in_bits - 2)))
-    cf_bits = StatsPipe(c).cf_shape.width
+    p_bits = uint_width(c.c_max * (c.c_max << (2 * c.in_bits - 2)))
+    cf_bits = c.cf_shape.width
     out = [
         ("C*S2", dim_bits, s2, False, min(p_bits, dim_bits + s2)),
         ("S1*S1", s1, s1, True, p_bits),
@@ -72,8 +72,7 @@ def dsps(cfg: LayerNormConfig, family: str) -> int:
 
 def memories(cfg: LayerNormConfig, family: str) -> dict[str, MemoryMap]:
     c = _check(cfg)
-    stats = StatsPipe(c)
-    token_bits = stats.cf_shape.width + stats.h_shape.width + stats.o_shift.shape().width
+    token_bits = c.cf_shape.width + c.h_shape.width + c.shift_shape.width
     mems = {
         "rows": map_memory(c.lanes * c.in_bits, c.row_depth, family=family),
         "consts": map_memory(c.lanes * (c.gamma_bits + c.acc_bits), c.beats_max, family=family),
@@ -95,10 +94,9 @@ def features(cfg: LayerNormConfig, family: str) -> dict[str, float]:
     """
     c = _check(cfg)
     check_family(family)
-    stats = StatsPipe(c)
-    cf = stats.cf_shape.width
+    cf = c.cf_shape.width
     prod = c.in_bits + cf + 1
-    d = max(prod + c.left_pre_shift, stats.h_shape.width) + 1
+    d = max(prod + c.left_pre_shift, c.h_shape.width) + 1
     n = c.n_shape.width
     rq = c.acc_bits + c.mult_bits + 2
     lane = (c.in_bits + prod + 3 * d + 2 * n + (n + c.gamma_bits) + 2 * c.acc_bits + rq + 3 * (rq + 1)

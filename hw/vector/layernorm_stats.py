@@ -24,9 +24,8 @@ from __future__ import annotations
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
 
-from tokensift.hw.vector.layernorm_layout import LayerNormConfig, _bits
+from tokensift.hw.vector.layernorm_layout import LayerNormConfig, uint_width
 
 __all__ = ["StatsPipe", "ROOT_STEPS", "NORM_STEPS"]
 
@@ -45,19 +44,16 @@ class StatsPipe(wiring.Component):
         if not isinstance(config, LayerNormConfig):
             raise TypeError(f"config must be a LayerNormConfig, not {type(config).__name__}")
         self._cfg = c = config
-        self.cf_shape = unsigned(_bits(c.c_max << c.recip_bits))
-        s1f_bits = c.s1_shape.width + c.f_shape.width + 1 + c.left_pre_shift
-        self.h_shape = signed(s1f_bits + 1)
         super().__init__({
-            "dim": In(unsigned(_bits(c.c_max))),
+            "dim": In(unsigned(uint_width(c.c_max))),
             "eps": In(unsigned(c.eps_bits)),
             "i_valid": In(1),
             "i_s1": In(c.s1_shape),
             "i_s2": In(c.s2_shape),
             "o_valid": Out(1),
-            "o_cf": Out(self.cf_shape),
-            "o_h": Out(self.h_shape),
-            "o_shift": Out(range(c.norm_shift_max + 1)),
+            "o_cf": Out(c.cf_shape),
+            "o_h": Out(c.h_shape),
+            "o_shift": Out(c.shift_shape),
         })
 
     @property
@@ -86,7 +82,7 @@ class StatsPipe(wiring.Component):
 
         s1 = (c.s1_shape, self.i_s1)
         # 1: C S2 and S1**2; 2: their difference (>= 0 by Cauchy-Schwarz); 3: C (C S2 - S1**2); 4: + eps
-        p_bits = _bits(c.c_max * (c.c_max << (2 * c.in_bits - 2)))
+        p_bits = uint_width(c.c_max * (c.c_max << (2 * c.in_bits - 2)))
         v1, r1 = stage(self.i_valid, cs2=(unsigned(p_bits), self.dim * self.i_s2),
                        s1sq=(unsigned(p_bits), self.i_s1 * self.i_s1), s1=s1)
         v2, r2 = stage(v1, t=(unsigned(p_bits), (r1["cs2"] - r1["s1sq"])[:p_bits]), s1=(c.s1_shape, r1["s1"]))
@@ -127,19 +123,19 @@ class StatsPipe(wiring.Component):
             div_rem, quo, root, k, s1 = r["rem"], r["quo"], r["root"], r["k"], r["s1"]
 
         # Cf, S1 f, and the shift with its rounding half (half-up when the reference's shift is positive)
-        shift_shape = unsigned(ceil_log2(c.norm_shift_max + 1) or 1)
+        shift_shape = c.shift_shape
         s1f_shape = signed(c.s1_shape.width + c.f_shape.width + 1)
-        valid, r = stage(valid, cf=(self.cf_shape, self.dim * quo), s1f=(s1f_shape, s1 * quo),
+        valid, r = stage(valid, cf=(c.cf_shape, self.dim * quo), s1f=(s1f_shape, s1 * quo),
                          shift=(shift_shape, c.norm_shift_max - k))
         pre = c.left_pre_shift
         positive = r["shift"] > pre  # the reference shift s - L >= 1
-        half = Signal(self.h_shape)
+        half = Signal(c.h_shape)
         with m.Switch(r["shift"]):
             for s in range(1, c.norm_shift_max + 1):
                 with m.Case(s):
                     m.d.comb += half.eq(1 << (s - 1))
-        valid, r2 = stage(valid, h=(self.h_shape, (r["s1f"] << pre) - Mux(positive, half, 0)),
-                          shift=(shift_shape, r["shift"]), cf=(self.cf_shape, r["cf"]))
+        valid, r2 = stage(valid, h=(c.h_shape, (r["s1f"] << pre) - Mux(positive, half, 0)),
+                          shift=(shift_shape, r["shift"]), cf=(c.cf_shape, r["cf"]))
         assert stage_no[0] == self.latency, (stage_no[0], self.latency)
         m.d.comb += [self.o_valid.eq(valid), self.o_cf.eq(r2["cf"]), self.o_h.eq(r2["h"]),
                      self.o_shift.eq(r2["shift"])]

@@ -327,3 +327,22 @@ def test_reset_mid_token():
     assert status["acc_overflows"] == counter.by_site.get("layernorm.acc", 0)
     assert status["out_overflows"] == counter.by_site.get("layernorm", 0)
     assert status["rejected"] == 0
+
+
+def test_cost_functions_check_their_arguments():
+    from tokensift.hw.vector.layernorm_cost import cycles_per_token, latency
+    from tokensift.hw.vector.layernorm_resources import exact, features
+
+    cfg = LayerNormConfig(c_max=384, lanes=16)
+    assert (cycles_per_token(cfg, 384), cycles_per_token(cfg, 1), cycles_per_token(cfg, 17)) == (24, 1, 2)
+    assert cycles(cfg, 384, 197) - cycles(cfg, 384, 196) == 24  # one token more: its beats, nothing else
+    assert latency(cfg, 1) < latency(cfg, 384)
+    with pytest.raises(ValueError, match=r"^dim must be between 1 and 384, not 385$"):
+        cycles(cfg, 385, 1)
+    with pytest.raises(ValueError, match=r"^n_tokens must be between 1 and 65535, not 0$"):
+        cycles(cfg, 384, 0)
+    with pytest.raises(TypeError, match=r"^config must be a LayerNormConfig, not dict$"):
+        cycles({}, 384, 1)
+    with pytest.raises(TypeError, match=r"^config must be a LayerNormConfig, not int$"):
+        exact(3, "xcup")
+    assert set(features(cfg, "ecp5")) == {"lane_bits", "shift_bits", "stats_bits", "const_bits"}
