@@ -52,6 +52,10 @@ GRID: list[tuple[str, str, str, list[str]]] = [
      ["--n-max", "197", "--heads", "6", "--lanes", "16", "--per-token-weights", "--signed"]),
     ("requant", "default", "int32 -> int8, multiplier 12345, shift 20", ["--multiplier", "12345", "--shift", "20"]),
     ("layernorm", "c48_l2", "C up to 48, 2 lanes, run-time constants", ["--c-max", "48", "--lanes", "2"]),
+    ("gelu", "deit_s", "DeiT-S MLP: 16 lanes of int8, 16-bit run-time multiplier", ["--lanes", "16"]),
+    ("residual", "deit_s", "16 lanes of 16-bit residual codes, saturating", ["--lanes", "16"]),
+    ("token_mean", "deit_s", "DeiT-S predictor's global half: 16 lanes, n-max 197, 192 channels",
+     ["--lanes", "16", "--n-max", "197", "--c-max", "192"]),
 ]
 #: the speed grades measured by default (6: the issue's goal; 8: the stretch and the ECP5-85F in the device
 #: database)
