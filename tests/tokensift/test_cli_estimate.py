@@ -122,8 +122,8 @@ def test_probe_blocks_are_validation_only(capsys):
     code = main(["estimate", "--block", "memory"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and re.match(r"^tokensift estimate: error: --block memory is only compared with synthesis "
-                                  r"\(--validate\); estimate one of attention, selector, requant, gelu, residual, "
-                                  r"token_mean$", err)
+                                  r"\(--validate\); estimate one of attention, selector, requant, gemm, layernorm, gelu, "
+                                  r"residual, token_mean$", err)
 
 
 def test_vector_unit_estimates(capsys):
