@@ -36,7 +36,10 @@ FMAX_BASELINE = Path(__file__).resolve().parents[2] / "tests" / "hw" / "baseline
 #: it; ``given``: the user's
 SOURCES = ("measured", "assumed", "given")
 #: the block in the Fmax baselines of each unit of :meth:`ModelCost.units`
-_MEASURED_UNITS = {"attention": "attention", "selector": "selector", "linear": "gemm"}
+_MEASURED_UNITS = {"attention": "attention", "selector": "selector", "linear": "gemm", "layernorm": "layernorm",
+                   "gelu": "gelu", "residual": "residual"}
+#: the units every whole-model accelerator has besides the attention core (the selector when the model prunes)
+_ALWAYS = ("attention", "linear", "layernorm", "gelu", "residual")
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def model_clock(device, *, units=("attention", "linear"), package: bool = False,
 
 def clock_for_cost(cost, device, *, clock_mhz: float | None = None) -> Clock:
     """:func:`model_clock` of a :class:`tokensift.hw.cost.layer.ModelCost`'s units."""
-    units = ("attention", "linear") + (("selector",) if cost.selector is not None else ())
+    units = _ALWAYS + (("selector",) if cost.selector is not None else ())
     package = bool(cost.selector is not None and cost.selector.package)
     return model_clock(device, units=units, package=package, clock_mhz=clock_mhz)
 
@@ -166,5 +169,5 @@ def clock_for_desc(desc, device, *, clock_mhz: float | None = None) -> Clock:
     from tokensift.hw.cost.layer import model_schedule
 
     stages = model_schedule(desc).stages
-    units = ("attention", "linear") + (("selector",) if stages else ())
+    units = _ALWAYS + (("selector",) if stages else ())
     return model_clock(device, units=units, package=any(st.package for st in stages), clock_mhz=clock_mhz)

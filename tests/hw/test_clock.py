@@ -22,6 +22,11 @@ def _baseline(tmp_path, attention=(60.0, 75.0), selector=(90.0, 120.0), selector
         cfg("selector", "s", selector, package=False),
         cfg("selector", "sp", selector_package, package=True),
         cfg("requant", "r", (190.0, 250.0)),
+        # the linear engine and the vector units, faster than the rest here
+        cfg("gemm", "g", (110.0, 130.0)),
+        cfg("layernorm", "l", (91.0, 118.0)),
+        cfg("gelu", "e", (101.0, 119.0)),
+        cfg("residual", "r", (180.0, 235.0)),
     ]}
     path = tmp_path / "fmax.json"
     path.write_text(json.dumps(data))
@@ -40,9 +45,12 @@ def test_ecp5_clock_is_the_slowest_measured_unit(tmp_path):
     ecp5 = get_device("ecp5-85f")  # LFE5UM-85F-8: speed grade 8
     c = clock.model_clock(ecp5, units=("attention", "selector", "linear"), package=True, path=path)
     assert (c.mhz, c.source, c.limited_by) == (70.0, "measured", "selector")
-    assert c.fmax == {"attention": 75.0, "selector": 70.0}
-    assert re.match(r"^measured: selector Fmax after nextpnr P&R at speed 8 \(attention 75 MHz, selector 70 MHz\) "
-                    r"is below the device's 100 MHz; linear not generated, not measured$", c.note)
+    assert c.fmax == {"attention": 75.0, "selector": 70.0, "linear": 130.0}  # the linear unit is the GEMM engine
+    assert re.match(r"^measured: selector Fmax after nextpnr P&R at speed 8 \(attention 75 MHz, selector 70 MHz, "
+                    r"linear 130 MHz\) is below the device's 100 MHz$", c.note)
+    # a unit with no Fmax baseline leaves the clock assumed, and says which
+    c = clock.model_clock(ecp5, units=("attention", "token_mixer"), path=path)
+    assert c.note.endswith("; token_mixer not generated, not measured")
     # without the package token the selector's other configuration counts
     c = clock.model_clock(ecp5, units=("attention", "selector", "linear"), package=False, path=path)
     assert (c.mhz, c.limited_by) == (75.0, "attention")
