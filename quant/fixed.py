@@ -279,13 +279,19 @@ class FixedFormat:
         return replace(self, **changes)
 
 
+def _floor_half_up(x: np.ndarray) -> np.ndarray:
+    # floor(x + 0.5) without forming x + 0.5, which rounds to even above 2**52; x - floor(x) is exact
+    f = np.floor(x)
+    return f + (x - f >= 0.5)
+
+
 def _round_real(x: np.ndarray, rounding: Rounding) -> np.ndarray:
     if rounding is Rounding.HALF_UP:
-        return np.floor(x + 0.5)
+        return _floor_half_up(x)
     if rounding is Rounding.HALF_EVEN:
         return np.rint(x)
     if rounding is Rounding.HALF_AWAY:
-        return np.sign(x) * np.floor(np.abs(x) + 0.5)
+        return np.sign(x) * _floor_half_up(np.abs(x))
     if rounding is Rounding.FLOOR:
         return np.floor(x)
     if rounding is Rounding.TRUNC:
