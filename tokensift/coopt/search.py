@@ -19,6 +19,8 @@ utilization (then the best accuracy) with ``prefer="resources"``. Either way it 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import sys
@@ -26,6 +28,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; _run_trial still survives the race
+    fcntl = None
 
 from tokensift.coopt.evaluate import CostEvaluator
 from tokensift.coopt.pareto import grid_front, pareto_mask
@@ -132,16 +139,45 @@ def _open_storage(url: str | None, attempts: int = 8):
     raise AssertionError("unreachable")
 
 
-def _run_trial(study, objective) -> bool:
+@contextlib.contextmanager
+def _study_lock(url: str | None):
+    """Serialize the workers of one SQLite study around popping a trial and seeding the first generation.
+
+    SQLite has no row locks, so optuna's WAITING -> RUNNING check races: two workers can pop the same
+    enqueued trial and both tell it, and two workers opening a new study can both see it empty and both
+    seed it. Servers (PostgreSQL, MySQL) lock the row themselves, so only SQLite files take this lock, an
+    advisory ``flock`` on a file beside the database."""
+    path = _sqlite_path(url)
+    if path is None or fcntl is None:
+        yield
+        return
+    with open(f"{path}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _sqlite_path(url: str | None) -> str | None:
+    """The database file of a ``sqlite:///path`` URL; None for memory, other databases or no storage."""
+    if not url or not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else path
+
+
+def _run_trial(study, objective, lock=contextlib.nullcontext) -> bool:
     """Ask, evaluate and tell one trial; False when another worker finished the same trial first.
 
-    Several workers on one SQLite study can pop the same enqueued (seed) trial: SQLite has no row locks, so
-    optuna's WAITING -> RUNNING check races. The loser's updates then fail on a finished trial; its
-    evaluation is a duplicate of the winner's (same parameters, same cost model), so it is dropped.
+    ``lock`` serializes the ask between the workers of one SQLite study (see :func:`_study_lock`); where no
+    lock is possible the race is still survived: the loser's updates fail on a finished trial, its evaluation
+    is a duplicate of the winner's (same parameters, same cost model), so it is dropped.
     """
     import optuna
 
-    trial = study.ask()
+    with lock():
+        trial = study.ask()
     try:
         values = objective(trial)
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -227,14 +263,16 @@ def _nsga2_search(ev: CostEvaluator, accuracy, *, trials: int, storage: str | No
     keep_names = ([f"keep_{s}" for s in range(ks.stages)] if ks.kind == "per-stage"
                   else ["rho"] if ks.kind != "none" else [])
     seeded = 0
-    if seed_target is not None and not study.trials and hs.size * ks.size <= MAX_GRID_POINTS:
-        for h, point in _seed_points(ev, seed_target, population):
-            c = hs.choice(h)
-            study.enqueue_trial({"lanes": c.lanes, "heads_parallel": c.heads_parallel,
-                                 "linear": f"{c.linear_lanes}/{c.linear_rows}",
-                                 "selector_lanes": c.selector_lanes, "softmax": c.softmax, "clock_mhz": c.clock_mhz,
-                                 **dict(zip(keep_names, point, strict=True))})
-            seeded += 1
+    lock = functools.partial(_study_lock, storage)
+    with lock():
+        if seed_target is not None and not study.get_trials(deepcopy=False) and hs.size * ks.size <= MAX_GRID_POINTS:
+            for h, point in _seed_points(ev, seed_target, population):
+                c = hs.choice(h)
+                study.enqueue_trial({"lanes": c.lanes, "heads_parallel": c.heads_parallel,
+                                     "linear": f"{c.linear_lanes}/{c.linear_rows}",
+                                     "selector_lanes": c.selector_lanes, "softmax": c.softmax,
+                                     "clock_mhz": c.clock_mhz, **dict(zip(keep_names, point, strict=True))})
+                seeded += 1
 
     def objective(trial):
         from tokensift.coopt.space import HwChoice
@@ -272,7 +310,7 @@ def _nsga2_search(ev: CostEvaluator, accuracy, *, trials: int, storage: str | No
 
         done_here = 0
         while done_here < trials:
-            if _run_trial(study, objective):
+            if _run_trial(study, objective, lock):
                 done_here += 1
                 bar.update(task, advance=1, info=f"{len(study.get_trials(deepcopy=False))} trials in the study")
     seconds = time.perf_counter() - t0
