@@ -37,7 +37,7 @@ FMAX_BASELINE = Path(__file__).resolve().parents[2] / "tests" / "hw" / "baseline
 SOURCES = ("measured", "assumed", "given")
 #: the block in the Fmax baselines of each unit of :meth:`ModelCost.units`
 _MEASURED_UNITS = {"attention": "attention", "selector": "selector", "linear": "gemm", "layernorm": "layernorm",
-                   "gelu": "gelu", "residual": "residual"}
+                   "gelu": "gelu", "residual": "residual", "token_mean": "token_mean"}
 #: the units every whole-model accelerator has besides the attention core (the selector when the model prunes)
 _ALWAYS = ("attention", "linear", "layernorm", "gelu", "residual")
 
@@ -158,7 +158,8 @@ def model_clock(device, *, units=("attention", "linear"), package: bool = False,
 
 def clock_for_cost(cost, device, *, clock_mhz: float | None = None) -> Clock:
     """:func:`model_clock` of a :class:`tokensift.hw.cost.layer.ModelCost`'s units."""
-    units = _ALWAYS + (("selector",) if cost.selector is not None else ())
+    units = (_ALWAYS + (("selector",) if cost.selector is not None else ())
+             + (("token_mean",) if cost.vector.token_mean is not None else ()))
     package = bool(cost.selector is not None and cost.selector.package)
     return model_clock(device, units=units, package=package, clock_mhz=clock_mhz)
 
@@ -167,7 +168,9 @@ def clock_for_desc(desc, device, *, clock_mhz: float | None = None) -> Clock:
     """:func:`model_clock` of the accelerator a :class:`tokensift.hw.cost.layer.ModelDesc` runs on (a selector
     when the model prunes, with the package token when a stage adds one), before its lanes are chosen."""
     from tokensift.hw.cost.layer import model_schedule
+    from tokensift.hw.cost.predictor import predictor_ops
 
     stages = model_schedule(desc).stages
-    units = _ALWAYS + (("selector",) if stages else ())
+    means = any(op.unit == "token_mean" for st in stages for op in predictor_ops(st.selector, st.n_in, desc.dim))
+    units = _ALWAYS + (("selector",) if stages else ()) + (("token_mean",) if means else ())
     return model_clock(device, units=units, package=any(st.package for st in stages), clock_mhz=clock_mhz)

@@ -14,7 +14,8 @@ and ``M`` in the MLP::
     attention  heads frames of N        attention unit (heads_parallel cores)
     proj       N x dim -> dim           linear engine
     residual1                           residual adder on proj's output beats: its pipeline latency
-    selector   where a stage prunes     token selector + its predictor's MACs on the linear engine
+    selector   where a stage prunes     token selector + its predictor's steps on the linear engine and the
+                                        vector units (:mod:`tokensift.hw.cost.predictor`)
     norm2      M tokens of dim          LayerNorm unit
     fc1        M x dim -> hidden        linear engine
     gelu                                GELU unit on fc1's output beats (the activations of fc2): its latency
@@ -43,7 +44,6 @@ from tokensift.hw.cost.linear import (
     LinearParams,
     linear_cycles,
     linear_resources,
-    predictor_cycles,
 )
 from tokensift.quant.select import Mode, SelectorParams
 
@@ -51,7 +51,7 @@ __all__ = ["HwConfig", "ModelDesc", "Stage", "Schedule", "ModelCost", "model_sch
            "vector_units", "LINEAR_GROUP"]
 
 #: the units that scale with the linear engine's shape (the co-optimizer's "linear" unit is their sum)
-LINEAR_GROUP = ("linear", "layernorm", "gelu", "residual")
+LINEAR_GROUP = ("linear", "layernorm", "gelu", "residual", "token_mean")
 
 
 @dataclass(frozen=True)
@@ -61,20 +61,31 @@ class VectorUnits:
     layernorm: object
     gelu: object
     residual: object
+    #: the token-mean unit of DynamicViT's (and SPViT's per-head) predictors; None when no predictor needs one
+    token_mean: object = None
 
 
-def vector_units(dim: int, *, rows: int, res_bits: int = 16) -> VectorUnits:
+def vector_units(dim: int, *, rows: int, res_bits: int = 16, token_mean: tuple[int, int] | None = None
+                 ) -> VectorUnits:
     """The vector units of a model of width ``dim`` next to an engine of ``rows`` rows: each takes ``rows``
     values per cycle (the engine's output beat is one channel of ``rows`` tokens, and a LayerNorm of
     ``rows`` lanes produces a token tile's activations as fast as the engine loads them); the LayerNorm
-    and the residual adder work on the ``res_bits`` residual stream, the GELU on fc1's int8 outputs."""
+    and the residual adder work on the ``res_bits`` residual stream, the GELU on fc1's int8 outputs.
+    ``token_mean``: ``(n_max, c_max)`` of the predictors' token means (none when None); ``rows`` lanes, at
+    most 64."""
     from tokensift.hw.vector.gelu import GeluUnitParams
     from tokensift.hw.vector.layernorm_layout import LayerNormConfig
     from tokensift.hw.vector.residual import ResidualParams
+    from tokensift.hw.vector.token_mean import TokenMeanParams
     from tokensift.quant.fixed import FixedFormat
 
+    mean = None
+    if token_mean is not None:
+        n_max, c_max = token_mean
+        mean = TokenMeanParams(lanes=min(64, rows), n_max=n_max, c_max=c_max)
     return VectorUnits(layernorm=LayerNormConfig(c_max=dim, lanes=rows, in_bits=res_bits),
-                       gelu=GeluUnitParams(lanes=rows), residual=ResidualParams(lanes=rows, res=FixedFormat(bits=res_bits)))
+                       gelu=GeluUnitParams(lanes=rows), residual=ResidualParams(lanes=rows, res=FixedFormat(bits=res_bits)),
+                       token_mean=mean)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -301,7 +312,12 @@ class ModelCost:
             in_max=max(self.spec.dim, self.spec.hidden, self.patch_in),
             out_max=max(3 * self.spec.dim, self.spec.hidden, self.num_classes),
             weight_rate=self.hw.weight_rate or DEFAULT_WEIGHT_RATE)
-        self.vector = vector_units(self.spec.dim, rows=self.linear.rows)
+        from tokensift.hw.cost.predictor import predictor_ops
+
+        means = [op for st in sched.stages for op in predictor_ops(st.selector, st.n_in, self.spec.dim)
+                 if op.unit == "token_mean"]
+        self.vector = vector_units(self.spec.dim, rows=self.linear.rows, token_mean=(
+            (max(st.n_in for st in sched.stages), max(op.in_features for op in means)) if means else None))
         self.selector = None
         if sched.stages:
             self.selector = SelectorParams(n_max=max(st.n_in for st in sched.stages), dim=self.spec.dim,
@@ -370,7 +386,8 @@ class ModelCost:
         }
 
     def stage_cycles(self, stage: Stage, n_in: int | None = None, n_out: int | None = None) -> dict[str, int]:
-        """The selector frame and the predictor's MACs of one stage (``n_in``/``n_out`` override)."""
+        """The selector frame and the predictor's steps of one stage (``n_in``/``n_out`` override)."""
+        from tokensift.hw.cost.predictor import predictor_ops
         from tokensift.hw.selector.core import cycles
 
         n_in = stage.n_in if n_in is None else n_in
@@ -378,8 +395,33 @@ class ModelCost:
         kept = n_out - int(stage.package)
         sel = cycles(self.selector, n_tokens=int(n_in), kept=int(kept), mode=stage.mode, package=stage.package,
                      package_rule=stage.package_rule)
-        macs = stage.selector.macs(int(n_in), int(n_out), self.spec.dim)
-        return {"selector": sel, "predictor": predictor_cycles(self.linear, macs=int(macs))}
+        ops = predictor_ops(stage.selector, int(n_in), self.spec.dim)
+        return {"selector": sel, "predictor": self.predictor_cycles(ops)}
+
+    def predictor_cycles(self, ops) -> int:
+        """Cycles of a predictor's steps (:func:`tokensift.hw.cost.predictor.predictor_ops`), one after the
+        other: GEMM jobs, LayerNorm and token-mean passes by their cycle models, each GELU its pipeline
+        latency behind the job whose output beats it takes, the channel sums ``rows`` codes per cycle."""
+        from tokensift.hw.vector.gelu import LATENCY as GELU_LATENCY
+        from tokensift.hw.vector.layernorm_cost import cycles as layernorm_cycles
+        from tokensift.hw.vector.token_mean import cycles as token_mean_cycles
+
+        total = 0
+        for op in ops:
+            if op.unit == "linear":
+                total += linear_cycles(self.linear, n_tokens=op.tokens, in_features=op.in_features,
+                                       out_features=op.out_features)
+            elif op.unit == "gelu":
+                total += GELU_LATENCY
+            elif op.unit == "layernorm":
+                total += layernorm_cycles(self.vector.layernorm, dim=op.in_features, n_tokens=op.tokens)
+            elif op.unit == "token_mean":
+                total += token_mean_cycles(self.vector.token_mean, op.tokens, op.in_features)
+            elif op.unit == "channel_sum":
+                total += op.tokens * -(-op.in_features // self.linear.rows)
+            else:
+                raise ValueError(f"no unit runs a predictor step on {op.unit!r}")
+        return total
 
     def fixed_cycles(self) -> dict[str, int]:
         """Patch embedding, the final LayerNorm (of the class token) and the classifier head."""
@@ -435,6 +477,10 @@ class ModelCost:
                "layernorm": layernorm_resources(v.layernorm, family),
                "gelu": gelu_resources(v.gelu, family),
                "residual": residual_resources(v.residual, family)}
+        if v.token_mean is not None:
+            from tokensift.hw.vector.token_mean_resources import resources as token_mean_resources
+
+            out["token_mean"] = token_mean_resources(v.token_mean, family)
         if self.selector is not None:
             out["selector"] = selector_resources(self.selector, family)
         return out

@@ -13,9 +13,8 @@ The weight stream: ``weight_rate`` bytes per cycle (the device's realistic DRAM 
 device is given) after ``weight_latency`` cycles (:data:`DEFAULT_WEIGHT_LATENCY`, an assumed DRAM round
 trip), into beats of ``weight_bytes`` (the power of two at or above the rate, at most ``cols``).
 
-The token predictors' MLPs (DynamicViT, SPViT) are costed by their multiply-accumulates at the array's
-peak rate (:func:`predictor_cycles`): their layers run on the same engine, as jobs the whole-model
-sequencer issues (issue 17); until then this is a lower bound, not the engine's cycle model.
+The token predictors' MLPs (DynamicViT, SPViT) are jobs of the same engine
+(:mod:`tokensift.hw.cost.predictor`).
 
 >>> p = LinearParams(rows=8, cols=128, max_tokens=197, in_max=1536, out_max=1536, weight_rate=16)
 >>> linear_cycles(p, n_tokens=197, in_features=384, out_features=1152)
@@ -33,7 +32,7 @@ from functools import lru_cache
 from tokensift.checks import check_count, check_int
 from tokensift.hw.common.resources import Resources
 
-__all__ = ["LinearParams", "linear_cycles", "predictor_cycles", "linear_resources", "default_rows",
+__all__ = ["LinearParams", "linear_cycles", "linear_resources", "default_rows",
            "device_weight_rate", "DEFAULT_WEIGHT_RATE", "DEFAULT_WEIGHT_LATENCY"]
 
 #: weight bytes per cycle when no device says otherwise: one 128-bit AXI beat per cycle
@@ -142,14 +141,6 @@ def _job_cycles(p: LinearParams, n: int, k: int, m: int) -> int:
     from tokensift.hw.gemm.cycles import cycles
 
     return int(cycles(p.gemm, n, k, m, weight_bytes_per_cycle=p.weight_rate, weight_latency=p.weight_latency))
-
-
-def predictor_cycles(params: LinearParams, *, macs: int) -> int:
-    """A token predictor's MLP of ``macs`` multiply-accumulates at the array's peak rate (a lower bound:
-    see the module docstring)."""
-    p = _check(params)
-    check_count("macs", macs, zero=True, numpy=False)
-    return -(-macs // p.macs) if macs else 0
 
 
 def linear_resources(params: LinearParams, family: str) -> Resources:

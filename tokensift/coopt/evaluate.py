@@ -7,14 +7,14 @@ depend on one unit only:
   (its lanes) -- none of them depends on the keep ratios (the buffers are sized for the model's largest
   frame, see :mod:`tokensift.coopt.space`);
 * cycles = fixed (patch embedding, head: linear array) + per layer the attention unit's frames and the
-  linear array's qkv/proj/fc1/fc2 + per pruning stage the selector's frame and the predictor's MACs on
-  the linear array -- all closed-form functions of token counts.
+  linear array's qkv/proj/fc1/fc2 + per pruning stage the selector's frame and the predictor's steps on
+  the linear array and the vector units -- all closed-form functions of token counts.
 
 So :class:`CostEvaluator` computes each unit's resources once per unit variant, each unit's cycles once
 per (variant, token count) it meets, the token schedule once per keep point, and adds them up with numpy
 broadcasting over the whole grid: ``cycles[hw, keep] = A[attention, keep] + L[linear, keep] +
 S[selector, keep]``. Every number comes from the cost model's own functions (``attention_cycles``,
-``linear_cycles``, ``hw.selector.cycles``, ``predictor_cycles``, ``units``); the tests check the sum
+``linear_cycles``, ``hw.selector.cycles``, ``ModelCost.predictor_cycles``, ``units``); the tests check the sum
 against :meth:`ModelCost.cycles` point by point.
 """
 
@@ -388,15 +388,17 @@ class CostEvaluator:
             lookup = np.zeros(int(counts.max()) + 1, dtype=np.int64)
             lookup[counts] = [table[int(n)] for n in counts]
             A[a] = lookup[attn].sum(axis=1)
-        from tokensift.hw.cost.linear import predictor_cycles
+        from tokensift.hw.cost.predictor import predictor_ops
 
         L = np.zeros((len(hs.linear_variants), len(schedules)), dtype=np.int64)
-        macs = sorted({st[4] for s in schedules for st in s.stages if st is not None})
+        # a predictor's steps depend on its stage and its input count only
+        entering = sorted({(i, st[0]) for s in schedules for i, st in enumerate(s.stages) if st is not None})
+        ops = {key: predictor_ops(self.sels[key[0]], key[1], self.spec.dim) for key in entering}
         for li in range(len(hs.linear_variants)):
             cost, fixed = self._linear_parts(li)
-            pred = {m: predictor_cycles(cost.linear, macs=m) for m in macs}
-            stage_pred = np.array([sum(pred[st[4]] for st in s.stages if st is not None) for s in schedules],
-                                  dtype=np.int64)
+            pred = {key: cost.predictor_cycles(o) for key, o in ops.items()}
+            stage_pred = np.array([sum(pred[(i, st[0])] for i, st in enumerate(s.stages) if st is not None)
+                                   for s in schedules], dtype=np.int64)
             L[li] = fixed + self._layer_linear_cycles(cost, attn, mlp).sum(axis=1) + stage_pred
         S = np.zeros((len(hs.selector_lanes), len(schedules)), dtype=np.int64)
         if self.sels:

@@ -42,6 +42,10 @@ def unit_resources(cost, family: str) -> tuple[dict[str, Resources], str]:
            "layernorm": _hard(layernorm_exact(v.layernorm, family)),
            "gelu": _hard(gelu_exact(v.gelu, family)),
            "residual": _hard(residual_exact(v.residual, family))}
+    if v.token_mean is not None:
+        from tokensift.hw.vector.token_mean_resources import exact as token_mean_exact
+
+        out["token_mean"] = _hard(token_mean_exact(v.token_mean, family))
     if cost.selector is not None:
         out["selector"] = _hard(selector_exact(cost.selector, family))
     return out, HARD_BLOCKS_ONLY
