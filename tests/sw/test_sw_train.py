@@ -81,7 +81,18 @@ def _ddp_worker(rank, world, port, out_dir):
 
 
 def test_ddp_two_gloo_processes(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # gloo's TCP transport aborts a worker (SIGABRT) now and then when the machine is overloaded (seen once
+    # in CI with the whole suite on 2 cores); a worker killed by a signal gets one more try on a fresh port,
+    # nor does a worker that raised anything but the transport's error (a failed check)
+    for attempt in range(2):
+        try:
+            mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+            break
+        except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
+            transport = isinstance(exc, mp.ProcessExitedException) or "gloo" in str(exc).lower() or \
+                "connection" in str(exc).lower()
+            if attempt or not transport:
+                raise
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["steps"] == r1["steps"] == 2 * (64 // 2 // 8)  # each rank sees half the data per epoch
     assert r0["max_diff"] == 0.0 and torch.equal(r0["flat"], r1["flat"])  # gradients were averaged
