@@ -136,9 +136,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     ev = CostEvaluator(cfg.model, method=cfg.method, device=device, selector_feature_bits=RES_BITS,
                        keep_space=default_keep_space(cfg.method, n_stages, low=0.3, step=cfg.keep_step))
     if cfg.target_latency_ms is None:
+        # the dense model has no predictors: keep 1.0 would still run them, so the dense cycles are the
+        # model's without its selectors, on every hardware point that fits
         ones = tuple(1.0 for _ in ev.sels)
-        g = ev.grid(points=[ones])
-        fastest_dense = float(g.latency_ms[g.fits, 0].min()) if g.fits.any() else None
+        fits = np.flatnonzero(ev.grid(points=[ones]).fits)
+        hs = ev.hw_space
+        fastest_dense = min((ev.dense_cycles(int(h)) / (hs.clock_mhz[hs.unravel(int(h))[3]] * 1e3) for h in fits),
+                            default=None)
         if fastest_dense is None:
             raise ValueError(f"no hardware configuration of the space fits {device.name}")
         target = fastest_dense / cfg.speedup
