@@ -39,7 +39,7 @@ from tokensift.quant.accel.isa import INSTRUCTION_BYTES, Buffer, Instruction, Op
 from tokensift.quant.accel.records import Tag
 from tokensift.quant.accel.registers import MAX_STAGES, METHODS, Registers
 
-__all__ = ["Compiled", "compile_model", "method_of", "STAGE_METHODS", "manifest", "default_registers", "SPVIT_HEAD_REFS", "SPVIT_SHARED_REFS"]
+__all__ = ["Compiled", "compile_model", "reference_model", "method_of", "STAGE_METHODS", "manifest", "default_registers", "SPVIT_HEAD_REFS", "SPVIT_SHARED_REFS"]
 
 #: the nested records of one SPViT head predictor, in the order of a stage record's ``refs``
 SPVIT_HEAD_REFS = ("norm", "fc.w", "fc", "gelu", "fc1.w", "fc1", "gelu1", "fc2.w", "fc2", "gelu2", "out.w", "out")
@@ -350,3 +350,46 @@ def manifest(image, registers: Registers, model=None) -> dict:
     if model is not None:
         out["logit_scale"] = [float(v) for v in model.logit_scale]
     return out
+
+
+def reference_model(model, registers: Registers):
+    """A copy of the IntegerViT ``model`` set to what ``registers`` say, for comparisons with the sequencer:
+    ``dense`` removes its stages; otherwise each stage's knob takes its register (EViT's keep ratio giving
+    the register's count, DynamicViT's and SPViT's counts and rule, AS-ViT's threshold, SaiT's density).
+    ValueError for a setting the integer model has no knob for (an SPViT threshold other than 0)."""
+    import copy
+    import dataclasses
+
+    from tokensift.quant.select import order_key
+    from tokensift.quant.stages.predictor import LOGIT_BITS
+
+    m = copy.deepcopy(model)
+    method = method_of(m)
+    if registers.method == "dense":
+        m.blocks = [dataclasses.replace(b, selector=None) for b in m.blocks]
+        return m
+    if registers.method != method:
+        raise ValueError(f"the model runs {method}, not {registers.method}")
+    stages = [b.selector for b in m.blocks if b.selector is not None]
+    if len(stages) != registers.stages:
+        raise ValueError(f"the model has {len(stages)} selection stages, the registers {registers.stages}")
+    if method == "sait":
+        m.set_keep_ratio(registers.density / (1 << 15))
+        return m
+    n = m.pos.shape[0] + 1
+    for stage, k, t, r in zip(stages, registers.keep, registers.threshold, registers.rule, strict=True):
+        if method == "evit":
+            k = min(k, n - 1)
+            stage.keep_ratio = k / (n - 1)
+            while stage.num_keep(n - 1) != k:  # k / candidates rounded in float64: step to the exact count
+                stage.keep_ratio = float(np.nextafter(stage.keep_ratio, 0.0 if stage.num_keep(n - 1) > k else 2.0))
+            n = 1 + k + int(stage.fuse_token)
+        elif method == "dynamicvit":
+            stage.keep = k
+        elif method == "asvit":
+            stage.threshold = t
+        else:
+            if r == "threshold" and t != int(order_key([0], LOGIT_BITS)[0]):
+                raise ValueError("the integer SPViT stage keeps scores above 0 only; it has no other threshold")
+            stage.decision, stage.keep = r, k
+    return m
