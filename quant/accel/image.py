@@ -124,6 +124,8 @@ class MemoryImage:
         out = bytearray(self.data)
         out[:HEADER_BYTES] = header_bytes(self.envelope, self.method, self.input_scale, self.regions, len(out))
         prog = encode_program(self.program)
+        if len(prog) != self.regions["program"].size:
+            raise ValueError(f"the program is {len(prog)} bytes; its region holds {self.regions['program'].size}")
         out[self.regions["program"].offset:self.regions["program"].offset + len(prog)] = prog
         return finish_checksum(out)
 

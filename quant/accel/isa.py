@@ -132,7 +132,7 @@ class Instruction:
                                 ("rows", Rows)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an {enum_type.__name__}, not {type(value).__name__}")
+                raise TypeError(f"{name} must be an integer ({enum_type.__name__}), not {type(value).__name__}")
             try:
                 object.__setattr__(self, name, enum_type(value))
             except ValueError:
