@@ -117,6 +117,23 @@ def _load_model(args):
     return model.eval(), name, method
 
 
+def _check_settings_for(method: str, settings: dict) -> None:
+    """What the float model already decides about ``--registers`` (before calibration): the method register
+    (dense or the model's) and the rules its stages can run; the stage count is checked once compiled."""
+    from tokensift.quant.accel.registers import METHOD_RULES
+
+    accel = "dense" if method == "none" else method
+    if accel not in METHOD_RULES:
+        raise InvalidArgumentError(f"the accelerator has no program for method {method!r}")
+    chosen = settings.get("method", accel)
+    if chosen not in ("dense", accel):
+        raise InvalidArgumentError(f"--registers: the image runs {accel} or dense, not {chosen}")
+    bad = [r for r in settings.get("rule", ()) if r not in METHOD_RULES[chosen]]
+    if bad:
+        raise InvalidArgumentError(f"--registers: rule {bad[0]!r} is not a rule of {chosen} (its stages run "
+                                   f"{' or '.join(METHOD_RULES[chosen])})")
+
+
 def _datasets(args, model):
     from tokensift.sw.data import load_image_folder, load_mnist
 
@@ -145,6 +162,7 @@ def compile_checkpoint(args) -> dict:
     settings = parse_register_settings(args.registers)
     out = check_output_dir("--out", args.out)
     model, name, method = _load_model(args)
+    _check_settings_for(method, settings)
     train, test = _datasets(args, model)
     if args.calib_images > len(train) or args.verify > len(test):
         raise InvalidArgumentError(f"the data has {len(train)} calibration and {len(test)} test images; "
@@ -158,6 +176,9 @@ def compile_checkpoint(args) -> dict:
         registers = compiled.registers.replace(**settings)
     except ValueError as exc:
         raise InvalidArgumentError(f"--registers: {exc}") from None
+    if registers.method not in ("dense", compiled.registers.method):
+        raise InvalidArgumentError(f"--registers: the image runs {compiled.registers.method} or dense, not "
+                                   f"{registers.method}")
 
     verified = None
     if args.verify:
@@ -205,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("bytes", justify="right")
     for name, r in summary["regions"].items():
         table.add_row(name, f"{r['offset']:#x}", f"{r['size']:,}")
-    console = Console()
+    console = Console(soft_wrap=True)  # paths and register lists stay on one line, copyable
     console.print(table)
     regs = summary["registers"]
     console.print(f"envelope: {env['max_tokens']} tokens x {env['width']}, {env['heads']} heads, MLP {env['mlp_hidden']}, "
