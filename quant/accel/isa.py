@@ -155,6 +155,16 @@ class Instruction:
     def encode(self) -> bytes:
         return struct.pack("<4I", *self.words())
 
+    def __str__(self) -> str:
+        """One line of assembly, e.g. ``GEMM H->QKV rows=ALL arg=8 a=0x680 b=0x30d00 k=64 m=192``."""
+        if self.opcode is Opcode.END:
+            return "END"
+        gated = " gated" if self.gated else ""
+        two = self.opcode in (Opcode.RESIDUAL_ADD, Opcode.ATTENTION, Opcode.SELECT)
+        srcs = f"{self.src.name},{self.src2.name}" if two else self.src.name
+        return (f"{self.opcode.name} {srcs}->{self.dst.name} rows={self.rows.name}{gated} arg={self.arg} "
+                f"a={self.addr_a:#x} b={self.addr_b:#x} k={self.k} m={self.m}")
+
     @classmethod
     def from_words(cls, words) -> Instruction:
         """Decode four words; a reserved bit set or an unknown opcode/buffer/row mode raises ValueError."""
