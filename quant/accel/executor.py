@@ -156,6 +156,7 @@ class _Sequencer:
             if (p, c) != (ins.k, ins.m) or self.count[ins.dst] != p + 1 or scalars["bits"] != ins.arg:
                 raise _Fault(f"its POS record ({p} x {c}, {scalars['bits']} bits) does not match the instruction "
                              f"or the {self.count[ins.dst]} rows of {ins.dst.name}")
+            self.width(ins.dst, c, scalars["bits"])
             x = self.buf[ins.dst]
             x[1:p + 1, :c] = residual_add(x[1:p + 1, :c], arrays["pos"].reshape(p, c), FixedFormat(bits=ins.arg),
                                           counter=self.counter, site=site)

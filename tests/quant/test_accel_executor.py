@@ -10,13 +10,15 @@ import struct
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from stage_models import TINY, calib_batches, images_labels
 
 from tokensift.quant.accel import compile_model, decode_image, run_images
 from tokensift.quant.accel.compiler import reference_model
 from tokensift.quant.accel.executor import run
 from tokensift.quant.accel.image import finish_checksum
-from tokensift.quant.accel.isa import Buffer, Opcode
+from tokensift.quant.accel.isa import Buffer, Instruction, Opcode, Rows
 from tokensift.quant.accel.records import Tag, decode_record, linear_from
 from tokensift.quant.integer_model import IntegerViT
 from tokensift.quant.stages.sait import mass_code
@@ -294,3 +296,30 @@ def test_compile_and_reference_reject():
     # the sequencer runs it all the same: a register the integer model has no knob for
     got, _ = run_images(compiled.image, compiled.registers.replace(threshold=(10, 10)), images()[:1])
     assert got.shape == (1, 10)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_corrupted_program_is_a_value_error_or_a_run(data):
+    """Any instruction replaced by another (real record and weight offsets, or arbitrary ones): the sequencer
+    either runs to END or stops with a ValueError, never another exception (the hardware's status flag)."""
+    _, compiled = built("dynamicvit")
+    program = decode_image(compiled.image).program
+    addrs = sorted({i.addr_a for i in program} | {i.addr_b for i in program})
+    pc = data.draw(st.integers(0, len(program) - 2))
+    addr = st.one_of(st.sampled_from(addrs), st.integers(0, len(compiled.image) + 64))
+    ins = Instruction(opcode=data.draw(st.sampled_from([o for o in Opcode if o is not Opcode.END])),
+                      dst=data.draw(st.sampled_from(list(Buffer))), src=data.draw(st.sampled_from(list(Buffer))),
+                      src2=data.draw(st.sampled_from(list(Buffer))), rows=data.draw(st.sampled_from(list(Rows))),
+                      gated=data.draw(st.booleans()), arg=data.draw(st.sampled_from([0, 1, 8, 16, 255])),
+                      addr_a=data.draw(addr), addr_b=data.draw(addr), k=data.draw(st.sampled_from([0, 1, 16, 32, 64])),
+                      m=data.draw(st.sampled_from([0, 1, 16, 32, 64, 96])))
+    mem = decode_image(compiled.image)
+    mem.program = [ins if i == pc else old for i, old in enumerate(program)]
+    dram = bytearray(mem.to_bytes())
+    dram[compiled.registers.input_base:compiled.registers.input_base + 784] = bytes(range(256)) * 3 + bytes(16)
+    try:
+        result = run(dram, compiled.registers)
+    except ValueError:
+        return
+    assert result.trace[-1]["op"] == "END"
