@@ -165,7 +165,7 @@ def plain_format(fmt: FixedFormat, what: str) -> int:
 
 
 def linear_record(layer: IntLinear, what: str) -> tuple[dict, dict]:
-    if layer.w_bits > 8 or layer.in_bits > 16:
+    if layer.w_bits > 8:
         raise ValueError(f"{what}: the weights region holds int8 weights, not {layer.w_bits}-bit ones")
     return ({"m": layer.out_features, "k": layer.in_features, "in_bits": layer.in_bits, "w_bits": layer.w_bits,
              "acc_bits": layer.acc_bits, "out_bits": plain_format(layer.out, what)},
