@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "estimate": ("estimate", "estimate resources and latency of a block or a whole model on a device"),
     "co-opt": ("coopt", "co-optimize hardware parameters and keep ratios for a device budget"),
     "train": ("train", "train a dense or token-pruned ViT"),
+    "compile": ("compile", "compile a trained checkpoint into the accelerator's memory image and registers"),
     "bench": ("bench", "run the benchmarks in bench/"),
     "demo": ("demo", "the end-to-end demo on the bundled MNIST data"),
 }

@@ -286,6 +286,29 @@ CASES: dict[str, list[Case]] = {
         case("--workers -1", r"--workers must be a non-negative integer, not -1"),
         case("--device pynq-z2", r"--device sets the latency budget, so it needs --target-latency-ms"),
     ],
+    "compile": [
+        case("", r"the following arguments are required: --checkpoint, --out"),
+        case("--checkpoint {missing} --out {out}", r"--checkpoint '.*missing\.pth' does not exist"),
+        case("--checkpoint {file} --out {out}", r"checkpoint file '.*a_file\.txt' could not be read \(.+\)"),
+        case("--checkpoint {file} --out {file}", r"--out '.*a_file\.txt' is a file, not a folder"),
+        case("--checkpoint {file} --out {under_file}", r"--out '.*' " + NOT_WRITABLE),
+        case("--checkpoint {file} --out {out} --model nope", r"argument --model: invalid choice: 'nope' \(choose from .*\)"),
+        case("--checkpoint {file} --out {out} --calib-images 0", r"--calib-images must be at least 1, not 0"),
+        case("--checkpoint {file} --out {out} --verify -1", r"--verify must be at least 0, not -1"),
+        case("--checkpoint {file} --out {out} --registers density=2",
+             r"--registers density must be a keep ratio in \(0, 1\], not '2'"),
+        case("--checkpoint {file} --out {out} --registers keep=3,x",
+             r"--registers keep takes comma-separated integers, not '3,x'"),
+        case("--checkpoint {file} --out {out} --registers threshold=70000",
+             r"--registers threshold values must be between 0 and 65535 \(16-bit registers\), not 70000"),
+        case("--checkpoint {file} --out {out} --registers method=tome",
+             r"--registers method must be one of dense, evit, dynamicvit, spvit, asvit, sait, not 'tome'"),
+        case("--checkpoint {file} --out {out} --registers rule=topk,best",
+             r"--registers rule takes topk, threshold, mass per stage, not 'best'"),
+        case("--checkpoint {file} --out {out} --registers speed=3",
+             r"--registers takes KEY=VALUE with KEY one of method, density, keep, threshold, rule, not 'speed=3'"),
+        case("--checkpoint {file} --out {out} --registers keep=1 keep=2", r"--registers sets keep twice"),
+    ],
     "demo": [
         case("--out {file}", r"--out '.*a_file\.txt' is a file, not a folder"),
         case("--cache-dir {under_file}", r"--cache-dir '.*' " + NOT_WRITABLE),
@@ -371,6 +394,7 @@ def tripwires(monkeypatch):
     monkeypatch.setattr("tokensift.sim.attention_harness.run_attention", tripped)
     monkeypatch.setattr("tokensift.sw.pipeline.fit", tripped)
     monkeypatch.setattr("tokensift.coopt.demo.run_demo", tripped)
+    monkeypatch.setattr("tokensift.quant.integer_model.IntegerViT.from_float", tripped)
     monkeypatch.setattr("tokensift.commands.bench.subprocess", Subprocess())
     assert real_subprocess.run is not tripped
 
