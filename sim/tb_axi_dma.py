@@ -52,6 +52,11 @@ def random_commands(cfg: AxiDmaConfig, rng: random.Random, count: int, max_lengt
     return out
 
 
+def _patience(words: int) -> int:
+    """Cycles to wait for ``words`` words before calling it a hang (generous for every pause setting)."""
+    return 20_000 + 100 * words
+
+
 class Harness:
     """The DUT with its clock, its DRAM, its command source and (reader) word sink or (writer) data source."""
 
@@ -84,7 +89,7 @@ class Harness:
         cfg = self.cfg
         if self.reader:
             total = sum(_words(cfg, n) for _, n in commands)
-            got = [decode(word_layout(cfg), v) for v in await self.sink.wait_for(total)]
+            got = [decode(word_layout(cfg), v) for v in await self.sink.wait_for(total, timeout_cycles=_patience(total))]
             bad, i = 0, 0
             for addr, n in commands:
                 words = got[i:i + _words(cfg, n)]
@@ -97,7 +102,8 @@ class Harness:
                 last_ok = [int(w.last) for w in words] == [0] * (len(words) - 1) + [1]
                 bad += int(data != expected or not keep_ok or not last_ok or any(int(w.error) for w in words))
             return bad
-        dones = [decode(done_layout(), v) for v in await self.sink.wait_for(len(commands))]
+        words = sum(_words(cfg, n) for _, n in commands)
+        dones = [decode(done_layout(), v) for v in await self.sink.wait_for(len(commands), timeout_cycles=_patience(words))]
         return sum(int(d.error) for d in dones)
 
 

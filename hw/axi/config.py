@@ -8,7 +8,7 @@ and the manifest of its blocks, so they cannot drift apart.
 >>> regs = RegisterMap(registers=(Register(name="start", offset=0x0, access=Access.W1S, width=1),
 ...                               Register(name="keep", offset=0x8, low=1, high=196, reset=196)))
 >>> regs.error_offset, regs.addr_width
-(16, 5)
+(12, 4)
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ __all__ = ["SmallQueue"]
 
 
 def _next(ptr: Signal, depth: int):
+    if depth == 1:
+        return 0
     if depth & (depth - 1) == 0:
         return ptr + 1  # wraps by its width
     return Mux(ptr == depth - 1, 0, ptr + 1)
