@@ -110,12 +110,14 @@ class _DelayedSend:
             while not self._queue:
                 self._event.clear()
                 await self._event.wait()
-            due, item = self._queue[0]
-            while self._counter.now < due:
+            entry = self._queue[0]
+            while self._counter.now < entry[0]:
                 await RisingEdge(self._counter.clk)
             await FallingEdge(self._counter.clk)  # as in _DelayedRecv.recv
+            if not self._queue or self._queue[0] is not entry:
+                continue  # cleared by a reset meanwhile
             self._queue.popleft()
-            await self.source.send(item)
+            await self.source.send(entry[1])
 
     def clear(self):
         self.source.clear()
