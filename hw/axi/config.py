@@ -21,7 +21,7 @@ from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_bool, check_int
 
-__all__ = ["AxiDmaConfig", "Access", "Register", "RegisterMap", "ErrorCode", "BOUNDARY_BYTES"]
+__all__ = ["AxiDmaConfig", "Access", "Register", "RegisterMap", "ErrorCode", "BOUNDARY_BYTES", "example_regmap"]
 
 #: an INCR burst must not cross a 4 KiB boundary (AXI4 A3.4.1)
 BOUNDARY_BYTES = 4096
@@ -243,3 +243,19 @@ class RegisterMap:
                               high=r.get("high"), irq=r.get("irq", False)) for r in d["registers"])
         return cls(registers=regs, error_offset=d.get("error_offset"), error_irq=d.get("error_irq", True),
                    addr_width=d.get("addr_width"))
+
+
+def example_regmap() -> RegisterMap:
+    """A control block in the shape the whole-model accelerator needs (the CLI's and the benchmarks' default):
+    start (W1S), done (W1C, raises irq), the method and keep settings with valid ranges, SaiT's density, the
+    program's DRAM address, a cycle counter and a status word (RO); gaps left unmapped."""
+    return RegisterMap(registers=(
+        Register(name="start", offset=0x00, width=1, access=Access.W1S),
+        Register(name="done", offset=0x04, width=2, access=Access.W1C, irq=True),
+        Register(name="method", offset=0x08, width=3, low=0, high=5),
+        Register(name="keep", offset=0x0C, width=8, low=1, high=196, reset=196),
+        Register(name="density", offset=0x10, width=17, low=100, high=65536, reset=65536),
+        Register(name="cycles", offset=0x18, access=Access.RO),
+        Register(name="status", offset=0x1C, width=5, access=Access.RO),
+        Register(name="program", offset=0x40),
+    ), addr_width=8)

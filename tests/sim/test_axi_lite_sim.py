@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tokensift.hw.axi.config import Access, Register, RegisterMap
+from tokensift.hw.axi.config import example_regmap
 from tokensift.sim.axi_runs import run_registers
 
 pytestmark = pytest.mark.sim
 
-#: a control block in the shape the accelerator needs: start, done (irq), run-time settings with valid
-#: ranges, a counter, a status word, an unranged 32-bit address; gaps left unmapped
-REGMAP = RegisterMap(registers=(
-    Register(name="start", offset=0x00, width=1, access=Access.W1S),
-    Register(name="done", offset=0x04, width=2, access=Access.W1C, irq=True),
-    Register(name="method", offset=0x08, width=3, low=0, high=5),
-    Register(name="keep", offset=0x0C, width=8, low=1, high=196, reset=196),
-    Register(name="density", offset=0x10, width=17, low=100, high=65536, reset=65536),
-    Register(name="cycles", offset=0x18, access=Access.RO),
-    Register(name="status", offset=0x1C, width=5, access=Access.RO),
-    Register(name="program", offset=0x40),
-), addr_width=8)
+REGMAP = example_regmap()
 
 
 def test_registers_against_model():
