@@ -21,7 +21,12 @@ from __future__ import annotations
 from tokensift.hw.axi.config import Access, AxiDmaConfig, RegisterMap
 from tokensift.hw.common.resources import Resources, check_family
 
-__all__ = ["check_config", "check_regmap", "dma_features", "dma_exact", "lite_features", "lite_exact",
+#: range checks of registers this wide or wider come out of Yosys's Xilinx flow as carry chains (CARRY4 /
+#: CARRY8 and their LUTs: 16-, 17- and 32-bit registers in the synthesis grid), narrower ones as LUTs only
+#: (12 bits and below): a different cost per bit
+WIDE_COMPARE_BITS = 16
+
+__all__ = ["WIDE_COMPARE_BITS", "check_config", "check_regmap", "dma_features", "dma_exact", "lite_features", "lite_exact",
            "dma_to_dict", "dma_from_dict"]
 
 
@@ -61,19 +66,25 @@ def dma_exact(config: AxiDmaConfig, family: str) -> Resources:
 
 
 def lite_features(regmap: RegisterMap, family: str) -> dict[str, float]:
-    """``registers`` (an address decoder each, for reads and for writes), ``stored_bits`` (RW and W1C
-    flip-flops with their write/clear logic), ``ranged_bits`` (the two compares of each range-checked register),
+    """``registers`` (the read and write hit flags, the error register included), ``decode_bits`` (their
+    address compares: ``addr_width x`` that count), ``ranged`` / ``ranged_bits`` (each range-checked register's
+    registered flag / its two compares), ``ranged_wide_bits`` (the compares of registers of at least
+    :data:`WIDE_COMPARE_BITS` bits, which Yosys's Xilinx flow builds on carry chains rather than in LUTs), ``stored_bits`` (RW and W1C flip-flops with their write/clear logic),
     ``read_bits`` (the read AND-OR over every readable bit), ``pulse_bits`` (the W1S pulse registers),
-    ``addr_bits`` (the held AW address and the decoders' width)."""
+    ``write_width`` (the held W data and strobe mask, as wide as the widest writable register)."""
     rm = check_regmap(regmap)
     check_family(family)
     regs = rm.registers
-    return {"registers": float(len(regs)),
-            "stored_bits": float(sum(r.width for r in regs if r.access in (Access.RW, Access.W1C))),
+    writable = [r.width for r in regs if r.access is not Access.RO]
+    return {"registers": float(len(regs) + 1),
+            "decode_bits": float(rm.addr_width * (len(regs) + 1)),
+            "ranged": float(sum(1 for r in regs if r.ranged)),
             "ranged_bits": float(sum(r.width for r in regs if r.ranged)),
+            "ranged_wide_bits": float(sum(r.width for r in regs if r.ranged and r.width >= WIDE_COMPARE_BITS)),
+            "stored_bits": float(sum(r.width for r in regs if r.access in (Access.RW, Access.W1C))),
             "read_bits": float(sum(r.width for r in regs if r.access is not Access.W1S)),
             "pulse_bits": float(sum(r.width for r in regs if r.access is Access.W1S)),
-            "addr_bits": float(rm.addr_width * (len(regs) + 1))}
+            "write_width": float(max(writable, default=0))}
 
 
 def lite_exact(regmap: RegisterMap, family: str) -> Resources:
