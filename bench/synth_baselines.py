@@ -157,8 +157,8 @@ GRID: dict[str, list[tuple[str, dict]]] = {
 #: the configurations test_synth.py synthesizes live (small, a few seconds each)
 QUICK = {"memory": ["m16x197s", "m42x4a"], "multiplier": ["x32x15s"], "requant": ["acc32_m12345_s20"],
          "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": [], "score_combiner": [], "gemm": [],
-         "layernorm": [], "gelu": [], "residual": [], "token_mean": [], "axi_lite": ["control"],
-         "axi_reader": ["b8_l16_o4_a32"], "axi_writer": ["b8_l16_o4_a32"]}
+         "layernorm": [], "gelu": [], "residual": [], "token_mean": [], "axi_lite": ["rw4_small"],
+         "axi_reader": ["b4_l4_o1_a20"], "axi_writer": ["b4_l4_o1_a20"]}
 GRID["axi_writer"] = GRID["axi_reader"]
 
 
