@@ -181,3 +181,32 @@ def test_burst_planner_matches_the_model(seed):
     assert [int(b.last) for b in got] == [int(i == len(bursts(cfg, a, n)) - 1) for a, n in expected
                                           for i in range(len(bursts(cfg, a, n)))]
     assert sum(rejected) == 3
+
+
+@pytest.mark.parametrize("block,argv,port", [
+    ("axi_lite", [], "bus__awaddr"),
+    ("axi_reader", ["--data-bytes", "16", "--max-burst", "64"], "m_axi__rdata"),
+    ("axi_writer", ["--max-outstanding", "1"], "m_axi__wstrb"),
+])
+def test_generate_writes_verilog_and_manifest(block, argv, port, tmp_path):
+    import json
+
+    from tokensift.cli import main
+
+    assert main(["generate", block, *argv, "--out", str(tmp_path)]) == 0
+    verilog = (tmp_path / f"tokensift_{block}.v").read_text()
+    manifest = json.loads((tmp_path / f"tokensift_{block}.json").read_text())
+    assert port in verilog and manifest["block"] == block
+
+
+def test_generate_takes_a_register_map_file(tmp_path):
+    import json
+
+    from tokensift.cli import main
+
+    regmap = RegisterMap(registers=(Register(name="go", offset=0, width=1, access=Access.W1S),
+                                    Register(name="size", offset=4, width=10, low=1, high=1000, reset=1)))
+    (tmp_path / "map.json").write_text(json.dumps(regmap.as_dict()))
+    assert main(["generate", "axi_lite", "--regmap", str(tmp_path / "map.json"), "--out", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / "tokensift_axi_lite.json").read_text())
+    assert RegisterMap.from_dict(manifest["parameters"]) == regmap

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tokensift.hw.axi.config import example_regmap
@@ -12,14 +14,21 @@ pytestmark = pytest.mark.sim
 REGMAP = example_regmap()
 
 
-def test_registers_against_model():
-    for seed, pause in ((1, 0.3), (2, 0.6)):  # one test: both runs share one Verilator build
+def test_registers_against_model(capsys):
+    for seed, pause in ((1, 0.3), (2, 0.6)):  # one test: the runs share one Verilator build
         out = run_registers(REGMAP, seed=seed, pause=pause, accesses=250)
         assert out["mismatches"] == []
         assert out["writes"] > 80 and out["reads"] > 80
         assert out["slverr"] > 5 and out["decerr"] > 5 and out["range_rejected"] > 3
         orders = out["write_orders"]
         assert orders["aw_first"] > 0 and orders["w_first"] > 0 and orders["together"] > 0
+
+    # the CLI's run of the same (default) map
+    from tokensift.cli import main
+
+    assert main(["simulate", "axi_lite", "--accesses", "120", "--seed", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["bit_exact"] and out["mismatches"] == [] and out["writes"] + out["reads"] == 120
 
 
 @pytest.mark.slow
