@@ -242,6 +242,9 @@ async def reset_mid_transfer(dut):
     await reset(dut)
     await ReadOnly()
     assert int(dut.busy.value) == 0
+    # the master side of the bus is idle: no address or data left asserted
+    requests = ("arvalid",) if h.reader else ("awvalid", "wvalid")
+    assert all(int(getattr(dut, f"m_axi__{name}").value) == 0 for name in requests)
     await FallingEdge(dut.clk)
     h.sink.received.clear()
     commands = random_commands(cfg, rng, 6, 6 * cfg.data_bytes * cfg.max_burst)
