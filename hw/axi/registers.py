@@ -28,10 +28,10 @@ from tokensift.hw.axi.config import Access, ErrorCode, RegisterMap
 
 __all__ = ["AxiLiteRegisters", "fabric_signature", "WRITE_LATENCY", "READ_LATENCY"]
 
-#: cycles from the later of the AW and W handshakes to B valid
+#: clock edges from the later of the AW and W handshakes to the one that raises B valid (decode, then apply)
 WRITE_LATENCY = 2
-#: cycles from the AR handshake to R valid
-READ_LATENCY = 2
+#: clock edges from the AR handshake to the one that raises R valid (the address decode is registered first)
+READ_LATENCY = 1
 
 
 def fabric_signature(regmap: RegisterMap) -> wiring.Signature:
