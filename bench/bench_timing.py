@@ -56,6 +56,13 @@ GRID: list[tuple[str, str, str, list[str]]] = [
     ("residual", "deit_s", "16 lanes of 16-bit residual codes, saturating", ["--lanes", "16"]),
     ("token_mean", "deit_s", "DeiT-S predictor's global half: 16 lanes, n-max 197, 192 channels",
      ["--lanes", "16", "--n-max", "197", "--c-max", "192"]),
+    ("axi_lite", "control", "AXI4-Lite bank: the example control block (8 registers, 8-bit addresses)", []),
+    ("axi_reader", "hp64", "read DMA, 64-bit HP port: 16-beat bursts, 4 outstanding, 32-bit addresses", []),
+    ("axi_reader", "hp128", "read DMA, 128-bit: 64-beat bursts, 8 outstanding",
+     ["--data-bytes", "16", "--max-burst", "64", "--max-outstanding", "8"]),
+    ("axi_writer", "hp64", "write DMA, 64-bit HP port: 16-beat bursts, 4 outstanding, 32-bit addresses", []),
+    ("axi_writer", "hp128", "write DMA, 128-bit: 64-beat bursts, 8 outstanding",
+     ["--data-bytes", "16", "--max-burst", "64", "--max-outstanding", "8"]),
 ]
 #: the speed grades measured by default (6: the issue's goal; 8: the stretch and the ECP5-85F in the device
 #: database)

@@ -145,13 +145,53 @@ GRID: dict[str, list[tuple[str, dict]]] = {
         (f"l{lanes}_b{b}_n{n}_c{c}", {"lanes": lanes, "bits": b, "n_max": n, "c_max": c})
         for lanes, b, n, c in [(1, 8, 197, 192), (4, 8, 197, 192), (16, 8, 197, 192), (8, 8, 64, 64),
                                (16, 8, 197, 384), (4, 12, 100, 50), (2, 8, 16, 8), (8, 6, 50, 96)]
+    ],    "axi_lite": [],  # filled by axi_lite_grid()
+    "axi_reader": [
+        (f"b{b}_l{n}_o{o}_a{a}", {"data_bytes": b, "max_burst": n, "max_outstanding": o, "addr_width": a,
+                                  "length_bits": lb, "id_width": 1})
+        for b, n, o, a, lb in [(8, 16, 4, 32, 24), (16, 64, 8, 32, 24), (4, 4, 1, 20, 16), (32, 128, 16, 40, 32),
+                               (8, 256, 2, 32, 20), (16, 16, 3, 48, 28), (8, 8, 6, 24, 12)]
     ],
 }
 
 #: the configurations test_synth.py synthesizes live (small, a few seconds each)
 QUICK = {"memory": ["m16x197s", "m42x4a"], "multiplier": ["x32x15s"], "requant": ["acc32_m12345_s20"],
          "selector": ["n32_d32_l4_pkg"], "mac_array": ["l4_a8b8"], "attention": [], "score_combiner": [], "gemm": [],
-         "layernorm": [], "gelu": [], "residual": [], "token_mean": []}
+         "layernorm": [], "gelu": [], "residual": [], "token_mean": [], "axi_lite": ["rw4_small"],
+         "axi_reader": ["b4_l4_o1_a20"], "axi_writer": ["b4_l4_o1_a20"]}
+GRID["axi_writer"] = GRID["axi_reader"]
+
+
+def axi_lite_grid() -> list[tuple[str, dict]]:
+    """The example control block and maps from one register to 40, mixing the four kinds and ranges."""
+    from tokensift.hw.axi.config import Access, Register, RegisterMap, example_regmap
+
+    def regs(n: int, width: int, ranged: int, kinds=(Access.RW,)):
+        out = []
+        for i in range(n):
+            access = kinds[i % len(kinds)]
+            r = dict(name=f"r{i}", offset=4 * i, width=width, access=access)
+            if access is Access.RW and i < ranged:
+                r.update(low=1, high=(1 << width) - 2, reset=1)
+            if access is Access.W1C:
+                r.update(irq=i % 2 == 0)
+            out.append(Register(**r))
+        return tuple(out)
+
+    every = (Access.RW, Access.RO, Access.W1C, Access.W1S)
+    maps = {"control": example_regmap(),
+            "one": RegisterMap(registers=regs(1, 32, 0)),
+            "rw8_ranged": RegisterMap(registers=regs(8, 16, 8)),
+            "mixed16": RegisterMap(registers=regs(16, 32, 4, every), addr_width=10),
+            "ro24": RegisterMap(registers=regs(24, 32, 0, (Access.RO,)), error_irq=False),
+            "mixed40_narrow": RegisterMap(registers=regs(40, 8, 10, every), addr_width=12),
+            "rw32_wide_ranged": RegisterMap(registers=regs(32, 32, 16)),
+            "rw4_small": RegisterMap(registers=regs(4, 8, 2)),
+            "w1c8_irq": RegisterMap(registers=regs(8, 16, 0, (Access.W1C,))),
+            "w1s_rw": RegisterMap(registers=regs(8, 4, 0, (Access.W1S, Access.RW))),
+            "ro_rw12": RegisterMap(registers=regs(12, 24, 3, (Access.RO, Access.RW)), addr_width=12),
+            "ranged16_narrow": RegisterMap(registers=regs(16, 12, 16))}
+    return [(name, m.as_dict()) for name, m in maps.items()]
 
 
 def attention_grid() -> list[tuple[str, dict]]:
@@ -169,6 +209,8 @@ def grid(block: str) -> list[tuple[str, dict]]:
         from tokensift.hw.gemm.resources import baseline_grid
 
         return baseline_grid()
+    if block == "axi_lite":
+        return axi_lite_grid()
     return GRID[block]
 
 

@@ -33,6 +33,8 @@ async def reset(dut, cycles: int = 2) -> None:
 
 
 def _signed_or_unsigned(value, signed: bool) -> int:
+    if not hasattr(value, "to_unsigned"):  # a 1-bit port reads as a Logic
+        return int(value)
     return value.to_signed() if signed else value.to_unsigned()
 
 

@@ -8,7 +8,7 @@ the fit and the tests reach them through :func:`block_cost`, with parameters as 
 >>> cost.exact(params, "xcup").dsp
 2
 >>> len(BLOCKS), sorted(BLOCKS)[:6]
-(12, ['attention', 'gelu', 'gemm', 'layernorm', 'mac_array', 'memory'])
+(15, ['attention', 'axi_lite', 'axi_reader', 'axi_writer', 'gelu', 'gemm'])
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ BLOCKS: dict[str, str | None] = {
     "gelu": "tokensift.hw.vector.gelu_resources",
     "residual": "tokensift.hw.vector.residual_resources",
     "token_mean": "tokensift.hw.vector.token_mean_resources",
+    "axi_lite": "tokensift.hw.axi.lite_resources",
+    "axi_reader": "tokensift.hw.axi.reader_resources",
+    "axi_writer": "tokensift.hw.axi.writer_resources",
     "memory": None,
     "multiplier": None,
 }
@@ -40,7 +43,7 @@ BLOCKS: dict[str, str | None] = {
 #: blocks whose LUT/FF come from a fitted model, in fitting order: the memories' soft logic first (the
 #: blocks contain memories), then the blocks
 FITTED_BLOCKS = ("memory", "requant", "mac_array", "selector", "attention", "score_combiner", "gemm", "layernorm",
-                 "gelu", "residual", "token_mean")
+                 "gelu", "residual", "token_mean", "axi_lite", "axi_reader", "axi_writer")
 
 
 @dataclass(frozen=True)

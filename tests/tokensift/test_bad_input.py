@@ -229,6 +229,44 @@ CASES: dict[str, list[Case]] = {
     "synth token_mean": [
         case("--lanes 128", r"lanes must be between 1 and 64, not 128"),
     ],
+    "generate axi_lite": [
+        case("--regmap {missing} --out {out}", r"--regmap '.*missing\.pth' does not exist"),
+        case("--regmap {file} --out {out}", r"--regmap '.*a_file\.txt' is not JSON: .+"),
+    ],
+    "simulate axi_lite": [
+        case("--accesses 0", r"--accesses must be at least 1, not 0"),
+        case("--pause 1", r"--pause must be a probability in \[0, 1\), not 1"),
+        case("--regmap {out}", r"--regmap '.*out' does not exist"),
+    ],
+    "synth axi_lite": [
+        case("--regmap {file}", r"--regmap '.*a_file\.txt' is not JSON: .+"),
+    ],
+    "generate axi_reader": [
+        case("--data-bytes 12 --out {out}", r"data_bytes must be a power of two, not 12"),
+        case("--max-burst 0 --out {out}", r"max_burst must be between 1 and 256, not 0"),
+        case("--data-bytes 32 --max-burst 256 --out {out}",
+             r"max_burst \(256\) x data_bytes \(32\) must be at most 4096 bytes, the 4 KiB a burst may span"),
+    ],
+    "simulate axi_reader": [
+        case("--latency 1", r"--latency must be at least 2 \(AxiRam's own\), not 1"),
+        case("--commands 0", r"--commands must be at least 1, not 0"),
+        case("--max-length 40000", r"--max-length must be at most 32768, not 40000"),
+        case("--stall 1", r"--stall must be a probability in \[0, 1\), not 1"),
+        case("--max-outstanding 0", r"max_outstanding must be between 1 and 16, not 0"),
+    ],
+    "synth axi_reader": [
+        case("--addr-width 8", r"addr_width must be between 12 and 64, not 8"),
+    ],
+    "generate axi_writer": [
+        case("--length-bits 40 --out {out}", r"length_bits must be between 4 and 32, not 40"),
+    ],
+    "simulate axi_writer": [
+        case("--pause -0.1", r"--pause must be a probability in \[0, 1\), not -0\.1"),
+        case("--max-length 0", r"--max-length must be at least 1, not 0"),
+    ],
+    "synth axi_writer": [
+        case("--max-burst 257", r"max_burst must be between 1 and 256, not 257"),
+    ],
     "estimate": [
         case("--clock-mhz inf", r"--clock-mhz must be a positive finite number, not inf"),
         case("--clock-mhz nan", r"--clock-mhz must be a positive finite number, not nan"),
