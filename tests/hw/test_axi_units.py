@@ -8,8 +8,8 @@ import re
 
 import pytest
 from amaranth.sim import Simulator
+from amaranth_streams import StreamBench
 
-from tests.hw.amaranth_streams import StreamBench
 from tokensift.hw.axi.burst import BurstPlanner
 from tokensift.hw.axi.config import Access, AxiDmaConfig, ErrorCode, Register, RegisterMap, example_regmap
 from tokensift.hw.axi.cycles import bursts, read_cycles, write_cycles
