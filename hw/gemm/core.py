@@ -6,23 +6,30 @@ Dataflow (stream formats in :mod:`tokensift.hw.gemm.layout`):
   two halves so the next job's activations load while the current job computes. Weights sit in a weight
   buffer of ``cols`` banks (channel ``c`` of the tile in bank ``c``), two halves: the loader fills one
   column tile (``k`` rows of ``cols`` weights, then the ``cols`` channel records) while the array computes
-  on the other, and runs ahead into the next job. Every block-RAM read has its output registered.
+  on the other, and runs ahead into the next job. A bank is built of pieces of at most ``PIECE_DEPTH``
+  words (one block RAM each); every piece's read data is registered (zero unless it was addressed) and
+  the OR over the pieces is registered again, so no block-RAM output drives a multiplexer or a long wire
+  into its first register. The act stream's write address (tile x ``max_in`` + k) is summed over two
+  register stages.
 - **Array.** A tile is ``rows`` tokens x ``cols`` channels; the reduction runs one ``k`` per cycle. Token
   ``r``'s value enters row ``r`` at column 0 and moves one column per cycle (a systolic row: every
   register drives one multiplier and the next register); weight bank ``c`` reads its address ``c`` cycles
   later, so PE ``(r, c)`` sees matching operands, and the control flags travel along the columns with
   them (one flag register per PE). Each PE registers its operands and its product (one DSP slice) and
-  accumulates exactly
-  (``pe_acc_bits``). One cycle after its last product the sum moves to the PE's shadow register, so the
-  next tile accumulates at once.
+  accumulates exactly (``pe_acc_bits``). One cycle after its last product the sum moves to the PE's
+  shadow register, so the next tile accumulates at once.
 - **Drain and epilogue.** A one-hot select per row (a shift register started by the drain) walks the
-  columns one per cycle behind the load
-  wavefront; a registered OR tree brings the ``rows`` shadows of one channel to the epilogue: bias, int32
-  saturation (counted in ``acc_overflows``), ``x * multiplier`` (registered operands and product),
-  the rounding shift in two registered steps, saturation into ``out`` (counted in ``out_overflows``).
+  columns one per cycle behind the load wavefront; a registered OR tree brings the ``rows`` shadows of
+  one channel to the epilogue, one register stage per step: the bias add, int32 saturation (counted in
+  ``acc_overflows``), ``x * multiplier`` as two partial products (registered operands, registered
+  products, a registered sum), the rounding shift in two steps, the rounding add, saturation into
+  ``out`` (counted in ``out_overflows``). The channel records are read two cycles ahead and registered.
   The drain of one tile runs while the next tile computes; it starts only when the output FIFO has room
-  for a whole tile, so the drain never stalls. The last ``k`` of a tile waits until the previous tile's
-  drain has started (the shadows are then free).
+  for a whole tile (the FIFO is deep enough that this never delays a drain while the output is ready).
+  The last ``k`` of a tile waits until the previous tile's drain has started (the shadows are then free).
+- **Control.** Range checks of a job are registered before it commits; the last column tile of a job is
+  a compare of the channels left (kept per job slot) with ``cols``, not a sum; what the drain needs of
+  a pending tile (beats, last column, lanes holding tokens) is registered while it waits.
 
 Cycle-exact behaviour is modelled by :mod:`tokensift.hw.gemm.cycles`.
 """
@@ -40,12 +47,26 @@ from tokensift.hw.gemm.config import OPERAND_BITS, SHIFT_BITS, GemmConfig
 from tokensift.hw.gemm.layout import act_layout, job_layout, out_layout, status_layout, weight_shape
 from tokensift.quant.fixed import FixedFormat, Rounding
 
-__all__ = ["GemmEngine", "ISSUE_TO_DRAIN", "drain_levels", "epilogue_latency"]
+__all__ = ["GemmEngine", "ISSUE_TO_DRAIN", "JOB_TO_COMMIT", "PIECE_DEPTH", "FIFO_LATENCY", "drain_levels",
+           "epilogue_latency", "output_fifo_depth", "pieces", "LOW_BITS"]
 
 #: cycles from a tile's last issued ``k`` (the issue register) until the drain may sample column 0
-ISSUE_TO_DRAIN = 6
-#: the drain's epilogue after the OR tree: bias/int32 fit, product, two shift steps, rounding/fit
-_EPILOGUE_STAGES = 5
+ISSUE_TO_DRAIN = 7
+#: cycles from a job beat's handshake until its job is committed (job register, range check, commit)
+JOB_TO_COMMIT = 3
+#: words of one piece of a token or weight bank: one block RAM at 8-bit words (an ECP5 DP16KD or a Xilinx
+#: RAMB18 as 2048 x 9), so no bank is ever a cascade of block RAMs behind a multiplexer
+PIECE_DEPTH = 2048
+#: the epilogue after the OR tree: bias add, int32 fit, partial products, product sum, two shift steps,
+#: rounding add, output fit
+_EPILOGUE_STAGES = 8
+#: cycles from a beat's write into the output FIFO to the cycle it can leave (``SyncFIFOBuffered``)
+FIFO_LATENCY = 2
+#: the records are read two cycles before the epilogue needs them (the read data is registered)
+_RECORD_LEAD = 2
+#: the low part of the epilogue's ``int32 x multiplier`` split: an unsigned 17-bit value is a signed 18-bit
+#: operand, so each partial product fits one 18 x 18 DSP (ECP5) or one DSP48 and its sum is registered
+LOW_BITS = 17
 
 
 def drain_levels(cols: int) -> int:
@@ -58,7 +79,21 @@ def drain_levels(cols: int) -> int:
 
 def epilogue_latency(cols: int) -> int:
     """Cycles from the drain sampling a column to its beat entering the output FIFO."""
-    return drain_levels(cols) + _EPILOGUE_STAGES
+    return max(drain_levels(cols), _RECORD_LEAD) + _EPILOGUE_STAGES
+
+
+def output_fifo_depth(cols: int) -> int:
+    """Output FIFO beats: the ``cols`` of a starting drain plus what the earlier drains (started ``cols +
+    1`` cycles apart at the fastest) still hold then when the output is always ready, so the FIFO's room
+    never delays a drain unless the output stalls."""
+    held = epilogue_latency(cols) + 1 + FIFO_LATENCY + cols  # a drain's beats leave its start + this - cols .. - 1
+    return cols + sum(min(cols, held - j * (cols + 1)) for j in range(1, held // (cols + 1) + 1))
+
+
+def pieces(depth: int) -> list[int]:
+    """Depths of the pieces a bank of ``depth`` words is built of (:data:`PIECE_DEPTH` each, the last
+    one what is left)."""
+    return [min(PIECE_DEPTH, depth - start) for start in range(0, depth, PIECE_DEPTH)]
 
 
 class GemmEngine(wiring.Component):
@@ -94,8 +129,8 @@ class GemmEngine(wiring.Component):
 
     @property
     def fifo_depth(self) -> int:
-        """Output FIFO beats: two tiles, so a drain can start while the previous one is still queued."""
-        return 2 * self._cfg.cols
+        """Output FIFO beats (:func:`output_fifo_depth`)."""
+        return output_fifo_depth(self._cfg.cols)
 
     def elaborate(self, platform):
         m = Module()
@@ -103,54 +138,79 @@ class GemmEngine(wiring.Component):
         R, C = cfg.rows, cfg.cols
         log_r = ceil_log2(R)
         half_tok = cfg.token_tiles_max * cfg.max_in
+        k_shape = range(cfg.max_in)            # k - 1 of a job, and the counters over k
+        t_shape = range(cfg.token_tiles_max)   # token tiles - 1 of a job, and the counter over them
 
-        # ---- job intake: one register stage, range check, commit into the fill half ---------------
+        # ---- job intake: job register, range check (registered), commit into the fill half ----------
         slot_valid = Signal(2)
         slot_n = Array(Signal(16, name=f"slot{h}_n") for h in range(2))
-        slot_km1 = Array(Signal(16, name=f"slot{h}_km1") for h in range(2))
-        slot_m = Array(Signal(16, name=f"slot{h}_m") for h in range(2))
-        slot_tiles_m1 = Array(Signal(16, name=f"slot{h}_tiles_m1") for h in range(2))
+        slot_km1 = Array(Signal(k_shape, name=f"slot{h}_km1") for h in range(2))
+        # k - 2 and "k is 1": the array's last-k flag is a register, set one cycle ahead from these
+        slot_km2 = Array(Signal(k_shape, name=f"slot{h}_km2") for h in range(2))
+        slot_k1 = Array(Signal(name=f"slot{h}_k1") for h in range(2))
+        slot_tiles_m1 = Array(Signal(t_shape, name=f"slot{h}_tiles_m1") for h in range(2))
+        # the channels of a job not yet behind the array's (the loader's) current column tile: m, less
+        # cols per column tile, so "the last column tile" is a compare with a constant, not a sum
+        slot_left_c = Array(Signal(16, name=f"slot{h}_left_c") for h in range(2))
+        slot_left_l = Array(Signal(16, name=f"slot{h}_left_l") for h in range(2))
         fill = Signal()
         jv = Signal()
         jn, jk, jm = Signal(16), Signal(16), Signal(16)
-        m.d.comb += self.job.ready.eq(~jv)
-        with m.If(self.job.valid & ~jv):
+        cv = Signal()
+        c_ok = Signal()
+        c_n, c_m = Signal(16), Signal(16)
+        c_km1 = Signal(k_shape)
+        c_km2 = Signal(k_shape)
+        c_k1 = Signal()
+        c_tiles_m1 = Signal(t_shape)
+        m.d.comb += self.job.ready.eq(~jv & ~cv)  # one job in the intake at a time
+        with m.If(self.job.valid & ~jv & ~cv):
             m.d.sync += [jv.eq(1), jn.eq(self.job.payload.n), jk.eq(self.job.payload.k),
                          jm.eq(self.job.payload.m)]
-        job_ok = ((jn != 0) & (jn <= cfg.max_tokens) & (jk != 0) & (jk <= cfg.max_in)
-                  & (jm != 0) & (jm <= cfg.max_out))
+        with m.If(jv & ~cv):
+            m.d.sync += [jv.eq(0), cv.eq(1), c_n.eq(jn), c_m.eq(jm), c_km1.eq(jk - 1), c_km2.eq(jk - 2), c_k1.eq(jk == 1),
+                         c_tiles_m1.eq((jn - 1) >> log_r),
+                         c_ok.eq((jn != 0) & (jn <= cfg.max_tokens) & (jk != 0) & (jk <= cfg.max_in)
+                                 & (jm != 0) & (jm <= cfg.max_out))]
         rejected_full = Signal()
-        with m.If(jv & ~job_ok):
-            m.d.sync += [jv.eq(0), self.status.error.eq(1)]
+        with m.If(cv & ~c_ok):
+            m.d.sync += [cv.eq(0), self.status.error.eq(1)]
             with m.If(~rejected_full):
                 m.d.sync += [self.status.rejected.eq(self.status.rejected + 1),
                              rejected_full.eq(self.status.rejected == (1 << cfg.counter_bits) - 2)]
-        with m.Elif(jv & ~slot_valid.bit_select(fill, 1)):
-            m.d.sync += [jv.eq(0), fill.eq(~fill), slot_valid.bit_select(fill, 1).eq(1),
-                         slot_n[fill].eq(jn), slot_km1[fill].eq(jk - 1), slot_m[fill].eq(jm),
-                         slot_tiles_m1[fill].eq(((jn + (R - 1)) >> log_r) - 1)]
+        commit = cv & c_ok & ~slot_valid.bit_select(fill, 1)
+        with m.Elif(commit):
+            m.d.sync += [cv.eq(0), fill.eq(~fill), slot_valid.bit_select(fill, 1).eq(1),
+                         slot_n[fill].eq(c_n), slot_km1[fill].eq(c_km1), slot_km2[fill].eq(c_km2),
+                         slot_k1[fill].eq(c_k1), slot_tiles_m1[fill].eq(c_tiles_m1),
+                         slot_left_c[fill].eq(c_m), slot_left_l[fill].eq(c_m)]
 
-        # ---- token buffer: rows banks, the act stream writes the fill half (two register stages) ----
-        act_ready = ~slot_valid.bit_select(fill, 1) & ~jv
+        # ---- token buffer: rows banks, the act stream writes the fill half (three register stages:
+        # the beat, the tile's row offset and the half's base plus k, their sum) ------------------------
+        act_ready = ~slot_valid.bit_select(fill, 1) & ~jv & ~cv
         m.d.comb += self.act.ready.eq(act_ready)
         a1_en = Signal()
         a1 = Signal(act_layout(cfg))
         a1_half = Signal()
         m.d.sync += [a1_en.eq(self.act.valid & act_ready), a1.eq(self.act.payload), a1_half.eq(fill)]
         a2_en = Signal()
-        a2_addr = Signal(range(cfg.token_depth))
+        a2_row = Signal(range(cfg.token_depth))
+        a2_base = Signal(range(cfg.token_depth))
         a2_data = Signal(data.ArrayLayout(signed(OPERAND_BITS), R))
-        m.d.sync += [a2_en.eq(a1_en), a2_data.eq(a1.data),
-                     a2_addr.eq(Mux(a1_half, half_tok, 0) + mul_const(a1.tile, cfg.max_in) + a1.k)]
+        m.d.sync += [a2_en.eq(a1_en), a2_data.eq(a1.data), a2_row.eq(mul_const(a1.tile, cfg.max_in)),
+                     a2_base.eq(Mux(a1_half, half_tok, 0) + a1.k)]
+        a3_en = Signal()
+        a3_addr = Signal(range(cfg.token_depth))
+        a3_data = Signal.like(a2_data)
+        m.d.sync += [a3_en.eq(a2_en), a3_data.eq(a2_data), a3_addr.eq(a2_row + a2_base)]
 
         # ---- weight loader: rows then channel records of each column tile into the free half ------
         wfull = Signal(2)
         cbusy = Signal(2)
         wl = Signal()
         h_l = Signal()
-        col0_l = Signal(16)
         trailer = Signal()
-        k_l = Signal(16)
+        k_l = Signal(k_shape)
         j_l = Signal(range(cfg.row_beats))
         c_l = Signal(range(C))
         b_l = Signal(range(cfg.record_beats))
@@ -169,6 +229,10 @@ class GemmEngine(wiring.Component):
         cw_addr = Signal(range(2 * C))
         tile_loaded = Signal()
         tile_loaded_half = Signal()
+        left_l = slot_left_l[h_l]
+        # registered one cycle behind: a column tile is at least two beats, its first one after the commit
+        last_col_l = Signal()
+        m.d.sync += last_col_l.eq(left_l <= C)
         m.d.sync += [ww_en.eq(0), cw_en.eq(0), tile_loaded.eq(0)]
         with m.If(w_beat):
             with m.If(~trailer):
@@ -190,19 +254,19 @@ class GemmEngine(wiring.Component):
                     m.d.sync += [b_l.eq(0), cw_en.eq(1), cw_addr.eq(Mux(wl, C, 0) + c_l), c_l.eq(c_l + 1)]
                     with m.If(c_l == C - 1):
                         m.d.sync += [c_l.eq(0), trailer.eq(0), wl.eq(~wl), tile_loaded.eq(1),
-                                     tile_loaded_half.eq(wl), col0_l.eq(col0_l + C)]
-                        with m.If(col0_l + C >= slot_m[h_l]):
-                            m.d.sync += [col0_l.eq(0), h_l.eq(~h_l)]
+                                     tile_loaded_half.eq(wl), left_l.eq(left_l - C)]
+                        with m.If(last_col_l):
+                            m.d.sync += h_l.eq(~h_l)
 
         # ---- compute scheduler: one k per cycle --------------------------------------------------
         h_c = Signal()
         wc = Signal()
         col0_c = Signal(16)
-        i_c = Signal(16)
-        k_c = Signal(16)
+        i_c = Signal(t_shape)
+        k_c = Signal(k_shape)
         tok_base = Signal(range(cfg.token_depth + 1))
         shadow_free = Signal(init=1)
-        is_last_k = k_c == slot_km1[h_c]
+        is_last_k = Signal()  # k_c == slot_km1[h_c] while slot h_c is valid, a register
         go = slot_valid.bit_select(h_c, 1) & wfull.bit_select(wc, 1) & (~is_last_k | shadow_free)
         iss = Signal(data.StructLayout({"valid": 1, "first": 1, "last": 1}))
         iss_tok = Signal(range(cfg.token_depth))
@@ -216,24 +280,33 @@ class GemmEngine(wiring.Component):
         p_valid = Signal()
         p_info = Signal(info)
         p_wait = Signal(range(ISSUE_TO_DRAIN))
-        cols_left = slot_m[h_c] - col0_c
-        last_tile = i_c == slot_tiles_m1[h_c]
-        last_col = col0_c + C >= slot_m[h_c]
+        cols_left = slot_left_c[h_c]
+        # "the current tile is its column tile's last token tile / its job's last column tile", registered
+        # one cycle behind the state they depend on: that state changes only at a tile's last k (and
+        # commits, handled below), and two last k's are at least ISSUE_TO_DRAIN cycles apart (shadow_free)
+        last_tile = Signal()
+        last_col = Signal()
+        m.d.sync += [last_tile.eq(i_c == slot_tiles_m1[h_c]), last_col.eq(cols_left <= C)]
         clear_wfull = Signal()
+        h_next = Mux(go & is_last_k & last_tile & last_col, ~h_c, h_c)  # the array's slot in the next cycle
         with m.If(go):
-            m.d.sync += k_c.eq(k_c + 1)
+            m.d.sync += [k_c.eq(k_c + 1), is_last_k.eq(k_c == slot_km2[h_c])]
             with m.If(is_last_k):
+                m.d.sync += is_last_k.eq(slot_k1[h_next])
                 m.d.sync += [k_c.eq(0), i_c.eq(i_c + 1), tok_base.eq(tok_base + cfg.max_in), shadow_free.eq(0),
                              p_valid.eq(1), p_wait.eq(ISSUE_TO_DRAIN - 1),
                              p_info.tile.eq(i_c), p_info.n.eq(slot_n[h_c]), p_info.m_left.eq(cols_left),
                              p_info.col0.eq(col0_c), p_info.chalf.eq(wc), p_info.free_consts.eq(last_tile),
                              p_info.job_last.eq(last_tile & last_col)]
                 with m.If(last_tile):
-                    m.d.sync += [i_c.eq(0), tok_base.eq(Mux(h_c, half_tok, 0)), wc.eq(~wc), col0_c.eq(col0_c + C)]
+                    m.d.sync += [i_c.eq(0), tok_base.eq(Mux(h_c, half_tok, 0)), wc.eq(~wc), col0_c.eq(col0_c + C),
+                                 cols_left.eq(cols_left - C)]
                     m.d.comb += clear_wfull.eq(1)
                     with m.If(last_col):
                         m.d.sync += [col0_c.eq(0), h_c.eq(~h_c), tok_base.eq(Mux(h_c, 0, half_tok)),
                                      slot_valid.bit_select(h_c, 1).eq(0)]
+        with m.If(commit & (fill == h_next)):  # the array is waiting for this job (or turns to it now)
+            m.d.sync += [is_last_k.eq(c_k1), last_tile.eq(c_tiles_m1 == 0), last_col.eq(c_m <= C)]
         # both halves' flags in one place: the loader sets the half it finished, the array clears its own
         for h in range(2):
             with m.If(tile_loaded & (tile_loaded_half == h)):
@@ -241,15 +314,12 @@ class GemmEngine(wiring.Component):
             with m.Elif(clear_wfull & (wc == h)):
                 m.d.sync += wfull[h].eq(0)
 
-        # ---- memories ------------------------------------------------------------------------------
+        # ---- memories: banks of one-block-RAM pieces, every read registered twice (the piece, the bank) ---
         tok_q = []
         for r in range(R):
-            mem = memory.Memory(shape=signed(OPERAND_BITS), depth=cfg.token_depth, init=[])
-            m.submodules[f"tok{r}"] = mem
-            wp, rp = mem.write_port(), mem.read_port(transparent_for=())
             q = Signal(signed(OPERAND_BITS), name=f"tok_q{r}")
-            m.d.comb += [wp.en.eq(a2_en), wp.addr.eq(a2_addr), wp.data.eq(a2_data[r]), rp.addr.eq(iss_tok)]
-            m.d.sync += q.eq(rp.data)
+            m.d.sync += q.eq(_pieced_bank(m, f"tok{r}", cfg.token_depth, wr_en=a3_en, wr_addr=a3_addr,
+                                          wr_data=a3_data[r], rd_addr=iss_tok))
             tok_q.append(q)
         w_addr = [iss_w]
         for c in range(1, C):
@@ -258,14 +328,11 @@ class GemmEngine(wiring.Component):
             w_addr.append(wa)
         w_q = []
         for c in range(C):
-            mem = memory.Memory(shape=signed(OPERAND_BITS), depth=cfg.weight_depth, init=[])
-            m.submodules[f"w{c}"] = mem
-            wp, rp = mem.write_port(), mem.read_port(transparent_for=())
             lane = c % cfg.weight_bytes
             q = Signal(signed(OPERAND_BITS), name=f"w_q{c}")
-            m.d.comb += [wp.en.eq(ww_en & ww_sel[c // cfg.weight_bytes]), wp.addr.eq(ww_addr),
-                         wp.data.eq(ww_data[8 * lane:8 * lane + 8]), rp.addr.eq(w_addr[c])]
-            m.d.sync += q.eq(rp.data)
+            m.d.sync += q.eq(_pieced_bank(m, f"w{c}", cfg.weight_depth, wr_en=ww_en & ww_sel[c // cfg.weight_bytes],
+                                          wr_addr=ww_addr, wr_data=ww_data[8 * lane:8 * lane + 8],
+                                          rd_addr=w_addr[c]))
             w_q.append(q)
         const_mem = memory.Memory(shape=unsigned(cfg.record_bits), depth=2 * C, init=[])
         m.submodules.consts = const_mem
@@ -275,7 +342,7 @@ class GemmEngine(wiring.Component):
         # ---- the array -------------------------------------------------------------------------------
         flags = data.StructLayout({"valid": 1, "first": 1, "last": 1})
         f_prev = iss
-        for stage in range(3):  # issue -> RAM read -> RAM output register -> operand register
+        for stage in range(4):  # issue -> RAM read -> piece register -> bank register -> operand register
             f_next = Signal(flags, name=f"iss_d{stage + 1}")
             m.d.sync += f_next.eq(f_prev)
             f_prev = f_next
@@ -305,18 +372,30 @@ class GemmEngine(wiring.Component):
             a_left, f_left = a_here, f_here
 
         # ---- drain: pending tile -> one-hot column walk -> OR tree --------------------------------
+        # what the drain needs of the pending tile beyond p_info is registered while it waits (at least
+        # ISSUE_TO_DRAIN - 1 cycles): the beats it emits, its last column, the lanes holding tokens
+        p_emit = Signal(range(C + 1))
+        p_last_c = Signal(range(C))
+        p_lanes = Signal(R)
+        tok0 = Cat(Const(0, log_r), p_info.tile) if log_r else p_info.tile
+        m.d.sync += [p_emit.eq(Mux(p_info.m_left < C, p_info.m_left, C)),
+                     p_last_c.eq(Mux(p_info.m_left < C, p_info.m_left - 1, C - 1)),
+                     p_lanes.eq(Cat(tok0 + r < p_info.n for r in range(R)))]
         out_cnt = Signal(range(self.fifo_depth + 1))
         d_active = Signal()
         d_c = Signal(range(C))
         d_info = Signal(info)
+        d_emit = Signal.like(p_emit)
+        d_last_c = Signal.like(p_last_c)
+        d_lanes = Signal.like(p_lanes)
         with m.If(p_valid & (p_wait != 0)):
             m.d.sync += p_wait.eq(p_wait - 1)
-        emit_now = Mux(p_info.m_left < C, p_info.m_left, C)
         start = p_valid & (p_wait == 0) & ~d_active & (out_cnt <= self.fifo_depth - C)
         popped = self.o_stream.valid & self.o_stream.ready
-        m.d.sync += out_cnt.eq(out_cnt + Mux(start, emit_now, 0) - popped)
+        m.d.sync += out_cnt.eq(out_cnt + Mux(start, p_emit, 0) - popped)
         with m.If(start):
-            m.d.sync += [d_active.eq(1), d_c.eq(0), d_info.eq(p_info), p_valid.eq(0), shadow_free.eq(1)]
+            m.d.sync += [d_active.eq(1), d_c.eq(0), d_info.eq(p_info), d_emit.eq(p_emit), d_last_c.eq(p_last_c),
+                         d_lanes.eq(p_lanes), p_valid.eq(0), shadow_free.eq(1)]
         with m.If(d_active):
             m.d.sync += d_c.eq(d_c + 1)
             with m.If(d_c == C - 1):
@@ -328,13 +407,12 @@ class GemmEngine(wiring.Component):
                 m.d.sync += cbusy[h].eq(1)
 
         dctl = data.StructLayout({"valid": 1, "emit": 1, "last": 1, "c": range(C), "tile": 16,
-                                  "lanes": R, "chalf": 1, "col0": 16})
+                                  "lanes": R, "chalf": 1, "channel": 16})
         ctl0 = Signal(dctl)
-        tok0 = Cat(Const(0, log_r), d_info.tile) if log_r else d_info.tile
-        m.d.comb += [ctl0.valid.eq(d_active), ctl0.emit.eq(d_c < d_info.m_left), ctl0.c.eq(d_c),
-                     ctl0.last.eq(d_info.job_last & (d_c == Mux(d_info.m_left < C, d_info.m_left, C) - 1)),
-                     ctl0.tile.eq(d_info.tile), ctl0.chalf.eq(d_info.chalf), ctl0.col0.eq(d_info.col0),
-                     ctl0.lanes.eq(Cat(tok0 + r < d_info.n for r in range(R)))]
+        m.d.comb += [ctl0.valid.eq(d_active), ctl0.emit.eq(d_c < d_emit), ctl0.c.eq(d_c),
+                     ctl0.last.eq(d_info.job_last & (d_c == d_last_c)),
+                     ctl0.tile.eq(d_info.tile), ctl0.chalf.eq(d_info.chalf), ctl0.channel.eq(d_info.col0 + d_c),
+                     ctl0.lanes.eq(d_lanes)]
         # per row a one-hot select register per column: it starts at column 0 with the drain
         level = []
         for r in range(R):
@@ -347,7 +425,6 @@ class GemmEngine(wiring.Component):
                 m.d.sync += s.eq(_or(terms))
                 groups.append(s)
             level.append(groups)
-        ctl = [ctl0]
         depth = 0
         while len(level[0]) > 1:
             depth += 1
@@ -362,77 +439,114 @@ class GemmEngine(wiring.Component):
             level = nxt
         tree_out = [groups[0] for groups in level]
         levels = drain_levels(C)
-        for _ in range(levels):
+        # the epilogue starts when both the tree's output and the registered record are there
+        lead = max(levels, _RECORD_LEAD)
+        for i in range(lead - levels):
+            tq = [Signal(signed(pe_bits), name=f"tree_d{i}_{r}") for r in range(R)]
+            m.d.sync += [q.eq(v) for q, v in zip(tq, tree_out, strict=True)]
+            tree_out = tq
+        ctl = [ctl0]
+        for _ in range(lead):
             nxt_ctl = Signal(dctl)
             m.d.sync += nxt_ctl.eq(ctl[-1])
             ctl.append(nxt_ctl)
-        # the record is read one cycle before the tree output
-        m.d.comb += crp.addr.eq(Mux(ctl[levels - 1].chalf, C, 0) + ctl[levels - 1].c)
-        rec = crp.data
+        ctl_r = ctl[lead - _RECORD_LEAD]
+        m.d.comb += crp.addr.eq(Mux(ctl_r.chalf, C, 0) + ctl_r.c)
+        rec = Signal(cfg.record_bits)
+        m.d.sync += rec.eq(crp.data)
         bias = rec[:cfg.acc_bits].as_signed()
         mult = rec[cfg.acc_bits:cfg.acc_bits + cfg.multiplier_bits]
         shift = rec[cfg.acc_bits + cfg.multiplier_bits:]
 
-        # ---- epilogue --------------------------------------------------------------------------------
-        ctl_a = ctl[levels]
+        # ---- epilogue: one register stage per step, shared control, rows lanes -----------------------
         acc_fmt = FixedFormat(bits=cfg.acc_bits)
-        e1 = Signal(dctl)
-        e1_mult = Signal(cfg.multiplier_bits)
-        e1_shift = Signal(SHIFT_BITS)
-        m.d.sync += [e1.eq(ctl_a), e1_mult.eq(mult), e1_shift.eq(shift)]
+        ectl = [ctl[lead]]
+        e_mult = [mult]
+        e_shift = [shift]
+        for i in range(_EPILOGUE_STAGES):
+            c_next = Signal(dctl, name=f"e{i + 1}")
+            mu = Signal(cfg.multiplier_bits, name=f"e{i + 1}_mult")
+            sh = Signal(SHIFT_BITS, name=f"e{i + 1}_shift")
+            m.d.sync += [c_next.eq(ectl[-1]), mu.eq(e_mult[-1]), sh.eq(e_shift[-1])]
+            ectl.append(c_next)
+            e_mult.append(mu)
+            e_shift.append(sh)
         acc_ovf = Signal(R)
-        x = []
-        for r in range(R):
-            xr = Signal(signed(cfg.acc_bits), name=f"x{r}")
-            fitted, ovf = hwfixed.fit(tree_out[r] + bias, acc_fmt)
-            m.d.sync += [xr.eq(fitted), acc_ovf[r].eq(ovf & ctl_a.valid & ctl_a.emit & ctl_a.lanes[r])]
-            x.append(xr)
-        e2 = Signal(dctl)
-        e2_shift = Signal(SHIFT_BITS)
-        m.d.sync += [e2.eq(e1), e2_shift.eq(e1_shift)]
-        prods = []
-        for r in range(R):
-            p = Signal(signed(cfg.acc_bits + cfg.multiplier_bits + 1), name=f"rq_prod{r}")
-            m.d.sync += p.eq(x[r] * e1_mult)
-            prods.append(p)
-        e3 = Signal(dctl)
-        e3_shift = Signal(3)
-        m.d.sync += [e3.eq(e2), e3_shift.eq(e2_shift[:3])]
-        coarse = []
-        for r in range(R):
-            # ((2 p) >> s + 1) >> 1 is p * 2**-s rounded half up (s = 0 included); the shift in two steps
-            t = Signal(signed(len(prods[r]) + 1), name=f"rq_coarse{r}")
-            m.d.sync += t.eq((prods[r] << 1) >> Cat(Const(0, 3), e2_shift[3:]))
-            coarse.append(t)
-        e4 = Signal(dctl)
-        m.d.sync += e4.eq(e3)
-        fine = []
-        for r in range(R):
-            t = Signal.like(coarse[r], name=f"rq_fine{r}")
-            m.d.sync += t.eq(coarse[r] >> e3_shift)
-            fine.append(t)
-        e5 = Signal(dctl)
-        m.d.sync += e5.eq(e4)
         out_ovf = Signal(R)
         y = Signal(data.ArrayLayout(cfg.out.shape, R))
+        low = LOW_BITS if cfg.acc_bits > LOW_BITS + 1 else 0
+        prod_bits = cfg.acc_bits + cfg.multiplier_bits + 1
         for r in range(R):
-            rounded = (fine[r] + 1) >> 1 if cfg.out.rounding is Rounding.HALF_UP else fine[r] >> 1
+            # e1: + bias; e2: fit into int32 (counted)
+            s1 = Signal(signed(max(pe_bits, cfg.acc_bits) + 1), name=f"biased{r}")
+            m.d.sync += s1.eq(tree_out[r] + bias)
+            x = Signal(signed(cfg.acc_bits), name=f"x{r}")
+            fitted, ovf = hwfixed.fit(s1, acc_fmt)
+            m.d.sync += [x.eq(fitted), acc_ovf[r].eq(ovf & ectl[1].valid & ectl[1].emit & ectl[1].lanes[r])]
+            # e3: partial products of x * multiplier (registered operands: x and e2_mult), e4: their sum
+            mult_s = Cat(e_mult[2], Const(0, 1)).as_signed()
+            p = Signal(signed(prod_bits), name=f"rq_prod{r}")
+            if low:
+                p_lo = Signal(signed(LOW_BITS + 1 + len(mult_s)), name=f"rq_lo{r}")
+                p_hi = Signal(signed(cfg.acc_bits - LOW_BITS + len(mult_s)), name=f"rq_hi{r}")
+                m.d.sync += [p_lo.eq(Cat(x[:LOW_BITS], Const(0, 1)).as_signed() * mult_s),
+                             p_hi.eq(x[LOW_BITS:].as_signed() * mult_s),
+                             p.eq((p_hi << LOW_BITS) + p_lo)]
+            else:
+                p_one = Signal(signed(prod_bits), name=f"rq_one{r}")
+                m.d.sync += [p_one.eq(x * mult_s), p.eq(p_one)]
+            # e5, e6: ((2 p) >> s + 1) >> 1 is p * 2**-s rounded half up (s = 0 included): the shift in two
+            # steps (coarse s & 56, fine s & 7), e7: the rounding add, e8: fit into the output (counted)
+            coarse = Signal(signed(prod_bits + 1), name=f"rq_coarse{r}")
+            m.d.sync += coarse.eq((p << 1) >> Cat(Const(0, 3), e_shift[4][3:]))
+            fine = Signal.like(coarse, name=f"rq_fine{r}")
+            m.d.sync += fine.eq(coarse >> e_shift[5][:3])
+            rounded = Signal(signed(prod_bits + 1), name=f"rq_round{r}")
+            m.d.sync += rounded.eq((fine + 1) >> 1 if cfg.out.rounding is Rounding.HALF_UP else fine >> 1)
             value, ovf = hwfixed.fit(rounded, cfg.out)
-            m.d.sync += [y[r].eq(Mux(e4.lanes[r], value, 0)), out_ovf[r].eq(ovf & e4.valid & e4.emit & e4.lanes[r])]
+            e7 = ectl[7]
+            m.d.sync += [y[r].eq(Mux(e7.lanes[r], value, 0)), out_ovf[r].eq(ovf & e7.valid & e7.emit & e7.lanes[r])]
+        e_last = ectl[-1]
 
         # ---- output FIFO ---------------------------------------------------------------------------
         m.submodules.out_fifo = ofifo = fifo.SyncFIFOBuffered(width=out_layout(cfg).size, depth=self.fifo_depth)
         beat = Signal(out_layout(cfg))
-        m.d.comb += [beat.data.eq(y), beat.tile.eq(e5.tile), beat.channel.eq(e5.col0 + e5.c), beat.last.eq(e5.last),
-                     ofifo.w_en.eq(e5.valid & e5.emit), ofifo.w_data.eq(beat),
+        m.d.comb += [beat.data.eq(y), beat.tile.eq(e_last.tile), beat.channel.eq(e_last.channel),
+                     beat.last.eq(e_last.last), ofifo.w_en.eq(e_last.valid & e_last.emit), ofifo.w_data.eq(beat),
                      self.o_stream.payload.eq(ofifo.r_data), self.o_stream.valid.eq(ofifo.r_rdy),
                      ofifo.r_en.eq(self.o_stream.ready)]
 
         _count(m, self.acc_overflows, acc_ovf, cfg.counter_bits)
         _count(m, self.out_overflows, out_ovf, cfg.counter_bits)
-        m.d.comb += self.status.busy.eq(jv | slot_valid.any() | p_valid | d_active | (out_cnt != 0)
-                                        | e5.valid | e1.valid)
+        m.d.comb += self.status.busy.eq(jv | cv | slot_valid.any() | p_valid | d_active | (out_cnt != 0)
+                                        | Cat(c.valid for c in ctl[1:] + ectl[1:]).any())
         return m
+
+
+def _pieced_bank(m: Module, name: str, depth: int, *, wr_en, wr_addr, wr_data, rd_addr):
+    """A bank of ``depth`` int8 words built of :func:`pieces` (one block RAM each): writes go to the piece
+    the address's high bits name; a read returns, two cycles after ``rd_addr``, the OR of the pieces'
+    registered outputs (all zero but the addressed one), for the caller to register."""
+    sizes = pieces(depth)
+    lo = ceil_log2(PIECE_DEPTH) if len(sizes) > 1 else len(rd_addr)
+    outs = []
+    for j, size in enumerate(sizes):
+        mem = memory.Memory(shape=signed(OPERAND_BITS), depth=size, init=[])
+        piece = f"{name}_{j}" if len(sizes) > 1 else name
+        m.submodules[piece] = mem
+        wp, rp = mem.write_port(), mem.read_port(transparent_for=())
+        q = Signal(signed(OPERAND_BITS), name=f"{piece}_q")
+        m.d.comb += [wp.addr.eq(wr_addr[:lo]), wp.data.eq(wr_data), rp.addr.eq(rd_addr[:lo])]
+        if len(sizes) > 1:
+            hit = Signal(name=f"{piece}_hit")
+            m.d.sync += hit.eq(rd_addr[lo:] == j)
+            m.d.comb += wp.en.eq(wr_en & (wr_addr[lo:] == j))
+            m.d.sync += q.eq(Mux(hit, rp.data, 0))
+        else:
+            m.d.comb += wp.en.eq(wr_en)
+            m.d.sync += q.eq(rp.data)
+        outs.append(q)
+    return _or(outs)
 
 
 def _or(terms):
@@ -450,4 +564,4 @@ def _count(m: Module, counter: Signal, flags: Signal, bits: int) -> None:
     top = (1 << bits) - 1
     total = Signal(bits + 1, name=f"{counter.name}_sum")
     m.d.comb += total.eq(counter + n)
-    m.d.sync += counter.eq(Mux(total > top, top, total))
+    m.d.sync += counter.eq(Mux(total[bits], top, total[:bits]))  # the carry out is the overflow

@@ -4,7 +4,7 @@ The engine's control follows a handful of rules (all timed by the RTL's register
 replays them tile by tile and weight beat by weight beat, so it matches Verilator to the cycle when the
 weight memory has a fixed latency and neither the memory nor the output stalls at random:
 
-- A job beat accepted in cycle ``J`` commits its job (and its token-buffer half) in ``J + 2``.
+- A job beat accepted in cycle ``J`` commits its job (and its token-buffer half) in ``J + JOB_TO_COMMIT``.
 - The loader takes the weight beats of column tile ``g`` (``k * cols / weight_bytes`` row beats, then
   ``cols * record_beats`` record beats) one per cycle at most, when the memory has one and its buffer half
   is free: the rows once tile ``g - 2`` has issued its last ``k``, the records once tile ``g - 2``'s last
@@ -32,14 +32,10 @@ from dataclasses import dataclass
 
 from tokensift.checks import check_int
 from tokensift.hw.gemm.config import GemmConfig
-from tokensift.hw.gemm.core import ISSUE_TO_DRAIN, epilogue_latency
+from tokensift.hw.gemm.core import FIFO_LATENCY, ISSUE_TO_DRAIN, JOB_TO_COMMIT, epilogue_latency
 
 __all__ = ["WeightMemory", "JobTiming", "schedule", "cycles", "FIFO_LATENCY"]
 
-#: cycles from a beat's write into the output FIFO to the cycle it can leave (``SyncFIFOBuffered``)
-FIFO_LATENCY = 2
-#: the cycle after the job beat's handshake in which the job is committed (job register, then commit)
-_COMMIT = 2
 #: cycles from a tile's last weight beat to the first cycle it can be computed
 _LOADED = 2
 
@@ -139,7 +135,7 @@ def schedule(cfg: GemmConfig, jobs, *, weight_bytes_per_cycle: int, weight_laten
     timings = []
     g = 0
     for n, k, m, accepted in jobs:
-        committed = accepted + _COMMIT
+        committed = accepted + JOB_TO_COMMIT
         first_out = None
         last_out = None
         token_tiles = -(-n // cfg.rows)

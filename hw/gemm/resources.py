@@ -2,12 +2,15 @@
 :mod:`tokensift.hw.gemm.cycles`. Resources, by the rules of :mod:`tokensift.hw.common.resources` (exact for
 DSP and block RAM):
 
-* DSP: one signed ``8 x 8`` multiplier per processing element (``rows x cols``) and one epilogue multiplier
-  per row, the int32 value times the unsigned per-channel multiplier (a signed ``acc_bits x
-  (multiplier_bits + 1)`` product).
-* Memories (:func:`map_memory`): ``rows`` token banks of ``token_depth`` int8 words, ``cols`` weight banks
-  of ``weight_depth`` int8 words, the channel records (``2 cols`` words of ``record_bits``) and the output
-  FIFO (:class:`amaranth.lib.fifo.SyncFIFOBuffered`: a memory one entry shallower).
+* DSP: one signed ``8 x 8`` multiplier per processing element (``rows x cols``) and per row the epilogue's
+  int32 value times the unsigned per-channel multiplier (``multiplier_bits + 1`` signed bits), as two
+  partial products: the value's low ``LOW_BITS`` (unsigned: ``LOW_BITS + 1`` signed bits) and its high
+  ``acc_bits - LOW_BITS``.
+* Memories (:func:`map_memory`): ``rows`` token banks of ``token_depth`` int8 words and ``cols`` weight
+  banks of ``weight_depth`` int8 words, each bank built of pieces of at most ``PIECE_DEPTH`` words
+  (:func:`tokensift.hw.gemm.core.pieces`), the channel records (``2 cols`` words of ``record_bits``) and the
+  output FIFO (:class:`amaranth.lib.fifo.SyncFIFOBuffered` of
+  :func:`~tokensift.hw.gemm.core.output_fifo_depth` beats: a memory one entry shallower).
 * LUT / FF of the array and the control: the fitted linear model over :func:`features`
   (``bench/synth_baselines.py --block gemm``, then ``bench/fit_cost_model.py``).
 
@@ -27,7 +30,7 @@ from tokensift.hw.common.resources import (
     multiplier_dsps,
 )
 from tokensift.hw.gemm.config import OPERAND_BITS, GemmConfig
-from tokensift.hw.gemm.core import drain_levels
+from tokensift.hw.gemm.core import LOW_BITS, drain_levels, output_fifo_depth, pieces
 from tokensift.hw.gemm.layout import out_layout
 from tokensift.quant.fixed import FixedFormat, Overflow, Rounding
 
@@ -47,12 +50,14 @@ def memories(cfg: GemmConfig, family: str) -> dict[str, tuple[MemoryMap, int]]:
     """The engine's memories by kind: ``(map of one memory, how many)``."""
     cfg = _check(cfg)
     check_family(family)
-    mems = {
-        "tokens": (map_memory(OPERAND_BITS, cfg.token_depth, family=family), cfg.rows),
-        "weights": (map_memory(OPERAND_BITS, cfg.weight_depth, family=family), cfg.cols),
-        "records": (map_memory(cfg.record_bits, 2 * cfg.cols, family=family), 1),
-    }
-    fifo_depth = 2 * cfg.cols
+    mems = {}
+    for name, depth, banks in (("tokens", cfg.token_depth, cfg.rows), ("weights", cfg.weight_depth, cfg.cols)):
+        sizes = pieces(depth)
+        for size in sorted(set(sizes), reverse=True):
+            key = name if size == sizes[0] else f"{name}_last"
+            mems[key] = (map_memory(OPERAND_BITS, size, family=family), banks * sizes.count(size))
+    mems["records"] = (map_memory(cfg.record_bits, 2 * cfg.cols, family=family), 1)
+    fifo_depth = output_fifo_depth(cfg.cols)
     if fifo_depth >= 2:
         mems["out_fifo"] = (map_memory(out_layout(cfg).size, fifo_depth - 1, family=family), 1)
     return mems
@@ -61,26 +66,35 @@ def memories(cfg: GemmConfig, family: str) -> dict[str, tuple[MemoryMap, int]]:
 def dsps(cfg: GemmConfig, family: str) -> int:
     cfg = _check(cfg)
     pe = multiplier_dsps(OPERAND_BITS, OPERAND_BITS, family=family)
-    epilogue = multiplier_dsps(cfg.acc_bits, cfg.multiplier_bits + 1, family=family)
+    mult = cfg.multiplier_bits + 1
+    if cfg.acc_bits > LOW_BITS + 1:  # two partial products, core.py's split of the int32 operand
+        epilogue = (multiplier_dsps(LOW_BITS + 1, mult, family=family)
+                    + multiplier_dsps(cfg.acc_bits - LOW_BITS, mult, family=family))
+    else:
+        epilogue = multiplier_dsps(cfg.acc_bits, mult, family=family)
     return cfg.macs * pe + cfg.rows * epilogue
 
 
 def features(cfg: GemmConfig, family: str) -> dict[str, float]:
     """Structural sizes the LUT/FF fit is linear in: ``pe_bits`` (per PE: operand, product, accumulator and
     shadow registers and the accumulator's adder), ``drain_bits`` (the one-hot column select and the OR
-    tree over the shadows), ``lane_bits`` (per epilogue lane: bias adder, int32 fit, shifter, rounding and
-    output fit), ``column_bits`` (per column: the weight address delay line and the flags),
+    tree over the shadows), ``lane_bits`` (per epilogue lane: bias adder, int32 fit, partial products and
+    their sum, shifter, rounding and output fit, each registered), ``column_bits`` (per column: the weight
+    address delay line and the flags), ``piece_bits`` (per piece of a token or weight bank: its registered
+    read data and select, and the OR over the pieces),
     ``control`` (the scheduler, loader and counters: a constant)."""
     cfg = _check(cfg)
     check_family(family)
     acc = cfg.pe_acc_bits
     levels = drain_levels(cfg.cols)
     prod = cfg.acc_bits + cfg.multiplier_bits + 1
+    piece_count = cfg.rows * len(pieces(cfg.token_depth)) + cfg.cols * len(pieces(cfg.weight_depth))
     return {
         "pe_bits": float(cfg.macs * (4 * OPERAND_BITS + 2 * acc)),
         "drain_bits": float(cfg.macs * (acc + 1) + cfg.rows * acc * levels),
-        "lane_bits": float(cfg.rows * (2 * cfg.acc_bits + 3 * prod + cfg.out.bits)),
+        "lane_bits": float(cfg.rows * (3 * cfg.acc_bits + 2 * cfg.multiplier_bits + 5 * prod + cfg.out.bits)),
         "column_bits": float(cfg.cols * (max(1, (cfg.weight_depth - 1).bit_length()) + 4 + OPERAND_BITS)),
+        "piece_bits": float(piece_count * (OPERAND_BITS + 1)),
         "control": 1.0,
     }
 

@@ -11,6 +11,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from tokensift.hw.gemm import GemmConfig, GemmEngine
+from tokensift.hw.gemm.core import pieces
 from tokensift.hw.gemm.cycles import WeightMemory, cycles, schedule
 from tokensift.hw.gemm.layout import decode_outputs, encode_job
 from tokensift.quant.fixed import FixedFormat, Rounding
@@ -137,6 +138,16 @@ def test_other_shapes(cfg):
             random_job(rng, cfg, max(1, cfg.max_tokens // 2), max(1, cfg.max_in // 2), max(1, cfg.max_out - 1),
                        kind="saturate")]
     check(cfg, jobs, seed=5)
+
+
+def test_banks_span_several_block_rams():
+    # token banks of 4,400 words and weight banks of 2,200: three and two pieces, both halves used, so
+    # reads and writes cross the pieces' boundaries (2,048 and 4,096)
+    cfg = GemmConfig(rows=2, cols=4, max_tokens=4, max_in=1100, max_out=6, weight_bytes=4)
+    assert len(pieces(cfg.token_depth)) == 3 and len(pieces(cfg.weight_depth)) == 2
+    rng = np.random.default_rng(6)
+    jobs = [random_job(rng, cfg, 4, 1100, 6), random_job(rng, cfg, 3, 1100, 5), random_job(rng, cfg, 4, 1030, 2)]
+    check(cfg, jobs, seed=6, idle=0.1, stall=0.1)
 
 
 def measure_cycles(cfg, jobs, *, rate, latency):
