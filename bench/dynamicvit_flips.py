@@ -11,7 +11,8 @@ both models (every image at the first stage):
 * ``I``: the integer model's decisions;
 * the integer - float logit error and the flipped tokens' distance to the top-k boundary, in logit codes;
 * attribution: flips against ``FI`` with one step of the predictor in integers and the rest float (that
-  step's input rounded to its int8 codes, its integer kernel, its output dequantized).
+  step's input rounded to its int8 codes, its integer kernel, its output dequantized), and with only the
+  linear layers' weights rounded to their int8 codes (everything else float).
 
     .venv/bin/python bench/dynamicvit_flips.py               # ~3 minutes on 2 busy CPU cores
     .venv/bin/python bench/dynamicvit_flips.py --images 200
@@ -20,6 +21,7 @@ both models (every image at the first stage):
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
 import numpy as np
@@ -98,6 +100,21 @@ def one_step_integer(predictor, ip, x: np.ndarray, step: int, scales, res_bits: 
     return y if step == len(STEPS) - 1 else float_steps(predictor, y, step + 1)
 
 
+def int8_weights(predictor, ip):
+    """A copy of the float predictor whose linear layers have the integer predictor's int8 weights (dequantized;
+    the last layer as the folded keep-minus-drop row)."""
+    q = copy.deepcopy(predictor)
+    ic, oc = q.in_conv, q.out_conv
+    with torch.no_grad():
+        for layer, il in ((ic[1], ip.fc), (oc[0], ip.fc1), (oc[2], ip.fc2)):
+            layer.weight.copy_(torch.from_numpy(il.weight * il.weight_scale[:, None]))
+        last = oc[4]
+        folded = torch.from_numpy(ip.out.weight[0] * ip.out.weight_scale[0])
+        last.weight.copy_(torch.stack([folded, torch.zeros_like(folded)]))
+        last.bias.copy_(torch.stack([last.bias[0] - last.bias[1], torch.zeros(())]))
+    return q
+
+
 def capture(model, int_model, images):
     """Per image and stage block: the float (candidate inputs, original index, keep) and the integer (input
     codes, index, keep)."""
@@ -137,7 +154,9 @@ def analyse(model, int_model, images) -> list[dict]:
             continue
         pred, ip, k = sels[block].predictor, blk.selector.predictor, blk.selector.keep
         scales = step_scales(ip, int_model.res_scale)
+        weights_only = int8_weights(pred, ip)
         flips = {"F~I": 0, "F~FI": 0, "FI~I": 0}
+        weight_flips = 0
         by_step = dict.fromkeys(STEPS, 0)
         n = images_used = 0
         err, margin = [], []
@@ -154,6 +173,7 @@ def analyse(model, int_model, images) -> list[dict]:
             flips["F~I"] += int((f_keep != i_keep).sum())
             flips["F~FI"] += int((f_keep != fi_keep).sum())
             flips["FI~I"] += int((fi_keep != i_keep).sum())
+            weight_flips += int((topk(float_steps(weights_only, x, 0), kk) != fi_keep).sum())
             for step in range(len(STEPS)):
                 y = one_step_integer(pred, ip, x, step, scales, int_model.res.bits)
                 by_step[STEPS[step]] += int((topk(y, kk) != fi_keep).sum())
@@ -164,8 +184,11 @@ def analyse(model, int_model, images) -> list[dict]:
             err += list(np.abs(d - fi) / ip.out_scale)
             n += len(f_index)
             images_used += 1
+        if n == 0:  # no image brought the same candidates to this stage in both models
+            continue
         rows.append({"block": block, "stage": blk.selector.stage, "keep": k, "images": images_used, "decisions": n,
                      "agree": {key: 1 - v / n for key, v in flips.items()}, "flips_one_step": by_step,
+                     "flips_int8_weights": weight_flips,
                      "error_codes_median": float(np.median(err)),
                      "flipped_margin_codes_median": float(np.median(margin)) if margin else None,
                      "logit_code": ip.out_scale})
@@ -190,14 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = analyse(model, int_model, images)
     print("| stage (block) | images | decisions | F~I % | F~FI % | FI~I % | median \\|I - FI\\| (codes) | flipped "
           "tokens' median distance to the boundary (codes) | flips with one step in integers: "
-          + " / ".join(STEPS) + " |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          + " / ".join(STEPS) + " | flips with int8 weights only |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         a = r["agree"]
+        margin = r["flipped_margin_codes_median"]
         print(f"| {r['stage']} ({r['block']}) | {r['images']} | {r['decisions']} | {100 * a['F~I']:.2f} | "
               f"{100 * a['F~FI']:.2f} | {100 * a['FI~I']:.2f} | {r['error_codes_median']:.1f} | "
-              f"{r['flipped_margin_codes_median']:.1f} | "
-              + " / ".join(str(v) for v in r["flips_one_step"].values()) + " |")
+              f"{'-' if margin is None else f'{margin:.1f}'} | "
+              + " / ".join(str(v) for v in r["flips_one_step"].values()) + f" | {r['flips_int8_weights']} |")
     return 0
 
 
