@@ -20,8 +20,9 @@ evenly over it, as it is sorted by class):
 Trained models: the dense model is the pipeline's cached one (``tokensift train``'s recipe, 40 epochs);
 each method is fine-tuned from it with :func:`tokensift.sw.pipeline.run_pipeline` (``--epochs`` epochs, the
 dense model as teacher) and its checkpoint cached under ``build/integer_methods/`` so that reruns only
-measure (``--retrain`` trains again). The integer models are calibrated on 400 training images; SaiT's
-once, at density 1.0, then moved to each run-time density with ``IntegerViT.set_keep_ratio`` (no rebuild).
+measure (``--retrain`` trains again). The integer models are calibrated on 400 training images spread evenly
+over the training split (it is sorted by class too: its first 400 images are all zeros); SaiT's once, at
+density 1.0, then moved to each run-time density with ``IntegerViT.set_keep_ratio`` (no rebuild).
 A method whose integer stage does not exist yet is listed as such, with its float and fake-quant numbers.
 
     .venv/bin/python bench/integer_methods.py            # ~10 minutes on 2 busy CPU cores (cached models: less)
@@ -63,6 +64,12 @@ LABELS = {"none": "dense", "evit": "EViT", "dynamicvit": "DynamicViT", "spvit": 
           "sait": "SaiT"}
 CALIB_IMAGES = 400
 QUICK_STEPS = 3
+
+
+def evenly(n: int, total: int) -> list[int]:
+    """``n`` indices spread evenly over ``range(total)`` (the MNIST splits are sorted by class: every class
+    counts)."""
+    return np.linspace(0, total - 1, n).round().astype(int).tolist()
 
 
 def log(msg: str) -> None:
@@ -250,9 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--images must be between 1 and {len(test)}, not {n_images}")
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    calib = [im for im, _ in DataLoader(Subset(train, range(CALIB_IMAGES)), batch_size=100)]
-    # evenly spread over the split, which is sorted by class, so that every class counts
-    picks = np.linspace(0, len(test) - 1, n_images).round().astype(int).tolist()
+    calib = [im for im, _ in DataLoader(Subset(train, evenly(CALIB_IMAGES, len(train))), batch_size=100)]
+    picks = evenly(n_images, len(test))
     images = torch.stack([test[i][0] for i in picks])
     labels = np.array([test[i][1] for i in picks])
     methods = args.methods or [m for m, _ in POINTS]

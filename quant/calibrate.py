@@ -7,7 +7,8 @@ Two observers of ``|x|``:
   ``percentile`` (e.g. 99.99): outliers are clipped (saturated at run time), the rest gets finer steps.
 
 :func:`calibrate` runs a model on a few batches with forward hooks on chosen modules and returns one
-scale per tensor site; :func:`tokensift.quant.fake.quantize_model` and
+scale per tensor site (each site observed by the call's observer, or by its own when its spec names one);
+:func:`tokensift.quant.fake.quantize_model` and
 :mod:`tokensift.quant.integer_model` build on it.
 
 >>> obs = MinMaxObserver()
@@ -169,10 +170,12 @@ def calibrate(model, loader: Iterable, sites: dict[str, tuple[object, str]], *,
     Args:
         model: a torch module (run in eval mode under ``torch.no_grad``; its mode is restored).
         loader: iterable of image batches or ``(images, labels)`` pairs.
-        sites: ``name -> (module, which)`` or a list of such pairs (one observer over all of them), with
-            ``which`` ``"input"`` (the first positional argument), ``"output"`` (the output, or its first
-            element for a tuple) or a callable ``(args, output) -> tensor`` (e.g. a slice of the output).
-        observer: ``"minmax"``, ``"percentile"`` or an :class:`Observer` factory.
+        sites: ``name -> (module, which)``, ``(module, which, observer)`` (this site's own observer, which
+            wins over ``observer``) or a list of ``(module, which)`` pairs (one observer over all of them),
+            with ``which`` ``"input"`` (the first positional argument), ``"output"`` (the output, or its
+            first element for a tuple) or a callable ``(args, output) -> tensor`` (e.g. a slice of the output).
+        observer: ``"minmax"``, ``"percentile"`` or an :class:`Observer` factory: every site's but those
+            that name their own.
         num_batches: how many batches to run (at least 1).
         bits: activation width.
 
@@ -182,11 +185,12 @@ def calibrate(model, loader: Iterable, sites: dict[str, tuple[object, str]], *,
     import torch
 
     check_int("num_batches", num_batches, low=1, numpy=False, show="repr")
-    observers = {name: make_observer(observer) for name in sites}
+    observers = {name: make_observer(spec[2] if isinstance(spec, tuple) and len(spec) == 3 else observer)
+                 for name, spec in sites.items()}
     handles = []
     try:
         for name, spec in sites.items():
-            for module, which in (spec if isinstance(spec, list) else [spec]):
+            for module, which in (spec if isinstance(spec, list) else [spec[:2]]):
                 if not (which in ("input", "output") or callable(which)):
                     raise ValueError(f"site {name!r} must observe 'input', 'output' or a callable, not {which!r}")
                 handles.append(module.register_forward_hook(_observing_hook(observers[name], which)))

@@ -32,8 +32,10 @@ from tokensift.quant.stages.base import (
 from tokensift.quant.stages.predictor import (
     LOGIT_BITS,
     IntegerPredictor,
+    last_gelu_observer,
     logit_diff_site,
     logit_scale,
+    percentile_observer,
     predictor_sites,
     select_candidates,
 )
@@ -77,7 +79,9 @@ def _prefix(block: int) -> str:
 
 
 def calibration_sites(selector, block: int, model) -> dict:
-    sites = predictor_sites(selector.predictor, _prefix(block))
+    sites = predictor_sites(selector.predictor, _prefix(block), observer=percentile_observer)
+    gelu2 = sites[f"{_prefix(block)}.gelu2"]
+    sites[f"{_prefix(block)}.gelu2"] = (*gelu2[:2], last_gelu_observer)
     sites[f"{_prefix(block)}.logit_diff"] = logit_diff_site(selector.predictor)
     return sites
 

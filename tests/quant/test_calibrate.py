@@ -170,6 +170,21 @@ class TestCalibrate:
         pc = calibrate(model, data, {"x": (model[0], "input")}, observer="percentile")["x"]
         assert mm == 100.0 / 127 and pc < 6.0 / 127
 
+    def test_site_observer_wins(self):
+        model = tiny_model()
+        x = torch.randn(5000, 4, generator=torch.Generator().manual_seed(0))
+        x[0, 0] = 100.0
+        sites = {"default": (model[0], "input"), "own": (model[0], "input", "percentile"),
+                 "factory": (model[0], "input", lambda: PercentileObserver(99.0))}
+        scales = calibrate(model, [x], sites, observer="minmax")
+        assert scales["default"] == 100.0 / 127
+        assert scales["own"] < 6.0 / 127 and scales["factory"] < scales["own"]
+        flipped = calibrate(model, [x], {"default": (model[0], "input"), "own": (model[0], "input", "minmax")},
+                            observer="percentile")
+        assert flipped["own"] == 100.0 / 127 and flipped["default"] == scales["own"]
+        with pytest.raises(ValueError, match=r"^observer must be one of minmax, percentile, not 'mse'$"):
+            calibrate(model, [x], {"x": (model[0], "input", "mse")})
+
     def test_errors(self):
         model = tiny_model()
         other = nn.Linear(2, 2)
