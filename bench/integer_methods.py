@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from tokensift.quant.fake import quantize_model
 from tokensift.quant.integer_model import IntegerViT
@@ -51,7 +51,7 @@ from tokensift.quant.stages import stage_module
 from tokensift.quant.stages.agreement import decision_agreement, float_run
 from tokensift.sw import create_model
 from tokensift.sw.checkpoint import load_checkpoint
-from tokensift.sw.data import load_mnist
+from tokensift.sw.data import load_mnist, spread_subset
 from tokensift.sw.pipeline import PipelineConfig, run_pipeline
 
 MODEL = "vit_mnist_patch4_28"
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--images must be between 1 and {len(test)}, not {n_images}")
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    calib = [im for im, _ in DataLoader(Subset(train, evenly(CALIB_IMAGES, len(train))), batch_size=100)]
+    calib = [im for im, _ in DataLoader(spread_subset(train, CALIB_IMAGES), batch_size=100)]
     picks = evenly(n_images, len(test))
     images = torch.stack([test[i][0] for i in picks])
     labels = np.array([test[i][1] for i in picks])

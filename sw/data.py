@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, TensorDataset
 from tokensift.errors import DatasetError
 
 __all__ = [
+    "spread_subset",
     "SPLIT_SEED",
     "MNIST_MEAN",
     "MNIST_STD",
@@ -75,6 +76,20 @@ def load_mnist(test_per_class: int = 100) -> tuple[TensorDataset, TensorDataset]
     train = TensorDataset(images[train_idx], labels[train_idx])
     test = TensorDataset(images[test_idx], labels[test_idx])
     return train, test
+
+
+def spread_subset(dataset, n: int):
+    """``n`` items of ``dataset`` spread evenly over it (all of it when it has fewer).
+
+    Calibration takes these, not the first ``n``: the bundled MNIST splits and class folders are sorted by
+    class, so the first few hundred images are all one digit and give ranges that miss the others.
+    """
+    from torch.utils.data import Subset
+
+    total = len(dataset)
+    if n >= total:
+        return Subset(dataset, range(total))
+    return Subset(dataset, np.linspace(0, total - 1, n).round().astype(int).tolist())
 
 
 def random_affine(images: Tensor, generator: torch.Generator | None = None, max_rotate: float = 10.0,

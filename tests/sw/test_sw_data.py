@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from tokensift.errors import DatasetError
-from tokensift.sw.data import ImageFolder, load_image_folder, load_mnist, random_affine
+from tokensift.sw.data import ImageFolder, load_image_folder, load_mnist, random_affine, spread_subset
 
 
 def test_mnist_split_is_fixed_stratified_and_disjoint():
@@ -20,6 +20,17 @@ def test_mnist_split_is_fixed_stratified_and_disjoint():
     overlap = sum(tuple(r) in flat_train for r in test.tensors[0].flatten(1)[:, ::7].tolist())
     assert overlap <= 2  # different images (tiny chance of identical subsampled digits)
     assert abs(float(train.tensors[0].mean())) < 0.05  # normalised
+
+
+def test_calibration_subsets_cover_every_class_of_the_sorted_split():
+    train, _ = load_mnist()
+    labels = train.tensors[1]
+    assert labels[:256].unique().tolist() == [0]  # why calibration must not take the first images
+    sub = spread_subset(train, 256)
+    assert len(sub) == 256 and len(set(sub.indices)) == 256
+    counts = labels[list(sub.indices)].bincount(minlength=10)
+    assert counts.min() >= 20  # every digit, about a tenth each
+    assert len(spread_subset(train, 10_000)) == len(train)
 
 
 def _write_folder(root, classes, per_class, size=(12, 10), mode="RGB"):

@@ -5,7 +5,7 @@
 
 The checkpoint's model, method and keep ratio come from its metadata (``tokensift train`` writes them;
 ``--model``/``--method``/``--keep`` name them for a plain timm/DeiT state dict). The integer model is
-calibrated on the first ``--calib-images`` training images of the bundled MNIST (or ``--data``), compiled
+calibrated on ``--calib-images`` training images spread over the split of the bundled MNIST (or ``--data``), compiled
 (:func:`tokensift.quant.accel.compile_model`), and checked: ``--verify`` test images run through the
 reference sequencer must give ``IntegerViT``'s logits bit for bit. Writes ``DIR/image.bin``,
 ``DIR/registers.json`` and ``DIR/manifest.json``.
@@ -150,11 +150,12 @@ def compile_checkpoint(args) -> dict:
     """Everything ``run`` does but the printing: the summary dict (see the module docstring)."""
     import numpy as np
     import torch
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
     from tokensift.checks import check_output_dir
     from tokensift.quant.accel import compile_model, run_images
     from tokensift.quant.integer_model import IntegerViT
+    from tokensift.sw.data import spread_subset
 
     for option, value, low in (("--calib-images", args.calib_images, 1), ("--verify", args.verify, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -169,7 +170,7 @@ def compile_checkpoint(args) -> dict:
                                    f"--calib-images {args.calib_images} and --verify {args.verify} ask for more")
 
     batch = min(100, args.calib_images)
-    loader = DataLoader(Subset(train, range(args.calib_images)), batch_size=batch)
+    loader = DataLoader(spread_subset(train, args.calib_images), batch_size=batch)
     int_model = IntegerViT.from_float(model, loader, num_batches=-(-args.calib_images // batch))
     compiled = compile_model(int_model)
     try:

@@ -98,7 +98,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from tokensift.devices import get_device
     from tokensift.hw.cost.layer import HwConfig, ModelCost
     from tokensift.sw.checkpoint import load_checkpoint
-    from tokensift.sw.data import load_mnist
+    from tokensift.sw.data import load_mnist, spread_subset
     from tokensift.sw.pipeline import PipelineConfig, run_pipeline
     from tokensift.sw.registry import create_model
 
@@ -220,7 +220,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from tokensift.quant.softmax import SoftmaxParams
 
     train, _ = load_mnist()
-    calib = torch.utils.data.DataLoader(train, batch_size=64, shuffle=False)
+    calib = torch.utils.data.DataLoader(spread_subset(train, 64 * cfg.calib_batches), batch_size=64)
     iv = IntegerViT.from_float(model, calib, num_batches=cfg.calib_batches, res_bits=RES_BITS,
                                softmax=SoftmaxParams(variant=hw["softmax"]))
     acc_float_dense = _accuracy(_dense(cfg, dense_ckpt), eval_set)
