@@ -27,7 +27,7 @@ from tokensift.hw.common.resources import (
     map_memory,
     multiplier_dsps,
 )
-from tokensift.hw.vector.layernorm import OUT_STAGES
+from tokensift.hw.vector.layernorm import out_fifo_depth
 from tokensift.hw.vector.layernorm_layout import LayerNormConfig, output_layout, uint_width
 from tokensift.hw.vector.layernorm_stats import V_BITS
 
@@ -77,7 +77,7 @@ def memories(cfg: LayerNormConfig, family: str) -> dict[str, MemoryMap]:
         "rows": map_memory(c.lanes * c.in_bits, c.row_depth, family=family),
         "consts": map_memory(c.lanes * (c.gamma_bits + c.acc_bits), c.beats_max, family=family),
         "tokens": map_memory(token_bits, c.row_depth - 1, family=family),
-        "out_fifo": map_memory(output_layout(c).size, OUT_STAGES + 4 - 1, family=family),
+        "out_fifo": map_memory(output_layout(c).size, out_fifo_depth(c) - 1, family=family),
     }
     return mems
 
