@@ -30,7 +30,7 @@ from __future__ import annotations
 from amaranth.hdl import Cat, Module, Shape, Signal, Value
 from amaranth.utils import ceil_log2
 
-__all__ = ["CHUNK_BITS", "chunks", "pieces", "product_latency", "Products"]
+__all__ = ["CHUNK_BITS", "chunks", "pieces", "product_latency", "register_bits", "Products"]
 
 #: widest unsigned chunk (zero-extended: an 18-bit signed DSP operand)
 CHUNK_BITS = 17
@@ -74,6 +74,14 @@ def pieces(a_shape, b_shape) -> list[tuple[int, int, bool]]:
 def product_latency(a_shape, b_shape) -> int:
     """Stages from the operands to their product: the operand copies, the pieces, the adder levels."""
     return 2 + ceil_log2(len(pieces(a_shape, b_shape)))
+
+
+def register_bits(a_shape, b_shape) -> int:
+    """Flip-flops of one split product before synthesis trims them: the operand copies, the pieces' products
+    and the adder levels (a full-width register per sum)."""
+    a, b = _shape(a_shape), _shape(b_shape)
+    parts = pieces(a, b)
+    return sum(2 * (wa + wb) for wa, wb, _ in parts) + (len(parts) - 1) * (a.width + b.width + 1)
 
 
 class Products:
