@@ -15,16 +15,16 @@ parts run concurrently:
   requantization ``fit(round_shift(acc multiplier, shift))``, one beat per cycle, into an output FIFO; a
   beat is issued only when the FIFO has room for it, so output backpressure stalls the unit, never corrupts it.
 
-Every multiplier has its operands and its product in registers, every RAM read lands in a register, and the
-variable shifts are split over two stages. That is not yet enough on ECP5: the measured Fmax (``docs/vector.md``,
-91 MHz with 2 lanes, 64.6 MHz with 16) is set by the routing to the lanes' multipliers and by the statistics'
-split products, whose fixes are described there. A job's constants are loaded while the unit is idle (the
+Every product is cut into DSP-sized pieces with operand registers of their own and registered partial sums
+(:mod:`.products`), the values all lanes share reach each lane through its own register copy, every RAM read
+lands in a register, the variable shifts are split over two stages and the last-beat flags are registers
+(the measured Fmax: ``docs/vector.md``). A job's constants are loaded while the unit is idle (the
 previous job drained); its tokens then stream at one beat per cycle: :func:`.layernorm_cost.cycles`.
 
 >>> from tokensift.hw.vector.layernorm_cost import cycles
 >>> unit = LayerNorm(c_max=384, lanes=16)
 >>> cycles(unit.config, dim=384, n_tokens=197)
-4860
+4869
 """
 
 from __future__ import annotations

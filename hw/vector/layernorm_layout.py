@@ -22,7 +22,7 @@ on each token's final beat and ``payload.last`` on the job's final beat.
 
 >>> cfg = LayerNormConfig(c_max=8, lanes=4)
 >>> cfg.beats(6), cfg.row_depth, cfg.stats_latency
-(2, 128, 59)
+(2, 128, 64)
 """
 
 from __future__ import annotations

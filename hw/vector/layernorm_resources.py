@@ -3,9 +3,10 @@
 By the rules of :mod:`tokensift.hw.common.resources` (exact for DSP and block RAM):
 
 * DSP (:func:`multipliers`, each through :func:`~tokensift.hw.common.resources.multiplier_dsps`): per lane
-  the square ``q**2``, ``q * C f``, ``n * gamma`` and ``acc * multiplier``; per unit the statistics'
-  ``C S2``, ``S1**2``, ``C (C S2 - S1**2)``, ``C f`` and ``S1 f``. A signed-by-unsigned product is a signed
-  product with the unsigned operand one bit wider (as the emitted Verilog has it).
+  the square ``q**2`` and the pieces (:func:`tokensift.hw.vector.products.pieces`) of ``q * C f``,
+  ``n * gamma`` and ``acc * multiplier``; per unit the pieces of the statistics' ``C S2``, ``S1**2``,
+  ``C (C S2 - S1**2)``, ``C f`` and ``S1 f``. A signed-by-unsigned piece is a signed product with the
+  unsigned chunk one bit wider (as the emitted Verilog has it).
 * Memories (:func:`memories`, :func:`~tokensift.hw.common.resources.map_memory`): the row buffer
   (``row_depth`` beats of ``lanes * in_bits``), the job's constants (``ceil(c_max / lanes)`` words of
   ``lanes * (gamma_bits + acc_bits)``), the token FIFO and the output FIFO (``SyncFIFOBuffered``: a memory
@@ -14,7 +15,7 @@ By the rules of :mod:`tokensift.hw.common.resources` (exact for DSP and block RA
 >>> from tokensift.hw.vector.layernorm_layout import LayerNormConfig
 >>> cfg = LayerNormConfig(c_max=384, lanes=16)
 >>> exact(cfg, "xcup").dsp, exact(cfg, "ecp5").dsp
-(86, 103)
+(103, 103)
 """
 
 from __future__ import annotations

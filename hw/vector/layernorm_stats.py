@@ -3,8 +3,9 @@
 From a token's ``S1 = sum q`` and ``S2 = sum q**2`` (``C`` codes) the reference's variance is exact without
 a second pass over the row, since ``sum_i (C q_i - S1)**2 = C (C S2 - S1**2)``:
 
-1. ``v = C (C S2 - S1**2) + eps`` (products with operands and result in registers, then the difference, the
-   product, the sum: 4 stages);
+1. ``v = C (C S2 - S1**2) + eps``: the products ``C S2`` and ``S1**2`` side by side, the difference, the
+   product ``C (C S2 - S1**2)``, the sum; every product split into DSP-sized registered pieces with their own
+   operand registers (:class:`~tokensift.hw.vector.products.Products`, ``2 + ceil(log2 pieces)`` stages);
 2. ``x = v << 2k`` with ``k = (62 - bit_length(v)) >> 1``: five stages that shift by 32, 16, 8, 4, 2 bits when
    that many top bits are zero (the greedy sum is the largest even shift that keeps ``x < 2**62``);
 3. ``r = floor(sqrt(x))``, the restoring digit-by-digit root, one bit per stage (31 stages); it is the floor
@@ -12,10 +13,10 @@ a second pass over the row, since ``sum_i (C q_i - S1)**2 = C (C S2 - S1**2)``:
 4. ``f = floor(2**(31 + R) / r)`` by restoring division, one quotient bit per stage (``R + 2`` stages; as
    ``2**30 <= r < 2**31`` the quotient's higher bits are zero);
 5. what the output datapath needs per token: ``Cf = C f``, the right shift ``s = 31 + R - F - k + L`` and
-   ``H = S1 f 2**L - half(s)`` (2 stages), so that ``n_i = (q_i Cf 2**L - H) >> s`` is the reference's
+   ``H = S1 f 2**L - half(s)`` (the products ``C f`` and ``S1 f``, then the rounding half), so that ``n_i = (q_i Cf 2**L - H) >> s`` is the reference's
    ``round_shift((C q_i - S1) f, 31 + R - F - k)``.
 
-No stage holds more than one compare-and-subtract of 34 bits or one registered multiplier, and no stage
+No stage holds more than one compare-and-subtract of 34 bits or one registered DSP-sized piece, and no stage
 waits for another: the pipeline never stalls, and its latency is :attr:`LayerNormConfig.stats_latency`.
 """
 
