@@ -70,8 +70,9 @@ def _lane_product_latencies(c: LayerNormConfig) -> tuple[int, int, int]:
             product_latency(signed(c.acc_bits), unsigned(c.mult_bits)))
 
 
-#: cycles the token FIFO (statistics -> normalise) and the output FIFO add beyond their registers
-FIFO_CYCLES = 2
+#: cycles the token FIFO (statistics -> normalise, with its token register) and the output FIFO add beyond
+#: their registers
+FIFO_CYCLES = 3
 
 
 def acc_stages(lanes: int) -> int:
@@ -283,12 +284,26 @@ class LayerNorm(wiring.Component):
         # output room, counted down on issue and up when a beat leaves the output FIFO: the same as
         # "FIFO level + beats in flight < depth", without the adder and the compare in the issue path
         credits = Signal(range(self.out_fifo_depth + 1), init=self.out_fifo_depth)
-        tok = Signal(tok_l)
-        m.d.comb += tok.eq(tfifo.r_data)
-        issue = tfifo.r_rdy & (credits != 0)
+        # the token whose beats are issued (tok) and the next one (nxt) in registers: the token FIFO is read
+        # whenever nxt is free (a condition of two registers), never by the issue logic
+        tok, tok_valid = Signal(tok_l), Signal()
+        nxt, nxt_valid = Signal(tok_l), Signal()
+        issue = tok_valid & (credits != 0)
         out_last_beat = out_last
+        retire = issue & out_last_beat
+        tok_free = ~tok_valid | retire
+        pop = tfifo.r_rdy & ~nxt_valid
+        m.d.comb += [rows.r_addr.eq(rd_ptr), tfifo.r_en.eq(pop)]
+        with m.If(pop):
+            with m.If(tok_free):
+                m.d.sync += [tok.eq(tfifo.r_data), tok_valid.eq(1)]
+            with m.Else():
+                m.d.sync += [nxt.eq(tfifo.r_data), nxt_valid.eq(1)]
+        with m.Elif(nxt_valid & tok_free):
+            m.d.sync += [tok.eq(nxt), tok_valid.eq(1), nxt_valid.eq(0)]
+        with m.Elif(retire):
+            m.d.sync += tok_valid.eq(0)
         o_read = self.o_stream.valid & self.o_stream.ready
-        m.d.comb += [rows.r_addr.eq(rd_ptr), tfifo.r_en.eq(issue & out_last_beat)]
         with m.If(issue):
             m.d.sync += [rd_ptr.eq(rd_ptr + 1), out_j.eq(Mux(out_last_beat, 0, out_j + 1)),
                          out_last.eq(Mux(out_last_beat, nb_m1 == 0, out_j + 1 == nb_m1))]
