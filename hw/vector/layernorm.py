@@ -24,7 +24,7 @@ previous job drained); its tokens then stream at one beat per cycle: :func:`.lay
 >>> from tokensift.hw.vector.layernorm_cost import cycles
 >>> unit = LayerNorm(c_max=384, lanes=16)
 >>> cycles(unit.config, dim=384, n_tokens=197)
-4869
+4870
 """
 
 from __future__ import annotations

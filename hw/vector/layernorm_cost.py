@@ -19,7 +19,7 @@ job's header is taken in that same cycle, so back-to-back jobs take the sum of t
 >>> from tokensift.hw.vector.layernorm_layout import LayerNormConfig
 >>> cfg = LayerNormConfig(c_max=384, lanes=16)
 >>> cycles(cfg, dim=384, n_tokens=197), tokens_per_cycle(cfg, dim=384)
-(4869, 0.041666666666666664)
+(4870, 0.041666666666666664)
 """
 
 from __future__ import annotations
