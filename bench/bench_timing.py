@@ -52,8 +52,6 @@ GRID: list[tuple[str, str, str, list[str]]] = [
      ["--n-max", "197", "--heads", "6", "--lanes", "16", "--per-token-weights", "--signed"]),
     ("requant", "default", "int32 -> int8, multiplier 12345, shift 20", ["--multiplier", "12345", "--shift", "20"]),
     ("layernorm", "c48_l2", "C up to 48, 2 lanes, run-time constants", ["--c-max", "48", "--lanes", "2"]),
-    ("layernorm", "deit_s", "DeiT-S: C up to 384, 16 lanes of 16-bit residual codes (next to a 16-row GEMM engine)",
-     ["--c-max", "384", "--lanes", "16", "--in-bits", "16"]),
     ("gelu", "deit_s", "DeiT-S MLP: 16 lanes of int8, 16-bit run-time multiplier", ["--lanes", "16"]),
     ("residual", "deit_s", "16 lanes of 16-bit residual codes, saturating", ["--lanes", "16"]),
     ("token_mean", "deit_s", "DeiT-S predictor's global half: 16 lanes, n-max 197, 192 channels",
