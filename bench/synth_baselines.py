@@ -127,8 +127,10 @@ GRID: dict[str, list[tuple[str, dict]]] = {
                                    "signed": True}),
     ],
     "layernorm": [
-        (f"c{c}_l{lanes}_r{r}", {**LayerNormConfig(c_max=c, lanes=lanes, recip_bits=r).to_dict()})
-        for c, lanes, r in [(16, 1, 16), (48, 4, 16), (64, 8, 12), (96, 2, 16), (32, 4, 8), (384, 16, 16)]
+        (f"c{c}_l{lanes}_r{r}" + (f"_i{i}" if i != 8 else ""),
+         {**LayerNormConfig(c_max=c, lanes=lanes, recip_bits=r, in_bits=i).to_dict()})
+        for c, lanes, r, i in [(16, 1, 16, 8), (48, 4, 16, 8), (64, 8, 12, 8), (96, 2, 16, 8), (32, 4, 8, 8),
+                               (384, 16, 16, 8), (96, 4, 16, 16)]
     ],
     "gelu": [
         (f"l{lanes}_i{i}_m{mb}_o{o}", {"lanes": lanes, "in_bits": i, "multiplier_bits": mb, "out_bits": o})

@@ -48,6 +48,22 @@ def dsps_per_lane(params: GeluUnitParams, family: str) -> int:
     return total
 
 
+#: width of the DSP48E1's P register and its cascade, which can take the sum of a split product
+_XC7_CASCADE_BITS = 48
+
+
+def split_sum_bits(params: GeluUnitParams, family: str) -> int:
+    """Per lane, the bits of the two split products' sum registers (``y``: 32, the scaled product:
+    ``33 + multiplier_bits``) that stay in the fabric. On xc7 Yosys folds such a sum into the high part's
+    DSP48E1 (its 17-bit shifted cascade input, ``P = (PCIN >> 17) + A B``) when the sum fits the 48-bit P
+    register, and its register with it; ``y`` is a plain register when the factor is not split."""
+    p = _check(params)
+    check_family(family)
+    sums = [(32, 32 - p.in_bits - SPLIT_BITS > 0), (33 + p.multiplier_bits, True)]
+    return sum(bits for bits, split in sums
+               if not (family == "xc7" and split and bits <= _XC7_CASCADE_BITS))
+
+
 def features(params: GeluUnitParams, family: str) -> dict[str, float]:
     """Structural sizes the LUT/FF fit is linear in: ``lanes`` (each lane's fixed-width stages: the clip,
     the square, the factor, ``y``), ``lane_in_bits`` (``lanes * in_bits``: the delayed codes, ``|q|``, the
@@ -57,7 +73,8 @@ def features(params: GeluUnitParams, family: str) -> dict[str, float]:
     check_family(family)
     return {"lanes": float(p.lanes), "lane_in_bits": float(p.lanes * p.in_bits),
             "lane_wide_bits": float(p.lanes * (34 + p.multiplier_bits)),
-            "lane_out_bits": float(p.lanes * p.out.bits)}
+            "lane_out_bits": float(p.lanes * p.out.bits),
+            "lane_split_sum_bits": float(p.lanes * split_sum_bits(p, family))}
 
 
 def exact(params: GeluUnitParams, family: str) -> Resources:

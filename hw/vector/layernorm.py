@@ -15,21 +15,21 @@ parts run concurrently:
   requantization ``fit(round_shift(acc multiplier, shift))``, one beat per cycle, into an output FIFO; a
   beat is issued only when the FIFO has room for it, so output backpressure stalls the unit, never corrupts it.
 
-Every multiplier has its operands and its product in registers, every RAM read lands in a register, and the
-variable shifts are split over two stages. That is not yet enough on ECP5: the measured Fmax (``docs/vector.md``,
-91 MHz with 2 lanes, 64.6 MHz with 16) is set by the routing to the lanes' multipliers and by the statistics'
-split products, whose fixes are described there. A job's constants are loaded while the unit is idle (the
+Every product is cut into DSP-sized pieces with operand registers of their own and registered partial sums
+(:mod:`.products`), the values all lanes share reach each lane through its own register copy, every RAM read
+lands in a register, the variable shifts are split over two stages and the last-beat flags are registers
+(the measured Fmax: ``docs/vector.md``). A job's constants are loaded while the unit is idle (the
 previous job drained); its tokens then stream at one beat per cycle: :func:`.layernorm_cost.cycles`.
 
 >>> from tokensift.hw.vector.layernorm_cost import cycles
 >>> unit = LayerNorm(c_max=384, lanes=16)
 >>> cycles(unit.config, dim=384, n_tokens=197)
-4860
+4870
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -48,24 +48,42 @@ from tokensift.hw.vector.layernorm_layout import (
     status_layout,
 )
 from tokensift.hw.vector.layernorm_stats import StatsPipe
+from tokensift.hw.vector.products import Products, product_latency
 from tokensift.quant.fixed import FixedFormat, Rounding
 
-__all__ = ["LayerNorm", "LayerNormConfig", "OUT_STAGES", "FIFO_CYCLES", "acc_stages"]
+__all__ = ["LayerNorm", "LayerNormConfig", "out_stages", "out_fifo_depth", "FIFO_CYCLES", "acc_stages"]
 
-#: cycles from a beat's issue to its write into the output FIFO: RAM read, its register, product,
-#: difference, two shift stages, the register beside gamma/beta, product, affine sum, product, rounding,
-#: two shift stages, output fit
-OUT_STAGES = 14
+def out_stages(config: LayerNormConfig) -> int:
+    """Cycles from a beat's issue to its write into the output FIFO: the RAM read and its register, ``q C f``
+    (split registered product), the difference, two shift stages, ``n gamma`` (registered product), the
+    affine sum, ``acc multiplier`` (split registered product), the rounding, two shift stages, the output
+    fit."""
+    if not isinstance(config, LayerNormConfig):
+        raise TypeError(f"config must be a LayerNormConfig, not {type(config).__name__}")
+    lat_q, lat_g, lat_r = _lane_product_latencies(config)
+    return 2 + lat_q + 3 + lat_g + 1 + lat_r + 4
 
 
-#: cycles the token FIFO (statistics -> normalise) and the output FIFO add beyond their registers
-FIFO_CYCLES = 2
+def _lane_product_latencies(c: LayerNormConfig) -> tuple[int, int, int]:
+    """Latencies of a lane's ``q C f``, ``n gamma`` and ``acc multiplier``."""
+    return (product_latency(signed(c.in_bits), c.cf_shape), product_latency(c.n_shape, signed(c.gamma_bits)),
+            product_latency(signed(c.acc_bits), unsigned(c.mult_bits)))
+
+
+#: cycles the token FIFO (statistics -> normalise, with its token register) and the output FIFO add beyond
+#: their registers
+FIFO_CYCLES = 3
 
 
 def acc_stages(lanes: int) -> int:
     """Registers from a token's last accepted beat to the statistics pipeline: the input register, the
     squares' products, the adder trees' levels, the sums handed over."""
     return 3 + ceil_log2(lanes)
+
+
+def out_fifo_depth(config: LayerNormConfig) -> int:
+    """Beats of output buffering: every beat in flight in the datapath, so a ready consumer never waits."""
+    return out_stages(config) + 4
 
 
 _HEADER, _CHECK, _LOAD, _RUN, _DRAIN, _DROP_K, _DROP_I = range(7)
@@ -108,8 +126,7 @@ class LayerNorm(wiring.Component):
 
     @property
     def out_fifo_depth(self) -> int:
-        """Beats of output buffering: every beat in flight in the datapath, so a ready consumer never waits."""
-        return OUT_STAGES + 4
+        return out_fifo_depth(self._cfg)
 
     def elaborate(self, platform):
         m = Module()
@@ -136,13 +153,16 @@ class LayerNorm(wiring.Component):
         rq_shift = Signal(6)
         raw = Signal(header_layout(c), name="raw_header")
         raw_last = Signal()
-        nb = Signal(range(nb_max + 1))           # beats per token
+        nb_m1 = Signal(range(nb_max))            # beats per token, minus one
+        in_last = Signal()                       # the next accepted beat is its token's last
+        out_last = Signal()                      # the next issued beat is its token's last
+        n_m1 = Signal(FIELD_BITS)                # tokens per job, minus one
         tail = Signal(range(lanes + 1))          # valid lanes of a token's final beat
         rq_half = Signal(c.acc_bits + c.mult_bits + 1)
         error = Signal()
         rejected = Signal(c.counter_bits)
         load_addr = Signal(range(nb_max))
-        pending = Signal(range(depth + OUT_STAGES + 2 * (c.stats_latency + acc_stages(lanes)) + 8))
+        pending = Signal(range(depth + out_stages(c) + 2 * (c.stats_latency + acc_stages(lanes)) + 8))
 
         k_ok = self.k_stream.valid & self.k_stream.ready
         m.d.comb += self.k_stream.ready.eq((state == _HEADER) | (state == _LOAD) | (state == _DROP_K))
@@ -156,7 +176,8 @@ class LayerNorm(wiring.Component):
                 with m.If(ok):
                     m.d.sync += [dim.eq(raw.dim), n_tokens.eq(raw.n_tokens), eps.eq(raw.eps), mult.eq(raw.multiplier),
                                  rq_shift.eq(raw.shift), error.eq(0), load_addr.eq(0), state.eq(_LOAD),
-                                 nb.eq((raw.dim + lanes - 1) >> lane_bits),
+                                 nb_m1.eq((raw.dim - 1) >> lane_bits), in_last.eq(((raw.dim - 1) >> lane_bits) == 0),
+                                 out_last.eq(((raw.dim - 1) >> lane_bits) == 0), n_m1.eq(raw.n_tokens - 1),
                                  tail.eq((raw.dim - 1)[:lane_bits] + 1 if lanes > 1 else 1)]
                     if c.out.rounding is Rounding.HALF_UP:
                         with m.Switch(raw.shift):
@@ -174,7 +195,7 @@ class LayerNorm(wiring.Component):
             with m.Case(_LOAD):
                 with m.If(k_ok):
                     m.d.sync += load_addr.eq(load_addr + 1)
-                    with m.If(load_addr == nb - 1):
+                    with m.If(load_addr == nb_m1):
                         m.d.sync += state.eq(_RUN)
             with m.Case(_DROP_K):
                 with m.If(k_ok & self.k_stream.payload.last):
@@ -196,19 +217,27 @@ class LayerNorm(wiring.Component):
         accept = i_ok & (state == _RUN)
         with m.If(i_ok & (state == _DROP_I) & self.i_stream.payload.last):
             m.d.sync += state.eq(_HEADER)
-        in_last_beat = in_j == nb - 1
+        # the last-beat flag is a register, updated from the beat count one beat ahead
+        in_last_beat = in_last
         with m.If(accept):
-            m.d.sync += [in_j.eq(Mux(in_last_beat, 0, in_j + 1)), wr_ptr.eq(wr_ptr + 1)]
+            m.d.sync += [in_j.eq(Mux(in_last_beat, 0, in_j + 1)), wr_ptr.eq(wr_ptr + 1),
+                         in_last.eq(Mux(in_last_beat, nb_m1 == 0, in_j + 1 == nb_m1))]
             with m.If(in_last_beat):
                 m.d.sync += in_tok.eq(in_tok + 1)
-                with m.If(in_tok == n_tokens - 1):
+                with m.If(in_tok == n_m1):
                     m.d.sync += [state.eq(_DRAIN), in_tok.eq(0)]
 
+        # each beat lands in two registers per lane: one for the row buffer and the adder tree, one that only
+        # feeds the lane's square (a multiplier placed far from the row buffer gets its own operand register)
+        products = Products(m, "ln")
         a_q = Signal(data.ArrayLayout(signed(c.in_bits), lanes))
+        sq_op = []
         a_valid, a_last, a_addr = Signal(), Signal(), Signal(range(depth))
         for lane in range(lanes):
             live = ~in_last_beat | (lane < tail)
-            m.d.sync += a_q[lane].eq(Mux(live, self.i_stream.payload.data[lane], 0))
+            code = Mux(live, self.i_stream.payload.data[lane], 0)
+            m.d.sync += a_q[lane].eq(code)
+            sq_op.append(products.copy(code, name=f"sq_op{lane}"))
         m.d.sync += [a_valid.eq(accept), a_last.eq(accept & in_last_beat), a_addr.eq(wr_ptr)]
         m.d.comb += [rows.w_en.eq(a_valid), rows.w_addr.eq(a_addr), rows.w_data.eq(a_q)]
 
@@ -216,7 +245,7 @@ class LayerNorm(wiring.Component):
         sq = [Signal(2 * c.in_bits, name=f"sq{lane}") for lane in range(lanes)]
         q1 = [Signal(signed(c.in_bits), name=f"q1_{lane}") for lane in range(lanes)]
         for lane in range(lanes):
-            m.d.sync += [sq[lane].eq(a_q[lane] * a_q[lane]), q1[lane].eq(a_q[lane])]
+            m.d.sync += [sq[lane].eq(sq_op[lane] * sq_op[lane]), q1[lane].eq(a_q[lane])]
         b_valid, b_last = Signal(), Signal()
         m.d.sync += [b_valid.eq(a_valid), b_last.eq(a_last)]
         level1, level2, v, last = q1, sq, b_valid, b_last
@@ -247,33 +276,62 @@ class LayerNorm(wiring.Component):
                      tfifo.w_data.eq(tok_in), tfifo.w_en.eq(stats.o_valid)]
 
         # -- normalise: issue one beat per cycle when a token's statistics and output room are there -------------
+        n_out = out_stages(c)
+        lat_q, lat_g, lat_r = _lane_product_latencies(c)
         out_j = Signal(range(nb_max))
         out_tok = Signal(FIELD_BITS)
         rd_ptr = Signal(range(depth))
-        inflight = Signal(range(self.out_fifo_depth + 1))
-        tok = Signal(tok_l)
-        m.d.comb += tok.eq(tfifo.r_data)
-        room = (ofifo.level + inflight) < self.out_fifo_depth
-        issue = tfifo.r_rdy & room
-        out_last_beat = out_j == nb - 1
-        m.d.comb += [rows.r_addr.eq(rd_ptr), tfifo.r_en.eq(issue & out_last_beat)]
+        # output room, counted down on issue and up when a beat leaves the output FIFO: the same as
+        # "FIFO level + beats in flight < depth", without the adder and the compare in the issue path
+        credits = Signal(range(self.out_fifo_depth + 1), init=self.out_fifo_depth)
+        # the token whose beats are issued (tok) and the next one (nxt) in registers: the token FIFO is read
+        # whenever nxt is free (a condition of two registers), never by the issue logic
+        tok, tok_valid = Signal(tok_l), Signal()
+        nxt, nxt_valid = Signal(tok_l), Signal()
+        issue = tok_valid & (credits != 0)
+        out_last_beat = out_last
+        retire = issue & out_last_beat
+        tok_free = ~tok_valid | retire
+        pop = tfifo.r_rdy & ~nxt_valid
+        m.d.comb += [rows.r_addr.eq(rd_ptr), tfifo.r_en.eq(pop)]
+        with m.If(pop):
+            with m.If(tok_free):
+                m.d.sync += [tok.eq(tfifo.r_data), tok_valid.eq(1)]
+            with m.Else():
+                m.d.sync += [nxt.eq(tfifo.r_data), nxt_valid.eq(1)]
+        with m.Elif(nxt_valid & tok_free):
+            m.d.sync += [tok.eq(nxt), tok_valid.eq(1), nxt_valid.eq(0)]
+        with m.Elif(retire):
+            m.d.sync += tok_valid.eq(0)
+        o_read = self.o_stream.valid & self.o_stream.ready
         with m.If(issue):
-            m.d.sync += [rd_ptr.eq(rd_ptr + 1), out_j.eq(Mux(out_last_beat, 0, out_j + 1))]
+            m.d.sync += [rd_ptr.eq(rd_ptr + 1), out_j.eq(Mux(out_last_beat, 0, out_j + 1)),
+                         out_last.eq(Mux(out_last_beat, nb_m1 == 0, out_j + 1 == nb_m1))]
             with m.If(out_last_beat):
-                m.d.sync += out_tok.eq(Mux(out_tok == n_tokens - 1, 0, out_tok + 1))
+                m.d.sync += out_tok.eq(Mux(out_tok == n_m1, 0, out_tok + 1))
+        with m.If(issue & ~o_read):
+            m.d.sync += credits.eq(credits - 1)
+        with m.Elif(~issue & o_read):
+            m.d.sync += credits.eq(credits + 1)
         with m.If(accept & ~issue):
             m.d.sync += occupancy.eq(occupancy + 1)
         with m.Elif(~accept & issue):
             m.d.sync += occupancy.eq(occupancy - 1)
 
         ctrl_l = data.StructLayout({"valid": 1, "j": range(nb_max), "tlast": 1, "last": 1})
-        ctrl = [Signal(ctrl_l, name=f"ctrl{s}") for s in range(OUT_STAGES + 1)]
+        ctrl = [Signal(ctrl_l, name=f"ctrl{s}") for s in range(n_out + 1)]
         m.d.comb += [ctrl[0].valid.eq(issue), ctrl[0].j.eq(out_j), ctrl[0].tlast.eq(out_last_beat),
-                     ctrl[0].last.eq(out_last_beat & (out_tok == n_tokens - 1))]
-        for s in range(OUT_STAGES):
+                     ctrl[0].last.eq(out_last_beat & (out_tok == n_m1))]
+        for s in range(n_out):
             m.d.sync += ctrl[s + 1].eq(ctrl[s])
+        s_p = 2 + lat_q          # q C f
+        s_n = s_p + 3            # n, after the difference and the two shift stages
+        s_g = s_n + lat_g        # n gamma
+        s_a = s_g + 1            # the affine sum
+        s_r = s_a + lat_r        # acc multiplier
+        assert s_r + 4 == n_out
         toks = [tok]
-        for s in range(1, 6):  # the token's constants travel with its beats until the last shift uses them
+        for s in range(1, s_p + 1):  # the token's constants travel with its beats; each lane copies them
             t = Signal(tok_l, name=f"tok{s}")
             m.d.sync += t.eq(toks[-1])
             toks.append(t)
@@ -282,55 +340,63 @@ class LayerNorm(wiring.Component):
         prod_shape = signed(c.in_bits + stats.o_cf.shape().width + 1)
         d_shape = signed(max(prod_shape.width + pre, stats.o_h.shape().width) + 1)
         n_shape = c.n_shape
-        g_shape = signed(n_shape.width + c.gamma_bits)
         acc_fmt = FixedFormat(bits=c.acc_bits)
         rq_shape = signed(c.acc_bits + c.mult_bits + 2)
         outs, acc_ovf, out_ovf = [], [], []
         kram_gamma = Signal.like(kr.data.gamma, name="gamma")
         kram_beta = Signal.like(kr.data.beta, name="beta")
-        m.d.comb += kr.addr.eq(ctrl[5].j)  # read at stage 5, data at 6, register at 7 (next to n)
+        # read at s_n - 2, data at s_n - 1, registered at s_n (next to n; the product copies it per lane)
+        m.d.comb += kr.addr.eq(ctrl[s_n - 2].j)
         m.d.sync += [kram_gamma.eq(kr.data.gamma), kram_beta.eq(kr.data.beta)]
+        mult_u = mult.as_unsigned()
         for lane in range(lanes):
             def reg(shape, value, stage, _lane=lane):
                 r = Signal(shape, name=f"p{stage}_{_lane}")
                 m.d.sync += r.eq(value)
                 return r
-            q2 = reg(signed(c.in_bits), rows.r_data[lane], 2)                       # RAM output register
-            p3 = reg(prod_shape, q2 * toks[2].cf, 3)                                 # q C f
-            d4 = reg(d_shape, (p3 << pre) - toks[3].h, 4)                            # (C q - S1) f 2**L + half
-            e5 = reg(d_shape, d4 >> Cat(Const(0, 3), toks[4].shift[3:]), 5)          # >> s, high bits
-            n6 = reg(n_shape, (e5 >> toks[5].shift[:3])[: n_shape.width], 6)         # >> s, low bits
-            n7 = reg(n_shape, n6, 7)                                                 # beside gamma, beta
-            g8 = reg(g_shape, n7 * kram_gamma[lane], 8)
-            b8 = reg(signed(c.acc_bits), kram_beta[lane], 8)
-            acc_value, acc_over = hwfixed.fit(g8 + b8, acc_fmt)
-            acc9 = reg(signed(c.acc_bits), acc_value, 9)
-            ovf9 = reg(1, acc_over, 9)
-            r10 = reg(rq_shape, acc9 * mult, 10)
-            r11 = reg(signed(rq_shape.width + 1), r10 + rq_half, 11)
-            r12 = reg(signed(rq_shape.width + 1), r11 >> Cat(Const(0, 3), rq_shift[3:]), 12)
-            r13 = reg(signed(rq_shape.width + 1), r12 >> rq_shift[:3], 13)
-            out_value, out_over = hwfixed.fit(r13, c.out)
-            live14 = ~ctrl[13].tlast | (lane < tail)
-            o14 = reg(c.out.shape, Mux(live14, out_value, 0), 14)
-            ovf14 = reg(1, live14 & out_over, 14)
-            live9 = ~ctrl[9].tlast | (lane < tail)
-            ovf10 = reg(1, live9 & ovf9, 10)
-            outs.append(o14)
-            acc_ovf.append(ovf10)
-            out_ovf.append(ovf14)
+
+            def delayed(value, n, stage, _lane=lane):
+                for i in range(n):
+                    value = reg(Value.cast(value).shape(), value, f"{stage}_{i}")
+                return value
+
+            q2 = reg(signed(c.in_bits), rows.r_data[lane], 2)                                # RAM output register
+            p = products.multiply(q2, toks[2].cf, name=f"qcf{lane}")[:prod_shape.width].as_signed()  # q C f
+            h = products.copy(toks[s_p - 1].h, name=f"h{lane}")                               # the lane's copy
+            d = reg(d_shape, (p << pre) - h, s_p + 1)                                         # (C q - S1) f 2**L + half
+            sh = products.copy(toks[s_p].shift, name=f"shift{lane}")
+            e = reg(d_shape, d >> Cat(Const(0, 3), sh[3:]), s_p + 2)                          # >> s, high bits
+            sh2 = reg(sh.shape(), sh, "sh")
+            n = reg(n_shape, (e >> sh2[:3])[: n_shape.width], s_n)                            # >> s, low bits
+            g = products.multiply(n, kram_gamma[lane], name=f"ng{lane}")                     # n gamma
+            b = delayed(kram_beta[lane], lat_g, "beta")
+            acc_value, acc_over = hwfixed.fit(g + b, acc_fmt)
+            acc = reg(signed(c.acc_bits), acc_value, s_a)
+            ovf_a = reg(1, acc_over, s_a)
+            r = products.multiply(acc, mult_u, name=f"rq{lane}")[:rq_shape.width].as_signed()  # acc multiplier
+            half = products.copy(rq_half, name=f"half{lane}")
+            rq_sh = products.copy(rq_shift, name=f"rqshift{lane}")
+            r1 = reg(signed(rq_shape.width + 1), r + half, s_r + 1)
+            r2 = reg(signed(rq_shape.width + 1), r1 >> Cat(Const(0, 3), rq_sh[3:]), s_r + 2)
+            rq_sh2 = reg(rq_sh.shape(), rq_sh, "rqsh")
+            r3 = reg(signed(rq_shape.width + 1), r2 >> rq_sh2[:3], s_r + 3)
+            out_value, out_over = hwfixed.fit(r3, c.out)
+            live_o = ~ctrl[n_out - 1].tlast | (lane < tail)
+            o = reg(c.out.shape, Mux(live_o, out_value, 0), n_out)
+            ovf_o = reg(1, live_o & out_over, n_out)
+            live_a = ~ctrl[s_a].tlast | (lane < tail)
+            ovf_a2 = reg(1, live_a & ovf_a, s_a + 1)
+            outs.append(o)
+            acc_ovf.append(ovf_a2)
+            out_ovf.append(ovf_o)
 
         o_word = Signal(out_l)
-        m.d.comb += [o_word.token_last.eq(ctrl[14].tlast), o_word.last.eq(ctrl[14].last),
-                     ofifo.w_data.eq(o_word), ofifo.w_en.eq(ctrl[14].valid)]
+        m.d.comb += [o_word.token_last.eq(ctrl[n_out].tlast), o_word.last.eq(ctrl[n_out].last),
+                     ofifo.w_data.eq(o_word), ofifo.w_en.eq(ctrl[n_out].valid)]
         for lane in range(lanes):
             m.d.comb += o_word.data[lane].eq(outs[lane])
         m.d.comb += [self.o_stream.payload.eq(ofifo.r_data), self.o_stream.valid.eq(ofifo.r_rdy),
                      ofifo.r_en.eq(self.o_stream.ready)]
-        with m.If(issue & ~ofifo.w_en):
-            m.d.sync += inflight.eq(inflight + 1)
-        with m.Elif(~issue & ofifo.w_en):
-            m.d.sync += inflight.eq(inflight - 1)
         with m.If(accept & ~ofifo.w_en):
             m.d.sync += pending.eq(pending + 1)
         with m.Elif(~accept & ofifo.w_en):
@@ -339,7 +405,7 @@ class LayerNorm(wiring.Component):
         # -- saturation counts: the lanes' flags summed in a register, then a saturating add --------------------
         acc_count = self.status.acc_overflows
         out_count = self.status.out_overflows
-        for flags, counter, valid_stage in ((acc_ovf, acc_count, 10), (out_ovf, out_count, 14)):
+        for flags, counter, valid_stage in ((acc_ovf, acc_count, s_a + 1), (out_ovf, out_count, n_out)):
             add = Signal(range(lanes + 1))
             m.d.sync += add.eq(Mux(ctrl[valid_stage].valid, sum(flags[1:], flags[0]), 0))
             total = counter + add

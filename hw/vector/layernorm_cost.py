@@ -10,7 +10,7 @@ valid and the consumer always ready:
 * after the last beat: the accumulation registers (:func:`~tokensift.hw.vector.layernorm.acc_stages`), the
   statistics pipeline (:attr:`~tokensift.hw.vector.layernorm_layout.LayerNormConfig.stats_latency`), the last
   token's ``B`` beats, the normalising datapath
-  (:data:`~tokensift.hw.vector.layernorm.OUT_STAGES`) and the two FIFOs
+  (:func:`~tokensift.hw.vector.layernorm.out_stages`) and the two FIFOs
   (:data:`~tokensift.hw.vector.layernorm.FIFO_CYCLES`).
 
 :func:`cycles` counts from the header's transfer to the transfer of the job's last output beat; the next
@@ -19,13 +19,13 @@ job's header is taken in that same cycle, so back-to-back jobs take the sum of t
 >>> from tokensift.hw.vector.layernorm_layout import LayerNormConfig
 >>> cfg = LayerNormConfig(c_max=384, lanes=16)
 >>> cycles(cfg, dim=384, n_tokens=197), tokens_per_cycle(cfg, dim=384)
-(4860, 0.041666666666666664)
+(4870, 0.041666666666666664)
 """
 
 from __future__ import annotations
 
 from tokensift.checks import check_int
-from tokensift.hw.vector.layernorm import FIFO_CYCLES, OUT_STAGES, acc_stages
+from tokensift.hw.vector.layernorm import FIFO_CYCLES, acc_stages, out_stages
 from tokensift.hw.vector.layernorm_layout import FIELD_BITS, LayerNormConfig
 
 __all__ = ["cycles", "cycles_per_token", "tokens_per_cycle", "latency"]
@@ -50,7 +50,7 @@ def tokens_per_cycle(cfg: LayerNormConfig, dim: int) -> float:
 def latency(cfg: LayerNormConfig, dim: int) -> int:
     """Cycles from a token's last input beat to its last output beat (the pipeline, not the stream)."""
     cfg, dim = _check(cfg, dim)
-    return acc_stages(cfg.lanes) + cfg.stats_latency + cfg.beats(dim) + OUT_STAGES + FIFO_CYCLES
+    return acc_stages(cfg.lanes) + cfg.stats_latency + cfg.beats(dim) + out_stages(cfg) + FIFO_CYCLES
 
 
 def cycles(cfg: LayerNormConfig, dim: int, n_tokens: int) -> int:

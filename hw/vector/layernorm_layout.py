@@ -22,7 +22,7 @@ on each token's final beat and ``payload.last`` on the job's final beat.
 
 >>> cfg = LayerNormConfig(c_max=8, lanes=4)
 >>> cfg.beats(6), cfg.row_depth, cfg.stats_latency
-(2, 128, 59)
+(2, 128, 64)
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from amaranth.lib import data
 from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int, check_int_array
+from tokensift.hw.vector.products import product_latency
 from tokensift.quant.fixed import INT8, FixedFormat, Overflow, Rounding
 from tokensift.quant.layernorm import LayerNormParams
 from tokensift.quant.qparams import MULTIPLIER_BITS
@@ -139,9 +140,14 @@ class LayerNormConfig:
 
     @property
     def stats_latency(self) -> int:
-        """Cycles of the per-token statistics pipeline: products, difference, product, epsilon (4), the five
-        normalising shifts, 31 square-root bits, ``recip_bits + 1`` quotient bits, the two output products (2)."""
-        return 4 + 5 + 31 + self.recip_bits + 1 + 2
+        """Cycles of the per-token statistics pipeline: ``C S2`` and ``S1**2`` (split registered products), their
+        difference, ``C (C S2 - S1**2)``, epsilon, the five normalising shifts, 31 square-root bits,
+        ``recip_bits + 1`` quotient bits, ``C f`` and ``S1 f``, the rounding half."""
+        dim, s1 = unsigned(uint_width(self.c_max)), self.s1_shape
+        p = unsigned(uint_width(self.c_max * (self.c_max << (2 * self.in_bits - 2))))
+        first = max(product_latency(dim, self.s2_shape), product_latency(s1, s1))
+        last = max(product_latency(dim, self.f_shape), product_latency(s1, self.f_shape))
+        return first + 1 + product_latency(dim, p) + 1 + 5 + 31 + self.recip_bits + 1 + last + 1
 
     @property
     def row_depth(self) -> int:
