@@ -4,8 +4,8 @@ import random
 
 import numpy as np
 import pytest
+from vector_streams import drive, simulate
 
-from tests.hw.vector_streams import drive, simulate
 from tokensift.hw.vector.gelu import LATENCY, GeluUnit, GeluUnitParams, config_of, cycles
 from tokensift.quant.fixed import FixedFormat, OverflowCounter, Rounding
 from tokensift.quant.gelu import GeluParams, gelu_int

@@ -4,8 +4,8 @@ import random
 
 import numpy as np
 import pytest
+from vector_streams import drive, simulate
 
-from tests.hw.vector_streams import drive, simulate
 from tokensift.hw.vector.residual import LATENCY, ResidualAdd, ResidualParams, cycles
 from tokensift.quant.fixed import FixedFormat, Overflow, OverflowCounter
 from tokensift.quant.residual import residual_add

@@ -4,8 +4,8 @@ import random
 
 import numpy as np
 import pytest
+from vector_streams import drive, simulate
 
-from tests.hw.vector_streams import drive, simulate
 from tokensift.hw.vector.token_mean import READOUT_GAP, TokenMean, TokenMeanParams, burst_cycles, cycles
 from tokensift.quant.stages.predictor import mean_rows
 
