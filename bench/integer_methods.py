@@ -51,7 +51,7 @@ from tokensift.quant.stages import stage_module
 from tokensift.quant.stages.agreement import decision_agreement, float_run
 from tokensift.sw import create_model
 from tokensift.sw.checkpoint import load_checkpoint
-from tokensift.sw.data import load_mnist, spread_subset
+from tokensift.sw.data import load_mnist, spread_indices, spread_subset
 from tokensift.sw.pipeline import PipelineConfig, run_pipeline
 
 MODEL = "vit_mnist_patch4_28"
@@ -64,12 +64,6 @@ LABELS = {"none": "dense", "evit": "EViT", "dynamicvit": "DynamicViT", "spvit": 
           "sait": "SaiT"}
 CALIB_IMAGES = 400
 QUICK_STEPS = 3
-
-
-def evenly(n: int, total: int) -> list[int]:
-    """``n`` indices spread evenly over ``range(total)`` (the MNIST splits are sorted by class: every class
-    counts)."""
-    return np.linspace(0, total - 1, n).round().astype(int).tolist()
 
 
 def log(msg: str) -> None:
@@ -258,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     calib = [im for im, _ in DataLoader(spread_subset(train, CALIB_IMAGES), batch_size=100)]
-    picks = evenly(n_images, len(test))
+    picks = spread_indices(len(test), n_images)
     images = torch.stack([test[i][0] for i in picks])
     labels = np.array([test[i][1] for i in picks])
     methods = args.methods or [m for m, _ in POINTS]

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, TensorDataset
 from tokensift.errors import DatasetError
 
 __all__ = [
+    "spread_indices",
     "spread_subset",
     "SPLIT_SEED",
     "MNIST_MEAN",
@@ -78,6 +79,12 @@ def load_mnist(test_per_class: int = 100) -> tuple[TensorDataset, TensorDataset]
     return train, test
 
 
+def spread_indices(total: int, n: int) -> list[int]:
+    """``min(n, total)`` distinct indices spread evenly over ``range(total)``, first and last included."""
+    k = min(n, total)
+    return np.linspace(0, total - 1, k).round().astype(int).tolist() if k > 0 else []
+
+
 def spread_subset(dataset, n: int):
     """``n`` items of ``dataset`` spread evenly over it (all of it when it has fewer).
 
@@ -86,10 +93,7 @@ def spread_subset(dataset, n: int):
     """
     from torch.utils.data import Subset
 
-    total = len(dataset)
-    if n >= total:
-        return Subset(dataset, range(total))
-    return Subset(dataset, np.linspace(0, total - 1, n).round().astype(int).tolist())
+    return Subset(dataset, spread_indices(len(dataset), n))
 
 
 def random_affine(images: Tensor, generator: torch.Generator | None = None, max_rotate: float = 10.0,

@@ -6,7 +6,14 @@ import torch
 from PIL import Image
 
 from tokensift.errors import DatasetError
-from tokensift.sw.data import ImageFolder, load_image_folder, load_mnist, random_affine, spread_subset
+from tokensift.sw.data import (
+    ImageFolder,
+    load_image_folder,
+    load_mnist,
+    random_affine,
+    spread_indices,
+    spread_subset,
+)
 
 
 def test_mnist_split_is_fixed_stratified_and_disjoint():
@@ -31,6 +38,8 @@ def test_calibration_subsets_cover_every_class_of_the_sorted_split():
     counts = labels[list(sub.indices)].bincount(minlength=10)
     assert counts.min() >= 20  # every digit, about a tenth each
     assert len(spread_subset(train, 10_000)) == len(train)
+    assert spread_indices(1000, 4) == [0, 333, 666, 999] and spread_indices(3, 10) == [0, 1, 2]
+    assert spread_indices(5, 0) == []
 
 
 def _write_folder(root, classes, per_class, size=(12, 10), mode="RGB"):

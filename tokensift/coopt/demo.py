@@ -98,7 +98,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from tokensift.devices import get_device
     from tokensift.hw.cost.layer import HwConfig, ModelCost
     from tokensift.sw.checkpoint import load_checkpoint
-    from tokensift.sw.data import load_mnist, spread_subset
+    from tokensift.sw.data import load_mnist, spread_indices, spread_subset
     from tokensift.sw.pipeline import PipelineConfig, run_pipeline
     from tokensift.sw.registry import create_model
 
@@ -115,7 +115,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     torch.manual_seed(cfg.seed)
     _, test = load_mnist()
     # evenly strided subsets: the test split is ordered by digit, so its first images are all zeros
-    eval_set = torch.utils.data.Subset(test, _spread(len(test), cfg.eval_images))
+    eval_set = torch.utils.data.Subset(test, spread_indices(len(test), cfg.eval_images))
     timings: dict = {}
 
     # 1. dense model --------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
 
     n_sim = min(cfg.sim_images, len(test))
-    images = torch.stack([test[i][0] for i in _spread(len(test), n_sim)])
+    images = torch.stack([test[i][0] for i in spread_indices(len(test), n_sim)])
     stage_block = next(i for i, blk in enumerate(iv.blocks) if blk.selector is not None)
     # the attention whose outputs the stage reads: its own block's (a stage between attention and MLP) or the
     # previous block's (a stage before its block, on the tokens and class rows the previous block left)
@@ -327,12 +327,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json))
     (out / "table.txt").write_text(render_table(summary) + "\n")
     return summary
-
-
-def _spread(n: int, k: int) -> list[int]:
-    """``k`` indices spread evenly over ``range(n)``."""
-    k = max(1, min(k, n))
-    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
 
 
 def _dense(cfg: DemoConfig, ckpt):
