@@ -404,3 +404,34 @@ def run_images(image: bytes, registers: Registers, images, *, dram_bytes: int | 
         dram[registers.input_base:registers.input_base + len(data)] = data
         results.append(run(dram, registers))
     return np.stack([r.logits for r in results]), results
+
+
+@dataclass
+class Snapshot:
+    """The sequencer's state between two instructions: every buffer's contents, its run-time row count,
+    the protected count ``P`` and the original index of each residual row."""
+
+    buffers: dict
+    count: dict
+    protected: int
+    index: np.ndarray
+
+
+def _snapshot(seq: _Sequencer) -> Snapshot:
+    return Snapshot({b: v.copy() for b, v in seq.buf.items()}, dict(seq.count), seq.P, seq.index.copy())
+
+
+def walk(dram: bytearray, registers: Registers):
+    """Run one image as :func:`run` does, yielding ``(pc, instruction, before, after, entry)`` for every
+    instruction (``before`` and ``after`` are :class:`Snapshot` s, ``entry`` the trace entry): what each RTL
+    op engine is checked against."""
+    if not isinstance(dram, bytearray):
+        raise TypeError(f"dram must be a bytearray, not {type(dram).__name__}")
+    seq = _Sequencer(dram, registers)
+    base = registers.program_base
+    tail = bytes(dram[base:])
+    for pc, ins in enumerate(decode_program(tail[:len(tail) - len(tail) % 16])):
+        before = _snapshot(seq)
+        entry = seq.step(pc, ins)
+        seq.trace.append(entry)
+        yield pc, ins, before, _snapshot(seq), entry

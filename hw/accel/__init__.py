@@ -1,0 +1,1 @@
+"""The whole-model accelerator: token buffers, op engines and the sequencer that walks a program from DRAM."""

@@ -1,0 +1,98 @@
+"""The interfaces every op engine of the accelerator shares (the sequencer hands them to one engine at a time).
+
+**Buffer read port** (:func:`read_port_signature`, the engine drives it): ``en`` with ``buffer``, ``tile``
+(row ``// banks``) and ``word``; :data:`READ_LATENCY` cycles later ``data`` holds the ``banks`` rows of that
+tile at that word, ``lanes`` elements each, sign- or zero-extended to :data:`ELEMENT_BITS` as the buffer's
+values are. No back-pressure: an engine requests only what it has room for.
+
+**Buffer write port** (:func:`write_port_signature`): ``en`` with ``buffer``, ``tile``, ``word``, ``data``
+(``banks`` x ``lanes`` elements, each truncated to the buffer's width) and ``mask`` (one bit per element).
+
+**DRAM read channel**: the :class:`~tokensift.hw.axi.reader.AxiReader`'s own ``i_cmd`` (byte ``addr``,
+``length``) and ``o_data`` (bus words) streams; addresses are absolute (``MEMORY_BASE`` + the instruction's
+offset).
+
+**The op** (:func:`op_layout`): the decoded instruction plus what the sequencer knows at run time: the
+source's row range ``start .. start + n - 1``, the second source's row count ``n2``, the protected count
+``P`` and the base addresses. ``start`` pulses with a valid ``op``; the engine answers ``done`` (one cycle)
+with ``rows`` (the destination's new row count) and ``fault`` (a malformed op: a record of the wrong tag or
+size, widths beyond a buffer, sizes beyond the envelope; the sequencer stops and flags it).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from tokensift.hw.accel.config import ELEMENT_BITS, AccelConfig
+from tokensift.hw.axi.burst import command_layout
+from tokensift.hw.axi.reader import word_layout
+
+__all__ = ["READ_LATENCY", "tile_layout", "read_port_signature", "write_port_signature", "op_layout",
+           "engine_signature", "BUFFER_BITS"]
+
+#: cycles from a read request to its data (the block RAM's registered output, then the registered buffer mux)
+READ_LATENCY = 2
+#: width of a buffer index (:class:`tokensift.quant.accel.isa.Buffer`)
+BUFFER_BITS = 4
+
+
+def tile_layout(cfg: AccelConfig) -> data.ArrayLayout:
+    """``banks`` rows of ``lanes`` elements."""
+    return data.ArrayLayout(data.ArrayLayout(signed(ELEMENT_BITS), cfg.lanes), cfg.banks)
+
+
+def read_port_signature(cfg: AccelConfig) -> wiring.Signature:
+    return wiring.Signature({
+        "en": Out(1),
+        "buffer": Out(BUFFER_BITS),
+        "tile": Out(cfg.tile_bits),
+        "word": Out(cfg.word_bits),
+        "data": In(tile_layout(cfg)),
+    })
+
+
+def write_port_signature(cfg: AccelConfig) -> wiring.Signature:
+    return wiring.Signature({
+        "en": Out(1),
+        "buffer": Out(BUFFER_BITS),
+        "tile": Out(cfg.tile_bits),
+        "word": Out(cfg.word_bits),
+        "data": Out(tile_layout(cfg)),
+        "mask": Out(data.ArrayLayout(cfg.lanes, cfg.banks)),
+    })
+
+
+def op_layout(cfg: AccelConfig) -> data.StructLayout:
+    addr = cfg.axi.addr_width
+    return data.StructLayout({
+        # the instruction (tokensift.quant.accel.isa)
+        "opcode": unsigned(8), "dst": unsigned(BUFFER_BITS), "src": unsigned(BUFFER_BITS),
+        "src2": unsigned(BUFFER_BITS), "rows": unsigned(2), "arg": unsigned(8),
+        "addr_a": unsigned(32), "addr_b": unsigned(32), "k": unsigned(16), "m": unsigned(16),
+        # the sequencer's run-time context
+        "start": unsigned(cfg.row_bits), "n": unsigned(cfg.row_bits), "n2": unsigned(cfg.row_bits),
+        "protected": unsigned(cfg.row_bits),
+        "memory_base": unsigned(addr), "input_base": unsigned(addr), "logits_base": unsigned(addr),
+    })
+
+
+def engine_signature(cfg: AccelConfig, *, second_read: bool = False, dram: bool = True) -> wiring.Signature:
+    """What an op engine exposes (``second_read``: a second buffer read port, ``dram``: a DRAM read channel)."""
+    members = {
+        "start": In(1),
+        "op": In(op_layout(cfg)),
+        "done": Out(1),
+        "rows": Out(cfg.row_bits),
+        "fault": Out(1),
+        "overflows": Out(16),
+        "rd": Out(read_port_signature(cfg)),
+        "wr": Out(write_port_signature(cfg)),
+    }
+    if second_read:
+        members["rd2"] = Out(read_port_signature(cfg))
+    if dram:
+        members["dram_cmd"] = Out(stream.Signature(command_layout(cfg.axi)))
+        members["dram_data"] = In(stream.Signature(word_layout(cfg.axi)))
+    return wiring.Signature(members)

@@ -1,0 +1,110 @@
+"""Walking a token buffer: :class:`RowReader` streams ``rows`` rows x ``words`` words of a buffer (from row
+``row0``, word ``word0``) out of a buffer read port, one word per cycle while its consumer keeps up.
+
+The read port has no back-pressure, so the reader keeps every word it requested a place: a word is requested
+only while fewer than :data:`DEPTH` are requested and not yet taken, and the words land in a FIFO of that
+depth (enough to cover the port's latency at full rate). Rows are walked with a running row register (its bank
+is the low bits, its tile the high bits), so no multiplier sits between registers.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from tokensift.hw.accel.config import ELEMENT_BITS, AccelConfig
+from tokensift.hw.accel.ports import BUFFER_BITS, READ_LATENCY, read_port_signature
+
+__all__ = ["RowReader", "DEPTH", "word_layout", "walk_layout"]
+
+#: words requested and not yet taken, at most (the FIFO's depth): the port's latency plus the FIFO's own
+DEPTH = READ_LATENCY + 3
+
+
+def word_layout(cfg: AccelConfig) -> data.StructLayout:
+    """One word of a row: ``lanes`` elements, the row's index ``i`` within the walk, the word's index ``w``
+    within the row, ``last`` (the walk's final word)."""
+    return data.StructLayout({"data": data.ArrayLayout(signed(ELEMENT_BITS), cfg.lanes),
+                              "i": unsigned(cfg.row_bits), "w": unsigned(cfg.word_bits), "last": 1})
+
+
+def walk_layout(cfg: AccelConfig) -> data.StructLayout:
+    """A walk: ``buffer``, first row ``row0``, ``rows`` (at least 1), first word ``word0``, ``words`` per row
+    (at least 1)."""
+    return data.StructLayout({"buffer": BUFFER_BITS, "row0": cfg.row_bits, "rows": cfg.row_bits,
+                              "word0": cfg.word_bits, "words": cfg.word_bits + 1})
+
+
+class RowReader(wiring.Component):
+    """``i_walk`` (one beat starts a walk; the next is taken when it has issued every request) ->
+    ``o_word`` beats; ``rd`` is the buffer read port it drives."""
+
+    def __init__(self, *, config: AccelConfig):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+        self._cfg = config
+        super().__init__({
+            "i_walk": In(stream.Signature(walk_layout(config))),
+            "o_word": Out(stream.Signature(word_layout(config))),
+            "rd": Out(read_port_signature(config)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        bank_bits = ceil_log2(cfg.banks)
+        m.submodules.fifo = q = fifo.SyncFIFOBuffered(width=len(self.o_word.payload.as_value()), depth=DEPTH)
+        m.d.comb += [self.o_word.payload.eq(q.r_data), self.o_word.valid.eq(q.r_rdy), q.r_en.eq(self.o_word.ready)]
+
+        active = Signal()
+        walk = Signal(walk_layout(cfg))
+        row = Signal(cfg.row_bits + 1)          # the buffer row being read
+        i = Signal(cfg.row_bits)                # its index within the walk
+        w = Signal(cfg.word_bits + 1)
+        last_row = Signal()
+        last_word = Signal()
+        outstanding = Signal(range(DEPTH + 1))
+        issue = Signal()
+        popped = self.o_word.valid & self.o_word.ready
+        m.d.comb += issue.eq(active & (outstanding < DEPTH))
+        with m.If(issue & ~popped):
+            m.d.sync += outstanding.eq(outstanding + 1)
+        with m.Elif(~issue & popped):
+            m.d.sync += outstanding.eq(outstanding - 1)
+
+        m.d.comb += [self.i_walk.ready.eq(~active), self.busy.eq(active | (outstanding != 0))]
+        with m.If(self.i_walk.valid & ~active):
+            p = self.i_walk.payload
+            m.d.sync += [active.eq(1), walk.eq(p), row.eq(p.row0), i.eq(0), w.eq(p.word0),
+                         last_row.eq(p.rows == 1), last_word.eq(p.words == 1)]
+
+        m.d.comb += [self.rd.en.eq(issue), self.rd.buffer.eq(walk.buffer), self.rd.tile.eq(row >> bank_bits),
+                     self.rd.word.eq(w)]
+        # what each request needs when its data arrives, delayed with it
+        tag = data.StructLayout({"bank": max(1, bank_bits), "i": cfg.row_bits, "w": cfg.word_bits, "last": 1,
+                                 "valid": 1})
+        pipe = [Signal(tag, name=f"req{d}") for d in range(READ_LATENCY)]
+        m.d.sync += [pipe[0].valid.eq(issue), pipe[0].bank.eq(row[:max(1, bank_bits)] if bank_bits else 0),
+                     pipe[0].i.eq(i), pipe[0].w.eq(w - walk.word0), pipe[0].last.eq(last_row & last_word)]
+        for d in range(1, READ_LATENCY):
+            m.d.sync += pipe[d].eq(pipe[d - 1])
+        arrived = pipe[-1]
+        word = Signal(word_layout(cfg))
+        for bank in range(cfg.banks):
+            with m.If(arrived.bank == bank):
+                m.d.comb += word.data.eq(self.rd.data[bank])
+        m.d.comb += [word.i.eq(arrived.i), word.w.eq(arrived.w), word.last.eq(arrived.last),
+                     q.w_data.eq(word), q.w_en.eq(arrived.valid)]
+
+        with m.If(issue):
+            with m.If(last_word):
+                m.d.sync += [w.eq(walk.word0), last_word.eq(walk.words == 1), row.eq(row + 1), i.eq(i + 1),
+                             last_row.eq(i + 2 == walk.rows)]
+                with m.If(last_row):
+                    m.d.sync += active.eq(0)
+            with m.Else():
+                m.d.sync += [w.eq(w + 1), last_word.eq(w + 2 - walk.word0 == walk.words)]
+        return m

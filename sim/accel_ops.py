@@ -1,0 +1,176 @@
+"""Amaranth-simulator harness for the accelerator's op engines: one engine on real token buffers, its DRAM
+channel served from a byte array with seeded random latency and gaps, checked against the reference
+sequencer's state before and after the same instruction (:func:`tokensift.quant.accel.executor.walk`).
+
+>>> bench = EngineBench(cfg, ResidualEngine(config=cfg))                     # doctest: +SKIP
+>>> result = run_op(bench, dram, before, ins, context, seed=1)              # doctest: +SKIP
+>>> check_after(cfg, result, after, ins.dst)                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from tokensift.hw.accel.buffers import TokenBuffers
+from tokensift.hw.accel.config import AccelConfig
+from tokensift.quant.accel.isa import Buffer, Instruction
+
+__all__ = ["EngineBench", "OpResult", "run_op", "check_after", "op_fields", "buffer_words", "words_to_buffer"]
+
+
+class EngineBench(Elaboratable):
+    """``engine`` wired to a :class:`TokenBuffers` of ``config``."""
+
+    def __init__(self, config: AccelConfig, engine):
+        self.config = config
+        self.engine = engine
+        self.buffers = TokenBuffers(config=config)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = self.engine
+        m.submodules.buffers = self.buffers
+        wiring.connect(m, self.engine.rd, self.buffers.rd)
+        wiring.connect(m, self.engine.wr, self.buffers.wr)
+        if "rd2" in self.engine.signature.members:
+            wiring.connect(m, self.engine.rd2, self.buffers.rd2)
+        return m
+
+
+def buffer_words(cfg: AccelConfig, b: Buffer, values: np.ndarray) -> dict[int, list[int]]:
+    """``bank -> words`` of a buffer holding ``values`` (rows x columns, zero beyond them)."""
+    g = cfg.geometry(b)
+    full = np.zeros((-(-g.rows // cfg.banks) * cfg.banks, g.words * cfg.lanes), dtype=np.int64)
+    v = np.asarray(values, dtype=np.int64)
+    full[:v.shape[0], :v.shape[1]] = v
+    mask = (1 << g.bits) - 1
+    out = {bank: [] for bank in range(cfg.banks)}
+    for row in range(full.shape[0]):
+        for w in range(g.words):
+            word = 0
+            for i, value in enumerate(full[row, w * cfg.lanes:(w + 1) * cfg.lanes]):
+                word |= (int(value) & mask) << (i * g.bits)
+            out[row % cfg.banks].append(word)
+    return out
+
+
+def words_to_buffer(cfg: AccelConfig, b: Buffer, banks: dict[int, list[int]]) -> np.ndarray:
+    """The inverse of :func:`buffer_words`: rows x columns of the buffer."""
+    g = cfg.geometry(b)
+    tiles = -(-g.rows // cfg.banks)
+    out = np.zeros((tiles * cfg.banks, g.words * cfg.lanes), dtype=np.int64)
+    for bank, words in banks.items():
+        for addr, word in enumerate(words):
+            row, w = (addr // g.words) * cfg.banks + bank, addr % g.words
+            for i in range(cfg.lanes):
+                value = (word >> (i * g.bits)) & ((1 << g.bits) - 1)
+                if g.signed and value >> (g.bits - 1):
+                    value -= 1 << g.bits
+                out[row, w * cfg.lanes + i] = value
+    return out[:g.rows, :g.cols]
+
+
+def op_fields(ins: Instruction, *, start: int, n: int, n2: int = 0, protected: int = 1, memory_base: int = 0,
+              input_base: int = 0, logits_base: int = 0) -> dict:
+    """The engine's ``op`` port value for ``ins`` and its run-time context."""
+    return {"opcode": int(ins.opcode), "dst": int(ins.dst), "src": int(ins.src), "src2": int(ins.src2),
+            "rows": int(ins.rows), "arg": ins.arg, "addr_a": ins.addr_a, "addr_b": ins.addr_b, "k": ins.k,
+            "m": ins.m, "start": start, "n": n, "n2": n2, "protected": protected, "memory_base": memory_base,
+            "input_base": input_base, "logits_base": logits_base}
+
+
+@dataclass
+class OpResult:
+    buffers: dict      #: Buffer -> rows x columns after the op
+    rows: int          #: the engine's ``rows`` answer
+    fault: bool
+    cycles: int        #: from ``start`` to ``done``
+    overflows: int
+    dram_commands: list  #: (addr, length) of every DRAM read
+
+
+def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, *, seed: int = 0,
+           latency: tuple[int, int] = (2, 2), gap: float = 0.0, max_cycles: int = 200_000) -> OpResult:
+    """Preload the buffers with ``before`` (Buffer -> array), run one op, return the buffers after it.
+
+    The DRAM channel answers each command after a latency drawn from ``latency`` (cycles, inclusive range)
+    and withholds each word with probability ``gap``: ``gap = 0`` and a fixed latency make the cycle count
+    deterministic."""
+    cfg = bench.config
+    eng = bench.engine
+    has_dram = "dram_cmd" in eng.signature.members
+    rng = random.Random(seed)
+    result = {}
+    commands = []
+
+    async def dram_server(ctx):
+        width = cfg.axi.data_bytes
+        while True:
+            ctx.set(eng.dram_cmd.ready, 1)
+            (cmd,) = await ctx.tick().sample(eng.dram_cmd.payload).until(eng.dram_cmd.valid)
+            ctx.set(eng.dram_cmd.ready, 0)
+            addr, length = int(cmd.addr), int(cmd.length)
+            commands.append((addr, length))
+            await ctx.tick().repeat(rng.randint(*latency))
+            words = -(-length // width)
+            for i in range(words):
+                valid_bytes = min(width, length - i * width)
+                chunk = bytes(dram[addr + i * width:addr + i * width + valid_bytes]) + bytes(width - valid_bytes)
+                while gap and rng.random() < gap:
+                    ctx.set(eng.dram_data.valid, 0)
+                    await ctx.tick()
+                ctx.set(eng.dram_data.valid, 1)
+                ctx.set(eng.dram_data.payload, {"data": int.from_bytes(chunk, "little"),
+                                                "keep": (1 << valid_bytes) - 1, "last": int(i == words - 1),
+                                                "error": 0})
+                await ctx.tick().until(eng.dram_data.ready)
+            ctx.set(eng.dram_data.valid, 0)
+
+    async def bench_proc(ctx):
+        for b, values in before.items():
+            for bank, words in buffer_words(cfg, b, values).items():
+                mem = bench.buffers.memories[b, bank]
+                for addr, word in enumerate(words):
+                    ctx.set(mem.data[addr], word)
+        ctx.set(eng.op, op)
+        ctx.set(eng.start, 1)
+        await ctx.tick()
+        ctx.set(eng.start, 0)
+        cycles = 1
+        while not ctx.get(eng.done):
+            await ctx.tick()
+            cycles += 1
+            if cycles > max_cycles:
+                raise TimeoutError(f"the engine did not finish op {op['opcode']:#x} within {max_cycles} cycles")
+        result.update(rows=ctx.get(eng.rows), fault=bool(ctx.get(eng.fault)), cycles=cycles,
+                      overflows=ctx.get(eng.overflows))
+        await ctx.tick()
+        result["buffers"] = {b: words_to_buffer(cfg, b, {
+            bank: [ctx.get(bench.buffers.memories[b, bank].data[a]) for a in range(cfg.geometry(b).depth)]
+            for bank in range(cfg.banks)}) for b in Buffer}
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench_proc)
+    if has_dram:
+        sim.add_testbench(dram_server, background=True)
+    sim.run()
+    return OpResult(dram_commands=commands, **result)
+
+
+def check_after(cfg: AccelConfig, result: OpResult, after, dst: Buffer, rows: int) -> None:
+    """AssertionError unless ``dst``'s first ``rows`` rows equal the reference's (every column of the
+    buffer: an op must not write columns it does not own)."""
+    want = after.buffers[dst][:rows]
+    got = result.buffers[dst][:rows, :want.shape[1]]
+    if not np.array_equal(got, want):
+        bad = np.argwhere(got != want)
+        r, c = bad[0]
+        raise AssertionError(f"{dst.name}: {len(bad)} elements differ, first at row {r} column {c}: "
+                             f"{got[r, c]} != {want[r, c]}")
