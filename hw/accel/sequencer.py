@@ -1,0 +1,274 @@
+"""The sequencer: checks the memory image's header and the registers, then walks the program from DRAM one
+instruction at a time, handing each to its op engine with the run-time context (row ranges, row counts, the
+protected count, base addresses), and keeps every buffer's run-time row count from the engines' answers.
+
+Per image: ``go`` -> read the first :data:`HEADER_CHECK_BYTES` of the header at ``MEMORY_BASE`` and compare
+its fixed fields (magic, version, the envelope) with the generated design's; check the registers (64-byte
+aligned bases, the method is the image's or dense, every stage's rule is one of the method's) -> per
+instruction: read its 16 bytes at ``PROGRAM_BASE + 16 pc``, decode (a reserved bit, an unknown opcode, buffer
+or row mode is a program fault), skip it when gated and ``METHOD`` is dense, otherwise start its engine and
+wait for ``done`` -> ``END`` finishes the image. Any fault stops the image at once with its :class:`Fault`
+code and pc; nothing waits on a bus that answered an error.
+
+Cycle cost per instruction (the cost model's): the fetch (one DRAM read of two bus words), decode and
+dispatch (:data:`DISPATCH_CYCLES`), then the engine's own cycles.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from amaranth.hdl import Array, Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from tokensift.hw.accel.config import AccelConfig
+from tokensift.hw.accel.ports import op_layout
+from tokensift.hw.accel.regmap import Fault
+from tokensift.hw.axi.burst import command_layout
+from tokensift.hw.axi.reader import word_layout
+from tokensift.quant.accel.image import _ENVELOPE, _FIXED, HEADER_BYTES, MAGIC, VERSION
+from tokensift.quant.accel.isa import INSTRUCTION_BYTES, Buffer, Opcode, Rows
+from tokensift.quant.accel.registers import MAX_STAGES, METHOD_RULES, METHODS, RULES
+
+__all__ = ["Sequencer", "registers_layout", "HEADER_CHECK_BYTES", "header_check", "DISPATCH_CYCLES"]
+
+#: the header bytes the sequencer reads and checks (magic, version, method, the envelope)
+HEADER_CHECK_BYTES = 96
+#: cycles from the last word of an instruction's fetch to its engine's ``start`` (decode, context, dispatch)
+DISPATCH_CYCLES = 3
+
+
+def registers_layout() -> data.StructLayout:
+    return data.StructLayout({
+        "method": 3, "density": 16, "memory_base": 32, "program_base": 32, "input_base": 32, "logits_base": 32,
+        "keep": data.ArrayLayout(16, MAX_STAGES), "threshold": data.ArrayLayout(16, MAX_STAGES),
+        "rule": data.ArrayLayout(2, MAX_STAGES),
+    })
+
+
+def header_check(cfg: AccelConfig, data_bytes: int) -> list[tuple[int, int]]:
+    """``(expected, mask)`` per bus word of the checked header bytes: the magic, the version and the envelope
+    must equal the generated design's; the rest (sizes, checksum, method, scale, regions) is not compared."""
+    expected = bytearray(HEADER_CHECK_BYTES)
+    mask = bytearray(HEADER_CHECK_BYTES)
+    fixed = _FIXED.pack(MAGIC, VERSION, HEADER_BYTES, 0, 0, 0, 0.0)
+    expected[:12] = fixed[:12]
+    mask[:12] = b"\xff" * 12
+    env = _ENVELOPE.pack(*(getattr(cfg.envelope, f) for f in cfg.envelope.to_dict()))
+    expected[_FIXED.size:_FIXED.size + len(env)] = env
+    mask[_FIXED.size:_FIXED.size + len(env)] = b"\xff" * len(env)
+    words = []
+    for i in range(0, HEADER_CHECK_BYTES, data_bytes):
+        words.append((int.from_bytes(expected[i:i + data_bytes], "little"),
+                      int.from_bytes(mask[i:i + data_bytes], "little")))
+    return words
+
+
+#: the method field of the header: byte offset
+_METHOD_AT = struct.calcsize("<8sIIII")
+
+
+class Sequencer(wiring.Component):
+    """See the module docstring. ``engines`` maps each opcode with an engine to that engine's index (the
+    index the top level's port multiplexers use); the others are :attr:`Fault.UNSUPPORTED`."""
+
+    def __init__(self, *, config: AccelConfig, engines: dict[Opcode, int]):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+        self._cfg = config
+        self._engines = {Opcode(k): int(v) for k, v in engines.items()}
+        count = max(self._engines.values(), default=0) + 1
+        self._count = count
+        super().__init__({
+            "go": In(1),
+            "regs": In(registers_layout()),
+            "dram_cmd": Out(stream.Signature(command_layout(config.axi))),
+            "dram_data": In(stream.Signature(word_layout(config.axi))),
+            "bus_error": In(1),
+            "op": Out(op_layout(config)),
+            "engine": Out(range(count + 1)),   # the engine owning the shared ports; ``count``: the sequencer
+            "start": Out(1),
+            "eng_done": In(1),
+            "eng_rows": In(config.row_bits),
+            "eng_fault": In(1),
+            "busy": Out(1),
+            "finished": Out(1),
+            "fault": Out(4),
+            "fault_pc": Out(16),
+            "instructions": Out(16),
+        })
+
+    @property
+    def own_port(self) -> int:
+        """The ``engine`` value while the sequencer itself uses the DRAM channel."""
+        return self._count
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        axi = cfg.axi
+        regs = self.regs
+        row_bits = cfg.row_bits
+        count = Array(Signal(row_bits, name=f"count_{b.name.lower()}") for b in Buffer)
+        protected = Signal(row_bits)
+        pc = Signal(16)
+        checks = header_check(cfg, axi.data_bytes)
+        expect = Array(e for e, _ in checks)
+        masks = Array(mk for _, mk in checks)
+        word_i = Signal(range(len(checks) + 2))
+        mismatch = Signal()
+        image_method = Signal(8)
+        ins = Signal(2 * axi.data_bits)        # the instruction's 16 bytes (two 64-bit words, or one 128-bit)
+        words_per_ins = max(1, INSTRUCTION_BYTES // axi.data_bytes)
+
+        m.d.sync += [self.start.eq(0), self.finished.eq(0)]
+        m.d.comb += self.dram_data.ready.eq(0)
+
+        def stop(code):
+            m.d.sync += [self.fault.eq(code), self.fault_pc.eq(pc), self.busy.eq(0), self.finished.eq(1),
+                         self.engine.eq(self.own_port)]
+            m.next = "IDLE"
+
+        w0 = ins[:32]
+        opcode, dst, src, src2 = w0[:8], w0[8:12], w0[12:16], w0[16:20]
+        rows_mode, gated, reserved, arg = w0[20:22], w0[22], w0[23], w0[24:32]
+        known = Signal()
+        m.d.comb += known.eq(0)
+        for op in Opcode:
+            with m.If(opcode == op):
+                m.d.comb += known.eq(1)
+        has_engine = Signal()
+        engine_of = Signal(range(self._count + 1))
+        m.d.comb += [has_engine.eq(0), engine_of.eq(self.own_port)]
+        for op, idx in self._engines.items():
+            with m.If(opcode == op):
+                m.d.comb += [has_engine.eq(1), engine_of.eq(idx)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.go):
+                    m.d.sync += [self.busy.eq(1), self.fault.eq(Fault.NONE), pc.eq(0), word_i.eq(0),
+                                 mismatch.eq(0), self.engine.eq(self.own_port), self.instructions.eq(0)]
+                    m.d.sync += [c.eq(0) for c in count] + [protected.eq(1)]
+                    m.next = "HEADER_CMD"
+            with m.State("HEADER_CMD"):
+                misaligned = 0
+                for base in ("memory_base", "program_base", "input_base", "logits_base"):
+                    misaligned = misaligned | (getattr(regs, base)[:6] != 0)
+                with m.If(misaligned):
+                    stop(Fault.REGISTERS)
+                with m.Else():
+                    m.d.comb += [self.dram_cmd.valid.eq(1), self.dram_cmd.payload.addr.eq(regs.memory_base),
+                                 self.dram_cmd.payload.length.eq(HEADER_CHECK_BYTES)]
+                    with m.If(self.dram_cmd.ready):
+                        m.next = "HEADER_DATA"
+            with m.State("HEADER_DATA"):
+                m.d.comb += self.dram_data.ready.eq(1)
+                with m.If(self.dram_data.valid):
+                    word = self.dram_data.payload.data
+                    m.d.sync += [word_i.eq(word_i + 1),
+                                 mismatch.eq(mismatch | (((word ^ expect[word_i]) & masks[word_i]) != 0))]
+                    at = _METHOD_AT // axi.data_bytes
+                    with m.If(word_i == at):
+                        shift = 8 * (_METHOD_AT % axi.data_bytes)
+                        m.d.sync += image_method.eq(word[shift:shift + 8])
+                    with m.If(self.dram_data.payload.last):
+                        m.next = "CHECK"
+            with m.State("CHECK"):
+                bad_rule = 0
+                for s in range(min(cfg.envelope.stages, MAX_STAGES)):
+                    for mi, method in enumerate(METHODS):
+                        allowed = 0
+                        for ri, rule in enumerate(RULES):
+                            if rule in METHOD_RULES[method]:
+                                allowed = allowed | (regs.rule[s] == ri)
+                        bad_rule = bad_rule | ((regs.method == mi) & ~allowed)
+                        if method not in ("dense",):
+                            bad_rule = bad_rule | ((regs.method == mi) & (regs.rule[s] == RULES.index("topk")) &
+                                                   (regs.keep[s] == 0))
+                with m.If(self.bus_error):
+                    stop(Fault.BUS)
+                with m.Elif(mismatch):
+                    stop(Fault.IMAGE)
+                with m.Elif(((regs.method != 0) & (regs.method != image_method)) | bad_rule):
+                    stop(Fault.REGISTERS)
+                with m.Else():
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.comb += [self.dram_cmd.valid.eq(1),
+                             self.dram_cmd.payload.addr.eq(regs.program_base + (pc << 4)),
+                             self.dram_cmd.payload.length.eq(INSTRUCTION_BYTES)]
+                m.d.sync += word_i.eq(0)
+                with m.If(self.bus_error):
+                    stop(Fault.BUS)
+                with m.Elif(self.dram_cmd.ready):
+                    m.next = "FETCH_DATA"
+            with m.State("FETCH_DATA"):
+                m.d.comb += self.dram_data.ready.eq(1)
+                with m.If(self.dram_data.valid):
+                    for i in range(words_per_ins):
+                        with m.If(word_i == i):
+                            m.d.sync += ins[i * axi.data_bits:(i + 1) * axi.data_bits].eq(
+                                self.dram_data.payload.data)
+                    m.d.sync += word_i.eq(word_i + 1)
+                    with m.If(self.dram_data.payload.last):
+                        m.next = "DECODE"
+            with m.State("DECODE"):
+                bad = (reserved | ~known | (dst > max(Buffer)) | (src > max(Buffer)) | (src2 > max(Buffer)))
+                with m.If(self.bus_error):
+                    stop(Fault.BUS)
+                with m.Elif(bad):
+                    stop(Fault.PROGRAM)
+                with m.Elif(opcode == Opcode.END):
+                    m.d.sync += [self.busy.eq(0), self.finished.eq(1), self.instructions.eq(pc + 1)]
+                    m.next = "IDLE"
+                with m.Elif(gated & (regs.method == 0)):
+                    m.d.sync += pc.eq(pc + 1)
+                    m.next = "FETCH"
+                with m.Elif(~has_engine):
+                    stop(Fault.UNSUPPORTED)
+                with m.Else():
+                    n = count[src]
+                    op = self.op
+                    m.d.sync += [op.opcode.eq(opcode), op.dst.eq(dst), op.src.eq(src), op.src2.eq(src2),
+                                 op.rows.eq(rows_mode), op.arg.eq(arg), op.addr_a.eq(ins[32:64]),
+                                 op.addr_b.eq(ins[64:96]), op.k.eq(ins[96:112]), op.m.eq(ins[112:128]),
+                                 op.n2.eq(count[src2]), op.protected.eq(protected),
+                                 op.memory_base.eq(regs.memory_base), op.input_base.eq(regs.input_base),
+                                 op.logits_base.eq(regs.logits_base), self.engine.eq(engine_of)]
+                    with m.Switch(rows_mode):
+                        with m.Case(Rows.ALL):
+                            m.d.sync += [op.start.eq(0), op.n.eq(n)]
+                        with m.Case(Rows.CLASS):
+                            m.d.sync += [op.start.eq(0), op.n.eq(n != 0)]
+                        with m.Case(Rows.CANDIDATES):
+                            m.d.sync += [op.start.eq(protected), op.n.eq(n - protected)]
+                        with m.Case(Rows.PATCHES):
+                            m.d.sync += [op.start.eq(1), op.n.eq(n - 1)]
+                    m.next = "DISPATCH"
+            with m.State("DISPATCH"):
+                m.d.sync += self.start.eq(1)
+                m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(self.eng_done):
+                    with m.If(self.eng_fault):
+                        stop(Fault.OP)
+                    with m.Elif(self.bus_error):
+                        stop(Fault.BUS)
+                    with m.Else():
+                        op = self.op
+                        with m.Switch(op.opcode):
+                            with m.Case(Opcode.WRITE_LOGITS):
+                                pass
+                            with m.Case(Opcode.POS_EMBED):
+                                m.d.sync += [count[op.dst].eq(self.eng_rows), protected.eq(1),
+                                             count[Buffer.A].eq(0), count[Buffer.CLS].eq(0),
+                                             count[Buffer.S].eq(0)]
+                            with m.Case(Opcode.ATTENTION):
+                                m.d.sync += [count[op.dst].eq(self.eng_rows), count[Buffer.CLS].eq(self.eng_rows)]
+                            with m.Default():
+                                m.d.sync += count[op.dst].eq(self.eng_rows)
+                        m.d.sync += [pc.eq(pc + 1), self.engine.eq(self.own_port)]
+                        m.next = "FETCH"
+        return m

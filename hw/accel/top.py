@@ -1,0 +1,161 @@
+"""The whole-model accelerator's top level: an AXI4-Lite slave for the host (:mod:`tokensift.hw.accel.regmap`),
+one AXI4 master for DRAM (a read DMA shared by the sequencer's fetches and the engines, a write DMA for the
+logits), the token buffers, the op engines and the :class:`~tokensift.hw.accel.sequencer.Sequencer`.
+
+One instruction runs at a time: the sequencer hands the shared ports (buffer read/write, the read DMA) to the
+engine of the current opcode, and takes the read DMA back to fetch the next instruction. The host writes
+the run-time registers, writes 1 to ``start``, and waits for ``done`` (or the interrupt); the design fetches
+its header, program, constants, weights and input itself and writes the logits back.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from tokensift.hw.accel.buffers import TokenBuffers
+from tokensift.hw.accel.config import AccelConfig
+from tokensift.hw.accel.op_residual import ResidualEngine
+from tokensift.hw.accel.regmap import accel_regmap
+from tokensift.hw.accel.sequencer import Sequencer
+from tokensift.hw.axi.bus import axi_lite_signature, axi_read_signature, axi_write_signature
+from tokensift.hw.axi.reader import AxiReader
+from tokensift.hw.axi.registers import AxiLiteRegisters
+from tokensift.hw.axi.writer import AxiWriter
+from tokensift.quant.accel.isa import Opcode
+from tokensift.quant.accel.registers import MAX_STAGES
+
+__all__ = ["Accelerator", "engine_table", "axi_signature"]
+
+
+def engine_table(cfg: AccelConfig) -> list[tuple[str, tuple[Opcode, ...], object]]:
+    """``(name, opcodes, engine)`` of every op engine the design is generated with."""
+    return [("residual", (Opcode.RESIDUAL_ADD,), ResidualEngine(config=cfg))]
+
+
+def axi_signature(cfg: AccelConfig) -> wiring.Signature:
+    """The AXI4 master: the read and the write channels under one prefix."""
+    a = cfg.axi
+    members = dict(axi_read_signature(addr_width=a.addr_width, data_bytes=a.data_bytes, id_width=a.id_width).members)
+    members.update(axi_write_signature(addr_width=a.addr_width, data_bytes=a.data_bytes,
+                                       id_width=a.id_width).members)
+    return wiring.Signature(members)
+
+
+class Accelerator(wiring.Component):
+    """Ports: ``s_axil`` (AXI4-Lite slave), ``m_axi`` (AXI4 master), ``irq``."""
+
+    def __init__(self, *, config: AccelConfig):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+        self._cfg = config
+        self.regmap = accel_regmap()
+        self.engines = engine_table(config)
+        super().__init__({
+            "s_axil": In(axi_lite_signature(addr_width=self.regmap.addr_width)),
+            "m_axi": Out(axi_signature(config)),
+            "irq": Out(1),
+        })
+
+    @property
+    def config(self) -> AccelConfig:
+        return self._cfg
+
+    @property
+    def opcodes(self) -> list[Opcode]:
+        """The opcodes this design has engines for."""
+        return [op for _, ops, _ in self.engines for op in ops]
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        m.submodules.regs = regs = AxiLiteRegisters(regmap=self.regmap)
+        m.submodules.reader = reader = AxiReader(config=cfg.axi)
+        m.submodules.writer = writer = AxiWriter(config=cfg.axi)
+        m.submodules.buffers = bufs = TokenBuffers(config=cfg)
+        table = {op: i for i, (_, ops, _) in enumerate(self.engines) for op in ops}
+        m.submodules.sequencer = seq = Sequencer(config=cfg, engines=table)
+        engines = [eng for _, _, eng in self.engines]
+        for (name, _, eng) in self.engines:
+            m.submodules[f"op_{name}"] = eng
+
+        # -- the host's registers -------------------------------------------------------------------
+        wiring.connect(m, wiring.flipped(self.s_axil), regs.bus)
+        f = regs.fabric
+        m.d.comb += [seq.go.eq(f.start), self.irq.eq(regs.irq),
+                     seq.regs.method.eq(f.method), seq.regs.density.eq(f.density),
+                     seq.regs.memory_base.eq(f.memory_base), seq.regs.program_base.eq(f.program_base),
+                     seq.regs.input_base.eq(f.input_base), seq.regs.logits_base.eq(f.logits_base)]
+        for s in range(MAX_STAGES):
+            m.d.comb += [seq.regs.keep[s].eq(getattr(f, f"stage_keep{s}")),
+                         seq.regs.threshold[s].eq(getattr(f, f"stage_threshold{s}")),
+                         seq.regs.rule[s].eq(getattr(f, f"stage_rule{s}"))]
+        cycles = Signal(32)
+        with m.If(f.start & ~seq.busy):
+            m.d.sync += cycles.eq(0)
+        with m.Elif(seq.busy & (cycles != 0xFFFF_FFFF)):
+            m.d.sync += cycles.eq(cycles + 1)
+        overflow_total = Signal(32)
+        m.d.comb += overflow_total.eq(sum(eng.overflows for eng in engines))
+        overflow_at_start = Signal(32)
+        with m.If(f.start & ~seq.busy):
+            m.d.sync += overflow_at_start.eq(overflow_total)
+        m.d.comb += [f.cycles.eq(cycles), f.overflows.eq(overflow_total - overflow_at_start),
+                     f.status.eq(seq.busy | (seq.fault << 4) | (seq.fault_pc << 16)),
+                     f.done.eq(Mux(seq.finished, 1 | ((seq.fault != 0) << 1), 0))]
+
+        # -- DRAM -----------------------------------------------------------------------------------
+        for name in axi_read_signature(addr_width=cfg.axi.addr_width, data_bytes=cfg.axi.data_bytes,
+                                       id_width=cfg.axi.id_width).members:
+            a, b = getattr(self.m_axi, name), getattr(reader.m_axi, name)
+            m.d.comb += (a.eq(b) if name in reader.m_axi.signature.members and
+                         reader.m_axi.signature.members[name].flow == Out else b.eq(a))
+        for name in axi_write_signature(addr_width=cfg.axi.addr_width, data_bytes=cfg.axi.data_bytes,
+                                        id_width=cfg.axi.id_width).members:
+            a, b = getattr(self.m_axi, name), getattr(writer.m_axi, name)
+            m.d.comb += a.eq(b) if writer.m_axi.signature.members[name].flow == Out else b.eq(a)
+        m.d.comb += [seq.bus_error.eq(reader.error_resp | reader.error_cmd | writer.error_resp | writer.error_cmd),
+                     reader.clear_errors.eq(f.start & ~seq.busy), writer.clear_errors.eq(f.start & ~seq.busy)]
+
+        # -- the shared ports, handed to one engine at a time ------------------------------------------
+        own = seq.engine == seq.own_port
+        cmd, words = reader.i_cmd, reader.o_data
+        m.d.comb += [seq.dram_data.payload.eq(words.payload)]
+        with m.If(own):
+            m.d.comb += [cmd.valid.eq(seq.dram_cmd.valid), cmd.payload.eq(seq.dram_cmd.payload),
+                         seq.dram_cmd.ready.eq(cmd.ready), seq.dram_data.valid.eq(words.valid),
+                         words.ready.eq(seq.dram_data.ready)]
+        for i, eng in enumerate(engines):
+            ports = eng.signature.members
+            mine = seq.engine == i
+            m.d.comb += [eng.op.eq(seq.op), eng.start.eq(seq.start & mine), eng.rd.data.eq(bufs.rd.data)]
+            if "rd2" in ports:
+                m.d.comb += eng.rd2.data.eq(bufs.rd2.data)
+            if "dram_data" in ports:
+                m.d.comb += eng.dram_data.payload.eq(words.payload)
+            with m.If(mine):
+                m.d.comb += [seq.eng_done.eq(eng.done), seq.eng_rows.eq(eng.rows), seq.eng_fault.eq(eng.fault)]
+                for name in ("en", "buffer", "tile", "word"):
+                    m.d.comb += getattr(bufs.rd, name).eq(getattr(eng.rd, name))
+                for name in ("en", "buffer", "tile", "word", "data", "mask"):
+                    m.d.comb += getattr(bufs.wr, name).eq(getattr(eng.wr, name))
+                if "rd2" in ports:
+                    for name in ("en", "buffer", "tile", "word"):
+                        m.d.comb += getattr(bufs.rd2, name).eq(getattr(eng.rd2, name))
+                if "dram_cmd" in ports:
+                    m.d.comb += [cmd.valid.eq(eng.dram_cmd.valid), cmd.payload.eq(eng.dram_cmd.payload),
+                                 eng.dram_cmd.ready.eq(cmd.ready), eng.dram_data.valid.eq(words.valid),
+                                 words.ready.eq(eng.dram_data.ready)]
+                if "dram_wcmd" in ports:
+                    m.d.comb += [writer.i_cmd.valid.eq(eng.dram_wcmd.valid),
+                                 writer.i_cmd.payload.eq(eng.dram_wcmd.payload),
+                                 eng.dram_wcmd.ready.eq(writer.i_cmd.ready),
+                                 writer.i_data.valid.eq(eng.dram_wdata.valid),
+                                 writer.i_data.payload.eq(eng.dram_wdata.payload),
+                                 eng.dram_wdata.ready.eq(writer.i_data.ready),
+                                 eng.dram_wdone.valid.eq(writer.o_done.valid),
+                                 writer.o_done.ready.eq(eng.dram_wdone.ready)]
+            if "dram_wdone" in ports:
+                m.d.comb += eng.dram_wdone.payload.eq(writer.o_done.payload)
+        return m

@@ -1,0 +1,80 @@
+"""cocotb testbench of the whole accelerator: ``AxiLiteMaster`` as the host, :class:`DramModel` (cocotbext-axi's
+``AxiRam``, fixed latency, optional random back-pressure) as DRAM, one run per image.
+
+Parameters (:func:`tokensift.sim.runner.tb_params`): ``image`` (path of the DRAM contents to load at 0),
+``dram_bytes``, ``latency``, ``pause``, ``seed`` and ``runs``: per run ``registers`` (byte offset -> value),
+``input`` (hex of the input bytes, written at the run's INPUT_BASE before it starts, or none),
+``logits_base`` and ``classes`` (what to read back), ``reset_after`` (assert reset that many cycles after
+start and skip the run: the next run must be exact). The report: per run ``done``, ``status``, ``cycles``,
+``overflows``, ``logits`` (int16 list) and the measured ``wall_cycles`` (start write to done).
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cocotb
+from cocotb.triggers import ClockCycles, RisingEdge
+from cocotbext.axi import AxiLiteBus, AxiLiteMaster
+
+from tokensift.hw.accel.regmap import STATUS_OFFSET
+from tokensift.sim.axi_memory import CycleCounter, DramModel, pause_generator
+from tokensift.sim.runner import tb_params, tb_report
+from tokensift.sim.streams import reset, start_clock
+
+#: a run that has not finished after this many cycles is a hang (the design must never hang)
+MAX_CYCLES = 5_000_000
+
+
+@cocotb.test()
+async def images(dut):
+    tp = tb_params()
+    start_clock(dut)
+    counter = CycleCounter(dut.clk)
+    dram = DramModel(dut, size=tp["dram_bytes"], latency=tp["latency"], counter=counter)
+    if tp["pause"]:
+        dram.pause(tp["pause"], tp["seed"])
+    host = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__"), dut.clk, dut.rst)
+    if tp["pause"]:
+        channels = [host.write_if.aw_channel, host.write_if.w_channel, host.write_if.b_channel,
+                    host.read_if.ar_channel, host.read_if.r_channel]
+        for i, ch in enumerate(channels):
+            ch.set_pause_generator(pause_generator(tp["pause"], tp["seed"] + 50 + i))
+    await reset(dut)
+    dram.write(0, Path(tp["image"]).read_bytes())
+    results = []
+    for run in tp["runs"]:
+        regs = {int(k): v for k, v in run["registers"].items()}
+        if run.get("input"):
+            dram.write(regs[0x20], bytes.fromhex(run["input"]))
+        for offset, value in sorted(regs.items()):
+            await host.write_dword(offset, value)
+        await host.write_dword(0x04, 0x3)  # clear a done left by an earlier run
+        start = counter.now
+        await host.write_dword(0x00, 1)
+        if run.get("reset_after") is not None:
+            await ClockCycles(dut.clk, run["reset_after"])
+            status = await host.read_dword(STATUS_OFFSET)
+            await reset(dut)
+            results.append({"reset": True, "busy_before_reset": status & 1})
+            continue
+        while not int(dut.irq.value):
+            await RisingEdge(dut.clk)
+            if counter.now - start > MAX_CYCLES:
+                raise TimeoutError(f"no interrupt within {MAX_CYCLES} cycles")
+        wall = counter.now - start
+        done = await host.read_dword(0x04)
+        status = await host.read_dword(STATUS_OFFSET)
+        cycles = await host.read_dword(0x08)
+        overflows = await host.read_dword(0x0C)
+        error = await host.read_dword(0xA0)
+        await host.write_dword(0x04, done)
+        await ClockCycles(dut.clk, 2)
+        irq_cleared = not int(dut.irq.value)
+        classes = run.get("classes", 0)
+        raw = dram.read(run.get("logits_base", 0), 2 * classes)
+        results.append({"done": done, "status": status, "fault": (status >> 4) & 0xF, "fault_pc": status >> 16,
+                        "cycles": cycles, "overflows": overflows, "wall_cycles": wall, "irq_cleared": irq_cleared, "register_error": error,
+                        "logits": list(struct.unpack(f"<{classes}h", raw)) if classes else []})
+    tb_report(runs=results)
