@@ -92,6 +92,8 @@ class Sequencer(wiring.Component):
             "eng_done": In(1),
             "eng_rows": In(config.row_bits),
             "eng_fault": In(1),
+            "eng_protected": In(config.row_bits),   # SELECT: the protected count after the stage
+            "eng_stage_ran": In(1),                 # SELECT: the stage changed the tokens (else all stays)
             "busy": Out(1),
             "finished": Out(1),
             "fault": Out(4),
@@ -265,6 +267,11 @@ class Sequencer(wiring.Component):
                                 m.d.sync += [count[op.dst].eq(self.eng_rows), protected.eq(1),
                                              count[Buffer.A].eq(0), count[Buffer.CLS].eq(0),
                                              count[Buffer.S].eq(0)]
+                            with m.Case(Opcode.SELECT):
+                                with m.If(self.eng_stage_ran):
+                                    m.d.sync += [count[Buffer.X].eq(self.eng_rows), protected.eq(self.eng_protected),
+                                                 count[Buffer.A].eq(0), count[Buffer.CLS].eq(0),
+                                                 count[Buffer.S].eq(0)]
                             with m.Case(Opcode.ATTENTION):
                                 m.d.sync += [count[op.dst].eq(self.eng_rows), count[Buffer.CLS].eq(self.eng_rows)]
                             with m.Default():

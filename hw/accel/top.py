@@ -130,12 +130,16 @@ class Accelerator(wiring.Component):
             ports = eng.signature.members
             mine = seq.engine == i
             m.d.comb += [eng.op.eq(seq.op), eng.start.eq(seq.start & mine), eng.rd.data.eq(bufs.rd.data)]
+            if "regs" in ports:  # the selection engine reads the stage registers
+                m.d.comb += eng.regs.eq(seq.regs)
             if "rd2" in ports:
                 m.d.comb += eng.rd2.data.eq(bufs.rd2.data)
             if "dram_data" in ports:
                 m.d.comb += eng.dram_data.payload.eq(words.payload)
             with m.If(mine):
                 m.d.comb += [seq.eng_done.eq(eng.done), seq.eng_rows.eq(eng.rows), seq.eng_fault.eq(eng.fault)]
+                if "protected_out" in ports:
+                    m.d.comb += [seq.eng_protected.eq(eng.protected_out), seq.eng_stage_ran.eq(eng.stage_ran)]
                 for name in ("en", "buffer", "tile", "word"):
                     m.d.comb += getattr(bufs.rd, name).eq(getattr(eng.rd, name))
                 for name in ("en", "buffer", "tile", "word", "data", "mask"):
