@@ -20,6 +20,7 @@ from tokensift.quant.accel.executor import run
 from tokensift.quant.accel.image import finish_checksum
 from tokensift.quant.accel.isa import Buffer, Instruction, Opcode, Rows
 from tokensift.quant.accel.records import Tag, decode_record, linear_from
+from tokensift.quant.accel.stream import GemmShape, encode_stream
 from tokensift.quant.integer_model import IntegerViT
 from tokensift.quant.stages.sait import mass_code
 
@@ -180,12 +181,26 @@ def test_the_image_decodes_to_the_model_it_was_compiled_from():
     assert all(s % 64 == 0 for s in starts) and starts == sorted(starts)
     gemms = [i for i in mem.program if i.opcode is Opcode.GEMM and not i.gated]
     qkv = gemms[0]
-    layer = linear_from(*decode_record(mem.data, qkv.addr_b, Tag.LINEAR), mem.weights(qkv.addr_a, qkv.m, qkv.k))
+    stream = mem.stream(qkv.addr_a, qkv.m, qkv.k)
+    record = linear_from(*decode_record(mem.data, qkv.addr_b, Tag.LINEAR), stream.weight)
     want = int_model.blocks[0].qkv
     assert qkv.addr_a % 64 == 0 and (qkv.k, qkv.m) == (32, 96)
+    assert mem.gemm == GemmShape(cols=64, stream_bytes=8)  # the defaults: the demo's engine, a 64-bit bus
     for name in ("weight", "bias", "multipliers", "shifts"):
-        assert np.array_equal(getattr(layer, name), getattr(want, name)), name
-    assert layer.out == want.out
+        assert np.array_equal(getattr(stream, name), getattr(want, name)), name
+        assert np.array_equal(getattr(record, name), getattr(want, name)), name
+    assert record.out == want.out
+    # every GEMM-type op's stream, back to back in the weights region, of the documented length
+    ops = [i for i in mem.program if i.opcode in (Opcode.PATCH_EMBED, Opcode.GEMM)]
+    layers = [int_model.patch, *(getattr(blk, n) for blk in int_model.blocks for n in ("qkv", "proj", "fc1", "fc2")),
+              int_model.head]
+    assert len(ops) == len(layers)
+    weights = mem.regions["weights"]
+    for ins, layer in zip(ops, layers, strict=True):
+        length = mem.gemm.stream_length(ins.m, ins.k)
+        assert ins.addr_a % 64 == 0 and weights.offset <= ins.addr_a < ins.addr_a + length <= weights.end
+        assert mem.data[ins.addr_a:ins.addr_a + length] == encode_stream(
+            layer.weight, layer.bias, layer.multipliers, layer.shifts, mem.gemm)
     m = compiled.manifest
     assert m["ops"] == len(mem.program) and m["bytes"] == len(compiled.image)
     assert m["op_counts"]["SELECT"] == 2 and m["op_counts"]["ATTENTION"] == 6
@@ -213,8 +228,8 @@ def test_malformed_programs_are_reported_with_the_instruction():
         (_patched(image, gemm, m=4000),
          rf"^instruction {gemm} \(GEMM\): its LIN record is 96 x 32, the instruction says 4000 x 32$"),
         (_patched(image, gemm, addr_a=prog[gemm].addr_a + 1),
-         rf"^instruction {gemm} \(GEMM\): weights of 96 x 32 at offset {prog[gemm].addr_a + 1} are not 64-byte "
-         r"aligned inside the weights region \[\d+, \d+\)$"),
+         rf"^instruction {gemm} \(GEMM\): the weight stream of 96 x 32 \(5120 bytes\) at offset "
+         rf"{prog[gemm].addr_a + 1} is not 64-byte aligned inside the weights region \[\d+, \d+\)$"),
         (_patched(image, ln, addr_a=4), rf"^instruction {ln} \(LAYERNORM\): constant record offset 4 is outside the "
                                         r"constants region \[\d+, \d+\)$"),
         (_patched(image, ln, dst=Buffer.LOGITS),
@@ -244,7 +259,7 @@ def test_malformed_images_are_rejected():
     cases = [
         (b"NOTANIMG" + image[8:], r"^not a tokensift memory image \(magic b'NOTANIMG', expected b'TSIFTACC'\)$"),
         (image[:8] + struct.pack("<I", 7) + image[12:], r"^memory image version 7 is not supported \(this reader "
-                                                        r"knows 1\)$"),
+                                                        r"knows 2\)$"),
         (bytes(flipped), r"^checksum mismatch: the header says 0x[0-9a-f]{8}, the image's static regions give "
                          r"0x[0-9a-f]{8} \(a corrupted or edited image\)$"),
         (image[:-64], rf"^the header says 256 header bytes and {len(image)} in all; the image has 256 and "
