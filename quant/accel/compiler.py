@@ -44,6 +44,7 @@ from tokensift.quant.accel.isa import INSTRUCTION_BYTES, Buffer, Instruction, Op
 from tokensift.quant.accel.records import Tag
 from tokensift.quant.accel.registers import MAX_STAGES, METHODS, Registers
 from tokensift.quant.accel.stream import DEFAULT_COLS, DEFAULT_STREAM_BYTES, GemmShape, encode_stream
+from tokensift.quant.qparams import MULTIPLIER_BITS
 
 __all__ = ["Compiled", "compile_model", "reference_model", "method_of", "STAGE_METHODS", "manifest", "default_registers", "SPVIT_HEAD_REFS", "SPVIT_SHARED_REFS"]
 
@@ -227,18 +228,18 @@ def _dynamicvit_ops(b: _Builder, stage, s: int) -> None:
     C = p.norm.dim
     b.emit(Opcode.LAYERNORM, src=Buffer.X, dst=Buffer.H, rows=Rows.CANDIDATES, gated=True, arg=p.norm.out.bits,
            addr_a=b.layernorm(p.norm, what), m=C)
-    _gemm(b, p.fc, Buffer.H, Buffer.F, what, gated=True)
+    _gemm(b, p.fc, Buffer.H, Buffer.F, f"{what} fc", gated=True)
     b.emit(Opcode.GELU, src=Buffer.F, dst=Buffer.F, gated=True, arg=p.gelu.out.bits, addr_a=b.gelu(p.gelu, what),
            m=p.fc.out_features)
     b.emit(Opcode.TOKEN_MEAN, src=Buffer.F, dst=Buffer.F, gated=True, k=p.fc.out_features // 2,
            m=p.fc.out_features)
-    _gemm(b, p.fc1, Buffer.F, Buffer.H, what, gated=True)
+    _gemm(b, p.fc1, Buffer.F, Buffer.H, f"{what} fc1", gated=True)
     b.emit(Opcode.GELU, src=Buffer.H, dst=Buffer.H, gated=True, arg=p.gelu1.out.bits, addr_a=b.gelu(p.gelu1, what),
            m=p.fc1.out_features)
-    _gemm(b, p.fc2, Buffer.H, Buffer.F, what, gated=True)
+    _gemm(b, p.fc2, Buffer.H, Buffer.F, f"{what} fc2", gated=True)
     b.emit(Opcode.GELU, src=Buffer.F, dst=Buffer.F, gated=True, arg=p.gelu2.out.bits, addr_a=b.gelu(p.gelu2, what),
            m=p.fc2.out_features)
-    _gemm(b, p.out, Buffer.F, Buffer.S, what, gated=True)
+    _gemm(b, p.out, Buffer.F, Buffer.S, f"{what} out", gated=True)
 
 
 def _select(b: _Builder, method: str, stage, s: int) -> None:
@@ -283,16 +284,19 @@ def default_registers(model, method: str, stages: list, regions: dict[str, Regio
                      input_base=regions["input"].offset, logits_base=regions["logits"].offset)
 
 
-def compile_model(model, *, gemm_cols: int = DEFAULT_COLS, stream_bytes: int = DEFAULT_STREAM_BYTES) -> Compiled:
+def compile_model(model, *, gemm_cols: int = DEFAULT_COLS, stream_bytes: int = DEFAULT_STREAM_BYTES,
+                  multiplier_bits: int = MULTIPLIER_BITS) -> Compiled:
     """The memory image, default registers and manifest of an
     :class:`~tokensift.quant.integer_model.IntegerViT` (see the module docstring for the program), its weights
     laid out as weight streams for a GEMM engine of ``gemm_cols`` output channels per column tile fed
-    ``stream_bytes`` bytes per beat (:class:`~tokensift.quant.accel.stream.GemmShape`; the defaults are the
-    demo's 2 x 64 engine on a 64-bit AXI bus). ValueError for a layer the engine cannot hold (naming it)."""
+    ``stream_bytes`` bytes per beat, with ``multiplier_bits``-bit requantization multipliers
+    (:class:`~tokensift.quant.accel.stream.GemmShape`; the defaults are the demo's 2 x 64 engine on a 64-bit
+    AXI bus). ValueError for a layer the engine cannot hold, naming it (a multiplier wider than the engine's,
+    an accumulator other than its ``acc_bits``)."""
     from tokensift.quant.accel.image import decode_image
     from tokensift.quant.integer_model import IntegerViT
 
-    gemm = GemmShape(cols=gemm_cols, stream_bytes=stream_bytes)
+    gemm = GemmShape(cols=gemm_cols, stream_bytes=stream_bytes, multiplier_bits=multiplier_bits)
     if not isinstance(model, IntegerViT):
         raise TypeError(f"model must be an IntegerViT, not {type(model).__name__}")
     method = method_of(model)
