@@ -154,3 +154,12 @@ def test_a_malformed_stream_is_rejected():
         with pytest.raises(ValueError, match=f"^{message}$"):
             decode_stream(bytes(stream), m=5, k=2, shape=shape)
     assert np.array_equal(decode_stream(bytes(data), m=5, k=2, shape=shape).multipliers, np.full(5, 3))
+
+
+def test_the_module_examples():
+    import doctest
+
+    from tokensift.quant.accel import stream
+
+    result = doctest.testmod(stream)
+    assert result.attempted > 0 and result.failed == 0
