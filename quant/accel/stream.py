@@ -212,10 +212,10 @@ def decode_stream(data, *, m: int, k: int, shape: GemmShape) -> StreamLayer:
                              or values["shifts"][m:].any()):
         raise ValueError(f"the padding channels {m}..{tiles * cols - 1} of the last column tile are not zero weights "
                          "with records (0, 1, 0)")
-    for name, low, high in (("multipliers", 1, None), ("shifts", 0, shape.max_shift)):
-        c = _first_outside(values[name][:m], low, (1 << 62) if high is None else high)
+    for name, low, high in (("multipliers", 1, (1 << shape.multiplier_bits) - 1), ("shifts", 0, shape.max_shift)):
+        c = _first_outside(values[name][:m], low, high)
         if c is not None:
             raise ValueError(f"channel {c}'s {name[:-1]} {int(values[name][c])} is outside the engine's range "
-                             f"{low}..{(1 << shape.multiplier_bits) - 1 if high is None else high}")
+                             f"{low}..{high}")
     return StreamLayer(weight=weight[:m].astype(np.int64), bias=values["bias"][:m],
                        multipliers=values["multipliers"][:m], shifts=values["shifts"][:m])
