@@ -10,6 +10,11 @@ The program walks the network as :meth:`IntegerViT.block_step` does, one instruc
   -> ``RESIDUAL_ADD X+T->X``;
 * ``LAYERNORM X->H`` on the class token, ``GEMM H->LOGITS`` (head), ``WRITE_LOGITS``, ``END``.
 
+Every GEMM-type op (``PATCH_EMBED``, ``GEMM``: the backbone's, the head's and DynamicViT's predictor layers)
+points ``addr_a`` at its layer's weight stream in the weights region (:mod:`tokensift.quant.accel.stream`: the
+GEMM engine's beats for the image's :class:`~tokensift.quant.accel.stream.GemmShape`, ``stream_length(m, k)``
+bytes) and ``addr_b`` at its ``LIN`` record (the same bias, multipliers and shifts, and the layer's widths).
+
 A selection stage is one ``SELECT`` (gated: skipped with ``METHOD = dense``). DynamicViT's prediction module
 runs before it as generic gated ops on the candidate rows (``LAYERNORM``, ``GEMM``, ``GELU``, ``TOKEN_MEAN``
 for its global half, ``GEMM``s down to one signed 16-bit score per candidate in ``S``); EViT, SaiT and AS-ViT
@@ -38,6 +43,8 @@ from tokensift.quant.accel.image import (
 from tokensift.quant.accel.isa import INSTRUCTION_BYTES, Buffer, Instruction, Opcode, Rows, buffer_shapes
 from tokensift.quant.accel.records import Tag
 from tokensift.quant.accel.registers import MAX_STAGES, METHODS, Registers
+from tokensift.quant.accel.stream import DEFAULT_COLS, DEFAULT_STREAM_BYTES, GemmShape, encode_stream
+from tokensift.quant.qparams import MULTIPLIER_BITS
 
 __all__ = ["Compiled", "compile_model", "reference_model", "method_of", "STAGE_METHODS", "manifest", "default_registers", "SPVIT_HEAD_REFS", "SPVIT_SHARED_REFS"]
 
@@ -63,32 +70,52 @@ class _Handle(NamedTuple):
 class _Builder:
     """Collects weights, records and instructions; lays them out once every size is known."""
 
-    def __init__(self):
+    def __init__(self, gemm: GemmShape):
+        self.gemm = gemm
         self.weights: list[bytes] = []
         self.records: list[tuple[int, dict, dict]] = []
         self.program: list[dict] = []
-        self._seen: dict[int, _Handle] = {}
+        self._seen: dict[tuple[str, int], _Handle] = {}
         self._keep: list[object] = []  # the objects behind _seen's ids stay alive while they key it
 
     def weight(self, w: np.ndarray) -> _Handle:
-        if id(w) not in self._seen:
-            self._seen[id(w)] = _Handle("weights", len(self.weights))
+        """A plain channel-major ``[m][k]`` int8 matrix (SPViT's nested predictor layers)."""
+        if ("matrix", id(w)) not in self._seen:
+            self._seen["matrix", id(w)] = _Handle("weights", len(self.weights))
             self._keep.append(w)
             self.weights.append(np.asarray(w).astype(np.int8).tobytes())
-        return self._seen[id(w)]
+        return self._seen["matrix", id(w)]
 
     def record(self, tag: int, scalars: dict, arrays: dict, key: object = None) -> _Handle:
-        if key is not None and id(key) in self._seen:
-            return self._seen[id(key)]
+        if key is not None and ("record", id(key)) in self._seen:
+            return self._seen["record", id(key)]
         handle = _Handle("constants", len(self.records))
         self.records.append((tag, scalars, arrays))
         if key is not None:
-            self._seen[id(key)] = handle
+            self._seen["record", id(key)] = handle
             self._keep.append(key)
         return handle
 
+    def stream(self, layer, what: str) -> _Handle:
+        """The layer as the GEMM engine's weight stream; a layer the engine cannot run exactly is a
+        ValueError naming it."""
+        if ("stream", id(layer)) not in self._seen:
+            if layer.acc_bits != self.gemm.acc_bits:
+                raise ValueError(f"{what}: its accumulator is {layer.acc_bits} bits, the GEMM engine's "
+                                 f"{self.gemm.acc_bits}")
+            if layer.in_bits > 8 or layer.w_bits > 8:
+                raise ValueError(f"{what}: the GEMM engine multiplies int8 operands, not {layer.in_bits}-bit inputs "
+                                 f"and {layer.w_bits}-bit weights")
+            blob = encode_stream(layer.weight, layer.bias, layer.multipliers, layer.shifts, self.gemm, what=what)
+            self._seen["stream", id(layer)] = _Handle("weights", len(self.weights))
+            self._keep.append(layer)
+            self.weights.append(blob)
+        return self._seen["stream", id(layer)]
+
     def linear(self, layer, what: str) -> tuple[_Handle, _Handle]:
-        return self.weight(layer.weight), self.record(Tag.LINEAR, *rec.linear_record(layer, what), key=layer)
+        """A GEMM-type op's operands: the weight stream (``addr_a``) and the ``LIN`` record (``addr_b``)."""
+        record = self.record(Tag.LINEAR, *rec.linear_record(layer, what), key=layer)
+        return self.stream(layer, what), record
 
     def layernorm(self, p, what: str) -> _Handle:
         return self.record(Tag.LAYERNORM, *rec.layernorm_record(p, what), key=p)
@@ -125,7 +152,7 @@ class _Builder:
             return offsets[value.region][value.index] if isinstance(value, _Handle) else value
 
         data = bytearray(pos)
-        data[:HEADER_BYTES] = header_bytes(env, method, input_scale, regions, len(data))
+        data[:HEADER_BYTES] = header_bytes(env, method, input_scale, self.gemm, regions, len(data))
         p = regions["program"].offset
         for pc, fields in enumerate(self.program):
             ins = Instruction(**{k: resolve(v) for k, v in fields.items()})
@@ -201,18 +228,18 @@ def _dynamicvit_ops(b: _Builder, stage, s: int) -> None:
     C = p.norm.dim
     b.emit(Opcode.LAYERNORM, src=Buffer.X, dst=Buffer.H, rows=Rows.CANDIDATES, gated=True, arg=p.norm.out.bits,
            addr_a=b.layernorm(p.norm, what), m=C)
-    _gemm(b, p.fc, Buffer.H, Buffer.F, what, gated=True)
+    _gemm(b, p.fc, Buffer.H, Buffer.F, f"{what} fc", gated=True)
     b.emit(Opcode.GELU, src=Buffer.F, dst=Buffer.F, gated=True, arg=p.gelu.out.bits, addr_a=b.gelu(p.gelu, what),
            m=p.fc.out_features)
     b.emit(Opcode.TOKEN_MEAN, src=Buffer.F, dst=Buffer.F, gated=True, k=p.fc.out_features // 2,
            m=p.fc.out_features)
-    _gemm(b, p.fc1, Buffer.F, Buffer.H, what, gated=True)
+    _gemm(b, p.fc1, Buffer.F, Buffer.H, f"{what} fc1", gated=True)
     b.emit(Opcode.GELU, src=Buffer.H, dst=Buffer.H, gated=True, arg=p.gelu1.out.bits, addr_a=b.gelu(p.gelu1, what),
            m=p.fc1.out_features)
-    _gemm(b, p.fc2, Buffer.H, Buffer.F, what, gated=True)
+    _gemm(b, p.fc2, Buffer.H, Buffer.F, f"{what} fc2", gated=True)
     b.emit(Opcode.GELU, src=Buffer.F, dst=Buffer.F, gated=True, arg=p.gelu2.out.bits, addr_a=b.gelu(p.gelu2, what),
            m=p.fc2.out_features)
-    _gemm(b, p.out, Buffer.F, Buffer.S, what, gated=True)
+    _gemm(b, p.out, Buffer.F, Buffer.S, f"{what} out", gated=True)
 
 
 def _select(b: _Builder, method: str, stage, s: int) -> None:
@@ -257,12 +284,19 @@ def default_registers(model, method: str, stages: list, regions: dict[str, Regio
                      input_base=regions["input"].offset, logits_base=regions["logits"].offset)
 
 
-def compile_model(model) -> Compiled:
+def compile_model(model, *, gemm_cols: int = DEFAULT_COLS, stream_bytes: int = DEFAULT_STREAM_BYTES,
+                  multiplier_bits: int = MULTIPLIER_BITS) -> Compiled:
     """The memory image, default registers and manifest of an
-    :class:`~tokensift.quant.integer_model.IntegerViT` (see the module docstring for the program)."""
+    :class:`~tokensift.quant.integer_model.IntegerViT` (see the module docstring for the program), its weights
+    laid out as weight streams for a GEMM engine of ``gemm_cols`` output channels per column tile fed
+    ``stream_bytes`` bytes per beat, with ``multiplier_bits``-bit requantization multipliers
+    (:class:`~tokensift.quant.accel.stream.GemmShape`; the defaults are the demo's 2 x 64 engine on a 64-bit
+    AXI bus). ValueError for a layer the engine cannot hold, naming it (a multiplier wider than the engine's,
+    an accumulator other than its ``acc_bits``)."""
     from tokensift.quant.accel.image import decode_image
     from tokensift.quant.integer_model import IntegerViT
 
+    gemm = GemmShape(cols=gemm_cols, stream_bytes=stream_bytes, multiplier_bits=multiplier_bits)
     if not isinstance(model, IntegerViT):
         raise TypeError(f"model must be an IntegerViT, not {type(model).__name__}")
     method = method_of(model)
@@ -283,7 +317,7 @@ def compile_model(model) -> Compiled:
                    stages=len(stages), head_dim=C // H)
     res = rec.plain_format(model.res, "the residual stream")
 
-    b = _Builder()
+    b = _Builder(gemm)
     w, c = b.linear(model.patch, "patch embedding")
     b.emit(Opcode.PATCH_EMBED, dst=Buffer.X, arg=res, addr_a=w, addr_b=c, k=model.patch.in_features, m=C)
     pos = b.record(Tag.POSITION, {"patches": env.patches, "dim": C, "bits": res},
@@ -327,15 +361,22 @@ def compile_model(model) -> Compiled:
 
 
 def manifest(image, registers: Registers, model=None) -> dict:
-    """What ``manifest.json`` holds: the envelope, the regions, the buffers, the op counts, the checksums."""
+    """What ``manifest.json`` holds: the envelope, the GEMM engine's shape and the weight streams, the
+    regions, the buffers, the op counts, the checksums."""
+    from tokensift.quant.accel.image import VERSION
+
     env = image.envelope
+    streams = {ins.addr_a: image.gemm.stream_length(ins.m, ins.k) for ins in image.program
+               if ins.opcode in (Opcode.PATCH_EMBED, Opcode.GEMM)}
     shapes = buffer_shapes(max_tokens=env.max_tokens, width=env.width, heads=env.heads, mlp_hidden=env.mlp_hidden,
                            classes=env.classes, res_bits=env.res_bits, prob_frac=env.prob_frac)
     out = {
         "format": "tokensift accelerator memory image",
-        "version": 1,
+        "version": VERSION,
         "method": image.method,
         "envelope": env.to_dict(),
+        "gemm": image.gemm.to_dict(),
+        "weight_streams": {"count": len(streams), "bytes": sum(streams.values())},
         "input_scale": image.input_scale,
         "regions": {name: {"offset": r.offset, "size": r.size} for name, r in image.regions.items()},
         "bytes": len(image.data),

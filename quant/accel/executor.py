@@ -5,7 +5,8 @@ Every op calls the kernel :class:`~tokensift.quant.integer_model.IntegerViT` cal
 selection functions) on parameters decoded from the image, never on Python objects of the model, so the
 logits it writes to the logits region equal ``IntegerViT.logits`` bit for bit. Nothing else is read: the
 program at ``PROGRAM_BASE``, the input at ``INPUT_BASE``, the weights and records at ``MEMORY_BASE`` plus the
-instruction's offsets.
+instruction's offsets. A GEMM-type op's weights, biases, multipliers and shifts come from its weight stream
+(the bytes the GEMM engine reads), checked against its ``LIN`` record.
 
 The trace (one dict per instruction: ``pc``, ``op``, the run-time ``n`` rows it processed, ``k``, ``m``,
 ``tokens`` alive after it, ``skipped`` for gated ops under ``METHOD = dense``, and ``head`` / ``stage`` /
@@ -102,11 +103,26 @@ class _Sequencer:
         self.image.constants_at(offset)
         return rec.decode_record(self.image.data, offset, tag)
 
-    def linear(self, w_off: int, c_off: int, k: int | None = None, m: int | None = None):
-        scalars, arrays = self.record(c_off, Tag.LINEAR)
-        if (k is not None and scalars["k"] != k) or (m is not None and scalars["m"] != m):
-            raise _Fault(f"its LIN record is {scalars['m']} x {scalars['k']}, the instruction says {m} x {k}")
-        return rec.linear_from(scalars, arrays, self.image.weights(w_off, scalars["m"], scalars["k"]))
+    def linear(self, ins: Instruction):
+        """A GEMM-type op's layer as the GEMM engine gets it: weights, bias, multipliers and shifts decoded from
+        the weight stream at ``addr_a`` (what the hardware reads); the LIN record at ``addr_b`` (the widths)
+        must agree with them."""
+        scalars, arrays = self.record(ins.addr_b, Tag.LINEAR)
+        if (scalars["k"], scalars["m"]) != (ins.k, ins.m):
+            raise _Fault(f"its LIN record is {scalars['m']} x {scalars['k']}, the instruction says {ins.m} x {ins.k}")
+        gemm = self.image.gemm
+        if scalars["acc_bits"] != gemm.acc_bits:
+            raise _Fault(f"its LIN record accumulates in {scalars['acc_bits']} bits, the GEMM engine in "
+                         f"{gemm.acc_bits}")
+        stream = self.image.stream(ins.addr_a, ins.m, ins.k)
+        for name in ("bias", "multipliers", "shifts"):
+            differ = np.flatnonzero(getattr(stream, name) != arrays[name])
+            if differ.size:
+                c = int(differ[0])
+                raise _Fault(f"its weight stream's {name} differ from its LIN record's (channel {c}: "
+                             f"{int(getattr(stream, name)[c])} and {int(arrays[name][c])})")
+        return rec.linear_from(scalars, {"bias": stream.bias, "multipliers": stream.multipliers,
+                                         "shifts": stream.shifts}, stream.weight)
 
     def rows(self, ins: Instruction) -> tuple[int, int]:
         n = self.count[ins.src]
@@ -145,7 +161,7 @@ class _Sequencer:
                 raise _Fault(f"k {ins.k} is not the envelope's patch size {env.patch_dim}")
             codes = np.frombuffer(bytes(self.dram[self.regs.input_base:self.regs.input_base + env.patches * ins.k]),
                                   dtype=np.int8).reshape(env.patches, ins.k).astype(np.int64)
-            layer = self.linear(ins.addr_a, ins.addr_b, ins.k, ins.m)
+            layer = self.linear(ins)
             self.width(ins.dst, ins.m, layer.out.bits)
             out = layer(codes, counter=self.counter, site=site)
             self.put(ins.dst, np.concatenate([np.zeros((1, ins.m), dtype=np.int64), out]))
@@ -176,7 +192,7 @@ class _Sequencer:
             self.put(ins.dst, out)
             entry["n"] = stop - start
         elif op is Opcode.GEMM:
-            layer = self.linear(ins.addr_a, ins.addr_b, ins.k, ins.m)
+            layer = self.linear(ins)
             if layer.out.bits != ins.arg:
                 raise _Fault(f"its LIN record writes {layer.out.bits}-bit outputs, the instruction {ins.arg}-bit")
             start, stop = self.rows(ins)

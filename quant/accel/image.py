@@ -9,8 +9,10 @@ region         contents
 =============  ==============================================================================================
 header         256 bytes, below
 ``program``    the instructions (:mod:`tokensift.quant.accel.isa`), 16 bytes each, ending with END
-``weights``    every GEMM's int8 weights, channel-major ``[m][k]`` (one output channel's ``k`` weights are
-               contiguous, so an array of any width fetches a column tile as one burst), each 64-aligned
+``weights``    every GEMM-type op's layer as the GEMM engine's weight stream (:mod:`~tokensift.quant.accel.stream`:
+               per column tile its int8 weights, then its channels' bias/multiplier/shift records, exactly the
+               beats the engine takes, so one contiguous read feeds it), each 64-aligned; SPViT's nested
+               predictor weights stay plain channel-major ``[m][k]`` int8 matrices
 ``constants``  the records (:mod:`tokensift.quant.accel.records`): int32 biases, multipliers and shifts,
                LayerNorm gamma/beta and constants, GELU, attention/softmax and sigmoid constants, the
                position embedding, the selection stages' constants; each 64-aligned
@@ -23,8 +25,10 @@ Header (little-endian): ``magic`` (8 bytes, :data:`MAGIC`), ``version`` u32, ``h
 ``total_bytes`` u32, ``checksum`` u32 (CRC-32 of the header with this field 0, the program, the weights and
 the constants: everything but the input and the logits, which change per image), ``method`` u32 (the
 compiled method, an index of :data:`~tokensift.quant.accel.registers.METHODS`), 4 bytes reserved,
-``input_scale`` f64 (the real value of one input code), the envelope (:class:`Envelope`, 13 u32), then the
-five regions' ``offset`` and ``size`` u32 pairs in the order above; the rest of the 256 bytes is 0.
+``input_scale`` f64 (the real value of one input code), the envelope (:class:`Envelope`, 13 u32), the
+five regions' ``offset`` and ``size`` u32 pairs in the order above, then the GEMM engine's shape the weight
+streams are encoded for (:class:`~tokensift.quant.accel.stream.GemmShape`: ``cols``, ``stream_bytes``,
+``acc_bits``, ``multiplier_bits``, ``shift_bits``; 5 u32); the rest of the 256 bytes is 0.
 :func:`decode_image` checks all of it; :meth:`MemoryImage.to_bytes` of a decoded image gives the same bytes.
 """
 
@@ -39,12 +43,14 @@ import numpy as np
 from tokensift.checks import check_int
 from tokensift.quant.accel.isa import INSTRUCTION_BYTES, Instruction, decode_program, encode_program
 from tokensift.quant.accel.registers import ALIGN, MAX_STAGES, METHODS
+from tokensift.quant.accel.stream import GemmShape, StreamLayer, decode_stream
 
 __all__ = ["MAGIC", "VERSION", "HEADER_BYTES", "REGIONS", "Envelope", "Region", "MemoryImage", "decode_image",
            "align", "quantize_input", "input_bytes"]
 
 MAGIC = b"TSIFTACC"
-VERSION = 1
+#: 2: the weights region holds GEMM weight streams, the header the engine's shape (1: channel-major weights)
+VERSION = 2
 HEADER_BYTES = 256
 REGIONS = ("program", "weights", "constants", "input", "logits")
 _FIXED = struct.Struct("<8sIIIII4xd")
@@ -96,6 +102,8 @@ class Envelope:
 
 _ENVELOPE = struct.Struct(f"<{len(fields(Envelope))}I")
 _REGIONS = struct.Struct(f"<{2 * len(REGIONS)}I")
+_GEMM = struct.Struct(f"<{len(GemmShape().as_tuple())}I")
+_GEMM_AT = _FIXED.size + _ENVELOPE.size + _REGIONS.size
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,7 @@ class MemoryImage:
     envelope: Envelope
     method: str
     input_scale: float
+    gemm: GemmShape
     regions: dict[str, Region]
     program: list[Instruction]
     data: bytes
@@ -122,7 +131,8 @@ class MemoryImage:
     def to_bytes(self) -> bytes:
         """The image's bytes, rebuilt from the decoded header and program over the stored regions."""
         out = bytearray(self.data)
-        out[:HEADER_BYTES] = header_bytes(self.envelope, self.method, self.input_scale, self.regions, len(out))
+        out[:HEADER_BYTES] = header_bytes(self.envelope, self.method, self.input_scale, self.gemm, self.regions,
+                                          len(out))
         prog = encode_program(self.program)
         if len(prog) != self.regions["program"].size:
             raise ValueError(f"the program is {len(prog)} bytes; its region holds {self.regions['program'].size}")
@@ -137,6 +147,19 @@ class MemoryImage:
                              f"weights region [{r.offset}, {r.end})")
         return np.frombuffer(self.data, dtype=np.int8, count=m * k, offset=offset).reshape(m, k).astype(np.int64)
 
+    def stream(self, offset: int, m: int, k: int) -> StreamLayer:
+        """The ``m`` x ``k`` layer decoded from the weight stream at ``offset`` (inside the weights region): what
+        the GEMM engine reads, ``gemm.stream_length(m, k)`` bytes."""
+        r = self.regions["weights"]
+        length = self.gemm.stream_length(m, k)
+        if offset % ALIGN or not r.offset <= offset <= offset + length <= r.end:
+            raise ValueError(f"the weight stream of {m} x {k} ({length} bytes) at offset {offset} is not 64-byte "
+                             f"aligned inside the weights region [{r.offset}, {r.end})")
+        try:
+            return decode_stream(self.data[offset:offset + length], m=m, k=k, shape=self.gemm)
+        except ValueError as exc:
+            raise ValueError(f"the weight stream at offset {offset}: {exc}") from None
+
     def constants_at(self, offset: int) -> None:
         r = self.regions["constants"]
         if not r.offset <= offset < r.end:
@@ -147,10 +170,12 @@ class MemoryImage:
         return struct.unpack_from("<I", self.data, _CHECKSUM_AT)[0]
 
 
-def header_bytes(env: Envelope, method: str, input_scale: float, regions: dict[str, Region], total: int) -> bytes:
+def header_bytes(env: Envelope, method: str, input_scale: float, gemm: GemmShape, regions: dict[str, Region],
+                 total: int) -> bytes:
     head = _FIXED.pack(MAGIC, VERSION, HEADER_BYTES, total, 0, METHODS.index(method), float(input_scale))
     head += _ENVELOPE.pack(*astuple(env))
     head += _REGIONS.pack(*(v for name in REGIONS for v in (regions[name].offset, regions[name].size)))
+    head += _GEMM.pack(*gemm.as_tuple())
     return head + bytes(HEADER_BYTES - len(head))
 
 
@@ -189,7 +214,11 @@ def decode_image(data) -> MemoryImage:
     env = Envelope(*_ENVELOPE.unpack_from(data, _FIXED.size))
     values = _REGIONS.unpack_from(data, _FIXED.size + _ENVELOPE.size)
     regions = {name: Region(values[2 * i], values[2 * i + 1]) for i, name in enumerate(REGIONS)}
-    if any(data[_FIXED.size + _ENVELOPE.size + _REGIONS.size:HEADER_BYTES]):
+    try:
+        gemm = GemmShape(**dict(zip((f.name for f in fields(GemmShape)), _GEMM.unpack_from(data, _GEMM_AT), strict=True)))
+    except ValueError as exc:
+        raise ValueError(f"the header's GEMM engine shape is invalid: {exc}") from None
+    if any(data[_GEMM_AT + _GEMM.size:HEADER_BYTES]):
         raise ValueError("the header's reserved bytes must be 0")
     previous = HEADER_BYTES
     for name in REGIONS:
@@ -213,8 +242,8 @@ def decode_image(data) -> MemoryImage:
     if len(program) * INSTRUCTION_BYTES != p.size:
         raise ValueError(f"the program's END is instruction {len(program) - 1}, but the region holds "
                          f"{p.size // INSTRUCTION_BYTES}")
-    return MemoryImage(envelope=env, method=METHODS[method], input_scale=float(input_scale), regions=regions,
-                       program=program, data=data)
+    return MemoryImage(envelope=env, method=METHODS[method], input_scale=float(input_scale), gemm=gemm,
+                       regions=regions, program=program, data=data)
 
 
 # -- the host side of the input --------------------------------------------------------------------------

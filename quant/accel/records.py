@@ -4,7 +4,9 @@ A record is a 16-byte header (``tag`` u32, ``length`` u32 in bytes, 8 bytes rese
 little-endian int64, then its arrays, each starting at an 8-byte boundary, in the dtypes of the schema
 (:data:`SCHEMAS`). Array lengths follow from the scalars, so a record is self-describing and a wrong
 ``length`` or tag is a malformed image (ValueError). A GEMM's int8 weights are not in a record: they sit
-in the weights region, channel-major ``[m][k]``, at the instruction's ``addr_a``.
+in the weights region as the GEMM engine's weight stream (:mod:`tokensift.quant.accel.stream`, which repeats
+the LIN record's bias, multipliers and shifts in the engine's channel records) at the instruction's
+``addr_a``; SPViT's nested predictor layers as plain channel-major ``[m][k]`` matrices.
 
 ``to_record`` / ``from_record`` convert the :mod:`tokensift.quant` parameter objects (IntLinear's integer
 part, LayerNormParams, GeluParams, AttentionParams, SigmoidParams) to and from records: the objects come

@@ -3,6 +3,7 @@ image under several register settings, the trace, and malformed images, programs
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import struct
@@ -20,6 +21,7 @@ from tokensift.quant.accel.executor import run
 from tokensift.quant.accel.image import finish_checksum
 from tokensift.quant.accel.isa import Buffer, Instruction, Opcode, Rows
 from tokensift.quant.accel.records import Tag, decode_record, linear_from
+from tokensift.quant.accel.stream import GemmShape, encode_stream
 from tokensift.quant.integer_model import IntegerViT
 from tokensift.quant.stages.sait import mass_code
 
@@ -180,12 +182,26 @@ def test_the_image_decodes_to_the_model_it_was_compiled_from():
     assert all(s % 64 == 0 for s in starts) and starts == sorted(starts)
     gemms = [i for i in mem.program if i.opcode is Opcode.GEMM and not i.gated]
     qkv = gemms[0]
-    layer = linear_from(*decode_record(mem.data, qkv.addr_b, Tag.LINEAR), mem.weights(qkv.addr_a, qkv.m, qkv.k))
+    stream = mem.stream(qkv.addr_a, qkv.m, qkv.k)
+    record = linear_from(*decode_record(mem.data, qkv.addr_b, Tag.LINEAR), stream.weight)
     want = int_model.blocks[0].qkv
     assert qkv.addr_a % 64 == 0 and (qkv.k, qkv.m) == (32, 96)
+    assert mem.gemm == GemmShape(cols=64, stream_bytes=8)  # the defaults: the demo's engine, a 64-bit bus
     for name in ("weight", "bias", "multipliers", "shifts"):
-        assert np.array_equal(getattr(layer, name), getattr(want, name)), name
-    assert layer.out == want.out
+        assert np.array_equal(getattr(stream, name), getattr(want, name)), name
+        assert np.array_equal(getattr(record, name), getattr(want, name)), name
+    assert record.out == want.out
+    # every GEMM-type op's stream, back to back in the weights region, of the documented length
+    ops = [i for i in mem.program if i.opcode in (Opcode.PATCH_EMBED, Opcode.GEMM)]
+    layers = [int_model.patch, *(getattr(blk, n) for blk in int_model.blocks for n in ("qkv", "proj", "fc1", "fc2")),
+              int_model.head]
+    assert len(ops) == len(layers)
+    weights = mem.regions["weights"]
+    for ins, layer in zip(ops, layers, strict=True):
+        length = mem.gemm.stream_length(ins.m, ins.k)
+        assert ins.addr_a % 64 == 0 and weights.offset <= ins.addr_a < ins.addr_a + length <= weights.end
+        assert mem.data[ins.addr_a:ins.addr_a + length] == encode_stream(
+            layer.weight, layer.bias, layer.multipliers, layer.shifts, mem.gemm)
     m = compiled.manifest
     assert m["ops"] == len(mem.program) and m["bytes"] == len(compiled.image)
     assert m["op_counts"]["SELECT"] == 2 and m["op_counts"]["ATTENTION"] == 6
@@ -213,8 +229,8 @@ def test_malformed_programs_are_reported_with_the_instruction():
         (_patched(image, gemm, m=4000),
          rf"^instruction {gemm} \(GEMM\): its LIN record is 96 x 32, the instruction says 4000 x 32$"),
         (_patched(image, gemm, addr_a=prog[gemm].addr_a + 1),
-         rf"^instruction {gemm} \(GEMM\): weights of 96 x 32 at offset {prog[gemm].addr_a + 1} are not 64-byte "
-         r"aligned inside the weights region \[\d+, \d+\)$"),
+         rf"^instruction {gemm} \(GEMM\): the weight stream of 96 x 32 \(5120 bytes\) at offset "
+         rf"{prog[gemm].addr_a + 1} is not 64-byte aligned inside the weights region \[\d+, \d+\)$"),
         (_patched(image, ln, addr_a=4), rf"^instruction {ln} \(LAYERNORM\): constant record offset 4 is outside the "
                                         r"constants region \[\d+, \d+\)$"),
         (_patched(image, ln, dst=Buffer.LOGITS),
@@ -244,7 +260,7 @@ def test_malformed_images_are_rejected():
     cases = [
         (b"NOTANIMG" + image[8:], r"^not a tokensift memory image \(magic b'NOTANIMG', expected b'TSIFTACC'\)$"),
         (image[:8] + struct.pack("<I", 7) + image[12:], r"^memory image version 7 is not supported \(this reader "
-                                                        r"knows 1\)$"),
+                                                        r"knows 2\)$"),
         (bytes(flipped), r"^checksum mismatch: the header says 0x[0-9a-f]{8}, the image's static regions give "
                          r"0x[0-9a-f]{8} \(a corrupted or edited image\)$"),
         (image[:-64], rf"^the header says 256 header bytes and {len(image)} in all; the image has 256 and "
@@ -323,3 +339,112 @@ def test_a_corrupted_program_is_a_value_error_or_a_run(data):
     except ValueError:
         return
     assert result.trace[-1]["op"] == "END"
+
+
+# -- the weights region as the GEMM engine's weight streams --------------------------------------------------------
+@pytest.mark.parametrize("gemm_cols, stream_bytes", [(32, 16), (16, 1), (128, 8)])
+def test_other_engine_shapes_stay_bit_exact(gemm_cols, stream_bytes):
+    """The co-optimizer's engine (4 x 32 at 16-byte beats), a narrow one on a byte-wide bus, one wider than every
+    layer but fc1: the same program, other streams, the same logits."""
+    int_model, default = built("dynamicvit")
+    compiled = compile_model(int_model, gemm_cols=gemm_cols, stream_bytes=stream_bytes)
+    mem = decode_image(compiled.image)
+    assert mem.gemm == GemmShape(cols=gemm_cols, stream_bytes=stream_bytes)
+    assert compiled.manifest["gemm"] == {"cols": gemm_cols, "stream_bytes": stream_bytes, "acc_bits": 32,
+                                         "multiplier_bits": 16, "shift_bits": 6,
+                                         "record_bytes": {1: 7, 8: 8, 16: 16}[stream_bytes]}
+    ops = [i for i in mem.program if i.opcode in (Opcode.PATCH_EMBED, Opcode.GEMM)]
+    assert compiled.manifest["weight_streams"] == {
+        "count": len(ops), "bytes": sum(mem.gemm.stream_length(i.m, i.k) for i in ops)}
+    assert [(i.opcode, i.k, i.m) for i in ops] == [(i.opcode, i.k, i.m) for i in decode_image(default.image).program
+                                                   if i.opcode in (Opcode.PATCH_EMBED, Opcode.GEMM)]
+    assert compiled.image != default.image
+    got, _ = run_images(compiled.image, compiled.registers, images()[:3])
+    assert np.array_equal(got, int_model.logits(images()[:3]))
+
+
+def test_layers_the_engine_cannot_hold_are_named_at_compile_time():
+    int_model, _ = built("dynamicvit")
+    # the integer model's multipliers are normalised to 16 bits: a 12-bit engine cannot take them
+    with pytest.raises(ValueError, match=r"^patch embedding: multiplier \d+ of output channel 0 does not fit the "
+                                         r"engine's 12-bit multiplier \(1\.\.4095\)$"):
+        compile_model(int_model, multiplier_bits=12)
+    model = copy.deepcopy(int_model)
+    fc1 = model.blocks[1].fc1
+    model.blocks[1] = dataclasses.replace(model.blocks[1], fc1=dataclasses.replace(
+        fc1, multipliers=np.where(np.arange(fc1.out_features) == 3, 1 << 16, fc1.multipliers)))
+    with pytest.raises(ValueError, match=r"^block 1 fc1: multiplier 65536 of output channel 3 does not fit the "
+                                         r"engine's 16-bit multiplier \(1\.\.65535\)$"):
+        compile_model(model)
+    model = copy.deepcopy(int_model)
+    stage = model.blocks[1].selector
+    stage.predictor = dataclasses.replace(stage.predictor, fc2=dataclasses.replace(stage.predictor.fc2, acc_bits=24))
+    with pytest.raises(ValueError, match=r"^stage 0 predictor fc2: its accumulator is 24 bits, the GEMM engine's "
+                                         r"32$"):
+        compile_model(model)
+    for kwargs, message in (({"gemm_cols": 12}, r"cols \(12\) must be a multiple of stream_bytes \(8\): a weight row "
+                                                r"is whole beats"),
+                            ({"stream_bytes": 3}, r"stream_bytes must be a power of two \(an AXI data width\), not 3")):
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            compile_model(int_model, **kwargs)
+
+
+def _stream_op(image: bytes, nth: int = 0) -> Instruction:
+    return [i for i in decode_image(image).program if i.opcode is Opcode.GEMM][nth]
+
+
+def test_the_sequencer_reads_the_weights_from_the_stream():
+    """Weights edited in the stream (the checksum redone) change the logits: they are what the GEMM reads."""
+    int_model, compiled = built("evit")
+    qkv = _stream_op(compiled.image)
+    edited = bytearray(compiled.image)
+    edited[qkv.addr_a:qkv.addr_a + qkv.k * 64] = bytes(qkv.k * 64)  # the first column tile's weights: 0
+    want = int_model.logits(images()[:2])
+    got, _ = run_images(finish_checksum(edited), compiled.registers, images()[:2])
+    assert not np.array_equal(got, want)
+    model = copy.deepcopy(int_model)
+    qkv_layer = model.blocks[0].qkv
+    model.blocks[0] = dataclasses.replace(model.blocks[0], qkv=dataclasses.replace(
+        qkv_layer, weight=np.where(np.arange(qkv_layer.out_features)[:, None] < 64, 0, qkv_layer.weight)))
+    assert np.array_equal(got, model.logits(images()[:2]))  # exactly the layer with those weights
+
+
+def test_a_corrupted_stream_is_a_malformed_image():
+    _, compiled = built("sait")
+    image, regs = compiled.image, compiled.registers
+    mem = decode_image(image)
+    pc = _pc(image, Opcode.GEMM, 1)  # proj: 32 x 32, one column tile of 32 channels and 32 padding
+    ins = mem.program[pc]
+    records = ins.addr_a + ins.k * 64
+    record = linear_from(*decode_record(mem.data, ins.addr_b, Tag.LINEAR), np.zeros((ins.m, ins.k), dtype=np.int64))
+
+    def corrupt(at: int, value: int) -> bytearray:
+        data = bytearray(image)
+        data[at] = value
+        return data
+
+    flipped = corrupt(records + 8 * 5, image[records + 8 * 5] ^ 1)  # channel 5's bias, low bit
+    with pytest.raises(ValueError, match=r"^checksum mismatch: .*"):  # as the host finds it
+        run(flipped, regs)
+    cases = [
+        (flipped, rf"^instruction {pc} \(GEMM\): its weight stream's bias differ from its LIN record's \(channel 5: "
+                  rf"{int(record.bias[5]) ^ 1} and {int(record.bias[5])}\)$"),
+        (corrupt(records + 8 * 7 + 6, image[records + 8 * 7 + 6] + 1),
+         rf"^instruction {pc} \(GEMM\): its weight stream's shifts differ from its LIN record's \(channel 7: "
+         rf"{int(record.shifts[7]) + 1} and {int(record.shifts[7])}\)$"),
+        (corrupt(records + 8 * 40 + 4, 0),
+         rf"^instruction {pc} \(GEMM\): the weight stream at offset {ins.addr_a}: the padding channels 32\.\.63 of the "
+         r"last column tile are not zero weights with records \(0, 1, 0\)$"),
+        (corrupt(records + 8 * 2 + 7, 0x40),
+         rf"^instruction {pc} \(GEMM\): the weight stream at offset {ins.addr_a}: the record of channel 2 has bits "
+         r"set above its 54 bits of fields$"),
+    ]
+    for data, message in cases:
+        with pytest.raises(ValueError, match=message):
+            run(bytearray(finish_checksum(data)), regs)
+    # the header's engine shape is checked like every other header field
+    bad = bytearray(image)
+    struct.pack_into("<I", bad, 132, 12)  # cols 12 with 8-byte beats
+    with pytest.raises(ValueError, match=r"^the header's GEMM engine shape is invalid: cols \(12\) must be a multiple "
+                                         r"of stream_bytes \(8\): a weight row is whole beats$"):
+        decode_image(finish_checksum(bad))

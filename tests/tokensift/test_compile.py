@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tokensift import cli
-from tokensift.quant.accel import Registers, decode_image, run_images
+from tokensift.quant.accel import GemmShape, Registers, decode_image, run_images
 from tokensift.quant.stages.sait import mass_code
 from tokensift.sw import create_model
 from tokensift.sw.checkpoint import save_checkpoint
@@ -39,6 +39,11 @@ def test_compile_writes_an_image_that_runs(tmp_path, capsys):
     assert manifest["bytes"] == len(image) and manifest["ops"] == len(mem.program)
     assert manifest["envelope"] == mem.envelope.to_dict() and mem.envelope.stages == 3
     assert registers.method == "dynamicvit" and registers.rule == ("topk",) * 3
+    # the default engine shape, in the header and the manifest
+    assert mem.gemm == GemmShape(cols=64, stream_bytes=8)
+    assert manifest["gemm"] == summary["gemm"] == {"cols": 64, "stream_bytes": 8, "acc_bits": 32,
+                                                    "multiplier_bits": 16, "shift_bits": 6, "record_bytes": 8}
+    assert manifest["version"] == 2 and manifest["weight_streams"]["count"] == 1 + 4 * 6 + 1 + 4 * 3
     assert manifest["registers"] == registers.to_json() == summary["registers"]
     # the files alone run an image: what a host (or the RTL testbench) does with them
     from tokensift.sw.data import load_mnist
@@ -109,3 +114,47 @@ def test_register_settings_the_model_cannot_take_are_found_before_calibration(tm
                          *registers])
         assert code == 2
         assert re.fullmatch(f"tokensift compile: error: --registers: {message}\n", capsys.readouterr().err)
+
+
+def test_compile_lays_the_weights_out_for_the_engine_shape_given(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path / "dense.pth", "none", None)
+    out = tmp_path / "build"
+    code = cli.main(["compile", "--checkpoint", str(ckpt), "--out", str(out), "--calib-images", "10", "--verify", "1",
+                     "--gemm-cols", "32", "--stream-bytes", "16"])
+    text, err = capsys.readouterr()
+    assert code == 0, err
+    assert re.search(r"weights: 26 GEMM weight streams, [\d,]+ bytes, for 32-column tiles in 16-byte beats \(16-byte "
+                     r"channel records\)", text), text
+    assert "bit-exact" in text
+    mem = decode_image((out / "image.bin").read_bytes())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert mem.gemm == GemmShape(cols=32, stream_bytes=16)
+    assert manifest["gemm"]["cols"] == 32 and manifest["gemm"]["stream_bytes"] == 16
+    assert manifest["weight_streams"]["bytes"] == sum(mem.gemm.stream_length(i.m, i.k) for i in mem.program
+                                                      if i.opcode.name in ("PATCH_EMBED", "GEMM"))
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--gemm-cols", "12"], r"--gemm-cols must be a multiple of --stream-bytes \(8\) from 8 to 1024 \(a weight row is "
+                            r"whole beats\), not 12"),
+    (["--gemm-cols", "0"], r"--gemm-cols must be a multiple of --stream-bytes \(8\) from 8 to 1024 .*, not 0"),
+    (["--gemm-cols", "2048"], r"--gemm-cols must be a multiple of --stream-bytes \(8\) from 8 to 1024 .*, not 2048"),
+    (["--gemm-cols", "8", "--stream-bytes", "16"], r"--gemm-cols must be a multiple of --stream-bytes \(16\) from 16 "
+                                                   r"to 1024 .*, not 8"),
+    (["--stream-bytes", "12"], r"--stream-bytes must be a power of two from 1 to 128 \(the AXI data width in bytes\), "
+                               r"not 12"),
+    (["--stream-bytes", "0"], r"--stream-bytes must be a power of two from 1 to 128 .*, not 0"),
+    (["--stream-bytes", "256"], r"--stream-bytes must be a power of two from 1 to 128 .*, not 256"),
+    (["--gemm-cols", "x"], r"argument --gemm-cols: invalid int value: 'x'"),
+])
+def test_engine_shapes_the_weights_cannot_take_are_found_before_anything_is_read(tmp_path, capsys, monkeypatch,
+                                                                                  options, message):
+    def tripped(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the bad engine shape was found")
+
+    monkeypatch.setattr("tokensift.sw.checkpoint.read_checkpoint", tripped)
+    code = cli.main(["compile", "--checkpoint", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "o"),
+                     *options])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert re.fullmatch(f"tokensift compile: error: {message}\n", err), err

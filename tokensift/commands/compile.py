@@ -10,6 +10,11 @@ calibrated on ``--calib-images`` training images spread over the split of the bu
 reference sequencer must give ``IntegerViT``'s logits bit for bit. Writes ``DIR/image.bin``,
 ``DIR/registers.json`` and ``DIR/manifest.json``.
 
+The weights region holds every linear layer as the GEMM engine's weight stream, so the image is built for one
+engine shape: ``--gemm-cols`` (output channels per column tile: the co-optimizer's ``linear_lanes /
+linear_rows``) and ``--stream-bytes`` (bytes per beat: the AXI data width), both in the image header and the
+manifest.
+
 ``--registers KEY=VALUE ...`` changes the run-time registers written to ``registers.json`` (the image stays
 the same): ``method`` (dense or the model's), ``density`` (SaiT's keep ratio in (0, 1]), ``keep``,
 ``threshold`` and ``rule`` (comma-separated, one per selection stage).
@@ -23,12 +28,13 @@ from pathlib import Path
 
 from tokensift.errors import InvalidArgumentError
 
-__all__ = ["add_arguments", "run", "parse_register_settings", "compile_checkpoint"]
+__all__ = ["add_arguments", "run", "parse_register_settings", "compile_checkpoint", "gemm_shape"]
 
 _KEYS = ("method", "density", "keep", "threshold", "rule")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tokensift.quant.accel.stream import DEFAULT_COLS, DEFAULT_STREAM_BYTES
     from tokensift.sw.methods import list_methods
     from tokensift.sw.registry import list_models
 
@@ -50,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registers", nargs="+", default=[], metavar="KEY=VALUE",
                         help=f"run-time register settings ({', '.join(_KEYS)}; lists comma-separated; default: "
                              "the trained model's)")
+    parser.add_argument("--gemm-cols", type=int, default=DEFAULT_COLS, metavar="N",
+                        help="output channels per column tile of the GEMM engine the weight streams are laid out "
+                             "for, a multiple of --stream-bytes up to 1024 (default: %(default)s, the demo's 2 x 64 "
+                             "engine)")
+    parser.add_argument("--stream-bytes", type=int, default=DEFAULT_STREAM_BYTES, metavar="N",
+                        help="bytes per weight-stream beat, the AXI data width: a power of two up to 128 "
+                             "(default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -94,6 +107,19 @@ def parse_register_settings(items: list[str]) -> dict:
                                            f"not {bad[0]}")
             out[key] = numbers
     return out
+
+
+def gemm_shape(cols: int, stream_bytes: int):
+    """``--gemm-cols`` and ``--stream-bytes`` as a GemmShape (InvalidArgumentError naming the option if not)."""
+    from tokensift.quant.accel.stream import MAX_COLS, MAX_STREAM_BYTES, GemmShape
+
+    if not 1 <= stream_bytes <= MAX_STREAM_BYTES or stream_bytes & (stream_bytes - 1):
+        raise InvalidArgumentError(f"--stream-bytes must be a power of two from 1 to {MAX_STREAM_BYTES} (the AXI data "
+                                   f"width in bytes), not {stream_bytes}")
+    if not 1 <= cols <= MAX_COLS or cols % stream_bytes:
+        raise InvalidArgumentError(f"--gemm-cols must be a multiple of --stream-bytes ({stream_bytes}) from "
+                                   f"{stream_bytes} to {MAX_COLS} (a weight row is whole beats), not {cols}")
+    return GemmShape(cols=cols, stream_bytes=stream_bytes)
 
 
 def _load_model(args):
@@ -160,6 +186,7 @@ def compile_checkpoint(args) -> dict:
     for option, value, low in (("--calib-images", args.calib_images, 1), ("--verify", args.verify, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InvalidArgumentError(f"{option} must be at least {low}, not {value}")
+    gemm = gemm_shape(args.gemm_cols, args.stream_bytes)
     settings = parse_register_settings(args.registers)
     out = check_output_dir("--out", args.out)
     model, name, method = _load_model(args)
@@ -172,7 +199,7 @@ def compile_checkpoint(args) -> dict:
     batch = min(100, args.calib_images)
     loader = DataLoader(spread_subset(train, args.calib_images), batch_size=batch)
     int_model = IntegerViT.from_float(model, loader, num_batches=-(-args.calib_images // batch))
-    compiled = compile_model(int_model)
+    compiled = compile_model(int_model, gemm_cols=gemm.cols, stream_bytes=gemm.stream_bytes)
     try:
         registers = compiled.registers.replace(**settings)
     except ValueError as exc:
@@ -206,7 +233,8 @@ def compile_checkpoint(args) -> dict:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return {"out": str(out), "model": name, "method": compiled.manifest["method"], "bytes": manifest["bytes"],
             "ops": manifest["ops"], "stages": manifest["envelope"]["stages"], "checksum": manifest["checksum"],
-            "regions": manifest["regions"], "envelope": manifest["envelope"], "registers": registers.to_json(),
+            "regions": manifest["regions"], "envelope": manifest["envelope"], "gemm": manifest["gemm"],
+            "weight_streams": manifest["weight_streams"], "registers": registers.to_json(),
             "verified": verified}
 
 
@@ -232,6 +260,10 @@ def run(args: argparse.Namespace) -> int:
     regs = summary["registers"]
     console.print(f"envelope: {env['max_tokens']} tokens x {env['width']}, {env['heads']} heads, MLP {env['mlp_hidden']}, "
                   f"{env['depth']} blocks, {env['classes']} classes; {summary['stages']} selection stages")
+    g = summary["gemm"]
+    console.print(f"weights: {summary['weight_streams']['count']} GEMM weight streams, "
+                  f"{summary['weight_streams']['bytes']:,} bytes, for {g['cols']}-column tiles in {g['stream_bytes']}-byte "
+                  f"beats ({g['record_bytes']}-byte channel records)")
     console.print(f"registers: method {regs['method']}, keep {regs['keep']}, threshold {regs['threshold']}, "
                   f"rule {regs['rule']}, density {regs['density']}")
     v = summary["verified"]
