@@ -25,3 +25,43 @@ def run_accelerator(cfg: AccelConfig, dram: bytes, runs: list[dict], *, latency:
         res = run_cocotb(Accelerator(config=cfg), toplevel="tokensift_accel", test_module="tokensift.sim.tb_accel",
                          params=params, build_dir=build_dir, waves=waves, seed=seed)
     return {**res.report, "build_dir": str(res.build_dir), "wall_s": res.wall_s}
+
+
+def simulate_model(cfg: AccelConfig, image: bytes, registers, inputs: list[bytes], *, register_sets=None,
+                   latency: int = 8, pause: float = 0.0, seed: int = 1, build_dir=None, waves=False) -> dict:
+    """Real images through the generated design, one run per (input, register set), each checked against the
+    reference sequencer (:func:`tokensift.quant.accel.executor.run`) on the same DRAM bytes and registers.
+
+    ``inputs`` are the images' input-region bytes (:func:`tokensift.quant.accel.image.input_bytes`);
+    ``register_sets`` (default ``[registers]``) are :class:`~tokensift.quant.accel.registers.Registers`, every
+    input runs under each. Returns the report plus per run ``expected_logits``, ``bit_exact`` and the
+    reference ``trace``."""
+    from tokensift.quant.accel.executor import run
+
+    sets = [registers] if register_sets is None else list(register_sets)
+    end = max(max(r.memory_base + len(image), r.input_base + max(map(len, inputs)), r.logits_base + 64)
+              for r in sets)
+    dram = bytearray(end + (-end % 64))
+    base = sets[0].memory_base
+    if any(r.memory_base != base for r in sets):
+        raise ValueError("every register set must place the image at the same MEMORY_BASE")
+    dram[base:base + len(image)] = image
+    runs, expected = [], []
+    for regs in sets:
+        classes = None
+        for data in inputs:
+            ref = bytearray(dram)
+            ref[regs.input_base:regs.input_base + len(data)] = data
+            result = run(ref, regs)
+            classes = len(result.logits)
+            expected.append(result)
+            runs.append({"registers": regs.encode(), "input": data.hex(), "logits_base": regs.logits_base,
+                         "classes": classes})
+    report = run_accelerator(cfg, dram, runs, latency=latency, pause=pause, seed=seed, build_dir=build_dir,
+                             waves=waves)
+    for got, want in zip(report["runs"], expected, strict=True):
+        got["expected_logits"] = [int(v) for v in want.logits]
+        got["bit_exact"] = got["logits"] == got["expected_logits"] and got["fault"] == 0
+        got["trace"] = want.trace
+    report["bit_exact"] = all(r["bit_exact"] for r in report["runs"])
+    return report

@@ -115,6 +115,18 @@ class AccelConfig:
         """Width of a row index (and a token count) over every buffer, up to and including ``max_tokens``."""
         return ceil_log2(max(self.geometry(b).rows for b in Buffer) + 1)
 
+    def gemm_config(self):
+        """The GEMM engine serving every linear layer of the envelope: ``banks`` x ``gemm_cols``, weights
+        streamed one AXI word per beat, the widest output the residual format."""
+        from tokensift.hw.gemm.config import GemmConfig
+        from tokensift.quant.fixed import FixedFormat
+
+        env = self.envelope
+        return GemmConfig(rows=self.banks, cols=self.gemm_cols, max_tokens=env.max_tokens,
+                          max_in=max(env.width, env.patch_dim, env.mlp_hidden),
+                          max_out=max(3 * env.width, env.mlp_hidden, env.classes),
+                          weight_bytes=self.axi.data_bytes, out=FixedFormat(bits=env.res_bits))
+
     def as_dict(self) -> dict:
         return {"envelope": self.envelope.to_dict(), "banks": self.banks, "lanes": self.lanes,
                 "gemm_cols": self.gemm_cols, "axi": self.axi.as_dict()}

@@ -27,14 +27,15 @@ from tokensift.hw.accel.ports import op_layout
 from tokensift.hw.accel.regmap import Fault
 from tokensift.hw.axi.burst import command_layout
 from tokensift.hw.axi.reader import word_layout
-from tokensift.quant.accel.image import _ENVELOPE, _FIXED, HEADER_BYTES, MAGIC, VERSION
+from tokensift.quant.accel.image import _ENVELOPE, _FIXED, _GEMM, _GEMM_AT, HEADER_BYTES, MAGIC, VERSION
 from tokensift.quant.accel.isa import INSTRUCTION_BYTES, Buffer, Opcode, Rows
 from tokensift.quant.accel.registers import MAX_STAGES, METHOD_RULES, METHODS, RULES
+from tokensift.quant.accel.stream import GemmShape
 
 __all__ = ["Sequencer", "registers_layout", "HEADER_CHECK_BYTES", "header_check", "DISPATCH_CYCLES"]
 
-#: the header bytes the sequencer reads and checks (magic, version, method, the envelope)
-HEADER_CHECK_BYTES = 96
+#: the header bytes the sequencer reads and checks (magic, version, method, the envelope, the GEMM shape)
+HEADER_CHECK_BYTES = 160
 #: cycles from the last word of an instruction's fetch to its engine's ``start`` (decode, context, dispatch)
 DISPATCH_CYCLES = 3
 
@@ -49,7 +50,9 @@ def registers_layout() -> data.StructLayout:
 
 def header_check(cfg: AccelConfig, data_bytes: int) -> list[tuple[int, int]]:
     """``(expected, mask)`` per bus word of the checked header bytes: the magic, the version and the envelope
-    must equal the generated design's; the rest (sizes, checksum, method, scale, regions) is not compared."""
+    must equal the generated design's, and the weight streams must be laid out for its GEMM engine (columns,
+    beat bytes, accumulator, multiplier and shift widths); the rest (sizes, checksum, method, scale, regions)
+    is not compared."""
     expected = bytearray(HEADER_CHECK_BYTES)
     mask = bytearray(HEADER_CHECK_BYTES)
     fixed = _FIXED.pack(MAGIC, VERSION, HEADER_BYTES, 0, 0, 0, 0.0)
@@ -58,6 +61,10 @@ def header_check(cfg: AccelConfig, data_bytes: int) -> list[tuple[int, int]]:
     env = _ENVELOPE.pack(*(getattr(cfg.envelope, f) for f in cfg.envelope.to_dict()))
     expected[_FIXED.size:_FIXED.size + len(env)] = env
     mask[_FIXED.size:_FIXED.size + len(env)] = b"\xff" * len(env)
+    gemm = _GEMM.pack(*GemmShape(cols=cfg.gemm_cols, stream_bytes=cfg.axi.data_bytes,
+                                 multiplier_bits=cfg.gemm_config().multiplier_bits).as_tuple())
+    expected[_GEMM_AT:_GEMM_AT + len(gemm)] = gemm
+    mask[_GEMM_AT:_GEMM_AT + len(gemm)] = b"\xff" * len(gemm)
     words = []
     for i in range(0, HEADER_CHECK_BYTES, data_bytes):
         words.append((int.from_bytes(expected[i:i + data_bytes], "little"),
