@@ -12,7 +12,7 @@ __all__ = ["run_accelerator"]
 
 
 def run_accelerator(cfg: AccelConfig, dram: bytes, runs: list[dict], *, latency: int = 8, pause: float = 0.0,
-                    seed: int = 1, build_dir=None, waves=False) -> dict:
+                    seed: int = 1, op_timing: bool = False, build_dir=None, waves=False) -> dict:
     """Load ``dram`` at address 0, do each run (see :mod:`tokensift.sim.tb_accel`), return the report."""
     from tokensift.hw.accel.top import Accelerator
 
@@ -20,7 +20,7 @@ def run_accelerator(cfg: AccelConfig, dram: bytes, runs: list[dict], *, latency:
         image = Path(tmp) / "dram.bin"
         image.write_bytes(bytes(dram))
         params = {"image": str(image), "dram_bytes": max(1 << 20, 1 << (len(dram) + 4096).bit_length()),
-                  "latency": latency, "pause": pause, "seed": seed,
+                  "latency": latency, "pause": pause, "seed": seed, "op_timing": op_timing,
                   "runs": [{**r, "registers": {str(k): v for k, v in r["registers"].items()}} for r in runs]}
         res = run_cocotb(Accelerator(config=cfg), toplevel="tokensift_accel", test_module="tokensift.sim.tb_accel",
                          params=params, build_dir=build_dir, waves=waves, seed=seed)
@@ -28,7 +28,8 @@ def run_accelerator(cfg: AccelConfig, dram: bytes, runs: list[dict], *, latency:
 
 
 def simulate_model(cfg: AccelConfig, image: bytes, registers, inputs: list[bytes], *, register_sets=None,
-                   latency: int = 8, pause: float = 0.0, seed: int = 1, build_dir=None, waves=False) -> dict:
+                   latency: int = 8, pause: float = 0.0, seed: int = 1, op_timing: bool = False, build_dir=None,
+                   waves=False) -> dict:
     """Real images through the generated design, one run per (input, register set), each checked against the
     reference sequencer (:func:`tokensift.quant.accel.executor.run`) on the same DRAM bytes and registers.
 
@@ -57,8 +58,8 @@ def simulate_model(cfg: AccelConfig, image: bytes, registers, inputs: list[bytes
             expected.append(result)
             runs.append({"registers": regs.encode(), "input": data.hex(), "logits_base": regs.logits_base,
                          "classes": classes})
-    report = run_accelerator(cfg, dram, runs, latency=latency, pause=pause, seed=seed, build_dir=build_dir,
-                             waves=waves)
+    report = run_accelerator(cfg, dram, runs, latency=latency, pause=pause, seed=seed, op_timing=op_timing,
+                             build_dir=build_dir, waves=waves)
     for got, want in zip(report["runs"], expected, strict=True):
         got["expected_logits"] = [int(v) for v in want.logits]
         got["bit_exact"] = got["logits"] == got["expected_logits"] and got["fault"] == 0

@@ -6,7 +6,9 @@ Parameters (:func:`tokensift.sim.runner.tb_params`): ``image`` (path of the DRAM
 ``input`` (hex of the input bytes, written at the run's INPUT_BASE before it starts, or none),
 ``logits_base`` and ``classes`` (what to read back), ``reset_after`` (assert reset that many cycles after
 start and skip the run: the next run must be exact). The report: per run ``done``, ``status``, ``cycles``,
-``overflows``, ``logits`` (int16 list) and the measured ``wall_cycles`` (start write to done).
+``overflows``, ``logits`` (int16 list) and the measured ``wall_cycles`` (start write to done); with
+``op_timing``, ``ops``: per dispatched instruction the cycles (from the run's start) its engine was started
+and answered ``done``, read from the sequencer's own ports.
 """
 
 from __future__ import annotations
@@ -27,6 +29,30 @@ from tokensift.sim.streams import reset, start_clock
 MAX_CYCLES = 5_000_000
 
 
+class OpTimes:
+    """The cycles of the sequencer's ``start`` pulses and its engines' ``done`` answers."""
+
+    def __init__(self, dut, counter: CycleCounter):
+        self.seq = dut.sequencer
+        self.counter = counter
+        self.events: list[tuple[str, int]] = []
+        cocotb.start_soon(self._run())
+
+    async def _run(self):
+        while True:
+            await RisingEdge(self.seq.clk)
+            if int(self.seq.start.value):
+                self.events.append(("start", self.counter.now))
+            if int(self.seq.eng_done.value):
+                self.events.append(("done", self.counter.now))
+
+    def take(self, origin: int) -> list[list[int]]:
+        starts = [c - origin for kind, c in self.events if kind == "start"]
+        dones = [c - origin for kind, c in self.events if kind == "done"]
+        self.events.clear()
+        return [list(p) for p in zip(starts, dones, strict=False)]
+
+
 @cocotb.test()
 async def images(dut):
     tp = tb_params()
@@ -43,6 +69,7 @@ async def images(dut):
             ch.set_pause_generator(pause_generator(tp["pause"], tp["seed"] + 50 + i))
     await reset(dut)
     dram.write(0, Path(tp["image"]).read_bytes())
+    timing = OpTimes(dut, counter) if tp.get("op_timing") else None
     results = []
     for run in tp["runs"]:
         regs = {int(k): v for k, v in run["registers"].items()}
@@ -51,6 +78,8 @@ async def images(dut):
         for offset, value in sorted(regs.items()):
             await host.write_dword(offset, value)
         await host.write_dword(0x04, 0x3)  # clear a done left by an earlier run
+        if timing:
+            timing.events.clear()
         start = counter.now
         await host.write_dword(0x00, 1)
         if run.get("reset_after") is not None:
@@ -76,5 +105,6 @@ async def images(dut):
         raw = dram.read(run.get("logits_base", 0), 2 * classes)
         results.append({"done": done, "status": status, "fault": (status >> 4) & 0xF, "fault_pc": status >> 16,
                         "cycles": cycles, "overflows": overflows, "wall_cycles": wall, "irq_cleared": irq_cleared, "register_error": error,
-                        "logits": list(struct.unpack(f"<{classes}h", raw)) if classes else []})
+                        "logits": list(struct.unpack(f"<{classes}h", raw)) if classes else [],
+                        "ops": timing.take(start) if timing else None})
     tb_report(runs=results)

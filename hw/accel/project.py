@@ -1,0 +1,88 @@
+"""The accelerator's Python flow, in the shape hls4ml users know: **configure** a calibrated integer model for a
+design shape, **estimate** its cycles with the cost model, **generate** the Verilog, **simulate** real images
+through Verilator bit-exact.
+
+>>> project = configure(int_model, banks=2, lanes=8, gemm_cols=64)          # doctest: +SKIP
+>>> project.estimate(images)["cycles"]                                       # doctest: +SKIP
+>>> project.generate("build/accel")                                          # doctest: +SKIP
+>>> report = project.simulate(images, register_sets=[project.registers(), project.registers(method="dense")])
+...                                                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokensift.hw.accel.config import AccelConfig
+from tokensift.hw.axi.config import AxiDmaConfig
+
+__all__ = ["configure", "Project", "TOPLEVEL"]
+
+TOPLEVEL = "tokensift_accel"
+
+
+@dataclass
+class Project:
+    """One model compiled for one design shape: the :class:`AccelConfig`, the compiled memory image and its
+    default registers (:class:`tokensift.quant.accel.compiler.Compiled`)."""
+
+    config: AccelConfig
+    compiled: object
+    int_model: object = None
+
+    @property
+    def image(self) -> bytes:
+        return self.compiled.image
+
+    def registers(self, **changes):
+        """The compiled default registers with ``changes`` (``Registers.replace``)."""
+        return self.compiled.registers.replace(**changes) if changes else self.compiled.registers
+
+    def inputs(self, images) -> list[bytes]:
+        """Float images (B, C, H, W) as the bytes of the image's input region, as the host writes them."""
+        from tokensift.quant.accel.image import decode_image, input_bytes, quantize_input
+
+        return [input_bytes(codes) for codes in quantize_input(decode_image(self.image), images)]
+
+    def estimate(self, images, *, registers=None, latency: int = 8) -> dict:
+        """The cost model's cycles of each image (:func:`tokensift.hw.accel.cycles.image_cycles`)."""
+        from tokensift.hw.accel.cycles import image_cycles
+
+        regs = registers or self.registers()
+        per = [image_cycles(self.config, self.image, regs, data, latency=latency) for data in self.inputs(images)]
+        return {"cycles": [p["cycles"] for p in per], "images": per}
+
+    def generate(self, out_dir) -> dict:
+        """``out_dir/tokensift_accel.v`` and its manifest (the design's shape, envelope, opcodes, registers)."""
+        from tokensift.hw.accel.top import Accelerator
+        from tokensift.hw.common.manifest import write_outputs
+
+        top = Accelerator(config=self.config)
+        return write_outputs(top, toplevel=TOPLEVEL, block="accelerator", parameters=self.config.as_dict(),
+                             out_dir=out_dir, extra={"opcodes": [op.name for op in top.opcodes],
+                                                     "registers": top.regmap.as_dict()})
+
+    def simulate(self, images, *, register_sets=None, latency: int = 8, pause: float = 0.0, seed: int = 1,
+                 build_dir=None, waves=False) -> dict:
+        """Every image under every register set through the Verilator model, each run checked against the
+        reference sequencer (:func:`tokensift.sim.accel_runs.simulate_model`)."""
+        from tokensift.sim.accel_runs import simulate_model
+
+        return simulate_model(self.config, self.image, self.registers(), self.inputs(images),
+                              register_sets=register_sets, latency=latency, pause=pause, seed=seed,
+                              build_dir=build_dir, waves=waves)
+
+
+def configure(int_model, *, banks: int = 2, lanes: int = 8, gemm_cols: int = 64,
+              axi: AxiDmaConfig | None = None) -> Project:
+    """Compile a calibrated :class:`~tokensift.quant.integer_model.IntegerViT` for a design of ``banks`` token
+    banks (the GEMM engine's rows), ``lanes`` elements per buffer word and ``gemm_cols`` GEMM columns, with
+    weights streamed one AXI word (``axi.data_bytes``) per beat."""
+    from tokensift.quant.accel import compile_model
+    from tokensift.quant.accel.image import decode_image
+
+    axi = axi or AxiDmaConfig()
+    compiled = compile_model(int_model, gemm_cols=gemm_cols, stream_bytes=axi.data_bytes)
+    env = decode_image(compiled.image).envelope
+    return Project(AccelConfig(envelope=env, banks=banks, lanes=lanes, gemm_cols=gemm_cols, axi=axi), compiled,
+                   int_model)
