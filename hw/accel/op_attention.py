@@ -30,14 +30,14 @@ Cycles: :func:`cycles` (exact with a fixed DRAM latency and no gaps).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int
 from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.accel.ports import engine_signature
-from tokensift.hw.accel.rows import RowReader
+from tokensift.hw.accel.rows import RowReader, walk_layout
 from tokensift.hw.attention.core import Attention
 from tokensift.hw.attention.cycles import cycles as core_cycles
 from tokensift.hw.common.mac_array import mul_const
@@ -240,20 +240,18 @@ class AttentionOpEngine(wiring.Component):
         fetched = last_held & ~emit & ~field_valid & ~checked_valid
 
         # -- the frame: the header, then Q, K, V rows from three walks -------------------------------------
-        words = [Signal(cfg.word_bits, name=f"{x}_word") for x in "qkv"]
-        m.d.sync += [words[0].eq(head_word), words[1].eq(m_words + head_word),
-                     words[2].eq((m_words << 1) + head_word)]
+        k_word, v_word = Signal(cfg.word_bits), Signal(cfg.word_bits)  # Q's is ``head_word``
+        m.d.sync += [k_word.eq(m_words + head_word), v_word.eq((m_words << 1) + head_word)]
         header = Signal()
         walks = Signal(range(4))
         walk = reader.i_walk
-        m.d.comb += [walk.valid.eq((state == _RUN) & (walks != 3)), walk.payload.buffer.eq(op.src),
-                     walk.payload.row0.eq(0), walk.payload.rows.eq(n), walk.payload.words.eq(chunks)]
-        with m.Switch(walks):
-            for i, w in enumerate(words):
-                with m.Case(i):
-                    m.d.comb += walk.payload.word0.eq(w)
+        walk_req = Signal(walk_layout(cfg))  # the next walk, registered
+        m.d.comb += [walk.valid.eq((state == _RUN) & (walks != 3)), walk.payload.eq(walk_req)]
+        with m.If(state == _DECIDE):
+            m.d.sync += [walk_req.buffer.eq(op.src), walk_req.row0.eq(0), walk_req.rows.eq(n),
+                         walk_req.word0.eq(head_word), walk_req.words.eq(chunks)]
         with m.If(walk.valid & walk.ready):
-            m.d.sync += walks.eq(walks + 1)
+            m.d.sync += [walks.eq(walks + 1), walk_req.word0.eq(Mux(walks == 0, k_word, v_word))]
         feed = core.i_stream
         with m.If(header):
             m.d.comb += [feed.valid.eq(1), feed.payload.header.n_tokens.eq(n)]

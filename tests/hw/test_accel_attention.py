@@ -22,6 +22,8 @@ from tokensift.hw.accel.op_attention import RECORD_BYTES, AttentionOpEngine, cor
 from tokensift.hw.axi.config import AxiDmaConfig
 from tokensift.quant.accel import records as rec
 from tokensift.quant.accel.isa import Buffer, Opcode, Rows
+from tokensift.quant.attention import attention_head
+from tokensift.quant.fixed import OverflowCounter
 from tokensift.sim.accel_ops import EngineBench, op_fields, run_op
 
 # TINY models: 3 blocks of 2 heads, so the ATTENTION steps are block 0 heads 0, 1 (steps 0, 1) .. block 2 (4, 5);
@@ -85,7 +87,12 @@ def _case(variant: str, nth: int, *, shift: int = 0, **shape) -> Case:
 
 def _check_bit_exact(case: Case, result) -> None:
     assert not result.fault
-    assert result.rows == case.entry["n"] == case.after.count[case.ins.dst]
+    n, h, hd, c = case.entry["n"], case.ins.arg, case.ins.k, case.ins.m
+    assert result.rows == n == case.after.count[case.ins.dst]
+    qkv, counter = case.before.buffers[case.ins.src][:n], OverflowCounter()
+    attention_head(*(qkv[:, i * c + h * hd:i * c + (h + 1) * hd] for i in range(3)), _record(case.dram, case.address),
+                   counter=counter)
+    assert result.overflows == min(counter.total, 0xFFFF)
     for b in Buffer:  # the head's columns and class row as the reference wrote them, nothing else touched
         got, want = result.buffers[b], case.after.buffers[b]
         if not np.array_equal(got, want):
@@ -198,6 +205,18 @@ def test_parameter_errors():
         cycles(cfg, n_tokens=10, dram_latency=0, record_address=4)
     with pytest.raises(ValueError, match=r"^dram_latency must be"):
         cycles(cfg, n_tokens=10, dram_latency=-1)
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("shape", [{"lanes": 16}, {"banks": 4, "lanes": 8, "axi": AxiDmaConfig(data_bytes=16)}])
+def test_generated_verilog_lints_clean(shape, tmp_path):
+    from amaranth.back import verilog
+    from test_verilog_lint import findings
+
+    top = "attention_op"
+    found = findings(verilog.convert(AttentionOpEngine(config=config_for("dense", **shape)), name=top,
+                                     emit_src=False), top, tmp_path)
+    assert not found, "\n".join(found)
 
 
 @pytest.mark.slow
