@@ -332,7 +332,8 @@ class AttentionOpEngine(wiring.Component):
         filled). Today's core bakes them in at generation, so they can only be checked against its own: a
         mismatch faults the op (the core would compute another layer's attention). When the core takes them at
         run time, drive its constants port (a ``k_stream`` or header beats) from ``constants`` here and return
-        1 instead of the comparison."""
+        1 instead of the comparison. ``constants`` is complete (and range-checked) when the engine enters its
+        run step, the cycle before the frame's header is offered to the core."""
         ok = Signal()
         m.d.comb += ok.eq(Cat(*(constants[name] == getattr(self._params, name) for name in _CONSTANTS)).all())
         return ok
