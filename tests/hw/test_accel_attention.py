@@ -209,6 +209,35 @@ def test_malformed_records_fault():
         assert len(result.dram_commands) == 1
 
 
+class _SlaveError(wiring.Component):
+    """The engine behind a bus whose read responses all come back with an error (RRESP SLVERR)."""
+
+    def __init__(self, engine: AttentionOpEngine):
+        self._engine = engine
+        super().__init__(engine_signature(engine.config))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = eng = self._engine
+        for port in ("rd", "wr", "dram_cmd"):
+            wiring.connect(m, getattr(eng, port), wiring.flipped(getattr(self, port)))
+        m.d.comb += [eng.dram_data.valid.eq(self.dram_data.valid), self.dram_data.ready.eq(eng.dram_data.ready),
+                     eng.dram_data.payload.eq(self.dram_data.payload), eng.dram_data.payload.error.eq(1)]
+        for name in ("start", "op"):
+            m.d.comb += getattr(eng, name).eq(getattr(self, name))
+        for name in ("done", "rows", "fault", "overflows"):
+            m.d.comb += getattr(self, name).eq(getattr(eng, name))
+        return m
+
+
+def test_a_bus_error_faults():
+    case = _case("dense", 0, lanes=16)
+    engine = _SlaveError(AttentionOpEngine(config=case.cfg, constants=_record(case.dram, case.address)))
+    result = run_op(EngineBench(case.cfg, engine), case.dram, case.before.buffers, case.op())
+    _check_untouched(case, result)
+    assert len(result.dram_commands) == 1
+
+
 def test_another_layers_record_faults_on_the_generated_constants():
     """Until the core takes its constants at run time, an op whose record holds another layer's constants
     than the core was generated with must fault, not compute that layer with the wrong scales."""
