@@ -19,8 +19,9 @@ constants (score scale and output requantization multipliers and shifts) land in
 A fault (``done``, nothing written): the op's checks (rows mode not ``ALL``, a head beyond the envelope's,
 ``k`` not the envelope's head dimension, ``(h + 1) hd > C``, ``3C`` beyond ``src``'s columns or ``C`` beyond
 ``dst``'s, ``src2`` not ``CLS``, ``n`` of 0 or beyond ``dst``'s rows, a head after the first over another
-token count than the class rows hold, a record offset not 8-byte aligned), then the record's (tag, length,
-a field that does not match the core or is out of range, an AXI error). Beyond the reference's faults the
+token count than the class rows hold, a record offset not 8-byte aligned, a record that does not end inside
+the address space, which the AXI reader would drop), then the record's (tag, length, a field that does not
+match the core or is out of range, an AXI error). Beyond the reference's faults the
 hardware also refuses ``C`` not a multiple of ``lanes`` (``K`` and ``V`` would not start on a buffer word),
 a ``src`` wider than the core's data, a ``dst`` narrower than it or ``dst = CLS``. A head after the first
 checks ``n`` against ``n2``, the class rows' count (the reference checks ``dst``'s; only a head writes both).
@@ -155,7 +156,7 @@ class AttentionOpEngine(wiring.Component):
         src_cols, dst_cols = Signal(range(max(g.cols for g in geo.values()) + 1)), Signal.like(three_c)
         dst_rows = Signal(cfg.row_bits)
         src_ok, dst_ok = Signal(), Signal()
-        record_addr = Signal(cfg.axi.addr_width)
+        record_addr = Signal(cfg.axi.addr_width + 1)                # with the carry: past the address space?
         div_shift = 16 + ceil_log2(lanes)
         div_mult = -(-(1 << div_shift) // lanes)  # m // lanes = (m div_mult) >> div_shift for any 16-bit m
         with m.If(state == _CHECK):
@@ -179,7 +180,8 @@ class AttentionOpEngine(wiring.Component):
                                 (heads_end > op.m) | (three_c > src_cols) | (op.m > dst_cols) |
                                 (mul_const(m_words, lanes) != op.m) | ~src_ok | ~dst_ok |
                                 (op.src2 != Buffer.CLS) | (n == 0) | (n > dst_rows) | (n > p.n_max) |
-                                ((h != 0) & (op.n2 != n)) | (op.addr_a[:3] != 0))
+                                ((h != 0) & (op.n2 != n)) | (op.addr_a[:3] != 0) |
+                                (record_addr > (1 << cfg.axi.addr_width) - RECORD_BYTES))
 
         # -- the record: fetched from the aligned word at or below it, checked one 8-byte field a cycle ------
         axi = cfg.axi
@@ -188,7 +190,7 @@ class AttentionOpEngine(wiring.Component):
         skip = Signal(range(per_word))                         # fields before the record in its first word
         if per_word > 1:
             m.d.comb += skip.eq(record_addr[3:word_low])
-        m.d.comb += [self.dram_cmd.payload.addr.eq(record_addr >> word_low << word_low),
+        m.d.comb += [self.dram_cmd.payload.addr.eq(record_addr[:axi.addr_width] >> word_low << word_low),
                      self.dram_cmd.payload.length.eq(RECORD_BYTES + (skip << 3)),
                      self.dram_cmd.valid.eq(state == _CMD)]
         held = Signal(axi.data_bits)

@@ -180,7 +180,8 @@ def test_malformed_ops_fault_before_fetching():
     bad = [case.op(rows=Rows.PATCHES), case.op(arg=env.heads), case.op(k=env.head_dim // 2),
            case.op(arg=0, m=env.head_dim + case.cfg.lanes // 2), case.op(m=env.head_dim), case.op(src2=Buffer.A),
            case.op(n=0), case.op(n2=n - 1), case.op(addr_a=case.ins.addr_a + 4), case.op(dst=Buffer.CLS),
-           case.op(src=Buffer.X), case.op(dst=Buffer.S)]
+           case.op(src=Buffer.X), case.op(dst=Buffer.S),
+           {**case.op(), "memory_base": (1 << case.cfg.axi.addr_width) - case.ins.addr_a - RECORD_BYTES + 8}]
     for op in bad:
         result = case.run(op)
         _check_untouched(case, result)
