@@ -1,0 +1,370 @@
+"""The ``ATTENTION`` engine: head ``h = arg`` of the QKV buffer through the attention core
+(:class:`tokensift.hw.attention.core.Attention`), bit-exact with the reference sequencer's
+:func:`tokensift.quant.attention.attention_head` step.
+
+One op runs one frame of the core: the header (``n``, the source's run-time rows), then the ``n`` rows of
+``Q`` (columns ``h hd ..``), of ``K`` (``C + h hd ..``) and of ``V`` (``2C + h hd ..``) of ``src``, ``hd = k``,
+``C = m``, each row ``hd / lanes`` buffer words streamed by a :class:`~tokensift.hw.accel.rows.RowReader`
+(one walk per matrix). The core's output rows go to ``dst`` columns ``h hd ..`` rows ``0 .. n-1``, its
+class-attention row to row ``h`` of ``src2`` (``CLS``), columns ``0 .. n-1``; ``rows`` answers ``n``.
+
+Before the frame the engine fetches the layer's ``ATTN`` record (:func:`tokensift.quant.accel.records.
+attention_record`: a 16-byte header, then one int64 scalar per 8 bytes) from ``memory_base + addr_a`` and
+checks it field by field against the generated core: the tag and length, ``n_max`` (the envelope's
+``max_tokens``), ``head_dim``, the widths and softmax formats; ``lanes`` and ``heads_parallel`` are the
+reference model's hints (they change no bit of the result), checked as valid values only. The per-layer
+constants (score scale and output requantization multipliers and shifts) land in registers in ONE place
+(:meth:`AttentionOpEngine._drive_constants`), the place that will drive the core's run-time constants port.
+
+A fault (``done``, nothing written): the op's checks (rows mode not ``ALL``, a head beyond the envelope's,
+``k`` not the envelope's head dimension, ``(h + 1) hd > C``, ``3C`` beyond ``src``'s columns or ``C`` beyond
+``dst``'s, ``src2`` not ``CLS``, ``n`` of 0 or beyond ``dst``'s rows, a head after the first over another
+token count than the class rows hold, a record offset not 8-byte aligned, a record that does not end inside
+the address space, which the AXI reader would drop), then the record's (tag, length, a field that does not
+match the core or is out of range, an AXI error). Beyond the reference's faults the
+hardware also refuses ``C`` not a multiple of ``lanes`` (``K`` and ``V`` would not start on a buffer word),
+a ``src`` wider than the core's data, a ``dst`` narrower than it or ``dst = CLS``. A head after the first
+checks ``n`` against ``n2``, the class rows' count (the reference checks ``dst``'s; only a head writes both).
+
+Cycles: :func:`cycles` (exact with a fixed DRAM latency and no gaps).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.utils import ceil_log2
+
+from tokensift.checks import check_int
+from tokensift.hw.accel.config import AccelConfig
+from tokensift.hw.accel.ports import engine_signature
+from tokensift.hw.accel.rows import RowReader, walk_layout
+from tokensift.hw.attention.core import Attention
+from tokensift.hw.attention.cycles import cycles as core_cycles
+from tokensift.hw.common.mac_array import mul_const
+from tokensift.quant.accel.isa import Buffer, Rows
+from tokensift.quant.accel.records import RECORD_HEADER, SCHEMAS, Tag, record_size
+from tokensift.quant.attention import AttentionParams
+from tokensift.quant.softmax import SoftmaxParams, SoftmaxVariant
+
+__all__ = ["AttentionOpEngine", "RECORD_BYTES", "RECORD_FIELDS", "core_params", "cycles"]
+
+#: the record's scalars, in order (each one 8-byte field after the two header fields)
+_SCALARS = SCHEMAS[Tag.ATTENTION].scalars
+#: bytes the engine fetches: the ``ATTN`` record (it has no arrays)
+RECORD_BYTES = record_size(Tag.ATTENTION, {})
+#: 8-byte fields of the record: the header (tag and length, reserved), then the scalars
+RECORD_FIELDS = RECORD_BYTES // 8
+_HEADER_FIELDS = RECORD_HEADER // 8
+#: the run-time constants (register widths): what the core will take per frame once it takes them at run time
+_CONSTANTS = {"scale_multiplier": 17, "scale_shift": 6, "out_multiplier": 31, "out_shift": 6}
+#: valid ranges of the record's values where the core does not fix them (as :class:`AttentionParams` checks)
+_RANGES = {"lanes": (1, 256), "scale_multiplier": (1, (1 << 17) - 1), "scale_shift": (0, 48),
+           "out_multiplier": (1, (1 << 31) - 1), "out_shift": (0, 62), "heads_parallel": (1, 16)}
+# the engine's steps
+_IDLE, _CHECK, _DECIDE, _CMD, _FETCH, _RUN = range(6)
+
+
+def core_params(config: AccelConfig, constants: AttentionParams | None = None) -> AttentionParams:
+    """The core an engine of ``config`` generates: the envelope's ``max_tokens`` and head dimension, the
+    buffers' ``lanes``, one head at a time, and the widths, softmax formats and (until the core takes them at
+    run time) per-layer constants of ``constants`` (default: :class:`AttentionParams`' defaults with the
+    envelope's probability format)."""
+    if not isinstance(config, AccelConfig):
+        raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+    env = config.envelope
+    if constants is None:
+        constants = AttentionParams(n_max=env.max_tokens, head_dim=env.head_dim, lanes=config.lanes,
+                                    softmax=SoftmaxParams(prob_frac=env.prob_frac))
+    if not isinstance(constants, AttentionParams):
+        raise TypeError(f"constants must be an AttentionParams, not {type(constants).__name__}")
+    if constants.softmax.prob_frac != env.prob_frac:
+        raise ValueError(f"the constants' probabilities have {constants.softmax.prob_frac} fractional bits, the "
+                         f"envelope's class rows {env.prob_frac}")
+    return AttentionParams(n_max=env.max_tokens, head_dim=env.head_dim, lanes=config.lanes,
+                           data_bits=constants.data_bits, acc_bits=constants.acc_bits, softmax=constants.softmax,
+                           scale_multiplier=constants.scale_multiplier, scale_shift=constants.scale_shift,
+                           out_multiplier=constants.out_multiplier, out_shift=constants.out_shift,
+                           heads_parallel=1)
+
+
+def _field_rules(p: AttentionParams) -> list[tuple[int, int, int | None]]:
+    """Per record field: the low 32 bits' range and the high 32 bits' value (None: any)."""
+    fixed = {"n_max": p.n_max, "head_dim": p.head_dim, "data_bits": p.data_bits, "acc_bits": p.acc_bits,
+             "variant": list(SoftmaxVariant).index(p.softmax.variant), "log2_frac": p.softmax.log2_frac,
+             "exp_frac": p.softmax.exp_frac, "prob_frac": p.softmax.prob_frac}
+    rules = [(Tag.ATTENTION, Tag.ATTENTION, RECORD_BYTES), (0, (1 << 32) - 1, None)]  # tag | length, reserved
+    for name in _SCALARS:
+        low, high = (fixed[name], fixed[name]) if name in fixed else _RANGES[name]
+        rules.append((low, high, 0))
+    return rules
+
+
+class AttentionOpEngine(wiring.Component):
+    """See the module docstring; ports as :func:`tokensift.hw.accel.ports.engine_signature` (with the DRAM
+    channel).
+
+    ``constants`` (keyword-only, optional): the per-layer constants the core is generated with. This is a
+    crutch for today's core, which takes them as generation parameters: the tests generate it with the
+    constants of the block under test (decoded from that instruction's record), and an op whose record holds
+    other constants faults. It goes away (with the interlock in :meth:`_drive_constants`) once the core takes
+    its constants at run time; the widths and softmax formats then come from the envelope.
+    """
+
+    def __init__(self, *, config: AccelConfig, constants: AttentionParams | None = None):
+        self._params = core_params(config, constants)
+        if config.axi.data_bytes < 8:
+            raise ValueError(f"the attention engine reads its record's int64 fields whole from each AXI word: "
+                             f"the word must be at least 8 bytes, not {config.axi.data_bytes}")
+        self._cfg = config
+        self._core = Attention(params=self._params)
+        super().__init__(engine_signature(config))
+
+    @property
+    def config(self) -> AccelConfig:
+        return self._cfg
+
+    @property
+    def params(self) -> AttentionParams:
+        """The generated core's parameters."""
+        return self._params
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, p = self._cfg, self._params
+        env = cfg.envelope
+        lanes, chunks = cfg.lanes, p.chunks
+        bank_bits = ceil_log2(cfg.banks)
+        lane_bits = max(1, ceil_log2(lanes))
+        m.submodules.core = core = self._core
+        m.submodules.reader = reader = RowReader(config=cfg)
+        wiring.connect(m, reader.rd, wiring.flipped(self.rd))
+
+        state = Signal(range(6))
+        op = Signal.like(self.op)
+        m.d.sync += [self.done.eq(0), self.fault.eq(0)]
+        with m.If(self.start):
+            m.d.sync += [op.eq(self.op), state.eq(_CHECK)]
+
+        # -- the op's checks: products and table look-ups registered, compared the cycle after --------------
+        h = op.arg
+        geo = {b: cfg.geometry(b) for b in Buffer}
+        three_c = Signal(18)
+        heads_end = Signal(range((1 << 8) * p.head_dim + 1))  # (h + 1) hd
+        m_words = Signal(16)                                   # C / lanes (rounded down)
+        head_word = Signal(cfg.word_bits)                      # h hd / lanes
+        src_cols, dst_cols = Signal(range(max(g.cols for g in geo.values()) + 1)), Signal.like(three_c)
+        dst_rows = Signal(cfg.row_bits)
+        src_ok, dst_ok = Signal(), Signal()
+        record_addr = Signal(cfg.axi.addr_width + 1)                # with the carry: past the address space?
+        div_shift = 16 + ceil_log2(lanes)
+        div_mult = -(-(1 << div_shift) // lanes)  # m // lanes = (m div_mult) >> div_shift for any 16-bit m
+        with m.If(state == _CHECK):
+            m.d.sync += [three_c.eq(mul_const(op.m, 3)), heads_end.eq(mul_const(h + 1, p.head_dim)),
+                         m_words.eq(mul_const(op.m, div_mult) >> div_shift),
+                         head_word.eq(mul_const(h, chunks)), record_addr.eq(op.memory_base + op.addr_a),
+                         src_cols.eq(0), dst_cols.eq(0), dst_rows.eq(0), src_ok.eq(0), dst_ok.eq(0),
+                         state.eq(_DECIDE)]
+            with m.Switch(op.src):
+                for b, g in geo.items():
+                    with m.Case(b):
+                        m.d.sync += [src_cols.eq(g.cols), src_ok.eq(g.signed & (g.bits <= p.data_bits))]
+            with m.Switch(op.dst):
+                for b, g in geo.items():
+                    with m.Case(b):
+                        m.d.sync += [dst_cols.eq(g.cols), dst_rows.eq(g.rows),
+                                     dst_ok.eq(g.signed & (g.bits >= p.data_bits))]
+        n = op.n
+        op_fault = Signal()
+        m.d.comb += op_fault.eq((op.rows != Rows.ALL) | (h >= env.heads) | (op.k != p.head_dim) |
+                                (heads_end > op.m) | (three_c > src_cols) | (op.m > dst_cols) |
+                                (mul_const(m_words, lanes) != op.m) | ~src_ok | ~dst_ok |
+                                (op.src2 != Buffer.CLS) | (n == 0) | (n > dst_rows) | (n > p.n_max) |
+                                ((h != 0) & (op.n2 != n)) | (op.addr_a[:3] != 0) |
+                                (record_addr > (1 << cfg.axi.addr_width) - RECORD_BYTES))
+
+        # -- the record: fetched from the aligned word at or below it, checked one 8-byte field a cycle ------
+        axi = cfg.axi
+        per_word = axi.data_bytes // 8
+        word_low = ceil_log2(axi.data_bytes)
+        skip = Signal(range(per_word))                         # fields before the record in its first word
+        if per_word > 1:
+            m.d.comb += skip.eq(record_addr[3:word_low])
+        m.d.comb += [self.dram_cmd.payload.addr.eq(record_addr[:axi.addr_width] >> word_low << word_low),
+                     self.dram_cmd.payload.length.eq(RECORD_BYTES + (skip << 3)),
+                     self.dram_cmd.valid.eq(state == _CMD)]
+        held = Signal(axi.data_bits)
+        left = Signal(range(per_word + 1))                     # fields of ``held`` not yet checked
+        last_held = Signal()
+        bus_error = Signal()
+        take = self.dram_data.valid & self.dram_data.ready
+        emit = left != 0
+        m.d.comb += self.dram_data.ready.eq((state == _FETCH) & (left <= 1) & ~last_held)
+        with m.If(emit):
+            m.d.sync += [held.eq(held >> 64), left.eq(left - 1)]
+        with m.If(take):
+            m.d.sync += [held.eq(self.dram_data.payload.data), left.eq(per_word),
+                         last_held.eq(self.dram_data.payload.last),
+                         bus_error.eq(bus_error | self.dram_data.payload.error)]
+        index = Signal(signed(ceil_log2(RECORD_FIELDS + per_word) + 2))  # the next field's index in the record
+        with m.If(emit):
+            m.d.sync += index.eq(index + 1)
+        field = Signal(64)
+        field_index = Signal.like(index)
+        field_valid = Signal()
+        m.d.sync += [field.eq(held[:64]), field_index.eq(index), field_valid.eq(emit)]
+        low, high = field[:32], field[32:]
+        rules = _field_rules(p)
+        bad = Signal()
+        with m.If(field_valid):
+            with m.Switch(field_index):
+                for i, (lo, hi, top) in enumerate(rules):
+                    with m.Case(i):
+                        m.d.sync += bad.eq((low < lo) | (low > hi) | ((high != top) if top is not None else 0))
+                with m.Default():
+                    m.d.sync += bad.eq(0)
+        with m.Else():
+            m.d.sync += bad.eq(0)
+        lanes_at = _HEADER_FIELDS + _SCALARS.index("lanes")
+        with m.If(field_valid & (field_index == lanes_at)):  # a lane count must divide the head dimension
+            divisors = [d for d in range(1, _RANGES["lanes"][1] + 1) if p.head_dim % d == 0]
+            m.d.sync += bad.eq(~Cat(*(low == d for d in divisors)).any() | (high != 0))
+        checked_valid = Signal()
+        m.d.sync += checked_valid.eq(field_valid)
+        record_ok = Signal()
+        with m.If(checked_valid & bad):
+            m.d.sync += record_ok.eq(0)
+        constants = Signal(data.StructLayout({name: unsigned(w) for name, w in _CONSTANTS.items()}))
+        for name, width in _CONSTANTS.items():
+            with m.If(field_valid & (field_index == _HEADER_FIELDS + _SCALARS.index(name))):
+                m.d.sync += constants[name].eq(low[:width])
+        constants_ok = self._drive_constants(m, constants)
+        fetched = last_held & ~emit & ~field_valid & ~checked_valid
+
+        # -- the frame: the header, then Q, K, V rows from three walks -------------------------------------
+        k_word, v_word = Signal(cfg.word_bits), Signal(cfg.word_bits)  # Q's is ``head_word``
+        m.d.sync += [k_word.eq(m_words + head_word), v_word.eq((m_words << 1) + head_word)]
+        header = Signal()
+        walks = Signal(range(4))
+        walk = reader.i_walk
+        walk_req = Signal(walk_layout(cfg))  # the next walk, registered
+        m.d.comb += [walk.valid.eq((state == _RUN) & (walks != 3)), walk.payload.eq(walk_req)]
+        with m.If(state == _DECIDE):
+            m.d.sync += [walk_req.buffer.eq(op.src), walk_req.row0.eq(0), walk_req.rows.eq(n),
+                         walk_req.word0.eq(head_word), walk_req.words.eq(chunks)]
+        with m.If(walk.valid & walk.ready):
+            m.d.sync += [walks.eq(walks + 1), walk_req.word0.eq(Mux(walks == 0, k_word, v_word))]
+        feed = core.i_stream
+        with m.If(header):
+            m.d.comb += [feed.valid.eq(1), feed.payload.header.n_tokens.eq(n)]
+        with m.Else():
+            m.d.comb += [feed.valid.eq(reader.o_word.valid), reader.o_word.ready.eq(feed.ready)]
+            for i in range(lanes):
+                m.d.comb += feed.payload.row[i].eq(reader.o_word.payload.data[i][:p.data_bits])
+        with m.If(header & feed.ready):
+            m.d.sync += header.eq(0)
+
+        # -- the steps ----------------------------------------------------------------------------------
+        with m.If(state == _DECIDE):
+            with m.If(op_fault):
+                m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0), state.eq(_IDLE)]
+            with m.Else():
+                m.d.sync += [state.eq(_CMD), index.eq(-skip), record_ok.eq(1), bus_error.eq(0),
+                             last_held.eq(0)]
+        with m.If((state == _CMD) & self.dram_cmd.ready):
+            m.d.sync += state.eq(_FETCH)
+        with m.If((state == _FETCH) & fetched):
+            with m.If(record_ok & constants_ok & ~bus_error):
+                m.d.sync += [state.eq(_RUN), header.eq(1), walks.eq(0)]
+            with m.Else():
+                m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0), state.eq(_IDLE)]
+
+        # -- the outputs: O rows into ``dst`` (first), the class row into ``CLS`` row h -------------------
+        out, scores = core.o_stream, core.s_stream
+        o_row = Signal(cfg.row_bits + 1)
+        o_chunk = Signal(range(chunks))
+        o_word = Signal(cfg.word_bits)
+        s_col = Signal(cfg.row_bits + 1)
+        s_word = Signal(cfg.word_bits)
+        s_lane = Signal(lane_bits)
+        o_done, s_done = Signal(), Signal()
+        cls_tile, cls_bank = Signal(cfg.tile_bits), Signal(max(1, bank_bits))
+        m.d.sync += [cls_tile.eq(h >> bank_bits), cls_bank.eq(h[:bank_bits] if bank_bits else 0)]
+        m.d.comb += [out.ready.eq(1), scores.ready.eq(~out.valid)]
+        write_o = out.valid
+        write_s = scores.valid & ~out.valid
+        m.d.comb += self.wr.en.eq(write_o | write_s)
+        with m.If(write_o):
+            m.d.comb += [self.wr.buffer.eq(op.dst), self.wr.tile.eq(o_row >> bank_bits), self.wr.word.eq(o_word)]
+            for bank in range(cfg.banks):
+                for i in range(lanes):
+                    m.d.comb += [self.wr.data[bank][i].eq(out.payload.row[i]),
+                                 self.wr.mask[bank][i].eq(o_row[:bank_bits] == bank if bank_bits else 1)]
+        with m.Else():
+            m.d.comb += [self.wr.buffer.eq(Buffer.CLS), self.wr.tile.eq(cls_tile), self.wr.word.eq(s_word)]
+            for bank in range(cfg.banks):
+                for i in range(lanes):
+                    m.d.comb += [self.wr.data[bank][i].eq(scores.payload.prob),
+                                 self.wr.mask[bank][i].eq(((cls_bank == bank) if bank_bits else 1) & (s_lane == i))]
+        with m.If(write_o):
+            with m.If(o_chunk == chunks - 1):
+                m.d.sync += [o_chunk.eq(0), o_row.eq(o_row + 1), o_word.eq(head_word)]
+                with m.If(o_row + 1 == n):
+                    m.d.sync += o_done.eq(1)
+            with m.Else():
+                m.d.sync += [o_chunk.eq(o_chunk + 1), o_word.eq(o_word + 1)]
+        with m.If(write_s):
+            m.d.sync += s_col.eq(s_col + 1)
+            with m.If(s_lane == lanes - 1):
+                m.d.sync += [s_lane.eq(0), s_word.eq(s_word + 1)]
+            with m.Else():
+                m.d.sync += s_lane.eq(s_lane + 1)
+            with m.If(s_col + 1 == n):
+                m.d.sync += s_done.eq(1)
+        with m.If((state == _RUN) & o_done & s_done):
+            m.d.sync += [self.done.eq(1), self.rows.eq(n), state.eq(_IDLE)]
+        with m.If(state == _DECIDE):  # a new frame's outputs start at row 0, column 0
+            m.d.sync += [o_row.eq(0), o_chunk.eq(0), o_word.eq(head_word), s_col.eq(0), s_word.eq(0),
+                         s_lane.eq(0), o_done.eq(0), s_done.eq(0)]
+        m.d.comb += self.overflows.eq(core.status.overflows)
+        return m
+
+    def _drive_constants(self, m: Module, constants) -> Signal:
+        """THE ONE PLACE the record's per-layer constants meet the core (``constants``: registers the record
+        filled). Today's core bakes them in at generation, so they can only be checked against its own: a
+        mismatch faults the op (the core would compute another layer's attention). When the core takes them at
+        run time, drive its constants port (a ``k_stream`` or header beats) from ``constants`` here and return
+        1 instead of the comparison. ``constants`` is complete (and range-checked) when the engine enters its
+        run step, the cycle before the frame's header is offered to the core."""
+        ok = Signal()
+        m.d.comb += ok.eq(Cat(*(constants[name] == getattr(self._params, name) for name in _CONSTANTS)).all())
+        return ok
+
+
+def cycles(config: AccelConfig, *, n_tokens: int, dram_latency: int, constants: AttentionParams | None = None,
+           record_address: int = 0) -> int:
+    """Cycles from ``start`` to ``done`` of one head over ``n_tokens`` rows, exact when DRAM answers a command
+    ``dram_latency`` cycles after taking it and then sends its words back to back (``record_address``: the
+    record's absolute byte address, whose offset within a bus word adds the fields before it).
+
+    Only ``dram_latency`` and the fetched fields depend on DRAM; the rest is the core's frame
+    (:func:`tokensift.hw.attention.cycles.cycles`) and the engine's fixed overhead::
+
+        4        start latched, the op's two check cycles, the DRAM command taken
+        + L      the DRAM latency
+        + F      8-byte fields fetched, one a cycle (the record's 16, plus the word's fields before it)
+        + 4      the last field's check pipeline (field, compare, verdict) and the decision
+        + core   the frame, from the header's transfer to the last output row's
+        + 6      the feed: the first Q word reaches the core 4 cycles after the header (the walk starts with
+                 it: a walk request, the buffer's 2 cycles, the reader's FIFO), and the reader pauses one
+                 cycle between its three walks (Q, K, V), which delays the core's compute by as much
+        + 2      the header's own cycle, ``done`` registered after the last write
+    """
+    p = core_params(config, constants)
+    check_int("dram_latency", dram_latency, low=0, numpy=False)
+    check_int("record_address", record_address, low=0, numpy=False)
+    if record_address % 8:
+        raise ValueError(f"record_address must be 8-byte aligned, not {record_address}")
+    word = config.axi.data_bytes
+    fields = -(-(RECORD_BYTES + record_address % word) // word) * word // 8
+    return 4 + dram_latency + fields + 4 + core_cycles(p, n_tokens=n_tokens) + 6 + 2
