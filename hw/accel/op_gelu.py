@@ -68,7 +68,7 @@ def cycles(cfg: AccelConfig, *, n: int, m: int, dram_latency: int) -> int:
     words = -(-m // cfg.lanes)
     fetch = record_cycles(cfg, RECORD_BYTES, dram_latency)
     if n == 0:
-        return fetch + 2
+        return fetch
     return fetch + 3 + READ_LATENCY + n * words + GELU_LATENCY
 
 

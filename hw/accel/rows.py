@@ -179,9 +179,9 @@ class RecordSlots(wiring.Component):
 
 
 def record_cycles(cfg: AccelConfig, length: int, dram_latency: int) -> int:
-    """Cycles from an engine's ``start`` to its last slot of a ``length``-byte record through
-    :class:`RecordSlots`, for an engine that requests it two cycles after ``start`` (its checks registered)
-    from a DRAM answering ``dram_latency`` cycles after the command's handshake, one bus word per cycle: a
+    """Cycles from an engine's ``start`` to a ``done`` decided on a ``length``-byte record's last slot (through
+    :class:`RecordSlots`, a registered decision after it), for an engine that requests the record two cycles
+    after ``start`` (its checks registered) from a DRAM answering ``dram_latency`` cycles after the command's handshake, one bus word per cycle: a
     4-byte bus takes two words per slot, a wider one gives a slot per cycle."""
     slots = length // 8
     return 5 + dram_latency + (2 * slots if cfg.axi.data_bytes == 4 else slots)
