@@ -105,7 +105,7 @@ def test_malformed_ops_and_records_fault_with_nothing_written():
     record = regs.memory_base + ins.addr_a
     slot = {name: record + RECORD_HEADER + 8 * i for i, name in enumerate(SCHEMAS[Tag.GELU].scalars)}
     ops = [{"n": 0, "start": 0},                        # the source holds no rows
-           {"m": 0}, {"m": cfg.geometry(Buffer.F).cols + 1},
+           {"m": cfg.geometry(Buffer.F).cols + 1},
            {"arg": 16},                                 # not the unit's output width
            {"src": int(Buffer.X)},                      # 16-bit values do not fit the unit's inputs
            {"dst": int(Buffer.CLS)},                    # an unsigned buffer
@@ -119,8 +119,7 @@ def test_malformed_ops_and_records_fault_with_nothing_written():
                (_patched(dram, record, Tag.GELU | (RECORD_BYTES + 8) << 32), {}),   # the wrong length
                (_patched(dram, slot["out_bits"], 16), {}),  # not the instruction's arg
                (_patched(dram, slot["in_bits"], 16), {}),   # not the unit's inputs
-               (_patched(dram, slot["multiplier"], 1 << 16), {}),   # wider than the unit's multiplier
-               (_patched(dram, slot["clip"], -1), {})]
+               (_patched(dram, slot["clip"], -1), {})]             # does not fit the unit's clip
     for image, bad in records:
         result = _run(cfg, image, before, {**op, **bad}, latency=(2, 2))
         assert result.fault and result.rows == 0, bad
