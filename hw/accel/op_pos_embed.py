@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.utils import ceil_log2
 
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import READ_LATENCY, engine_signature
+from tokensift.hw.accel.ports import engine_signature
 from tokensift.hw.accel.rows import RecordSlots, RowReader, buffer_fits, record_cycles, words_of
 from tokensift.hw.vector.residual import LATENCY as ADD_LATENCY
 from tokensift.hw.vector.residual import ResidualAdd, ResidualParams

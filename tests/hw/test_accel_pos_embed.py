@@ -13,6 +13,7 @@ import pytest
 from accel_models import config_for, first_step, steps
 
 from tokensift.hw.accel.op_pos_embed import PosEmbedEngine, cycles, record_bytes
+from tokensift.hw.accel.rows import words_of
 from tokensift.hw.axi.config import AxiDmaConfig
 from tokensift.quant.accel import records as rec
 from tokensift.quant.accel.isa import Buffer, Opcode
@@ -122,3 +123,10 @@ def test_malformed_ops_and_records_fault_with_nothing_written():
         # the whole read is drained before ``done``: the next op finds an idle channel
         assert result.cycles > record_bytes(ins.k, ins.m) // 8
         _unchanged(result, before.buffers)
+
+
+@pytest.mark.parametrize("lanes", [3, 5, 6, 12, 24, 48, 8])
+def test_words_of_is_exact_for_every_lanes(lanes):
+    """The engines' ``ceil(m / lanes)`` (a constant reciprocal where ``lanes`` is no power of two)."""
+    m = np.arange(1 << 17, dtype=np.int64)
+    assert np.array_equal(words_of(m, lanes), -(-m // lanes))
