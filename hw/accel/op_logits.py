@@ -59,8 +59,8 @@ def cycles(cfg: AccelConfig, *, m: int, done_latency: int) -> int:
     on the DRAM: an :class:`~tokensift.hw.axi.writer.AxiWriter`'s burst and response time).
 
     The checks (two cycles), the walk's start and the read port's latency, the reader's FIFO; then the row's
-    ``ceil(m / g)`` chunks of :func:`chunk_values` at one per cycle (those past ``m`` dropped with the last
-    word's tail); the last bus word registered and taken; the response, then ``done`` registered."""
+    ``ceil(m / g)`` chunks of :func:`chunk_values` at one per cycle (the last word's tail past ``m`` dropped
+    at once); the last bus word registered and taken; the response, then ``done`` registered."""
     if not isinstance(cfg, AccelConfig):
         raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
     g = chunk_values(cfg)
@@ -112,6 +112,8 @@ class LogitsEngine(wiring.Component):
                      reader.i_walk.payload.word0.eq(0), reader.i_walk.payload.words.eq(words)]
         cmd_sent = Signal()
         data_out = Signal()
+        held = Signal(16 * lanes)                   # the buffer word being cut
+        held_left = Signal(range(per_word + 1))     # its chunks still to go
         m.d.comb += [self.dram_wcmd.payload.addr.eq(op.logits_base), self.dram_wcmd.payload.length.eq(op.m << 1)]
         with m.If(self.dram_wcmd.valid & self.dram_wcmd.ready):
             m.d.sync += [self.dram_wcmd.valid.eq(0), cmd_sent.eq(1)]
@@ -124,14 +126,12 @@ class LogitsEngine(wiring.Component):
                         m.d.sync += [walk_valid.eq(1), self.dram_wcmd.valid.eq(1), cmd_sent.eq(0)]
                         m.next = "write"
             with m.State("write"):
-                m.d.comb += self.dram_wdone.ready.eq(cmd_sent & data_out)
+                m.d.comb += self.dram_wdone.ready.eq(cmd_sent & data_out & (held_left == 0) & ~reader.busy)
                 with m.If(self.dram_wdone.valid & self.dram_wdone.ready):
                     m.d.sync += [self.done.eq(1), self.fault.eq(self.dram_wdone.payload.error), self.rows.eq(1)]
                     m.next = "idle"
 
         # a buffer word's logits, ``g`` per cycle, into bus words (the chunks past ``m`` dropped)
-        held = Signal(16 * lanes)
-        held_left = Signal(range(per_word + 1))
         kept = Signal(16)
         acc = Signal(8 * cfg.axi.data_bytes)
         at = Signal(range(per_bus))
@@ -145,7 +145,8 @@ class LogitsEngine(wiring.Component):
         with m.If(bus.valid & bus.ready):
             m.d.sync += bus.valid.eq(0)
         with m.If(go):
-            m.d.sync += [held.eq(held >> (16 * g)), held_left.eq(held_left - 1)]
+            # past the last logit, the rest of the (last) word goes at once
+            m.d.sync += [held.eq(held >> (16 * g)), held_left.eq(Mux(keep, held_left - 1, 0))]
             with m.If(keep):
                 m.d.sync += kept.eq(kept + 1)
                 with m.If(completing):
@@ -162,7 +163,7 @@ class LogitsEngine(wiring.Component):
                             m.d.sync += acc[16 * g * p:16 * g * (p + 1)].eq(chunk)
                     m.d.sync += at.eq(at + 1)
         word = reader.o_word
-        m.d.comb += word.ready.eq((held_left == 0) | (go & (held_left == 1)))
+        m.d.comb += word.ready.eq((held_left == 0) | (go & ((held_left == 1) | ~keep)))
         with m.If(word.valid & word.ready):
             m.d.sync += [held.eq(Cat(*(word.payload.data[i][:16] for i in range(lanes)))), held_left.eq(per_word)]
         with m.If(checked[1]):

@@ -22,10 +22,11 @@ from tokensift.quant.accel.isa import Buffer, Opcode
 from tokensift.sim.accel_ops import EngineBench, buffer_words, op_fields
 
 
-def _write(cfg, memory: bytearray, buffers, op, *, serve=1, seed=0, latency=(2, 2), gap=0.0, error=False) -> dict:
-    """Run one op with a writer serving ``serve`` commands of the engine's write channel into ``memory``;
-    returns ``rows``, ``fault``, ``cycles`` (``start`` to ``done``), the ``commands`` (addr, length) and
-    ``requested`` (the command's ``valid`` was seen)."""
+def _write(cfg, memory: bytearray, buffers, op, *, times=1, serve=1, seed=0, latency=(2, 2), gap=0.0,
+           error=False) -> dict:
+    """Run an op ``times`` with a writer serving ``serve`` commands of the engine's write channel into
+    ``memory``; returns the last op's ``rows``, ``fault`` and ``cycles`` (``start`` to ``done``), every
+    ``commands`` (addr, length) and ``requested`` (a command's ``valid`` was seen)."""
     bench = EngineBench(cfg, LogitsEngine(config=cfg))
     eng = bench.engine
     rng = random.Random(seed)
@@ -60,18 +61,19 @@ def _write(cfg, memory: bytearray, buffers, op, *, serve=1, seed=0, latency=(2, 
             for bank, words in buffer_words(cfg, b, values).items():
                 for a, word in enumerate(words):
                     ctx.set(bench.buffers.memories[b, bank].data[a], word)
-        ctx.set(eng.op, op)
-        ctx.set(eng.start, 1)
-        await ctx.tick()
-        ctx.set(eng.start, 0)
-        count = 1
-        while not ctx.get(eng.done):
+        for _ in range(times):  # back to back: the next op starts the cycle after ``done``
+            ctx.set(eng.op, op)
+            ctx.set(eng.start, 1)
             await ctx.tick()
-            count += 1
-            result["requested"] |= bool(ctx.get(eng.dram_wcmd.valid))
-            assert count < 10_000, "the engine did not finish"
-        assert not ctx.get(eng.dram_wcmd.valid) and not ctx.get(eng.dram_wdata.valid)  # nothing left behind
-        result.update(rows=ctx.get(eng.rows), fault=bool(ctx.get(eng.fault)), cycles=count)
+            ctx.set(eng.start, 0)
+            count = 1
+            while not ctx.get(eng.done):
+                await ctx.tick()
+                count += 1
+                result["requested"] |= bool(ctx.get(eng.dram_wcmd.valid))
+                assert count < 10_000, "the engine did not finish"
+            assert not ctx.get(eng.dram_wcmd.valid) and not ctx.get(eng.dram_wdata.valid)  # nothing left behind
+            result.update(rows=ctx.get(eng.rows), fault=bool(ctx.get(eng.fault)), cycles=count)
 
     sim = Simulator(bench)
     sim.add_clock(1e-8)
@@ -109,15 +111,18 @@ def test_writes_the_reference_logits_bytes(variant, shape):
     assert memory == dram  # no other byte written
 
 
-def test_int16_limits_and_the_row_past_the_logits():
-    cfg = config_for("dense", lanes=4, axi=AxiDmaConfig(data_bytes=16))
+@pytest.mark.parametrize("shape", [{"lanes": 4, "axi": AxiDmaConfig(data_bytes=16)},
+                                   {"lanes": 16, "axi": AxiDmaConfig(data_bytes=4)}])   # a long tail past m
+def test_int16_limits_back_to_back(shape):
+    cfg = config_for("dense", **shape)
     dram, regs, ins, before, op = _case("dense")
     buffers = {b: v.copy() for b, v in before.buffers.items()}
     logits = np.array([-32768, 32767, -1, 0, 1, 255, -256, 12345, -12345, 7][:ins.m])
     buffers[Buffer.LOGITS][0, :ins.m] = logits
     memory = bytearray(dram)
-    result = _write(cfg, memory, buffers, op)
-    assert not result["fault"]
+    result = _write(cfg, memory, buffers, op, times=2, serve=2, latency=(0, 0))
+    assert not result["fault"] and result["commands"] == [(regs.logits_base, 2 * ins.m)] * 2
+    assert result["cycles"] == cycles(cfg, m=ins.m, done_latency=0)
     assert memory[regs.logits_base:regs.logits_base + 2 * ins.m] == logits.astype("<i2").tobytes()
     assert memory[regs.logits_base + 2 * ins.m:] == dram[regs.logits_base + 2 * ins.m:]
 
