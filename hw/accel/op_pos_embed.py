@@ -14,9 +14,10 @@ A fault (``done`` with ``fault``, nothing written): ``k`` (the patches) or ``m``
 beyond the destination's columns or not whole words of ``lanes``, the destination is not a residual buffer,
 ``dst``'s run-time row count ``n`` is not ``k + 1``, ``arg`` is not the residual width the adder was generated
 for, the record is not aligned on the bus or longer than one command moves, its tag or length word is not a POS
-record of that size, its ``patches``, ``dim`` or ``bits`` differ from ``k``, ``m``, ``arg``, or the read came
-back with an error (a header fault drains the rest of the read first). The arrays' values are ``bits``-bit
-codes, as the compiler writes them (they are added in that width).
+record of that size, its ``patches``, ``dim`` or ``bits`` differ from ``k``, ``m``, ``arg``, or its header came
+back with a read error (a header fault drains the rest of the read first). A read error in the arrays is a
+fault too, flagged with ``done`` after the writes. The arrays' values are ``bits``-bit codes, as the compiler
+writes them (they enter the adder in that width).
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ def cycles(cfg: AccelConfig, *, patches: int, dim: int, dram_latency: int) -> in
     if not isinstance(cfg, AccelConfig):
         raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
     g = chunk_values(cfg)
-    per_slot = max(4 // g, 2 if cfg.axi.data_bytes == 4 else 1)
+    pace = max(4 // g, 2 if cfg.axi.data_bytes == 4 else 1)   # cycles per slot of values
+    slots = -(-dim // 4) + -(-patches * dim // 4)
+    tail = (patches * dim - 1) % 4 // g + 1                     # chunks of the last slot up to the last value
     header = record_cycles(cfg, 8 * _ARRAYS_SLOT, dram_latency) + 2
-    values = (-(-dim // 4) + -(-patches * dim // 4)) * per_slot
-    return header + values + 3 + ADD_LATENCY
+    return header + (slots - 1) * pace + tail + 3 + ADD_LATENCY
 
 
 class PosEmbedEngine(wiring.Component):
@@ -187,20 +189,24 @@ class PosEmbedEngine(wiring.Component):
                     m.d.sync += [self.done.eq(1), self.fault.eq(bad), self.rows.eq(op.n), streaming.eq(0)]
                     m.next = "idle"
 
-        # the chunker: a slot's four values, ``g`` per cycle, ``cls`` chunks then ``pos`` chunks (the padding
-        # after each array dropped)
+        # the chunker: a slot's four values, ``g`` per cycle, ``cls`` chunks then ``pos`` chunks; the last slot of
+        # each array keeps only its values (the padding after them is dropped), a mask set when it is taken
         held = Signal(64)
-        held_left = Signal(range(per_slot + 1))   # chunks of the held slot still to go
+        present = Signal(per_slot)                # chunks of the held slot still to go (a prefix)
+        values_mask = Signal(per_slot)            # which of them are values
         held_last = Signal()
         in_cls = Signal()                         # the held slot is one of ``cls``'s
         slot_count = Signal(15)                   # array slots taken
-        kept = Signal(32)                         # chunks kept of the current array
-        cls_chunks = Signal(16)
-        pos_chunks = Signal(32)
-        m.d.sync += [cls_chunks.eq(op.m >> ceil_log2(g)), pos_chunks.eq(values >> ceil_log2(g))]
+        tails = {"cls": (Signal(per_slot, name="cls_tail"), op.m[:2]),
+                 "pos": (Signal(per_slot, name="pos_tail"), values[:2])}
+        for tail, used in tails.values():         # the values in an array's last slot: its size mod 4, or 4
+            with m.Switch(used):
+                for r in range(4):
+                    with m.Case(r):
+                        m.d.sync += tail.eq((1 << (r // g if r else per_slot)) - 1)
         chunk = held[:16 * g]
-        keep = Signal()
-        m.d.comb += keep.eq(Mux(in_cls, kept < cls_chunks, kept < pos_chunks))
+        keep = values_mask[0]
+        final = (present[1:] == 0) if per_slot > 1 else 1
 
         # the packer: chunks fill ``acc``; a complete word moves to ``word`` (a register), tagged cls or pos
         acc = Signal(16 * lanes)
@@ -211,11 +217,10 @@ class PosEmbedEngine(wiring.Component):
         word_taken = Signal()
         completing = keep & (pos_in_word == per_word - 1)
         go = Signal()
-        m.d.comb += go.eq((held_left != 0) & (~completing | ~word_valid | word_taken))
+        m.d.comb += go.eq(present[0] & (~completing | ~word_valid | word_taken))
         with m.If(go):
-            m.d.sync += [held.eq(held >> (16 * g)), held_left.eq(held_left - 1)]
+            m.d.sync += [held.eq(held >> (16 * g)), present.eq(present >> 1), values_mask.eq(values_mask >> 1)]
             with m.If(keep):
-                m.d.sync += kept.eq(kept + 1)
                 for p in range(per_word):
                     with m.If(pos_in_word == p):
                         m.d.sync += acc[16 * g * p:16 * g * (p + 1)].eq(chunk)
@@ -224,22 +229,22 @@ class PosEmbedEngine(wiring.Component):
                                  word.eq(Cat(acc[:16 * (lanes - g)], chunk))]
                 with m.Else():
                     m.d.sync += pos_in_word.eq(pos_in_word + 1)
-            with m.If((held_left == 1) & held_last):
+            with m.If(final & held_last):
                 m.d.sync += stream_done.eq(1)
         with m.If(word_taken & ~(go & completing)):
             m.d.sync += word_valid.eq(0)
         # a new slot when the held one is spent (or spending its last chunk)
         with m.If(streaming):
-            m.d.comb += slot.ready.eq((held_left == 0) | (go & (held_left == 1)))
+            m.d.comb += slot.ready.eq(~present[0] | (go & final))
         with m.If(slot.valid & slot.ready & streaming):
-            m.d.sync += [held.eq(slot.payload.data), held_left.eq(per_slot), held_last.eq(slot.payload.last),
-                         slot_count.eq(slot_count + 1), in_cls.eq(slot_count < cls_slots)]
-            with m.If(slot_count == cls_slots):
-                m.d.sync += kept.eq(0)
+            m.d.sync += [held.eq(slot.payload.data), present.eq((1 << per_slot) - 1), held_last.eq(slot.payload.last),
+                         slot_count.eq(slot_count + 1), in_cls.eq(slot_count < cls_slots),
+                         values_mask.eq(Mux(slot_count == cls_slots - 1, tails["cls"][0],
+                                            Mux(slot.payload.last, tails["pos"][0], (1 << per_slot) - 1)))]
             with m.If(slot.payload.error):
                 m.d.sync += bad.eq(1)
         with m.If(~streaming):
-            m.d.sync += [slot_count.eq(0), kept.eq(0), pos_in_word.eq(0)]
+            m.d.sync += [slot_count.eq(0), pos_in_word.eq(0)]
 
         # the writes: a cls word to row 0, a sum to its row 1 .. p (never in the same cycle: every cls word
         # leaves before the first pos word reaches the adder)
