@@ -21,8 +21,8 @@ from tokensift.hw.accel.config import ELEMENT_BITS, AccelConfig
 from tokensift.hw.accel.ports import BUFFER_BITS, READ_LATENCY, read_port_signature
 from tokensift.hw.axi.reader import word_layout as reader_word_layout
 
-__all__ = ["RowReader", "DEPTH", "word_layout", "walk_layout", "RecordSlots", "slot_layout", "words_of", "record_cycles",
-           "buffer_fits"]
+__all__ = ["RowReader", "DEPTH", "word_layout", "walk_layout", "RecordSlots", "slot_layout", "record_cycles",
+           "words_of", "buffer_fits"]
 
 #: words requested and not yet taken, at most (the FIFO's depth): the port's latency plus the FIFO's own
 DEPTH = READ_LATENCY + 3
@@ -181,8 +181,9 @@ class RecordSlots(wiring.Component):
 def record_cycles(cfg: AccelConfig, length: int, dram_latency: int) -> int:
     """Cycles from an engine's ``start`` to a ``done`` decided on a ``length``-byte record's last slot (through
     :class:`RecordSlots`, a registered decision after it), for an engine that requests the record two cycles
-    after ``start`` (its checks registered) from a DRAM answering ``dram_latency`` cycles after the command's handshake, one bus word per cycle: a
-    4-byte bus takes two words per slot, a wider one gives a slot per cycle."""
+    after ``start`` (its checks registered) from a DRAM answering ``dram_latency`` cycles after the command's
+    handshake, one bus word per cycle: a 4-byte bus takes two words per slot, a wider one gives a slot per
+    cycle."""
     slots = length // 8
     return 5 + dram_latency + (2 * slots if cfg.axi.data_bytes == 4 else slots)
 
