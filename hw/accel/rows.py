@@ -5,19 +5,24 @@ The read port has no back-pressure, so the reader keeps every word it requested 
 only while fewer than :data:`DEPTH` are requested and not yet taken, and the words land in a FIFO of that
 depth (enough to cover the port's latency at full rate). Rows are walked with a running row register (its bank
 is the low bits, its tile the high bits), so no multiplier sits between registers.
+
+Fetching a constant record: :class:`RecordSlots` turns the DRAM read channel's bus words (any AXI width) into
+the record's 64-bit slots (:mod:`tokensift.quant.accel.records` puts one scalar in each), one per cycle.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, Value, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from tokensift.hw.accel.config import ELEMENT_BITS, AccelConfig
 from tokensift.hw.accel.ports import BUFFER_BITS, READ_LATENCY, read_port_signature
+from tokensift.hw.axi.reader import word_layout as reader_word_layout
 
-__all__ = ["RowReader", "DEPTH", "word_layout", "walk_layout"]
+__all__ = ["RowReader", "DEPTH", "word_layout", "walk_layout", "RecordSlots", "slot_layout", "record_cycles",
+           "words_of", "buffer_fits"]
 
 #: words requested and not yet taken, at most (the FIFO's depth): the port's latency plus the FIFO's own
 DEPTH = READ_LATENCY + 3
@@ -108,3 +113,91 @@ class RowReader(wiring.Component):
             with m.Else():
                 m.d.sync += [w.eq(w + 1), last_word.eq(w + 2 - walk.word0 == walk.words)]
         return m
+
+
+def slot_layout() -> data.StructLayout:
+    """One 64-bit slot of a record (:mod:`tokensift.quant.accel.records`: the header's tag and length, then one
+    int64 scalar per slot, then the arrays), ``last`` on the command's final slot, ``error`` when its bus word
+    came back with a read error."""
+    return data.StructLayout({"data": 64, "last": 1, "error": 1})
+
+
+class RecordSlots(wiring.Component):
+    """A DRAM read channel's ``i_word`` beats (the AxiReader's ``o_data``) -> ``o_slot``: the command's bytes as
+    64-bit slots, one per cycle, for a command of a whole number of slots (a record is one: every record's
+    length is a multiple of 8).
+
+    A bus word of 4 bytes is half a slot (two beats are joined); a wider word holds ``data_bytes // 8`` slots,
+    shifted out of a register one per cycle (its slots past the command's length, their ``keep`` bytes clear,
+    are dropped). Every output is a register."""
+
+    def __init__(self, *, config: AccelConfig):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+        self._cfg = config
+        super().__init__({
+            "i_word": In(stream.Signature(reader_word_layout(config.axi))),
+            "o_slot": Out(stream.Signature(slot_layout())),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        width = self._cfg.axi.data_bytes
+        word = self.i_word.payload
+        out = self.o_slot
+        if width == 4:
+            low = Signal(32)
+            have_low = Signal()
+            error = Signal()
+            m.d.comb += self.i_word.ready.eq(~have_low | ~out.valid | out.ready)
+            with m.If(out.ready):
+                m.d.sync += out.valid.eq(0)
+            with m.If(self.i_word.valid & self.i_word.ready):
+                with m.If(~have_low):
+                    m.d.sync += [low.eq(word.data), have_low.eq(1), error.eq(word.error)]
+                with m.Else():
+                    m.d.sync += [out.valid.eq(1), out.payload.data.eq(Cat(low, word.data)),
+                                 out.payload.last.eq(word.last), out.payload.error.eq(error | word.error),
+                                 have_low.eq(0)]
+            return m
+        slots = width // 8
+        held = Signal(8 * width)
+        present = Signal(slots)          # which held slots are still to go out (a prefix)
+        last_word = Signal()
+        error = Signal()
+        final = Signal()                 # the head slot is the held word's final one
+        m.d.comb += [final.eq(present[1:] == 0) if slots > 1 else final.eq(1),
+                     out.valid.eq(present[0]), out.payload.data.eq(held[:64]),
+                     out.payload.last.eq(last_word & final), out.payload.error.eq(error),
+                     self.i_word.ready.eq(~present[0] | (out.ready & final))]
+        with m.If(out.valid & out.ready):
+            m.d.sync += [held.eq(held >> 64), present.eq(present >> 1)]
+        with m.If(self.i_word.valid & self.i_word.ready):
+            m.d.sync += [held.eq(word.data), last_word.eq(word.last), error.eq(word.error),
+                         present.eq(Cat(*(word.keep[8 * s] for s in range(slots))))]
+        return m
+
+
+def record_cycles(cfg: AccelConfig, length: int, dram_latency: int) -> int:
+    """Cycles from an engine's ``start`` to a ``done`` decided on a ``length``-byte record's last slot (through
+    :class:`RecordSlots`, a registered decision after it), for an engine that requests the record two cycles
+    after ``start`` (its checks registered) from a DRAM answering ``dram_latency`` cycles after the command's
+    handshake, one bus word per cycle: a 4-byte bus takes two words per slot, a wider one gives a slot per
+    cycle."""
+    slots = length // 8
+    return 5 + dram_latency + (2 * slots if cfg.axi.data_bytes == 4 else slots)
+
+
+def words_of(m, lanes: int):
+    """``ceil(m / lanes)``, the words of a row of ``m`` columns (``m`` below ``2**17``): a shift when ``lanes``
+    is a power of two, else one multiplication by a constant reciprocal (exact over that range; register the
+    result, its operand registered too)."""
+    if lanes & (lanes - 1) == 0:
+        return (m + lanes - 1) >> ceil_log2(lanes)
+    shift = 18 + ceil_log2(lanes)
+    return ((m + lanes - 1) * -(-(1 << shift) // lanes)) >> shift
+
+
+def buffer_fits(cfg: AccelConfig, buffer, cols, among) -> Value:
+    """True when ``buffer`` is one of the buffers ``among`` and has at least ``cols`` columns."""
+    return Cat(*((buffer == b) & (cols <= cfg.geometry(b).cols) for b in among)).any()
