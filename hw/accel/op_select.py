@@ -34,6 +34,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from tokensift.checks import check_int
 from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.accel.ports import engine_signature
 from tokensift.hw.accel.rows import RowReader
@@ -46,7 +47,7 @@ from tokensift.quant.accel.registers import METHODS
 from tokensift.quant.select import Mode, SelectorParams, Status
 from tokensift.quant.stages.predictor import LOGIT_BITS
 
-__all__ = ["SelectEngine", "cycles", "SUPPORTED_METHODS", "RECORD_BYTES"]
+__all__ = ["SelectEngine", "cycles", "record_words", "SUPPORTED_METHODS", "RECORD_BYTES"]
 
 #: the methods whose stages this engine runs (the others' ``SELECT`` is a fault)
 SUPPORTED_METHODS = ("dynamicvit",)
@@ -61,6 +62,37 @@ def _selector_params(cfg: AccelConfig) -> SelectorParams:
     """The token selector the engine is built with: keys only (a dummy one-element feature per token)."""
     return SelectorParams(n_max=max(2, cfg.envelope.max_tokens), dim=1, lanes=1, score_bits=LOGIT_BITS,
                           feature_bits=2)
+
+
+def record_words(cfg: AccelConfig, record_offset: int) -> int:
+    """Bus words of the record's read: its header and scalars, from the bus word holding its first byte
+    (``record_offset`` is ``MEMORY_BASE`` plus the instruction's offset)."""
+    db = cfg.axi.data_bytes
+    return -(-(record_offset % db + RECORD_BYTES) // db)
+
+
+def cycles(cfg: AccelConfig, *, candidates: int, kept: int, latency: int, record_offset: int = 0) -> int:
+    """Cycles from ``start`` to ``done`` of a stage that does not fault, with the DRAM answering ``latency``
+    cycles after it accepts the record's read (the only term that depends on the DRAM) and no gaps.
+
+    With ``N = candidates + 1`` selector tokens (the class token's dummy key first), ``k`` = ``kept`` candidates
+    and ``B`` = the words of a row of ``X``::
+
+        12 + latency + record words     start, checks, the record's read, its checks, the selector's command;
+                                        the class token's key, the score walk's read latency, the frame
+        + the selector's load, search,  :func:`tokensift.hw.selector.core.cycle_breakdown` (one key per
+          compaction and header        cycle)
+        + k * (B + 1)                   each kept row: its walk, then B words read and written
+        + 8 if k > 0                    the selector's output and the last row's read latency
+    """
+    check_int("candidates", candidates, low=0, high=cfg.envelope.max_tokens - 1, numpy=False)
+    check_int("kept", kept, low=0, high=candidates, numpy=False)
+    check_int("latency", latency, low=0, numpy=False)
+    check_int("record_offset", record_offset, low=0, numpy=False)
+    parts = selector_cycles(_selector_params(cfg), n_tokens=candidates + 1, kept=kept + 1, mode=Mode.TOPK)
+    selector = parts["load"] + parts["search"] + parts["compact"] + parts["header"]
+    words = cfg.geometry(Buffer.X).words
+    return 12 + latency + record_words(cfg, record_offset) + selector + kept * (words + 1) + (8 if kept else 0)
 
 
 class SelectEngine(wiring.Component):
