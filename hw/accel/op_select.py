@@ -29,7 +29,7 @@ are valid with ``done``; :func:`cycles` is the exact cycle count at a fixed DRAM
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2

@@ -11,7 +11,6 @@ import struct
 import numpy as np
 import pytest
 from accel_models import config_for, steps
-
 from amaranth.sim import Simulator
 
 from tokensift.hw.accel.op_select import SelectEngine, cycles
@@ -208,7 +207,6 @@ def test_faults_with_nothing_written():
     dram, regs, stages = selects("dynamicvit")
     cfg = config_for("dynamicvit")
     pc, ins, before, after, entry = stages[0]
-    n = before.count[Buffer.S]
     lnrm = next(s[1] for s in steps("dynamicvit")[2] if s[1].opcode == Opcode.LAYERNORM)
     early = [  # found by the registered checks of the op
         (regs, op_of(dataclasses.replace(ins, dst=Buffer.T), before, regs)),
