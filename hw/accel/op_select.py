@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -39,18 +40,21 @@ from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.accel.ports import engine_signature
 from tokensift.hw.accel.rows import RowReader
 from tokensift.hw.accel.sequencer import registers_layout
+from tokensift.hw.score_combiner.core import CombinerParams, ScoreCombiner
 from tokensift.hw.selector.core import Selector
 from tokensift.hw.selector.core import cycle_breakdown as selector_cycles
 from tokensift.quant.accel.isa import Buffer
 from tokensift.quant.accel.records import RECORD_HEADER, SCHEMAS, Tag
-from tokensift.quant.accel.registers import METHODS
-from tokensift.quant.select import Mode, SelectorParams, Status
+from tokensift.quant.accel.registers import MASS_ONE, METHODS
+from tokensift.quant.select import SCORE_FORMAT, Mode, SelectorParams, Status
+from tokensift.quant.stages.evit import HEAD_WEIGHT_FRAC, equal_head_weights
 from tokensift.quant.stages.predictor import LOGIT_BITS
+from tokensift.quant.stages.sait import MASS_FRAC
 
 __all__ = ["SelectEngine", "cycles", "record_words", "SUPPORTED_METHODS", "RECORD_BYTES"]
 
 #: the methods whose stages this engine runs (the others' ``SELECT`` is a fault)
-SUPPORTED_METHODS = ("dynamicvit",)
+SUPPORTED_METHODS = ("dynamicvit", "evit", "sait")
 _STAGE_SCALARS = SCHEMAS[Tag.STAGE].scalars
 #: bytes of a ``STGE`` record the engine reads: its header and scalars (SPViT's nested references follow)
 RECORD_BYTES = RECORD_HEADER + 8 * len(_STAGE_SCALARS)
@@ -59,9 +63,12 @@ _FIELD_AT = {"header": 0, **{name: RECORD_HEADER + 8 * i for i, name in enumerat
 
 
 def _selector_params(cfg: AccelConfig) -> SelectorParams:
-    """The token selector the engine is built with: keys only (a dummy one-element feature per token)."""
-    return SelectorParams(n_max=max(2, cfg.envelope.max_tokens), dim=1, lanes=1, score_bits=LOGIT_BITS,
-                          feature_bits=2)
+    """The token selector the engine is built with: X's rows as its features, the sum package rule on
+    15-fractional-bit scores (EViT's fused token), SaiT's mass mode."""
+    env = cfg.envelope
+    return SelectorParams(n_max=max(2, env.max_tokens), dim=env.width, lanes=cfg.lanes, score_bits=LOGIT_BITS,
+                          feature_bits=env.res_bits, package=True, weight_frac=SCORE_FORMAT.frac, mass=True,
+                          mass_frac=MASS_FRAC)
 
 
 def record_words(cfg: AccelConfig, record_offset: int) -> int:
@@ -120,21 +127,31 @@ class SelectEngine(wiring.Component):
         row_bits = cfg.row_bits
         bank_bits = ceil_log2(cfg.banks)
         lanes = cfg.lanes
-        gx = cfg.geometry(Buffer.X)
-        params = _selector_params(cfg)
+        words = cfg.geometry(Buffer.X).words
+        sp, cp = _selector_params(cfg), _combiner_params(cfg)
 
         m.submodules.reader = reader = RowReader(config=cfg)
         wiring.connect(m, reader.rd, wiring.flipped(self.rd))
-        m.submodules.selector = sel = Selector(n_max=params.n_max, dim=params.dim, lanes=params.lanes,
-                                               score_bits=params.score_bits, feature_bits=params.feature_bits)
+        m.submodules.selector = sel = Selector(n_max=sp.n_max, dim=sp.dim, lanes=sp.lanes, score_bits=sp.score_bits,
+                                               feature_bits=sp.feature_bits, package=sp.package,
+                                               weight_frac=sp.weight_frac, mass=sp.mass, mass_frac=sp.mass_frac)
+        m.submodules.combiner = comb = ScoreCombiner(n_max=cp.n_max, heads=cp.heads, lanes=cp.lanes,
+                                                     attn_bits=cp.attn_bits, attn_frac=cp.attn_frac,
+                                                     importance_bits=cp.importance_bits,
+                                                     importance_frac=cp.importance_frac, score=cp.score)
 
         op = Signal.like(self.op)
         method = Signal(3)
         keep_reg = Signal(16)
-        cand = Signal(row_bits)          # candidates: the op's n
-        k = Signal(row_bits)             # candidates to keep
+        density = Signal(16)
+        is_dvit, is_evit, is_sait = (method == METHODS.index(name) for name in ("dynamicvit", "evit", "sait"))
+        cand = Signal(row_bits)          # candidates (the selector's tokens but its first)
+        k = Signal(row_bits)             # top-k: candidates to keep
+        fuse = Signal()                  # EViT: the fused token is appended
         m.d.sync += [self.done.eq(0), self.fault.eq(0)]
-        m.d.comb += self.overflows.eq(0)
+        total = Signal(17)
+        m.d.comb += [total.eq(sel.overflows + comb.overflows),
+                     self.overflows.eq(Mux(total[16:] != 0, 0xFFFF, total[:16]))]
 
         # -- the record: one read of its header and scalars, word-aligned down ----------------------
         rec_addr = Signal(axi.addr_width)
@@ -142,18 +159,34 @@ class SelectEngine(wiring.Component):
         skew_bits = ceil_log2(db) - 3 if db > 8 else 0
         pos = Signal(range(-db, RECORD_BYTES + 2 * db))   # offset in the record of the next bus word's byte 0
         piece = min(db, 8)
-        fields = {name: Signal(64, name=f"rec_{name}") for name in ("header", "method", "nrefs")}
+        fields = {name: Signal(64, name=f"rec_{name}") for name in ("header", "method", "option", "nrefs")}
         word = self.dram_data.payload.data
 
         walk = reader.i_walk
         out = reader.o_word
-        first = Signal()          # the class token's key is still to be sent
-        walked = Signal()         # the score walk was handed to the reader
-        scored = Signal(row_bits)
-        feats = Signal(row_bits + 1)
+        walks = Signal(2)         # walks handed to the reader: the features', then the scores'
+        feat_phase = Signal()     # the reader's words are features (else scores)
+        dummy = Signal(range(words + 1))  # DynamicViT: the class token's dummy feature beats still to send
+        first_key = Signal()      # DynamicViT: the class token's dummy key is still to be sent
+        scored = Signal(row_bits + 1)
+        weights_sent = Signal(range(env.heads + 1))
         bad_score = Signal()
-        discard = Signal()        # a fault found after the selector's pass: drain it, write nothing
+        discard = Signal()        # a fault found after the load: drain the selector, write nothing
+        packaged = Signal()       # the selector sends a package token
         dst_row = Signal(row_bits)
+        beat = Signal(range(words + 1))
+        rows_x = Signal(row_bits)  # the tokens the stage selects from (count[X])
+        writing = Signal()
+        zero = Signal()
+        # words of a class row over rows_x tokens: ceil(n / lanes), a shift or a small table (no divider)
+        cls_words = Signal(range(-(-env.max_tokens // lanes) + 1))
+        if lanes & (lanes - 1) == 0:
+            m.d.comb += cls_words.eq((rows_x + lanes - 1) >> ceil_log2(lanes))
+        else:
+            m.submodules.cls_words = table = Memory(shape=len(cls_words), depth=env.max_tokens + 1,
+                                                    init=[-(-n // lanes) for n in range(env.max_tokens + 1)])
+            port = table.read_port()
+            m.d.comb += [port.addr.eq(rows_x), cls_words.eq(port.data)]
 
         def fault():
             m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0), self.stage_ran.eq(0)]
@@ -162,18 +195,27 @@ class SelectEngine(wiring.Component):
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [op.eq(self.op), method.eq(self.regs.method),
+                    m.d.sync += [op.eq(self.op), method.eq(self.regs.method), density.eq(self.regs.density),
                                  keep_reg.eq(self.regs.keep[self.op.arg[:3]])]
                     m.next = "CHECK"
             with m.State("CHECK"):
                 supported = 0
                 for name in SUPPORTED_METHODS:
                     supported = supported | (method == METHODS.index(name))
+                # DynamicViT: n = count[S] candidates after P protected rows; the others: n = count[A], which
+                # must be count[CLS] (the attention ran over these tokens), and one protected row
                 bad = ((op.dst != Buffer.X) | (op.arg >= env.stages) | ~supported | (op.addr_a[:3] != 0) |
-                       (op.protected == 0) | (op.n + op.protected > env.max_tokens))
-                m.d.sync += [cand.eq(op.n), k.eq(Mux(keep_reg < op.n, keep_reg, op.n)), first.eq(1),
-                             walked.eq(0), scored.eq(0), feats.eq(0), bad_score.eq(0), discard.eq(0),
-                             dst_row.eq(op.protected)]
+                       (op.protected == 0) |
+                       Mux(is_dvit, op.n + op.protected > env.max_tokens,
+                           (op.n == 0) | (op.n != op.n2) | (op.protected != 1) | (op.src != Buffer.A) |
+                           (op.src2 != Buffer.CLS)))
+                n_cand = Mux(is_dvit, op.n, op.n - 1)
+                m.d.sync += [cand.eq(n_cand), k.eq(Mux(keep_reg < n_cand, keep_reg, n_cand)),
+                             rows_x.eq(Mux(is_dvit, op.n + op.protected, op.n)), walks.eq(0),
+                             feat_phase.eq(~is_dvit | (op.n != 0)),
+                             dummy.eq(Mux(is_dvit, words, 0)), first_key.eq(is_dvit), scored.eq(0),
+                             weights_sent.eq(0), bad_score.eq(0), discard.eq(0), dst_row.eq(op.protected),
+                             beat.eq(0)]
                 m.d.sync += pos.eq(-(rec_addr[3:3 + skew_bits] << 3) if skew_bits else 0)
                 with m.If(bad):
                     fault()
@@ -204,72 +246,123 @@ class SelectEngine(wiring.Component):
                 want = RECORD_BYTES + ((nrefs[:29] + 1) >> 1 << 3)
                 good = ((tag == Tag.STAGE) & (nrefs[29:] == 0) & (length == want) & (fields["method"][3:] == 0) &
                         (fields["method"][:3] == method))
-                with m.If(~good):
+                option = fields["option"] != 0
+                m.d.sync += fuse.eq(is_evit & option)
+                with m.If(~good | (is_evit & option & (k + 2 > env.max_tokens))):
                     fault()
+                with m.Elif(is_sait & (density == MASS_ONE)):  # SaiT at density 1: the dense model
+                    m.d.sync += [self.done.eq(1), self.rows.eq(rows_x), self.protected_out.eq(op.protected),
+                                 self.stage_ran.eq(0)]
+                    m.next = "IDLE"
                 with m.Else():
                     m.next = "COMMAND"
             with m.State("COMMAND"):
-                m.d.comb += [sel.i_cmd.valid.eq(1), sel.i_cmd.payload.mode.eq(Mode.TOPK),
-                             sel.i_cmd.payload.n_tokens.eq(cand + 1), sel.i_cmd.payload.k.eq(k),
-                             sel.i_cmd.payload.threshold.eq(0)]
+                c = sel.i_cmd.payload
+                m.d.comb += [sel.i_cmd.valid.eq(1), c.mode.eq(Mux(is_sait, Mode.MASS, Mode.TOPK)),
+                             c.n_tokens.eq(cand + 1), c.k.eq(k), c.threshold.eq(0), c.package.eq(fuse),
+                             c.package_sum.eq(1), c.mass.eq(density)]
                 with m.If(sel.i_cmd.ready):
-                    m.next = "SCORES"
-            with m.State("SCORES"):
-                # the reader walks column 0 of the candidates' score rows; the class token's key goes first
-                m.d.comb += [walk.valid.eq(~walked & (cand != 0)), walk.payload.buffer.eq(op.src),
-                             walk.payload.row0.eq(0), walk.payload.rows.eq(cand), walk.payload.word0.eq(0),
-                             walk.payload.words.eq(1)]
+                    m.next = "COMBINER"
+            with m.State("COMBINER"):
+                m.d.comb += [comb.i_cmd.valid.eq(~is_dvit), comb.i_cmd.payload.n_tokens.eq(rows_x),
+                             comb.i_cmd.payload.heads.eq(env.heads)]
+                with m.If(is_dvit | comb.i_cmd.ready):
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                # first walk, the features: X's candidate rows (DynamicViT: after a dummy class token), every
+                # word; second walk, the scores: DynamicViT's logits (column 0 of src), the others' class rows
+                m.d.comb += walk.payload.word0.eq(0)
+                with m.If(walks == 0):
+                    m.d.comb += [walk.valid.eq(~is_dvit | (cand != 0)), walk.payload.buffer.eq(Buffer.X),
+                                 walk.payload.row0.eq(Mux(is_dvit, op.protected, 0)),
+                                 walk.payload.rows.eq(Mux(is_dvit, cand, rows_x)), walk.payload.words.eq(words)]
+                with m.Elif(walks == 1):
+                    m.d.comb += [walk.valid.eq(~is_dvit | (cand != 0)),
+                                 walk.payload.buffer.eq(Mux(is_dvit, op.src, Buffer.CLS)),
+                                 walk.payload.row0.eq(0), walk.payload.rows.eq(Mux(is_dvit, cand, env.heads)),
+                                 walk.payload.words.eq(Mux(is_dvit, 1, cls_words))]
                 with m.If(walk.valid & walk.ready):
-                    m.d.sync += walked.eq(1)
-                value = out.payload.data[0]
-                m.d.comb += [sel.i_score.valid.eq(first | out.valid),
-                             sel.i_score.payload.eq(Mux(first, 0, value[:LOGIT_BITS] ^ (1 << (LOGIT_BITS - 1)))),
-                             out.ready.eq(~first & sel.i_score.ready)]
-                with m.If(sel.i_score.ready):
-                    m.d.sync += first.eq(0)
-                with m.If(out.valid & out.ready):
-                    m.d.sync += [scored.eq(scored + 1),
-                                 bad_score.eq(bad_score | (value[LOGIT_BITS] != value[LOGIT_BITS - 1]))]
-                with m.If(~first & (scored == cand)):
-                    m.next = "FRAME"
-            with m.State("FRAME"):
-                m.d.comb += sel.o_frame.ready.eq(1)
+                    m.d.sync += walks.eq(walks + 1)
                 with m.If(sel.o_frame.valid):
-                    m.d.sync += discard.eq(bad_score | (sel.o_frame.payload.status != Status.OK))
-                    m.next = "COMPACT"
-            with m.State("COMPACT"):
+                    m.d.comb += sel.o_frame.ready.eq(1)
+                    ok = sel.o_frame.payload.status == Status.OK
+                    m.d.sync += [discard.eq(bad_score | ~ok), packaged.eq(sel.o_frame.payload.package)]
+                    m.next = "OUTPUT"
+                    with m.If(~ok):  # no token follows
+                        m.next = "FINISH"
+            with m.State("OUTPUT"):
                 tok = sel.o_token
-                candidate = tok.payload.index != 0
-                m.d.comb += [tok.ready.eq(~candidate | discard | walk.ready),
-                             walk.valid.eq(tok.valid & candidate & ~discard), walk.payload.buffer.eq(Buffer.X),
-                             walk.payload.row0.eq(op.protected + tok.payload.index - 1), walk.payload.rows.eq(1),
-                             walk.payload.word0.eq(0), walk.payload.words.eq(gx.words)]
-                with m.If(tok.valid & tok.ready & tok.payload.last):
+                m.d.comb += [tok.ready.eq(1), writing.eq(tok.valid & ~discard &
+                                                         ((tok.payload.index != 0) | tok.payload.package))]
+                with m.If(tok.valid):
+                    m.d.sync += beat.eq(Mux(beat == words - 1, 0, beat + 1))
+                    with m.If(writing & (beat == words - 1)):
+                        m.d.sync += dst_row.eq(dst_row + 1)
+                    with m.If(tok.payload.last):
+                        m.next = "FINISH"
+                        with m.If(fuse & ~packaged & ~discard):  # nothing pruned: EViT appends a zero token
+                            m.next = "ZERO"
+            with m.State("ZERO"):
+                m.d.comb += [writing.eq(1), zero.eq(1)]
+                m.d.sync += beat.eq(Mux(beat == words - 1, 0, beat + 1))
+                with m.If(beat == words - 1):
+                    m.d.sync += dst_row.eq(dst_row + 1)
                     m.next = "FINISH"
             with m.State("FINISH"):
-                with m.If(~reader.busy):
-                    m.d.sync += [self.done.eq(1), self.fault.eq(discard), self.rows.eq(Mux(discard, 0, dst_row)),
-                                 self.protected_out.eq(op.protected), self.stage_ran.eq(~discard)]
-                    m.next = "IDLE"
+                m.d.sync += [self.done.eq(1), self.fault.eq(discard), self.rows.eq(Mux(discard, 0, dst_row)),
+                             self.protected_out.eq(op.protected), self.stage_ran.eq(~discard)]
+                m.next = "IDLE"
 
-        # the selector ranks keys only: one dummy feature beat per token
-        m.d.comb += [sel.i_feature.valid.eq(fsm.ongoing("SCORES") & (feats <= cand)), sel.i_feature.payload.eq(0)]
-        with m.If(sel.i_feature.valid & sel.i_feature.ready):
-            m.d.sync += feats.eq(feats + 1)
+        # -- the load: the reader's words go to the selector's features, then to the scores -------------
+        loading = fsm.ongoing("LOAD")
+        value = out.payload.data[0]
+        with m.If(dummy != 0):
+            m.d.comb += [sel.i_feature.valid.eq(loading)]
+            with m.If(loading & sel.i_feature.ready):
+                m.d.sync += dummy.eq(dummy - 1)
+        with m.Elif(feat_phase):
+            m.d.comb += [sel.i_feature.valid.eq(loading & out.valid), out.ready.eq(loading & sel.i_feature.ready)]
+            for i in range(lanes):
+                m.d.comb += sel.i_feature.payload[i].eq(out.payload.data[i][:env.res_bits])
+        with m.Elif(is_dvit):
+            m.d.comb += [out.ready.eq(loading & ~first_key & sel.i_score.ready)]
+        with m.Else():
+            m.d.comb += [comb.i_attn.valid.eq(loading & out.valid), out.ready.eq(loading & comb.i_attn.ready)]
+        for i in range(lanes):
+            m.d.comb += comb.i_attn.payload[i].eq(out.payload.data[i][:cp.attn_bits])
+        with m.If(out.valid & out.ready & out.payload.last & feat_phase):
+            m.d.sync += feat_phase.eq(0)
+        # the scores: DynamicViT's keys (the class token's dummy first), or the combiner's mean attention
+        with m.If(is_dvit):
+            m.d.comb += [sel.i_score.valid.eq(loading & (first_key | (~feat_phase & (dummy == 0) & out.valid))),
+                         sel.i_score.payload.eq(Mux(first_key, 0, value[:LOGIT_BITS] ^ (1 << (LOGIT_BITS - 1))))]
+            with m.If(loading & sel.i_score.ready):
+                m.d.sync += first_key.eq(0)
+        with m.Else():
+            m.d.comb += [sel.i_score.valid.eq(comb.o_score.valid), sel.i_score.payload.eq(comb.o_score.payload),
+                         comb.o_score.ready.eq(sel.i_score.ready)]
+        with m.If(is_dvit & out.valid & out.ready & ~feat_phase):
+            m.d.sync += bad_score.eq(bad_score | (value[LOGIT_BITS] != value[LOGIT_BITS - 1]))
+        m.d.comb += [comb.i_weight.valid.eq(loading & ~is_dvit & (weights_sent != env.heads)),
+                     comb.i_weight.payload.eq(int(equal_head_weights(env.heads)[0]))]
+        with m.If(comb.i_weight.valid & comb.i_weight.ready):
+            m.d.sync += weights_sent.eq(weights_sent + 1)
 
-        # -- compaction: each kept candidate's row, word by word, to the next row behind the kept ones ---
-        writing = fsm.ongoing("COMPACT") | fsm.ongoing("FINISH")
-        last_word = out.payload.w == gx.words - 1
-        with m.If(writing):
-            m.d.comb += out.ready.eq(1)
-        m.d.comb += [self.wr.en.eq(writing & out.valid & ~discard), self.wr.buffer.eq(Buffer.X),
-                     self.wr.tile.eq(dst_row >> bank_bits), self.wr.word.eq(out.payload.w)]
+        # -- the kept tokens (and the fused one), word by word, from row P on -------------------------
+        m.d.comb += [self.wr.en.eq(writing), self.wr.buffer.eq(Buffer.X), self.wr.tile.eq(dst_row >> bank_bits),
+                     self.wr.word.eq(beat)]
         for bank in range(cfg.banks):
             for i in range(lanes):
-                # column w * lanes + i exists in X: w below a constant per lane (no multiplier)
-                m.d.comb += [self.wr.data[bank][i].eq(out.payload.data[i]),
+                # column beat * lanes + i exists in X: the beat below a constant per lane (no multiplier)
+                m.d.comb += [self.wr.data[bank][i].eq(Mux(zero, 0, sel.o_token.payload.data[i])),
                              self.wr.mask[bank][i].eq((dst_row[:bank_bits] == bank if bank_bits else 1) &
-                                                      (out.payload.w < -(-(gx.cols - i) // lanes)))]
-        with m.If(self.wr.en & last_word):
-            m.d.sync += dst_row.eq(dst_row + 1)
+                                                      (beat < -(-(env.width - i) // lanes)))]
         return m
+
+
+def _combiner_params(cfg: AccelConfig) -> CombinerParams:
+    """The score combiner the engine is built with: the heads' mean class attention (EViT, SaiT)."""
+    env = cfg.envelope
+    return CombinerParams(n_max=env.max_tokens, heads=env.heads, lanes=min(cfg.lanes, env.max_tokens),
+                          attn_bits=env.prob_frac + 1, attn_frac=env.prob_frac, importance_bits=HEAD_WEIGHT_FRAC + 1,
+                          importance_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT)
