@@ -35,12 +35,12 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from tokensift.checks import check_int
+from tokensift.checks import check_bool, check_int
 from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.accel.ports import engine_signature
 from tokensift.hw.accel.rows import RowReader
 from tokensift.hw.accel.sequencer import registers_layout
-from tokensift.hw.score_combiner.core import CombinerParams, ScoreCombiner
+from tokensift.hw.score_combiner.core import CombinerParams, ScoreCombiner, combiner_cycles
 from tokensift.hw.selector.core import Selector
 from tokensift.hw.selector.core import cycle_breakdown as selector_cycles
 from tokensift.quant.accel.isa import Buffer
@@ -78,28 +78,50 @@ def record_words(cfg: AccelConfig, record_offset: int) -> int:
     return -(-(record_offset % db + RECORD_BYTES) // db)
 
 
-def cycles(cfg: AccelConfig, *, candidates: int, kept: int, latency: int, record_offset: int = 0) -> int:
+def cycles(cfg: AccelConfig, *, method: str, candidates: int, kept: int, latency: int, record_offset: int = 0,
+           fused: bool = False, skipped: bool = False) -> int:
     """Cycles from ``start`` to ``done`` of a stage that does not fault, with the DRAM answering ``latency``
     cycles after it accepts the record's read (the only term that depends on the DRAM) and no gaps.
 
-    With ``N = candidates + 1`` selector tokens (the class token's dummy key first), ``k`` = ``kept`` candidates
-    and ``B`` = the words of a row of ``X``::
+    ``candidates``: DynamicViT's op ``n`` (``count[S]``), the others' ``n - 1``; ``kept``: the candidates
+    kept (SaiT's mass count); ``fused``: EViT's record asks for the fused token. With ``N = candidates + 1``
+    selector tokens, ``B`` words per row of ``X``, ``H`` heads and the selector's terms
+    (:func:`tokensift.hw.selector.core.cycle_breakdown`: search, compaction, header, output of the ``1 +
+    kept`` tokens, the package token when one is fused and a token was pruned)::
 
-        12 + latency + record words     start, checks, the record's read, its checks, the selector's command;
-                                        the class token's key, the score walk's read latency, the frame
-        + the selector's load, search,  :func:`tokensift.hw.selector.core.cycle_breakdown` (one key per
-          compaction and header        cycle)
-        + k * (B + 1)                   each kept row: its walk, then B words read and written
-        + 8 if k > 0                    the selector's output and the last row's read latency
+        latency + record words          the record's read (:func:`record_words`)
+        + the selector's terms
+        DynamicViT: 14 + B * N + (N - 1) + max(0, 5 - B)   the dummy class token's B feature beats (the
+                                                           reader's first word comes 5 cycles after the
+                                                           walk), the candidates' rows, their keys
+                    (13 + B when there is no candidate)
+        EViT, SaiT: 18 + B * N + combiner               the rows, then the class rows through the score
+                                                        combiner (:func:`~tokensift.hw.score_combiner.core.
+                                                        combiner_cycles` over N tokens and H heads)
+                    - 4 when the package token is sent; + B for EViT's zero token when nothing was pruned
+
+    ``skipped``: SaiT at density 1 (the stage left as it is): ``4 + latency + record words``.
     """
+    if method not in SUPPORTED_METHODS:
+        raise ValueError(f"method must be one of {', '.join(SUPPORTED_METHODS)}, not {method!r}")
     check_int("candidates", candidates, low=0, high=cfg.envelope.max_tokens - 1, numpy=False)
     check_int("kept", kept, low=0, high=candidates, numpy=False)
     check_int("latency", latency, low=0, numpy=False)
     check_int("record_offset", record_offset, low=0, numpy=False)
-    parts = selector_cycles(_selector_params(cfg), n_tokens=candidates + 1, kept=kept + 1, mode=Mode.TOPK)
-    selector = parts["load"] + parts["search"] + parts["compact"] + parts["header"]
+    fused = check_bool("fused", fused) and method == "evit"
+    if check_bool("skipped", skipped):
+        return 4 + latency + record_words(cfg, record_offset)
+    package = fused and kept < candidates
+    n = candidates + 1
+    parts = selector_cycles(_selector_params(cfg), n_tokens=n, kept=kept + 1,
+                            mode=Mode.MASS if method == "sait" else Mode.TOPK, package=package, package_rule="sum")
     words = cfg.geometry(Buffer.X).words
-    return 12 + latency + record_words(cfg, record_offset) + selector + kept * (words + 1) + (8 if kept else 0)
+    total = (latency + record_words(cfg, record_offset) + parts["search"] + parts["compact"] + parts["header"] +
+             parts["output"] + parts["package"])
+    if method == "dynamicvit":
+        return total + (13 + words if candidates == 0 else 14 + words * n + candidates + max(0, 5 - words))
+    combiner = combiner_cycles(_combiner_params(cfg), n_tokens=n, heads=cfg.envelope.heads)
+    return total + words * n + combiner + (14 if package else 18) + (words if fused and not package else 0)
 
 
 class SelectEngine(wiring.Component):
