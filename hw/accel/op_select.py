@@ -2,29 +2,50 @@
 reference sequencer's ``_Sequencer.select`` (:mod:`tokensift.quant.accel.executor`).
 
 Per stage: fetch the stage's ``STGE`` record (its tag, length and method checked against the method
-register), stream one unsigned 16-bit key per candidate into the token selector
-(:class:`tokensift.hw.selector.core.Selector`, built without features: it ranks and lists the kept
-candidates in order, ties to the lower index as :func:`tokensift.quant.select.topk_keep`), then compact ``X``
-in place: each kept candidate's row (every column of the buffer) moves up behind the protected rows, one
-word per cycle. Rows only ever move up, and a row is read before any later write reaches it.
+register; EViT's fuse flag read from it), stream the tokens' rows of ``X`` and one unsigned 16-bit key per
+token into the token selector (:class:`tokensift.hw.selector.core.Selector`: top-k or SaiT's mass rule,
+ties to the lower index, the kept tokens out in order, EViT's fused token by its sum package rule), then
+write the kept tokens back into ``X`` from the first row after the protected ones, one word per cycle (the
+selector holds the rows, so writing over them is safe). The rows past the new count keep what they held.
 
-Methods:
+Methods (the method register picks one at run time):
 
-* **DynamicViT**: the keys are the ``S`` buffer's logit differences (column 0 of the instruction's ``src``,
-  one per candidate, sign bit inverted: :func:`tokensift.quant.select.order_key`), top-k with ``k =
-  min(STAGE_KEEP[s], candidates)``; the ``P`` protected rows stay. The op's ``n`` is ``count[src]`` (the
-  candidates), so the engine takes ``count[X] = n + P`` (the reference checks ``count[src] == count[X] - P``;
-  the op carries no ``count[X]`` to check it against).
-* EViT, AS-ViT, SaiT and SPViT are not built yet: their ``SELECT`` is a fault.
+* **DynamicViT**: the selector's tokens are a dummy class token then the candidates ``X[P:]``; the keys are
+  column 0 of the instruction's ``src`` (the ``S`` buffer's logit differences, one per candidate) with the
+  sign bit inverted (:func:`tokensift.quant.select.order_key`); top-k with ``k = min(STAGE_KEEP[s],
+  candidates)``; the ``P`` protected rows stay. The op's ``n`` is ``count[src]`` (the candidates), so the
+  engine takes ``count[X] = n + P``: the reference's check ``count[src] == count[X] - P`` needs a
+  ``count[X]`` the op does not carry.
+* **EViT**: the keys are the heads' mean class attention (the score combiner,
+  :class:`tokensift.hw.score_combiner.core.ScoreCombiner`, over the ``CLS`` rows with the weights
+  :func:`tokensift.quant.stages.evit.equal_head_weights`), top-k with ``k = min(STAGE_KEEP[s], n - 1)``,
+  then the fused token ``fit(round_shift(sum_pruned a_i x_i, 15))`` appended when the record's option says
+  so (all zeros when nothing was pruned, as :func:`tokensift.quant.select.package_token`).
+* **SaiT**: the same keys, the selector's mass rule with ``mass = DENSITY``; at ``DENSITY = 1.0``
+  (:data:`~tokensift.quant.accel.registers.MASS_ONE`) the stage leaves everything as it was (``stage_ran``
+  0, nothing read but the record).
+* AS-ViT (its per-token head weights need the heads' output norms and a divider) and SPViT (its nested
+  predictors) are not built: their ``SELECT`` is a fault.
+
+For EViT and SaiT the op's ``n`` is ``count[A]`` and must equal ``n2 = count[CLS]`` (the attention ran over
+the tokens); it is taken as ``count[X]``, which the op does not carry to check against.
 
 A fault (``done`` + ``fault``, nothing written): ``dst`` is not ``X``, the stage index has no registers
 (``arg >= stages``), the method register is not one this engine runs, the record's offset is not 8-byte
-aligned, its tag, length or method is wrong, the protected count is 0, the candidates and protected rows
-exceed the envelope, or a score does not fit 16 signed bits (the faults of the record and the scores come
-after the record's fetch and the selector's pass; still nothing is written).
+aligned, the protected count is 0 (or not 1 for EViT and SaiT, whose stages protect the class token only),
+the tokens exceed the envelope (EViT's fused token included), EViT's or SaiT's ``src``/``src2`` are not
+``A``/``CLS`` or their counts differ or are 0; after the record's read: its tag, length (from its
+``nrefs``) or method is wrong; after the selector's load: a DynamicViT score does not fit 16 signed bits,
+or the selector refuses the frame (a density above 1.0).
 
 ``protected_out`` (the protected count after the stage) and ``stage_ran`` (the stage changed the tokens)
-are valid with ``done``; :func:`cycles` is the exact cycle count at a fixed DRAM latency.
+are valid with ``done``; ``overflows`` counts the saturated scores and fused-token values since reset (the
+selector's and the combiner's counters, saturating at 16 bits). :func:`cycles` is the exact cycle count at a
+fixed DRAM latency.
+
+Memory: the selector's feature memory holds a copy of the stage's tokens (``max_tokens x width`` values of
+``res_bits``, one more ``X``-sized memory); the combiner's accumulators and the selector's score and list
+memories are ``max_tokens`` deep.
 """
 
 from __future__ import annotations
