@@ -50,7 +50,8 @@ memories are ``max_tokens`` deep.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+import numpy as np
+from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -67,6 +68,7 @@ from tokensift.hw.selector.core import cycle_breakdown as selector_cycles
 from tokensift.quant.accel.isa import Buffer
 from tokensift.quant.accel.records import RECORD_HEADER, SCHEMAS, Tag
 from tokensift.quant.accel.registers import MASS_ONE, METHODS
+from tokensift.quant.fixed import round_shift
 from tokensift.quant.select import SCORE_FORMAT, Mode, SelectorParams, Status
 from tokensift.quant.stages.evit import HEAD_WEIGHT_FRAC, equal_head_weights
 from tokensift.quant.stages.predictor import LOGIT_BITS
@@ -75,7 +77,7 @@ from tokensift.quant.stages.sait import MASS_FRAC
 __all__ = ["SelectEngine", "cycles", "record_words", "SUPPORTED_METHODS", "RECORD_BYTES"]
 
 #: the methods whose stages this engine runs (the others' ``SELECT`` is a fault)
-SUPPORTED_METHODS = ("dynamicvit", "evit", "sait")
+SUPPORTED_METHODS = ("dynamicvit", "evit", "sait", "asvit")
 _STAGE_SCALARS = SCHEMAS[Tag.STAGE].scalars
 #: bytes of a ``STGE`` record the engine reads: its header and scalars (SPViT's nested references follow)
 RECORD_BYTES = RECORD_HEADER + 8 * len(_STAGE_SCALARS)
@@ -152,6 +154,9 @@ class SelectEngine(wiring.Component):
     def __init__(self, *, config: AccelConfig):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+        if config.lanes > config.envelope.max_tokens:
+            raise ValueError(f"lanes ({config.lanes}) must not exceed the envelope's {config.envelope.max_tokens} "
+                             "tokens (a class row's word of the score combiner)")
         self._cfg = config
         members = dict(engine_signature(config, dram=True).members)
         members.update(regs=In(registers_layout()), protected_out=Out(config.row_bits), stage_ran=Out(1))
@@ -181,13 +186,17 @@ class SelectEngine(wiring.Component):
         m.submodules.combiner = comb = ScoreCombiner(n_max=cp.n_max, heads=cp.heads, lanes=cp.lanes,
                                                      attn_bits=cp.attn_bits, attn_frac=cp.attn_frac,
                                                      importance_bits=cp.importance_bits,
-                                                     importance_frac=cp.importance_frac, score=cp.score)
+                                                     importance_frac=cp.importance_frac, score=cp.score,
+                                                     per_token_weights=cp.per_token_weights)
 
         op = Signal.like(self.op)
         method = Signal(3)
         keep_reg = Signal(16)
+        threshold = Signal(16)
         density = Signal(16)
-        is_dvit, is_evit, is_sait = (method == METHODS.index(name) for name in ("dynamicvit", "evit", "sait"))
+        is_dvit, is_evit, is_sait, is_asvit = (method == METHODS.index(name)
+                                               for name in ("dynamicvit", "evit", "sait", "asvit"))
+        image = Signal()                 # AS-ViT: one weight per head (else per head and token)
         cand = Signal(row_bits)          # candidates (the selector's tokens but its first)
         k = Signal(row_bits)             # top-k: candidates to keep
         fuse = Signal()                  # EViT: the fused token is appended
@@ -235,11 +244,145 @@ class SelectEngine(wiring.Component):
             m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0), self.stage_ran.eq(0)]
             m.next = "IDLE"
 
+        # -- AS-ViT's head weights: per token and head the head output's norm isqrt(sum o**2), over the heads'
+        #    sum (a restoring root and divider, one bit per cycle); "image": per head over every token ------
+        H = env.heads
+        hbits = max(1, ceil_log2(H))
+        head_words = env.head_dim // lanes
+        a_words = cfg.geometry(Buffer.A).words
+        sq_max = env.max_tokens * env.head_dim * (1 << 14)           # the image rule's largest sum of int8 squares
+        root_iters = (sq_max.bit_length() + 1) // 2
+        norm_bits = root_iters
+        total_bits = norm_bits + hbits
+        wmax = -(-env.max_tokens // lanes)                            # class-row words (weight memory words per head)
+        equal = int(round_shift(np.array([(1 << (HEAD_WEIGHT_FRAC + 1)) // H]), 1)[0])
+        acc = Signal(2 * root_iters)
+        head_acc = Array(Signal(2 * root_iters, name=f"head_acc{h}") for h in range(H))
+        norm = Array(Signal(norm_bits, name=f"norm{h}") for h in range(H))
+        head_weight = Array(Signal(HEAD_WEIGHT_FRAC + 1, name=f"head_weight{h}") for h in range(H))
+        norm_total = Signal(total_bits)
+        wh = Signal(hbits + 1)             # the head
+        wj = Signal(row_bits)              # the token
+        wih = Signal(range(head_words + 1))
+        rad = Signal(2 * root_iters)
+        rem = Signal(root_iters + 2)
+        root = Signal(root_iters)
+        it = Signal(range(max(root_iters, 17) + 1))
+        dnum = Signal(17)                  # the dividend's low bits still to shift in
+        drem = Signal(total_bits + 1)
+        quot = Signal(17)
+        jw = Signal(range(wmax + 1))       # the token's class-row word and lane
+        jl = Signal(range(lanes))
+        wbase = Signal(range(H * wmax + 1))
+        m.submodules.weights = wmem = Memory(shape=unsigned((HEAD_WEIGHT_FRAC + 1) * lanes), depth=H * wmax, init=[])
+        w_wr = wmem.write_port(granularity=HEAD_WEIGHT_FRAC + 1)
+        w_rd = wmem.read_port()
+        w_stream_valid = Signal()
+        pipe_busy = Signal()
+
+        def next_head_or_token(after_token):
+            """After head ``wh`` of token ``wj``: the next head's words, or ``after_token``."""
+            with m.If(wh == H - 1):
+                m.next = after_token
+            with m.Else():
+                m.d.sync += wh.eq(wh + 1)
+                m.next = "W_SQ"
+
+        def asvit_states(m):
+            with m.State("W_START"):
+                m.d.comb += [walk.valid.eq(1), walk.payload.buffer.eq(Buffer.A), walk.payload.row0.eq(0),
+                             walk.payload.rows.eq(rows_x), walk.payload.word0.eq(0), walk.payload.words.eq(a_words)]
+                m.d.sync += [wh.eq(0), wj.eq(0), wih.eq(0), acc.eq(0), norm_total.eq(0), jw.eq(0), jl.eq(0),
+                             wbase.eq(0)] + [a.eq(0) for a in head_acc]
+                with m.If(walk.ready):
+                    m.next = "W_SQ"
+            with m.State("W_SQ"):  # the head's words into the squares' pipeline
+                with m.If(out.valid):
+                    m.d.sync += wih.eq(wih + 1)
+                    with m.If(wih == head_words - 1):
+                        m.d.sync += wih.eq(0)
+                        m.next = "W_DRAIN"
+            with m.State("W_DRAIN"):
+                with m.If(~pipe_busy):
+                    m.d.sync += acc.eq(0)
+                    with m.If(image):
+                        m.d.sync += head_acc[wh[:hbits]].eq(head_acc[wh[:hbits]] + acc)
+                        with m.If(wh == H - 1):
+                            m.d.sync += [wh.eq(0), wj.eq(wj + 1)]
+                            m.next = "W_SQ"
+                            with m.If(wj == rows_x - 1):
+                                m.next = "W_IMAGE"
+                        with m.Else():
+                            m.d.sync += wh.eq(wh + 1)
+                            m.next = "W_SQ"
+                    with m.Else():
+                        m.d.sync += [rad.eq(acc), rem.eq(0), root.eq(0), it.eq(0)]
+                        m.next = "W_ROOT"
+            with m.State("W_IMAGE"):  # image rule: each head's root over every token
+                m.d.sync += [rad.eq(head_acc[wh[:hbits]]), rem.eq(0), root.eq(0), it.eq(0)]
+                m.next = "W_ROOT"
+            with m.State("W_ROOT"):
+                trial = Cat(C(1, 2), root)
+                shifted = Cat(rad[-2:], rem)
+                m.d.sync += [rad.eq(rad << 2), it.eq(it + 1)]
+                with m.If(shifted >= trial):
+                    m.d.sync += [rem.eq(shifted - trial), root.eq(Cat(C(1, 1), root))]
+                with m.Else():
+                    m.d.sync += [rem.eq(shifted), root.eq(Cat(C(0, 1), root))]
+                with m.If(it == root_iters - 1):
+                    m.next = "W_NORM"
+            with m.State("W_NORM"):
+                m.d.sync += [norm[wh[:hbits]].eq(root), norm_total.eq(norm_total + root)]
+                with m.If(wh == H - 1):
+                    m.d.sync += wh.eq(0)
+                    m.next = "W_DIVIDE"
+                with m.Else():
+                    m.d.sync += wh.eq(wh + 1)
+                    m.next = "W_NEXT"
+            with m.State("W_NEXT"):
+                m.next = "W_SQ"
+                with m.If(image):
+                    m.next = "W_IMAGE"
+            with m.State("W_DIVIDE"):  # (norm << 16) // total: the quotient is below 2**17 (norm <= total)
+                num = norm[wh[:hbits]]
+                m.d.sync += [drem.eq(num >> 1), dnum.eq(num[0] << 16), quot.eq(0), it.eq(0)]
+                m.next = "W_DIVIDE_RUN"
+            with m.State("W_DIVIDE_RUN"):
+                shifted = Cat(dnum[-1], drem)
+                m.d.sync += [dnum.eq(dnum << 1), it.eq(it + 1)]
+                with m.If(shifted >= norm_total):
+                    m.d.sync += [drem.eq(shifted - norm_total), quot.eq(Cat(C(1, 1), quot))]
+                with m.Else():
+                    m.d.sync += [drem.eq(shifted), quot.eq(Cat(C(0, 1), quot))]
+                with m.If(it == 16):
+                    m.next = "W_WEIGHT"
+            with m.State("W_WEIGHT"):
+                weight = Mux(norm_total == 0, equal, (quot + 1) >> 1)   # all heads zero: equal weights
+                with m.If(image):
+                    m.d.sync += head_weight[wh[:hbits]].eq(weight)
+                with m.Else():
+                    m.d.comb += [w_wr.addr.eq(wbase + jw), w_wr.data.eq(weight[:HEAD_WEIGHT_FRAC + 1].replicate(lanes))]
+                    for i in range(lanes):
+                        m.d.comb += w_wr.en[i].eq(jl == i)
+                    m.d.sync += wbase.eq(wbase + wmax)
+                with m.If(wh == H - 1):
+                    m.d.sync += [wh.eq(0), wbase.eq(0), norm_total.eq(0)]
+                    with m.If(image | (wj == rows_x - 1)):
+                        m.next = "COMMAND"
+                    with m.Else():
+                        m.d.sync += [wj.eq(wj + 1), jl.eq(Mux(jl == lanes - 1, 0, jl + 1)),
+                                     jw.eq(Mux(jl == lanes - 1, jw + 1, jw))]
+                        m.next = "W_SQ"
+                with m.Else():
+                    m.d.sync += wh.eq(wh + 1)
+                    m.next = "W_DIVIDE"
+
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [op.eq(self.op), method.eq(self.regs.method), density.eq(self.regs.density),
-                                 keep_reg.eq(self.regs.keep[self.op.arg[:3]])]
+                                 keep_reg.eq(self.regs.keep[self.op.arg[:3]]),
+                                 threshold.eq(self.regs.threshold[self.op.arg[:3]])]
                     m.next = "CHECK"
             with m.State("CHECK"):
                 supported = 0
@@ -290,25 +433,30 @@ class SelectEngine(wiring.Component):
                 good = ((tag == Tag.STAGE) & (nrefs[29:] == 0) & (length == want) & (fields["method"][3:] == 0) &
                         (fields["method"][:3] == method))
                 option = fields["option"] != 0
-                m.d.sync += fuse.eq(is_evit & option)
+                m.d.sync += [fuse.eq(is_evit & option), image.eq(option)]
                 with m.If(~good | (is_evit & option & (k + 2 > env.max_tokens))):
                     fault()
                 with m.Elif(is_sait & (density == MASS_ONE)):  # SaiT at density 1: the dense model
                     m.d.sync += [self.done.eq(1), self.rows.eq(rows_x), self.protected_out.eq(op.protected),
                                  self.stage_ran.eq(0)]
                     m.next = "IDLE"
+                with m.Elif(is_asvit):
+                    m.next = "W_START"
                 with m.Else():
                     m.next = "COMMAND"
+            asvit_states(m)
             with m.State("COMMAND"):
                 c = sel.i_cmd.payload
-                m.d.comb += [sel.i_cmd.valid.eq(1), c.mode.eq(Mux(is_sait, Mode.MASS, Mode.TOPK)),
-                             c.n_tokens.eq(cand + 1), c.k.eq(k), c.threshold.eq(0), c.package.eq(fuse),
+                m.d.comb += [sel.i_cmd.valid.eq(1),
+                             c.mode.eq(Mux(is_sait, Mode.MASS, Mux(is_asvit, Mode.THRESHOLD, Mode.TOPK))),
+                             c.n_tokens.eq(cand + 1), c.k.eq(k), c.threshold.eq(threshold), c.package.eq(fuse),
                              c.package_sum.eq(1), c.mass.eq(density)]
                 with m.If(sel.i_cmd.ready):
                     m.next = "COMBINER"
             with m.State("COMBINER"):
                 m.d.comb += [comb.i_cmd.valid.eq(~is_dvit), comb.i_cmd.payload.n_tokens.eq(rows_x),
-                             comb.i_cmd.payload.heads.eq(env.heads)]
+                             comb.i_cmd.payload.heads.eq(env.heads),
+                             comb.i_cmd.payload.per_token.eq(is_asvit & ~image)]
                 with m.If(is_dvit | comb.i_cmd.ready):
                     m.next = "LOAD"
             with m.State("LOAD"):
@@ -373,7 +521,7 @@ class SelectEngine(wiring.Component):
             m.d.comb += [comb.i_attn.valid.eq(loading & out.valid), out.ready.eq(loading & comb.i_attn.ready)]
         for i in range(lanes):
             m.d.comb += comb.i_attn.payload[i].eq(out.payload.data[i][:cp.attn_bits])
-        with m.If(out.valid & out.ready & out.payload.last & feat_phase):
+        with m.If(loading & out.valid & out.ready & out.payload.last & feat_phase):
             m.d.sync += feat_phase.eq(0)
         # the scores: DynamicViT's keys (the class token's dummy first), or the combiner's mean attention
         with m.If(is_dvit):
@@ -386,10 +534,59 @@ class SelectEngine(wiring.Component):
                          comb.o_score.ready.eq(sel.i_score.ready)]
         with m.If(is_dvit & out.valid & out.ready & ~feat_phase):
             m.d.sync += bad_score.eq(bad_score | (value[LOGIT_BITS] != value[LOGIT_BITS - 1]))
-        m.d.comb += [comb.i_weight.valid.eq(loading & ~is_dvit & (weights_sent != env.heads)),
-                     comb.i_weight.payload.eq(int(equal_head_weights(env.heads)[0]))]
-        with m.If(comb.i_weight.valid & comb.i_weight.ready):
-            m.d.sync += weights_sent.eq(weights_sent + 1)
+        # the head weights: EViT's and SaiT's equal ones, AS-ViT's per head (image) or per head and token
+        with m.If(is_asvit & ~image):
+            m.d.comb += [comb.i_weight.valid.eq(loading & w_stream_valid), comb.i_weight.payload.eq(w_rd.data)]
+        with m.Else():
+            m.d.comb += [comb.i_weight.valid.eq(loading & ~is_dvit & (weights_sent != env.heads)),
+                         comb.i_weight.payload[0].eq(Mux(is_asvit, head_weight[weights_sent[:max(1, ceil_log2(env.heads))]],
+                                                         int(equal_head_weights(env.heads)[0])))]
+            with m.If(comb.i_weight.valid & comb.i_weight.ready):
+                m.d.sync += weights_sent.eq(weights_sent + 1)
+
+        # -- AS-ViT's squares: int8 head outputs, squared (inputs and products registered), summed by a
+        #    registered adder tree, accumulated per head ------------------------------------------------
+        with m.If(fsm.ongoing("W_SQ")):
+            m.d.comb += out.ready.eq(1)
+        taken = Signal()
+        m.d.sync += taken.eq(fsm.ongoing("W_SQ") & out.valid)
+        x_q = [Signal(signed(8), name=f"sq_x{i}") for i in range(lanes)]
+        sq = [Signal(15, name=f"sq{i}") for i in range(lanes)]
+        m.d.sync += [x.eq(out.payload.data[i][:8]) for i, x in enumerate(x_q)]
+        m.d.sync += [q.eq(x * x) for q, x in zip(sq, x_q, strict=True)]
+        valids = [taken, Signal(name="sq_valid")]
+        m.d.sync += valids[1].eq(taken)
+        level = sq
+        while len(level) > 1:
+            nxt = [Signal(len(level[0]) + 1, name=f"sq_sum{len(valids)}_{i}") for i in range((len(level) + 1) // 2)]
+            for i, t in enumerate(nxt):
+                pair = level[2 * i:2 * i + 2]
+                m.d.sync += t.eq(pair[0] + pair[1] if len(pair) == 2 else pair[0])
+            v = Signal(name=f"sq_valid{len(valids)}")
+            m.d.sync += v.eq(valids[-1])
+            valids.append(v)
+            level = nxt
+        with m.If(valids[-1]):
+            m.d.sync += acc.eq(acc + level[0])
+        m.d.comb += pipe_busy.eq(Cat(*valids).any())
+
+        # AS-ViT's per-token weights to the combiner, lane-aligned with the class rows' words: a registered
+        # read one word ahead of the stream
+        w_head = Signal(hbits + 1)
+        w_word = Signal(range(wmax + 1))
+        w_addr = Signal(range(H * wmax + 1))
+        advance = ~w_stream_valid | comb.i_weight.ready
+        more = w_head != H
+        m.d.comb += [w_rd.addr.eq(w_addr + w_word), w_rd.en.eq(advance)]
+        with m.If(fsm.ongoing("COMBINER")):
+            m.d.sync += [w_head.eq(0), w_word.eq(0), w_addr.eq(0), w_stream_valid.eq(0)]
+        with m.Elif(loading & is_asvit & ~image & advance):
+            m.d.sync += w_stream_valid.eq(more)
+            with m.If(more):
+                with m.If(w_word == cls_words - 1):
+                    m.d.sync += [w_word.eq(0), w_head.eq(w_head + 1), w_addr.eq(w_addr + wmax)]
+                with m.Else():
+                    m.d.sync += w_word.eq(w_word + 1)
 
         # -- the kept tokens (and the fused one), word by word, from row P on -------------------------
         m.d.comb += [self.wr.en.eq(writing), self.wr.buffer.eq(Buffer.X), self.wr.tile.eq(dst_row >> bank_bits),
@@ -404,8 +601,9 @@ class SelectEngine(wiring.Component):
 
 
 def _combiner_params(cfg: AccelConfig) -> CombinerParams:
-    """The score combiner the engine is built with: the heads' mean class attention (EViT, SaiT)."""
+    """The score combiner the engine is built with: one weight per head (EViT's and SaiT's mean, AS-ViT's image
+    weights) or per head and token (AS-ViT's token weights)."""
     env = cfg.envelope
-    return CombinerParams(n_max=env.max_tokens, heads=env.heads, lanes=min(cfg.lanes, env.max_tokens),
-                          attn_bits=env.prob_frac + 1, attn_frac=env.prob_frac, importance_bits=HEAD_WEIGHT_FRAC + 1,
-                          importance_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT)
+    return CombinerParams(n_max=env.max_tokens, heads=env.heads, lanes=cfg.lanes, attn_bits=env.prob_frac + 1,
+                          attn_frac=env.prob_frac, importance_bits=HEAD_WEIGHT_FRAC + 1,
+                          importance_frac=HEAD_WEIGHT_FRAC, score=SCORE_FORMAT, per_token_weights=True)
