@@ -24,16 +24,25 @@ Methods (the method register picks one at run time):
 * **SaiT**: the same keys, the selector's mass rule with ``mass = DENSITY``; at ``DENSITY = 1.0``
   (:data:`~tokensift.quant.accel.registers.MASS_ONE`) the stage leaves everything as it was (``stage_ran``
   0, nothing read but the record).
-* AS-ViT (its per-token head weights need the heads' output norms and a divider) and SPViT (its nested
-  predictors) are not built: their ``SELECT`` is a fault.
+* **AS-ViT**: first the head weights from the heads' int8 outputs in ``A``
+  (:func:`tokensift.quant.stages.asvit.token_head_weights`, or with the record's image option
+  :func:`tokensift.quant.select.head_importance` over every token): the squares of a word's ``lanes``
+  values (registered inputs and products, a registered adder tree) summed per head, a restoring square
+  root and a restoring divider one bit per cycle (``(norm << 16) // total``, rounded half up; equal weights
+  when every norm is 0); the token rule's weights go to a small memory read out lane-aligned with the
+  class rows (the combiner's per-token mode). Then the combiner's scores, the selector's threshold mode
+  with ``STAGE_THRESHOLD[s]``. The serial root and divider make the token rule cost about ``H * (R + 21)``
+  cycles per token (``R`` = :func:`_root_iters`), far more than the selection itself: the place to
+  pipeline first.
+* SPViT (its nested predictors and head-weight branch) is not built: its ``SELECT`` is a fault.
 
-For EViT and SaiT the op's ``n`` is ``count[A]`` and must equal ``n2 = count[CLS]`` (the attention ran over
+For EViT, SaiT and AS-ViT the op's ``n`` is ``count[A]`` and must equal ``n2 = count[CLS]`` (the attention ran over
 the tokens); it is taken as ``count[X]``, which the op does not carry to check against.
 
 A fault (``done`` + ``fault``, nothing written): ``dst`` is not ``X``, the stage index has no registers
 (``arg >= stages``), the method register is not one this engine runs, the record's offset is not 8-byte
-aligned, the protected count is 0 (or not 1 for EViT and SaiT, whose stages protect the class token only),
-the tokens exceed the envelope (EViT's fused token included), EViT's or SaiT's ``src``/``src2`` are not
+aligned, the protected count is 0 (or not 1 for the attention-scored methods, whose stages protect the class
+token only), the tokens exceed the envelope (EViT's fused token included), their ``src``/``src2`` are not
 ``A``/``CLS`` or their counts differ or are 0; after the record's read: its tag, length (from its
 ``nrefs``) or method is wrong; after the selector's load: a DynamicViT score does not fit 16 signed bits,
 or the selector refuses the frame (a density above 1.0).
@@ -44,8 +53,8 @@ selector's and the combiner's counters, saturating at 16 bits). :func:`cycles` i
 fixed DRAM latency.
 
 Memory: the selector's feature memory holds a copy of the stage's tokens (``max_tokens x width`` values of
-``res_bits``, one more ``X``-sized memory); the combiner's accumulators and the selector's score and list
-memories are ``max_tokens`` deep.
+``res_bits``, one more ``X``-sized memory); the combiner's accumulators, the selector's score and list
+memories and AS-ViT's weight memory (``heads x max_tokens`` 16-bit weights) are ``max_tokens`` deep.
 """
 
 from __future__ import annotations
@@ -74,7 +83,7 @@ from tokensift.quant.stages.evit import HEAD_WEIGHT_FRAC, equal_head_weights
 from tokensift.quant.stages.predictor import LOGIT_BITS
 from tokensift.quant.stages.sait import MASS_FRAC
 
-__all__ = ["SelectEngine", "cycles", "record_words", "SUPPORTED_METHODS", "RECORD_BYTES"]
+__all__ = ["SelectEngine", "cycles", "asvit_weight_cycles", "record_words", "SUPPORTED_METHODS", "RECORD_BYTES"]
 
 #: the methods whose stages this engine runs (the others' ``SELECT`` is a fault)
 SUPPORTED_METHODS = ("dynamicvit", "evit", "sait", "asvit")
@@ -102,7 +111,7 @@ def record_words(cfg: AccelConfig, record_offset: int) -> int:
 
 
 def cycles(cfg: AccelConfig, *, method: str, candidates: int, kept: int, latency: int, record_offset: int = 0,
-           fused: bool = False, skipped: bool = False) -> int:
+           fused: bool = False, skipped: bool = False, image: bool = False) -> int:
     """Cycles from ``start`` to ``done`` of a stage that does not fault, with the DRAM answering ``latency``
     cycles after it accepts the record's read (the only term that depends on the DRAM) and no gaps.
 
@@ -123,6 +132,9 @@ def cycles(cfg: AccelConfig, *, method: str, candidates: int, kept: int, latency
                                                         combiner_cycles` over N tokens and H heads)
                     - 4 when the package token is sent; + B for EViT's zero token when nothing was pruned
 
+        AS-ViT:     as EViT (the combiner per head and token for the token rule), plus the head weights
+                    before the load (:func:`asvit_weight_cycles`; ``image``: the record's image rule)
+
     ``skipped``: SaiT at density 1 (the stage left as it is): ``4 + latency + record words``.
     """
     if method not in SUPPORTED_METHODS:
@@ -132,19 +144,50 @@ def cycles(cfg: AccelConfig, *, method: str, candidates: int, kept: int, latency
     check_int("latency", latency, low=0, numpy=False)
     check_int("record_offset", record_offset, low=0, numpy=False)
     fused = check_bool("fused", fused) and method == "evit"
+    image = check_bool("image", image) and method == "asvit"
     if check_bool("skipped", skipped):
         return 4 + latency + record_words(cfg, record_offset)
     package = fused and kept < candidates
     n = candidates + 1
     parts = selector_cycles(_selector_params(cfg), n_tokens=n, kept=kept + 1,
-                            mode=Mode.MASS if method == "sait" else Mode.TOPK, package=package, package_rule="sum")
+                            mode={"sait": Mode.MASS, "asvit": Mode.THRESHOLD}.get(method, Mode.TOPK),
+                            package=package, package_rule="sum")
     words = cfg.geometry(Buffer.X).words
     total = (latency + record_words(cfg, record_offset) + parts["search"] + parts["compact"] + parts["header"] +
              parts["output"] + parts["package"])
     if method == "dynamicvit":
         return total + (13 + words if candidates == 0 else 14 + words * n + candidates + max(0, 5 - words))
-    combiner = combiner_cycles(_combiner_params(cfg), n_tokens=n, heads=cfg.envelope.heads)
-    return total + words * n + combiner + (14 if package else 18) + (words if fused and not package else 0)
+    combiner = combiner_cycles(_combiner_params(cfg), n_tokens=n, heads=cfg.envelope.heads,
+                               per_token=method == "asvit" and not image)
+    total += words * n + combiner + (14 if package else 18) + (words if fused and not package else 0)
+    return total + (asvit_weight_cycles(cfg, n, image=image) if method == "asvit" else 0)
+
+
+def asvit_weight_cycles(cfg: AccelConfig, tokens: int, *, image: bool) -> int:
+    """Cycles of AS-ViT's head weights over ``tokens`` tokens (part of :func:`cycles`).
+
+    Per token and head: its ``head_dim / lanes`` words of ``A``, the squares' pipeline drained (``3 +
+    ceil(log2 lanes)``); the token rule then takes each head's root (``R`` = ceil(bits / 2) cycles of the
+    restoring root over the image rule's widest sum) and moves on (2 cycles, 1 after the last head), then each
+    head's weight (19: the 17-bit restoring division, its set-up and the write). The image rule takes the
+    roots and weights once, after every token (plus one cycle per root)."""
+    env = cfg.envelope
+    H, R = env.heads, _root_iters(cfg)
+    pipe = 3 + ceil_log2(cfg.lanes)
+    words = env.head_dim // cfg.lanes
+    if image:
+        return ASVIT_START + tokens * H * (words + pipe) + H * (R + 3) - 2 + 19 * H
+    return ASVIT_START + tokens * (H * (words + pipe + R + 2) - 1 + 19 * H)
+
+
+#: AS-ViT's weight phase: the walk over ``A`` handed to the reader, its first word's read latency
+ASVIT_START = 6
+
+
+def _root_iters(cfg: AccelConfig) -> int:
+    """Iterations of the restoring root: half the width of the image rule's largest sum of int8 squares."""
+    env = cfg.envelope
+    return ((env.max_tokens * env.head_dim * (1 << 14)).bit_length() + 1) // 2
 
 
 class SelectEngine(wiring.Component):
@@ -250,8 +293,7 @@ class SelectEngine(wiring.Component):
         hbits = max(1, ceil_log2(H))
         head_words = env.head_dim // lanes
         a_words = cfg.geometry(Buffer.A).words
-        sq_max = env.max_tokens * env.head_dim * (1 << 14)           # the image rule's largest sum of int8 squares
-        root_iters = (sq_max.bit_length() + 1) // 2
+        root_iters = _root_iters(cfg)
         norm_bits = root_iters
         total_bits = norm_bits + hbits
         wmax = -(-env.max_tokens // lanes)                            # class-row words (weight memory words per head)
