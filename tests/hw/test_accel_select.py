@@ -1,8 +1,9 @@
 """The SELECT engine on real token buffers: bit-exact with the reference sequencer's ``_Sequencer.select`` on
-compiled DynamicViT, EViT and SaiT models' own stages (every stage, several buffer shapes, seeded DRAM
-latency and gaps), under other registers (keep all, keep 1, tied scores, more protected rows, EViT without
-its fused token, SaiT's densities), its cycle formula exact at a fixed DRAM latency, and malformed ops and
-records (AS-ViT and SPViT, which it does not run, among them) faulted with nothing written."""
+compiled DynamicViT, EViT, SaiT and AS-ViT models' own stages (every stage, several buffer shapes, seeded DRAM
+latency and gaps), under other registers and records (keep all, keep 1, tied scores, more protected rows,
+EViT without its fused token, SaiT's densities, AS-ViT's thresholds, its token and image rules, heads whose
+outputs are all zero), its cycle formula exact at a fixed DRAM latency, and malformed ops and records (SPViT,
+which it does not run, among them) faulted with nothing written."""
 
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ def run_select(cfg, regs, dram, state, op, **kw):
     pytest.param("evit", 0, {}, 3, marks=pytest.mark.slow),
     pytest.param("sait", 1, {"axi": AxiDmaConfig(data_bytes=16)}, 6, marks=pytest.mark.slow),
     pytest.param("dynamicvit", 1, {"banks": 1, "lanes": 16}, 7, marks=pytest.mark.slow),
-    pytest.param("evit", 0, {"banks": 8, "lanes": 2}, 8, marks=pytest.mark.slow)])
+    pytest.param("evit", 0, {"banks": 8, "lanes": 2}, 8, marks=pytest.mark.slow),
+    pytest.param("asvit", 0, {"banks": 4, "lanes": 4}, 9, marks=pytest.mark.slow)])
 def test_bit_exact_with_the_reference(variant, stage, shape, seed):
     dram, regs, stages = selects(variant)
     cfg = config_for(variant, **shape)
@@ -230,6 +232,35 @@ def test_sait_densities(density):
         assert seen["ran"] == 1 and rows == (2 if density == 1 else before.count[Buffer.X])  # below 1.0: all
 
 
+@pytest.mark.parametrize("rule,case,fixed", [
+    ("token", "zero_heads", True), ("image", "threshold", False),
+    pytest.param("token", "threshold", False, marks=pytest.mark.slow),
+    pytest.param("image", "zero_heads", True, marks=pytest.mark.slow),
+    pytest.param("image", "all_zero", True, marks=pytest.mark.slow)])
+def test_asvit_rules(rule, case, fixed):
+    """AS-ViT under a threshold that prunes, its token rule (the release's) and image rule, and tokens (or a
+    whole frame) whose heads output only zeros (equal head weights)."""
+    dram, regs, stages = selects("asvit")
+    cfg = config_for("asvit", lanes=16 if fixed else 8)
+    pc, ins, before, after, entry = stages[1]
+    dram = _option(dram, regs, ins, ("token", "image").index(rule))
+    r = regs.replace(threshold=(700,) * regs.stages)    # about half the tokens
+    state = before
+    if case != "threshold":
+        bufs = {b: v.copy() for b, v in before.buffers.items()}
+        bufs[Buffer.A][:before.count[Buffer.A] if case == "all_zero" else 7] = 0
+        state = dataclasses.replace(before, buffers=bufs)
+    latency = 5
+    result, seen = run_select(cfg, r, dram, state, op_of(ins, state, r), seed=13,
+                              **({"latency": (latency, latency)} if fixed else {"latency": (1, 9), "gap": 0.25}))
+    rows = check_run(result, seen, dram, r, state, ins)
+    assert 1 < rows < state.count[Buffer.X] or case == "all_zero"
+    if fixed:
+        assert result.cycles == cycles(cfg, method="asvit", candidates=state.count[Buffer.X] - 1, kept=rows - 1,
+                                       latency=latency, record_offset=regs.memory_base + ins.addr_a,
+                                       image=rule == "image")
+
+
 @pytest.mark.parametrize("variant,shape,setting,offset", [
     ("dynamicvit", {"axi": AxiDmaConfig(data_bytes=16)}, 7, 8),
     ("evit", {"axi": AxiDmaConfig(data_bytes=32), "gemm_cols": 64}, 0xFFFF, 24), ("sait", {}, 1 << 15, 0),
@@ -302,7 +333,7 @@ def test_faults_on_malformed_ops(thorough):
         (regs, dram, op_of(ins, before, regs, n=cfg.envelope.max_tokens)),
     ] + ([
         (regs, dram, op_of(dataclasses.replace(ins, arg=regs.stages), before, regs)),
-        (regs.replace(method="asvit", rule=("threshold",) * regs.stages), dram, op_of(ins, before, regs)),
+        (regs.replace(method="asvit", rule=("threshold",) * regs.stages), dram, op_of(ins, before, regs)),  # src S
         (regs, dram, op_of(ins, before, regs, protected=0)),
     ] if thorough else [])
     for result in _faults(cfg, cases, before):
