@@ -244,7 +244,7 @@ class SelectEngine(wiring.Component):
         k = Signal(row_bits)             # top-k: candidates to keep
         fuse = Signal()                  # EViT: the fused token is appended
         m.d.sync += [self.done.eq(0), self.fault.eq(0)]
-        total = Signal(17)
+        total = Signal(len(sel.overflows) + 1)
         m.d.comb += [total.eq(sel.overflows + comb.overflows),
                      self.overflows.eq(Mux(total[16:] != 0, 0xFFFF, total[:16]))]
 

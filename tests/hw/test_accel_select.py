@@ -16,10 +16,11 @@ import pytest
 from accel_models import config_for, steps
 from amaranth.sim import Simulator
 
+from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.accel.op_select import _FIELD_AT, RECORD_BYTES, SelectEngine, cycles
 from tokensift.hw.axi.config import AxiDmaConfig
 from tokensift.quant.accel.executor import _Sequencer
-from tokensift.quant.accel.image import finish_checksum
+from tokensift.quant.accel.image import Envelope, finish_checksum
 from tokensift.quant.accel.isa import Buffer, Opcode
 from tokensift.quant.accel.registers import MAX_STAGES, METHODS, RULES
 from tokensift.sim import accel_ops
@@ -392,3 +393,17 @@ def test_faults_of_evit_and_sait(thorough):
     bench_regs = dataclasses.replace(regs)
     object.__setattr__(bench_regs, "density", (1 << 15) + 1)   # beyond what Registers allows: the selector refuses
     list(_faults(config_for("sait"), [(bench_regs, dram, too_dense)], before))
+
+
+def test_engine_parameters_are_checked():
+    with pytest.raises(TypeError, match=r"^config must be an AccelConfig, not dict$"):
+        SelectEngine(config={})
+    env = Envelope(max_tokens=8, width=32, heads=2, mlp_hidden=64, depth=1, classes=10, patch_size=4, in_chans=1,
+                   patches=4, res_bits=16, prob_frac=15, stages=1, head_dim=16)
+    with pytest.raises(ValueError, match=r"^lanes \(16\) must not exceed the envelope's 8 tokens"):
+        SelectEngine(config=AccelConfig(envelope=env, lanes=16))
+    cfg = AccelConfig(envelope=env)
+    with pytest.raises(ValueError, match=r"^method must be one of dynamicvit, evit, sait, asvit, not 'spvit'$"):
+        cycles(cfg, method="spvit", candidates=3, kept=1, latency=2)
+    with pytest.raises(ValueError, match=r"^kept must be"):
+        cycles(cfg, method="evit", candidates=3, kept=4, latency=2)
