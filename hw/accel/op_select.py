@@ -39,7 +39,8 @@ Methods (the method register picks one at run time):
 For EViT, SaiT and AS-ViT the op's ``n`` is ``count[A]`` and must equal ``n2 = count[CLS]`` (the attention ran over
 the tokens); it is taken as ``count[X]``, which the op does not carry to check against.
 
-A fault (``done`` + ``fault``, nothing written): ``dst`` is not ``X``, the stage index has no registers
+A fault (``done`` + ``fault``, nothing written): ``dst`` is not ``X``, the rows mode is not ``ALL`` (the
+op's ``n`` would not be ``count[src]``; the reference ignores the field), the stage index has no registers
 (``arg >= stages``), the method register is not one this engine runs, the record's offset is not 8-byte
 aligned, the protected count is 0 (or not 1 for the attention-scored methods, whose stages protect the class
 token only), the tokens exceed the envelope (EViT's fused token included), their ``src``/``src2`` are not
@@ -74,7 +75,7 @@ from tokensift.hw.accel.sequencer import registers_layout
 from tokensift.hw.score_combiner.core import CombinerParams, ScoreCombiner, combiner_cycles
 from tokensift.hw.selector.core import Selector
 from tokensift.hw.selector.core import cycle_breakdown as selector_cycles
-from tokensift.quant.accel.isa import Buffer
+from tokensift.quant.accel.isa import Buffer, Rows
 from tokensift.quant.accel.records import RECORD_HEADER, SCHEMAS, Tag
 from tokensift.quant.accel.registers import MASS_ONE, METHODS
 from tokensift.quant.fixed import round_shift
@@ -432,7 +433,8 @@ class SelectEngine(wiring.Component):
                     supported = supported | (method == METHODS.index(name))
                 # DynamicViT: n = count[S] candidates after P protected rows; the others: n = count[A], which
                 # must be count[CLS] (the attention ran over these tokens), and one protected row
-                bad = ((op.dst != Buffer.X) | (op.arg >= env.stages) | ~supported | (op.addr_a[:3] != 0) |
+                bad = ((op.dst != Buffer.X) | (op.rows != Rows.ALL) | (op.arg >= env.stages) | ~supported |
+                       (op.addr_a[:3] != 0) |
                        (op.protected == 0) |
                        Mux(is_dvit, op.n + op.protected > env.max_tokens,
                            (op.n == 0) | (op.n != op.n2) | (op.protected != 1) | (op.src != Buffer.A) |

@@ -21,7 +21,7 @@ from tokensift.hw.accel.op_select import _FIELD_AT, RECORD_BYTES, SelectEngine, 
 from tokensift.hw.axi.config import AxiDmaConfig
 from tokensift.quant.accel.executor import _Sequencer
 from tokensift.quant.accel.image import Envelope, finish_checksum
-from tokensift.quant.accel.isa import Buffer, Opcode
+from tokensift.quant.accel.isa import Buffer, Opcode, Rows
 from tokensift.quant.accel.registers import MAX_STAGES, METHODS, RULES
 from tokensift.sim import accel_ops
 from tokensift.sim.accel_ops import EngineBench, check_after, op_fields, run_op
@@ -336,6 +336,7 @@ def test_faults_on_malformed_ops(thorough):
         (regs, dram, op_of(dataclasses.replace(ins, arg=regs.stages), before, regs)),
         (regs.replace(method="asvit", rule=("threshold",) * regs.stages), dram, op_of(ins, before, regs)),  # src S
         (regs, dram, op_of(ins, before, regs, protected=0)),
+        (regs, dram, op_of(dataclasses.replace(ins, rows=Rows.CANDIDATES), before, regs)),
     ] if thorough else [])
     for result in _faults(cfg, cases, before):
         assert result.cycles <= 3 and not result.dram_commands
