@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The SELECT engine on real token buffers: bit-exact with the reference sequencer's ``_Sequencer.select`` on
 compiled DynamicViT, EViT, SaiT and AS-ViT models' own stages (every stage, several buffer shapes, seeded DRAM
 latency and gaps), under other registers and records (keep all, keep 1, tied scores, more protected rows,
