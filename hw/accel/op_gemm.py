@@ -134,6 +134,7 @@ class GemmOpEngine(wiring.Component):
         depth = _depth(cfg)
         rb = cfg.row_bits
         m.submodules.gemm = gemm = GemmEngine(config=g)
+        self._gemm_sub = gemm  # probes
 
         # ---- the op and its checks: lookups (s1), compares (s2), verdict (s3) --------------------------
         op = Signal.like(self.op)
@@ -490,8 +491,98 @@ class GemmOpEngine(wiring.Component):
         return m
 
 
-def cycles(cfg: AccelConfig, opcode, n: int, k: int, m: int, *, start: int = 0, dram_latency: int = 2) -> int:
-    """Cycles of one op from ``start`` to ``done`` (both counted as :func:`tokensift.sim.accel_ops.run_op`
-    counts them), the DRAM answering every command ``dram_latency`` cycles after taking it and never
-    pausing. Filled in below."""
-    raise NotImplementedError
+def cycles(cfg: AccelConfig, opcode, k: int, m: int, *, n: int = 0, start: int = 0, dram_latency: int = 2) -> int:
+    """Cycles of one op, from the cycle ``start`` is raised to the cycle ``done`` is (as
+    :func:`tokensift.sim.accel_ops.run_op` counts them), when the DRAM answers each command ``dram_latency``
+    cycles after taking the one before it ends, one word per cycle, and the op is well formed.
+
+    ``n`` and ``start`` are the source rows (``GEMM``; ``PATCH_EMBED`` always runs ``patches + 1`` tokens
+    from the input region). The terms:
+
+    - the activations: one beat per cycle from ``9 + log2(banks)`` on (a ``start`` off a tile boundary adds
+      one read per word: one cycle, and one per word when ``lanes`` is 1), ``ceil(n / banks) x k`` beats,
+      replayed entry by entry (:func:`_act_feed`); ``PATCH_EMBED``'s wait for the input region's words
+      (**DRAM latency**: two commands before its first word);
+    - the job beat after the last act beat, or after the record's verdict (**DRAM latency**: the record
+      comes back ``dram_latency + 64 / data_bytes`` cycles after the op starts) if that is later;
+    - the GEMM engine on that job (:func:`tokensift.hw.gemm.cycles.schedule`), its weights from the DRAM
+      at one word per cycle, arriving ``dram_latency`` cycles after their command (issued after the record's
+      verdict, and after the input region for ``PATCH_EMBED``): **DRAM latency** only where the weights come
+      later than the job;
+    - two cycles from the engine's last output beat to ``done`` (the saturation and write registers).
+    """
+    if not isinstance(cfg, AccelConfig):
+        raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
+    opcode = Opcode(opcode)
+    if opcode not in (Opcode.GEMM, Opcode.PATCH_EMBED):
+        raise ValueError(f"the GEMM op engine runs GEMM and PATCH_EMBED, not {opcode.name}")
+    env = cfg.envelope
+    g = gemm_config(cfg)
+    lat = check_int("dram_latency", dram_latency, low=0, numpy=False)
+    check_int("k", k, low=1, high=g.max_in, numpy=False)
+    check_int("m", m, low=1, high=g.max_out, numpy=False)
+    if opcode is Opcode.PATCH_EMBED:
+        n, start = env.patches + 1, 0
+    check_int("n", n, low=1, high=env.max_tokens, numpy=False)
+    check_int("start", start, low=0, high=env.max_tokens - n, numpy=False)
+    W = cfg.axi.data_bytes
+    rec_words = RECORD_BYTES // W
+    col_tiles = -(-m // g.cols)
+    # the record's verdict: its last word, then the registered checks; the weight stream's length sum
+    verdict = max(lat + rec_words + 7, col_tiles + 5) + 1
+    act_last, input_last = _act_feed(cfg, opcode, k, n, start, first_input=2 * lat + rec_words + 6)
+    job = max(act_last + 1, verdict)
+    weights = max(verdict + 1, input_last + 1) + lat + 1
+    (timing,) = gemm_cycles.schedule(g, [(n, k, m, job)], weight_bytes_per_cycle=W,
+                                     weight_latency=max(0, weights - job))
+    return timing.last_out + 2
+
+
+def _act_feed(cfg: AccelConfig, opcode: Opcode, k: int, n: int, start: int, *, first_input: int):
+    """``(last act beat, last input word)``: the act path replayed entry by entry (an entry is one buffer or
+    transposer read: ``lanes`` or ``data_bytes`` beats, none for the read that only completes the first
+    token tile of a word when ``start`` is off a tile boundary). Entry ``j`` is read once fewer than
+    ``depth`` entries are in flight, reaches the FIFO's head ``4 + log2(banks)`` cycles later, is taken when
+    the shift register frees and gives its first beat the cycle after. ``PATCH_EMBED``'s reads also wait for
+    their token tile's rows in the transposer, whose words arrive one per cycle from ``first_input`` on
+    while the tile two back has been read."""
+    R, L, W = cfg.banks, cfg.lanes, cfg.axi.data_bytes
+    log_r = ceil_log2(R)
+    depth = _depth(cfg)
+    tiles = -(-n // R)
+    if opcode is Opcode.PATCH_EMBED:
+        pdw = cfg.envelope.patch_dim // W
+        rows = [min(R, n - t * R) - (t == 0) for t in range(tiles)]
+        groups = [(t, [W] * pdw) for t in range(tiles)]
+    else:
+        straddle = start % R != 0
+        words = -(-k // L)
+        groups = [(None, ([0] if straddle else []) + [min(L, k - w * L)] * tiles) for w in range(words)]
+    issue, pop = [], []
+    last_issue = {}               # PATCH_EMBED: token tile -> its last read
+    next_input = first_input      # the next input word's earliest cycle
+    input_last = -1
+    em_end = 0                    # the cycle after the shift register's last beat (it is free from em_end - 1)
+    last_beat = 0
+    for tile, beats in groups:
+        ready = 4
+        if tile is not None and rows[tile]:
+            begin = max(next_input, last_issue[tile - 2] + 1 if tile >= 2 else 0)
+            input_last = begin + rows[tile] * pdw - 1
+            next_input = input_last + 1
+            ready = input_last + 1
+        for count in beats:
+            j = len(issue)
+            t = max(ready, issue[-1] + 1 if issue else 0, pop[j - depth] + 1 if j >= depth else 0)
+            issue.append(t)
+            head = t + 4 + log_r
+            if count == 0:        # completes the next token tile: taken as soon as it is at the head
+                pop.append(max(head, pop[-1] + 1 if pop else 0))
+                continue
+            taken = max(head, pop[-1] + 1 if pop else 0, em_end - 1)
+            pop.append(taken)
+            em_end = taken + 1 + count
+            last_beat = em_end - 1
+        if tile is not None:
+            last_issue[tile] = issue[-1]
+    return last_beat, input_last
