@@ -468,7 +468,8 @@ class GemmOpEngine(wiring.Component):
                      q1.zero0.eq(is_pe & (tile_o == 0))]
         for r in range(R):
             v = o.payload.data[r]
-            m.d.sync += [y[r].eq(Mux(v > hi, hi, Mux(v < lo, lo, v))), clipped[r].eq(o.valid & ((v > hi) | (v < lo)))]
+            counted = o.valid & ~(is_pe & (tile_o == 0)) if r == 0 else o.valid  # not the class slot's zeros
+            m.d.sync += [y[r].eq(Mux(v > hi, hi, Mux(v < lo, lo, v))), clipped[r].eq(counted & ((v > hi) | (v < lo)))]
         m.d.comb += [self.wr.en.eq(q1.valid), self.wr.buffer.eq(op.dst), self.wr.tile.eq(q1.tile),
                      self.wr.word.eq(q1.word)]
         for r in range(R):
@@ -478,16 +479,21 @@ class GemmOpEngine(wiring.Component):
         with m.If(q1.valid & q1.last):
             m.d.sync += [busy.eq(0), self.done.eq(1), self.rows.eq(n_g)]
 
-        # ---- overflows: the engine's accumulator and output saturations plus the local ones ----------
+        # ---- overflows (cumulative, saturating): the engine's accumulator saturations, and the outputs that
+        # did not fit the op's width: the local stage's clamps below 16 bits, the engine's own at 16 bits (its
+        # counter's increments while such an op runs; below 16 bits they are clamped again and counted here)
         n_clip = Signal(range(R + 1))
         local = Signal(16)
         m.d.sync += n_clip.eq(sum(clipped[r] for r in range(R)))
-        local_sum = Signal(17)
-        m.d.comb += local_sum.eq(local + n_clip)
-        m.d.sync += local.eq(Mux(local_sum[16], 0xFFFF, local_sum[:16]))
-        total = Signal(18)
-        m.d.sync += total.eq(gemm.acc_overflows + gemm.out_overflows + local)
-        m.d.comb += self.overflows.eq(Mux(total[16:].any(), 0xFFFF, total[:16]))
+        out_seen = Signal(16)
+        out_step = Signal(16)
+        m.d.sync += [out_seen.eq(gemm.out_overflows), out_step.eq(gemm.out_overflows - out_seen)]
+        local_sum = Signal(18)
+        m.d.comb += local_sum.eq(local + n_clip + Mux(out_bits == OUT_BITS, out_step, 0))
+        m.d.sync += local.eq(Mux(local_sum[16:].any(), 0xFFFF, local_sum[:16]))
+        total = Signal(17)
+        m.d.sync += total.eq(gemm.acc_overflows + local)
+        m.d.comb += self.overflows.eq(Mux(total[16], 0xFFFF, total[:16]))
         return m
 
 
