@@ -132,13 +132,16 @@ def check_cycles(run: Run, latency: int) -> None:
                                        start=op["start"], dram_latency=latency)
 
 
-# (variant, pc, shape, shift): the patch embedding, the head, a DynamicViT predictor's first and last layers
-# reading CANDIDATES (start = P: 1, and 3 with four banks), its QKV / projection / fc1 after pruning stages
+# (variant, pc, shape, shift): the patch embedding, the head, a DynamicViT predictor's layers reading
+# CANDIDATES (start = P: 1, and 3 with four banks; one lane: a word per read, one read more per word), one
+# bank (no rotation), its projection after two pruning stages
 CASES = [
     ("dense", 0, {"gemm_cols": 8}, 0),
     ("dense", 36, {"gemm_cols": 8}, 0),
     ("dynamicvit", 35, {"banks": 4, "lanes": 4, "gemm_cols": 8}, 3),
     ("dynamicvit", 42, {"banks": 4, "lanes": 4, "gemm_cols": 8}, 1),
+    ("dynamicvit", 42, {"banks": 2, "lanes": 1, "gemm_cols": 8}, 1),
+    ("dynamicvit", 40, {"banks": 1, "lanes": 16, "gemm_cols": 8}, 0),
     ("dynamicvit", 48, {"banks": 4, "lanes": 4, "gemm_cols": 16}, 0),
 ]
 
@@ -266,3 +269,15 @@ def test_every_linear_layer_of_a_model(variant):
         run = run_step(variant, pc, latency=(30, 30))
         check_run(run)
         check_cycles(run, 30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant,pc,shape,latency", [
+    ("dense", 0, {"banks": 1, "lanes": 16, "gemm_cols": 8}, 5),      # one-row tiles: token 0 needs no input
+    ("dense", 0, {"banks": 16, "lanes": 4, "gemm_cols": 8}, 9),      # more rows than AXI bytes: DRAM-bound
+    ("dynamicvit", 45, {"banks": 8, "lanes": 8, "gemm_cols": 8}, 1),  # QKV after two stages, 12 column tiles
+])
+def test_more_shapes(variant, pc, shape, latency):
+    run = run_step(variant, pc, latency=(latency, latency), **shape)
+    check_run(run)
+    check_cycles(run, latency)
