@@ -505,9 +505,10 @@ class GemmOpEngine(wiring.Component):
 
 
 def cycles(cfg: AccelConfig, opcode, k: int, m: int, *, n: int = 0, start: int = 0, dram_latency: int = 2) -> int:
-    """Cycles of one op, from the cycle ``start`` is raised to the cycle ``done`` is (as
-    :func:`tokensift.sim.accel_ops.run_op` counts them), when the DRAM answers each command ``dram_latency``
-    cycles after taking the one before it ends, one word per cycle, and the op is well formed.
+    """Cycles of one well-formed op, from the cycle ``start`` is raised to the cycle ``done`` is (as
+    :func:`tokensift.sim.accel_ops.run_op` counts them), with the DRAM of that harness at a fixed latency and
+    no gaps: it takes a command once the previous one's words are out, answers ``dram_latency`` (at least 1)
+    cycles later, then gives one word per cycle while the engine takes them.
 
     ``n`` and ``start`` are the source rows (``GEMM``; ``PATCH_EMBED`` always runs ``patches + 1`` tokens
     from the input region). The terms:
@@ -516,8 +517,9 @@ def cycles(cfg: AccelConfig, opcode, k: int, m: int, *, n: int = 0, start: int =
       one read per word: one cycle, and one per word when ``lanes`` is 1), ``ceil(n / banks) x k`` beats,
       replayed entry by entry (:func:`_act_feed`); ``PATCH_EMBED``'s wait for the input region's words
       (**DRAM latency**: two commands before its first word);
-    - the job beat after the last act beat, or after the record's verdict (**DRAM latency**: the record
-      comes back ``dram_latency + 64 / data_bytes`` cycles after the op starts) if that is later;
+    - the job beat after the last act beat, or after the record's verdict if that is later (**DRAM
+      latency**: the record is in ``dram_latency + 64 / data_bytes + 5`` cycles after ``start``; the weight
+      stream's length, summed one column tile per cycle, is ready ``ceil(m / cols) + 5`` cycles after it);
     - the GEMM engine on that job (:func:`tokensift.hw.gemm.cycles.schedule`), its weights from the DRAM
       at one word per cycle, arriving ``dram_latency`` cycles after their command (issued after the record's
       verdict, and after the input region for ``PATCH_EMBED``): **DRAM latency** only where the weights come
@@ -531,7 +533,7 @@ def cycles(cfg: AccelConfig, opcode, k: int, m: int, *, n: int = 0, start: int =
         raise ValueError(f"the GEMM op engine runs GEMM and PATCH_EMBED, not {opcode.name}")
     env = cfg.envelope
     g = gemm_config(cfg)
-    lat = check_int("dram_latency", dram_latency, low=0, numpy=False)
+    lat = check_int("dram_latency", dram_latency, low=1, numpy=False)
     check_int("k", k, low=1, high=g.max_in, numpy=False)
     check_int("m", m, low=1, high=g.max_out, numpy=False)
     if opcode is Opcode.PATCH_EMBED:
