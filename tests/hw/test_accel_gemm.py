@@ -16,6 +16,7 @@ import pytest
 from accel_models import config_for, rows_of, steps
 
 from tokensift.hw.accel.op_gemm import GemmOpEngine, cycles, gemm_config, weight_stream_bytes
+from tokensift.hw.axi.config import AxiDmaConfig
 from tokensift.hw.gemm.layout import encode_weights
 from tokensift.quant.accel import decode_image
 from tokensift.quant.accel import records as rec
@@ -276,6 +277,9 @@ def test_every_linear_layer_of_a_model(variant):
     ("dense", 0, {"banks": 1, "lanes": 16, "gemm_cols": 8}, 5),      # one-row tiles: token 0 needs no input
     ("dense", 0, {"banks": 16, "lanes": 4, "gemm_cols": 8}, 9),      # more rows than AXI bytes: DRAM-bound
     ("dynamicvit", 45, {"banks": 8, "lanes": 8, "gemm_cols": 8}, 1),  # QKV after two stages, 12 column tiles
+    ("dense", 0, {"banks": 4, "lanes": 4, "gemm_cols": 16, "axi": AxiDmaConfig(data_bytes=16)}, 7),
+    ("dynamicvit", 38, {"banks": 4, "lanes": 4, "gemm_cols": 16, "axi": AxiDmaConfig(data_bytes=16)}, 7),
+    ("dense", 0, {"banks": 8, "lanes": 4, "gemm_cols": 8, "axi": AxiDmaConfig(data_bytes=4)}, 7),
 ])
 def test_more_shapes(variant, pc, shape, latency):
     run = run_step(variant, pc, latency=(latency, latency), **shape)
