@@ -55,11 +55,11 @@ def cycles(cfg: AccelConfig, *, k: int, m: int, n: int, in_place: bool) -> int:
     """Cycles from ``start`` to ``done`` of a well-formed op with ``n >= 1`` rows (``in_place``: ``src == dst``
     and ``start = 0``); no term depends on DRAM. With ``W = ceil(m / lanes)`` words and ``w_k = k // lanes``:
 
-    * the check (2), the first walk's start and the buffer's latency (``2 + READ_LATENCY``, 4 in all);
-    * the unit's frame of ``n`` tokens of ``m - w_k lanes`` channels
-      (:func:`tokensift.hw.vector.token_mean.cycles`, first input beat to last output beat);
-    * the second walk's start and latency (4), its ``n (W - w_k)`` (in place) or ``n W`` words at one per cycle,
-      the means memory's read and the write (2), ``done`` (1).
+    * the op's check (2), the first walk's start, the buffer's read and the reader's FIFO (4);
+    * the unit's frame of ``n`` tokens of ``m - w_k lanes`` channels at one word per cycle, first input beat to
+      last mean (:func:`tokensift.hw.vector.token_mean.cycles`);
+    * the second walk's start, read and FIFO (4), its ``n (W - w_k)`` words in place, ``n W`` otherwise, at one
+      per cycle, the merge with the means memory's registered read and the write (2), ``done`` (1).
     """
     p = token_mean_params(cfg)
     m = check_int("m", m, low=1, high=p.c_max, numpy=False)

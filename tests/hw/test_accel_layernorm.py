@@ -19,6 +19,7 @@ from tokensift.hw.accel.op_layernorm import LayerNormEngine, cycles, layernorm_c
 from tokensift.hw.axi.config import AxiDmaConfig
 from tokensift.quant.accel import records as rec
 from tokensift.quant.accel.isa import Buffer, Instruction, Opcode, Rows
+from tokensift.quant.fixed import OverflowCounter
 from tokensift.quant.layernorm import LayerNormParams, layernorm_int
 from tokensift.sim.accel_ops import EngineBench, op_fields
 from tokensift.sim.accel_ops import run_op as _run_op
@@ -74,9 +75,9 @@ def _synthetic(cfg, dim, n, *, seed, in_bits=None, start=0, patch=None):
     env = cfg.envelope
     in_bits = in_bits or env.res_bits
     lim = 1 << (in_bits - 1)
-    params = LayerNormParams(dim=dim, in_bits=in_bits, eps_int=int(rng.integers(1, 1 << 20)),
-                             gamma=rng.integers(-(1 << 15), 1 << 15, dim), beta=rng.integers(-(1 << 24), 1 << 24, dim),
-                             multiplier=int(rng.integers(1 << 14, 1 << 16)), shift=int(rng.integers(20, 30)))
+    # affine constants near 1 and 0 and an output range of +-2.5: most outputs in range, some saturated
+    params = LayerNormParams.from_float(rng.normal(1, 0.5, dim), rng.normal(0, 0.5, dim), in_scale=0.01,
+                                        out_scale=2.5 / 127, eps=1e-5, in_bits=in_bits)
     record = bytearray(rec.encode_record(rec.Tag.LAYERNORM, *rec.layernorm_record(params, "synthetic")))
     for offset, fmt, value in (patch or []):
         struct.pack_into(fmt, record, offset, value)
@@ -98,8 +99,10 @@ def test_synthetic_widths_bit_exact_and_cycles_exact(dim, n, start, in_bits, sha
     result = run_op(EngineBench(cfg, LayerNormEngine(config=cfg)), dram, before, op, latency=(5, 5))
     assert not result.fault and result.rows == n
     want = before[Buffer.H].copy()
-    want[:n, :dim] = layernorm_int(before[Buffer.X][start:start + n, :dim], params)
+    counter = OverflowCounter()
+    want[:n, :dim] = layernorm_int(before[Buffer.X][start:start + n, :dim], params, counter=counter)
     assert np.array_equal(result.buffers[Buffer.H], want)
+    assert result.overflows == min(counter.total, (1 << 16) - 1)  # the affine and output saturations
     assert np.array_equal(result.buffers[Buffer.X], before[Buffer.X])
     assert result.cycles == cycles(cfg, m=dim, n=n, dram_latency=5)
 
