@@ -109,27 +109,49 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
     result = {}
     commands = []
 
+    finished = []
+
+    async def ticks(ctx, count=1):
+        for _ in range(count):
+            if finished:
+                return False
+            await ctx.tick()
+        return not finished
+
     async def dram_server(ctx):
+        # single ticks only, so the server returns as soon as the op is done (a testbench left suspended in
+        # ``tick().until()`` cannot be closed cleanly)
         width = cfg.axi.data_bytes
-        while True:
+        while not finished:
             ctx.set(eng.dram_cmd.ready, 1)
-            (cmd,) = await ctx.tick().sample(eng.dram_cmd.payload).until(eng.dram_cmd.valid)
+            if not await ticks(ctx):
+                return
+            if not (ctx.get(eng.dram_cmd.valid)):
+                continue
+            cmd = ctx.get(eng.dram_cmd.payload)
             ctx.set(eng.dram_cmd.ready, 0)
             addr, length = int(cmd.addr), int(cmd.length)
             commands.append((addr, length))
-            await ctx.tick().repeat(rng.randint(*latency))
+            if not await ticks(ctx, rng.randint(*latency)):
+                return
             words = -(-length // width)
             for i in range(words):
                 valid_bytes = min(width, length - i * width)
                 chunk = bytes(dram[addr + i * width:addr + i * width + valid_bytes]) + bytes(width - valid_bytes)
                 while gap and rng.random() < gap:
                     ctx.set(eng.dram_data.valid, 0)
-                    await ctx.tick()
+                    if not await ticks(ctx):
+                        return
                 ctx.set(eng.dram_data.valid, 1)
                 ctx.set(eng.dram_data.payload, {"data": int.from_bytes(chunk, "little"),
                                                 "keep": (1 << valid_bytes) - 1, "last": int(i == words - 1),
                                                 "error": 0})
-                await ctx.tick().until(eng.dram_data.ready)
+                while True:
+                    taken = ctx.get(eng.dram_data.ready)
+                    if not await ticks(ctx):
+                        return
+                    if taken:
+                        break
             ctx.set(eng.dram_data.valid, 0)
 
     async def bench_proc(ctx):

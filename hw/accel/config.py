@@ -57,8 +57,8 @@ class AccelConfig:
     Attributes:
         envelope: the models it runs.
         banks: token-buffer banks, also the GEMM engine's ``rows`` (a power of two, 1..64).
-        lanes: elements per buffer word, the vector units' lanes and the attention core's lanes; divides the
-            head dimension (a head's columns are whole words).
+        lanes: elements per buffer word, the vector units' lanes and the attention core's lanes; a power of
+            two dividing the head dimension (a head's columns are whole words).
         gemm_cols: the GEMM engine's output channels per tile (a multiple of the AXI word's bytes).
         axi: the AXI4 master's DMA configuration (its ``data_bytes`` is also the GEMM weight stream's beat).
     """
@@ -78,6 +78,8 @@ class AccelConfig:
         if self.banks & (self.banks - 1):
             raise ValueError(f"banks must be a power of two, not {self.banks}")
         check_int("lanes", self.lanes, low=1, high=64, numpy=False)
+        if self.lanes & (self.lanes - 1):
+            raise ValueError(f"lanes must be a power of two, not {self.lanes}")
         if self.envelope.head_dim % self.lanes:
             raise ValueError(f"lanes ({self.lanes}) must divide the head dimension ({self.envelope.head_dim})")
         check_int("gemm_cols", self.gemm_cols, low=1, high=1024, numpy=False)

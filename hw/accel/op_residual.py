@@ -14,7 +14,7 @@ from amaranth.utils import ceil_log2
 
 from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.accel.ports import engine_signature
-from tokensift.hw.accel.rows import RowReader
+from tokensift.hw.accel.rows import RowReader, words_of
 from tokensift.hw.vector.residual import ResidualAdd, ResidualParams
 from tokensift.quant.accel.isa import Buffer
 from tokensift.quant.fixed import FixedFormat
@@ -67,7 +67,7 @@ class ResidualEngine(wiring.Component):
                 m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0)]
             with m.Else():
                 m.d.sync += running.eq(1)
-        m.d.comb += words.eq((op.m + lanes - 1) >> ceil_log2(lanes) if lanes > 1 else op.m)
+        m.d.comb += words.eq(words_of(op.m, lanes))
         for reader, buf in ((x, op.src), (y, op.src2)):
             m.d.comb += [reader.i_walk.valid.eq(checked & ~fault), reader.i_walk.payload.buffer.eq(buf),
                          reader.i_walk.payload.row0.eq(0), reader.i_walk.payload.rows.eq(op.n),
@@ -81,7 +81,7 @@ class ResidualEngine(wiring.Component):
         m.d.comb += [out.ready.eq(1), self.wr.buffer.eq(op.dst), self.wr.tile.eq(row >> bank_bits),
                      self.wr.word.eq(w), self.wr.en.eq(out.valid)]
         cols_left = Signal(signed(18))
-        m.d.comb += cols_left.eq(op.m - (w << ceil_log2(lanes)) if lanes > 1 else op.m - w)
+        m.d.comb += cols_left.eq(op.m - w * lanes)
         for bank in range(cfg.banks):
             for i in range(lanes):
                 m.d.comb += [self.wr.data[bank][i].eq(out.payload.data[i]),

@@ -31,7 +31,24 @@ __all__ = ["Accelerator", "engine_table", "axi_signature"]
 
 def engine_table(cfg: AccelConfig) -> list[tuple[str, tuple[Opcode, ...], object]]:
     """``(name, opcodes, engine)`` of every op engine the design is generated with."""
-    return [("residual", (Opcode.RESIDUAL_ADD,), ResidualEngine(config=cfg))]
+    from tokensift.hw.accel.op_attention import AttentionOpEngine
+    from tokensift.hw.accel.op_gelu import GeluEngine
+    from tokensift.hw.accel.op_gemm import GemmOpEngine
+    from tokensift.hw.accel.op_layernorm import LayerNormEngine
+    from tokensift.hw.accel.op_logits import LogitsEngine
+    from tokensift.hw.accel.op_pos_embed import PosEmbedEngine
+    from tokensift.hw.accel.op_select import SelectEngine
+    from tokensift.hw.accel.op_token_mean import TokenMeanEngine
+
+    return [("gemm", (Opcode.PATCH_EMBED, Opcode.GEMM), GemmOpEngine(config=cfg)),
+            ("pos_embed", (Opcode.POS_EMBED,), PosEmbedEngine(config=cfg)),
+            ("layernorm", (Opcode.LAYERNORM,), LayerNormEngine(config=cfg)),
+            ("token_mean", (Opcode.TOKEN_MEAN,), TokenMeanEngine(config=cfg)),
+            ("attention", (Opcode.ATTENTION,), AttentionOpEngine(config=cfg)),
+            ("residual", (Opcode.RESIDUAL_ADD,), ResidualEngine(config=cfg)),
+            ("gelu", (Opcode.GELU,), GeluEngine(config=cfg)),
+            ("select", (Opcode.SELECT,), SelectEngine(config=cfg)),
+            ("logits", (Opcode.WRITE_LOGITS,), LogitsEngine(config=cfg))]
 
 
 def axi_signature(cfg: AccelConfig) -> wiring.Signature:

@@ -38,15 +38,17 @@ def decoded_layer(dram: bytes, regs, ins) -> IntLinear:
     return rec.linear_from(scalars, arrays, mem.weights(ins.addr_a, scalars["m"], scalars["k"]))
 
 
-def with_weight_stream(cfg, dram: bytes, regs, ins, layer: IntLinear):
-    """``(dram, ins)``: ``layer`` stored as the GEMM engine's weight stream at a free 64-byte aligned address
-    past the image, ``ins.addr_a`` pointing there.
-
-    Temporary: once quant/accel stores every layer's weights as this stream (the accel-weights change), the
-    image holds it at ``addr_a`` already and this helper goes."""
+def with_weight_stream(cfg, dram: bytes, regs, ins, layer: IntLinear, *, relocate: bool = False):
+    """``(dram, ins)``: the image already holds the layer's weight stream at ``addr_a`` (checked equal to
+    ``encode_weights`` of ``layer`` for this engine, byte for byte); with ``relocate`` (a changed layer, or
+    an engine shape the image was not compiled for) ``layer``'s stream is stored at a free 64-byte aligned
+    address past the image and ``ins.addr_a`` points there."""
     beats = encode_weights(layer.weight, layer.bias, layer.multipliers, layer.shifts, gemm_config(cfg))
     stream = b"".join(int(b).to_bytes(cfg.axi.data_bytes, "little") for b in beats)
     assert len(stream) == weight_stream_bytes(cfg, layer.in_features, layer.out_features)
+    at = regs.memory_base + ins.addr_a
+    if not relocate and bytes(dram[at:at + len(stream)]) == stream:
+        return dram, ins
     at = -(-len(dram) // 64) * 64
     out = bytearray(at + len(stream))
     out[:len(dram)] = dram
@@ -82,7 +84,7 @@ def run_step(variant, pc, *, seed=0, latency=(2, 2), gap=0.0, shift=0, scale=1, 
     layer = decoded_layer(dram, regs, ins)
     if scale != 1:
         layer = dataclasses.replace(layer, multipliers=np.minimum(layer.multipliers * scale, (1 << 16) - 1))
-    dram, ins = with_weight_stream(cfg, dram, regs, ins, layer)
+    dram, ins = with_weight_stream(cfg, dram, regs, ins, layer, relocate=scale != 1)
     loaded = {b: np.array(v) for b, v in before.buffers.items()}
     counter = OverflowCounter()
     if ins.opcode is Opcode.PATCH_EMBED:
