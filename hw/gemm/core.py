@@ -25,14 +25,16 @@ Dataflow (stream formats in :mod:`tokensift.hw.gemm.layout`):
   products, a registered sum), the rounding shift in two steps, the rounding add, saturation into the
   widest format ``out``, then into the job's own ``out_bits`` (both counted once in ``out_overflows``).
   The job's width travels with the drain's control as a mask of the bits that must copy the sign
-  (decoded once per job, at its range check), so the second saturation is a compare of at most
-  ``out.bits`` bits against a register, not against a run-time sum. The channel records are read two cycles ahead and registered.
-  The drain of one tile runs while the next tile computes; it starts only when the output FIFO has room
-  for a whole tile (the FIFO is deep enough that this never delays a drain while the output is ready).
-  The last ``k`` of a tile waits until the previous tile's drain has started (the shadows are then free).
-- **Control.** Range checks of a job (its sizes and its ``out_bits``) are registered before it commits; the last column tile of a job is
-  a compare of the channels left (kept per job slot) with ``cols``, not a sum; what the drain needs of
-  a pending tile (beats, last column, lanes holding tokens) is registered while it waits.
+  (decoded once per job, at its range check), so the second saturation compares at most ``out.bits``
+  bits with the sign under a registered mask: no run-time arithmetic. The channel records are read two
+  cycles ahead and registered. The drain of one tile runs while the next tile computes; it starts only
+  when the output FIFO has room for a whole tile (the FIFO is deep enough that this never delays a drain
+  while the output is ready). The last ``k`` of a tile waits until the previous tile's drain has started
+  (the shadows are then free).
+- **Control.** Range checks of a job (its sizes and its ``out_bits``) are registered before it commits;
+  the last column tile of a job is a compare of the channels left (kept per job slot) with ``cols``, not
+  a sum; what the drain needs of a pending tile (beats, last column, lanes holding tokens) is registered
+  while it waits.
 
 Cycle-exact behaviour is modelled by :mod:`tokensift.hw.gemm.cycles`.
 """
@@ -185,7 +187,8 @@ class GemmEngine(wiring.Component):
                          jm.eq(self.job.payload.m), jo.eq(self.job.payload.out_bits)]
         with m.If(jv & ~cv):
             m.d.sync += [jv.eq(0), cv.eq(1), c_n.eq(jn), c_m.eq(jm), c_km1.eq(jk - 1), c_km2.eq(jk - 2), c_k1.eq(jk == 1),
-                         c_tiles_m1.eq((jn - 1) >> log_r), c_sign_mask.eq(Cat(jo <= i + 1 for i in range(mask_bits))),
+                         c_tiles_m1.eq((jn - 1) >> log_r),
+                         c_sign_mask.eq(Cat(jo <= i + 1 for i in range(mask_bits))),
                          c_ok.eq((jn != 0) & (jn <= cfg.max_tokens) & (jk != 0) & (jk <= cfg.max_in)
                                  & (jm != 0) & (jm <= cfg.max_out) & (jo >= 2) & (jo <= cfg.out.bits))]
         rejected_full = Signal()
@@ -199,7 +202,8 @@ class GemmEngine(wiring.Component):
             m.d.sync += [cv.eq(0), fill.eq(~fill), slot_valid.bit_select(fill, 1).eq(1),
                          slot_n[fill].eq(c_n), slot_km1[fill].eq(c_km1), slot_km2[fill].eq(c_km2),
                          slot_k1[fill].eq(c_k1), slot_tiles_m1[fill].eq(c_tiles_m1),
-                         slot_left_c[fill].eq(c_m), slot_left_l[fill].eq(c_m), slot_sign_mask[fill].eq(c_sign_mask)]
+                         slot_left_c[fill].eq(c_m), slot_left_l[fill].eq(c_m),
+                         slot_sign_mask[fill].eq(c_sign_mask)]
 
         # ---- token buffer: rows banks, the act stream writes the fill half (three register stages:
         # the beat, the tile's row offset and the half's base plus k, their sum) ------------------------
@@ -313,7 +317,8 @@ class GemmEngine(wiring.Component):
                              p_valid.eq(1), p_wait.eq(ISSUE_TO_DRAIN - 1),
                              p_info.tile.eq(i_c), p_info.n.eq(slot_n[h_c]), p_info.m_left.eq(cols_left),
                              p_info.col0.eq(col0_c), p_info.chalf.eq(wc), p_info.free_consts.eq(last_tile),
-                             p_info.job_last.eq(last_tile & last_col), p_info.sign_mask.eq(slot_sign_mask[h_c])]
+                             p_info.job_last.eq(last_tile & last_col),
+                             p_info.sign_mask.eq(slot_sign_mask[h_c])]
                 with m.If(last_tile):
                     m.d.sync += [i_c.eq(0), tok_base.eq(Mux(h_c, half_tok, 0)), wc.eq(~wc), col0_c.eq(col0_c + C),
                                  cols_left.eq(cols_left - C)]

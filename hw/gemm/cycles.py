@@ -123,8 +123,8 @@ class JobTiming:
     last_out: int
 
 
-def schedule(cfg: GemmConfig, jobs, *, weight_bytes_per_cycle: int | None = None, weight_latency: int | None = None,
-             bursts: WeightBursts | None = None) -> list[JobTiming]:
+def schedule(cfg: GemmConfig, jobs, *, weight_bytes_per_cycle: int | None = None,
+             weight_latency: int | None = None, bursts: WeightBursts | None = None) -> list[JobTiming]:
     """Replay the engine on committed ``jobs``, ``(n, k, m, accepted)``: sizes and the cycle the job beat
     was accepted (non-decreasing). The weight source, a memory of ``weight_bytes_per_cycle`` and
     ``weight_latency`` or the DMA ``bursts``, is started in the first job's accept cycle. Assumes the

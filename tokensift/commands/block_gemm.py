@@ -14,7 +14,8 @@ def _common(parser):
     parser.add_argument("--max-in", type=int, default=384, help="largest runtime K (input features)")
     parser.add_argument("--max-out", type=int, default=1536, help="largest runtime M (output features)")
     parser.add_argument("--weight-bytes", type=int, default=8, help="bytes per beat of the weight stream")
-    parser.add_argument("--out-bits", type=int, default=8, help="widest signed output the engine writes (the residual's, or 16 for logits); "
+    parser.add_argument("--out-bits", type=int, default=8,
+                        help="widest signed output the engine writes (the residual's, or 16 for logits); "
                              "each job picks its own width 2..this at run time")
     parser.add_argument("--rounding", choices=["half_up", "floor"], default="half_up",
                         help="rounding of the requantization")
