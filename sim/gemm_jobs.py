@@ -13,12 +13,13 @@ from tokensift.hw.gemm.layout import encode_activations, encode_job, encode_weig
 from tokensift.quant.fixed import OverflowCounter
 from tokensift.quant.gemm import IntLinear
 
-__all__ = ["GemmJob", "random_job", "KINDS"]
+__all__ = ["GemmJob", "random_job", "edge_job", "KINDS"]
 
 #: value distributions of a random job: ``random`` (uniform int8, moderate scales), ``extreme`` (every
 #: operand -128, so each product is +16384), ``saturate`` (biases near the int32 limits and large scales,
-#: so accumulators and outputs saturate)
-KINDS = ("random", "extreme", "saturate")
+#: so accumulators and outputs saturate), ``edges`` (outputs around the limits of the job's ``out_bits``
+#: and of the engine's widest format, rounded from both sides: see :func:`edge_job`)
+KINDS = ("random", "extreme", "saturate", "edges")
 
 
 @dataclass
@@ -28,6 +29,7 @@ class GemmJob:
     expected: np.ndarray
     acc_overflows: int
     out_overflows: int
+    out_bits: int
 
     @property
     def n(self) -> int:
@@ -42,7 +44,7 @@ class GemmJob:
         return self.layer.out_features
 
     def job_beat(self) -> int:
-        return encode_job(self.n, self.k, self.m)
+        return encode_job(self.n, self.k, self.m, self.out_bits)
 
     def act_beats(self, cfg: GemmConfig) -> list[int]:
         return encode_activations(self.x, cfg)
@@ -55,10 +57,17 @@ class GemmJob:
         return -(-self.n // cfg.rows) * self.m
 
 
-def random_job(rng: np.random.Generator, cfg: GemmConfig, n: int, k: int, m: int, kind: str = "random") -> GemmJob:
-    """A job of ``n`` tokens, ``k`` inputs and ``m`` outputs with the engine's output format."""
+def random_job(rng: np.random.Generator, cfg: GemmConfig, n: int, k: int, m: int, kind: str = "random",
+               out_bits: int | None = None) -> GemmJob:
+    """A job of ``n`` tokens, ``k`` inputs and ``m`` outputs written as signed ``out_bits`` (the engine's
+    widest format ``cfg.out.bits`` by default); its reference is ``IntLinear`` with that output format."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    out_bits = cfg.out.bits if out_bits is None else out_bits
+    fmt = cfg.job_format(out_bits)
+    if kind == "edges":
+        x, w, bias, mult, shift = edge_job(rng, cfg, n, k, m, out_bits)
+        return _job(cfg, x, w, bias, mult, shift, fmt)
     top = (1 << cfg.multiplier_bits) - 1
     acc_max = (1 << (cfg.acc_bits - 1)) - 1
     if kind == "extreme":
@@ -80,13 +89,37 @@ def random_job(rng: np.random.Generator, cfg: GemmConfig, n: int, k: int, m: int
         bias = rng.integers(-(1 << 20), 1 << 20, size=m)
         mult = rng.integers(1, top + 1, size=m)
         # scales that keep most outputs inside the format, some rounding to every side, a few shifts at 0/62
-        shift = rng.integers(14, 30, size=m) + (cfg.out.bits > 8) * -6
+        shift = rng.integers(14, 30, size=m) + (out_bits > 8) * -6
         shift[rng.random(m) < 0.05] = 0
         shift[rng.random(m) < 0.05] = 62
+    return _job(cfg, x, w, bias, mult, np.clip(shift, 0, 62), fmt)
+
+
+def edge_job(rng: np.random.Generator, cfg: GemmConfig, n: int, k: int, m: int, out_bits: int):
+    """``(x, weight, bias, multipliers, shifts)`` of a directed saturation corner: channel ``c`` computes
+    ``(edge_c * 2**s_c + x[:, 0]) * 2**-s_c`` (weight 1 on input 0, the others 0; multiplier 1), its edge
+    one of the limits of signed ``out_bits`` and of ``cfg.out`` and the values next to them, its shift
+    ``s_c`` 0, 1 or 2, so the tokens' inputs ``x[:, 0]`` (a run of small values around 0) land just inside,
+    on and just outside each limit, with rounding halves on both sides (``max + 1/2`` rounds out, ``min -
+    1/2`` in when rounding half up)."""
+    narrow, wide = cfg.job_format(out_bits), cfg.out
+    edges = [narrow.max_int, narrow.min_int, narrow.max_int + 1, narrow.min_int - 1, wide.max_int, wide.min_int]
+    acc_max = (1 << (cfg.acc_bits - 1)) - 1
+    x = rng.integers(-128, 128, size=(n, k))
+    x[:, 0] = np.clip(np.arange(n) - n // 2, -128, 127)
+    w = np.zeros((m, k), dtype=np.int64)
+    w[:, 0] = 1
+    shift = np.array([c // len(edges) % 3 for c in range(m)], dtype=np.int64)
+    bias = np.array([edges[c % len(edges)] << int(shift[c]) for c in range(m)], dtype=np.int64)
+    return x, w, np.clip(bias, -acc_max - 1, acc_max), np.ones(m, dtype=np.int64), shift
+
+
+def _job(cfg: GemmConfig, x, w, bias, mult, shift, fmt) -> GemmJob:
+    m = w.shape[0]
     layer = IntLinear(weight=w, bias=bias.astype(np.int64), multipliers=mult.astype(np.int64),
-                      shifts=np.clip(shift, 0, 62).astype(np.int64), in_scale=1.0, weight_scale=np.ones(m),
-                      out_scale=np.ones(m), acc_bits=cfg.acc_bits, out=cfg.out)
+                      shifts=shift.astype(np.int64), in_scale=1.0, weight_scale=np.ones(m),
+                      out_scale=np.ones(m), acc_bits=cfg.acc_bits, out=fmt)
     counter = OverflowCounter()
     y = layer(x, counter=counter, site="gemm")
     return GemmJob(layer=layer, x=x, expected=y, acc_overflows=int(counter.by_site.get("gemm.acc", 0)),
-                   out_overflows=int(counter.by_site.get("gemm.out", 0)))
+                   out_overflows=int(counter.by_site.get("gemm.out", 0)), out_bits=fmt.bits)

@@ -2,13 +2,16 @@
 
 One driver coroutine runs the engine's streams cycle by cycle: each job's activations and then its job beat
 (the next job's while the previous one computes), the weights from a :class:`~tokensift.hw.gemm.cycles.WeightMemory`
-(rate and latency as parameters, started when the first job is accepted, optionally running dry at random),
-and the output with random stalls. The scoreboard places every output beat by its tile and channel and
-compares it with the reference; with a fixed latency and no random stalls the measured cycles must equal
-:func:`tokensift.hw.gemm.cycles.schedule` exactly.
+(rate and latency as parameters, started when the first job is accepted, optionally running dry at random)
+or from an AXI read DMA's bursts (:class:`~tokensift.hw.gemm.cycles.WeightBursts`), and the output with
+random stalls. The scoreboard places every output beat by its tile and channel and compares it with the
+reference (``IntLinear`` at each job's own ``out_bits``); with a fixed latency (or fixed burst gaps) and no
+random stalls the measured cycles must equal :func:`tokensift.hw.gemm.cycles.schedule` exactly.
 
 Parameters (``tb_params``): the engine's ``config`` (:meth:`GemmConfig.as_dict`), ``seed``, ``jobs`` (a
-list of ``[n, k, m, kind]``), ``rate``, ``latency``, ``idle``, ``dry``, ``stall``, ``bad_jobs``.
+list of ``[n, k, m, kind]`` or ``[n, k, m, kind, out_bits]``; ``out_bits`` defaults to the engine's
+widest), ``rate``, ``latency``, ``idle``, ``dry``, ``stall``, ``bad_jobs`` (``[n, k, m, out_bits]``) and
+``bursts`` (``{"burst_beats": B, "gaps": [...]}``: the ``dma_bursts`` test runs only when it is given).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 
 from tokensift.hw.gemm.config import GemmConfig
-from tokensift.hw.gemm.cycles import WeightMemory, schedule
+from tokensift.hw.gemm.cycles import WeightBursts, WeightMemory, schedule
 from tokensift.hw.gemm.layout import decode_outputs, encode_job
 from tokensift.quant.fixed import FixedFormat, Overflow, Rounding
 from tokensift.sim.gemm_jobs import random_job
@@ -40,10 +43,11 @@ class GemmDriver:
     """Drives ``job``/``act``/``weights`` and takes ``o_stream``, one decision per clock cycle."""
 
     def __init__(self, dut, cfg: GemmConfig, *, seed: int, rate: int, latency: int, idle: float = 0.0,
-                 dry: float = 0.0, stall: float = 0.0):
+                 dry: float = 0.0, stall: float = 0.0, bursts: dict | None = None):
         self.dut, self.cfg = dut, cfg
         self.rng = random.Random(seed)
         self.rate, self.latency = rate, latency
+        self.bursts = bursts
         self.idle, self.dry, self.stall = idle, dry, stall
         self.items: list[tuple[str, int]] = []   # ("act" | "job", beat) in order
         self.weights: list[int] = []
@@ -61,8 +65,14 @@ class GemmDriver:
         self.items.append(("job", job.job_beat()))
         self.weights.extend(job.weight_beats(self.cfg))
 
-    def add_bad_job(self, n: int, k: int, m: int) -> None:
-        self.items.append(("job", encode_job(n, k, m)))
+    def add_bad_job(self, n: int, k: int, m: int, out_bits: int) -> None:
+        self.items.append(("job", encode_job(n, k, m, out_bits)))
+
+    def new_memory(self):
+        """The weight source, started in the cycle the first job is accepted."""
+        if self.bursts is not None:
+            return WeightBursts(**self.bursts)
+        return WeightMemory(beat_bytes=self.cfg.weight_bytes, bytes_per_cycle=self.rate, latency=self.latency)
 
     def clear(self) -> None:
         """Forget everything (the engine is being reset); the memory restarts with the next job."""
@@ -113,8 +123,7 @@ class GemmDriver:
                 self._item += 1
                 self.accepted.append(self.t)
                 if self.mem is None and self.weights:
-                    self.mem = WeightMemory(beat_bytes=self.cfg.weight_bytes, bytes_per_cycle=self.rate,
-                                            latency=self.latency)
+                    self.mem = self.new_memory()
                     self.mem.step(False)
             if ready and d.o_stream__valid.value:
                 self.received.append((self.t, d.o_stream__payload.value.to_unsigned()))
@@ -143,7 +152,7 @@ def _check_jobs(cfg, jobs, received) -> tuple[list[int], list[int]]:
 
 
 def _make_jobs(cfg, p, rng):
-    return [random_job(rng, cfg, n, k, m, kind) for n, k, m, kind in p["jobs"]]
+    return [random_job(rng, cfg, n, k, m, kind, *out_bits) for n, k, m, kind, *out_bits in p["jobs"]]
 
 
 def _counter(sig) -> int:
@@ -168,8 +177,8 @@ async def jobs_with_stalls(dut):
                      dry=p.get("dry", 0.3), stall=p.get("stall", 0.3))
     drv.paused = True
     await reset(dut)
-    for n, k, m in p.get("bad_jobs", []):
-        drv.add_bad_job(n, k, m)
+    for n, k, m, out_bits in p.get("bad_jobs", []):
+        drv.add_bad_job(n, k, m, out_bits)
     for job in jobs:
         drv.add_job(job)
     drv.paused = False
@@ -251,19 +260,22 @@ async def reset_mid_job(dut):
 
 @cocotb.test()
 async def out_of_range_flagged(dut):
-    """Jobs with n, k or m of 0 or above the maxima are dropped and counted; the next job is exact."""
+    """Jobs with n, k or m of 0 or above the maxima, or out_bits outside 2 .. out.bits, are dropped and
+    counted; the next job is exact."""
     p = tb_params()
     cfg = config_from(p["config"])
     rng = np.random.default_rng(p["seed"] + 3)
     job = _make_jobs(cfg, p, rng)[0]
-    bad = [(0, 1, 1), (cfg.max_tokens + 1, 1, 1), (1, 0, 1), (1, cfg.max_in + 1, 1), (1, 1, 0),
-           (1, 1, cfg.max_out + 1), (0xFFFF, 0xFFFF, 0xFFFF)]
+    w = cfg.out.bits
+    bad = [(0, 1, 1, w), (cfg.max_tokens + 1, 1, 1, w), (1, 0, 1, w), (1, cfg.max_in + 1, 1, w), (1, 1, 0, w),
+           (1, 1, cfg.max_out + 1, w), (0xFFFF, 0xFFFF, 0xFFFF, w), (1, 1, 1, 0), (1, 1, 1, 1), (1, 1, 1, w + 1),
+           (1, 1, 1, 0xFF)]
     start_clock(dut)
     drv = GemmDriver(dut, cfg, seed=p["seed"], rate=p["rate"], latency=p["latency"], idle=0.2, stall=0.2)
     drv.paused = True
     await reset(dut)
-    for n, k, m in bad:
-        drv.add_bad_job(n, k, m)
+    for n, k, m, out_bits in bad:
+        drv.add_bad_job(n, k, m, out_bits)
     drv.add_job(job)
     drv.paused = False
     await drv.wait_outputs(job.output_beats(cfg))
@@ -274,6 +286,32 @@ async def out_of_range_flagged(dut):
     tb_report(range=report)
     assert report["error"] == 1 and report["rejected"] == len(bad), report
     assert mismatches == [0]
+
+
+@cocotb.test(skip=tb_params().get("bursts") is None)
+async def dma_bursts(dut):
+    """The weights straight from an AXI read DMA: bursts of ``burst_beats`` with a fixed DRAM latency before
+    each (``gaps``), the jobs back to back, no random stalls: bit-exact, cycles equal to the model's."""
+    p = tb_params()
+    cfg = config_from(p["config"])
+    rng = np.random.default_rng(p["seed"] + 4)
+    jobs = _make_jobs(cfg, p, rng)
+    start_clock(dut)
+    drv = GemmDriver(dut, cfg, seed=p["seed"], rate=p["rate"], latency=p["latency"], bursts=p["bursts"])
+    drv.paused = True
+    await reset(dut)
+    for job in jobs:
+        drv.add_job(job)
+    drv.paused = False
+    await drv.wait_outputs(sum(j.output_beats(cfg) for j in jobs))
+    mismatches, last = _check_jobs(cfg, jobs, drv.received)
+    model = schedule(cfg, [(j.n, j.k, j.m, a) for j, a in zip(jobs, drv.accepted, strict=True)],
+                     bursts=WeightBursts(**p["bursts"]))
+    report = {"mismatches": mismatches, "accepted": drv.accepted, "last_out": last,
+              "expected_last_out": [t.last_out for t in model], "weight_beats": len(drv.weights)}
+    tb_report(bursts=report)
+    assert sum(mismatches) == 0, f"outputs differ from IntLinear: {mismatches}"
+    assert last == report["expected_last_out"], f"cycles {last} != model {report['expected_last_out']}"
 
 
 @cocotb.test(skip=tb_params().get("layers") is None)

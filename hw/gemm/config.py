@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int
-from tokensift.quant.fixed import INT8, FixedFormat, Rounding
+from tokensift.quant.fixed import INT8, FixedFormat, Overflow, Rounding
 from tokensift.quant.qparams import MAX_SHIFT, MULTIPLIER_BITS
 
 __all__ = ["GemmConfig", "SHIFT_BITS", "OPERAND_BITS"]
@@ -36,8 +36,9 @@ class GemmConfig:
         cols: C, output channels per tile (1..1024), a multiple of ``weight_bytes``.
         max_tokens, max_in, max_out: the largest runtime N, K and M a job may ask for.
         weight_bytes: W, bytes per beat of the weight stream (divides ``cols``).
-        out: output format of the requantized values (int8, or the residual width); its rounding must
-            be HALF_UP or FLOOR.
+        out: the widest output format the engine writes (the ``o_stream`` lanes' width): signed and
+            saturating, rounding HALF_UP or FLOOR. Each job picks its own signed width ``out_bits``
+            (``2 .. out.bits``: int8, the residual width, int16 logits) at run time.
         acc_bits: accumulator width after the bias (``IntLinear.acc_bits``, 2..32).
         multiplier_bits: width of the unsigned per-channel requantization multiplier.
         counter_bits: width of the saturating overflow and rejected-job counters.
@@ -67,6 +68,10 @@ class GemmConfig:
             raise ValueError(f"cols ({self.cols}) must be a multiple of weight_bytes ({self.weight_bytes})")
         if not isinstance(self.out, FixedFormat):
             raise TypeError(f"out must be a FixedFormat, not {type(self.out).__name__}")
+        if not self.out.signed:
+            raise ValueError("out must be a signed format: a job's out_bits is a signed width")
+        if self.out.overflow is not Overflow.SATURATE:
+            raise ValueError(f"out.overflow must be saturate, not {self.out.overflow.value}")
         if self.out.rounding not in _ROUNDINGS:
             raise ValueError(f"out.rounding must be half_up or floor, not {self.out.rounding.value}")
         if self.out.bits > 32:
@@ -122,6 +127,12 @@ class GemmConfig:
     def pe_acc_bits(self) -> int:
         """A processing element's accumulator: the exact sum of ``max_in`` int8 products."""
         return 2 * OPERAND_BITS - 1 + ceil_log2(self.max_in + 1)
+
+    def job_format(self, out_bits: int) -> FixedFormat:
+        """The format of a job's outputs: signed ``out_bits`` (``2 .. out.bits``), ``out``'s rounding and
+        saturation; ``IntLinear`` with this ``out`` is what the engine computes for the job."""
+        check_int("out_bits", out_bits, low=2, high=self.out.bits)
+        return FixedFormat(bits=out_bits, rounding=self.out.rounding)
 
     @property
     def max_shift(self) -> int:

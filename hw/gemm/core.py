@@ -22,14 +22,19 @@ Dataflow (stream formats in :mod:`tokensift.hw.gemm.layout`):
   columns one per cycle behind the load wavefront; a registered OR tree brings the ``rows`` shadows of
   one channel to the epilogue, one register stage per step: the bias add, int32 saturation (counted in
   ``acc_overflows``), ``x * multiplier`` as two partial products (registered operands, registered
-  products, a registered sum), the rounding shift in two steps, the rounding add, saturation into
-  ``out`` (counted in ``out_overflows``). The channel records are read two cycles ahead and registered.
-  The drain of one tile runs while the next tile computes; it starts only when the output FIFO has room
-  for a whole tile (the FIFO is deep enough that this never delays a drain while the output is ready).
-  The last ``k`` of a tile waits until the previous tile's drain has started (the shadows are then free).
-- **Control.** Range checks of a job are registered before it commits; the last column tile of a job is
-  a compare of the channels left (kept per job slot) with ``cols``, not a sum; what the drain needs of
-  a pending tile (beats, last column, lanes holding tokens) is registered while it waits.
+  products, a registered sum), the rounding shift in two steps, the rounding add, saturation into the
+  widest format ``out``, then into the job's own ``out_bits`` (both counted once in ``out_overflows``).
+  The job's width travels with the drain's control as a mask of the bits that must copy the sign
+  (decoded once per job, at its range check), so the second saturation compares at most ``out.bits``
+  bits with the sign under a registered mask: no run-time arithmetic. The channel records are read two
+  cycles ahead and registered. The drain of one tile runs while the next tile computes; it starts only
+  when the output FIFO has room for a whole tile (the FIFO is deep enough that this never delays a drain
+  while the output is ready). The last ``k`` of a tile waits until the previous tile's drain has started
+  (the shadows are then free).
+- **Control.** Range checks of a job (its sizes and its ``out_bits``) are registered before it commits;
+  the last column tile of a job is a compare of the channels left (kept per job slot) with ``cols``, not
+  a sum; what the drain needs of a pending tile (beats, last column, lanes holding tokens) is registered
+  while it waits.
 
 Cycle-exact behaviour is modelled by :mod:`tokensift.hw.gemm.cycles`.
 """
@@ -44,7 +49,14 @@ from amaranth.utils import ceil_log2
 from tokensift.hw.common import fixed as hwfixed
 from tokensift.hw.common.mac_array import mul_const
 from tokensift.hw.gemm.config import OPERAND_BITS, SHIFT_BITS, GemmConfig
-from tokensift.hw.gemm.layout import act_layout, job_layout, out_layout, status_layout, weight_shape
+from tokensift.hw.gemm.layout import (
+    OUT_BITS_FIELD,
+    act_layout,
+    job_layout,
+    out_layout,
+    status_layout,
+    weight_shape,
+)
 from tokensift.quant.fixed import FixedFormat, Rounding
 
 __all__ = ["GemmEngine", "ISSUE_TO_DRAIN", "JOB_TO_COMMIT", "PIECE_DEPTH", "FIFO_LATENCY", "drain_levels",
@@ -58,8 +70,8 @@ JOB_TO_COMMIT = 3
 #: RAMB18 as 2048 x 9), so no bank is ever a cascade of block RAMs behind a multiplexer
 PIECE_DEPTH = 2048
 #: the epilogue after the OR tree: bias add, int32 fit, partial products, product sum, two shift steps,
-#: rounding add, output fit
-_EPILOGUE_STAGES = 8
+#: rounding add, fit into the widest output format, fit into the job's ``out_bits``
+_EPILOGUE_STAGES = 9
 #: cycles from a beat's write into the output FIFO to the cycle it can leave (``SyncFIFOBuffered``)
 FIFO_LATENCY = 2
 #: the records are read two cycles before the epilogue needs them (the read data is registered)
@@ -106,7 +118,7 @@ class GemmEngine(wiring.Component):
 
     Ports: ``job``, ``act``, ``weights`` (in), ``o_stream`` (out) streams; ``status`` (``busy``,
     ``error``, ``rejected``), ``acc_overflows`` and ``out_overflows`` (saturating counters of values that
-    did not fit int32 after the bias, and the output format).
+    did not fit int32 after the bias, and the job's output width ``out_bits``).
     """
 
     def __init__(self, *, config: GemmConfig):
@@ -153,9 +165,14 @@ class GemmEngine(wiring.Component):
         # cols per column tile, so "the last column tile" is a compare with a constant, not a sum
         slot_left_c = Array(Signal(16, name=f"slot{h}_left_c") for h in range(2))
         slot_left_l = Array(Signal(16, name=f"slot{h}_left_l") for h in range(2))
+        # the job's output width as the bits of an out.bits-wide value that must copy its sign (bit i for
+        # i >= out_bits - 1): the epilogue's last fit is then a masked compare with the sign bit
+        mask_bits = cfg.out.bits - 1
+        slot_sign_mask = Array(Signal(mask_bits, name=f"slot{h}_sign_mask") for h in range(2))
         fill = Signal()
         jv = Signal()
         jn, jk, jm = Signal(16), Signal(16), Signal(16)
+        jo = Signal(OUT_BITS_FIELD)
         cv = Signal()
         c_ok = Signal()
         c_n, c_m = Signal(16), Signal(16)
@@ -163,15 +180,17 @@ class GemmEngine(wiring.Component):
         c_km2 = Signal(k_shape)
         c_k1 = Signal()
         c_tiles_m1 = Signal(t_shape)
+        c_sign_mask = Signal(mask_bits)
         m.d.comb += self.job.ready.eq(~jv & ~cv)  # one job in the intake at a time
         with m.If(self.job.valid & ~jv & ~cv):
             m.d.sync += [jv.eq(1), jn.eq(self.job.payload.n), jk.eq(self.job.payload.k),
-                         jm.eq(self.job.payload.m)]
+                         jm.eq(self.job.payload.m), jo.eq(self.job.payload.out_bits)]
         with m.If(jv & ~cv):
             m.d.sync += [jv.eq(0), cv.eq(1), c_n.eq(jn), c_m.eq(jm), c_km1.eq(jk - 1), c_km2.eq(jk - 2), c_k1.eq(jk == 1),
                          c_tiles_m1.eq((jn - 1) >> log_r),
+                         c_sign_mask.eq(Cat(jo <= i + 1 for i in range(mask_bits))),
                          c_ok.eq((jn != 0) & (jn <= cfg.max_tokens) & (jk != 0) & (jk <= cfg.max_in)
-                                 & (jm != 0) & (jm <= cfg.max_out))]
+                                 & (jm != 0) & (jm <= cfg.max_out) & (jo >= 2) & (jo <= cfg.out.bits))]
         rejected_full = Signal()
         with m.If(cv & ~c_ok):
             m.d.sync += [cv.eq(0), self.status.error.eq(1)]
@@ -183,7 +202,8 @@ class GemmEngine(wiring.Component):
             m.d.sync += [cv.eq(0), fill.eq(~fill), slot_valid.bit_select(fill, 1).eq(1),
                          slot_n[fill].eq(c_n), slot_km1[fill].eq(c_km1), slot_km2[fill].eq(c_km2),
                          slot_k1[fill].eq(c_k1), slot_tiles_m1[fill].eq(c_tiles_m1),
-                         slot_left_c[fill].eq(c_m), slot_left_l[fill].eq(c_m)]
+                         slot_left_c[fill].eq(c_m), slot_left_l[fill].eq(c_m),
+                         slot_sign_mask[fill].eq(c_sign_mask)]
 
         # ---- token buffer: rows banks, the act stream writes the fill half (three register stages:
         # the beat, the tile's row offset and the half's base plus k, their sum) ------------------------
@@ -276,7 +296,7 @@ class GemmEngine(wiring.Component):
 
         # the pending drain: what the epilogue needs of the tile whose last k was just issued
         info = data.StructLayout({"tile": 16, "n": 16, "m_left": 16, "col0": 16, "chalf": 1,
-                                  "free_consts": 1, "job_last": 1})
+                                  "free_consts": 1, "job_last": 1, "sign_mask": mask_bits})
         p_valid = Signal()
         p_info = Signal(info)
         p_wait = Signal(range(ISSUE_TO_DRAIN))
@@ -297,7 +317,8 @@ class GemmEngine(wiring.Component):
                              p_valid.eq(1), p_wait.eq(ISSUE_TO_DRAIN - 1),
                              p_info.tile.eq(i_c), p_info.n.eq(slot_n[h_c]), p_info.m_left.eq(cols_left),
                              p_info.col0.eq(col0_c), p_info.chalf.eq(wc), p_info.free_consts.eq(last_tile),
-                             p_info.job_last.eq(last_tile & last_col)]
+                             p_info.job_last.eq(last_tile & last_col),
+                             p_info.sign_mask.eq(slot_sign_mask[h_c])]
                 with m.If(last_tile):
                     m.d.sync += [i_c.eq(0), tok_base.eq(Mux(h_c, half_tok, 0)), wc.eq(~wc), col0_c.eq(col0_c + C),
                                  cols_left.eq(cols_left - C)]
@@ -407,12 +428,12 @@ class GemmEngine(wiring.Component):
                 m.d.sync += cbusy[h].eq(1)
 
         dctl = data.StructLayout({"valid": 1, "emit": 1, "last": 1, "c": range(C), "tile": 16,
-                                  "lanes": R, "chalf": 1, "channel": 16})
+                                  "lanes": R, "chalf": 1, "channel": 16, "sign_mask": mask_bits})
         ctl0 = Signal(dctl)
         m.d.comb += [ctl0.valid.eq(d_active), ctl0.emit.eq(d_c < d_emit), ctl0.c.eq(d_c),
                      ctl0.last.eq(d_info.job_last & (d_c == d_last_c)),
                      ctl0.tile.eq(d_info.tile), ctl0.chalf.eq(d_info.chalf), ctl0.channel.eq(d_info.col0 + d_c),
-                     ctl0.lanes.eq(d_lanes)]
+                     ctl0.lanes.eq(d_lanes), ctl0.sign_mask.eq(d_info.sign_mask)]
         # per row a one-hot select register per column: it starts at column 0 with the drain
         level = []
         for r in range(R):
@@ -496,7 +517,8 @@ class GemmEngine(wiring.Component):
                 p_one = Signal(signed(prod_bits), name=f"rq_one{r}")
                 m.d.sync += [p_one.eq(x * mult_s), p.eq(p_one)]
             # e5, e6: ((2 p) >> s + 1) >> 1 is p * 2**-s rounded half up (s = 0 included): the shift in two
-            # steps (coarse s & 56, fine s & 7), e7: the rounding add, e8: fit into the output (counted)
+            # steps (coarse s & 56, fine s & 7), e7: the rounding add, e8: fit into the widest format out,
+            # e9: fit into the job's out_bits (counted once: saturating twice is saturating into the narrower)
             coarse = Signal(signed(prod_bits + 1), name=f"rq_coarse{r}")
             m.d.sync += coarse.eq((p << 1) >> Cat(Const(0, 3), e_shift[4][3:]))
             fine = Signal.like(coarse, name=f"rq_fine{r}")
@@ -504,8 +526,17 @@ class GemmEngine(wiring.Component):
             rounded = Signal(signed(prod_bits + 1), name=f"rq_round{r}")
             m.d.sync += rounded.eq((fine + 1) >> 1 if cfg.out.rounding is Rounding.HALF_UP else fine >> 1)
             value, ovf = hwfixed.fit(rounded, cfg.out)
-            e7 = ectl[7]
-            m.d.sync += [y[r].eq(Mux(e7.lanes[r], value, 0)), out_ovf[r].eq(ovf & e7.valid & e7.emit & e7.lanes[r])]
+            wide = Signal(cfg.out.shape, name=f"rq_wide{r}")
+            wide_ovf = Signal(name=f"rq_wide_ovf{r}")
+            m.d.sync += [wide.eq(value), wide_ovf.eq(ovf)]
+            # wide fits out_bits when every bit the mask names equals its sign; if not, the job's bound with
+            # the value's sign: max (0 then ones below the mask) or min (its complement)
+            e8 = ectl[8]
+            sign = wide[-1]
+            narrow_ovf = ((wide[:mask_bits] ^ sign.replicate(mask_bits)) & e8.sign_mask).any()
+            bound = Cat(~e8.sign_mask, Const(0, 1)) ^ sign.replicate(cfg.out.bits)
+            m.d.sync += [y[r].eq(Mux(e8.lanes[r], Mux(narrow_ovf, bound, wide), 0)),
+                         out_ovf[r].eq((wide_ovf | narrow_ovf) & e8.valid & e8.emit & e8.lanes[r])]
         e_last = ectl[-1]
 
         # ---- output FIFO ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Exact cycle model of the GEMM engine (:mod:`tokensift.hw.gemm.core`) fed by :class:`WeightMemory`.
+"""Exact cycle model of the GEMM engine (:mod:`tokensift.hw.gemm.core`) fed by :class:`WeightMemory` or
+:class:`WeightBursts`.
 
 The engine's control follows a handful of rules (all timed by the RTL's registers), and this module
 replays them tile by tile and weight beat by weight beat, so it matches Verilator to the cycle when the
@@ -17,7 +18,10 @@ weight memory has a fixed latency and neither the memory nor the output stalls a
   ``FIFO_LATENCY`` cycles after it was written.
 
 So back-to-back tiles cost ``max(k, cols + 1)`` cycles, and column tiles whose weights load slower than
-they compute (or the first of a stream, which has nothing to hide behind) cost their load time.
+they compute (or the first of a stream, which has nothing to hide behind) cost their load time. The
+weight stream is either a memory of a fixed rate and latency (:class:`WeightMemory`) or an AXI read DMA's
+bursts with a fixed gap before each (:class:`WeightBursts`): cycles in which the stream has no beat to
+offer delay the loader exactly as the source's own rule says, in the model as in the RTL.
 
 >>> from tokensift.hw.gemm.config import GemmConfig
 >>> cfg = GemmConfig(rows=8, cols=128, max_tokens=197, max_in=1536, max_out=1536, weight_bytes=16)
@@ -34,7 +38,7 @@ from tokensift.checks import check_int
 from tokensift.hw.gemm.config import GemmConfig
 from tokensift.hw.gemm.core import FIFO_LATENCY, ISSUE_TO_DRAIN, JOB_TO_COMMIT, epilogue_latency
 
-__all__ = ["WeightMemory", "JobTiming", "schedule", "cycles", "FIFO_LATENCY"]
+__all__ = ["WeightMemory", "WeightBursts", "JobTiming", "schedule", "cycles", "FIFO_LATENCY"]
 
 #: cycles from a tile's last weight beat to the first cycle it can be computed
 _LOADED = 2
@@ -66,6 +70,51 @@ class WeightMemory:
         self.credit = min(self.credit - self.beat * bool(taken) + self.rate, 2 * self.beat)
 
 
+class WeightBursts:
+    """An AXI read DMA feeding the weight stream straight from DRAM: bursts of ``burst_beats`` beats, one
+    burst at a time; burst ``b``'s first beat is offered ``gaps[b % len(gaps)]`` cycles after the previous
+    burst's last beat was taken (burst 0's after the source is started), then one beat per cycle, each
+    held while the engine does not take it (an R channel under back-pressure).
+
+    Step it once per cycle like :class:`WeightMemory`; :func:`schedule` reads only ``burst_beats`` and
+    ``gaps``, so one object describes the source to both.
+
+    >>> src = WeightBursts(burst_beats=2, gaps=[3, 1])
+    >>> offered = []
+    >>> for t in range(9):
+    ...     offered.append(int(src.valid))
+    ...     src.step(src.valid and t != 5)
+    >>> offered
+    [0, 0, 0, 1, 1, 1, 1, 1, 0]
+    """
+
+    def __init__(self, *, burst_beats: int, gaps):
+        self.burst_beats = check_int("burst_beats", burst_beats, low=1, numpy=False)
+        if isinstance(gaps, (str, bytes)) or not hasattr(gaps, "__iter__"):
+            raise TypeError(f"gaps must be a sequence of integers, not {type(gaps).__name__}")
+        self.gaps = tuple(check_int("gap", g, low=1) for g in gaps)
+        if not self.gaps:
+            raise ValueError("gaps must hold at least one gap")
+        self._burst = 0
+        self._left = self.burst_beats
+        self.wait = self.gaps[0]
+
+    @property
+    def valid(self) -> bool:
+        return self.wait == 0
+
+    def step(self, taken: bool) -> None:
+        if self.wait:
+            self.wait -= 1
+            return
+        if taken:
+            self._left -= 1
+            if not self._left:
+                self._burst += 1
+                self._left = self.burst_beats
+                self.wait = self.gaps[self._burst % len(self.gaps)] - 1
+
+
 @dataclass
 class JobTiming:
     """When a job's output beats leave the engine: the first and the last, in cycles."""
@@ -74,14 +123,23 @@ class JobTiming:
     last_out: int
 
 
-def schedule(cfg: GemmConfig, jobs, *, weight_bytes_per_cycle: int, weight_latency: int) -> list[JobTiming]:
+def schedule(cfg: GemmConfig, jobs, *, weight_bytes_per_cycle: int | None = None,
+             weight_latency: int | None = None, bursts: WeightBursts | None = None) -> list[JobTiming]:
     """Replay the engine on committed ``jobs``, ``(n, k, m, accepted)``: sizes and the cycle the job beat
-    was accepted (non-decreasing). The weight memory is started in the first job's accept cycle. Assumes
-    the output is always ready and the memory never runs dry beyond its rate."""
+    was accepted (non-decreasing). The weight source, a memory of ``weight_bytes_per_cycle`` and
+    ``weight_latency`` or the DMA ``bursts``, is started in the first job's accept cycle. Assumes the
+    output is always ready and the source offers its beats by its own rule (no random gaps)."""
     if not isinstance(cfg, GemmConfig):
         raise TypeError(f"cfg must be a GemmConfig, not {type(cfg).__name__}")
-    rate = check_int("weight_bytes_per_cycle", weight_bytes_per_cycle, low=1, numpy=False)
-    latency = check_int("weight_latency", weight_latency, low=0, numpy=False)
+    if bursts is not None:
+        if not isinstance(bursts, WeightBursts):
+            raise TypeError(f"bursts must be a WeightBursts, not {type(bursts).__name__}")
+        if weight_bytes_per_cycle is not None or weight_latency is not None:
+            raise ValueError("give either weight_bytes_per_cycle and weight_latency, or bursts, not both")
+        rate = latency = 0
+    else:
+        rate = check_int("weight_bytes_per_cycle", weight_bytes_per_cycle, low=1, numpy=False)
+        latency = check_int("weight_latency", weight_latency, low=0, numpy=False)
     W, C = cfg.weight_bytes, cfg.cols
     jobs = [tuple(int(v) for v in job) for job in jobs]
     for n, k, m, _ in jobs:
@@ -126,6 +184,28 @@ def schedule(cfg: GemmConfig, jobs, *, weight_bytes_per_cycle: int, weight_laten
         prev_beat, credit = t, c
         return t
 
+    taken = 0  # beats the burst source has delivered
+
+    def take_burst(ready: int) -> int:
+        """Cycle of the next beat's handshake from :class:`WeightBursts`, the loader ready from ``ready``."""
+        nonlocal prev_beat, taken
+        if prev_beat is None:
+            offered = jobs[0][3] + bursts.gaps[0]
+        elif taken % bursts.burst_beats == 0:
+            offered = prev_beat + bursts.gaps[(taken // bursts.burst_beats) % len(bursts.gaps)]
+        else:
+            offered = prev_beat + 1
+        prev_beat, taken = max(offered, ready), taken + 1
+        return prev_beat
+
+    def take_burst_run(count: int, ready: int) -> int:
+        t = take_burst(ready)
+        for _ in range(count - 1):
+            t = take_burst(t + 1)
+        return t
+
+    load_run = take_run if bursts is None else take_burst_run
+
     half_rows_free = [0, 0]     # first cycle the loader may write a half's rows
     half_consts_free = [0, 0]   # ... its records
     next_issue = 0              # first cycle the array may issue
@@ -141,8 +221,8 @@ def schedule(cfg: GemmConfig, jobs, *, weight_bytes_per_cycle: int, weight_laten
         token_tiles = -(-n // cfg.rows)
         for col0 in range(0, m, C):
             half = g % 2
-            t = take_run(k * cfg.row_beats, max(committed, half_rows_free[half]))
-            t = take_run(C * cfg.record_beats, max(t + 1, half_consts_free[half]))
+            t = load_run(k * cfg.row_beats, max(committed, half_rows_free[half]))
+            t = load_run(C * cfg.record_beats, max(t + 1, half_consts_free[half]))
             loaded = t + _LOADED
             emit = min(C, m - col0)
             for i in range(token_tiles):

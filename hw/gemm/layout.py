@@ -3,8 +3,11 @@
 A job computes ``Y = IntLinear(X)`` for ``X`` of ``n`` tokens x ``k`` input features and ``m`` outputs.
 
 - ``job`` stream: one beat per job, ``n``, ``k``, ``m`` (16 bits each, so sizes beyond the generated
-  maxima are representable and can be flagged). A job's **activations must all have been accepted on
-  ``act`` before its job beat is sent**; the job beat commits them.
+  maxima are representable and can be flagged) and ``out_bits`` (8 bits): the signed width of this job's
+  outputs, ``2 .. cfg.out.bits`` (8 for int8 activations, the residual width, 16 for logits; the
+  requantized values saturate into it, counted in ``out_overflows``, and are sign-extended into the
+  ``o_stream`` lanes). A job's **activations must all have been accepted on ``act`` before its job beat
+  is sent**; the job beat commits them.
 - ``act`` stream: the activations, one beat per token tile and input feature: ``tile`` (token tile
   ``t // rows``), ``k`` and ``data`` (the ``rows`` int8 values of tokens ``tile * rows + lane`` at feature
   ``k``; lanes of tokens ``>= n`` are don't-care). Any order; two jobs can be resident (one computing, one
@@ -16,11 +19,12 @@ A job computes ``Y = IntLinear(X)`` for ``X`` of ``n`` tokens x ``k`` input feat
   the low bits). Channels beyond ``m`` are padding (any value). The engine loads the next column tile
   (of this job or the next committed one) while it computes the current one.
 - ``o_stream``: one beat per output channel and token tile: ``data`` (the ``rows`` requantized values of
-  tokens ``tile * rows + lane``, 0 in lanes of tokens ``>= n``), ``tile``, ``channel`` and ``last`` (the
+  tokens ``tile * rows + lane``, ``cfg.out.bits`` wide, 0 in lanes of tokens ``>= n``), ``tile``, ``channel`` and ``last`` (the
   job's final beat). Order: column tiles, then token tiles, then channels.
 
-A job beat with ``n``, ``k`` or ``m`` of 0 or above its maximum is consumed and dropped: ``status.error``
-is set and ``status.rejected`` counts it; it takes no weights and produces no output.
+A job beat with ``n``, ``k`` or ``m`` of 0 or above its maximum, or an ``out_bits`` below 2 or above
+``cfg.out.bits``, is consumed and dropped: ``status.error`` is set and ``status.rejected`` counts it; it
+takes no weights and produces no output.
 
 >>> cfg = GemmConfig(rows=2, cols=4, max_tokens=4, max_in=3, max_out=4, weight_bytes=2)
 >>> x = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
@@ -39,6 +43,7 @@ from tokensift.hw.gemm.config import OPERAND_BITS, SHIFT_BITS, GemmConfig
 
 __all__ = [
     "SIZE_BITS",
+    "OUT_BITS_FIELD",
     "job_layout",
     "act_layout",
     "weight_shape",
@@ -54,6 +59,8 @@ __all__ = [
 
 #: width of a job's n, k and m
 SIZE_BITS = 16
+#: width of a job's out_bits field (the program's ``arg`` byte), so any value up to 255 can be flagged
+OUT_BITS_FIELD = 8
 
 
 def _bits(count: int) -> int:
@@ -61,7 +68,8 @@ def _bits(count: int) -> int:
 
 
 def job_layout(cfg: GemmConfig) -> data.StructLayout:
-    return data.StructLayout({"n": unsigned(SIZE_BITS), "k": unsigned(SIZE_BITS), "m": unsigned(SIZE_BITS)})
+    return data.StructLayout({"n": unsigned(SIZE_BITS), "k": unsigned(SIZE_BITS), "m": unsigned(SIZE_BITS),
+                              "out_bits": unsigned(OUT_BITS_FIELD)})
 
 
 def act_layout(cfg: GemmConfig) -> data.StructLayout:
@@ -98,8 +106,10 @@ def _pack(fields) -> int:
     return word
 
 
-def encode_job(n: int, k: int, m: int) -> int:
-    return _pack([(n, SIZE_BITS), (k, SIZE_BITS), (m, SIZE_BITS)])
+def encode_job(n: int, k: int, m: int, out_bits: int) -> int:
+    """The ``job`` beat of a job of ``n`` tokens, ``k`` inputs, ``m`` outputs written as signed
+    ``out_bits``-bit values (values the engine rejects are encoded as given, within the fields' widths)."""
+    return _pack([(n, SIZE_BITS), (k, SIZE_BITS), (m, SIZE_BITS), (out_bits, OUT_BITS_FIELD)])
 
 
 def encode_activations(x, cfg: GemmConfig) -> list[int]:
@@ -190,7 +200,8 @@ def decode_outputs(payloads, n: int, m: int, cfg: GemmConfig):
 def describe_formats(cfg: GemmConfig) -> dict:
     """The manifest's description of every stream."""
     return {
-        "job": {"fields": {"n": SIZE_BITS, "k": SIZE_BITS, "m": SIZE_BITS}, "width": job_layout(cfg).size},
+        "job": {"fields": {"n": SIZE_BITS, "k": SIZE_BITS, "m": SIZE_BITS, "out_bits": OUT_BITS_FIELD},
+                "out_bits": {"min": 2, "max": cfg.out.bits}, "width": job_layout(cfg).size},
         "act": {"fields": {"data": f"{cfg.rows} x int{OPERAND_BITS}", "tile": _bits(cfg.token_tiles_max),
                            "k": _bits(cfg.max_in)}, "width": act_layout(cfg).size},
         "weights": {"bytes_per_beat": cfg.weight_bytes, "row_beats": cfg.row_beats,

@@ -79,7 +79,8 @@ def features(cfg: GemmConfig, family: str) -> dict[str, float]:
     """Structural sizes the LUT/FF fit is linear in: ``pe_bits`` (per PE: operand, product, accumulator and
     shadow registers and the accumulator's adder), ``drain_bits`` (the one-hot column select and the OR
     tree over the shadows), ``lane_bits`` (per epilogue lane: bias adder, int32 fit, partial products and
-    their sum, shifter, rounding and output fit, each registered), ``column_bits`` (per column: the weight
+    their sum, shifter, rounding, the fit into the widest output format and the fit into the job's
+    ``out_bits``, each registered), ``column_bits`` (per column: the weight
     address delay line and the flags), ``piece_bits`` (per piece of a token or weight bank: its registered
     read data and select, and the OR over the pieces),
     ``control`` (the scheduler, loader and counters: a constant)."""
@@ -92,7 +93,7 @@ def features(cfg: GemmConfig, family: str) -> dict[str, float]:
     return {
         "pe_bits": float(cfg.macs * (4 * OPERAND_BITS + 2 * acc)),
         "drain_bits": float(cfg.macs * (acc + 1) + cfg.rows * acc * levels),
-        "lane_bits": float(cfg.rows * (3 * cfg.acc_bits + 2 * cfg.multiplier_bits + 5 * prod + cfg.out.bits)),
+        "lane_bits": float(cfg.rows * (3 * cfg.acc_bits + 2 * cfg.multiplier_bits + 5 * prod + 2 * cfg.out.bits)),
         "column_bits": float(cfg.cols * (max(1, (cfg.weight_depth - 1).bit_length()) + 4 + OPERAND_BITS)),
         "piece_bits": float(piece_count * (OPERAND_BITS + 1)),
         "control": 1.0,
@@ -139,6 +140,8 @@ _GRID = [
     ("r2_c16_w4", dict(rows=2, cols=16, max_tokens=24, max_in=64, max_out=64, weight_bytes=4)),
     ("r8_c4_w4", dict(rows=8, cols=4, max_tokens=40, max_in=48, max_out=64, weight_bytes=4)),
     ("r8_c16_w16", dict(rows=8, cols=16, max_tokens=64, max_in=128, max_out=128, weight_bytes=16)),
+    # the residual's int16 as the widest format: the output fits, the job's width mask and the FIFO widen
+    ("r2_c4_w2_o16", dict(rows=2, cols=4, max_tokens=16, max_in=32, max_out=32, weight_bytes=2, out_bits=16)),
 ]
 QUICK_CONFIGS = ["r2_c4_w2"]
 

@@ -1,6 +1,8 @@
 """The GEMM engine in the Amaranth simulator: bit-exact (0 LSB) against ``quant.gemm.IntLinear`` with random
 stalls on every stream, the corners (N < rows, M not a multiple of cols, K = 1, -128 x -128 sums, saturating
-accumulators and outputs), back-to-back jobs of different shapes, rejected sizes; and the cycle model."""
+accumulators and outputs), back-to-back jobs of different shapes and output widths (``out_bits``), directed
+saturation edges, rejected sizes and widths; and the cycle model, with a rate-limited weight memory and with
+an AXI read DMA's bursts and long gaps."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ from amaranth.sim import Simulator
 
 from tokensift.hw.gemm import GemmConfig, GemmEngine
 from tokensift.hw.gemm.core import pieces
-from tokensift.hw.gemm.cycles import WeightMemory, cycles, schedule
+from tokensift.hw.gemm.cycles import WeightBursts, WeightMemory, cycles, schedule
 from tokensift.hw.gemm.layout import decode_outputs, encode_job
-from tokensift.quant.fixed import FixedFormat, Rounding
+from tokensift.quant.fixed import FixedFormat, Overflow, Rounding
 from tokensift.sim.gemm_jobs import random_job
 
 
@@ -23,8 +25,8 @@ def _raw(payload):
 
 
 def run_jobs(cfg, jobs, *, seed=0, idle=0.3, stall=0.3, bad_jobs=(), max_cycles=200_000):
-    """Feed ``jobs`` (and rejected ``bad_jobs`` (n, k, m) before them) and return the per-job outputs, the
-    overflow counters and the status."""
+    """Feed ``jobs`` (and rejected ``bad_jobs`` (n, k, m, out_bits) before them) and return the per-job
+    outputs, the overflow counters and the status."""
     dut = GemmEngine(config=cfg)
     rng = random.Random(seed)
     sim = Simulator(dut)
@@ -42,8 +44,8 @@ def run_jobs(cfg, jobs, *, seed=0, idle=0.3, stall=0.3, bad_jobs=(), max_cycles=
         ctx.set(port.valid, 0)
 
     async def jobs_tb(ctx):
-        for n, k, m in bad_jobs:
-            await send(ctx, dut.job, encode_job(n, k, m))
+        for n, k, m, out_bits in bad_jobs:
+            await send(ctx, dut.job, encode_job(n, k, m, out_bits))
         for job in jobs:
             for beat in job.act_beats(cfg):
                 await send(ctx, dut.act, beat)
@@ -121,8 +123,44 @@ def test_corners_back_to_back():
 def test_rejected_sizes_flagged_and_next_job_exact():
     rng = np.random.default_rng(3)
     jobs = [random_job(rng, SMALL, 6, 7, 9)]
-    state = check(SMALL, jobs, seed=4, bad_jobs=[(0, 4, 4), (14, 4, 4), (4, 21, 4), (4, 4, 22), (4, 0, 4)])
-    assert state["error"] == 1 and state["rejected"] == 5
+    bad = [(0, 4, 4, 8), (14, 4, 4, 8), (4, 21, 4, 8), (4, 4, 22, 8), (4, 0, 4, 8),
+           (4, 4, 4, 0), (4, 4, 4, 1), (4, 4, 4, 9), (4, 4, 4, 255)]   # out_bits below 2 or above out.bits
+    state = check(SMALL, jobs, seed=4, bad_jobs=bad)
+    assert state["error"] == 1 and state["rejected"] == len(bad)
+
+
+#: an engine whose widest format is the residual's int16: int8 and int16 jobs (and narrower) share it
+WIDE = GemmConfig(rows=4, cols=8, max_tokens=13, max_in=20, max_out=21, weight_bytes=4,
+                  out=FixedFormat(bits=16))
+
+
+def test_output_width_per_job_back_to_back():
+    rng = np.random.default_rng(7)
+    jobs = [random_job(rng, WIDE, 13, 20, 21, out_bits=8),
+            random_job(rng, WIDE, 7, 9, 13, out_bits=16),
+            random_job(rng, WIDE, 5, 9, 17, kind="saturate", out_bits=8),
+            random_job(rng, WIDE, 9, 4, 6, kind="saturate", out_bits=16),
+            random_job(rng, WIDE, 3, 5, 8, out_bits=2),
+            random_job(rng, WIDE, 13, 11, 21, out_bits=12)]
+    # the int8 jobs' outputs would not fit int8 at the engine's own width: the run-time width matters
+    assert all(j.out_overflows > 0 for j in jobs[2:5])
+    check(WIDE, jobs, seed=7)
+
+
+@pytest.mark.parametrize("out_bits", [8, 16])
+def test_saturation_edges(out_bits):
+    rng = np.random.default_rng(out_bits)
+    # 13 tokens on every edge of out_bits and int16 (and one past it), at shifts 0, 1 and 2; an int8 job
+    # before and after, so the width changes from job to job in the pipeline
+    jobs = [random_job(rng, WIDE, 4, 3, 5, out_bits=8),
+            random_job(rng, WIDE, 13, 3, 18, kind="edges", out_bits=out_bits),
+            random_job(rng, WIDE, 13, 2, 18, kind="edges", out_bits=out_bits),
+            random_job(rng, WIDE, 4, 3, 5, out_bits=8)]
+    edge = jobs[1].expected
+    narrow = WIDE.job_format(out_bits)
+    assert edge.max() == narrow.max_int and edge.min() == narrow.min_int
+    assert jobs[1].out_overflows > 0 and jobs[1].acc_overflows == 0
+    check(WIDE, jobs, seed=out_bits, idle=0.2, stall=0.2)
 
 
 @pytest.mark.parametrize("cfg", [
@@ -150,11 +188,12 @@ def test_banks_span_several_block_rams():
     check(cfg, jobs, seed=6, idle=0.1, stall=0.1)
 
 
-def measure_cycles(cfg, jobs, *, rate, latency):
+def measure_cycles(cfg, jobs, *, rate=None, latency=None, bursts=None):
     """Run ``jobs`` with no random stalls: each job's activations then its job beat (the next job's while the
-    previous one computes), weights from a :class:`WeightMemory` started when the first job is accepted,
-    the output always ready. Returns the cycles each job beat was accepted, the cycles each job's last
-    output beat was taken, and the output payloads."""
+    previous one computes), weights from a :class:`WeightMemory` of ``rate`` and ``latency`` (or from the
+    DMA ``bursts``, a :class:`WeightBursts`) started when the first job is accepted, the output always
+    ready. Returns the cycles each job beat was accepted, the cycles each job's last output beat was
+    taken, and the output payloads."""
     dut = GemmEngine(config=cfg)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -191,7 +230,8 @@ def measure_cycles(cfg, jobs, *, rate, latency):
                 accepted.append(t)
                 j, a_pos = j + 1, 0
                 if mem is None:  # this cycle was the memory's first
-                    mem = WeightMemory(beat_bytes=cfg.weight_bytes, bytes_per_cycle=rate, latency=latency)
+                    mem = bursts or WeightMemory(beat_bytes=cfg.weight_bytes, bytes_per_cycle=rate,
+                                                 latency=latency)
                     mem.step(False)
             if o_val:
                 beats.append(o_pay)
@@ -235,6 +275,56 @@ def test_cycle_model_exact(case):
         pos += job.output_beats(cfg)
 
 
+#: the demo's engine shape (rows 2, cols 64, 8-byte weight beats), small maxima so it simulates quickly
+DEMO_SHAPE = GemmConfig(rows=2, cols=64, max_tokens=5, max_in=12, max_out=70, weight_bytes=8,
+                        out=FixedFormat(bits=16))
+
+
+def test_weights_from_dma_bursts_with_long_gaps():
+    # an AXI read DMA at 8 bytes a beat: 16-beat bursts, 20 to 100 cycles of DRAM latency before each; the
+    # jobs' weights (two column tiles of 12 x 8 row beats and 64 record beats, then one of 5 x 8 + 64)
+    # run dry for most of the time, and the loader waits for every burst
+    rng = np.random.default_rng(11)
+    gaps = [int(g) for g in rng.integers(20, 101, size=7)]
+    sizes = [(5, 12, 70, 16), (3, 5, 9, 8)]
+    jobs = [random_job(rng, DEMO_SHAPE, n, k, m, out_bits=ob) for n, k, m, ob in sizes]
+    accepted, last, beats = measure_cycles(DEMO_SHAPE, jobs, bursts=WeightBursts(burst_beats=16, gaps=gaps))
+    model = schedule(DEMO_SHAPE, [(n, k, m, a) for (n, k, m, _), a in zip(sizes, accepted, strict=True)],
+                     bursts=WeightBursts(burst_beats=16, gaps=gaps))
+    assert [t.last_out for t in model] == last
+    # the gaps cost what the model says they cost: the same jobs from a memory that never runs dry are faster
+    fed = schedule(DEMO_SHAPE, [(n, k, m, a) for (n, k, m, _), a in zip(sizes, accepted, strict=True)],
+                   weight_bytes_per_cycle=8, weight_latency=20)
+    assert fed[-1].last_out < last[-1] - 5 * 20
+    pos = 0
+    for job in jobs:
+        y, _ = decode_outputs(beats[pos:pos + job.output_beats(DEMO_SHAPE)], job.n, job.m, DEMO_SHAPE)
+        assert np.array_equal(y, job.expected)
+        pos += job.output_beats(DEMO_SHAPE)
+
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    (dict(bursts=[16]), TypeError, r"^bursts must be a WeightBursts, not list$"),
+    (dict(bursts=WeightBursts(burst_beats=4, gaps=[3]), weight_latency=2), ValueError,
+     r"^give either weight_bytes_per_cycle and weight_latency, or bursts, not both$"),
+    (dict(weight_latency=2), TypeError, r"^weight_bytes_per_cycle must be an integer, not NoneType$"),
+])
+def test_schedule_rejects(kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        schedule(SMALL, [(1, 1, 1, 0)], **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    (dict(burst_beats=0, gaps=[3]), ValueError, r"^burst_beats must be at least 1, not 0$"),
+    (dict(burst_beats=4, gaps=[]), ValueError, r"^gaps must hold at least one gap$"),
+    (dict(burst_beats=4, gaps=[3, 0]), ValueError, r"^gap must be at least 1, not 0$"),
+    (dict(burst_beats=4, gaps=3), TypeError, r"^gaps must be a sequence of integers, not int$"),
+])
+def test_weight_bursts_rejects(kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        WeightBursts(**kwargs)
+
+
 @pytest.mark.parametrize("module", ["config", "layout", "cycles", "resources"])
 def test_doctests(module):
     import doctest
@@ -252,11 +342,24 @@ def test_doctests(module):
     (dict(out=FixedFormat(bits=8, rounding=Rounding.HALF_EVEN)), ValueError,
      r"^out\.rounding must be half_up or floor, not half_even$"),
     (dict(rows=2.0), TypeError, r"^rows must be an integer, not float$"),
+    (dict(out=FixedFormat(bits=8, signed=False)), ValueError,
+     r"^out must be a signed format: a job's out_bits is a signed width$"),
+    (dict(out=FixedFormat(bits=8, overflow=Overflow.WRAP)), ValueError, r"^out\.overflow must be saturate, not wrap$"),
 ])
 def test_config_rejects(kwargs, exc, message):
     base = dict(rows=4, cols=8, max_tokens=8, max_in=8, max_out=8, weight_bytes=4)
     with pytest.raises(exc, match=message):
         GemmConfig(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("out_bits, exc, message", [
+    (1, ValueError, r"^out_bits must be between 2 and 16, not 1$"),
+    (17, ValueError, r"^out_bits must be between 2 and 16, not 17$"),
+    (8.0, TypeError, r"^out_bits must be an integer, not float$"),
+])
+def test_job_format_rejects(out_bits, exc, message):
+    with pytest.raises(exc, match=message):
+        WIDE.job_format(out_bits)
 
 
 def test_engine_takes_a_config():

@@ -14,7 +14,9 @@ def _common(parser):
     parser.add_argument("--max-in", type=int, default=384, help="largest runtime K (input features)")
     parser.add_argument("--max-out", type=int, default=1536, help="largest runtime M (output features)")
     parser.add_argument("--weight-bytes", type=int, default=8, help="bytes per beat of the weight stream")
-    parser.add_argument("--out-bits", type=int, default=8, help="width of the signed outputs (8, or the residual's)")
+    parser.add_argument("--out-bits", type=int, default=8,
+                        help="widest signed output the engine writes (the residual's, or 16 for logits); "
+                             "each job picks its own width 2..this at run time")
     parser.add_argument("--rounding", choices=["half_up", "floor"], default="half_up",
                         help="rounding of the requantization")
     parser.add_argument("--multiplier-bits", type=int, default=MULTIPLIER_BITS,
@@ -50,7 +52,8 @@ def add_simulate_arguments(parser):
     parser.add_argument("--tokens", type=int, default=None, help="N of the timed job (default --max-tokens)")
     parser.add_argument("--in-features", type=int, default=None, help="K of the timed job (default --max-in)")
     parser.add_argument("--out-features", type=int, default=None, help="M of the timed job (default --max-out)")
-    parser.add_argument("--jobs", type=int, default=3, help="jobs back to back: the timed one, then random sizes")
+    parser.add_argument("--jobs", type=int, default=3,
+                        help="jobs back to back: the timed one (at --out-bits), then random sizes and widths")
     parser.add_argument("--stall", type=float, default=0.3,
                         help="probability of an idle, dry or stalled cycle on each stream in the random run")
     parser.add_argument("--rate", type=int, default=None,
@@ -77,8 +80,10 @@ def simulate(args) -> dict:
     if args.latency < 0:
         raise InvalidArgumentError(f"--latency must be at least 0, not {args.latency}")
     rng = np.random.default_rng(args.seed)
-    jobs = [[n, k, m, "random"]] + [[int(rng.integers(1, cfg.max_tokens + 1)), int(rng.integers(1, cfg.max_in + 1)),
-                                     int(rng.integers(1, cfg.max_out + 1)), "random"] for _ in range(args.jobs - 1)]
+    jobs = [[n, k, m, "random", cfg.out.bits]] + [
+        [int(rng.integers(1, cfg.max_tokens + 1)), int(rng.integers(1, cfg.max_in + 1)),
+         int(rng.integers(1, cfg.max_out + 1)), "random", int(rng.integers(2, cfg.out.bits + 1))]
+        for _ in range(args.jobs - 1)]
     res = run_cocotb(GemmEngine(config=cfg), toplevel="tokensift_gemm", test_module="tokensift.sim.tb_gemm",
                      params={"config": cfg.as_dict(), "seed": args.seed, "jobs": jobs, "rate": rate,
                              "latency": args.latency, "idle": args.stall, "dry": args.stall, "stall": args.stall},
