@@ -453,8 +453,9 @@ class GemmOpEngine(wiring.Component):
         with m.If(go):
             m.d.sync += job_sent.eq(0)
         m.d.comb += [job.valid.eq(busy & fed & verdict_ok & ~job_sent), job.payload.n.eq(n_g),
-                     job.payload.k.eq(op.k), job.payload.m.eq(op.m)]
-        # the output width goes here once the GEMM engine's job beat carries it: job.payload.out_bits.eq(out_bits)
+                     job.payload.k.eq(op.k), job.payload.m.eq(op.m), job.payload.out_bits.eq(OUT_BITS)]
+        # the engine fits into 16 bits; the local stage below fits into the op's own width (saturating twice is
+        # saturating once, and it keeps the engine's epilogue the same for every op)
         with m.If(job.valid & job.ready):
             m.d.sync += job_sent.eq(1)
         with m.If(busy & fed & verdict_bad):

@@ -35,7 +35,8 @@ def decoded_layer(dram: bytes, regs, ins) -> IntLinear:
     total = struct.unpack_from("<I", dram, regs.memory_base + 16)[0]
     mem = decode_image(bytes(dram[regs.memory_base:regs.memory_base + total]))
     scalars, arrays = rec.decode_record(mem.data, ins.addr_b, Tag.LINEAR)
-    return rec.linear_from(scalars, arrays, mem.weights(ins.addr_a, scalars["m"], scalars["k"]))
+    stream = mem.stream(ins.addr_a, scalars["m"], scalars["k"])
+    return rec.linear_from(scalars, arrays, stream.weight)
 
 
 def with_weight_stream(cfg, dram: bytes, regs, ins, layer: IntLinear, *, relocate: bool = False):
