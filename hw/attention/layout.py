@@ -83,13 +83,15 @@ def score_layout(params) -> data.StructLayout:
 
 
 def status_layout() -> data.StructLayout:
-    """``busy``; ``error``: the latest header was invalid; saturating counts of rejected frames and of
-    output values that saturated in the requantizer."""
+    """``busy``; ``error``: the latest header was rejected; saturating counts of rejected frames and of
+    output values that saturated in the requantizer; ``const_error``: the latest header was rejected for
+    its constants (out of the generated ranges)."""
     return data.StructLayout({
         "busy": 1,
         "error": 1,
         "rejected": unsigned(16),
         "overflows": unsigned(16),
+        "const_error": 1,
     })
 
 
