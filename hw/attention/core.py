@@ -10,7 +10,7 @@ parallel. Stream formats: :mod:`tokensift.hw.attention.layout`. Cycle model: :mo
 
 >>> dut = Attention(n_max=197, head_dim=64, lanes=16)
 >>> dut.params.chunks, cycles(dut.params, n_tokens=197)
-(4, 312862)
+(4, 312867)
 """
 
 from __future__ import annotations
