@@ -2,13 +2,13 @@
 
 Two modes on one build (so a configuration is compiled once):
 
-- **pass-through** (``bulk = 0``): ``i_stream``, ``o_stream`` and ``s_stream`` reach the core's
-  through two-entry FIFOs, for per-cycle drivers with random stalls (:mod:`tokensift.sim.streams`).
-- **bulk** (``bulk = 1``): the testbench writes whole frames into ``in_mem`` through VPI (zero simulated
-  time), pulses ``start`` and awaits ``done`` (the controls take effect one cycle later: they are
-  registered); the harness feeds the core from ``in_mem`` every cycle
-  (always valid) and writes every output beat into ``o_mem`` / ``s_mem`` (always ready). No Python runs
-  per cycle, so Verilator runs at full speed.
+- **pass-through** (``bulk = 0``): ``k_stream``, ``i_stream``, ``o_stream`` and ``s_stream`` reach the
+  core's through two-entry FIFOs, for per-cycle drivers with random stalls (:mod:`tokensift.sim.streams`).
+- **bulk** (``bulk = 1``): the testbench writes whole frames into ``in_mem`` and one constants beat per
+  frame into ``k_mem`` through VPI (zero simulated time), pulses ``start`` and awaits ``done`` (the
+  controls take effect one cycle later: they are registered); the harness feeds the core from ``in_mem``
+  and ``k_mem`` every cycle (always valid) and writes every output beat into ``o_mem`` / ``s_mem`` (always
+  ready). No Python runs per cycle, so Verilator runs at full speed.
 
 In both modes ``cycles`` is the number of cycles from the first input transfer after ``start`` to the
 latest output transfer, and ``elapsed`` counts cycles since ``start``.
@@ -21,18 +21,22 @@ Verilator's ``--timing``): in bulk mode then not even the clock crosses the VPI,
 
 from __future__ import annotations
 
+import math
+
 from amaranth.hdl import ClockDomain, DomainRenamer, Instance, MemoryData, Module, Mux, Signal
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from tokensift.checks import check_count
+from tokensift.hw.attention.constants import ConstantRanges, const_layout
 from tokensift.hw.attention.core import Attention
 from tokensift.hw.attention.layout import input_layout, output_layout, score_layout, status_layout
-from tokensift.quant.attention import AttentionParams
+from tokensift.quant.attention import AttentionParams, scale_for
+from tokensift.quant.qparams import quantize_multiplier
 
-__all__ = ["AttentionHarness", "CLKGEN_VERILOG", "DEFAULT_FRAMES", "TOPLEVEL", "harness_for", "run_attention",
-           "verilator_options"]
+__all__ = ["AttentionHarness", "CLKGEN_VERILOG", "DEFAULT_FRAMES", "TOPLEVEL", "harness_for", "random_layer",
+           "run_attention", "verilator_options"]
 
 #: the free-running clock of bulk runs (simulation only: needs Verilator's ``--timing``)
 CLKGEN_VERILOG = """`timescale 1ns/1ps
@@ -44,20 +48,23 @@ endmodule
 
 
 class AttentionHarness(wiring.Component):
-    """``Attention(params)`` with input/output memories of ``in_depth``, ``o_depth``, ``s_depth`` beats;
-    ``internal_clock`` adds the Verilog clock generator (not for the Python simulator)."""
+    """``Attention(params, ranges)`` with input/output memories of ``in_depth``, ``o_depth``, ``s_depth``
+    beats and a constants memory of ``k_depth`` beats; ``internal_clock`` adds the Verilog clock generator
+    (not for the Python simulator)."""
 
-    def __init__(self, params: AttentionParams, *, in_depth: int, o_depth: int, s_depth: int,
-                 internal_clock: bool = False):
+    def __init__(self, params: AttentionParams, *, in_depth: int, o_depth: int, s_depth: int, k_depth: int = 1,
+                 ranges: ConstantRanges | None = None, internal_clock: bool = False):
         if not isinstance(params, AttentionParams):
             raise TypeError(f"params must be an AttentionParams, not {type(params).__name__}")
-        for name, value in (("in_depth", in_depth), ("o_depth", o_depth), ("s_depth", s_depth)):
+        for name, value in (("in_depth", in_depth), ("o_depth", o_depth), ("s_depth", s_depth),
+                            ("k_depth", k_depth)):
             check_count(name, value, numpy=False)
         self._p = params
         self._depths = (in_depth, o_depth, s_depth)
         self._internal_clock = bool(internal_clock)
-        self._dut = Attention(params=params)
+        self._dut = Attention(params=params, ranges=ranges)
         #: memory contents (``amaranth.hdl.MemoryData``), for the Python simulator's tests
+        self.k_data = MemoryData(shape=const_layout().size, depth=k_depth, init=[])
         self.in_data = MemoryData(shape=input_layout(params).size, depth=in_depth, init=[])
         self.o_data = MemoryData(shape=output_layout(params).size, depth=o_depth, init=[])
         self.s_data = MemoryData(shape=score_layout(params).size, depth=s_depth, init=[])
@@ -66,12 +73,14 @@ class AttentionHarness(wiring.Component):
             "rst": In(1),
             "clk_sel": In(1),
             "gen_clk": Out(1),
+            "k_stream": In(stream.Signature(const_layout())),
             "i_stream": In(stream.Signature(input_layout(params))),
             "o_stream": Out(stream.Signature(output_layout(params))),
             "s_stream": Out(stream.Signature(score_layout(params))),
             "status": Out(status_layout()),
             "bulk": In(1),
             "start": In(1),
+            "k_beats": In(32),
             "in_beats": In(32),
             "o_expected": In(32),
             "s_expected": In(32),
@@ -81,6 +90,10 @@ class AttentionHarness(wiring.Component):
             "cycles": Out(32),
             "elapsed": Out(32),
         })
+
+    @property
+    def dut(self) -> Attention:
+        return self._dut
 
     def elaborate(self, platform):
         m = Module()
@@ -92,10 +105,12 @@ class AttentionHarness(wiring.Component):
             m.d.comb += cd.clk.eq(self.clk)
         m.d.comb += cd.rst.eq(self.rst)
         m.submodules.dut = dut = DomainRenamer("run")(self._dut)
+        m.submodules.k_mem = k_mem = memory.Memory(data=self.k_data)
         m.submodules.in_mem = in_mem = memory.Memory(data=self.in_data)
         m.submodules.o_mem = o_mem = memory.Memory(data=self.o_data)
         m.submodules.s_mem = s_mem = memory.Memory(data=self.s_data)
         rd = in_mem.read_port(domain="run")
+        krd = k_mem.read_port(domain="run")
         ow = o_mem.write_port(domain="run")
         sw = s_mem.write_port(domain="run")
         m.d.comb += self.status.eq(dut.status)
@@ -104,9 +119,9 @@ class AttentionHarness(wiring.Component):
         # so no logic of the core depends combinationally on a top-level input: Verilator re-evaluates
         # such logic whenever it evaluates the model
         bulk, start = Signal(), Signal()
-        in_beats, o_expected, s_expected = Signal(32), Signal(32), Signal(32)
+        in_beats, o_expected, s_expected, k_beats = Signal(32), Signal(32), Signal(32), Signal(32)
         m.d.run += [bulk.eq(self.bulk), start.eq(self.start), in_beats.eq(self.in_beats),
-                    o_expected.eq(self.o_expected), s_expected.eq(self.s_expected)]
+                    o_expected.eq(self.o_expected), s_expected.eq(self.s_expected), k_beats.eq(self.k_beats)]
 
         running = Signal()
         cur = Signal(32)
@@ -117,6 +132,23 @@ class AttentionHarness(wiring.Component):
             m.d.run += [running.eq(1), cur.eq(0)]
         with m.Elif(i_taken & bulk):
             m.d.run += cur.eq(cur + 1)
+        k_cur = Signal(32)
+        bulk_k_valid = running & ~start & (k_cur < k_beats)
+        k_taken = dut.k_stream.valid & dut.k_stream.ready
+        m.d.comb += krd.addr.eq(Mux(start, 0, k_cur + (k_taken & bulk)))
+        with m.If(start):
+            m.d.run += k_cur.eq(0)
+        with m.Elif(k_taken & bulk):
+            m.d.run += k_cur.eq(k_cur + 1)
+        k_fifo = SyncFIFOBuffered(width=const_layout().size, depth=2)
+        m.submodules.k_fifo = DomainRenamer("run")(k_fifo)
+        m.d.comb += [
+            k_fifo.w_data.eq(self.k_stream.payload.as_value()), k_fifo.w_en.eq(self.k_stream.valid),
+            self.k_stream.ready.eq(k_fifo.w_rdy),
+            dut.k_stream.payload.eq(Mux(bulk, krd.data, k_fifo.r_data)),
+            dut.k_stream.valid.eq(Mux(bulk, bulk_k_valid, k_fifo.r_rdy)),
+            k_fifo.r_en.eq(~bulk & dut.k_stream.ready),
+        ]
 
         i_fifo = SyncFIFOBuffered(width=input_layout(self._p).size, depth=2)
         m.submodules.i_fifo = DomainRenamer("run")(i_fifo)
@@ -152,9 +184,25 @@ class AttentionHarness(wiring.Component):
                 m.d.run += [seen_input.eq(1), first_in.eq(self.elapsed)]
             with m.If(out_now):
                 m.d.run += self.cycles.eq(self.elapsed - Mux(seen_input, first_in, self.elapsed))
-        m.d.comb += self.done.eq(running & ~start & ~self.start & (cur >= in_beats) & (self.o_count >= o_expected)
+        m.d.comb += self.done.eq(running & ~start & ~self.start & (cur >= in_beats) & (k_cur >= k_beats) & (self.o_count >= o_expected)
                                  & (self.s_count >= s_expected) & ~dut.status.busy)
         return m
+
+
+def random_layer(rng, params: AttentionParams, ranges: ConstantRanges | None = None) -> AttentionParams:
+    """``params`` with the constants of a random layer, as a calibration makes them: a score scale of
+    ``2**-u / sqrt(head_dim)`` (``u`` uniform in 2..12) through :func:`scale_for`, an output scale of ``g``
+    times V's (``g`` log-uniform in 1/8..4) through :func:`quantize_multiplier`, within ``ranges``."""
+    r = ConstantRanges.covering(params) if ranges is None else ranges
+    alpha = 2.0 ** -float(rng.uniform(2, 12)) / math.sqrt(params.head_dim)
+    sm, ss = scale_for(alpha, log2_frac=params.softmax.log2_frac, bits=r.scale_mult_bits)
+    gain = 2.0 ** float(rng.uniform(-3, 2)) * 2.0 ** -params.softmax.prob_frac
+    om, osh = quantize_multiplier(gain, max(2, r.out_mult_bits))
+    if om >= 1 << r.out_mult_bits:
+        om, osh = 1, params.softmax.prob_frac
+    return AttentionParams(**{**params.to_dict(), "softmax": params.softmax, "scale_multiplier": sm,
+                              "scale_shift": min(ss, r.scale_shift_max), "out_multiplier": om,
+                              "out_shift": min(osh, r.out_shift_max)})
 
 
 #: Verilog top-level name of the harness builds
@@ -164,26 +212,30 @@ TOPLEVEL = "tokensift_attention_tb"
 DEFAULT_FRAMES = 4
 
 
-def harness_for(params: AttentionParams, *, frames: int = DEFAULT_FRAMES,
+def harness_for(params: AttentionParams, *, frames: int = DEFAULT_FRAMES, ranges: ConstantRanges | None = None,
                 internal_clock: bool = True) -> AttentionHarness:
-    """A harness whose memories hold ``frames`` frames of ``n_max`` tokens."""
+    """A harness whose memories hold ``frames`` frames of ``n_max`` tokens and their constants."""
     n, c = params.n_max, params.chunks
     return AttentionHarness(params, in_depth=frames * (1 + 3 * n * c), o_depth=frames * n * c,
-                            s_depth=frames * n, internal_clock=internal_clock)
+                            s_depth=frames * n, k_depth=frames, ranges=ranges, internal_clock=internal_clock)
 
 
 def run_attention(params: AttentionParams, *, settings: dict, testcase=None, seed: int = 1,
-                  frames: int = DEFAULT_FRAMES, build_dir=None, waves=False):
-    """Build (or reuse) the harness of ``params`` with Verilator and run :mod:`tokensift.sim.tb_attention`.
+                  frames: int = DEFAULT_FRAMES, ranges: ConstantRanges | None = None, build_dir=None, waves=False):
+    """Build (or reuse) the harness of ``params`` (and ``ranges``) with Verilator and run
+    :mod:`tokensift.sim.tb_attention`.
 
-    ``settings`` reach the testbench next to ``params`` and ``seed``; returns the
+    ``settings`` reach the testbench next to ``params``, the ranges and ``seed`` (``settings["layers"]``:
+    other :meth:`AttentionParams.to_dict` s whose constants frames take in turn); returns the
     :class:`tokensift.sim.runner.SimResult` (its ``report`` holds what the tests reported).
     """
     from tokensift.sim.runner import run_cocotb
 
+    harness = harness_for(params, frames=frames, ranges=ranges)
     build_args, sources = verilator_options()
-    return run_cocotb(harness_for(params, frames=frames), toplevel=TOPLEVEL, test_module="tokensift.sim.tb_attention",
-                      params={"params": params.to_dict(), "seed": seed, **settings}, testcase=testcase,
+    return run_cocotb(harness, toplevel=TOPLEVEL, test_module="tokensift.sim.tb_attention",
+                      params={"params": params.to_dict(), "ranges": harness.dut.ranges.to_dict(), "seed": seed,
+                              **settings}, testcase=testcase,
                       build_dir=build_dir, waves=waves, seed=seed, build_args=build_args, extra_sources=sources)
 
 

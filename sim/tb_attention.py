@@ -1,18 +1,28 @@
 """cocotb testbench of :class:`tokensift.hw.attention.core.Attention` (through :class:`AttentionHarness`).
 
 Scoreboard: every frame's expected output rows and class-attention row come from
-:func:`tokensift.quant.attention.attention_head`; beats are matched per core copy (``payload.head``;
-frames go round-robin to the copies) and in order, including the ``last`` flags. 0 LSB difference.
+:func:`tokensift.quant.attention.attention_head` with the frame's own layer constants (the ones its
+constants beat carried); beats are matched per core copy (``payload.head``; frames go round-robin to the
+copies) and in order, including the ``last`` flags. 0 LSB difference.
 
-Tests (``tb_params()`` carries ``params`` = :meth:`AttentionParams.to_dict` and the test settings):
+``tb_params()`` carries ``params`` (:meth:`AttentionParams.to_dict`: the generated structure and the first
+layer's constants), ``ranges`` (:meth:`ConstantRanges.to_dict`), optionally ``layers`` (more
+``AttentionParams`` dicts: frames take the layers' constants in turn, back to back; by default
+``random_layers`` random layers of :func:`tokensift.sim.attention_harness.random_layer` follow ``params``)
+and the test settings.
+
+Tests:
 
 - ``bulk``: whole frames through the harness memories, Python out of the cycle loop; each run in
   ``runs`` is a list of token counts sent back to back. Checks bit-exactness and that the measured
   cycles equal :func:`tokensift.hw.attention.cycles.cycles`; measures
   simulated cycles per second of wall time.
-- ``stalls_and_invalid_headers``: random valid/ready stalls on all three streams, back-to-back frames
-  of different ``N`` (1 and ``n_max`` included) with rejected headers (``N = 0``, ``N > n_max`` followed
-  by its beats) in between; checks ``status.error`` / ``status.rejected``.
+- ``stalls_and_invalid_headers``: random valid/ready stalls on all four streams, back-to-back frames
+  of different ``N`` (1 and ``n_max`` included) and layers with rejected headers (``N = 0``,
+  ``N > n_max`` followed by its beats) in between; checks ``status.error`` / ``status.rejected``.
+- ``rejected_constants``: frames whose constants are out of the generated ranges (each field: zero or
+  too wide a multiplier, too large a shift) between valid frames of different layers: each is dropped
+  with its beats and flagged (``error``, ``const_error``, ``rejected``); the valid ones stay exact.
 - ``reset_mid_frame``: a frame is cut off by a reset while loading and while computing; the next
   frames are exact.
 - ``extreme_values``: all ``+max`` / ``-min`` inputs and huge score ranges, with consumers that stall
@@ -28,10 +38,12 @@ import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge, with_timeout
 
+from tokensift.hw.attention.constants import ConstantRanges, encode_constants
 from tokensift.hw.attention.cycles import cycles as expected_cycles
-from tokensift.hw.attention.layout import decode_rows, encode_frame
+from tokensift.hw.attention.layout import decode_rows, encode_frame, status_layout
 from tokensift.quant.attention import AttentionParams, attention_head
 from tokensift.quant.fixed import OverflowCounter
+from tokensift.sim.attention_harness import random_layer
 from tokensift.sim.runner import tb_params, tb_report
 from tokensift.sim.streams import StreamSink, StreamSource, reset, start_clock
 
@@ -39,6 +51,27 @@ from tokensift.sim.streams import StreamSink, StreamSource, reset, start_clock
 def _setup():
     t = tb_params()
     return AttentionParams.from_dict(t["params"]), t
+
+
+def _layers(p: AttentionParams, t: dict) -> list[AttentionParams]:
+    """The layers whose constants frames take in turn: ``params`` first."""
+    if "layers" in t:
+        return [p] + [AttentionParams.from_dict(d) for d in t["layers"]]
+    ranges = ConstantRanges.from_dict(t["ranges"]) if "ranges" in t else None
+    rng = np.random.default_rng(t.get("seed", 0) + 99)
+    return [p] + [random_layer(rng, p, ranges) for _ in range(t.get("random_layers", 2))]
+
+
+class Layers:
+    """Hands out the layers round-robin (across runs, so consecutive frames differ)."""
+
+    def __init__(self, layers):
+        self.layers, self.at = layers, 0
+
+    def next(self) -> AttentionParams:
+        layer = self.layers[self.at % len(self.layers)]
+        self.at += 1
+        return layer
 
 
 def make_frame(rng, n: int, p: AttentionParams, kind: str = "random"):
@@ -76,8 +109,8 @@ class Scoreboard:
         self.counter = OverflowCounter()
         self.next_core = first_core
 
-    def add(self, q, k, v):
-        out, cls = attention_head(q, k, v, self.p, counter=self.counter)
+    def add(self, q, k, v, layer: AttentionParams | None = None):
+        out, cls = attention_head(q, k, v, self.p if layer is None else layer, counter=self.counter)
         self.frames.append((out, cls, self.next_core))
         self.next_core = (self.next_core + 1) % self.p.heads_parallel
 
@@ -131,25 +164,30 @@ def _idle_inputs(dut):
     dut.clk_sel.value = 0
     dut.bulk.value = 0
     dut.start.value = 0
+    dut.k_beats.value = 0
     dut.in_beats.value = 0
     dut.o_expected.value = 0
     dut.s_expected.value = 0
+    dut.k_stream__valid.value = 0
     dut.i_stream__valid.value = 0
     dut.o_stream__ready.value = 0
     dut.s_stream__ready.value = 0
 
 
-async def bulk_run(dut, p: AttentionParams, frames, *, timeout_cycles: int) -> dict:
-    """Load ``frames`` (lists of beats) into ``in_mem``, run them on the harness's own clock, read the
-    outputs back."""
+async def bulk_run(dut, p: AttentionParams, frames, consts, *, timeout_cycles: int) -> dict:
+    """Load ``frames`` (lists of beats) into ``in_mem`` and their constants beats into ``k_mem``, run them
+    on the harness's own clock, read the outputs back."""
     sb_words = [w for f in frames for w in f]
     t_load = time.perf_counter()
     for i, w in enumerate(sb_words):
         dut.in_mem[i].value = w
+    for i, w in enumerate(consts):
+        dut.k_mem[i].value = w
     t_start, cpu_start = time.perf_counter(), time.process_time()
     await FallingEdge(dut.gen_clk)
     dut.bulk.value = 1
     dut.in_beats.value = len(sb_words)
+    dut.k_beats.value = len(consts)
     dut.start.value = 1
     await FallingEdge(dut.gen_clk)
     dut.start.value = 0
@@ -177,18 +215,21 @@ async def bulk(dut):
     results = []
     core = 0
     overflows_ref = 0  # the hardware's count only clears on reset: compare running totals
+    layers = Layers(_layers(p, t))
     for run in t["runs"]:
         ns, kind = run["ns"], run.get("kind", "random")
         sb = Scoreboard(p, first_core=core)
-        frames = []
+        frames, consts = [], []
         for n in ns:
             q, k, v = make_frame(rng, n, p, kind)
-            sb.add(q, k, v)
+            layer = layers.next()
+            sb.add(q, k, v, layer)
             frames.append(encode_frame(q, k, v, p))
+            consts.append(encode_constants(layer))
         dut.o_expected.value = sb.o_beats
         dut.s_expected.value = sb.s_beats
         budget = 4 * sum(expected_cycles(p, n_tokens=n) for n in ns) + 1000
-        r = await bulk_run(dut, p, frames, timeout_cycles=budget)
+        r = await bulk_run(dut, p, frames, consts, timeout_cycles=budget)
         check = sb.check(r["o_words"], r["s_words"])
         core = sb.next_core
         overflows_ref += sb.counter.total
@@ -210,7 +251,10 @@ async def bulk(dut):
 
 def _status(dut) -> dict:
     v = dut.status.value.to_unsigned()
-    return {"busy": v & 1, "error": (v >> 1) & 1, "rejected": (v >> 2) & 0xFFFF, "overflows": (v >> 18) & 0xFFFF}
+    return {name: (v >> field.offset) & ((1 << field.width) - 1) for name, field in status_layout()}
+
+
+_IDLE_STATUS = {"busy": 0, "error": 0, "rejected": 0, "overflows": 0, "const_error": 0}
 
 
 async def _collect(dut, sb: Scoreboard, o_sink, s_sink, *, timeout_cycles: int):
@@ -220,12 +264,31 @@ async def _collect(dut, sb: Scoreboard, o_sink, s_sink, *, timeout_cycles: int):
     return sb.check(o_sink.received, s_sink.received)
 
 
+class Sender:
+    """Frames and their constants beats on ``i_stream`` and ``k_stream``, each with random idle cycles."""
+
+    def __init__(self, dut, t, seed):
+        self.src = StreamSource(dut, "i_stream", idle=t.get("idle", 0.3), seed=seed)
+        self.k_src = StreamSource(dut, "k_stream", idle=t.get("idle", 0.3), seed=seed + 3)
+
+    def send(self, beats, layer: AttentionParams | None = None, **override):
+        self.k_src.send([encode_constants(layer, **override)])
+        self.src.send(beats)
+
+    def clear(self):
+        self.src.clear()
+        self.k_src.clear()
+
+    @property
+    def idle_now(self) -> bool:
+        return self.src.idle_now and self.k_src.idle_now
+
+
 def _streams(dut, t, seed, *, stall=None):
     stall = t.get("stall", 0.3) if stall is None else stall
-    src = StreamSource(dut, "i_stream", idle=t.get("idle", 0.3), seed=seed)
     o_sink = StreamSink(dut, "o_stream", stall=stall, seed=seed + 1, signed=False)
     s_sink = StreamSink(dut, "s_stream", stall=stall, seed=seed + 2, signed=False)
-    return src, o_sink, s_sink
+    return Sender(dut, t, seed), o_sink, s_sink
 
 
 @cocotb.test()
@@ -237,44 +300,47 @@ async def stalls_and_invalid_headers(dut):
     src, o_sink, s_sink = _streams(dut, t, t["seed"])
     await reset(dut)
     sb = Scoreboard(p)
+    layers = Layers(_layers(p, t))
     ns = [1, p.n_max] + [int(x) for x in rng.integers(1, p.n_max + 1, size=t.get("frames", 4))]
     rejected = 0
     budget = 0
     for i, n in enumerate(ns):
         if i == 2:  # an empty frame: only its header
-            src.send([0])
+            src.send([0], p)
             rejected += 1
         if i == 3:  # too many tokens: the header and every beat it announces are dropped
             junk = rng.integers(-(1 << (p.data_bits - 1)), 1 << (p.data_bits - 1), size=(p.n_max + 1, p.head_dim))
-            src.send(encode_frame(junk, junk, junk, p))
+            src.send(encode_frame(junk, junk, junk, p), p)
             rejected += 1
         q, k, v = make_frame(rng, n, p)
-        sb.add(q, k, v)
-        src.send(encode_frame(q, k, v, p))
+        layer = layers.next()
+        sb.add(q, k, v, layer)
+        src.send(encode_frame(q, k, v, p), layer)
         budget += 10 * expected_cycles(p, n_tokens=n) + 100 * p.n_max * p.chunks
     check = await _collect(dut, sb, o_sink, s_sink, timeout_cycles=budget)
     st = _status(dut)
     tb_report(stalls={"ns": ns, **check, "status": st, "rejected_expected": rejected,
                       "overflows_ref": sb.counter.total})
     assert check == {**check, "o_mismatches": 0, "s_mismatches": 0, "flag_mismatches": 0}, check
-    assert st["rejected"] == rejected and st["error"] == 0 and st["busy"] == 0, st
+    assert st["rejected"] == rejected and st["error"] == 0 and st["busy"] == 0 and st["const_error"] == 0, st
     assert st["overflows"] == min(sb.counter.total, 0xFFFF), st
 
     # a rejected header raises ``error`` and leaves the core idle; the next valid header clears it
-    src.send([p.n_max + 1 if p.n_max + 1 < 1 << 16 else 0] + [0] * (3 * (p.n_max + 1) * p.chunks))
+    src.send([p.n_max + 1 if p.n_max + 1 < 1 << 16 else 0] + [0] * (3 * (p.n_max + 1) * p.chunks), p)
     for _ in range(20 * (p.n_max + 1) * p.chunks + 100):
         await RisingEdge(dut.clk)
         if src.idle_now:
             break
     await ClockCycles(dut.clk, 4)
     st = _status(dut)
-    assert st["error"] == 1 and st["rejected"] == rejected + 1 and st["busy"] == 0, st
+    assert st["error"] == 1 and st["rejected"] == rejected + 1 and st["busy"] == 0 and st["const_error"] == 0, st
     sb2 = Scoreboard(p, first_core=sb.next_core)
     q, k, v = make_frame(rng, 2 if p.n_max >= 2 else 1, p)
-    sb2.add(q, k, v)
+    layer = layers.next()
+    sb2.add(q, k, v, layer)
     o_sink.received.clear()
     s_sink.received.clear()
-    src.send(encode_frame(q, k, v, p))
+    src.send(encode_frame(q, k, v, p), layer)
     check = await _collect(dut, sb2, o_sink, s_sink, timeout_cycles=100 * expected_cycles(p, n_tokens=len(q)))
     assert check["o_mismatches"] == 0 and check["s_mismatches"] == 0 and _status(dut)["error"] == 0, check
 
@@ -290,21 +356,23 @@ async def reset_mid_frame(dut):
     await reset(dut)
     outcomes = []
     load = 1 + 3 * p.n_max * p.chunks
+    layers = Layers(_layers(p, t))
     for cut in (pyrng.randrange(2, load), load + pyrng.randrange(1, expected_cycles(p, n_tokens=p.n_max) - load)):
         q, k, v = make_frame(rng, p.n_max, p)
-        src.send(encode_frame(q, k, v, p))
+        src.send(encode_frame(q, k, v, p), layers.next())
         await ClockCycles(dut.clk, cut)
         src.clear()                  # the sender abandons the frame ...
         await ClockCycles(dut.clk, 2)
         await reset(dut)             # ... and resets the core
         o_sink.received.clear()
         s_sink.received.clear()
-        assert _status(dut) == {"busy": 0, "error": 0, "rejected": 0, "overflows": 0}
+        assert _status(dut) == _IDLE_STATUS
         sb = Scoreboard(p)
         for n in (p.n_max, max(1, p.n_max // 2)):
             q, k, v = make_frame(rng, n, p)
-            sb.add(q, k, v)
-            src.send(encode_frame(q, k, v, p))
+            layer = layers.next()
+            sb.add(q, k, v, layer)
+            src.send(encode_frame(q, k, v, p), layer)
         check = await _collect(dut, sb, o_sink, s_sink, timeout_cycles=40 * expected_cycles(p, n_tokens=p.n_max))
         outcomes.append({"cut": cut, **check})
         o_sink.received.clear()
@@ -324,14 +392,69 @@ async def extreme_values(dut):
     src, o_sink, s_sink = _streams(dut, t, t["seed"] + 20, stall=0.9)
     await reset(dut)
     sb = Scoreboard(p)
+    layers = Layers(_layers(p, t))
     budget = 0
     for kind in ("max", "min", "mixed", "range"):
         for n in (p.n_max, 1):
             q, k, v = make_frame(rng, n, p, kind)
-            sb.add(q, k, v)
-            src.send(encode_frame(q, k, v, p))
+            layer = layers.next()
+            sb.add(q, k, v, layer)
+            src.send(encode_frame(q, k, v, p), layer)
             budget += 10 * expected_cycles(p, n_tokens=n) + 40 * n * (p.chunks + 1)
     check = await _collect(dut, sb, o_sink, s_sink, timeout_cycles=budget)
     tb_report(extremes={**check, "overflows_hw": _status(dut)["overflows"], "overflows_ref": sb.counter.total})
     assert check["o_mismatches"] == 0 and check["s_mismatches"] == 0 and check["flag_mismatches"] == 0, check
     assert _status(dut)["overflows"] == min(sb.counter.total, 0xFFFF)
+
+
+def bad_constants(p: AttentionParams, ranges: ConstantRanges) -> list[dict]:
+    """One out-of-range setting per constant field: a zero or too wide multiplier, too large a shift (only
+    those a field of the constants beat can carry)."""
+    out = [{"scale_multiplier": 0}, {"out_multiplier": 0},
+           {"scale_multiplier": 1 << ranges.scale_mult_bits}, {"out_multiplier": (1 << 32) - 1},
+           {"out_multiplier": 1 << ranges.out_mult_bits}, {"scale_shift": 255}, {"out_shift": ranges.out_shift_max + 1}]
+    if ranges.scale_shift_max < 255:
+        out.append({"scale_shift": ranges.scale_shift_max + 1})
+    return out
+
+
+@cocotb.test()
+async def rejected_constants(dut):
+    p, t = _setup()
+    ranges = ConstantRanges.from_dict(t["ranges"])
+    rng = np.random.default_rng(t["seed"] + 4)
+    _idle_inputs(dut)
+    start_clock(dut)
+    src, o_sink, s_sink = _streams(dut, t, t["seed"] + 30)
+    await reset(dut)
+    sb = Scoreboard(p)
+    layers = Layers(_layers(p, t))
+    budget, flags = 0, []
+    for bad in bad_constants(p, ranges):
+        n = int(rng.integers(1, p.n_max + 1))
+        junk = make_frame(rng, n, p)
+        src.send(encode_frame(*junk, p), p, **bad)           # dropped with all its beats
+        q, k, v = make_frame(rng, n, p)
+        layer = layers.next()
+        sb.add(q, k, v, layer)
+        src.send(encode_frame(q, k, v, p), layer)
+        budget += 20 * expected_cycles(p, n_tokens=n) + 100 * n * (p.chunks + 1)
+    check = await _collect(dut, sb, o_sink, s_sink, timeout_cycles=budget)
+    st = _status(dut)
+    # the last frame was valid: error and const_error are clear again
+    flags.append(st)
+    # a rejected frame alone leaves error and const_error set
+    n = 1
+    src.send(encode_frame(*make_frame(rng, n, p), p), p, out_shift=ranges.out_shift_max + 1)
+    for _ in range(40 * (p.chunks + 1) + 100):
+        await RisingEdge(dut.clk)
+        if src.idle_now:
+            break
+    await ClockCycles(dut.clk, 4)
+    flags.append(_status(dut))
+    rejected = len(bad_constants(p, ranges))
+    tb_report(rejected_constants={**check, "status": flags, "rejected_expected": rejected + 1})
+    assert check == {**check, "o_mismatches": 0, "s_mismatches": 0, "flag_mismatches": 0}, check
+    assert (flags[0]["rejected"], flags[0]["error"], flags[0]["const_error"]) == (rejected, 0, 0), flags
+    assert (flags[1]["rejected"], flags[1]["error"], flags[1]["const_error"], flags[1]["busy"]) == \
+        (rejected + 1, 1, 1, 0), flags

@@ -33,6 +33,7 @@ def _load():
 
 @cocotb.test()
 async def attention_frames(dut):
+    from tokensift.hw.attention.constants import encode_constants
     from tokensift.hw.attention.cycles import cycles as expected_cycles
     from tokensift.hw.attention.layout import encode_frame
     from tokensift.quant.attention import AttentionParams
@@ -40,8 +41,8 @@ async def attention_frames(dut):
 
     t, data = _load()
     p = AttentionParams.from_dict(t["params"])
-    for name in ("clk_sel", "bulk", "start", "in_beats", "o_expected", "s_expected", "i_stream__valid",
-                 "o_stream__ready", "s_stream__ready"):
+    for name in ("clk_sel", "bulk", "start", "k_beats", "in_beats", "o_expected", "s_expected", "k_stream__valid",
+                 "i_stream__valid", "o_stream__ready", "s_stream__ready"):
         getattr(dut, name).value = 0
     dut.clk_sel.value = 1  # the harness's Verilog clock generator, as tokensift.sim.tb_attention's bulk test
     dut.rst.value = 1
@@ -60,7 +61,8 @@ async def attention_frames(dut):
         dut.s_expected.value = sb.s_beats
         ns = [int(q.shape[2])] * q.shape[1]
         expected = expected_cycles(p, n_tokens=ns)
-        r = await bulk_run(dut, p, frames, timeout_cycles=4 * expected + 1000)
+        # every head of the block carries the block's constants (the integer model's own)
+        r = await bulk_run(dut, p, frames, [encode_constants(p)] * len(frames), timeout_cycles=4 * expected + 1000)
         check = sb.check(r["o_words"], r["s_words"])
         core = sb.next_core
         runs.append({"image": img, "frames": len(frames), "tokens": ns[0], **check, "cycles": r["cycles"],

@@ -1,5 +1,6 @@
-"""The attention core: engine, softmax, stream layouts, cycle formula and resource model."""
+"""The attention core: engine, softmax, run-time constants, stream layouts, cycle formula and resource model."""
 
+from tokensift.hw.attention.constants import ConstantRanges, encode_constants
 from tokensift.hw.attention.core import (
     Attention,
     AttentionParams,
@@ -11,5 +12,5 @@ from tokensift.hw.attention.core import (
     mac_utilization,
 )
 
-__all__ = ["Attention", "AttentionParams", "SoftmaxParams", "SoftmaxVariant", "cycles", "frame_interval",
-           "frame_schedule", "mac_utilization"]
+__all__ = ["Attention", "AttentionParams", "ConstantRanges", "SoftmaxParams", "SoftmaxVariant", "cycles",
+           "encode_constants", "frame_interval", "frame_schedule", "mac_utilization"]

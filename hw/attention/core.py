@@ -10,7 +10,7 @@ parallel. Stream formats: :mod:`tokensift.hw.attention.layout`. Cycle model: :mo
 
 >>> dut = Attention(n_max=197, head_dim=64, lanes=16)
 >>> dut.params.chunks, cycles(dut.params, n_tokens=197)
-(4, 312862)
+(4, 312867)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from tokensift.hw.attention.constants import ConstantRanges, const_layout
 from tokensift.hw.attention.cycles import cycles, frame_interval, frame_schedule, mac_utilization
 from tokensift.hw.attention.engine import AttentionEngine
 from tokensift.hw.attention.layout import (
@@ -32,8 +33,8 @@ from tokensift.hw.common.mac_array import mul_const
 from tokensift.quant.attention import AttentionParams
 from tokensift.quant.softmax import SoftmaxParams, SoftmaxVariant
 
-__all__ = ["Attention", "AttentionParams", "SoftmaxParams", "SoftmaxVariant", "cycles", "frame_interval",
-           "frame_schedule", "mac_utilization"]
+__all__ = ["Attention", "AttentionParams", "ConstantRanges", "SoftmaxParams", "SoftmaxVariant", "cycles",
+           "frame_interval", "frame_schedule", "mac_utilization"]
 
 _FRONT_HEADER, _FRONT_FORWARD, _FRONT_DROP = 0, 1, 2
 
@@ -46,26 +47,40 @@ class Attention(wiring.Component):
     params : AttentionParams, optional
         All parameters at once; otherwise the keywords of :class:`AttentionParams` (``n_max``,
         ``head_dim``, ``lanes``, ``data_bits``, ``acc_bits``, ``softmax``, ``scale_multiplier``,
-        ``scale_shift``, ``out_multiplier``, ``out_shift``, ``heads_parallel``), validated there.
+        ``scale_shift``, ``out_multiplier``, ``out_shift``, ``heads_parallel``), validated there. The
+        structural ones are generated; the four constants are not (they arrive on ``k_stream``), they
+        only widen the default ``ranges`` where they need more.
+    ranges : ConstantRanges, optional
+        What run-time constants the core accepts (default :meth:`ConstantRanges.covering` of ``params``).
 
     Ports
     -----
+    k_stream : in, one constants beat per frame (:mod:`tokensift.hw.attention.constants`), taken before
+        the frame's header
     i_stream : in, frames (header, Q, K, V rows)
     o_stream : out, rows of the output
     s_stream : out, the class-attention row (token scores)
-    status : out, ``busy``, ``error`` (latest header invalid), ``rejected`` and ``overflows`` counts
+    status : out, ``busy``, ``error`` (latest header rejected), ``rejected`` and ``overflows`` counts,
+        ``const_error`` (latest header rejected for its constants)
     """
 
-    def __init__(self, *, params: AttentionParams | None = None, **kwargs):
+    def __init__(self, *, params: AttentionParams | None = None, ranges: ConstantRanges | None = None,
+                 **kwargs):
         if params is None:
             params = AttentionParams(**kwargs)
         elif kwargs:
             raise TypeError("give either params or parameter keywords, not both")
         elif not isinstance(params, AttentionParams):
             raise TypeError(f"params must be an AttentionParams, not {type(params).__name__}")
+        if ranges is None:
+            ranges = ConstantRanges.covering(params)
+        elif not isinstance(ranges, ConstantRanges):
+            raise TypeError(f"ranges must be a ConstantRanges, not {type(ranges).__name__}")
         self._p = params
-        self._engines = [AttentionEngine(params, head=h) for h in range(params.heads_parallel)]
+        self._ranges = ranges
+        self._engines = [AttentionEngine(params, ranges=ranges, head=h) for h in range(params.heads_parallel)]
         super().__init__({
+            "k_stream": In(stream.Signature(const_layout())),
             "i_stream": In(stream.Signature(input_layout(params))),
             "o_stream": Out(stream.Signature(output_layout(params))),
             "s_stream": Out(stream.Signature(score_layout(params))),
@@ -75,6 +90,10 @@ class Attention(wiring.Component):
     @property
     def params(self) -> AttentionParams:
         return self._p
+
+    @property
+    def ranges(self) -> ConstantRanges:
+        return self._ranges
 
     @property
     def engines(self) -> list[AttentionEngine]:
@@ -87,29 +106,50 @@ class Attention(wiring.Component):
         for h, eng in enumerate(engines):
             m.submodules[f"engine{h}"] = eng
 
+        # -- constants: one beat per frame into a register, checked as it is taken ---------------------
+        r = self._ranges
+        k = self.k_stream.payload
+        k_full, k_good = Signal(), Signal()
+        k_raw = Signal(const_layout(), name="k_raw")
+        m.d.comb += self.k_stream.ready.eq(~k_full)
+        with m.If(self.k_stream.valid & ~k_full):
+            m.d.sync += [k_raw.eq(k), k_full.eq(1),
+                         k_good.eq((k.scale_multiplier != 0) & (k.scale_multiplier[r.scale_mult_bits:] == 0)
+                                   & (k.scale_shift <= r.scale_shift_max)
+                                   & (k.out_multiplier != 0) & (k.out_multiplier[r.out_mult_bits:] == 0)
+                                   & (k.out_shift <= r.out_shift_max))]
+        for eng in engines:
+            m.d.comb += [eng.consts.scale_multiplier.eq(k_raw.scale_multiplier),
+                         eng.consts.scale_shift.eq(k_raw.scale_shift),
+                         eng.consts.out_multiplier.eq(k_raw.out_multiplier),
+                         eng.consts.out_shift.eq(k_raw.out_shift)]
+
         # -- front end: check the header, forward the frame to one core or drop it ---------------------
         state = Signal(range(3))
         remaining = Signal(range(3 * ((1 << HEADER_BITS) - 1) * p.chunks + 1))
         target = Signal(range(len(engines)))
         hdr_n = self.i_stream.payload.header.n_tokens
         n_ok = (hdr_n != 0) & (hdr_n <= p.n_max)
-        routed = ((state == _FRONT_HEADER) & n_ok) | (state == _FRONT_FORWARD)
+        at_header = state == _FRONT_HEADER
+        # a header waits for its constants; then it goes to a core, or is dropped with its beats
+        routed = (at_header & k_full & n_ok & k_good) | (state == _FRONT_FORWARD)
         eng_ready = Signal()
         for h, eng in enumerate(engines):
             m.d.comb += [eng.i_stream.payload.eq(self.i_stream.payload),
                          eng.i_stream.valid.eq(self.i_stream.valid & routed & (target == h))]
             with m.If(target == h):
                 m.d.comb += eng_ready.eq(eng.i_stream.ready)
-        m.d.comb += self.i_stream.ready.eq(Mux(routed, eng_ready, 1))
+        m.d.comb += self.i_stream.ready.eq(Mux(routed, eng_ready, ~at_header | k_full))
         taken = self.i_stream.valid & self.i_stream.ready
-        error = Signal()
+        error, const_error = Signal(), Signal()
         rejected = Signal(16)
         next_target = Mux(target == len(engines) - 1, 0, target + 1)
         with m.If(taken):
             with m.Switch(state):
                 with m.Case(_FRONT_HEADER):
-                    m.d.sync += remaining.eq(mul_const(hdr_n, 3 * p.chunks))
-                    with m.If(n_ok):
+                    m.d.sync += [remaining.eq(mul_const(hdr_n, 3 * p.chunks)), k_full.eq(0),
+                                 const_error.eq(~k_good)]
+                    with m.If(n_ok & k_good):
                         m.d.sync += [state.eq(_FRONT_FORWARD), error.eq(0)]
                     with m.Else():
                         m.d.sync += error.eq(1)
@@ -133,7 +173,8 @@ class Attention(wiring.Component):
         for eng in engines:
             busy = busy | eng.busy
         m.d.comb += [self.status.busy.eq(busy), self.status.error.eq(error), self.status.rejected.eq(rejected),
-                     self.status.overflows.eq(Mux(overflow_sum > 0xFFFF, 0xFFFF, overflow_sum))]
+                     self.status.overflows.eq(Mux(overflow_sum > 0xFFFF, 0xFFFF, overflow_sum)),
+                     self.status.const_error.eq(const_error)]
         return m
 
     @staticmethod

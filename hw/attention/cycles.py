@@ -2,7 +2,9 @@
 
 The engine's schedule (see :mod:`tokensift.hw.attention.engine`) gives, for one frame of ``N`` tokens,
 ``C = head_dim / lanes`` chunks per row, ``L = lanes``, cycles counted from the header's transfer (cycle
-0) with the input always valid and the outputs always ready:
+0) with the input always valid, each frame's constants beat on ``k_stream`` taken before its header (the
+constants port holds one beat, taken while the previous frame loads, so it never delays a header when it
+is always valid) and the outputs always ready:
 
 - load: ``3 N C`` beats, the first ``QK(0)`` operation issues at ``X0 = 3 N C + 1``;
 - ``QK(i)`` takes ``N C`` cycles, ``PV(i)`` takes ``T_pv = C max(N, L)``; one step ``QK(i+1), PV(i)`` is
@@ -10,20 +12,23 @@ The engine's schedule (see :mod:`tokensift.hw.attention.engine`) gives, for one 
 - the softmax of row ``i`` can start ``front + 1 + dot_latency`` cycles after the last ``QK(i)``
   operation and, ``T_sm = N + exp_latency + prob_frac + 7`` cycles later, ``PV(i)`` may issue
   (``G = front + 1 + dot_latency + T_sm`` after ``QK(i)`` ended);
-- the last output beat leaves ``(C - 1) max(N, L) + N + L + front + vec_latency + 2`` cycles after
-  ``PV(N-1)`` began.
+- the last output beat leaves ``(C - 1) max(N, L) + N + L + front + vec_latency + requant + 1`` cycles
+  after ``PV(N-1)`` began.
 
 The pipeline latencies (:func:`latencies`): ``front = 4`` (memory read, the normalizer's operand,
 product and rounding registers), ``dot_latency = 3 + ceil(log2 L)`` and ``vec_latency = 3`` (operand,
-product, adder tree, accumulator registers), ``exp_latency`` 6 (``exp2_lut``) or 9 (``exp2_poly``); the
-softmax reads each score into a register before the exponent pipeline (``score_read = 2``).
+product, adder tree, accumulator registers), ``exp_latency`` 9 (``exp2_lut``) or 12 (``exp2_poly``: the
+run-time scale's operand register, two product stages and three rounding-shift stages, then the split,
+the table and the final shift), ``requant = 6`` (the run-time output scale: two product stages, three
+rounding-shift stages, the saturation register); the softmax reads each score into a register before the
+exponent pipeline (``score_read = 2``).
 
 When the array never waits for the softmax in steady state (``N >= 3`` and ``G <= W``, the usual case)
 the frame takes the closed form::
 
     B0     = X0 + 2 N C + max(0, G - N C)          # PV(0) waits only if the first softmax is slow
     B_last = B0 + (N - 2) W + max(T_pv, G)          # PV(N-1) has no QK(N) in front of it
-    cycles = B_last + (C - 1) max(N, L) + N + L + front + vec_latency + 2
+    cycles = B_last + (C - 1) max(N, L) + N + L + front + vec_latency + requant + 1
 
 Otherwise (few tokens, or ``head_dim == lanes`` with small ``N``) :func:`frame_schedule` evaluates the
 same dependency rules row by row (``O(N)``), which is what :func:`cycles` does then. Back-to-back frames
@@ -38,6 +43,7 @@ from dataclasses import dataclass
 from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int
+from tokensift.hw.attention.scaling import PRODUCT_STAGES, SHIFT_STAGES
 from tokensift.quant.attention import AttentionParams, macs
 from tokensift.quant.softmax import SoftmaxVariant
 
@@ -47,14 +53,16 @@ __all__ = ["FrameSchedule", "frame_schedule", "cycles", "frame_interval", "mac_u
 def latencies(params: AttentionParams) -> dict:
     """Fixed pipeline latencies of the hardware, from its structure (the unit classes say the same; the
     tests hold them to it)."""
-    exp_latency = 6 if params.softmax.variant is SoftmaxVariant.EXP2_LUT else 9
+    # operand, product, rounding shift, split, table (ROM and its register, or four polynomial stages), shift
+    table = 1 if params.softmax.variant is SoftmaxVariant.EXP2_LUT else 4
     return {
         "front": 4,                                  # memory read, three normalizer stages
         "dot": 3 + ceil_log2(params.lanes),          # operands, product, adder tree, chunk accumulator
         "vec": 3,                                    # operands, product, lane accumulator
         "score_read": 2,                             # score buffer read, its register
-        "exp": exp_latency,
+        "exp": 1 + PRODUCT_STAGES + SHIFT_STAGES + 1 + table + 1,
         "recip": params.softmax.prob_frac + 5,       # load, quotient bits, rounding
+        "requant": PRODUCT_STAGES + SHIFT_STAGES + 1,  # run-time product, rounding shift, saturation
     }
 
 
@@ -70,8 +78,8 @@ def _to_softmax(lat: dict) -> int:
 
 def _drain(lat: dict, lanes: int) -> int:
     """Cycles from the frame's last issue to its last output beat: front, MAC array, the serial
-    requantizer (``lanes`` values, one register), the output FIFO."""
-    return lat["front"] + lat["vec"] + lanes + 3
+    requantizer (``lanes`` values, its pipeline), the output FIFO."""
+    return lat["front"] + lat["vec"] + lanes + lat["requant"] + 2
 
 
 @dataclass(frozen=True)

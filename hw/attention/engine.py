@@ -23,16 +23,17 @@ while row ``i`` is in the softmax unit.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from tokensift.hw.attention.constants import ConstantRanges, frame_const_layout
 from tokensift.hw.attention.layout import input_layout, output_layout, score_layout
+from tokensift.hw.attention.requant import RuntimeRequantizer
 from tokensift.hw.attention.softmax import ProbNormalizer, SoftmaxUnit
 from tokensift.hw.common.buffers import RowBuffer
 from tokensift.hw.common.mac_array import MODE_DOT, MODE_VEC, MacArray, mul_const
-from tokensift.hw.common.requant import Requantizer
 from tokensift.quant.attention import AttentionParams
 
 __all__ = ["AttentionEngine", "FRONT_STAGES"]
@@ -45,20 +46,29 @@ FRONT_STAGES = 1 + ProbNormalizer.latency
 class AttentionEngine(wiring.Component):
     """One head core. ``i_stream`` carries frames whose header ``N`` is already known to be valid
     (:class:`tokensift.hw.attention.core.Attention` checks it); ``o_stream``/``s_stream`` as documented in
-    :mod:`tokensift.hw.attention.layout`, ``payload.head = head``."""
+    :mod:`tokensift.hw.attention.layout`, ``payload.head = head``. ``consts`` holds the frame's run-time
+    constants (already checked against ``ranges``) while its header is on ``i_stream``; they are registered
+    with the header (the output constants in one of two banks, so the previous frame's last chunks, still
+    in the requantizer, keep theirs)."""
 
-    def __init__(self, params: AttentionParams, *, head: int = 0):
+    def __init__(self, params: AttentionParams, *, ranges: ConstantRanges | None = None, head: int = 0):
         if not isinstance(params, AttentionParams):
             raise TypeError(f"params must be an AttentionParams, not {type(params).__name__}")
+        if ranges is None:
+            ranges = ConstantRanges.covering(params)
+        elif not isinstance(ranges, ConstantRanges):
+            raise TypeError(f"ranges must be a ConstantRanges, not {type(ranges).__name__}")
         self._p = params
+        self._ranges = ranges
         self._head = head
         p = params
         self._mac = MacArray(lanes=p.lanes, a_bits=max(p.data_bits, p.softmax.prob_frac + 2), b_bits=p.data_bits,
                              dot_bits=2 * p.data_bits, acc_bits=p.acc_bits, tag_bits=self._tag_layout().size)
         self._softmax = SoftmaxUnit(params=p.softmax, n_max=p.n_max, score_bits=p.score_bits,
-                                    multiplier=p.scale_multiplier, shift=p.scale_shift)
+                                    mult_bits=ranges.scale_mult_bits, shift_max=ranges.scale_shift_max)
         super().__init__({
             "i_stream": In(stream.Signature(input_layout(p))),
+            "consts": In(frame_const_layout(ranges)),
             "o_stream": Out(stream.Signature(output_layout(p))),
             "s_stream": Out(stream.Signature(score_layout(p))),
             "busy": Out(1),
@@ -66,7 +76,8 @@ class AttentionEngine(wiring.Component):
         })
 
     def _tag_layout(self):
-        return data.StructLayout({"j": range(self._p.n_max), "bank": 1, "lastj": 1, "cls": 1, "final": 1})
+        return data.StructLayout({"j": range(self._p.n_max), "bank": 1, "lastj": 1, "cls": 1, "final": 1,
+                                  "frame": 1})
 
     @property
     def mac(self) -> MacArray:
@@ -77,10 +88,14 @@ class AttentionEngine(wiring.Component):
         return self._softmax
 
     @property
+    def ranges(self) -> ConstantRanges:
+        return self._ranges
+
+    @property
     def out_fifo_depth(self) -> int:
         """Beats of output buffering: enough for every chunk in flight when nothing stalls."""
         p = self._p
-        in_flight = FRONT_STAGES + self._mac.vec_latency + p.lanes + 4
+        in_flight = FRONT_STAGES + self._mac.vec_latency + p.lanes + RuntimeRequantizer.latency + 3
         return 2 + -(-in_flight // p.lanes)
 
     def elaborate(self, platform):
@@ -92,8 +107,10 @@ class AttentionEngine(wiring.Component):
         m.submodules.qbuf = qbuf = RowBuffer(depth=n_max * chunks, lanes=lanes, data_bits=p.data_bits)
         m.submodules.kvbuf = kvbuf = RowBuffer(depth=2 * n_max * chunks, lanes=lanes, data_bits=p.data_bits)
         m.submodules.norm = norm = ProbNormalizer(params=p.softmax)
-        m.submodules.requant = rq = Requantizer(acc_bits=p.acc_bits, out=p.data_format,
-                                                multiplier=p.out_multiplier, shift=p.out_shift)
+        r = self._ranges
+        m.submodules.requant = rq = RuntimeRequantizer(value_bits=p.pv_bits, out=p.data_format,
+                                                       mult_bits=r.out_mult_bits, shift_max=r.out_shift_max,
+                                                       tag_bits=2)
         out_l, score_l = output_layout(p), score_layout(p)
         m.submodules.ofifo = ofifo = SyncFIFOBuffered(width=out_l.size, depth=self.out_fifo_depth)
         m.submodules.sfifo = sfifo = SyncFIFOBuffered(width=score_l.size, depth=n_max)
@@ -108,12 +125,22 @@ class AttentionEngine(wiring.Component):
         computing = Signal()
         loading = Signal()
 
+        # the frame's constants: the softmax scale in one register (the previous frame's softmax finished
+        # before its last PV issued), the output scale in the bank of the frame's parity
+        consts_l = frame_const_layout(r)
+        scale = Signal(consts_l, name="scale")
+        out_consts = [Signal(consts_l, name=f"out_consts{b}") for b in range(2)]
+        frame = Signal()  # parity of the frame loaded last
         i_ok = self.i_stream.valid & self.i_stream.ready
         m.d.comb += self.i_stream.ready.eq(~computing)
         with m.If(i_ok & ~loading):  # header
             hdr_n = self.i_stream.payload.header.n_tokens[: len(n)]
             m.d.sync += [n.eq(hdr_n), n_chunks.eq(mul_const(hdr_n, chunks)), chunk_len.eq(Mux(hdr_n > lanes, hdr_n, lanes)),
-                         loading.eq(1), region.eq(0), load_addr.eq(0)]
+                         loading.eq(1), region.eq(0), load_addr.eq(0), scale.eq(self.consts), frame.eq(~frame)]
+            for b in range(2):
+                with m.If(frame != b):
+                    m.d.sync += out_consts[b].eq(self.consts)
+        m.d.comb += [sm.scale_multiplier.eq(scale.scale_multiplier), sm.scale_shift.eq(scale.scale_shift)]
         row = self.i_stream.payload.row
         m.d.comb += [qbuf.w_data.eq(row), kvbuf.w_data.eq(row),
                      qbuf.w_addr.eq(load_addr), kvbuf.w_addr.eq(Mux(region == 2, v_base + load_addr, load_addr)),
@@ -192,6 +219,7 @@ class AttentionEngine(wiring.Component):
             op_tag.lastj.eq(Mux(phase_pv, cc == n - 1, j == n - 1)),
             op_tag.cls.eq(phase_pv & pv_row0 & (c == 0)),
             op_tag.final.eq(phase_pv & (k == n) & (c == chunks - 1)),
+            op_tag.frame.eq(frame),
         ]
         op_valid = qk_op | pv_op
         op_first = Mux(phase_pv, cc == 0, c == 0)
@@ -258,32 +286,36 @@ class AttentionEngine(wiring.Component):
             m.d.sync += [sm_bank.eq(0), scores_ready.eq(0), sm_done.eq(0)]
 
         # -- finished chunks: serial requantization into output beats ----------------------------------
-        hold = [Signal(signed(p.acc_bits), name=f"hold{lane}") for lane in range(lanes)]
+        # a chunk's values and its frame's output constants are loaded together into registers, which feed
+        # the requantizer's multiplier directly
+        hold = [Signal(signed(p.pv_bits), name=f"hold{lane}") for lane in range(lanes)]
         ser_count = Signal(range(lanes + 1))
         ser_final = Signal()
+        ser_consts = Signal(consts_l, name="ser_consts")
         vec_tag = Signal(tag_l)
         m.d.comb += vec_tag.eq(mac.vec_tag)
-        m.d.comb += [rq.i_stream.valid.eq(ser_count != 0), rq.i_stream.payload.eq(hold[0]),
-                     rq.o_stream.ready.eq(1)]
-        sent = rq.i_stream.valid & rq.i_stream.ready
+        sending = ser_count != 0
+        m.d.comb += [rq.i_valid.eq(sending), rq.i_value.eq(hold[0]), rq.i_tag.eq(Cat(ser_count == 1, ser_final)),
+                     rq.multiplier.eq(ser_consts.out_multiplier), rq.shift.eq(ser_consts.out_shift)]
         with m.If(mac.vec_valid):
-            m.d.sync += [ser_count.eq(lanes), ser_final.eq(vec_tag.final)]
-            m.d.sync += [hold[lane].eq(mac.vec[lane]) for lane in range(lanes)]
-        with m.Elif(sent):
+            m.d.sync += [ser_count.eq(lanes), ser_final.eq(vec_tag.final),
+                         ser_consts.eq(Mux(vec_tag.frame, out_consts[1], out_consts[0]))]
+            # the accumulators hold P V sums, which fit pv_bits exactly
+            m.d.sync += [hold[lane].eq(mac.vec[lane][: p.pv_bits].as_signed()) for lane in range(lanes)]
+        with m.Elif(sending):
             m.d.sync += ser_count.eq(ser_count - 1)
             m.d.sync += [hold[lane].eq(hold[lane + 1]) for lane in range(lanes - 1)]
-        # the requantizer has one register stage and is never stalled: its outputs follow one cycle later
-        out_last_lane, out_final = Signal(), Signal()
-        m.d.sync += [out_last_lane.eq(sent & (ser_count == 1)), out_final.eq(ser_final)]
+        # the requantizer is never stalled: a value leaves it RuntimeRequantizer.latency cycles later
+        out_last_lane, out_final = rq.o_tag[0], rq.o_tag[1]
         pack = Signal(data.ArrayLayout(signed(p.data_bits), lanes))
         if lanes > 1:
-            with m.If(rq.o_stream.valid):
+            with m.If(rq.o_valid):
                 m.d.sync += pack.eq(Mux(out_last_lane, 0, (pack.as_value() >> p.data_bits)
-                                        | (rq.o_stream.payload.as_unsigned() << ((lanes - 1) * p.data_bits))))
+                                        | (rq.o_value.as_unsigned() << ((lanes - 1) * p.data_bits))))
         o_word = Signal(out_l)
-        beat = (pack.as_value() >> p.data_bits) | (rq.o_stream.payload.as_unsigned() << ((lanes - 1) * p.data_bits))
+        beat = (pack.as_value() >> p.data_bits) | (rq.o_value.as_unsigned() << ((lanes - 1) * p.data_bits))
         m.d.comb += [o_word.row.eq(beat), o_word.last.eq(out_final), o_word.head.eq(self._head),
-                     ofifo.w_data.eq(o_word), ofifo.w_en.eq(rq.o_stream.valid & out_last_lane)]
+                     ofifo.w_data.eq(o_word), ofifo.w_en.eq(rq.o_valid & out_last_lane)]
         m.d.comb += [self.o_stream.payload.eq(ofifo.r_data), self.o_stream.valid.eq(ofifo.r_rdy),
                      ofifo.r_en.eq(self.o_stream.ready)]
         chunk_issue = pv_advance & chunk_start

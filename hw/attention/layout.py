@@ -1,11 +1,17 @@
 """Stream formats of the attention accelerator, and their encoders/decoders for testbenches and drivers.
 
+Constants stream ``k_stream``: one beat per frame, taken before the frame's header (the core holds one;
+a header waits for its beat), with the layer's ``scale_multiplier``, ``scale_shift``, ``out_multiplier``
+and ``out_shift``: :mod:`tokensift.hw.attention.constants` (layout, ranges, encoder).
+
 Input stream ``i_stream`` (one frame = one head):
 
 - beat 0, the **header**: ``payload.header.n_tokens`` (unsigned 16 bits, in the low bits of the beat)
-  is the runtime token count ``N``. A frame with ``N = 0`` or ``N > n_max`` is rejected: the header and
-  the ``3 N head_dim / lanes`` beats that follow it are consumed and dropped, ``status.error`` is set and
-  ``status.rejected`` counts it; no output is produced and nothing else changes.
+  is the runtime token count ``N``. A frame with ``N = 0`` or ``N > n_max``, or whose constants beat is
+  out of the core's ranges, is rejected: the header and the ``3 N head_dim / lanes`` beats that follow it
+  are consumed and dropped (its constants beat too), ``status.error`` is set (``status.const_error`` as
+  well for bad constants) and ``status.rejected`` counts it; no output is produced and nothing else
+  changes.
 - then ``N`` rows of ``Q``, ``N`` rows of ``K``, ``N`` rows of ``V``; each row is ``head_dim / lanes``
   beats of ``payload.row``: ``lanes`` signed ``data_bits`` values, lane ``l`` holding channel
   ``chunk * lanes + l`` (lane 0 in the low bits).
@@ -83,13 +89,15 @@ def score_layout(params) -> data.StructLayout:
 
 
 def status_layout() -> data.StructLayout:
-    """``busy``; ``error``: the latest header was invalid; saturating counts of rejected frames and of
-    output values that saturated in the requantizer."""
+    """``busy``; ``error``: the latest header was rejected; saturating counts of rejected frames and of
+    output values that saturated in the requantizer; ``const_error``: the latest header was rejected for
+    its constants (out of the generated ranges)."""
     return data.StructLayout({
         "busy": 1,
         "error": 1,
         "rejected": unsigned(16),
         "overflows": unsigned(16),
+        "const_error": 1,
     })
 
 
@@ -147,7 +155,12 @@ def _fields(layout, prefix="") -> list[dict]:
 
 def describe_formats(params) -> dict:
     """Bit fields of every stream payload and of ``status`` (offsets from bit 0), for manifests."""
+    from tokensift.hw.attention.constants import const_layout
+
     return {
+        "k_stream": {"width": const_layout().size, "fields": _fields(const_layout()),
+                     "frame": "one beat per frame, taken before its header: the layer's constants; values "
+                              "outside the generated ranges reject the frame"},
         "i_stream": {"width": input_layout(params).size, "fields": _fields(input_layout(params)),
                      "frame": "header beat (n_tokens), then N rows of Q, N of K, N of V, head_dim/lanes beats "
                               "per row; N = 0 or N > n_max is rejected and its beats dropped"},

@@ -4,10 +4,14 @@ generator. Cycles are the block's own closed form, :func:`tokensift.hw.attention
 Per core (``heads_parallel`` copies of :class:`tokensift.hw.attention.engine.AttentionEngine`):
 
 * DSP: the MAC array's ``lanes`` multipliers (``max(data_bits, prob_frac + 2) x data_bits``), the
-  exponent unit's scale multiplier (``(score_bits + 1) x scale``), the two polynomial multipliers of the
-  ``exp2_poly`` softmax, the probability normalizer (``(exp_frac + 1) x (prob_frac + 2)``) and the
-  output requantizer's multiplier; a constant power of two is a shift (the header's bookkeeping
-  products are shift-and-add logic, :func:`tokensift.hw.common.mac_array.mul_const`).
+  exponent unit's run-time scale product (``(score_bits + 1) x scale_mult_bits``) and the output
+  requantizer's (``pv_bits x out_mult_bits``), each split into partial products of at most 18 signed
+  bits on the wide side (:func:`tokensift.hw.attention.scaling.partial_products`), the two polynomial
+  multipliers of the ``exp2_poly`` softmax and the probability normalizer
+  (``(exp_frac + 1) x (prob_frac + 2)``); a constant power of two is a shift (the header's bookkeeping
+  products are shift-and-add logic, :func:`tokensift.hw.common.mac_array.mul_const`). The run-time
+  constants' widths come from the core's :class:`tokensift.hw.attention.constants.ConstantRanges`
+  (default: :meth:`ConstantRanges.covering` of the parameters).
 * Memories (:func:`tokensift.hw.common.resources.map_memory`): Q and K/V row buffers, the two-bank score and
   exponential buffers, the ``exp2`` table (a ROM, ``exp2_lut``), the output and class-attention FIFOs
   (:class:`amaranth.lib.fifo.SyncFIFOBuffered`: a memory one entry shallower, read synchronously with an
@@ -26,6 +30,8 @@ from dataclasses import asdict
 
 from amaranth.utils import ceil_log2
 
+from tokensift.hw.attention.constants import ConstantRanges
+from tokensift.hw.attention.scaling import partial_products
 from tokensift.hw.common.resources import (
     Resources,
     check_family,
@@ -87,15 +93,25 @@ def memories(params: AttentionParams, family: str) -> dict:
     return mems
 
 
-def multipliers(params: AttentionParams) -> list[tuple[str, int, int, bool, int | None]]:
+def _ranges(params: AttentionParams, ranges) -> ConstantRanges:
+    if ranges is None:
+        return ConstantRanges.covering(params)
+    if not isinstance(ranges, ConstantRanges):
+        raise TypeError(f"ranges must be a ConstantRanges, not {type(ranges).__name__}")
+    return ranges
+
+
+def multipliers(params: AttentionParams, ranges: ConstantRanges | None = None
+                ) -> list[tuple[str, int, int, bool, int | None]]:
     """One core's multipliers ``(name, a_bits, b_bits, signed, product_bits)``; constant powers of two
     (shifts) are left out."""
     p = _check(params)
+    r = _ranges(p, ranges)
     sm: SoftmaxParams = p.softmax
     a_bits = max(p.data_bits, sm.prob_frac + 2)
     out = [(f"mac{lane}", a_bits, p.data_bits, True, None) for lane in range(p.lanes)]
-    if not _pow2(p.scale_multiplier):
-        out.append(("exp_scale", p.score_bits + 1, const_operand_bits(p.scale_multiplier, signed=True), True, None))
+    out += [(f"exp_scale{i}", a, b, True, None)
+            for i, (a, b) in enumerate(partial_products(p.score_bits + 1, r.scale_mult_bits))]
     if sm.variant is SoftmaxVariant.EXP2_POLY:
         a, b = sm.poly_coefficients
         f = sm.log2_frac
@@ -104,21 +120,22 @@ def multipliers(params: AttentionParams) -> list[tuple[str, int, int, bool, int 
         # a + round_shift(fr * b, f): the rounding adds a bit and the shift keeps the width in the RTL
         out.append(("exp_poly_x", f, max(a.bit_length(), b.bit_length() + f + 1) + 1, False, f + sm.exp_frac + 2))
     out.append(("normalize", sm.exp_frac + 1, sm.prob_frac + 2, False, None))
-    if not _pow2(p.out_multiplier):
-        out.append(("requant", p.acc_bits, const_operand_bits(p.out_multiplier, signed=True), True, None))
+    out += [(f"requant{i}", a, b, True, None) for i, (a, b) in enumerate(partial_products(p.pv_bits, r.out_mult_bits))]
     return out
 
 
-def _engine_dsps(p: AttentionParams, family: str) -> int:
-    return sum(multiplier_dsps(a, b, family=family, signed=s, y_bits=y) for _, a, b, s, y in multipliers(p))
+def _engine_dsps(p: AttentionParams, family: str, ranges) -> int:
+    return sum(multiplier_dsps(a, b, family=family, signed=s, y_bits=y)
+               for _, a, b, s, y in multipliers(p, ranges))
 
 
 def features(params: AttentionParams, family: str) -> dict[str, float]:
     """Structural sizes of the attention RTL the LUT/FF fit is linear in (all per core, times
     ``heads_parallel``): ``engines`` (the softmax unit, divider, sequencer: a constant per core),
     ``lane_bits`` (per lane: accumulator, serial-requantizer hold register, the Q/KV pipeline registers,
-    the MAC operand multiplexer and the MAC array's operand registers), ``tree_bits`` (the MAC array's adder tree), ``addr_bits`` (buffer
-    address counters and token indices)."""
+    the MAC operand multiplexer and the MAC array's operand registers), ``tree_bits`` (the MAC array's
+    adder tree), ``addr_bits`` (buffer address counters and token indices), ``scale_bits`` (the widths of
+    the two run-time scalings' product sums and rounding shifters)."""
     p = _check(params)
     check_family(family)
     hp = p.heads_parallel
@@ -127,30 +144,33 @@ def features(params: AttentionParams, family: str) -> dict[str, float]:
     for depth in range(ceil_log2(p.lanes)):
         width = -(-width // 2)
         tree += width * (2 * p.data_bits + depth + 1)
-    lane = 2 * p.acc_bits + 7 * p.data_bits + 2 * a_bits
+    lane = p.acc_bits + p.pv_bits + 7 * p.data_bits + 2 * a_bits
     addr = 3 * ceil_log2(2 * p.n_max * p.chunks + 1) + 4 * ceil_log2(p.n_max + 2)
+    r = ConstantRanges.covering(p)
+    scale = (p.score_bits + 1 + r.scale_mult_bits + 1) + (p.pv_bits + r.out_mult_bits + 1)
     return {
         "engines": float(hp),
         "lane_bits": float(hp * p.lanes * lane),
         "tree_bits": float(hp * tree),
         "addr_bits": float(hp * addr),
+        "scale_bits": float(hp * scale),
     }
 
 
-def exact(params: AttentionParams, family: str) -> Resources:
+def exact(params: AttentionParams, family: str, ranges: ConstantRanges | None = None) -> Resources:
     """The rule-based part: DSPs, block RAM, LUT RAM and the memories' soft logic."""
     p = _check(params)
-    core = Resources(dsp=_engine_dsps(p, family))
+    core = Resources(dsp=_engine_dsps(p, family, _ranges(p, ranges)))
     for mem in memories(p, family).values():
         core = core + mem.resources
     return core * p.heads_parallel
 
 
-def resources(params: AttentionParams, family: str) -> Resources:
+def resources(params: AttentionParams, family: str, ranges: ConstantRanges | None = None) -> Resources:
     """DSP and block RAM (exact), LUT and FF (rules plus the fitted model) of the attention unit."""
     p = _check(params)
     lut, ff = fitted(BLOCK, family, features(p, family))
-    return exact(p, family) + Resources(lut=lut, ff=ff)
+    return exact(p, family, ranges) + Resources(lut=lut, ff=ff)
 
 
 def build(params: AttentionParams):

@@ -24,6 +24,8 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from tokensift.checks import check_int
+from tokensift.hw.attention.scaling import PRODUCT_STAGES, SHIFT_STAGES, round_shift_stages, scaled_product
 from tokensift.hw.common import fixed as hwfixed
 from tokensift.quant.softmax import SoftmaxParams, SoftmaxVariant, exp2_table
 
@@ -40,16 +42,22 @@ class Exp2Unit(wiring.Component):
     """``e = exp2_neg(log2_argument(diff, multiplier, shift))``, :attr:`latency` cycles, one per cycle.
 
     ``diff`` must be ``<= 0`` (a score minus its row maximum); it is registered on entry, so the caller may
-    compute it with logic. ``tag`` travels with each value.
+    compute it with logic. ``multiplier`` (``1 .. 2**mult_bits - 1``) and ``shift`` (``0 .. shift_max``) are
+    the run-time scale: registers of the caller that hold while values are in the pipeline. ``tag`` travels
+    with each value.
     """
 
-    def __init__(self, *, params: SoftmaxParams, diff_bits: int, multiplier: int, shift: int, tag_bits: int = 1):
+    def __init__(self, *, params: SoftmaxParams, diff_bits: int, mult_bits: int = 17, shift_max: int = 48,
+                 tag_bits: int = 1):
         self._p = _softmax_params(params)
-        self._multiplier, self._shift = multiplier, shift
+        check_int("mult_bits", mult_bits, low=1, high=17, numpy=False)
+        check_int("shift_max", shift_max, low=0, high=48, numpy=False)
         super().__init__({
             "i_valid": In(1),
             "i_diff": In(signed(diff_bits)),
             "i_tag": In(tag_bits),
+            "multiplier": In(unsigned(mult_bits)),
+            "shift": In(range(shift_max + 1)),
             "o_valid": Out(1),
             "o_e": Out(unsigned(self._p.exp_frac + 1)),
             "o_tag": Out(tag_bits),
@@ -57,9 +65,10 @@ class Exp2Unit(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """operand, product, round, split, table (ROM read and its register, or four polynomial stages),
-        shift."""
-        return 6 if self._p.variant is SoftmaxVariant.EXP2_LUT else 9
+        """operand, product (partial products, their sum), the rounding shift (coarse, fine, rounding), split,
+        table (ROM read and its register, or four polynomial stages), shift."""
+        return (1 + PRODUCT_STAGES + SHIFT_STAGES + 1 + (1 if self._p.variant is SoftmaxVariant.EXP2_LUT else 4)
+                + 1)
 
     def elaborate(self, platform):
         m = Module()
@@ -71,17 +80,18 @@ class Exp2Unit(wiring.Component):
             m.d.sync += [v.eq(sig_valid), t.eq(sig_tag)]
             return v, t
 
-        # 0: the multiplier's operand register; 1: diff * M
+        # the multiplier's operand register, then diff * M (registered partial products and sum)
         diff = Signal.like(self.i_diff, name="diff")
         m.d.sync += diff.eq(self.i_diff)
-        v0, t0 = delay(self.i_valid, self.i_tag, "s0")
-        prod = Signal(signed(len(self.i_diff) + self._multiplier.bit_length() + 1))
-        m.d.sync += prod.eq(diff * self._multiplier)
-        v1, t1 = delay(v0, t0, "s1")
-        # 2: t = round_shift(prod, sh), <= 0
-        t = Signal(signed(len(prod) + 1))
-        m.d.sync += t.eq(hwfixed.round_shift(prod, self._shift))
-        v2, t2 = delay(v1, t1, "s2")
+        v_, t_ = delay(self.i_valid, self.i_tag, "s0")
+        prod = scaled_product(m, diff, self.multiplier, name="scale")
+        for s in range(PRODUCT_STAGES):
+            v_, t_ = delay(v_, t_, f"p{s}")
+        # t = round_shift(prod, sh) <= 0, in three stages
+        t = round_shift_stages(m, prod, self.shift, name="t")
+        for s in range(SHIFT_STAGES):
+            v_, t_ = delay(v_, t_, f"r{s}")
+        v2, t2 = v_, t_
         # split: fraction fr = t mod 2**F, right shift min(-(t >> F), E + 2); one compare with a constant
         # on the wide integer part and a negation of only the bits a shift of at most E + 2 needs
         fr = t.as_unsigned()[:f]
@@ -219,6 +229,8 @@ class SoftmaxUnit(wiring.Component):
     start, start_bank, start_max, start_n : in
         Begin the row in ``start_bank`` with maximum ``start_max`` and ``start_n`` tokens (``ready``
         must be high).
+    scale_multiplier, scale_shift : in
+        The frame's run-time scale into the log2 domain: registers that hold while a row is processed.
     ready : out
         The unit is idle.
     done, done_bank, recip : out
@@ -229,12 +241,12 @@ class SoftmaxUnit(wiring.Component):
         RAM: the reader registers it before any logic (:class:`ProbNormalizer` does).
     """
 
-    def __init__(self, *, params: SoftmaxParams, n_max: int, score_bits: int, multiplier: int, shift: int):
+    def __init__(self, *, params: SoftmaxParams, n_max: int, score_bits: int, mult_bits: int = 17,
+                 shift_max: int = 48):
         self._p = _softmax_params(params)
         self._n_max, self._score_bits = n_max, score_bits
-        self._multiplier, self._shift = multiplier, shift
         self._total_bits = self._p.exp_frac + 1 + ceil_log2(n_max + 1)
-        self._exp = Exp2Unit(params=self._p, diff_bits=score_bits + 1, multiplier=multiplier, shift=shift,
+        self._exp = Exp2Unit(params=self._p, diff_bits=score_bits + 1, mult_bits=mult_bits, shift_max=shift_max,
                              tag_bits=ceil_log2(n_max + 1) + 1)
         self._recip = Reciprocal(params=self._p, total_bits=self._total_bits)
         n_bits = range(n_max + 1)
@@ -248,6 +260,8 @@ class SoftmaxUnit(wiring.Component):
             "start_bank": In(1),
             "start_max": In(signed(score_bits)),
             "start_n": In(n_bits),
+            "scale_multiplier": In(unsigned(mult_bits)),
+            "scale_shift": In(range(shift_max + 1)),
             "ready": Out(1),
             "done": Out(1),
             "done_bank": Out(1),
@@ -271,6 +285,7 @@ class SoftmaxUnit(wiring.Component):
         m.submodules.exp = exp = self._exp
         m.submodules.recip = recip = self._recip
         n_max = self._n_max
+        m.d.comb += [exp.multiplier.eq(self.scale_multiplier), exp.shift.eq(self.scale_shift)]
 
         m.submodules.scores = scores = memory.Memory(shape=signed(self._score_bits), depth=2 * n_max, init=[])
         sw = scores.write_port()

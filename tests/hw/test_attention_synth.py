@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tokensift.hw.attention.core import Attention
+from tokensift.hw.attention.resources import exact
 from tokensift.hw.common.buffers import RowBuffer
 from tokensift.hw.common.mac_array import MacArray
 from tokensift.hw.cost.synth import synthesize
@@ -25,7 +26,9 @@ def test_row_buffer_is_block_ram():
 
 
 def test_core_dsp_budget():
-    # the lanes, plus the softmax scale (s - max) * M and the normalizer e * r; the output multiplier is 1
-    r = synthesize(Attention(n_max=64, head_dim=32, lanes=8), family="xcup", top="tokensift_attention")
-    assert r["dsp"] == 8 + 2
+    # the lanes, the run-time softmax scale (s - max) * M and output scale (two partial products each: the
+    # 22-bit difference and the 23-bit P V sum are split at 17 bits) and the normalizer e * r
+    dut = Attention(n_max=64, head_dim=32, lanes=8)
+    r = synthesize(dut, family="xcup", top="tokensift_attention")
+    assert r["dsp"] == 8 + 2 + 2 + 1 == exact(dut.params, "xcup").dsp
     assert r["bram36"] + r["bram18"] >= 2

@@ -1,13 +1,16 @@
 """The attention accelerator in cocotb + Verilator, bit-exact against quant/, on a grid of configurations.
 
-One Verilator build per configuration serves all four testbench tests (bulk frames with the cycle
-formula, stalls with rejected headers, reset mid-frame, extreme values).
+One Verilator build per configuration serves all five testbench tests (bulk frames with the cycle
+formula, stalls with rejected headers, rejected constants, reset mid-frame, extreme values). Frames take
+the constants of three layers in turn (the configuration's and two random calibrated-like ones), back to
+back on one core.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from tokensift.hw.attention.constants import ConstantRanges
 from tokensift.hw.attention.cycles import cycles
 from tokensift.quant.attention import AttentionParams
 from tokensift.quant.softmax import SoftmaxParams
@@ -52,16 +55,34 @@ def test_attention_bit_exact(name):
     st = report["stalls"]
     assert (st["o_mismatches"], st["s_mismatches"], st["flag_mismatches"]) == (0, 0, 0)
     assert st["status"]["rejected"] == st["rejected_expected"] == 2
+    rc = report["rejected_constants"]
+    assert (rc["o_mismatches"], rc["s_mismatches"], rc["flag_mismatches"]) == (0, 0, 0)
+    assert rc["status"][-1]["rejected"] == rc["rejected_expected"] >= 8
+    assert (rc["status"][-1]["error"], rc["status"][-1]["const_error"]) == (1, 1)
     assert [o["o_mismatches"] + o["s_mismatches"] for o in report["reset"]] == [0, 0]
     ex = report["extremes"]
     assert (ex["o_mismatches"], ex["s_mismatches"], ex["flag_mismatches"]) == (0, 0, 0)
     assert ex["overflows_hw"] == min(ex["overflows_ref"], 0xFFFF)
 
 
+def test_narrow_ranges_reject_what_they_do_not_cover():
+    # a core generated for narrower constants: the random layers are drawn within its ranges and run exact,
+    # and the rejected-constants test sends values just past each range
+    p = AttentionParams(n_max=6, head_dim=8, lanes=4, scale_multiplier=3001, scale_shift=10, out_multiplier=201,
+                        out_shift=20)
+    ranges = ConstantRanges(scale_mult_bits=12, scale_shift_max=20, out_mult_bits=8, out_shift_max=30)
+    report = run_attention(p, settings={"runs": [{"ns": [6, 2, 5, 1]}], "random_layers": 3}, ranges=ranges,
+                           testcase=["bulk", "rejected_constants"], seed=4).report
+    r = report["bulk"][0]
+    assert (r["o_mismatches"], r["s_mismatches"], r["flag_mismatches"], r["cycles"]) == (0, 0, 0, r["expected_cycles"])
+    rc = report["rejected_constants"]
+    assert (rc["o_mismatches"], rc["s_mismatches"], rc["status"][0]["rejected"]) == (0, 0, 8)
+
+
 def test_wrong_reference_fails():
-    # the testbench predicts with another scale than the hardware uses: the scoreboard must catch it
+    # the testbench predicts with another exponent table than the hardware has: the scoreboard must catch it
     p = GRID["lut-c2"]
-    other = AttentionParams(**{**p.to_dict(), "softmax": p.softmax, "scale_multiplier": p.scale_multiplier + 999})
+    other = AttentionParams(**{**p.to_dict(), "softmax": SoftmaxParams(log2_frac=p.softmax.log2_frac - 1)})
     build_args, sources = verilator_options()
     with pytest.raises(SimulationError, match=r"^1 of 1 cocotb tests failed on tokensift_attention_tb; see "):
         run_cocotb(harness_for(p), toplevel=TOPLEVEL, test_module="tokensift.sim.tb_attention",

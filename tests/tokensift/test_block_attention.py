@@ -28,9 +28,14 @@ def test_generate_writes_verilog_and_manifest(tmp_path):
     fields = {f["field"]: f for f in par["stream_formats"]["i_stream"]["fields"]}
     assert fields["header.n_tokens"] == {"field": "header.n_tokens", "offset": 0, "width": 16, "signed": False}
     assert fields["row"]["lanes"] == 8 and fields["row"]["lane_width"] == 8
+    consts = {f["field"]: (f["offset"], f["width"]) for f in par["stream_formats"]["k_stream"]["fields"]}
+    assert consts == {"scale_multiplier": (0, 32), "scale_shift": (32, 8), "out_multiplier": (40, 32),
+                      "out_shift": (72, 8)}
+    assert par["constant_ranges"] == {"scale_mult_bits": 17, "scale_shift_max": 48, "out_mult_bits": 16,
+                                      "out_shift_max": 62}
     ports = {p["name"] for p in manifest["ports"]}
-    assert {"i_stream__payload", "o_stream__ready", "s_stream__valid", "status"} <= ports
-    assert [s["name"] for s in manifest["streams"]] == ["i_stream", "o_stream", "s_stream"]
+    assert {"k_stream__payload", "i_stream__payload", "o_stream__ready", "s_stream__valid", "status"} <= ports
+    assert [s["name"] for s in manifest["streams"]] == ["k_stream", "i_stream", "o_stream", "s_stream"]
     assert "module tokensift_attention(" in (tmp_path / "tokensift_attention.v").read_text()
 
 

@@ -51,9 +51,10 @@ def build(args):
     from tokensift.hw.attention.layout import describe_formats
 
     p = params_from_args(args)
-    parameters = {**p.to_dict(), "stream_formats": describe_formats(p),
+    dut = Attention(params=p)
+    parameters = {**p.to_dict(), "constant_ranges": dut.ranges.to_dict(), "stream_formats": describe_formats(p),
                   "cycles_n_max": cycles(p, n_tokens=p.n_max)}
-    return Attention(params=p), _TOPLEVEL, parameters
+    return dut, _TOPLEVEL, parameters
 
 
 def add_simulate_arguments(parser):
@@ -72,7 +73,8 @@ def simulate(args) -> dict:
     n = check_tokens(args.tokens, p.n_max)
     check_count("--heads", args.heads)
     expected = cycles(p, n_tokens=n, heads=args.heads)
-    res = run_attention(p, settings={"runs": [{"ns": [n] * args.heads}], "assert_checks": False},
+    # every frame carries the command line's constants
+    res = run_attention(p, settings={"runs": [{"ns": [n] * args.heads}], "assert_checks": False, "layers": []},
                         testcase="bulk", seed=args.seed, frames=max(DEFAULT_FRAMES, args.heads),
                         build_dir=args.build_dir, waves=args.waves or False)
     r = res.report["bulk"][0]
