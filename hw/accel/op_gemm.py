@@ -106,9 +106,7 @@ class GemmOpEngine(wiring.Component):
     def __init__(self, *, config: AccelConfig):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
-        if config.lanes & (config.lanes - 1):
-            raise ValueError(f"the GEMM op engine needs a power-of-two lanes (an output channel's word and lane "
-                             f"are its bits), not {config.lanes}")
+        # lanes is a power of two (AccelConfig's own check): an output channel's word and lane are its bits
         pd, w = config.envelope.patch_dim, config.axi.data_bytes
         if pd % w:
             raise ValueError(f"the patch size ({pd} bytes) must be a multiple of the AXI word ({w} bytes): the "
