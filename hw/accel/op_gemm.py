@@ -65,8 +65,7 @@ RECORD_BYTES = 64
 #: the GEMM engine's output format: the widest a GEMM writes (the head's int16 logits; the residual format is
 #: at most 16 bits). Outputs are saturated again, into the record's width, in a local stage: saturating at 16
 #: bits and then at ``b <= 16`` bits is saturating at ``b`` bits, so it is bit-exact for every width.
-#: When the GEMM engine takes the output width in its job beat, set it there (see ``job`` below) and the local
-#: stage becomes a no-op.
+#: The job beat asks the engine for this width too (its ``out_bits``), so its epilogue is the same for every op.
 OUT_BITS = 16
 #: the GEMM engine's accumulator width (a record with another one is a fault)
 ACC_BITS = 32
@@ -106,9 +105,7 @@ class GemmOpEngine(wiring.Component):
     def __init__(self, *, config: AccelConfig):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
-        if config.lanes & (config.lanes - 1):
-            raise ValueError(f"the GEMM op engine needs a power-of-two lanes (an output channel's word and lane "
-                             f"are its bits), not {config.lanes}")
+        # lanes is a power of two (AccelConfig's own check): an output channel's word and lane are its bits
         pd, w = config.envelope.patch_dim, config.axi.data_bytes
         if pd % w:
             raise ValueError(f"the patch size ({pd} bytes) must be a multiple of the AXI word ({w} bytes): the "
@@ -508,8 +505,9 @@ class GemmOpEngine(wiring.Component):
 def cycles(cfg: AccelConfig, opcode, k: int, m: int, *, n: int = 0, start: int = 0, dram_latency: int = 2) -> int:
     """Cycles of one well-formed op, from the cycle ``start`` is raised to the cycle ``done`` is (as
     :func:`tokensift.sim.accel_ops.run_op` counts them), with the DRAM of that harness at a fixed latency and
-    no gaps: it takes a command once the previous one's words are out, answers ``dram_latency`` (at least 1)
-    cycles later, then gives one word per cycle while the engine takes them.
+    no gaps: it takes a command (a valid/ready handshake) once the previous one's words are out, offers its
+    first word ``dram_latency + 1`` cycles after the handshake's cycle (``dram_latency`` at least 1), then one
+    word per cycle while the engine takes them.
 
     ``n`` and ``start`` are the source rows (``GEMM``; ``PATCH_EMBED`` always runs ``patches + 1`` tokens
     from the input region). The terms:
