@@ -124,11 +124,11 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
         width = cfg.axi.data_bytes
         while not finished:
             ctx.set(eng.dram_cmd.ready, 1)
+            offered, cmd = ctx.get(eng.dram_cmd.valid), ctx.get(eng.dram_cmd.payload)  # sampled before the edge
             if not await ticks(ctx):
                 return
-            if not (ctx.get(eng.dram_cmd.valid)):
+            if not offered:
                 continue
-            cmd = ctx.get(eng.dram_cmd.payload)
             ctx.set(eng.dram_cmd.ready, 0)
             addr, length = int(cmd.addr), int(cmd.length)
             commands.append((addr, length))

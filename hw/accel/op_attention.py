@@ -88,16 +88,27 @@ def core_params(config: AccelConfig, constants: AttentionParams | None = None) -
                            heads_parallel=1)
 
 
-def _field_rules(p: AttentionParams) -> list[tuple[int, int, int | None]]:
+def _field_rules(p: AttentionParams, ranges=None) -> list[tuple[int, int, int | None]]:
     """Per record field: the low 32 bits' range and the high 32 bits' value (None: any)."""
     fixed = {"n_max": p.n_max, "head_dim": p.head_dim, "data_bits": p.data_bits, "acc_bits": p.acc_bits,
              "variant": list(SoftmaxVariant).index(p.softmax.variant), "log2_frac": p.softmax.log2_frac,
              "exp_frac": p.softmax.exp_frac, "prob_frac": p.softmax.prob_frac}
     rules = [(Tag.ATTENTION, Tag.ATTENTION, RECORD_BYTES), (0, (1 << 32) - 1, None)]  # tag | length, reserved
     for name in _SCALARS:
-        low, high = (fixed[name], fixed[name]) if name in fixed else _RANGES[name]
+        low, high = (fixed[name], fixed[name]) if name in fixed else _core_range(name, ranges)
         rules.append((low, high, 0))
     return rules
+
+
+def _core_range(name: str, ranges) -> tuple[int, int]:
+    """A record field's valid range: the core's run-time constant ranges (a constant outside them would make
+    the core drop the frame, so the engine faults the op instead), else the record's own bounds."""
+    if ranges is not None:
+        core = {"scale_multiplier": (1, (1 << ranges.scale_mult_bits) - 1), "scale_shift": (0, ranges.scale_shift_max),
+                "out_multiplier": (1, (1 << ranges.out_mult_bits) - 1), "out_shift": (0, ranges.out_shift_max)}
+        if name in core:
+            return core[name]
+    return _RANGES[name]
 
 
 class AttentionOpEngine(wiring.Component):
@@ -214,7 +225,7 @@ class AttentionOpEngine(wiring.Component):
         field_valid = Signal()
         m.d.sync += [field.eq(held[:64]), field_index.eq(index), field_valid.eq(emit)]
         low, high = field[:32], field[32:]
-        rules = _field_rules(p)
+        rules = _field_rules(p, self._core.ranges)
         bad = Signal()
         with m.If(field_valid):
             with m.Switch(field_index):
@@ -238,8 +249,8 @@ class AttentionOpEngine(wiring.Component):
         for name, width in _CONSTANTS.items():
             with m.If(field_valid & (field_index == _HEADER_FIELDS + _SCALARS.index(name))):
                 m.d.sync += constants[name].eq(low[:width])
-        constants_ok = self._drive_constants(m, constants)
         fetched = last_held & ~emit & ~field_valid & ~checked_valid
+        constants_ok = self._drive_constants(m, constants, (state == _FETCH) & fetched & record_ok & ~bus_error)
 
         # -- the frame: the header, then Q, K, V rows from three walks -------------------------------------
         k_word, v_word = Signal(cfg.word_bits), Signal(cfg.word_bits)  # Q's is ``head_word``
@@ -329,15 +340,23 @@ class AttentionOpEngine(wiring.Component):
         m.d.comb += self.overflows.eq(core.status.overflows)
         return m
 
-    def _drive_constants(self, m: Module, constants) -> Signal:
-        """THE ONE PLACE the record's per-layer constants meet the core (``constants``: registers the record
-        filled). Today's core bakes them in at generation, so they can only be checked against its own: a
-        mismatch faults the op (the core would compute another layer's attention). When the core takes them at
-        run time, drive its constants port (a ``k_stream`` or header beats) from ``constants`` here and return
-        1 instead of the comparison. ``constants`` is complete (and range-checked) when the engine enters its
-        run step, the cycle before the frame's header is offered to the core."""
+    def _drive_constants(self, m: Module, constants, ready_to_run) -> Signal:
+        """The record's per-layer constants go to the core's constants port ``k_stream``: one beat, offered
+        from the cycle the record has been fetched and checked (``ready_to_run``; the core holds one beat
+        and takes it at once, as the previous head's header took its own) until taken, so it is there before
+        the header. The record's ranges are the core's own (:func:`_core_range`), so the core never rejects
+        it. Returns the constants' verdict (always 1: the range checks are the record's)."""
+        k = self._core.k_stream
+        pending = Signal()
+        m.d.comb += k.valid.eq(ready_to_run | pending)
+        for name in _CONSTANTS:
+            m.d.comb += k.payload[name].eq(constants[name])
+        with m.If(k.valid & k.ready):
+            m.d.sync += pending.eq(0)
+        with m.Elif(ready_to_run):
+            m.d.sync += pending.eq(1)
         ok = Signal()
-        m.d.comb += ok.eq(Cat(*(constants[name] == getattr(self._params, name) for name in _CONSTANTS)).all())
+        m.d.comb += ok.eq(1)
         return ok
 
 
