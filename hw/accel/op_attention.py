@@ -10,8 +10,8 @@ class-attention row to row ``h`` of ``src2`` (``CLS``), columns ``0 .. n-1``; ``
 
 Before the frame the engine fetches the layer's ``ATTN`` record (:func:`tokensift.quant.accel.records.
 attention_record`: a 16-byte header, then one int64 scalar per 8 bytes) from ``memory_base + addr_a`` and
-checks it field by field against the generated core: the tag and length, ``n_max`` (the envelope's
-``max_tokens``), ``head_dim``, the widths and softmax formats; ``lanes`` and ``heads_parallel`` are the
+checks it field by field against the generated core: the tag and length, ``n_max`` (at most the envelope's
+``max_tokens``: an image of a smaller envelope runs), ``head_dim``, the widths and softmax formats; ``lanes`` and ``heads_parallel`` are the
 reference model's hints (they change no bit of the result), checked as valid values only. The per-layer
 constants (score scale and output requantization multipliers and shifts) land in registers in ONE place
 (:meth:`AttentionOpEngine._drive_constants`), the place that will drive the core's run-time constants port.
@@ -90,12 +90,15 @@ def core_params(config: AccelConfig, constants: AttentionParams | None = None) -
 
 def _field_rules(p: AttentionParams, ranges=None) -> list[tuple[int, int, int | None]]:
     """Per record field: the low 32 bits' range and the high 32 bits' value (None: any)."""
-    fixed = {"n_max": p.n_max, "head_dim": p.head_dim, "data_bits": p.data_bits, "acc_bits": p.acc_bits,
+    fixed = {"head_dim": p.head_dim, "data_bits": p.data_bits, "acc_bits": p.acc_bits,
              "variant": list(SoftmaxVariant).index(p.softmax.variant), "log2_frac": p.softmax.log2_frac,
              "exp_frac": p.softmax.exp_frac, "prob_frac": p.softmax.prob_frac}
     rules = [(Tag.ATTENTION, Tag.ATTENTION, RECORD_BYTES), (0, (1 << 32) - 1, None)]  # tag | length, reserved
     for name in _SCALARS:
-        low, high = (fixed[name], fixed[name]) if name in fixed else _core_range(name, ranges)
+        if name == "n_max":  # the image's envelope may be smaller than the design's
+            low, high = 1, p.n_max
+        else:
+            low, high = (fixed[name], fixed[name]) if name in fixed else _core_range(name, ranges)
         rules.append((low, high, 0))
     return rules
 

@@ -3,7 +3,8 @@ instruction at a time, handing each to its op engine with the run-time context (
 protected count, base addresses), and keeps every buffer's run-time row count from the engines' answers.
 
 Per image: ``go`` -> read the first :data:`HEADER_CHECK_BYTES` of the header at ``MEMORY_BASE`` and compare
-its fixed fields (magic, version, the envelope) with the generated design's; check the registers (64-byte
+its fixed fields with the generated design's (magic, version, the GEMM stream shape; an envelope the
+design covers: :data:`ENVELOPE_RULES`); check the registers (64-byte
 aligned bases, the method is the image's or dense, every stage's rule is one of the method's) -> per
 instruction: read its 16 bytes at ``PROGRAM_BASE + 16 pc``, decode (a reserved bit, an unknown opcode, buffer
 or row mode is a program fault), skip it when gated and ``METHOD`` is dense, otherwise start its engine and
@@ -27,12 +28,13 @@ from tokensift.hw.accel.ports import op_layout
 from tokensift.hw.accel.regmap import Fault
 from tokensift.hw.axi.burst import command_layout
 from tokensift.hw.axi.reader import word_layout
-from tokensift.quant.accel.image import _ENVELOPE, _FIXED, _GEMM, _GEMM_AT, HEADER_BYTES, MAGIC, VERSION
+from tokensift.quant.accel.image import _FIXED, _GEMM, _GEMM_AT, HEADER_BYTES, MAGIC, VERSION
 from tokensift.quant.accel.isa import INSTRUCTION_BYTES, Buffer, Opcode, Rows
 from tokensift.quant.accel.registers import MAX_STAGES, METHOD_RULES, METHODS, RULES
 from tokensift.quant.accel.stream import GemmShape
 
-__all__ = ["Sequencer", "registers_layout", "HEADER_CHECK_BYTES", "header_check", "DISPATCH_CYCLES"]
+__all__ = ["Sequencer", "registers_layout", "HEADER_CHECK_BYTES", "header_check", "ENVELOPE_RULES",
+           "DISPATCH_CYCLES"]
 
 #: the header bytes the sequencer reads and checks (magic, version, method, the envelope, the GEMM shape)
 HEADER_CHECK_BYTES = 160
@@ -48,32 +50,42 @@ def registers_layout() -> data.StructLayout:
     })
 
 
-def header_check(cfg: AccelConfig, data_bytes: int) -> list[tuple[int, int]]:
-    """``(expected, mask)`` per bus word of the checked header bytes: the magic, the version and the envelope
-    must equal the generated design's, and the weight streams must be laid out for its GEMM engine (columns,
-    beat bytes, accumulator, multiplier and shift widths); the rest (sizes, checksum, method, scale, regions)
-    is not compared."""
-    expected = bytearray(HEADER_CHECK_BYTES)
-    mask = bytearray(HEADER_CHECK_BYTES)
+#: how each envelope field of an image must relate to the design's: ``eq`` (the datapath is built for exactly
+#: that value) or ``le`` (buffers, units and register ranges sized for at most that many); ``depth`` is free
+#: (the program's length is)
+ENVELOPE_RULES = {"max_tokens": "le", "width": "le", "heads": "le", "mlp_hidden": "le", "depth": None,
+                  "classes": "eq", "patch_size": "eq", "in_chans": "eq", "patches": "eq", "res_bits": "eq",
+                  "prob_frac": "eq", "stages": "le", "head_dim": "eq"}
+
+
+def header_check(cfg: AccelConfig) -> list[tuple[int, str, int]]:
+    """``(byte offset, rule, value)`` of every 32-bit header field the sequencer checks: the magic and the
+    version equal the design's; each envelope field fits the design's envelope (:data:`ENVELOPE_RULES`: one
+    design runs every model whose envelope it covers, e.g. one backbone under every method); the weight
+    streams are laid out for its GEMM engine (columns, beat bytes, accumulator, multiplier, shift widths)."""
+    fields = []
     fixed = _FIXED.pack(MAGIC, VERSION, HEADER_BYTES, 0, 0, 0, 0.0)
-    expected[:12] = fixed[:12]
-    mask[:12] = b"\xff" * 12
-    env = _ENVELOPE.pack(*(getattr(cfg.envelope, f) for f in cfg.envelope.to_dict()))
-    expected[_FIXED.size:_FIXED.size + len(env)] = env
-    mask[_FIXED.size:_FIXED.size + len(env)] = b"\xff" * len(env)
-    gemm = _GEMM.pack(*GemmShape(cols=cfg.gemm_cols, stream_bytes=cfg.axi.data_bytes,
-                                 multiplier_bits=cfg.gemm_config().multiplier_bits).as_tuple())
-    expected[_GEMM_AT:_GEMM_AT + len(gemm)] = gemm
-    mask[_GEMM_AT:_GEMM_AT + len(gemm)] = b"\xff" * len(gemm)
-    words = []
-    for i in range(0, HEADER_CHECK_BYTES, data_bytes):
-        words.append((int.from_bytes(expected[i:i + data_bytes], "little"),
-                      int.from_bytes(mask[i:i + data_bytes], "little")))
-    return words
+    for at in (0, 4, 8):
+        fields.append((at, "eq", int.from_bytes(fixed[at:at + 4], "little")))
+    env = cfg.envelope.to_dict()
+    if list(env) != list(ENVELOPE_RULES):
+        raise ValueError("the envelope's fields changed: the sequencer's rules must follow them")
+    for i, (name, value) in enumerate(env.items()):
+        if ENVELOPE_RULES[name] is not None:
+            fields.append((_FIXED.size + 4 * i, ENVELOPE_RULES[name], value))
+    gemm = GemmShape(cols=cfg.gemm_cols, stream_bytes=cfg.axi.data_bytes,
+                     multiplier_bits=cfg.gemm_config().multiplier_bits).as_tuple()
+    for i, value in enumerate(gemm):
+        fields.append((_GEMM_AT + 4 * i, "eq", value))
+    if _GEMM.size != 4 * len(gemm) or max(at for at, _, _ in fields) + 4 > HEADER_CHECK_BYTES:
+        raise ValueError("the header layout changed: the sequencer's checks must follow it")
+    return fields
 
 
 #: the method field of the header: byte offset
 _METHOD_AT = struct.calcsize("<8sIIII")
+#: the envelope's stage count: byte offset
+_STAGES_AT = _FIXED.size + 4 * list(ENVELOPE_RULES).index("stages")
 
 
 class Sequencer(wiring.Component):
@@ -122,12 +134,11 @@ class Sequencer(wiring.Component):
         count = Array(Signal(row_bits, name=f"count_{b.name.lower()}") for b in Buffer)
         protected = Signal(row_bits)
         pc = Signal(16)
-        checks = header_check(cfg, axi.data_bytes)
-        expect = Array(e for e, _ in checks)
-        masks = Array(mk for _, mk in checks)
-        word_i = Signal(range(len(checks) + 2))
+        checks = header_check(cfg)
+        word_i = Signal(range(HEADER_CHECK_BYTES // axi.data_bytes + 2))
         mismatch = Signal()
         image_method = Signal(8)
+        image_stages = Signal(range(MAX_STAGES + 1))
         ins = Signal(2 * axi.data_bits)        # the instruction's 16 bytes (two 64-bit words, or one 128-bit)
         words_per_ins = max(1, INSTRUCTION_BYTES // axi.data_bytes)
 
@@ -176,25 +187,34 @@ class Sequencer(wiring.Component):
                 m.d.comb += self.dram_data.ready.eq(1)
                 with m.If(self.dram_data.valid):
                     word = self.dram_data.payload.data
-                    m.d.sync += [word_i.eq(word_i + 1),
-                                 mismatch.eq(mismatch | (((word ^ expect[word_i]) & masks[word_i]) != 0))]
-                    at = _METHOD_AT // axi.data_bytes
-                    with m.If(word_i == at):
-                        shift = 8 * (_METHOD_AT % axi.data_bytes)
-                        m.d.sync += image_method.eq(word[shift:shift + 8])
+                    m.d.sync += word_i.eq(word_i + 1)
+                    with m.Switch(word_i):
+                        for w in range(HEADER_CHECK_BYTES // axi.data_bytes):
+                            bad = 0
+                            for at, rule, value in checks:
+                                if at // axi.data_bytes == w:
+                                    field = word[8 * (at % axi.data_bytes):8 * (at % axi.data_bytes) + 32]
+                                    bad = bad | ((field != value) if rule == "eq" else (field > value))
+                            with m.Case(w):
+                                m.d.sync += mismatch.eq(mismatch | bad)
+                    for field_at, target in ((_METHOD_AT, image_method), (_STAGES_AT, image_stages)):
+                        with m.If(word_i == field_at // axi.data_bytes):
+                            shift = 8 * (field_at % axi.data_bytes)
+                            m.d.sync += target.eq(word[shift:shift + len(target)])
                     with m.If(self.dram_data.payload.last):
                         m.next = "CHECK"
             with m.State("CHECK"):
                 bad_rule = 0
-                for s in range(min(cfg.envelope.stages, MAX_STAGES)):
+                for s in range(min(cfg.envelope.stages, MAX_STAGES)):  # the design's; the image may use fewer
                     for mi, method in enumerate(METHODS):
                         allowed = 0
                         for ri, rule in enumerate(RULES):
                             if rule in METHOD_RULES[method]:
                                 allowed = allowed | (regs.rule[s] == ri)
-                        bad_rule = bad_rule | ((regs.method == mi) & ~allowed)
+                        used = (regs.method == mi) & (s < image_stages)  # the image's own stages only
+                        bad_rule = bad_rule | (used & ~allowed)
                         if method not in ("dense",):
-                            bad_rule = bad_rule | ((regs.method == mi) & (regs.rule[s] == RULES.index("topk")) &
+                            bad_rule = bad_rule | (used & (regs.rule[s] == RULES.index("topk")) &
                                                    (regs.keep[s] == 0))
                 with m.If(self.bus_error):
                     stop(Fault.BUS)

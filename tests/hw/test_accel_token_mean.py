@@ -97,7 +97,7 @@ def test_unit_is_built_for_every_signed_buffer():
 
 def test_configuration_errors():
     env = dataclasses.replace(config_for("dense").envelope, width=24, heads=2, head_dim=12)
-    with pytest.raises(ValueError, match=r"^the token-mean unit needs a power-of-two number of lanes, not 3$"):
+    with pytest.raises(ValueError, match=r"^lanes must be a power of two, not 3$"):  # the configuration refuses
         TokenMeanEngine(config=AccelConfig(envelope=env, lanes=3))
     with pytest.raises(TypeError, match=r"^config must be an AccelConfig, not NoneType$"):
         TokenMeanEngine(config=None)
