@@ -47,6 +47,7 @@ def _expected(dram, registers, data):
     return run(ref, registers)
 
 
+@pytest.mark.slow
 def test_every_method_through_one_design():
     from tokensift.sim.accel_runs import run_accelerator
 
@@ -83,3 +84,41 @@ def test_every_method_through_one_design():
     pruned, dense = report["runs"][1], report["runs"][5]
     assert pruned["cycles"] < dense["cycles"]  # DynamicViT's own registers vs the same image run dense
     assert np.unique([r["logits"][0] for r in report["runs"] if r.get("logits")]).size > 3
+
+
+def test_dense_and_pruned_images_faults_and_a_reset():
+    """The default-suite run on the same design: a DynamicViT image under its own registers and under the dense
+    setting, bit-exact; a reset mid-image; every check of the image, the registers and the program stops an
+    image with its fault code and pc, raises the interrupt and leaves the bus answering."""
+    from tokensift.sim.accel_runs import run_accelerator
+
+    cfg, dram, regs, inputs = _setup()
+    r = regs["dynamicvit"]
+    words = r.encode()
+    # copies of the image with a reserved bit set in instruction 0, and with a bad magic
+    image = built("dynamicvit")[1].image
+    bad_prog, bad_magic = bytearray(image), bytearray(image)
+    program_at = r.program_base - r.memory_base
+    bad_prog[program_at + 2] |= 0x80
+    bad_magic[0] ^= 0xFF
+    dram2, offsets = place_images([bytes(dram), bytes(bad_prog), bytes(bad_magic)])
+    moved = [relocate(built("dynamicvit")[1].registers, off) for off in offsets[1:]]
+    run_args = {"input": inputs["dynamicvit"].hex(), "logits_base": r.logits_base, "classes": 10}
+    runs = [{"registers": words, **run_args},
+            {"registers": words, **run_args, "reset_after": 2000},
+            {"registers": r.replace(method="dense").encode(), **run_args},
+            {"registers": {**words, 0x18: words[0x18] + 4}},  # a misaligned MEMORY_BASE
+            {"registers": {**words, 0x10: 1}},  # a method the image was not compiled for (EViT)
+            {"registers": moved[0].encode()},  # the reserved bit
+            {"registers": moved[1].encode()}]  # the bad magic
+    report = run_accelerator(cfg, dram2, runs, latency=10, pause=0.15, seed=5)
+    got = report["runs"]
+    assert got[0]["logits"] == [int(v) for v in _expected(dram, r, inputs["dynamicvit"]).logits]
+    assert got[1]["reset"] and got[1]["busy_before_reset"] == 1
+    dense = _expected(dram, r.replace(method="dense"), inputs["dynamicvit"])
+    assert got[2]["logits"] == [int(v) for v in dense.logits]
+    assert got[0]["cycles"] < got[2]["cycles"]
+    assert [(g["done"], g["fault"], g["fault_pc"]) for g in got[3:]] == [
+        (3, Fault.REGISTERS, 0), (3, Fault.REGISTERS, 0), (3, Fault.PROGRAM, 0), (3, Fault.IMAGE, 0)]
+    for g in [got[0], got[2], *got[3:]]:
+        assert g["register_error"] == 0 and g["irq_cleared"] and g["cycles"] > 0
