@@ -88,7 +88,8 @@ def test_every_method_through_one_design():
 
 def test_dense_and_pruned_images_faults_and_a_reset():
     """The default-suite run on the same design: a DynamicViT image under its own registers and under the dense
-    setting, bit-exact; a reset mid-image; every check of the image, the registers and the program stops an
+    setting, bit-exact, its cycles exactly the cost model's (:func:`tokensift.hw.accel.cycles.image_cycles`);
+    a reset mid-image; every check of the image, the registers and the program stops an
     image with its fault code and pc, raises the interrupt and leaves the bus answering."""
     from tokensift.sim.accel_runs import run_accelerator
 
@@ -111,8 +112,13 @@ def test_dense_and_pruned_images_faults_and_a_reset():
             {"registers": {**words, 0x10: 1}},  # a method the image was not compiled for (EViT)
             {"registers": moved[0].encode()},  # the reserved bit
             {"registers": moved[1].encode()}]  # the bad magic
-    report = run_accelerator(cfg, dram2, runs, latency=10, pause=0.15, seed=5)
+    report = run_accelerator(cfg, dram2, runs, latency=10, pause=0.0, seed=5)
     got = report["runs"]
+    from tokensift.hw.accel.cycles import image_cycles
+
+    image = built("dynamicvit")[1].image
+    for g, regs_ in ((got[0], r), (got[2], r.replace(method="dense"))):  # own method; dense: skipped ops
+        assert g["cycles"] == image_cycles(cfg, image, regs_, inputs["dynamicvit"], latency=10)["cycles"]
     assert got[0]["logits"] == [int(v) for v in _expected(dram, r, inputs["dynamicvit"]).logits]
     assert got[1]["reset"] and got[1]["busy_before_reset"] == 1
     dense = _expected(dram, r.replace(method="dense"), inputs["dynamicvit"])

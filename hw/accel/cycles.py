@@ -1,0 +1,133 @@
+"""The whole accelerator's cycle model: one image's cycles from the reference sequencer's trace (the run-time
+rows of every instruction) and each op engine's own formula, plus the sequencer's fetches.
+
+Per image (``L``: the DRAM's latency as :class:`tokensift.sim.axi_memory.DramModel` sets it, no back-pressure):
+
+- the header check and the end: ``3 L + 47`` cycles (:data:`HEAD_TAIL`), the header's 160 bytes, the
+  checks, the END instruction's fetch and the done;
+- per instruction after the first: its fetch and dispatch, ``L + 11`` (:data:`FETCH`); a skipped (gated)
+  instruction costs its fetch, ``L + 9`` (:data:`SKIP`);
+- per executed instruction: its engine's cycles (``op_*.cycles``), with DRAM records answered
+  ``L + 5`` cycles after the engine's command (:data:`ENGINE_LATENCY`: the read DMA's command acceptance,
+  the AR channel and its output register around the memory's latency); the patch embedding's two commands
+  overlap by ``L + 6`` (:data:`PATCH_OVERLAP`).
+
+The sequencer constants were measured in Verilator from the sequencer's own start/done ports
+(``tokensift.sim.tb_accel`` ``op_timing``) at two latencies; the engines' formulas are exact against their
+own harness. The whole model equals Verilator's cycle counter on every image of the tests (exactly, at a
+fixed DRAM latency without back-pressure).
+"""
+
+from __future__ import annotations
+
+from tokensift.hw.accel.config import AccelConfig
+
+__all__ = ["image_cycles", "instruction_cycles", "HEAD_TAIL", "FETCH", "SKIP", "ENGINE_LATENCY", "PATCH_OVERLAP"]
+
+
+def HEAD_TAIL(latency: int) -> int:  # noqa: N802 - a constant of the latency
+    return 3 * latency + 47
+
+
+def FETCH(latency: int) -> int:  # noqa: N802
+    return latency + 11
+
+
+def SKIP(latency: int) -> int:  # noqa: N802
+    return latency + 9
+
+
+def ENGINE_LATENCY(latency: int) -> int:  # noqa: N802
+    return latency + 5
+
+
+def PATCH_OVERLAP(latency: int) -> int:  # noqa: N802
+    return latency + 6
+
+
+def instruction_cycles(cfg: AccelConfig, ins, entry: dict, image, registers, latency: int) -> int:
+    """One executed instruction's engine cycles (``entry``: its trace entry; ``image``: the decoded image)."""
+    from tokensift.hw.accel import (
+        op_attention,
+        op_gelu,
+        op_gemm,
+        op_layernorm,
+        op_logits,
+        op_pos_embed,
+        op_select,
+        op_token_mean,
+    )
+    from tokensift.quant.accel import records as rec
+    from tokensift.quant.accel.isa import Opcode, Rows
+    from tokensift.quant.accel.records import Tag
+
+    d = ENGINE_LATENCY(latency)
+    n, op = entry["n"], ins.opcode
+    if op is Opcode.PATCH_EMBED:
+        # its record and its input region are two commands: the read DMA takes the second while the first's
+        # burst is in flight, where the engine's harness serves it only after the first's words
+        return op_gemm.cycles(cfg, op, ins.k, ins.m, n=0, start=0, dram_latency=d) - PATCH_OVERLAP(latency)
+    if op is Opcode.GEMM:
+        start = {Rows.ALL: 0, Rows.CLASS: 0, Rows.PATCHES: 1, Rows.CANDIDATES: entry.get("protected", 1)}[ins.rows]
+        return op_gemm.cycles(cfg, op, ins.k, ins.m, n=n, start=start, dram_latency=d)
+    if op is Opcode.POS_EMBED:
+        return op_pos_embed.cycles(cfg, patches=ins.k, dim=ins.m, dram_latency=d)
+    if op is Opcode.LAYERNORM:
+        return op_layernorm.cycles(cfg, m=ins.m, n=n, dram_latency=d)
+    if op is Opcode.ATTENTION:
+        return op_attention.cycles(cfg, n_tokens=n, dram_latency=d,
+                                   record_address=registers.memory_base + ins.addr_a)
+    if op is Opcode.RESIDUAL_ADD:
+        return n * -(-ins.m // cfg.lanes) + 8
+    if op is Opcode.GELU:
+        return op_gelu.cycles(cfg, n=n, m=ins.m, dram_latency=d)
+    if op is Opcode.TOKEN_MEAN:
+        return op_token_mean.cycles(cfg, k=ins.k, m=ins.m, n=n, in_place=ins.src == ins.dst)
+    if op is Opcode.WRITE_LOGITS:
+        return op_logits.cycles(cfg, m=ins.m, done_latency=latency)
+    if op is Opcode.SELECT:
+        scalars, _ = rec.decode_record(image.data, ins.addr_a, Tag.STAGE)
+        method = image.method
+        protected = entry.get("protected", 1)
+        kept_tokens = entry["kept"]
+        offset = (registers.memory_base + ins.addr_a) % cfg.axi.data_bytes
+        if method == "sait" and registers.density == 1 << 15:
+            return op_select.cycles(cfg, method=method, candidates=n - 1, kept=n - 1, latency=d,
+                                    record_offset=offset, skipped=True)
+        fused = method == "evit" and bool(scalars["option"])
+        candidates = n - protected
+        kept = kept_tokens - protected - (1 if fused and kept_tokens - protected <= candidates
+                                          and kept_tokens != n else 0)
+        kept = max(0, min(kept, candidates))
+        return op_select.cycles(cfg, method=method, candidates=candidates, kept=kept, latency=d,
+                                record_offset=offset, fused=fused,
+                                image=method == "asvit" and bool(scalars["option"]))
+    raise ValueError(f"no engine formula for {op.name}")
+
+
+def image_cycles(cfg: AccelConfig, image: bytes, registers, input_data: bytes, *, latency: int) -> dict:
+    """``{"cycles", "ops"}``: the cost model's cycles of one image (the memory image at ``MEMORY_BASE``, its
+    input bytes at ``INPUT_BASE``) and per executed instruction ``(pc, opcode, cycles)``."""
+    from tokensift.quant.accel.executor import walk
+    from tokensift.quant.accel.image import decode_image
+
+    mem = decode_image(image)
+    end = max(registers.memory_base + len(image), registers.input_base + len(input_data), registers.logits_base + 64)
+    dram = bytearray(end)
+    dram[registers.memory_base:registers.memory_base + len(image)] = image
+    dram[registers.input_base:registers.input_base + len(input_data)] = input_data
+    total = HEAD_TAIL(latency)
+    ops = []
+    executed = 0
+    for pc, ins, before, _after, entry in walk(dram, registers):
+        if ins.opcode.name == "END":
+            continue
+        if entry.get("skipped"):
+            total += SKIP(latency)
+            continue
+        entry = dict(entry, protected=before.protected)
+        c = instruction_cycles(cfg, ins, entry, mem, registers, latency)
+        total += c + (FETCH(latency) if executed else 0)
+        executed += 1
+        ops.append((pc, ins.opcode.name, c))
+    return {"cycles": total, "ops": ops}
