@@ -267,6 +267,47 @@ CASES: dict[str, list[Case]] = {
     "synth axi_writer": [
         case("--max-burst 257", r"max_burst must be between 1 and 256, not 257"),
     ],
+    "generate accelerator": [
+        case("--out {out}", r"one of the arguments --image --model is required"),
+        case("--model vit_mnist_patch4_28 --banks 3 --out {out}", r"--banks must be a power of two between 1 and 64, not 3"),
+        case("--model vit_mnist_patch4_28 --gemm-cols 60 --out {out}", r"--gemm-cols must be a multiple of --axi-bytes \(8\) between 1 and 1024, not 60"),
+        case("--image {missing} --out {out}", r"--image '.*missing\.pth' does not exist"),
+        case("--image {file} --out {out}", r"--image '.*a_file\.txt' is not a tokensift memory image: .+"),
+        case("--model vit_mnist_patch4_28 --device nope --out {out}", r"unknown device 'nope'; choose one of .+"),
+    ],
+    "generate model": [
+        case("--out {out}", r"one of the arguments --image --model is required"),
+        case("--model vit_mnist_patch4_28 --banks 3 --out {out}", r"--banks must be a power of two between 1 and 64, not 3"),
+        case("--model vit_mnist_patch4_28 --gemm-cols 60 --out {out}", r"--gemm-cols must be a multiple of --axi-bytes \(8\) between 1 and 1024, not 60"),
+        case("--image {missing} --out {out}", r"--image '.*missing\.pth' does not exist"),
+        case("--image {file} --out {out}", r"--image '.*a_file\.txt' is not a tokensift memory image: .+"),
+        case("--model vit_mnist_patch4_28 --device nope --out {out}", r"unknown device 'nope'; choose one of .+"),
+    ],
+    "simulate accelerator": [
+        case("", r"the following arguments are required: --checkpoint"),
+        case("--checkpoint {missing}", r"--checkpoint '.*missing\.pth' does not exist"),
+        case("--checkpoint {file} --images 0", r"--images must be at least 1, not 0"),
+        case("--checkpoint {file} --pause 1", r"--pause must be a probability in \[0, 1\), not 1"),
+        case("--checkpoint {file} --latency 1", r"--latency must be at least 2 \(the DRAM model's own\), not 1"),
+        case("--checkpoint {file} --lanes 6", r"--lanes must be a power of two between 1 and 64, not 6"),
+        case("--checkpoint {file} --registers keep=x", r"--registers keep takes comma-separated integers, not 'x'"),
+    ],
+    "simulate model": [
+        case("", r"the following arguments are required: --checkpoint"),
+        case("--checkpoint {missing}", r"--checkpoint '.*missing\.pth' does not exist"),
+        case("--checkpoint {file} --images 0", r"--images must be at least 1, not 0"),
+        case("--checkpoint {file} --pause 1", r"--pause must be a probability in \[0, 1\), not 1"),
+        case("--checkpoint {file} --latency 1", r"--latency must be at least 2 \(the DRAM model's own\), not 1"),
+        case("--checkpoint {file} --lanes 6", r"--lanes must be a power of two between 1 and 64, not 6"),
+        case("--checkpoint {file} --registers keep=x", r"--registers keep takes comma-separated integers, not 'x'"),
+    ],
+    "synth accelerator": [
+        case("--model vit_mnist_patch4_28 --banks 3", r"--banks must be a power of two between 1 and 64, not 3"),
+        case("", r"one of the arguments --image --model is required"),
+    ],
+    "synth model": [
+        case("--model vit_mnist_patch4_28 --lanes 0", r"--lanes must be a power of two between 1 and 64, not 0"),
+    ],
     "estimate": [
         case("--clock-mhz inf", r"--clock-mhz must be a positive finite number, not inf"),
         case("--clock-mhz nan", r"--clock-mhz must be a positive finite number, not nan"),

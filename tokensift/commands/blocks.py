@@ -19,7 +19,7 @@ from tokensift.errors import InvalidArgumentError
 __all__ = ["BLOCKS", "load", "available", "check_tokens", "check_count", "check_stall"]
 
 BLOCKS = ["attention", "selector", "requant", "score_combiner", "gemm", "layernorm", "gelu", "residual",
-          "token_mean", "axi_lite", "axi_reader", "axi_writer"]
+          "token_mean", "axi_lite", "axi_reader", "axi_writer", "accelerator", "model"]
 
 
 def load(name: str):

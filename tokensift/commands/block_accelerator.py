@@ -1,0 +1,208 @@
+"""CLI glue of the whole-model accelerator (:mod:`tokensift.hw.accel`): ``tokensift generate accelerator`` and
+``tokensift simulate model`` (also ``simulate accelerator``).
+
+``generate``: the design for a compiled memory image's envelope (``--image``) or for every method of a
+registered backbone (``--model``), with its shape (``--banks``, ``--lanes``, ``--gemm-cols``). ``simulate``: a
+trained checkpoint calibrated, compiled for that shape and run image by image through the design's Verilator
+model, each image's logits checked against the integer model's (the reference sequencer) and its cycles
+against the cost model's.
+"""
+
+from __future__ import annotations
+
+from tokensift.errors import InvalidArgumentError
+
+HELP = ("whole-model accelerator: sequencer, token buffers, every op engine; AXI4 master for DRAM, AXI4-Lite "
+        "registers (simulate: real images, bit-exact logits, cycles vs the cost model)")
+
+
+def _shape_arguments(parser):
+    parser.add_argument("--banks", type=int, default=2, help="token-buffer banks = GEMM rows (default: %(default)s)")
+    parser.add_argument("--lanes", type=int, default=8, help="elements per buffer word (default: %(default)s)")
+    parser.add_argument("--gemm-cols", type=int, default=64, help="GEMM columns (default: %(default)s)")
+    parser.add_argument("--axi-bytes", type=int, default=8, help="AXI data bytes (default: %(default)s)")
+
+
+def add_generate_arguments(parser):
+    from tokensift.sw.registry import list_models
+
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", default=None, help="a compiled image.bin (tokensift compile): its envelope")
+    src.add_argument("--model", default=None, choices=list_models(),
+                     help="a registered backbone: an envelope covering every method of it")
+    parser.add_argument("--device", default=None, help="target device, recorded in the manifest (default: none)")
+    _shape_arguments(parser)
+
+
+def check_shape(args) -> None:
+    """The design shape's own rules, before any model is loaded (the envelope's are checked with it)."""
+    for option, value, high in (("--banks", args.banks, 64), ("--lanes", args.lanes, 64)):
+        if not 1 <= value <= high or value & (value - 1):
+            raise InvalidArgumentError(f"{option} must be a power of two between 1 and {high}, not {value}")
+    if args.axi_bytes not in (4, 8, 16, 32):
+        raise InvalidArgumentError(f"--axi-bytes must be 4, 8, 16 or 32, not {args.axi_bytes}")
+    if not 1 <= args.gemm_cols <= 1024 or args.gemm_cols % args.axi_bytes:
+        raise InvalidArgumentError(f"--gemm-cols must be a multiple of --axi-bytes ({args.axi_bytes}) between 1 "
+                                   f"and 1024, not {args.gemm_cols}")
+
+
+def _config(args, envelope):
+    from tokensift.hw.accel.config import AccelConfig
+    from tokensift.hw.axi.config import AxiDmaConfig
+
+    try:
+        return AccelConfig(envelope=envelope, banks=args.banks, lanes=args.lanes, gemm_cols=args.gemm_cols,
+                           axi=AxiDmaConfig(data_bytes=args.axi_bytes))
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
+def model_envelope(name: str):
+    """An envelope covering every method of the registered backbone ``name`` (its prune locations as the
+    stages, a package token per stage)."""
+    from tokensift.quant.accel.image import Envelope
+    from tokensift.quant.softmax import SoftmaxParams
+    from tokensift.sw.registry import get_config
+
+    c = get_config(name)
+    patches = (c.img_size // c.patch_size) ** 2
+    stages = len(c.prune_locs)
+    return Envelope(max_tokens=1 + patches + stages, width=c.embed_dim, heads=c.num_heads,
+                    mlp_hidden=int(c.embed_dim * c.mlp_ratio), depth=c.depth, classes=c.num_classes,
+                    patch_size=c.patch_size, in_chans=c.in_chans, patches=patches, res_bits=16,
+                    prob_frac=SoftmaxParams().prob_frac, stages=stages, head_dim=c.embed_dim // c.num_heads)
+
+
+def build(args):
+    from tokensift.hw.accel.top import Accelerator
+
+    check_shape(args)
+    if args.device is not None:
+        from tokensift.devices import get_device
+
+        get_device(args.device)
+    if args.image is not None:
+        from tokensift.checks import check_input_file
+        from tokensift.quant.accel.image import decode_image
+
+        path = check_input_file("--image", args.image)
+        try:
+            image = decode_image(path.read_bytes())
+        except ValueError as exc:
+            raise InvalidArgumentError(f"--image {args.image!r} is not a tokensift memory image: {exc}") from None
+        envelope = image.envelope
+        if image.gemm.cols != args.gemm_cols or image.gemm.stream_bytes != args.axi_bytes:
+            raise InvalidArgumentError(f"--image was compiled for {image.gemm.cols} GEMM columns and "
+                                       f"{image.gemm.stream_bytes}-byte beats; pass --gemm-cols "
+                                       f"{image.gemm.cols} --axi-bytes {image.gemm.stream_bytes}")
+    else:
+        envelope = model_envelope(args.model)
+    cfg = _config(args, envelope)
+    top = Accelerator(config=cfg)
+    return top, "tokensift_accel", {**cfg.as_dict(), "device": args.device,
+                                    "opcodes": [op.name for op in top.opcodes], "registers": top.regmap.as_dict()}
+
+
+def add_simulate_arguments(parser):
+    from tokensift.sw.methods import list_methods
+    from tokensift.sw.registry import list_models
+
+    parser.add_argument("--checkpoint", required=True, help="trained model (.pth)")
+    parser.add_argument("--model", default=None, choices=list_models(), help="(default: the checkpoint's)")
+    parser.add_argument("--method", default=None, choices=list_methods(), help="(default: the checkpoint's)")
+    parser.add_argument("--keep", type=float, default=None, help="keep ratio (default: the checkpoint's)")
+    parser.add_argument("--images", type=int, default=4, help="test images to run (default: %(default)s)")
+    parser.add_argument("--calib-images", type=int, default=200, help="calibration images (default: %(default)s)")
+    parser.add_argument("--data", default=None, help="ImageNet-style folder (default: the bundled MNIST)")
+    parser.add_argument("--registers", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="run-time registers as tokensift compile takes them (default: the model's)")
+    parser.add_argument("--latency", type=int, default=10, help="DRAM latency in cycles (default: %(default)s)")
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="probability of AXI back-pressure per cycle (default: %(default)s; > 0: cycles "
+                             "are no longer the model's)")
+    parser.add_argument("--clock-mhz", type=float, default=None,
+                        help="clock for the latency (default: 100 MHz, assumed: the design's Fmax is not "
+                             "measured yet)")
+    _shape_arguments(parser)
+
+
+def simulate(args) -> dict:
+    from pathlib import Path
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from tokensift.commands.blocks import check_count, check_stall
+    from tokensift.commands.compile import (
+        _check_settings_for,
+        _datasets,
+        _load_model,
+        parse_register_settings,
+    )
+    from tokensift.hw.accel.cycles import image_cycles
+    from tokensift.hw.accel.project import configure
+    from tokensift.quant.integer_model import IntegerViT
+    from tokensift.sw.data import spread_indices, spread_subset
+
+    check_shape(args)
+    check_count("--images", args.images)
+    check_count("--calib-images", args.calib_images)
+    check_stall(args.pause, "--pause")
+    if args.latency < 2:
+        raise InvalidArgumentError(f"--latency must be at least 2 (the DRAM model's own), not {args.latency}")
+    if args.clock_mhz is not None and not args.clock_mhz > 0:
+        raise InvalidArgumentError(f"--clock-mhz must be positive, not {args.clock_mhz}")
+    settings = parse_register_settings(args.registers)
+    from tokensift.checks import check_input_file
+
+    check_input_file("--checkpoint", args.checkpoint)
+    args.checkpoint = Path(args.checkpoint)
+    args.data = None if args.data is None else Path(args.data)
+    model, name, method = _load_model(args)
+    _check_settings_for(method, settings)
+    train, test = _datasets(args, model)
+    if args.images > len(test) or args.calib_images > len(train):
+        raise InvalidArgumentError(f"the data has {len(train)} calibration and {len(test)} test images")
+    batch = min(100, args.calib_images)
+    loader = DataLoader(spread_subset(train, args.calib_images), batch_size=batch)
+    int_model = IntegerViT.from_float(model, loader, num_batches=-(-args.calib_images // batch))
+    from tokensift.hw.axi.config import AxiDmaConfig
+
+    try:
+        project = configure(int_model, banks=args.banks, lanes=args.lanes, gemm_cols=args.gemm_cols,
+                            axi=AxiDmaConfig(data_bytes=args.axi_bytes))
+        registers = project.registers(**settings)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    images = torch.stack([test[i][0] for i in spread_indices(len(test), args.images)])
+    report = project.simulate(images, register_sets=[registers], latency=args.latency, pause=args.pause,
+                              seed=args.seed, build_dir=args.build_dir, waves=args.waves or False)
+    runs = report["runs"]
+    inputs = project.inputs(images)
+    expected = [image_cycles(project.config, project.image, registers, data, latency=args.latency)["cycles"]
+                for data in inputs]
+    cfg = project.config
+    peak = cfg.banks * cfg.gemm_cols + cfg.lanes
+    useful = [_useful_macs(r["trace"], cfg.envelope.head_dim) for r in runs]
+    clock, source = (args.clock_mhz, "given") if args.clock_mhz else (100.0, "assumed (Fmax not measured)")
+    cycles = [r["cycles"] for r in runs]
+    return {"bit_exact": report["bit_exact"], "images": len(runs), "model": name, "method": method,
+            "registers": registers.to_json(), "predictions": [int(max(range(len(r["logits"])),
+                                                                      key=r["logits"].__getitem__)) for r in runs],
+            "cycles": cycles, "expected_cycles": expected, "cycles_equal_model": cycles == expected,
+            "mac_utilization": [round(u / (peak * c), 4) for u, c in zip(useful, cycles, strict=True)],
+            "peak_macs_per_cycle": peak, "latency_ms": [round(c / (clock * 1e3), 4) for c in cycles],
+            "clock_mhz": clock, "clock_source": source, "faults": [r["fault"] for r in runs],
+            "dram_latency": args.latency, "build_dir": report["build_dir"]}
+
+
+def _useful_macs(trace, head_dim: int) -> int:
+    total = 0
+    for e in trace:
+        if e.get("skipped"):
+            continue
+        if e["op"] in ("GEMM", "PATCH_EMBED"):
+            total += e["n"] * e["k"] * e["m"]
+        elif e["op"] == "ATTENTION":
+            total += 2 * e["n"] * e["n"] * head_dim
+    return total
