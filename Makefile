@@ -9,7 +9,7 @@ JOBS   ?= 2
 # the install stamp is rebuilt whenever the dependency list changes
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-slow test-icarus iverilog lint bench verilog clean wheel-smoke
+.PHONY: install demo test test-all test-slow test-accel test-icarus iverilog lint bench verilog clean wheel-smoke
 
 install: $(STAMP)
 
@@ -59,6 +59,10 @@ iverilog:
 
 test-slow: install
 	$(PY) -m pytest -m slow -q
+
+# the whole-model accelerator in Verilator (one design, every method, bit-exact, cycles = the cost model)
+test-accel: install
+	$(PY) -m pytest -m slow -q tests/sim/test_accel_model_sim.py
 
 test-all: install iverilog
 	$(PY) -m pytest -q

@@ -39,8 +39,7 @@ def _mnist():
 
 
 @functools.cache
-def built(variant: str):
-    """``(int_model, compiled)`` of a random TINY model of the variant (once per process)."""
+def _int_model(variant: str):
     from tokensift.sw import create_model
 
     method, keep, attrs = VARIANTS[variant]
@@ -49,8 +48,15 @@ def built(variant: str):
     for _, sel in model.stage_selectors():
         for name, value in attrs.items():
             setattr(sel, name, value)
-    int_model = IntegerViT.from_float(model, calib_batches(_mnist()[0], 1, 50), num_batches=1)
-    return int_model, compile_model(int_model)
+    return IntegerViT.from_float(model, calib_batches(_mnist()[0], 1, 50), num_batches=1)
+
+
+@functools.cache
+def built(variant: str, gemm_cols: int = 64):
+    """``(int_model, compiled)`` of a random TINY model of the variant (once per process), its weight streams
+    laid out for a GEMM engine of ``gemm_cols`` columns."""
+    int_model = _int_model(variant)
+    return int_model, compile_model(int_model, gemm_cols=gemm_cols)
 
 
 def config_for(variant: str, **shape) -> AccelConfig:
@@ -59,9 +65,9 @@ def config_for(variant: str, **shape) -> AccelConfig:
 
 
 @functools.cache
-def steps(variant: str, image: int = 0):
+def steps(variant: str, image: int = 0, gemm_cols: int = 64):
     """``(dram, registers, [(pc, ins, before, after, entry), ...])`` of one test image through the variant."""
-    _, compiled = built(variant)
+    _, compiled = built(variant, gemm_cols)
     regs = compiled.registers
     mem = decode_image(compiled.image)
     x = images_labels(_mnist()[1], image + 1, start=100)[0][image:image + 1]

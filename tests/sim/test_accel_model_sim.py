@@ -23,21 +23,28 @@ from tokensift.quant.accel.image import decode_image  # noqa: E402
 from tokensift.quant.accel.isa import Opcode  # noqa: E402
 from tokensift.sim.accel_layout import covering_envelope, place_images, relocate  # noqa: E402
 
-pytestmark = pytest.mark.sim
+# the whole design's Verilator build takes minutes on 2 cores: these runs are behind `slow` (`make test-accel`),
+# the engines' own tests (tests/hw/test_accel_*.py) are in the default suite
+pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 METHODS = ("dense", "dynamicvit", "evit", "asvit", "sait", "spvit")
 
 
-def _setup():
-    images = [built(v)[1].image for v in METHODS]
+#: the GEMM engine's columns in these designs: a quarter of the demo's, so the whole design builds in Verilator
+#: in a fraction of the time (the engine's shape is a parameter every engine test covers)
+COLS = 16
+
+
+def _setup(cols: int = COLS):
+    images = [built(v, cols)[1].image for v in METHODS]
     dram, offsets = place_images(images)
-    regs = {v: relocate(built(v)[1].registers, off) for v, off in zip(METHODS, offsets, strict=True)}
+    regs = {v: relocate(built(v, cols)[1].registers, off) for v, off in zip(METHODS, offsets, strict=True)}
     inputs = {}
     for v in METHODS:
-        d, r, _ = steps(v)
-        size = decode_image(built(v)[1].image).regions["input"].size
+        d, r, _ = steps(v, 0, cols)
+        size = decode_image(built(v, cols)[1].image).regions["input"].size
         inputs[v] = bytes(d[r.input_base:r.input_base + size])
-    cfg = AccelConfig(envelope=covering_envelope(images))
+    cfg = AccelConfig(envelope=covering_envelope(images), gemm_cols=cols)
     return cfg, dram, regs, inputs
 
 
@@ -47,7 +54,6 @@ def _expected(dram, registers, data):
     return run(ref, registers)
 
 
-@pytest.mark.slow
 def test_every_method_through_one_design():
     from tokensift.sim.accel_runs import run_accelerator
 
@@ -66,7 +72,7 @@ def test_every_method_through_one_design():
     runs.insert(2, {**runs[1], "reset_after": 3000})
     want.insert(2, None)
     # SPViT's own selection: an op fault at its first SELECT, the bus still answering
-    spvit_select = next(pc for pc, ins in enumerate(decode_image(built("spvit")[1].image).program)
+    spvit_select = next(pc for pc, ins in enumerate(decode_image(built("spvit", COLS)[1].image).program)
                         if ins.opcode is Opcode.SELECT)
     runs.append({"registers": regs["spvit"].encode(), "input": inputs["spvit"].hex(),
                  "logits_base": regs["spvit"].logits_base, "classes": 10})
@@ -97,13 +103,13 @@ def test_dense_and_pruned_images_faults_and_a_reset():
     r = regs["dynamicvit"]
     words = r.encode()
     # copies of the image with a reserved bit set in instruction 0, and with a bad magic
-    image = built("dynamicvit")[1].image
+    image = built("dynamicvit", COLS)[1].image
     bad_prog, bad_magic = bytearray(image), bytearray(image)
     program_at = r.program_base - r.memory_base
     bad_prog[program_at + 2] |= 0x80
     bad_magic[0] ^= 0xFF
     dram2, offsets = place_images([bytes(dram), bytes(bad_prog), bytes(bad_magic)])
-    moved = [relocate(built("dynamicvit")[1].registers, off) for off in offsets[1:]]
+    moved = [relocate(built("dynamicvit", COLS)[1].registers, off) for off in offsets[1:]]
     run_args = {"input": inputs["dynamicvit"].hex(), "logits_base": r.logits_base, "classes": 10}
     runs = [{"registers": words, **run_args},
             {"registers": words, **run_args, "reset_after": 2000},
@@ -116,7 +122,7 @@ def test_dense_and_pruned_images_faults_and_a_reset():
     got = report["runs"]
     from tokensift.hw.accel.cycles import image_cycles
 
-    image = built("dynamicvit")[1].image
+    image = built("dynamicvit", COLS)[1].image
     for g, regs_ in ((got[0], r), (got[2], r.replace(method="dense"))):  # own method; dense: skipped ops
         assert g["cycles"] == image_cycles(cfg, image, regs_, inputs["dynamicvit"], latency=10)["cycles"]
     assert got[0]["logits"] == [int(v) for v in _expected(dram, r, inputs["dynamicvit"]).logits]

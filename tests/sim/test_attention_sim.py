@@ -65,6 +65,7 @@ def test_attention_bit_exact(name):
     assert ex["overflows_hw"] == min(ex["overflows_ref"], 0xFFFF)
 
 
+@pytest.mark.slow
 def test_narrow_ranges_reject_what_they_do_not_cover():
     # a core generated for narrower constants: the random layers are drawn within its ranges and run exact,
     # and the rejected-constants test sends values just past each range
