@@ -26,9 +26,9 @@ demo: install
 	$(VENV)/bin/tokensift demo
 
 # the default suite: everything except the long sweeps (marker `slow`) and the Icarus runs (`test-icarus`),
-# then the wheel as a user gets it
+# then the wheel as a user gets it; a test still running after 15 minutes fails (a hang must not eat CI)
 test: install
-	$(PY) -m pytest -m "not slow and not icarus" -n $(JOBS) --dist loadfile -q
+	$(PY) -m pytest -m "not slow and not icarus" -n $(JOBS) --dist loadfile -q --timeout 900 --durations 15
 	$(MAKE) --no-print-directory wheel-smoke
 
 # build the wheel, install it (not editable) into a fresh venv and run the CLI there, outside the source

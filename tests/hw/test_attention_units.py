@@ -44,12 +44,24 @@ SOFTMAX = [SoftmaxParams(), SoftmaxParams(variant="exp2_poly"),
            SoftmaxParams(log2_frac=5, exp_frac=10, prob_frac=8)]
 
 
-def run(dut, *benches, clock=1e-6):
+def run(dut, *benches, clock=1e-6, max_cycles=200_000):
+    """Run the testbenches to completion; a bench still waiting after ``max_cycles`` fails the test
+    instead of hanging it."""
     sim = Simulator(dut)
     sim.add_clock(clock)
+    finished = []
+
+    def bounded(bench):
+        async def wrapped(ctx):
+            await bench(ctx)
+            finished.append(bench.__name__)
+        return wrapped
+
     for b in benches:
-        sim.add_testbench(b)
-    sim.run()
+        sim.add_testbench(bounded(b))
+    sim.run_until(max_cycles * clock)
+    waiting = sorted({b.__name__ for b in benches} - set(finished))
+    assert not waiting, f"{', '.join(waiting)} still waiting after {max_cycles} cycles"
 
 
 class TestMacArray:
@@ -746,48 +758,52 @@ class TestRuntimeRequantizer:
 
 class TestRunTimeConstants:
     def test_header_waits_for_its_constants(self):
-        # the second frame's beats come first, its constants 40 cycles later: the header is not taken
-        # before them (and no core sees it), then the frame runs with them
+        # the second frame's beats come first, its constants 40 cycles after the core went idle: the header
+        # is not taken before them (and no core sees it), then the frame runs with them
         p = AttentionParams(n_max=4, head_dim=4, lanes=2)
         rng = np.random.default_rng(2)
         frames = [_frame(rng, n, p) for n in (3, 2)]
         layers = [p, random_layer(rng, p)]
         dut = Attention(params=p)
-        out = {"o": [], "s": [], "taken_at": []}
+        out = {"o": [], "s": [], "k_taken": [], "header_taken": [], "cycle": 0}
 
         async def k_producer(ctx):
             for i, layer in enumerate(layers):
                 if i == 1:
-                    await ctx.tick().repeat(150)
+                    await ctx.tick().until(~dut.status.busy)
+                    await ctx.tick().repeat(40)
                 ctx.set(dut.k_stream.payload.as_value(), encode_constants(layer))
                 ctx.set(dut.k_stream.valid, 1)
                 await ctx.tick().until(dut.k_stream.ready)
-                out["taken_at"].append(ctx.get(dut.status.busy))
-            ctx.set(dut.k_stream.valid, 0)
+                ctx.set(dut.k_stream.valid, 0)  # one beat per frame: held valid, it would be taken again
+                out["k_taken"].append(out["cycle"])
 
         async def producer(ctx):
             for f in frames:
-                for beat in encode_frame(*f, p):
+                for j, beat in enumerate(encode_frame(*f, p)):
                     ctx.set(dut.i_stream.payload.as_value(), beat)
                     ctx.set(dut.i_stream.valid, 1)
                     await ctx.tick().until(dut.i_stream.ready)
+                    if j == 0:
+                        out["header_taken"].append(out["cycle"])
             ctx.set(dut.i_stream.valid, 0)
 
         async def consumer(ctx):
             ctx.set(dut.o_stream.ready, 1)
             ctx.set(dut.s_stream.ready, 1)
-            for _ in range(900):
+            for _ in range(1500):
                 if ctx.get(dut.o_stream.valid):
                     out["o"].append(ctx.get(dut.o_stream.payload.row.as_value()))
                 if ctx.get(dut.s_stream.valid):
                     out["s"].append(ctx.get(dut.s_stream.payload.prob))
                 await ctx.tick()
+                out["cycle"] += 1
 
         run(dut, k_producer, producer, consumer)
         expect = [attention_head(*f, layer) for f, layer in zip(frames, layers, strict=True)]
         assert decode_rows(out["o"], p).tolist() == np.concatenate([o for o, _ in expect]).tolist()
         assert out["s"] == np.concatenate([c for _, c in expect]).tolist()
-        assert out["taken_at"][1] == 0  # the core was idle, waiting for the constants
+        assert out["header_taken"][1] > out["k_taken"][1] >= 40  # the header waited for its constants
 
     def test_out_of_range_constants_are_rejected(self):
         p = AttentionParams(n_max=4, head_dim=4, lanes=2)
