@@ -38,11 +38,11 @@ class CycleCounter:
 
     def __init__(self, clk, period_ns: int = 10):
         self.clk = clk
-        self._period = period_ns
+        self.period_ns = period_ns
 
     @property
     def now(self) -> int:
-        return int(get_sim_time(unit="ns")) // self._period
+        return int(get_sim_time(unit="ns")) // self.period_ns
 
 
 def pause_generator(probability: float, seed: int):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.axi.config import AxiDmaConfig
 
-__all__ = ["configure", "Project", "TOPLEVEL"]
+__all__ = ["configure", "Project", "TOPLEVEL", "shape_from_choice", "useful_macs"]
 
 TOPLEVEL = "tokensift_accel"
 
@@ -71,6 +71,64 @@ class Project:
         return simulate_model(self.config, self.image, self.registers(), self.inputs(images),
                               register_sets=register_sets, latency=latency, pause=pause, seed=seed,
                               build_dir=build_dir, waves=waves)
+
+    def measure(self, images, *, register_sets=None, latency: int = 10, pause: float = 0.0, seed: int = 1,
+                clock_mhz: float = 100.0, build_dir=None, waves=False) -> dict:
+        """:meth:`simulate`, summarised per register set: bit-exactness, predictions, Verilator cycles next to
+        the cost model's (equal at ``pause=0``), MAC utilization of the design's peak and latency at
+        ``clock_mhz``."""
+        from tokensift.hw.accel.cycles import image_cycles
+
+        sets = list(register_sets or [self.registers()])
+        report = self.simulate(images, register_sets=sets, latency=latency, pause=pause, seed=seed,
+                               build_dir=build_dir, waves=waves)
+        inputs = self.inputs(images)
+        cfg = self.config
+        peak = cfg.banks * cfg.gemm_cols + cfg.lanes
+        per_set = []
+        for i, regs in enumerate(sets):
+            runs = report["runs"][i * len(inputs):(i + 1) * len(inputs)]
+            cycles = [r["cycles"] for r in runs]
+            expected = [image_cycles(cfg, self.image, regs, data, latency=latency)["cycles"] for data in inputs]
+            macs = [useful_macs(r["trace"], cfg.envelope.head_dim) for r in runs]
+            per_set.append({
+                "registers": regs.to_json(), "bit_exact": all(r["bit_exact"] for r in runs),
+                "predictions": [max(range(len(r["logits"])), key=r["logits"].__getitem__) for r in runs],
+                "faults": [r["fault"] for r in runs], "cycles": cycles, "expected_cycles": expected,
+                "cycles_equal_model": cycles == expected, "macs": macs,
+                "mac_utilization": [round(u / (peak * c), 4) for u, c in zip(macs, cycles, strict=True)],
+                "latency_ms": [round(c / (clock_mhz * 1e3), 4) for c in cycles]})
+        return {"bit_exact": report["bit_exact"], "sets": per_set, "peak_macs_per_cycle": peak,
+                "clock_mhz": clock_mhz, "dram_latency": latency, "build_dir": report["build_dir"],
+                "wall_s": report.get("wall_s")}
+
+
+def useful_macs(trace, head_dim: int) -> int:
+    """The multiply-accumulates an image's program needs (the reference sequencer's ``trace``): every GEMM
+    and patch embedding ``n x k x m``, every attention head ``2 n^2 head_dim``; skipped ops count nothing."""
+    total = 0
+    for e in trace:
+        if e.get("skipped"):
+            continue
+        if e["op"] in ("GEMM", "PATCH_EMBED"):
+            total += e["n"] * e["k"] * e["m"]
+        elif e["op"] == "ATTENTION":
+            total += 2 * e["n"] * e["n"] * head_dim
+    return total
+
+
+def shape_from_choice(hw: dict, *, head_dim: int) -> dict:
+    """The accelerator shape closest to a co-optimizer choice (``CostEvaluator``'s ``hw`` dict): the GEMM
+    engine ``linear_rows x linear_lanes / linear_rows`` (rows rounded up to a power of two, the token banks),
+    the attention core's ``lanes`` (at most the head dimension), weights streamed on an AXI word of at least
+    ``weight_rate`` bytes. The design has one attention core: ``heads_parallel`` is not a parameter of it."""
+    rows = int(hw.get("linear_rows") or 1)
+    banks = 1 << max(0, (rows - 1).bit_length())
+    axi_bytes = 8 if int(hw.get("weight_rate") or 8) <= 8 else 16
+    cols = max(axi_bytes, -(-int(hw["linear_lanes"]) // rows))
+    cols += -cols % axi_bytes
+    lanes = min(1 << (int(hw["lanes"]).bit_length() - 1), head_dim & -head_dim)
+    return {"banks": banks, "lanes": lanes, "gemm_cols": cols, "axi": AxiDmaConfig(data_bytes=axi_bytes)}
 
 
 def configure(int_model, *, banks: int = 2, lanes: int = 8, gemm_cols: int = 64,

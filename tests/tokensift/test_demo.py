@@ -64,6 +64,19 @@ def _quick_demo(tmp_path, capsys, *extra):
     if "combiner" in stage:
         assert stage["combiner"]["mismatches"] == 0
         assert len(stage["combiner"]["cycles"]) == 1 and stage["combiner"]["cycles"] == stage["combiner"]["expected_cycles"]
+    acc = s["accelerator"]
+    if "--no-accelerator" in extra:
+        assert acc is None
+        return s
+    # the whole design: the same images from DRAM, logits bit-exact, cycles equal to its cost model
+    for key in ("own", "second") if s["method"] != "spvit" else ("second",):
+        run = acc[key]
+        assert run["bit_exact"] and run["faults"] == [0, 0] and len(run["predictions"]) == 2
+        assert run["cycles_equal_model"] and all(0 < u < 1 for u in run["mac_utilization"])
+    hw = s["hw"]
+    assert (acc["shape"]["banks"], acc["shape"]["lanes"]) == (hw["linear_rows"], hw["lanes"])
+    assert acc["shape"]["banks"] * acc["shape"]["gemm_cols"] == hw["linear_lanes"]
+    assert (tmp_path / "demo" / "verilog" / "accelerator" / "tokensift_accel.v").stat().st_size > 1000
     return s
 
 
@@ -79,7 +92,7 @@ def test_quick_demo_every_method(tmp_path, capsys, method):
 def test_quick_demo_adaptive_method_with_a_score_combiner(tmp_path, capsys):
     """AS-ViT: per-token head weights through the score combiner, a learned threshold in the selector, and a
     latency measured image by image (each image keeps its own count)."""
-    s = _quick_demo(tmp_path, capsys, "--method", "asvit")
+    s = _quick_demo(tmp_path, capsys, "--method", "asvit", "--no-accelerator")  # one whole-design build is enough
     assert s["keep"]["kind"] == "adaptive" and "mean over" in s["cycles_note"]
     stage = s["simulation"]["stage"]
     assert "combiner" in stage and stage["combiner"]["params"]["per_token_weights"]
@@ -100,8 +113,12 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert (out / rel).stat().st_size > 100, rel
     table = (out / "table.txt").read_text()
     for row in ("accuracy int8, pruned", "method", "keep ratio (rho)", "cycles per image", "bit-exact vs integer model",
-                "DSP", "block 1 selector, simulated"):
+                "DSP", "block 1 selector, simulated", "whole accelerator", "dynamicvit registers",
+                "METHOD=dense (no selection)", "pruned vs dense, measured"):
         assert row in table
+    acc = s["accelerator"]
+    # pruning shows in the whole design's cycles: fewer than the same images run dense
+    assert sum(acc["own"]["cycles"]) < sum(acc["second"]["cycles"]) and acc["measured_speedup"] > 1
     # PYNQ-Z2 is a Zynq-7000: no open place and route, so the table says its clock is assumed
     assert s["clock"]["source"] == "assumed" and s["clock"]["mhz"] == s["hw"]["clock_mhz"]
     assert re.search(r"^\| clock +\| 100 MHz, assumed, not measured: no open place and route exists for PYNQ-Z2",

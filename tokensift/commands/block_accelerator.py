@@ -139,7 +139,6 @@ def simulate(args) -> dict:
         _load_model,
         parse_register_settings,
     )
-    from tokensift.hw.accel.cycles import image_cycles
     from tokensift.hw.accel.project import configure
     from tokensift.quant.integer_model import IntegerViT
     from tokensift.sw.data import spread_indices, spread_subset
@@ -175,34 +174,13 @@ def simulate(args) -> dict:
     except ValueError as exc:
         raise InvalidArgumentError(str(exc)) from None
     images = torch.stack([test[i][0] for i in spread_indices(len(test), args.images)])
-    report = project.simulate(images, register_sets=[registers], latency=args.latency, pause=args.pause,
-                              seed=args.seed, build_dir=args.build_dir, waves=args.waves or False)
-    runs = report["runs"]
-    inputs = project.inputs(images)
-    expected = [image_cycles(project.config, project.image, registers, data, latency=args.latency)["cycles"]
-                for data in inputs]
-    cfg = project.config
-    peak = cfg.banks * cfg.gemm_cols + cfg.lanes
-    useful = [_useful_macs(r["trace"], cfg.envelope.head_dim) for r in runs]
     clock, source = (args.clock_mhz, "given") if args.clock_mhz else (100.0, "assumed (Fmax not measured)")
-    cycles = [r["cycles"] for r in runs]
-    return {"bit_exact": report["bit_exact"], "images": len(runs), "model": name, "method": method,
-            "registers": registers.to_json(), "predictions": [int(max(range(len(r["logits"])),
-                                                                      key=r["logits"].__getitem__)) for r in runs],
-            "cycles": cycles, "expected_cycles": expected, "cycles_equal_model": cycles == expected,
-            "mac_utilization": [round(u / (peak * c), 4) for u, c in zip(useful, cycles, strict=True)],
-            "peak_macs_per_cycle": peak, "latency_ms": [round(c / (clock * 1e3), 4) for c in cycles],
-            "clock_mhz": clock, "clock_source": source, "faults": [r["fault"] for r in runs],
-            "dram_latency": args.latency, "build_dir": report["build_dir"]}
-
-
-def _useful_macs(trace, head_dim: int) -> int:
-    total = 0
-    for e in trace:
-        if e.get("skipped"):
-            continue
-        if e["op"] in ("GEMM", "PATCH_EMBED"):
-            total += e["n"] * e["k"] * e["m"]
-        elif e["op"] == "ATTENTION":
-            total += 2 * e["n"] * e["n"] * head_dim
-    return total
+    m = project.measure(images, register_sets=[registers], latency=args.latency, pause=args.pause,
+                        seed=args.seed, clock_mhz=clock, build_dir=args.build_dir, waves=args.waves or False)
+    run = m["sets"][0]
+    return {"bit_exact": m["bit_exact"], "images": len(run["cycles"]), "model": name, "method": method,
+            "registers": registers.to_json(), "predictions": run["predictions"], "cycles": run["cycles"],
+            "expected_cycles": run["expected_cycles"], "cycles_equal_model": run["cycles_equal_model"],
+            "mac_utilization": run["mac_utilization"], "peak_macs_per_cycle": m["peak_macs_per_cycle"],
+            "latency_ms": run["latency_ms"], "clock_mhz": clock, "clock_source": source, "faults": run["faults"],
+            "dram_latency": args.latency, "build_dir": m["build_dir"]}

@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-images", type=int, default=d.eval_images,
                         help="test images for the accuracies (default: %(default)s)")
     parser.add_argument("--synth", action="store_true", help="also synthesize the generated blocks with Yosys")
+    parser.add_argument("--no-accelerator", action="store_true",
+                        help="skip step 7, the whole accelerator in Verilator (its build takes minutes)")
     parser.add_argument("--quick", action="store_true",
                         help="a couple of training steps, a coarse keep grid, two simulated images")
     parser.add_argument("--cache-dir", type=Path, default=None, help="dense-model cache (default: ~/.cache/tokensift)")
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir("--out", args.out)
     check_output_dir("--cache-dir", args.cache_dir if args.cache_dir is not None else default_cache_dir())
     kwargs = dict(out=args.out, method=args.method, device=args.device, target_latency_ms=target, speedup=args.speedup,
-                  synth=args.synth, progress=not args.no_progress, cache_dir=args.cache_dir)
+                  synth=args.synth, accelerator=not args.no_accelerator, progress=not args.no_progress, cache_dir=args.cache_dir)
     if args.quick:
         cfg = DemoConfig.quick(**kwargs)
     else:

@@ -15,7 +15,13 @@
 6. **simulate** real test images through Verilator (:mod:`tokensift.sim.real_images`): the attention core
    whose outputs the first stage reads, and that stage's selection step (score combiner, selector), each
    bit-exact against the integer reference, which is checked against the integer model's own decisions;
-7. print **one table** and write ``summary.json`` and the co-optimization report.
+7. **the whole accelerator** (:mod:`tokensift.hw.accel`): compile the integer model into a DRAM image, generate
+   the whole-model design in the shape the co-optimizer chose (:func:`~tokensift.hw.accel.project.
+   shape_from_choice`), and run the same images through its Verilator model from DRAM under the model's own
+   registers and then, on the same design, under a second setting (the dense method, or SaiT at density 1):
+   bit-exact logits, Verilator cycles next to the cost model's, MAC utilization, and the measured pruned vs
+   dense cycle ratio next to the MAC ratio;
+8. print **one table** and write ``summary.json`` and the co-optimization report.
 
 The default method is DynamicViT: its keep ratio fixes the token counts, so the latency target is met by
 construction. ``--method`` runs any of the five.
@@ -55,6 +61,7 @@ class DemoConfig:
     eval_images: int = 1000
     calib_batches: int = 4
     synth: bool = False
+    accelerator: bool = True        # step 7: the whole design in Verilator (minutes to build)
     seed: int = 0
     progress: bool = True
     cache_dir: Path | None = None
@@ -110,7 +117,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(file=sys.stderr)
-    step = _Steps(console, 7)
+    step = _Steps(console, 8)
     device = get_device(cfg.device)
     torch.manual_seed(cfg.seed)
     _, test = load_mnist()
@@ -282,7 +289,17 @@ def run_demo(cfg: DemoConfig) -> dict:
     sim["stage"] = simulate_stage(iv, stage_cap, lanes=hw["selector_lanes"], work_dir=out / "sim")
     timings["simulate_s"] = time.perf_counter() - t
 
-    # 7. the table ----------------------------------------------------------------------------------------
+    # 7. the whole accelerator -------------------------------------------------------------------------------
+    t = time.perf_counter()
+    accel = None
+    if cfg.accelerator:
+        accel = _whole_accelerator(iv, hw, images, cfg.method, vdir / "accelerator", out / "sim" / "accelerator",
+                                   step=step)
+    else:
+        step("whole accelerator: skipped (--no-accelerator)")
+    timings["accelerator_s"] = time.perf_counter() - t
+
+    # 8. the table ----------------------------------------------------------------------------------------
     step("summary")
     n_block = int(att_cap.q.shape[2])
     model_attn = cost.attention_cycles(n_block)
@@ -315,7 +332,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         "coopt": {**{k: result.summary[k] for k in ("search", "pareto_size", "message")},
                   "frontier_accuracy": [{"latency_ms": lat, "accuracy_dense_weights": a} for lat, a in measured]},
         "simulation": {**sim, "stage_block": stage_block, "model_attention_cycles": model_attn},
-        "bit_exact": bool(sim["attention"]["bit_exact"] and sim["stage"]["bit_exact"]),
+        "accelerator": accel,
+        "bit_exact": bool(sim["attention"]["bit_exact"] and sim["stage"]["bit_exact"]
+                          and (accel is None or accel["bit_exact"])),
         "verilog": verilog,
         "dense_checkpoint": dense_ckpt,
         "checkpoint": ft["checkpoint"],
@@ -327,6 +346,45 @@ def run_demo(cfg: DemoConfig) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json))
     (out / "table.txt").write_text(render_table(summary) + "\n")
     return summary
+
+
+def _whole_accelerator(iv, hw: dict, images, method: str, verilog_dir: Path, build_dir: Path, *, step) -> dict:
+    """Compile ``iv``, generate the whole accelerator in the co-optimizer's shape, run ``images`` through its
+    Verilator model under the model's registers and under a second setting on the same design."""
+    from tokensift.hw.accel.project import configure, shape_from_choice
+    from tokensift.quant.accel.registers import MASS_ONE
+
+    shape = shape_from_choice(hw, head_dim=iv.blocks[0].attn.head_dim)
+    project = configure(iv, **shape)
+    files = project.generate(verilog_dir)["files"]
+    own = project.registers()
+    if method == "sait":
+        second, second_note = own.replace(density=MASS_ONE), "SaiT at density 1.0"
+    else:
+        second, second_note = own.replace(method="dense"), "METHOD=dense (no selection)"
+    sets = [own, second]
+    note = ""
+    if method == "spvit":  # SPViT's selection (per-head predictors, package token) has no engine yet
+        sets, note = [second], "SPViT's selection stage has no engine in the design yet: only the dense setting runs"
+    cfg = project.config
+    step(f"whole accelerator ({cfg.banks} x {cfg.gemm_cols} GEMM, {cfg.lanes}-lane attention, "
+         f"{cfg.axi.data_bytes}-byte AXI): {len(images)} real test images from DRAM in Verilator, under "
+         f"{'the model' + chr(39) + 's registers and ' if len(sets) == 2 else ''}{second_note}")
+    m = project.measure(images, register_sets=sets, latency=10, clock_mhz=hw["clock_mhz"], build_dir=build_dir)
+    runs = {"own": m["sets"][0], "second": m["sets"][-1]} if len(sets) == 2 else {"second": m["sets"][0]}
+    out = {"shape": {**cfg.as_dict(), "envelope": None}, "shape_note": (
+        "the co-optimizer's GEMM array (linear_rows x linear_lanes / linear_rows) and attention lanes; one "
+        "attention core (heads_parallel is not a parameter of this design)"),
+        "verilog": files, "bit_exact": m["bit_exact"], "peak_macs_per_cycle": m["peak_macs_per_cycle"],
+        "clock_mhz": m["clock_mhz"], "clock_source": "assumed (the whole design's Fmax is not measured)",
+        "dram_latency": m["dram_latency"], "second_setting": second_note, "note": note, **runs}
+    if len(sets) == 2:
+        own_c, dense_c = sum(runs["own"]["cycles"]), sum(runs["second"]["cycles"])
+        own_m, dense_m = sum(runs["own"]["macs"]), sum(runs["second"]["macs"])
+        out["measured_speedup"] = dense_c / own_c
+        out["mac_ratio"] = dense_m / own_m
+        out["fraction_of_ideal"] = (dense_c / own_c) / (dense_m / own_m)
+    return out
 
 
 def _dense(cfg: DemoConfig, ckpt):
@@ -410,8 +468,34 @@ def render_table(s: dict) -> str:
     sel = stage["selector"]
     rows.append((f"block {sim['stage_block']} selector, simulated",
                  f"{_cycle_list(sel['cycles'])} cycles per frame (formula {_cycle_list(sel['expected_cycles'])})"))
+    acc_hw = s["accelerator"] or {}
+    shape = acc_hw.get("shape")
+    rows.append(("whole accelerator", "not simulated (--no-accelerator)") if not acc_hw else (
+        "whole accelerator", f"{shape['banks']} x {shape['gemm_cols']} GEMM + {shape['lanes']}-lane "
+                                      f"attention ({acc_hw['peak_macs_per_cycle']} MACs/cycle), "
+                                      f"{shape['axi']['data_bytes']}-byte AXI, DRAM latency "
+                                      f"{acc_hw['dram_latency']}"))
+    for key, label in (("own", f"{s['method']} registers"), ("second", acc_hw.get("second_setting"))):
+        if key not in acc_hw:
+            continue
+        r = acc_hw[key]
+        rows.append((f"  {label}", f"{_cycle_list(r['cycles'])} cycles per image in Verilator (cost model "
+                                   f"{'equal' if r['cycles_equal_model'] else _cycle_list(r['expected_cycles'])}),"
+                                   f" MAC utilization {100 * sum(r['mac_utilization']) / len(r['cycles']):.1f}%, "
+                                   f"{'bit-exact' if r['bit_exact'] else 'NOT bit-exact'}, predictions "
+                                   f"{', '.join(map(str, r['predictions']))}"))
+    if "measured_speedup" in acc_hw:
+        rows.append(("  pruned vs dense, measured", f"{acc_hw['measured_speedup']:.3f}x cycles vs "
+                                                    f"{acc_hw['mac_ratio']:.3f}x MACs = "
+                                                    f"{acc_hw['fraction_of_ideal']:.2f} of the ideal ratio"))
+    if acc_hw.get("note"):
+        rows.append(("  note", acc_hw["note"]))
+    own = acc_hw.get("own", acc_hw.get("second"))
+    if own:
+        rows.append(("  latency, whole design", f"{sum(own['latency_ms']) / len(own['latency_ms']):.4g} ms at "
+                                            f"{acc_hw['clock_mhz']:g} MHz, {acc_hw['clock_source']}"))
     rows.append(("bit-exact vs integer model", f"{'yes' if s['bit_exact'] else 'NO'} ({frames} frames of "
-                                                f"{sim['images']} real images)"))
+                                                f"{sim['images']} real images; the whole design's logits)"))
     for k, u in s["utilization"].items():
         cap = s["device"].get(k)
         if not cap:
