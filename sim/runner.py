@@ -146,7 +146,9 @@ def run_cocotb(
     start = time.perf_counter()
     saved_make_flags = os.environ.get("MAKEFLAGS")
     if not icarus:
-        os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved_make_flags, *_MAKE_FLAGS]))
+        # a big design is split into dozens of C++ files: compile them on every core (the caller's -j wins)
+        jobs = [] if "-j" in (saved_make_flags or "") else [f"-j{min(os.cpu_count() or 1, 8)}"]
+        os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved_make_flags, *_MAKE_FLAGS, *jobs]))
     try:
         runner.build(
             sources=[verilog_path, *map(Path, extra_sources)],

@@ -3,10 +3,11 @@ rows of every instruction) and each op engine's own formula, plus the sequencer'
 
 Per image (``L``: the DRAM's latency as :class:`tokensift.sim.axi_memory.DramModel` sets it, no back-pressure):
 
-- the header check and the end: ``3 L + 47`` cycles (:data:`HEAD_TAIL`), the header's 160 bytes, the
-  checks, the END instruction's fetch and the done;
-- per instruction after the first: its fetch and dispatch, ``L + 11`` (:data:`FETCH`); a skipped (gated)
-  instruction costs its fetch, ``L + 9`` (:data:`SKIP`);
+- the header check and the end: ``3 L + 25 + H + I`` cycles (:data:`HEAD_TAIL`), with ``H`` the bus words
+  of the header's 160 bytes and ``I`` those of one 16-byte instruction (``3 L + 47`` on a 64-bit bus): the
+  header, the checks, the END instruction's fetch and the done;
+- per instruction after the first: its fetch and dispatch, ``L + 9 + I`` (:data:`FETCH`); a skipped
+  (gated) instruction costs its fetch, ``L + 7 + I`` (:data:`SKIP`);
 - per executed instruction: its engine's cycles (``op_*.cycles``), with DRAM records answered
   ``L + 5`` cycles after the engine's command (:data:`ENGINE_LATENCY`: the read DMA's command acceptance,
   the AR channel and its output register around the memory's latency); the patch embedding's two commands
@@ -25,16 +26,27 @@ from tokensift.hw.accel.config import AccelConfig
 __all__ = ["image_cycles", "instruction_cycles", "HEAD_TAIL", "FETCH", "SKIP", "ENGINE_LATENCY", "PATCH_OVERLAP"]
 
 
-def HEAD_TAIL(latency: int) -> int:  # noqa: N802 - a constant of the latency
-    return 3 * latency + 47
+def _words(nbytes: int, data_bytes: int) -> int:
+    return max(1, nbytes // data_bytes)
 
 
-def FETCH(latency: int) -> int:  # noqa: N802
-    return latency + 11
+def HEAD_TAIL(latency: int, data_bytes: int = 8) -> int:  # noqa: N802 - a constant of the latency and bus
+    from tokensift.hw.accel.sequencer import HEADER_CHECK_BYTES
+    from tokensift.quant.accel.isa import INSTRUCTION_BYTES
+
+    return 3 * latency + 25 + _words(HEADER_CHECK_BYTES, data_bytes) + _words(INSTRUCTION_BYTES, data_bytes)
 
 
-def SKIP(latency: int) -> int:  # noqa: N802
-    return latency + 9
+def FETCH(latency: int, data_bytes: int = 8) -> int:  # noqa: N802
+    from tokensift.quant.accel.isa import INSTRUCTION_BYTES
+
+    return latency + 9 + _words(INSTRUCTION_BYTES, data_bytes)
+
+
+def SKIP(latency: int, data_bytes: int = 8) -> int:  # noqa: N802
+    from tokensift.quant.accel.isa import INSTRUCTION_BYTES
+
+    return latency + 7 + _words(INSTRUCTION_BYTES, data_bytes)
 
 
 def ENGINE_LATENCY(latency: int) -> int:  # noqa: N802
@@ -116,18 +128,19 @@ def image_cycles(cfg: AccelConfig, image: bytes, registers, input_data: bytes, *
     dram = bytearray(end)
     dram[registers.memory_base:registers.memory_base + len(image)] = image
     dram[registers.input_base:registers.input_base + len(input_data)] = input_data
-    total = HEAD_TAIL(latency)
+    bus = cfg.axi.data_bytes
+    total = HEAD_TAIL(latency, bus)
     ops = []
     executed = 0
     for pc, ins, before, _after, entry in walk(dram, registers):
         if ins.opcode.name == "END":
             continue
         if entry.get("skipped"):
-            total += SKIP(latency)
+            total += SKIP(latency, bus)
             continue
         entry = dict(entry, protected=before.protected)
         c = instruction_cycles(cfg, ins, entry, mem, registers, latency)
-        total += c + (FETCH(latency) if executed else 0)
+        total += c + (FETCH(latency, bus) if executed else 0)
         executed += 1
         ops.append((pc, ins.opcode.name, c))
     return {"cycles": total, "ops": ops}

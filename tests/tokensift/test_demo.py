@@ -71,7 +71,7 @@ def _quick_demo(tmp_path, capsys, *extra):
     # the whole design: the same images from DRAM, logits bit-exact, cycles equal to its cost model
     for key in ("own", "second") if s["method"] != "spvit" else ("second",):
         run = acc[key]
-        assert run["bit_exact"] and run["faults"] == [0, 0] and len(run["predictions"]) == 2
+        assert run["bit_exact"] and run["faults"] == [0] and len(run["predictions"]) == 1  # --quick: one image
         assert run["cycles_equal_model"] and all(0 < u < 1 for u in run["mac_utilization"])
     hw = s["hw"]
     assert (acc["shape"]["banks"], acc["shape"]["lanes"]) == (hw["linear_rows"], hw["lanes"])
@@ -133,3 +133,9 @@ def test_demo_argument_errors(capsys):
     assert main(["demo", "--sim-images", "0"]) == 2
     assert re.match(r"^tokensift demo: error: --sim-images must be at least 1, not 0$",
                     capsys.readouterr().err.strip())
+    assert main(["demo", "--accel-images", "0"]) == 2
+    assert re.match(r"^tokensift demo: error: --accel-images must be at least 1, not 0$",
+                    capsys.readouterr().err.strip())
+    assert main(["demo", "--sim-images", "2", "--accel-images", "3"]) == 2
+    assert re.match(r"^tokensift demo: error: --accel-images \(3\) must be at most --sim-images \(2\): the whole "
+                    r"design runs the same images$", capsys.readouterr().err.strip())

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="default: %(default)s")
     parser.add_argument("--sim-images", type=int, default=d.sim_images,
                         help="MNIST test images simulated cycle-accurately (default: %(default)s)")
+    parser.add_argument("--accel-images", type=int, default=d.accel_images,
+                        help="of those, images run through the whole accelerator under each of its two settings "
+                             "(default: %(default)s)")
     parser.add_argument("--eval-images", type=int, default=d.eval_images,
                         help="test images for the accuracies (default: %(default)s)")
     parser.add_argument("--synth", action="store_true", help="also synthesize the generated blocks with Yosys")
@@ -56,9 +59,12 @@ def run(args: argparse.Namespace) -> int:
     from tokensift.devices import get_device
     from tokensift.sw.pipeline import default_cache_dir
 
-    for name in ("dense_epochs", "finetune_epochs", "sim_images", "eval_images"):
+    for name in ("dense_epochs", "finetune_epochs", "sim_images", "accel_images", "eval_images"):
         if getattr(args, name) < 1:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if not args.quick and args.accel_images > args.sim_images:
+        raise InvalidArgumentError(f"--accel-images ({args.accel_images}) must be at most --sim-images "
+                                   f"({args.sim_images}): the whole design runs the same images")
     try:
         target = args.target_latency_ms
         if args.target_fps is not None:
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = DemoConfig.quick(**kwargs)
     else:
         cfg = DemoConfig(**kwargs, dense_epochs=args.dense_epochs, finetune_epochs=args.finetune_epochs,
-                         sim_images=args.sim_images, eval_images=args.eval_images)
+                         sim_images=args.sim_images, accel_images=args.accel_images, eval_images=args.eval_images)
     summary = run_demo(cfg)
     if args.json:
         from tokensift.cli import emit_json

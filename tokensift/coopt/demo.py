@@ -62,6 +62,7 @@ class DemoConfig:
     calib_batches: int = 4
     synth: bool = False
     accelerator: bool = True        # step 7: the whole design in Verilator (minutes to build)
+    accel_images: int = 2           # images through the whole design, under each of its two settings
     seed: int = 0
     progress: bool = True
     cache_dir: Path | None = None
@@ -71,7 +72,7 @@ class DemoConfig:
     def quick(cls, **kw) -> DemoConfig:
         """A couple of training steps, two simulated images, a coarse keep grid (for tests)."""
         base = {"dense_epochs": 1, "finetune_epochs": 1, "max_steps": 2, "keep_step": 0.1, "sim_images": 2,
-                "eval_images": 100}
+                "eval_images": 100, "accel_images": 1}
         return cls(**{**base, **kw})
 
 
@@ -293,8 +294,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     t = time.perf_counter()
     accel = None
     if cfg.accelerator:
-        accel = _whole_accelerator(iv, hw, images, cfg.method, vdir / "accelerator", out / "sim" / "accelerator",
-                                   step=step)
+        accel = _whole_accelerator(iv, hw, images[:cfg.accel_images], cfg.method, vdir / "accelerator", step=step)
     else:
         step("whole accelerator: skipped (--no-accelerator)")
     timings["accelerator_s"] = time.perf_counter() - t
@@ -348,9 +348,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     return summary
 
 
-def _whole_accelerator(iv, hw: dict, images, method: str, verilog_dir: Path, build_dir: Path, *, step) -> dict:
+def _whole_accelerator(iv, hw: dict, images, method: str, verilog_dir: Path, *, step) -> dict:
     """Compile ``iv``, generate the whole accelerator in the co-optimizer's shape, run ``images`` through its
-    Verilator model under the model's registers and under a second setting on the same design."""
+    Verilator model under the model's registers and under a second setting on the same design. The Verilator
+    build goes to the content-addressed build cache (``build/sim``): a second demo reuses it."""
     from tokensift.hw.accel.project import configure, shape_from_choice
     from tokensift.quant.accel.registers import MASS_ONE
 
@@ -370,7 +371,7 @@ def _whole_accelerator(iv, hw: dict, images, method: str, verilog_dir: Path, bui
     step(f"whole accelerator ({cfg.banks} x {cfg.gemm_cols} GEMM, {cfg.lanes}-lane attention, "
          f"{cfg.axi.data_bytes}-byte AXI): {len(images)} real test images from DRAM in Verilator, under "
          f"{'the model' + chr(39) + 's registers and ' if len(sets) == 2 else ''}{second_note}")
-    m = project.measure(images, register_sets=sets, latency=10, clock_mhz=hw["clock_mhz"], build_dir=build_dir)
+    m = project.measure(images, register_sets=sets, latency=10, clock_mhz=hw["clock_mhz"])
     runs = {"own": m["sets"][0], "second": m["sets"][-1]} if len(sets) == 2 else {"second": m["sets"][0]}
     out = {"shape": {**cfg.as_dict(), "envelope": None}, "shape_note": (
         "the co-optimizer's GEMM array (linear_rows x linear_lanes / linear_rows) and attention lanes; one "
