@@ -17,6 +17,10 @@ source's row range ``start .. start + n - 1``, the second source's row count ``n
 ``P`` and the base addresses. ``start`` pulses with a valid ``op``; the engine answers ``done`` (one cycle)
 with ``rows`` (the destination's new row count) and ``fault`` (a malformed op: a record of the wrong tag or
 size, widths beyond a buffer, sizes beyond the envelope; the sequencer stops and flags it).
+
+**The engines' base** (:class:`OpEngine`): the validated config and these ports (plus an engine's own), and
+the pieces every engine repeats: the op latched at ``start``, the one-cycle ``done`` answer, the DRAM read
+command, the saturated overflow count.
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ class OpEngine(wiring.Component):
         return op
 
     def finish(self, m, *, rows=0, fault=False):
-        """``done`` next cycle with ``rows`` (0 with ``fault``)."""
+        """``done`` next cycle, with ``rows`` and ``fault``."""
         m.d.sync += [self.done.eq(1), self.fault.eq(fault), self.rows.eq(rows)]
 
     def request(self, m, *, addr, length):
