@@ -147,17 +147,22 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
                 return False
         return True
 
+    async def take(ctx, channel, payload):
+        """Ticks with ``channel.ready`` high until a beat is taken: its ``payload`` (sampled before the edge),
+        None when the op finished first."""
+        ctx.set(channel.ready, 1)
+        while True:
+            offered, value = ctx.get(channel.valid), ctx.get(payload)
+            if not await ticks(ctx):
+                return None
+            if offered:
+                ctx.set(channel.ready, 0)
+                return value
+
     # the servers tick one cycle at a time, so each returns as soon as the op is done (a testbench left
     # suspended in ``tick().until()`` cannot be closed cleanly)
     async def read_server(ctx):
-        while not finished:
-            ctx.set(eng.dram_cmd.ready, 1)
-            offered, cmd = ctx.get(eng.dram_cmd.valid), ctx.get(eng.dram_cmd.payload)  # sampled before the edge
-            if not await ticks(ctx):
-                return
-            if not offered:
-                continue
-            ctx.set(eng.dram_cmd.ready, 0)
+        while (cmd := await take(ctx, eng.dram_cmd, eng.dram_cmd.payload)) is not None:
             addr, length = int(cmd.addr), int(cmd.length)
             commands.append((addr, length))
             if not await ticks(ctx, rng.randint(*latency)):
@@ -177,27 +182,13 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
             ctx.set(eng.dram_data.valid, 0)
 
     async def write_server(ctx):
-        while not finished:
-            ctx.set(eng.dram_wcmd.ready, 1)
-            offered, cmd = ctx.get(eng.dram_wcmd.valid), ctx.get(eng.dram_wcmd.payload)
-            if not await ticks(ctx):
-                return
-            if not offered:
-                continue
-            ctx.set(eng.dram_wcmd.ready, 0)
+        while (cmd := await take(ctx, eng.dram_wcmd, eng.dram_wcmd.payload)) is not None:
             addr, length = int(cmd.addr), int(cmd.length)
             writes.append((addr, length))
             for i in range(-(-length // width)):
-                if not await withhold(ctx):
+                if not await withhold(ctx) or (word := await take(ctx, eng.dram_wdata,
+                                                                  eng.dram_wdata.payload.data)) is None:
                     return
-                ctx.set(eng.dram_wdata.ready, 1)
-                while True:
-                    offered, word = ctx.get(eng.dram_wdata.valid), ctx.get(eng.dram_wdata.payload.data)
-                    if not await ticks(ctx):
-                        return
-                    if offered:
-                        break
-                ctx.set(eng.dram_wdata.ready, 0)
                 count = min(width, length - i * width)
                 memory[addr + i * width:addr + i * width + count] = int(word).to_bytes(width, "little")[:count]
             if not await ticks(ctx, rng.randint(*latency)):
