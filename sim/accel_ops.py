@@ -93,21 +93,32 @@ class OpResult:
     cycles: int        #: from ``start`` to ``done``
     overflows: int
     dram_commands: list  #: (addr, length) of every DRAM read
+    dram_writes: list  #: (addr, length) of every DRAM write command
+    dram: bytearray    #: the DRAM after the op (its writes applied)
+    offered_at_done: bool  #: a DRAM command or write word was still offered at ``done``
 
 
 def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, *, seed: int = 0,
-           latency: tuple[int, int] = (2, 2), gap: float = 0.0, max_cycles: int = 200_000) -> OpResult:
-    """Preload the buffers with ``before`` (Buffer -> array), run one op, return the buffers after it.
+           latency: tuple[int, int] = (2, 2), gap: float = 0.0, max_cycles: int = 200_000, times: int = 1,
+           write_error: bool = False) -> OpResult:
+    """Preload the buffers with ``before`` (Buffer -> array), run one op (``times`` back to back: the next
+    ``start`` the cycle after ``done``), return the buffers after the last.
 
-    The DRAM channel answers each command after a latency drawn from ``latency`` (cycles, inclusive range)
+    The DRAM channel answers each read command after a latency drawn from ``latency`` (cycles, inclusive range)
     and withholds each word with probability ``gap``: ``gap = 0`` and a fixed latency make the cycle count
-    deterministic."""
+    deterministic. A write channel (an engine with ``dram_wcmd``, an :class:`~tokensift.hw.axi.writer.AxiWriter`'s
+    streams) is served as the writer serves it: the command, then its words into a copy of ``dram`` (each
+    withheld with probability ``gap``), then ``o_done`` (with ``error`` = ``write_error``) ``latency`` cycles
+    after the last word."""
     cfg = bench.config
     eng = bench.engine
-    has_dram = "dram_cmd" in eng.signature.members
+    members = eng.signature.members
     rng = random.Random(seed)
-    result = {}
+    memory = bytearray(dram)
+    width = cfg.axi.data_bytes
+    result = {"offered_at_done": False}
     commands = []
+    writes = []
 
     finished = []
 
@@ -118,18 +129,40 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
             await ctx.tick()
         return not finished
 
-    async def dram_server(ctx):
-        # single ticks only, so the server returns as soon as the op is done (a testbench left suspended in
-        # ``tick().until()`` cannot be closed cleanly)
-        width = cfg.axi.data_bytes
-        while not finished:
-            ctx.set(eng.dram_cmd.ready, 1)
-            offered, cmd = ctx.get(eng.dram_cmd.valid), ctx.get(eng.dram_cmd.payload)  # sampled before the edge
+    async def wait_high(ctx, signal):
+        """Ticks until ``signal`` was high at an edge: False when the op finished first."""
+        while True:
+            high = ctx.get(signal)
             if not await ticks(ctx):
-                return
-            if not offered:
-                continue
-            ctx.set(eng.dram_cmd.ready, 0)
+                return False
+            if high:
+                return True
+
+    async def withhold(ctx, valid=None):
+        """A gap's cycles before the next word (``valid`` low meanwhile); False when the op finished first."""
+        while gap and rng.random() < gap:
+            if valid is not None:
+                ctx.set(valid, 0)
+            if not await ticks(ctx):
+                return False
+        return True
+
+    async def take(ctx, channel, payload):
+        """Ticks with ``channel.ready`` high until a beat is taken: its ``payload`` (sampled before the edge),
+        None when the op finished first."""
+        ctx.set(channel.ready, 1)
+        while True:
+            offered, value = ctx.get(channel.valid), ctx.get(payload)
+            if not await ticks(ctx):
+                return None
+            if offered:
+                ctx.set(channel.ready, 0)
+                return value
+
+    # the servers tick one cycle at a time, so each returns as soon as the op is done (a testbench left
+    # suspended in ``tick().until()`` cannot be closed cleanly)
+    async def read_server(ctx):
+        while (cmd := await take(ctx, eng.dram_cmd, eng.dram_cmd.payload)) is not None:
             addr, length = int(cmd.addr), int(cmd.length)
             commands.append((addr, length))
             if not await ticks(ctx, rng.randint(*latency)):
@@ -137,22 +170,34 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
             words = -(-length // width)
             for i in range(words):
                 valid_bytes = min(width, length - i * width)
-                chunk = bytes(dram[addr + i * width:addr + i * width + valid_bytes]) + bytes(width - valid_bytes)
-                while gap and rng.random() < gap:
-                    ctx.set(eng.dram_data.valid, 0)
-                    if not await ticks(ctx):
-                        return
+                chunk = bytes(memory[addr + i * width:addr + i * width + valid_bytes]) + bytes(width - valid_bytes)
+                if not await withhold(ctx, eng.dram_data.valid):
+                    return
                 ctx.set(eng.dram_data.valid, 1)
                 ctx.set(eng.dram_data.payload, {"data": int.from_bytes(chunk, "little"),
                                                 "keep": (1 << valid_bytes) - 1, "last": int(i == words - 1),
                                                 "error": 0})
-                while True:
-                    taken = ctx.get(eng.dram_data.ready)
-                    if not await ticks(ctx):
-                        return
-                    if taken:
-                        break
+                if not await wait_high(ctx, eng.dram_data.ready):
+                    return
             ctx.set(eng.dram_data.valid, 0)
+
+    async def write_server(ctx):
+        while (cmd := await take(ctx, eng.dram_wcmd, eng.dram_wcmd.payload)) is not None:
+            addr, length = int(cmd.addr), int(cmd.length)
+            writes.append((addr, length))
+            for i in range(-(-length // width)):
+                if not await withhold(ctx) or (word := await take(ctx, eng.dram_wdata,
+                                                                  eng.dram_wdata.payload.data)) is None:
+                    return
+                count = min(width, length - i * width)
+                memory[addr + i * width:addr + i * width + count] = int(word).to_bytes(width, "little")[:count]
+            if not await ticks(ctx, rng.randint(*latency)):
+                return
+            ctx.set(eng.dram_wdone.valid, 1)
+            ctx.set(eng.dram_wdone.payload.error, int(write_error))
+            if not await wait_high(ctx, eng.dram_wdone.ready):
+                return
+            ctx.set(eng.dram_wdone.valid, 0)
 
     async def bench_proc(ctx):
         for b, values in before.items():
@@ -160,18 +205,22 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
                 mem = bench.buffers.memories[b, bank]
                 for addr, word in enumerate(words):
                     ctx.set(mem.data[addr], word)
-        ctx.set(eng.op, op)
-        ctx.set(eng.start, 1)
-        await ctx.tick()
-        ctx.set(eng.start, 0)
-        cycles = 1
-        while not ctx.get(eng.done):
+        for _ in range(times):
+            ctx.set(eng.op, op)
+            ctx.set(eng.start, 1)
             await ctx.tick()
-            cycles += 1
-            if cycles > max_cycles:
-                raise TimeoutError(f"the engine did not finish op {op['opcode']:#x} within {max_cycles} cycles")
-        result.update(rows=ctx.get(eng.rows), fault=bool(ctx.get(eng.fault)), cycles=cycles,
-                      overflows=ctx.get(eng.overflows))
+            ctx.set(eng.start, 0)
+            cycles = 1
+            while not ctx.get(eng.done):
+                await ctx.tick()
+                cycles += 1
+                if cycles > max_cycles:
+                    raise TimeoutError(f"the engine did not finish op {op['opcode']:#x} within {max_cycles} cycles")
+            result.update(rows=ctx.get(eng.rows), fault=bool(ctx.get(eng.fault)), cycles=cycles,
+                          overflows=ctx.get(eng.overflows))
+            result["offered_at_done"] |= any(ctx.get(getattr(eng, name).valid) for name in
+                                             ("dram_cmd", "dram_wcmd", "dram_wdata") if name in members)
+        finished.append(True)
         await ctx.tick()
         result["buffers"] = {b: words_to_buffer(cfg, b, {
             bank: [ctx.get(bench.buffers.memories[b, bank].data[a]) for a in range(cfg.geometry(b).depth)]
@@ -180,10 +229,12 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
     sim = Simulator(bench)
     sim.add_clock(1e-8)
     sim.add_testbench(bench_proc)
-    if has_dram:
-        sim.add_testbench(dram_server, background=True)
+    if "dram_cmd" in members:
+        sim.add_testbench(read_server, background=True)
+    if "dram_wcmd" in members:
+        sim.add_testbench(write_server, background=True)
     sim.run()
-    return OpResult(dram_commands=commands, **result)
+    return OpResult(dram_commands=commands, dram_writes=writes, dram=memory, **result)
 
 
 def check_after(cfg: AccelConfig, result: OpResult, after, dst: Buffer, rows: int) -> None:

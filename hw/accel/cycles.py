@@ -66,6 +66,7 @@ def instruction_cycles(cfg: AccelConfig, ins, entry: dict, image, registers, lat
         op_layernorm,
         op_logits,
         op_pos_embed,
+        op_residual,
         op_select,
         op_token_mean,
     )
@@ -90,7 +91,7 @@ def instruction_cycles(cfg: AccelConfig, ins, entry: dict, image, registers, lat
         return op_attention.cycles(cfg, n_tokens=n, dram_latency=d,
                                    record_address=registers.memory_base + ins.addr_a)
     if op is Opcode.RESIDUAL_ADD:
-        return n * -(-ins.m // cfg.lanes) + 8
+        return op_residual.cycles(cfg, n=n, m=ins.m)
     if op is Opcode.GELU:
         return op_gelu.cycles(cfg, n=n, m=ins.m, dram_latency=d)
     if op is Opcode.TOKEN_MEAN:

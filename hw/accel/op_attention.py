@@ -37,8 +37,8 @@ from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import engine_signature
-from tokensift.hw.accel.rows import RowReader, walk_layout
+from tokensift.hw.accel.ports import OpEngine, check_config
+from tokensift.hw.accel.rows import RecordSlots, RowReader, walk_layout
 from tokensift.hw.attention.core import Attention
 from tokensift.hw.attention.cycles import cycles as core_cycles
 from tokensift.hw.common.mac_array import mul_const
@@ -70,9 +70,7 @@ def core_params(config: AccelConfig, constants: AttentionParams | None = None) -
     buffers' ``lanes``, one head at a time, and the widths, softmax formats and (until the core takes them at
     run time) per-layer constants of ``constants`` (default: :class:`AttentionParams`' defaults with the
     envelope's probability format)."""
-    if not isinstance(config, AccelConfig):
-        raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
-    env = config.envelope
+    env = check_config(config).envelope
     if constants is None:
         constants = AttentionParams(n_max=env.max_tokens, head_dim=env.head_dim, lanes=config.lanes,
                                     softmax=SoftmaxParams(prob_frac=env.prob_frac))
@@ -114,7 +112,7 @@ def _core_range(name: str, ranges) -> tuple[int, int]:
     return _RANGES[name]
 
 
-class AttentionOpEngine(wiring.Component):
+class AttentionOpEngine(OpEngine):
     """See the module docstring; ports as :func:`tokensift.hw.accel.ports.engine_signature` (with the DRAM
     channel).
 
@@ -126,17 +124,12 @@ class AttentionOpEngine(wiring.Component):
     """
 
     def __init__(self, *, config: AccelConfig, constants: AttentionParams | None = None):
+        super().__init__(config=config)
         self._params = core_params(config, constants)
         if config.axi.data_bytes < 8:
             raise ValueError(f"the attention engine reads its record's int64 fields whole from each AXI word: "
                              f"the word must be at least 8 bytes, not {config.axi.data_bytes}")
-        self._cfg = config
         self._core = Attention(params=self._params)
-        super().__init__(engine_signature(config))
-
-    @property
-    def config(self) -> AccelConfig:
-        return self._cfg
 
     @property
     def params(self) -> AttentionParams:
@@ -145,7 +138,7 @@ class AttentionOpEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg, p = self._cfg, self._params
+        cfg, p = self.config, self._params
         env = cfg.envelope
         lanes, chunks = cfg.lanes, p.chunks
         bank_bits = ceil_log2(cfg.banks)
@@ -155,10 +148,9 @@ class AttentionOpEngine(wiring.Component):
         wiring.connect(m, reader.rd, wiring.flipped(self.rd))
 
         state = Signal(range(6))
-        op = Signal.like(self.op)
-        m.d.sync += [self.done.eq(0), self.fault.eq(0)]
+        op = self.latch_op(m)
         with m.If(self.start):
-            m.d.sync += [op.eq(self.op), state.eq(_CHECK)]
+            m.d.sync += state.eq(_CHECK)
 
         # -- the op's checks: products and table look-ups registered, compared the cycle after --------------
         h = op.arg
@@ -207,26 +199,26 @@ class AttentionOpEngine(wiring.Component):
         m.d.comb += [self.dram_cmd.payload.addr.eq(record_addr[:axi.addr_width] >> word_low << word_low),
                      self.dram_cmd.payload.length.eq(RECORD_BYTES + (skip << 3)),
                      self.dram_cmd.valid.eq(state == _CMD)]
-        held = Signal(axi.data_bits)
-        left = Signal(range(per_word + 1))                     # fields of ``held`` not yet checked
-        last_held = Signal()
+        # every field of the words read goes out (those before and after the record too, as :func:`cycles`
+        # counts them): the words' ``keep`` is not passed on
+        m.submodules.slots = slots = RecordSlots(config=cfg)
+        slot = slots.o_slot
+        m.d.comb += [slots.i_word.valid.eq(self.dram_data.valid & (state == _FETCH)),
+                     self.dram_data.ready.eq(slots.i_word.ready & (state == _FETCH)),
+                     slots.i_word.payload.eq(self.dram_data.payload), slots.i_word.payload.keep.eq(-1),
+                     slot.ready.eq(1)]
+        emit = slot.valid
+        last_seen = Signal()                                   # the record's last field went out
         bus_error = Signal()
-        take = self.dram_data.valid & self.dram_data.ready
-        emit = left != 0
-        m.d.comb += self.dram_data.ready.eq((state == _FETCH) & (left <= 1) & ~last_held)
         with m.If(emit):
-            m.d.sync += [held.eq(held >> 64), left.eq(left - 1)]
-        with m.If(take):
-            m.d.sync += [held.eq(self.dram_data.payload.data), left.eq(per_word),
-                         last_held.eq(self.dram_data.payload.last),
-                         bus_error.eq(bus_error | self.dram_data.payload.error)]
+            m.d.sync += [last_seen.eq(last_seen | slot.payload.last), bus_error.eq(bus_error | slot.payload.error)]
         index = Signal(signed(ceil_log2(RECORD_FIELDS + per_word) + 2))  # the next field's index in the record
         with m.If(emit):
             m.d.sync += index.eq(index + 1)
         field = Signal(64)
         field_index = Signal.like(index)
         field_valid = Signal()
-        m.d.sync += [field.eq(held[:64]), field_index.eq(index), field_valid.eq(emit)]
+        m.d.sync += [field.eq(slot.payload.data), field_index.eq(index), field_valid.eq(emit)]
         low, high = field[:32], field[32:]
         rules = _field_rules(p, self._core.ranges)
         bad = Signal()
@@ -252,7 +244,7 @@ class AttentionOpEngine(wiring.Component):
         for name, width in _CONSTANTS.items():
             with m.If(field_valid & (field_index == _HEADER_FIELDS + _SCALARS.index(name))):
                 m.d.sync += constants[name].eq(low[:width])
-        fetched = last_held & ~emit & ~field_valid & ~checked_valid
+        fetched = last_seen & ~emit & ~field_valid & ~checked_valid
         constants_ok = self._drive_constants(m, constants, (state == _FETCH) & fetched & record_ok & ~bus_error)
 
         # -- the frame: the header, then Q, K, V rows from three walks -------------------------------------
@@ -281,17 +273,19 @@ class AttentionOpEngine(wiring.Component):
         # -- the steps ----------------------------------------------------------------------------------
         with m.If(state == _DECIDE):
             with m.If(op_fault):
-                m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0), state.eq(_IDLE)]
+                self.finish(m, fault=True)
+                m.d.sync += state.eq(_IDLE)
             with m.Else():
                 m.d.sync += [state.eq(_CMD), index.eq(-skip), record_ok.eq(1), bus_error.eq(0),
-                             last_held.eq(0)]
+                             last_seen.eq(0)]
         with m.If((state == _CMD) & self.dram_cmd.ready):
             m.d.sync += state.eq(_FETCH)
         with m.If((state == _FETCH) & fetched):
             with m.If(record_ok & constants_ok & ~bus_error):
                 m.d.sync += [state.eq(_RUN), header.eq(1), walks.eq(0)]
             with m.Else():
-                m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0), state.eq(_IDLE)]
+                self.finish(m, fault=True)
+                m.d.sync += state.eq(_IDLE)
 
         # -- the outputs: O rows into ``dst`` (first), the class row into ``CLS`` row h -------------------
         out, scores = core.o_stream, core.s_stream
@@ -336,7 +330,8 @@ class AttentionOpEngine(wiring.Component):
             with m.If(s_col + 1 == n):
                 m.d.sync += s_done.eq(1)
         with m.If((state == _RUN) & o_done & s_done):
-            m.d.sync += [self.done.eq(1), self.rows.eq(n), state.eq(_IDLE)]
+            self.finish(m, rows=n)
+            m.d.sync += state.eq(_IDLE)
         with m.If(state == _DECIDE):  # a new frame's outputs start at row 0, column 0
             m.d.sync += [o_row.eq(0), o_chunk.eq(0), o_word.eq(head_word), s_col.eq(0), s_word.eq(0),
                          s_lane.eq(0), o_done.eq(0), s_done.eq(0)]

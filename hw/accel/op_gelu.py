@@ -17,13 +17,21 @@ reference sequencer does.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.utils import ceil_log2
 
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import READ_LATENCY, engine_signature
-from tokensift.hw.accel.rows import RecordSlots, RowReader, buffer_fits, record_cycles, words_of
+from tokensift.hw.accel.ports import READ_LATENCY, OpEngine, check_config
+from tokensift.hw.accel.rows import (
+    RecordSlots,
+    RowReader,
+    buffer_fits,
+    record_cycles,
+    slot_wrong,
+    words_of,
+    write_rows,
+)
 from tokensift.hw.vector.gelu import LATENCY as GELU_LATENCY
 from tokensift.hw.vector.gelu import GeluUnit, GeluUnitParams
 from tokensift.quant.accel.isa import Buffer
@@ -63,8 +71,7 @@ def cycles(cfg: AccelConfig, *, n: int, m: int, dram_latency: int) -> int:
     The record's read (:func:`~tokensift.hw.accel.rows.record_cycles`); the decision and the configuration
     beat; then ``n`` rows of ``ceil(m / lanes)`` words at one per cycle through the
     read port, the reader's FIFO and the unit's pipeline."""
-    if not isinstance(cfg, AccelConfig):
-        raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
+    check_config(cfg, "cfg")
     words = -(-m // cfg.lanes)
     fetch = record_cycles(cfg, RECORD_BYTES, dram_latency)
     if n == 0:
@@ -72,23 +79,16 @@ def cycles(cfg: AccelConfig, *, n: int, m: int, dram_latency: int) -> int:
     return fetch + 3 + READ_LATENCY + n * words + GELU_LATENCY
 
 
-class GeluEngine(wiring.Component):
+class GeluEngine(OpEngine):
     """See the module docstring; ports as :func:`tokensift.hw.accel.ports.engine_signature` (a DRAM read
     channel, no second read port)."""
 
     def __init__(self, *, config: AccelConfig):
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
-        self._cfg = config
-        super().__init__(engine_signature(config))
-
-    @property
-    def config(self) -> AccelConfig:
-        return self._cfg
+        super().__init__(config=config)
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self._cfg
+        cfg = self.config
         lanes = cfg.lanes
         params = unit_params(cfg)
         m.submodules.reader = reader = RowReader(config=cfg)
@@ -100,11 +100,11 @@ class GeluEngine(wiring.Component):
         for i in range(lanes):
             m.d.comb += gelu.i_stream.payload[i].eq(reader.o_word.payload.data[i])
 
-        op = Signal.like(self.op)
+        op = self.latch_op(m)
         addr = Signal.like(self.op.memory_base)
         words = Signal(cfg.word_bits + 1)
         with m.If(self.start):
-            m.d.sync += [op.eq(self.op), addr.eq(self.op.memory_base + self.op.addr_a)]
+            m.d.sync += addr.eq(self.op.memory_base + self.op.addr_a)
         m.d.sync += words.eq(words_of(op.m, lanes))
         # the instruction's checks are registered: the record is requested two cycles after ``start``
         checked = Signal()
@@ -115,7 +115,6 @@ class GeluEngine(wiring.Component):
                               ~buffer_fits(cfg, op.src, op.m, _sources(cfg)) |
                               ~buffer_fits(cfg, op.dst, op.m, _destinations(cfg)) |
                               (addr[:ceil_log2(align)] != 0))
-        m.d.sync += [self.done.eq(0), self.fault.eq(0)]
 
         # the record's slots: the header, then one scalar per slot
         index = {name: 2 + i for i, name in enumerate(_SCALARS)}
@@ -129,24 +128,20 @@ class GeluEngine(wiring.Component):
             with m.State("idle"):
                 with m.If(checked):
                     with m.If(bad_op):
-                        m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0)]
+                        self.finish(m, fault=True)
                     with m.Else():
                         m.d.sync += [s.eq(0), bad.eq(0)]
                         m.next = "request"
             with m.State("request"):
-                m.d.comb += [self.dram_cmd.valid.eq(1), self.dram_cmd.payload.addr.eq(addr),
-                             self.dram_cmd.payload.length.eq(RECORD_BYTES)]
-                with m.If(self.dram_cmd.ready):
+                with m.If(self.request(m, addr=addr, length=RECORD_BYTES)):
                     m.next = "record"
             with m.State("record"):
                 m.d.comb += slot.ready.eq(1)
                 with m.If(slot.valid):
                     value = slot.payload.data
                     m.d.sync += s.eq(s + 1)
-                    wrong = slot.payload.error | ((s == 0) & ((value[:32] != Tag.GELU) |
-                                                              (value[32:] != RECORD_BYTES)))
-                    wrong |= (s == index["in_bits"]) & (value != params.in_bits)
-                    wrong |= (s == index["out_bits"]) & (value != op.arg)
+                    wrong = slot_wrong(slot, s, tag=Tag.GELU, length=RECORD_BYTES,
+                                       equal={index["in_bits"]: params.in_bits, index["out_bits"]: op.arg})
                     for name, bits in fields.items():
                         wrong |= (s == index[name]) & (value[bits:] != 0)
                         with m.If(s == index[name]):
@@ -157,10 +152,10 @@ class GeluEngine(wiring.Component):
                         m.next = "decide"
             with m.State("decide"):
                 with m.If(bad | (s != RECORD_BYTES // 8)):
-                    m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0)]
+                    self.finish(m, fault=True)
                     m.next = "idle"
                 with m.Elif(op.n == 0):
-                    m.d.sync += [self.done.eq(1), self.rows.eq(0)]
+                    self.finish(m)
                     m.next = "idle"
                 with m.Else():
                     m.next = "configure"
@@ -177,26 +172,7 @@ class GeluEngine(wiring.Component):
                      reader.i_walk.payload.words.eq(words)]
 
         # the outputs, written to rows 0 .. n - 1 in the order they were read
-        row = Signal(cfg.row_bits)
-        w = Signal(cfg.word_bits + 1)
-        col = Signal(cfg.word_bits + 1 + ceil_log2(lanes))  # the word's first column
-        out = gelu.o_stream
-        bank_bits = ceil_log2(cfg.banks)
-        m.d.comb += [out.ready.eq(1), self.wr.buffer.eq(op.dst), self.wr.tile.eq(row >> bank_bits),
-                     self.wr.word.eq(w), self.wr.en.eq(out.valid)]
-        cols_left = Signal(signed(18))
-        m.d.comb += cols_left.eq(op.m - col)
-        for bank in range(cfg.banks):
-            for i in range(lanes):
-                m.d.comb += [self.wr.data[bank][i].eq(out.payload.data[i]),
-                             self.wr.mask[bank][i].eq((row[:bank_bits] == bank if bank_bits else 1) &
-                                                      (cols_left > i))]
-        with m.If(out.valid):
-            with m.If(w + 1 == words):
-                m.d.sync += [w.eq(0), col.eq(0), row.eq(row + 1)]
-                with m.If(row + 1 == op.n):
-                    m.d.sync += [self.done.eq(1), self.rows.eq(op.n), row.eq(0)]
-            with m.Else():
-                m.d.sync += [w.eq(w + 1), col.eq(col + lanes)]
-        m.d.comb += self.overflows.eq(gelu.overflows[:16] | (gelu.overflows[16:] != 0).replicate(16))
+        with m.If(write_rows(m, cfg, self.wr, gelu.o_stream, buffer=op.dst, cols=op.m, words=words, rows=op.n)):
+            self.finish(m, rows=op.n)
+        self.count_overflows(m, gelu.overflows)
         return m

@@ -44,18 +44,19 @@ of DeiT-S's layers.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, memory, wiring
+from amaranth.lib import data, fifo, memory
 from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import READ_LATENCY, engine_signature
+from tokensift.hw.accel.ports import READ_LATENCY, OpEngine, check_config
+from tokensift.hw.accel.rows import RecordFields
 from tokensift.hw.common.mac_array import mul_const
 from tokensift.hw.gemm import cycles as gemm_cycles
 from tokensift.hw.gemm.config import GemmConfig
 from tokensift.hw.gemm.core import GemmEngine
 from tokensift.quant.accel.isa import Buffer, Opcode
-from tokensift.quant.accel.records import Tag
+from tokensift.quant.accel.records import RECORD_HEADER, SCHEMAS, Tag
 from tokensift.quant.fixed import FixedFormat
 
 __all__ = ["GemmOpEngine", "gemm_config", "weight_stream_bytes", "cycles", "RECORD_BYTES", "OUT_BITS"]
@@ -69,14 +70,14 @@ RECORD_BYTES = 64
 OUT_BITS = 16
 #: the GEMM engine's accumulator width (a record with another one is a fault)
 ACC_BITS = 32
+#: the record's slots the engine checks: its header (tag and length), then its scalars
+_RECORD_FIELDS = {"header": 0, **{name: RECORD_HEADER + 8 * i for i, name in enumerate(SCHEMAS[Tag.LINEAR].scalars)}}
 
 
 def gemm_config(cfg: AccelConfig) -> GemmConfig:
     """The GEMM engine of an accelerator: ``banks`` x ``gemm_cols`` MACs, AXI-word weight beats, sized for the
     envelope's tokens, widest input (the patch size, the MLP's hidden width) and widest output (QKV)."""
-    if not isinstance(cfg, AccelConfig):
-        raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
-    env = cfg.envelope
+    env = check_config(cfg, "cfg").envelope
     return GemmConfig(rows=cfg.banks, cols=cfg.gemm_cols, max_tokens=env.max_tokens,
                       max_in=max(env.patch_dim, env.width, env.mlp_hidden),
                       max_out=max(3 * env.width, env.mlp_hidden, env.classes),
@@ -98,25 +99,18 @@ def _depth(cfg: AccelConfig) -> int:
     return READ_LATENCY + _rotation_stages(cfg) + 3
 
 
-class GemmOpEngine(wiring.Component):
+class GemmOpEngine(OpEngine):
     """See the module docstring; ports as :func:`tokensift.hw.accel.ports.engine_signature` (one read
     port, the DRAM channel)."""
 
     def __init__(self, *, config: AccelConfig):
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+        super().__init__(config=config)
         # lanes is a power of two (AccelConfig's own check): an output channel's word and lane are its bits
         pd, w = config.envelope.patch_dim, config.axi.data_bytes
         if pd % w:
             raise ValueError(f"the patch size ({pd} bytes) must be a multiple of the AXI word ({w} bytes): the "
                              f"patch embedding reads whole words of one patch")
-        self._cfg = config
         self._gemm = gemm_config(config)
-        super().__init__(engine_signature(config))
-
-    @property
-    def config(self) -> AccelConfig:
-        return self._cfg
 
     @property
     def gemm(self) -> GemmConfig:
@@ -124,7 +118,8 @@ class GemmOpEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg, g, env = self._cfg, self._gemm, self._cfg.envelope
+        cfg, g = self.config, self._gemm
+        env = cfg.envelope
         R, L, W = cfg.banks, cfg.lanes, cfg.axi.data_bytes
         E = max(L, W)                     # elements per act-path entry: a buffer word or a DRAM word
         log_r, log_l, log_w = ceil_log2(R), ceil_log2(L), ceil_log2(W)
@@ -139,10 +134,8 @@ class GemmOpEngine(wiring.Component):
         m.submodules.gemm = gemm = GemmEngine(config=g)
 
         # ---- the op and its checks: lookups (s1), compares (s2), verdict (s3) --------------------------
-        op = Signal.like(self.op)
+        op = self.latch_op(m)
         s1, s2, s3 = Signal(), Signal(), Signal()
-        with m.If(self.start):
-            m.d.sync += op.eq(self.op)
         m.d.sync += [s1.eq(self.start), s2.eq(s1), s3.eq(s2)]
 
         dst_rows, dst_cols = Signal(16), Signal(16)
@@ -210,9 +203,8 @@ class GemmOpEngine(wiring.Component):
         m.d.sync += last_tile.eq(tiles - 1)
         busy = Signal()
         go = s3 & ~op_fault
-        m.d.sync += [self.done.eq(0), self.fault.eq(0)]
         with m.If(s3 & op_fault):
-            m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0)]
+            self.finish(m, fault=True)
         with m.If(go):
             m.d.sync += busy.eq(1)
 
@@ -258,28 +250,25 @@ class GemmOpEngine(wiring.Component):
         m.d.comb += [dd.ready.eq(in_record | (in_input & tr_free) | (~in_record & ~in_input & gemm.weights.ready)),
                      gemm.weights.valid.eq(dd.valid & ~in_record & ~in_input),
                      gemm.weights.payload.eq(dd.payload.data)]
-        rec = Signal(8 * RECORD_BYTES)
-        rec_in = Signal()                 # the record's last word arrived (a pulse)
-        m.d.sync += rec_in.eq(0)
+        m.submodules.record = record = RecordFields(config=cfg, fields=_RECORD_FIELDS, length=RECORD_BYTES)
+        m.d.comb += [record.start.eq(go), record.i_word.valid.eq(dd.valid & in_record),
+                     record.i_word.payload.eq(dd.payload)]
         with m.If(go):
             m.d.sync += [rec_left.eq(rec_words), in_left.eq(Mux(is_pe, input_words, 0))]
         with m.Elif(dd.valid & in_record):
-            m.d.sync += [rec.eq(Cat(rec[8 * W:], dd.payload.data)), rec_left.eq(rec_left - 1),
-                         rec_in.eq(rec_left == 1)]
-
-        def scalar(i):
-            return rec[8 * (16 + 8 * i):8 * (24 + 8 * i)]
+            m.d.sync += rec_left.eq(rec_left - 1)
+        rec, rec_in = record.fields, record.done   # rec_in: the record's last word arrived (a pulse)
 
         out_bits = Signal(5)
         rec_bad = Signal()
         rec_checked = Signal()
         m.d.sync += rec_checked.eq(rec_in)
         with m.If(rec_in):
-            ob = scalar(5)
+            ob = rec.out_bits
             m.d.sync += [
                 out_bits.eq(ob[:5]),
-                rec_bad.eq((rec[:32] != Tag.LINEAR) | (rec[32:64] != exp_len) | (scalar(0) != op.m)
-                           | (scalar(1) != op.k) | (scalar(2) != 8) | (scalar(3) != 8) | (scalar(4) != ACC_BITS)
+                rec_bad.eq((rec.header[:32] != Tag.LINEAR) | (rec.header[32:] != exp_len) | (rec.m != op.m)
+                           | (rec.k != op.k) | (rec.in_bits != 8) | (rec.w_bits != 8) | (rec.acc_bits != ACC_BITS)
                            | (ob < 2) | (ob > dst_bits) | (is_gemm & (ob != op.arg))),
             ]
         rec_seen = Signal()
@@ -456,7 +445,8 @@ class GemmOpEngine(wiring.Component):
         with m.If(job.valid & job.ready):
             m.d.sync += job_sent.eq(1)
         with m.If(busy & fed & verdict_bad):
-            m.d.sync += [busy.eq(0), self.done.eq(1), self.fault.eq(1), self.rows.eq(0)]
+            m.d.sync += busy.eq(0)
+            self.finish(m, fault=True)
 
         # ---- outputs: saturate (registered), write (one per beat) --------------------------------------
         o = gemm.o_stream
@@ -482,7 +472,8 @@ class GemmOpEngine(wiring.Component):
                 m.d.comb += [self.wr.data[r][i].eq(Mux(q1.zero0, 0, y[r]) if r == 0 else y[r]),
                              self.wr.mask[r][i].eq(q1.rows[r] & q1.lane[i])]
         with m.If(q1.valid & q1.last):
-            m.d.sync += [busy.eq(0), self.done.eq(1), self.rows.eq(n_g)]
+            m.d.sync += busy.eq(0)
+            self.finish(m, rows=n_g)
 
         # ---- overflows (cumulative, saturating): the engine's accumulator saturations, and the outputs that
         # did not fit the op's width: the local stage's clamps below 16 bits, the engine's own at 16 bits (its
@@ -525,8 +516,7 @@ def cycles(cfg: AccelConfig, opcode, k: int, m: int, *, n: int = 0, start: int =
       later than the job;
     - two cycles from the engine's last output beat to ``done`` (the saturation and write registers).
     """
-    if not isinstance(cfg, AccelConfig):
-        raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
+    check_config(cfg, "cfg")
     opcode = Opcode(opcode)
     if opcode not in (Opcode.GEMM, Opcode.PATCH_EMBED):
         raise ValueError(f"the GEMM op engine runs GEMM and PATCH_EMBED, not {opcode.name}")

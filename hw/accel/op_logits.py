@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import READ_LATENCY, engine_signature
+from tokensift.hw.accel.ports import READ_LATENCY, OpEngine, check_config, engine_signature
 from tokensift.hw.accel.rows import RowReader, buffer_fits, words_of
 from tokensift.hw.axi.burst import command_layout
 from tokensift.hw.axi.writer import data_layout, done_layout
@@ -37,15 +37,15 @@ __all__ = ["LogitsEngine", "logits_signature", "chunk_values", "cycles", "LOGIT_
 LOGIT_BITS = 16
 
 
+def _write_channel(cfg: AccelConfig) -> dict:
+    return {"dram_wcmd": Out(stream.Signature(command_layout(cfg.axi))),
+            "dram_wdata": Out(stream.Signature(data_layout(cfg.axi))),
+            "dram_wdone": In(stream.Signature(done_layout()))}
+
+
 def logits_signature(cfg: AccelConfig) -> wiring.Signature:
     """:func:`~tokensift.hw.accel.ports.engine_signature` without a read channel, plus the write channel."""
-    members = dict(engine_signature(cfg, dram=False).members.items())
-    members.update({
-        "dram_wcmd": Out(stream.Signature(command_layout(cfg.axi))),
-        "dram_wdata": Out(stream.Signature(data_layout(cfg.axi))),
-        "dram_wdone": In(stream.Signature(done_layout())),
-    })
-    return wiring.Signature(members)
+    return wiring.Signature({**engine_signature(cfg, dram=False).members, **_write_channel(cfg)})
 
 
 def chunk_values(cfg: AccelConfig) -> int:
@@ -61,29 +61,21 @@ def cycles(cfg: AccelConfig, *, m: int, done_latency: int) -> int:
     The checks (two cycles), the walk's start and the read port's latency, the reader's FIFO; then the row's
     ``ceil(m / g)`` chunks of :func:`chunk_values` at one per cycle (the last word's tail past ``m`` dropped
     at once); the last bus word registered and taken; the response, then ``done`` registered."""
-    if not isinstance(cfg, AccelConfig):
-        raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
+    check_config(cfg, "cfg")
     g = chunk_values(cfg)
     chunks = -(-m // g)
     return 9 + READ_LATENCY + chunks + done_latency
 
 
-class LogitsEngine(wiring.Component):
+class LogitsEngine(OpEngine):
     """See the module docstring; ports as :func:`logits_signature`."""
 
     def __init__(self, *, config: AccelConfig):
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
-        self._cfg = config
-        super().__init__(logits_signature(config))
-
-    @property
-    def config(self) -> AccelConfig:
-        return self._cfg
+        super().__init__(config=check_config(config), dram=False, members=_write_channel(config))
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self._cfg
+        cfg = self.config
         lanes = cfg.lanes
         g = chunk_values(cfg)
         per_word = lanes // g                       # chunks per buffer word
@@ -91,9 +83,7 @@ class LogitsEngine(wiring.Component):
         m.submodules.reader = reader = RowReader(config=cfg)
         wiring.connect(m, reader.rd, wiring.flipped(self.rd))
 
-        op = Signal.like(self.op)
-        with m.If(self.start):
-            m.d.sync += op.eq(self.op)
+        op = self.latch_op(m)
         words = Signal(cfg.word_bits + 1)
         chunks = Signal(16)
         m.d.sync += [words.eq(words_of(op.m, lanes)), chunks.eq((op.m + g - 1) >> ceil_log2(g))]
@@ -103,7 +93,6 @@ class LogitsEngine(wiring.Component):
         m.d.comb += bad_op.eq((op.m != cfg.envelope.classes) | (op.arg != LOGIT_BITS) | (op.n == 0) |
                               ~buffer_fits(cfg, op.src, op.m, tuple(Buffer)) |
                               (op.logits_base[:ceil_log2(cfg.axi.data_bytes)] != 0))
-        m.d.sync += [self.done.eq(0), self.fault.eq(0)]
 
         walk_valid = Signal()
         m.d.sync += walk_valid.eq(0)
@@ -121,7 +110,7 @@ class LogitsEngine(wiring.Component):
             with m.State("idle"):
                 with m.If(checked[1]):
                     with m.If(bad_op):
-                        m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0)]
+                        self.finish(m, fault=True)
                     with m.Else():
                         m.d.sync += [walk_valid.eq(1), self.dram_wcmd.valid.eq(1), cmd_sent.eq(0)]
                         m.next = "write"

@@ -29,8 +29,8 @@ from amaranth.lib import wiring
 from amaranth.utils import ceil_log2
 
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import engine_signature
-from tokensift.hw.accel.rows import RecordSlots, RowReader, buffer_fits, record_cycles, words_of
+from tokensift.hw.accel.ports import OpEngine, check_config
+from tokensift.hw.accel.rows import RecordSlots, RowReader, buffer_fits, record_cycles, slot_wrong, words_of
 from tokensift.hw.vector.residual import LATENCY as ADD_LATENCY
 from tokensift.hw.vector.residual import ResidualAdd, ResidualParams
 from tokensift.quant.accel.isa import Buffer
@@ -65,8 +65,7 @@ def cycles(cfg: AccelConfig, *, patches: int, dim: int, dram_latency: int) -> in
     one chunk of :func:`chunk_values` per cycle: ``ceil(dim / 4)`` slots of ``cls`` then ``patches * dim / g``
     chunks of ``pos`` (whichever of the chunks and the bus is slower paces the stream), the last sum written
     through the adder's pipeline."""
-    if not isinstance(cfg, AccelConfig):
-        raise TypeError(f"cfg must be an AccelConfig, not {type(cfg).__name__}")
+    check_config(cfg, "cfg")
     g = chunk_values(cfg)
     pace = max(4 // g, 2 if cfg.axi.data_bytes == 4 else 1)   # cycles per slot of values
     slots = -(-dim // 4) + -(-patches * dim // 4)
@@ -75,23 +74,16 @@ def cycles(cfg: AccelConfig, *, patches: int, dim: int, dram_latency: int) -> in
     return header + (slots - 1) * pace + tail + 3 + ADD_LATENCY
 
 
-class PosEmbedEngine(wiring.Component):
+class PosEmbedEngine(OpEngine):
     """See the module docstring; ports as :func:`tokensift.hw.accel.ports.engine_signature` (a DRAM read
     channel, no second read port)."""
 
     def __init__(self, *, config: AccelConfig):
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
-        self._cfg = config
-        super().__init__(engine_signature(config))
-
-    @property
-    def config(self) -> AccelConfig:
-        return self._cfg
+        super().__init__(config=config)
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self._cfg
+        cfg = self.config
         env = cfg.envelope
         lanes = cfg.lanes
         g = chunk_values(cfg)
@@ -106,10 +98,10 @@ class PosEmbedEngine(wiring.Component):
         for i in range(lanes):
             m.d.comb += add.i_x.payload[i].eq(reader.o_word.payload.data[i])
 
-        op = Signal.like(self.op)
+        op = self.latch_op(m)
         addr = Signal.like(self.op.memory_base)
         with m.If(self.start):
-            m.d.sync += [op.eq(self.op), addr.eq(self.op.memory_base + self.op.addr_a)]
+            m.d.sync += addr.eq(self.op.memory_base + self.op.addr_a)
         # the record's size: a registered product, then the sum (the command waits for both)
         values = Signal(32)             # patches x dim
         cls_slots = Signal(15)
@@ -128,7 +120,6 @@ class PosEmbedEngine(wiring.Component):
                               ~whole_words | (op.n != op.k + 1) | (op.arg != env.res_bits) |
                               (addr[:ceil_log2(align)] != 0) |
                               (length[cfg.axi.length_bits:] != 0))
-        m.d.sync += [self.done.eq(0), self.fault.eq(0)]
 
         slot = slots.o_slot
         s = Signal(range(_ARRAYS_SLOT + 1))
@@ -146,24 +137,18 @@ class PosEmbedEngine(wiring.Component):
             with m.State("idle"):
                 with m.If(sized[1]):
                     with m.If(bad_op):
-                        m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0)]
+                        self.finish(m, fault=True)
                     with m.Else():
                         m.d.sync += [s.eq(0), bad.eq(0)]
                         m.next = "request"
             with m.State("request"):
-                m.d.comb += [self.dram_cmd.valid.eq(1), self.dram_cmd.payload.addr.eq(addr),
-                             self.dram_cmd.payload.length.eq(length)]
-                with m.If(self.dram_cmd.ready):
+                with m.If(self.request(m, addr=addr, length=length)):
                     m.next = "header"
             with m.State("header"):
                 m.d.comb += slot.ready.eq(1)
                 with m.If(slot.valid):
-                    value = slot.payload.data
-                    wrong = slot.payload.error | ((s == 0) & ((value[:32] != Tag.POSITION) |
-                                                              (value[32:] != length)))
-                    wrong |= (s == index["patches"]) & (value != op.k)
-                    wrong |= (s == index["dim"]) & (value != op.m)
-                    wrong |= (s == index["bits"]) & (value != op.arg)
+                    wrong = slot_wrong(slot, s, tag=Tag.POSITION, length=length,
+                                       equal={index["patches"]: op.k, index["dim"]: op.m, index["bits"]: op.arg})
                     m.d.sync += s.eq(s + 1)
                     with m.If(wrong):
                         m.d.sync += bad.eq(1)
@@ -182,7 +167,7 @@ class PosEmbedEngine(wiring.Component):
                 with m.If(slot.valid & slot.payload.last):
                     m.next = "fault"
             with m.State("fault"):
-                m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0)]
+                self.finish(m, fault=True)
                 m.next = "idle"
             with m.State("arrays"):
                 with m.If(stream_done & sums_done):
@@ -277,5 +262,5 @@ class PosEmbedEngine(wiring.Component):
                 m.d.sync += w.eq(w + 1)
         with m.If(~streaming):
             m.d.sync += [cls_w.eq(0), row.eq(1), w.eq(0)]
-        m.d.comb += self.overflows.eq(add.overflows[:16] | (add.overflows[16:] != 0).replicate(16))
+        self.count_overflows(m, add.overflows)
         return m

@@ -8,33 +8,37 @@ buffer's columns, or ``arg`` is not the residual width the adder was generated f
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
-from amaranth.utils import ceil_log2
 
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import engine_signature
-from tokensift.hw.accel.rows import RowReader, words_of
+from tokensift.hw.accel.ports import OpEngine, check_config
+from tokensift.hw.accel.rows import RowReader, words_of, write_rows
 from tokensift.hw.vector.residual import ResidualAdd, ResidualParams
 from tokensift.quant.accel.isa import Buffer
 from tokensift.quant.fixed import FixedFormat
 
-__all__ = ["ResidualEngine"]
+__all__ = ["ResidualEngine", "cycles"]
 
 
-class ResidualEngine(wiring.Component):
+def cycles(cfg: AccelConfig, *, n: int, m: int) -> int:
+    """Cycles from ``start`` to ``done`` of a well-formed op over ``n`` rows of ``m`` columns (no DRAM): the
+    registered checks and the walks' start, the read port's latency and the readers' FIFOs, the adder's
+    pipeline and the last write (8), then ``n`` rows of ``ceil(m / lanes)`` words at one per cycle."""
+    check_config(cfg, "cfg")
+    return n * -(-m // cfg.lanes) + 8
+
+
+class ResidualEngine(OpEngine):
     """See the module docstring; ports as :func:`tokensift.hw.accel.ports.engine_signature` (with ``rd2``,
     no DRAM channel)."""
 
     def __init__(self, *, config: AccelConfig):
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
-        self._cfg = config
-        super().__init__(engine_signature(config, second_read=True, dram=False))
+        super().__init__(config=config, second_read=True, dram=False)
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self._cfg
+        cfg = self.config
         env = cfg.envelope
         lanes = cfg.lanes
         m.submodules.x = x = RowReader(config=cfg)
@@ -48,11 +52,8 @@ class ResidualEngine(wiring.Component):
             m.d.comb += [add.i_x.payload[i].eq(x.o_word.payload.data[i]),
                          add.i_y.payload[i].eq(y.o_word.payload.data[i])]
 
-        op = Signal.like(self.op)
+        op = self.latch_op(m)
         words = Signal(cfg.word_bits + 1)
-        running = Signal()
-        with m.If(self.start):
-            m.d.sync += op.eq(self.op)
         # the checks of a new op are registered: the walk starts one cycle after ``start``
         checked = Signal()
         m.d.sync += checked.eq(self.start)
@@ -61,12 +62,8 @@ class ResidualEngine(wiring.Component):
         m.d.comb += fault.eq((op.n == 0) | (op.n != op.n2) | (op.m == 0) | (op.m > widest) |
                              (op.arg != env.res_bits) | (op.src == op.src2) |
                              ~_is_residual(op.src) | ~_is_residual(op.dst) | (op.src2 != Buffer.T))
-        m.d.sync += [self.done.eq(0), self.fault.eq(0)]
-        with m.If(checked):
-            with m.If(fault):
-                m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0)]
-            with m.Else():
-                m.d.sync += running.eq(1)
+        with m.If(checked & fault):
+            self.finish(m, fault=True)
         m.d.comb += words.eq(words_of(op.m, lanes))
         for reader, buf in ((x, op.src), (y, op.src2)):
             m.d.comb += [reader.i_walk.valid.eq(checked & ~fault), reader.i_walk.payload.buffer.eq(buf),
@@ -74,27 +71,9 @@ class ResidualEngine(wiring.Component):
                          reader.i_walk.payload.word0.eq(0), reader.i_walk.payload.words.eq(words)]
 
         # the sums, written in the order they were read
-        row = Signal(cfg.row_bits)
-        w = Signal(cfg.word_bits + 1)
-        out = add.o_stream
-        bank_bits = ceil_log2(cfg.banks)
-        m.d.comb += [out.ready.eq(1), self.wr.buffer.eq(op.dst), self.wr.tile.eq(row >> bank_bits),
-                     self.wr.word.eq(w), self.wr.en.eq(out.valid)]
-        cols_left = Signal(signed(18))
-        m.d.comb += cols_left.eq(op.m - w * lanes)
-        for bank in range(cfg.banks):
-            for i in range(lanes):
-                m.d.comb += [self.wr.data[bank][i].eq(out.payload.data[i]),
-                             self.wr.mask[bank][i].eq((row[:bank_bits] == bank if bank_bits else 1) &
-                                                      (cols_left > i))]
-        with m.If(out.valid):
-            with m.If(w + 1 == words):
-                m.d.sync += [w.eq(0), row.eq(row + 1)]
-                with m.If(row + 1 == op.n):
-                    m.d.sync += [running.eq(0), self.done.eq(1), self.rows.eq(op.n), row.eq(0)]
-            with m.Else():
-                m.d.sync += w.eq(w + 1)
-        m.d.comb += self.overflows.eq(add.overflows[:16] | (add.overflows[16:] != 0).replicate(16))
+        with m.If(write_rows(m, cfg, self.wr, add.o_stream, buffer=op.dst, cols=op.m, words=words, rows=op.n)):
+            self.finish(m, rows=op.n)
+        self.count_overflows(m, add.overflows)
         return m
 
 

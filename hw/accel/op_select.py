@@ -69,8 +69,8 @@ from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_bool, check_int
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import engine_signature
-from tokensift.hw.accel.rows import RowReader
+from tokensift.hw.accel.ports import OpEngine, check_config
+from tokensift.hw.accel.rows import RecordFields, RowReader
 from tokensift.hw.accel.sequencer import registers_layout
 from tokensift.hw.score_combiner.core import CombinerParams, ScoreCombiner, combiner_cycles
 from tokensift.hw.selector.core import Selector
@@ -191,28 +191,21 @@ def _root_iters(cfg: AccelConfig) -> int:
     return ((env.max_tokens * env.head_dim * (1 << 14)).bit_length() + 1) // 2
 
 
-class SelectEngine(wiring.Component):
+class SelectEngine(OpEngine):
     """See the module docstring. Ports: :func:`tokensift.hw.accel.ports.engine_signature` (DRAM channel, no
     ``rd2``) plus ``regs`` (the run-time registers), ``protected_out`` and ``stage_ran``."""
 
     def __init__(self, *, config: AccelConfig):
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+        check_config(config)
         if config.lanes > config.envelope.max_tokens:
             raise ValueError(f"lanes ({config.lanes}) must not exceed the envelope's {config.envelope.max_tokens} "
                              "tokens (a class row's word of the score combiner)")
-        self._cfg = config
-        members = dict(engine_signature(config, dram=True).members)
-        members.update(regs=In(registers_layout()), protected_out=Out(config.row_bits), stage_ran=Out(1))
-        super().__init__(wiring.Signature(members))
-
-    @property
-    def config(self) -> AccelConfig:
-        return self._cfg
+        super().__init__(config=config, members={"regs": In(registers_layout()),
+                                                 "protected_out": Out(config.row_bits), "stage_ran": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self._cfg
+        cfg = self.config
         env = cfg.envelope
         axi = cfg.axi
         db = axi.data_bytes
@@ -253,10 +246,12 @@ class SelectEngine(wiring.Component):
         rec_addr = Signal(axi.addr_width)
         m.d.comb += rec_addr.eq(op.memory_base + op.addr_a)
         skew_bits = ceil_log2(db) - 3 if db > 8 else 0
-        pos = Signal(range(-db, RECORD_BYTES + 2 * db))   # offset in the record of the next bus word's byte 0
-        piece = min(db, 8)
-        fields = {name: Signal(64, name=f"rec_{name}") for name in ("header", "method", "option", "nrefs")}
-        word = self.dram_data.payload.data
+        skew = (rec_addr[3:3 + skew_bits] << 3) if skew_bits else 0  # the record's byte 0 in its first word
+        m.submodules.record = record = RecordFields(
+            config=cfg, fields={name: _FIELD_AT[name] for name in ("header", "method", "option", "nrefs")},
+            length=RECORD_BYTES)
+        m.d.comb += [record.skew.eq(skew), record.i_word.payload.eq(self.dram_data.payload)]
+        fields = record.fields
 
         walk = reader.i_walk
         out = reader.o_word
@@ -446,37 +441,26 @@ class SelectEngine(wiring.Component):
                              dummy.eq(Mux(is_dvit, words, 0)), first_key.eq(is_dvit), scored.eq(0),
                              weights_sent.eq(0), bad_score.eq(0), discard.eq(0), dst_row.eq(op.protected),
                              beat.eq(0)]
-                m.d.sync += pos.eq(-(rec_addr[3:3 + skew_bits] << 3) if skew_bits else 0)
+                m.d.comb += record.start.eq(1)
                 with m.If(bad):
                     fault()
                 with m.Else():
                     m.next = "FETCH"
             with m.State("FETCH"):
-                m.d.comb += [self.dram_cmd.valid.eq(1),
-                             self.dram_cmd.payload.addr.eq(rec_addr & ~(db - 1)),
-                             self.dram_cmd.payload.length.eq(RECORD_BYTES - pos)]
-                with m.If(self.dram_cmd.ready):
+                with m.If(self.request(m, addr=rec_addr & ~(db - 1), length=RECORD_BYTES + skew)):
                     m.next = "RECORD"
             with m.State("RECORD"):
-                m.d.comb += self.dram_data.ready.eq(1)
-                with m.If(self.dram_data.valid):
-                    m.d.sync += pos.eq(pos + db)
-                    for j in range(db // piece):
-                        for name, f in fields.items():
-                            for h in range(8 // piece):
-                                with m.If(pos == _FIELD_AT[name] + h * piece - j * piece):
-                                    m.d.sync += f[8 * piece * h:8 * piece * (h + 1)].eq(
-                                        word[8 * piece * j:8 * piece * (j + 1)])
-                    with m.If(self.dram_data.payload.last):
-                        m.next = "RECORD_CHECK"
+                m.d.comb += [self.dram_data.ready.eq(1), record.i_word.valid.eq(self.dram_data.valid)]
+                with m.If(self.dram_data.valid & self.dram_data.payload.last):
+                    m.next = "RECORD_CHECK"
             with m.State("RECORD_CHECK"):
-                tag, length = fields["header"][:32], fields["header"][32:]
-                nrefs = fields["nrefs"]
+                tag, length = fields.header[:32], fields.header[32:]
+                nrefs = fields.nrefs
                 # the length follows from nrefs (4-byte references, the record 8-byte aligned), as decode_record
                 want = RECORD_BYTES + ((nrefs[:29] + 1) >> 1 << 3)
-                good = ((tag == Tag.STAGE) & (nrefs[29:] == 0) & (length == want) & (fields["method"][3:] == 0) &
-                        (fields["method"][:3] == method))
-                option = fields["option"] != 0
+                good = ((tag == Tag.STAGE) & (nrefs[29:] == 0) & (length == want) & (fields.method[3:] == 0) &
+                        (fields.method[:3] == method))
+                option = fields.option != 0
                 m.d.sync += [fuse.eq(is_evit & option), image.eq(option)]
                 with m.If(~good | (is_evit & option & (k + 2 > env.max_tokens))):
                     fault()

@@ -30,7 +30,7 @@ from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import engine_signature
+from tokensift.hw.accel.ports import OpEngine, check_config
 from tokensift.hw.accel.rows import RowReader
 from tokensift.hw.vector.token_mean import TokenMean, TokenMeanParams
 from tokensift.hw.vector.token_mean import cycles as unit_cycles
@@ -42,8 +42,7 @@ __all__ = ["TokenMeanEngine", "token_mean_params", "cycles"]
 def token_mean_params(cfg: AccelConfig) -> TokenMeanParams:
     """The token-mean unit of an accelerator: its lanes, the widest signed buffer's bits, the rows and columns
     of the largest buffer."""
-    if not isinstance(cfg, AccelConfig):
-        raise TypeError(f"config must be an AccelConfig, not {type(cfg).__name__}")
+    check_config(cfg)
     if cfg.lanes & (cfg.lanes - 1):
         raise ValueError(f"the token-mean unit needs a power-of-two number of lanes, not {cfg.lanes}")
     signed_buffers = [cfg.geometry(b) for b in Buffer if cfg.geometry(b).signed]
@@ -73,16 +72,13 @@ def cycles(cfg: AccelConfig, *, k: int, m: int, n: int, in_place: bool) -> int:
 _IDLE, _CHECK, _MEANS, _WRITE = range(4)
 
 
-class TokenMeanEngine(wiring.Component):
+class TokenMeanEngine(OpEngine):
     """See the module docstring; ports as :func:`tokensift.hw.accel.ports.engine_signature` (one read port, no
     DRAM channel)."""
 
     def __init__(self, *, config: AccelConfig):
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+        super().__init__(config=config, dram=False)
         self._params = token_mean_params(config)
-        self._cfg = config
-        super().__init__(engine_signature(config, dram=False))
 
     @property
     def unit_params(self) -> TokenMeanParams:
@@ -90,7 +86,7 @@ class TokenMeanEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg, p = self._cfg, self._params
+        cfg, p = self.config, self._params
         lanes = cfg.lanes
         lane_bits = ceil_log2(lanes)
         bank_bits = ceil_log2(cfg.banks)
@@ -99,10 +95,10 @@ class TokenMeanEngine(wiring.Component):
         wiring.connect(m, reader.rd, wiring.flipped(self.rd))
 
         # -- the op, latched at start; its checks registered ---------------------------------------------------
-        op = Signal.like(self.op)
+        op = self.latch_op(m)
         state = Signal(range(4))
         with m.If(self.start):
-            m.d.sync += [op.eq(self.op), state.eq(_CHECK)]
+            m.d.sync += state.eq(_CHECK)
         src_ok, dst_ok = Signal(), Signal()
         src_bits = Signal(range(p.bits + 1))
         for b in Buffer:
@@ -119,11 +115,11 @@ class TokenMeanEngine(wiring.Component):
         first = Signal(cfg.word_bits + 1)       # w_k: the word holding column k
         in_place = Signal()
         m.d.comb += [words.eq((op.m + lanes - 1) >> lane_bits), first.eq(op.k >> lane_bits)]
-        m.d.sync += [self.done.eq(0), self.fault.eq(0)]
         with m.If(state == _CHECK):
             m.d.sync += in_place.eq((op.src == op.dst) & (op.start == 0))
             with m.If(fault | (op.n == 0)):
-                m.d.sync += [state.eq(_IDLE), self.done.eq(1), self.fault.eq(fault), self.rows.eq(0)]
+                m.d.sync += state.eq(_IDLE)
+                self.finish(m, fault=fault)
             with m.Else():
                 m.d.sync += state.eq(_MEANS)
 
@@ -197,6 +193,7 @@ class TokenMeanEngine(wiring.Component):
                              self.wr.mask[bank][i].eq((w_row[:bank_bits] == bank if bank_bits else 1) & live &
                                                       (mean_col | ~in_place))]
         with m.If(valid & last):
-            m.d.sync += [state.eq(_IDLE), self.done.eq(1), self.rows.eq(op.n)]
+            m.d.sync += state.eq(_IDLE)
+            self.finish(m, rows=op.n)
         m.d.comb += self.overflows.eq(0)  # a mean of codes always fits them
         return m

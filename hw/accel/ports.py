@@ -17,11 +17,15 @@ source's row range ``start .. start + n - 1``, the second source's row count ``n
 ``P`` and the base addresses. ``start`` pulses with a valid ``op``; the engine answers ``done`` (one cycle)
 with ``rows`` (the destination's new row count) and ``fault`` (a malformed op: a record of the wrong tag or
 size, widths beyond a buffer, sizes beyond the envelope; the sequencer stops and flags it).
+
+**The engines' base** (:class:`OpEngine`): the validated config and these ports (plus an engine's own), and
+the pieces every engine repeats: the op latched at ``start``, the one-cycle ``done`` answer, the DRAM read
+command, the saturated overflow count.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import signed, unsigned
+from amaranth.hdl import Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -30,7 +34,7 @@ from tokensift.hw.axi.burst import command_layout
 from tokensift.hw.axi.reader import word_layout
 
 __all__ = ["READ_LATENCY", "tile_layout", "read_port_signature", "write_port_signature", "op_layout",
-           "engine_signature", "BUFFER_BITS"]
+           "engine_signature", "check_config", "OpEngine", "BUFFER_BITS"]
 
 #: cycles from a read request to its data (the block RAM's registered output, then the registered buffer mux)
 READ_LATENCY = 2
@@ -96,3 +100,47 @@ def engine_signature(cfg: AccelConfig, *, second_read: bool = False, dram: bool 
         members["dram_cmd"] = Out(stream.Signature(command_layout(cfg.axi)))
         members["dram_data"] = In(stream.Signature(word_layout(cfg.axi)))
     return wiring.Signature(members)
+
+
+def check_config(config, name: str = "config") -> AccelConfig:
+    """``config`` itself, or TypeError unless it is an :class:`AccelConfig` (``name``: the argument's)."""
+    if not isinstance(config, AccelConfig):
+        raise TypeError(f"{name} must be an AccelConfig, not {type(config).__name__}")
+    return config
+
+
+class OpEngine(wiring.Component):
+    """The base of the op engines: the validated ``config`` (keyword-only, read back as :attr:`config`) and the
+    ports of :func:`engine_signature` (``second_read``, ``dram``) plus an engine's own ``members``."""
+
+    def __init__(self, *, config: AccelConfig, second_read: bool = False, dram: bool = True,
+                 members: dict | None = None):
+        self._cfg = check_config(config)
+        signature = engine_signature(config, second_read=second_read, dram=dram)
+        super().__init__(wiring.Signature({**signature.members, **(members or {})}))
+
+    @property
+    def config(self) -> AccelConfig:
+        return self._cfg
+
+    def latch_op(self, m):
+        """The op, registered at ``start``; ``done`` and ``fault`` pulse one cycle unless set again."""
+        op = Signal.like(self.op)
+        with m.If(self.start):
+            m.d.sync += op.eq(self.op)
+        m.d.sync += [self.done.eq(0), self.fault.eq(0)]
+        return op
+
+    def finish(self, m, *, rows=0, fault=False):
+        """``done`` next cycle, with ``rows`` and ``fault``."""
+        m.d.sync += [self.done.eq(1), self.fault.eq(fault), self.rows.eq(rows)]
+
+    def request(self, m, *, addr, length):
+        """Offers the DRAM read command (an FSM state's body); returns "it is taken"."""
+        m.d.comb += [self.dram_cmd.valid.eq(1), self.dram_cmd.payload.addr.eq(addr),
+                     self.dram_cmd.payload.length.eq(length)]
+        return self.dram_cmd.ready
+
+    def count_overflows(self, m, counter):
+        """``overflows``: ``counter``'s low 16 bits, all ones once it has passed them (saturating)."""
+        m.d.comb += self.overflows.eq(counter[:16] | (counter[16:] != 0).replicate(16))

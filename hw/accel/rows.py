@@ -6,8 +6,10 @@ only while fewer than :data:`DEPTH` are requested and not yet taken, and the wor
 depth (enough to cover the port's latency at full rate). Rows are walked with a running row register (its bank
 is the low bits, its tile the high bits), so no multiplier sits between registers.
 
-Fetching a constant record: :class:`RecordSlots` turns the DRAM read channel's bus words (any AXI width) into
-the record's 64-bit slots (:mod:`tokensift.quant.accel.records` puts one scalar in each), one per cycle.
+Fetching a constant record (:mod:`tokensift.quant.accel.records` puts one scalar in each 64-bit slot): either
+:class:`RecordSlots` turns the DRAM read channel's bus words (any AXI width) into the record's slots, one per
+cycle, for an engine that checks them one by one; or :class:`RecordFields` lands the slots an engine names in
+registers as their bus words arrive, one word per cycle, for an engine that checks them all at once.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from tokensift.hw.accel.config import ELEMENT_BITS, AccelConfig
-from tokensift.hw.accel.ports import BUFFER_BITS, READ_LATENCY, read_port_signature
+from tokensift.hw.accel.ports import BUFFER_BITS, READ_LATENCY, check_config, read_port_signature
 from tokensift.hw.axi.reader import word_layout as reader_word_layout
 
 __all__ = ["RowReader", "DEPTH", "word_layout", "walk_layout", "RecordSlots", "slot_layout", "record_cycles",
-           "words_of", "buffer_fits"]
+           "words_of", "buffer_fits", "write_rows", "RecordFields", "slot_wrong"]
 
 #: words requested and not yet taken, at most (the FIFO's depth): the port's latency plus the FIFO's own
 DEPTH = READ_LATENCY + 3
@@ -47,9 +49,7 @@ class RowReader(wiring.Component):
     ``o_word`` beats; ``rd`` is the buffer read port it drives."""
 
     def __init__(self, *, config: AccelConfig):
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
-        self._cfg = config
+        self._cfg = check_config(config)
         super().__init__({
             "i_walk": In(stream.Signature(walk_layout(config))),
             "o_word": Out(stream.Signature(word_layout(config))),
@@ -132,9 +132,7 @@ class RecordSlots(wiring.Component):
     are dropped). Every output is a register."""
 
     def __init__(self, *, config: AccelConfig):
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
-        self._cfg = config
+        self._cfg = check_config(config)
         super().__init__({
             "i_word": In(stream.Signature(reader_word_layout(config.axi))),
             "o_slot": Out(stream.Signature(slot_layout())),
@@ -178,6 +176,57 @@ class RecordSlots(wiring.Component):
         return m
 
 
+class RecordFields(wiring.Component):
+    """The record's 64-bit slots at the byte offsets ``fields`` (name -> offset in the record, a multiple of 8),
+    captured from the DRAM read channel's bus words as they arrive (any AXI width, one word per cycle, every
+    word taken): ``start`` begins a record whose byte 0 is at byte ``skew`` (a multiple of 8) of its first bus
+    word (the command is word-aligned down); ``fields`` are registers, complete the cycle after the word with
+    ``last``, when ``done`` pulses. ``length``: the record's bytes the command covers, at most."""
+
+    def __init__(self, *, config: AccelConfig, fields: dict[str, int], length: int):
+        self._cfg = check_config(config)
+        self._fields = dict(fields)
+        self._length = length
+        super().__init__({
+            "start": In(1),
+            "skew": In(range(max(2, config.axi.data_bytes))),
+            "i_word": In(stream.Signature(reader_word_layout(config.axi))),
+            "fields": Out(data.StructLayout(dict.fromkeys(self._fields, 64))),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        db = self._cfg.axi.data_bytes
+        piece = min(db, 8)                      # bytes of a field in one word (a 4-byte word holds half of one)
+        pos = Signal(range(-db, self._length + 2 * db))  # the record's offset of the next word's byte 0
+        word = self.i_word.payload.data
+        m.d.comb += self.i_word.ready.eq(1)
+        m.d.sync += self.done.eq(0)
+        with m.If(self.start):
+            m.d.sync += pos.eq(-self.skew)
+        with m.If(self.i_word.valid):
+            m.d.sync += [pos.eq(pos + db), self.done.eq(self.i_word.payload.last)]
+            for j in range(db // piece):
+                for name, at in self._fields.items():
+                    for h in range(8 // piece):
+                        with m.If(pos == at + h * piece - j * piece):
+                            m.d.sync += self.fields[name][8 * piece * h:8 * piece * (h + 1)].eq(
+                                word[8 * piece * j:8 * piece * (j + 1)])
+        return m
+
+
+def slot_wrong(slot, s, *, tag, length, equal: dict) -> Value:
+    """A :class:`RecordSlots` beat ``slot``, slot ``s`` of its record, is not what the engine expects: its word
+    came with a read error, the header (slot 0) holds another tag or length, or a slot of ``equal`` (slot ->
+    value) holds another value."""
+    value = slot.payload.data
+    wrong = slot.payload.error | ((s == 0) & ((value[:32] != tag) | (value[32:] != length)))
+    for at, want in equal.items():
+        wrong |= (s == at) & (value != want)
+    return wrong
+
+
 def record_cycles(cfg: AccelConfig, length: int, dram_latency: int) -> int:
     """Cycles from an engine's ``start`` to a ``done`` decided on a ``length``-byte record's last slot (through
     :class:`RecordSlots`, a registered decision after it), for an engine that requests the record two cycles
@@ -201,3 +250,33 @@ def words_of(m, lanes: int):
 def buffer_fits(cfg: AccelConfig, buffer, cols, among) -> Value:
     """True when ``buffer`` is one of the buffers ``among`` and has at least ``cols`` columns."""
     return Cat(*((buffer == b) & (cols <= cfg.geometry(b).cols) for b in among)).any()
+
+
+def write_rows(m, cfg: AccelConfig, wr, out, *, buffer, cols, words, rows) -> Signal:
+    """Writes ``out``'s beats (``lanes`` values each, always taken: a unit's output stream) through the write
+    port ``wr`` to rows ``0 .. rows - 1`` of ``buffer``, ``words`` words a row in the order a
+    :class:`RowReader` walks them, the columns from ``cols`` on left alone. Returns the cycle's "the last
+    beat is written" (the counters are back at row 0 after it)."""
+    lanes = cfg.lanes
+    bank_bits = ceil_log2(cfg.banks)
+    row = Signal(cfg.row_bits)
+    w = Signal(cfg.word_bits + 1)
+    col = Signal(cfg.word_bits + 1 + ceil_log2(lanes))  # the word's first column
+    m.d.comb += [out.ready.eq(1), wr.buffer.eq(buffer), wr.tile.eq(row >> bank_bits), wr.word.eq(w),
+                 wr.en.eq(out.valid)]
+    cols_left = Signal(signed(18))
+    m.d.comb += cols_left.eq(cols - col)
+    for bank in range(cfg.banks):
+        for i in range(lanes):
+            m.d.comb += [wr.data[bank][i].eq(out.payload.data[i]),
+                         wr.mask[bank][i].eq((row[:bank_bits] == bank if bank_bits else 1) & (cols_left > i))]
+    last = Signal()
+    with m.If(out.valid):
+        with m.If(w + 1 == words):
+            m.d.sync += [w.eq(0), col.eq(0), row.eq(row + 1)]
+            with m.If(row + 1 == rows):
+                m.d.comb += last.eq(1)
+                m.d.sync += row.eq(0)
+        with m.Else():
+            m.d.sync += [w.eq(w + 1), col.eq(col + lanes)]
+    return last
