@@ -74,7 +74,7 @@ def _quick_demo(tmp_path, capsys, *extra):
         assert run["bit_exact"] and run["faults"] == [0] and len(run["predictions"]) == 1  # --quick: one image
         assert run["cycles_equal_model"] and all(0 < u < 1 for u in run["mac_utilization"])
     hw = s["hw"]
-    assert (acc["shape"]["banks"], acc["shape"]["lanes"]) == (hw["linear_rows"], hw["lanes"])
+    assert (acc["shape"]["banks"], acc["shape"]["lanes"]) == (hw["linear_rows"], hw["lanes"] * hw["heads_parallel"])
     assert acc["shape"]["banks"] * acc["shape"]["gemm_cols"] == hw["linear_lanes"]
     assert (tmp_path / "demo" / "verilog" / "accelerator" / "tokensift_accel.v").stat().st_size > 1000
     return s

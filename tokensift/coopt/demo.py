@@ -374,8 +374,8 @@ def _whole_accelerator(iv, hw: dict, images, method: str, verilog_dir: Path, *, 
     m = project.measure(images, register_sets=sets, latency=10, clock_mhz=hw["clock_mhz"])
     runs = {"own": m["sets"][0], "second": m["sets"][-1]} if len(sets) == 2 else {"second": m["sets"][0]}
     out = {"shape": {**cfg.as_dict(), "envelope": None}, "shape_note": (
-        "the co-optimizer's GEMM array (linear_rows x linear_lanes / linear_rows) and attention lanes; one "
-        "attention core (heads_parallel is not a parameter of this design)"),
+        "the co-optimizer's GEMM array (linear_rows x linear_lanes / linear_rows); its attention MAC rate "
+        "(lanes x heads_parallel) as the lanes of the design's one attention core"),
         "verilog": files, "bit_exact": m["bit_exact"], "peak_macs_per_cycle": m["peak_macs_per_cycle"],
         "clock_mhz": m["clock_mhz"], "clock_source": "assumed (the whole design's Fmax is not measured)",
         "dram_latency": m["dram_latency"], "second_setting": second_note, "note": note, **runs}

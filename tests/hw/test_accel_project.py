@@ -1,0 +1,35 @@
+"""The accelerator's Python flow: the shape a co-optimizer choice maps to, the MACs an image's program needs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokensift.hw.accel.project import shape_from_choice, useful_macs
+
+DEMO_CHOICE = {"lanes": 8, "heads_parallel": 2, "linear_lanes": 128, "linear_rows": 4, "weight_rate": 15,
+               "selector_lanes": 64, "softmax": "exp2_lut", "clock_mhz": 100.0}
+
+
+def _shape(choice, head_dim):
+    s = shape_from_choice(choice, head_dim=head_dim)
+    return s["banks"], s["gemm_cols"], s["lanes"], s["axi"].data_bytes
+
+
+@pytest.mark.parametrize("changes, head_dim, expect", [
+    ({}, 16, (4, 32, 16, 16)),                                      # the demo's choice: 8 lanes x 2 cores -> 16
+    ({"heads_parallel": 4}, 16, (4, 32, 16, 16)),                   # at most the head dimension
+    ({"heads_parallel": 1, "lanes": 6}, 64, (4, 32, 4, 16)),        # a power of two below the rate
+    ({}, 12, (4, 32, 4, 16)),                                       # dividing the head dimension
+    ({"linear_rows": 3}, 16, (4, 32, 16, 16)),                      # rows -> power-of-two banks, MACs kept
+    ({"weight_rate": 8, "linear_lanes": 8, "linear_rows": 2}, 16, (2, 8, 16, 8)),  # 64-bit AXI, cols >= a word
+    ({"linear_rows": None}, 16, (1, 128, 16, 16)),
+])
+def test_shape_from_a_coopt_choice(changes, head_dim, expect):
+    assert _shape({**DEMO_CHOICE, **changes}, head_dim) == expect
+
+
+def test_useful_macs_count_gemm_and_attention_not_skipped_ops():
+    trace = [{"op": "PATCH_EMBED", "n": 49, "k": 16, "m": 64}, {"op": "GEMM", "n": 50, "k": 64, "m": 192},
+             {"op": "ATTENTION", "n": 50}, {"op": "GEMM", "n": 50, "k": 64, "m": 1, "skipped": True},
+             {"op": "LAYERNORM", "n": 50}]
+    assert useful_macs(trace, head_dim=16) == 49 * 16 * 64 + 50 * 64 * 192 + 2 * 50 * 50 * 16
