@@ -16,6 +16,7 @@ Verilator build (make sees nothing new).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -127,8 +128,17 @@ def run_cocotb(
         suffix = "-icarus" if icarus else ("-" + wave_kind if wave_kind else "")
         build_dir = default_build_root() / f"{toplevel}-{digest}{suffix}"
     build_dir = Path(build_dir).resolve()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # two processes simulating one design share its content-addressed build: the second waits, then finds
+    # it built (the runs themselves only read the model and write logs under their own names)
+    build_lock = open(build_dir / ".build.lock", "w")  # noqa: SIM115 - held until the build is done
+    fcntl.flock(build_lock, fcntl.LOCK_EX)
     verilog_path = build_dir / f"{toplevel}.v"
-    emit_verilog(component, name=toplevel, path=verilog_path)
+    try:
+        emit_verilog(component, name=toplevel, path=verilog_path)
+    except BaseException:
+        build_lock.close()
+        raise
 
     build_args = list(build_args) if icarus else [*_VERILATOR_ARGS, *build_args]
     if wave_kind == "fst":
@@ -163,6 +173,7 @@ def run_cocotb(
         tool = "Icarus Verilog" if icarus else "Verilator"
         raise SimulationError(f"{tool} build of {toplevel} failed; see {log_dir / 'build.log'}") from exc
     finally:
+        build_lock.close()
         if saved_make_flags is None:
             os.environ.pop("MAKEFLAGS", None)
         else:
