@@ -134,3 +134,28 @@ def test_dense_and_pruned_images_faults_and_a_reset():
         (3, Fault.REGISTERS, 0), (3, Fault.REGISTERS, 0), (3, Fault.PROGRAM, 0), (3, Fault.IMAGE, 0)]
     for g in [got[0], got[2], *got[3:]]:
         assert g["register_error"] == 0 and g["irq_cleared"] and g["cycles"] > 0
+
+
+def test_simulate_model_cli(tmp_path, capsys):
+    """``tokensift simulate model``: a checkpoint in, one JSON object out, the logits of real test images
+    bit-exact through the generated design and its cycles equal to the cost model's."""
+    import json
+
+    import torch
+
+    from tokensift import cli
+    from tokensift.sw import create_model
+    from tokensift.sw.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "dvit.pth", create_model("vit_mnist_patch4_28", method="dynamicvit",
+                                                               keep_ratio=0.7))
+    code = cli.main(["simulate", "model", "--checkpoint", str(ckpt), "--images", "1", "--calib-images", "20",
+                     "--banks", "2", "--gemm-cols", str(COLS), "--registers", "keep=20,10,5", "--json"])
+    text, err = capsys.readouterr()
+    assert code == 0, err
+    s = json.loads(text)
+    assert s["bit_exact"] and s["images"] == 1 and s["faults"] == [0] and s["method"] == "dynamicvit"
+    assert s["registers"]["keep"] == [20, 10, 5]
+    assert s["cycles_equal_model"] and s["cycles"] == s["expected_cycles"] and 0 < s["mac_utilization"][0] < 1
+    assert s["clock_source"].startswith("assumed") and s["latency_ms"][0] == round(s["cycles"][0] / 1e5, 4)
