@@ -186,26 +186,28 @@ class LayerNormEngine(wiring.Component):
         wiring.connect(m, reader.rd, wiring.flipped(self.rd))
         wiring.connect(m, wiring.flipped(self.dram_data), rec.i_data)
 
-        # -- the op, latched at start; its checks registered -------------------------------------------------
+        # -- the op, latched at start with its checks and its word count: the compares (carry chains of the
+        # op's fields) end in registers, not in the resets and enables the check's outcome fans out to
         op = Signal.like(self.op)
         state = Signal(range(6))
-        with m.If(self.start):
-            m.d.sync += [op.eq(self.op), state.eq(_CHECK)]
+        new = self.op
         words = Signal(cfg.word_bits + 1)
-        m.d.comb += words.eq((op.m + lanes - 1) >> lane_bits)
         src_ok = Signal()
         dst_ok = Signal()
         for b in Buffer:
             g = cfg.geometry(b)
-            with m.If(op.src == b):
-                m.d.comb += src_ok.eq(Const(int(g.signed and g.bits <= u.in_bits)) & (op.m <= g.cols))
-            with m.If(op.dst == b):
+            with m.If(new.src == b):
+                m.d.comb += src_ok.eq(Const(int(g.signed and g.bits <= u.in_bits)) & (new.m <= g.cols))
+            with m.If(new.dst == b):
                 m.d.comb += dst_ok.eq(Const(int(g.signed and g.bits >= u.out.bits and g.rows >= env.max_tokens))
-                                      & (op.m <= g.cols))
+                                      & (new.m <= g.cols))
         word_mask = cfg.axi.data_bytes - 1
-        aligned = ((op.memory_base[:8] + op.addr_a[:8]) & word_mask) == 0
-        op_fault = ((op.m == 0) | (op.m > u.c_max) | ~src_ok | ~dst_ok | (op.arg != u.out.bits) |
-                    (op.addr_a[:3] != 0) | ~aligned)
+        aligned = ((new.memory_base[:8] + new.addr_a[:8]) & word_mask) == 0
+        op_fault = Signal()
+        with m.If(self.start):
+            m.d.sync += [op.eq(new), state.eq(_CHECK), words.eq((new.m + lanes - 1) >> lane_bits),
+                         op_fault.eq((new.m == 0) | (new.m > u.c_max) | ~src_ok | ~dst_ok | (new.arg != u.out.bits) |
+                                     (new.addr_a[:3] != 0) | ~aligned)]
         rec_addr = Signal(cfg.axi.addr_width)
         rec_length = Signal(cfg.axi.length_bits)
         m.d.comb += [self.dram_cmd.payload.addr.eq(rec_addr), self.dram_cmd.payload.length.eq(rec_length),

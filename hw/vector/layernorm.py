@@ -211,7 +211,10 @@ class LayerNorm(wiring.Component):
         in_j = Signal(range(nb_max))
         in_tok = Signal(FIELD_BITS)
         wr_ptr = Signal(range(depth))
-        run_ok = (state == _RUN) & (occupancy != depth)
+        # "the row buffer is full" is a register kept with the occupancy, so the input's ready (which the
+        # producer's FIFO fans out to its whole read side) is one LUT of registers, not a compare
+        full = Signal()
+        run_ok = (state == _RUN) & ~full
         m.d.comb += self.i_stream.ready.eq(run_ok | (state == _DROP_I))
         i_ok = self.i_stream.valid & self.i_stream.ready
         accept = i_ok & (state == _RUN)
@@ -288,7 +291,8 @@ class LayerNorm(wiring.Component):
         # whenever nxt is free (a condition of two registers), never by the issue logic
         tok, tok_valid = Signal(tok_l), Signal()
         nxt, nxt_valid = Signal(tok_l), Signal()
-        issue = tok_valid & (credits != 0)
+        has_credit = Signal(init=1)     # credits != 0, kept with them: no compare before the issue's fan-out
+        issue = tok_valid & has_credit
         out_last_beat = out_last
         retire = issue & out_last_beat
         tok_free = ~tok_valid | retire
@@ -310,13 +314,13 @@ class LayerNorm(wiring.Component):
             with m.If(out_last_beat):
                 m.d.sync += out_tok.eq(Mux(out_tok == n_m1, 0, out_tok + 1))
         with m.If(issue & ~o_read):
-            m.d.sync += credits.eq(credits - 1)
+            m.d.sync += [credits.eq(credits - 1), has_credit.eq(credits != 1)]
         with m.Elif(~issue & o_read):
-            m.d.sync += credits.eq(credits + 1)
+            m.d.sync += [credits.eq(credits + 1), has_credit.eq(1)]
         with m.If(accept & ~issue):
-            m.d.sync += occupancy.eq(occupancy + 1)
+            m.d.sync += [occupancy.eq(occupancy + 1), full.eq(occupancy == depth - 1)]
         with m.Elif(~accept & issue):
-            m.d.sync += occupancy.eq(occupancy - 1)
+            m.d.sync += [occupancy.eq(occupancy - 1), full.eq(0)]
 
         ctrl_l = data.StructLayout({"valid": 1, "j": range(nb_max), "tlast": 1, "last": 1})
         ctrl = [Signal(ctrl_l, name=f"ctrl{s}") for s in range(n_out + 1)]
