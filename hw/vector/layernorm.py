@@ -409,12 +409,15 @@ class LayerNorm(wiring.Component):
         # -- saturation counts: the lanes' flags summed in a register, then a saturating add --------------------
         acc_count = self.status.acc_overflows
         out_count = self.status.out_overflows
-        for flags, counter, valid_stage in ((acc_ovf, acc_count, s_a + 1), (out_ovf, out_count, n_out)):
-            add = Signal(range(lanes + 1))
+        for what, flags, counter, valid_stage in (("acc", acc_ovf, acc_count, s_a + 1),
+                                                  ("out", out_ovf, out_count, n_out)):
+            add = Signal(range(lanes + 1), name=f"{what}_overflows_add")
             m.d.sync += add.eq(Mux(ctrl[valid_stage].valid, sum(flags[1:], flags[0]), 0))
-            total = counter + add
-            top = (1 << c.counter_bits) - 1
-            m.d.sync += counter.eq(Mux(total > top, top, total))
+            cb = c.counter_bits
+            total = Signal(max(cb, len(add)) + 1, name=f"{what}_overflows_sum")
+            m.d.comb += total.eq(counter + add)
+            # saturated when a bit above the counter's is set (its carry out): no compare after the adder
+            m.d.sync += counter.eq(Mux(total[cb:].any(), (1 << cb) - 1, total[:cb]))
 
         m.d.comb += [self.status.busy.eq((state != _HEADER) | ofifo.r_rdy), self.status.error.eq(error),
                      self.status.rejected.eq(rejected)]
