@@ -65,9 +65,8 @@ SCALARS = SCHEMAS[Tag.LAYERNORM].scalars
 #: 32-bit elements before gamma: the header and the int64 scalars
 _HEAD_ELEMENTS = RECORD_HEADER // 4 + 2 * len(SCALARS)
 #: cycles from the scalars' last element to the unit's first source word, at the earliest (the launch, the
-#: walk's handoff, the reader's request, the port's latency, the reader's FIFO, the skid buffer): it binds only
-#: for ``m = 1``
-_FIRST_WORD = 5 + READ_LATENCY
+#: walk's handoff, the reader's request, the port's latency, the reader's FIFO): it binds only for ``m = 1``
+_FIRST_WORD = 4 + READ_LATENCY
 
 
 def layernorm_config(cfg: AccelConfig) -> LayerNormConfig:
@@ -404,27 +403,11 @@ class LayerNormEngine(wiring.Component):
             with m.Else():
                 m.d.sync += [state.eq(_RUN), job.eq(1), hdr_pending.eq(1), walk_pending.eq(1)]
 
-        # the source words reach the unit through a two-entry skid buffer whose ready is a register: the
-        # reader's FIFO (its read side fans out over the word) never waits on the unit's ready logic
         src = reader.o_word
-        beat_l = unit.i_stream.payload.shape()
-        beat = Signal(beat_l)
-        m.d.comb += beat.last.eq(src.payload.last)
+        m.d.comb += [unit.i_stream.valid.eq(src.valid), src.ready.eq(unit.i_stream.ready),
+                     unit.i_stream.payload.last.eq(src.payload.last)]
         for i in range(lanes):
-            m.d.comb += beat.data[i].eq(src.payload.data[i])
-        main, main_v = Signal(beat_l), Signal()
-        skid, skid_v = Signal(beat_l), Signal()
-        m.d.comb += [src.ready.eq(~skid_v), unit.i_stream.valid.eq(main_v), unit.i_stream.payload.eq(main)]
-        take_in = src.valid & ~skid_v
-        with m.If(~main_v | unit.i_stream.ready):       # the main register is free for the next cycle
-            with m.If(skid_v):
-                m.d.sync += [main.eq(skid), main_v.eq(1), skid_v.eq(0)]
-            with m.Elif(take_in):
-                m.d.sync += [main.eq(beat), main_v.eq(1)]
-            with m.Else():
-                m.d.sync += main_v.eq(0)
-        with m.Elif(take_in):
-            m.d.sync += [skid.eq(beat), skid_v.eq(1)]
+            m.d.comb += unit.i_stream.payload.data[i].eq(src.payload.data[i])
 
         # -- the outputs, written in the order they leave ----------------------------------------------------
         out = unit.o_stream
