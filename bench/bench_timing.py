@@ -56,6 +56,8 @@ GRID: list[tuple[str, str, str, list[str]]] = [
      ["--rows", "2", "--cols", "64", "--max-tokens", "50", "--max-in", "128", "--max-out", "192", "--weight-bytes", "16"]),
     ("requant", "default", "int32 -> int8, multiplier 12345, shift 20", ["--multiplier", "12345", "--shift", "20"]),
     ("layernorm", "c48_l2", "C up to 48, 2 lanes, run-time constants", ["--c-max", "48", "--lanes", "2"]),
+    ("accel_layernorm", "demo", "the demo accelerator's LayerNorm engine (vit_mnist_patch4_28: 2 banks, 8 lanes, "
+     "64 GEMM columns): the unit, its record reader and row reader", ["--model", "vit_mnist_patch4_28"]),
     ("gelu", "deit_s", "DeiT-S MLP: 16 lanes of int8, 16-bit run-time multiplier", ["--lanes", "16"]),
     ("residual", "deit_s", "16 lanes of 16-bit residual codes, saturating", ["--lanes", "16"]),
     ("token_mean", "deit_s", "DeiT-S predictor's global half: 16 lanes, n-max 197, 192 channels",
@@ -74,10 +76,39 @@ DEFAULT_SPEEDS = (6, 8)
 BASELINE = Path(__file__).resolve().parents[1] / "tests" / "hw" / "baselines" / "fmax.json"
 
 
+#: engines of the whole-model accelerator (:mod:`tokensift.hw.accel`), which have no ``tokensift generate`` entry
+#: of their own: GRID block name -> (module, class); each is built from the AccelConfig that ``tokensift generate
+#: accelerator`` makes of the same arguments (``--model M`` and the shape options)
+ENGINES = {"accel_layernorm": ("tokensift.hw.accel.op_layernorm", "LayerNormEngine")}
+
+
+def _build_engine(block: str, argv: list[str]):
+    """One accelerator engine, for the configuration ``tokensift generate accelerator argv`` would build."""
+    import importlib
+
+    from tokensift.commands import block_accelerator as glue
+
+    parser = argparse.ArgumentParser(prog=f"bench_timing {block}")
+    glue.add_generate_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.model is None:
+        parser.error(f"{block} needs --model")
+    glue.check_shape(args)
+    cfg = glue._config(args, glue.model_envelope(args.model))
+    module, name = ENGINES[block]
+    engine = getattr(importlib.import_module(module), name)(config=cfg)
+    params = {"model": args.model, "banks": cfg.banks, "lanes": cfg.lanes, "gemm_cols": cfg.gemm_cols,
+              "axi_bytes": cfg.axi.data_bytes}
+    return engine, f"tokensift_{block}", params
+
+
 def build(block: str, argv: list[str]):
-    """The component, top-level name and parameters of ``tokensift generate BLOCK argv``."""
+    """The component, top-level name and parameters of ``tokensift generate BLOCK argv`` (or of the accelerator
+    engine ``block``, :data:`ENGINES`)."""
     from tokensift.commands import blocks
 
+    if block in ENGINES:
+        return _build_engine(block, argv)
     glue = blocks.load(block)
     parser = argparse.ArgumentParser(prog=f"tokensift generate {block}")
     glue.add_generate_arguments(parser)

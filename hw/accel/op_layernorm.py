@@ -15,7 +15,8 @@ epsilon the unit's 62-bit variance leaves room for; a record declaring other wid
 
 The record (a 16-byte header, ten int64 scalars, ``dim`` int32 gamma, ``dim`` int32 beta, each array 8-byte
 aligned) is fetched with one DRAM command and read one 32-bit element per cycle (:class:`RecordElements`):
-the header and scalars are checked as they arrive (one registered compare per element); then the unit's job
+the header and scalars are checked as they arrive (each element from registers, the cycle after it was read,
+into a registered fault flag); then the unit's job
 header is sent and the source rows start streaming (:class:`~tokensift.hw.accel.rows.RowReader`); gamma
 lands in a small memory of ``ceil(width / lanes)`` words and each beat of beta leaves with its gamma word as a
 constants beat; the unit's outputs are written to the destination rows as they leave.
@@ -43,7 +44,7 @@ from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import engine_signature
+from tokensift.hw.accel.ports import READ_LATENCY, engine_signature
 from tokensift.hw.accel.rows import RowReader
 from tokensift.hw.axi.config import AxiDmaConfig
 from tokensift.hw.axi.reader import word_layout
@@ -63,6 +64,9 @@ __all__ = ["LayerNormEngine", "RecordElements", "layernorm_config", "record_byte
 SCALARS = SCHEMAS[Tag.LAYERNORM].scalars
 #: 32-bit elements before gamma: the header and the int64 scalars
 _HEAD_ELEMENTS = RECORD_HEADER // 4 + 2 * len(SCALARS)
+#: cycles from the scalars' last element to the unit's first source word, at the earliest (the launch, the
+#: walk's handoff, the reader's request, the port's latency, the reader's FIFO): it binds only for ``m = 1``
+_FIRST_WORD = 4 + READ_LATENCY
 
 
 def layernorm_config(cfg: AccelConfig) -> LayerNormConfig:
@@ -99,7 +103,8 @@ def cycles(cfg: AccelConfig, *, m: int, n: int, dram_latency: int) -> int:
     * the op's check (2 cycles), the command (1), the DRAM's latency, the word into the element register (2);
     * the record read at one 32-bit element per cycle up to beta's last element: the header and scalars
       (``24``), gamma (``m``, plus one pad element for odd ``m``), beta (``m``);
-    * that beta's constants beat: the gamma memory's read, the beat to the unit (2);
+    * that beta's constants beat: the gamma memory's read, the beat to the unit (2); for ``m = 1`` the
+      source's first word is later than that beat (:data:`_FIRST_WORD` after the scalars);
     * the tokens into the unit at one word per cycle (``n ceil(m / lanes)``), then the unit's pipeline after
       the last input beat (:func:`tokensift.hw.vector.layernorm_cost.latency`) and the write of the last word
       with ``done`` (1).
@@ -109,7 +114,7 @@ def cycles(cfg: AccelConfig, *, m: int, n: int, dram_latency: int) -> int:
     n = check_int("n", n, low=1, high=cfg.envelope.max_tokens, numpy=False)
     lat = check_int("dram_latency", dram_latency, low=0, numpy=False)
     words = ln.beats(m)
-    return 5 + lat + _HEAD_ELEMENTS + 2 * m + m % 2 + 2 + n * words + unit_latency(ln, m) + 1
+    return 5 + lat + _HEAD_ELEMENTS + max(2 * m + m % 2 + 2, _FIRST_WORD) + n * words + unit_latency(ln, m) + 1
 
 
 class RecordElements(wiring.Component):
@@ -186,26 +191,28 @@ class LayerNormEngine(wiring.Component):
         wiring.connect(m, reader.rd, wiring.flipped(self.rd))
         wiring.connect(m, wiring.flipped(self.dram_data), rec.i_data)
 
-        # -- the op, latched at start; its checks registered -------------------------------------------------
+        # -- the op, latched at start with its checks and its word count: the compares (carry chains of the
+        # op's fields) end in registers, not in the resets and enables the check's outcome fans out to
         op = Signal.like(self.op)
         state = Signal(range(6))
-        with m.If(self.start):
-            m.d.sync += [op.eq(self.op), state.eq(_CHECK)]
+        new = self.op
         words = Signal(cfg.word_bits + 1)
-        m.d.comb += words.eq((op.m + lanes - 1) >> lane_bits)
         src_ok = Signal()
         dst_ok = Signal()
         for b in Buffer:
             g = cfg.geometry(b)
-            with m.If(op.src == b):
-                m.d.comb += src_ok.eq(Const(int(g.signed and g.bits <= u.in_bits)) & (op.m <= g.cols))
-            with m.If(op.dst == b):
+            with m.If(new.src == b):
+                m.d.comb += src_ok.eq(Const(int(g.signed and g.bits <= u.in_bits)) & (new.m <= g.cols))
+            with m.If(new.dst == b):
                 m.d.comb += dst_ok.eq(Const(int(g.signed and g.bits >= u.out.bits and g.rows >= env.max_tokens))
-                                      & (op.m <= g.cols))
+                                      & (new.m <= g.cols))
         word_mask = cfg.axi.data_bytes - 1
-        aligned = ((op.memory_base[:8] + op.addr_a[:8]) & word_mask) == 0
-        op_fault = ((op.m == 0) | (op.m > u.c_max) | ~src_ok | ~dst_ok | (op.arg != u.out.bits) |
-                    (op.addr_a[:3] != 0) | ~aligned)
+        aligned = ((new.memory_base[:8] + new.addr_a[:8]) & word_mask) == 0
+        op_fault = Signal()
+        with m.If(self.start):
+            m.d.sync += [op.eq(new), state.eq(_CHECK), words.eq((new.m + lanes - 1) >> lane_bits),
+                         op_fault.eq((new.m == 0) | (new.m > u.c_max) | ~src_ok | ~dst_ok | (new.arg != u.out.bits) |
+                                     (new.addr_a[:3] != 0) | ~aligned)]
         rec_addr = Signal(cfg.axi.addr_width)
         rec_length = Signal(cfg.axi.length_bits)
         m.d.comb += [self.dram_cmd.payload.addr.eq(rec_addr), self.dram_cmd.payload.length.eq(rec_length),
@@ -240,6 +247,19 @@ class LayerNormEngine(wiring.Component):
         with m.If((state == _CHECK) & ~op_fault):
             m.d.sync += [phase.eq(_HEAD), count.eq(0), lane.eq(0)]
 
+        # every element is checked from registers one cycle after it was taken (its value, phase and index
+        # copied at the take), so the compares and the choice among them end in ``bad``, not in the take's
+        # fan-out; _LAUNCH, in the cycle the header's last element is checked, adds that element's own check
+        # (the high word of the last scalar: zero), a short path
+        chk_v = Signal()
+        chk_val = Signal(32)
+        chk_cnt = Signal.like(count)
+        chk_phase = Signal.like(phase)
+        chk_error = Signal()
+        chk_last = Signal()
+        m.d.sync += [chk_v.eq(take), chk_val.eq(value), chk_cnt.eq(count), chk_phase.eq(phase),
+                     chk_error.eq(elem.error), chk_last.eq(elem.last)]
+
         # the header and scalars: element i checked on its own, the results gathered in ``bad``
         expected = Signal(32)
         m.d.comb += expected.eq(rec_length)
@@ -247,10 +267,11 @@ class LayerNormEngine(wiring.Component):
         multiplier = Signal(u.mult_bits)
         shift = Signal(SHIFT_BITS)
         head_ok = Signal()
+        value = chk_val
         lo_fits = {name: value < (1 << bits) for name, bits in (("eps", min(32, u.eps_bits)),
                                                                 ("multiplier", u.mult_bits))}
         hi_zero = value == 0
-        with m.Switch(count):
+        with m.Switch(Mux(chk_v & (chk_phase == _HEAD), chk_cnt, _HEAD_ELEMENTS)):  # nothing captured otherwise
             with m.Case(0):
                 m.d.comb += head_ok.eq(value == Tag.LAYERNORM)
             with m.Case(1):
@@ -321,28 +342,26 @@ class LayerNormEngine(wiring.Component):
         with m.If((state == _CHECK) & ~op_fault):
             m.d.sync += [g_addr.eq(0), b_addr.eq(0), g_write.eq(0), b_ready.eq(0), kv.eq(0)]
 
+        with m.If(chk_v):
+            with m.If(chk_error | ((chk_phase == _HEAD) & ~head_ok) | ((chk_phase == _GAMMA) & ~g_fits)
+                      | ((chk_phase == _BETA) & ~b_fits)):
+                m.d.sync += bad.eq(1)
+            with m.If(chk_last):  # whatever the phase: the record ends here, its last element checked
+                m.d.sync += rec_done.eq(1)
         with m.If(take):
             m.d.sync += count.eq(count + 1)
-            with m.If(elem.error):
-                m.d.sync += bad.eq(1)
             with m.Switch(phase):
                 with m.Case(_HEAD):
-                    with m.If(~head_ok):
-                        m.d.sync += bad.eq(1)
                     with m.If(count == _HEAD_ELEMENTS - 1):
                         m.d.sync += [phase.eq(_GAMMA), count.eq(0), state.eq(_LAUNCH)]
                 with m.Case(_GAMMA, _BETA):
                     m.d.sync += lane.eq(Mux(beat_end, 0, lane + 1))
                     with m.If(phase == _GAMMA):
-                        m.d.sync += g_word[lane].eq(value)
-                        with m.If(~g_fits):
-                            m.d.sync += bad.eq(1)
+                        m.d.sync += g_word[lane].eq(elem.value)
                         with m.If(beat_end):
                             m.d.sync += g_write.eq(1)
                     with m.Else():
-                        m.d.sync += b_word[lane].eq(value)
-                        with m.If(~b_fits):
-                            m.d.sync += bad.eq(1)
+                        m.d.sync += b_word[lane].eq(elem.value)
                         with m.If(beat_end):
                             m.d.sync += b_ready.eq(1)
                     with m.If(count + 1 == op.m):
@@ -356,7 +375,7 @@ class LayerNormEngine(wiring.Component):
                 with m.Case(_PAD):
                     m.d.sync += [phase.eq(_BETA), count.eq(0)]
             with m.If(elem.last):  # whatever the phase: the record ends here
-                m.d.sync += [rec_done.eq(1), phase.eq(_END)]
+                m.d.sync += phase.eq(_END)
 
         # -- the job: the unit's header and the source rows once the scalars passed --------------------------
         hdr = unit.k_stream.payload.data.header
@@ -375,8 +394,11 @@ class LayerNormEngine(wiring.Component):
                      walk.payload.rows.eq(op.n), walk.payload.word0.eq(0), walk.payload.words.eq(words)]
         with m.If(walk.ready):
             m.d.sync += walk_pending.eq(0)
+        # what _LAUNCH reads: ``bad`` holds every element's check but the header's last one's, checked now
+        assert _HEAD_ELEMENTS - 1 == 5 + 2 * (len(SCALARS) - 1) and SCALARS[-1] != "eps_int"
+        last_bad = chk_error | (chk_val != 0)
         with m.If(state == _LAUNCH):
-            with m.If(bad | (op.n == 0)):
+            with m.If(bad | last_bad | (op.n == 0)):
                 m.d.sync += [state.eq(_RUN), out_done.eq(1)]
             with m.Else():
                 m.d.sync += [state.eq(_RUN), job.eq(1), hdr_pending.eq(1), walk_pending.eq(1)]

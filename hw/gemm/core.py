@@ -336,11 +336,16 @@ class GemmEngine(wiring.Component):
                 m.d.sync += wfull[h].eq(0)
 
         # ---- memories: banks of one-block-RAM pieces, every read registered twice (the piece, the bank) ---
+        # the token banks never see a read and a write of one address in one cycle: the act stream writes a
+        # half only while no committed job uses it (its last write lands before the job commits: acts are
+        # taken before the job beat, which commits three cycles later), and the array reads a half only while
+        # its job is committed (its last read, one cycle after the issue that frees the half, lands three
+        # cycles before the first write an act taken then can make)
         tok_q = []
         for r in range(R):
             q = Signal(signed(OPERAND_BITS), name=f"tok_q{r}")
             m.d.sync += q.eq(_pieced_bank(m, f"tok{r}", cfg.token_depth, wr_en=a3_en, wr_addr=a3_addr,
-                                          wr_data=a3_data[r], rd_addr=iss_tok))
+                                          wr_data=a3_data[r], rd_addr=iss_tok, collision_free=True))
             tok_q.append(q)
         w_addr = [iss_w]
         for c in range(1, C):
@@ -554,15 +559,22 @@ class GemmEngine(wiring.Component):
         return m
 
 
-def _pieced_bank(m: Module, name: str, depth: int, *, wr_en, wr_addr, wr_data, rd_addr):
+def _pieced_bank(m: Module, name: str, depth: int, *, wr_en, wr_addr, wr_data, rd_addr, collision_free=False):
     """A bank of ``depth`` int8 words built of :func:`pieces` (one block RAM each): writes go to the piece
     the address's high bits name; a read returns, two cycles after ``rd_addr``, the OR of the pieces'
-    registered outputs (all zero but the addressed one), for the caller to register."""
+    registered outputs (all zero but the addressed one), for the caller to register.
+
+    ``collision_free``: the caller guarantees that no read falls in the cycle of a write to the same address,
+    so the memories carry Yosys's ``no_rw_check``: without it Yosys puts read-first bypass logic behind each
+    block RAM (an ECP5 DP16KD or a Xilinx RAMB does not return the old word when its two ports collide), fed
+    by registers of the write port that Yosys merges across the pieces, and that logic is pulled away from
+    the RAM, between its slow output and the piece register."""
     sizes = pieces(depth)
     lo = ceil_log2(PIECE_DEPTH) if len(sizes) > 1 else len(rd_addr)
     outs = []
     for j, size in enumerate(sizes):
-        mem = memory.Memory(shape=signed(OPERAND_BITS), depth=size, init=[])
+        mem = memory.Memory(shape=signed(OPERAND_BITS), depth=size, init=[],
+                            attrs={"no_rw_check": 1} if collision_free else None)
         piece = f"{name}_{j}" if len(sizes) > 1 else name
         m.submodules[piece] = mem
         wp, rp = mem.write_port(), mem.read_port(transparent_for=())

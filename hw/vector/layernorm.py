@@ -145,6 +145,10 @@ class LayerNorm(wiring.Component):
 
         # -- the job: header, check, constants ------------------------------------------------------------
         state = Signal(range(7))
+        # the state's next value, so the input's ready can be a register holding what it will be
+        state_next = Signal.like(state)
+        m.d.comb += state_next.eq(state)
+        m.d.sync += state.eq(state_next)
         hdr = self.k_stream.payload.data.header
         dim = Signal(range(c.c_max + 1))
         n_tokens = Signal(FIELD_BITS)
@@ -169,16 +173,18 @@ class LayerNorm(wiring.Component):
         with m.Switch(state):
             with m.Case(_HEADER):
                 with m.If(k_ok):
-                    m.d.sync += [raw.eq(hdr), raw_last.eq(self.k_stream.payload.last), state.eq(_CHECK)]
+                    m.d.sync += [raw.eq(hdr), raw_last.eq(self.k_stream.payload.last)]
+                    m.d.comb += state_next.eq(_CHECK)
             with m.Case(_CHECK):
                 ok = ((raw.dim != 0) & (raw.dim <= c.c_max) & (raw.n_tokens != 0) & (raw.eps != 0)
                       & (raw.multiplier != 0) & (raw.shift <= 62))
                 with m.If(ok):
                     m.d.sync += [dim.eq(raw.dim), n_tokens.eq(raw.n_tokens), eps.eq(raw.eps), mult.eq(raw.multiplier),
-                                 rq_shift.eq(raw.shift), error.eq(0), load_addr.eq(0), state.eq(_LOAD),
+                                 rq_shift.eq(raw.shift), error.eq(0), load_addr.eq(0),
                                  nb_m1.eq((raw.dim - 1) >> lane_bits), in_last.eq(((raw.dim - 1) >> lane_bits) == 0),
                                  out_last.eq(((raw.dim - 1) >> lane_bits) == 0), n_m1.eq(raw.n_tokens - 1),
                                  tail.eq((raw.dim - 1)[:lane_bits] + 1 if lanes > 1 else 1)]
+                    m.d.comb += state_next.eq(_LOAD)
                     if c.out.rounding is Rounding.HALF_UP:
                         with m.Switch(raw.shift):
                             for s in range(1, 63):
@@ -189,20 +195,21 @@ class LayerNorm(wiring.Component):
                     else:
                         m.d.sync += rq_half.eq(0)
                 with m.Else():
-                    m.d.sync += [error.eq(1), state.eq(Mux(raw_last, _DROP_I, _DROP_K))]
+                    m.d.sync += error.eq(1)
+                    m.d.comb += state_next.eq(Mux(raw_last, _DROP_I, _DROP_K))
                     with m.If(rejected != (1 << c.counter_bits) - 1):
                         m.d.sync += rejected.eq(rejected + 1)
             with m.Case(_LOAD):
                 with m.If(k_ok):
                     m.d.sync += load_addr.eq(load_addr + 1)
                     with m.If(load_addr == nb_m1):
-                        m.d.sync += state.eq(_RUN)
+                        m.d.comb += state_next.eq(_RUN)
             with m.Case(_DROP_K):
                 with m.If(k_ok & self.k_stream.payload.last):
-                    m.d.sync += state.eq(_DROP_I)
+                    m.d.comb += state_next.eq(_DROP_I)
             with m.Case(_DRAIN):
                 with m.If(pending == 0):
-                    m.d.sync += state.eq(_HEADER)
+                    m.d.comb += state_next.eq(_HEADER)
         m.d.comb += [kw.en.eq((state == _LOAD) & k_ok), kw.addr.eq(load_addr),
                      kw.data.eq(self.k_stream.payload.data.consts)]
 
@@ -211,12 +218,19 @@ class LayerNorm(wiring.Component):
         in_j = Signal(range(nb_max))
         in_tok = Signal(FIELD_BITS)
         wr_ptr = Signal(range(depth))
-        run_ok = (state == _RUN) & (occupancy != depth)
-        m.d.comb += self.i_stream.ready.eq(run_ok | (state == _DROP_I))
+        # the input's ready is a register (the producer's FIFO fans it out to its whole read side): it is set
+        # from the next state and the next "row buffer full", a flag kept with the occupancy
+        full = Signal()
+        full_next = Signal()
+        in_ready = Signal()
+        m.d.comb += full_next.eq(full)
+        m.d.sync += [full.eq(full_next),
+                     in_ready.eq(((state_next == _RUN) & ~full_next) | (state_next == _DROP_I))]
+        m.d.comb += self.i_stream.ready.eq(in_ready)
         i_ok = self.i_stream.valid & self.i_stream.ready
         accept = i_ok & (state == _RUN)
         with m.If(i_ok & (state == _DROP_I) & self.i_stream.payload.last):
-            m.d.sync += state.eq(_HEADER)
+            m.d.comb += state_next.eq(_HEADER)
         # the last-beat flag is a register, updated from the beat count one beat ahead
         in_last_beat = in_last
         with m.If(accept):
@@ -225,7 +239,8 @@ class LayerNorm(wiring.Component):
             with m.If(in_last_beat):
                 m.d.sync += in_tok.eq(in_tok + 1)
                 with m.If(in_tok == n_m1):
-                    m.d.sync += [state.eq(_DRAIN), in_tok.eq(0)]
+                    m.d.sync += in_tok.eq(0)
+                    m.d.comb += state_next.eq(_DRAIN)
 
         # each beat lands in two registers per lane: one for the row buffer and the adder tree, one that only
         # feeds the lane's square (a multiplier placed far from the row buffer gets its own operand register)
@@ -288,7 +303,8 @@ class LayerNorm(wiring.Component):
         # whenever nxt is free (a condition of two registers), never by the issue logic
         tok, tok_valid = Signal(tok_l), Signal()
         nxt, nxt_valid = Signal(tok_l), Signal()
-        issue = tok_valid & (credits != 0)
+        has_credit = Signal(init=1)     # credits != 0, kept with them: no compare before the issue's fan-out
+        issue = tok_valid & has_credit
         out_last_beat = out_last
         retire = issue & out_last_beat
         tok_free = ~tok_valid | retire
@@ -310,13 +326,15 @@ class LayerNorm(wiring.Component):
             with m.If(out_last_beat):
                 m.d.sync += out_tok.eq(Mux(out_tok == n_m1, 0, out_tok + 1))
         with m.If(issue & ~o_read):
-            m.d.sync += credits.eq(credits - 1)
+            m.d.sync += [credits.eq(credits - 1), has_credit.eq(credits != 1)]
         with m.Elif(~issue & o_read):
-            m.d.sync += credits.eq(credits + 1)
+            m.d.sync += [credits.eq(credits + 1), has_credit.eq(1)]
         with m.If(accept & ~issue):
             m.d.sync += occupancy.eq(occupancy + 1)
+            m.d.comb += full_next.eq(occupancy == depth - 1)
         with m.Elif(~accept & issue):
             m.d.sync += occupancy.eq(occupancy - 1)
+            m.d.comb += full_next.eq(0)
 
         ctrl_l = data.StructLayout({"valid": 1, "j": range(nb_max), "tlast": 1, "last": 1})
         ctrl = [Signal(ctrl_l, name=f"ctrl{s}") for s in range(n_out + 1)]
@@ -405,12 +423,15 @@ class LayerNorm(wiring.Component):
         # -- saturation counts: the lanes' flags summed in a register, then a saturating add --------------------
         acc_count = self.status.acc_overflows
         out_count = self.status.out_overflows
-        for flags, counter, valid_stage in ((acc_ovf, acc_count, s_a + 1), (out_ovf, out_count, n_out)):
-            add = Signal(range(lanes + 1))
+        for what, flags, counter, valid_stage in (("acc", acc_ovf, acc_count, s_a + 1),
+                                                  ("out", out_ovf, out_count, n_out)):
+            add = Signal(range(lanes + 1), name=f"{what}_overflows_add")
             m.d.sync += add.eq(Mux(ctrl[valid_stage].valid, sum(flags[1:], flags[0]), 0))
-            total = counter + add
-            top = (1 << c.counter_bits) - 1
-            m.d.sync += counter.eq(Mux(total > top, top, total))
+            cb = c.counter_bits
+            total = Signal(max(cb, len(add)) + 1, name=f"{what}_overflows_sum")
+            m.d.comb += total.eq(counter + add)
+            # saturated when a bit above the counter's is set (its carry out): no compare after the adder
+            m.d.sync += counter.eq(Mux(total[cb:].any(), (1 << cb) - 1, total[:cb]))
 
         m.d.comb += [self.status.busy.eq((state != _HEADER) | ofifo.r_rdy), self.status.error.eq(error),
                      self.status.rejected.eq(rejected)]

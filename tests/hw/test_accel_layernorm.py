@@ -90,7 +90,11 @@ def _synthetic(cfg, dim, n, *, seed, in_bits=None, start=0, patch=None):
 
 
 @pytest.mark.parametrize("dim,n,start,in_bits,shape", [(27, 5, 2, 12, {"lanes": 8}), (9, 3, 0, None, {"lanes": 4}),
-                                                       (32, 2, 1, 9, {"lanes": 16, "banks": 4})])
+                                                       (32, 2, 1, 9, {"lanes": 16, "banks": 4}),
+                                                       # one or two channels: the source's first word, not the
+                                                       # record, is last to reach the unit (m = 1)
+                                                       (1, 2, 0, None, {"lanes": 8}), (2, 1, 0, None, {"lanes": 2}),
+                                                       (1, 3, 1, 10, {"lanes": 4, "banks": 4})])
 def test_synthetic_widths_bit_exact_and_cycles_exact(dim, n, start, in_bits, shape):
     """Odd widths and widths that are not whole words, narrower declared inputs, a row range not at row 0;
     the cycle count at a fixed DRAM latency is :func:`cycles`."""
