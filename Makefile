@@ -62,7 +62,7 @@ test-slow: install
 
 # the whole-model accelerator in Verilator (one design, every method, bit-exact, cycles = the cost model)
 test-accel: install
-	$(PY) -m pytest -m slow -q tests/sim/test_accel_model_sim.py
+	$(PY) -m pytest -m slow -q tests/sim/test_accel_model_sim.py tests/tokensift/test_demo.py::test_quick_demo_runs_the_whole_accelerator
 
 test-all: install iverilog
 	$(PY) -m pytest -q
