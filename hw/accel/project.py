@@ -75,7 +75,7 @@ class Project:
     def measure(self, images, *, register_sets=None, latency: int = 10, pause: float = 0.0, seed: int = 1,
                 clock_mhz: float = 100.0, build_dir=None, waves=False) -> dict:
         """:meth:`simulate`, summarised per register set: bit-exactness, predictions, Verilator cycles next to
-        the cost model's (equal at ``pause=0``), MAC utilization of the design's peak and latency at
+        the cost model's (equal at ``pause=0``) and the model's engine cycles per opcode, MAC utilization of the design's peak and latency at
         ``clock_mhz``."""
         from tokensift.hw.accel.cycles import image_cycles
 
@@ -89,13 +89,18 @@ class Project:
         for i, regs in enumerate(sets):
             runs = report["runs"][i * len(inputs):(i + 1) * len(inputs)]
             cycles = [r["cycles"] for r in runs]
-            expected = [image_cycles(cfg, self.image, regs, data, latency=latency)["cycles"] for data in inputs]
+            models = [image_cycles(cfg, self.image, regs, data, latency=latency) for data in inputs]
+            expected = [mdl["cycles"] for mdl in models]
+            by_op: dict[str, int] = {}
+            for _, op, c in models[0]["ops"]:
+                by_op[op] = by_op.get(op, 0) + c
             macs = [useful_macs(r["trace"], cfg.envelope.head_dim) for r in runs]
             per_set.append({
                 "registers": regs.to_json(), "bit_exact": all(r["bit_exact"] for r in runs),
                 "predictions": [max(range(len(r["logits"])), key=r["logits"].__getitem__) for r in runs],
                 "faults": [r["fault"] for r in runs], "cycles": cycles, "expected_cycles": expected,
                 "cycles_equal_model": cycles == expected, "macs": macs,
+                "model_cycles_by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),  # the first image's
                 "mac_utilization": [round(u / (peak * c), 4) for u, c in zip(macs, cycles, strict=True)],
                 "latency_ms": [round(c / (clock_mhz * 1e3), 4) for c in cycles]})
         return {"bit_exact": report["bit_exact"], "sets": per_set, "peak_macs_per_cycle": peak,
