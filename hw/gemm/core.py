@@ -6,7 +6,9 @@ Dataflow (stream formats in :mod:`tokensift.hw.gemm.layout`):
   two halves so the next job's activations load while the current job computes. Weights sit in a weight
   buffer of ``cols`` banks (channel ``c`` of the tile in bank ``c``), two halves: the loader fills one
   column tile (``k`` rows of ``cols`` weights, then the ``cols`` channel records) while the array computes
-  on the other, and runs ahead into the next job. A bank is built of pieces of at most ``PIECE_DEPTH``
+  on the other, and runs ahead into the next job; it refills a half once the last bank has read it
+  (bank ``c`` reads ``c`` cycles behind the issue, so a tile of ``k < cols`` holds its half ``cols - k``
+  cycles past its last issue). A bank is built of pieces of at most ``PIECE_DEPTH``
   words (one block RAM each); every piece's read data is registered (zero unless it was addressed) and
   the OR over the pieces is registered again, so no block-RAM output drives a multiplexer or a long wire
   into its first register. The act stream's write address (tile x ``max_in`` + k) is summed over two
@@ -169,6 +171,12 @@ class GemmEngine(wiring.Component):
         # i >= out_bits - 1): the epilogue's last fit is then a masked compare with the sign bit
         mask_bits = cfg.out.bits - 1
         slot_sign_mask = Array(Signal(mask_bits, name=f"slot{h}_sign_mask") for h in range(2))
+        # a column tile's weight half is refilled only after its last reads: bank c reads address k
+        # c cycles after the array issued it, so when k < cols the loader waits cols - k cycles more
+        # (kept as "no wait" and the wait less one, so the release is a compare with zero)
+        hold_shape = range(max(C - 1, 1))
+        slot_hold0 = Array(Signal(name=f"slot{h}_hold0") for h in range(2))
+        slot_hold_m1 = Array(Signal(hold_shape, name=f"slot{h}_hold_m1") for h in range(2))
         fill = Signal()
         jv = Signal()
         jn, jk, jm = Signal(16), Signal(16), Signal(16)
@@ -181,6 +189,8 @@ class GemmEngine(wiring.Component):
         c_k1 = Signal()
         c_tiles_m1 = Signal(t_shape)
         c_sign_mask = Signal(mask_bits)
+        c_hold0 = Signal()
+        c_hold_m1 = Signal(hold_shape)
         m.d.comb += self.job.ready.eq(~jv & ~cv)  # one job in the intake at a time
         with m.If(self.job.valid & ~jv & ~cv):
             m.d.sync += [jv.eq(1), jn.eq(self.job.payload.n), jk.eq(self.job.payload.k),
@@ -189,6 +199,7 @@ class GemmEngine(wiring.Component):
             m.d.sync += [jv.eq(0), cv.eq(1), c_n.eq(jn), c_m.eq(jm), c_km1.eq(jk - 1), c_km2.eq(jk - 2), c_k1.eq(jk == 1),
                          c_tiles_m1.eq((jn - 1) >> log_r),
                          c_sign_mask.eq(Cat(jo <= i + 1 for i in range(mask_bits))),
+                         c_hold0.eq(jk >= C), c_hold_m1.eq(C - 1 - jk),
                          c_ok.eq((jn != 0) & (jn <= cfg.max_tokens) & (jk != 0) & (jk <= cfg.max_in)
                                  & (jm != 0) & (jm <= cfg.max_out) & (jo >= 2) & (jo <= cfg.out.bits))]
         rejected_full = Signal()
@@ -203,7 +214,8 @@ class GemmEngine(wiring.Component):
                          slot_n[fill].eq(c_n), slot_km1[fill].eq(c_km1), slot_km2[fill].eq(c_km2),
                          slot_k1[fill].eq(c_k1), slot_tiles_m1[fill].eq(c_tiles_m1),
                          slot_left_c[fill].eq(c_m), slot_left_l[fill].eq(c_m),
-                         slot_sign_mask[fill].eq(c_sign_mask)]
+                         slot_sign_mask[fill].eq(c_sign_mask),
+                         slot_hold0[fill].eq(c_hold0), slot_hold_m1[fill].eq(c_hold_m1)]
 
         # ---- token buffer: rows banks, the act stream writes the fill half (three register stages:
         # the beat, the tile's row offset and the half's base plus k, their sum) ------------------------
@@ -329,11 +341,22 @@ class GemmEngine(wiring.Component):
         with m.If(commit & (fill == h_next)):  # the array is waiting for this job (or turns to it now)
             m.d.sync += [is_last_k.eq(c_k1), last_tile.eq(c_tiles_m1 == 0), last_col.eq(c_m <= C)]
         # both halves' flags in one place: the loader sets the half it finished, the array clears its own
+        # (at once, or after the job's hold while the far banks still read it)
+        hold_pending = Signal(2)
+        hold_left = Array(Signal(hold_shape, name=f"hold{h}_left") for h in range(2))
         for h in range(2):
             with m.If(tile_loaded & (tile_loaded_half == h)):
                 m.d.sync += wfull[h].eq(1)
             with m.Elif(clear_wfull & (wc == h)):
-                m.d.sync += wfull[h].eq(0)
+                with m.If(slot_hold0[h_c]):
+                    m.d.sync += wfull[h].eq(0)
+                with m.Else():
+                    m.d.sync += [hold_pending[h].eq(1), hold_left[h].eq(slot_hold_m1[h_c])]
+            with m.Elif(hold_pending[h]):
+                with m.If(hold_left[h] == 0):
+                    m.d.sync += [wfull[h].eq(0), hold_pending[h].eq(0)]
+                with m.Else():
+                    m.d.sync += hold_left[h].eq(hold_left[h] - 1)
 
         # ---- memories: banks of one-block-RAM pieces, every read registered twice (the piece, the bank) ---
         # the token banks never see a read and a write of one address in one cycle: the act stream writes a

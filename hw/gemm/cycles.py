@@ -8,8 +8,9 @@ weight memory has a fixed latency and neither the memory nor the output stalls a
 - A job beat accepted in cycle ``J`` commits its job (and its token-buffer half) in ``J + JOB_TO_COMMIT``.
 - The loader takes the weight beats of column tile ``g`` (``k * cols / weight_bytes`` row beats, then
   ``cols * record_beats`` record beats) one per cycle at most, when the memory has one and its buffer half
-  is free: the rows once tile ``g - 2`` has issued its last ``k``, the records once tile ``g - 2``'s last
-  drain has ended. The tile can be computed two cycles after its last beat.
+  is free: the rows once tile ``g - 2`` has issued its last ``k`` (and, when ``k < cols``, ``cols - k``
+  cycles more: weight bank ``c`` reads ``c`` cycles behind the issue), the records once tile ``g - 2``'s
+  last drain has ended. The tile can be computed two cycles after its last beat.
 - The array issues one ``k`` per cycle: ``ceil(n / rows)`` token tiles of ``k`` cycles per column tile;
   the last ``k`` of a tile waits until the previous tile's drain has started.
 - A drain starts ``ISSUE_TO_DRAIN`` cycles after its tile's last ``k`` and ``cols + 1`` cycles after the
@@ -236,7 +237,7 @@ def schedule(cfg: GemmConfig, jobs, *, weight_bytes_per_cycle: int | None = None
                     first_out = drain + out_delay
                 last_out = drain + out_delay + emit - 1
                 if i == token_tiles - 1:
-                    half_rows_free[half] = last + 1
+                    half_rows_free[half] = last + 1 + max(0, C - k)
                     half_consts_free[half] = drain + C + 1
             g += 1
         timings.append(JobTiming(first_out=first_out, last_out=last_out))

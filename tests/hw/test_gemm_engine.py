@@ -365,3 +365,42 @@ def test_job_format_rejects(out_bits, exc, message):
 def test_engine_takes_a_config():
     with pytest.raises(TypeError, match=r"^config must be a GemmConfig, not dict$"):
         GemmEngine(config={})
+
+
+#: a short reduction over many token tiles and three or more column tiles, the weights one row per beat:
+#: the loader waits for a half while the array still computes on it, so it refills the half the moment the
+#: array's last issue frees it, while the far banks still read the tile's first rows
+SHORT_K = GemmConfig(rows=4, cols=16, max_tokens=32, max_in=20, max_out=64, weight_bytes=16)
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 15, 16])
+def test_short_reduction_refill_waits_for_the_far_banks(k):
+    rng = np.random.default_rng(20 + k)
+    jobs = [random_job(rng, SHORT_K, 32, k, 64), random_job(rng, SHORT_K, 17, k, 50),
+            random_job(rng, SHORT_K, 32, 20, 64)]
+    check(SHORT_K, jobs, seed=k, idle=0.0, stall=0.0)
+    check(SHORT_K, jobs, seed=k, idle=0.1, stall=0.1)
+
+
+#: four row beats per weight row at half a beat per cycle: the next job's first column tiles load behind the
+#: hold of a short-reduction job's last ones, so the hold shows in the next job's cycles
+SHORT_K_NARROW = GemmConfig(rows=4, cols=16, max_tokens=32, max_in=20, max_out=64, weight_bytes=4)
+
+
+@pytest.mark.parametrize("cfg, sizes, rate", [
+    (SHORT_K, [(32, 1, 64), (9, 5, 48), (32, 15, 40)], 16),
+    (SHORT_K_NARROW, [(32, 1, 40), (4, 10, 40)], 2),
+    (SHORT_K_NARROW, [(32, 3, 40), (1, 16, 40), (8, 20, 33)], 2),
+], ids=["one-row-beats", "hold-delays-next-job", "hold-mixed"])
+def test_short_reduction_cycle_model_exact(cfg, sizes, rate):
+    rng = np.random.default_rng(len(sizes) + rate)
+    jobs = [random_job(rng, cfg, n, k, m) for n, k, m in sizes]
+    accepted, last, beats = measure_cycles(cfg, jobs, rate=rate, latency=3)
+    model = schedule(cfg, [(*size, acc) for size, acc in zip(sizes, accepted, strict=True)],
+                     weight_bytes_per_cycle=rate, weight_latency=3)
+    assert [t.last_out for t in model] == last
+    pos = 0
+    for job in jobs:
+        y, _ = decode_outputs(beats[pos:pos + job.output_beats(cfg)], job.n, job.m, cfg)
+        assert np.array_equal(y, job.expected)
+        pos += job.output_beats(cfg)
