@@ -41,13 +41,18 @@ wheel-smoke: install
 	rm -rf $(WHEEL_DIR) $(SMOKE_VENV) build/lib build/bdist.*
 	$(PIP) wheel -q --no-deps -w $(WHEEL_DIR) .
 	$(PYTHON) -m venv $(SMOKE_VENV)
-	$(SMOKE_VENV)/bin/python -m pip --disable-pip-version-check install -q "torch==$(TORCH_VERSION)"
-	$(SMOKE_VENV)/bin/python -m pip --disable-pip-version-check install -q $(WHEEL_DIR)/tokensift-*.whl
+	@# torch as hard links to the main venv's files (the same pinned wheel, no second GB on disk), or installed
+	$(PY) .ci/link_dist.py torch $(SMOKE_VENV)/bin/python \
+		|| $(SMOKE_VENV)/bin/python -m pip --disable-pip-version-check install -q --no-cache-dir "torch==$(TORCH_VERSION)"
+	$(SMOKE_VENV)/bin/python -m pip --disable-pip-version-check install -q --no-cache-dir \
+		"torch==$(TORCH_VERSION)" $(WHEEL_DIR)/tokensift-*.whl
 	cd $(SMOKE_VENV) && env -u PYTHONPATH bin/tokensift doctor \
 		&& env -u PYTHONPATH bin/tokensift generate requant --shift 12 --out smoke/requant \
 		&& env -u PYTHONPATH bin/tokensift simulate requant --count 50 --build-dir smoke/sim --json \
 		&& env -u PYTHONPATH bin/tokensift co-opt --target-fps 1000 --keep-step 0.2 --no-progress --json >/dev/null \
 		&& env -u PYTHONPATH bin/tokensift estimate --device zcu102 --json >/dev/null
+	@# the smoke venv has done its job; its packages would otherwise sit on disk until the next run
+	rm -rf $(SMOKE_VENV) build/lib build/bdist.*
 	@echo "wheel smoke test passed"
 
 # the cocotb testbenches marked `icarus` on Icarus Verilog, installed from Debian when missing (needs root)
