@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from tokensift.hw.accel.config import AccelConfig
 
-__all__ = ["image_cycles", "instruction_cycles", "HEAD_TAIL", "FETCH", "SKIP", "ENGINE_LATENCY", "PATCH_OVERLAP"]
+__all__ = ["image_cycles", "image_trace", "trace_cycles", "instruction_cycles", "HEAD_TAIL", "FETCH", "SKIP", "ENGINE_LATENCY", "PATCH_OVERLAP"]
 
 
 def _words(nbytes: int, data_bytes: int) -> int:
@@ -118,30 +118,46 @@ def instruction_cycles(cfg: AccelConfig, ins, entry: dict, image, registers, lat
     raise ValueError(f"no engine formula for {op.name}")
 
 
-def image_cycles(cfg: AccelConfig, image: bytes, registers, input_data: bytes, *, latency: int) -> dict:
-    """``{"cycles", "ops"}``: the cost model's cycles of one image (the memory image at ``MEMORY_BASE``, its
-    input bytes at ``INPUT_BASE``) and per executed instruction ``(pc, opcode, cycles)``."""
+def image_trace(image: bytes, registers, input_data: bytes) -> list[tuple[int, dict]]:
+    """The reference sequencer's run of one image (the memory image at ``MEMORY_BASE``, its input bytes at
+    ``INPUT_BASE``): per instruction its ``pc`` and trace entry (run-time rows, kept tokens, skipped; plus the
+    protected rows it started with). It depends on the model and the run-time registers only, not on the
+    design's shape: :func:`trace_cycles` costs one trace on any shape the model is compiled for."""
     from tokensift.quant.accel.executor import walk
-    from tokensift.quant.accel.image import decode_image
 
-    mem = decode_image(image)
     end = max(registers.memory_base + len(image), registers.input_base + len(input_data), registers.logits_base + 64)
     dram = bytearray(end)
     dram[registers.memory_base:registers.memory_base + len(image)] = image
     dram[registers.input_base:registers.input_base + len(input_data)] = input_data
+    return [(pc, dict(entry, protected=before.protected)) for pc, _ins, before, _after, entry in walk(dram, registers)]
+
+
+def trace_cycles(cfg: AccelConfig, image: bytes, registers, trace, *, latency: int) -> dict:
+    """``{"cycles", "ops"}``: the cost model's cycles of an :func:`image_trace` on the design ``cfg``, with
+    ``image`` and ``registers`` the model compiled for ``cfg`` (their addresses place the records), and per
+    executed instruction ``(pc, opcode, cycles)``."""
+    from tokensift.quant.accel.image import decode_image
+
+    mem = decode_image(image)
     bus = cfg.axi.data_bytes
     total = HEAD_TAIL(latency, bus)
     ops = []
     executed = 0
-    for pc, ins, before, _after, entry in walk(dram, registers):
+    for pc, entry in trace:
+        ins = mem.program[pc]
         if ins.opcode.name == "END":
             continue
         if entry.get("skipped"):
             total += SKIP(latency, bus)
             continue
-        entry = dict(entry, protected=before.protected)
         c = instruction_cycles(cfg, ins, entry, mem, registers, latency)
         total += c + (FETCH(latency, bus) if executed else 0)
         executed += 1
         ops.append((pc, ins.opcode.name, c))
     return {"cycles": total, "ops": ops}
+
+
+def image_cycles(cfg: AccelConfig, image: bytes, registers, input_data: bytes, *, latency: int) -> dict:
+    """``{"cycles", "ops"}``: the cost model's cycles of one image (the memory image at ``MEMORY_BASE``, its
+    input bytes at ``INPUT_BASE``) and per executed instruction ``(pc, opcode, cycles)``."""
+    return trace_cycles(cfg, image, registers, image_trace(image, registers, input_data), latency=latency)

@@ -44,12 +44,25 @@ class Project:
 
         return [input_bytes(codes) for codes in quantize_input(decode_image(self.image), images)]
 
-    def estimate(self, images, *, registers=None, latency: int = 8) -> dict:
-        """The cost model's cycles of each image (:func:`tokensift.hw.accel.cycles.image_cycles`)."""
-        from tokensift.hw.accel.cycles import image_cycles
+    def traces(self, images, *, registers=None) -> list:
+        """Each image's run in the reference sequencer (:func:`tokensift.hw.accel.cycles.image_trace`): the
+        same on every design shape, so :meth:`estimate` of another shape of this model can reuse it."""
+        from tokensift.hw.accel.cycles import image_trace
 
         regs = registers or self.registers()
-        per = [image_cycles(self.config, self.image, regs, data, latency=latency) for data in self.inputs(images)]
+        return [image_trace(self.image, regs, data) for data in self.inputs(images)]
+
+    def estimate(self, images=None, *, registers=None, latency: int = 8, traces=None) -> dict:
+        """The cost model's cycles of each image (:func:`tokensift.hw.accel.cycles.trace_cycles`), from the
+        images or from their :meth:`traces` (of this model, under the same run-time registers, on any
+        shape)."""
+        from tokensift.hw.accel.cycles import trace_cycles
+
+        if (images is None) == (traces is None):
+            raise ValueError("estimate needs either images or their traces, not both")
+        regs = registers or self.registers()
+        traces = traces if traces is not None else self.traces(images, registers=regs)
+        per = [trace_cycles(self.config, self.image, regs, tr, latency=latency) for tr in traces]
         return {"cycles": [p["cycles"] for p in per], "images": per}
 
     def generate(self, out_dir) -> dict:

@@ -33,3 +33,28 @@ def test_useful_macs_count_gemm_and_attention_not_skipped_ops():
              {"op": "ATTENTION", "n": 50}, {"op": "GEMM", "n": 50, "k": 64, "m": 1, "skipped": True},
              {"op": "LAYERNORM", "n": 50}]
     assert useful_macs(trace, head_dim=16) == 49 * 16 * 64 + 50 * 64 * 192 + 2 * 50 * 50 * 16
+
+
+@pytest.mark.parametrize("variant", ["dynamicvit", "asvit", "sait"])
+def test_one_trace_costs_every_shape_as_its_own_run(variant):
+    # the reference sequencer's run of an image depends on the model and the run-time registers only: costed
+    # on another shape (its own compiled image and register addresses), it gives that shape's own cycles
+    from accel_models import _int_model, _mnist, images_labels
+
+    from tokensift.hw.accel.cycles import image_cycles
+    from tokensift.hw.accel.project import configure
+    from tokensift.hw.axi.config import AxiDmaConfig
+
+    iv = _int_model(variant)
+    images = images_labels(_mnist()[1], 2, start=300)[0]
+    a = configure(iv, banks=2, lanes=8, gemm_cols=64)
+    b = configure(iv, banks=4, lanes=4, gemm_cols=32, axi=AxiDmaConfig(data_bytes=16))
+    traces = a.traces(images)
+    for project in (a, b):
+        own = [image_cycles(project.config, project.image, project.registers(), data, latency=10)["cycles"]
+               for data in project.inputs(images)]
+        assert project.estimate(traces=traces, latency=10)["cycles"] == own
+        assert project.estimate(images, latency=10)["cycles"] == own
+    assert a.estimate(traces=traces)["cycles"] != b.estimate(traces=traces)["cycles"]
+    with pytest.raises(ValueError, match="either images or their traces"):
+        a.estimate(images, traces=traces)

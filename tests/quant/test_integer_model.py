@@ -63,7 +63,9 @@ def test_accuracy_close_to_float(quick_dense, mnist, method):
     i_pred = int_model.predict(images)
     float_acc, int_acc = (f_pred == labels).mean(), (i_pred == labels).mean()
     assert float_acc > 0.7  # the quick model really learned something, so the comparison means something
-    assert abs(int_acc - float_acc) <= 0.01  # the target: within 1 point of float
+    # the target, within 1 point of float, counted in images (4 of 400: 0.01 as a float difference
+    # of two means can land a rounding error above 0.01)
+    assert abs(int((i_pred == labels).sum()) - int((f_pred == labels).sum())) <= len(labels) // 100
     assert int_model.evaluate(subset, batch_size=200) == int_acc
 
 
