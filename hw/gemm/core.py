@@ -266,10 +266,15 @@ class GemmEngine(wiring.Component):
         last_col_l = Signal()
         m.d.sync += last_col_l.eq(left_l <= C)
         m.d.sync += [ww_en.eq(0), cw_en.eq(0), tile_loaded.eq(0)]
+        # the write registers load every cycle (ww_en and cw_en say whether they hold a beat), so the beat's
+        # enable reaches only the loader's few control bits, not the 100+ bits of a beat and its address
+        m.d.sync += [ww_sel.eq(1 << j_l), ww_data.eq(self.weights.payload), ww_addr.eq(Mux(wl, cfg.max_in, 0) + k_l),
+                     cw_addr.eq(Mux(wl, C, 0) + c_l)]
+        if cfg.record_beats == 1:
+            m.d.sync += record.eq(self.weights.payload)
         with m.If(w_beat):
             with m.If(~trailer):
-                m.d.sync += [ww_en.eq(1), ww_sel.eq(1 << j_l), ww_data.eq(self.weights.payload),
-                             ww_addr.eq(Mux(wl, cfg.max_in, 0) + k_l)]
+                m.d.sync += ww_en.eq(1)
                 with m.If(j_l == cfg.row_beats - 1):
                     m.d.sync += [j_l.eq(0), k_l.eq(k_l + 1)]
                     with m.If(k_l == slot_km1[h_l]):
@@ -279,11 +284,9 @@ class GemmEngine(wiring.Component):
             with m.Else():
                 if cfg.record_beats > 1:
                     m.d.sync += record.eq(Cat(record[width:], self.weights.payload))
-                else:
-                    m.d.sync += record.eq(self.weights.payload)
                 m.d.sync += b_l.eq(b_l + 1)
                 with m.If(b_l == cfg.record_beats - 1):
-                    m.d.sync += [b_l.eq(0), cw_en.eq(1), cw_addr.eq(Mux(wl, C, 0) + c_l), c_l.eq(c_l + 1)]
+                    m.d.sync += [b_l.eq(0), cw_en.eq(1), c_l.eq(c_l + 1)]
                     with m.If(c_l == C - 1):
                         m.d.sync += [c_l.eq(0), trailer.eq(0), wl.eq(~wl), tile_loaded.eq(1),
                                      tile_loaded_half.eq(wl), left_l.eq(left_l - C)]
