@@ -258,6 +258,9 @@ def place_and_route(component, *, top: str = "top", **kwargs) -> dict:
     """Elaborate an Amaranth component to Verilog and :func:`place_and_route_verilog` it."""
     from amaranth.back import verilog
 
-    # the Python source locations travel into the netlist: the critical path's hops name them
-    text = verilog.convert(component, name=top, emit_src=True)
+    from tokensift.hw.common.ecp5 import ECP5
+
+    # the Python source locations travel into the netlist: the critical path's hops name them; elaborated for
+    # ECP5, so blocks that instantiate ECP5 primitives (block RAM output registers) do
+    text = verilog.convert(component, name=top, emit_src=True, platform=ECP5)
     return place_and_route_verilog(text, top=top, **kwargs)

@@ -49,6 +49,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from tokensift.hw.common import fixed as hwfixed
+from tokensift.hw.common.ecp5 import dp16kd_8bit, is_ecp5
 from tokensift.hw.common.mac_array import mul_const
 from tokensift.hw.gemm.config import OPERAND_BITS, SHIFT_BITS, GemmConfig
 from tokensift.hw.gemm.layout import (
@@ -371,7 +372,8 @@ class GemmEngine(wiring.Component):
         for r in range(R):
             q = Signal(signed(OPERAND_BITS), name=f"tok_q{r}")
             m.d.sync += q.eq(_pieced_bank(m, f"tok{r}", cfg.token_depth, wr_en=a3_en, wr_addr=a3_addr,
-                                          wr_data=a3_data[r], rd_addr=iss_tok, collision_free=True))
+                                          wr_data=a3_data[r], rd_addr=iss_tok, collision_free=True,
+                                          platform=platform))
             tok_q.append(q)
         w_addr = [iss_w]
         for c in range(1, C):
@@ -384,7 +386,7 @@ class GemmEngine(wiring.Component):
             q = Signal(signed(OPERAND_BITS), name=f"w_q{c}")
             m.d.sync += q.eq(_pieced_bank(m, f"w{c}", cfg.weight_depth, wr_en=ww_en & ww_sel[c // cfg.weight_bytes],
                                           wr_addr=ww_addr, wr_data=ww_data[8 * lane:8 * lane + 8],
-                                          rd_addr=w_addr[c]))
+                                          rd_addr=w_addr[c], platform=platform))
             w_q.append(q)
         const_mem = memory.Memory(shape=unsigned(cfg.record_bits), depth=2 * C, init=[])
         m.submodules.consts = const_mem
@@ -585,7 +587,8 @@ class GemmEngine(wiring.Component):
         return m
 
 
-def _pieced_bank(m: Module, name: str, depth: int, *, wr_en, wr_addr, wr_data, rd_addr, collision_free=False):
+def _pieced_bank(m: Module, name: str, depth: int, *, wr_en, wr_addr, wr_data, rd_addr, collision_free=False,
+                 platform=None):
     """A bank of ``depth`` int8 words built of :func:`pieces` (one block RAM each): writes go to the piece
     the address's high bits name; a read returns, two cycles after ``rd_addr``, the OR of the pieces'
     registered outputs (all zero but the addressed one), for the caller to register.
@@ -594,10 +597,30 @@ def _pieced_bank(m: Module, name: str, depth: int, *, wr_en, wr_addr, wr_data, r
     so the memories carry Yosys's ``no_rw_check``: without it Yosys puts read-first bypass logic behind each
     block RAM (an ECP5 DP16KD or a Xilinx RAMB does not return the old word when its two ports collide), fed
     by registers of the write port that Yosys merges across the pieces, and that logic is pulled away from
-    the RAM, between its slow output and the piece register."""
+    the RAM, between its slow output and the piece register.
+
+    On ECP5 (:func:`~tokensift.hw.common.ecp5.is_ecp5`) each piece is a DP16KD whose output register is the
+    piece register (Yosys does not absorb it), and the ``hit`` select moves one register later, into the OR:
+    the block RAM's slow clock-to-out then ends inside the RAM, the latency is the same. No port collision
+    reaches these RAMs: the token banks are ``collision_free``, and a weight half is written only while the
+    array does not read it (its flag is cleared after the far banks' last read), so the read-first bypass the
+    behavioural memories carry is never used."""
     sizes = pieces(depth)
     lo = ceil_log2(PIECE_DEPTH) if len(sizes) > 1 else len(rd_addr)
     outs = []
+    if is_ecp5(platform):
+        for j, size in enumerate(sizes):
+            piece = f"{name}_{j}" if len(sizes) > 1 else name
+            en = wr_en & (wr_addr[lo:] == j) if len(sizes) > 1 else wr_en
+            q = dp16kd_8bit(m, piece, depth=size, wr_en=en, wr_addr=wr_addr[:lo], wr_data=wr_data,
+                            rd_addr=rd_addr[:lo])
+            if len(sizes) > 1:
+                hit = Signal(name=f"{piece}_hit")
+                hit2 = Signal(name=f"{piece}_hit2")
+                m.d.sync += [hit.eq(rd_addr[lo:] == j), hit2.eq(hit)]
+                q = Mux(hit2, q, 0)
+            outs.append(q)
+        return _or(outs)
     for j, size in enumerate(sizes):
         mem = memory.Memory(shape=signed(OPERAND_BITS), depth=size, init=[],
                             attrs={"no_rw_check": 1} if collision_free else None)
