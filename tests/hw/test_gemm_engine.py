@@ -481,3 +481,14 @@ def test_ecp5_netlist_uses_the_block_ram_output_register():
     assert text.count("DP16KD #(") == rams
     assert text.count('.REGMODE_B("OUTREG")') == rams
     assert "DP16KD" not in verilog.convert(GemmEngine(config=cfg), name="top")
+
+
+@pytest.mark.parametrize("k", [1, 7, 15])
+def test_ecp5_block_rams_short_reduction_no_collision_used(ecp5_rams, k):
+    # the loader refills a half right after the far banks' last reads: no read it uses meets a write
+    rng = np.random.default_rng(20 + k)
+    jobs = [random_job(rng, SHORT_K, 32, k, 64), random_job(rng, SHORT_K, 17, k, 50),
+            random_job(rng, SHORT_K, 32, 20, 64)]
+    outs, _ = run_jobs(SHORT_K, jobs, seed=k, idle=0.0, stall=0.0, platform=ecp5_rams)
+    for job, y in zip(jobs, outs, strict=True):
+        assert np.array_equal(y, job.expected)
