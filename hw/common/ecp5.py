@@ -15,9 +15,9 @@ A platform is an ECP5 build when its ``family`` is ``"ecp5"``, as Amaranth's ``L
 
 from __future__ import annotations
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, Value, signed
 
-__all__ = ["ECP5", "DP16KD_WORDS", "is_ecp5", "dp16kd_8bit"]
+__all__ = ["ECP5", "DP16KD_WORDS", "MULT18_BITS", "is_ecp5", "dp16kd_8bit", "mult18x18d_registered"]
 
 #: words of one DP16KD in its 9-bit mode (the 8-bit words use 8 of the 9 bits)
 DP16KD_WORDS = 2048
@@ -77,3 +77,53 @@ def dp16kd_8bit(m: Module, name: str, *, depth: int, wr_en, wr_addr, wr_data, rd
     )
     m.d.comb += q.eq(do[:8])
     return q
+
+
+#: widest operand of a MULT18X18D (signed)
+MULT18_BITS = 18
+
+
+def mult18x18d_registered(m: Module, name: str, a, b) -> Signal:
+    """``a * b`` (signed or unsigned operands of at most 18 bits as signed, so an unsigned one of at most 17)
+    on one MULT18X18D with its input registers and its output register (no pipeline register): the returned
+    signal is the product two cycles after ``a`` and ``b`` (an Amaranth operand register and a product
+    register, both in the DSP), full width (``len(a) + len(b)`` bits, signed when either operand is)."""
+    a, b = Value.cast(a), Value.cast(b)
+    for what, v in (("a", a), ("b", b)):
+        bits = len(v) + (0 if v.shape().signed else 1)
+        if bits > MULT18_BITS:
+            raise ValueError(f"Operand {what} of a MULT18X18D must fit 18 signed bits, not {v.shape()}")
+    # both operands as 18-bit signed: an unsigned one is zero-extended, which keeps its value
+    a18 = Signal(signed(MULT18_BITS), name=f"{name}_a")
+    b18 = Signal(signed(MULT18_BITS), name=f"{name}_b")
+    m.d.comb += [a18.eq(a), b18.eq(b)]
+    p = Signal(36, name=f"{name}_p")
+    ports = {}
+    for i in range(MULT18_BITS):
+        ports[f"i_A{i}"] = a18[i]
+        ports[f"i_B{i}"] = b18[i]
+        ports[f"i_C{i}"] = Const(0, 1)
+        ports[f"i_SRIA{i}"] = Const(0, 1)
+        ports[f"i_SRIB{i}"] = Const(0, 1)
+    for i in range(36):
+        ports[f"o_P{i}"] = p[i]
+    for i in range(4):
+        ports[f"i_CLK{i}"] = ClockSignal() if i == 0 else Const(0, 1)
+        ports[f"i_CE{i}"] = Const(1 if i == 0 else 0, 1)
+        ports[f"i_RST{i}"] = Const(0, 1)
+    m.submodules[name] = Instance(
+        "MULT18X18D",
+        p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+        p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
+        p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
+        p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
+        p_CLK0_DIV="ENABLED", p_CLK1_DIV="ENABLED", p_CLK2_DIV="ENABLED", p_CLK3_DIV="ENABLED",
+        p_HIGHSPEED_CLK="NONE", p_GSR="DISABLED", p_CAS_MATCH_REG="FALSE", p_SOURCEB_MODE="B_SHIFT",
+        p_MULT_BYPASS="DISABLED", p_RESETMODE="SYNC",
+        i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1), i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
+        **ports,
+    )
+    width = len(a) + len(b)
+    out = Signal(signed(width) if a.shape().signed or b.shape().signed else width, name=f"{name}_prod")
+    m.d.comb += out.eq(p[:width])
+    return out

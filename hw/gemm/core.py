@@ -17,7 +17,8 @@ Dataflow (stream formats in :mod:`tokensift.hw.gemm.layout`):
   ``r``'s value enters row ``r`` at column 0 and moves one column per cycle (a systolic row: every
   register drives one multiplier and the next register); weight bank ``c`` reads its address ``c`` cycles
   later, so PE ``(r, c)`` sees matching operands, and the control flags travel along the columns with
-  them (one flag register per PE). Each PE registers its operands and its product (one DSP slice) and
+  them (one flag register per PE). Each PE registers its operands and its product (one DSP slice; on ECP5
+  the MULT18X18D's own input and output registers, with a fabric copy of the activation for the next column) and
   accumulates exactly (``pe_acc_bits``). One cycle after its last product the sum moves to the PE's
   shadow register, so the next tile accumulates at once.
 - **Drain and epilogue.** A one-hot select per row (a shift register started by the drain) walks the
@@ -49,7 +50,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from tokensift.hw.common import fixed as hwfixed
-from tokensift.hw.common.ecp5 import dp16kd_8bit, is_ecp5
+from tokensift.hw.common.ecp5 import dp16kd_8bit, is_ecp5, mult18x18d_registered
 from tokensift.hw.common.mac_array import mul_const
 from tokensift.hw.gemm.config import OPERAND_BITS, SHIFT_BITS, GemmConfig
 from tokensift.hw.gemm.layout import (
@@ -412,11 +413,17 @@ class GemmEngine(wiring.Component):
                 m.d.sync += [f_c.eq(f_left[r]), done_c.eq(f_c.valid & f_c.last)]
                 f_here.append(f_c)
                 a_reg = Signal(signed(OPERAND_BITS), name=f"a{r}_{c}")
-                w_reg = Signal(signed(OPERAND_BITS), name=f"w{r}_{c}")
-                prod = Signal(signed(2 * OPERAND_BITS), name=f"p{r}_{c}")
                 acc = Signal(signed(pe_bits), name=f"acc{r}_{c}")
                 shadow = Signal(signed(pe_bits), name=f"sh{r}_{c}")
-                m.d.sync += [a_reg.eq(a_left[r]), w_reg.eq(w_q[c]), prod.eq(a_reg * w_reg)]
+                m.d.sync += a_reg.eq(a_left[r])
+                if is_ecp5(platform):
+                    # the operand and product registers are the DSP's own (a_reg only feeds the next column):
+                    # the multiplier's delay stays inside the MULT18X18D, the same two cycles
+                    prod = mult18x18d_registered(m, f"mul{r}_{c}", a_left[r], w_q[c])
+                else:
+                    w_reg = Signal(signed(OPERAND_BITS), name=f"w{r}_{c}")
+                    prod = Signal(signed(2 * OPERAND_BITS), name=f"p{r}_{c}")
+                    m.d.sync += [w_reg.eq(w_q[c]), prod.eq(a_reg * w_reg)]
                 with m.If(f_c.valid):
                     m.d.sync += acc.eq(prod + Mux(f_c.first, 0, acc))
                 with m.If(done_c):

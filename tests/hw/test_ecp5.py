@@ -57,3 +57,31 @@ def test_dp16kd_rejects_depth(depth):
     with pytest.raises(ValueError, match=rf"^A DP16KD holds 1 to 2048 words of 9 bits, not {depth}$"):
         ecp5.dp16kd_8bit(Module(), "ram", depth=depth, wr_en=Signal(), wr_addr=Signal(11), wr_data=Signal(8),
                          rd_addr=Signal(11))
+
+
+class _Mul(wiring.Component):
+    def __init__(self):
+        super().__init__({"a": In(signed(8)), "b": In(17), "p": Out(signed(25))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.p.eq(ecp5.mult18x18d_registered(m, "mul", self.a, self.b))
+        return m
+
+
+def test_mult18x18d_registered_ports():
+    text = verilog.convert(_Mul(), name="top")
+    assert text.count("MULT18X18D #(") == 1
+    for reg in ("INPUTA", "INPUTB", "OUTPUT"):
+        assert f'.REG_{reg}_CLK("CLK0")' in text
+    assert '.REG_PIPELINE_CLK("NONE")' in text
+    assert ".SIGNEDA(1'h1)" in text and ".SIGNEDB(1'h1)" in text and ".CE0(1'h1)" in text
+
+
+@pytest.mark.parametrize("a, b, message", [
+    (signed(19), signed(8), r"^Operand a of a MULT18X18D must fit 18 signed bits, not signed\(19\)$"),
+    (signed(8), 18, r"^Operand b of a MULT18X18D must fit 18 signed bits, not unsigned\(18\)$"),
+])
+def test_mult18x18d_rejects_wide_operands(a, b, message):
+    with pytest.raises(ValueError, match=message):
+        ecp5.mult18x18d_registered(Module(), "mul", Signal(a), Signal(b))

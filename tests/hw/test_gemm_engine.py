@@ -437,10 +437,21 @@ def _dp16kd_model(m, name, *, depth, wr_en, wr_addr, wr_data, rd_addr):
     return q
 
 
+def _mult18_model(m, name, a, b):
+    """``mult18x18d_registered`` in the simulator: operand registers, a product register."""
+    ra = Signal(a.shape(), name=f"{name}_ra")
+    rb = Signal(b.shape(), name=f"{name}_rb")
+    p = Signal(signed(len(a) + len(b)), name=f"{name}_p")
+    m.d.sync += [ra.eq(a), rb.eq(b), p.eq(ra * rb)]
+    return p
+
+
 @pytest.fixture
 def ecp5_rams(monkeypatch):
-    """Elaborate for ECP5 with the DP16KD instances replaced by :func:`_dp16kd_model`."""
+    """Elaborate for ECP5 with the DP16KD and MULT18X18D instances replaced by :func:`_dp16kd_model` and
+    :func:`_mult18_model`."""
     monkeypatch.setattr(gemm_core, "dp16kd_8bit", _dp16kd_model)
+    monkeypatch.setattr(gemm_core, "mult18x18d_registered", _mult18_model)
     return ECP5
 
 
@@ -480,7 +491,10 @@ def test_ecp5_netlist_uses_the_block_ram_output_register():
     rams = 2 * len(pieces(cfg.token_depth)) + 4 * len(pieces(cfg.weight_depth))
     assert text.count("DP16KD #(") == rams
     assert text.count('.REGMODE_B("OUTREG")') == rams
-    assert "DP16KD" not in verilog.convert(GemmEngine(config=cfg), name="top")
+    assert text.count("MULT18X18D #(") == cfg.macs
+    assert text.count('.REG_OUTPUT_CLK("CLK0")') == cfg.macs
+    plain = verilog.convert(GemmEngine(config=cfg), name="top")
+    assert "DP16KD" not in plain and "MULT18X18D" not in plain
 
 
 @pytest.mark.parametrize("k", [1, 7, 15])
