@@ -87,7 +87,7 @@ def mult18x18d_registered(m: Module, name: str, a, b) -> Signal:
     """``a * b`` (signed or unsigned operands of at most 18 bits as signed, so an unsigned one of at most 17)
     on one MULT18X18D with its input registers and its output register (no pipeline register): the returned
     signal is the product two cycles after ``a`` and ``b`` (an Amaranth operand register and a product
-    register, both in the DSP), full width (``len(a) + len(b)`` bits, signed when either operand is)."""
+    register, both in the DSP), in the shape Amaranth gives ``a * b``."""
     a, b = Value.cast(a), Value.cast(b)
     for what, v in (("a", a), ("b", b)):
         bits = len(v) + (0 if v.shape().signed else 1)
@@ -123,7 +123,6 @@ def mult18x18d_registered(m: Module, name: str, a, b) -> Signal:
         i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1), i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
         **ports,
     )
-    width = len(a) + len(b)
-    out = Signal(signed(width) if a.shape().signed or b.shape().signed else width, name=f"{name}_prod")
-    m.d.comb += out.eq(p[:width])
+    out = Signal((a * b).shape(), name=f"{name}_prod")
+    m.d.comb += out.eq(p[:len(out)])
     return out

@@ -244,7 +244,7 @@ class LayerNorm(wiring.Component):
 
         # each beat lands in two registers per lane: one for the row buffer and the adder tree, one that only
         # feeds the lane's square (a multiplier placed far from the row buffer gets its own operand register)
-        products = Products(m, "ln")
+        products = Products(m, "ln", platform=platform)
         a_q = Signal(data.ArrayLayout(signed(c.in_bits), lanes))
         sq_op = []
         a_valid, a_last, a_addr = Signal(), Signal(), Signal(range(depth))
@@ -413,7 +413,7 @@ class LayerNorm(wiring.Component):
         # the constants are set at the job's check, and its first token needs them no sooner than its
         # statistics are out (stats_latency cycles after its last beat, which follows the check): by then the
         # chains have settled
-        assert products.steady_depth <= c.stats_latency, (products.steady_depth, c.stats_latency)
+        assert products.steady_depth + 1 <= c.stats_latency, (products.steady_depth, c.stats_latency)
         o_word = Signal(out_l)
         m.d.comb += [o_word.token_last.eq(ctrl[n_out].tlast), o_word.last.eq(ctrl[n_out].last),
                      ofifo.w_data.eq(o_word), ofifo.w_en.eq(ctrl[n_out].valid)]

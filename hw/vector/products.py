@@ -15,6 +15,10 @@ bits), balanced so that no chunk is degenerate; every pair of chunks is one **pi
 3. the pieces summed pairwise, one registered adder level per stage (each sum leaves the low bits that the
    other term does not overlap out of its carry chain).
 
+Elaborated for ECP5 (:func:`tokensift.hw.common.ecp5.is_ecp5`), a piece's operand and product registers are
+its MULT18X18D's own input and output registers (Yosys does not pack fabric registers into the DSP, so the
+multiplier's 4 ns would otherwise sit between two fabric registers placed around it), the same two cycles.
+
 :func:`product_latency` is the number of stages from the operands to the product; :func:`pieces` lists the
 pieces' ``(a_bits, b_bits, signed)`` as the emitted Verilog multiplies them, for the DSP rule
 (:func:`tokensift.hw.common.resources.multiplier_dsps`).
@@ -32,6 +36,8 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Shape, Signal, Value
 from amaranth.utils import ceil_log2
+
+from tokensift.hw.common.ecp5 import is_ecp5, mult18x18d_registered
 
 __all__ = ["CHUNK_BITS", "chunks", "pieces", "product_latency", "register_bits", "Products"]
 
@@ -91,9 +97,10 @@ class Products:
     """Builds split, registered multipliers into one module; counts the operand copies it makes, so copies of
     one value get distinct initial values."""
 
-    def __init__(self, m: Module, name: str):
+    def __init__(self, m: Module, name: str, *, platform=None):
         self._m = m
         self._name = name
+        self._ecp5 = is_ecp5(platform)
         self._copies = 0
         self._count = 0
         self._chains: dict = {}
@@ -101,7 +108,8 @@ class Products:
     @property
     def steady_depth(self) -> int:
         """The longest chain of ``steady`` copies: a steady value's change reaches all its copies this many
-        cycles later (0 without steady copies)."""
+        cycles later (0 without steady copies; on ECP5 a product sees it one cycle later still, through its
+        DSP's input register)."""
         return max((n for _, n, _ in self._chains.values()), default=0)
 
     def copy(self, value: Value, *, name: str, steady: bool = False) -> Signal:
@@ -156,11 +164,18 @@ class Products:
                 top_b = j == len(cb) - 1
                 b_part = b[ob:ob + wb]
                 b_part = b_part.as_signed() if (sb.signed and top_b) else b_part
-                ra = self.copy(a_part, name=f"{tag}_a{i}{j}")
-                rb = self._copy(b_part, name=f"{tag}_b{i}{j}", chain=(b_source, ob, wb) if steady_b else None)
-                prod = ra * rb
-                p = Signal(prod.shape(), name=f"{tag}_p{i}{j}")
-                m.d.sync += p.eq(prod)
+                if self._ecp5:
+                    # the operand and product registers are the MULT18X18D's own (same two cycles); a steady
+                    # operand still comes down its chain (its lateness does not matter, its fan-out does)
+                    if steady_b:
+                        b_part = self._copy(b_part, name=f"{tag}_b{i}{j}", chain=(b_source, ob, wb))
+                    p = mult18x18d_registered(m, f"{tag}_m{i}{j}", a_part, b_part)
+                else:
+                    ra = self.copy(a_part, name=f"{tag}_a{i}{j}")
+                    rb = self._copy(b_part, name=f"{tag}_b{i}{j}", chain=(b_source, ob, wb) if steady_b else None)
+                    prod = ra * rb
+                    p = Signal(prod.shape(), name=f"{tag}_p{i}{j}")
+                    m.d.sync += p.eq(prod)
                 terms.append((oa + ob, p))
         terms.sort(key=lambda t: t[0])
         level = 0
