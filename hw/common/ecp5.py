@@ -98,19 +98,17 @@ def mult18x18d_registered(m: Module, name: str, a, b) -> Signal:
     b18 = Signal(signed(MULT18_BITS), name=f"{name}_b")
     m.d.comb += [a18.eq(a), b18.eq(b)]
     p = Signal(36, name=f"{name}_p")
+    # the cascade inputs (SRIA, SRIB) have only dedicated wires from the neighbouring DSP, and the unused
+    # clocks, enables and resets are left open as Yosys's own mapping leaves them: a constant on them is a
+    # net the router cannot complete
     ports = {}
     for i in range(MULT18_BITS):
         ports[f"i_A{i}"] = a18[i]
         ports[f"i_B{i}"] = b18[i]
         ports[f"i_C{i}"] = Const(0, 1)
-        ports[f"i_SRIA{i}"] = Const(0, 1)
-        ports[f"i_SRIB{i}"] = Const(0, 1)
     for i in range(36):
         ports[f"o_P{i}"] = p[i]
-    for i in range(4):
-        ports[f"i_CLK{i}"] = ClockSignal() if i == 0 else Const(0, 1)
-        ports[f"i_CE{i}"] = Const(1 if i == 0 else 0, 1)
-        ports[f"i_RST{i}"] = Const(0, 1)
+    ports.update(i_CLK0=ClockSignal(), i_CE0=Const(1, 1), i_RST0=Const(0, 1))
     m.submodules[name] = Instance(
         "MULT18X18D",
         p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
