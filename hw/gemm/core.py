@@ -608,10 +608,10 @@ def _pieced_bank(m: Module, name: str, depth: int, *, wr_en, wr_addr, wr_data, r
 
     On ECP5 (:func:`~tokensift.hw.common.ecp5.is_ecp5`) each piece is a DP16KD whose output register is the
     piece register (Yosys does not absorb it), and the ``hit`` select moves one register later, into the OR:
-    the block RAM's slow clock-to-out then ends inside the RAM, the latency is the same. No port collision
-    reaches these RAMs: the token banks are ``collision_free``, and a weight half is written only while the
-    array does not read it (its flag is cleared after the far banks' last read), so the read-first bypass the
-    behavioural memories carry is never used."""
+    the block RAM's slow clock-to-out then ends inside the RAM, the latency is the same. The instances have no
+    read-first bypass, and need none: the token banks are ``collision_free``, and a weight half is written only
+    after the far banks' last reads of its tile, so no read the array uses meets a write of its address (an
+    idle read address may point into the half being filled; its data is never used)."""
     sizes = pieces(depth)
     lo = ceil_log2(PIECE_DEPTH) if len(sizes) > 1 else len(rd_addr)
     outs = []
