@@ -15,6 +15,11 @@ and a 100 MHz constraint. The result is one flat dict::
 ``utilization`` is nextpnr's own count after packing (``--report``): ``lut`` TRELLIS_COMB (LUT4 and carry
 halves), ``ff`` TRELLIS_FF, ``dsp`` MULT18X18D, ``ebr`` DP16KD, ``lutram`` TRELLIS_RAMW.
 
+A component is elaborated for ECP5 (:data:`tokensift.hw.common.ecp5.ECP5`), so the blocks that instantiate
+ECP5 primitives where Yosys would not infer their registers (the GEMM engine's block RAMs and multipliers, the
+split products of :mod:`tokensift.hw.vector.products`) are measured as an ECP5 build has them; the Python
+simulator, Verilator and the resource baselines (:mod:`tokensift.hw.cost.synth`) see the portable form.
+
 The YoWASP tools only see their working directory, so both run in a temporary directory with relative
 paths. The synthesized netlist is cached under ``build/pnr`` by a hash of the Verilog, the script and the
 Yosys version (shared by the speed grades); each P&R result by the netlist, the options and the nextpnr
@@ -258,6 +263,9 @@ def place_and_route(component, *, top: str = "top", **kwargs) -> dict:
     """Elaborate an Amaranth component to Verilog and :func:`place_and_route_verilog` it."""
     from amaranth.back import verilog
 
-    # the Python source locations travel into the netlist: the critical path's hops name them
-    text = verilog.convert(component, name=top, emit_src=True)
+    from tokensift.hw.common.ecp5 import ECP5
+
+    # the Python source locations travel into the netlist: the critical path's hops name them; elaborated for
+    # ECP5, so blocks that instantiate ECP5 primitives (block RAM output registers) do
+    text = verilog.convert(component, name=top, emit_src=True, platform=ECP5)
     return place_and_route_verilog(text, top=top, **kwargs)

@@ -17,7 +17,8 @@ Dataflow (stream formats in :mod:`tokensift.hw.gemm.layout`):
   ``r``'s value enters row ``r`` at column 0 and moves one column per cycle (a systolic row: every
   register drives one multiplier and the next register); weight bank ``c`` reads its address ``c`` cycles
   later, so PE ``(r, c)`` sees matching operands, and the control flags travel along the columns with
-  them (one flag register per PE). Each PE registers its operands and its product (one DSP slice) and
+  them (one flag register per PE). Each PE registers its operands and its product (one DSP slice; on ECP5
+  the MULT18X18D's own input and output registers, with a fabric copy of the activation for the next column) and
   accumulates exactly (``pe_acc_bits``). One cycle after its last product the sum moves to the PE's
   shadow register, so the next tile accumulates at once.
 - **Drain and epilogue.** A one-hot select per row (a shift register started by the drain) walks the
@@ -49,6 +50,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from tokensift.hw.common import fixed as hwfixed
+from tokensift.hw.common.ecp5 import dp16kd_8bit, is_ecp5, mult18x18d_registered
 from tokensift.hw.common.mac_array import mul_const
 from tokensift.hw.gemm.config import OPERAND_BITS, SHIFT_BITS, GemmConfig
 from tokensift.hw.gemm.layout import (
@@ -266,10 +268,15 @@ class GemmEngine(wiring.Component):
         last_col_l = Signal()
         m.d.sync += last_col_l.eq(left_l <= C)
         m.d.sync += [ww_en.eq(0), cw_en.eq(0), tile_loaded.eq(0)]
+        # the write registers load every cycle (ww_en and cw_en say whether they hold a beat), so the beat's
+        # enable reaches only the loader's few control bits, not the 100+ bits of a beat and its address
+        m.d.sync += [ww_sel.eq(1 << j_l), ww_data.eq(self.weights.payload), ww_addr.eq(Mux(wl, cfg.max_in, 0) + k_l),
+                     cw_addr.eq(Mux(wl, C, 0) + c_l)]
+        if cfg.record_beats == 1:
+            m.d.sync += record.eq(self.weights.payload)
         with m.If(w_beat):
             with m.If(~trailer):
-                m.d.sync += [ww_en.eq(1), ww_sel.eq(1 << j_l), ww_data.eq(self.weights.payload),
-                             ww_addr.eq(Mux(wl, cfg.max_in, 0) + k_l)]
+                m.d.sync += ww_en.eq(1)
                 with m.If(j_l == cfg.row_beats - 1):
                     m.d.sync += [j_l.eq(0), k_l.eq(k_l + 1)]
                     with m.If(k_l == slot_km1[h_l]):
@@ -279,11 +286,9 @@ class GemmEngine(wiring.Component):
             with m.Else():
                 if cfg.record_beats > 1:
                     m.d.sync += record.eq(Cat(record[width:], self.weights.payload))
-                else:
-                    m.d.sync += record.eq(self.weights.payload)
                 m.d.sync += b_l.eq(b_l + 1)
                 with m.If(b_l == cfg.record_beats - 1):
-                    m.d.sync += [b_l.eq(0), cw_en.eq(1), cw_addr.eq(Mux(wl, C, 0) + c_l), c_l.eq(c_l + 1)]
+                    m.d.sync += [b_l.eq(0), cw_en.eq(1), c_l.eq(c_l + 1)]
                     with m.If(c_l == C - 1):
                         m.d.sync += [c_l.eq(0), trailer.eq(0), wl.eq(~wl), tile_loaded.eq(1),
                                      tile_loaded_half.eq(wl), left_l.eq(left_l - C)]
@@ -368,7 +373,8 @@ class GemmEngine(wiring.Component):
         for r in range(R):
             q = Signal(signed(OPERAND_BITS), name=f"tok_q{r}")
             m.d.sync += q.eq(_pieced_bank(m, f"tok{r}", cfg.token_depth, wr_en=a3_en, wr_addr=a3_addr,
-                                          wr_data=a3_data[r], rd_addr=iss_tok, collision_free=True))
+                                          wr_data=a3_data[r], rd_addr=iss_tok, collision_free=True,
+                                          platform=platform))
             tok_q.append(q)
         w_addr = [iss_w]
         for c in range(1, C):
@@ -381,7 +387,7 @@ class GemmEngine(wiring.Component):
             q = Signal(signed(OPERAND_BITS), name=f"w_q{c}")
             m.d.sync += q.eq(_pieced_bank(m, f"w{c}", cfg.weight_depth, wr_en=ww_en & ww_sel[c // cfg.weight_bytes],
                                           wr_addr=ww_addr, wr_data=ww_data[8 * lane:8 * lane + 8],
-                                          rd_addr=w_addr[c]))
+                                          rd_addr=w_addr[c], platform=platform))
             w_q.append(q)
         const_mem = memory.Memory(shape=unsigned(cfg.record_bits), depth=2 * C, init=[])
         m.submodules.consts = const_mem
@@ -407,11 +413,17 @@ class GemmEngine(wiring.Component):
                 m.d.sync += [f_c.eq(f_left[r]), done_c.eq(f_c.valid & f_c.last)]
                 f_here.append(f_c)
                 a_reg = Signal(signed(OPERAND_BITS), name=f"a{r}_{c}")
-                w_reg = Signal(signed(OPERAND_BITS), name=f"w{r}_{c}")
-                prod = Signal(signed(2 * OPERAND_BITS), name=f"p{r}_{c}")
                 acc = Signal(signed(pe_bits), name=f"acc{r}_{c}")
                 shadow = Signal(signed(pe_bits), name=f"sh{r}_{c}")
-                m.d.sync += [a_reg.eq(a_left[r]), w_reg.eq(w_q[c]), prod.eq(a_reg * w_reg)]
+                m.d.sync += a_reg.eq(a_left[r])
+                if is_ecp5(platform):
+                    # the operand and product registers are the DSP's own (a_reg only feeds the next column):
+                    # the multiplier's delay stays inside the MULT18X18D, the same two cycles
+                    prod = mult18x18d_registered(m, f"mul{r}_{c}", a_left[r], w_q[c])
+                else:
+                    w_reg = Signal(signed(OPERAND_BITS), name=f"w{r}_{c}")
+                    prod = Signal(signed(2 * OPERAND_BITS), name=f"p{r}_{c}")
+                    m.d.sync += [w_reg.eq(w_q[c]), prod.eq(a_reg * w_reg)]
                 with m.If(f_c.valid):
                     m.d.sync += acc.eq(prod + Mux(f_c.first, 0, acc))
                 with m.If(done_c):
@@ -582,7 +594,8 @@ class GemmEngine(wiring.Component):
         return m
 
 
-def _pieced_bank(m: Module, name: str, depth: int, *, wr_en, wr_addr, wr_data, rd_addr, collision_free=False):
+def _pieced_bank(m: Module, name: str, depth: int, *, wr_en, wr_addr, wr_data, rd_addr, collision_free=False,
+                 platform=None):
     """A bank of ``depth`` int8 words built of :func:`pieces` (one block RAM each): writes go to the piece
     the address's high bits name; a read returns, two cycles after ``rd_addr``, the OR of the pieces'
     registered outputs (all zero but the addressed one), for the caller to register.
@@ -591,10 +604,30 @@ def _pieced_bank(m: Module, name: str, depth: int, *, wr_en, wr_addr, wr_data, r
     so the memories carry Yosys's ``no_rw_check``: without it Yosys puts read-first bypass logic behind each
     block RAM (an ECP5 DP16KD or a Xilinx RAMB does not return the old word when its two ports collide), fed
     by registers of the write port that Yosys merges across the pieces, and that logic is pulled away from
-    the RAM, between its slow output and the piece register."""
+    the RAM, between its slow output and the piece register.
+
+    On ECP5 (:func:`~tokensift.hw.common.ecp5.is_ecp5`) each piece is a DP16KD whose output register is the
+    piece register (Yosys does not absorb it), and the ``hit`` select moves one register later, into the OR:
+    the block RAM's slow clock-to-out then ends inside the RAM, the latency is the same. The instances have no
+    read-first bypass, and need none: the token banks are ``collision_free``, and a weight half is written only
+    after the far banks' last reads of its tile, so no read the array uses meets a write of its address (an
+    idle read address may point into the half being filled; its data is never used)."""
     sizes = pieces(depth)
     lo = ceil_log2(PIECE_DEPTH) if len(sizes) > 1 else len(rd_addr)
     outs = []
+    if is_ecp5(platform):
+        for j, size in enumerate(sizes):
+            piece = f"{name}_{j}" if len(sizes) > 1 else name
+            en = wr_en & (wr_addr[lo:] == j) if len(sizes) > 1 else wr_en
+            q = dp16kd_8bit(m, piece, depth=size, wr_en=en, wr_addr=wr_addr[:lo], wr_data=wr_data,
+                            rd_addr=rd_addr[:lo])
+            if len(sizes) > 1:
+                hit = Signal(name=f"{piece}_hit")
+                hit2 = Signal(name=f"{piece}_hit2")
+                m.d.sync += [hit.eq(rd_addr[lo:] == j), hit2.eq(hit)]
+                q = Mux(hit2, q, 0)
+            outs.append(q)
+        return _or(outs)
     for j, size in enumerate(sizes):
         mem = memory.Memory(shape=signed(OPERAND_BITS), depth=size, init=[],
                             attrs={"no_rw_check": 1} if collision_free else None)

@@ -244,7 +244,7 @@ class LayerNorm(wiring.Component):
 
         # each beat lands in two registers per lane: one for the row buffer and the adder tree, one that only
         # feeds the lane's square (a multiplier placed far from the row buffer gets its own operand register)
-        products = Products(m, "ln")
+        products = Products(m, "ln", platform=platform)
         a_q = Signal(data.ArrayLayout(signed(c.in_bits), lanes))
         sq_op = []
         a_valid, a_last, a_addr = Signal(), Signal(), Signal(range(depth))
@@ -391,9 +391,11 @@ class LayerNorm(wiring.Component):
             acc_value, acc_over = hwfixed.fit(g + b, acc_fmt)
             acc = reg(signed(c.acc_bits), acc_value, s_a)
             ovf_a = reg(1, acc_over, s_a)
-            r = products.multiply(acc, mult_u, name=f"rq{lane}")[:rq_shape.width].as_signed()  # acc multiplier
-            half = products.copy(rq_half, name=f"half{lane}")
-            rq_sh = products.copy(rq_shift, name=f"rqshift{lane}")
+            # the job's requantization constants reach the lanes through chains of copies (steady: each copy
+            # has its own input, so Yosys cannot merge one register into a fan-out to every lane's DSP)
+            r = products.multiply(acc, mult_u, name=f"rq{lane}", steady_b=True)[:rq_shape.width].as_signed()
+            half = products.copy(rq_half, name=f"half{lane}", steady=True)
+            rq_sh = products.copy(rq_shift, name=f"rqshift{lane}", steady=True)
             r1 = reg(signed(rq_shape.width + 1), r + half, s_r + 1)
             r2 = reg(signed(rq_shape.width + 1), r1 >> Cat(Const(0, 3), rq_sh[3:]), s_r + 2)
             rq_sh2 = reg(rq_sh.shape(), rq_sh, "rqsh")
@@ -408,6 +410,10 @@ class LayerNorm(wiring.Component):
             acc_ovf.append(ovf_a2)
             out_ovf.append(ovf_o)
 
+        # the constants are set at the job's check, and its first token needs them no sooner than its
+        # statistics are out (stats_latency cycles after its last beat, which follows the check): by then the
+        # chains have settled
+        assert products.steady_depth + 1 <= c.stats_latency, (products.steady_depth, c.stats_latency)
         o_word = Signal(out_l)
         m.d.comb += [o_word.token_last.eq(ctrl[n_out].tlast), o_word.last.eq(ctrl[n_out].last),
                      ofifo.w_data.eq(o_word), ofifo.w_en.eq(ctrl[n_out].valid)]

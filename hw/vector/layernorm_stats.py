@@ -66,7 +66,7 @@ class StatsPipe(wiring.Component):
         m = Module()
         c = self._cfg
         big_r = c.recip_bits - 1
-        products = Products(m, "stats")
+        products = Products(m, "stats", platform=platform)
 
         stage_no = [0]
         valid = [self.i_valid]

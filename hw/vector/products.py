@@ -7,10 +7,17 @@ each operand is cut into chunks of at most 17 unsigned bits (a signed operand's 
 bits), balanced so that no chunk is degenerate; every pair of chunks is one **piece**:
 
 1. operand registers of its own (a copy per piece, so no register drives more than one multiplier; copies of
-   one value get distinct initial values, so Yosys's ``opt_merge`` cannot fold them back into one);
+   one value get distinct initial values, so Yosys's ``opt_merge`` cannot fold them back into one, but it
+   merges the copies bit by bit wherever their initial bits agree; an operand held for many cycles, a job's
+   constant, is therefore ``steady``: its copies form a chain, each loaded from the one before, so no two have
+   the same input and each drives its own multiplier);
 2. the piece's product, registered;
 3. the pieces summed pairwise, one registered adder level per stage (each sum leaves the low bits that the
    other term does not overlap out of its carry chain).
+
+Elaborated for ECP5 (:func:`tokensift.hw.common.ecp5.is_ecp5`), a piece's operand and product registers are
+its MULT18X18D's own input and output registers (Yosys does not pack fabric registers into the DSP, so the
+multiplier's 4 ns would otherwise sit between two fabric registers placed around it), the same two cycles.
 
 :func:`product_latency` is the number of stages from the operands to the product; :func:`pieces` lists the
 pieces' ``(a_bits, b_bits, signed)`` as the emitted Verilog multiplies them, for the DSP rule
@@ -29,6 +36,8 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Shape, Signal, Value
 from amaranth.utils import ceil_log2
+
+from tokensift.hw.common.ecp5 import is_ecp5, mult18x18d_registered
 
 __all__ = ["CHUNK_BITS", "chunks", "pieces", "product_latency", "register_bits", "Products"]
 
@@ -88,15 +97,37 @@ class Products:
     """Builds split, registered multipliers into one module; counts the operand copies it makes, so copies of
     one value get distinct initial values."""
 
-    def __init__(self, m: Module, name: str):
+    def __init__(self, m: Module, name: str, *, platform=None):
         self._m = m
         self._name = name
+        self._ecp5 = is_ecp5(platform)
         self._copies = 0
         self._count = 0
+        self._chains: dict = {}
 
-    def copy(self, value: Value, *, name: str) -> Signal:
+    @property
+    def steady_depth(self) -> int:
+        """The longest chain of ``steady`` copies: a steady value's change reaches all its copies this many
+        cycles later (0 without steady copies; on ECP5 a product sees it one cycle later still, through its
+        DSP's input register)."""
+        return max((n for _, n, _ in self._chains.values()), default=0)
+
+    def copy(self, value: Value, *, name: str, steady: bool = False) -> Signal:
         """A register of ``value`` (no reset: it is a datapath copy) that Yosys will not merge with another
-        copy of the same value."""
+        copy of the same value.
+
+        ``steady``: ``value`` stays the same for at least :attr:`steady_depth` cycles before it is used (a job's
+        constant); the copy is then loaded from the previous steady copy of ``value`` (the first from
+        ``value``), so it has an input of its own: Yosys merges registers of one input bit by bit wherever their
+        initial values agree, which distinct initial values cannot prevent for more than two copies."""
+        return self._copy(value, name=name, chain=(value,) if steady else None)
+
+    def _copy(self, value, *, name: str, chain: tuple | None) -> Signal:
+        """:meth:`copy`; ``chain``: the objects that identify a steady copy's chain (kept referenced, so their
+        ids are not reused while the module is built), or None."""
+        if chain is not None:
+            key = tuple(x if isinstance(x, int) else id(x) for x in chain)
+            prev, depth, _ = self._chains.get(key, (value, 0, chain))
         value = Value.cast(value)
         shape = value.shape()
         modulus = 1 << shape.width
@@ -105,12 +136,20 @@ class Products:
             init -= modulus
         self._copies += 1
         reg = Signal(shape, init=init, reset_less=True, name=name)
-        self._m.d.sync += reg.eq(value)
+        if chain is None:
+            self._m.d.sync += reg.eq(value)
+        else:
+            self._m.d.sync += reg.eq(prev)
+            self._chains[key] = (reg, depth + 1, chain)
         return reg
 
-    def multiply(self, a: Value, b: Value, *, name: str | None = None) -> Signal:
-        """``a * b``, registered, :func:`product_latency` cycles after ``a`` and ``b`` (full width)."""
+    def multiply(self, a: Value, b: Value, *, name: str | None = None, steady_b: bool = False) -> Signal:
+        """``a * b``, registered, :func:`product_latency` cycles after ``a`` and ``b`` (full width).
+
+        ``steady_b``: ``b`` is a value held for many cycles (a job's constant), its copies are ``steady``
+        (:meth:`copy`): this product sees a change of ``b`` up to :attr:`steady_depth` cycles late."""
         m = self._m
+        b_source = b
         a, b = Value.cast(a), Value.cast(b)
         tag = name or f"{self._name}{self._count}"
         self._count += 1
@@ -125,11 +164,18 @@ class Products:
                 top_b = j == len(cb) - 1
                 b_part = b[ob:ob + wb]
                 b_part = b_part.as_signed() if (sb.signed and top_b) else b_part
-                ra = self.copy(a_part, name=f"{tag}_a{i}{j}")
-                rb = self.copy(b_part, name=f"{tag}_b{i}{j}")
-                prod = ra * rb
-                p = Signal(prod.shape(), name=f"{tag}_p{i}{j}")
-                m.d.sync += p.eq(prod)
+                if self._ecp5:
+                    # the operand and product registers are the MULT18X18D's own (same two cycles); a steady
+                    # operand still comes down its chain (its lateness does not matter, its fan-out does)
+                    if steady_b:
+                        b_part = self._copy(b_part, name=f"{tag}_b{i}{j}", chain=(b_source, ob, wb))
+                    p = mult18x18d_registered(m, f"{tag}_m{i}{j}", a_part, b_part)
+                else:
+                    ra = self.copy(a_part, name=f"{tag}_a{i}{j}")
+                    rb = self._copy(b_part, name=f"{tag}_b{i}{j}", chain=(b_source, ob, wb) if steady_b else None)
+                    prod = ra * rb
+                    p = Signal(prod.shape(), name=f"{tag}_p{i}{j}")
+                    m.d.sync += p.eq(prod)
                 terms.append((oa + ob, p))
         terms.sort(key=lambda t: t[0])
         level = 0

@@ -10,9 +10,13 @@ import random
 
 import numpy as np
 import pytest
+from amaranth.hdl import Elaboratable, Mux, Signal, signed
+from amaranth.lib import memory
 from amaranth.sim import Simulator
 
+from tokensift.hw.common.ecp5 import ECP5
 from tokensift.hw.gemm import GemmConfig, GemmEngine
+from tokensift.hw.gemm import core as gemm_core
 from tokensift.hw.gemm.core import pieces
 from tokensift.hw.gemm.cycles import WeightBursts, WeightMemory, cycles, schedule
 from tokensift.hw.gemm.layout import decode_outputs, encode_job
@@ -24,12 +28,26 @@ def _raw(payload):
     return payload.as_value() if hasattr(payload, "as_value") else payload
 
 
-def run_jobs(cfg, jobs, *, seed=0, idle=0.3, stall=0.3, bad_jobs=(), max_cycles=200_000):
+class _ForPlatform(Elaboratable):
+    """The engine as elaborated for ``platform`` (the simulator elaborates with none)."""
+
+    def __init__(self, dut, platform):
+        self.dut, self.platform = dut, platform
+
+    def elaborate(self, platform):
+        return self.dut.elaborate(self.platform)
+
+
+def _simulator(dut, platform):
+    return Simulator(dut if platform is None else _ForPlatform(dut, platform))
+
+
+def run_jobs(cfg, jobs, *, seed=0, idle=0.3, stall=0.3, bad_jobs=(), max_cycles=200_000, platform=None):
     """Feed ``jobs`` (and rejected ``bad_jobs`` (n, k, m, out_bits) before them) and return the per-job
-    outputs, the overflow counters and the status."""
+    outputs, the overflow counters and the status (the engine elaborated for ``platform``)."""
     dut = GemmEngine(config=cfg)
     rng = random.Random(seed)
-    sim = Simulator(dut)
+    sim = _simulator(dut, platform)
     sim.add_clock(1e-8)
     received = []
     expected_beats = sum(j.output_beats(cfg) for j in jobs)
@@ -188,14 +206,14 @@ def test_banks_span_several_block_rams():
     check(cfg, jobs, seed=6, idle=0.1, stall=0.1)
 
 
-def measure_cycles(cfg, jobs, *, rate=None, latency=None, bursts=None):
+def measure_cycles(cfg, jobs, *, rate=None, latency=None, bursts=None, platform=None):
     """Run ``jobs`` with no random stalls: each job's activations then its job beat (the next job's while the
     previous one computes), weights from a :class:`WeightMemory` of ``rate`` and ``latency`` (or from the
     DMA ``bursts``, a :class:`WeightBursts`) started when the first job is accepted, the output always
     ready. Returns the cycles each job beat was accepted, the cycles each job's last output beat was
     taken, and the output payloads."""
     dut = GemmEngine(config=cfg)
-    sim = Simulator(dut)
+    sim = _simulator(dut, platform)
     sim.add_clock(1e-8)
     accepted, last, beats = [], [], []
 
@@ -404,3 +422,87 @@ def test_short_reduction_cycle_model_exact(cfg, sizes, rate):
         y, _ = decode_outputs(beats[pos:pos + job.output_beats(cfg)], job.n, job.m, cfg)
         assert np.array_equal(y, job.expected)
         pos += job.output_beats(cfg)
+
+
+def _dp16kd_model(m, name, *, depth, wr_en, wr_addr, wr_data, rd_addr):
+    """``dp16kd_8bit`` in the simulator: a memory and the output register; a read that collides with a write
+    of its address returns the word inverted (the DP16KD's is undefined), so an output that used one differs."""
+    mem = memory.Memory(shape=signed(8), depth=depth, init=[])
+    m.submodules[name] = mem
+    wp, rp = mem.write_port(), mem.read_port(transparent_for=())
+    collided = Signal(name=f"{name}_collided")
+    q = Signal(signed(8), name=f"{name}_q")
+    m.d.comb += [wp.en.eq(wr_en), wp.addr.eq(wr_addr), wp.data.eq(wr_data), rp.addr.eq(rd_addr)]
+    m.d.sync += [collided.eq(wr_en & (wr_addr == rd_addr)), q.eq(Mux(collided, ~rp.data, rp.data))]
+    return q
+
+
+def _mult18_model(m, name, a, b):
+    """``mult18x18d_registered`` in the simulator: operand registers, a product register."""
+    ra = Signal(a.shape(), name=f"{name}_ra")
+    rb = Signal(b.shape(), name=f"{name}_rb")
+    p = Signal(signed(len(a) + len(b)), name=f"{name}_p")
+    m.d.sync += [ra.eq(a), rb.eq(b), p.eq(ra * rb)]
+    return p
+
+
+@pytest.fixture
+def ecp5_rams(monkeypatch):
+    """Elaborate for ECP5 with the DP16KD and MULT18X18D instances replaced by :func:`_dp16kd_model` and
+    :func:`_mult18_model`."""
+    monkeypatch.setattr(gemm_core, "dp16kd_8bit", _dp16kd_model)
+    monkeypatch.setattr(gemm_core, "mult18x18d_registered", _mult18_model)
+    return ECP5
+
+
+def test_ecp5_block_rams_bit_exact(ecp5_rams):
+    # three token pieces and two weight pieces, so the delayed piece selects cross the RAMs' boundaries
+    cfg = GemmConfig(rows=2, cols=4, max_tokens=4, max_in=1100, max_out=6, weight_bytes=4)
+    rng = np.random.default_rng(6)
+    jobs = [random_job(rng, cfg, 4, 1100, 6), random_job(rng, cfg, 3, 1100, 5), random_job(rng, cfg, 4, 1030, 2)]
+    outs, _ = run_jobs(cfg, jobs, seed=6, idle=0.1, stall=0.1, platform=ecp5_rams)
+    for job, y in zip(jobs, outs, strict=True):
+        assert np.array_equal(y, job.expected)
+    rng = np.random.default_rng(1)
+    jobs = [random_job(rng, SMALL, int(rng.integers(1, 14)), int(rng.integers(1, 21)), int(rng.integers(1, 22)))
+            for _ in range(4)]
+    outs, _ = run_jobs(SMALL, jobs, seed=1, platform=ecp5_rams)
+    for job, y in zip(jobs, outs, strict=True):
+        assert np.array_equal(y, job.expected)
+
+
+@pytest.mark.parametrize("case", [3, 4])
+def test_ecp5_block_rams_cycle_model_exact(ecp5_rams, case):
+    # the RAM's output register replaces the piece register: the same cycles as the behavioural banks
+    cfg, sizes, rate, latency = CYCLE_CASES[case]
+    rng = np.random.default_rng(case)
+    jobs = [random_job(rng, cfg, n, k, m) for n, k, m in sizes]
+    accepted, last, _ = measure_cycles(cfg, jobs, rate=rate, latency=latency, platform=ecp5_rams)
+    model = schedule(cfg, [(*size, acc) for size, acc in zip(sizes, accepted, strict=True)],
+                     weight_bytes_per_cycle=rate, weight_latency=latency)
+    assert [t.last_out for t in model] == last
+
+
+def test_ecp5_netlist_uses_the_block_ram_output_register():
+    from amaranth.back import verilog
+
+    cfg = GemmConfig(rows=2, cols=4, max_tokens=4, max_in=1100, max_out=6, weight_bytes=4)
+    text = verilog.convert(GemmEngine(config=cfg), name="top", platform=ECP5)
+    rams = 2 * len(pieces(cfg.token_depth)) + 4 * len(pieces(cfg.weight_depth))
+    assert text.count("DP16KD #(") == rams
+    assert text.count('.REGMODE_B("OUTREG")') == rams
+    assert text.count("MULT18X18D #(") == cfg.macs
+    assert text.count('.REG_OUTPUT_CLK("CLK0")') == cfg.macs
+    plain = verilog.convert(GemmEngine(config=cfg), name="top")
+    assert "DP16KD" not in plain and "MULT18X18D" not in plain
+
+
+@pytest.mark.parametrize("k", [1, 7, 15])
+def test_ecp5_block_rams_short_reduction_no_collision_used(ecp5_rams, k):
+    # the loader refills a half right after the far banks' last reads: no read it uses meets a write
+    rng = np.random.default_rng(20 + k)
+    jobs = [random_job(rng, SHORT_K, 32, k, 64), random_job(rng, SHORT_K, 17, k, 50),
+            random_job(rng, SHORT_K, 32, 20, 64)]
+    outs, _ = run_jobs(SHORT_K, jobs, seed=k, idle=0.0, stall=0.0, platform=ecp5_rams)
+    for job, y in zip(jobs, outs, strict=True):
+        assert np.array_equal(y, job.expected)

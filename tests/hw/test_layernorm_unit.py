@@ -6,10 +6,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, ResetInserter, Signal
+from amaranth.hdl import Elaboratable, Module, ResetInserter, Signal
 from amaranth.sim import Simulator
 from amaranth_streams import StreamBench
 
+from tokensift.hw.common.ecp5 import ECP5
+from tokensift.hw.vector import products as products_module
 from tokensift.hw.vector.layernorm import LayerNorm
 from tokensift.hw.vector.layernorm_cost import cycles
 from tokensift.hw.vector.layernorm_layout import (
@@ -79,14 +81,25 @@ def _raw(port):
     return SimpleNamespace(payload=port.payload.as_value(), valid=port.valid, ready=port.ready)
 
 
-def simulate(cfg, k_beats, i_beats, n_out, *, idle=0.0, stall=0.0, seed=0, reset_after=None, max_cycles=5_000):
+class _ForPlatform(Elaboratable):
+    """The unit as elaborated for ``platform`` (the simulator elaborates with none)."""
+
+    def __init__(self, dut, platform):
+        self.dut, self.platform = dut, platform
+
+    def elaborate(self, platform):
+        return self.dut.elaborate(self.platform)
+
+
+def simulate(cfg, k_beats, i_beats, n_out, *, idle=0.0, stall=0.0, seed=0, reset_after=None, max_cycles=5_000,
+             platform=None):
     """Run the unit on raw beats; returns ``(outputs, status, stamps)``. ``reset_after=(beats, k_rest, i_rest)``
     pulses reset once ``beats`` outputs arrived, then sends ``k_rest``/``i_rest`` (``n_out`` counts outputs
-    after the reset)."""
+    after the reset). ``platform``: the unit elaborated for it."""
     dut = LayerNorm(config=cfg)
     rst = Signal()
     top = Module()
-    top.submodules.dut = ResetInserter(rst)(dut)
+    top.submodules.dut = ResetInserter(rst)(dut if platform is None else _ForPlatform(dut, platform))
     bench = StreamBench(seed, idle=idle, stall=stall)
     out, stamps = [], {"k": [], "o": []}
     phase = {"reset": reset_after is None, "resetting": False}
@@ -253,14 +266,14 @@ def test_floor_rounding_and_unsigned_output():
 
 @pytest.mark.parametrize("c_max, lanes, dims, tokens", [(16, 1, (16, 1, 5), 3), (12, 4, (12, 3), 4),
                                                         (8, 8, (8, 1), 6)])
-def test_cycles_exact(c_max, lanes, dims, tokens):
+def test_cycles_exact(c_max, lanes, dims, tokens, platform=None):
     """With nothing stalled, each job takes exactly cycles() (header to last output beat), and the next
     header is taken in the cycle the last output leaves: one beat per cycle for every C, C = 1 included."""
     cfg = LayerNormConfig(c_max=c_max, lanes=lanes)
     rng = np.random.default_rng(13)
     jobs = [(random_params(rng, d), rng.integers(-128, 128, size=(tokens, d))) for d in dims]
     k, i, n = jobs_beats(cfg, jobs)
-    out, _, stamps = simulate(cfg, k, i, n)
+    out, _, stamps = simulate(cfg, k, i, n, platform=platform)
     check_outputs(cfg, jobs, out)
     k_pos, o_pos = 0, 0
     for p, q in jobs:
@@ -346,3 +359,35 @@ def test_cost_functions_check_their_arguments():
     with pytest.raises(TypeError, match=r"^config must be a LayerNormConfig, not int$"):
         exact(3, "xcup")
     assert set(features(cfg, "ecp5")) == {"lane_bits", "shift_bits", "stats_bits", "const_bits"}
+
+
+def _mult18_model(m, name, a, b):
+    """``mult18x18d_registered`` in the simulator: operand registers, a product register."""
+    ra = Signal(a.shape(), name=f"{name}_ra")
+    rb = Signal(b.shape(), name=f"{name}_rb")
+    p = Signal((a * b).shape(), name=f"{name}_p")
+    m.d.sync += [ra.eq(a), rb.eq(b), p.eq(ra * rb)]
+    return p
+
+
+@pytest.fixture
+def ecp5_dsps(monkeypatch):
+    """Elaborate for ECP5 with the MULT18X18D instances replaced by :func:`_mult18_model`."""
+    monkeypatch.setattr(products_module, "mult18x18d_registered", _mult18_model)
+    return ECP5
+
+
+def test_ecp5_dsps_bit_exact_back_to_back(ecp5_dsps):
+    """The ECP5 build (every product piece on a MULT18X18D's own registers): the same outputs, and jobs of
+    different constants back to back (the steady chains settle before a job's first token needs them)."""
+    cfg = LayerNormConfig(c_max=16, lanes=8)
+    rng = np.random.default_rng(3)
+    jobs = [(random_params(rng, d), rng.integers(-128, 128, size=(int(rng.integers(1, 5)), d))) for d in (16, 7, 8)]
+    k, i, n = jobs_beats(cfg, jobs)
+    out, status, _ = simulate(cfg, k, i, n, idle=0.3, stall=0.3, seed=3, platform=ecp5_dsps)
+    counter = check_outputs(cfg, jobs, out)
+    assert status["out_overflows"] == counter.by_site.get("layernorm", 0)
+
+
+def test_ecp5_dsps_cycles_exact(ecp5_dsps):
+    test_cycles_exact(12, 4, (12, 3), 4, platform=ecp5_dsps)
