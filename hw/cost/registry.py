@@ -8,7 +8,7 @@ the fit and the tests reach them through :func:`block_cost`, with parameters as 
 >>> cost.exact(params, "xcup").dsp
 2
 >>> len(BLOCKS), sorted(BLOCKS)[:6]
-(15, ['attention', 'axi_lite', 'axi_reader', 'axi_writer', 'gelu', 'gemm'])
+(16, ['accelerator', 'attention', 'axi_lite', 'axi_reader', 'axi_writer', 'gelu'])
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ BLOCKS: dict[str, str | None] = {
     "axi_lite": "tokensift.hw.axi.lite_resources",
     "axi_reader": "tokensift.hw.axi.reader_resources",
     "axi_writer": "tokensift.hw.axi.writer_resources",
+    # the whole-model accelerator: the blocks above summed, plus its own memories, multipliers and glue
+    "accelerator": "tokensift.hw.accel.resources",
     "memory": None,
     "multiplier": None,
 }
