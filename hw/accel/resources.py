@@ -32,8 +32,6 @@ True
 
 from __future__ import annotations
 
-from amaranth.utils import ceil_log2
-
 from tokensift.hw.accel.buffers import SECOND_READ
 from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.accel.ports import READ_LATENCY
@@ -48,8 +46,8 @@ from tokensift.hw.common.resources import (
 )
 from tokensift.quant.accel.isa import Buffer
 
-__all__ = ["BLOCK", "AccelConfig", "memories", "buffer_multipliers", "features", "parts", "exact", "resources",
-           "build", "params_to_dict", "params_from_dict", "baseline_grid", "grid_config", "GRID_FAMILIES", "QUICK_CONFIGS", "MODEL"]
+__all__ = ["BLOCK", "AccelConfig", "memories", "buffer_multipliers", "features", "parts", "exact", "fit_base", "resources",
+           "build", "params_to_dict", "params_from_dict", "baseline_grid", "grid_config", "GRID_FAMILIES", "QUICK_CONFIGS", "MODEL", "estimate"]
 
 BLOCK = "accelerator"
 
@@ -79,8 +77,8 @@ def memories(cfg: AccelConfig, family: str) -> dict[str, tuple[MemoryMap, int]]:
     name: ``(map of one memory, how many)``."""
     from tokensift.hw.accel.op_gemm import _depth as act_depth
     from tokensift.hw.accel.op_layernorm import layernorm_config
-    from tokensift.quant.stages.evit import HEAD_WEIGHT_FRAC
     from tokensift.hw.accel.op_token_mean import token_mean_params
+    from tokensift.quant.stages.evit import HEAD_WEIGHT_FRAC
 
     cfg = _check(cfg)
     check_family(family)
@@ -142,7 +140,12 @@ def _blocks(cfg: AccelConfig, family: str, fitted_lut_ff: bool) -> dict[str, Res
     from tokensift.hw.gemm import resources as gemm
     from tokensift.hw.score_combiner import resources as combiner
     from tokensift.hw.selector import resources as selector
-    from tokensift.hw.vector import gelu_resources, layernorm_resources, residual_resources, token_mean_resources
+    from tokensift.hw.vector import (
+        gelu_resources,
+        layernorm_resources,
+        residual_resources,
+        token_mean_resources,
+    )
     from tokensift.hw.vector.residual import ResidualParams
     from tokensift.quant.fixed import FixedFormat
 
@@ -190,7 +193,7 @@ def features(cfg: AccelConfig, family: str) -> dict[str, float]:
     }
 
 
-def parts(cfg: AccelConfig, family: str, *, fitted_lut_ff: bool = True) -> dict[str, Resources]:
+def parts(cfg: AccelConfig, family: str, *, fitted_lut_ff: bool = True, glue: bool = True) -> dict[str, Resources]:
     """Resources by part: every engine (its wrapped block, its own memories and multipliers), the token buffers,
     the AXI DMAs, the register file, the row readers and (with ``fitted_lut_ff``) the ``glue`` LUT/FF fit.
     Without ``fitted_lut_ff`` only the rule-based counts (DSP, block RAM, LUT RAM, the memories' soft logic)."""
@@ -206,7 +209,7 @@ def parts(cfg: AccelConfig, family: str, *, fitted_lut_ff: bool = True) -> dict[
         out[part] = out[part] + mem.resources * count
     for name, dsp in _dsps(cfg, family).items():
         out[name] = out[name] + Resources(dsp=dsp)
-    if fitted_lut_ff:
+    if fitted_lut_ff and glue:
         lut, ff = fitted(BLOCK, family, features(cfg, family))
         out["glue"] = Resources(lut=lut, ff=ff)
     return out
@@ -215,6 +218,11 @@ def parts(cfg: AccelConfig, family: str, *, fitted_lut_ff: bool = True) -> dict[
 def exact(cfg: AccelConfig, family: str) -> Resources:
     """The rule-based part: DSPs, block RAM, LUT RAM and the memories' soft logic."""
     return sum(parts(cfg, family, fitted_lut_ff=False).values(), Resources())
+
+
+def fit_base(cfg: AccelConfig, family: str) -> Resources:
+    """What the ``accelerator`` LUT/FF fit adds the glue to: every part with its own fitted model, no glue."""
+    return sum(parts(cfg, family, glue=False).values(), Resources())
 
 
 def resources(cfg: AccelConfig, family: str) -> Resources:
@@ -269,3 +277,29 @@ def grid_config(shape: dict) -> AccelConfig:
 
 def baseline_grid() -> list[tuple[str, dict]]:
     return [(name, params_to_dict(grid_config(shape))) for name, shape, _ in _GRID]
+
+
+def estimate(cfg: AccelConfig, *, device=None) -> dict:
+    """The manifest's ``estimated_resources``: the model's counts on ECP5 and on the family of ``device`` (a
+    :class:`tokensift.devices.Device` or None), and for a device its capacity, the utilization of each kind and
+    whether the design fits.
+
+    >>> from tokensift.commands.block_accelerator import model_envelope
+    >>> from tokensift.devices import get_device
+    >>> cfg = AccelConfig(envelope=model_envelope("vit_mnist_patch4_28"), banks=1, lanes=2, gemm_cols=8)
+    >>> e = estimate(cfg, device=get_device("ecp5-85f"))
+    >>> sorted(e["families"]), e["device"]["fits"]
+    (['ecp5'], True)
+    """
+    cfg = _check(cfg)
+    families = ["ecp5"] + ([device.family] if device is not None and device.family != "ecp5" else [])
+    out = {"model": "tokensift.hw.accel.resources: DSP and block RAM exact as Yosys counts them, LUT and FF "
+                    "estimated (within 10% of Yosys on tests/hw/baselines/accelerator.json)",
+           "families": {f: resources(cfg, f).as_dict(f) for f in families}}
+    if device is not None:
+        used = out["families"][device.family]
+        capacity = device.capacity()
+        util = {k: round(used[k] / capacity[k], 4) for k in capacity if capacity[k] and k in used}
+        out["device"] = {"name": device.name, "part": device.part, "capacity": capacity, "utilization": util,
+                         "fits": all(u <= 1 for u in util.values())}
+    return out
