@@ -260,7 +260,9 @@ def _measured(result: dict) -> dict:
 def synthesize_entry(block: str, name: str, params: dict, family: str) -> dict:
     cost = block_cost(block)
     params = cost.normalize(params)
-    result = synthesize(cost.build(params), family=family, top=f"{block}_{name}".replace("-", "_"))
+    # the whole accelerator takes tens of minutes on a shared machine, past the default half hour
+    timeout = 4 * 3600 if block == "accelerator" else 1800
+    result = synthesize(cost.build(params), family=family, top=f"{block}_{name}".replace("-", "_"), timeout=timeout)
     return {"name": name, "family": family, "params": params, "synth": _measured(result),
             "command": f"python bench/synth_baselines.py --block {block} --family {family}",
             "cells": result["cells"], "seconds": result["seconds"], "quick": name in quick(block)}
