@@ -11,9 +11,9 @@ The design is the sum of its parts (:func:`parts`), each counted by the rules of
 * each engine's own memories (:func:`memories`): its :class:`~tokensift.hw.accel.rows.RowReader` FIFOs, the
   patch-embedding transposers and activation FIFO of the GEMM engine, the LayerNorm gamma words, the token
   means, the AS-ViT head weights;
-* each engine's own multipliers: the AS-ViT squares of the selection engine (``lanes`` signed 8 x 8), the
-  position embedding's record size ``k x m`` (16 x 16 unsigned), and the token buffers' address products
-  ``tile x words`` (a constant that is not a power of two stays a multiplier, :func:`buffer_multipliers`);
+* each engine's own multipliers: the AS-ViT squares of the selection engine (``lanes`` signed 8 x 8) and the
+  position embedding's record size ``k x m`` (16 x 16 unsigned); the token buffers' word addresses
+  ``tile x words`` are shifts and adds (no DSP);
 * the token buffers: one memory per buffer and bank with a write enable per element (``granularity``), the
   buffers the residual add reads twice (:data:`~tokensift.hw.accel.buffers.SECOND_READ`) once per read port.
 
@@ -39,14 +39,13 @@ from tokensift.hw.common.resources import (
     MemoryMap,
     Resources,
     check_family,
-    const_operand_bits,
     fitted,
     map_memory,
     multiplier_dsps,
 )
 from tokensift.quant.accel.isa import Buffer
 
-__all__ = ["BLOCK", "AccelConfig", "memories", "buffer_multipliers", "features", "parts", "exact", "fit_base", "resources",
+__all__ = ["BLOCK", "AccelConfig", "memories", "features", "parts", "exact", "fit_base", "resources",
            "build", "params_to_dict", "params_from_dict", "baseline_grid", "grid_config", "GRID_FAMILIES", "QUICK_CONFIGS", "MODEL", "estimate"]
 
 BLOCK = "accelerator"
@@ -107,28 +106,12 @@ def memories(cfg: AccelConfig, family: str) -> dict[str, tuple[MemoryMap, int]]:
     return out
 
 
-def buffer_multipliers(cfg: AccelConfig) -> list[tuple[str, int, int]]:
-    """The token buffers' address products ``tile x words(b)`` Yosys keeps as multipliers: ``(name, tile bits,
-    constant bits)`` per port and buffer whose ``words`` is not a power of two (a power of two is a shift; the
-    banks of one buffer share the product of a port)."""
-    cfg = _check(cfg)
-    out = []
-    for b in Buffer:
-        words = cfg.geometry(b).words
-        if words & (words - 1) == 0:
-            continue
-        ports = ["wr", "rd"] + (["rd2"] if b in SECOND_READ else [])
-        out += [(f"{b.name.lower()}_{p}", cfg.tile_bits, const_operand_bits(words, signed=False)) for p in ports]
-    return out
-
-
 def _dsps(cfg: AccelConfig, family: str) -> dict[str, int]:
     """DSPs of the accelerator's own multipliers, by part."""
-    buffers = sum(multiplier_dsps(a, b, family=family, signed=False) for _, a, b in buffer_multipliers(cfg))
     squares = cfg.lanes * multiplier_dsps(_SQUARE_BITS, _SQUARE_BITS, family=family,
-                                             y_bits=2 * _SQUARE_BITS - 1)
+                                          y_bits=2 * _SQUARE_BITS - 1)
     record = multiplier_dsps(16, 16, family=family, signed=False)  # POS_EMBED's k x m
-    return {"buffers": buffers, "select": squares, "pos_embed": record}
+    return {"select": squares, "pos_embed": record}
 
 
 def _blocks(cfg: AccelConfig, family: str, fitted_lut_ff: bool) -> dict[str, Resources]:
@@ -176,19 +159,19 @@ _MEMORY_PART = {"row_readers": None, "gemm_transposer": "gemm", "gemm_act_fifo":
 
 def features(cfg: AccelConfig, family: str) -> dict[str, float]:
     """Structural sizes of the glue no block model covers, the ``accelerator`` LUT/FF fit is linear in:
-    ``port_bits`` (the shared buffer read, write and DRAM ports multiplexed over the engines and the read data
-    registered per buffer: ``banks x lanes`` elements), ``engine_bits`` (each engine's own control: its op
-    latch, row counters, record checks: a constant per engine, scaled by the row and word index widths),
-    ``control`` (the sequencer and the top's counters: a constant)."""
-    cfg = _check(cfg)
-    check_family(family)
+    ``port_bits`` (``banks x lanes`` elements of :data:`~tokensift.hw.accel.config.ELEMENT_BITS`: the buffers'
+    registered read data selected over the buffers, the write data and masks multiplexed over the engines, the
+    engines' element datapaths around their units: the GEMM engine's activation rotation, the selection
+    engine's squares), ``bus_bits`` (the AXI word: each DRAM-reading engine's record reader and the DMAs' words
+    multiplexed over the engines), ``control`` (the sequencer, each engine's op latch, checks and counters:
+    a constant)."""
     from tokensift.hw.accel.config import ELEMENT_BITS
 
-    elements = cfg.banks * cfg.lanes
-    engines = len(_READERS)
+    cfg = _check(cfg)
+    check_family(family)
     return {
-        "port_bits": float(elements * ELEMENT_BITS * (len(Buffer) + 2)),
-        "engine_bits": float(engines * (cfg.row_bits + cfg.word_bits + cfg.tile_bits + cfg.axi.data_bytes * 8)),
+        "port_bits": float(cfg.banks * cfg.lanes * ELEMENT_BITS),
+        "bus_bits": float(8 * cfg.axi.data_bytes),
         "control": 1.0,
     }
 
