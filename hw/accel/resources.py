@@ -162,18 +162,13 @@ def features(cfg: AccelConfig, family: str) -> dict[str, float]:
     ``port_bits`` (``banks x lanes`` elements of :data:`~tokensift.hw.accel.config.ELEMENT_BITS`: the buffers'
     registered read data selected over the buffers, the write data and masks multiplexed over the engines, the
     engines' element datapaths around their units: the GEMM engine's activation rotation, the selection
-    engine's squares), ``bus_bits`` (the AXI word: each DRAM-reading engine's record reader and the DMAs' words
-    multiplexed over the engines), ``control`` (the sequencer, each engine's op latch, checks and counters:
-    a constant)."""
+    engine's squares) and ``control`` (the sequencer, each engine's op latch, record checks and counters, the
+    DMA words multiplexed over the engines: a constant)."""
     from tokensift.hw.accel.config import ELEMENT_BITS
 
     cfg = _check(cfg)
     check_family(family)
-    return {
-        "port_bits": float(cfg.banks * cfg.lanes * ELEMENT_BITS),
-        "bus_bits": float(8 * cfg.axi.data_bytes),
-        "control": 1.0,
-    }
+    return {"port_bits": float(cfg.banks * cfg.lanes * ELEMENT_BITS), "control": 1.0}
 
 
 def parts(cfg: AccelConfig, family: str, *, fitted_lut_ff: bool = True, glue: bool = True) -> dict[str, Resources]:

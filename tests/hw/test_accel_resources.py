@@ -100,9 +100,10 @@ def test_buffers_with_two_read_ports_are_replicated_and_granular():
 
 
 def test_memory_granularity():
-    # one enable per element: each 17-bit element takes two 9-bit lanes of a RAMB18's 36-bit port
-    assert map_memory(272, 512, family="xcup", granularity=17).blocks.bram18 == 8
-    assert map_memory(272, 512, family="xcup").blocks.bram18 == 8  # 272 bits -> 279 swizzled -> 8 x 36
+    # memory_libmap's swizzle starts every enable group on a 9-bit byte lane of the block RAM: eight 10-bit
+    # groups take 8 x 18 = 144 bits (four 36-bit EBR ports), one enable 81 bits (three)
+    assert map_memory(80, 512, family="ecp5", granularity=10).blocks.ebr == 4
+    assert map_memory(80, 512, family="ecp5").blocks.ebr == 3
     assert map_memory(64, 512, family="ecp5", granularity=64) == map_memory(64, 512, family="ecp5")
     with pytest.raises(ValueError, match=r"^write granularity must be a positive integer, not 0$"):
         map_memory(16, 64, family="ecp5", granularity=0)
@@ -110,13 +111,29 @@ def test_memory_granularity():
         map_memory(16, 64, family="ecp5", rom=True, granularity=8)
 
 
-def test_buffer_address_products():
-    cfg = A.grid_config(dict(A._GRID[0][1]))
-    words = {b.name.lower(): cfg.geometry(b).words for b in A.Buffer}
-    names = {n for n, _, _ in A.buffer_multipliers(cfg)}
-    expect = {f"{b}_{p}" for b, w in words.items() if w & (w - 1) for p in ("wr", "rd")}
-    expect |= {f"{b}_rd2" for b, w in words.items() if w & (w - 1) and b == "t"}
-    assert names == expect
+def _multiplications(component) -> int:
+    from amaranth.hdl import _ast, _ir, _nir
+    from amaranth.lib import wiring
+
+    ports = {}
+    for path, member, value in component.signature.flatten(component):
+        value = value.as_value() if isinstance(value, _ast.ValueCastable) else value
+        ports["__".join(map(str, path))] = (value, _ir.PortDirection.Input if member.flow == wiring.In
+                                            else _ir.PortDirection.Output)
+    netlist = _ir.build_netlist(_ir.Fragment.get(component, None), ports=ports, name="top")
+    return sum(isinstance(c, _nir.Operator) and c.operator == "*" for c in netlist.cells)
+
+
+def test_buffers_have_no_multiplier():
+    """The model gives the token buffers no DSP: their word addresses ``tile x words`` (12, 24, 48 words a row
+    in the grid) are shifts and adds in the RTL, not products Yosys maps (and shares) unpredictably."""
+    from tokensift.hw.accel.buffers import TokenBuffers
+
+    for name in ("demo", "b2_c16_l4_w8"):
+        cfg = A.params_from_dict(dict(A.baseline_grid())[name])
+        assert any(cfg.geometry(b).words & (cfg.geometry(b).words - 1) for b in A.Buffer)
+        assert _multiplications(TokenBuffers(config=cfg)) == 0
+        assert A.parts(cfg, "ecp5", fitted_lut_ff=False)["buffers"].dsp == 0
 
 
 def test_wrong_config_is_a_type_error():
