@@ -278,6 +278,7 @@ def estimate(cfg: AccelConfig, *, device=None) -> dict:
         used = out["families"][device.family]
         capacity = device.capacity()
         util = {k: round(used[k] / capacity[k], 4) for k in capacity if capacity[k] and k in used}
+        missing = any(used.get(k) and not capacity[k] for k in capacity)  # a kind the device does not have
         out["device"] = {"name": device.name, "part": device.part, "capacity": capacity, "utilization": util,
-                         "fits": all(u <= 1 for u in util.values())}
+                         "fits": not missing and all(u <= 1 for u in util.values())}
     return out

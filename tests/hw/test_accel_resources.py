@@ -155,6 +155,7 @@ def test_estimate_for_a_device():
 
 
 @pytest.mark.synth
+@pytest.mark.slow  # the whole top even in its smallest shape: 3 to 6 minutes of Yosys on a 2-core machine
 def test_live_synthesis_matches_baseline_and_model(tmp_path):
     """The smallest shape through Yosys for real (a fresh cache): the stored baseline is today's synthesis and
     the model is within tolerance of it."""
