@@ -37,6 +37,7 @@ from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.accel.ports import READ_LATENCY
 from tokensift.hw.common.resources import (
     MemoryMap,
+    MissingFitError,
     Resources,
     check_family,
     fitted,
@@ -273,12 +274,20 @@ def estimate(cfg: AccelConfig, *, device=None) -> dict:
     families = ["ecp5"] + ([device.family] if device is not None and device.family != "ecp5" else [])
     out = {"model": "tokensift.hw.accel.resources: DSP and block RAM exact as Yosys counts them, LUT and FF "
                     "estimated (within 10% of Yosys on tests/hw/baselines/accelerator.json)",
-           "families": {f: resources(cfg, f).as_dict(f) for f in families}}
+           "families": {}}
+    for f in families:
+        try:
+            out["families"][f] = resources(cfg, f).as_dict(f)
+        except MissingFitError:  # the hard blocks still count exactly; LUT and FF are said to be unknown
+            out["families"][f] = {**exact(cfg, f).as_dict(f), "lut": None, "ff": None,
+                                  "note": f"LUT and FF not estimated: no {f} synthesis baseline of the accelerator"}
     if device is not None:
         used = out["families"][device.family]
         capacity = device.capacity()
-        util = {k: round(used[k] / capacity[k], 4) for k in capacity if capacity[k] and k in used}
+        util = {k: round(used[k] / capacity[k], 4) for k in capacity if capacity[k] and used.get(k) is not None}
         missing = any(used.get(k) and not capacity[k] for k in capacity)  # a kind the device does not have
+        over = missing or any(u > 1 for u in util.values())
+        known = all(used.get(k) is not None for k in capacity)
         out["device"] = {"name": device.name, "part": device.part, "capacity": capacity, "utilization": util,
-                         "fits": not missing and all(u <= 1 for u in util.values())}
+                         "fits": False if over else (True if known else None)}
     return out

@@ -173,3 +173,24 @@ def test_live_synthesis_matches_baseline_and_model(tmp_path):
     assert (res.dsp, res.ebr) == (got["dsp"], got["ebr"])
     for metric in ("lut", "ff"):
         assert _within(float(getattr(res, metric)), float(got[metric]), {"rel": 0.10})[1], metric
+
+
+def test_estimate_without_a_family_fit_counts_the_hard_blocks_and_says_so():
+    import copy
+    import json
+
+    from tokensift.devices import get_device
+    from tokensift.hw.common.resources import use_fit_table
+
+    table = copy.deepcopy(json.loads((ROOT / "tokensift" / "data" / "lut_ff_fit.json").read_text()))
+    table["blocks"]["accelerator"].pop("xc7", None)
+    cfg = A.grid_config(dict(A._GRID[3][1]))
+    use_fit_table(table)
+    try:
+        e = A.estimate(cfg, device=get_device("pynq-z2"))
+    finally:
+        use_fit_table(None)
+    xc7 = e["families"]["xc7"]
+    assert (xc7["lut"], xc7["ff"]) == (None, None) and "no xc7 synthesis baseline" in xc7["note"]
+    assert xc7["dsp"] == A.exact(cfg, "xc7").dsp and xc7["bram36"] == A.exact(cfg, "xc7").bram36_equiv
+    assert e["device"]["fits"] is None and set(e["device"]["utilization"]) == {"dsp", "bram36"}
