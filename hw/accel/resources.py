@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from tokensift.hw.accel.buffers import SECOND_READ
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import READ_LATENCY
+from tokensift.hw.accel.rows import DEPTH as READER_DEPTH
 from tokensift.hw.common.resources import (
     MemoryMap,
     MissingFitError,
@@ -46,13 +46,12 @@ from tokensift.hw.common.resources import (
 )
 from tokensift.quant.accel.isa import Buffer
 
-__all__ = ["BLOCK", "AccelConfig", "memories", "features", "parts", "exact", "fit_base", "resources",
-           "build", "params_to_dict", "params_from_dict", "baseline_grid", "grid_config", "GRID_FAMILIES", "QUICK_CONFIGS", "MODEL", "estimate"]
+__all__ = ["BLOCK", "AccelConfig", "memories", "features", "parts", "exact", "fit_base", "resources", "estimate",
+           "build", "params_to_dict", "params_from_dict", "baseline_grid", "grid_config", "GRID_FAMILIES",
+           "QUICK_CONFIGS", "MODEL"]
 
 BLOCK = "accelerator"
 
-#: the row readers' FIFO depth (:data:`tokensift.hw.accel.rows.DEPTH`): a memory one entry shallower
-_READER_DEPTH = READ_LATENCY + 3
 #: the selection engine's AS-ViT squares: int8 head outputs (``op_select``'s ``x_q``), 15-bit products
 _SQUARE_BITS = 8
 #: each engine's row readers (:class:`~tokensift.hw.accel.rows.RowReader`)
@@ -90,8 +89,9 @@ def memories(cfg: AccelConfig, family: str) -> dict[str, tuple[MemoryMap, int]]:
         reads = 2 if b in SECOND_READ else 1  # memory_libmap replicates the memory per read port
         out[f"buffer_{b.name.lower()}"] = (map_memory(g.bits * L, g.depth, family=family, granularity=g.bits),
                                            R * reads)
-    readers = sum(_READERS.values())
-    out["row_readers"] = (map_memory(_reader_width(cfg), _READER_DEPTH - 1, family=family), readers)
+    # each row reader's FIFO (a SyncFIFOBuffered: a memory one entry shallower), by engine
+    fifo = map_memory(_reader_width(cfg), READER_DEPTH - 1, family=family)
+    out.update({f"{engine}_row_readers": (fifo, n) for engine, n in _READERS.items() if n})
     # the GEMM engine: the patch embedding's transposer (two halves of a token tile's patches per bank) and
     # the activation path's FIFO (a SyncFIFOBuffered: a memory one entry shallower)
     pdw = env.patch_dim // W
@@ -153,9 +153,11 @@ def _blocks(cfg: AccelConfig, family: str, fitted_lut_ff: bool) -> dict[str, Res
     }
 
 
-#: which part each of :func:`memories` belongs to
-_MEMORY_PART = {"row_readers": None, "gemm_transposer": "gemm", "gemm_act_fifo": "gemm",
-                "layernorm_gamma": "layernorm", "token_mean_means": "token_mean", "select_head_weights": "select"}
+def _part_of(memory: str) -> str:
+    """The part one of :func:`memories` belongs to: ``buffer_*`` the token buffers, the others their engine."""
+    if memory.startswith("buffer_"):
+        return "buffers"
+    return next(engine for engine in _READERS if memory.startswith(f"{engine}_"))
 
 
 def features(cfg: AccelConfig, family: str) -> dict[str, float]:
@@ -173,18 +175,16 @@ def features(cfg: AccelConfig, family: str) -> dict[str, float]:
 
 
 def parts(cfg: AccelConfig, family: str, *, fitted_lut_ff: bool = True, glue: bool = True) -> dict[str, Resources]:
-    """Resources by part: every engine (its wrapped block, its own memories and multipliers), the token buffers,
-    the AXI DMAs, the register file, the row readers and (with ``fitted_lut_ff``) the ``glue`` LUT/FF fit.
+    """Resources by part: every engine (its wrapped block, its own memories, row-reader FIFOs and multipliers),
+    the token buffers, the AXI DMAs, the register file and (with ``fitted_lut_ff``) the ``glue`` LUT/FF fit.
     Without ``fitted_lut_ff`` only the rule-based counts (DSP, block RAM, LUT RAM, the memories' soft logic)."""
     cfg = _check(cfg)
     check_family(family)
-    out = {name: Resources() for name in ("gemm", "attention", "layernorm", "gelu", "residual", "pos_embed",
-                                          "token_mean", "select", "logits", "buffers", "row_readers", "axi_read",
-                                          "axi_write", "axi_lite")}
+    out = {name: Resources() for name in (*_READERS, "buffers", "axi_read", "axi_write", "axi_lite")}
     for name, res in _blocks(cfg, family, fitted_lut_ff).items():
         out[name] = out[name] + res
     for name, (mem, count) in memories(cfg, family).items():
-        part = "buffers" if name.startswith("buffer_") else (_MEMORY_PART[name] or name)
+        part = _part_of(name)
         out[part] = out[part] + mem.resources * count
     for name, dsp in _dsps(cfg, family).items():
         out[name] = out[name] + Resources(dsp=dsp)

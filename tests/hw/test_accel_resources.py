@@ -78,7 +78,7 @@ def test_parts_add_up_and_reuse_the_block_models():
     for family in ("ecp5", "xc7", "xcup"):
         parts = A.parts(cfg, family)
         assert {"gemm", "attention", "layernorm", "select", "gelu", "residual", "token_mean", "pos_embed", "logits",
-                "buffers", "row_readers", "axi_read", "axi_write", "axi_lite", "glue"} == set(parts)
+                "buffers", "axi_read", "axi_write", "axi_lite", "glue"} == set(parts)
         assert sum(parts.values(), Resources()) == A.resources(cfg, family)
         # the GEMM part is the GEMM engine's own model plus the op engine's transposers and act FIFO
         own = gemm_resources.resources(op_gemm.gemm_config(cfg), family)
