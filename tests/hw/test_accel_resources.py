@@ -194,3 +194,12 @@ def test_estimate_without_a_family_fit_counts_the_hard_blocks_and_says_so():
     assert (xc7["lut"], xc7["ff"]) == (None, None) and "no xc7 synthesis baseline" in xc7["note"]
     assert xc7["dsp"] == A.exact(cfg, "xc7").dsp and xc7["bram36"] == A.exact(cfg, "xc7").bram36_equiv
     assert e["device"]["fits"] is None and set(e["device"]["utilization"]) == {"dsp", "bram36"}
+
+
+def test_project_resources_are_the_models():
+    from tokensift.hw.accel.project import Project
+
+    cfg = A.grid_config(dict(A._GRID[1][1]))
+    project = Project(config=cfg, compiled=None)
+    assert project.resources() == A.resources(cfg, "ecp5")
+    assert project.resources("xcup") == A.resources(cfg, "xcup")
