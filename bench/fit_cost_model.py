@@ -89,7 +89,7 @@ def rows_of(block: str) -> dict[str, list[dict]]:
     cost = block_cost(block)
     by_family: dict[str, list[dict]] = {}
     for e in data["entries"]:
-        exact = cost.exact(e["params"], e["family"])
+        exact = (cost.fit_base or cost.exact)(e["params"], e["family"])
         if block == "memory":  # the probe's exact part: its primitives and flip-flops, no soft LUTs
             exact = Resources(lut=exact.lut, ff=exact.ff)
         by_family.setdefault(e["family"], []).append({

@@ -10,6 +10,7 @@ from amaranth.lib.wiring import In
 
 from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.accel.ports import read_port_signature, write_port_signature
+from tokensift.hw.common.mac_array import mul_const
 from tokensift.quant.accel.isa import Buffer
 
 __all__ = ["TokenBuffers", "SECOND_READ"]
@@ -53,14 +54,16 @@ class TokenBuffers(wiring.Component):
                 mem = self.memories[b, bank]
                 m.submodules[f"{b.name.lower()}_bank{bank}"] = mem
                 w = mem.write_port(granularity=g.bits)
-                addr = self.wr.tile * g.words + self.wr.word
+                # the row's word address as shifts and adds: a product by a constant that is not a power of
+                # two would take a DSP slice (or, merged by Yosys's `share` with another, an unpredictable one)
+                addr = mul_const(self.wr.tile, g.words) + self.wr.word
                 m.d.comb += [w.addr.eq(addr), w.data.eq(Cat(*(self.wr.data[bank][i][:g.bits] for i in range(cfg.lanes))))]
                 for i in range(cfg.lanes):
                     m.d.comb += w.en[i].eq(self.wr.en & (self.wr.buffer == b) & self.wr.mask[bank][i])
                 for name in ports:
                     port = getattr(self, name)
                     r = mem.read_port(transparent_for=())
-                    m.d.comb += [r.addr.eq(port.tile * g.words + port.word), r.en.eq(port.en)]
+                    m.d.comb += [r.addr.eq(mul_const(port.tile, g.words) + port.word), r.en.eq(port.en)]
                     for i in range(cfg.lanes):
                         raw = r.data[i * g.bits:(i + 1) * g.bits]
                         value = raw.as_signed() if g.signed else raw

@@ -65,15 +65,26 @@ class Project:
         per = [trace_cycles(self.config, self.image, regs, tr, latency=latency) for tr in traces]
         return {"cycles": [p["cycles"] for p in per], "images": per}
 
+    def resources(self, family: str = "ecp5"):
+        """The design's :class:`~tokensift.hw.common.resources.Resources` on ``family`` (``ecp5``, ``xc7``,
+        ``xcup``): DSP and block RAM exact as Yosys counts them, LUT and FF estimated
+        (:mod:`tokensift.hw.accel.resources`)."""
+        from tokensift.hw.accel.resources import resources
+
+        return resources(self.config, family)
+
     def generate(self, out_dir) -> dict:
-        """``out_dir/tokensift_accel.v`` and its manifest (the design's shape, envelope, opcodes, registers)."""
+        """``out_dir/tokensift_accel.v`` and its manifest (the design's shape, envelope, opcodes, registers and
+        estimated ECP5 resources)."""
+        from tokensift.hw.accel.resources import estimate
         from tokensift.hw.accel.top import Accelerator
         from tokensift.hw.common.manifest import write_outputs
 
         top = Accelerator(config=self.config)
         return write_outputs(top, toplevel=TOPLEVEL, block="accelerator", parameters=self.config.as_dict(),
                              out_dir=out_dir, extra={"opcodes": [op.name for op in top.opcodes],
-                                                     "registers": top.regmap.as_dict()})
+                                                     "registers": top.regmap.as_dict(),
+                                                     "estimated_resources": estimate(self.config)})
 
     def simulate(self, images, *, register_sets=None, latency: int = 8, pause: float = 0.0, seed: int = 1,
                  build_dir=None, waves=False) -> dict:

@@ -321,8 +321,15 @@ def memory_soft_features(m: MemoryMap) -> dict[str, float]:
     return {k: float(v) for k, v in m.soft.items() if k != "family"}
 
 
-def _geometry(ram: _Ram, width: int, depth: int, rom: bool = False) -> tuple[float, int, int, int] | None:
-    """(cost, replicas, address ranges, unit width) of the best base width, as memory_libmap picks it."""
+def _geometry(ram: _Ram, width: int, depth: int, rom: bool = False,
+              granularity: int | None = None) -> tuple[float, int, int, int] | None:
+    """(cost, replicas, address ranges, unit width) of the best base width, as memory_libmap picks it.
+
+    With a write ``granularity`` (one enable per ``granularity`` bits) every enable group starts on a RAM
+    byte lane (memory_libmap's swizzle pads each group to whole bytes of the primitive) and the write-enable
+    demultiplexer decodes every group."""
+    g = width if granularity is None or rom else min(granularity, width)
+    groups = [g] * (width // g) + ([width % g] if width % g else [])
     best = None
     best_cost = 0
     for base in range(len(ram.widths)):
@@ -333,11 +340,11 @@ def _geometry(ram: _Ram, width: int, depth: int, rom: bool = False) -> tuple[flo
             continue  # the write port cannot be this narrow
         unit = ram.widths[unit_idx]
         eb = 1 if rom else (ram.byte if 0 < ram.byte <= unit else unit)
-        swizzle = -(-width // eb) * eb
+        swizzle = sum(-(-n // eb) * eb for n in groups)
         addrs = 1 << (ram.abits - base)
         mult_a = (depth - 1) // addrs + 1
         repl = -(-(mult_a * swizzle) // unit)
-        score_demux = mult_a if (mult_a != 1 and not rom) else 0
+        score_demux = mult_a * len(groups) if (mult_a != 1 and not rom) else 0
         score_mux = (mult_a - 1) * width
         cost = (ram.cost - ram.widthscale) * repl + ram.widthscale * mult_a * width / unit
         cost += score_mux * _FACTOR_MUX + score_demux * _FACTOR_DEMUX
@@ -360,24 +367,30 @@ def _byte_index(ram: _Ram) -> int:
 _LOGIC_COST_ROM = {"xcup": 1 / 64, "xc7": 1 / 64, "ecp5": 1 / 16}
 
 
-def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True, rom: bool = False) -> MemoryMap:
+def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True, rom: bool = False,
+               granularity: int | None = None) -> MemoryMap:
     """Map a ``width x depth`` memory onto the family's primitives.
 
     The memory has one write port and one read port (synchronous by default, at an address independent
-    of the write address, with or without a read enable; no byte enables), or, with ``rom=True``, one
-    synchronous read port and initial contents only.
+    of the write address, with or without a read enable; one write enable, or with ``granularity`` one per
+    that many bits, as ``amaranth.lib.memory``'s ``write_port(granularity=...)``), or, with ``rom=True``,
+    one synchronous read port and initial contents only.
     """
     check_family(family)
     for name, value in (("width", width), ("depth", depth)):
         check_count(f"memory {name}", value, numpy=False)
     if rom and not sync_read:
         raise ValueError("a ROM is read synchronously (sync_read=True)")
+    if granularity is not None:
+        check_count("write granularity", granularity, numpy=False)
+        if rom:
+            raise ValueError("a ROM has no write port to give a granularity")
     logic_cost = width * depth * (_LOGIC_COST_ROM[family] if rom else 1.0)
     candidates = []  # prune: cheapest per kind, the first on ties
     for ram in _LIBRARIES[family]:
         if (ram.sync_only and not sync_read) or (rom and ram.kind == "distributed"):
             continue  # LUT RAM libraries are pruned for ROMs
-        geom = _geometry(ram, width, depth, rom=rom)
+        geom = _geometry(ram, width, depth, rom=rom, granularity=granularity)
         if geom is None:
             continue
         emu = 1 if rom else _EMU_SCORE[(family, ram.kind)]  # a ROM has no write port to emulate against

@@ -8,7 +8,7 @@ the fit and the tests reach them through :func:`block_cost`, with parameters as 
 >>> cost.exact(params, "xcup").dsp
 2
 >>> len(BLOCKS), sorted(BLOCKS)[:6]
-(15, ['attention', 'axi_lite', 'axi_reader', 'axi_writer', 'gelu', 'gemm'])
+(16, ['accelerator', 'attention', 'axi_lite', 'axi_reader', 'axi_writer', 'gelu'])
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ BLOCKS: dict[str, str | None] = {
     "axi_lite": "tokensift.hw.axi.lite_resources",
     "axi_reader": "tokensift.hw.axi.reader_resources",
     "axi_writer": "tokensift.hw.axi.writer_resources",
+    # the whole-model accelerator: the blocks above summed, plus its own memories, multipliers and glue
+    "accelerator": "tokensift.hw.accel.resources",
     "memory": None,
     "multiplier": None,
 }
@@ -43,7 +45,7 @@ BLOCKS: dict[str, str | None] = {
 #: blocks whose LUT/FF come from a fitted model, in fitting order: the memories' soft logic first (the
 #: blocks contain memories), then the blocks
 FITTED_BLOCKS = ("memory", "requant", "mac_array", "selector", "attention", "score_combiner", "gemm", "layernorm",
-                 "gelu", "residual", "token_mean", "axi_lite", "axi_reader", "axi_writer")
+                 "gelu", "residual", "token_mean", "axi_lite", "axi_reader", "axi_writer", "accelerator")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class BlockCost:
     resources: Callable[[dict, str], Resources]
     features: Callable[[dict, str], dict] | None
     normalize: Callable[[dict], dict]
+    #: what the LUT/FF fit adds its features to (default: ``exact``); a block built of other fitted blocks
+    #: (the accelerator) fits only the logic their models do not cover
+    fit_base: Callable[[dict, str], Resources] | None = None
 
 
 def block_cost(name: str) -> BlockCost:
@@ -79,4 +84,6 @@ def block_cost(name: str) -> BlockCost:
         resources=lambda d, family: mod.resources(mod.params_from_dict(d), family),
         features=lambda d, family: mod.features(mod.params_from_dict(d), family),
         normalize=lambda d: mod.params_to_dict(mod.params_from_dict(d)),
+        fit_base=(lambda d, family: mod.fit_base(mod.params_from_dict(d), family)) if hasattr(mod, "fit_base")
+        else None,
     )

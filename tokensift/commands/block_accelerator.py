@@ -103,6 +103,19 @@ def build(args):
                                     "opcodes": [op.name for op in top.opcodes], "registers": top.regmap.as_dict()}
 
 
+def manifest_extra(args, top) -> dict:
+    """The manifest's ``estimated_resources``: ECP5 and, with ``--device``, that device's family, its capacity and
+    whether the design fits (:func:`tokensift.hw.accel.resources.estimate`)."""
+    from tokensift.hw.accel.resources import estimate
+
+    device = None
+    if args.device is not None:
+        from tokensift.devices import get_device
+
+        device = get_device(args.device)
+    return {"estimated_resources": estimate(top.config, device=device)}
+
+
 def add_simulate_arguments(parser):
     from tokensift.sw.methods import list_methods
     from tokensift.sw.registry import list_models

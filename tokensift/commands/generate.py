@@ -24,7 +24,10 @@ def run(args) -> int:
 
     component, toplevel, parameters = args._glue.build(args)
     check_output_dir("--out", args.out)
-    data = write_outputs(component, toplevel=toplevel, block=args.block, parameters=parameters, out_dir=args.out)
+    # a block's glue may add its own manifest sections (the accelerator: its estimated resources)
+    extra = args._glue.manifest_extra(args, component) if hasattr(args._glue, "manifest_extra") else None
+    data = write_outputs(component, toplevel=toplevel, block=args.block, parameters=parameters, out_dir=args.out,
+                         extra=extra)
     if args.json:
         emit_json(data)
     else:
