@@ -159,3 +159,30 @@ def test_simulate_model_cli(tmp_path, capsys):
     assert s["registers"]["keep"] == [20, 10, 5]
     assert s["cycles_equal_model"] and s["cycles"] == s["expected_cycles"] and 0 < s["mac_utilization"][0] < 1
     assert s["clock_source"].startswith("assumed") and s["latency_ms"][0] == round(s["cycles"][0] / 1e5, 4)
+
+
+def test_simulate_model_sized_for_a_device(tmp_path, capsys):
+    """``tokensift simulate model --device``: the design sized for the device by the accelerator's own models
+    is the one simulated, and the cycles the sizing predicted are Verilator's."""
+    import json
+
+    import torch
+
+    from tokensift import cli
+    from tokensift.devices import get_device
+    from tokensift.sw import create_model
+    from tokensift.sw.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "dvit.pth", create_model("vit_mnist_patch4_28", method="dynamicvit",
+                                                               keep_ratio=0.7))
+    code = cli.main(["simulate", "model", "--checkpoint", str(ckpt), "--images", "1", "--calib-images", "20",
+                     "--device", "ecp5-85f", "--json"])
+    text, err = capsys.readouterr()
+    assert code == 0, err
+    s = json.loads(text)
+    chosen = s["sizing"]["chosen"]
+    assert s["bit_exact"] and s["shape"] == chosen["shape"] and s["sizing"]["fit"] >= 1
+    assert s["cycles"] == s["expected_cycles"] == chosen["cycles"]
+    cap = get_device("ecp5-85f").capacity()
+    assert all(chosen["resources"][k] <= cap[k] for k in cap)

@@ -285,6 +285,12 @@ CASES: dict[str, list[Case]] = {
     ],
     "simulate accelerator": [
         case("", r"the following arguments are required: --checkpoint"),
+        case("--checkpoint {file} --device pynq-z2 --banks 2", r"--device sizes the design: give it or the shape "
+             r"options \(--banks, --lanes, --gemm-cols, --axi-bytes\), not both"),
+        case("--checkpoint {file} --target-ms 1", r"--target-ms needs --device and must be positive, not 1\.0"),
+        case("--checkpoint {file} --device pynq-z2 --target-ms 0", r"--target-ms needs --device and must be "
+             r"positive, not 0\.0"),
+        case("--checkpoint {file} --device nope", r"unknown device 'nope'; choose one of .+"),
         case("--checkpoint {missing}", r"--checkpoint '.*missing\.pth' does not exist"),
         case("--checkpoint {file} --images 0", r"--images must be at least 1, not 0"),
         case("--checkpoint {file} --pause 1", r"--pause must be a probability in \[0, 1\), not 1"),
@@ -294,6 +300,12 @@ CASES: dict[str, list[Case]] = {
     ],
     "simulate model": [
         case("", r"the following arguments are required: --checkpoint"),
+        case("--checkpoint {file} --device pynq-z2 --banks 2", r"--device sizes the design: give it or the shape "
+             r"options \(--banks, --lanes, --gemm-cols, --axi-bytes\), not both"),
+        case("--checkpoint {file} --target-ms 1", r"--target-ms needs --device and must be positive, not 1\.0"),
+        case("--checkpoint {file} --device pynq-z2 --target-ms 0", r"--target-ms needs --device and must be "
+             r"positive, not 0\.0"),
+        case("--checkpoint {file} --device nope", r"unknown device 'nope'; choose one of .+"),
         case("--checkpoint {missing}", r"--checkpoint '.*missing\.pth' does not exist"),
         case("--checkpoint {file} --images 0", r"--images must be at least 1, not 0"),
         case("--checkpoint {file} --pause 1", r"--pause must be a probability in \[0, 1\), not 1"),

@@ -16,11 +16,25 @@ HELP = ("whole-model accelerator: sequencer, token buffers, every op engine; AXI
         "registers (simulate: real images, bit-exact logits, cycles vs the cost model)")
 
 
-def _shape_arguments(parser):
-    parser.add_argument("--banks", type=int, default=2, help="token-buffer banks = GEMM rows (default: %(default)s)")
-    parser.add_argument("--lanes", type=int, default=8, help="elements per buffer word (default: %(default)s)")
-    parser.add_argument("--gemm-cols", type=int, default=64, help="GEMM columns (default: %(default)s)")
-    parser.add_argument("--axi-bytes", type=int, default=8, help="AXI data bytes (default: %(default)s)")
+#: the design shape when none is given (and the simulation sizes none for a device)
+DEFAULT_SHAPE = {"banks": 2, "lanes": 8, "gemm_cols": 64, "axi_bytes": 8}
+
+
+def _shape_arguments(parser, sized: str = ""):
+    for option, what in (("--banks", "token-buffer banks = GEMM rows"), ("--lanes", "elements per buffer word"),
+                         ("--gemm-cols", "GEMM columns"), ("--axi-bytes", "AXI data bytes")):
+        default = DEFAULT_SHAPE[option[2:].replace("-", "_")]
+        parser.add_argument(option, type=int, default=None, help=f"{what} (default: {default}{sized})")
+
+
+def shape_given(args) -> bool:
+    return any(getattr(args, k) is not None for k in DEFAULT_SHAPE)
+
+
+def _fill_shape(args) -> None:
+    for key, value in DEFAULT_SHAPE.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def add_generate_arguments(parser):
@@ -35,7 +49,9 @@ def add_generate_arguments(parser):
 
 
 def check_shape(args) -> None:
-    """The design shape's own rules, before any model is loaded (the envelope's are checked with it)."""
+    """The design shape's own rules, before any model is loaded (the envelope's are checked with it); a shape
+    option not given takes its default."""
+    _fill_shape(args)
     for option, value, high in (("--banks", args.banks, 64), ("--lanes", args.lanes, 64)):
         if not 1 <= value <= high or value & (value - 1):
             raise InvalidArgumentError(f"{option} must be a power of two between 1 and {high}, not {value}")
@@ -136,7 +152,13 @@ def add_simulate_arguments(parser):
     parser.add_argument("--clock-mhz", type=float, default=None,
                         help="clock for the latency (default: 100 MHz, assumed: the design's Fmax is not "
                              "measured yet)")
-    _shape_arguments(parser)
+    parser.add_argument("--device", default=None,
+                        help="size the design for this device (every shape's resources and the images' exact "
+                             "cycles; the shape options then may not be given) (default: none)")
+    parser.add_argument("--target-ms", type=float, default=None,
+                        help="with --device: the latency the sized design should meet; the smallest shape "
+                             "that meets it is chosen, else the fastest that fits (default: the fastest)")
+    _shape_arguments(parser, ", or sized for --device")
 
 
 def simulate(args) -> dict:
@@ -156,6 +178,15 @@ def simulate(args) -> dict:
     from tokensift.quant.integer_model import IntegerViT
     from tokensift.sw.data import spread_indices, spread_subset
 
+    if args.device is not None:
+        from tokensift.devices import get_device
+
+        if shape_given(args):
+            raise InvalidArgumentError("--device sizes the design: give it or the shape options (--banks, "
+                                       "--lanes, --gemm-cols, --axi-bytes), not both")
+        device = get_device(args.device)
+    if args.target_ms is not None and (args.device is None or not args.target_ms > 0):
+        raise InvalidArgumentError(f"--target-ms needs --device and must be positive, not {args.target_ms}")
     check_shape(args)
     check_count("--images", args.images)
     check_count("--calib-images", args.calib_images)
@@ -180,14 +211,27 @@ def simulate(args) -> dict:
     int_model = IntegerViT.from_float(model, loader, num_batches=-(-args.calib_images // batch))
     from tokensift.hw.axi.config import AxiDmaConfig
 
+    images = torch.stack([test[i][0] for i in spread_indices(len(test), args.images)])
+    clock, source = (args.clock_mhz, "given") if args.clock_mhz else (100.0, "assumed (Fmax not measured)")
+    sizing = None
+    if args.device is not None:
+        from tokensift.coopt.accel_sizing import size_accelerator
+
+        try:
+            sizing = size_accelerator(int_model, device, images, clock_mhz=clock, target_latency_ms=args.target_ms,
+                                      registers=lambda p: p.registers(**settings), dram_latency=args.latency)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        if sizing.chosen is None:
+            raise InvalidArgumentError(sizing.message)
+        for key, value in sizing.chosen.shape.items():
+            setattr(args, key, value)
     try:
         project = configure(int_model, banks=args.banks, lanes=args.lanes, gemm_cols=args.gemm_cols,
                             axi=AxiDmaConfig(data_bytes=args.axi_bytes))
         registers = project.registers(**settings)
     except ValueError as exc:
         raise InvalidArgumentError(str(exc)) from None
-    images = torch.stack([test[i][0] for i in spread_indices(len(test), args.images)])
-    clock, source = (args.clock_mhz, "given") if args.clock_mhz else (100.0, "assumed (Fmax not measured)")
     m = project.measure(images, register_sets=[registers], latency=args.latency, pause=args.pause,
                         seed=args.seed, clock_mhz=clock, build_dir=args.build_dir, waves=args.waves or False)
     run = m["sets"][0]
@@ -196,4 +240,6 @@ def simulate(args) -> dict:
             "expected_cycles": run["expected_cycles"], "cycles_equal_model": run["cycles_equal_model"],
             "mac_utilization": run["mac_utilization"], "peak_macs_per_cycle": m["peak_macs_per_cycle"],
             "latency_ms": run["latency_ms"], "clock_mhz": clock, "clock_source": source, "faults": run["faults"],
-            "dram_latency": args.latency, "build_dir": m["build_dir"]}
+            "dram_latency": args.latency, "build_dir": m["build_dir"],
+            "shape": {k: getattr(args, k) for k in DEFAULT_SHAPE},
+            "sizing": None if sizing is None else sizing.as_dict()}

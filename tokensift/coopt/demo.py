@@ -294,7 +294,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     t = time.perf_counter()
     accel = None
     if cfg.accelerator:
-        accel = _whole_accelerator(iv, hw, images[:cfg.accel_images], cfg.method, vdir / "accelerator", step=step)
+        accel = _whole_accelerator(iv, hw, images[:cfg.accel_images], cfg.method, vdir / "accelerator", step=step,
+                                   device=device, target_ms=target)
     else:
         step("whole accelerator: skipped (--no-accelerator)")
     timings["accelerator_s"] = time.perf_counter() - t
@@ -348,37 +349,51 @@ def run_demo(cfg: DemoConfig) -> dict:
     return summary
 
 
-def _whole_accelerator(iv, hw: dict, images, method: str, verilog_dir: Path, *, step) -> dict:
-    """Compile ``iv``, generate the whole accelerator in the co-optimizer's shape, run ``images`` through its
-    Verilator model under the model's registers and under a second setting on the same design. The Verilator
-    build goes to the content-addressed build cache (``build/sim``): a second demo reuses it."""
-    from tokensift.hw.accel.project import configure, shape_from_choice
+def _whole_accelerator(iv, hw: dict, images, method: str, verilog_dir: Path, *, step, device, target_ms: float) -> dict:
+    """Size the whole accelerator for ``device`` with its own models (:func:`size_accelerator`: every shape's
+    resources, and the exact cycles of these very images), generate the chosen shape, run ``images`` through
+    its Verilator model under the model's registers and under a second setting on the same design. The
+    Verilator build goes to the content-addressed build cache (``build/sim``): a second demo reuses it."""
+    from tokensift.coopt.accel_sizing import size_accelerator
+    from tokensift.hw.accel.project import configure
+    from tokensift.hw.axi.config import AxiDmaConfig
     from tokensift.quant.accel.registers import MASS_ONE
 
-    shape = shape_from_choice(hw, head_dim=iv.blocks[0].attn.head_dim)
-    project = configure(iv, **shape)
+    note = ""
+    if method == "spvit":  # SPViT's selection (per-head predictors, package token) has no engine yet
+        note = "SPViT's selection stage has no engine in the design yet: only the dense setting runs"
+    step(f"size the whole accelerator for {device.name}: every shape's resources, the exact cycles of "
+         f"{len(images)} images")
+    sizing = size_accelerator(iv, device, images, clock_mhz=hw["clock_mhz"], target_latency_ms=target_ms,
+                              registers=(lambda p: p.registers(method="dense")) if note else None)
+    if sizing.chosen is None:
+        raise ValueError(sizing.message)
+    shape = sizing.chosen.shape
+    project = configure(iv, banks=shape["banks"], lanes=shape["lanes"], gemm_cols=shape["gemm_cols"],
+                        axi=AxiDmaConfig(data_bytes=shape["axi_bytes"]))
     files = project.generate(verilog_dir)["files"]
     own = project.registers()
     if method == "sait":
         second, second_note = own.replace(density=MASS_ONE), "SaiT at density 1.0"
     else:
         second, second_note = own.replace(method="dense"), "METHOD=dense (no selection)"
-    sets = [own, second]
-    note = ""
-    if method == "spvit":  # SPViT's selection (per-head predictors, package token) has no engine yet
-        sets, note = [second], "SPViT's selection stage has no engine in the design yet: only the dense setting runs"
+    sets = [second] if note else [own, second]
     cfg = project.config
     step(f"whole accelerator ({cfg.banks} x {cfg.gemm_cols} GEMM, {cfg.lanes}-lane attention, "
          f"{cfg.axi.data_bytes}-byte AXI): {len(images)} real test images from DRAM in Verilator, under "
          f"{'the model' + chr(39) + 's registers and ' if len(sets) == 2 else ''}{second_note}")
-    m = project.measure(images, register_sets=sets, latency=10, clock_mhz=hw["clock_mhz"])
+    m = project.measure(images, register_sets=sets, latency=sizing.dram_latency, clock_mhz=hw["clock_mhz"])
     runs = {"own": m["sets"][0], "second": m["sets"][-1]} if len(sets) == 2 else {"second": m["sets"][0]}
-    out = {"shape": {**cfg.as_dict(), "envelope": None}, "shape_note": (
-        "the co-optimizer's GEMM array (linear_rows x linear_lanes / linear_rows); its attention MAC rate "
-        "(lanes x heads_parallel) as the lanes of the design's one attention core"),
-        "verilog": files, "bit_exact": m["bit_exact"], "peak_macs_per_cycle": m["peak_macs_per_cycle"],
-        "clock_mhz": m["clock_mhz"], "clock_source": "assumed (the whole design's Fmax is not measured)",
-        "dram_latency": m["dram_latency"], "second_setting": second_note, "note": note, **runs}
+    out = {"shape": {**cfg.as_dict(), "envelope": None},
+           "sizing": sizing.as_dict(),
+           "shape_note": ("sized by the accelerator's own models: the smallest shape that fits the device and "
+                          "meets the target, else the fastest that fits; its cycles are the simulated images' "),
+           "predicted_cycles": sizing.chosen.cycles,
+           "verilog": files, "bit_exact": m["bit_exact"], "peak_macs_per_cycle": m["peak_macs_per_cycle"],
+           "clock_mhz": m["clock_mhz"], "clock_source": "assumed (the whole design's Fmax is not measured)",
+           "dram_latency": m["dram_latency"], "second_setting": second_note, "note": note, **runs}
+    first = runs["second" if note else "own"]
+    out["predicted_equals_measured"] = first["cycles"] == sizing.chosen.cycles
     if len(sets) == 2:
         own_c, dense_c = sum(runs["own"]["cycles"]), sum(runs["second"]["cycles"])
         own_m, dense_m = sum(runs["own"]["macs"]), sum(runs["second"]["macs"])
@@ -476,6 +491,14 @@ def render_table(s: dict) -> str:
                                       f"attention ({acc_hw['peak_macs_per_cycle']} MACs/cycle), "
                                       f"{shape['axi']['data_bytes']}-byte AXI, DRAM latency "
                                       f"{acc_hw['dram_latency']}"))
+    if acc_hw:
+        sz, chosen = acc_hw["sizing"], acc_hw["sizing"]["chosen"]
+        used = ", ".join(f"{k.upper()} {chosen['resources'][k]:,.0f} ({100 * u:.0f}%)"
+                         for k, u in chosen["utilization"].items() if k in ("dsp", "bram36", "ebr", "lut"))
+        rows.append(("  sized", f"{sz['fit']} of {sz['shapes']} shapes fit, {sz['meet_target']} meet the target: "
+                                f"{sz['message']}; {used}"))
+        rows.append(("  predicted cycles", f"{_cycle_list(acc_hw['predicted_cycles'])} "
+                                           f"({'= Verilator' if acc_hw['predicted_equals_measured'] else '!= Verilator'})"))
     for key, label in (("own", f"{s['method']} registers"), ("second", acc_hw.get("second_setting"))):
         if key not in acc_hw:
             continue

@@ -1,0 +1,96 @@
+"""Sizing the whole accelerator for a device: every shape costed by the accelerator's own resource model and
+exact cycle model, the choice rule, and the errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hw"))  # the accelerator tests' models
+from accel_models import _int_model, _mnist, images_labels  # noqa: E402
+
+from tokensift.coopt.accel_sizing import AccelSpace, size_accelerator  # noqa: E402
+from tokensift.devices import get_device  # noqa: E402
+from tokensift.hw.accel.project import configure  # noqa: E402
+from tokensift.hw.accel.resources import resources  # noqa: E402
+from tokensift.hw.axi.config import AxiDmaConfig  # noqa: E402
+
+SPACE = AccelSpace(banks=(1, 2, 4, 8), gemm_cols=(16, 64), lanes=(4, 16), axi_bytes=(16,))
+
+
+@pytest.fixture(scope="module")
+def model_and_images():
+    return _int_model("dynamicvit"), images_labels(_mnist()[1], 2, start=500)[0]
+
+
+def _project(iv, shape):
+    return configure(iv, banks=shape["banks"], lanes=shape["lanes"], gemm_cols=shape["gemm_cols"],
+                     axi=AxiDmaConfig(data_bytes=shape["axi_bytes"]))
+
+
+def test_every_fitting_shape_is_costed_by_the_accelerators_own_models(model_and_images):
+    iv, images = model_and_images
+    result = size_accelerator(iv, "zcu102", images, clock_mhz=300.0, space=SPACE)
+    head_dim = iv.blocks[0].attn.head_dim
+    assert len(result.points) == len(SPACE.shapes(head_dim=head_dim)) > 0
+    for p in result.points[::3]:
+        project = _project(iv, p.shape)
+        assert p.resources == resources(project.config, "xcup").as_dict("xcup")
+        assert p.fits and p.cycles == project.estimate(images, latency=10)["cycles"]
+    # no target: the fastest shape, and a bigger design really is faster on this model
+    fastest = min(result.points, key=lambda p: max(p.cycles))
+    assert result.chosen is fastest and result.target_latency_ms is None
+    assert max(result.chosen.cycles) < max(next(p for p in result.points if p.shape["banks"] == 1).cycles)
+
+
+def test_a_target_picks_the_smallest_shape_that_meets_it(model_and_images):
+    iv, images = model_and_images
+    free = size_accelerator(iv, "zcu102", images, clock_mhz=300.0, space=SPACE)
+    latencies = sorted(p.latency_ms for p in free.points)
+    target = latencies[len(latencies) // 2]  # half the shapes meet it
+    result = size_accelerator(iv, "zcu102", images, clock_mhz=300.0, space=SPACE, target_latency_ms=target)
+    meeting = [p for p in result.points if p.latency_ms <= target]
+    assert result.chosen.meets_target and len(meeting) == result.as_dict()["meet_target"] < len(result.points)
+    assert result.chosen.scarcest == min(p.scarcest for p in meeting)
+    # an impossible target: the fastest that fits, said so
+    missed = size_accelerator(iv, "zcu102", images, clock_mhz=300.0, space=SPACE, target_latency_ms=1e-6)
+    assert not missed.chosen.meets_target and "none of" in missed.message
+    assert max(missed.chosen.cycles) == max(free.chosen.cycles)
+
+
+def test_shapes_that_do_not_fit_are_not_chosen_nor_simulated(model_and_images):
+    iv, images = model_and_images
+    result = size_accelerator(iv, "pynq-z2", images, clock_mhz=100.0, space=SPACE)
+    cap = get_device("pynq-z2").capacity()
+    out = [p for p in result.points if not p.fits]
+    assert out and all(p.cycles == [] and p.latency_ms is None for p in out)
+    assert all(any(p.resources[k] > cap[k] for k in cap) for p in out)
+    assert result.chosen.fits
+    big = AccelSpace(banks=(16,), gemm_cols=(128,), lanes=(16,), axi_bytes=(16,))
+    none = size_accelerator(iv, "pynq-z2", images, clock_mhz=100.0, space=big)
+    assert none.chosen is None and "no accelerator shape" in none.message
+
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    ({"banks": (3,)}, ValueError, "power of two"),
+    ({"lanes": ()}, ValueError, "at least one value"),
+    ({"axi_bytes": (64,)}, ValueError, "axi_bytes must be among"),
+    ({"gemm_cols": (0,)}, ValueError, "gemm_cols"),
+])
+def test_space_rejects(kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        AccelSpace(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"clock_mhz": 0.0}, "clock_mhz must be positive"),
+    ({"clock_mhz": 100.0, "target_latency_ms": -1.0}, "target_latency_ms must be positive"),
+])
+def test_sizing_rejects(model_and_images, kwargs, message):
+    iv, images = model_and_images
+    with pytest.raises(ValueError, match=message):
+        size_accelerator(iv, "zcu102", images, space=SPACE, **kwargs)
+    with pytest.raises(ValueError, match="at least one image"):
+        size_accelerator(iv, "zcu102", images[:0], clock_mhz=100.0, space=SPACE)

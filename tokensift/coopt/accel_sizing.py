@@ -1,0 +1,169 @@
+"""Size the whole-model accelerator (:mod:`tokensift.hw.accel`) for a device: the design the co-optimizer
+chooses is then the one generated and simulated, and the cycles it reports are the ones Verilator counts.
+
+Every shape of an :class:`AccelSpace` (token banks = GEMM rows, GEMM columns, lanes, AXI word) is costed by
+the accelerator's own models: resources by :func:`tokensift.hw.accel.resources.resources` (DSP and block RAM
+exact against Yosys), cycles by :func:`tokensift.hw.accel.cycles.image_cycles` on the model compiled for that
+shape and the images' own token counts (exact against Verilator at a fixed DRAM latency). A shape that does
+not fit the device is not simulated in the model at all. The choice: among the shapes that fit and meet the
+latency target, the one using the smallest share of its scarcest resource (ties: fewer cycles); when none
+meets the target, the fastest that fits.
+
+>>> space = AccelSpace(banks=(2, 4), gemm_cols=(32,), lanes=(8, 16), axi_bytes=(16,))
+>>> [tuple(s.values())[:3] for s in space.shapes(head_dim=16)]
+[(2, 8, 32), (2, 16, 32), (4, 8, 32), (4, 16, 32)]
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from tokensift.checks import check_int
+
+__all__ = ["AccelSpace", "AccelPoint", "SizingResult", "size_accelerator"]
+
+
+def _pow2(name: str, values) -> tuple[int, ...]:
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"{name} needs at least one value")
+    for v in values:
+        check_int(name, v, low=1, numpy=False)
+        if v & (v - 1):
+            raise ValueError(f"every {name} value must be a power of two, not {v}")
+    return tuple(sorted(set(values)))
+
+
+@dataclass(frozen=True)
+class AccelSpace:
+    """The accelerator shapes to try: the product of the axes, less the combinations the design rules out
+    (lanes above the model's head dimension, GEMM columns that are not a whole number of AXI words)."""
+
+    banks: tuple[int, ...] = (1, 2, 4, 8, 16)
+    gemm_cols: tuple[int, ...] = (16, 32, 64, 128)
+    lanes: tuple[int, ...] = (4, 8, 16, 32)
+    axi_bytes: tuple[int, ...] = (8, 16)
+
+    def __post_init__(self):
+        for name in ("banks", "gemm_cols", "lanes", "axi_bytes"):
+            object.__setattr__(self, name, _pow2(name, getattr(self, name)))
+        bad = [a for a in self.axi_bytes if a not in (4, 8, 16, 32)]
+        if bad:
+            raise ValueError(f"axi_bytes must be among 4, 8, 16 and 32, not {bad[0]}")
+
+    def shapes(self, *, head_dim: int) -> list[dict]:
+        """The shapes as :func:`tokensift.hw.accel.project.configure` keywords (``axi`` as its bytes)."""
+        out = []
+        for banks in self.banks:
+            for lanes in self.lanes:
+                if lanes > head_dim or head_dim % lanes:
+                    continue
+                for cols in self.gemm_cols:
+                    for axi in self.axi_bytes:
+                        if cols % axi == 0:
+                            out.append({"banks": banks, "lanes": lanes, "gemm_cols": cols, "axi_bytes": axi})
+        return out
+
+
+@dataclass
+class AccelPoint:
+    """One shape: its resources and utilization on the device and, when it fits, its cycles per image."""
+
+    shape: dict
+    resources: dict
+    utilization: dict
+    fits: bool
+    cycles: list[int] = field(default_factory=list)
+    latency_ms: float | None = None
+    meets_target: bool = False
+
+    @property
+    def scarcest(self) -> float:
+        return max(self.utilization.values())
+
+    def as_dict(self) -> dict:
+        return {"shape": self.shape, "resources": self.resources, "utilization": self.utilization,
+                "fits": self.fits, "cycles": self.cycles, "latency_ms": self.latency_ms,
+                "meets_target": self.meets_target}
+
+
+@dataclass
+class SizingResult:
+    chosen: AccelPoint | None
+    points: list[AccelPoint]
+    target_latency_ms: float | None
+    clock_mhz: float
+    dram_latency: int
+    seconds: float
+    message: str
+
+    def as_dict(self) -> dict:
+        return {"chosen": None if self.chosen is None else self.chosen.as_dict(),
+                "shapes": len(self.points), "fit": sum(p.fits for p in self.points),
+                "meet_target": sum(p.meets_target for p in self.points),
+                "target_latency_ms": self.target_latency_ms, "clock_mhz": self.clock_mhz,
+                "dram_latency": self.dram_latency, "seconds": round(self.seconds, 2), "message": self.message}
+
+
+def _project(int_model, shape: dict):
+    from tokensift.hw.accel.project import configure
+    from tokensift.hw.axi.config import AxiDmaConfig
+
+    return configure(int_model, banks=shape["banks"], lanes=shape["lanes"], gemm_cols=shape["gemm_cols"],
+                     axi=AxiDmaConfig(data_bytes=shape["axi_bytes"]))
+
+
+def size_accelerator(int_model, device, images, *, clock_mhz: float, target_latency_ms: float | None = None,
+                     space: AccelSpace | None = None, registers=None, dram_latency: int = 10) -> SizingResult:
+    """Cost every shape of ``space`` for ``int_model`` (a calibrated
+    :class:`~tokensift.quant.integer_model.IntegerViT`) on ``device`` at ``clock_mhz``, with the cycles of
+    ``images`` (float, B x C x H x W) under ``registers(project)`` (default: the compiled model's own), and
+    choose one (the module docstring says how)."""
+    from tokensift.devices import Device, get_device
+    from tokensift.hw.accel.resources import resources as accel_resources
+
+    device = device if isinstance(device, Device) else get_device(device)
+    space = space or AccelSpace()
+    if not clock_mhz > 0:
+        raise ValueError(f"clock_mhz must be positive, not {clock_mhz}")
+    if target_latency_ms is not None and not target_latency_ms > 0:
+        raise ValueError(f"target_latency_ms must be positive, not {target_latency_ms}")
+    if len(images) == 0:
+        raise ValueError("size_accelerator needs at least one image")
+    head_dim = int_model.blocks[0].attn.head_dim
+    cap = device.capacity()
+    t0 = time.perf_counter()
+    points = []
+    traces = None  # the images' runs in the reference sequencer: the same on every shape
+    for shape in space.shapes(head_dim=head_dim):
+        try:
+            project = _project(int_model, shape)
+        except ValueError:  # a shape this model's envelope rules out (the configuration says which rule)
+            continue
+        used = accel_resources(project.config, device.family).as_dict(device.family)
+        util = {k: (used[k] / cap[k] if cap[k] else (float("inf") if used[k] else 0.0)) for k in cap}
+        point = AccelPoint(shape=shape, resources=used, utilization={k: round(v, 4) for k, v in util.items()},
+                           fits=all(v <= 1.0 for v in util.values()))
+        if point.fits:
+            regs = registers(project) if registers else project.registers()
+            if traces is None:
+                traces = project.traces(images, registers=regs)
+            point.cycles = project.estimate(traces=traces, registers=regs, latency=dram_latency)["cycles"]
+            point.latency_ms = max(point.cycles) / (clock_mhz * 1e3)
+            point.meets_target = target_latency_ms is None or point.latency_ms <= target_latency_ms
+        points.append(point)
+    fitting = [p for p in points if p.fits]
+    meeting = [p for p in fitting if p.meets_target]
+    if not fitting:
+        chosen, message = None, f"no accelerator shape of the space fits {device.name}"
+    elif meeting and target_latency_ms is not None:
+        chosen = min(meeting, key=lambda p: (p.scarcest, max(p.cycles)))
+        message = (f"{len(meeting)} of {len(fitting)} fitting shapes meet {target_latency_ms:.4g} ms: the one "
+                   f"using the least of its scarcest resource")
+    else:
+        chosen = min(fitting, key=lambda p: (max(p.cycles), p.scarcest))
+        message = (f"the fastest of {len(fitting)} fitting shapes" if target_latency_ms is None else
+                   f"none of {len(fitting)} fitting shapes meets {target_latency_ms:.4g} ms: the fastest")
+    return SizingResult(chosen=chosen, points=points, target_latency_ms=target_latency_ms, clock_mhz=clock_mhz,
+                        dram_latency=dram_latency, seconds=time.perf_counter() - t0, message=message)
