@@ -125,13 +125,20 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
 @pytest.mark.sim
 @pytest.mark.slow
 def test_quick_demo_runs_the_whole_accelerator(tmp_path, capsys):
-    """Step 7: the model compiled, the whole design generated in the co-optimizer's shape, the same image
-    through its Verilator model under the model's registers and under METHOD=dense."""
+    """Step 7: the model compiled, the whole design sized for the device by its own models, generated in that
+    shape, the same image through its Verilator model under the model's registers and under METHOD=dense."""
     s = _quick_demo(tmp_path, capsys)
     table = (tmp_path / "demo" / "table.txt").read_text()
-    for row in ("whole accelerator", "dynamicvit registers", "METHOD=dense (no selection)", "pruned vs dense, measured"):
+    for row in ("whole accelerator", "sized", "predicted cycles", "dynamicvit registers",
+                "METHOD=dense (no selection)", "pruned vs dense, measured"):
         assert row in table
     acc = s["accelerator"]
+    chosen = acc["sizing"]["chosen"]
+    # the sized shape is the one simulated, it fits the device, and its predicted cycles are Verilator's
+    assert {k: acc["shape"][k] for k in ("banks", "lanes", "gemm_cols")} == {
+        k: chosen["shape"][k] for k in ("banks", "lanes", "gemm_cols")}
+    assert acc["shape"]["axi"]["data_bytes"] == chosen["shape"]["axi_bytes"] and chosen["fits"]
+    assert acc["predicted_equals_measured"] and acc["own"]["cycles"] == chosen["cycles"]
     # pruning shows in the whole design's cycles: fewer than the same image run dense
     assert sum(acc["own"]["cycles"]) < sum(acc["second"]["cycles"]) and acc["measured_speedup"] > 1
 
