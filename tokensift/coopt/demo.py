@@ -118,7 +118,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(file=sys.stderr)
-    step = _Steps(console, 8)
+    step = _Steps(console, 9 if cfg.accelerator else 8)
     device = get_device(cfg.device)
     torch.manual_seed(cfg.seed)
     _, test = load_mnist()
@@ -465,11 +465,12 @@ def render_table(s: dict) -> str:
          ", ".join(f"{r:.4g}" for r in s["keep"]["point"])),
         ("tokens per layer", ", ".join(str(n) for n in s["keep"]["tokens"])
          + ("" if s["keep"]["kind"] != "adaptive" else f" ({s['keep']['tokens_note']})")),
-        ("hardware", f"attention {hw['lanes']} lanes x {hw['heads_parallel']} cores ({hw['softmax']}), linear "
+        ("hardware, block model", f"attention {hw['lanes']} lanes x {hw['heads_parallel']} cores ({hw['softmax']}), linear "
                      f"engine {hw['linear_rows']} x {hw['linear_lanes'] // hw['linear_rows']} MACs (weights "
                      f"{hw['weight_rate']} B/cycle), selector {hw['selector_lanes']} lanes"),
-        ("cycles per image", f"{s['cycles']:,} ({s['cycles_note']})"),
-        ("latency", f"{s['latency_ms']:.4g} ms ({s['fps']:.4g} fps): "
+        ("cycles per image, block model", f"{s['cycles']:,} ({s['cycles_note']}: the units overlapped; the "
+                                          f"generated design's are below)"),
+        ("latency, block model", f"{s['latency_ms']:.4g} ms ({s['fps']:.4g} fps): "
                     f"{'meets' if s['meets_target'] else 'misses'} the target"),
         (f"block {sim['block']} attention, simulated", f"{sim['attention']['cycles'][0]:,} cycles per image "
                                                          f"(cost model {sim['model_attention_cycles']:,})"),
@@ -524,7 +525,7 @@ def render_table(s: dict) -> str:
         cap = s["device"].get(k)
         if not cap:
             continue
-        rows.append((k.upper(), f"{s['resources'][k]} of {cap} ({100 * u:.1f}%)"))
+        rows.append((f"{k.upper()}, block model", f"{s['resources'][k]} of {cap} ({100 * u:.1f}%)"))
     if s["resource_model"] == "hard-blocks-only":
         rows.append(("LUT", "not estimated (a unit's LUT/FF fit is missing in this checkout)"))
     if s.get("synthesized"):
