@@ -11,11 +11,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hw"))  # the accelerator tests' models
 from accel_models import _int_model, _mnist, images_labels  # noqa: E402
 
-from tokensift.coopt.accel_sizing import AccelSpace, size_accelerator  # noqa: E402
+from tokensift.coopt.accel_sizing import AccelSpace, project_for, size_accelerator  # noqa: E402
 from tokensift.devices import get_device  # noqa: E402
-from tokensift.hw.accel.project import configure  # noqa: E402
 from tokensift.hw.accel.resources import resources  # noqa: E402
-from tokensift.hw.axi.config import AxiDmaConfig  # noqa: E402
 
 SPACE = AccelSpace(banks=(1, 2, 4, 8), gemm_cols=(16, 64), lanes=(4, 16), axi_bytes=(16,))
 
@@ -25,18 +23,13 @@ def model_and_images():
     return _int_model("dynamicvit"), images_labels(_mnist()[1], 2, start=500)[0]
 
 
-def _project(iv, shape):
-    return configure(iv, banks=shape["banks"], lanes=shape["lanes"], gemm_cols=shape["gemm_cols"],
-                     axi=AxiDmaConfig(data_bytes=shape["axi_bytes"]))
-
-
 def test_every_fitting_shape_is_costed_by_the_accelerators_own_models(model_and_images):
     iv, images = model_and_images
     result = size_accelerator(iv, "zcu102", images, clock_mhz=300.0, space=SPACE)
     head_dim = iv.blocks[0].attn.head_dim
     assert len(result.points) == len(SPACE.shapes(head_dim=head_dim)) > 0
     for p in result.points[::3]:
-        project = _project(iv, p.shape)
+        project = project_for(iv, p.shape)
         assert p.resources == resources(project.config, "xcup").as_dict("xcup")
         assert p.fits and p.cycles == project.estimate(images, latency=10)["cycles"]
     # no target: the fastest shape, and a bigger design really is faster on this model

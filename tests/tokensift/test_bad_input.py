@@ -40,6 +40,24 @@ def case(argv: str, message: str) -> Case:
 
 NOT_WRITABLE = r"is not a writable folder: .+"
 
+#: `simulate model` and its alias `simulate accelerator` take the same arguments
+SIMULATE_MODEL_CASES = [
+    case("", r"the following arguments are required: --checkpoint"),
+    case("--checkpoint {file} --device pynq-z2 --banks 2", r"--device sizes the design: give it or the shape "
+         r"options \(--banks, --lanes, --gemm-cols, --axi-bytes\), not both"),
+    case("--checkpoint {file} --target-ms 1", r"--target-ms needs --device and must be positive, not 1\.0"),
+    case("--checkpoint {file} --device pynq-z2 --target-ms 0", r"--target-ms needs --device and must be "
+         r"positive, not 0\.0"),
+    case("--checkpoint {file} --device nope", r"unknown device 'nope'; choose one of .+"),
+    case("--checkpoint {missing}", r"--checkpoint '.*missing\.pth' does not exist"),
+    case("--checkpoint {file} --images 0", r"--images must be at least 1, not 0"),
+    case("--checkpoint {file} --pause 1", r"--pause must be a probability in \[0, 1\), not 1"),
+    case("--checkpoint {file} --latency 1", r"--latency must be at least 2 \(the DRAM model's own\), not 1"),
+    case("--checkpoint {file} --lanes 6", r"--lanes must be a power of two between 1 and 64, not 6"),
+    case("--checkpoint {file} --registers keep=x", r"--registers keep takes comma-separated integers, not 'x'"),
+]
+
+
 CASES: dict[str, list[Case]] = {
     "doctor": [
         case("extra", r"unrecognized arguments: extra"),
@@ -283,36 +301,8 @@ CASES: dict[str, list[Case]] = {
         case("--image {file} --out {out}", r"--image '.*a_file\.txt' is not a tokensift memory image: .+"),
         case("--model vit_mnist_patch4_28 --device nope --out {out}", r"unknown device 'nope'; choose one of .+"),
     ],
-    "simulate accelerator": [
-        case("", r"the following arguments are required: --checkpoint"),
-        case("--checkpoint {file} --device pynq-z2 --banks 2", r"--device sizes the design: give it or the shape "
-             r"options \(--banks, --lanes, --gemm-cols, --axi-bytes\), not both"),
-        case("--checkpoint {file} --target-ms 1", r"--target-ms needs --device and must be positive, not 1\.0"),
-        case("--checkpoint {file} --device pynq-z2 --target-ms 0", r"--target-ms needs --device and must be "
-             r"positive, not 0\.0"),
-        case("--checkpoint {file} --device nope", r"unknown device 'nope'; choose one of .+"),
-        case("--checkpoint {missing}", r"--checkpoint '.*missing\.pth' does not exist"),
-        case("--checkpoint {file} --images 0", r"--images must be at least 1, not 0"),
-        case("--checkpoint {file} --pause 1", r"--pause must be a probability in \[0, 1\), not 1"),
-        case("--checkpoint {file} --latency 1", r"--latency must be at least 2 \(the DRAM model's own\), not 1"),
-        case("--checkpoint {file} --lanes 6", r"--lanes must be a power of two between 1 and 64, not 6"),
-        case("--checkpoint {file} --registers keep=x", r"--registers keep takes comma-separated integers, not 'x'"),
-    ],
-    "simulate model": [
-        case("", r"the following arguments are required: --checkpoint"),
-        case("--checkpoint {file} --device pynq-z2 --banks 2", r"--device sizes the design: give it or the shape "
-             r"options \(--banks, --lanes, --gemm-cols, --axi-bytes\), not both"),
-        case("--checkpoint {file} --target-ms 1", r"--target-ms needs --device and must be positive, not 1\.0"),
-        case("--checkpoint {file} --device pynq-z2 --target-ms 0", r"--target-ms needs --device and must be "
-             r"positive, not 0\.0"),
-        case("--checkpoint {file} --device nope", r"unknown device 'nope'; choose one of .+"),
-        case("--checkpoint {missing}", r"--checkpoint '.*missing\.pth' does not exist"),
-        case("--checkpoint {file} --images 0", r"--images must be at least 1, not 0"),
-        case("--checkpoint {file} --pause 1", r"--pause must be a probability in \[0, 1\), not 1"),
-        case("--checkpoint {file} --latency 1", r"--latency must be at least 2 \(the DRAM model's own\), not 1"),
-        case("--checkpoint {file} --lanes 6", r"--lanes must be a power of two between 1 and 64, not 6"),
-        case("--checkpoint {file} --registers keep=x", r"--registers keep takes comma-separated integers, not 'x'"),
-    ],
+    "simulate accelerator": SIMULATE_MODEL_CASES,
+    "simulate model": SIMULATE_MODEL_CASES,
     "synth accelerator": [
         case("--model vit_mnist_patch4_28 --banks 3", r"--banks must be a power of two between 1 and 64, not 3"),
         case("", r"one of the arguments --image --model is required"),

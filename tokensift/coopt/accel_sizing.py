@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from tokensift.checks import check_int
 
-__all__ = ["AccelSpace", "AccelPoint", "SizingResult", "size_accelerator"]
+__all__ = ["AccelSpace", "AccelPoint", "SizingResult", "project_for", "size_accelerator"]
 
 
 def _pow2(name: str, values) -> tuple[int, ...]:
@@ -106,7 +106,8 @@ class SizingResult:
                 "dram_latency": self.dram_latency, "seconds": round(self.seconds, 2), "message": self.message}
 
 
-def _project(int_model, shape: dict):
+def project_for(int_model, shape: dict):
+    """``int_model`` compiled for one :meth:`AccelSpace.shapes` shape (a :class:`~tokensift.hw.accel.project.Project`)."""
     from tokensift.hw.accel.project import configure
     from tokensift.hw.axi.config import AxiDmaConfig
 
@@ -138,7 +139,7 @@ def size_accelerator(int_model, device, images, *, clock_mhz: float, target_late
     traces = None  # the images' runs in the reference sequencer: the same on every shape
     for shape in space.shapes(head_dim=head_dim):
         try:
-            project = _project(int_model, shape)
+            project = project_for(int_model, shape)
         except ValueError:  # a shape this model's envelope rules out (the configuration says which rule)
             continue
         used = accel_resources(project.config, device.family).as_dict(device.family)

@@ -354,9 +354,7 @@ def _whole_accelerator(iv, hw: dict, images, method: str, verilog_dir: Path, *, 
     resources, and the exact cycles of these very images), generate the chosen shape, run ``images`` through
     its Verilator model under the model's registers and under a second setting on the same design. The
     Verilator build goes to the content-addressed build cache (``build/sim``): a second demo reuses it."""
-    from tokensift.coopt.accel_sizing import size_accelerator
-    from tokensift.hw.accel.project import configure
-    from tokensift.hw.axi.config import AxiDmaConfig
+    from tokensift.coopt.accel_sizing import project_for, size_accelerator
     from tokensift.quant.accel.registers import MASS_ONE
 
     note = ""
@@ -368,9 +366,7 @@ def _whole_accelerator(iv, hw: dict, images, method: str, verilog_dir: Path, *, 
                               registers=(lambda p: p.registers(method="dense")) if note else None)
     if sizing.chosen is None:
         raise ValueError(sizing.message)
-    shape = sizing.chosen.shape
-    project = configure(iv, banks=shape["banks"], lanes=shape["lanes"], gemm_cols=shape["gemm_cols"],
-                        axi=AxiDmaConfig(data_bytes=shape["axi_bytes"]))
+    project = project_for(iv, sizing.chosen.shape)
     files = project.generate(verilog_dir)["files"]
     own = project.registers()
     if method == "sait":
