@@ -58,6 +58,9 @@ GRID: list[tuple[str, str, str, list[str]]] = [
     ("layernorm", "c48_l2", "C up to 48, 2 lanes, run-time constants", ["--c-max", "48", "--lanes", "2"]),
     ("accel_layernorm", "demo", "the demo accelerator's LayerNorm engine (vit_mnist_patch4_28: 2 banks, 8 lanes, "
      "64 GEMM columns): the unit, its record reader and row reader", ["--model", "vit_mnist_patch4_28"]),
+    ("accelerator", "ecp5_sized", "the whole accelerator as sized for the ECP5-85F (vit_mnist_patch4_28: 4 banks = "
+     "4 x 16 GEMM, 4 lanes, 128-bit AXI; 151 of 156 multipliers)",
+     ["--model", "vit_mnist_patch4_28", "--banks", "4", "--gemm-cols", "16", "--lanes", "4", "--axi-bytes", "16"]),
     ("gelu", "deit_s", "DeiT-S MLP: 16 lanes of int8, 16-bit run-time multiplier", ["--lanes", "16"]),
     ("residual", "deit_s", "16 lanes of 16-bit residual codes, saturating", ["--lanes", "16"]),
     ("token_mean", "deit_s", "DeiT-S predictor's global half: 16 lanes, n-max 197, 192 channels",
@@ -112,11 +115,16 @@ def build(block: str, argv: list[str]):
     glue = blocks.load(block)
     parser = argparse.ArgumentParser(prog=f"tokensift generate {block}")
     glue.add_generate_arguments(parser)
-    component, top, params = glue.build(parser.parse_args(argv))
-    return component, top, {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool))}
+    args = parser.parse_args(argv)
+    component, top, params = glue.build(args)
+    params = {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool))}
+    if block == "accelerator":
+        # what tokensift.hw.cost.clock.accelerator_clock matches a design against
+        params.update(model=args.model, axi_bytes=args.axi_bytes)
+    return component, top, params
 
 
-def measure(block: str, argv: list[str], speeds, *, use_cache: bool = True) -> dict:
+def measure(block: str, argv: list[str], speeds, *, use_cache: bool = True, timeout: float | None = 3600) -> dict:
     """P&R one configuration at each speed grade: ``{"params", "fmax_mhz": {speed: MHz}, "critical_path",
     "utilization"}`` (the path and utilization at the first speed)."""
     from tokensift.hw.cost.pnr import place_and_route
@@ -124,7 +132,7 @@ def measure(block: str, argv: list[str], speeds, *, use_cache: bool = True) -> d
     component, top, params = build(block, argv)
     out = {"params": params, "top": top, "fmax_mhz": {}, "critical_path": {}, "seconds": {}}
     for speed in speeds:
-        r = place_and_route(component, top=top, speed=speed, use_cache=use_cache)
+        r = place_and_route(component, top=top, speed=speed, use_cache=use_cache, timeout=timeout)
         out["fmax_mhz"][str(speed)] = r["fmax_mhz"]
         cp = r["critical_path"]
         out["critical_path"][str(speed)] = {k: cp[k] for k in ("from", "to", "logic_ns", "routing_ns", "total_ns")}
@@ -154,6 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("--speeds", default=",".join(map(str, DEFAULT_SPEEDS)), help="comma-separated speed grades")
     ap.add_argument("--write", action="store_true", help=f"store the figures in {BASELINE.relative_to(BASELINE.parents[3])}")
     ap.add_argument("--no-cache", action="store_true", help="run the tools even when a cached result exists")
+    ap.add_argument("--timeout", type=float, default=3600,
+                    help="seconds each tool run may take (default: %(default)s; the whole accelerator needs more)")
     args = ap.parse_args(argv)
     speeds = tuple(int(s) for s in args.speeds.split(","))
     grid = [g for g in GRID if (args.block is None or g[0] in args.block)
@@ -164,7 +174,7 @@ def main(argv=None) -> int:
     rows = []
     for block, name, about, cfg_argv in grid:
         t = time.monotonic()
-        m = measure(block, cfg_argv, speeds, use_cache=not args.no_cache)
+        m = measure(block, cfg_argv, speeds, use_cache=not args.no_cache, timeout=args.timeout)
         print(f"{block} {name}: " + ", ".join(f"speed {s} {m['fmax_mhz'][str(s)]:g} MHz" for s in speeds)
               + f" ({time.monotonic() - t:.0f} s)", file=sys.stderr)
         rows.append({"block": block, "name": name, "about": about, "args": cfg_argv, **m})

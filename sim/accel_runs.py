@@ -29,13 +29,14 @@ def run_accelerator(cfg: AccelConfig, dram: bytes, runs: list[dict], *, latency:
 
 def simulate_model(cfg: AccelConfig, image: bytes, registers, inputs: list[bytes], *, register_sets=None,
                    latency: int = 8, pause: float = 0.0, seed: int = 1, op_timing: bool = False, build_dir=None,
-                   waves=False) -> dict:
+                   waves=False, max_cycles: int | None = None) -> dict:
     """Real images through the generated design, one run per (input, register set), each checked against the
     reference sequencer (:func:`tokensift.quant.accel.executor.run`) on the same DRAM bytes and registers.
 
     ``inputs`` are the images' input-region bytes (:func:`tokensift.quant.accel.image.input_bytes`);
     ``register_sets`` (default ``[registers]``) are :class:`~tokensift.quant.accel.registers.Registers`, every
-    input runs under each. Returns the report plus per run ``expected_logits``, ``bit_exact`` and the
+    input runs under each; ``max_cycles`` raises the testbench's hang guard for long runs (a DeiT-S image).
+    Returns the report plus per run ``expected_logits``, ``bit_exact`` and the
     reference ``trace``."""
     from tokensift.quant.accel.executor import run
 
@@ -57,7 +58,7 @@ def simulate_model(cfg: AccelConfig, image: bytes, registers, inputs: list[bytes
             classes = len(result.logits)
             expected.append(result)
             runs.append({"registers": regs.encode(), "input": data.hex(), "logits_base": regs.logits_base,
-                         "classes": classes})
+                         "classes": classes, "max_cycles": max_cycles})
     report = run_accelerator(cfg, dram, runs, latency=latency, pause=pause, seed=seed, op_timing=op_timing,
                              build_dir=build_dir, waves=waves)
     for got, want in zip(report["runs"], expected, strict=True):

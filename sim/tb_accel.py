@@ -4,9 +4,11 @@
 Parameters (:func:`tokensift.sim.runner.tb_params`): ``image`` (path of the DRAM contents to load at 0),
 ``dram_bytes``, ``latency``, ``pause``, ``seed`` and ``runs``: per run ``registers`` (byte offset -> value),
 ``input`` (hex of the input bytes, written at the run's INPUT_BASE before it starts, or none),
-``logits_base`` and ``classes`` (what to read back), ``reset_after`` (assert reset that many cycles after
+``logits_base`` and ``classes`` (what to read back), ``max_cycles`` (the hang guard, default
+:data:`MAX_CYCLES`), ``reset_after`` (assert reset that many cycles after
 start and skip the run: the next run must be exact). The report: per run ``done``, ``status``, ``cycles``,
-``overflows``, ``logits`` (int16 list) and the measured ``wall_cycles`` (start write to done); with
+``overflows``, ``logits`` (int16 list), the measured ``wall_cycles`` (start write to done) and ``sim_seconds``
+(the host's wall-clock seconds from the start write to the interrupt); with
 ``op_timing``, ``ops``: per dispatched instruction the cycles (from the run's start) its engine was started
 and answered ``done``, read from the sequencer's own ports.
 """
@@ -14,6 +16,7 @@ and answered ``done``, read from the sequencer's own ports.
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 import cocotb
@@ -81,6 +84,7 @@ async def images(dut):
         if timing:
             timing.events.clear()
         start = counter.now
+        started = time.perf_counter()
         await host.write_dword(0x00, 1)
         if run.get("reset_after") is not None:
             await ClockCycles(dut.clk, run["reset_after"])
@@ -90,9 +94,11 @@ async def images(dut):
             continue
         if not int(dut.irq.value):
             # one trigger, not a Python wake-up per cycle: an image runs for 10^5..10^7 cycles
-            await First(RisingEdge(dut.irq), Timer(MAX_CYCLES * counter.period_ns, unit="ns"))
+            limit = int(run.get("max_cycles") or MAX_CYCLES)
+            await First(RisingEdge(dut.irq), Timer(limit * counter.period_ns, unit="ns"))
             if not int(dut.irq.value):
-                raise TimeoutError(f"no interrupt within {MAX_CYCLES} cycles")
+                raise TimeoutError(f"no interrupt within {limit} cycles")
+        sim_seconds = time.perf_counter() - started
         wall = counter.now - start
         done = await host.read_dword(0x04)
         status = await host.read_dword(STATUS_OFFSET)
@@ -105,7 +111,7 @@ async def images(dut):
         classes = run.get("classes", 0)
         raw = dram.read(run.get("logits_base", 0), 2 * classes)
         results.append({"done": done, "status": status, "fault": (status >> 4) & 0xF, "fault_pc": status >> 16,
-                        "cycles": cycles, "overflows": overflows, "wall_cycles": wall, "irq_cleared": irq_cleared, "register_error": error,
+                        "cycles": cycles, "overflows": overflows, "wall_cycles": wall, "sim_seconds": round(sim_seconds, 3), "irq_cleared": irq_cleared, "register_error": error,
                         "logits": list(struct.unpack(f"<{classes}h", raw)) if classes else [],
                         "ops": timing.take(start) if timing else None})
     tb_report(runs=results)

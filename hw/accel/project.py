@@ -87,17 +87,17 @@ class Project:
                                                      "estimated_resources": estimate(self.config)})
 
     def simulate(self, images, *, register_sets=None, latency: int = 8, pause: float = 0.0, seed: int = 1,
-                 build_dir=None, waves=False) -> dict:
+                 build_dir=None, waves=False, max_cycles: int | None = None) -> dict:
         """Every image under every register set through the Verilator model, each run checked against the
         reference sequencer (:func:`tokensift.sim.accel_runs.simulate_model`)."""
         from tokensift.sim.accel_runs import simulate_model
 
         return simulate_model(self.config, self.image, self.registers(), self.inputs(images),
                               register_sets=register_sets, latency=latency, pause=pause, seed=seed,
-                              build_dir=build_dir, waves=waves)
+                              build_dir=build_dir, waves=waves, max_cycles=max_cycles)
 
     def measure(self, images, *, register_sets=None, latency: int = 10, pause: float = 0.0, seed: int = 1,
-                clock_mhz: float = 100.0, build_dir=None, waves=False) -> dict:
+                clock_mhz: float = 100.0, build_dir=None, waves=False, max_cycles: int | None = None) -> dict:
         """:meth:`simulate`, summarised per register set: bit-exactness, predictions, Verilator cycles next to
         the cost model's (equal at ``pause=0``) and the model's engine cycles per opcode, MAC utilization of the design's peak and latency at
         ``clock_mhz``."""
@@ -105,7 +105,7 @@ class Project:
 
         sets = list(register_sets or [self.registers()])
         report = self.simulate(images, register_sets=sets, latency=latency, pause=pause, seed=seed,
-                               build_dir=build_dir, waves=waves)
+                               build_dir=build_dir, waves=waves, max_cycles=max_cycles)
         inputs = self.inputs(images)
         cfg = self.config
         peak = cfg.banks * cfg.gemm_cols + cfg.lanes
@@ -126,6 +126,7 @@ class Project:
                 "cycles_equal_model": cycles == expected, "macs": macs,
                 "model_cycles_by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),  # the first image's
                 "mac_utilization": [round(u / (peak * c), 4) for u, c in zip(macs, cycles, strict=True)],
+                "sim_seconds": [r.get("sim_seconds") for r in runs],
                 "latency_ms": [round(c / (clock_mhz * 1e3), 4) for c in cycles]})
         return {"bit_exact": report["bit_exact"], "sets": per_set, "peak_macs_per_cycle": peak,
                 "clock_mhz": clock_mhz, "dram_latency": latency, "build_dir": report["build_dir"],

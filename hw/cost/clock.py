@@ -28,7 +28,7 @@ from functools import cache
 from pathlib import Path
 
 __all__ = ["Clock", "FMAX_BASELINE", "SOURCES", "load_fmax", "block_fmax", "speed_grade", "model_clock",
-           "clock_for_cost", "clock_for_desc"]
+           "clock_for_cost", "clock_for_desc", "accelerator_clock"]
 
 #: where the measured Fmax of every block configuration lives (written by bench/bench_timing.py --write)
 FMAX_BASELINE = Path(__file__).resolve().parents[2] / "tests" / "hw" / "baselines" / "fmax.json"
@@ -174,3 +174,39 @@ def clock_for_desc(desc, device, *, clock_mhz: float | None = None) -> Clock:
     means = any(op.unit == "token_mean" for st in stages for op in predictor_ops(st.selector, st.n_in, desc.dim))
     units = _ALWAYS + (("selector",) if stages else ()) + (("token_mean",) if means else ())
     return model_clock(device, units=units, package=any(st.package for st in stages), clock_mhz=clock_mhz)
+
+
+#: the parameters that identify a whole-accelerator design in the Fmax baselines
+ACCEL_KEYS = ("model", "banks", "lanes", "gemm_cols", "axi_bytes")
+
+
+def accelerator_clock(device, shape: dict, *, model: str | None = None, path: Path | str | None = None) -> Clock:
+    """The clock of the whole generated accelerator (:mod:`tokensift.hw.accel`) of ``shape`` (``banks``,
+    ``lanes``, ``gemm_cols``, ``axi_bytes``) for the registered backbone ``model`` on ``device``: on ECP5,
+    min(the device's clock, the Fmax that place and route measured for this very design at the device's speed
+    grade); otherwise, or for a shape never placed and routed, the device's typical clock, labelled assumed
+    and saying why. Unlike :func:`model_clock` no block's figure stands in for the whole design's: its
+    critical path may lie in the glue between the blocks."""
+    from tokensift.devices import get_device
+
+    dev = get_device(device)
+    if dev.family != "ecp5":
+        return Clock(dev.clock_mhz, "assumed",
+                     f"assumed, not measured: no open place and route exists for {dev.name}'s family "
+                     f"({dev.family}); the device database's typical clock", dev.clock_mhz)
+    speed = speed_grade(dev.part)
+    want = {"model": model, **{k: shape[k] for k in ACCEL_KEYS[1:]}}
+    data = load_fmax(path) or {"configs": []}
+    for cfg in data["configs"]:
+        if cfg["block"] != "accelerator" or str(speed) not in cfg["fmax_mhz"]:
+            continue
+        if all(cfg["params"].get(k) == v for k, v in want.items()):
+            fmax = cfg["fmax_mhz"][str(speed)]
+            mhz = min(fmax, dev.clock_mhz)
+            side = "below" if fmax < dev.clock_mhz else "reaching"
+            return Clock(mhz, "measured", f"measured: the whole design's Fmax after nextpnr P&R at speed {speed} "
+                                          f"is {fmax:g} MHz, {side} the device's {dev.clock_mhz:g} MHz",
+                         dev.clock_mhz, "accelerator" if fmax < dev.clock_mhz else None, {"accelerator": fmax})
+    return Clock(dev.clock_mhz, "assumed", f"assumed, not measured: this design ({', '.join(f'{k} {v}' for k, v in want.items())}) "
+                                           f"was not placed and routed at speed {speed} (bench/bench_timing.py)",
+                 dev.clock_mhz)

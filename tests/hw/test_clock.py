@@ -136,3 +136,29 @@ def test_coopt_answers_say_measured_on_ecp5_and_assumed_elsewhere(measured, caps
     text = capsys.readouterr().out
     assert re.search(r"^clock: 100 MHz, assumed, not measured: no open place and route exists for PYNQ-Z2", text,
                      re.M)
+
+
+def test_whole_accelerator_clock_is_its_own_measured_fmax(tmp_path):
+    # the whole design's figure only: no block's Fmax stands in for it, and another shape is not credited
+    shape = {"banks": 4, "lanes": 4, "gemm_cols": 16, "axi_bytes": 16}
+    row = {"block": "accelerator", "name": "a", "fmax_mhz": {"6": 88.0, "8": 97.5},
+           "params": {"model": "vit_mnist_patch4_28", **shape}}
+    path = _baseline(tmp_path)
+    data = json.loads(path.read_text())
+    data["configs"].append(row)
+    path.write_text(json.dumps(data))
+    c = clock.accelerator_clock("ecp5-85f", shape, model="vit_mnist_patch4_28", path=path)
+    assert (c.mhz, c.source, c.limited_by, c.fmax) == (97.5, "measured", "accelerator", {"accelerator": 97.5})
+    assert c.note == ("measured: the whole design's Fmax after nextpnr P&R at speed 8 is 97.5 MHz, below the "
+                      "device's 100 MHz")
+    row["fmax_mhz"]["8"] = 120.0
+    faster = tmp_path / "faster.json"  # the baselines are read once per path
+    faster.write_text(json.dumps(data))
+    c = clock.accelerator_clock("ecp5-85f", shape, model="vit_mnist_patch4_28", path=faster)
+    assert (c.mhz, c.source, c.limited_by) == (100.0, "measured", None)
+    for other, model in (({**shape, "lanes": 8}, "vit_mnist_patch4_28"), (shape, "deit_small_patch16_224")):
+        c = clock.accelerator_clock("ecp5-85f", other, model=model, path=path)
+        assert (c.mhz, c.source) == (100.0, "assumed")
+        assert c.note.startswith("assumed, not measured: this design (model ") and "was not placed and routed" in c.note
+    c = clock.accelerator_clock("zcu102", shape, model="vit_mnist_patch4_28", path=path)
+    assert (c.mhz, c.source) == (300.0, "assumed") and "no open place and route" in c.note

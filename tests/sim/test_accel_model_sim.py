@@ -134,6 +134,7 @@ def test_dense_and_pruned_images_faults_and_a_reset():
         (3, Fault.REGISTERS, 0), (3, Fault.REGISTERS, 0), (3, Fault.PROGRAM, 0), (3, Fault.IMAGE, 0)]
     for g in [got[0], got[2], *got[3:]]:
         assert g["register_error"] == 0 and g["irq_cleared"] and g["cycles"] > 0
+    assert 0 < got[0]["sim_seconds"] < report["wall_s"]  # the run alone, what cycles per wall second divide by
 
 
 def test_simulate_model_cli(tmp_path, capsys):
@@ -186,3 +187,8 @@ def test_simulate_model_sized_for_a_device(tmp_path, capsys):
     assert s["cycles"] == s["expected_cycles"] == chosen["cycles"]
     cap = get_device("ecp5-85f").capacity()
     assert all(chosen["resources"][k] <= cap[k] for k in cap)
+    # the latency's clock: the whole design's measured Fmax where this shape was placed and routed
+    from tokensift.hw.cost.clock import accelerator_clock
+
+    clk = accelerator_clock("ecp5-85f", chosen["shape"], model="vit_mnist_patch4_28")
+    assert (s["clock_mhz"], s["clock_source"]) == (clk.mhz, clk.note)

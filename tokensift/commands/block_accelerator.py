@@ -150,8 +150,9 @@ def add_simulate_arguments(parser):
                         help="probability of AXI back-pressure per cycle (default: %(default)s; > 0: cycles "
                              "are no longer the model's)")
     parser.add_argument("--clock-mhz", type=float, default=None,
-                        help="clock for the latency (default: 100 MHz, assumed: the design's Fmax is not "
-                             "measured yet)")
+                        help="clock for the latency (default: with --device, the design's Fmax measured after "
+                             "place and route where it was (ECP5), else the device's typical clock, assumed; "
+                             "without, 100 MHz assumed)")
     parser.add_argument("--device", default=None,
                         help="size the design for this device (every shape's resources and the images' exact "
                              "cycles; the shape options then may not be given) (default: none)")
@@ -212,13 +213,14 @@ def simulate(args) -> dict:
     from tokensift.hw.axi.config import AxiDmaConfig
 
     images = torch.stack([test[i][0] for i in spread_indices(len(test), args.images)])
-    clock, source = (args.clock_mhz, "given") if args.clock_mhz else (100.0, "assumed (Fmax not measured)")
+    clock, source = (args.clock_mhz, "given") if args.clock_mhz else (100.0, "assumed: no device given")
     sizing = None
     if args.device is not None:
         from tokensift.coopt.accel_sizing import size_accelerator
 
         try:
-            sizing = size_accelerator(int_model, device, images, clock_mhz=clock, target_latency_ms=args.target_ms,
+            sizing = size_accelerator(int_model, device, images, clock_mhz=args.clock_mhz or device.clock_mhz,
+                                      target_latency_ms=args.target_ms,
                                       registers=lambda p: p.registers(**settings), dram_latency=args.latency)
         except ValueError as exc:
             raise InvalidArgumentError(str(exc)) from None
@@ -226,6 +228,11 @@ def simulate(args) -> dict:
             raise InvalidArgumentError(sizing.message)
         for key, value in sizing.chosen.shape.items():
             setattr(args, key, value)
+        if not args.clock_mhz:
+            from tokensift.hw.cost.clock import accelerator_clock
+
+            clk = accelerator_clock(device, sizing.chosen.shape, model=name)
+            clock, source = clk.mhz, clk.note
     try:
         project = configure(int_model, banks=args.banks, lanes=args.lanes, gemm_cols=args.gemm_cols,
                             axi=AxiDmaConfig(data_bytes=args.axi_bytes))
