@@ -87,3 +87,62 @@ def test_sizing_rejects(model_and_images, kwargs, message):
         size_accelerator(iv, "zcu102", images, space=SPACE, **kwargs)
     with pytest.raises(ValueError, match="at least one image"):
         size_accelerator(iv, "zcu102", images[:0], clock_mhz=100.0, space=SPACE)
+
+
+# -- the keep ratio and the shape together, from the accelerator's own models -------------------------------------
+
+PLAN_SPACE = AccelSpace(banks=(2, 4), gemm_cols=(16, 32), lanes=(8,), axi_bytes=(16,))
+
+
+@pytest.fixture(scope="module")
+def plan():
+    from tokensift.coopt.accel_sizing import plan_accelerator
+
+    return plan_accelerator("vit_mnist_patch4_28", "pynq-z2", target_latency_ms=2.2, keep_grid=(0.4, 0.55, 0.7, 1.0),
+                            space=PLAN_SPACE)
+
+
+def test_plan_picks_the_largest_keep_ratio_that_meets_the_target(plan):
+    from tokensift.sw.methods.dynamicvit import keep_count
+
+    rows = [p.as_dict() for p in plan.points]
+    assert [r["keep_ratio"] for r in rows] == [0.4, 0.55, 0.7, 1.0]
+    assert [r["keep"] for r in rows][0] == [keep_count(49, 0.4, s) for s in range(3)]
+    meeting = [r for r in rows if r["meets_target"]]
+    assert meeting and len(meeting) < len(rows)  # the target splits the grid
+    assert plan.chosen.keep_ratio == max(r["keep_ratio"] for r in meeting)
+    assert all(r["latency_ms"] > 2.2 for r in rows if r["keep_ratio"] > plan.chosen.keep_ratio)
+    # more tokens, more cycles and more MACs, on the best shape for each
+    assert [r["macs"] for r in rows] == sorted(r["macs"] for r in rows)
+    assert plan.dense_cycles > max(plan.chosen.sizing.chosen.cycles)
+    assert plan.chosen.sizing.chosen.meets_target and f"keep {plan.chosen.keep_ratio:g}" in plan.message
+
+
+def test_plan_cycles_hold_for_any_weights_at_the_same_keep_counts(plan):
+    # the premise of planning on random weights: under top-k the registers fix every op's token count, so a
+    # differently initialised and calibrated model of the backbone (another seed, other images) costs the same
+    from tokensift.coopt.accel_sizing import plan_accelerator
+
+    other = plan_accelerator("vit_mnist_patch4_28", "pynq-z2", target_latency_ms=2.2, keep_grid=(0.4, 0.55, 0.7, 1.0),
+                             space=PLAN_SPACE, seed=7)
+    for a, b in zip(plan.points, other.points, strict=True):
+        assert [p.cycles for p in a.sizing.points] == [p.cycles for p in b.sizing.points]
+    assert other.chosen.keep_ratio == plan.chosen.keep_ratio and other.dense_cycles == plan.dense_cycles
+
+
+def test_plan_refuses_methods_whose_counts_the_registers_do_not_fix_and_says_when_nothing_meets():
+    from tokensift.coopt.accel_sizing import keep_ratios, plan_accelerator
+
+    for method in ("asvit", "sait", "evit"):
+        with pytest.raises(ValueError, match=r"^planning the keep ratio on the accelerator's own models needs a "
+                                             r"method whose registers fix the token counts \(dynamicvit\), not"):
+            plan_accelerator("vit_mnist_patch4_28", "pynq-z2", target_latency_ms=1.0, method=method)
+    with pytest.raises(ValueError, match="must be positive"):
+        plan_accelerator("vit_mnist_patch4_28", "pynq-z2", target_latency_ms=0.0)
+    missed = plan_accelerator("vit_mnist_patch4_28", "pynq-z2", target_latency_ms=0.01, keep_grid=(0.5, 1.0),
+                              space=PLAN_SPACE)
+    assert missed.chosen is None and missed.dense_cycles is None
+    assert missed.message.startswith("no keep ratio of the grid meets 0.01 ms on PYNQ-Z2: the fastest, keep 0.5")
+    assert keep_ratios(0.5, 0.25) == (0.5, 0.75, 1.0) and keep_ratios(0.3, 0.05)[:2] == (0.3, 0.35)
+    with pytest.raises(ValueError, match="keep grid"):
+        keep_ratios(0.0, 0.1)

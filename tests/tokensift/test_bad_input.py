@@ -344,6 +344,19 @@ CASES: dict[str, list[Case]] = {
              r"--checkpoint '.*missing\.pth' does not exist"),
         case("--target-fps 1000 --trials 0", r"--trials must be at least 1, not 0"),
         case("", r"one of the arguments --target-latency-ms --target-fps is required"),
+        case("--target-fps 100 --cost accelerator --method evit",
+             r"--cost accelerator plans the keep ratio of a method whose registers fix the token counts "
+             r"\(dynamicvit\), not evit"),
+        case("--target-fps 100 --cost accelerator --method dynamicvit --lanes 8",
+             r"--cost accelerator searches the accelerator's own shapes and keep ratios; it does not take --lanes"),
+        case("--target-fps 100 --cost accelerator --method dynamicvit --accuracy measured",
+             r"--cost accelerator searches the accelerator's own shapes and keep ratios; it does not take "
+             r"--accuracy"),
+        case("--target-fps 100 --cost accelerator --method dynamicvit --clock-mhz 100,200",
+             r"--cost accelerator takes one positive --clock-mhz, not '100,200'"),
+        case("--target-fps 100 --cost accelerator --method dynamicvit --keep-min 0",
+             r"--keep-min must be in \(0, 1\], not 0"),
+        case("--target-fps 100 --cost nope", r"argument --cost: invalid choice: 'nope' \(choose from .*\)"),
     ],
     "train": [
         case("--lr inf", r"--lr must be a finite number, not inf"),

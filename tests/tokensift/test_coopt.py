@@ -217,6 +217,35 @@ def test_cli_json_and_report(tmp_path, capsys):
     assert "## Chosen design" in (tmp_path / "rep" / "report.md").read_text()
 
 
+def test_cli_accelerator_cost_plans_keep_and_shape_on_the_designs_own_models(capsys):
+    from tokensift.coopt.accel_sizing import plan_accelerator
+
+    rc = main(["co-opt", "--cost", "accelerator", "--device", "pynq-z2", "--method", "dynamicvit",
+               "--target-latency-ms", "2.5", "--keep-min", "0.5", "--keep-step", "0.25", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    d = json.loads(out)
+    plan = plan_accelerator("vit_mnist_patch4_28", "pynq-z2", target_latency_ms=2.5, keep_grid=(0.5, 0.75, 1.0))
+    assert d["cost"] == "accelerator" and d["chosen"]["keep_ratio"] == plan.chosen.keep_ratio
+    assert [p["cycles"] for p in d["points"]] == [p.as_dict()["cycles"] for p in plan.points]
+    chosen = d["chosen"]
+    assert chosen["meets_target"] and chosen["latency_ms"] <= 2.5 and chosen["sizing"]["chosen"]["fits"]
+    budget = d["training_budget"]
+    assert budget["command"] == (f"tokensift train --model vit_mnist_patch4_28 --method dynamicvit --keep "
+                                 f"{chosen['keep_ratio']:g} --out runs/dynamicvit")
+    s = chosen["shape"]
+    assert budget["simulate"].endswith(f"--banks {s['banks']} --lanes {s['lanes']} --gemm-cols {s['gemm_cols']} "
+                                       f"--axi-bytes {s['axi_bytes']} --clock-mhz 100")
+    assert budget["dense_cycles"] > budget["planned_cycles"] == chosen["cycles"]
+    # an unreachable target: exit 2, one line, and the table still says what is closest
+    rc = main(["co-opt", "--cost", "accelerator", "--device", "pynq-z2", "--method", "dynamicvit",
+               "--target-fps", "100000", "--keep-min", "0.5", "--keep-step", "0.5"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("tokensift co-opt: error: no keep ratio of the grid meets 0.01 ms on PYNQ-Z2")
+    assert "| 0.5 | [24, 12, 6] |" in out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--target-fps", "0"], r"^--target-fps must be a positive number, not 0$"),
     (["--target-latency-ms", "1", "--lanes", "4,x"], r"^--lanes takes a comma-separated list of ints, not '4,x'$"),

@@ -47,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-latency-ms", type=float, help="latency target per image in ms")
     target.add_argument("--target-fps", type=float, help="throughput target in images per second (1000 / latency)")
+    parser.add_argument("--cost", choices=["blocks", "accelerator"], default="blocks",
+                        help="blocks: the cost model of the units over the co-optimizer's hardware axes; "
+                             "accelerator: the generated whole-model accelerator's own models (its shapes, "
+                             "resources and exact cycles), keep ratio and shape together (default: %(default)s)")
     parser.add_argument("--search", choices=SEARCHES, default=None,
                         help="grid (exhaustive, vectorised) or nsga2 (optuna); default: grid, or nsga2 with "
                              "--storage or --accuracy measured")
@@ -146,6 +150,76 @@ def _measured_oracle(args):
     return MeasuredAccuracy(model, test, images=args.eval_images)
 
 
+#: options of the block model's search that ``--cost accelerator`` does not take (its space is the
+#: accelerator's shapes x the keep grid; its answer is exact, so there is nothing to sample or measure)
+_BLOCK_ONLY = ("search", "storage", "study_name", "checkpoint", "data", "report", "lanes", "heads_parallel",
+               "linear_lanes", "linear_rows", "selector_lanes", "softmax")
+
+
+def _run_accelerator(args, target: float) -> int:
+    from tokensift.coopt.accel_sizing import PLANNABLE_METHODS, keep_ratios, plan_accelerator
+
+    given = [name for name in _BLOCK_ONLY if getattr(args, name) is not None]
+    if args.accuracy != "flops":
+        given.insert(0, "accuracy")
+    if given:
+        raise InvalidArgumentError(f"--cost accelerator searches the accelerator's own shapes and keep ratios; it "
+                                   f"does not take --{given[0].replace('_', '-')}")
+    if args.method not in PLANNABLE_METHODS:
+        raise InvalidArgumentError(f"--cost accelerator plans the keep ratio of a method whose registers fix the "
+                                   f"token counts ({', '.join(PLANNABLE_METHODS)}), not {args.method}")
+    clock = None
+    if args.clock_mhz is not None:
+        values = parse_list(args.clock_mhz, float, "clock-mhz")
+        if len(values) != 1 or not values[0] > 0 or values[0] == float("inf"):
+            raise InvalidArgumentError(f"--cost accelerator takes one positive --clock-mhz, not {args.clock_mhz!r}")
+        clock = values[0]
+    try:
+        grid = keep_ratios(args.keep_min, args.keep_step)
+        plan = plan_accelerator(args.model, args.device, target_latency_ms=target, method=args.method,
+                                clock_mhz=clock, keep_grid=grid)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    out = {"cost": "accelerator", "model": args.model, "method": args.method, "device": args.device,
+           **plan.as_dict()}
+    if plan.chosen is not None:
+        shape = plan.chosen.sizing.chosen.shape
+        cycles = max(plan.chosen.sizing.chosen.cycles)
+        out["training_budget"] = {
+            "keep_ratio": plan.chosen.keep_ratio, "planned_cycles": cycles, "dense_cycles": plan.dense_cycles,
+            "latency_ratio": round(cycles / plan.dense_cycles, 4),
+            "command": f"tokensift train --model {args.model} --method {args.method} --keep {plan.chosen.keep_ratio:g} "
+                       f"--out runs/{args.method}",
+            "simulate": f"tokensift simulate model --checkpoint runs/{args.method}/{args.method}_keep"
+                        f"{plan.chosen.keep_ratio:g}.pth --banks "
+                        f"{shape['banks']} --lanes {shape['lanes']} --gemm-cols {shape['gemm_cols']} --axi-bytes "
+                        f"{shape['axi_bytes']} --clock-mhz {plan.clock_mhz:g}"}
+    if args.json:
+        from tokensift.cli import emit_json
+
+        emit_json(out)
+    else:
+        print(plan.message)
+        print("| keep | keep counts | shape (banks x GEMM cols, lanes, AXI bits) | cycles | latency (ms) | meets |")
+        print("|---:|---|---|---:|---:|---|")
+        for p in plan.points:
+            d = p.as_dict()
+            sh = d["shape"]
+            where = "-" if sh is None else (f"{sh['banks']} x {sh['gemm_cols']}, {sh['lanes']}, "
+                                             f"{8 * sh['axi_bytes']}")
+            cyc = "-" if d["cycles"] is None else f"{d['cycles']:,}"
+            lat = "-" if d["latency_ms"] is None else f"{d['latency_ms']:.4g}"
+            print(f"| {p.keep_ratio:g} | {list(p.keep)} | {where} | {cyc} | {lat} | {d['meets_target']} |")
+        if plan.chosen is not None:
+            print(f"dense on the same design: {plan.dense_cycles:,} cycles")
+            print(f"train: {out['training_budget']['command']}")
+            print(f"then: {out['training_budget']['simulate']}")
+    if plan.chosen is None:
+        print(f"tokensift co-opt: error: {plan.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from tokensift.coopt.evaluate import CostEvaluator
     from tokensift.coopt.search import co_optimize
@@ -160,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
         if not 0.0 < value <= 1.0:  # NaN fails this too
             raise InvalidArgumentError(f"--{name} must be in (0, 1], not {value:g}")
     device = get_device(args.device)
+    if args.cost == "accelerator":
+        return _run_accelerator(args, target)
     _check_paths(args)
     search = args.search or ("nsga2" if args.storage or args.accuracy == "measured" else "grid")
     if args.storage and search != "nsga2":

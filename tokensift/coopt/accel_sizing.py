@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from tokensift.checks import check_int
 
-__all__ = ["AccelSpace", "AccelPoint", "SizingResult", "project_for", "size_accelerator"]
+__all__ = ["AccelSpace", "AccelPoint", "SizingResult", "project_for", "size_accelerator", "PLANNABLE_METHODS",
+           "PlanPoint", "PlanResult", "keep_ratios", "plan_accelerator"]
 
 
 def _pow2(name: str, values) -> tuple[int, ...]:
@@ -116,11 +117,13 @@ def project_for(int_model, shape: dict):
 
 
 def size_accelerator(int_model, device, images, *, clock_mhz: float, target_latency_ms: float | None = None,
-                     space: AccelSpace | None = None, registers=None, dram_latency: int = 10) -> SizingResult:
+                     space: AccelSpace | None = None, registers=None, dram_latency: int = 10,
+                     cache: dict | None = None) -> SizingResult:
     """Cost every shape of ``space`` for ``int_model`` (a calibrated
     :class:`~tokensift.quant.integer_model.IntegerViT`) on ``device`` at ``clock_mhz``, with the cycles of
     ``images`` (float, B x C x H x W) under ``registers(project)`` (default: the compiled model's own), and
-    choose one (the module docstring says how)."""
+    choose one (the module docstring says how). ``cache``: a dict kept between calls on the same model and
+    device (each shape's compiled project and resources; :func:`plan_accelerator` sizes once per keep ratio)."""
     from tokensift.devices import Device, get_device
     from tokensift.hw.accel.resources import resources as accel_resources
 
@@ -137,12 +140,19 @@ def size_accelerator(int_model, device, images, *, clock_mhz: float, target_late
     t0 = time.perf_counter()
     points = []
     traces = None  # the images' runs in the reference sequencer: the same on every shape
+    cache = {} if cache is None else cache
     for shape in space.shapes(head_dim=head_dim):
-        try:
-            project = project_for(int_model, shape)
-        except ValueError:  # a shape this model's envelope rules out (the configuration says which rule)
+        key = (id(int_model), device.name, tuple(shape.values()))
+        if key not in cache:
+            try:
+                project = project_for(int_model, shape)
+            except ValueError:  # a shape this model's envelope rules out (the configuration says which rule)
+                project = None
+            cache[key] = (project, None if project is None else
+                          accel_resources(project.config, device.family).as_dict(device.family))
+        project, used = cache[key]
+        if project is None:
             continue
-        used = accel_resources(project.config, device.family).as_dict(device.family)
         util = {k: (used[k] / cap[k] if cap[k] else (float("inf") if used[k] else 0.0)) for k in cap}
         point = AccelPoint(shape=shape, resources=used, utilization={k: round(v, 4) for k, v in util.items()},
                            fits=all(v <= 1.0 for v in util.values()))
@@ -168,3 +178,137 @@ def size_accelerator(int_model, device, images, *, clock_mhz: float, target_late
                    f"none of {len(fitting)} fitting shapes meets {target_latency_ms:.4g} ms: the fastest")
     return SizingResult(chosen=chosen, points=points, target_latency_ms=target_latency_ms, clock_mhz=clock_mhz,
                         dram_latency=dram_latency, seconds=time.perf_counter() - t0, message=message)
+
+
+#: methods whose token counts the accelerator's registers fix (top-k at a count per stage), so one run of the
+#: reference sequencer per keep ratio gives every image's cycles on every shape
+PLANNABLE_METHODS = ("dynamicvit",)
+
+
+@dataclass
+class PlanPoint:
+    """One keep ratio: its per-stage keep counts and the best shape for it (:func:`size_accelerator`'s rule)."""
+
+    keep_ratio: float
+    keep: tuple[int, ...]
+    macs: int
+    sizing: SizingResult
+
+    def as_dict(self) -> dict:
+        c = self.sizing.chosen
+        return {"keep_ratio": self.keep_ratio, "keep": list(self.keep), "macs": self.macs,
+                "shape": None if c is None else c.shape, "cycles": None if c is None else max(c.cycles),
+                "latency_ms": None if c is None else c.latency_ms,
+                "meets_target": bool(c is not None and c.meets_target)}
+
+
+@dataclass
+class PlanResult:
+    """The keep ratio and shape chosen by the accelerator's own models (``chosen``: None when no keep ratio
+    of the grid meets the target on a shape that fits), every keep ratio's point, the dense run's cycles on
+    the chosen shape and the sentence that explains the choice."""
+
+    chosen: PlanPoint | None
+    points: list[PlanPoint]
+    dense_cycles: int | None
+    target_latency_ms: float
+    clock_mhz: float
+    seconds: float
+    message: str
+
+    def as_dict(self) -> dict:
+        return {"chosen": None if self.chosen is None else {**self.chosen.as_dict(),
+                                                            "sizing": self.chosen.sizing.as_dict()},
+                "points": [p.as_dict() for p in self.points], "dense_cycles": self.dense_cycles,
+                "target_latency_ms": self.target_latency_ms, "clock_mhz": self.clock_mhz,
+                "seconds": round(self.seconds, 2), "message": self.message}
+
+
+def keep_ratios(low: float = 0.3, step: float = 0.05) -> tuple[float, ...]:
+    """``low, low + step, ... , 1.0`` (1.0 always included), rounded to 4 places."""
+    if not 0 < low <= 1 or not 0 < step <= 1:
+        raise ValueError(f"the keep grid needs 0 < low <= 1 and 0 < step <= 1, not low {low} and step {step}")
+    out, r = [], low
+    while r < 1.0 - 1e-9:
+        out.append(round(r, 4))
+        r += step
+    return (*out, 1.0)
+
+
+def plan_accelerator(model: str, device, *, target_latency_ms: float, method: str = "dynamicvit",
+                     clock_mhz: float | None = None, keep_grid=None, space: AccelSpace | None = None,
+                     dram_latency: int = 10, seed: int = 0) -> PlanResult:
+    """The keep ratio and accelerator shape for ``model`` (a registered backbone) with ``method`` on ``device``,
+    both chosen by the generated design's own models: for each keep ratio of ``keep_grid`` (default
+    :func:`keep_ratios`), the per-stage keep counts it schedules, one run of the reference sequencer under
+    those registers, and every shape of ``space`` costed on it (:func:`size_accelerator`). The choice: the
+    largest keep ratio (the most tokens kept, the accuracy the method can hold) with a fitting shape that
+    meets the target, on the shape that uses the least of its scarcest resource.
+
+    The weights are random (seeded) and calibrated on random images: under top-k the keep registers fix every
+    op's token count, so the cycles are those of any trained model of the same backbone and method at those
+    counts (:data:`PLANNABLE_METHODS`; thresholds and densities decide per image and need real images:
+    :func:`size_accelerator`). ``clock_mhz`` defaults to the device's typical clock."""
+    import torch
+
+    from tokensift.devices import Device, get_device
+    from tokensift.hw.accel.project import useful_macs
+    from tokensift.quant.integer_model import IntegerViT
+    from tokensift.sw import create_model
+    from tokensift.sw.methods.dynamicvit import keep_count
+    from tokensift.sw.registry import get_config
+
+    if method not in PLANNABLE_METHODS:
+        raise ValueError(f"planning the keep ratio on the accelerator's own models needs a method whose "
+                         f"registers fix the token counts ({', '.join(PLANNABLE_METHODS)}), not {method!r}")
+    if not target_latency_ms > 0:
+        raise ValueError(f"target_latency_ms must be positive, not {target_latency_ms}")
+    device = device if isinstance(device, Device) else get_device(device)
+    clock_mhz = float(clock_mhz or device.clock_mhz)
+    grid = tuple(sorted(set(keep_grid or keep_ratios())))
+    if not grid or not all(0 < r <= 1 for r in grid):
+        raise ValueError(f"every keep ratio must be in (0, 1], not {grid}")
+    t0 = time.perf_counter()
+    cfg = get_config(model)
+    torch.manual_seed(seed)
+    # built at a ratio below the grid's so that every stage exists (a stage that keeps all is no stage)
+    float_model = create_model(model, method=method, keep_ratio=min(0.5, grid[0])).eval()
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randn(1, cfg.in_chans, cfg.img_size, cfg.img_size, generator=gen)
+    int_model = IntegerViT.from_float(float_model, [(torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size,
+                                                                 generator=gen), None)], num_batches=1)
+    selectors = [sel for _, sel in float_model.stage_selectors()]
+    points, cache = [], {}
+    for rho in grid:
+        keep = tuple(keep_count(sel.num_patches, rho, sel.stage) for sel in selectors)
+        sizing = size_accelerator(int_model, device, image, clock_mhz=clock_mhz, target_latency_ms=target_latency_ms,
+                                  space=space, registers=lambda p, k=keep: p.registers(keep=k),
+                                  dram_latency=dram_latency, cache=cache)
+        macs = 0
+        if sizing.chosen is not None:
+            project = project_for(int_model, sizing.chosen.shape)
+            macs = useful_macs([e for _, e in project.traces(image, registers=project.registers(keep=keep))[0]],
+                               int_model.blocks[0].attn.head_dim)
+        points.append(PlanPoint(keep_ratio=rho, keep=keep, macs=macs, sizing=sizing))
+    meeting = [p for p in points if p.sizing.chosen is not None and p.sizing.chosen.meets_target]
+    dense = None
+    if meeting:
+        chosen = max(meeting, key=lambda p: p.keep_ratio)
+        c = chosen.sizing.chosen
+        message = (f"keep {chosen.keep_ratio:g} (the largest of {len(meeting)} of {len(points)} keep ratios that "
+                   f"meet {target_latency_ms:.4g} ms): {max(c.cycles):,} cycles, {c.latency_ms:.4g} ms at "
+                   f"{clock_mhz:g} MHz on {c.shape['banks']} x {c.shape['gemm_cols']} GEMM, {c.shape['lanes']} "
+                   f"lanes, {8 * c.shape['axi_bytes']}-bit AXI")
+        project = project_for(int_model, c.shape)
+        dense = project.estimate(image, registers=project.registers(method="dense"), latency=dram_latency)["cycles"][0]
+    else:
+        chosen = None
+        fitting = [p for p in points if p.sizing.chosen is not None]
+        if not fitting:
+            message = f"no accelerator shape of the space fits {device.name}"
+        else:
+            best = min(fitting, key=lambda p: max(p.sizing.chosen.cycles))
+            message = (f"no keep ratio of the grid meets {target_latency_ms:.4g} ms on {device.name}: the fastest, "
+                       f"keep {best.keep_ratio:g}, takes {best.sizing.chosen.latency_ms:.4g} ms at {clock_mhz:g} MHz")
+    return PlanResult(chosen=chosen, points=points, dense_cycles=dense, target_latency_ms=target_latency_ms,
+                      clock_mhz=clock_mhz, seconds=time.perf_counter() - t0, message=message)
