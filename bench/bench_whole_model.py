@@ -13,6 +13,13 @@ core, linear engine, selector), and two MAC-rate fractions:
 Cases (issue 16's performance goals): DeiT-S with DynamicViT at keep 0.7 on ZCU102 (goal <= 5 ms, >= 80% of
 peak), DeiT-T dense and DynamicViT 0.7 on PYNQ-Z2.
 
+The second table is the same cases on **the generated whole-model accelerator** (:mod:`tokensift.hw.accel`),
+costed by its own models, which equal Yosys (DSP, block RAM) and Verilator (cycles): the fastest shape that
+fits (:func:`tokensift.coopt.accel_sizing.size_accelerator`), with random weights (under top-k the keep
+registers fix every op's token count, so the cycles are any trained model's). The block model above lets
+several attention cores and the GEMM engine be sized freely; the generated design has one attention core of
+``lanes`` MACs next to its ``banks x gemm_cols`` GEMM array, and runs its ops one after another.
+
     .venv/bin/python bench/bench_whole_model.py [--json out.json]
 """
 
@@ -59,6 +66,42 @@ def run_case(model: str, method: str, keep: float | None, device: str) -> dict:
     }
 
 
+def accelerator_case(model: str, method: str, keep: float | None, device: str) -> dict:
+    """The fastest shape of the generated accelerator that fits ``device``, by the design's own models."""
+    from tokensift.coopt.accel_sizing import random_int_model, size_accelerator
+    from tokensift.devices import get_device
+    from tokensift.hw.accel.project import useful_macs
+    from tokensift.hw.cost.clock import accelerator_clock
+
+    t0 = time.perf_counter()
+    dev = get_device(device)
+    int_model, images, _ = random_int_model(model, method, keep)
+    sizing = size_accelerator(int_model, dev, images, clock_mhz=dev.clock_mhz)
+    if sizing.chosen is None:
+        raise SystemExit(f"{sizing.message} for {model}")
+    c = sizing.chosen
+    shape = c.shape
+    from tokensift.coopt.accel_sizing import project_for
+
+    project = project_for(int_model, shape)
+    traces = project.traces(images)
+    est = project.estimate(traces=traces, latency=sizing.dram_latency)["images"][0]
+    by_op: dict[str, int] = {}
+    for _, op, cyc in est["ops"]:
+        by_op[op] = by_op.get(op, 0) + cyc
+    macs = useful_macs([e for _, e in traces[0]], int_model.blocks[0].attn.head_dim)
+    cycles = est["cycles"]
+    clk = accelerator_clock(dev, shape, model=model)
+    design_macs = shape["banks"] * shape["gemm_cols"] + shape["lanes"]
+    return {"model": model, "method": method, "keep": keep, "device": dev.name, "shape": shape,
+            "clock_mhz": clk.mhz, "clock_source": clk.source, "cycles": cycles, "cycles_by_op": by_op,
+            "latency_ms": cycles / (clk.mhz * 1e3), "gmacs": macs / 1e9, "dsp": c.resources["dsp"],
+            "device_dsp": dev.dsp, "utilization": c.utilization,
+            "fraction_of_device_peak": macs / (dev.dsp * cycles), "fraction_of_design_macs": macs / (design_macs * cycles),
+            "shapes_fit": sum(p.fits for p in sizing.points), "shapes": len(sizing.points),
+            "seconds": time.perf_counter() - t0}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=None, help="also write the rows to this file")
@@ -82,9 +125,28 @@ def main() -> int:
             f"{r['gmacs']:.3f}", f"{100 * r['fraction_of_device_peak']:.1f}%",
             f"{100 * r['fraction_of_design_macs']:.1f}%")
     Console(file=sys.stdout, width=200).print(table)
+    accel = [accelerator_case(*case) for case in CASES]
+    table = Table(title="whole model on the generated accelerator, fastest shape that fits (its own models: "
+                        "cycles = Verilator, DSP/BRAM = Yosys)")
+    for col in ("model", "method", "device", "clock", "design", "cycles: attention / GEMM / other", "latency",
+                "GMACs", "of device peak", "of design MACs"):
+        table.add_column(col)
+    for r in accel:
+        sh, u = r["shape"], r["cycles_by_op"]
+        gemm = u.get("GEMM", 0) + u.get("PATCH_EMBED", 0)
+        table.add_row(
+            r["model"], r["method"] + ("" if r["keep"] is None else f" {r['keep']:g}"), r["device"],
+            f"{r['clock_mhz']:g} MHz ({r['clock_source']})",
+            f"attn {sh['lanes']} lanes, GEMM {sh['banks']}x{sh['gemm_cols']}, {8 * sh['axi_bytes']}-bit AXI, "
+            f"{r['dsp']}/{r['device_dsp']} DSP",
+            f"{u.get('ATTENTION', 0):,} / {gemm:,} / {r['cycles'] - u.get('ATTENTION', 0) - gemm:,}",
+            f"{r['latency_ms']:.3f} ms", f"{r['gmacs']:.3f}", f"{100 * r['fraction_of_device_peak']:.1f}%",
+            f"{100 * r['fraction_of_design_macs']:.1f}%")
+    Console(file=sys.stdout, width=200).print(table)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": "python bench/bench_whole_model.py", "rows": rows}, f, indent=1)
+            json.dump({"command": "python bench/bench_whole_model.py", "rows": rows, "accelerator": accel}, f,
+                      indent=1)
     return 0
 
 

@@ -37,3 +37,19 @@ def test_row_is_the_fastest_design_that_fits(bench):
     assert r["fraction_of_design_macs"] == pytest.approx(macs / (design * r["cycles"]))
     assert 0 < r["fraction_of_device_peak"] <= r["fraction_of_design_macs"] < 1
     assert np.isclose(r["clock_mhz"], 100.0) and r["clock_source"] == "assumed"
+
+
+def test_accelerator_row_is_the_generated_designs_fastest_shape_by_its_own_models(bench):
+    from tokensift.coopt.accel_sizing import random_int_model, size_accelerator
+
+    r = bench.accelerator_case("vit_mnist_patch4_28", "dynamicvit", 0.7, "pynq-z2")
+    iv, images, _ = random_int_model("vit_mnist_patch4_28", "dynamicvit", 0.7)
+    sizing = size_accelerator(iv, "pynq-z2", images, clock_mhz=100.0)
+    assert r["shape"] == sizing.chosen.shape and r["cycles"] == max(sizing.chosen.cycles)
+    assert r["cycles"] == min(max(p.cycles) for p in sizing.points if p.fits)
+    assert sum(r["cycles_by_op"].values()) < r["cycles"]  # the sequencer's fetches come on top of the engines
+    sh = r["shape"]
+    macs = r["gmacs"] * 1e9
+    assert r["fraction_of_design_macs"] == pytest.approx(macs / ((sh["banks"] * sh["gemm_cols"] + sh["lanes"]) * r["cycles"]))
+    assert 0 < r["fraction_of_device_peak"] < r["fraction_of_design_macs"] < 1 and r["dsp"] <= 220
+    assert (r["clock_mhz"], r["clock_source"]) == (100.0, "assumed")

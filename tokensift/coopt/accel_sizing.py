@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from tokensift.checks import check_int
 
 __all__ = ["AccelSpace", "AccelPoint", "SizingResult", "project_for", "size_accelerator", "PLANNABLE_METHODS",
-           "PlanPoint", "PlanResult", "keep_ratios", "plan_accelerator"]
+           "PlanPoint", "PlanResult", "keep_ratios", "plan_accelerator", "random_int_model"]
 
 
 def _pow2(name: str, values) -> tuple[int, ...]:
@@ -235,6 +235,26 @@ def keep_ratios(low: float = 0.3, step: float = 0.05) -> tuple[float, ...]:
     return (*out, 1.0)
 
 
+def random_int_model(model: str, method: str, keep_ratio: float | None, *, seed: int = 0, images: int = 1):
+    """``(int_model, images, float_model)``: the registered backbone ``model`` with ``method`` at ``keep_ratio``,
+    random weights (seeded), calibrated on two random images, and ``images`` more random images (B, C, H, W)
+    to run: what cycles under top-k need (the registers fix every op's token count, not the weights)."""
+    import torch
+
+    from tokensift.quant.integer_model import IntegerViT
+    from tokensift.sw import create_model
+    from tokensift.sw.registry import get_config
+
+    cfg = get_config(model)
+    torch.manual_seed(seed)
+    float_model = create_model(model, method=method, keep_ratio=keep_ratio).eval()
+    gen = torch.Generator().manual_seed(seed)
+    shape = (cfg.in_chans, cfg.img_size, cfg.img_size)
+    run = torch.randn(images, *shape, generator=gen)
+    int_model = IntegerViT.from_float(float_model, [(torch.randn(2, *shape, generator=gen), None)], num_batches=1)
+    return int_model, run, float_model
+
+
 def plan_accelerator(model: str, device, *, target_latency_ms: float, method: str = "dynamicvit",
                      clock_mhz: float | None = None, keep_grid=None, space: AccelSpace | None = None,
                      dram_latency: int = 10, seed: int = 0) -> PlanResult:
@@ -249,14 +269,9 @@ def plan_accelerator(model: str, device, *, target_latency_ms: float, method: st
     op's token count, so the cycles are those of any trained model of the same backbone and method at those
     counts (:data:`PLANNABLE_METHODS`; thresholds and densities decide per image and need real images:
     :func:`size_accelerator`). ``clock_mhz`` defaults to the device's typical clock."""
-    import torch
-
     from tokensift.devices import Device, get_device
     from tokensift.hw.accel.project import useful_macs
-    from tokensift.quant.integer_model import IntegerViT
-    from tokensift.sw import create_model
     from tokensift.sw.methods.dynamicvit import keep_count
-    from tokensift.sw.registry import get_config
 
     if method not in PLANNABLE_METHODS:
         raise ValueError(f"planning the keep ratio on the accelerator's own models needs a method whose "
@@ -269,14 +284,8 @@ def plan_accelerator(model: str, device, *, target_latency_ms: float, method: st
     if not grid or not all(0 < r <= 1 for r in grid):
         raise ValueError(f"every keep ratio must be in (0, 1], not {grid}")
     t0 = time.perf_counter()
-    cfg = get_config(model)
-    torch.manual_seed(seed)
     # built at a ratio below the grid's so that every stage exists (a stage that keeps all is no stage)
-    float_model = create_model(model, method=method, keep_ratio=min(0.5, grid[0])).eval()
-    gen = torch.Generator().manual_seed(seed)
-    image = torch.randn(1, cfg.in_chans, cfg.img_size, cfg.img_size, generator=gen)
-    int_model = IntegerViT.from_float(float_model, [(torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size,
-                                                                 generator=gen), None)], num_batches=1)
+    int_model, image, float_model = random_int_model(model, method, min(0.5, grid[0]), seed=seed)
     selectors = [sel for _, sel in float_model.stage_selectors()]
     points, cache = [], {}
     for rho in grid:
