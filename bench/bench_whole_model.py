@@ -66,7 +66,7 @@ def run_case(model: str, method: str, keep: float | None, device: str) -> dict:
     }
 
 
-def accelerator_case(model: str, method: str, keep: float | None, device: str) -> dict:
+def accelerator_case(model: str, method: str, keep: float | None, device: str, *, space=None) -> dict:
     """The fastest shape of the generated accelerator that fits ``device``, by the design's own models."""
     from tokensift.coopt.accel_sizing import random_int_model, size_accelerator
     from tokensift.devices import get_device
@@ -76,9 +76,13 @@ def accelerator_case(model: str, method: str, keep: float | None, device: str) -
     t0 = time.perf_counter()
     dev = get_device(device)
     int_model, images, _ = random_int_model(model, method, keep)
-    sizing = size_accelerator(int_model, dev, images, clock_mhz=dev.clock_mhz)
+    sizing = size_accelerator(int_model, dev, images, clock_mhz=dev.clock_mhz, space=space)
     if sizing.chosen is None:
-        raise SystemExit(f"{sizing.message} for {model}")
+        # what is short: the shape that comes closest, and each resource it needs over the device's
+        closest = min(sizing.points, key=lambda p: p.scarcest)
+        return {"model": model, "method": method, "keep": keep, "device": dev.name, "fits": False,
+                "shape": closest.shape, "resources": closest.resources, "utilization": closest.utilization,
+                "message": sizing.message, "shapes": len(sizing.points), "seconds": time.perf_counter() - t0}
     c = sizing.chosen
     shape = c.shape
     from tokensift.coopt.accel_sizing import project_for
@@ -93,7 +97,7 @@ def accelerator_case(model: str, method: str, keep: float | None, device: str) -
     cycles = est["cycles"]
     clk = accelerator_clock(dev, shape, model=model)
     design_macs = shape["banks"] * shape["gemm_cols"] + shape["lanes"]
-    return {"model": model, "method": method, "keep": keep, "device": dev.name, "shape": shape,
+    return {"model": model, "method": method, "keep": keep, "device": dev.name, "fits": True, "shape": shape,
             "clock_mhz": clk.mhz, "clock_source": clk.source, "cycles": cycles, "cycles_by_op": by_op,
             "latency_ms": cycles / (clk.mhz * 1e3), "gmacs": macs / 1e9, "dsp": c.resources["dsp"],
             "device_dsp": dev.dsp, "utilization": c.utilization,
@@ -132,6 +136,12 @@ def main() -> int:
                 "GMACs", "of device peak", "of design MACs"):
         table.add_column(col)
     for r in accel:
+        if not r["fits"]:
+            over = ", ".join(f"{k} {v:.2f}x" for k, v in r["utilization"].items() if v > 1)
+            table.add_row(r["model"], r["method"] + ("" if r["keep"] is None else f" {r['keep']:g}"), r["device"],
+                          "-", f"no shape of {r['shapes']} fits: the closest needs {over} of the device", "-", "-",
+                          "-", "-", "-")
+            continue
         sh, u = r["shape"], r["cycles_by_op"]
         gemm = u.get("GEMM", 0) + u.get("PATCH_EMBED", 0)
         table.add_row(

@@ -53,3 +53,13 @@ def test_accelerator_row_is_the_generated_designs_fastest_shape_by_its_own_model
     assert r["fraction_of_design_macs"] == pytest.approx(macs / ((sh["banks"] * sh["gemm_cols"] + sh["lanes"]) * r["cycles"]))
     assert 0 < r["fraction_of_device_peak"] < r["fraction_of_design_macs"] < 1 and r["dsp"] <= 220
     assert (r["clock_mhz"], r["clock_source"]) == (100.0, "assumed")
+
+
+def test_accelerator_row_says_what_is_short_when_nothing_fits(bench):
+    # the design keeps every token's activations on chip: DeiT-T's buffers alone exceed a PYNQ-Z2's block RAM
+    from tokensift.coopt.accel_sizing import AccelSpace
+
+    smallest = AccelSpace(banks=(1,), gemm_cols=(16,), lanes=(4,), axi_bytes=(8,))
+    r = bench.accelerator_case("deit_tiny_patch16_224", "none", None, "pynq-z2", space=smallest)
+    assert r["fits"] is False and r["message"] == "no accelerator shape of the space fits PYNQ-Z2"
+    assert r["utilization"]["bram36"] > 1 and r["resources"]["bram36"] > 140
