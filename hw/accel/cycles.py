@@ -132,13 +132,14 @@ def image_trace(image: bytes, registers, input_data: bytes) -> list[tuple[int, d
     return [(pc, dict(entry, protected=before.protected)) for pc, _ins, before, _after, entry in walk(dram, registers)]
 
 
-def trace_cycles(cfg: AccelConfig, image: bytes, registers, trace, *, latency: int) -> dict:
+def trace_cycles(cfg: AccelConfig, image: bytes, registers, trace, *, latency: int, decoded=None) -> dict:
     """``{"cycles", "ops"}``: the cost model's cycles of an :func:`image_trace` on the design ``cfg``, with
     ``image`` and ``registers`` the model compiled for ``cfg`` (their addresses place the records), and per
-    executed instruction ``(pc, opcode, cycles)``."""
+    executed instruction ``(pc, opcode, cycles)``. ``decoded``: ``decode_image(image)`` when the caller has it
+    (a sizing costs one image under many registers)."""
     from tokensift.quant.accel.image import decode_image
 
-    mem = decode_image(image)
+    mem = decoded if decoded is not None else decode_image(image)
     bus = cfg.axi.data_bytes
     total = HEAD_TAIL(latency, bus)
     ops = []

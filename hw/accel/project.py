@@ -11,7 +11,7 @@ through Verilator bit-exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.axi.config import AxiDmaConfig
@@ -29,6 +29,8 @@ class Project:
     config: AccelConfig
     compiled: object
     int_model: object = None
+    #: the decoded memory image, once an estimate needed it
+    _decoded: object = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def image(self) -> bytes:
@@ -62,7 +64,12 @@ class Project:
             raise ValueError("estimate needs either images or their traces, not both")
         regs = registers or self.registers()
         traces = traces if traces is not None else self.traces(images, registers=regs)
-        per = [trace_cycles(self.config, self.image, regs, tr, latency=latency) for tr in traces]
+        if self._decoded is None:
+            from tokensift.quant.accel.image import decode_image
+
+            self._decoded = decode_image(self.image)
+        per = [trace_cycles(self.config, self.image, regs, tr, latency=latency, decoded=self._decoded)
+               for tr in traces]
         return {"cycles": [p["cycles"] for p in per], "images": per}
 
     def resources(self, family: str = "ecp5"):
