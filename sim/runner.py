@@ -6,7 +6,8 @@ testbench also runs on Icarus Verilog (``simulator="icarus"``), which shows the 
 tied to one simulator.
 
 Testbench modules live in :mod:`tokensift.sim` so they import from anywhere. A testbench receives its
-parameters as JSON through the ``TOKENSIFT_TB_PARAMS`` environment variable and writes its results
+parameters as JSON in the file ``TOKENSIFT_TB_PARAMS`` names (a file: an environment variable holds at most
+128 KiB) and writes its results
 (cycles, pass/fail details) as JSON to the path in ``TOKENSIFT_TB_RESULTS``; :func:`tb_params` and
 :func:`tb_report` are the testbench side of that contract.
 
@@ -149,8 +150,12 @@ def run_cocotb(
     stamp = f"{os.getpid()}-{time.monotonic_ns()}"
     results_json = log_dir / f"report-{stamp}.json"
     results_xml = log_dir / f"results-{stamp}.xml"
+    # the parameters travel in a file: an environment variable holds at most 128 KiB (a DeiT-S image's input
+    # bytes as hex are 300 KiB), beyond which the simulator cannot even be started
+    params_json = log_dir / f"params-{stamp}.json"
+    params_json.write_text(json.dumps(params or {}))
     env = {
-        _PARAMS_ENV: json.dumps(params or {}),
+        _PARAMS_ENV: str(params_json),
         _RESULTS_ENV: str(results_json),
     }
     start = time.perf_counter()
@@ -220,8 +225,9 @@ def run_cocotb(
 # -- testbench side --------------------------------------------------------------------------------
 
 def tb_params() -> dict:
-    """Inside a cocotb test: the ``params`` given to :func:`run_cocotb`."""
-    return json.loads(os.environ.get(_PARAMS_ENV, "{}"))
+    """Inside a cocotb test: the ``params`` given to :func:`run_cocotb` (from the file it wrote)."""
+    path = os.environ.get(_PARAMS_ENV)
+    return json.loads(Path(path).read_text()) if path else {}
 
 
 def tb_report(**values) -> None:

@@ -40,6 +40,14 @@ def test_waves_land_in_build_dir(tmp_path):
     assert "o_stream__payload" in result.waves.read_text()
 
 
+def test_parameters_larger_than_an_environment_variable_reach_the_testbench(tmp_path):
+    # a DeiT-S image's input bytes travel as 300 KiB of hex: more than one environment variable may hold
+    p = CONFIGS[0]
+    result = run_cocotb(make(p), toplevel="requant", test_module="tokensift.sim.tb_requant",
+                        params={**p, "seed": 3, "count": 40, "padding": "0" * 400_000}, testcase="random_stream_with_stalls")
+    assert result.results_xml.exists()
+
+
 def test_fst_without_lz4_says_how_to_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "fst_supported", lambda: False)
     with pytest.raises(ToolchainError, match=r"^FST waveforms need the lz4 headers \(apt-get install liblz4-dev\)"):
