@@ -11,6 +11,30 @@ from tokensift.sim.runner import run_cocotb
 __all__ = ["run_accelerator"]
 
 
+#: Verilator control lines: only the top level's ports are visible to cocotb
+_PORTS_ONLY = """`verilator_config
+public_flat_rw -module "tokensift_accel" -var "clk"
+public_flat_rw -module "tokensift_accel" -var "rst"
+public_flat_rw -module "tokensift_accel" -var "irq"
+public_flat_rw -module "tokensift_accel" -var "m_axi__*"
+public_flat_rw -module "tokensift_accel" -var "s_axil__*"
+"""
+
+
+def _ports_only() -> list[str]:
+    """Verilator options that undo cocotb's ``--public-flat-rw`` for all but the top level's ports. Every
+    signal public means every signal may be written from outside, so Verilator re-evaluates all of the
+    design's combinational logic at each evaluation; a large design then simulates many times slower. The
+    runs that read the sequencer's internal ports (``op_timing``) keep everything public."""
+    from tokensift.sim.runner import default_build_root
+
+    path = default_build_root() / "tokensift_accel_ports.vlt"
+    if not path.exists() or path.read_text() != _PORTS_ONLY:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_PORTS_ONLY)
+    return ["--no-public-flat-rw", str(path)]
+
+
 def run_accelerator(cfg: AccelConfig, dram: bytes, runs: list[dict], *, latency: int = 8, pause: float = 0.0,
                     seed: int = 1, op_timing: bool = False, build_dir=None, waves=False) -> dict:
     """Load ``dram`` at address 0, do each run (see :mod:`tokensift.sim.tb_accel`), return the report."""
@@ -23,7 +47,8 @@ def run_accelerator(cfg: AccelConfig, dram: bytes, runs: list[dict], *, latency:
                   "latency": latency, "pause": pause, "seed": seed, "op_timing": op_timing,
                   "runs": [{**r, "registers": {str(k): v for k, v in r["registers"].items()}} for r in runs]}
         res = run_cocotb(Accelerator(config=cfg), toplevel="tokensift_accel", test_module="tokensift.sim.tb_accel",
-                         params=params, build_dir=build_dir, waves=waves, seed=seed)
+                         params=params, build_dir=build_dir, waves=waves, seed=seed,
+                         build_args=[] if op_timing else _ports_only())
     return {**res.report, "build_dir": str(res.build_dir), "wall_s": res.wall_s}
 
 
