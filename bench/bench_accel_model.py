@@ -20,10 +20,8 @@ reference sequencer. Printed side by side, per run-time register set:
 Cases: ``mnist`` (vit_mnist_patch4_28, DynamicViT keep 0.7, sized for PYNQ-Z2, two test images, pruned and
 dense) and ``deit_s`` (deit_small_patch16_224, DynamicViT keep 0.7, calibrated and run on random images,
 sized for ZCU102 at 300 MHz assumed; one image; ``--dense`` adds the dense run, about 1.8x the time). The
-DeiT-S case is hours: its sized design (8 x 128 GEMM, 32 attention lanes) simulated at about 270 cycles per
-wall-clock second on the shared 2-core machine (Verilator re-evaluates the design's combinational logic on
-every evaluation, 1.4 M lines of Verilog; the C++ build alone took 25 minutes), so its 9.27 M cycles need
-about 10 hours: a benchmark for a bigger machine, never ``make test``.
+DeiT-S case takes about 15 minutes (its 1.4 M lines of Verilog build in about 5, its 9.27 M cycles simulate at
+about 16,000 per second): a slow benchmark, not ``make test``.
 
     .venv/bin/python bench/bench_accel_model.py                     # both cases
     .venv/bin/python bench/bench_accel_model.py --case deit_s --json bench/accel_model.json
