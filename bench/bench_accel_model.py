@@ -24,7 +24,7 @@ DeiT-S case takes about 15 minutes (its 1.4 M lines of Verilog build in about 5,
 about 16,000 per second): a slow benchmark, not ``make test``.
 
     .venv/bin/python bench/bench_accel_model.py                     # both cases
-    .venv/bin/python bench/bench_accel_model.py --case deit_s --json bench/accel_model.json
+    .venv/bin/python bench/bench_accel_model.py --case deit_s --dense --json out.json   # bench/accel_model.json holds both cases
 """
 
 from __future__ import annotations
