@@ -131,7 +131,7 @@ def test_plan_cycles_hold_for_any_weights_at_the_same_keep_counts(plan):
 
 
 def test_plan_refuses_methods_whose_counts_the_registers_do_not_fix_and_says_when_nothing_meets():
-    from tokensift.coopt.accel_sizing import keep_ratios, plan_accelerator
+    from tokensift.coopt.accel_sizing import plan_accelerator
 
     for method in ("asvit", "sait", "evit"):
         with pytest.raises(ValueError, match=r"^planning the keep ratio on the accelerator's own models needs a "
@@ -143,6 +143,6 @@ def test_plan_refuses_methods_whose_counts_the_registers_do_not_fix_and_says_whe
                               space=PLAN_SPACE)
     assert missed.chosen is None and missed.dense_cycles is None
     assert missed.message.startswith("no keep ratio of the grid meets 0.01 ms on PYNQ-Z2: the fastest, keep 0.5")
-    assert keep_ratios(0.5, 0.25) == (0.5, 0.75, 1.0) and keep_ratios(0.3, 0.05)[:2] == (0.3, 0.35)
-    with pytest.raises(ValueError, match="keep grid"):
-        keep_ratios(0.0, 0.1)
+    with pytest.raises(ValueError, match=r"^every keep ratio must be in \(0, 1\]"):
+        plan_accelerator("vit_mnist_patch4_28", "pynq-z2", target_latency_ms=1.0, keep_grid=(0.5, 1.5),
+                         space=PLAN_SPACE)

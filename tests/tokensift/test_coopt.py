@@ -221,11 +221,13 @@ def test_cli_accelerator_cost_plans_keep_and_shape_on_the_designs_own_models(cap
     from tokensift.coopt.accel_sizing import plan_accelerator
 
     rc = main(["co-opt", "--cost", "accelerator", "--device", "pynq-z2", "--method", "dynamicvit",
-               "--target-latency-ms", "2.5", "--keep-min", "0.5", "--keep-step", "0.25", "--json"])
+               "--target-latency-ms", "2.5", "--keep-min", "0.6", "--keep-step", "1", "--json"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     d = json.loads(out)
-    plan = plan_accelerator("vit_mnist_patch4_28", "pynq-z2", target_latency_ms=2.5, keep_grid=(0.5, 0.75, 1.0))
+    # --keep-step means what it means for the block model's search: one rho every step / 5
+    plan = plan_accelerator("vit_mnist_patch4_28", "pynq-z2", target_latency_ms=2.5, keep_grid=(0.6, 0.8, 1.0))
+    assert [p["keep_ratio"] for p in d["points"]] == [0.6, 0.8, 1.0]
     assert d["cost"] == "accelerator" and d["chosen"]["keep_ratio"] == plan.chosen.keep_ratio
     assert [p["cycles"] for p in d["points"]] == [p.as_dict()["cycles"] for p in plan.points]
     chosen = d["chosen"]

@@ -157,7 +157,9 @@ _BLOCK_ONLY = ("search", "storage", "study_name", "checkpoint", "data", "report"
 
 
 def _run_accelerator(args, target: float) -> int:
-    from tokensift.coopt.accel_sizing import PLANNABLE_METHODS, keep_ratios, plan_accelerator
+    from tokensift.coopt.accel_sizing import PLANNABLE_METHODS, plan_accelerator
+    from tokensift.coopt.space import default_keep_space
+    from tokensift.sw.registry import create_model
 
     given = [name for name in _BLOCK_ONLY if getattr(args, name) is not None]
     if args.accuracy != "flops":
@@ -175,7 +177,9 @@ def _run_accelerator(args, target: float) -> int:
             raise InvalidArgumentError(f"--cost accelerator takes one positive --clock-mhz, not {args.clock_mhz!r}")
         clock = values[0]
     try:
-        grid = keep_ratios(args.keep_min, args.keep_step)
+        # the same keep axis as the block model's search (--keep-min, --keep-step mean the same)
+        stages = len(create_model(args.model, method=args.method).stage_selectors())
+        grid = default_keep_space(args.method, stages, low=args.keep_min, step=args.keep_step).values
         plan = plan_accelerator(args.model, args.device, target_latency_ms=target, method=args.method,
                                 clock_mhz=clock, keep_grid=grid)
     except ValueError as exc:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from tokensift.checks import check_int
 
 __all__ = ["AccelSpace", "AccelPoint", "SizingResult", "project_for", "size_accelerator", "PLANNABLE_METHODS",
-           "PlanPoint", "PlanResult", "keep_ratios", "plan_accelerator", "random_int_model"]
+           "PlanPoint", "PlanResult", "plan_accelerator", "random_int_model"]
 
 
 def _pow2(name: str, values) -> tuple[int, ...]:
@@ -98,6 +98,8 @@ class SizingResult:
     dram_latency: int
     seconds: float
     message: str
+    #: the images' runs in the reference sequencer (None when no shape fits): the same on every shape
+    traces: list | None = None
 
     def as_dict(self) -> dict:
         return {"chosen": None if self.chosen is None else self.chosen.as_dict(),
@@ -125,7 +127,6 @@ def size_accelerator(int_model, device, images, *, clock_mhz: float, target_late
     choose one (the module docstring says how). ``cache``: a dict kept between calls on the same model and
     device (each shape's compiled project and resources; :func:`plan_accelerator` sizes once per keep ratio)."""
     from tokensift.devices import Device, get_device
-    from tokensift.hw.accel.resources import resources as accel_resources
 
     device = device if isinstance(device, Device) else get_device(device)
     space = space or AccelSpace()
@@ -142,16 +143,8 @@ def size_accelerator(int_model, device, images, *, clock_mhz: float, target_late
     traces = None  # the images' runs in the reference sequencer: the same on every shape
     cache = {} if cache is None else cache
     for shape in space.shapes(head_dim=head_dim):
-        key = (id(int_model), device.name, tuple(shape.values()))
-        if key not in cache:
-            try:
-                project = project_for(int_model, shape)
-            except ValueError:  # a shape this model's envelope rules out (the configuration says which rule)
-                project = None
-            cache[key] = (project, None if project is None else
-                          accel_resources(project.config, device.family).as_dict(device.family))
-        project, used = cache[key]
-        if project is None:
+        project, used = _compiled(cache, int_model, device.family, shape)
+        if project is None:  # a shape this model's envelope rules out
             continue
         util = {k: (used[k] / cap[k] if cap[k] else (float("inf") if used[k] else 0.0)) for k in cap}
         point = AccelPoint(shape=shape, resources=used, utilization={k: round(v, 4) for k, v in util.items()},
@@ -177,7 +170,23 @@ def size_accelerator(int_model, device, images, *, clock_mhz: float, target_late
         message = (f"the fastest of {len(fitting)} fitting shapes" if target_latency_ms is None else
                    f"none of {len(fitting)} fitting shapes meets {target_latency_ms:.4g} ms: the fastest")
     return SizingResult(chosen=chosen, points=points, target_latency_ms=target_latency_ms, clock_mhz=clock_mhz,
-                        dram_latency=dram_latency, seconds=time.perf_counter() - t0, message=message)
+                        dram_latency=dram_latency, seconds=time.perf_counter() - t0, message=message, traces=traces)
+
+
+def _compiled(cache: dict, int_model, family: str, shape: dict):
+    """``(project, resources on family)`` of ``int_model`` compiled for ``shape``, from ``cache`` when it was
+    compiled before; ``(None, None)`` for a shape the model's envelope rules out."""
+    from tokensift.hw.accel.resources import resources as accel_resources
+
+    key = (id(int_model), family, tuple(shape.values()))
+    if key not in cache:
+        try:
+            project = project_for(int_model, shape)
+        except ValueError:  # the configuration says which rule
+            cache[key] = (None, None)
+        else:
+            cache[key] = (project, accel_resources(project.config, family).as_dict(family))
+    return cache[key]
 
 
 #: methods whose token counts the accelerator's registers fix (top-k at a count per stage), so one run of the
@@ -224,17 +233,6 @@ class PlanResult:
                 "seconds": round(self.seconds, 2), "message": self.message}
 
 
-def keep_ratios(low: float = 0.3, step: float = 0.05) -> tuple[float, ...]:
-    """``low, low + step, ... , 1.0`` (1.0 always included), rounded to 4 places."""
-    if not 0 < low <= 1 or not 0 < step <= 1:
-        raise ValueError(f"the keep grid needs 0 < low <= 1 and 0 < step <= 1, not low {low} and step {step}")
-    out, r = [], low
-    while r < 1.0 - 1e-9:
-        out.append(round(r, 4))
-        r += step
-    return (*out, 1.0)
-
-
 def random_int_model(model: str, method: str, keep_ratio: float | None, *, seed: int = 0, images: int = 1):
     """``(int_model, images, float_model)``: the registered backbone ``model`` with ``method`` at ``keep_ratio``,
     random weights (seeded), calibrated on two random images, and ``images`` more random images (B, C, H, W)
@@ -259,8 +257,8 @@ def plan_accelerator(model: str, device, *, target_latency_ms: float, method: st
                      clock_mhz: float | None = None, keep_grid=None, space: AccelSpace | None = None,
                      dram_latency: int = 10, seed: int = 0) -> PlanResult:
     """The keep ratio and accelerator shape for ``model`` (a registered backbone) with ``method`` on ``device``,
-    both chosen by the generated design's own models: for each keep ratio of ``keep_grid`` (default
-    :func:`keep_ratios`), the per-stage keep counts it schedules, one run of the reference sequencer under
+    both chosen by the generated design's own models: for each keep ratio of ``keep_grid`` (default: the
+    co-optimizer's, :func:`tokensift.coopt.space.default_keep_space`), the per-stage keep counts it schedules, one run of the reference sequencer under
     those registers, and every shape of ``space`` costed on it (:func:`size_accelerator`). The choice: the
     largest keep ratio (the most tokens kept, the accuracy the method can hold) with a fitting shape that
     meets the target, on the shape that uses the least of its scarcest resource.
@@ -280,24 +278,25 @@ def plan_accelerator(model: str, device, *, target_latency_ms: float, method: st
         raise ValueError(f"target_latency_ms must be positive, not {target_latency_ms}")
     device = device if isinstance(device, Device) else get_device(device)
     clock_mhz = float(clock_mhz or device.clock_mhz)
-    grid = tuple(sorted(set(keep_grid or keep_ratios())))
-    if not grid or not all(0 < r <= 1 for r in grid):
-        raise ValueError(f"every keep ratio must be in (0, 1], not {grid}")
     t0 = time.perf_counter()
     # built at a ratio below the grid's so that every stage exists (a stage that keeps all is no stage)
-    int_model, image, float_model = random_int_model(model, method, min(0.5, grid[0]), seed=seed)
+    int_model, image, float_model = random_int_model(model, method, min([0.5, *(keep_grid or ())]), seed=seed)
     selectors = [sel for _, sel in float_model.stage_selectors()]
+    if keep_grid is None:
+        from tokensift.coopt.space import default_keep_space
+
+        keep_grid = default_keep_space(method, len(selectors)).values
+    grid = tuple(sorted(set(keep_grid)))
+    if not grid or not all(0 < r <= 1 for r in grid):
+        raise ValueError(f"every keep ratio must be in (0, 1], not {grid}")
+    head_dim = int_model.blocks[0].attn.head_dim
     points, cache = [], {}
     for rho in grid:
         keep = tuple(keep_count(sel.num_patches, rho, sel.stage) for sel in selectors)
         sizing = size_accelerator(int_model, device, image, clock_mhz=clock_mhz, target_latency_ms=target_latency_ms,
                                   space=space, registers=lambda p, k=keep: p.registers(keep=k),
                                   dram_latency=dram_latency, cache=cache)
-        macs = 0
-        if sizing.chosen is not None:
-            project = project_for(int_model, sizing.chosen.shape)
-            macs = useful_macs([e for _, e in project.traces(image, registers=project.registers(keep=keep))[0]],
-                               int_model.blocks[0].attn.head_dim)
+        macs = 0 if sizing.traces is None else useful_macs([e for _, e in sizing.traces[0]], head_dim)
         points.append(PlanPoint(keep_ratio=rho, keep=keep, macs=macs, sizing=sizing))
     meeting = [p for p in points if p.sizing.chosen is not None and p.sizing.chosen.meets_target]
     dense = None
@@ -308,7 +307,7 @@ def plan_accelerator(model: str, device, *, target_latency_ms: float, method: st
                    f"meet {target_latency_ms:.4g} ms): {max(c.cycles):,} cycles, {c.latency_ms:.4g} ms at "
                    f"{clock_mhz:g} MHz on {c.shape['banks']} x {c.shape['gemm_cols']} GEMM, {c.shape['lanes']} "
                    f"lanes, {8 * c.shape['axi_bytes']}-bit AXI")
-        project = project_for(int_model, c.shape)
+        project, _ = _compiled(cache, int_model, device.family, c.shape)
         dense = project.estimate(image, registers=project.registers(method="dense"), latency=dram_latency)["cycles"][0]
     else:
         chosen = None
