@@ -42,27 +42,25 @@ CASES = {
 
 
 def _model(name: str, method: str, keep: float, data: str, images: int):
+    """The calibrated integer model and the images to run: MNIST's own, or random ones
+    (:func:`~tokensift.coopt.accel_sizing.random_int_model`)."""
     import torch
 
+    from tokensift.coopt.accel_sizing import random_int_model
+
+    if data != "mnist":
+        int_model, picked, _ = random_int_model(name, method, keep, images=images)
+        return int_model, picked
     from tokensift.quant.integer_model import IntegerViT
     from tokensift.sw import create_model
+    from tokensift.sw.data import load_mnist, spread_indices, spread_subset
 
     torch.manual_seed(0)
     model = create_model(name, method=method, keep_ratio=keep).eval()
-    if data == "mnist":
-        from tokensift.sw.data import load_mnist, spread_indices, spread_subset
-
-        train, test = load_mnist()
-        calib = spread_subset(train, 200)
-        loader = [(torch.stack([calib[i][0] for i in range(len(calib))]), None)]
-        picked = torch.stack([test[i][0] for i in spread_indices(len(test), images)])
-    else:
-        g = torch.Generator().manual_seed(1)
-        c = model.patch_embed.in_chans if hasattr(model.patch_embed, "in_chans") else 3
-        size = model.patch_embed.img_size if hasattr(model.patch_embed, "img_size") else 224
-        size = size[0] if isinstance(size, tuple) else size
-        loader = [(torch.randn(4, c, size, size, generator=g), None)]
-        picked = torch.randn(images, c, size, size, generator=g)
+    train, test = load_mnist()
+    calib = spread_subset(train, 200)
+    loader = [(torch.stack([calib[i][0] for i in range(len(calib))]), None)]
+    picked = torch.stack([test[i][0] for i in spread_indices(len(test), images)])
     return IntegerViT.from_float(model, loader, num_batches=1), picked
 
 
