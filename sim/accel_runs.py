@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -11,27 +12,23 @@ from tokensift.sim.runner import run_cocotb
 __all__ = ["run_accelerator"]
 
 
-#: Verilator control lines: only the top level's ports are visible to cocotb
-_PORTS_ONLY = """`verilator_config
-public_flat_rw -module "tokensift_accel" -var "clk"
-public_flat_rw -module "tokensift_accel" -var "rst"
-public_flat_rw -module "tokensift_accel" -var "irq"
-public_flat_rw -module "tokensift_accel" -var "m_axi__*"
-public_flat_rw -module "tokensift_accel" -var "s_axil__*"
-"""
-
-
-def _ports_only() -> list[str]:
-    """Verilator options that undo cocotb's ``--public-flat-rw`` for all but the top level's ports. Every
-    signal public means every signal may be written from outside, so Verilator re-evaluates all of the
-    design's combinational logic at each evaluation; a large design then simulates many times slower. The
-    runs that read the sequencer's internal ports (``op_timing``) keep everything public."""
+def _ports_only(top) -> list[str]:
+    """Verilator options that undo cocotb's ``--public-flat-rw`` for all but the top level's ports (the clock,
+    the reset and each member of ``top``'s signature). Every signal public means every signal may be written
+    from outside, so Verilator re-evaluates all of the design's combinational logic at each evaluation; a
+    large design then simulates many times slower. The runs that read the sequencer's internal ports
+    (``op_timing``) keep everything public."""
+    from tokensift.hw.accel.project import TOPLEVEL
     from tokensift.sim.runner import default_build_root
 
-    path = default_build_root() / "tokensift_accel_ports.vlt"
-    if not path.exists() or path.read_text() != _PORTS_ONLY:
+    names = ["clk", "rst"] + [f"{name}__*" if member.is_signature else name
+                              for name, member in top.signature.members.items()]
+    text = "`verilator_config\n" + "".join(f'public_flat_rw -module "{TOPLEVEL}" -var "{n}"\n' for n in names)
+    # named by its content: the path is part of the build's recipe, so other lines get their own build
+    path = default_build_root() / f"{TOPLEVEL}_ports-{hashlib.sha1(text.encode()).hexdigest()[:10]}.vlt"
+    if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(_PORTS_ONLY)
+        path.write_text(text)
     return ["--no-public-flat-rw", str(path)]
 
 
@@ -46,9 +43,10 @@ def run_accelerator(cfg: AccelConfig, dram: bytes, runs: list[dict], *, latency:
         params = {"image": str(image), "dram_bytes": max(1 << 20, 1 << (len(dram) + 4096).bit_length()),
                   "latency": latency, "pause": pause, "seed": seed, "op_timing": op_timing,
                   "runs": [{**r, "registers": {str(k): v for k, v in r["registers"].items()}} for r in runs]}
-        res = run_cocotb(Accelerator(config=cfg), toplevel="tokensift_accel", test_module="tokensift.sim.tb_accel",
+        top = Accelerator(config=cfg)
+        res = run_cocotb(top, toplevel="tokensift_accel", test_module="tokensift.sim.tb_accel",
                          params=params, build_dir=build_dir, waves=waves, seed=seed,
-                         build_args=[] if op_timing else _ports_only())
+                         build_args=[] if op_timing else _ports_only(top))
     return {**res.report, "build_dir": str(res.build_dir), "wall_s": res.wall_s}
 
 
