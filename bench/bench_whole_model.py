@@ -68,7 +68,7 @@ def run_case(model: str, method: str, keep: float | None, device: str) -> dict:
 
 def accelerator_case(model: str, method: str, keep: float | None, device: str, *, space=None) -> dict:
     """The fastest shape of the generated accelerator that fits ``device``, by the design's own models."""
-    from tokensift.coopt.accel_sizing import random_int_model, size_accelerator
+    from tokensift.coopt.accel_sizing import project_for, random_int_model, size_accelerator
     from tokensift.devices import get_device
     from tokensift.hw.accel.project import useful_macs
     from tokensift.hw.cost.clock import accelerator_clock
@@ -85,10 +85,8 @@ def accelerator_case(model: str, method: str, keep: float | None, device: str, *
                 "message": sizing.message, "shapes": len(sizing.points), "seconds": time.perf_counter() - t0}
     c = sizing.chosen
     shape = c.shape
-    from tokensift.coopt.accel_sizing import project_for
-
     project = project_for(int_model, shape)
-    traces = project.traces(images)
+    traces = sizing.traces  # the sizing's own reference runs: the same on every shape
     est = project.estimate(traces=traces, latency=sizing.dram_latency)["images"][0]
     by_op: dict[str, int] = {}
     for _, op, cyc in est["ops"]:
