@@ -146,3 +146,24 @@ def test_plan_refuses_methods_whose_counts_the_registers_do_not_fix_and_says_whe
     with pytest.raises(ValueError, match=r"^every keep ratio must be in \(0, 1\]"):
         plan_accelerator("vit_mnist_patch4_28", "pynq-z2", target_latency_ms=1.0, keep_grid=(0.5, 1.5),
                          space=PLAN_SPACE)
+
+
+def test_plan_target_from_a_speedup_over_the_fastest_dense_design_that_fits(plan):
+    from tokensift.coopt.accel_sizing import plan_accelerator, random_int_model, size_accelerator
+
+    fast = plan_accelerator("vit_mnist_patch4_28", "pynq-z2", speedup=1.5, keep_grid=(0.4, 0.55, 0.7, 1.0),
+                            space=PLAN_SPACE)
+    # the fastest dense design, sized on its own: the same model under METHOD=dense on every shape that fits
+    int_model, image, _ = random_int_model("vit_mnist_patch4_28", "dynamicvit", 0.4)
+    dense = size_accelerator(int_model, "pynq-z2", image, clock_mhz=100.0, space=PLAN_SPACE,
+                             registers=lambda p: p.registers(method="dense"))
+    fastest = min(p.latency_ms for p in dense.points if p.fits)
+    assert fast.target_latency_ms == pytest.approx(fastest / 1.5, rel=1e-12)
+    assert fast.target_note == f"fastest dense design that fits ({fastest:.4g} ms) / 1.5"
+    assert fast.as_dict()["target_note"] == fast.target_note and plan.target_note == "given"
+    assert fast.chosen is not None and fast.chosen.sizing.chosen.latency_ms <= fast.target_latency_ms
+    for kw in ({}, {"target_latency_ms": 2.0, "speedup": 1.5}):
+        with pytest.raises(ValueError, match=r"^plan_accelerator needs exactly one of target_latency_ms and speedup$"):
+            plan_accelerator("vit_mnist_patch4_28", "pynq-z2", **kw)
+    with pytest.raises(ValueError, match=r"^speedup must be positive, not 0$"):
+        plan_accelerator("vit_mnist_patch4_28", "pynq-z2", speedup=0)

@@ -119,6 +119,25 @@ def test_unreachable_target_is_one_sentence(mnist):
         _plan(target_ms=0.01).prepare(model, get_crit(model), mnist[0])
 
 
+def test_a_given_keep_ratio_is_trained_with_the_budget_term_at_its_schedule(mnist):
+    # the whole accelerator's planner chose rho: the plan takes it (even where this cost model's latency at rho
+    # would miss the target) and its budget term holds the soft latency at that schedule's
+    model = create_model(MODEL, method="dynamicvit")
+    plan = _plan(target_ms=0.01, keep_ratio=0.6)
+    crit = plan.prepare(model, get_crit(model), mnist[0])
+    assert plan.info["keep"] == 0.6 and plan.info["keep_source"] == "given" and model.keep_ratio == 0.6
+    assert isinstance(crit, LatencyBudgetLoss)
+    assert plan.info["planned_latency_ms"] == pytest.approx(ModelCost(model, HW).cycles() / 100e3)
+    for method in ("evit", "sait"):
+        other = create_model(MODEL, method=method)
+        with pytest.raises(ValueError, match=rf"^a given keep_ratio fixes a static schedule with one rho "
+                                             rf"\(DynamicViT\); {method} plans its own knob from the target$"):
+            _plan(keep_ratio=0.6).prepare(other, get_crit(other), mnist[0])
+    for bad in (0, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match=r"^keep_ratio must be a number in \(0, 1\], not "):
+            _plan(keep_ratio=bad)
+
+
 def test_evit_stage_keep_over_the_target_is_refused(mnist):
     model = create_model(MODEL, method="evit")
     with pytest.raises(ValueError, match=r"^the keep ratios \[1\.0, 1\.0, 1\.0\] take [0-9.]+ ms on pynq-z2, more "

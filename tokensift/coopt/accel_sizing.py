@@ -224,13 +224,15 @@ class PlanResult:
     clock_mhz: float
     seconds: float
     message: str
+    #: where the target came from: "given", or the fastest dense design and the speedup
+    target_note: str = "given"
 
     def as_dict(self) -> dict:
         return {"chosen": None if self.chosen is None else {**self.chosen.as_dict(),
                                                             "sizing": self.chosen.sizing.as_dict()},
                 "points": [p.as_dict() for p in self.points], "dense_cycles": self.dense_cycles,
-                "target_latency_ms": self.target_latency_ms, "clock_mhz": self.clock_mhz,
-                "seconds": round(self.seconds, 2), "message": self.message}
+                "target_latency_ms": self.target_latency_ms, "target_note": self.target_note,
+                "clock_mhz": self.clock_mhz, "seconds": round(self.seconds, 2), "message": self.message}
 
 
 def random_int_model(model: str, method: str, keep_ratio: float | None, *, seed: int = 0, images: int = 1):
@@ -253,9 +255,9 @@ def random_int_model(model: str, method: str, keep_ratio: float | None, *, seed:
     return int_model, run, float_model
 
 
-def plan_accelerator(model: str, device, *, target_latency_ms: float, method: str = "dynamicvit",
-                     clock_mhz: float | None = None, keep_grid=None, space: AccelSpace | None = None,
-                     dram_latency: int = 10, seed: int = 0) -> PlanResult:
+def plan_accelerator(model: str, device, *, target_latency_ms: float | None = None, speedup: float | None = None,
+                     method: str = "dynamicvit", clock_mhz: float | None = None, keep_grid=None,
+                     space: AccelSpace | None = None, dram_latency: int = 10, seed: int = 0) -> PlanResult:
     """The keep ratio and accelerator shape for ``model`` (a registered backbone) with ``method`` on ``device``,
     both chosen by the generated design's own models: for each keep ratio of ``keep_grid`` (default: the
     co-optimizer's, :func:`tokensift.coopt.space.default_keep_space`), the per-stage keep counts it schedules, one run of the reference sequencer under
@@ -266,7 +268,10 @@ def plan_accelerator(model: str, device, *, target_latency_ms: float, method: st
     The weights are random (seeded) and calibrated on random images: under top-k the keep registers fix every
     op's token count, so the cycles are those of any trained model of the same backbone and method at those
     counts (:data:`PLANNABLE_METHODS`; thresholds and densities decide per image and need real images:
-    :func:`size_accelerator`). ``clock_mhz`` defaults to the device's typical clock."""
+    :func:`size_accelerator`). ``clock_mhz`` defaults to the device's typical clock.
+
+    The target is ``target_latency_ms``, or with ``speedup`` instead the fastest dense design of the space that
+    fits the device (the same model under ``METHOD=dense``, so no predictor runs) divided by ``speedup``."""
     from tokensift.devices import Device, get_device
     from tokensift.hw.accel.project import useful_macs
     from tokensift.sw.methods.dynamicvit import keep_count
@@ -274,8 +279,12 @@ def plan_accelerator(model: str, device, *, target_latency_ms: float, method: st
     if method not in PLANNABLE_METHODS:
         raise ValueError(f"planning the keep ratio on the accelerator's own models needs a method whose "
                          f"registers fix the token counts ({', '.join(PLANNABLE_METHODS)}), not {method!r}")
-    if not target_latency_ms > 0:
+    if (target_latency_ms is None) == (speedup is None):
+        raise ValueError("plan_accelerator needs exactly one of target_latency_ms and speedup")
+    if target_latency_ms is not None and not target_latency_ms > 0:
         raise ValueError(f"target_latency_ms must be positive, not {target_latency_ms}")
+    if speedup is not None and not speedup > 0:
+        raise ValueError(f"speedup must be positive, not {speedup}")
     device = device if isinstance(device, Device) else get_device(device)
     clock_mhz = float(clock_mhz or device.clock_mhz)
     t0 = time.perf_counter()
@@ -291,6 +300,16 @@ def plan_accelerator(model: str, device, *, target_latency_ms: float, method: st
         raise ValueError(f"every keep ratio must be in (0, 1], not {grid}")
     head_dim = int_model.blocks[0].attn.head_dim
     points, cache = [], {}
+    target_note = "given"
+    if target_latency_ms is None:
+        dense_sizing = size_accelerator(int_model, device, image, clock_mhz=clock_mhz, space=space,
+                                        registers=lambda p: p.registers(method="dense"), dram_latency=dram_latency,
+                                        cache=cache)
+        if dense_sizing.chosen is None:
+            raise ValueError(dense_sizing.message)
+        fastest = dense_sizing.chosen.latency_ms
+        target_latency_ms = fastest / speedup
+        target_note = f"fastest dense design that fits ({fastest:.4g} ms) / {speedup:g}"
     for rho in grid:
         keep = tuple(keep_count(sel.num_patches, rho, sel.stage) for sel in selectors)
         sizing = size_accelerator(int_model, device, image, clock_mhz=clock_mhz, target_latency_ms=target_latency_ms,
@@ -319,4 +338,4 @@ def plan_accelerator(model: str, device, *, target_latency_ms: float, method: st
             message = (f"no keep ratio of the grid meets {target_latency_ms:.4g} ms on {device.name}: the fastest, "
                        f"keep {best.keep_ratio:g}, takes {best.sizing.chosen.latency_ms:.4g} ms at {clock_mhz:g} MHz")
     return PlanResult(chosen=chosen, points=points, dense_cycles=dense, target_latency_ms=target_latency_ms,
-                      clock_mhz=clock_mhz, seconds=time.perf_counter() - t0, message=message)
+                      clock_mhz=clock_mhz, seconds=time.perf_counter() - t0, message=message, target_note=target_note)

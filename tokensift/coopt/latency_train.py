@@ -140,6 +140,9 @@ class LatencyPlan:
             device's assumed clock elsewhere; fixed by the first :meth:`budget_for`); ``target_ms``: latency
             per image.
         stage_keep: EViT's per-stage keep ratios (default: searched).
+        keep_ratio: DynamicViT's ``rho`` when another planner chose it (the whole accelerator's own models,
+            :func:`tokensift.coopt.accel_sizing.plan_accelerator`); default: the largest that meets the target
+            under this cost model. The budget term then holds the soft latency at that schedule's.
         weight: weight of the latency term DynamicViT gets.
         calib_images: training images for SaiT's density calibration and AS-ViT's thresholds.
     """
@@ -149,6 +152,7 @@ class LatencyPlan:
     target_ms: float
     clock_mhz: float | None = None
     stage_keep: tuple[float, ...] | None = None
+    keep_ratio: float | None = None
     weight: float = 2.0
     calib_images: int = 256
     info: dict = field(default_factory=dict)
@@ -165,6 +169,11 @@ class LatencyPlan:
                     or not self.clock_mhz > 0:
                 raise ValueError(f"clock_mhz must be a positive number, not {self.clock_mhz!r}")
             self.clock_mhz = float(self.clock_mhz)
+        if self.keep_ratio is not None:
+            if isinstance(self.keep_ratio, bool) or not isinstance(self.keep_ratio, (int, float)) \
+                    or not 0 < self.keep_ratio <= 1:
+                raise ValueError(f"keep_ratio must be a number in (0, 1], not {self.keep_ratio!r}")
+            self.keep_ratio = float(self.keep_ratio)
         self._device = dev
 
     # -- before training ---------------------------------------------------------------------------------
@@ -210,6 +219,9 @@ class LatencyPlan:
         self.info = {"method": method, "dense_latency_ms": dense, "target_ratio": ratio}
         if ratio >= 1.0:
             self.info["note"] = "the dense model already meets the target"
+        if self.keep_ratio is not None and method in ("spvit", "asvit", "sait", "evit"):
+            raise ValueError(f"a given keep_ratio fixes a static schedule with one rho (DynamicViT); {method} plans "
+                             f"its own knob from the target")
         if method == "spvit":
             from tokensift.sw.methods.spvit import plan_keep_ratio, set_decision
 
@@ -252,10 +264,14 @@ class LatencyPlan:
         def cost(q: float) -> float:
             return self._static_ms(module, budget, [q] * len(sels))
 
-        low = 0.5 / module.num_patches
-        if cost(low) > target:
-            raise self._unreachable(method, cost(low), dense)
-        q = largest_within(cost, target, low, 1.0)
+        if self.keep_ratio is not None:  # chosen by another planner: this cost model only shapes the loss
+            q = self.keep_ratio
+            self.info["keep_source"] = "given"
+        else:
+            low = 0.5 / module.num_patches
+            if cost(low) > target:
+                raise self._unreachable(method, cost(low), dense)
+            q = largest_within(cost, target, low, 1.0)
         for sel in sels:
             sel.set_keep_ratio(q)
         module.keep_ratio = q
