@@ -19,7 +19,7 @@ __all__ = ["GemmJob", "random_job", "edge_job", "KINDS"]
 #: operand -128, so each product is +16384), ``saturate`` (biases near the int32 limits and large scales,
 #: so accumulators and outputs saturate), ``edges`` (outputs around the limits of the job's ``out_bits``
 #: and of the engine's widest format, rounded from both sides: see :func:`edge_job`)
-KINDS = ("random", "extreme", "saturate", "edges")
+KINDS = ("random", "extreme", "saturate", "edges", "exact")
 
 
 @dataclass
@@ -76,6 +76,15 @@ def random_job(rng: np.random.Generator, cfg: GemmConfig, n: int, k: int, m: int
         bias = rng.integers(-1000, 1000, size=m)
         mult = rng.integers(1, top + 1, size=m)
         shift = rng.integers(20, 40, size=m)
+    elif kind == "exact":
+        # multiplier 1, shift 0, no bias: every output is the accumulator itself, so an error of one product
+        # in one LSB shows (full-range operands where two products cannot leave int16, small ones elsewhere)
+        span = 128 if k <= 2 else 8
+        x = rng.integers(-span, span, size=(n, k))
+        w = rng.integers(-span, span, size=(m, k))
+        bias = np.zeros(m, dtype=np.int64)
+        mult = np.ones(m, dtype=np.int64)
+        shift = np.zeros(m, dtype=np.int64)
     elif kind == "saturate":
         x = rng.integers(-128, 128, size=(n, k))
         w = rng.integers(-128, 128, size=(m, k))

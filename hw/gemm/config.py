@@ -42,6 +42,12 @@ class GemmConfig:
         acc_bits: accumulator width after the bias (``IntLinear.acc_bits``, 2..32).
         multiplier_bits: width of the unsigned per-channel requantization multiplier.
         counter_bits: width of the saturating overflow and rejected-job counters.
+        pack_pairs: two int8 products per multiplier (the DSP48 operand packing of Xilinx's INT8 white paper
+            WP486): the PEs of columns ``2j`` and ``2j + 1`` of a row share one ``8 x 25`` multiply
+            ``a * (w_2j + w_2j+1 * 2**16)``, whose low 16 bits are ``a * w_2j`` and whose high part, corrected
+            by the low half's sign, is ``a * w_2j+1``; bit-exact, half the DSPs on xc7 and xcup (one DSP48
+            takes ``25 x 18``). ``cols`` must be even. No gain on ECP5, whose ``18 x 18`` multipliers take two
+            blocks for the packed operand.
     """
 
     rows: int
@@ -54,6 +60,7 @@ class GemmConfig:
     acc_bits: int = 32
     multiplier_bits: int = MULTIPLIER_BITS
     counter_bits: int = 16
+    pack_pairs: bool = False
 
     def __post_init__(self):
         check_int("rows", self.rows, low=1, high=64, numpy=False)
@@ -79,6 +86,11 @@ class GemmConfig:
         check_int("acc_bits", self.acc_bits, low=2, high=32, numpy=False)
         check_int("multiplier_bits", self.multiplier_bits, low=2, high=31, numpy=False)
         check_int("counter_bits", self.counter_bits, low=1, high=32, numpy=False)
+        if not isinstance(self.pack_pairs, bool):
+            raise TypeError(f"pack_pairs must be a bool, not {type(self.pack_pairs).__name__}")
+        if self.pack_pairs and self.cols % 2:
+            raise ValueError(f"pack_pairs shares one multiplier between two columns: cols must be even, not "
+                             f"{self.cols}")
 
     # -- derived sizes ------------------------------------------------------------------------------
     @property
@@ -89,6 +101,11 @@ class GemmConfig:
     @property
     def macs(self) -> int:
         return self.rows * self.cols
+
+    @property
+    def multipliers(self) -> int:
+        """Multipliers of the array: one per PE, one per pair of PEs with ``pack_pairs``."""
+        return self.macs // 2 if self.pack_pairs else self.macs
 
     @property
     def token_tiles_max(self) -> int:
@@ -143,4 +160,5 @@ class GemmConfig:
                 "max_out": self.max_out, "weight_bytes": self.weight_bytes, "out_bits": self.out.bits,
                 "out_signed": self.out.signed, "rounding": self.out.rounding.value,
                 "overflow": self.out.overflow.value, "acc_bits": self.acc_bits,
-                "multiplier_bits": self.multiplier_bits, "counter_bits": self.counter_bits}
+                "multiplier_bits": self.multiplier_bits, "counter_bits": self.counter_bits,
+                "pack_pairs": self.pack_pairs}

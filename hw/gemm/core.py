@@ -20,7 +20,10 @@ Dataflow (stream formats in :mod:`tokensift.hw.gemm.layout`):
   them (one flag register per PE). Each PE registers its operands and its product (one DSP slice; on ECP5
   the MULT18X18D's own input and output registers, with a fabric copy of the activation for the next column) and
   accumulates exactly (``pe_acc_bits``). One cycle after its last product the sum moves to the PE's
-  shadow register, so the next tile accumulates at once.
+  shadow register, so the next tile accumulates at once. With ``pack_pairs`` (xc7, xcup) the PEs of
+  columns ``2j`` and ``2j + 1`` share one DSP: bank ``2j + 1`` reads with bank ``2j``, the pair multiplies
+  ``a * (w_2j + w_2j+1 2**16)`` with column ``2j``'s registers, column ``2j`` accumulates the low 16 bits and
+  column ``2j + 1`` the rest (plus the low half's sign bit) one cycle later, in step with its flags.
 - **Drain and epilogue.** A one-hot select per row (a shift register started by the drain) walks the
   columns one per cycle behind the load wavefront; a registered OR tree brings the ``rows`` shadows of
   one channel to the epilogue, one register stage per step: the bias add, int32 saturation (counted in
@@ -381,13 +384,17 @@ class GemmEngine(wiring.Component):
             wa = Signal.like(iss_w, name=f"w_addr{c}")
             m.d.sync += wa.eq(w_addr[-1])
             w_addr.append(wa)
+        # on ECP5 the packed multiply is portable logic that Yosys tiles over two 18 x 18 blocks: correct, but
+        # no DSP saved (resources.dsps counts it so)
+        pack = cfg.pack_pairs
         w_q = []
         for c in range(C):
             lane = c % cfg.weight_bytes
             q = Signal(signed(OPERAND_BITS), name=f"w_q{c}")
+            # a packed pair's second column reads with its first: the pair's one multiply sees both weights
             m.d.sync += q.eq(_pieced_bank(m, f"w{c}", cfg.weight_depth, wr_en=ww_en & ww_sel[c // cfg.weight_bytes],
                                           wr_addr=ww_addr, wr_data=ww_data[8 * lane:8 * lane + 8],
-                                          rd_addr=w_addr[c], platform=platform))
+                                          rd_addr=w_addr[c - 1 if pack and c % 2 else c], platform=platform))
             w_q.append(q)
         const_mem = memory.Memory(shape=unsigned(cfg.record_bits), depth=2 * C, init=[])
         m.submodules.consts = const_mem
@@ -405,6 +412,7 @@ class GemmEngine(wiring.Component):
         shadows = [[None] * C for _ in range(R)]
         a_left = tok_q
         f_left = [f_prev] * R  # each row's flags travel with its activations: one flag register per PE
+        high = [None] * R  # pack_pairs: the pair's second product, one cycle behind its first (its flags are)
         for c in range(C):
             a_here, f_here = [], []
             for r in range(R):
@@ -416,7 +424,20 @@ class GemmEngine(wiring.Component):
                 acc = Signal(signed(pe_bits), name=f"acc{r}_{c}")
                 shadow = Signal(signed(pe_bits), name=f"sh{r}_{c}")
                 m.d.sync += a_reg.eq(a_left[r])
-                if is_ecp5(platform):
+                if pack and c % 2:
+                    prod = high[r]
+                elif pack:
+                    # a * (w0 + w1 2**16) = a w0 + a w1 2**16: |a w0| <= 2**14 fits the low 16 bits signed,
+                    # so they are a w0 and the rest, plus one where they are negative, is a w1 (exactly)
+                    w_pair = Signal(signed(3 * OPERAND_BITS + 1), name=f"wp{r}_{c}")
+                    p_pair = Signal(signed(4 * OPERAND_BITS + 1), name=f"pp{r}_{c}")
+                    hi = Signal(signed(2 * OPERAND_BITS), name=f"ph{r}_{c}")
+                    low = 2 * OPERAND_BITS
+                    m.d.sync += [w_pair.eq((w_q[c + 1] << low) + w_q[c]), p_pair.eq(a_reg * w_pair),
+                                 hi.eq(p_pair[low:].as_signed() + p_pair[low - 1])]
+                    prod = p_pair[:low].as_signed()
+                    high[r] = hi
+                elif is_ecp5(platform):
                     # the operand and product registers are the DSP's own (a_reg only feeds the next column):
                     # the multiplier's delay stays inside the MULT18X18D, the same two cycles
                     prod = mult18x18d_registered(m, f"mul{r}_{c}", a_left[r], w_q[c])

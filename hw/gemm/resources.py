@@ -63,16 +63,20 @@ def memories(cfg: GemmConfig, family: str) -> dict[str, tuple[MemoryMap, int]]:
     return mems
 
 
+#: the packed multiply of ``pack_pairs``: an int8 activation times ``w_low + w_high 2**16`` (25 bits signed)
+PACKED_BITS = 3 * OPERAND_BITS + 1
+
+
 def dsps(cfg: GemmConfig, family: str) -> int:
     cfg = _check(cfg)
-    pe = multiplier_dsps(OPERAND_BITS, OPERAND_BITS, family=family)
+    pe = multiplier_dsps(OPERAND_BITS, PACKED_BITS if cfg.pack_pairs else OPERAND_BITS, family=family)
     mult = cfg.multiplier_bits + 1
     if cfg.acc_bits > LOW_BITS + 1:  # two partial products, core.py's split of the int32 operand
         epilogue = (multiplier_dsps(LOW_BITS + 1, mult, family=family)
                     + multiplier_dsps(cfg.acc_bits - LOW_BITS, mult, family=family))
     else:
         epilogue = multiplier_dsps(cfg.acc_bits, mult, family=family)
-    return cfg.macs * pe + cfg.rows * epilogue
+    return cfg.multipliers * pe + cfg.rows * epilogue
 
 
 def features(cfg: GemmConfig, family: str) -> dict[str, float]:
@@ -88,10 +92,14 @@ def features(cfg: GemmConfig, family: str) -> dict[str, float]:
     check_family(family)
     acc = cfg.pe_acc_bits
     levels = drain_levels(cfg.cols)
+    # a packed pair: two activation registers, the packed weight's adder and register, the product, the high
+    # half's correction adder and its register, and the two PEs' accumulators and shadows
+    pair = 2 * OPERAND_BITS + 2 * PACKED_BITS + 4 * OPERAND_BITS + 2 * OPERAND_BITS + 1 + 4 * acc
+    pe_bits = cfg.multipliers * pair if cfg.pack_pairs else cfg.macs * (4 * OPERAND_BITS + 2 * acc)
     prod = cfg.acc_bits + cfg.multiplier_bits + 1
     piece_count = cfg.rows * len(pieces(cfg.token_depth)) + cfg.cols * len(pieces(cfg.weight_depth))
     return {
-        "pe_bits": float(cfg.macs * (4 * OPERAND_BITS + 2 * acc)),
+        "pe_bits": float(pe_bits),
         "drain_bits": float(cfg.macs * (acc + 1) + cfg.rows * acc * levels),
         "lane_bits": float(cfg.rows * (3 * cfg.acc_bits + 2 * cfg.multiplier_bits + 5 * prod + 2 * cfg.out.bits)),
         "column_bits": float(cfg.cols * (max(1, (cfg.weight_depth - 1).bit_length()) + 4 + OPERAND_BITS)),
@@ -142,6 +150,10 @@ _GRID = [
     ("r8_c16_w16", dict(rows=8, cols=16, max_tokens=64, max_in=128, max_out=128, weight_bytes=16)),
     # the residual's int16 as the widest format: the output fits, the job's width mask and the FIFO widen
     ("r2_c4_w2_o16", dict(rows=2, cols=4, max_tokens=16, max_in=32, max_out=32, weight_bytes=2, out_bits=16)),
+    # two int8 products per DSP48: half the array's DSPs on xc7 and xcup (none saved on ECP5)
+    ("r4_c8_w4_pack", dict(rows=4, cols=8, max_tokens=16, max_in=32, max_out=32, weight_bytes=4, pack_pairs=True)),
+    ("r8_c16_w16_pack", dict(rows=8, cols=16, max_tokens=64, max_in=128, max_out=128, weight_bytes=16,
+                             pack_pairs=True)),
 ]
 QUICK_CONFIGS = ["r2_c4_w2"]
 

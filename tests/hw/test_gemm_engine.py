@@ -6,6 +6,7 @@ an AXI read DMA's bursts and long gaps."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -506,3 +507,76 @@ def test_ecp5_block_rams_short_reduction_no_collision_used(ecp5_rams, k):
     outs, _ = run_jobs(SHORT_K, jobs, seed=k, idle=0.0, stall=0.0, platform=ecp5_rams)
     for job, y in zip(jobs, outs, strict=True):
         assert np.array_equal(y, job.expected)
+
+
+# -- two int8 products per DSP (pack_pairs) ---------------------------------------------------------------
+PACKED = GemmConfig(rows=4, cols=8, max_tokens=13, max_in=20, max_out=21, weight_bytes=4, pack_pairs=True,
+                    out=FixedFormat(bits=16))
+
+
+def test_packed_pairs_bit_exact_with_stalls():
+    # "exact" jobs output the accumulators themselves (multiplier 1, shift 0): a product off by one LSB in
+    # either half of a pair shows; the others are the usual random, extreme (-128 x -128) and saturating jobs
+    rng = np.random.default_rng(11)
+    jobs = [random_job(rng, PACKED, 13, 1, 21, kind="exact"),
+            random_job(rng, PACKED, 13, 2, 21, kind="exact"),
+            random_job(rng, PACKED, 9, 20, 15, kind="exact"),
+            random_job(rng, PACKED, 13, 20, 21, kind="extreme", out_bits=8),
+            random_job(rng, PACKED, 5, 9, 17, kind="saturate", out_bits=8),
+            random_job(rng, PACKED, 7, 13, 3, out_bits=16),
+            random_job(rng, PACKED, 3, 1, 5, out_bits=8)]
+    # every sign of a * w_low and a * w_high in the full-range jobs (the high half's correction is the low
+    # half's sign)
+    x, w = jobs[0].x, jobs[0].layer.weight
+    prods = x[:, None, 0] * w[None, :, 0]
+    assert (prods < 0).any() and (prods > 0).any()
+    check(PACKED, jobs, seed=11, idle=0.0, stall=0.0)
+    check(PACKED, jobs, seed=12, idle=0.5, stall=0.5)
+
+
+@pytest.mark.parametrize("cfg", [
+    GemmConfig(rows=1, cols=2, max_tokens=3, max_in=4, max_out=5, weight_bytes=1, pack_pairs=True,
+               out=FixedFormat(bits=16)),
+    GemmConfig(rows=8, cols=16, max_tokens=17, max_in=12, max_out=40, weight_bytes=16, pack_pairs=True,
+               out=FixedFormat(bits=16)),
+], ids=["1x2", "8x16-w16"])
+def test_packed_pairs_other_shapes(cfg):
+    rng = np.random.default_rng(13)
+    jobs = [random_job(rng, cfg, cfg.max_tokens, 1, cfg.max_out, kind="exact"),
+            random_job(rng, cfg, cfg.max_tokens, cfg.max_in, cfg.max_out - 1, kind="exact"),
+            random_job(rng, cfg, max(1, cfg.max_tokens // 2), cfg.max_in, cfg.max_out, out_bits=8)]
+    check(cfg, jobs, seed=13)
+
+
+@pytest.mark.parametrize("case", [3, 5])
+def test_packed_pairs_cycle_model_exact(case):
+    # the pair's second product comes one cycle after its first, as its flags do: the same cycles
+    base, sizes, rate, latency = CYCLE_CASES[case]
+    cfg = dataclasses.replace(base, pack_pairs=True)
+    rng = np.random.default_rng(case)
+    jobs = [random_job(rng, cfg, n, k, m) for n, k, m in sizes]
+    accepted, last, beats = measure_cycles(cfg, jobs, rate=rate, latency=latency)
+    model = schedule(cfg, [(*size, acc) for size, acc in zip(sizes, accepted, strict=True)],
+                     weight_bytes_per_cycle=rate, weight_latency=latency)
+    assert [t.last_out for t in model] == last
+    pos = 0
+    for job in jobs:
+        y, _ = decode_outputs(beats[pos:pos + job.output_beats(cfg)], job.n, job.m, cfg)
+        assert np.array_equal(y, job.expected)
+        pos += job.output_beats(cfg)
+
+
+def test_packed_pairs_config_and_dsps():
+    base = dict(rows=4, cols=6, max_tokens=8, max_in=8, max_out=8, weight_bytes=2)
+    with pytest.raises(ValueError, match=r"^pack_pairs shares one multiplier between two columns: cols must be "
+                                         r"even, not 3$"):
+        GemmConfig(**{**base, "cols": 3, "weight_bytes": 1}, pack_pairs=True)
+    with pytest.raises(TypeError, match=r"^pack_pairs must be a bool, not int$"):
+        GemmConfig(**base, pack_pairs=1)
+    from tokensift.hw.gemm.resources import dsps
+
+    packed, plain = GemmConfig(**base, pack_pairs=True), GemmConfig(**base)
+    assert packed.multipliers == 12 == plain.multipliers // 2
+    # a DSP48 takes the 8 x 25 packed multiply whole; an ECP5 18 x 18 block does not: no DSP saved there
+    epilogue = {f: dsps(plain, f) - plain.macs for f in ("xc7", "xcup", "ecp5")}
+    assert {f: dsps(packed, f) - epilogue[f] for f in epilogue} == {"xc7": 12, "xcup": 12, "ecp5": 24}

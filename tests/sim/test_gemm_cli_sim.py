@@ -30,3 +30,13 @@ def test_simulate_is_bit_and_cycle_exact(capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["bit_exact"] and r["cycles_match"] and r["cycles"] == r["expected_cycles"]
     assert r["rejected_flagged"] and r["reset_exact"]
+
+
+def test_simulate_packed_pairs_is_bit_and_cycle_exact(capsys):
+    # two products per DSP48: the same jobs, stalls, rejected sizes and reset, the same cycles
+    assert cli.main(["simulate", "gemm", "--rows", "4", "--cols", "8", "--max-tokens", "20", "--max-in", "40",
+                     "--max-out", "24", "--weight-bytes", "4", "--out-bits", "16", "--pack-pairs", "--jobs", "3",
+                     "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["bit_exact"] and r["cycles_match"] and r["cycles"] == r["expected_cycles"]
+    assert r["rejected_flagged"] and r["reset_exact"]

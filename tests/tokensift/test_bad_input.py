@@ -100,6 +100,8 @@ CASES: dict[str, list[Case]] = {
         case("--rows 3 --out {out}", r"rows must be a power of two, not 3"),
         case("--cols 10 --weight-bytes 4 --out {out}", r"cols \(10\) must be a multiple of weight_bytes \(4\)"),
         case("--out-bits 1 --out {out}", r"out_bits must be between 2 and 32, not 1"),
+        case("--cols 7 --weight-bytes 1 --pack-pairs --out {out}",
+             r"pack_pairs shares one multiplier between two columns: cols must be even, not 7"),
         case("--out {file}", r"--out '.*a_file\.txt' is a file, not a folder"),
     ],
     "generate layernorm": [

@@ -21,6 +21,9 @@ def _common(parser):
                         help="rounding of the requantization")
     parser.add_argument("--multiplier-bits", type=int, default=MULTIPLIER_BITS,
                         help="width of the unsigned per-channel requantization multipliers")
+    parser.add_argument("--pack-pairs", action="store_true",
+                        help="two int8 products per DSP48 (xc7, xcup): columns 2j and 2j+1 share one multiplier; "
+                             "cols must be even")
 
 
 def _config(args):
@@ -32,7 +35,7 @@ def _config(args):
     return GemmConfig(rows=args.rows, cols=args.cols, max_tokens=args.max_tokens, max_in=args.max_in,
                       max_out=args.max_out, weight_bytes=args.weight_bytes,
                       out=FixedFormat(bits=args.out_bits, rounding=Rounding(args.rounding)),
-                      multiplier_bits=args.multiplier_bits)
+                      multiplier_bits=args.multiplier_bits, pack_pairs=args.pack_pairs)
 
 
 def add_generate_arguments(parser):
