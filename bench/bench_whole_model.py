@@ -145,7 +145,8 @@ def main() -> int:
         table.add_row(
             r["model"], r["method"] + ("" if r["keep"] is None else f" {r['keep']:g}"), r["device"],
             f"{r['clock_mhz']:g} MHz ({r['clock_source']})",
-            f"attn {sh['lanes']} lanes, GEMM {sh['banks']}x{sh['gemm_cols']}, {8 * sh['axi_bytes']}-bit AXI, "
+            f"attn {sh['lanes']} lanes, GEMM {sh['banks']}x{sh['gemm_cols']}"
+            f"{' (2 per DSP48)' if sh.get('pack_pairs') else ''}, {8 * sh['axi_bytes']}-bit AXI, "
             f"{r['dsp']}/{r['device_dsp']} DSP",
             f"{u.get('ATTENTION', 0):,} / {gemm:,} / {r['cycles'] - u.get('ATTENTION', 0) - gemm:,}",
             f"{r['latency_ms']:.3f} ms", f"{r['gmacs']:.3f}", f"{100 * r['fraction_of_device_peak']:.1f}%",

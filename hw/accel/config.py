@@ -61,6 +61,8 @@ class AccelConfig:
             two dividing the head dimension (a head's columns are whole words).
         gemm_cols: the GEMM engine's output channels per tile (a multiple of the AXI word's bytes).
         axi: the AXI4 master's DMA configuration (its ``data_bytes`` is also the GEMM weight stream's beat).
+        pack_pairs: the GEMM engine's two int8 products per DSP48 (:class:`tokensift.hw.gemm.GemmConfig`;
+            ``gemm_cols`` even): half its DSPs on xc7 and xcup, the same cycles.
     """
 
     envelope: Envelope
@@ -68,6 +70,7 @@ class AccelConfig:
     lanes: int = 8
     gemm_cols: int = 64
     axi: AxiDmaConfig = AxiDmaConfig()
+    pack_pairs: bool = False
 
     def __post_init__(self):
         if not isinstance(self.envelope, Envelope):
@@ -86,6 +89,11 @@ class AccelConfig:
         if self.gemm_cols % self.axi.data_bytes:
             raise ValueError(f"gemm_cols ({self.gemm_cols}) must be a multiple of the AXI word's "
                              f"{self.axi.data_bytes} bytes")
+        if not isinstance(self.pack_pairs, bool):
+            raise TypeError(f"pack_pairs must be a bool, not {type(self.pack_pairs).__name__}")
+        if self.pack_pairs and self.gemm_cols % 2:
+            raise ValueError(f"pack_pairs shares one multiplier between two GEMM columns: gemm_cols must be even, "
+                             f"not {self.gemm_cols}")
         env = self.envelope
         if env.res_bits + 1 > ELEMENT_BITS or env.prob_frac + 1 > ELEMENT_BITS - 1:
             raise ValueError(f"the residual ({env.res_bits} bits) and probability ({env.prob_frac + 1} bits) "
@@ -127,8 +135,11 @@ class AccelConfig:
         return GemmConfig(rows=self.banks, cols=self.gemm_cols, max_tokens=env.max_tokens,
                           max_in=max(env.width, env.patch_dim, env.mlp_hidden),
                           max_out=max(3 * env.width, env.mlp_hidden, env.classes),
-                          weight_bytes=self.axi.data_bytes, out=FixedFormat(bits=env.res_bits))
+                          weight_bytes=self.axi.data_bytes, out=FixedFormat(bits=env.res_bits),
+                          pack_pairs=self.pack_pairs)
 
     def as_dict(self) -> dict:
         return {"envelope": self.envelope.to_dict(), "banks": self.banks, "lanes": self.lanes,
-                "gemm_cols": self.gemm_cols, "axi": self.axi.as_dict()}
+                "gemm_cols": self.gemm_cols, "axi": self.axi.as_dict(),
+                # only when set: the designs described before packing existed (baselines, Fmax rows) stay valid
+                **({"pack_pairs": True} if self.pack_pairs else {})}

@@ -81,7 +81,8 @@ def gemm_config(cfg: AccelConfig) -> GemmConfig:
     return GemmConfig(rows=cfg.banks, cols=cfg.gemm_cols, max_tokens=env.max_tokens,
                       max_in=max(env.patch_dim, env.width, env.mlp_hidden),
                       max_out=max(3 * env.width, env.mlp_hidden, env.classes),
-                      weight_bytes=cfg.axi.data_bytes, out=FixedFormat(bits=OUT_BITS), acc_bits=ACC_BITS)
+                      weight_bytes=cfg.axi.data_bytes, out=FixedFormat(bits=OUT_BITS), acc_bits=ACC_BITS,
+                      pack_pairs=cfg.pack_pairs)
 
 
 def weight_stream_bytes(cfg: AccelConfig, k: int, m: int) -> int:

@@ -171,15 +171,16 @@ def shape_from_choice(hw: dict, *, head_dim: int) -> dict:
 
 
 def configure(int_model, *, banks: int = 2, lanes: int = 8, gemm_cols: int = 64,
-              axi: AxiDmaConfig | None = None) -> Project:
+              axi: AxiDmaConfig | None = None, pack_pairs: bool = False) -> Project:
     """Compile a calibrated :class:`~tokensift.quant.integer_model.IntegerViT` for a design of ``banks`` token
     banks (the GEMM engine's rows), ``lanes`` elements per buffer word and ``gemm_cols`` GEMM columns, with
-    weights streamed one AXI word (``axi.data_bytes``) per beat."""
+    weights streamed one AXI word (``axi.data_bytes``) per beat (``pack_pairs``: two GEMM products per DSP48;
+    the image does not change)."""
     from tokensift.quant.accel import compile_model
     from tokensift.quant.accel.image import decode_image
 
     axi = axi or AxiDmaConfig()
     compiled = compile_model(int_model, gemm_cols=gemm_cols, stream_bytes=axi.data_bytes)
     env = decode_image(compiled.image).envelope
-    return Project(AccelConfig(envelope=env, banks=banks, lanes=lanes, gemm_cols=gemm_cols, axi=axi), compiled,
-                   int_model)
+    return Project(AccelConfig(envelope=env, banks=banks, lanes=lanes, gemm_cols=gemm_cols, axi=axi,
+                               pack_pairs=pack_pairs), compiled, int_model)

@@ -44,7 +44,7 @@ NOT_WRITABLE = r"is not a writable folder: .+"
 SIMULATE_MODEL_CASES = [
     case("", r"the following arguments are required: --checkpoint"),
     case("--checkpoint {file} --device pynq-z2 --banks 2", r"--device sizes the design: give it or the shape "
-         r"options \(--banks, --lanes, --gemm-cols, --axi-bytes\), not both"),
+         r"options \(--banks, --lanes, --gemm-cols, --axi-bytes, --pack-pairs\), not both"),
     case("--checkpoint {file} --target-ms 1", r"--target-ms needs --device and must be positive, not 1\.0"),
     case("--checkpoint {file} --device pynq-z2 --target-ms 0", r"--target-ms needs --device and must be "
          r"positive, not 0\.0"),

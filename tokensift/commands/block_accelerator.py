@@ -25,16 +25,26 @@ def _shape_arguments(parser, sized: str = ""):
                          ("--gemm-cols", "GEMM columns"), ("--axi-bytes", "AXI data bytes")):
         default = DEFAULT_SHAPE[option[2:].replace("-", "_")]
         parser.add_argument(option, type=int, default=None, help=f"{what} (default: {default}{sized})")
+    parser.add_argument("--pack-pairs", action="store_true", default=None,
+                        help=f"two int8 GEMM products per DSP48 (xc7, xcup; even --gemm-cols): half the GEMM's "
+                             f"DSPs, the same cycles (default: off{sized})")
 
 
 def shape_given(args) -> bool:
-    return any(getattr(args, k) is not None for k in DEFAULT_SHAPE)
+    return any(getattr(args, k) is not None for k in DEFAULT_SHAPE) or args.pack_pairs is not None
 
 
 def _fill_shape(args) -> None:
     for key, value in DEFAULT_SHAPE.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.pack_pairs is None:
+        args.pack_pairs = False
+
+
+def shape_of(args) -> dict:
+    """The design shape the options (or the sizing) set: :data:`DEFAULT_SHAPE`'s keys and ``pack_pairs``."""
+    return {**{k: getattr(args, k) for k in DEFAULT_SHAPE}, "pack_pairs": bool(args.pack_pairs)}
 
 
 def add_generate_arguments(parser):
@@ -60,6 +70,9 @@ def check_shape(args) -> None:
     if not 1 <= args.gemm_cols <= 1024 or args.gemm_cols % args.axi_bytes:
         raise InvalidArgumentError(f"--gemm-cols must be a multiple of --axi-bytes ({args.axi_bytes}) between 1 "
                                    f"and 1024, not {args.gemm_cols}")
+    if args.pack_pairs and args.gemm_cols % 2:
+        raise InvalidArgumentError(f"--pack-pairs shares one DSP between two GEMM columns: --gemm-cols must be even, "
+                                   f"not {args.gemm_cols}")
 
 
 def _config(args, envelope):
@@ -68,7 +81,7 @@ def _config(args, envelope):
 
     try:
         return AccelConfig(envelope=envelope, banks=args.banks, lanes=args.lanes, gemm_cols=args.gemm_cols,
-                           axi=AxiDmaConfig(data_bytes=args.axi_bytes))
+                           axi=AxiDmaConfig(data_bytes=args.axi_bytes), pack_pairs=bool(args.pack_pairs))
     except (ValueError, TypeError) as exc:
         raise InvalidArgumentError(str(exc)) from None
 
@@ -184,7 +197,7 @@ def simulate(args) -> dict:
 
         if shape_given(args):
             raise InvalidArgumentError("--device sizes the design: give it or the shape options (--banks, "
-                                       "--lanes, --gemm-cols, --axi-bytes), not both")
+                                       "--lanes, --gemm-cols, --axi-bytes, --pack-pairs), not both")
         device = get_device(args.device)
     if args.target_ms is not None and (args.device is None or not args.target_ms > 0):
         raise InvalidArgumentError(f"--target-ms needs --device and must be positive, not {args.target_ms}")
@@ -235,7 +248,7 @@ def simulate(args) -> dict:
             clock, source = clk.mhz, clk.note
     try:
         project = configure(int_model, banks=args.banks, lanes=args.lanes, gemm_cols=args.gemm_cols,
-                            axi=AxiDmaConfig(data_bytes=args.axi_bytes))
+                            axi=AxiDmaConfig(data_bytes=args.axi_bytes), pack_pairs=bool(args.pack_pairs))
         registers = project.registers(**settings)
     except ValueError as exc:
         raise InvalidArgumentError(str(exc)) from None
@@ -248,5 +261,5 @@ def simulate(args) -> dict:
             "mac_utilization": run["mac_utilization"], "peak_macs_per_cycle": m["peak_macs_per_cycle"],
             "latency_ms": run["latency_ms"], "clock_mhz": clock, "clock_source": source, "faults": run["faults"],
             "dram_latency": args.latency, "build_dir": m["build_dir"],
-            "shape": {k: getattr(args, k) for k in DEFAULT_SHAPE},
+            "shape": shape_of(args),
             "sizing": None if sizing is None else sizing.as_dict()}

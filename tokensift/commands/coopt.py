@@ -197,7 +197,8 @@ def _run_accelerator(args, target: float) -> int:
             "simulate": f"tokensift simulate model --checkpoint runs/{args.method}/{args.method}_keep"
                         f"{plan.chosen.keep_ratio:g}.pth --banks "
                         f"{shape['banks']} --lanes {shape['lanes']} --gemm-cols {shape['gemm_cols']} --axi-bytes "
-                        f"{shape['axi_bytes']} --clock-mhz {plan.clock_mhz:g}"}
+                        f"{shape['axi_bytes']}{' --pack-pairs' if shape.get('pack_pairs') else ''} --clock-mhz "
+                        f"{plan.clock_mhz:g}"}
     if args.json:
         from tokensift.cli import emit_json
 
@@ -209,8 +210,8 @@ def _run_accelerator(args, target: float) -> int:
         for p in plan.points:
             d = p.as_dict()
             sh = d["shape"]
-            where = "-" if sh is None else (f"{sh['banks']} x {sh['gemm_cols']}, {sh['lanes']}, "
-                                             f"{8 * sh['axi_bytes']}")
+            where = "-" if sh is None else (f"{sh['banks']} x {sh['gemm_cols']}{' packed' if sh.get('pack_pairs') else ''}, "
+                                             f"{sh['lanes']}, {8 * sh['axi_bytes']}")
             cyc = "-" if d["cycles"] is None else f"{d['cycles']:,}"
             lat = "-" if d["latency_ms"] is None else f"{d['latency_ms']:.4g}"
             print(f"| {p.keep_ratio:g} | {list(p.keep)} | {where} | {cyc} | {lat} | {d['meets_target']} |")

@@ -39,12 +39,15 @@ def _pow2(name: str, values) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class AccelSpace:
     """The accelerator shapes to try: the product of the axes, less the combinations the design rules out
-    (lanes above the model's head dimension, GEMM columns that are not a whole number of AXI words)."""
+    (lanes above the model's head dimension, GEMM columns that are not a whole number of AXI words).
+    ``pack_pairs``: the GEMM engine with and without two products per DSP48; the packed shapes are tried on
+    the DSP48 families only (on ECP5 they save no DSP)."""
 
     banks: tuple[int, ...] = (1, 2, 4, 8, 16)
-    gemm_cols: tuple[int, ...] = (16, 32, 64, 128)
-    lanes: tuple[int, ...] = (4, 8, 16, 32)
+    gemm_cols: tuple[int, ...] = (16, 32, 64, 128, 256)
+    lanes: tuple[int, ...] = (4, 8, 16, 32, 64)
     axi_bytes: tuple[int, ...] = (8, 16)
+    pack_pairs: tuple[bool, ...] = (False, True)
 
     def __post_init__(self):
         for name in ("banks", "gemm_cols", "lanes", "axi_bytes"):
@@ -52,9 +55,15 @@ class AccelSpace:
         bad = [a for a in self.axi_bytes if a not in (4, 8, 16, 32)]
         if bad:
             raise ValueError(f"axi_bytes must be among 4, 8, 16 and 32, not {bad[0]}")
+        packs = tuple(self.pack_pairs)
+        if not packs or not all(isinstance(v, bool) for v in packs):
+            raise ValueError(f"pack_pairs must be a non-empty tuple of bools, not {self.pack_pairs!r}")
+        object.__setattr__(self, "pack_pairs", tuple(sorted(set(packs))))
 
-    def shapes(self, *, head_dim: int) -> list[dict]:
-        """The shapes as :func:`tokensift.hw.accel.project.configure` keywords (``axi`` as its bytes)."""
+    def shapes(self, *, head_dim: int, family: str | None = None) -> list[dict]:
+        """The shapes as :func:`tokensift.hw.accel.project.configure` keywords (``axi`` as its bytes); for
+        ``family`` ``"ecp5"`` the unpacked ones only."""
+        packs = [p for p in self.pack_pairs if not (p and family == "ecp5")] or [False]
         out = []
         for banks in self.banks:
             for lanes in self.lanes:
@@ -63,7 +72,10 @@ class AccelSpace:
                 for cols in self.gemm_cols:
                     for axi in self.axi_bytes:
                         if cols % axi == 0:
-                            out.append({"banks": banks, "lanes": lanes, "gemm_cols": cols, "axi_bytes": axi})
+                            for pack in packs:
+                                if not (pack and cols % 2):
+                                    out.append({"banks": banks, "lanes": lanes, "gemm_cols": cols, "axi_bytes": axi,
+                                                "pack_pairs": pack})
         return out
 
 
@@ -115,7 +127,7 @@ def project_for(int_model, shape: dict):
     from tokensift.hw.axi.config import AxiDmaConfig
 
     return configure(int_model, banks=shape["banks"], lanes=shape["lanes"], gemm_cols=shape["gemm_cols"],
-                     axi=AxiDmaConfig(data_bytes=shape["axi_bytes"]))
+                     axi=AxiDmaConfig(data_bytes=shape["axi_bytes"]), pack_pairs=shape.get("pack_pairs", False))
 
 
 def size_accelerator(int_model, device, images, *, clock_mhz: float, target_latency_ms: float | None = None,
@@ -142,7 +154,8 @@ def size_accelerator(int_model, device, images, *, clock_mhz: float, target_late
     points = []
     traces = None  # the images' runs in the reference sequencer: the same on every shape
     cache = {} if cache is None else cache
-    for shape in space.shapes(head_dim=head_dim):
+    cycles_of = {}  # packing changes no cycle: a packed shape takes its unpacked twin's
+    for shape in space.shapes(head_dim=head_dim, family=device.family):
         project, used = _compiled(cache, int_model, device.family, shape)
         if project is None:  # a shape this model's envelope rules out
             continue
@@ -153,7 +166,10 @@ def size_accelerator(int_model, device, images, *, clock_mhz: float, target_late
             regs = registers(project) if registers else project.registers()
             if traces is None:
                 traces = project.traces(images, registers=regs)
-            point.cycles = project.estimate(traces=traces, registers=regs, latency=dram_latency)["cycles"]
+            twin = tuple(v for k, v in shape.items() if k != "pack_pairs")
+            if twin not in cycles_of:
+                cycles_of[twin] = project.estimate(traces=traces, registers=regs, latency=dram_latency)["cycles"]
+            point.cycles = list(cycles_of[twin])
             point.latency_ms = max(point.cycles) / (clock_mhz * 1e3)
             point.meets_target = target_latency_ms is None or point.latency_ms <= target_latency_ms
         points.append(point)
@@ -180,8 +196,17 @@ def _compiled(cache: dict, int_model, family: str, shape: dict):
 
     key = (id(int_model), family, tuple(shape.values()))
     if key not in cache:
+        import dataclasses
+
+        twin = {**shape, "pack_pairs": False}
+        twin_key = (id(int_model), family, tuple(twin.values()))
         try:
-            project = project_for(int_model, shape)
+            if shape.get("pack_pairs") and twin_key in cache and cache[twin_key][0] is not None:
+                # the same memory image: packing is the GEMM engine's, not the compiler's
+                plain = cache[twin_key][0]
+                project = dataclasses.replace(plain, config=dataclasses.replace(plain.config, pack_pairs=True))
+            else:
+                project = project_for(int_model, shape)
         except ValueError:  # the configuration says which rule
             cache[key] = (None, None)
         else:
@@ -324,7 +349,8 @@ def plan_accelerator(model: str, device, *, target_latency_ms: float | None = No
         c = chosen.sizing.chosen
         message = (f"keep {chosen.keep_ratio:g} (the largest of {len(meeting)} of {len(points)} keep ratios that "
                    f"meet {target_latency_ms:.4g} ms): {max(c.cycles):,} cycles, {c.latency_ms:.4g} ms at "
-                   f"{clock_mhz:g} MHz on {c.shape['banks']} x {c.shape['gemm_cols']} GEMM, {c.shape['lanes']} "
+                   f"{clock_mhz:g} MHz on {c.shape['banks']} x {c.shape['gemm_cols']} GEMM"
+                   f"{' (two products per DSP48)' if c.shape.get('pack_pairs') else ''}, {c.shape['lanes']} "
                    f"lanes, {8 * c.shape['axi_bytes']}-bit AXI")
         project, _ = _compiled(cache, int_model, device.family, c.shape)
         dense = project.estimate(image, registers=project.registers(method="dense"), latency=dram_latency)["cycles"][0]

@@ -531,7 +531,8 @@ def render_table(s: dict) -> str:
     acc_hw = s["accelerator"] or {}
     shape = acc_hw.get("shape")
     rows.append(("whole accelerator", "not simulated (--no-accelerator)") if not acc_hw else (
-        "whole accelerator", f"{shape['banks']} x {shape['gemm_cols']} GEMM + {shape['lanes']}-lane "
+        "whole accelerator", f"{shape['banks']} x {shape['gemm_cols']} GEMM"
+                             f"{' (two products per DSP48)' if shape.get('pack_pairs') else ''} + {shape['lanes']}-lane "
                                       f"attention ({acc_hw['peak_macs_per_cycle']} MACs/cycle), "
                                       f"{shape['axi']['data_bytes']}-byte AXI, DRAM latency "
                                       f"{acc_hw['dram_latency']}"))
