@@ -87,15 +87,13 @@ def features(cfg: GemmConfig, family: str) -> dict[str, float]:
     ``out_bits``, each registered), ``column_bits`` (per column: the weight
     address delay line and the flags), ``piece_bits`` (per piece of a token or weight bank: its registered
     read data and select, and the OR over the pieces),
-    ``control`` (the scheduler, loader and counters: a constant)."""
+    ``packed_pairs`` (the multipliers shared by two PEs), ``control`` (the scheduler, loader and counters: a
+    constant)."""
     cfg = _check(cfg)
     check_family(family)
     acc = cfg.pe_acc_bits
     levels = drain_levels(cfg.cols)
-    # a packed pair: two activation registers, the packed weight's adder and register, the product, the high
-    # half's correction adder and its register, and the two PEs' accumulators and shadows
-    pair = 2 * OPERAND_BITS + 2 * PACKED_BITS + 4 * OPERAND_BITS + 2 * OPERAND_BITS + 1 + 4 * acc
-    pe_bits = cfg.multipliers * pair if cfg.pack_pairs else cfg.macs * (4 * OPERAND_BITS + 2 * acc)
+    pe_bits = cfg.macs * (4 * OPERAND_BITS + 2 * acc)
     prod = cfg.acc_bits + cfg.multiplier_bits + 1
     piece_count = cfg.rows * len(pieces(cfg.token_depth)) + cfg.cols * len(pieces(cfg.weight_depth))
     return {
@@ -104,6 +102,9 @@ def features(cfg: GemmConfig, family: str) -> dict[str, float]:
         "lane_bits": float(cfg.rows * (3 * cfg.acc_bits + 2 * cfg.multiplier_bits + 5 * prod + 2 * cfg.out.bits)),
         "column_bits": float(cfg.cols * (max(1, (cfg.weight_depth - 1).bit_length()) + 4 + OPERAND_BITS)),
         "piece_bits": float(piece_count * (OPERAND_BITS + 1)),
+        # pack_pairs: per pair the packed weight's adder, the wide product and the high half's correction (on
+        # xc7 Yosys keeps the 25 x 8 product's registers in the fabric; a DSP48E2 absorbs most of them)
+        "packed_pairs": float(cfg.multipliers if cfg.pack_pairs else 0),
         "control": 1.0,
     }
 

@@ -38,6 +38,25 @@ def test_every_fitting_shape_is_costed_by_the_accelerators_own_models(model_and_
     assert max(result.chosen.cycles) < max(next(p for p in result.points if p.shape["banks"] == 1).cycles)
 
 
+def test_packed_shapes_halve_the_gemm_dsps_at_the_same_cycles_on_dsp48_families_only(model_and_images):
+    iv, images = model_and_images
+    space = AccelSpace(banks=(2, 4), gemm_cols=(16, 64), lanes=(4,), axi_bytes=(16,))
+    result = size_accelerator(iv, "zcu102", images, clock_mhz=300.0, space=space)
+    by_shape = {tuple(p.shape.values()): p for p in result.points}
+    packed = [p for p in result.points if p.shape["pack_pairs"]]
+    assert len(packed) == len(result.points) // 2 == 4
+    for p in packed:
+        twin = by_shape[tuple({**p.shape, "pack_pairs": False}.values())]
+        macs = p.shape["banks"] * p.shape["gemm_cols"]
+        assert twin.resources["dsp"] - p.resources["dsp"] == macs // 2 and p.cycles == twin.cycles
+        assert p.resources["bram36"] == twin.resources["bram36"] and p.resources["lut"] > twin.resources["lut"]
+    # ECP5's 18 x 18 multipliers take two blocks per packed pair: no packed shape is tried there
+    ecp5 = size_accelerator(iv, "ecp5-85f", images, clock_mhz=100.0, space=space)
+    assert len(ecp5.points) == 4 and not any(p.shape["pack_pairs"] for p in ecp5.points)
+    with pytest.raises(ValueError, match=r"^pack_pairs must be a non-empty tuple of bools, not \(\)$"):
+        AccelSpace(pack_pairs=())
+
+
 def test_a_target_picks_the_smallest_shape_that_meets_it(model_and_images):
     iv, images = model_and_images
     free = size_accelerator(iv, "zcu102", images, clock_mhz=300.0, space=SPACE)

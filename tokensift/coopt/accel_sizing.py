@@ -10,8 +10,10 @@ latency target, the one using the smallest share of its scarcest resource (ties:
 meets the target, the fastest that fits.
 
 >>> space = AccelSpace(banks=(2, 4), gemm_cols=(32,), lanes=(8, 16), axi_bytes=(16,))
->>> [tuple(s.values())[:3] for s in space.shapes(head_dim=16)]
+>>> [tuple(s.values())[:3] for s in space.shapes(head_dim=16, family="ecp5")]
 [(2, 8, 32), (2, 16, 32), (4, 8, 32), (4, 16, 32)]
+>>> len(space.shapes(head_dim=16, family="xcup"))  # each also with two GEMM products per DSP48
+8
 """
 
 from __future__ import annotations
