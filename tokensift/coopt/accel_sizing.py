@@ -200,15 +200,24 @@ def _compiled(cache: dict, int_model, family: str, shape: dict):
     if key not in cache:
         import dataclasses
 
-        twin = {**shape, "pack_pairs": False}
-        twin_key = (id(int_model), family, tuple(twin.values()))
+        from tokensift.hw.accel.config import AccelConfig
+        from tokensift.hw.axi.config import AxiDmaConfig
+
+        # the memory image depends on the GEMM columns and the weight beat only: one compile serves every
+        # number of banks and lanes and both packings
+        image_key = ("image", id(int_model), shape["gemm_cols"], shape["axi_bytes"])
         try:
-            if shape.get("pack_pairs") and twin_key in cache and cache[twin_key][0] is not None:
-                # the same memory image: packing is the GEMM engine's, not the compiler's
-                plain = cache[twin_key][0]
-                project = dataclasses.replace(plain, config=dataclasses.replace(plain.config, pack_pairs=True))
-            else:
-                project = project_for(int_model, shape)
+            base = cache.get(image_key)
+            if base is None:
+                from tokensift.quant.accel.image import decode_image
+
+                base = cache[image_key] = project_for(int_model, shape)
+                base._decoded = decode_image(base.image)
+            config = AccelConfig(envelope=base.config.envelope, banks=shape["banks"], lanes=shape["lanes"],
+                                 gemm_cols=shape["gemm_cols"], axi=AxiDmaConfig(data_bytes=shape["axi_bytes"]),
+                                 pack_pairs=shape.get("pack_pairs", False))
+            project = dataclasses.replace(base, config=config)
+            project._decoded = base._decoded
         except ValueError:  # the configuration says which rule
             cache[key] = (None, None)
         else:
