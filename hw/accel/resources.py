@@ -241,6 +241,8 @@ _GRID = [
     ("b1_c8_l2_w8", dict(banks=1, gemm_cols=8, lanes=2, axi_bytes=8), ("ecp5",)),
     # the demo's planned design for PYNQ-Z2 (the shape its Verilator run has): a second Xilinx shape for the glue fit
     ("pynq_z2", dict(banks=4, gemm_cols=16, lanes=8, axi_bytes=8), ("xc7",)),
+    # ... and the one it plans with two GEMM products per DSP48 (the xc7 glue fit's third shape)
+    ("pynq_z2_packed", dict(banks=4, gemm_cols=32, lanes=8, axi_bytes=16, pack_pairs=True), ("xc7",)),
 ]
 #: name -> the families it is synthesized for
 GRID_FAMILIES = {name: families for name, _, families in _GRID}
