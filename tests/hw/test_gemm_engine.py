@@ -279,7 +279,12 @@ CYCLE_CASES = [
 @pytest.mark.parametrize("case", range(len(CYCLE_CASES)))
 def test_cycle_model_exact(case):
     cfg, sizes, rate, latency = CYCLE_CASES[case]
-    rng = np.random.default_rng(case)
+    _check_cycle_model(cfg, sizes, rate, latency, seed=case)
+
+
+def _check_cycle_model(cfg, sizes, rate, latency, *, seed):
+    """The engine's cycles equal :func:`schedule`'s (and :func:`cycles` for one job), its outputs IntLinear's."""
+    rng = np.random.default_rng(seed)
     jobs = [random_job(rng, cfg, n, k, m) for n, k, m in sizes]
     accepted, last, beats = measure_cycles(cfg, jobs, rate=rate, latency=latency)
     model = schedule(cfg, [(*size, acc) for size, acc in zip(sizes, accepted, strict=True)],
@@ -552,18 +557,7 @@ def test_packed_pairs_other_shapes(cfg):
 def test_packed_pairs_cycle_model_exact(case):
     # the pair's second product comes one cycle after its first, as its flags do: the same cycles
     base, sizes, rate, latency = CYCLE_CASES[case]
-    cfg = dataclasses.replace(base, pack_pairs=True)
-    rng = np.random.default_rng(case)
-    jobs = [random_job(rng, cfg, n, k, m) for n, k, m in sizes]
-    accepted, last, beats = measure_cycles(cfg, jobs, rate=rate, latency=latency)
-    model = schedule(cfg, [(*size, acc) for size, acc in zip(sizes, accepted, strict=True)],
-                     weight_bytes_per_cycle=rate, weight_latency=latency)
-    assert [t.last_out for t in model] == last
-    pos = 0
-    for job in jobs:
-        y, _ = decode_outputs(beats[pos:pos + job.output_beats(cfg)], job.n, job.m, cfg)
-        assert np.array_equal(y, job.expected)
-        pos += job.output_beats(cfg)
+    _check_cycle_model(dataclasses.replace(base, pack_pairs=True), sizes, rate, latency, seed=case)
 
 
 def test_packed_pairs_config_and_dsps():
