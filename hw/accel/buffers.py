@@ -4,11 +4,13 @@ for the addressing and :mod:`tokensift.hw.accel.ports` for the ports)."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Module, Signal, Value
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In
 
-from tokensift.hw.accel.config import AccelConfig
+from tokensift.hw.accel.config import ELEMENT_BITS, AccelConfig
 from tokensift.hw.accel.ports import read_port_signature, write_port_signature
 from tokensift.hw.common.mac_array import mul_const
 from tokensift.quant.accel.isa import Buffer
@@ -44,9 +46,24 @@ class TokenBuffers(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
-        sel = {"rd": Signal(4, name="rd_sel"), "rd2": Signal(4, name="rd2_sel")}
-        for name in sel:  # the buffer of the data arriving next cycle (the memories' read is registered)
-            m.d.sync += sel[name].eq(getattr(self, name).buffer)
+        # every request is registered on entry: the engines' ports reach the buffers through the top level's
+        # engine multiplexer, and a buffer's address adder and its fan-out to every bank's block RAM follow;
+        # a write is delayed as much as a read, so the order in which they reach a memory is the engines'
+        req = {}
+        for name in ("rd", "rd2", "wr"):
+            port = getattr(self, name)
+            fields = ("en", "buffer", "tile", "word") + (("data", "mask") if name == "wr" else ())
+            req[name] = SimpleNamespace(**{f: Signal.like(getattr(port, f), name=f"{name}_req_{f}") for f in fields})
+            m.d.sync += [getattr(req[name], f).eq(getattr(port, f)) for f in fields]
+        wr = req["wr"]
+        # the buffer of the data arriving next cycle (the memories' read is registered), one hot: the data is
+        # selected by an AND-OR tree, a few LUTs deep at any buffer count
+        sel = {name: {b: Signal(name=f"{name}_sel_{b.name.lower()}") for b in Buffer
+                      if name == "rd" or b in SECOND_READ} for name in ("rd", "rd2")}
+        for name in sel:
+            for b, hot in sel[name].items():
+                m.d.sync += hot.eq(req[name].buffer == b)
+        raw = {name: {} for name in sel}
         for b in Buffer:
             g = cfg.geometry(b)
             ports = ["rd"] + (["rd2"] if b in SECOND_READ else [])
@@ -56,17 +73,28 @@ class TokenBuffers(wiring.Component):
                 w = mem.write_port(granularity=g.bits)
                 # the row's word address as shifts and adds: a product by a constant that is not a power of
                 # two would take a DSP slice (or, merged by Yosys's `share` with another, an unpredictable one)
-                addr = mul_const(self.wr.tile, g.words) + self.wr.word
-                m.d.comb += [w.addr.eq(addr), w.data.eq(Cat(*(self.wr.data[bank][i][:g.bits] for i in range(cfg.lanes))))]
+                addr = mul_const(wr.tile, g.words) + wr.word
+                m.d.comb += [w.addr.eq(addr), w.data.eq(Cat(*(wr.data[bank][i][:g.bits] for i in range(cfg.lanes))))]
                 for i in range(cfg.lanes):
-                    m.d.comb += w.en[i].eq(self.wr.en & (self.wr.buffer == b) & self.wr.mask[bank][i])
+                    m.d.comb += w.en[i].eq(wr.en & (wr.buffer == b) & wr.mask[bank][i])
                 for name in ports:
-                    port = getattr(self, name)
                     r = mem.read_port(transparent_for=())
-                    m.d.comb += [r.addr.eq(mul_const(port.tile, g.words) + port.word), r.en.eq(port.en)]
+                    m.d.comb += [r.addr.eq(mul_const(req[name].tile, g.words) + req[name].word),
+                                 r.en.eq(req[name].en)]
                     for i in range(cfg.lanes):
-                        raw = r.data[i * g.bits:(i + 1) * g.bits]
-                        value = raw.as_signed() if g.signed else raw
-                        with m.If(sel[name] == b):
-                            m.d.sync += port.data[bank][i].eq(value)
+                        value = r.data[i * g.bits:(i + 1) * g.bits]
+                        raw[name][b, bank, i] = value.as_signed() if g.signed else value
+        for name in sel:
+            port = getattr(self, name)
+            for bank in range(cfg.banks):
+                for i in range(cfg.lanes):
+                    terms = [raw[name][b, bank, i] & hot.replicate(ELEMENT_BITS) for b, hot in sel[name].items()]
+                    m.d.sync += port.data[bank][i].eq(_or_tree(terms))
         return m
+
+
+def _or_tree(terms: list[Value]) -> Value:
+    """The OR of ``terms``, as a balanced tree."""
+    while len(terms) > 1:
+        terms = [terms[i] | terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]

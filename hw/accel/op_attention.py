@@ -37,7 +37,7 @@ from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import OpEngine, check_config
+from tokensift.hw.accel.ports import READ_LATENCY, OpEngine, check_config
 from tokensift.hw.accel.rows import RecordSlots, RowReader, walk_layout
 from tokensift.hw.attention.core import Attention
 from tokensift.hw.attention.cycles import cycles as core_cycles
@@ -372,9 +372,10 @@ def cycles(config: AccelConfig, *, n_tokens: int, dram_latency: int, constants: 
         + F      8-byte fields fetched, one a cycle (the record's 16, plus the word's fields before it)
         + 4      the last field's check pipeline (field, compare, verdict) and the decision
         + core   the frame, from the header's transfer to the last output row's
-        + 6      the feed: the first Q word reaches the core 4 cycles after the header (the walk starts with
-                 it: a walk request, the buffer's 2 cycles, the reader's FIFO), and the reader pauses one
-                 cycle between its three walks (Q, K, V), which delays the core's compute by as much
+        + RL + 4 the feed: the first Q word reaches the core RL + 2 cycles after the header (the walk starts
+                 with it: a walk request, the buffer's READ_LATENCY = RL cycles, the reader's FIFO), and the
+                 reader pauses one cycle between its three walks (Q, K, V), which delays the core's compute
+                 by as much
         + 2      the header's own cycle, ``done`` registered after the last write
     """
     p = core_params(config, constants)
@@ -384,4 +385,4 @@ def cycles(config: AccelConfig, *, n_tokens: int, dram_latency: int, constants: 
         raise ValueError(f"record_address must be 8-byte aligned, not {record_address}")
     word = config.axi.data_bytes
     fields = -(-(RECORD_BYTES + record_address % word) // word) * word // 8
-    return 4 + dram_latency + fields + 4 + core_cycles(p, n_tokens=n_tokens) + 6 + 2
+    return 4 + dram_latency + fields + 4 + core_cycles(p, n_tokens=n_tokens) + READ_LATENCY + 4 + 2

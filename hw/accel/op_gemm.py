@@ -302,10 +302,14 @@ class GemmOpEngine(OpEngine):
             mem = memory.Memory(shape=unsigned(8 * W), depth=2 * pdw, init=[])
             m.submodules[f"transposer{r}"] = mem
             wp, rp = mem.write_port(), mem.read_port(transparent_for=())
-            q = Signal(unsigned(8 * W), name=f"tr_q{r}")
             m.d.comb += [wp.en.eq(tr_write & (tw_r == r)), wp.addr.eq(tr_wr_addr), wp.data.eq(dd.payload.data),
                          rp.addr.eq(tr_rd_addr)]
-            m.d.sync += q.eq(rp.data)
+            # registered until the buffer read port's data of the same request arrives
+            q = rp.data
+            for d in range(READ_LATENCY - 1):
+                q_next = Signal(unsigned(8 * W), name=f"tr_q{r}_{d}")
+                m.d.sync += q_next.eq(q)
+                q = q_next
             tr_q.append(q)
         tr_set = Signal(2)
         tr_clear = Signal(2)
@@ -504,7 +508,7 @@ def cycles(cfg: AccelConfig, opcode, k: int, m: int, *, n: int = 0, start: int =
     ``n`` and ``start`` are the source rows (``GEMM``; ``PATCH_EMBED`` always runs ``patches + 1`` tokens
     from the input region). The terms:
 
-    - the activations: one beat per cycle from ``9 + log2(banks)`` on (a ``start`` off a tile boundary adds
+    - the activations: one beat per cycle from ``READ_LATENCY + 7 + log2(banks)`` on (a ``start`` off a tile boundary adds
       one read per word: one cycle, and one per word when ``lanes`` is 1), ``ceil(n / banks) x k`` beats,
       replayed entry by entry (:func:`_act_feed`); ``PATCH_EMBED``'s wait for the input region's words
       (**DRAM latency**: two commands before its first word);
@@ -547,7 +551,7 @@ def _act_feed(cfg: AccelConfig, opcode: Opcode, k: int, n: int, start: int, *, f
     """``(last act beat, last input word)``: the act path replayed entry by entry (an entry is one buffer or
     transposer read: ``lanes`` or ``data_bytes`` beats, none for the read that only completes the first
     token tile of a word when ``start`` is off a tile boundary). Entry ``j`` is read once fewer than
-    ``depth`` entries are in flight, reaches the FIFO's head ``4 + log2(banks)`` cycles later, is taken when
+    ``depth`` entries are in flight, reaches the FIFO's head ``READ_LATENCY + 2 + log2(banks)`` cycles later, is taken when
     the shift register frees and gives its first beat the cycle after. ``PATCH_EMBED``'s reads also wait for
     their token tile's rows in the transposer, whose words arrive one per cycle from ``first_input`` on
     while the tile two back has been read."""
@@ -580,7 +584,7 @@ def _act_feed(cfg: AccelConfig, opcode: Opcode, k: int, n: int, start: int, *, f
             j = len(issue)
             t = max(ready, issue[-1] + 1 if issue else 0, pop[j - depth] + 1 if j >= depth else 0)
             issue.append(t)
-            head = t + 4 + log_r
+            head = t + READ_LATENCY + 2 + log_r
             if count == 0:        # completes the next token tile: taken as soon as it is at the head
                 pop.append(max(head, pop[-1] + 1 if pop else 0))
                 continue

@@ -12,7 +12,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import OpEngine, check_config
+from tokensift.hw.accel.ports import READ_LATENCY, OpEngine, check_config
 from tokensift.hw.accel.rows import RowReader, words_of, write_rows
 from tokensift.hw.vector.residual import ResidualAdd, ResidualParams
 from tokensift.quant.accel.isa import Buffer
@@ -23,10 +23,11 @@ __all__ = ["ResidualEngine", "cycles"]
 
 def cycles(cfg: AccelConfig, *, n: int, m: int) -> int:
     """Cycles from ``start`` to ``done`` of a well-formed op over ``n`` rows of ``m`` columns (no DRAM): the
-    registered checks and the walks' start, the read port's latency and the readers' FIFOs, the adder's
-    pipeline and the last write (8), then ``n`` rows of ``ceil(m / lanes)`` words at one per cycle."""
+    registered checks and the walks' start, the read port's latency (:data:`READ_LATENCY`) and the readers'
+    FIFOs, the adder's pipeline and the last write (6 more), then ``n`` rows of ``ceil(m / lanes)`` words at one
+    per cycle."""
     check_config(cfg, "cfg")
-    return n * -(-m // cfg.lanes) + 8
+    return n * -(-m // cfg.lanes) + READ_LATENCY + 6
 
 
 class ResidualEngine(OpEngine):

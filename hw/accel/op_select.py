@@ -69,7 +69,7 @@ from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_bool, check_int
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import OpEngine, check_config
+from tokensift.hw.accel.ports import READ_LATENCY, OpEngine, check_config
 from tokensift.hw.accel.rows import RecordFields, RowReader
 from tokensift.hw.accel.sequencer import registers_layout
 from tokensift.hw.score_combiner.core import CombinerParams, ScoreCombiner, combiner_cycles
@@ -124,11 +124,12 @@ def cycles(cfg: AccelConfig, *, method: str, candidates: int, kept: int, latency
 
         latency + record words          the record's read (:func:`record_words`)
         + the selector's terms
-        DynamicViT: 14 + B * N + (N - 1) + max(0, 5 - B)   the dummy class token's B feature beats (the
-                                                           reader's first word comes 5 cycles after the
-                                                           walk), the candidates' rows, their keys
+        DynamicViT: 14 + B * N + (N - 1) + max(0, 3 + RL - B)   the dummy class token's B feature beats
+                                                           (the reader's first word comes 3 + RL cycles
+                                                           after the walk, RL = READ_LATENCY), the
+                                                           candidates' rows, their keys
                     (13 + B when there is no candidate)
-        EViT, SaiT: 18 + B * N + combiner               the rows, then the class rows through the score
+        EViT, SaiT: 16 + RL + B * N + combiner          the rows, then the class rows through the score
                                                         combiner (:func:`~tokensift.hw.score_combiner.core.
                                                         combiner_cycles` over N tokens and H heads)
                     - 4 when the package token is sent; + B for EViT's zero token when nothing was pruned
@@ -157,10 +158,12 @@ def cycles(cfg: AccelConfig, *, method: str, candidates: int, kept: int, latency
     total = (latency + record_words(cfg, record_offset) + parts["search"] + parts["compact"] + parts["header"] +
              parts["output"] + parts["package"])
     if method == "dynamicvit":
-        return total + (13 + words if candidates == 0 else 14 + words * n + candidates + max(0, 5 - words))
+        if candidates == 0:
+            return total + 13 + words
+        return total + 14 + words * n + candidates + max(0, READ_LATENCY + 3 - words)
     combiner = combiner_cycles(_combiner_params(cfg), n_tokens=n, heads=cfg.envelope.heads,
                                per_token=method == "asvit" and not image)
-    total += words * n + combiner + (14 if package else 18) + (words if fused and not package else 0)
+    total += words * n + combiner + READ_LATENCY + (12 if package else 16) + (words if fused and not package else 0)
     return total + (asvit_weight_cycles(cfg, n, image=image) if method == "asvit" else 0)
 
 
@@ -182,7 +185,7 @@ def asvit_weight_cycles(cfg: AccelConfig, tokens: int, *, image: bool) -> int:
 
 
 #: AS-ViT's weight phase: the walk over ``A`` handed to the reader, its first word's read latency
-ASVIT_START = 6
+ASVIT_START = READ_LATENCY + 4
 
 
 def _root_iters(cfg: AccelConfig) -> int:

@@ -30,7 +30,7 @@ from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int
 from tokensift.hw.accel.config import AccelConfig
-from tokensift.hw.accel.ports import OpEngine, check_config
+from tokensift.hw.accel.ports import READ_LATENCY, OpEngine, check_config
 from tokensift.hw.accel.rows import RowReader
 from tokensift.hw.vector.token_mean import TokenMean, TokenMeanParams
 from tokensift.hw.vector.token_mean import cycles as unit_cycles
@@ -54,10 +54,11 @@ def cycles(cfg: AccelConfig, *, k: int, m: int, n: int, in_place: bool) -> int:
     """Cycles from ``start`` to ``done`` of a well-formed op with ``n >= 1`` rows (``in_place``: ``src == dst``
     and ``start = 0``); no term depends on DRAM. With ``W = ceil(m / lanes)`` words and ``w_k = k // lanes``:
 
-    * the op's check (2), the first walk's start, the buffer's read and the reader's FIFO (4);
+    * the op's check (2), the first walk's start, the buffer's read (:data:`READ_LATENCY`) and the reader's FIFO
+      (2 more);
     * the unit's frame of ``n`` tokens of ``m - w_k lanes`` channels at one word per cycle, first input beat to
       last mean (:func:`tokensift.hw.vector.token_mean.cycles`);
-    * the second walk's start, read and FIFO (4), its ``n (W - w_k)`` words in place, ``n W`` otherwise, at one
+    * the second walk's start, read and FIFO (``READ_LATENCY + 2``), its ``n (W - w_k)`` words in place, ``n W`` otherwise, at one
       per cycle, the merge with the means memory's registered read and the write (2), ``done`` (1).
     """
     p = token_mean_params(cfg)
@@ -66,7 +67,8 @@ def cycles(cfg: AccelConfig, *, k: int, m: int, n: int, in_place: bool) -> int:
     n = check_int("n", n, low=1, high=p.n_max, numpy=False)
     lanes = cfg.lanes
     words, first = -(-m // lanes), k // lanes
-    return (6 + unit_cycles(p, n, m - first * lanes) + 4 + n * (words - first if in_place else words) + 3)
+    walk = READ_LATENCY + 2
+    return 2 + walk + unit_cycles(p, n, m - first * lanes) + walk + n * (words - first if in_place else words) + 3
 
 
 _IDLE, _CHECK, _MEANS, _WRITE = range(4)

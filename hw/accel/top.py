@@ -136,47 +136,50 @@ class Accelerator(wiring.Component):
                      reader.clear_errors.eq(f.start & ~seq.busy), writer.clear_errors.eq(f.start & ~seq.busy)]
 
         # -- the shared ports, handed to one engine at a time ------------------------------------------
-        own = seq.engine == seq.own_port
+        # one parallel case over the owner (a balanced multiplexer): a chain of Ifs would put every engine's
+        # multiplexer level in series on the way to the buffers and the read DMA
         cmd, words = reader.i_cmd, reader.o_data
         m.d.comb += [seq.dram_data.payload.eq(words.payload)]
-        with m.If(own):
-            m.d.comb += [cmd.valid.eq(seq.dram_cmd.valid), cmd.payload.eq(seq.dram_cmd.payload),
-                         seq.dram_cmd.ready.eq(cmd.ready), seq.dram_data.valid.eq(words.valid),
-                         words.ready.eq(seq.dram_data.ready)]
         for i, eng in enumerate(engines):
             ports = eng.signature.members
-            mine = seq.engine == i
-            m.d.comb += [eng.op.eq(seq.op), eng.start.eq(seq.start & mine), eng.rd.data.eq(bufs.rd.data)]
+            m.d.comb += [eng.op.eq(seq.op), eng.start.eq(seq.start & (seq.engine == i)), eng.rd.data.eq(bufs.rd.data)]
             if "regs" in ports:  # the selection engine reads the stage registers
                 m.d.comb += eng.regs.eq(seq.regs)
             if "rd2" in ports:
                 m.d.comb += eng.rd2.data.eq(bufs.rd2.data)
             if "dram_data" in ports:
                 m.d.comb += eng.dram_data.payload.eq(words.payload)
-            with m.If(mine):
-                m.d.comb += [seq.eng_done.eq(eng.done), seq.eng_rows.eq(eng.rows), seq.eng_fault.eq(eng.fault)]
-                if "protected_out" in ports:
-                    m.d.comb += [seq.eng_protected.eq(eng.protected_out), seq.eng_stage_ran.eq(eng.stage_ran)]
-                for name in ("en", "buffer", "tile", "word"):
-                    m.d.comb += getattr(bufs.rd, name).eq(getattr(eng.rd, name))
-                for name in ("en", "buffer", "tile", "word", "data", "mask"):
-                    m.d.comb += getattr(bufs.wr, name).eq(getattr(eng.wr, name))
-                if "rd2" in ports:
-                    for name in ("en", "buffer", "tile", "word"):
-                        m.d.comb += getattr(bufs.rd2, name).eq(getattr(eng.rd2, name))
-                if "dram_cmd" in ports:
-                    m.d.comb += [cmd.valid.eq(eng.dram_cmd.valid), cmd.payload.eq(eng.dram_cmd.payload),
-                                 eng.dram_cmd.ready.eq(cmd.ready), eng.dram_data.valid.eq(words.valid),
-                                 words.ready.eq(eng.dram_data.ready)]
-                if "dram_wcmd" in ports:
-                    m.d.comb += [writer.i_cmd.valid.eq(eng.dram_wcmd.valid),
-                                 writer.i_cmd.payload.eq(eng.dram_wcmd.payload),
-                                 eng.dram_wcmd.ready.eq(writer.i_cmd.ready),
-                                 writer.i_data.valid.eq(eng.dram_wdata.valid),
-                                 writer.i_data.payload.eq(eng.dram_wdata.payload),
-                                 eng.dram_wdata.ready.eq(writer.i_data.ready),
-                                 eng.dram_wdone.valid.eq(writer.o_done.valid),
-                                 writer.o_done.ready.eq(eng.dram_wdone.ready)]
             if "dram_wdone" in ports:
                 m.d.comb += eng.dram_wdone.payload.eq(writer.o_done.payload)
+        with m.Switch(seq.engine):
+            with m.Case(seq.own_port):
+                m.d.comb += [cmd.valid.eq(seq.dram_cmd.valid), cmd.payload.eq(seq.dram_cmd.payload),
+                             seq.dram_cmd.ready.eq(cmd.ready), seq.dram_data.valid.eq(words.valid),
+                             words.ready.eq(seq.dram_data.ready)]
+            for i, eng in enumerate(engines):
+                ports = eng.signature.members
+                with m.Case(i):
+                    m.d.comb += [seq.eng_done.eq(eng.done), seq.eng_rows.eq(eng.rows), seq.eng_fault.eq(eng.fault)]
+                    if "protected_out" in ports:
+                        m.d.comb += [seq.eng_protected.eq(eng.protected_out), seq.eng_stage_ran.eq(eng.stage_ran)]
+                    for name in ("en", "buffer", "tile", "word"):
+                        m.d.comb += getattr(bufs.rd, name).eq(getattr(eng.rd, name))
+                    for name in ("en", "buffer", "tile", "word", "data", "mask"):
+                        m.d.comb += getattr(bufs.wr, name).eq(getattr(eng.wr, name))
+                    if "rd2" in ports:
+                        for name in ("en", "buffer", "tile", "word"):
+                            m.d.comb += getattr(bufs.rd2, name).eq(getattr(eng.rd2, name))
+                    if "dram_cmd" in ports:
+                        m.d.comb += [cmd.valid.eq(eng.dram_cmd.valid), cmd.payload.eq(eng.dram_cmd.payload),
+                                     eng.dram_cmd.ready.eq(cmd.ready), eng.dram_data.valid.eq(words.valid),
+                                     words.ready.eq(eng.dram_data.ready)]
+                    if "dram_wcmd" in ports:
+                        m.d.comb += [writer.i_cmd.valid.eq(eng.dram_wcmd.valid),
+                                     writer.i_cmd.payload.eq(eng.dram_wcmd.payload),
+                                     eng.dram_wcmd.ready.eq(writer.i_cmd.ready),
+                                     writer.i_data.valid.eq(eng.dram_wdata.valid),
+                                     writer.i_data.payload.eq(eng.dram_wdata.payload),
+                                     eng.dram_wdata.ready.eq(writer.i_data.ready),
+                                     eng.dram_wdone.valid.eq(writer.o_done.valid),
+                                     writer.o_done.ready.eq(eng.dram_wdone.ready)]
         return m
