@@ -85,7 +85,16 @@ BASELINE = Path(__file__).resolve().parents[1] / "tests" / "hw" / "baselines" / 
 #: engines of the whole-model accelerator (:mod:`tokensift.hw.accel`), which have no ``tokensift generate`` entry
 #: of their own: GRID block name -> (module, class); each is built from the AccelConfig that ``tokensift generate
 #: accelerator`` makes of the same arguments (``--model M`` and the shape options)
-ENGINES = {"accel_layernorm": ("tokensift.hw.accel.op_layernorm", "LayerNormEngine")}
+ENGINES = {"accel_layernorm": ("tokensift.hw.accel.op_layernorm", "LayerNormEngine"),
+           "accel_gemm": ("tokensift.hw.accel.op_gemm", "GemmOpEngine"),
+           "accel_pos_embed": ("tokensift.hw.accel.op_pos_embed", "PosEmbedEngine"),
+           "accel_token_mean": ("tokensift.hw.accel.op_token_mean", "TokenMeanEngine"),
+           "accel_attention": ("tokensift.hw.accel.op_attention", "AttentionOpEngine"),
+           "accel_residual": ("tokensift.hw.accel.op_residual", "ResidualEngine"),
+           "accel_gelu": ("tokensift.hw.accel.op_gelu", "GeluEngine"),
+           "accel_select": ("tokensift.hw.accel.op_select", "SelectEngine"),
+           "accel_logits": ("tokensift.hw.accel.op_logits", "LogitsEngine"),
+           "accel_buffers": ("tokensift.hw.accel.buffers", "TokenBuffers")}
 
 
 def _build_engine(block: str, argv: list[str]):

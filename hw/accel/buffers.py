@@ -56,13 +56,14 @@ class TokenBuffers(wiring.Component):
             req[name] = SimpleNamespace(**{f: Signal.like(getattr(port, f), name=f"{name}_req_{f}") for f in fields})
             m.d.sync += [getattr(req[name], f).eq(getattr(port, f)) for f in fields]
         wr = req["wr"]
-        # the buffer of the data arriving next cycle (the memories' read is registered), one hot: the data is
-        # selected by an AND-OR tree, a few LUTs deep at any buffer count
+        # the buffer of the data in the read registers, one hot (delayed with the memories' read and their
+        # data register): the data is selected by an AND-OR tree, a few LUTs deep at any buffer count
         sel = {name: {b: Signal(name=f"{name}_sel_{b.name.lower()}") for b in Buffer
                       if name == "rd" or b in SECOND_READ} for name in ("rd", "rd2")}
         for name in sel:
             for b, hot in sel[name].items():
-                m.d.sync += hot.eq(req[name].buffer == b)
+                read = Signal(name=f"{name}_read_{b.name.lower()}")
+                m.d.sync += [read.eq(req[name].buffer == b), hot.eq(read)]
         raw = {name: {} for name in sel}
         for b in Buffer:
             g = cfg.geometry(b)
@@ -81,8 +82,12 @@ class TokenBuffers(wiring.Component):
                     r = mem.read_port(transparent_for=())
                     m.d.comb += [r.addr.eq(mul_const(req[name].tile, g.words) + req[name].word),
                                  r.en.eq(req[name].en)]
+                    # a register right behind the block RAM: its clock-to-out (5 to 6 ns on ECP5 at speed 6)
+                    # leaves no room for the select after it
+                    q = Signal(len(r.data), name=f"{b.name.lower()}_bank{bank}_{name}_q")
+                    m.d.sync += q.eq(r.data)
                     for i in range(cfg.lanes):
-                        value = r.data[i * g.bits:(i + 1) * g.bits]
+                        value = q[i * g.bits:(i + 1) * g.bits]
                         raw[name][b, bank, i] = value.as_signed() if g.signed else value
         for name in sel:
             port = getattr(self, name)

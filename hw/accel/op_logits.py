@@ -125,8 +125,10 @@ class LogitsEngine(OpEngine):
         acc = Signal(8 * cfg.axi.data_bytes)
         at = Signal(range(per_bus))
         bus = self.dram_wdata
-        keep = kept < chunks
-        final = kept + 1 == chunks
+        # ``kept < chunks`` and ``kept + 1 == chunks`` as registers, set a cycle ahead: compared on the way,
+        # they would put two carry chains in front of every register ``go`` enables
+        keep = Signal()
+        final = Signal()
         completing = keep & ((at == per_bus - 1) | final)
         go = Signal()
         m.d.comb += go.eq((held_left != 0) & (~completing | ~bus.valid | bus.ready))
@@ -137,7 +139,7 @@ class LogitsEngine(OpEngine):
             # past the last logit, the rest of the (last) word goes at once
             m.d.sync += [held.eq(held >> (16 * g)), held_left.eq(Mux(keep, held_left - 1, 0))]
             with m.If(keep):
-                m.d.sync += kept.eq(kept + 1)
+                m.d.sync += [kept.eq(kept + 1), keep.eq(~final), final.eq(kept + 2 == chunks)]
                 with m.If(completing):
                     # the bus word: the chunks so far, this one at its place, zeros after it (``acc`` is
                     # cleared with every word)
@@ -156,6 +158,6 @@ class LogitsEngine(OpEngine):
         with m.If(word.valid & word.ready):
             m.d.sync += [held.eq(Cat(*(word.payload.data[i][:16] for i in range(lanes)))), held_left.eq(per_word)]
         with m.If(checked[1]):
-            m.d.sync += [kept.eq(0), at.eq(0), data_out.eq(0)]
+            m.d.sync += [kept.eq(0), keep.eq(chunks != 0), final.eq(chunks == 1), at.eq(0), data_out.eq(0)]
         m.d.comb += self.overflows.eq(0)
         return m

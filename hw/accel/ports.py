@@ -36,9 +36,9 @@ from tokensift.hw.axi.reader import word_layout
 __all__ = ["READ_LATENCY", "tile_layout", "read_port_signature", "write_port_signature", "op_layout",
            "engine_signature", "check_config", "OpEngine", "BUFFER_BITS"]
 
-#: cycles from a read request to its data (the buffers' request register, the block RAM's registered output,
-#: then the registered buffer select)
-READ_LATENCY = 3
+#: cycles from a read request to its data (the buffers' request register, the block RAM's registered read, the
+#: register behind it, then the registered buffer select)
+READ_LATENCY = 4
 #: width of a buffer index (:class:`tokensift.quant.accel.isa.Buffer`)
 BUFFER_BITS = 4
 

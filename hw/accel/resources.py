@@ -15,7 +15,8 @@ The design is the sum of its parts (:func:`parts`), each counted by the rules of
   position embedding's record size ``k x m`` (16 x 16 unsigned); the token buffers' word addresses
   ``tile x words`` are shifts and adds (no DSP);
 * the token buffers: one memory per buffer and bank with a write enable per element (``granularity``), the
-  buffers the residual add reads twice (:data:`~tokensift.hw.accel.buffers.SECOND_READ`) once per read port.
+  buffers the residual add reads twice (:data:`~tokensift.hw.accel.buffers.SECOND_READ`) once per read port,
+  and a register behind each memory's read word (:func:`read_register_bits`).
 
 LUT and FF: the parts' own models plus the ``accelerator`` fit (``tokensift/data/lut_ff_fit.json``) over
 :func:`features`, the engines' control and the multiplexers that hand the shared ports to one engine at a time
@@ -46,8 +47,8 @@ from tokensift.hw.common.resources import (
 )
 from tokensift.quant.accel.isa import Buffer
 
-__all__ = ["BLOCK", "AccelConfig", "memories", "features", "parts", "exact", "fit_base", "resources", "estimate",
-           "build", "params_to_dict", "params_from_dict", "baseline_grid", "grid_config", "GRID_FAMILIES",
+__all__ = ["BLOCK", "AccelConfig", "memories", "read_register_bits", "features", "parts", "exact", "fit_base",
+           "resources", "estimate", "build", "params_to_dict", "params_from_dict", "baseline_grid", "grid_config", "GRID_FAMILIES",
            "QUICK_CONFIGS", "MODEL"]
 
 BLOCK = "accelerator"
@@ -105,6 +106,13 @@ def memories(cfg: AccelConfig, family: str) -> dict[str, tuple[MemoryMap, int]]:
     out["select_head_weights"] = (map_memory((HEAD_WEIGHT_FRAC + 1) * L, env.heads * wmax, family=family,
                                              granularity=HEAD_WEIGHT_FRAC + 1), 1)
     return out
+
+
+def read_register_bits(cfg: AccelConfig) -> int:
+    """Flip-flops behind the token buffers' block RAMs: every memory's whole read word, once per read port
+    (:class:`~tokensift.hw.accel.buffers.TokenBuffers`)."""
+    cfg = _check(cfg)
+    return sum(cfg.banks * (2 if b in SECOND_READ else 1) * cfg.lanes * cfg.geometry(b).bits for b in Buffer)
 
 
 def _dsps(cfg: AccelConfig, family: str) -> dict[str, int]:
@@ -188,6 +196,7 @@ def parts(cfg: AccelConfig, family: str, *, fitted_lut_ff: bool = True, glue: bo
         out[part] = out[part] + mem.resources * count
     for name, dsp in _dsps(cfg, family).items():
         out[name] = out[name] + Resources(dsp=dsp)
+    out["buffers"] = out["buffers"] + Resources(ff=read_register_bits(cfg))
     if fitted_lut_ff and glue:
         lut, ff = fitted(BLOCK, family, features(cfg, family))
         out["glue"] = Resources(lut=lut, ff=ff)

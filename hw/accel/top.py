@@ -113,12 +113,16 @@ class Accelerator(wiring.Component):
             m.d.sync += cycles.eq(0)
         with m.Elif(seq.busy & (cycles != 0xFFFF_FFFF)):
             m.d.sync += cycles.eq(cycles + 1)
-        overflow_total = Signal(32)
-        m.d.comb += overflow_total.eq(sum(eng.overflows for eng in engines))
+        # the engines' counts summed as a tree with a register every two levels, and the difference registered:
+        # a chain of adders would stand between two registers; the few cycles' lag ends long before the host
+        # can read the count after ``done`` (the last counting op ends an instruction fetch before it)
+        overflow_total = _pipelined_sum(m, [eng.overflows for eng in engines], width=32)
         overflow_at_start = Signal(32)
         with m.If(f.start & ~seq.busy):
             m.d.sync += overflow_at_start.eq(overflow_total)
-        m.d.comb += [f.cycles.eq(cycles), f.overflows.eq(overflow_total - overflow_at_start),
+        overflows = Signal(32)
+        m.d.sync += overflows.eq(overflow_total - overflow_at_start)
+        m.d.comb += [f.cycles.eq(cycles), f.overflows.eq(overflows),
                      f.status.eq(seq.busy | (seq.fault << 4) | (seq.fault_pc << 16)),
                      f.done.eq(Mux(seq.finished, 1 | ((seq.fault != 0) << 1), 0))]
 
@@ -183,3 +187,17 @@ class Accelerator(wiring.Component):
                                      eng.dram_wdone.valid.eq(writer.o_done.valid),
                                      writer.o_done.ready.eq(eng.dram_wdone.ready)]
         return m
+
+
+def _pipelined_sum(m, values, *, width: int):
+    """The sum of ``values`` (``width`` bits), added pairwise with a register after every second level."""
+    level = 0
+    while len(values) > 1:
+        pairs = [values[i] + values[i + 1] if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)]
+        level += 1
+        if level % 2 == 0 or len(pairs) == 1:
+            regs = [Signal(width, name=f"overflow_sum{level}_{i}") for i in range(len(pairs))]
+            m.d.sync += [r.eq(v) for r, v in zip(regs, pairs)]
+            pairs = regs
+        values = pairs
+    return values[0]
