@@ -394,7 +394,8 @@ class GemmOpEngine(OpEngine):
         em_tile = Signal(rb)
         consumed = Signal()
         fed = Signal()                    # every act beat taken
-        first = ~is_pe & straddle & (c_i == 0)
+        c_zero = Signal()                 # ``c_i == 0``, kept as a register: ``pop`` enables every ``em`` bit
+        first = ~is_pe & straddle & c_zero
         handshake = act.valid & act.ready
         em_free = (em_left == 0) | ((em_left == 1) & act.ready)
         pop = q.r_rdy & (first | em_free)
@@ -414,10 +415,10 @@ class GemmOpEngine(OpEngine):
             with m.If(consumed & (em_left == 1)):
                 m.d.sync += fed.eq(1)
         with m.If(go):
-            m.d.sync += [c_o.eq(0), c_i.eq(0), kk_c.eq(0), tile_c.eq(0), k_left.eq(op.k), consumed.eq(0),
-                         fed.eq(0), em_left.eq(0)]
+            m.d.sync += [c_o.eq(0), c_i.eq(0), c_zero.eq(1), kk_c.eq(0), tile_c.eq(0), k_left.eq(op.k),
+                         consumed.eq(0), fed.eq(0), em_left.eq(0)]
         with m.Elif(pop):
-            m.d.sync += [prev.eq(head), c_i.eq(c_i + 1)]
+            m.d.sync += [prev.eq(head), c_i.eq(c_i + 1), c_zero.eq(0)]
             with m.If(~first):
                 zero_slot = is_pe & (tile_c == 0)  # PATCH_EMBED's token 0: zero activations
                 for r in range(R):
@@ -430,7 +431,7 @@ class GemmOpEngine(OpEngine):
                 with m.Else():
                     m.d.sync += tile_c.eq(tile_c + 1)
             with m.If(c_i == inner_m1):
-                m.d.sync += [c_i.eq(0), c_o.eq(c_o + 1)]
+                m.d.sync += [c_i.eq(0), c_zero.eq(1), c_o.eq(c_o + 1)]
                 with m.If(is_pe):
                     m.d.sync += [kk_c.eq(0), tile_c.eq(tile_c + 1)]
                 with m.Else():
