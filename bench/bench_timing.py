@@ -58,6 +58,18 @@ GRID: list[tuple[str, str, str, list[str]]] = [
     ("layernorm", "c48_l2", "C up to 48, 2 lanes, run-time constants", ["--c-max", "48", "--lanes", "2"]),
     ("accel_layernorm", "demo", "the demo accelerator's LayerNorm engine (vit_mnist_patch4_28: 2 banks, 8 lanes, "
      "64 GEMM columns): the unit, its record reader and row reader", ["--model", "vit_mnist_patch4_28"]),
+    # every other op engine of the same demo accelerator, and its token buffers
+    *[(block, "demo", f"the demo accelerator's {about} (vit_mnist_patch4_28: 2 banks, 8 lanes, 64 GEMM columns)",
+       ["--model", "vit_mnist_patch4_28"]) for block, about in (
+        ("accel_gemm", "GEMM engine: activation path, transposers, record checks, the 2 x 64 array"),
+        ("accel_pos_embed", "POS_EMBED engine: record reader and residual adder"),
+        ("accel_token_mean", "TOKEN_MEAN engine: two walks and the token-mean unit"),
+        ("accel_attention", "ATTENTION engine: Q/K/V walks, record checks, the 8-lane attention core"),
+        ("accel_residual", "RESIDUAL_ADD engine: two walks and the residual adder"),
+        ("accel_gelu", "GELU engine: walk, record reader and the GELU unit"),
+        ("accel_select", "SELECT engine: walks, token selector, score combiner, AS-ViT squares"),
+        ("accel_logits", "WRITE_LOGITS engine: walk and the write channel's word packing"),
+        ("accel_buffers", "token buffers: registered requests and reads, one-hot select"))],
     ("gelu", "deit_s", "DeiT-S MLP: 16 lanes of int8, 16-bit run-time multiplier", ["--lanes", "16"]),
     ("residual", "deit_s", "16 lanes of 16-bit residual codes, saturating", ["--lanes", "16"]),
     ("token_mean", "deit_s", "DeiT-S predictor's global half: 16 lanes, n-max 197, 192 channels",
@@ -70,12 +82,18 @@ GRID: list[tuple[str, str, str, list[str]]] = [
     ("axi_writer", "hp128", "write DMA, 128-bit: 64-beat bursts, 8 outstanding",
      ["--data-bytes", "16", "--max-burst", "64", "--max-outstanding", "8"]),
 ]
-#: the whole accelerator as sized for the ECP5-85F: not in the grid until its place and route has finished on a
-#: quiet machine (over an hour of nextpnr per speed grade); ``--block accelerator`` measures it
-ACCELERATOR = ("accelerator", "ecp5_sized", "the whole accelerator as sized for the ECP5-85F (vit_mnist_patch4_28: "
-               "4 banks = 4 x 16 GEMM, 4 lanes, 128-bit AXI; 151 of 156 multipliers)",
-               ["--model", "vit_mnist_patch4_28", "--banks", "4", "--gemm-cols", "16", "--lanes", "4", "--axi-bytes",
-                "16"])
+#: the whole accelerator: not in the grid until its place and route finishes in reasonable time on a quiet
+#: machine; ``--block accelerator`` measures these (``--config`` picks one): the shape sized for the ECP5-85F
+#: (over an hour of nextpnr per speed grade), and the smallest shape the envelope allows (13-18 minutes), on
+#: which the glue's critical paths are found
+ACCELERATORS = [
+    ("accelerator", "ecp5_sized", "the whole accelerator as sized for the ECP5-85F (vit_mnist_patch4_28: 4 banks = "
+     "4 x 16 GEMM, 4 lanes, 128-bit AXI; 151 of 156 multipliers)",
+     ["--model", "vit_mnist_patch4_28", "--banks", "4", "--gemm-cols", "16", "--lanes", "4", "--axi-bytes", "16"]),
+    ("accelerator", "b1_c8_l2_w8", "the whole accelerator's smallest shape (vit_mnist_patch4_28: 1 bank, 8 GEMM "
+     "columns, 2 lanes, 64-bit AXI)",
+     ["--model", "vit_mnist_patch4_28", "--banks", "1", "--gemm-cols", "8", "--lanes", "2", "--axi-bytes", "8"]),
+]
 #: the speed grades measured by default (6: the issue's goal; 8: the stretch and the ECP5-85F in the device
 #: database)
 DEFAULT_SPEEDS = (6, 8)
@@ -178,8 +196,8 @@ def main(argv=None) -> int:
                     help="seconds each tool run may take (default: %(default)s; the whole accelerator needs more)")
     args = ap.parse_args(argv)
     speeds = tuple(int(s) for s in args.speeds.split(","))
-    grid = [g for g in (GRID if args.block is None else [*GRID, ACCELERATOR]) if (args.block is None or g[0] in args.block)
-            and (args.config is None or g[1] in args.config)]
+    grid = [g for g in (GRID if args.block is None else [*GRID, *ACCELERATORS])
+            if (args.block is None or g[0] in args.block) and (args.config is None or g[1] in args.config)]
     if not grid:
         ap.error(f"no configuration of {args.block or ''} {args.config or ''} in the grid: "
                  f"{', '.join(f'{g[0]}/{g[1]}' for g in GRID)}")

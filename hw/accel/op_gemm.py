@@ -509,8 +509,9 @@ def cycles(cfg: AccelConfig, opcode, k: int, m: int, *, n: int = 0, start: int =
     ``n`` and ``start`` are the source rows (``GEMM``; ``PATCH_EMBED`` always runs ``patches + 1`` tokens
     from the input region). The terms:
 
-    - the activations: one beat per cycle from ``READ_LATENCY + 7 + log2(banks)`` on (a ``start`` off a tile boundary adds
-      one read per word: one cycle, and one per word when ``lanes`` is 1), ``ceil(n / banks) x k`` beats,
+    - the activations: one beat per cycle from ``READ_LATENCY + 7 + log2(banks)`` on (a ``start`` off a tile
+      boundary adds one read per word: one cycle, and one per word when ``lanes`` is 1), ``ceil(n / banks) x
+      k`` beats,
       replayed entry by entry (:func:`_act_feed`); ``PATCH_EMBED``'s wait for the input region's words
       (**DRAM latency**: two commands before its first word);
     - the job beat after the last act beat, or after the record's verdict if that is later (**DRAM
@@ -552,8 +553,8 @@ def _act_feed(cfg: AccelConfig, opcode: Opcode, k: int, n: int, start: int, *, f
     """``(last act beat, last input word)``: the act path replayed entry by entry (an entry is one buffer or
     transposer read: ``lanes`` or ``data_bytes`` beats, none for the read that only completes the first
     token tile of a word when ``start`` is off a tile boundary). Entry ``j`` is read once fewer than
-    ``depth`` entries are in flight, reaches the FIFO's head ``READ_LATENCY + 2 + log2(banks)`` cycles later, is taken when
-    the shift register frees and gives its first beat the cycle after. ``PATCH_EMBED``'s reads also wait for
+    ``depth`` entries are in flight, reaches the FIFO's head ``READ_LATENCY + 2 + log2(banks)`` cycles later, is
+    taken when the shift register frees and gives its first beat the cycle after. ``PATCH_EMBED``'s reads also wait for
     their token tile's rows in the transposer, whose words arrive one per cycle from ``first_input`` on
     while the tile two back has been read."""
     R, L, W = cfg.banks, cfg.lanes, cfg.axi.data_bytes

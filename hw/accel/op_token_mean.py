@@ -58,8 +58,8 @@ def cycles(cfg: AccelConfig, *, k: int, m: int, n: int, in_place: bool) -> int:
       (2 more);
     * the unit's frame of ``n`` tokens of ``m - w_k lanes`` channels at one word per cycle, first input beat to
       last mean (:func:`tokensift.hw.vector.token_mean.cycles`);
-    * the second walk's start, read and FIFO (``READ_LATENCY + 2``), its ``n (W - w_k)`` words in place, ``n W`` otherwise, at one
-      per cycle, the merge with the means memory's registered read and the write (2), ``done`` (1).
+    * the second walk's start, read and FIFO (``READ_LATENCY + 2``), its ``n (W - w_k)`` words in place,
+      ``n W`` otherwise, at one per cycle, the merge with the means memory's registered read and the write (2), ``done`` (1).
     """
     p = token_mean_params(cfg)
     m = check_int("m", m, low=1, high=p.c_max, numpy=False)

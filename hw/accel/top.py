@@ -197,7 +197,7 @@ def _pipelined_sum(m, values, *, width: int):
         level += 1
         if level % 2 == 0 or len(pairs) == 1:
             regs = [Signal(width, name=f"overflow_sum{level}_{i}") for i in range(len(pairs))]
-            m.d.sync += [r.eq(v) for r, v in zip(regs, pairs)]
+            m.d.sync += [r.eq(v) for r, v in zip(regs, pairs, strict=True)]
             pairs = regs
         values = pairs
     return values[0]
