@@ -20,9 +20,10 @@ from tokensift.hw.accel.op_residual import ResidualEngine
 from tokensift.hw.accel.regmap import accel_regmap
 from tokensift.hw.accel.sequencer import Sequencer
 from tokensift.hw.axi.bus import axi_lite_signature, axi_read_signature, axi_write_signature
-from tokensift.hw.axi.reader import AxiReader
+from tokensift.hw.axi.reader import AxiReader, word_layout
 from tokensift.hw.axi.registers import AxiLiteRegisters
 from tokensift.hw.axi.writer import AxiWriter
+from tokensift.hw.common.skid import SkidBuffer
 from tokensift.quant.accel.isa import Opcode
 from tokensift.quant.accel.registers import MAX_STAGES
 
@@ -143,7 +144,14 @@ class Accelerator(wiring.Component):
         # one parallel case over the owner (a balanced multiplexer): a chain of Ifs would put every engine's
         # multiplexer level in series on the way to the buffers and the read DMA
         cmd, words = reader.i_cmd, reader.o_data
-        m.d.comb += [seq.dram_data.payload.eq(words.payload)]
+        # each DRAM consumer behind a skid buffer: the ready the owner multiplexer hands the reader is a
+        # register, not the end of an engine's own ready logic
+        skid = {}
+        for key, consumer in [("sequencer", seq), *((name, eng) for name, _, eng in self.engines)]:
+            if "dram_data" in consumer.signature.members:
+                m.submodules[f"dram_skid_{key}"] = skid[key] = SkidBuffer(layout=word_layout(cfg.axi))
+                wiring.connect(m, skid[key].o, consumer.dram_data)
+                m.d.comb += skid[key].i.payload.eq(words.payload)
         for i, eng in enumerate(engines):
             ports = eng.signature.members
             m.d.comb += [eng.op.eq(seq.op), eng.start.eq(seq.start & (seq.engine == i)), eng.rd.data.eq(bufs.rd.data)]
@@ -151,16 +159,14 @@ class Accelerator(wiring.Component):
                 m.d.comb += eng.regs.eq(seq.regs)
             if "rd2" in ports:
                 m.d.comb += eng.rd2.data.eq(bufs.rd2.data)
-            if "dram_data" in ports:
-                m.d.comb += eng.dram_data.payload.eq(words.payload)
             if "dram_wdone" in ports:
                 m.d.comb += eng.dram_wdone.payload.eq(writer.o_done.payload)
         with m.Switch(seq.engine):
             with m.Case(seq.own_port):
                 m.d.comb += [cmd.valid.eq(seq.dram_cmd.valid), cmd.payload.eq(seq.dram_cmd.payload),
-                             seq.dram_cmd.ready.eq(cmd.ready), seq.dram_data.valid.eq(words.valid),
-                             words.ready.eq(seq.dram_data.ready)]
-            for i, eng in enumerate(engines):
+                             seq.dram_cmd.ready.eq(cmd.ready), skid["sequencer"].i.valid.eq(words.valid),
+                             words.ready.eq(skid["sequencer"].i.ready)]
+            for i, (engine_name, _, eng) in enumerate(self.engines):
                 ports = eng.signature.members
                 with m.Case(i):
                     m.d.comb += [seq.eng_done.eq(eng.done), seq.eng_rows.eq(eng.rows), seq.eng_fault.eq(eng.fault)]
@@ -175,8 +181,8 @@ class Accelerator(wiring.Component):
                             m.d.comb += getattr(bufs.rd2, name).eq(getattr(eng.rd2, name))
                     if "dram_cmd" in ports:
                         m.d.comb += [cmd.valid.eq(eng.dram_cmd.valid), cmd.payload.eq(eng.dram_cmd.payload),
-                                     eng.dram_cmd.ready.eq(cmd.ready), eng.dram_data.valid.eq(words.valid),
-                                     words.ready.eq(eng.dram_data.ready)]
+                                     eng.dram_cmd.ready.eq(cmd.ready), skid[engine_name].i.valid.eq(words.valid),
+                                     words.ready.eq(skid[engine_name].i.ready)]
                     if "dram_wcmd" in ports:
                         m.d.comb += [writer.i_cmd.valid.eq(eng.dram_wcmd.valid),
                                      writer.i_cmd.payload.eq(eng.dram_wcmd.payload),

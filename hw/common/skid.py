@@ -1,0 +1,37 @@
+"""A stream register slice that adds no latency (a skid buffer): the ``ready`` it gives its producer is a
+register, so a consumer's ``ready`` logic ends at the slice instead of running on into the producer's output
+register (and, in the whole accelerator, through the multiplexer that hands the DRAM channel to one engine).
+
+``o`` is ``i`` passed through while the spare register is empty. A beat offered while ``o`` is stalled goes
+into the spare and ``i.ready`` drops until ``o`` has taken it; the spare is then offered first. Every beat
+comes out in order, none is lost or repeated, and a consumer that keeps up sees the producer's beats in the
+same cycles as without the slice.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, Value
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["SkidBuffer"]
+
+
+class SkidBuffer(wiring.Component):
+    """``i`` -> ``o``, streams of ``layout``; ``i.ready`` is a register."""
+
+    def __init__(self, *, layout: data.Layout):
+        self._layout = layout
+        super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        spare = Signal(self._layout)
+        full = Signal()
+        m.d.comb += [self.i.ready.eq(~full), self.o.valid.eq(full | self.i.valid),
+                     self.o.payload.eq(Mux(full, Value.cast(spare), Value.cast(self.i.payload)))]
+        with m.If(~full & self.i.valid & ~self.o.ready):
+            m.d.sync += [spare.eq(self.i.payload), full.eq(1)]
+        with m.Elif(full & self.o.ready):
+            m.d.sync += full.eq(0)
+        return m
