@@ -43,6 +43,8 @@ of DeiT-S's layers.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory
 from amaranth.utils import ceil_log2
@@ -455,8 +457,11 @@ class GemmOpEngine(OpEngine):
             self.finish(m, fault=True)
 
         # ---- outputs: saturate (registered), write (one per beat) --------------------------------------
-        o = gemm.o_stream
-        m.d.comb += o.ready.eq(1)
+        m.d.comb += gemm.o_stream.ready.eq(1)
+        # the engine's output beat registered first: it leaves its FIFO's block RAM (a 5-6 ns clock-to-out on
+        # ECP5), and the clamps' comparisons follow
+        o = SimpleNamespace(valid=Signal(name="o_valid"), payload=Signal(gemm.o_stream.payload.shape(), name="o_beat"))
+        m.d.sync += [o.valid.eq(gemm.o_stream.valid), o.payload.eq(gemm.o_stream.payload)]
         q1 = Signal(data.StructLayout({"valid": 1, "last": 1, "tile": rb, "word": cfg.word_bits, "lane": L,
                                        "rows": R, "zero0": 1}))
         y = Signal(data.ArrayLayout(signed(OUT_BITS + 1), R))
@@ -521,7 +526,8 @@ def cycles(cfg: AccelConfig, opcode, k: int, m: int, *, n: int = 0, start: int =
       at one word per cycle, arriving ``dram_latency`` cycles after their command (issued after the record's
       verdict, and after the input region for ``PATCH_EMBED``): **DRAM latency** only where the weights come
       later than the job;
-    - two cycles from the engine's last output beat to ``done`` (the saturation and write registers).
+    - three cycles from the engine's last output beat to ``done`` (the beat's, the saturation's and the write's
+      registers).
     """
     check_config(cfg, "cfg")
     opcode = Opcode(opcode)
@@ -546,7 +552,7 @@ def cycles(cfg: AccelConfig, opcode, k: int, m: int, *, n: int = 0, start: int =
     weights = max(verdict + 1, input_last + 1) + lat + 1
     (timing,) = gemm_cycles.schedule(g, [(n, k, m, job)], weight_bytes_per_cycle=W,
                                      weight_latency=max(0, weights - job))
-    return timing.last_out + 2
+    return timing.last_out + 3
 
 
 def _act_feed(cfg: AccelConfig, opcode: Opcode, k: int, n: int, start: int, *, first_input: int):
