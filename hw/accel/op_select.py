@@ -272,10 +272,14 @@ class SelectEngine(OpEngine):
         rows_x = Signal(row_bits)  # the tokens the stage selects from (count[X])
         writing = Signal()
         zero = Signal()
-        # words of a class row over rows_x tokens: ceil(n / lanes), a shift or a small table (no divider)
+        # words of a class row over rows_x tokens: ceil(n / lanes), a shift or a small table (no divider), and
+        # the last word's index; registers (rows_x is set at the op's check, long before the walks use them),
+        # so that no adder stands in front of the word counters' compares
         cls_words = Signal(range(-(-env.max_tokens // lanes) + 1))
+        cls_last = Signal(len(cls_words))
+        m.d.sync += cls_last.eq(cls_words - 1)
         if lanes & (lanes - 1) == 0:
-            m.d.comb += cls_words.eq((rows_x + lanes - 1) >> ceil_log2(lanes))
+            m.d.sync += cls_words.eq((rows_x + lanes - 1) >> ceil_log2(lanes))
         else:
             m.submodules.cls_words = table = Memory(shape=len(cls_words), depth=env.max_tokens + 1,
                                                     init=[-(-n // lanes) for n in range(env.max_tokens + 1)])
@@ -614,7 +618,7 @@ class SelectEngine(OpEngine):
         with m.Elif(loading & is_asvit & ~image & advance):
             m.d.sync += w_stream_valid.eq(more)
             with m.If(more):
-                with m.If(w_word == cls_words - 1):
+                with m.If(w_word == cls_last):
                     m.d.sync += [w_word.eq(0), w_head.eq(w_head + 1), w_addr.eq(w_addr + wmax)]
                 with m.Else():
                     m.d.sync += w_word.eq(w_word + 1)
