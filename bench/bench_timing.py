@@ -159,11 +159,11 @@ def measure(block: str, argv: list[str], speeds, *, use_cache: bool = True, time
     "utilization"}`` (the path and utilization at the first speed)."""
     from tokensift.hw.cost.pnr import place_and_route
 
-    _, top, params = build(block, argv)
-    out = {"params": params, "top": top, "fmax_mhz": {}, "critical_path": {}, "seconds": {}}
+    out = {"params": None, "top": None, "fmax_mhz": {}, "critical_path": {}, "seconds": {}}
     for speed in speeds:
         # a fresh component per run: one that declares its memories up front elaborates only once
-        component = build(block, argv)[0]
+        component, top, out["params"] = build(block, argv)
+        out["top"] = top
         r = place_and_route(component, top=top, speed=speed, use_cache=use_cache, timeout=timeout)
         out["fmax_mhz"][str(speed)] = r["fmax_mhz"]
         cp = r["critical_path"]
