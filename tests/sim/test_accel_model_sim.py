@@ -196,8 +196,8 @@ def test_simulate_model_sized_for_a_device(tmp_path, capsys):
 
 def test_packed_gemm_through_the_whole_design():
     """The GEMM engine with two int8 products per DSP48 inside the whole design: the same images pruned and
-    dense, logits bit-exact, cycles equal to the model's (packing changes no cycle: an unpacked twin of this
-    shape takes 278,376 and 462,383 too)."""
+    dense, logits bit-exact, cycles equal to the model's (packing changes no cycle: the model gives this shape's
+    unpacked twin the same counts)."""
     from tokensift.coopt.accel_sizing import project_for, random_int_model
 
     int_model, images, _ = random_int_model("vit_mnist_patch4_28", "dynamicvit", 0.7, images=2)
