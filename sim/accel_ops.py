@@ -9,8 +9,9 @@ sequencer's state before and after the same instruction (:func:`tokensift.quant.
 
 from __future__ import annotations
 
+
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from amaranth.hdl import Elaboratable, Module
@@ -96,13 +97,17 @@ class OpResult:
     dram_writes: list  #: (addr, length) of every DRAM write command
     dram: bytearray    #: the DRAM after the op (its writes applied)
     offered_at_done: bool  #: a DRAM command or write word was still offered at ``done``
+    done_at: list = field(default_factory=list)  #: each op's ``done``, cycles from the first ``start``
+    drained: int = 0   #: cycles from the first ``start`` until an engine with ``busy`` has written everything
 
 
 def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, *, seed: int = 0,
            latency: tuple[int, int] = (2, 2), gap: float = 0.0, max_cycles: int = 200_000, times: int = 1,
-           write_error: bool = False) -> OpResult:
-    """Preload the buffers with ``before`` (Buffer -> array), run one op (``times`` back to back: the next
-    ``start`` the cycle after ``done``), return the buffers after the last.
+           write_error: bool = False, then: tuple = (), restart: int = 1) -> OpResult:
+    """Preload the buffers with ``before`` (Buffer -> array), run one op (``times`` back to back), then the ops of
+    ``then``, each ``start`` ``restart`` cycles after the previous ``done`` (1: the cycle after it), and return
+    the buffers once the last is done and, for an engine with a ``busy`` port (ops that overlap), once ``busy``
+    has fallen: its writes outlive ``done``.
 
     The DRAM channel answers each read command after a latency drawn from ``latency`` (cycles, inclusive range)
     and withholds each word with probability ``gap``: ``gap = 0`` and a fixed latency make the cycle count
@@ -205,8 +210,12 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
                 mem = bench.buffers.memories[b, bank]
                 for addr, word in enumerate(words):
                     ctx.set(mem.data[addr], word)
-        for _ in range(times):
-            ctx.set(eng.op, op)
+        now, done_at = 0, []
+        for i, this in enumerate([op] * times + list(then)):
+            if i and restart > 1:
+                await ctx.tick().repeat(restart - 1)
+                now += restart - 1
+            ctx.set(eng.op, this)
             ctx.set(eng.start, 1)
             await ctx.tick()
             ctx.set(eng.start, 0)
@@ -215,11 +224,22 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
                 await ctx.tick()
                 cycles += 1
                 if cycles > max_cycles:
-                    raise TimeoutError(f"the engine did not finish op {op['opcode']:#x} within {max_cycles} cycles")
+                    raise TimeoutError(f"the engine did not finish op {this['opcode']:#x} within {max_cycles} cycles")
+            now += cycles
+            done_at.append(now)
             result.update(rows=ctx.get(eng.rows), fault=bool(ctx.get(eng.fault)), cycles=cycles,
                           overflows=ctx.get(eng.overflows))
             result["offered_at_done"] |= any(ctx.get(getattr(eng, name).valid) for name in
                                              ("dram_cmd", "dram_wcmd", "dram_wdata") if name in members)
+        result["done_at"] = done_at
+        if "busy" in members:
+            while ctx.get(eng.busy):
+                await ctx.tick()
+                now += 1
+                if now > max_cycles * (times + len(then)):
+                    raise TimeoutError(f"the engine stayed busy for {max_cycles} cycles after its last done")
+            result["overflows"] = ctx.get(eng.overflows)
+        result["drained"] = now
         finished.append(True)
         await ctx.tick()
         result["buffers"] = {b: words_to_buffer(cfg, b, {

@@ -63,6 +63,8 @@ class AccelConfig:
         axi: the AXI4 master's DMA configuration (its ``data_bytes`` is also the GEMM weight stream's beat).
         pack_pairs: the GEMM engine's two int8 products per DSP48 (:class:`tokensift.hw.gemm.GemmConfig`;
             ``gemm_cols`` even): half its DSPs on xc7 and xcup, the same cycles.
+        attention_cores: copies of the attention core (its ``heads_parallel``, 1..16): an ATTENTION op is done
+            once its head is loaded into a copy, so the next heads load while it computes.
     """
 
     envelope: Envelope
@@ -71,6 +73,7 @@ class AccelConfig:
     gemm_cols: int = 64
     axi: AxiDmaConfig = AxiDmaConfig()
     pack_pairs: bool = False
+    attention_cores: int = 1
 
     def __post_init__(self):
         if not isinstance(self.envelope, Envelope):
@@ -94,6 +97,7 @@ class AccelConfig:
         if self.pack_pairs and self.gemm_cols % 2:
             raise ValueError(f"pack_pairs shares one multiplier between two GEMM columns: gemm_cols must be even, "
                              f"not {self.gemm_cols}")
+        check_int("attention_cores", self.attention_cores, low=1, high=16, numpy=False)
         env = self.envelope
         if env.res_bits + 1 > ELEMENT_BITS or env.prob_frac + 1 > ELEMENT_BITS - 1:
             raise ValueError(f"the residual ({env.res_bits} bits) and probability ({env.prob_frac + 1} bits) "
@@ -142,4 +146,5 @@ class AccelConfig:
         return {"envelope": self.envelope.to_dict(), "banks": self.banks, "lanes": self.lanes,
                 "gemm_cols": self.gemm_cols, "axi": self.axi.as_dict(),
                 # only when set: the designs described before packing existed (baselines, Fmax rows) stay valid
-                **({"pack_pairs": True} if self.pack_pairs else {})}
+                **({"pack_pairs": True} if self.pack_pairs else {}),
+                **({"attention_cores": self.attention_cores} if self.attention_cores != 1 else {})}

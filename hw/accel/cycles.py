@@ -3,12 +3,14 @@ rows of every instruction) and each op engine's own formula, plus the sequencer'
 
 Per image (``L``: the DRAM's latency as :class:`tokensift.sim.axi_memory.DramModel` sets it, no back-pressure):
 
-- the header check and the end: ``3 L + 25 + H + I`` cycles (:data:`HEAD_TAIL`), with ``H`` the bus words
-  of the header's 160 bytes and ``I`` those of one 16-byte instruction (``3 L + 47`` on a 64-bit bus): the
+- the header check and the end: ``3 L + 26 + H + I`` cycles (:data:`HEAD_TAIL`), with ``H`` the bus words
+  of the header's 160 bytes and ``I`` those of one 16-byte instruction (``3 L + 48`` on a 64-bit bus): the
   header, the checks, the END instruction's fetch and the done;
 - per instruction after the first: its fetch and dispatch, ``L + 9 + I`` (:data:`FETCH`); a skipped
   (gated) instruction costs its fetch, ``L + 7 + I`` (:data:`SKIP`);
-- per executed instruction: its engine's cycles (``op_*.cycles``), with DRAM records answered
+- per executed instruction: its engine's cycles (``op_*.cycles``; a layer's ATTENTION ops overlap, so they
+  follow :class:`tokensift.hw.accel.op_attention.HeadSchedule`, and the op after them waits for the last
+  head's writes: :data:`FENCE`), with DRAM records answered
   ``L + 5`` cycles after the engine's command (:data:`ENGINE_LATENCY`: the read DMA's command acceptance,
   the AR channel and its output register around the memory's latency); the patch embedding's two commands
   overlap by ``L + 6`` (:data:`PATCH_OVERLAP`).
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 from tokensift.hw.accel.config import AccelConfig
 
-__all__ = ["image_cycles", "image_trace", "trace_cycles", "instruction_cycles", "HEAD_TAIL", "FETCH", "SKIP", "ENGINE_LATENCY", "PATCH_OVERLAP"]
+__all__ = ["image_cycles", "image_trace", "trace_cycles", "instruction_cycles", "HEAD_TAIL", "FETCH", "SKIP", "ENGINE_LATENCY", "PATCH_OVERLAP",
+           "FENCE"]
 
 
 def _words(nbytes: int, data_bytes: int) -> int:
@@ -34,7 +37,7 @@ def HEAD_TAIL(latency: int, data_bytes: int = 8) -> int:  # noqa: N802 - a const
     from tokensift.hw.accel.sequencer import HEADER_CHECK_BYTES
     from tokensift.quant.accel.isa import INSTRUCTION_BYTES
 
-    return 3 * latency + 25 + _words(HEADER_CHECK_BYTES, data_bytes) + _words(INSTRUCTION_BYTES, data_bytes)
+    return 3 * latency + 26 + _words(HEADER_CHECK_BYTES, data_bytes) + _words(INSTRUCTION_BYTES, data_bytes)
 
 
 def FETCH(latency: int, data_bytes: int = 8) -> int:  # noqa: N802
@@ -47,6 +50,11 @@ def SKIP(latency: int, data_bytes: int = 8) -> int:  # noqa: N802
     from tokensift.quant.accel.isa import INSTRUCTION_BYTES
 
     return latency + 7 + _words(INSTRUCTION_BYTES, data_bytes)
+
+
+#: cycles from the attention engine's ``busy`` falling to the next op's ``start`` when the sequencer waits on
+#: the fence (its dispatch state sees ``drain`` low, then raises ``start``)
+FENCE = 1
 
 
 def ENGINE_LATENCY(latency: int) -> int:  # noqa: N802
@@ -139,23 +147,45 @@ def trace_cycles(cfg: AccelConfig, image: bytes, registers, trace, *, latency: i
     (a sizing costs one image under many registers)."""
     from tokensift.quant.accel.image import decode_image
 
+    from tokensift.hw.accel.op_attention import HeadSchedule
+    from tokensift.quant.accel.isa import Opcode
+
     mem = decoded if decoded is not None else decode_image(image)
     bus = cfg.axi.data_bytes
-    total = HEAD_TAIL(latency, bus)
+    now = 0            # the next op's start (the first op's: 0), then each op's done
+    heads = None       # the heads in flight since the last fence
     ops = []
     executed = 0
     for pc, entry in trace:
         ins = mem.program[pc]
-        if ins.opcode.name == "END":
+        if ins.opcode is Opcode.END:
             continue
         if entry.get("skipped"):
-            total += SKIP(latency, bus)
+            now += SKIP(latency, bus)
             continue
-        c = instruction_cycles(cfg, ins, entry, mem, registers, latency)
-        total += c + (FETCH(latency, bus) if executed else 0)
+        if executed:
+            now += FETCH(latency, bus)
         executed += 1
+        if ins.opcode is Opcode.ATTENTION:
+            heads = heads or HeadSchedule(cfg)
+            done = heads.run(now, n_tokens=entry["n"], dram_latency=ENGINE_LATENCY(latency),
+                             record_address=registers.memory_base + ins.addr_a)
+            ops.append((pc, ins.opcode.name, done - now))
+            now = done
+            continue
+        if heads is not None:  # the fence: the heads' last writes land before this op starts
+            wait = max(0, heads.drained + FENCE - now)
+            if wait:
+                last = ops[-1]
+                ops[-1] = (last[0], last[1], last[2] + wait)
+            now += wait
+            heads = None
+        c = instruction_cycles(cfg, ins, entry, mem, registers, latency)
+        now += c
         ops.append((pc, ins.opcode.name, c))
-    return {"cycles": total, "ops": ops}
+    if heads is not None:
+        now = max(now, heads.drained + FENCE)
+    return {"cycles": HEAD_TAIL(latency, bus) + now, "ops": ops}
 
 
 def image_cycles(cfg: AccelConfig, image: bytes, registers, input_data: bytes, *, latency: int) -> dict:

@@ -2,7 +2,7 @@
 (:class:`tokensift.hw.attention.core.Attention`), bit-exact with the reference sequencer's
 :func:`tokensift.quant.attention.attention_head` step.
 
-One op runs one frame of the core: the header (``n``, the source's run-time rows), then the ``n`` rows of
+One op runs one frame of the core (one head): the header (``n``, the source's run-time rows), then the ``n`` rows of
 ``Q`` (columns ``h hd ..``), of ``K`` (``C + h hd ..``) and of ``V`` (``2C + h hd ..``) of ``src``, ``hd = k``,
 ``C = m``, each row ``hd / lanes`` buffer words streamed by a :class:`~tokensift.hw.accel.rows.RowReader`
 (one walk per matrix). The core's output rows go to ``dst`` columns ``h hd ..`` rows ``0 .. n-1``, its
@@ -26,13 +26,20 @@ hardware also refuses ``C`` not a multiple of ``lanes`` (``K`` and ``V`` would n
 a ``src`` wider than the core's data, a ``dst`` narrower than it or ``dst = CLS``. A head after the first
 checks ``n`` against ``n2``, the class rows' count (the reference checks ``dst``'s; only a head writes both).
 
-Cycles: :func:`cycles` (exact with a fixed DRAM latency and no gaps).
+The op is ``done`` once the head's frame is loaded into a core copy (``attention_cores`` copies, taken round
+robin): the next heads load while it computes. Its outputs follow while ``busy`` is high; the sequencer fences
+every other op behind them (:mod:`tokensift.hw.accel.sequencer`). Each copy keeps its last two frames'
+destinations, since a copy takes its next header while its previous frame's last rows drain.
+
+Cycles: :func:`cycles` and :func:`drain_cycles` for one head, :class:`HeadSchedule` for a layer's heads (exact
+with a fixed DRAM latency and no gaps).
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
+from amaranth.lib.wiring import Out
 from amaranth.utils import ceil_log2
 
 from tokensift.checks import check_int
@@ -41,13 +48,15 @@ from tokensift.hw.accel.ports import READ_LATENCY, OpEngine, check_config
 from tokensift.hw.accel.rows import RecordSlots, RowReader, walk_layout
 from tokensift.hw.attention.core import Attention
 from tokensift.hw.attention.cycles import cycles as core_cycles
+from tokensift.hw.attention.cycles import frame_schedule
 from tokensift.hw.common.mac_array import mul_const
 from tokensift.quant.accel.isa import Buffer, Rows
 from tokensift.quant.accel.records import RECORD_HEADER, SCHEMAS, Tag, record_size
 from tokensift.quant.attention import AttentionParams
 from tokensift.quant.softmax import SoftmaxParams, SoftmaxVariant
 
-__all__ = ["AttentionOpEngine", "RECORD_BYTES", "RECORD_FIELDS", "core_params", "cycles"]
+__all__ = ["AttentionOpEngine", "RECORD_BYTES", "RECORD_FIELDS", "core_params", "cycles", "drain_cycles", "HeadSchedule",
+           "FEED_DELAY"]
 
 #: the record's scalars, in order (each one 8-byte field after the two header fields)
 _SCALARS = SCHEMAS[Tag.ATTENTION].scalars
@@ -83,7 +92,7 @@ def core_params(config: AccelConfig, constants: AttentionParams | None = None) -
                            data_bits=constants.data_bits, acc_bits=constants.acc_bits, softmax=constants.softmax,
                            scale_multiplier=constants.scale_multiplier, scale_shift=constants.scale_shift,
                            out_multiplier=constants.out_multiplier, out_shift=constants.out_shift,
-                           heads_parallel=1)
+                           heads_parallel=config.attention_cores)
 
 
 def _field_rules(p: AttentionParams, ranges=None) -> list[tuple[int, int, int | None]]:
@@ -124,7 +133,7 @@ class AttentionOpEngine(OpEngine):
     """
 
     def __init__(self, *, config: AccelConfig, constants: AttentionParams | None = None):
-        super().__init__(config=config)
+        super().__init__(config=config, members={"busy": Out(1)})
         self._params = core_params(config, constants)
         if config.axi.data_bytes < 8:
             raise ValueError(f"the attention engine reads its record's int64 fields whole from each AXI word: "
@@ -254,7 +263,9 @@ class AttentionOpEngine(OpEngine):
         walks = Signal(range(4))
         walk = reader.i_walk
         walk_req = Signal(walk_layout(cfg))  # the next walk, registered
-        m.d.comb += [walk.valid.eq((state == _RUN) & (walks != 3)), walk.payload.eq(walk_req)]
+        # the walks start once the core took the header, so a frame's load takes the same cycles whether or not
+        # its copy kept the header waiting
+        m.d.comb += [walk.valid.eq((state == _RUN) & ~header & (walks != 3)), walk.payload.eq(walk_req)]
         with m.If(state == _DECIDE):
             m.d.sync += [walk_req.buffer.eq(op.src), walk_req.row0.eq(0), walk_req.rows.eq(n),
                          walk_req.word0.eq(head_word), walk_req.words.eq(chunks)]
@@ -269,6 +280,16 @@ class AttentionOpEngine(OpEngine):
                 m.d.comb += feed.payload.row[i].eq(reader.o_word.payload.data[i][:p.data_bits])
         with m.If(header & feed.ready):
             m.d.sync += header.eq(0)
+        beats_left = Signal(range(3 * p.n_max * chunks + 1))  # Q, K and V beats still to feed
+        with m.If(state == _DECIDE):
+            m.d.sync += beats_left.eq(mul_const(n, 3 * chunks))
+        loaded = Signal()
+        m.d.comb += loaded.eq((state == _RUN) & ~header & feed.valid & feed.ready & (beats_left == 1))
+        with m.If(~header & feed.valid & feed.ready):
+            m.d.sync += beats_left.eq(beats_left - 1)
+        with m.If(loaded):  # the frame is the core's: the op is done, its outputs follow (``busy``)
+            self.finish(m, rows=n)
+            m.d.sync += state.eq(_IDLE)
 
         # -- the steps ----------------------------------------------------------------------------------
         with m.If(state == _DECIDE):
@@ -287,54 +308,85 @@ class AttentionOpEngine(OpEngine):
                 self.finish(m, fault=True)
                 m.d.sync += state.eq(_IDLE)
 
-        # -- the outputs: O rows into ``dst`` (first), the class row into ``CLS`` row h -------------------
-        out, scores = core.o_stream, core.s_stream
-        o_row = Signal(cfg.row_bits + 1)
-        o_chunk = Signal(range(chunks))
-        o_word = Signal(cfg.word_bits)
-        s_col = Signal(cfg.row_bits + 1)
-        s_word = Signal(cfg.word_bits)
-        s_lane = Signal(lane_bits)
-        o_done, s_done = Signal(), Signal()
+        # -- the outputs: O rows into their frame's ``dst`` (first), the class row into ``CLS`` row h -------
+        # Frames outlive their op: ``done`` answers once a frame is loaded into its core copy, which computes
+        # while the next heads' ops load the other copies. Each copy keeps the descriptors of its last two frames
+        # (a copy takes its next header while its previous frame's last rows drain) and counts the frames it
+        # was sent and those whose O rows and class row are written; ``busy`` holds while any frame is pending.
+        desc_layout = data.StructLayout({"dst": 4, "head_word": cfg.word_bits, "n": cfg.row_bits,
+                                         "cls_tile": cfg.tile_bits, "cls_bank": max(1, bank_bits)})
+        copies = p.heads_parallel
+        descs = [[Signal(desc_layout, name=f"desc{c}_{i}") for i in range(2)] for c in range(copies)]
+        issued = [Signal(2, name=f"issued{c}") for c in range(copies)]
+        o_fin = [Signal(2, name=f"o_fin{c}") for c in range(copies)]
+        s_fin = [Signal(2, name=f"s_fin{c}") for c in range(copies)]
+        o_row = [Signal(cfg.row_bits, name=f"o_row{c}") for c in range(copies)]
+        o_chunk = [Signal(range(chunks), name=f"o_chunk{c}") for c in range(copies)]
+        s_col = [Signal(cfg.row_bits, name=f"s_col{c}") for c in range(copies)]
+        copy = Signal(range(copies))  # the copy the core sends the next frame to (its round robin)
         cls_tile, cls_bank = Signal(cfg.tile_bits), Signal(max(1, bank_bits))
         m.d.sync += [cls_tile.eq(h >> bank_bits), cls_bank.eq(h[:bank_bits] if bank_bits else 0)]
+        with m.If(header & feed.ready):
+            for c in range(copies):
+                with m.If(copy == c):
+                    for i in range(2):
+                        with m.If(issued[c][0] == i):
+                            m.d.sync += [descs[c][i].dst.eq(op.dst), descs[c][i].head_word.eq(head_word),
+                                         descs[c][i].n.eq(n), descs[c][i].cls_tile.eq(cls_tile),
+                                         descs[c][i].cls_bank.eq(cls_bank)]
+                    m.d.sync += issued[c].eq(issued[c] + 1)
+            m.d.sync += copy.eq(Mux(copy == copies - 1, 0, copy + 1))
+        pending = Signal()
+        m.d.comb += pending.eq(Cat(*((issued[c] != o_fin[c]) | (issued[c] != s_fin[c]) for c in range(copies))).any())
+        m.d.sync += self.busy.eq(pending)
+
+        out, scores = core.o_stream, core.s_stream
+        o_desc, s_desc = Signal(desc_layout), Signal(desc_layout)
+        o_at_row, o_at_chunk, s_at_col = Signal(cfg.row_bits), Signal(range(chunks)), Signal(cfg.row_bits)
+        with m.Switch(out.payload.head):
+            for c in range(copies):
+                with m.Case(c):
+                    m.d.comb += [o_desc.eq(Mux(o_fin[c][0], descs[c][1], descs[c][0])), o_at_row.eq(o_row[c]),
+                                 o_at_chunk.eq(o_chunk[c])]
+        with m.Switch(scores.payload.head):
+            for c in range(copies):
+                with m.Case(c):
+                    m.d.comb += [s_desc.eq(Mux(s_fin[c][0], descs[c][1], descs[c][0])), s_at_col.eq(s_col[c])]
         m.d.comb += [out.ready.eq(1), scores.ready.eq(~out.valid)]
         write_o = out.valid
         write_s = scores.valid & ~out.valid
         m.d.comb += self.wr.en.eq(write_o | write_s)
         with m.If(write_o):
-            m.d.comb += [self.wr.buffer.eq(op.dst), self.wr.tile.eq(o_row >> bank_bits), self.wr.word.eq(o_word)]
+            m.d.comb += [self.wr.buffer.eq(o_desc.dst), self.wr.tile.eq(o_at_row >> bank_bits),
+                         self.wr.word.eq(o_desc.head_word + o_at_chunk)]
             for bank in range(cfg.banks):
                 for i in range(lanes):
                     m.d.comb += [self.wr.data[bank][i].eq(out.payload.row[i]),
-                                 self.wr.mask[bank][i].eq(o_row[:bank_bits] == bank if bank_bits else 1)]
+                                 self.wr.mask[bank][i].eq(o_at_row[:bank_bits] == bank if bank_bits else 1)]
         with m.Else():
-            m.d.comb += [self.wr.buffer.eq(Buffer.CLS), self.wr.tile.eq(cls_tile), self.wr.word.eq(s_word)]
+            s_lane = s_at_col[:lane_bits] if lanes > 1 else 0
+            m.d.comb += [self.wr.buffer.eq(Buffer.CLS), self.wr.tile.eq(s_desc.cls_tile),
+                         self.wr.word.eq(s_at_col >> ceil_log2(lanes))]
             for bank in range(cfg.banks):
                 for i in range(lanes):
                     m.d.comb += [self.wr.data[bank][i].eq(scores.payload.prob),
-                                 self.wr.mask[bank][i].eq(((cls_bank == bank) if bank_bits else 1) & (s_lane == i))]
-        with m.If(write_o):
-            with m.If(o_chunk == chunks - 1):
-                m.d.sync += [o_chunk.eq(0), o_row.eq(o_row + 1), o_word.eq(head_word)]
-                with m.If(o_row + 1 == n):
-                    m.d.sync += o_done.eq(1)
-            with m.Else():
-                m.d.sync += [o_chunk.eq(o_chunk + 1), o_word.eq(o_word + 1)]
-        with m.If(write_s):
-            m.d.sync += s_col.eq(s_col + 1)
-            with m.If(s_lane == lanes - 1):
-                m.d.sync += [s_lane.eq(0), s_word.eq(s_word + 1)]
-            with m.Else():
-                m.d.sync += s_lane.eq(s_lane + 1)
-            with m.If(s_col + 1 == n):
-                m.d.sync += s_done.eq(1)
-        with m.If((state == _RUN) & o_done & s_done):
-            self.finish(m, rows=n)
-            m.d.sync += state.eq(_IDLE)
-        with m.If(state == _DECIDE):  # a new frame's outputs start at row 0, column 0
-            m.d.sync += [o_row.eq(0), o_chunk.eq(0), o_word.eq(head_word), s_col.eq(0), s_word.eq(0),
-                         s_lane.eq(0), o_done.eq(0), s_done.eq(0)]
+                                 self.wr.mask[bank][i].eq(((s_desc.cls_bank == bank) if bank_bits else 1) &
+                                                          (s_lane == i))]
+        for c in range(copies):
+            with m.If(write_o & (out.payload.head == c)):
+                with m.If(o_chunk[c] == chunks - 1):
+                    m.d.sync += o_chunk[c].eq(0)
+                    with m.If(o_row[c] + 1 == o_desc.n):
+                        m.d.sync += [o_row[c].eq(0), o_fin[c].eq(o_fin[c] + 1)]
+                    with m.Else():
+                        m.d.sync += o_row[c].eq(o_row[c] + 1)
+                with m.Else():
+                    m.d.sync += o_chunk[c].eq(o_chunk[c] + 1)
+            with m.If(write_s & (scores.payload.head == c)):
+                with m.If(s_col[c] + 1 == s_desc.n):
+                    m.d.sync += [s_col[c].eq(0), s_fin[c].eq(s_fin[c] + 1)]
+                with m.Else():
+                    m.d.sync += s_col[c].eq(s_col[c] + 1)
         m.d.comb += self.overflows.eq(core.status.overflows)
         return m
 
@@ -358,31 +410,84 @@ class AttentionOpEngine(OpEngine):
         return ok
 
 
-def cycles(config: AccelConfig, *, n_tokens: int, dram_latency: int, constants: AttentionParams | None = None,
-           record_address: int = 0) -> int:
-    """Cycles from ``start`` to ``done`` of one head over ``n_tokens`` rows, exact when DRAM answers a command
-    ``dram_latency`` cycles after taking it and then sends its words back to back (``record_address``: the
-    record's absolute byte address, whose offset within a bus word adds the fields before it).
+#: cycles a frame's schedule runs behind the core's own (:mod:`tokensift.hw.attention.cycles`, whose Q rows
+#: follow the header at once): the walk starts the cycle after the header (1), its first word reaches the core
+#: ``READ_LATENCY + 2`` cycles later (the buffer's latency, the reader's FIFO), and the reader pauses one cycle
+#: between its three walks (2)
+FEED_DELAY = READ_LATENCY + 5
 
-    Only ``dram_latency`` and the fetched fields depend on DRAM; the rest is the core's frame
-    (:func:`tokensift.hw.attention.cycles.cycles`) and the engine's fixed overhead::
 
-        4        start latched, the op's two check cycles, the DRAM command taken
-        + L      the DRAM latency
-        + F      8-byte fields fetched, one a cycle (the record's 16, plus the word's fields before it)
-        + 4      the last field's check pipeline (field, compare, verdict) and the decision
-        + core   the frame, from the header's transfer to the last output row's
-        + RL + 4 the feed: the first Q word reaches the core RL + 2 cycles after the header (the walk starts
-                 with it: a walk request, the buffer's READ_LATENCY = RL cycles, the reader's FIFO), and the
-                 reader pauses one cycle between its three walks (Q, K, V), which delays the core's compute
-                 by as much
-        + 2      the header's own cycle, ``done`` registered after the last write
-    """
-    p = core_params(config, constants)
+def _header_offset(config: AccelConfig, dram_latency: int, record_address: int) -> int:
+    """Cycles from ``start`` to the header offered to the core: the start latched, the op's two check
+    cycles, the DRAM command taken (4), the DRAM latency, one 8-byte field a cycle (the record's, plus the
+    word's fields before it), the last field's check pipeline and the decision (4)."""
     check_int("dram_latency", dram_latency, low=0, numpy=False)
     check_int("record_address", record_address, low=0, numpy=False)
     if record_address % 8:
         raise ValueError(f"record_address must be 8-byte aligned, not {record_address}")
     word = config.axi.data_bytes
     fields = -(-(RECORD_BYTES + record_address % word) // word) * word // 8
-    return 4 + dram_latency + fields + 4 + core_cycles(p, n_tokens=n_tokens) + READ_LATENCY + 4 + 2
+    return 4 + dram_latency + fields + 4
+
+
+class HeadSchedule:
+    """The cycle model of consecutive ATTENTION ops (a layer's heads) on one engine, exact when DRAM answers a
+    command ``dram_latency`` cycles after taking it and then sends its words back to back.
+
+    Times are cycles on one clock (the caller's). :meth:`run` takes an op's ``start`` and returns its ``done``:
+    the head's header goes to core copy ``i mod attention_cores`` (``i``: the op's place in the group) once the
+    record is checked (:func:`_header_offset`) and that copy has taken its previous frame's last step (the
+    core's :func:`~tokensift.hw.attention.cycles.frame_interval`); ``done`` follows the frame's ``3 N C`` input
+    beats (``C = head_dim / lanes``). :attr:`drained` is when the engine's ``busy`` falls: every frame's last
+    output written (the core's frame latency after its header), then ``busy``'s register. Every time in a
+    frame is the core's own plus :data:`FEED_DELAY`.
+    """
+
+    def __init__(self, config: AccelConfig, constants: AttentionParams | None = None):
+        self._cfg = check_config(config)
+        self._p = core_params(config, constants)
+        self._free = [0] * self._p.heads_parallel
+        self._next = 0
+        self._drained = 0
+        self._frames: dict[int, tuple[int, int]] = {}
+
+    def _frame(self, n: int) -> tuple[int, int]:
+        """The core's (latency, interval) of an ``n``-token frame."""
+        if n not in self._frames:
+            sched = frame_schedule(self._p, n_tokens=n)
+            self._frames[n] = (core_cycles(self._p, n_tokens=n), sched.next_header)
+        return self._frames[n]
+
+    def run(self, start: int, *, n_tokens: int, dram_latency: int, record_address: int = 0) -> int:
+        """The ``done`` of a head started at ``start`` over ``n_tokens`` rows."""
+        latency, interval = self._frame(n_tokens)
+        copy = self._next
+        header = max(start + _header_offset(self._cfg, dram_latency, record_address), self._free[copy])
+        self._free[copy] = header + interval + FEED_DELAY
+        self._next = (copy + 1) % len(self._free)
+        self._drained = max(self._drained, header + latency + FEED_DELAY + 2)
+        return header + 3 * n_tokens * self._p.chunks + FEED_DELAY + 1
+
+    @property
+    def drained(self) -> int:
+        """When ``busy`` falls: every head run so far written."""
+        return self._drained
+
+
+def cycles(config: AccelConfig, *, n_tokens: int, dram_latency: int, constants: AttentionParams | None = None,
+           record_address: int = 0) -> int:
+    """Cycles from ``start`` to ``done`` of one head over ``n_tokens`` rows on a free core copy (``done``
+    answers once the frame is loaded), exact when DRAM answers a command ``dram_latency`` cycles after taking
+    it and then sends its words back to back (``record_address``: the record's absolute byte address, whose
+    offset within a bus word adds the fields before it); :func:`drain_cycles` is when its last output is
+    written, :class:`HeadSchedule` the model of several heads."""
+    return HeadSchedule(config, constants).run(0, n_tokens=n_tokens, dram_latency=dram_latency,
+                                              record_address=record_address)
+
+
+def drain_cycles(config: AccelConfig, *, n_tokens: int, dram_latency: int, constants: AttentionParams | None = None,
+                 record_address: int = 0) -> int:
+    """Cycles from ``start`` until ``busy`` falls for one head alone (its last output written)."""
+    sched = HeadSchedule(config, constants)
+    sched.run(0, n_tokens=n_tokens, dram_latency=dram_latency, record_address=record_address)
+    return sched.drained

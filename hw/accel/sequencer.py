@@ -11,6 +11,11 @@ or row mode is a program fault), skip it when gated and ``METHOD`` is dense, oth
 wait for ``done`` -> ``END`` finishes the image. Any fault stops the image at once with its :class:`Fault`
 code and pc; nothing waits on a bus that answered an error.
 
+An engine of ``overlapping`` opcodes answers ``done`` before its op's last buffer writes (the attention core
+computes a head while the next heads load): it holds ``drain`` high until they are written, and keeps the
+buffer ports (``buffers_owner``) meanwhile. Its own next op starts at once; any other op, ``END`` and a fault
+wait until ``drain`` falls (a fence), so every op still reads what the ops before it wrote.
+
 Cycle cost per instruction (the cost model's): the fetch (one DRAM read of two bus words), decode and
 dispatch (:data:`DISPATCH_CYCLES`), then the engine's own cycles.
 """
@@ -92,11 +97,15 @@ class Sequencer(wiring.Component):
     """See the module docstring. ``engines`` maps each opcode with an engine to that engine's index (the
     index the top level's port multiplexers use); the others are :attr:`Fault.UNSUPPORTED`."""
 
-    def __init__(self, *, config: AccelConfig, engines: dict[Opcode, int]):
+    def __init__(self, *, config: AccelConfig, engines: dict[Opcode, int], overlapping: tuple[Opcode, ...] = ()):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
         self._cfg = config
         self._engines = {Opcode(k): int(v) for k, v in engines.items()}
+        unknown = [op for op in overlapping if Opcode(op) not in self._engines]
+        if unknown:
+            raise ValueError(f"overlapping opcodes must have engines, not {unknown}")
+        self._overlapping = sorted({self._engines[Opcode(op)] for op in overlapping})
         count = max(self._engines.values(), default=0) + 1
         self._count = count
         super().__init__({
@@ -106,7 +115,9 @@ class Sequencer(wiring.Component):
             "dram_data": In(stream.Signature(word_layout(config.axi))),
             "bus_error": In(1),
             "op": Out(op_layout(config)),
-            "engine": Out(range(count + 1)),   # the engine owning the shared ports; ``count``: the sequencer
+            "engine": Out(range(count + 1)),   # the engine owning the read DMA and ``done``; ``count``: the sequencer
+            "buffers_owner": Out(range(count + 1)),  # the engine owning the buffer ports
+            "drain": In(1),
             "start": Out(1),
             "eng_done": In(1),
             "eng_rows": In(config.row_bits),
@@ -146,9 +157,8 @@ class Sequencer(wiring.Component):
         m.d.comb += self.dram_data.ready.eq(0)
 
         def stop(code):
-            m.d.sync += [self.fault.eq(code), self.fault_pc.eq(pc), self.busy.eq(0), self.finished.eq(1),
-                         self.engine.eq(self.own_port)]
-            m.next = "IDLE"
+            m.d.sync += [self.fault.eq(code), self.fault_pc.eq(pc), self.engine.eq(self.own_port)]
+            m.next = "DRAIN"
 
         w0 = ins[:32]
         opcode, dst, src, src2 = w0[:8], w0[8:12], w0[12:16], w0[16:20]
@@ -250,8 +260,8 @@ class Sequencer(wiring.Component):
                 with m.Elif(bad):
                     stop(Fault.PROGRAM)
                 with m.Elif(opcode == Opcode.END):
-                    m.d.sync += [self.busy.eq(0), self.finished.eq(1), self.instructions.eq(pc + 1)]
-                    m.next = "IDLE"
+                    m.d.sync += self.instructions.eq(pc + 1)
+                    m.next = "DRAIN"
                 with m.Elif(gated & (regs.method == 0)):
                     m.d.sync += pc.eq(pc + 1)
                     m.next = "FETCH"
@@ -277,8 +287,16 @@ class Sequencer(wiring.Component):
                             m.d.sync += [op.start.eq(1), op.n.eq(n - 1)]
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
-                m.d.sync += self.start.eq(1)
-                m.next = "WAIT"
+                same = 0
+                for idx in self._overlapping:
+                    same = same | ((self.engine == idx) & (self.buffers_owner == idx))
+                with m.If(~self.drain | same):  # the fence
+                    m.d.sync += [self.start.eq(1), self.buffers_owner.eq(self.engine)]
+                    m.next = "WAIT"
+            with m.State("DRAIN"):  # the image ends once every buffer write has landed
+                with m.If(~self.drain):
+                    m.d.sync += [self.busy.eq(0), self.finished.eq(1)]
+                    m.next = "IDLE"
             with m.State("WAIT"):
                 with m.If(self.eng_done):
                     with m.If(self.eng_fault):

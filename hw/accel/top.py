@@ -3,14 +3,16 @@ one AXI4 master for DRAM (a read DMA shared by the sequencer's fetches and the e
 logits), the token buffers, the op engines and the :class:`~tokensift.hw.accel.sequencer.Sequencer`.
 
 One instruction runs at a time: the sequencer hands the shared ports (buffer read/write, the read DMA) to the
-engine of the current opcode, and takes the read DMA back to fetch the next instruction. The host writes
+engine of the current opcode, and takes the read DMA back to fetch the next instruction. The exception is the
+attention engine, whose heads overlap: it keeps the buffer ports while its cores finish the heads already
+loaded, and the sequencer fences any other op behind them. The host writes
 the run-time registers, writes 1 to ``start``, and waits for ``done`` (or the interrupt); the design fetches
 its header, program, constants, weights and input itself and writes the logits back.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -93,7 +95,9 @@ class Accelerator(wiring.Component):
         m.submodules.writer = writer = AxiWriter(config=cfg.axi)
         m.submodules.buffers = bufs = TokenBuffers(config=cfg)
         table = {op: i for i, (_, ops, _) in enumerate(self.engines) for op in ops}
-        m.submodules.sequencer = seq = Sequencer(config=cfg, engines=table)
+        # an engine with a ``busy`` port answers ``done`` before its last writes: its ops overlap each other
+        overlapping = tuple(op for _, ops, eng in self.engines if "busy" in eng.signature.members for op in ops)
+        m.submodules.sequencer = seq = Sequencer(config=cfg, engines=table, overlapping=overlapping)
         engines = [eng for _, _, eng in self.engines]
         for (name, _, eng) in self.engines:
             m.submodules[f"op_{name}"] = eng
@@ -161,6 +165,17 @@ class Accelerator(wiring.Component):
                 m.d.comb += eng.rd2.data.eq(bufs.rd2.data)
             if "dram_wdone" in ports:
                 m.d.comb += eng.dram_wdone.payload.eq(writer.o_done.payload)
+        m.d.comb += seq.drain.eq(Cat(*(eng.busy for eng in engines if "busy" in eng.signature.members)).any())
+        with m.Switch(seq.buffers_owner):
+            for i, eng in enumerate(engines):
+                with m.Case(i):
+                    for name in ("en", "buffer", "tile", "word"):
+                        m.d.comb += getattr(bufs.rd, name).eq(getattr(eng.rd, name))
+                    for name in ("en", "buffer", "tile", "word", "data", "mask"):
+                        m.d.comb += getattr(bufs.wr, name).eq(getattr(eng.wr, name))
+                    if "rd2" in eng.signature.members:
+                        for name in ("en", "buffer", "tile", "word"):
+                            m.d.comb += getattr(bufs.rd2, name).eq(getattr(eng.rd2, name))
         with m.Switch(seq.engine):
             with m.Case(seq.own_port):
                 m.d.comb += [cmd.valid.eq(seq.dram_cmd.valid), cmd.payload.eq(seq.dram_cmd.payload),
@@ -172,13 +187,6 @@ class Accelerator(wiring.Component):
                     m.d.comb += [seq.eng_done.eq(eng.done), seq.eng_rows.eq(eng.rows), seq.eng_fault.eq(eng.fault)]
                     if "protected_out" in ports:
                         m.d.comb += [seq.eng_protected.eq(eng.protected_out), seq.eng_stage_ran.eq(eng.stage_ran)]
-                    for name in ("en", "buffer", "tile", "word"):
-                        m.d.comb += getattr(bufs.rd, name).eq(getattr(eng.rd, name))
-                    for name in ("en", "buffer", "tile", "word", "data", "mask"):
-                        m.d.comb += getattr(bufs.wr, name).eq(getattr(eng.wr, name))
-                    if "rd2" in ports:
-                        for name in ("en", "buffer", "tile", "word"):
-                            m.d.comb += getattr(bufs.rd2, name).eq(getattr(eng.rd2, name))
                     if "dram_cmd" in ports:
                         m.d.comb += [cmd.valid.eq(eng.dram_cmd.valid), cmd.payload.eq(eng.dram_cmd.payload),
                                      eng.dram_cmd.ready.eq(cmd.ready), skid[engine_name].i.valid.eq(words.valid),

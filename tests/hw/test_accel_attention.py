@@ -20,7 +20,14 @@ from accel_models import config_for, first_step, steps
 from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 
-from tokensift.hw.accel.op_attention import RECORD_BYTES, AttentionOpEngine, core_params, cycles
+from tokensift.hw.accel.op_attention import (
+    RECORD_BYTES,
+    AttentionOpEngine,
+    HeadSchedule,
+    core_params,
+    cycles,
+    drain_cycles,
+)
 from tokensift.hw.accel.ports import engine_signature, op_layout
 from tokensift.hw.axi.config import AxiDmaConfig
 from tokensift.quant.accel import records as rec
@@ -73,8 +80,9 @@ class Case:
         return op_fields(ins, start=0, n=n, n2=changes.get("n2", self.before.count[Buffer.CLS]),
                          memory_base=self.base)
 
-    def run(self, op=None, *, dram=None, constants=None, **timing):
-        engine = AttentionOpEngine(config=self.cfg, constants=constants or _record(self.dram, self.address))
+    def run(self, op=None, *, dram=None, constants=None, cores: int = 1, **timing):
+        cfg = dataclasses.replace(self.cfg, attention_cores=cores)
+        engine = AttentionOpEngine(config=cfg, constants=constants or _record(self.dram, self.address))
         return run_op(EngineBench(self.cfg, engine), self.dram if dram is None else dram, self.before.buffers,
                       op or self.op(), **timing)
 
@@ -114,8 +122,11 @@ def test_first_block_bit_exact_with_exact_cycles():
     result = case.run(latency=(3, 3))
     _check_bit_exact(case, result)
     assert result.dram_commands == [(case.address, RECORD_BYTES)]
-    assert result.cycles == cycles(case.cfg, n_tokens=case.entry["n"], dram_latency=3,
-                                   constants=_record(case.dram, case.address), record_address=case.address)
+    timing = {"n_tokens": case.entry["n"], "dram_latency": 3, "constants": _record(case.dram, case.address),
+              "record_address": case.address}
+    # ``done`` once the frame is loaded (3 N C beats), the outputs written while ``busy``
+    assert result.cycles == cycles(case.cfg, **timing) < result.drained == drain_cycles(case.cfg, **timing)
+    assert result.cycles > 3 * case.entry["n"] * case.cfg.envelope.head_dim // case.cfg.lanes
 
 
 def test_random_dram_latency_and_gaps():
@@ -126,52 +137,62 @@ def test_random_dram_latency_and_gaps():
                                   constants=_record(case.dram, case.address), record_address=case.address)
 
 
-class _BackToBack(wiring.Component):
-    """The engine running ``op`` and then, the cycle after its ``done``, ``second`` (as the sequencer issues one
-    head after another); ``done`` answers the second."""
-
-    def __init__(self, engine: AttentionOpEngine, second: dict):
-        self._engine, self._second = engine, second
-        super().__init__(engine_signature(engine.config))
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.engine = eng = self._engine
-        for port in ("rd", "wr", "dram_cmd", "dram_data"):
-            wiring.connect(m, getattr(eng, port), wiring.flipped(getattr(self, port)))
-        second, restart = Signal(), Signal()
-        m.d.sync += restart.eq(eng.done & ~second)
-        with m.If(self.start):
-            m.d.sync += second.eq(0)
-        with m.If(eng.done & ~second):
-            m.d.sync += second.eq(1)
-        m.d.comb += [eng.start.eq(self.start | restart), eng.op.eq(self.op), self.done.eq(eng.done & second),
-                     self.rows.eq(eng.rows), self.fault.eq(eng.fault), self.overflows.eq(eng.overflows)]
-        with m.If(second):
-            m.d.comb += eng.op.eq(op_layout(self._engine.config).const(self._second))
-        return m
-
-
-def test_heads_back_to_back():
-    """Heads 0 and 1 of a pruned block on one engine (4 banks, 8 lanes, a 16-byte bus), the second started the cycle after the first's
-    ``done``: the state of the first (outputs, record checks, walks) leaves nothing behind."""
+def _pair():
+    """Heads 0 and 1 of a pruned block (4 banks, 8 lanes, a 16-byte bus), the memory image 8 bytes up: each
+    record starts in the middle of a bus word."""
     shape = {"banks": 4, "lanes": 8, "axi": AxiDmaConfig(data_bytes=16)}
-    # the memory image 8 bytes up: each record starts in the middle of a 16-byte bus word
     first, second = (_case("dynamicvit", nth, shift=8, **shape) for nth in (4, 5))
     assert second.entry["n"] < 50 and second.entry["head"] == 1
     assert second.before.count == first.after.count
-    constants = _record(first.dram, first.address)
-    assert constants == _record(second.dram, second.address)
-    engine = _BackToBack(AttentionOpEngine(config=first.cfg, constants=constants), second.op())
-    result = run_op(EngineBench(first.cfg, engine), first.dram, first.before.buffers, first.op(), latency=(3, 3))
+    assert _record(first.dram, first.address) == _record(second.dram, second.address)
+    second_op = second.op()  # with the class rows' count head 0 leaves
     second.before = first.before  # the pair's buffers before and after
+    return first, second, second_op
+
+
+def _model(cfg, cases, restart: int, latency: int = 3) -> tuple[list[int], int]:
+    """:class:`HeadSchedule`'s ``done`` of each case's op (the next started ``restart`` cycles after the
+    previous ``done``) and the drain."""
+    sched = HeadSchedule(cfg, _record(cases[0].dram, cases[0].address))
+    now, done = 0, []
+    for c in cases:
+        done.append(sched.run(now, n_tokens=c.entry["n"], dram_latency=latency, record_address=c.address))
+        now = done[-1] + restart - 1
+    return done, sched.drained
+
+
+@pytest.mark.parametrize("cores,restart", [(1, 1), (2, 1), (2, 23)])
+def test_heads_back_to_back(cores, restart):
+    """Heads 0 and 1 on one engine, the second started ``restart`` cycles after the first's ``done`` (as the
+    sequencer issues one head after another): on one core copy the second waits for the first's frame; on two
+    it loads while the first computes. Bit-exact once ``busy`` falls, every ``done`` and the drain exactly
+    :class:`HeadSchedule`'s."""
+    first, second, second_op = _pair()
+    result = first.run(latency=(3, 3), cores=cores, then=[second_op], restart=restart)
     _check_bit_exact(second, result)
     word = first.cfg.axi.data_bytes
     assert result.dram_commands == [(c.address // word * word, RECORD_BYTES + c.address % word)
                                     for c in (first, second)]
-    one = [cycles(c.cfg, n_tokens=c.entry["n"], dram_latency=3, constants=constants, record_address=c.address)
-           for c in (first, second)]
-    assert result.cycles == one[0] + 1 + one[1]
+    cfg = dataclasses.replace(first.cfg, attention_cores=cores)
+    assert (result.done_at, result.drained) == _model(cfg, [first, second], restart)
+    alone = drain_cycles(cfg, n_tokens=first.entry["n"], dram_latency=3, constants=_record(first.dram, first.address),
+                         record_address=first.address)
+    if cores == 1:  # the second head's frame waits for the first's last step
+        assert result.done_at[1] > alone - 100
+    else:           # it loads while the first computes
+        assert result.done_at[1] < alone // 2 and result.drained < 2 * alone - 1000
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_more_heads_than_copies(cores):
+    """Five heads (0, 1, 0, 1, 0) on ``cores`` copies, round robin: a copy takes its next frame while its
+    previous frame's last rows drain, each output still lands in its own head's columns and class row."""
+    first, second, second_op = _pair()
+    result = first.run(latency=(3, 3), cores=cores, then=[second_op, first.op(), second_op, first.op()],
+                       restart=17)
+    cfg = dataclasses.replace(first.cfg, attention_cores=cores)
+    assert (result.done_at, result.drained) == _model(cfg, [first, second] * 2 + [first], 17)
+    _check_bit_exact(second, result)
 
 
 def test_malformed_ops_fault_before_fetching():
@@ -300,5 +321,6 @@ def test_every_shape_and_head_with_exact_cycles(variant, nth, shape):
     case = _case(variant, nth, **shape)
     result = case.run(latency=(6, 6))
     _check_bit_exact(case, result)
-    assert result.cycles == cycles(case.cfg, n_tokens=case.entry["n"], dram_latency=6,
-                                   constants=_record(case.dram, case.address), record_address=case.address)
+    timing = {"n_tokens": case.entry["n"], "dram_latency": 6, "constants": _record(case.dram, case.address),
+              "record_address": case.address}
+    assert (result.cycles, result.drained) == (cycles(case.cfg, **timing), drain_cycles(case.cfg, **timing))
