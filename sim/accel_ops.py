@@ -9,7 +9,6 @@ sequencer's state before and after the same instruction (:func:`tokensift.quant.
 
 from __future__ import annotations
 
-
 import random
 from dataclasses import dataclass, field
 

@@ -145,9 +145,8 @@ def trace_cycles(cfg: AccelConfig, image: bytes, registers, trace, *, latency: i
     ``image`` and ``registers`` the model compiled for ``cfg`` (their addresses place the records), and per
     executed instruction ``(pc, opcode, cycles)``. ``decoded``: ``decode_image(image)`` when the caller has it
     (a sizing costs one image under many registers)."""
-    from tokensift.quant.accel.image import decode_image
-
     from tokensift.hw.accel.op_attention import HeadSchedule
+    from tokensift.quant.accel.image import decode_image
     from tokensift.quant.accel.isa import Opcode
 
     mem = decoded if decoded is not None else decode_image(image)

@@ -17,7 +17,7 @@ import struct
 import numpy as np
 import pytest
 from accel_models import config_for, first_step, steps
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module
 from amaranth.lib import wiring
 
 from tokensift.hw.accel.op_attention import (
@@ -28,7 +28,7 @@ from tokensift.hw.accel.op_attention import (
     cycles,
     drain_cycles,
 )
-from tokensift.hw.accel.ports import engine_signature, op_layout
+from tokensift.hw.accel.ports import engine_signature
 from tokensift.hw.axi.config import AxiDmaConfig
 from tokensift.quant.accel import records as rec
 from tokensift.quant.accel.isa import Buffer, Opcode, Rows
