@@ -112,7 +112,8 @@ def run_case(name: str, *, dense: bool | None = None, latency: int = 10) -> dict
 def _print(r: dict) -> None:
     s = r["shape"]
     print(f"## {r['case']}: {r['model']} {r['method']} keep {r['keep']} on {r['device']}")
-    print(f"sized: {s['banks']} x {s['gemm_cols']} GEMM, {s['lanes']} lanes, {8 * s['axi_bytes']}-bit AXI "
+    print(f"sized: {s['banks']} x {s['gemm_cols']} GEMM, {s.get('attention_cores', 1)} attention cores x {s['lanes']} "
+          f"lanes, {8 * s['axi_bytes']}-bit AXI "
           f"({r['peak_macs_per_cycle']} MACs/cycle); utilization "
           + ", ".join(f"{k} {v:.0%}" for k, v in r["utilization"].items() if v) + f"; {r['sizing']}")
     print(f"clock {r['clock_mhz']:g} MHz ({r['clock_source']}); DRAM latency {r['dram_latency']} cycles; "

@@ -94,7 +94,7 @@ def accelerator_case(model: str, method: str, keep: float | None, device: str, *
     macs = useful_macs([e for _, e in traces[0]], int_model.blocks[0].attn.head_dim)
     cycles = est["cycles"]
     clk = accelerator_clock(dev, shape, model=model)
-    design_macs = shape["banks"] * shape["gemm_cols"] + shape["lanes"]
+    design_macs = shape["banks"] * shape["gemm_cols"] + shape["lanes"] * shape.get("attention_cores", 1)
     return {"model": model, "method": method, "keep": keep, "device": dev.name, "fits": True, "shape": shape,
             "clock_mhz": clk.mhz, "clock_source": clk.source, "cycles": cycles, "cycles_by_op": by_op,
             "latency_ms": cycles / (clk.mhz * 1e3), "gmacs": macs / 1e9, "dsp": c.resources["dsp"],
@@ -145,7 +145,7 @@ def main() -> int:
         table.add_row(
             r["model"], r["method"] + ("" if r["keep"] is None else f" {r['keep']:g}"), r["device"],
             f"{r['clock_mhz']:g} MHz ({r['clock_source']})",
-            f"attn {sh['lanes']} lanes, GEMM {sh['banks']}x{sh['gemm_cols']}"
+            f"attn {sh.get('attention_cores', 1)}x{sh['lanes']} lanes, GEMM {sh['banks']}x{sh['gemm_cols']}"
             f"{' (2 per DSP48)' if sh.get('pack_pairs') else ''}, {8 * sh['axi_bytes']}-bit AXI, "
             f"{r['dsp']}/{r['device_dsp']} DSP",
             f"{u.get('ATTENTION', 0):,} / {gemm:,} / {r['cycles'] - u.get('ATTENTION', 0) - gemm:,}",

@@ -103,6 +103,11 @@ class AccelConfig:
             raise ValueError(f"the residual ({env.res_bits} bits) and probability ({env.prob_frac + 1} bits) "
                              f"formats must fit the {ELEMENT_BITS}-bit buffer ports")
 
+    @property
+    def peak_macs_per_cycle(self) -> int:
+        """The MACs the design instantiates: the GEMM array's and every attention core copy's lanes."""
+        return self.banks * self.gemm_cols + self.lanes * self.attention_cores
+
     # -- buffers ------------------------------------------------------------------------------------------
     def geometry(self, b: Buffer) -> BufferGeometry:
         env = self.envelope

@@ -115,7 +115,7 @@ class Project:
                                build_dir=build_dir, waves=waves, max_cycles=max_cycles)
         inputs = self.inputs(images)
         cfg = self.config
-        peak = cfg.banks * cfg.gemm_cols + cfg.lanes
+        peak = cfg.peak_macs_per_cycle
         per_set = []
         for i, regs in enumerate(sets):
             runs = report["runs"][i * len(inputs):(i + 1) * len(inputs)]
@@ -171,11 +171,11 @@ def shape_from_choice(hw: dict, *, head_dim: int) -> dict:
 
 
 def configure(int_model, *, banks: int = 2, lanes: int = 8, gemm_cols: int = 64,
-              axi: AxiDmaConfig | None = None, pack_pairs: bool = False) -> Project:
+              axi: AxiDmaConfig | None = None, pack_pairs: bool = False, attention_cores: int = 1) -> Project:
     """Compile a calibrated :class:`~tokensift.quant.integer_model.IntegerViT` for a design of ``banks`` token
     banks (the GEMM engine's rows), ``lanes`` elements per buffer word and ``gemm_cols`` GEMM columns, with
     weights streamed one AXI word (``axi.data_bytes``) per beat (``pack_pairs``: two GEMM products per DSP48;
-    the image does not change)."""
+    the image does not change; ``attention_cores``: copies of the attention core, nor does it)."""
     from tokensift.quant.accel import compile_model
     from tokensift.quant.accel.image import decode_image
 
@@ -183,4 +183,4 @@ def configure(int_model, *, banks: int = 2, lanes: int = 8, gemm_cols: int = 64,
     compiled = compile_model(int_model, gemm_cols=gemm_cols, stream_bytes=axi.data_bytes)
     env = decode_image(compiled.image).envelope
     return Project(AccelConfig(envelope=env, banks=banks, lanes=lanes, gemm_cols=gemm_cols, axi=axi,
-                               pack_pairs=pack_pairs), compiled, int_model)
+                               pack_pairs=pack_pairs, attention_cores=attention_cores), compiled, int_model)

@@ -28,10 +28,14 @@ def _shape_arguments(parser, sized: str = ""):
     parser.add_argument("--pack-pairs", action="store_true", default=None,
                         help=f"two int8 GEMM products per DSP48 (xc7, xcup; even --gemm-cols): half the GEMM's "
                              f"DSPs, the same cycles (default: off{sized})")
+    parser.add_argument("--attention-cores", type=int, default=None,
+                        help=f"copies of the attention core, computing a layer's heads side by side "
+                             f"(1..16; default: 1{sized})")
 
 
 def shape_given(args) -> bool:
-    return any(getattr(args, k) is not None for k in DEFAULT_SHAPE) or args.pack_pairs is not None
+    return (any(getattr(args, k) is not None for k in DEFAULT_SHAPE) or args.pack_pairs is not None
+            or args.attention_cores is not None)
 
 
 def _fill_shape(args) -> None:
@@ -40,11 +44,21 @@ def _fill_shape(args) -> None:
             setattr(args, key, value)
     if args.pack_pairs is None:
         args.pack_pairs = False
+    if args.attention_cores is None:
+        args.attention_cores = 1
 
 
 def shape_of(args) -> dict:
-    """The design shape the options (or the sizing) set: :data:`DEFAULT_SHAPE`'s keys and ``pack_pairs``."""
-    return {**{k: getattr(args, k) for k in DEFAULT_SHAPE}, "pack_pairs": bool(args.pack_pairs)}
+    """The design shape the options (or the sizing) set: :data:`DEFAULT_SHAPE`'s keys, ``pack_pairs`` and
+    ``attention_cores``."""
+    return {**{k: getattr(args, k) for k in DEFAULT_SHAPE}, "pack_pairs": bool(args.pack_pairs),
+            "attention_cores": args.attention_cores}
+
+
+def cores_option(shape: dict) -> str:
+    """The ``--attention-cores`` option a shape needs on a command line (none for one copy)."""
+    cores = shape.get("attention_cores", 1)
+    return f" --attention-cores {cores}" if cores != 1 else ""
 
 
 def add_generate_arguments(parser):
@@ -73,6 +87,8 @@ def check_shape(args) -> None:
     if args.pack_pairs and args.gemm_cols % 2:
         raise InvalidArgumentError(f"--pack-pairs shares one DSP between two GEMM columns: --gemm-cols must be even, "
                                    f"not {args.gemm_cols}")
+    if not 1 <= args.attention_cores <= 16:
+        raise InvalidArgumentError(f"--attention-cores must be between 1 and 16, not {args.attention_cores}")
 
 
 def _config(args, envelope):
@@ -81,7 +97,8 @@ def _config(args, envelope):
 
     try:
         return AccelConfig(envelope=envelope, banks=args.banks, lanes=args.lanes, gemm_cols=args.gemm_cols,
-                           axi=AxiDmaConfig(data_bytes=args.axi_bytes), pack_pairs=bool(args.pack_pairs))
+                           axi=AxiDmaConfig(data_bytes=args.axi_bytes), pack_pairs=bool(args.pack_pairs),
+                           attention_cores=args.attention_cores)
     except (ValueError, TypeError) as exc:
         raise InvalidArgumentError(str(exc)) from None
 
@@ -248,7 +265,8 @@ def simulate(args) -> dict:
             clock, source = clk.mhz, clk.note
     try:
         project = configure(int_model, banks=args.banks, lanes=args.lanes, gemm_cols=args.gemm_cols,
-                            axi=AxiDmaConfig(data_bytes=args.axi_bytes), pack_pairs=bool(args.pack_pairs))
+                            axi=AxiDmaConfig(data_bytes=args.axi_bytes), pack_pairs=bool(args.pack_pairs),
+                            attention_cores=args.attention_cores)
         registers = project.registers(**settings)
     except ValueError as exc:
         raise InvalidArgumentError(str(exc)) from None

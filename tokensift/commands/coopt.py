@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tokensift.commands.block_accelerator import cores_option
 from tokensift.errors import InvalidArgumentError
 
 __all__ = ["add_arguments", "run", "parse_list"]
@@ -197,7 +198,8 @@ def _run_accelerator(args, target: float) -> int:
             "simulate": f"tokensift simulate model --checkpoint runs/{args.method}/{args.method}_keep"
                         f"{plan.chosen.keep_ratio:g}.pth --banks "
                         f"{shape['banks']} --lanes {shape['lanes']} --gemm-cols {shape['gemm_cols']} --axi-bytes "
-                        f"{shape['axi_bytes']}{' --pack-pairs' if shape.get('pack_pairs') else ''} --clock-mhz "
+                        f"{shape['axi_bytes']}{' --pack-pairs' if shape.get('pack_pairs') else ''}"
+                        f"{cores_option(shape)} --clock-mhz "
                         f"{plan.clock_mhz:g}"}
     if args.json:
         from tokensift.cli import emit_json
@@ -205,13 +207,15 @@ def _run_accelerator(args, target: float) -> int:
         emit_json(out)
     else:
         print(plan.message)
-        print("| keep | keep counts | shape (banks x GEMM cols, lanes, AXI bits) | cycles | latency (ms) | meets |")
+        print("| keep | keep counts | shape (banks x GEMM cols, [attention cores x] lanes, AXI bits) | cycles | "
+              "latency (ms) | meets |")
         print("|---:|---|---|---:|---:|---|")
         for p in plan.points:
             d = p.as_dict()
             sh = d["shape"]
+            cores = "" if sh is None or sh.get("attention_cores", 1) == 1 else f"{sh['attention_cores']} x "
             where = "-" if sh is None else (f"{sh['banks']} x {sh['gemm_cols']}{' packed' if sh.get('pack_pairs') else ''}, "
-                                             f"{sh['lanes']}, {8 * sh['axi_bytes']}")
+                                             f"{cores}{sh['lanes']}, {8 * sh['axi_bytes']}")
             cyc = "-" if d["cycles"] is None else f"{d['cycles']:,}"
             lat = "-" if d["latency_ms"] is None else f"{d['latency_ms']:.4g}"
             print(f"| {p.keep_ratio:g} | {list(p.keep)} | {where} | {cyc} | {lat} | {d['meets_target']} |")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from tokensift.checks import check_int
 
 __all__ = ["AccelSpace", "AccelPoint", "SizingResult", "project_for", "size_accelerator", "PLANNABLE_METHODS",
-           "PlanPoint", "PlanResult", "plan_accelerator", "random_int_model"]
+           "PlanPoint", "PlanResult", "plan_accelerator", "random_int_model", "useful_cores"]
 
 
 def _pow2(name: str, values) -> tuple[int, ...]:
@@ -43,13 +43,17 @@ class AccelSpace:
     """The accelerator shapes to try: the product of the axes, less the combinations the design rules out
     (lanes above the model's head dimension, GEMM columns that are not a whole number of AXI words).
     ``pack_pairs``: the GEMM engine with and without two products per DSP48; the packed shapes are tried on
-    the DSP48 families only (on ECP5 they save no DSP)."""
+    the DSP48 families only (on ECP5 they save no DSP). ``attention_cores``: copies of the attention core
+    (:class:`tokensift.hw.accel.config.AccelConfig`); ``None`` (the default) tries, for each number of rounds
+    a layer's heads can take, the fewest copies that make it (:func:`useful_cores`: 1, 2, 4 for 4 heads;
+    1, 2, 3, 6 for 6), at most the model's heads."""
 
     banks: tuple[int, ...] = (1, 2, 4, 8, 16)
     gemm_cols: tuple[int, ...] = (16, 32, 64, 128, 256)
     lanes: tuple[int, ...] = (4, 8, 16, 32, 64)
     axi_bytes: tuple[int, ...] = (8, 16)
     pack_pairs: tuple[bool, ...] = (False, True)
+    attention_cores: tuple[int, ...] | None = None
 
     def __post_init__(self):
         for name in ("banks", "gemm_cols", "lanes", "axi_bytes"):
@@ -61,11 +65,19 @@ class AccelSpace:
         if not packs or not all(isinstance(v, bool) for v in packs):
             raise ValueError(f"pack_pairs must be a non-empty tuple of bools, not {self.pack_pairs!r}")
         object.__setattr__(self, "pack_pairs", tuple(sorted(set(packs))))
+        if self.attention_cores is not None:
+            cores = tuple(self.attention_cores)
+            if not cores:
+                raise ValueError("attention_cores needs at least one value")
+            for v in cores:
+                check_int("attention_cores", v, low=1, high=16, numpy=False)
+            object.__setattr__(self, "attention_cores", tuple(sorted(set(cores))))
 
-    def shapes(self, *, head_dim: int, family: str | None = None) -> list[dict]:
+    def shapes(self, *, head_dim: int, heads: int = 1, family: str | None = None) -> list[dict]:
         """The shapes as :func:`tokensift.hw.accel.project.configure` keywords (``axi`` as its bytes); for
-        ``family`` ``"ecp5"`` the unpacked ones only."""
+        ``family`` ``"ecp5"`` the unpacked ones only; attention core copies up to ``heads``."""
         packs = [p for p in self.pack_pairs if not (p and family == "ecp5")] or [False]
+        cores = [c for c in (self.attention_cores or useful_cores(heads)) if c <= max(1, heads)] or [1]
         out = []
         for banks in self.banks:
             for lanes in self.lanes:
@@ -76,9 +88,21 @@ class AccelSpace:
                         if cols % axi == 0:
                             for pack in packs:
                                 if not (pack and cols % 2):
-                                    out.append({"banks": banks, "lanes": lanes, "gemm_cols": cols, "axi_bytes": axi,
-                                                "pack_pairs": pack})
+                                    out.extend({"banks": banks, "lanes": lanes, "gemm_cols": cols, "axi_bytes": axi,
+                                                "pack_pairs": pack, "attention_cores": c} for c in cores)
         return out
+
+
+def _cores_text(shape: dict) -> str:
+    cores = shape.get("attention_cores", 1)
+    return f"{cores} attention cores x " if cores != 1 else ""
+
+
+def useful_cores(heads: int) -> tuple[int, ...]:
+    """Attention core copies worth generating for ``heads`` heads a layer: per number of rounds
+    ``ceil(heads / copies)``, the fewest copies that make it (more copies in as many rounds only cost)."""
+    check_int("heads", heads, low=1, numpy=False)
+    return tuple(c for c in range(1, heads + 1) if c == 1 or -(-heads // c) < -(-heads // (c - 1)))
 
 
 @dataclass
@@ -129,7 +153,8 @@ def project_for(int_model, shape: dict):
     from tokensift.hw.axi.config import AxiDmaConfig
 
     return configure(int_model, banks=shape["banks"], lanes=shape["lanes"], gemm_cols=shape["gemm_cols"],
-                     axi=AxiDmaConfig(data_bytes=shape["axi_bytes"]), pack_pairs=shape.get("pack_pairs", False))
+                     axi=AxiDmaConfig(data_bytes=shape["axi_bytes"]), pack_pairs=shape.get("pack_pairs", False),
+                     attention_cores=shape.get("attention_cores", 1))
 
 
 def size_accelerator(int_model, device, images, *, clock_mhz: float, target_latency_ms: float | None = None,
@@ -157,7 +182,7 @@ def size_accelerator(int_model, device, images, *, clock_mhz: float, target_late
     traces = None  # the images' runs in the reference sequencer: the same on every shape
     cache = {} if cache is None else cache
     cycles_of = {}  # packing changes no cycle: a packed shape takes its unpacked twin's
-    for shape in space.shapes(head_dim=head_dim, family=device.family):
+    for shape in space.shapes(head_dim=head_dim, heads=int_model.blocks[0].num_heads, family=device.family):
         project, used = _compiled(cache, int_model, device.family, shape)
         if project is None:  # a shape this model's envelope rules out
             continue
@@ -204,7 +229,7 @@ def _compiled(cache: dict, int_model, family: str, shape: dict):
         from tokensift.hw.axi.config import AxiDmaConfig
 
         # the memory image depends on the GEMM columns and the weight beat only: one compile serves every
-        # number of banks and lanes and both packings
+        # number of banks, lanes and attention cores and both packings
         image_key = ("image", id(int_model), shape["gemm_cols"], shape["axi_bytes"])
         try:
             base = cache.get(image_key)
@@ -215,7 +240,8 @@ def _compiled(cache: dict, int_model, family: str, shape: dict):
                 base._decoded = decode_image(base.image)
             config = AccelConfig(envelope=base.config.envelope, banks=shape["banks"], lanes=shape["lanes"],
                                  gemm_cols=shape["gemm_cols"], axi=AxiDmaConfig(data_bytes=shape["axi_bytes"]),
-                                 pack_pairs=shape.get("pack_pairs", False))
+                                 pack_pairs=shape.get("pack_pairs", False),
+                                 attention_cores=shape.get("attention_cores", 1))
             project = dataclasses.replace(base, config=config)
             project._decoded = base._decoded
         except ValueError:  # the configuration says which rule
@@ -361,8 +387,8 @@ def plan_accelerator(model: str, device, *, target_latency_ms: float | None = No
         message = (f"keep {chosen.keep_ratio:g} (the largest of {len(meeting)} of {len(points)} keep ratios that "
                    f"meet {target_latency_ms:.4g} ms): {max(c.cycles):,} cycles, {c.latency_ms:.4g} ms at "
                    f"{clock_mhz:g} MHz on {c.shape['banks']} x {c.shape['gemm_cols']} GEMM"
-                   f"{' (two products per DSP48)' if c.shape.get('pack_pairs') else ''}, {c.shape['lanes']} "
-                   f"lanes, {8 * c.shape['axi_bytes']}-bit AXI")
+                   f"{' (two products per DSP48)' if c.shape.get('pack_pairs') else ''}, "
+                   f"{_cores_text(c.shape)}{c.shape['lanes']} lanes, {8 * c.shape['axi_bytes']}-bit AXI")
         project, _ = _compiled(cache, int_model, device.family, c.shape)
         dense = project.estimate(image, registers=project.registers(method="dense"), latency=dram_latency)["cycles"][0]
     else:

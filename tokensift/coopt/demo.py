@@ -86,6 +86,12 @@ class _Steps:
                            f"[dim](+{time.perf_counter() - self.t0:.0f} s)[/]")
 
 
+def _cores(shape: dict) -> str:
+    """``"N x "`` before the attention lanes of a design with N attention core copies (nothing for one)."""
+    cores = shape.get("attention_cores", 1)
+    return f"{cores} x " if cores != 1 else ""
+
+
 def _accuracy(model, dataset) -> float:
     from tokensift.sw.train import evaluate
 
@@ -532,7 +538,8 @@ def render_table(s: dict) -> str:
     shape = acc_hw.get("shape")
     rows.append(("whole accelerator", "not simulated (--no-accelerator)") if not acc_hw else (
         "whole accelerator", f"{shape['banks']} x {shape['gemm_cols']} GEMM"
-                             f"{' (two products per DSP48)' if shape.get('pack_pairs') else ''} + {shape['lanes']}-lane "
+                             f"{' (two products per DSP48)' if shape.get('pack_pairs') else ''} + "
+                             f"{_cores(shape)}{shape['lanes']}-lane "
                                       f"attention ({acc_hw['peak_macs_per_cycle']} MACs/cycle), "
                                       f"{shape['axi']['data_bytes']}-byte AXI, DRAM latency "
                                       f"{acc_hw['dram_latency']}"))
