@@ -47,7 +47,7 @@ from tokensift.hw.common.resources import (
 )
 from tokensift.quant.accel.isa import Buffer
 
-__all__ = ["BLOCK", "AccelConfig", "memories", "read_register_bits", "features", "parts", "exact", "fit_base",
+__all__ = ["BLOCK", "AccelConfig", "memories", "read_register_bits", "attention_copy_bits", "features", "parts", "exact", "fit_base",
            "resources", "estimate", "build", "params_to_dict", "params_from_dict", "baseline_grid", "grid_config", "GRID_FAMILIES",
            "QUICK_CONFIGS", "MODEL"]
 
@@ -113,6 +113,18 @@ def read_register_bits(cfg: AccelConfig) -> int:
     (:class:`~tokensift.hw.accel.buffers.TokenBuffers`)."""
     cfg = _check(cfg)
     return sum(cfg.banks * (2 if b in SECOND_READ else 1) * cfg.lanes * cfg.geometry(b).bits for b in Buffer)
+
+
+def attention_copy_bits(cfg: AccelConfig) -> int:
+    """Flip-flops the attention engine adds per core copy beyond the first (the fit's shapes have one): two
+    frame descriptors (destination, head word, rows, class row), the frame counts sent and written (O rows,
+    class row) and the copy's output row, chunk and class column counters
+    (:class:`~tokensift.hw.accel.op_attention.AttentionOpEngine`)."""
+    cfg = _check(cfg)
+    desc = 4 + cfg.word_bits + cfg.row_bits + cfg.tile_bits + max(1, (cfg.banks - 1).bit_length())
+    chunks = cfg.envelope.head_dim // cfg.lanes
+    per_copy = 2 * desc + 3 * 2 + 2 * cfg.row_bits + max(1, (chunks - 1).bit_length())
+    return (cfg.attention_cores - 1) * per_copy
 
 
 def _dsps(cfg: AccelConfig, family: str) -> dict[str, int]:
@@ -197,6 +209,7 @@ def parts(cfg: AccelConfig, family: str, *, fitted_lut_ff: bool = True, glue: bo
     for name, dsp in _dsps(cfg, family).items():
         out[name] = out[name] + Resources(dsp=dsp)
     out["buffers"] = out["buffers"] + Resources(ff=read_register_bits(cfg))
+    out["attention"] = out["attention"] + Resources(ff=attention_copy_bits(cfg))
     if fitted_lut_ff and glue:
         lut, ff = fitted(BLOCK, family, features(cfg, family))
         out["glue"] = Resources(lut=lut, ff=ff)

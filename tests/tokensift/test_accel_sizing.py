@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hw"))  # the accelerator tests' models
 from accel_models import _int_model, _mnist, images_labels  # noqa: E402
 
-from tokensift.coopt.accel_sizing import AccelSpace, project_for, size_accelerator  # noqa: E402
+from tokensift.coopt.accel_sizing import AccelSpace, project_for, size_accelerator, useful_cores  # noqa: E402
 from tokensift.devices import get_device  # noqa: E402
 from tokensift.hw.accel.resources import resources  # noqa: E402
 
@@ -26,8 +26,8 @@ def model_and_images():
 def test_every_fitting_shape_is_costed_by_the_accelerators_own_models(model_and_images):
     iv, images = model_and_images
     result = size_accelerator(iv, "zcu102", images, clock_mhz=300.0, space=SPACE)
-    head_dim = iv.blocks[0].attn.head_dim
-    assert len(result.points) == len(SPACE.shapes(head_dim=head_dim)) > 0
+    head_dim, heads = iv.blocks[0].attn.head_dim, iv.blocks[0].num_heads
+    assert len(result.points) == len(SPACE.shapes(head_dim=head_dim, heads=heads)) > 0
     for p in result.points[::3]:
         project = project_for(iv, p.shape)
         assert p.resources == resources(project.config, "xcup").as_dict("xcup")
@@ -40,7 +40,7 @@ def test_every_fitting_shape_is_costed_by_the_accelerators_own_models(model_and_
 
 def test_packed_shapes_halve_the_gemm_dsps_at_the_same_cycles_on_dsp48_families_only(model_and_images):
     iv, images = model_and_images
-    space = AccelSpace(banks=(2, 4), gemm_cols=(16, 64), lanes=(4,), axi_bytes=(16,))
+    space = AccelSpace(banks=(2, 4), gemm_cols=(16, 64), lanes=(4,), axi_bytes=(16,), attention_cores=(1,))
     result = size_accelerator(iv, "zcu102", images, clock_mhz=300.0, space=space)
     by_shape = {tuple(p.shape.values()): p for p in result.points}
     packed = [p for p in result.points if p.shape["pack_pairs"]]
@@ -55,6 +55,25 @@ def test_packed_shapes_halve_the_gemm_dsps_at_the_same_cycles_on_dsp48_families_
     assert len(ecp5.points) == 4 and not any(p.shape["pack_pairs"] for p in ecp5.points)
     with pytest.raises(ValueError, match=r"^pack_pairs must be a non-empty tuple of bools, not \(\)$"):
         AccelSpace(pack_pairs=())
+
+
+def test_attention_cores_compute_a_layers_heads_side_by_side(model_and_images):
+    """The TINY model's two heads: a second core copy costs its lanes' DSPs and its block RAM and saves
+    cycles on every shape (the heads' frames overlap instead of following each other)."""
+    iv, images = model_and_images
+    assert iv.blocks[0].num_heads == 2
+    space = AccelSpace(banks=(2,), gemm_cols=(16, 64), lanes=(4, 16), axi_bytes=(16,), pack_pairs=(False,))
+    result = size_accelerator(iv, "zcu102", images, clock_mhz=300.0, space=space)
+    by_shape = {tuple(p.shape.values()): p for p in result.points}
+    two = [p for p in result.points if p.shape["attention_cores"] == 2]
+    assert len(two) == len(result.points) // 2 == 4
+    for p in two:
+        one = by_shape[tuple({**p.shape, "attention_cores": 1}.values())]
+        assert p.resources["dsp"] > one.resources["dsp"] and p.resources["bram36"] > one.resources["bram36"]
+        assert max(p.cycles) < max(one.cycles) and p.cycles == project_for(iv, p.shape).estimate(images, latency=10)["cycles"]
+    assert useful_cores(4) == (1, 2, 4) and useful_cores(6) == (1, 2, 3, 6) and useful_cores(1) == (1,)
+    assert {s["attention_cores"] for s in AccelSpace().shapes(head_dim=64, heads=6)} == {1, 2, 3, 6}
+    assert {s["attention_cores"] for s in AccelSpace(attention_cores=(1, 4, 8)).shapes(head_dim=64, heads=6)} == {1, 4}
 
 
 def test_a_target_picks_the_smallest_shape_that_meets_it(model_and_images):
@@ -90,6 +109,8 @@ def test_shapes_that_do_not_fit_are_not_chosen_nor_simulated(model_and_images):
     ({"lanes": ()}, ValueError, "at least one value"),
     ({"axi_bytes": (64,)}, ValueError, "axi_bytes must be among"),
     ({"gemm_cols": (0,)}, ValueError, "gemm_cols"),
+    ({"attention_cores": ()}, ValueError, "^attention_cores needs at least one value$"),
+    ({"attention_cores": (17,)}, ValueError, "^attention_cores must be"),
 ])
 def test_space_rejects(kwargs, exc, message):
     with pytest.raises(exc, match=message):

@@ -292,6 +292,7 @@ CASES: dict[str, list[Case]] = {
         case("--model vit_mnist_patch4_28 --banks 3 --out {out}", r"--banks must be a power of two between 1 and 64, not 3"),
         case("--model vit_mnist_patch4_28 --gemm-cols 60 --out {out}", r"--gemm-cols must be a multiple of --axi-bytes \(8\) between 1 and 1024, not 60"),
         case("--image {missing} --out {out}", r"--image '.*missing\.pth' does not exist"),
+        case("--model vit_mnist_patch4_28 --attention-cores 17 --out {out}", r"--attention-cores must be between 1 and 16, not 17"),
         case("--image {file} --out {out}", r"--image '.*a_file\.txt' is not a tokensift memory image: .+"),
         case("--model vit_mnist_patch4_28 --device nope --out {out}", r"unknown device 'nope'; choose one of .+"),
     ],
@@ -300,6 +301,7 @@ CASES: dict[str, list[Case]] = {
         case("--model vit_mnist_patch4_28 --banks 3 --out {out}", r"--banks must be a power of two between 1 and 64, not 3"),
         case("--model vit_mnist_patch4_28 --gemm-cols 60 --out {out}", r"--gemm-cols must be a multiple of --axi-bytes \(8\) between 1 and 1024, not 60"),
         case("--image {missing} --out {out}", r"--image '.*missing\.pth' does not exist"),
+        case("--model vit_mnist_patch4_28 --attention-cores 17 --out {out}", r"--attention-cores must be between 1 and 16, not 17"),
         case("--image {file} --out {out}", r"--image '.*a_file\.txt' is not a tokensift memory image: .+"),
         case("--model vit_mnist_patch4_28 --device nope --out {out}", r"unknown device 'nope'; choose one of .+"),
     ],
@@ -307,6 +309,7 @@ CASES: dict[str, list[Case]] = {
     "simulate model": SIMULATE_MODEL_CASES,
     "synth accelerator": [
         case("--model vit_mnist_patch4_28 --banks 3", r"--banks must be a power of two between 1 and 64, not 3"),
+        case("--model vit_mnist_patch4_28 --attention-cores 0", r"--attention-cores must be between 1 and 16, not 0"),
         case("", r"one of the arguments --image --model is required"),
     ],
     "synth model": [

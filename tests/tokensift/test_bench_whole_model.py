@@ -50,7 +50,7 @@ def test_accelerator_row_is_the_generated_designs_fastest_shape_by_its_own_model
     assert sum(r["cycles_by_op"].values()) < r["cycles"]  # the sequencer's fetches come on top of the engines
     sh = r["shape"]
     macs = r["gmacs"] * 1e9
-    assert r["fraction_of_design_macs"] == pytest.approx(macs / ((sh["banks"] * sh["gemm_cols"] + sh["lanes"]) * r["cycles"]))
+    assert r["fraction_of_design_macs"] == pytest.approx(macs / ((sh["banks"] * sh["gemm_cols"] + sh["lanes"] * sh["attention_cores"]) * r["cycles"]))
     assert 0 < r["fraction_of_device_peak"] < r["fraction_of_design_macs"] < 1 and r["dsp"] <= 220
     assert (r["clock_mhz"], r["clock_source"]) == (100.0, "assumed")
 

@@ -236,10 +236,12 @@ def test_cli_accelerator_cost_plans_keep_and_shape_on_the_designs_own_models(cap
     assert budget["command"] == (f"tokensift train --model vit_mnist_patch4_28 --method dynamicvit --keep "
                                  f"{chosen['keep_ratio']:g} --out runs/dynamicvit")
     s = chosen["shape"]
-    # the shape as simulate model's options, the packed GEMM (two products per DSP48) included where chosen
+    # the shape as simulate model's options, the packed GEMM (two products per DSP48) and the attention core
+    # copies included where chosen
+    cores = s["attention_cores"]
     assert budget["simulate"].endswith(f"--banks {s['banks']} --lanes {s['lanes']} --gemm-cols {s['gemm_cols']} "
-                                       f"--axi-bytes {s['axi_bytes']}{' --pack-pairs' if s['pack_pairs'] else ''} "
-                                       f"--clock-mhz 100")
+                                       f"--axi-bytes {s['axi_bytes']}{' --pack-pairs' if s['pack_pairs'] else ''}"
+                                       f"{f' --attention-cores {cores}' if cores != 1 else ''} --clock-mhz 100")
     assert budget["dense_cycles"] > budget["planned_cycles"] == chosen["cycles"]
     # an unreachable target: exit 2, one line, and the table still says what is closest
     rc = main(["co-opt", "--cost", "accelerator", "--device", "pynq-z2", "--method", "dynamicvit",
