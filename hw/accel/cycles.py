@@ -23,6 +23,9 @@ fixed DRAM latency without back-pressure).
 
 from __future__ import annotations
 
+import dataclasses
+from functools import lru_cache
+
 from tokensift.hw.accel.config import AccelConfig
 
 __all__ = ["image_cycles", "image_trace", "trace_cycles", "instruction_cycles", "HEAD_TAIL", "FETCH", "SKIP", "ENGINE_LATENCY", "PATCH_OVERLAP",
@@ -65,12 +68,25 @@ def PATCH_OVERLAP(latency: int) -> int:  # noqa: N802
     return latency + 6
 
 
+@lru_cache(maxsize=64)
+def _one_core(cfg: AccelConfig) -> AccelConfig:
+    """``cfg`` with one attention core: what every engine but the attention engine sees (so a sizing's shapes
+    that differ only in their attention cores share the GEMM ops' cycles)."""
+    return dataclasses.replace(cfg, attention_cores=1)
+
+
+@lru_cache(maxsize=65536)
+def _gemm_cycles(cfg: AccelConfig, op, k: int, m: int, n: int, start: int, dram_latency: int) -> int:
+    from tokensift.hw.accel import op_gemm
+
+    return op_gemm.cycles(cfg, op, k, m, n=n, start=start, dram_latency=dram_latency)
+
+
 def instruction_cycles(cfg: AccelConfig, ins, entry: dict, image, registers, latency: int) -> int:
     """One executed instruction's engine cycles (``entry``: its trace entry; ``image``: the decoded image)."""
     from tokensift.hw.accel import (
         op_attention,
         op_gelu,
-        op_gemm,
         op_layernorm,
         op_logits,
         op_pos_embed,
@@ -87,10 +103,10 @@ def instruction_cycles(cfg: AccelConfig, ins, entry: dict, image, registers, lat
     if op is Opcode.PATCH_EMBED:
         # its record and its input region are two commands: the read DMA takes the second while the first's
         # burst is in flight, where the engine's harness serves it only after the first's words
-        return op_gemm.cycles(cfg, op, ins.k, ins.m, n=0, start=0, dram_latency=d) - PATCH_OVERLAP(latency)
+        return _gemm_cycles(_one_core(cfg), op, ins.k, ins.m, 0, 0, d) - PATCH_OVERLAP(latency)
     if op is Opcode.GEMM:
         start = {Rows.ALL: 0, Rows.CLASS: 0, Rows.PATCHES: 1, Rows.CANDIDATES: entry.get("protected", 1)}[ins.rows]
-        return op_gemm.cycles(cfg, op, ins.k, ins.m, n=n, start=start, dram_latency=d)
+        return _gemm_cycles(_one_core(cfg), op, ins.k, ins.m, n, start, d)
     if op is Opcode.POS_EMBED:
         return op_pos_embed.cycles(cfg, patches=ins.k, dim=ins.m, dram_latency=d)
     if op is Opcode.LAYERNORM:

@@ -26,6 +26,7 @@ True
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
 
 from amaranth.utils import ceil_log2
@@ -59,8 +60,10 @@ def _pow2(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
 
+@functools.lru_cache(maxsize=256)
 def _out_fifo_depth(p: AttentionParams) -> int:
-    """The engine's own output FIFO depth (read from an engine object that is never elaborated)."""
+    """The engine's own output FIFO depth (read from an engine object that is never elaborated; once per
+    parameter set: a sizing asks for hundreds of shapes)."""
     from tokensift.hw.attention.engine import AttentionEngine
 
     engine = AttentionEngine(p)

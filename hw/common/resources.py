@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources as importlib_resources
 
 from tokensift.checks import check_count
@@ -367,6 +367,7 @@ def _byte_index(ram: _Ram) -> int:
 _LOGIC_COST_ROM = {"xcup": 1 / 64, "xc7": 1 / 64, "ecp5": 1 / 16}
 
 
+@lru_cache(maxsize=4096)
 def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True, rom: bool = False,
                granularity: int | None = None) -> MemoryMap:
     """Map a ``width x depth`` memory onto the family's primitives.
