@@ -17,8 +17,9 @@ The second table is the same cases on **the generated whole-model accelerator** 
 costed by its own models, which equal Yosys (DSP, block RAM) and Verilator (cycles): the fastest shape that
 fits (:func:`tokensift.coopt.accel_sizing.size_accelerator`), with random weights (under top-k the keep
 registers fix every op's token count, so the cycles are any trained model's). The block model above lets
-several attention cores and the GEMM engine be sized freely; the generated design has one attention core of
-``lanes`` MACs next to its ``banks x gemm_cols`` GEMM array, and runs its ops one after another.
+several attention cores and the GEMM engine be sized freely, and overlaps its units; the generated design has
+``attention_cores`` copies of an attention core of ``lanes`` MACs (a layer's heads side by side) next to its
+``banks x gemm_cols`` GEMM array, and runs its other ops one after another.
 
     .venv/bin/python bench/bench_whole_model.py [--json out.json]
 """
