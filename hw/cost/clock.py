@@ -200,9 +200,11 @@ def accelerator_clock(device, shape: dict, *, model: str | None = None, path: Pa
     for cfg in data["configs"]:
         if cfg["block"] != "accelerator" or str(speed) not in cfg["fmax_mhz"]:
             continue
-        # a packed GEMM is another design (rows measured before packing existed have none)
+        # a packed GEMM or more attention cores make another design (rows measured before either existed
+        # have neither)
         if all(cfg["params"].get(k) == v for k, v in want.items()) \
-                and bool(cfg["params"].get("pack_pairs", False)) == bool(shape.get("pack_pairs", False)):
+                and bool(cfg["params"].get("pack_pairs", False)) == bool(shape.get("pack_pairs", False)) \
+                and cfg["params"].get("attention_cores", 1) == shape.get("attention_cores", 1):
             fmax = cfg["fmax_mhz"][str(speed)]
             mhz = min(fmax, dev.clock_mhz)
             side = "below" if fmax < dev.clock_mhz else "reaching"

@@ -156,7 +156,9 @@ def test_whole_accelerator_clock_is_its_own_measured_fmax(tmp_path):
     faster.write_text(json.dumps(data))
     c = clock.accelerator_clock("ecp5-85f", shape, model="vit_mnist_patch4_28", path=faster)
     assert (c.mhz, c.source, c.limited_by) == (100.0, "measured", None)
-    for other, model in (({**shape, "lanes": 8}, "vit_mnist_patch4_28"), (shape, "deit_small_patch16_224")):
+    # another shape, another model, more attention cores: another design
+    for other, model in (({**shape, "lanes": 8}, "vit_mnist_patch4_28"), (shape, "deit_small_patch16_224"),
+                         ({**shape, "attention_cores": 4}, "vit_mnist_patch4_28")):
         c = clock.accelerator_clock("ecp5-85f", other, model=model, path=path)
         assert (c.mhz, c.source) == (100.0, "assumed")
         assert c.note.startswith("assumed, not measured: this design (model ") and "was not placed and routed" in c.note
