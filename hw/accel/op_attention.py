@@ -138,7 +138,8 @@ class AttentionOpEngine(OpEngine):
         if config.axi.data_bytes < 8:
             raise ValueError(f"the attention engine reads its record's int64 fields whole from each AXI word: "
                              f"the word must be at least 8 bytes, not {config.axi.data_bytes}")
-        self._core = Attention(params=self._params)
+        # the op's checks refuse a token count of 0 or above n_max before any header goes out
+        self._core = Attention(params=self._params, checked_headers=True)
 
     @property
     def params(self) -> AttentionParams:

@@ -52,6 +52,10 @@ class Attention(wiring.Component):
         only widen the default ``ranges`` where they need more.
     ranges : ConstantRanges, optional
         What run-time constants the core accepts (default :meth:`ConstantRanges.covering` of ``params``).
+    checked_headers : bool, optional
+        The producer never sends a token count of 0 or above ``n_max`` (the whole accelerator's engine checks
+        it before the frame): the core then skips that check, so its ``i_stream.ready`` does not depend on the
+        beat's payload (a row's bits share the header's). Default False: the core checks and flags it.
 
     Ports
     -----
@@ -65,7 +69,7 @@ class Attention(wiring.Component):
     """
 
     def __init__(self, *, params: AttentionParams | None = None, ranges: ConstantRanges | None = None,
-                 **kwargs):
+                 checked_headers: bool = False, **kwargs):
         if params is None:
             params = AttentionParams(**kwargs)
         elif kwargs:
@@ -76,8 +80,11 @@ class Attention(wiring.Component):
             ranges = ConstantRanges.covering(params)
         elif not isinstance(ranges, ConstantRanges):
             raise TypeError(f"ranges must be a ConstantRanges, not {type(ranges).__name__}")
+        if not isinstance(checked_headers, bool):
+            raise TypeError(f"checked_headers must be a bool, not {type(checked_headers).__name__}")
         self._p = params
         self._ranges = ranges
+        self._checked_headers = checked_headers
         self._engines = [AttentionEngine(params, ranges=ranges, head=h) for h in range(params.heads_parallel)]
         super().__init__({
             "k_stream": In(stream.Signature(const_layout())),
@@ -129,7 +136,7 @@ class Attention(wiring.Component):
         remaining = Signal(range(3 * ((1 << HEADER_BITS) - 1) * p.chunks + 1))
         target = Signal(range(len(engines)))
         hdr_n = self.i_stream.payload.header.n_tokens
-        n_ok = (hdr_n != 0) & (hdr_n <= p.n_max)
+        n_ok = 1 if self._checked_headers else (hdr_n != 0) & (hdr_n <= p.n_max)
         at_header = state == _FRONT_HEADER
         # a header waits for its constants; then it goes to a core, or is dropped with its beats
         routed = (at_header & k_full & n_ok & k_good) | (state == _FRONT_FORWARD)

@@ -656,6 +656,8 @@ class TestConstants:
             ConstantRanges.covering({})
         with pytest.raises(TypeError, match=r"^ranges must be a ConstantRanges, not dict$"):
             Attention(n_max=4, head_dim=4, lanes=4, ranges={})
+        with pytest.raises(TypeError, match=r"^checked_headers must be a bool, not int$"):
+            Attention(n_max=4, head_dim=4, lanes=4, checked_headers=1)
 
     def test_encode_and_errors(self):
         p = AttentionParams(n_max=4, head_dim=4, lanes=4, scale_multiplier=5, scale_shift=7, out_multiplier=9,
