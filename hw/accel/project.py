@@ -157,17 +157,18 @@ def useful_macs(trace, head_dim: int) -> int:
 def shape_from_choice(hw: dict, *, head_dim: int) -> dict:
     """The accelerator shape closest to a co-optimizer choice (``CostEvaluator``'s ``hw`` dict): the GEMM
     engine ``linear_rows x linear_lanes / linear_rows`` (rows rounded up to a power of two, the token banks),
-    weights streamed on an AXI word of at least ``weight_rate`` bytes, and the choice's attention MAC rate
-    ``lanes x heads_parallel`` as the lanes of the design's one attention core (a power of two dividing the
-    head dimension, at most it: the core runs one head at a time)."""
+    weights streamed on an AXI word of at least ``weight_rate`` bytes, and the choice's attention cores: its
+    ``heads_parallel`` as ``attention_cores`` (at most 16), each with the largest power of two of lanes that
+    is at most the choice's ``lanes`` and divides the head dimension."""
     rows = int(hw.get("linear_rows") or 1)
     banks = 1 << max(0, (rows - 1).bit_length())
     axi_bytes = 8 if int(hw.get("weight_rate") or 8) <= 8 else 16
     cols = max(axi_bytes, -(-int(hw["linear_lanes"]) // banks))
     cols += -cols % axi_bytes
-    rate = int(hw["lanes"]) * int(hw.get("heads_parallel") or 1)
-    lanes = min(1 << (rate.bit_length() - 1), head_dim & -head_dim)
-    return {"banks": banks, "lanes": lanes, "gemm_cols": cols, "axi": AxiDmaConfig(data_bytes=axi_bytes)}
+    lanes = min(1 << (int(hw["lanes"]).bit_length() - 1), head_dim & -head_dim)
+    cores = min(16, int(hw.get("heads_parallel") or 1))
+    return {"banks": banks, "lanes": lanes, "gemm_cols": cols, "axi": AxiDmaConfig(data_bytes=axi_bytes),
+            "attention_cores": cores}
 
 
 def configure(int_model, *, banks: int = 2, lanes: int = 8, gemm_cols: int = 64,

@@ -12,17 +12,18 @@ DEMO_CHOICE = {"lanes": 8, "heads_parallel": 2, "linear_lanes": 128, "linear_row
 
 def _shape(choice, head_dim):
     s = shape_from_choice(choice, head_dim=head_dim)
-    return s["banks"], s["gemm_cols"], s["lanes"], s["axi"].data_bytes
+    return s["banks"], s["gemm_cols"], s["lanes"], s["axi"].data_bytes, s["attention_cores"]
 
 
 @pytest.mark.parametrize("changes, head_dim, expect", [
-    ({}, 16, (4, 32, 16, 16)),                                      # the demo's choice: 8 lanes x 2 cores -> 16
-    ({"heads_parallel": 4}, 16, (4, 32, 16, 16)),                   # at most the head dimension
-    ({"heads_parallel": 1, "lanes": 6}, 64, (4, 32, 4, 16)),        # a power of two below the rate
-    ({}, 12, (4, 32, 4, 16)),                                       # dividing the head dimension
-    ({"linear_rows": 3}, 16, (4, 32, 16, 16)),                      # rows -> power-of-two banks, MACs kept
-    ({"weight_rate": 8, "linear_lanes": 8, "linear_rows": 2}, 16, (2, 8, 16, 8)),  # 64-bit AXI, cols >= a word
-    ({"linear_rows": None}, 16, (1, 128, 16, 16)),
+    ({}, 16, (4, 32, 8, 16, 2)),                                    # the demo's choice: 8 lanes x 2 cores
+    ({"heads_parallel": 4, "lanes": 32}, 16, (4, 32, 16, 16, 4)),   # lanes at most the head dimension
+    ({"heads_parallel": 1, "lanes": 6}, 64, (4, 32, 4, 16, 1)),     # a power of two below the lanes
+    ({}, 12, (4, 32, 4, 16, 2)),                                    # dividing the head dimension
+    ({"heads_parallel": 20}, 16, (4, 32, 8, 16, 16)),               # at most 16 copies
+    ({"linear_rows": 3}, 16, (4, 32, 8, 16, 2)),                    # rows -> power-of-two banks, MACs kept
+    ({"weight_rate": 8, "linear_lanes": 8, "linear_rows": 2}, 16, (2, 8, 8, 8, 2)),  # 64-bit AXI, cols >= a word
+    ({"linear_rows": None}, 16, (1, 128, 8, 16, 2)),
 ])
 def test_shape_from_a_coopt_choice(changes, head_dim, expect):
     assert _shape({**DEMO_CHOICE, **changes}, head_dim) == expect
