@@ -16,8 +16,9 @@
    whose outputs the first stage reads, and that stage's selection step (score combiner, selector), each
    bit-exact against the integer reference, which is checked against the integer model's own decisions;
 7. **the whole accelerator** (:mod:`tokensift.hw.accel`): compile the integer model into a DRAM image, generate
-   the whole-model design in the shape the co-optimizer chose (:func:`~tokensift.hw.accel.project.
-   shape_from_choice`), and run the same images through its Verilator model from DRAM under the model's own
+   the whole-model design in the shape step 2 planned on the design's own models (DynamicViT:
+   :func:`~tokensift.coopt.accel_sizing.plan_accelerator`) or sized now for the device
+   (:func:`~tokensift.coopt.accel_sizing.size_accelerator`), and run the same images through its Verilator model from DRAM under the model's own
    registers and then, on the same design, under a second setting (the dense method, or SaiT at density 1):
    bit-exact logits, Verilator cycles next to the cost model's, MAC utilization, and the measured pruned vs
    dense cycle ratio next to the MAC ratio;
