@@ -19,6 +19,8 @@ import pytest
 from accel_models import config_for, first_step, steps
 from amaranth.hdl import Module
 from amaranth.lib import wiring
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tokensift.hw.accel.op_attention import (
     RECORD_BYTES,
@@ -324,3 +326,30 @@ def test_every_shape_and_head_with_exact_cycles(variant, nth, shape):
     timing = {"n_tokens": case.entry["n"], "dram_latency": 6, "constants": _record(case.dram, case.address),
               "record_address": case.address}
     assert (result.cycles, result.drained) == (cycles(case.cfg, **timing), drain_cycles(case.cfg, **timing))
+
+
+@given(counts=st.lists(st.integers(1, 50), min_size=1, max_size=8), gap=st.integers(1, 400),
+       cores=st.integers(1, 4))
+@settings(max_examples=60, deadline=None)
+def test_head_schedule_properties(counts, gap, cores):
+    """The overlapped heads' model: every ``done`` comes after its start and its load, the drain after every
+    ``done``; one more core copy never makes a head or the drain later; on as many copies as heads each head
+    waits for no copy (its ``done`` is its own :func:`cycles` after its start)."""
+    cfg = config_for("dense", lanes=8)
+
+    def schedule(copies):
+        sched = HeadSchedule(dataclasses.replace(cfg, attention_cores=copies))
+        now, done = 0, []
+        for n in counts:
+            done.append(sched.run(now, n_tokens=n, dram_latency=3))
+            assert done[-1] > now + 3 * n * (cfg.envelope.head_dim // cfg.lanes)
+            now = done[-1] + gap
+        return done, sched.drained
+
+    done, drained = schedule(cores)
+    more, more_drained = schedule(cores + 1)
+    assert drained > max(done) and all(b <= a for a, b in zip(done, more, strict=True)) and more_drained <= drained
+    wide, _ = schedule(len(counts))
+    starts = [0] + [d + gap for d in wide[:-1]]
+    assert [d - s for d, s in zip(wide, starts, strict=True)] == [cycles(cfg, n_tokens=n, dram_latency=3)
+                                                                   for n in counts]
