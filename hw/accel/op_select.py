@@ -137,7 +137,7 @@ def cycles(cfg: AccelConfig, *, method: str, candidates: int, kept: int, latency
         AS-ViT:     as EViT (the combiner per head and token for the token rule), plus the head weights
                     before the load (:func:`asvit_weight_cycles`; ``image``: the record's image rule)
 
-    ``skipped``: SaiT at density 1 (the stage left as it is): ``4 + latency + record words``.
+    ``skipped``: SaiT at density 1 (the stage left as it is): ``5 + latency + record words``.
     """
     if method not in SUPPORTED_METHODS:
         raise ValueError(f"method must be one of {', '.join(SUPPORTED_METHODS)}, not {method!r}")
@@ -148,7 +148,7 @@ def cycles(cfg: AccelConfig, *, method: str, candidates: int, kept: int, latency
     fused = check_bool("fused", fused) and method == "evit"
     image = check_bool("image", image) and method == "asvit"
     if check_bool("skipped", skipped):
-        return 4 + latency + record_words(cfg, record_offset)
+        return 5 + latency + record_words(cfg, record_offset)
     package = fused and kept < candidates
     n = candidates + 1
     parts = selector_cycles(_selector_params(cfg), n_tokens=n, kept=kept + 1,
@@ -237,6 +237,7 @@ class SelectEngine(OpEngine):
         is_dvit, is_evit, is_sait, is_asvit = (method == METHODS.index(name)
                                                for name in ("dynamicvit", "evit", "sait", "asvit"))
         image = Signal()                 # AS-ViT: one weight per head (else per head and token)
+        token_weights = Signal()         # AS-ViT's token rule: the combiner takes a weight per head and token
         cand = Signal(row_bits)          # candidates (the selector's tokens but its first)
         k = Signal(row_bits)             # top-k: candidates to keep
         fuse = Signal()                  # EViT: the fused token is appended
@@ -272,6 +273,14 @@ class SelectEngine(OpEngine):
         rows_x = Signal(row_bits)  # the tokens the stage selects from (count[X])
         writing = Signal()
         zero = Signal()
+        # the load's phase, one-hot registers (all clear outside LOAD), so that the reader's ready is one level
+        # of logic over registers: its FIFO's read enable fans out to the FIFO's pointers and the consumers
+        ph_dummy = Signal()       # DynamicViT's dummy class token's feature beats
+        ph_feat = Signal()        # the reader's words are features
+        ph_keys = Signal()        # DynamicViT: the reader's words are the candidates' keys
+        ph_comb = Signal()        # the others: the reader's words are class rows for the score combiner
+        ph_squares = Signal()     # AS-ViT: the state is W_SQ (a head's words into the squares)
+        comb_load = Signal()      # LOAD, for a method the score combiner scores (its head weights are sent)
         # words of a class row over rows_x tokens: ceil(n / lanes), a shift or a small table (no divider), and
         # the last word's index; registers (rows_x is set at the op's check, long before the walks use them),
         # so that no adder stands in front of the word counters' compares
@@ -289,6 +298,13 @@ class SelectEngine(OpEngine):
         def fault():
             m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0), self.stage_ran.eq(0)]
             m.next = "IDLE"
+
+        record_good = Signal()    # the record's checks pass (registered in RECORD_CHECK)
+        record_bad = Signal()     # ... they fail, or EViT's fused token would not fit
+        skip = Signal()           # SaiT at density 1: the stage leaves the tokens as they are
+        k_over = Signal()         # EViT: the kept tokens and the fused one exceed the envelope
+        m.d.sync += [skip.eq(is_sait & (density == MASS_ONE)), k_over.eq(k + 2 > env.max_tokens)]
+        m.d.comb += record_bad.eq(~record_good | (fuse & k_over))
 
         # -- AS-ViT's head weights: per token and head the head output's norm isqrt(sum o**2), over the heads'
         #    sum (a restoring root and divider, one bit per cycle); "image": per head over every token ------
@@ -325,27 +341,26 @@ class SelectEngine(OpEngine):
         w_stream_valid = Signal()
         pipe_busy = Signal()
 
-        def next_head_or_token(after_token):
-            """After head ``wh`` of token ``wj``: the next head's words, or ``after_token``."""
-            with m.If(wh == H - 1):
-                m.next = after_token
-            with m.Else():
-                m.d.sync += wh.eq(wh + 1)
-                m.next = "W_SQ"
+        def to_squares():
+            """On to the next head's words (``W_SQ``, the reader's words taken while ``ph_squares``)."""
+            m.d.sync += ph_squares.eq(1)
+            m.next = "W_SQ"
 
         def asvit_states(m):
             with m.State("W_START"):
-                m.d.comb += [walk.valid.eq(1), walk.payload.buffer.eq(Buffer.A), walk.payload.row0.eq(0),
+                m.d.comb += [walk.valid.eq(~record_bad), walk.payload.buffer.eq(Buffer.A), walk.payload.row0.eq(0),
                              walk.payload.rows.eq(rows_x), walk.payload.word0.eq(0), walk.payload.words.eq(a_words)]
                 m.d.sync += [wh.eq(0), wj.eq(0), wih.eq(0), acc.eq(0), norm_total.eq(0), jw.eq(0), jl.eq(0),
                              wbase.eq(0)] + [a.eq(0) for a in head_acc]
-                with m.If(walk.ready):
-                    m.next = "W_SQ"
+                with m.If(record_bad):
+                    fault()
+                with m.Elif(walk.ready):
+                    to_squares()
             with m.State("W_SQ"):  # the head's words into the squares' pipeline
                 with m.If(out.valid):
                     m.d.sync += wih.eq(wih + 1)
                     with m.If(wih == head_words - 1):
-                        m.d.sync += wih.eq(0)
+                        m.d.sync += [wih.eq(0), ph_squares.eq(0)]
                         m.next = "W_DRAIN"
             with m.State("W_DRAIN"):
                 with m.If(~pipe_busy):
@@ -354,12 +369,13 @@ class SelectEngine(OpEngine):
                         m.d.sync += head_acc[wh[:hbits]].eq(head_acc[wh[:hbits]] + acc)
                         with m.If(wh == H - 1):
                             m.d.sync += [wh.eq(0), wj.eq(wj + 1)]
-                            m.next = "W_SQ"
                             with m.If(wj == rows_x - 1):
                                 m.next = "W_IMAGE"
+                            with m.Else():
+                                to_squares()
                         with m.Else():
                             m.d.sync += wh.eq(wh + 1)
-                            m.next = "W_SQ"
+                            to_squares()
                     with m.Else():
                         m.d.sync += [rad.eq(acc), rem.eq(0), root.eq(0), it.eq(0)]
                         m.next = "W_ROOT"
@@ -385,9 +401,10 @@ class SelectEngine(OpEngine):
                     m.d.sync += wh.eq(wh + 1)
                     m.next = "W_NEXT"
             with m.State("W_NEXT"):
-                m.next = "W_SQ"
                 with m.If(image):
                     m.next = "W_IMAGE"
+                with m.Else():
+                    to_squares()
             with m.State("W_DIVIDE"):  # (norm << 16) // total: the quotient is below 2**17 (norm <= total)
                 num = norm[wh[:hbits]]
                 m.d.sync += [drem.eq(num >> 1), dnum.eq(num[0] << 16), quot.eq(0), it.eq(0)]
@@ -417,7 +434,7 @@ class SelectEngine(OpEngine):
                     with m.Else():
                         m.d.sync += [wj.eq(wj + 1), jl.eq(Mux(jl == lanes - 1, 0, jl + 1)),
                                      jw.eq(Mux(jl == lanes - 1, jw + 1, jw))]
-                        m.next = "W_SQ"
+                        to_squares()
                 with m.Else():
                     m.d.sync += wh.eq(wh + 1)
                     m.next = "W_DIVIDE"
@@ -468,31 +485,35 @@ class SelectEngine(OpEngine):
                 good = ((tag == Tag.STAGE) & (nrefs[29:] == 0) & (length == want) & (fields.method[3:] == 0) &
                         (fields.method[:3] == method))
                 option = fields.option != 0
-                m.d.sync += [fuse.eq(is_evit & option), image.eq(option)]
-                with m.If(~good | (is_evit & option & (k + 2 > env.max_tokens))):
-                    fault()
-                with m.Elif(is_sait & (density == MASS_ONE)):  # SaiT at density 1: the dense model
-                    m.d.sync += [self.done.eq(1), self.rows.eq(rows_x), self.protected_out.eq(op.protected),
-                                 self.stage_ran.eq(0)]
-                    m.next = "IDLE"
-                with m.Elif(is_asvit):
+                # the verdict is acted on by the next state, whose normal work it gates (no cycle added but to a
+                # fault or a skipped stage), from a register that follows the record's fields every cycle
+                m.d.sync += record_good.eq(good)
+                m.d.sync += [fuse.eq(is_evit & option), image.eq(option), token_weights.eq(is_asvit & ~option)]
+                with m.If(is_asvit):
                     m.next = "W_START"
                 with m.Else():
                     m.next = "COMMAND"
             asvit_states(m)
             with m.State("COMMAND"):
                 c = sel.i_cmd.payload
-                m.d.comb += [sel.i_cmd.valid.eq(1),
+                with m.If(record_bad):
+                    fault()
+                with m.Elif(skip):  # SaiT at density 1: the dense model
+                    m.d.sync += [self.done.eq(1), self.rows.eq(rows_x), self.protected_out.eq(op.protected),
+                                 self.stage_ran.eq(0)]
+                    m.next = "IDLE"
+                m.d.comb += [sel.i_cmd.valid.eq(~record_bad & ~skip),
                              c.mode.eq(Mux(is_sait, Mode.MASS, Mux(is_asvit, Mode.THRESHOLD, Mode.TOPK))),
                              c.n_tokens.eq(cand + 1), c.k.eq(k), c.threshold.eq(threshold), c.package.eq(fuse),
                              c.package_sum.eq(1), c.mass.eq(density)]
-                with m.If(sel.i_cmd.ready):
+                with m.If(sel.i_cmd.valid & sel.i_cmd.ready):
                     m.next = "COMBINER"
             with m.State("COMBINER"):
                 m.d.comb += [comb.i_cmd.valid.eq(~is_dvit), comb.i_cmd.payload.n_tokens.eq(rows_x),
                              comb.i_cmd.payload.heads.eq(env.heads),
-                             comb.i_cmd.payload.per_token.eq(is_asvit & ~image)]
+                             comb.i_cmd.payload.per_token.eq(token_weights)]
                 with m.If(is_dvit | comb.i_cmd.ready):
+                    m.d.sync += [ph_dummy.eq(is_dvit), ph_feat.eq(~is_dvit), comb_load.eq(~is_dvit)]
                     m.next = "LOAD"
             with m.State("LOAD"):
                 # first walk, the features: X's candidate rows (DynamicViT: after a dummy class token), every
@@ -542,38 +563,38 @@ class SelectEngine(OpEngine):
         # -- the load: the reader's words go to the selector's features, then to the scores -------------
         loading = fsm.ongoing("LOAD")
         value = out.payload.data[0]
-        with m.If(dummy != 0):
-            m.d.comb += [sel.i_feature.valid.eq(loading)]
-            with m.If(loading & sel.i_feature.ready):
-                m.d.sync += dummy.eq(dummy - 1)
-        with m.Elif(feat_phase):
-            m.d.comb += [sel.i_feature.valid.eq(loading & out.valid), out.ready.eq(loading & sel.i_feature.ready)]
-            for i in range(lanes):
-                m.d.comb += sel.i_feature.payload[i].eq(out.payload.data[i][:env.res_bits])
-        with m.Elif(is_dvit):
-            m.d.comb += [out.ready.eq(loading & ~first_key & sel.i_score.ready)]
-        with m.Else():
-            m.d.comb += [comb.i_attn.valid.eq(loading & out.valid), out.ready.eq(loading & comb.i_attn.ready)]
         for i in range(lanes):
-            m.d.comb += comb.i_attn.payload[i].eq(out.payload.data[i][:cp.attn_bits])
-        with m.If(loading & out.valid & out.ready & out.payload.last & feat_phase):
-            m.d.sync += feat_phase.eq(0)
+            m.d.comb += [sel.i_feature.payload[i].eq(out.payload.data[i][:env.res_bits]),
+                         comb.i_attn.payload[i].eq(out.payload.data[i][:cp.attn_bits])]
+        # one-hot phases: a flat OR, no priority chain (the W_SQ term is AS-ViT's weight phase, below)
+        m.d.comb += [sel.i_feature.valid.eq(ph_dummy | ph_feat & out.valid), comb.i_attn.valid.eq(ph_comb & out.valid),
+                     out.ready.eq(ph_feat & sel.i_feature.ready | ph_keys & ~first_key & sel.i_score.ready |
+                                  ph_comb & comb.i_attn.ready | ph_squares)]
+        with m.If(ph_dummy & sel.i_feature.ready):
+            m.d.sync += dummy.eq(dummy - 1)
+            with m.If(dummy == 1):
+                m.d.sync += [ph_dummy.eq(0), ph_feat.eq(feat_phase), ph_keys.eq(~feat_phase)]
+        with m.If(ph_feat & out.valid & sel.i_feature.ready & out.payload.last):
+            m.d.sync += [feat_phase.eq(0), ph_feat.eq(0), ph_keys.eq(is_dvit), ph_comb.eq(~is_dvit)]
+        with m.If(loading & sel.o_frame.valid):  # the load is over
+            m.d.sync += [ph_dummy.eq(0), ph_feat.eq(0), ph_keys.eq(0), ph_comb.eq(0), comb_load.eq(0)]
         # the scores: DynamicViT's keys (the class token's dummy first), or the combiner's mean attention
         with m.If(is_dvit):
-            m.d.comb += [sel.i_score.valid.eq(loading & (first_key | (~feat_phase & (dummy == 0) & out.valid))),
+            m.d.comb += [sel.i_score.valid.eq(loading & first_key | ph_keys & out.valid),
                          sel.i_score.payload.eq(Mux(first_key, 0, value[:LOGIT_BITS] ^ (1 << (LOGIT_BITS - 1))))]
             with m.If(loading & sel.i_score.ready):
                 m.d.sync += first_key.eq(0)
         with m.Else():
             m.d.comb += [sel.i_score.valid.eq(comb.o_score.valid), sel.i_score.payload.eq(comb.o_score.payload),
                          comb.o_score.ready.eq(sel.i_score.ready)]
-        with m.If(is_dvit & out.valid & out.ready & ~feat_phase):
+        with m.If(ph_keys & out.valid & out.ready):
             m.d.sync += bad_score.eq(bad_score | (value[LOGIT_BITS] != value[LOGIT_BITS - 1]))
         # the head weights: EViT's and SaiT's equal ones, AS-ViT's per head (image) or per head and token
-        with m.If(is_asvit & ~image):
-            m.d.comb += [comb.i_weight.valid.eq(loading & w_stream_valid), comb.i_weight.payload.eq(w_rd.data)]
+        with m.If(token_weights):
+            # w_stream_valid is set in LOAD only, and cleared before the next (the COMBINER state)
+            m.d.comb += [comb.i_weight.valid.eq(w_stream_valid), comb.i_weight.payload.eq(w_rd.data)]
         with m.Else():
-            m.d.comb += [comb.i_weight.valid.eq(loading & ~is_dvit & (weights_sent != env.heads)),
+            m.d.comb += [comb.i_weight.valid.eq(comb_load & (weights_sent != env.heads)),
                          comb.i_weight.payload[0].eq(Mux(is_asvit, head_weight[weights_sent[:max(1, ceil_log2(env.heads))]],
                                                          int(equal_head_weights(env.heads)[0])))]
             with m.If(comb.i_weight.valid & comb.i_weight.ready):
@@ -581,10 +602,8 @@ class SelectEngine(OpEngine):
 
         # -- AS-ViT's squares: int8 head outputs, squared (inputs and products registered), summed by a
         #    registered adder tree, accumulated per head ------------------------------------------------
-        with m.If(fsm.ongoing("W_SQ")):
-            m.d.comb += out.ready.eq(1)
         taken = Signal()
-        m.d.sync += taken.eq(fsm.ongoing("W_SQ") & out.valid)
+        m.d.sync += taken.eq(ph_squares & out.valid)
         x_q = [Signal(signed(8), name=f"sq_x{i}") for i in range(lanes)]
         sq = [Signal(15, name=f"sq{i}") for i in range(lanes)]
         m.d.sync += [x.eq(out.payload.data[i][:8]) for i, x in enumerate(x_q)]
@@ -615,7 +634,7 @@ class SelectEngine(OpEngine):
         m.d.comb += [w_rd.addr.eq(w_addr + w_word), w_rd.en.eq(advance)]
         with m.If(fsm.ongoing("COMBINER")):
             m.d.sync += [w_head.eq(0), w_word.eq(0), w_addr.eq(0), w_stream_valid.eq(0)]
-        with m.Elif(loading & is_asvit & ~image & advance):
+        with m.Elif(loading & token_weights & advance):
             m.d.sync += w_stream_valid.eq(more)
             with m.If(more):
                 with m.If(w_word == cls_last):

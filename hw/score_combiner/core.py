@@ -351,6 +351,12 @@ class ScoreCombiner(wiring.Component):
         ok = ~self.status.any()  # CombinerStatus.OK is 0
         w_cnt = Signal(HEAD_FIELD_BITS)  # per-head weights taken
         head = Signal(HEAD_FIELD_BITS)  # row being taken
+        # the load's flow control as registers (kept equal to the compares in the comments), so that the input
+        # readies are one level of logic over registers; all clear outside LOAD
+        rows_more = Signal()  # (head < h_total) & (n != 0)
+        w_more = Signal()  # ~per_token & (w_cnt < h_total)
+        ahead = Signal()  # w_cnt > head: the row's weight is in
+        h_last = Signal(HEAD_FIELD_BITS)  # h_total - 1
         rest = Signal(FIELD_BITS)  # tokens of the row from the next beat on: its last beat has rest <= lanes
         word = Signal.like(acc_rd.addr)  # word of the next row beat (wraps harmlessly in an invalid frame)
         if p.per_token_weights:
@@ -432,6 +438,14 @@ class ScoreCombiner(wiring.Component):
             m.d.sync += self.o_score.valid.eq(0)
         hwfixed.count_overflows(m, self.overflows, self.o_score.valid & self.o_score.ready & o_over)
 
+        # the readies outside the FSM: the flags that drive them are clear outside LOAD
+        row_ready = rows_more & (per_token | ahead)
+        if p.per_token_weights:
+            m.d.comb += [self.i_weight.ready.eq(w_more | (per_token & row_ready & self.i_attn.valid)),
+                         self.i_attn.ready.eq(row_ready & (~per_token | self.i_weight.valid))]
+        else:
+            m.d.comb += [self.i_weight.ready.eq(w_more), self.i_attn.ready.eq(row_ready)]
+
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.i_cmd.ready.eq(1)
@@ -443,34 +457,31 @@ class ScoreCombiner(wiring.Component):
                                          Mux(cmd.heads > p.heads, int(CombinerStatus.HEADS_TOO_LARGE),
                                              int(CombinerStatus.OK)))))
                     m.d.sync += [self.status.eq(status), n.eq(cmd.n_tokens), h_total.eq(cmd.heads),
-                                 w_cnt.eq(0), head.eq(0), rest.eq(cmd.n_tokens), word.eq(0)]
+                                 w_cnt.eq(0), head.eq(0), rest.eq(cmd.n_tokens), word.eq(0),
+                                 h_last.eq(cmd.heads - 1), ahead.eq(0),
+                                 rows_more.eq(cmd.heads.any() & cmd.n_tokens.any()),
+                                 w_more.eq(cmd.heads.any() & (~cmd.per_token if p.per_token_weights else 1))]
                     if p.per_token_weights:
                         m.d.sync += per_token.eq(cmd.per_token)
                     m.next = "LOAD"
 
             with m.State("LOAD"):
-                rows_more = (head < h_total) & (n != 0)
                 # per head: weights into the weight memory, a row once its weight is in; per token: a row
                 # beat and its weight beat together
-                w_more = ~per_token & (w_cnt < h_total)
-                row_ready = rows_more & (per_token | (w_cnt > head))
                 w_take = self.i_weight.valid & w_more
-                if p.per_token_weights:
-                    m.d.comb += [
-                        self.i_weight.ready.eq(w_more | (per_token & row_ready & self.i_attn.valid)),
-                        self.i_attn.ready.eq(row_ready & (~per_token | self.i_weight.valid)),
-                    ]
-                    row_take = self.i_attn.valid & row_ready & (~per_token | self.i_weight.valid)
-                else:
-                    m.d.comb += [self.i_weight.ready.eq(w_more), self.i_attn.ready.eq(row_ready)]
-                    row_take = self.i_attn.valid & row_ready
+                row_take = self.i_attn.valid & self.i_attn.ready
                 m.d.comb += w_wr.en.eq(w_take & ok)
+                row_done = row_take & (rest <= lanes)  # the row's last beat
                 with m.If(w_take):
-                    m.d.sync += w_cnt.eq(w_cnt + 1)
+                    m.d.sync += [w_cnt.eq(w_cnt + 1), w_more.eq(w_cnt != h_last)]
+                with m.If(w_take & ~row_done):
+                    m.d.sync += ahead.eq(ahead | (w_cnt == head))
+                with m.If(row_done & ~w_take):
+                    m.d.sync += ahead.eq(ahead & (w_cnt != head + 1))
                 with m.If(row_take):
                     m.d.sync += s1_valid.eq(ok)
-                    with m.If(rest <= lanes):  # the row's last beat
-                        m.d.sync += [rest.eq(n), word.eq(0), head.eq(head + 1)]
+                    with m.If(row_done):
+                        m.d.sync += [rest.eq(n), word.eq(0), head.eq(head + 1), rows_more.eq(head != h_last)]
                     with m.Else():
                         m.d.sync += [rest.eq(rest - lanes), word.eq(word + 1)]
                 with m.If(~w_more & ~rows_more):

@@ -426,8 +426,10 @@ class Selector(wiring.Component):
         f_tok = Signal(FIELD_BITS)
         f_beat = Signal(range(beats))
         f_addr = Signal(range(n_max * beats))
-        s_more = s_cnt < n
-        f_more = f_tok < n
+        # "more to load" as registers (s_cnt < n, f_tok < n kept up to date), so that no compare of the counters
+        # stands in front of the ready outputs: a consumer's read enable and wide register enables follow them
+        s_more, f_more = Signal(), Signal()
+        n_last = Signal(FIELD_BITS)     # n - 1
         m.d.comb += [
             score_wr.addr.eq(s_cnt), score_wr.data.eq(self.i_score.payload.as_value() if p.weight_bits
                                                       else self.i_score.payload),
@@ -477,6 +479,8 @@ class Selector(wiring.Component):
         ]
         pkg_out = pkg & (n_kept != n)  # a package token is output when requested and a token was pruned
 
+        # the readies outside the FSM: s_more and f_more are clear outside LOAD
+        m.d.comb += [self.i_score.ready.eq(s_more), self.i_feature.ready.eq(f_more)]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.i_cmd.ready.eq(1)
@@ -493,6 +497,8 @@ class Selector(wiring.Component):
                                                  int(Status.MASS_TOO_LARGE), int(Status.OK))))))
                     m.d.sync += [self.status.eq(status), mode.eq(cmd.mode), n.eq(cmd.n_tokens),
                                  thr.eq(cmd.threshold), s_cnt.eq(0), f_tok.eq(0), f_beat.eq(0), f_addr.eq(0),
+                                 s_more.eq(cmd.n_tokens != 0), f_more.eq(cmd.n_tokens != 0),
+                                 n_last.eq(cmd.n_tokens - 1),
                                  total.eq(0), keep_none.eq(0), keep_all.eq(0)]
                     if p.package:
                         m.d.sync += [pkg.eq(cmd.package), pkg_sum.eq(cmd.package_sum)]
@@ -503,7 +509,6 @@ class Selector(wiring.Component):
                     m.next = "LOAD"
 
             with m.State("LOAD"):
-                m.d.comb += [self.i_score.ready.eq(s_more), self.i_feature.ready.eq(f_more)]
                 score_take = self.i_score.valid & s_more
                 feat_take = self.i_feature.valid & f_more
                 m.d.comb += [
@@ -517,10 +522,11 @@ class Selector(wiring.Component):
                     in_bank = (f_addr[bank_bits:] == j) if n_banks > 1 else 1
                     m.d.comb += wr.en.eq(feat_take & ok & in_bank)
                 with m.If(score_take):
-                    m.d.sync += s_cnt.eq(s_cnt + 1)
+                    m.d.sync += [s_cnt.eq(s_cnt + 1), s_more.eq(s_cnt != n_last)]
                 with m.If(feat_take):
                     with m.If(f_beat == beats - 1):
-                        m.d.sync += [f_beat.eq(0), f_tok.eq(f_tok + 1), f_addr.eq(f_tok + 1)]
+                        m.d.sync += [f_beat.eq(0), f_tok.eq(f_tok + 1), f_addr.eq(f_tok + 1),
+                                     f_more.eq(f_tok != n_last)]
                     with m.Else():
                         m.d.sync += [f_beat.eq(f_beat + 1), f_addr.eq(f_addr + n_max)]
                 with m.If(~s_more & ~f_more):
