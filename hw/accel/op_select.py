@@ -271,6 +271,8 @@ class SelectEngine(OpEngine):
         dst_row = Signal(row_bits)
         beat = Signal(range(words + 1))
         rows_x = Signal(row_bits)  # the tokens the stage selects from (count[X])
+        rows_last = Signal(row_bits)  # rows_x - 1, a register (valid from FETCH on: rows_x is set at CHECK)
+        m.d.sync += rows_last.eq(rows_x - 1)
         writing = Signal()
         zero = Signal()
         # the load's phase, one-hot registers (all clear outside LOAD), so that the reader's ready is one level
@@ -369,7 +371,7 @@ class SelectEngine(OpEngine):
                         m.d.sync += head_acc[wh[:hbits]].eq(head_acc[wh[:hbits]] + acc)
                         with m.If(wh == H - 1):
                             m.d.sync += [wh.eq(0), wj.eq(wj + 1)]
-                            with m.If(wj == rows_x - 1):
+                            with m.If(wj == rows_last):
                                 m.next = "W_IMAGE"
                             with m.Else():
                                 to_squares()
@@ -429,7 +431,7 @@ class SelectEngine(OpEngine):
                     m.d.sync += wbase.eq(wbase + wmax)
                 with m.If(wh == H - 1):
                     m.d.sync += [wh.eq(0), wbase.eq(0), norm_total.eq(0)]
-                    with m.If(image | (wj == rows_x - 1)):
+                    with m.If(image | (wj == rows_last)):
                         m.next = "COMMAND"
                     with m.Else():
                         m.d.sync += [wj.eq(wj + 1), jl.eq(Mux(jl == lanes - 1, 0, jl + 1)),
