@@ -42,13 +42,21 @@ class SmallQueue(wiring.Component):
         level = Signal(range(depth + 1))
         push = self.i_stream.valid & self.i_stream.ready
         pop = self.o_stream.valid & self.o_stream.ready
+        # the oldest entry is a register (always equal to slots[rptr]), so that the consumer's logic on it
+        # (the writer's beat count against the burst length, which decides the pop) starts at a register
+        # rather than behind the slots' multiplexer; the slot after it is read from a register pointer too
+        head = Signal(self._layout)
+        rptr_next = Signal(ptr_bits)
         m.d.comb += [self.i_stream.ready.eq(level != depth), self.o_stream.valid.eq(level != 0),
-                     self.o_stream.payload.eq(slots[rptr])]
+                     self.o_stream.payload.eq(head), rptr_next.eq(_next(rptr, depth))]
         with m.If(push):
             m.d.sync += slots[wptr].eq(self.i_stream.payload)
             m.d.sync += wptr.eq(_next(wptr, depth))
         with m.If(pop):
-            m.d.sync += rptr.eq(_next(rptr, depth))
+            m.d.sync += [rptr.eq(rptr_next),
+                         head.eq(Mux(push & (wptr == rptr_next), self.i_stream.payload, slots[rptr_next]))]
+        with m.Elif(push & (wptr == rptr)):
+            m.d.sync += head.eq(self.i_stream.payload)
         with m.If(push & ~pop):
             m.d.sync += level.eq(level + 1)
         with m.Elif(pop & ~push):

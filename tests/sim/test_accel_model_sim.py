@@ -7,6 +7,7 @@ selection step, and runs under the dense setting."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import sys
 
@@ -20,7 +21,7 @@ from tokensift.hw.accel.config import AccelConfig  # noqa: E402
 from tokensift.hw.accel.regmap import Fault  # noqa: E402
 from tokensift.quant.accel.executor import run  # noqa: E402
 from tokensift.quant.accel.image import decode_image  # noqa: E402
-from tokensift.quant.accel.isa import Opcode  # noqa: E402
+from tokensift.quant.accel.isa import Instruction, Opcode  # noqa: E402
 from tokensift.sim.accel_layout import covering_envelope, place_images, relocate  # noqa: E402
 
 # the whole design's Verilator build takes minutes on 2 cores: these runs are behind `slow` (`make test-accel`),
@@ -194,16 +195,22 @@ def test_simulate_model_sized_for_a_device(tmp_path, capsys):
     assert (s["clock_mhz"], s["clock_source"]) == (clk.mhz, clk.note)
 
 
+def _packed_project():
+    """The MNIST model (random int8 weights, DynamicViT keep 0.7) on a packed 4 x 16 GEMM with four attention
+    cores, and two images."""
+    from tokensift.coopt.accel_sizing import project_for, random_int_model
+
+    int_model, images, _ = random_int_model("vit_mnist_patch4_28", "dynamicvit", 0.7, images=2)
+    return project_for(int_model, {"banks": 4, "lanes": 8, "gemm_cols": 16, "axi_bytes": 8, "pack_pairs": True,
+                                   "attention_cores": 4}), images
+
+
 def test_packed_gemm_and_four_attention_cores_through_the_whole_design():
     """The GEMM engine with two int8 products per DSP48 and four attention core copies (one per head of the
     MNIST model's layers, round robin) inside the whole design: the same images pruned and dense, logits
     bit-exact, cycles equal to the model's (packing changes no cycle: the model gives this shape's unpacked twin
     the same counts; one core copy would take 276,769 and 460,776)."""
-    from tokensift.coopt.accel_sizing import project_for, random_int_model
-
-    int_model, images, _ = random_int_model("vit_mnist_patch4_28", "dynamicvit", 0.7, images=2)
-    project = project_for(int_model, {"banks": 4, "lanes": 8, "gemm_cols": 16, "axi_bytes": 8, "pack_pairs": True,
-                                      "attention_cores": 4})
+    project, images = _packed_project()
     assert project.config.gemm_config().pack_pairs and project.config.attention_cores == 4
     own = project.registers()
     m = project.measure(images, register_sets=[own, own.replace(method="dense")], latency=10, clock_mhz=100.0)
@@ -211,3 +218,38 @@ def test_packed_gemm_and_four_attention_cores_through_the_whole_design():
     for run_ in m["sets"]:
         assert run_["bit_exact"] and run_["cycles_equal_model"] and run_["faults"] == [0, 0]
     assert [s["cycles"] for s in m["sets"]] == [[199_543] * 2, [281_856] * 2]
+
+
+def test_a_fault_while_heads_are_in_flight():
+    """An ``ATTENTION`` op that faults while the layer's earlier heads still compute on their core copies (its
+    head index out of range, in a copy of the image): the image stops with an op fault at that instruction,
+    raises the interrupt and leaves the bus answering; the next image then runs bit-exact in exactly the
+    model's cycles, so no head of the stopped image wrote into it (the sequencer waits for the attention
+    engine's ``busy`` before it reports the fault)."""
+    from tokensift.hw.accel.cycles import image_cycles
+    from tokensift.sim.accel_runs import run_accelerator
+
+    project, images = _packed_project()
+    cfg, regs = project.config, project.registers()
+    program = decode_image(project.image).program
+    heads = [pc for pc, ins in enumerate(program) if ins.opcode is Opcode.ATTENTION]
+    bad_pc = heads[2]  # the first layer's third head: heads 0 and 1 are on copies 0 and 1
+    assert program[bad_pc].arg == 2 and project.config.envelope.heads == 4
+    bad = bytearray(project.image)
+    program_at = regs.program_base - regs.memory_base
+    bad[program_at + 16 * bad_pc + 3] = 0xFF  # the instruction's arg (bits 31:24 of its first word): head 255
+    at = program_at + 16 * bad_pc
+    assert Instruction.decode(bytes(bad[at:at + 16])) == dataclasses.replace(program[bad_pc], arg=0xFF)
+    assert regs.memory_base == 0  # the image at its start, so a copy can sit after it
+    dram, (good_at, bad_at) = place_images([project.image, bytes(bad)])
+    good_regs, bad_regs = relocate(regs, good_at), relocate(regs, bad_at)
+    data = project.inputs(images[:1])[0]
+    run_args = {"input": data.hex(), "classes": 10}
+    runs = [{"registers": bad_regs.encode(), **run_args, "logits_base": bad_regs.logits_base},
+            {"registers": good_regs.encode(), **run_args, "logits_base": good_regs.logits_base}]
+    got = run_accelerator(cfg, dram, runs, latency=10, pause=0.0, seed=2)["runs"]
+    assert (got[0]["done"], got[0]["fault"], got[0]["fault_pc"]) == (3, Fault.OP, bad_pc)
+    assert got[0]["register_error"] == 0 and got[0]["irq_cleared"]
+    assert got[1]["fault"] == 0 and got[1]["done"] == 1
+    assert got[1]["logits"] == [int(v) for v in _expected(dram, good_regs, data).logits]
+    assert got[1]["cycles"] == image_cycles(cfg, project.image, good_regs, data, latency=10)["cycles"]
