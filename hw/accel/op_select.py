@@ -487,8 +487,8 @@ class SelectEngine(OpEngine):
                 good = ((tag == Tag.STAGE) & (nrefs[29:] == 0) & (length == want) & (fields.method[3:] == 0) &
                         (fields.method[:3] == method))
                 option = fields.option != 0
-                # the verdict is acted on by the next state, whose normal work it gates (no cycle added but to a
-                # fault or a skipped stage), from a register that follows the record's fields every cycle
+                # the verdict is registered here and acted on by the next state, whose normal work it gates (no
+                # cycle added but to a fault or a skipped stage)
                 m.d.sync += record_good.eq(good)
                 m.d.sync += [fuse.eq(is_evit & option), image.eq(option), token_weights.eq(is_asvit & ~option)]
                 with m.If(is_asvit):

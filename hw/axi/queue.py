@@ -44,7 +44,7 @@ class SmallQueue(wiring.Component):
         pop = self.o_stream.valid & self.o_stream.ready
         # the oldest entry is a register (always equal to slots[rptr]), so that the consumer's logic on it
         # (the writer's beat count against the burst length, which decides the pop) starts at a register
-        # rather than behind the slots' multiplexer; the slot after it is read from a register pointer too
+        # rather than behind the slots' multiplexer; on a pop it loads the next slot (or the entry pushed into it)
         head = Signal(self._layout)
         rptr_next = Signal(ptr_bits)
         m.d.comb += [self.i_stream.ready.eq(level != depth), self.o_stream.valid.eq(level != 0),
