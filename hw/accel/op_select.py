@@ -301,12 +301,21 @@ class SelectEngine(OpEngine):
             m.d.sync += [self.done.eq(1), self.fault.eq(1), self.rows.eq(0), self.stage_ran.eq(0)]
             m.next = "IDLE"
 
-        record_good = Signal()    # the record's checks pass (registered in RECORD_CHECK)
-        record_bad = Signal()     # ... they fail, or EViT's fused token would not fit
+        # the record's verdict, acted on from the state after RECORD_CHECK on (a good record costs no cycle): three
+        # registers that follow the captured fields every cycle (complete in RECORD_CHECK, unchanged until the
+        # next op's record), each a shallow tree beside the fields, and one LUT over them where states use it
         skip = Signal()           # SaiT at density 1: the stage leaves the tokens as they are
         k_over = Signal()         # EViT: the kept tokens and the fused one exceed the envelope
         m.d.sync += [skip.eq(is_sait & (density == MASS_ONE)), k_over.eq(k + 2 > env.max_tokens)]
-        m.d.comb += record_bad.eq(~record_good | (fuse & k_over))
+        tag, length, nrefs = fields.header[:32], fields.header[32:], fields.nrefs
+        head_good = Signal()      # the tag and the method
+        refs_good = Signal()      # the length follows from nrefs (4-byte references, the record 8-byte aligned)
+        fits = Signal()           # not EViT's fused token beyond the envelope
+        m.d.sync += [head_good.eq((tag == Tag.STAGE) & (fields.method[3:] == 0) & (fields.method[:3] == method)),
+                     refs_good.eq((nrefs[29:] == 0) & (length == RECORD_BYTES + ((nrefs[:29] + 1) >> 1 << 3))),
+                     fits.eq(~(is_evit & (fields.option != 0) & k_over))]
+        record_bad = Signal()     # the record's checks fail, or EViT's fused token would not fit
+        m.d.comb += record_bad.eq(~(head_good & refs_good & fits))
 
         # -- AS-ViT's head weights: per token and head the head output's norm isqrt(sum o**2), over the heads'
         #    sum (a restoring root and divider, one bit per cycle); "image": per head over every token ------
@@ -480,16 +489,8 @@ class SelectEngine(OpEngine):
                 with m.If(self.dram_data.valid & self.dram_data.payload.last):
                     m.next = "RECORD_CHECK"
             with m.State("RECORD_CHECK"):
-                tag, length = fields.header[:32], fields.header[32:]
-                nrefs = fields.nrefs
-                # the length follows from nrefs (4-byte references, the record 8-byte aligned), as decode_record
-                want = RECORD_BYTES + ((nrefs[:29] + 1) >> 1 << 3)
-                good = ((tag == Tag.STAGE) & (nrefs[29:] == 0) & (length == want) & (fields.method[3:] == 0) &
-                        (fields.method[:3] == method))
+                # the fields are complete: the verdict's registers take them at this cycle's end
                 option = fields.option != 0
-                # the verdict is registered here and acted on by the next state, whose normal work it gates (no
-                # cycle added but to a fault or a skipped stage)
-                m.d.sync += record_good.eq(good)
                 m.d.sync += [fuse.eq(is_evit & option), image.eq(option), token_weights.eq(is_asvit & ~option)]
                 with m.If(is_asvit):
                     m.next = "W_START"

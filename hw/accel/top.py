@@ -191,15 +191,18 @@ class Accelerator(wiring.Component):
                         m.d.comb += [cmd.valid.eq(eng.dram_cmd.valid), cmd.payload.eq(eng.dram_cmd.payload),
                                      eng.dram_cmd.ready.eq(cmd.ready), skid[engine_name].i.valid.eq(words.valid),
                                      words.ready.eq(skid[engine_name].i.ready)]
-                    if "dram_wcmd" in ports:
-                        m.d.comb += [writer.i_cmd.valid.eq(eng.dram_wcmd.valid),
-                                     writer.i_cmd.payload.eq(eng.dram_wcmd.payload),
-                                     eng.dram_wcmd.ready.eq(writer.i_cmd.ready),
-                                     writer.i_data.valid.eq(eng.dram_wdata.valid),
-                                     writer.i_data.payload.eq(eng.dram_wdata.payload),
-                                     eng.dram_wdata.ready.eq(writer.i_data.ready),
-                                     eng.dram_wdone.valid.eq(writer.o_done.valid),
-                                     writer.o_done.ready.eq(eng.dram_wdone.ready)]
+        # the write DMA belongs to the one engine that writes (the logits'), wired without the owner's
+        # multiplexer: its valids and readies are registers or one gate from them (they leave the engine idle
+        # outside its op), and the W channel's pop logic would otherwise start at the sequencer's owner register
+        writers = [eng for _, _, eng in self.engines if "dram_wcmd" in eng.signature.members]
+        if len(writers) != 1:
+            raise RuntimeError(f"the write DMA needs exactly one engine with a write channel, not {len(writers)}")
+        eng = writers[0]
+        m.d.comb += [writer.i_cmd.valid.eq(eng.dram_wcmd.valid), writer.i_cmd.payload.eq(eng.dram_wcmd.payload),
+                     eng.dram_wcmd.ready.eq(writer.i_cmd.ready),
+                     writer.i_data.valid.eq(eng.dram_wdata.valid), writer.i_data.payload.eq(eng.dram_wdata.payload),
+                     eng.dram_wdata.ready.eq(writer.i_data.ready),
+                     eng.dram_wdone.valid.eq(writer.o_done.valid), writer.o_done.ready.eq(eng.dram_wdone.ready)]
         return m
 
 
