@@ -8,7 +8,7 @@ Two passes over the source rows, one buffer word per cycle (:class:`~tokensift.h
    its means (the lanes of the first word below ``k`` included, then unused) land in a small memory indexed
    by word;
 2. once the last mean is out, the rows again, each word written to the destination row with the columns
-   ``>= k`` taken from the means memory (read as the word leaves the reader, registered, then merged). In place
+   ``>= k`` taken from the means memory (read a cycle ahead of the word, registered behind the RAM, then merged). In place
    (``src == dst``, ``start = 0``: DynamicViT's predictor) only the words from ``k // lanes`` are read and only
    the columns ``k .. m-1`` written; otherwise every word ``< m`` is copied (columns ``< k`` from the source).
    Row ``i`` is written after source row ``start + i`` is read, so ``src == dst`` with ``start > 0`` is safe.
@@ -166,11 +166,18 @@ class TokenMeanEngine(OpEngine):
         popped = src.valid & (state == _WRITE)
         row = Signal(cfg.row_bits)
         w = Signal(cfg.word_bits + 1)           # the popped word's index in the row (absolute)
-        m.d.comb += [mr.addr.eq(w), mr.en.eq(1)]
+        w_next = Signal.like(w)                 # ... in the next cycle
+        # the means memory is read a cycle ahead, at w_next, and its word registered behind the block RAM (whose
+        # clock-to-out leaves no room for the merge and the buffers' port multiplexer): the registered word is
+        # the mean of the word popped a cycle before, as a read at w would give straight from the RAM
+        mean_q = Signal.like(mr.data)
+        m.d.comb += [w_next.eq(w), mr.addr.eq(w_next), mr.en.eq(1)]
+        m.d.sync += [w.eq(w_next), mean_q.eq(mr.data)]
         with m.If(state == _CHECK):
-            m.d.sync += [row.eq(0), w.eq(0)]
+            m.d.sync += row.eq(0)
+            m.d.comb += w_next.eq(0)
         with m.If(state == _MEANS):
-            m.d.sync += w.eq(Mux(in_place, first, 0))
+            m.d.comb += w_next.eq(Mux(in_place, first, 0))
         # the word, where its columns k and m fall, registered beside the means memory's read
         word = Signal(data.ArrayLayout(src.payload.data.shape().elem_shape, lanes))
         valid, last, at_k, above_k, at_end = Signal(), Signal(), Signal(), Signal(), Signal()
@@ -180,9 +187,10 @@ class TokenMeanEngine(OpEngine):
                      w_word.eq(w), at_k.eq(w == first), above_k.eq(w > first), at_end.eq(w + 1 == words)]
         with m.If(popped):
             with m.If(w + 1 == words):
-                m.d.sync += [w.eq(Mux(in_place, first, 0)), row.eq(row + 1)]
+                m.d.comb += w_next.eq(Mux(in_place, first, 0))
+                m.d.sync += row.eq(row + 1)
             with m.Else():
-                m.d.sync += w.eq(w + 1)
+                m.d.comb += w_next.eq(w + 1)
         k_lane = op.k[:lane_bits] if lane_bits else Const(0, 1)
         m_lane = (op.m - 1)[:lane_bits] if lane_bits else Const(0, 1)
         m.d.comb += [self.wr.en.eq(valid), self.wr.buffer.eq(op.dst), self.wr.tile.eq(w_row >> bank_bits),
@@ -191,7 +199,7 @@ class TokenMeanEngine(OpEngine):
             mean_col = above_k | (at_k & (i >= k_lane))
             live = ~at_end | (i <= m_lane)
             for bank in range(cfg.banks):
-                m.d.comb += [self.wr.data[bank][i].eq(Mux(mean_col, mr.data[i], word[i])),
+                m.d.comb += [self.wr.data[bank][i].eq(Mux(mean_col, mean_q[i], word[i])),
                              self.wr.mask[bank][i].eq((w_row[:bank_bits] == bank if bank_bits else 1) & live &
                                                       (mean_col | ~in_place))]
         with m.If(valid & last):
