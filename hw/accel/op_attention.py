@@ -192,6 +192,9 @@ class AttentionOpEngine(OpEngine):
                                      dst_ok.eq(g.signed & (g.bits >= p.data_bits))]
         n = op.n
         op_fault = Signal()
+        # the verdict, registered in DECIDE and acted on in CMD (the compares' OR would otherwise run on into the
+        # state machine's next-state logic): a good op loses no cycle, a bad one answers a cycle later
+        op_bad = Signal()
         m.d.comb += op_fault.eq((op.rows != Rows.ALL) | (h >= env.heads) | (op.k != p.head_dim) |
                                 (heads_end > op.m) | (three_c > src_cols) | (op.m > dst_cols) |
                                 (mul_const(m_words, lanes) != op.m) | ~src_ok | ~dst_ok |
@@ -208,7 +211,7 @@ class AttentionOpEngine(OpEngine):
             m.d.comb += skip.eq(record_addr[3:word_low])
         m.d.comb += [self.dram_cmd.payload.addr.eq(record_addr[:axi.addr_width] >> word_low << word_low),
                      self.dram_cmd.payload.length.eq(RECORD_BYTES + (skip << 3)),
-                     self.dram_cmd.valid.eq(state == _CMD)]
+                     self.dram_cmd.valid.eq((state == _CMD) & ~op_bad)]
         # every field of the words read goes out (those before and after the record too, as :func:`cycles`
         # counts them): the words' ``keep`` is not passed on
         m.submodules.slots = slots = RecordSlots(config=cfg)
@@ -294,13 +297,12 @@ class AttentionOpEngine(OpEngine):
 
         # -- the steps ----------------------------------------------------------------------------------
         with m.If(state == _DECIDE):
-            with m.If(op_fault):
-                self.finish(m, fault=True)
-                m.d.sync += state.eq(_IDLE)
-            with m.Else():
-                m.d.sync += [state.eq(_CMD), index.eq(-skip), record_ok.eq(1), bus_error.eq(0),
-                             last_seen.eq(0)]
-        with m.If((state == _CMD) & self.dram_cmd.ready):
+            m.d.sync += [op_bad.eq(op_fault), state.eq(_CMD), index.eq(-skip), record_ok.eq(1), bus_error.eq(0),
+                         last_seen.eq(0)]
+        with m.If((state == _CMD) & op_bad):
+            self.finish(m, fault=True)
+            m.d.sync += state.eq(_IDLE)
+        with m.If(self.dram_cmd.valid & self.dram_cmd.ready):
             m.d.sync += state.eq(_FETCH)
         with m.If((state == _FETCH) & fetched):
             with m.If(record_ok & constants_ok & ~bus_error):

@@ -208,7 +208,7 @@ def test_malformed_ops_fault_before_fetching():
     for op in bad:
         result = case.run(op)
         _check_untouched(case, result)
-        assert result.cycles == 3 and result.dram_commands == []
+        assert result.cycles == 4 and result.dram_commands == []
 
 
 def _patched(case: Case, offset: int, value: int, fmt: str = "<q") -> bytes:
