@@ -316,6 +316,23 @@ class SelectEngine(OpEngine):
                      fits.eq(~(is_evit & (fields.option != 0) & k_over))]
         record_bad = Signal()     # the record's checks fail, or EViT's fused token would not fit
         m.d.comb += record_bad.eq(~(head_good & refs_good & fits))
+        # the selector's and the combiner's commands (the combiner's for the methods it scores), offered from
+        # registers once COMMAND has judged the record (an accept fans out into its block; the verdict in front
+        # of it would be a path across both); their fields are the op's registers, steady until the blocks take
+        # them a cycle later, before the walks begin
+        sel_cmd_pending = Signal()
+        comb_cmd_pending = Signal()
+        m.d.comb += [comb.i_cmd.valid.eq(comb_cmd_pending), comb.i_cmd.payload.n_tokens.eq(rows_x),
+                     comb.i_cmd.payload.heads.eq(env.heads), comb.i_cmd.payload.per_token.eq(token_weights)]
+        with m.If(comb.i_cmd.ready):
+            m.d.sync += comb_cmd_pending.eq(0)
+        c = sel.i_cmd.payload
+        m.d.comb += [sel.i_cmd.valid.eq(sel_cmd_pending),
+                     c.mode.eq(Mux(is_sait, Mode.MASS, Mux(is_asvit, Mode.THRESHOLD, Mode.TOPK))),
+                     c.n_tokens.eq(cand + 1), c.k.eq(k), c.threshold.eq(threshold), c.package.eq(fuse),
+                     c.package_sum.eq(1), c.mass.eq(density)]
+        with m.If(sel.i_cmd.ready):
+            m.d.sync += sel_cmd_pending.eq(0)
 
         # -- AS-ViT's head weights: per token and head the head output's norm isqrt(sum o**2), over the heads'
         #    sum (a restoring root and divider, one bit per cycle); "image": per head over every token ------
@@ -498,26 +515,18 @@ class SelectEngine(OpEngine):
                     m.next = "COMMAND"
             asvit_states(m)
             with m.State("COMMAND"):
-                c = sel.i_cmd.payload
                 with m.If(record_bad):
                     fault()
                 with m.Elif(skip):  # SaiT at density 1: the dense model
                     m.d.sync += [self.done.eq(1), self.rows.eq(rows_x), self.protected_out.eq(op.protected),
                                  self.stage_ran.eq(0)]
                     m.next = "IDLE"
-                m.d.comb += [sel.i_cmd.valid.eq(~record_bad & ~skip),
-                             c.mode.eq(Mux(is_sait, Mode.MASS, Mux(is_asvit, Mode.THRESHOLD, Mode.TOPK))),
-                             c.n_tokens.eq(cand + 1), c.k.eq(k), c.threshold.eq(threshold), c.package.eq(fuse),
-                             c.package_sum.eq(1), c.mass.eq(density)]
-                with m.If(sel.i_cmd.valid & sel.i_cmd.ready):
+                with m.Else():
+                    m.d.sync += [sel_cmd_pending.eq(1), comb_cmd_pending.eq(~is_dvit)]
                     m.next = "COMBINER"
             with m.State("COMBINER"):
-                m.d.comb += [comb.i_cmd.valid.eq(~is_dvit), comb.i_cmd.payload.n_tokens.eq(rows_x),
-                             comb.i_cmd.payload.heads.eq(env.heads),
-                             comb.i_cmd.payload.per_token.eq(token_weights)]
-                with m.If(is_dvit | comb.i_cmd.ready):
-                    m.d.sync += [ph_dummy.eq(is_dvit), ph_feat.eq(~is_dvit), comb_load.eq(~is_dvit)]
-                    m.next = "LOAD"
+                m.d.sync += [ph_dummy.eq(is_dvit), ph_feat.eq(~is_dvit), comb_load.eq(~is_dvit)]
+                m.next = "LOAD"
             with m.State("LOAD"):
                 # first walk, the features: X's candidate rows (DynamicViT: after a dummy class token), every
                 # word; second walk, the scores: DynamicViT's logits (column 0 of src), the others' class rows
