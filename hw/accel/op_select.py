@@ -321,6 +321,7 @@ class SelectEngine(OpEngine):
         # of it would be a path across both); their fields are the op's registers, steady until the blocks take
         # them a cycle later, before the walks begin
         sel_cmd_pending = Signal()
+        op_bad = Signal()         # the op's checks fail (registered in CHECK)
         comb_cmd_pending = Signal()
         m.d.comb += [comb.i_cmd.valid.eq(comb_cmd_pending), comb.i_cmd.payload.n_tokens.eq(rows_x),
                      comb.i_cmd.payload.heads.eq(env.heads), comb.i_cmd.payload.per_token.eq(token_weights)]
@@ -494,13 +495,16 @@ class SelectEngine(OpEngine):
                              weights_sent.eq(0), bad_score.eq(0), discard.eq(0), dst_row.eq(op.protected),
                              beat.eq(0)]
                 m.d.comb += record.start.eq(1)
-                with m.If(bad):
+                # the op's verdict, registered here and acted on in FETCH (the compares' OR would otherwise run on
+                # into the state machine): a good op loses no cycle, a bad one answers a cycle later
+                m.d.sync += op_bad.eq(bad)
+                m.next = "FETCH"
+            with m.State("FETCH"):
+                with m.If(op_bad):
                     fault()
                 with m.Else():
-                    m.next = "FETCH"
-            with m.State("FETCH"):
-                with m.If(self.request(m, addr=rec_addr & ~(db - 1), length=RECORD_BYTES + skew)):
-                    m.next = "RECORD"
+                    with m.If(self.request(m, addr=rec_addr & ~(db - 1), length=RECORD_BYTES + skew)):
+                        m.next = "RECORD"
             with m.State("RECORD"):
                 m.d.comb += [self.dram_data.ready.eq(1), record.i_word.valid.eq(self.dram_data.valid)]
                 with m.If(self.dram_data.valid & self.dram_data.payload.last):
