@@ -314,6 +314,7 @@ class SelectEngine(OpEngine):
         m.d.sync += [head_good.eq((tag == Tag.STAGE) & (fields.method[3:] == 0) & (fields.method[:3] == method)),
                      refs_good.eq((nrefs[29:] == 0) & (length == RECORD_BYTES + ((nrefs[:29] + 1) >> 1 << 3))),
                      fits.eq(~(is_evit & (fields.option != 0) & k_over))]
+        op_bad = Signal()         # the op's checks fail (registered in CHECK, acted on in FETCH)
         record_bad = Signal()     # the record's checks fail, or EViT's fused token would not fit
         m.d.comb += record_bad.eq(~(head_good & refs_good & fits))
         # the selector's and the combiner's commands (the combiner's for the methods it scores), offered from
@@ -321,7 +322,6 @@ class SelectEngine(OpEngine):
         # of it would be a path across both); their fields are the op's registers, steady until the blocks take
         # them a cycle later, before the walks begin
         sel_cmd_pending = Signal()
-        op_bad = Signal()         # the op's checks fail (registered in CHECK)
         comb_cmd_pending = Signal()
         m.d.comb += [comb.i_cmd.valid.eq(comb_cmd_pending), comb.i_cmd.payload.n_tokens.eq(rows_x),
                      comb.i_cmd.payload.heads.eq(env.heads), comb.i_cmd.payload.per_token.eq(token_weights)]

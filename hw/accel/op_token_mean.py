@@ -8,9 +8,10 @@ Two passes over the source rows, one buffer word per cycle (:class:`~tokensift.h
    its means (the lanes of the first word below ``k`` included, then unused) land in a small memory indexed
    by word;
 2. once the last mean is out, the rows again, each word written to the destination row with the columns
-   ``>= k`` taken from the means memory (read a cycle ahead of the word, registered behind the RAM, then merged). In place
-   (``src == dst``, ``start = 0``: DynamicViT's predictor) only the words from ``k // lanes`` are read and only
-   the columns ``k .. m-1`` written; otherwise every word ``< m`` is copied (columns ``< k`` from the source).
+   ``>= k`` taken from the means memory (read a cycle ahead of the word, registered behind the RAM, then
+   merged). In place (``src == dst``, ``start = 0``: DynamicViT's predictor) only the words from ``k // lanes``
+   are read and only the columns ``k .. m-1`` written; otherwise every word ``< m`` is copied (columns ``< k``
+   from the source).
    Row ``i`` is written after source row ``start + i`` is read, so ``src == dst`` with ``start > 0`` is safe.
 
 The unit is built for the widest signed buffer (every source the ISA may name but the unsigned class rows)
