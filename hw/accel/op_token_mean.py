@@ -117,9 +117,10 @@ class TokenMeanEngine(OpEngine):
         words = Signal(cfg.word_bits + 1)       # W: words of the m columns
         first = Signal(cfg.word_bits + 1)       # w_k: the word holding column k
         in_place = Signal()
+        in_place_op = (op.src == op.dst) & (op.start == 0)
         m.d.comb += [words.eq((op.m + lanes - 1) >> lane_bits), first.eq(op.k >> lane_bits)]
         with m.If(state == _CHECK):
-            m.d.sync += in_place.eq((op.src == op.dst) & (op.start == 0))
+            m.d.sync += in_place.eq(in_place_op)
             with m.If(fault | (op.n == 0)):
                 m.d.sync += state.eq(_IDLE)
                 self.finish(m, fault=fault)
@@ -170,28 +171,37 @@ class TokenMeanEngine(OpEngine):
         w_next = Signal.like(w)                 # ... in the next cycle
         # the means memory is read a cycle ahead, at w_next, and its word registered behind the block RAM (whose
         # clock-to-out leaves no room for the merge and the buffers' port multiplexer): the registered word is
-        # the mean of the word popped a cycle before, as a read at w would give straight from the RAM
+        # the mean of the word popped a cycle before, as a read at w would give straight from the RAM. w_next
+        # is a multiplexer over registers only (w + 1, the row's first word, whether w is the row's last), so the
+        # read address does not wait on an adder or a compare
         mean_q = Signal.like(mr.data)
+        w_plus1, w_last = Signal.like(w), Signal()
+        wrap, wrap_plus1, wrap_last = Signal.like(w), Signal.like(w), Signal()   # the row's first word
+        words_m1 = Signal.like(words)
         m.d.comb += [w_next.eq(w), mr.addr.eq(w_next), mr.en.eq(1)]
         m.d.sync += [w.eq(w_next), mean_q.eq(mr.data)]
         with m.If(state == _CHECK):
-            m.d.sync += row.eq(0)
+            m.d.sync += [row.eq(0), wrap.eq(Mux(in_place_op, first, 0)), wrap_plus1.eq(Mux(in_place_op, first + 1, 1)),
+                         words_m1.eq(words - 1)]
             m.d.comb += w_next.eq(0)
         with m.If(state == _MEANS):
-            m.d.comb += w_next.eq(Mux(in_place, first, 0))
+            m.d.comb += w_next.eq(wrap)
+            # wrap_last follows wrap a cycle later: MEANS lasts longer than that (the walk's start and read)
+            m.d.sync += [w_plus1.eq(wrap_plus1), w_last.eq(wrap_last), wrap_last.eq(wrap == words_m1)]
         # the word, where its columns k and m fall, registered beside the means memory's read
         word = Signal(data.ArrayLayout(src.payload.data.shape().elem_shape, lanes))
         valid, last, at_k, above_k, at_end = Signal(), Signal(), Signal(), Signal(), Signal()
         w_row = Signal(cfg.row_bits)
         w_word = Signal.like(w)
         m.d.sync += [valid.eq(popped), word.eq(src.payload.data), last.eq(src.payload.last), w_row.eq(row),
-                     w_word.eq(w), at_k.eq(w == first), above_k.eq(w > first), at_end.eq(w + 1 == words)]
+                     w_word.eq(w), at_k.eq(w == first), above_k.eq(w > first), at_end.eq(w_last)]
         with m.If(popped):
-            with m.If(w + 1 == words):
-                m.d.comb += w_next.eq(Mux(in_place, first, 0))
-                m.d.sync += row.eq(row + 1)
+            with m.If(w_last):
+                m.d.comb += w_next.eq(wrap)
+                m.d.sync += [row.eq(row + 1), w_plus1.eq(wrap_plus1), w_last.eq(wrap_last)]
             with m.Else():
-                m.d.comb += w_next.eq(w + 1)
+                m.d.comb += w_next.eq(w_plus1)
+                m.d.sync += [w_plus1.eq(w_plus1 + 1), w_last.eq(w_plus1 == words_m1)]
         k_lane = op.k[:lane_bits] if lane_bits else Const(0, 1)
         m_lane = (op.m - 1)[:lane_bits] if lane_bits else Const(0, 1)
         m.d.comb += [self.wr.en.eq(valid), self.wr.buffer.eq(op.dst), self.wr.tile.eq(w_row >> bank_bits),
