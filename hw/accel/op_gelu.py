@@ -110,11 +110,15 @@ class GeluEngine(OpEngine):
         checked = Signal()
         m.d.sync += checked.eq(self.start)
         align = max(8, cfg.axi.data_bytes)
+        # ... from the op as it arrives, into a register: the state machine's branch starts at a flip-flop
+        new = self.op
         bad_op = Signal()
-        m.d.comb += bad_op.eq(((op.n == 0) & (op.start == 0)) | (op.m == 0) | (op.arg != params.out.bits) |
-                              ~buffer_fits(cfg, op.src, op.m, _sources(cfg)) |
-                              ~buffer_fits(cfg, op.dst, op.m, _destinations(cfg)) |
-                              (addr[:ceil_log2(align)] != 0))
+        with m.If(self.start):
+            low = ceil_log2(align)
+            m.d.sync += bad_op.eq(((new.n == 0) & (new.start == 0)) | (new.m == 0) | (new.arg != params.out.bits) |
+                                  ~buffer_fits(cfg, new.src, new.m, _sources(cfg)) |
+                                  ~buffer_fits(cfg, new.dst, new.m, _destinations(cfg)) |
+                                  ((new.memory_base[:low] + new.addr_a[:low])[:low] != 0))
 
         # the record's slots: the header, then one scalar per slot
         index = {name: 2 + i for i, name in enumerate(_SCALARS)}

@@ -59,10 +59,14 @@ class ResidualEngine(OpEngine):
         checked = Signal()
         m.d.sync += checked.eq(self.start)
         widest = min(cfg.geometry(Buffer.X).cols, cfg.geometry(Buffer.T).cols)
+        # ... from the op as it arrives, into a register beside the latched op: the walks' valid and the fault's
+        # done start at a flip-flop, not at a tree of compares
+        new = self.op
         fault = Signal()
-        m.d.comb += fault.eq((op.n == 0) | (op.n != op.n2) | (op.m == 0) | (op.m > widest) |
-                             (op.arg != env.res_bits) | (op.src == op.src2) |
-                             ~_is_residual(op.src) | ~_is_residual(op.dst) | (op.src2 != Buffer.T))
+        with m.If(self.start):
+            m.d.sync += fault.eq((new.n == 0) | (new.n != new.n2) | (new.m == 0) | (new.m > widest) |
+                                 (new.arg != env.res_bits) | (new.src == new.src2) |
+                                 ~_is_residual(new.src) | ~_is_residual(new.dst) | (new.src2 != Buffer.T))
         with m.If(checked & fault):
             self.finish(m, fault=True)
         m.d.comb += words.eq(words_of(op.m, lanes))
