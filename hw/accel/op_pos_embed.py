@@ -115,11 +115,13 @@ class PosEmbedEngine(OpEngine):
         align = max(8, cfg.axi.data_bytes)
         lanes_bits = ceil_log2(lanes)
         whole_words = (op.m[:lanes_bits] == 0) if lanes & (lanes - 1) == 0 else (words * lanes == op.m)
-        bad_op = Signal()
-        m.d.comb += bad_op.eq((op.k == 0) | (op.m == 0) | ~buffer_fits(cfg, op.dst, op.m, _RESIDUAL) |
-                              ~whole_words | (op.n != op.k + 1) | (op.arg != env.res_bits) |
-                              (addr[:ceil_log2(align)] != 0) |
-                              (length[cfg.axi.length_bits:] != 0))
+        # the checks on the op's fields registered (valid two cycles after ``start``, used a cycle later): only
+        # the record length's, which comes last, is left to the state machine's branch
+        bad_fields = Signal()
+        m.d.sync += bad_fields.eq((op.k == 0) | (op.m == 0) | ~buffer_fits(cfg, op.dst, op.m, _RESIDUAL) |
+                                  ~whole_words | (op.n != op.k + 1) | (op.arg != env.res_bits) |
+                                  (addr[:ceil_log2(align)] != 0))
+        bad_op = bad_fields | (length[cfg.axi.length_bits:] != 0)
 
         slot = slots.o_slot
         s = Signal(range(_ARRAYS_SLOT + 1))
