@@ -176,7 +176,10 @@ class AttentionEngine(wiring.Component):
         pv_bank = ~k[0]
         qk_bank = k[0]
         chunk_start = cc == 0
-        credit_ok = (ofifo.level + inflight) < self.out_fifo_depth
+        # the output FIFO's level plus the chunks in flight, kept as its own counter: the sum of the FIFO's level
+        # (itself an adder behind its output register) and inflight was a carry chain in front of every issue
+        used = Signal(range(self.out_fifo_depth + 2))
+        credit_ok = used < self.out_fifo_depth
         class_ok = ~(pv_row0 & (c == 0)) | (sfifo.level == 0)
         go = Mux(sm_done.bit_select(pv_bank, 1), 1, 0) & credit_ok & class_ok
         pv_advance = computing & phase_pv & (~chunk_start | go)
@@ -323,6 +326,11 @@ class AttentionEngine(wiring.Component):
             m.d.sync += inflight.eq(inflight + 1)
         with m.Elif(~chunk_issue & ofifo.w_en):
             m.d.sync += inflight.eq(inflight - 1)
+        popped = ofifo.r_en & ofifo.r_rdy
+        with m.If(chunk_issue & ~popped):
+            m.d.sync += used.eq(used + 1)
+        with m.Elif(~chunk_issue & popped):
+            m.d.sync += used.eq(used - 1)
 
         m.d.comb += self.overflows.eq(rq.overflows)
         pipe_busy = 0
