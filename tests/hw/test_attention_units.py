@@ -392,7 +392,7 @@ class TestEngine:
         with pytest.raises(TypeError, match=r"^params must be an AttentionParams, not dict$"):
             AttentionEngine({})
 
-    @pytest.mark.parametrize("n", [1, 3, 6])
+    @pytest.mark.parametrize("n", [1, pytest.param(3, marks=pytest.mark.slow), 6])
     def test_sim_one_frame_exact_and_cycles(self, n):
         p = AttentionParams(n_max=6, head_dim=8, lanes=4)
         rng = np.random.default_rng(n)

@@ -52,11 +52,12 @@ def integer_model(method, keep, state, train):
 
 
 @pytest.mark.parametrize("method, keep, block", [
-    ("evit", 0.6, 2),
+    # EViT and SaiT share the selector's top-k path with DynamicViT and SPViT: a sweep, under `slow`
+    pytest.param("evit", 0.6, 2, marks=pytest.mark.slow),
     ("asvit", 0.6, 2),
     ("dynamicvit", 0.7, 1),
     ("spvit", 0.7, 2),
-    ("sait", 0.85, 1),
+    pytest.param("sait", 0.85, 1, marks=pytest.mark.slow),
 ])
 def test_selection_step_bit_exact_on_real_images(method, keep, block, dense_state, mnist, tmp_path):
     from tokensift.sim.real_images import capture_stage, simulate_stage

@@ -11,7 +11,8 @@ pytestmark = pytest.mark.sim
 
 
 @pytest.mark.parametrize("argv", [
-    ["--n-max", "20", "--heads", "3", "--lanes", "3", "--score-bits", "10", "--score-frac", "9", "--tokens", "19"],
+    pytest.param(["--n-max", "20", "--heads", "3", "--lanes", "3", "--score-bits", "10", "--score-frac", "9",
+                  "--tokens", "19"], marks=pytest.mark.slow),
     ["--n-max", "9", "--heads", "2", "--lanes", "1", "--attn-bits", "7", "--attn-frac", "6", "--importance-bits",
      "5", "--importance-frac", "4", "--score-bits", "6", "--score-frac", "12", "--rounding", "half_even"],
     ["--n-max", "13", "--heads", "3", "--lanes", "3", "--attn-bits", "9", "--attn-frac", "8", "--importance-bits", "6",

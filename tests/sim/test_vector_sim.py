@@ -18,7 +18,7 @@ def simulate(argv, capsys) -> dict:
 
 
 @pytest.mark.parametrize("argv", [
-    ["--lanes", "4", "--count", "256", "--beats", "60"],
+    pytest.param(["--lanes", "4", "--count", "256", "--beats", "60"], marks=pytest.mark.slow),
     ["--lanes", "3", "--in-bits", "12", "--out-bits", "10", "--multiplier-bits", "24", "--scales",
      "0.002:0.004,0.0005:0.0002", "--count", "300", "--beats", "40", "--stall", "0.5"],
 ], ids=["int8-3layers", "int12-preshift"])
@@ -31,7 +31,8 @@ def test_gelu(argv, capsys):
 
 @pytest.mark.parametrize("argv", [
     ["--lanes", "4", "--res-bits", "16", "--beats", "300", "--timed-beats", "50"],
-    ["--lanes", "1", "--res-bits", "8", "--overflow", "wrap", "--beats", "200", "--timed-beats", "20"],
+    pytest.param(["--lanes", "1", "--res-bits", "8", "--overflow", "wrap", "--beats", "200", "--timed-beats", "20"],
+                 marks=pytest.mark.slow),
 ], ids=["16bit-saturate", "8bit-wrap"])
 def test_residual(argv, capsys):
     out = simulate(["residual", *argv], capsys)

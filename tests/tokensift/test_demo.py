@@ -93,6 +93,7 @@ def test_quick_demo_every_method(tmp_path, capsys, method):
 
 
 @pytest.mark.sim
+@pytest.mark.slow
 def test_quick_demo_adaptive_method_with_a_score_combiner(tmp_path, capsys):
     """AS-ViT: per-token head weights through the score combiner, a learned threshold in the selector, and a
     latency measured image by image (each image keeps its own count)."""
