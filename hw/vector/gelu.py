@@ -158,14 +158,19 @@ class GeluUnit(wiring.Component):
         configured = Signal()
         valid = [Signal(name=f"valid{i}") for i in range(1, LATENCY)] + [self.o_stream.valid]
         enable = ~self.o_stream.valid | self.o_stream.ready
-        empty = Signal()
-        m.d.comb += empty.eq(~Cat(*valid).any())
+        take = self.i_stream.valid & enable & configured & ~self.i_cfg.valid
+        m.d.comb += self.i_stream.ready.eq(enable & configured & ~self.i_cfg.valid)
+        # no beat in the pipeline, as a register (the next cycle's valids, computed where they are): an OR over
+        # all the stages' valids, into the configuration's ready and the engine behind it, was a path on its own
+        empty = Signal(init=1)
+        with m.If(enable):
+            m.d.sync += empty.eq(~(take | Cat(*valid[:-1]).any()))
+        with m.Else():
+            m.d.sync += empty.eq(0)  # the output is held: it is a beat
 
         m.d.comb += self.i_cfg.ready.eq(empty)
         with m.If(self.i_cfg.valid & empty):
             m.d.sync += [cfg.eq(self.i_cfg.payload), configured.eq(1)]
-        take = self.i_stream.valid & enable & configured & ~self.i_cfg.valid
-        m.d.comb += self.i_stream.ready.eq(enable & configured & ~self.i_cfg.valid)
 
         overflowed = Signal(p.lanes)
         with m.If(enable):
