@@ -261,22 +261,38 @@ def write_rows(m, cfg: AccelConfig, wr, out, *, buffer, cols, words, rows) -> Si
     bank_bits = ceil_log2(cfg.banks)
     row = Signal(cfg.row_bits)
     w = Signal(cfg.word_bits + 1)
-    col = Signal(cfg.word_bits + 1 + ceil_log2(lanes))  # the word's first column
     m.d.comb += [out.ready.eq(1), wr.buffer.eq(buffer), wr.tile.eq(row >> bank_bits), wr.word.eq(w),
                  wr.en.eq(out.valid)]
+    # Registers only in front of the compares into "last" (and so into the engine's done) and into the lane
+    # masks: the op's fields are stable while it runs and its first beat comes cycles after they are latched,
+    # so the registered copies below are current by then.
+    # signed and a bit wider than the op's fields: "minus one" of a zero never equals a count
+    words_m1 = Signal(signed(len(words) + 1))
+    rows_m1 = Signal(signed(len(rows) + 1))
+    m.d.sync += [words_m1.eq(words - 1), rows_m1.eq(rows - 1)]
+    # the columns from the current word's first on, and which of its lanes are among them
     cols_left = Signal(signed(18))
-    m.d.comb += cols_left.eq(cols - col)
+    lane_on = Signal(lanes)
+
+    def restart_columns(value):
+        m.d.sync += [cols_left.eq(value)] + [lane_on[i].eq(value > i) for i in range(lanes)]
+
     for bank in range(cfg.banks):
         for i in range(lanes):
             m.d.comb += [wr.data[bank][i].eq(out.payload.data[i]),
-                         wr.mask[bank][i].eq((row[:bank_bits] == bank if bank_bits else 1) & (cols_left > i))]
+                         wr.mask[bank][i].eq((row[:bank_bits] == bank if bank_bits else 1) & lane_on[i])]
     last = Signal()
     with m.If(out.valid):
-        with m.If(w + 1 == words):
-            m.d.sync += [w.eq(0), col.eq(0), row.eq(row + 1)]
-            with m.If(row + 1 == rows):
+        with m.If(w == words_m1):
+            m.d.sync += [w.eq(0), row.eq(row + 1)]
+            restart_columns(cols)
+            with m.If(row == rows_m1):
                 m.d.comb += last.eq(1)
                 m.d.sync += row.eq(0)
         with m.Else():
-            m.d.sync += [w.eq(w + 1), col.eq(col + lanes)]
+            m.d.sync += w.eq(w + 1)
+            restart_columns(cols_left - lanes)
+    with m.Elif(w == 0):
+        # between beats at a row's first word, and so before an op's first beat: follow the op's columns
+        restart_columns(cols)
     return last
