@@ -63,7 +63,8 @@ class AxiWriter(wiring.Component):
         c = self._cfg
         axi = self.m_axi
         m.submodules.planner = planner = BurstPlanner(config=c)
-        w_layout = data.StructLayout({"len": 8, "last": 1, "keep": c.data_bytes})
+        # ``single``: the burst is one beat (its first beat is its last), decided as it is queued
+        w_layout = data.StructLayout({"len": 8, "single": 1, "last": 1, "keep": c.data_bytes})
         m.submodules.w_open = w_open = SmallQueue(layout=w_layout, depth=c.max_outstanding)
         m.submodules.b_wait = b_wait = SmallQueue(layout=data.StructLayout({"last": 1}), depth=c.max_outstanding)
         wiring.connect(m, wiring.flipped(self.i_cmd), planner.i_cmd)
@@ -75,7 +76,8 @@ class AxiWriter(wiring.Component):
         burst = planner.o_burst.payload
         take = planner.o_burst.valid & aw_free & w_open.i_stream.ready & b_wait.i_stream.ready
         m.d.comb += [planner.o_burst.ready.eq(take), w_open.i_stream.valid.eq(take), b_wait.i_stream.valid.eq(take),
-                     w_open.i_stream.payload.len.eq(burst.len), w_open.i_stream.payload.last.eq(burst.last),
+                     w_open.i_stream.payload.len.eq(burst.len), w_open.i_stream.payload.single.eq(burst.len == 0),
+                     w_open.i_stream.payload.last.eq(burst.last),
                      w_open.i_stream.payload.keep.eq(burst.keep), b_wait.i_stream.payload.last.eq(burst.last)]
         with m.If(take):
             m.d.sync += [axi.awvalid.eq(1), axi.awaddr.eq(burst.addr), axi.awlen.eq(burst.len)]
@@ -84,16 +86,24 @@ class AxiWriter(wiring.Component):
 
         # W: i_data passed through while a burst is open
         head = w_open.o_stream
+        # ``wlast`` is one multiplexer over registers, not a compare: it decides the queue's pop, and the
+        # compare of the beat count with the burst length was the whole accelerator's worst path. ``first``:
+        # the next beat is a burst's first; ``later_last``: the next beat, not a first, is the burst's last.
         count = Signal(8)
+        first = Signal(init=1)
+        later_last = Signal()
         wlast = Signal()
-        m.d.comb += [wlast.eq(count == head.payload.len),
+        m.d.comb += [wlast.eq(Mux(first, head.payload.single, later_last)),
                      axi.wvalid.eq(self.i_data.valid & head.valid),
                      self.i_data.ready.eq(axi.wready & head.valid),
                      axi.wdata.eq(self.i_data.payload.data), axi.wlast.eq(wlast),
                      axi.wstrb.eq(Mux(wlast & head.payload.last, head.payload.keep, (1 << c.data_bytes) - 1))]
         beat = axi.wvalid & axi.wready
         with m.If(beat):
-            m.d.sync += count.eq(Mux(wlast, 0, count + 1))
+            with m.If(wlast):
+                m.d.sync += [count.eq(0), first.eq(1)]
+            with m.Else():
+                m.d.sync += [count.eq(count + 1), first.eq(0), later_last.eq(count + 1 == head.payload.len)]
         m.d.comb += head.ready.eq(beat & wlast)
 
         # B: one response per burst; the command's last one ends it
