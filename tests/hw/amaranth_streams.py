@@ -50,3 +50,21 @@ class StreamBench:
                 if ready and valid:
                     out.append(payload)
         return tb
+
+
+def run_to_completion(sim, *, max_cycles: int) -> bool:
+    """Advance ``sim`` (clocked on ``sync``) while any critical testbench runs, for at most ``max_cycles``
+    cycles; False when one still runs then. Running on to a fixed deadline after the testbenches are done
+    only costs simulator time (most of the unit tests' time, before)."""
+    cycles = 0
+
+    async def count(ctx):
+        nonlocal cycles
+        async for _ in ctx.tick():
+            cycles += 1
+
+    sim.add_process(count)
+    while sim.advance():
+        if cycles >= max_cycles:
+            return False
+    return True

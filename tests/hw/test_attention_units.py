@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from amaranth.hdl import Module, Signal, signed
 from amaranth.sim import Simulator
+from amaranth_streams import run_to_completion
 
 from tokensift.hw.attention.constants import ConstantRanges, const_layout, constant_errors, encode_constants
 from tokensift.hw.attention.core import Attention
@@ -59,7 +60,7 @@ def run(dut, *benches, clock=1e-6, max_cycles=200_000):
 
     for b in benches:
         sim.add_testbench(bounded(b))
-    sim.run_until(max_cycles * clock)
+    run_to_completion(sim, max_cycles=max_cycles)
     waiting = sorted({b.__name__ for b in benches} - set(finished))
     assert not waiting, f"{', '.join(waiting)} still waiting after {max_cycles} cycles"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from amaranth.hdl import Elaboratable, Module, ResetInserter, Signal
 from amaranth.sim import Simulator
-from amaranth_streams import StreamBench
+from amaranth_streams import StreamBench, run_to_completion
 
 from tokensift.hw.common.ecp5 import ECP5
 from tokensift.hw.vector import products as products_module
@@ -146,7 +146,7 @@ def simulate(cfg, k_beats, i_beats, n_out, *, idle=0.0, stall=0.0, seed=0, reset
         for name in ("busy", "error", "rejected", "acc_overflows", "out_overflows"):
             status[name] = int(ctx.get(getattr(dut.status, name)))
     sim.add_testbench(watch)
-    sim.run_until(CLOCK * max_cycles)
+    run_to_completion(sim, max_cycles=max_cycles)
     assert len(out) == n_out, f"only {len(out)} of {n_out} output beats in {max_cycles} cycles"
     return out, status, stamps
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
-from amaranth_streams import StreamBench
+from amaranth_streams import StreamBench, run_to_completion
 
 from tokensift.hw.selector.compactor import Compactor
 from tokensift.hw.selector.core import Selector, cycles
@@ -39,7 +39,7 @@ def _run(dut, *testbenches, processes=(), limit=200_000):
         sim.add_testbench(tb)
     for proc in processes:
         sim.add_process(proc)
-    sim.run_until(1e-8 * limit)
+    assert run_to_completion(sim, max_cycles=limit), f"a testbench still runs after {limit} cycles"
 
 
 # -- HistogramSelect ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import random
 import pytest
 from amaranth.hdl import unsigned
 from amaranth.sim import Simulator
-from amaranth_streams import StreamBench
+from amaranth_streams import StreamBench, run_to_completion
 
 from tokensift.hw.common.skid import SkidBuffer
 
@@ -18,7 +18,7 @@ def _run(dut, benches, *, cycles: int = 20000):
     sim.add_clock(1e-8)
     for tb in benches:
         sim.add_testbench(tb)
-    sim.run_until(cycles * 1e-8)
+    assert run_to_completion(sim, max_cycles=cycles), f"a testbench still runs after {cycles} cycles"
 
 
 @pytest.mark.parametrize("seed,idle,stall", [(0, 0.0, 0.0), (1, 0.3, 0.0), (2, 0.0, 0.5), (3, 0.4, 0.4),
