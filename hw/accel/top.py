@@ -176,6 +176,15 @@ class Accelerator(wiring.Component):
                     if "rd2" in eng.signature.members:
                         for name in ("en", "buffer", "tile", "word"):
                             m.d.comb += getattr(bufs.rd2, name).eq(getattr(eng.rd2, name))
+        # ``done`` and ``fault`` pulse only in the engine the sequencer started (``start`` goes to that one alone and
+        # each op pulses once), so an OR of them all is the owner's: no multiplexer by ``seq.engine`` in front of
+        # the sequencer's state, whose reaction to ``done`` was the whole design's worst path; SELECT alone
+        # reports its stage
+        m.d.comb += [seq.eng_done.eq(Cat(eng.done for eng in engines).any()),
+                     seq.eng_fault.eq(Cat(eng.fault for eng in engines).any())]
+        for eng in engines:
+            if "protected_out" in eng.signature.members:
+                m.d.comb += [seq.eng_protected.eq(eng.protected_out), seq.eng_stage_ran.eq(eng.stage_ran)]
         with m.Switch(seq.engine):
             with m.Case(seq.own_port):
                 m.d.comb += [cmd.valid.eq(seq.dram_cmd.valid), cmd.payload.eq(seq.dram_cmd.payload),
@@ -184,9 +193,7 @@ class Accelerator(wiring.Component):
             for i, (engine_name, _, eng) in enumerate(self.engines):
                 ports = eng.signature.members
                 with m.Case(i):
-                    m.d.comb += [seq.eng_done.eq(eng.done), seq.eng_rows.eq(eng.rows), seq.eng_fault.eq(eng.fault)]
-                    if "protected_out" in ports:
-                        m.d.comb += [seq.eng_protected.eq(eng.protected_out), seq.eng_stage_ran.eq(eng.stage_ran)]
+                    m.d.comb += seq.eng_rows.eq(eng.rows)
                     if "dram_cmd" in ports:
                         m.d.comb += [cmd.valid.eq(eng.dram_cmd.valid), cmd.payload.eq(eng.dram_cmd.payload),
                                      eng.dram_cmd.ready.eq(cmd.ready), skid[engine_name].i.valid.eq(words.valid),
