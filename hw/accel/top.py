@@ -147,7 +147,12 @@ class Accelerator(wiring.Component):
         # -- the shared ports, handed to one engine at a time ------------------------------------------
         # one parallel case over the owner (a balanced multiplexer): a chain of Ifs would put every engine's
         # multiplexer level in series on the way to the buffers and the read DMA
-        cmd, words = reader.i_cmd, reader.o_data
+        cmd = reader.i_cmd
+        # the read DMA's words behind a skid buffer of their own: the owner multiplexer of the consumers' readies
+        # (by ``seq.engine``) would otherwise run through ``rready`` into the reader's in-flight queue
+        m.submodules.dram_skid = dram_skid = SkidBuffer(layout=word_layout(cfg.axi))
+        wiring.connect(m, reader.o_data, dram_skid.i)
+        words = dram_skid.o
         # each DRAM consumer behind a skid buffer: the ready the owner multiplexer hands the reader is a
         # register, not the end of an engine's own ready logic
         skid = {}
