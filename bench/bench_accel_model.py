@@ -19,9 +19,9 @@ reference sequencer. Printed side by side, per run-time register set:
 
 Cases: ``mnist`` (vit_mnist_patch4_28, DynamicViT keep 0.7, sized for PYNQ-Z2, two test images, pruned and
 dense) and ``deit_s`` (deit_small_patch16_224, DynamicViT keep 0.7, calibrated and run on random images,
-sized for ZCU102 at 300 MHz assumed; one image; ``--dense`` adds the dense run, about 1.8x the time). The
-DeiT-S case takes about 15 minutes (its 1.4 M lines of Verilog build in about 5, its 9.27 M cycles simulate at
-about 16,000 per second): a slow benchmark, not ``make test``.
+sized for ZCU102 at 300 MHz assumed; one image; ``--dense`` adds the dense run, about 1.6x the cycles). The
+DeiT-S case takes over an hour on a 2-core machine (the six-core design's Verilog builds in about 30 minutes
+beside other jobs, its 4.54 M cycles simulate at 3,000-4,000 per second): a slow benchmark, not ``make test``.
 
     .venv/bin/python bench/bench_accel_model.py                     # both cases
     .venv/bin/python bench/bench_accel_model.py --case deit_s --dense --json out.json   # bench/accel_model.json holds both cases
