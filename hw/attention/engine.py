@@ -263,23 +263,31 @@ class AttentionEngine(wiring.Component):
         score = mac.dot[: p.score_bits].as_signed()
         m.d.comb += [sm.score_w_en.eq(mac.dot_valid), sm.score_w_bank.eq(dot_tag.bank),
                      sm.score_w_addr.eq(dot_tag.j), sm.score_w_data.eq(score)]
+        # the running max compares a registered copy of the score: the MAC array's output also feeds the score
+        # buffer, and its compare into the max register's enable was the core's worst path. The max is a cycle
+        # late, which the softmax unit allows for: it samples ``start_max`` the cycle after ``start``.
         row_max = [Signal(signed(p.score_bits), name=f"row_max{b}") for b in range(2)]
+        max_score = Signal(signed(p.score_bits))
+        max_en = Signal(2)
+        max_first = Signal()
+        m.d.sync += [max_score.eq(score), max_first.eq(dot_tag.j == 0),
+                     max_en.eq(Mux(mac.dot_valid, Mux(dot_tag.bank, 0b10, 0b01), 0))]
         scores_ready = Signal(2)
         for b in range(2):
-            with m.If(mac.dot_valid & (dot_tag.bank == b)):
-                with m.If((dot_tag.j == 0) | (score > row_max[b])):
-                    m.d.sync += row_max[b].eq(score)
-                with m.If(dot_tag.lastj):
-                    m.d.sync += scores_ready[b].eq(1)
+            with m.If(max_en[b] & (max_first | (max_score > row_max[b]))):
+                m.d.sync += row_max[b].eq(max_score)
+            with m.If(mac.dot_valid & (dot_tag.bank == b) & dot_tag.lastj):
+                m.d.sync += scores_ready[b].eq(1)
 
         # -- softmax rows in order, alternating banks ----------------------------------------------------
         sm_bank = Signal()
+        started_bank = Signal()  # the bank of the row started last, whose max the softmax unit samples next
         start = Signal()
         m.d.comb += [start.eq(computing & sm.ready & scores_ready.bit_select(sm_bank, 1)),
                      sm.start.eq(start), sm.start_bank.eq(sm_bank),
-                     sm.start_max.eq(Mux(sm_bank, row_max[1], row_max[0])), sm.start_n.eq(n)]
+                     sm.start_max.eq(Mux(started_bank, row_max[1], row_max[0])), sm.start_n.eq(n)]
         with m.If(start):
-            m.d.sync += [scores_ready.bit_select(sm_bank, 1).eq(0), sm_bank.eq(~sm_bank)]
+            m.d.sync += [scores_ready.bit_select(sm_bank, 1).eq(0), sm_bank.eq(~sm_bank), started_bank.eq(sm_bank)]
         with m.If(sm.done):
             m.d.sync += sm_done.bit_select(sm.done_bank, 1).eq(1)
             for b in range(2):

@@ -227,8 +227,9 @@ class SoftmaxUnit(wiring.Component):
     score_w_en, score_w_bank, score_w_addr, score_w_data : in
         Write port of the two-bank score buffer (the MAC array's dot products).
     start, start_bank, start_max, start_n : in
-        Begin the row in ``start_bank`` with maximum ``start_max`` and ``start_n`` tokens (``ready``
-        must be high).
+        Begin the row in ``start_bank`` with ``start_n`` tokens (``ready`` must be high). ``start_max``,
+        the row's maximum, is sampled the cycle after ``start``: the engine's running max is registered
+        once more after the last score, and the unit's first use of it is three cycles after ``start``.
     scale_multiplier, scale_shift : in
         The frame's run-time scale into the log2 domain: registers that hold while a row is processed.
     ready : out
@@ -306,8 +307,12 @@ class SoftmaxUnit(wiring.Component):
         total = Signal(self._total_bits)
 
         m.d.comb += self.ready.eq(~reading & ~summing & ~recip.busy & ~recip.start)
+        take_max = Signal()
+        m.d.sync += take_max.eq(self.start)
+        with m.If(take_max):
+            m.d.sync += row_max.eq(self.start_max)
         with m.If(self.start):
-            m.d.sync += [bank.eq(self.start_bank), row_max.eq(self.start_max), n.eq(self.start_n), j.eq(0),
+            m.d.sync += [bank.eq(self.start_bank), n.eq(self.start_n), j.eq(0),
                          reading.eq(1), summing.eq(1), total.eq(0)]
         # read one score per cycle into a register; the exponent pipeline gets ``s - max`` the cycle after
         m.d.comb += sr.addr.eq(bank * n_max + j)

@@ -256,10 +256,11 @@ class TestSoftmaxUnit:
                 assert ctx.get(dut.ready)
                 ctx.set(dut.start, 1)
                 ctx.set(dut.start_bank, bank)
-                ctx.set(dut.start_max, int(scores.max()))
+                ctx.set(dut.start_max, -1)  # sampled the cycle after start, so this value must not count
                 ctx.set(dut.start_n, len(scores))
                 await ctx.tick()
                 ctx.set(dut.start, 0)
+                ctx.set(dut.start_max, int(scores.max()))
                 waited = 1
                 while not ctx.get(dut.done):
                     await ctx.tick()
