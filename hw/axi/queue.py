@@ -47,7 +47,12 @@ class SmallQueue(wiring.Component):
         # rather than behind the slots' multiplexer; on a pop it loads the next slot (or the entry pushed into it)
         head = Signal(self._layout)
         rptr_next = Signal(ptr_bits)
-        m.d.comb += [self.i_stream.ready.eq(level != depth), self.o_stream.valid.eq(level != 0),
+        # "not full" and "not empty" are registers that follow the level, not compares of it: the writer's AW
+        # handshake waits on the first and loads this queue's head, and that compare on it was the whole
+        # accelerator's worst path
+        room = Signal(init=1)
+        nonempty = Signal()
+        m.d.comb += [self.i_stream.ready.eq(room), self.o_stream.valid.eq(nonempty),
                      self.o_stream.payload.eq(head), rptr_next.eq(_next(rptr, depth))]
         with m.If(push):
             m.d.sync += slots[wptr].eq(self.i_stream.payload)
@@ -58,7 +63,7 @@ class SmallQueue(wiring.Component):
         with m.Elif(push & (wptr == rptr)):
             m.d.sync += head.eq(self.i_stream.payload)
         with m.If(push & ~pop):
-            m.d.sync += level.eq(level + 1)
+            m.d.sync += [level.eq(level + 1), room.eq(level != depth - 1), nonempty.eq(1)]
         with m.Elif(pop & ~push):
-            m.d.sync += level.eq(level - 1)
+            m.d.sync += [level.eq(level - 1), room.eq(1), nonempty.eq(level != 1)]
         return m

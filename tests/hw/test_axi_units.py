@@ -13,6 +13,7 @@ from amaranth_streams import StreamBench
 from tokensift.hw.axi.burst import BurstPlanner
 from tokensift.hw.axi.config import Access, AxiDmaConfig, ErrorCode, Register, RegisterMap, example_regmap
 from tokensift.hw.axi.cycles import bursts, read_cycles, write_cycles
+from tokensift.hw.axi.queue import SmallQueue
 from tokensift.hw.axi.reader import AxiReader
 from tokensift.hw.axi.register_model import RegisterBankModel
 from tokensift.hw.axi.registers import AxiLiteRegisters
@@ -181,6 +182,51 @@ def test_burst_planner_matches_the_model(seed):
     assert [int(b.last) for b in got] == [int(i == len(bursts(cfg, a, n)) - 1) for a, n in expected
                                           for i in range(len(bursts(cfg, a, n)))]
     assert sum(rejected) == 3
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+def test_small_queue_follows_a_deque_every_cycle(depth):
+    """Random pushes and pops (both at once too): every cycle, ``ready`` is "not full", ``valid`` is "not empty"
+    and the head is the oldest entry of a deque fed the same transfers; the queue fills and drains many times."""
+    from collections import deque
+
+    from amaranth.lib import data
+
+    dut = SmallQueue(layout=data.StructLayout({"v": 8}), depth=depth)
+    rng = random.Random(depth)
+    model, checked = deque(), {"cycles": 0, "full": 0, "empty": 0, "both": 0}
+
+    async def bench(ctx):
+        pushed = 0
+        for cycle in range(3000):
+            # phases that mostly push, then mostly pop, so the queue reaches full and empty
+            push_p = 0.8 if (cycle // 40) % 2 == 0 else 0.2
+            ready, valid = ctx.get(dut.i_stream.ready), ctx.get(dut.o_stream.valid)
+            assert ready == (len(model) < depth) and valid == (len(model) > 0), cycle
+            if valid:
+                assert ctx.get(dut.o_stream.payload.v) == model[0], cycle
+            push, pop = rng.random() < push_p, rng.random() < 1 - push_p
+            ctx.set(dut.i_stream.valid, push)
+            ctx.set(dut.i_stream.payload.v, pushed % 256)
+            ctx.set(dut.o_stream.ready, pop)
+            await ctx.tick()
+            checked["full"] += len(model) == depth
+            checked["empty"] += not model
+            checked["both"] += push and ready and pop and valid
+            if pop and valid:
+                model.popleft()
+            if push and ready:
+                model.append(pushed % 256)
+                pushed += 1
+            checked["cycles"] += 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run_until(3001e-8)
+    assert checked["cycles"] == 3000
+    assert min(checked["full"], checked["empty"]) > 20, checked
+    assert checked["both"] > 20 or depth == 1, checked  # one entry is never both not full and not empty
 
 
 @pytest.mark.parametrize("block,argv,port", [
