@@ -263,13 +263,17 @@ def write_rows(m, cfg: AccelConfig, wr, out, *, buffer, cols, words, rows) -> Si
     w = Signal(cfg.word_bits + 1)
     m.d.comb += [out.ready.eq(1), wr.buffer.eq(buffer), wr.tile.eq(row >> bank_bits), wr.word.eq(w),
                  wr.en.eq(out.valid)]
-    # Registers only in front of the compares into "last" (and so into the engine's done) and into the lane
-    # masks: the op's fields are stable while it runs and its first beat comes cycles after they are latched,
-    # so the registered copies below are current by then.
-    # signed and a bit wider than the op's fields: "minus one" of a zero never equals a count
-    words_m1 = Signal(signed(len(words) + 1))
-    rows_m1 = Signal(signed(len(rows) + 1))
-    m.d.sync += [words_m1.eq(words - 1), rows_m1.eq(rows - 1)]
+    # "At the row's last word" and "at the last row" are registers, set as the counters step onto those
+    # positions (compares of the counters with registered "minus two"s), so the engine's done starts at flip-flops:
+    # the compares of the counters with the last positions were the whole design's worst path. Between beats at a
+    # row's first word they follow the op's fields (stable while it runs; its first beat comes cycles after they
+    # are latched, so the flags are current by then).
+    # signed and a bit wider than the op's fields: "minus two" of a small count never equals a counter
+    words_m2 = Signal(signed(len(words) + 2))
+    rows_m2 = Signal(signed(len(rows) + 2))
+    m.d.sync += [words_m2.eq(words - 2), rows_m2.eq(rows - 2)]
+    at_last_w = Signal()
+    at_last_row = Signal()
     # the columns from the current word's first on, and which of its lanes are among them
     cols_left = Signal(signed(18))
     lane_on = Signal(lanes)
@@ -283,16 +287,19 @@ def write_rows(m, cfg: AccelConfig, wr, out, *, buffer, cols, words, rows) -> Si
                          wr.mask[bank][i].eq((row[:bank_bits] == bank if bank_bits else 1) & lane_on[i])]
     last = Signal()
     with m.If(out.valid):
-        with m.If(w == words_m1):
-            m.d.sync += [w.eq(0), row.eq(row + 1)]
+        with m.If(at_last_w):
+            m.d.sync += [w.eq(0), row.eq(row + 1), at_last_w.eq(words == 1), at_last_row.eq(row == rows_m2)]
             restart_columns(cols)
-            with m.If(row == rows_m1):
+            with m.If(at_last_row):
                 m.d.comb += last.eq(1)
-                m.d.sync += row.eq(0)
+                m.d.sync += [row.eq(0), at_last_row.eq(rows == 1)]
         with m.Else():
-            m.d.sync += w.eq(w + 1)
+            m.d.sync += [w.eq(w + 1), at_last_w.eq(w == words_m2)]
             restart_columns(cols_left - lanes)
     with m.Elif(w == 0):
         # between beats at a row's first word, and so before an op's first beat: follow the op's columns
         restart_columns(cols)
+        m.d.sync += at_last_w.eq(words == 1)
+        with m.If(row == 0):
+            m.d.sync += at_last_row.eq(rows == 1)
     return last

@@ -47,3 +47,26 @@ def test_faults_on_mismatched_rows_and_widths():
         result = run_op(bench(), b"", before.buffers, bad)
         assert result.fault and result.cycles <= 3
         assert np.array_equal(result.buffers[ins.dst][:n], before.buffers[ins.dst][:n])
+
+
+def test_row_writer_corners_back_to_back():
+    """The row writer's last-word and last-row flags at their corners: rows of one and two words, one to three
+    rows, ops back to back (each starts the cycle after the previous one's ``done``), each the exact saturating
+    sum on its own rows and columns and nothing beyond them."""
+    from tokensift.quant.fixed import FixedFormat
+    from tokensift.quant.residual import residual_add
+
+    cfg = config_for("dense", banks=2, lanes=4)
+    pc, ins, before, after, entry = first_step("dense", Opcode.RESIDUAL_ADD)
+    shapes = [(1, 3), (2, 6), (3, 4), (1, 8), (2, 1), (3, 5)]  # (rows, columns): 1, 2, 1, 2, 1, 2 words
+    ops = [op_fields(dataclasses.replace(ins, m=m), start=0, n=n, n2=n) for n, m in shapes]
+    result = run_op(EngineBench(cfg, ResidualEngine(config=cfg)), b"", before.buffers, ops[0], then=tuple(ops[1:]))
+    want = {b: np.array(v, dtype=np.int64) for b, v in before.buffers.items()}
+    res = FixedFormat(bits=cfg.envelope.res_bits)
+    for n, m in shapes:
+        want[ins.dst][:n, :m] = residual_add(want[ins.src][:n, :m], want[ins.src2][:n, :m], res)
+    assert not result.fault and result.rows == shapes[-1][0]
+    for b in Buffer:
+        rows = before.count[b]
+        assert np.array_equal(result.buffers[b][:rows, :want[b].shape[1]], want[b][:rows]), b.name
+    assert len(result.done_at) == len(shapes)
