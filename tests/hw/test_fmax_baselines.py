@@ -55,3 +55,23 @@ def test_place_and_route_reproduces_the_baseline(config, tmp_path):
         assert r["fmax_mhz"] == pytest.approx(stored, rel=TOLERANCE), (
             f"{config['block']} {config['name']} at speed {speed}: {r['fmax_mhz']} MHz now, {stored} MHz in the "
             f"baseline (tools now: yosys {r['yosys']}, nextpnr {r['nextpnr']}; baseline: {config['tools']})")
+
+
+@pytest.mark.parametrize("seeds", ["1,x", "0", "2,-3"])
+def test_bad_seeds_stop_before_any_tool_runs(seeds, capsys, monkeypatch):
+    bench = _bench()
+    monkeypatch.setattr(bench, "measure", lambda *a, **k: pytest.fail("no tool may run before --seeds is checked"))
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--block", "requant", "--seeds", seeds])
+    assert exc.value.code == 2 and "--seeds must" in capsys.readouterr().err
+
+
+def test_seed_spread_table(capsys):
+    """The seed table prints every seed's Fmax and their min / median / max."""
+    bench = _bench()
+    row = {"block": "attention", "name": "demo", "about": "", "fmax_mhz": {"6": 90.0},
+           "critical_path": {"6": {"from": "a", "to": "b", "logic_ns": 1.0, "routing_ns": 9.0}},
+           "seed_fmax_mhz": {"6": {"default": 90.0, "1": 101.5, "2": 95.25}}}
+    bench._print([row], (6,), {})
+    out = capsys.readouterr().out
+    assert "| attention | demo | default 90.0, 1 101.5, 2 95.2 | 90.0 / 95.2 / 101.5 |" in out

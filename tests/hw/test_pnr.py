@@ -56,6 +56,8 @@ def test_parse_report_without_a_clock_fails():
     ({"speed": "6"}, TypeError, r"^speed must be an integer, not str$"),
     ({"constraint_mhz": 0}, ValueError, r"^constraint_mhz must be between 0 and 1000 MHz, not 0$"),
     ({"top": "my top"}, ValueError, r"^top must be a Verilog module name, not 'my top'$"),
+    ({"seed": 0}, ValueError, r"^seed must be between 1 and 2147483647, not 0$"),
+    ({"seed": 1.5}, TypeError, r"^seed must be an integer or None, not float$"),
 ])
 def test_bad_arguments(kwargs, exc, message):
     with pytest.raises(exc, match=message):
@@ -81,4 +83,8 @@ def test_requantizer_closes_100_mhz_at_speed_6(tmp_path):
     assert r["utilization"]["dsp"] == 2 and r["utilization"]["ff"] > 0 and r["utilization"]["lut"] > 0
     again = pnr.place_and_route(comp, top="tokensift_requant", speed=6, cache_dir=tmp_path)
     assert again["cached"] is True and again["fmax_mhz"] == r["fmax_mhz"]
-    assert again["critical_path"] == cp
+    assert again["critical_path"] == cp and again["seed"] == "default"
+    # another seed is another placement, cached apart from the default's
+    seeded = pnr.place_and_route(comp, top="tokensift_requant", speed=6, cache_dir=tmp_path, seed=7)
+    assert seeded["cached"] is False and seeded["seed"] == 7 and seeded["fmax_mhz"] >= 100
+    assert pnr.place_and_route(comp, top="tokensift_requant", speed=6, cache_dir=tmp_path, seed=7)["cached"] is True

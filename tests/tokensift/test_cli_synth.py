@@ -18,6 +18,8 @@ from tokensift.cli import main
     (["requant", "--constraint-mhz", "120"], r"--constraint-mhz is a place-and-route option; add --pnr"),
     (["requant", "--pnr", "--constraint-mhz", "0"], r"--constraint-mhz must be between 0 and 1000, not 0"),
     (["attention", "--lanes", "0", "--pnr"], r"lanes must be .*"),
+    (["requant", "--seed", "3"], r"--seed is a place-and-route option; add --pnr"),
+    (["requant", "--pnr", "--seed", "0"], r"--seed must be between 1 and 2147483647, not 0"),
 ])
 def test_bad_options_are_one_line_and_exit_2(argv, message, capsys, monkeypatch):
     from tokensift.hw.cost import pnr, synth
@@ -47,5 +49,6 @@ def test_synth_and_pnr_json(capsys):
     assert set(p["critical_path"]) >= {"from", "to", "logic_ns", "routing_ns", "hops"}
     assert main(["synth", "requant", "--multiplier", "12345", "--shift", "20", "--pnr", "--speed", "8"]) == 0
     text = capsys.readouterr().out
-    assert re.search(r"^nextpnr-ecp5 LFE5U-85F CABGA381 speed 8: Fmax [\d.]+ MHz \(meets 100 MHz\)$", text, re.M)
+    assert re.search(r"^nextpnr-ecp5 LFE5U-85F CABGA381 speed 8, seed default: Fmax [\d.]+ MHz \(meets 100 MHz\)$",
+                     text, re.M)
     assert re.search(r"^critical path: .+ -> .+: [\d.]+ ns = [\d.]+ ns logic \+ [\d.]+ ns routing$", text, re.M)

@@ -36,6 +36,9 @@ def add_arguments(parser):
         p.add_argument("--speed", type=int, default=6, help="ECP5 speed grade for --pnr: 6, 7 or 8 (default: 6)")
         p.add_argument("--constraint-mhz", type=float, default=None,
                        help="clock constraint nextpnr places for (default: 100)")
+        p.add_argument("--seed", type=int, default=None,
+                       help="nextpnr placement seed for --pnr (default: nextpnr's own); another seed is another "
+                            "placement, and a design whose worst paths are mostly wire moves by several MHz")
         p.add_argument("--no-cache", action="store_true", help="run the tools even when a cached result exists")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.set_defaults(_glue=glue)
@@ -58,6 +61,11 @@ def check_options(args) -> None:
             raise InvalidArgumentError("--constraint-mhz is a place-and-route option; add --pnr")
         if not 0 < args.constraint_mhz < 1000:
             raise InvalidArgumentError(f"--constraint-mhz must be between 0 and 1000, not {args.constraint_mhz:g}")
+    if args.seed is not None:
+        if not args.pnr:
+            raise InvalidArgumentError("--seed is a place-and-route option; add --pnr")
+        if not 1 <= args.seed < 1 << 31:
+            raise InvalidArgumentError(f"--seed must be between 1 and {(1 << 31) - 1}, not {args.seed}")
 
 
 def run(args) -> int:
@@ -81,7 +89,7 @@ def run(args) -> int:
     if args.pnr:
         constraint = args.constraint_mhz if args.constraint_mhz is not None else DEFAULT_CONSTRAINT_MHZ
         out["pnr"] = place_and_route_verilog(text, top=toplevel, speed=args.speed, constraint_mhz=constraint,
-                                             use_cache=not args.no_cache)
+                                             use_cache=not args.no_cache, seed=args.seed)
     else:
         res = synthesize_verilog(text, family=args.family, top=toplevel, use_cache=not args.no_cache)
         out["synth"] = {k: v for k, v in res.items() if k != "cells"} | {"cells": res["cells"]}
@@ -101,7 +109,7 @@ def _print(out: dict) -> None:
         return
     p = out["pnr"]
     verdict = "meets" if p["meets_constraint"] else "misses"
-    print(f"nextpnr-ecp5 {p['part']} {p['package']} speed {p['speed']}: Fmax {p['fmax_mhz']:g} MHz "
+    print(f"nextpnr-ecp5 {p['part']} {p['package']} speed {p['speed']}, seed {p['seed']}: Fmax {p['fmax_mhz']:g} MHz "
           f"({verdict} {p['constraint_mhz']:g} MHz)")
     cp = p["critical_path"]
     if cp is not None:
