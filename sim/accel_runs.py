@@ -59,8 +59,8 @@ def simulate_model(cfg: AccelConfig, image: bytes, registers, inputs: list[bytes
     ``inputs`` are the images' input-region bytes (:func:`tokensift.quant.accel.image.input_bytes`);
     ``register_sets`` (default ``[registers]``) are :class:`~tokensift.quant.accel.registers.Registers`, every
     input runs under each; ``max_cycles`` raises the testbench's hang guard for long runs (a DeiT-S image).
-    Returns the report plus per run ``expected_logits``, ``bit_exact`` and the
-    reference ``trace``."""
+    Returns the report plus per run ``expected_logits``, ``bit_exact``, ``expected_overflows`` (the reference's
+    saturation count, which the design's OVERFLOWS register must equal) and the reference ``trace``."""
     from tokensift.quant.accel.executor import run
 
     sets = [registers] if register_sets is None else list(register_sets)
@@ -87,6 +87,7 @@ def simulate_model(cfg: AccelConfig, image: bytes, registers, inputs: list[bytes
     for got, want in zip(report["runs"], expected, strict=True):
         got["expected_logits"] = [int(v) for v in want.logits]
         got["bit_exact"] = got["logits"] == got["expected_logits"] and got["fault"] == 0
+        got["expected_overflows"] = want.counter.total
         got["trace"] = want.trace
     report["bit_exact"] = all(r["bit_exact"] for r in report["runs"])
     return report

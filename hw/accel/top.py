@@ -118,9 +118,10 @@ class Accelerator(wiring.Component):
             m.d.sync += cycles.eq(0)
         with m.Elif(seq.busy & (cycles != 0xFFFF_FFFF)):
             m.d.sync += cycles.eq(cycles + 1)
-        # the engines' counts summed as a tree with a register every two levels, and the difference registered:
-        # a chain of adders would stand between two registers; the few cycles' lag ends long before the host
-        # can read the count after ``done`` (the last counting op ends an instruction fetch before it)
+        # the engines' counts summed as a tree with a register after every level, each adder only as wide as its
+        # sum can be, and the difference registered: two adders in series between registers were the whole
+        # design's worst path. The few cycles' lag ends long before the host can read the count after ``done``
+        # (the last counting op ends an instruction fetch and a dispatch before it)
         overflow_total = _pipelined_sum(m, [eng.overflows for eng in engines], width=32)
         overflow_at_start = Signal(32)
         with m.If(f.start & ~seq.busy):
@@ -219,14 +220,19 @@ class Accelerator(wiring.Component):
 
 
 def _pipelined_sum(m, values, *, width: int):
-    """The sum of ``values`` (``width`` bits), added pairwise with a register after every second level."""
+    """The sum of ``values`` (``width`` bits at most, each a count that never wraps), added pairwise with a register
+    after every level; each level's adders one bit wider than their operands, up to ``width``."""
     level = 0
     while len(values) > 1:
-        pairs = [values[i] + values[i + 1] if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)]
         level += 1
-        if level % 2 == 0 or len(pairs) == 1:
-            regs = [Signal(width, name=f"overflow_sum{level}_{i}") for i in range(len(pairs))]
-            m.d.sync += [r.eq(v) for r, v in zip(regs, pairs, strict=True)]
-            pairs = regs
-        values = pairs
+        pairs = []
+        for i in range(0, len(values), 2):
+            if i + 1 < len(values):
+                bits = min(width, max(len(values[i]), len(values[i + 1])) + 1)
+                pairs.append((values[i] + values[i + 1], bits))
+            else:
+                pairs.append((values[i], len(values[i])))
+        regs = [Signal(bits, name=f"overflow_sum{level}_{i}") for i, (_, bits) in enumerate(pairs)]
+        m.d.sync += [r.eq(v) for r, (v, _) in zip(regs, pairs, strict=True)]
+        values = regs
     return values[0]

@@ -87,6 +87,7 @@ def test_every_method_through_one_design():
         else:
             assert got["fault"] == 0 and got["done"] == 1, (i, got)
             assert got["logits"] == [int(v) for v in expected.logits], i
+            assert got["overflows"] == expected.counter.total, i  # the OVERFLOWS register counts what the model does
             assert got["register_error"] == 0 and got["irq_cleared"]
     pruned, dense = report["runs"][1], report["runs"][5]
     assert pruned["cycles"] < dense["cycles"]  # DynamicViT's own registers vs the same image run dense
@@ -126,10 +127,11 @@ def test_dense_and_pruned_images_faults_and_a_reset():
     image = built("dynamicvit", COLS)[1].image
     for g, regs_ in ((got[0], r), (got[2], r.replace(method="dense"))):  # own method; dense: skipped ops
         assert g["cycles"] == image_cycles(cfg, image, regs_, inputs["dynamicvit"], latency=10)["cycles"]
-    assert got[0]["logits"] == [int(v) for v in _expected(dram, r, inputs["dynamicvit"]).logits]
+    pruned = _expected(dram, r, inputs["dynamicvit"])
+    assert got[0]["logits"] == [int(v) for v in pruned.logits] and got[0]["overflows"] == pruned.counter.total
     assert got[1]["reset"] and got[1]["busy_before_reset"] == 1
     dense = _expected(dram, r.replace(method="dense"), inputs["dynamicvit"])
-    assert got[2]["logits"] == [int(v) for v in dense.logits]
+    assert got[2]["logits"] == [int(v) for v in dense.logits] and got[2]["overflows"] == dense.counter.total
     assert got[0]["cycles"] < got[2]["cycles"]
     assert [(g["done"], g["fault"], g["fault_pc"]) for g in got[3:]] == [
         (3, Fault.REGISTERS, 0), (3, Fault.REGISTERS, 0), (3, Fault.PROGRAM, 0), (3, Fault.IMAGE, 0)]
