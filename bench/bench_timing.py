@@ -217,8 +217,10 @@ def main(argv=None) -> int:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     except ValueError:
         ap.error(f"--seeds must be comma-separated integers, not {args.seeds!r}")
-    if any(not 1 <= seed < 1 << 31 for seed in seeds):
-        ap.error(f"--seeds must each be between 1 and {(1 << 31) - 1}, not {args.seeds!r}")
+    from tokensift.hw.cost.pnr import MAX_SEED
+
+    if any(not 1 <= seed <= MAX_SEED for seed in seeds):
+        ap.error(f"--seeds must each be between 1 and {MAX_SEED}, not {args.seeds!r}")
     grid = [g for g in (GRID if args.block is None else [*GRID, *ACCELERATORS])
             if (args.block is None or g[0] in args.block) and (args.config is None or g[1] in args.config)]
     if not grid:

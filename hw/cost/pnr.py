@@ -46,6 +46,7 @@ from tokensift.errors import TokensiftError
 
 __all__ = [
     "SPEEDS",
+    "MAX_SEED",
     "PART",
     "PACKAGE",
     "DEFAULT_CONSTRAINT_MHZ",
@@ -100,13 +101,17 @@ def _synth_script(top: str) -> str:
     return f"read_verilog -sv design.v; hierarchy -top {top}; synth_ecp5 -top {top} -json netlist.json"
 
 
+#: the largest nextpnr seed (its seeds are positive 32-bit integers)
+MAX_SEED = (1 << 31) - 1
+
+
 def _check_seed(seed) -> int | None:
     if seed is None:
         return None
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an integer or None, not {type(seed).__name__}")
-    if not 1 <= seed < 1 << 31:
-        raise ValueError(f"seed must be between 1 and {(1 << 31) - 1}, not {seed}")
+    if not 1 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be between 1 and {MAX_SEED}, not {seed}")
     return seed
 
 

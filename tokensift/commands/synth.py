@@ -64,8 +64,10 @@ def check_options(args) -> None:
     if args.seed is not None:
         if not args.pnr:
             raise InvalidArgumentError("--seed is a place-and-route option; add --pnr")
-        if not 1 <= args.seed < 1 << 31:
-            raise InvalidArgumentError(f"--seed must be between 1 and {(1 << 31) - 1}, not {args.seed}")
+        from tokensift.hw.cost.pnr import MAX_SEED
+
+        if not 1 <= args.seed <= MAX_SEED:
+            raise InvalidArgumentError(f"--seed must be between 1 and {MAX_SEED}, not {args.seed}")
 
 
 def run(args) -> int:
