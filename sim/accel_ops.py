@@ -19,6 +19,7 @@ from amaranth.sim import Simulator
 
 from tokensift.hw.accel.buffers import TokenBuffers
 from tokensift.hw.accel.config import AccelConfig
+from tokensift.hw.accel.ports import WRITE_LATENCY
 from tokensift.quant.accel.isa import Buffer, Instruction
 
 __all__ = ["EngineBench", "OpResult", "run_op", "check_after", "op_fields", "buffer_words", "words_to_buffer"]
@@ -240,7 +241,7 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
             result["overflows"] = ctx.get(eng.overflows)
         result["drained"] = now
         finished.append(True)
-        await ctx.tick()
+        await ctx.tick().repeat(WRITE_LATENCY)
         result["buffers"] = {b: words_to_buffer(cfg, b, {
             bank: [ctx.get(bench.buffers.memories[b, bank].data[a]) for a in range(cfg.geometry(b).depth)]
             for bank in range(cfg.banks)}) for b in Buffer}

@@ -47,41 +47,55 @@ class TokenBuffers(wiring.Component):
         m = Module()
         cfg = self._cfg
         # every request is registered on entry: the engines' ports reach the buffers through the top level's
-        # engine multiplexer, and a buffer's address adder and its fan-out to every bank's block RAM follow;
-        # a write is delayed as much as a read, so the order in which they reach a memory is the engines'
+        # engine multiplexer; a second stage registers each buffer's row address (its adder) and which buffer
+        # is asked, so the address wires' fan-out to every bank's block RAM (or a small buffer's read
+        # multiplexer) starts at flip-flops; a write is delayed as much as a read, so the order in which they
+        # reach a memory is the engines'
         req = {}
         for name in ("rd", "rd2", "wr"):
             port = getattr(self, name)
             fields = ("en", "buffer", "tile", "word") + (("data", "mask") if name == "wr" else ())
             req[name] = SimpleNamespace(**{f: Signal.like(getattr(port, f), name=f"{name}_req_{f}") for f in fields})
             m.d.sync += [getattr(req[name], f).eq(getattr(port, f)) for f in fields]
-        wr = req["wr"]
+        reaches = {"rd": tuple(Buffer), "rd2": SECOND_READ, "wr": tuple(Buffer)}
+        en = {name: Signal(name=f"{name}_en") for name in reaches}
+        hit = {name: {b: Signal(name=f"{name}_hit_{b.name.lower()}") for b in reaches[name]} for name in reaches}
+        addr = {name: {} for name in reaches}
+        for name, buffers in reaches.items():
+            m.d.sync += en[name].eq(req[name].en)
+            for b in buffers:
+                g = cfg.geometry(b)
+                addr[name][b] = Signal(range(max(2, g.depth)), name=f"{name}_addr_{b.name.lower()}")
+                # the row's word address as shifts and adds: a product by a constant that is not a power of
+                # two would take a DSP slice (or, merged by Yosys's `share` with another, an unpredictable one)
+                m.d.sync += [addr[name][b].eq(mul_const(req[name].tile, g.words) + req[name].word),
+                             hit[name][b].eq(req[name].buffer == b)]
+        wr_data = Signal.like(req["wr"].data, name="wr_data")
+        wr_mask = Signal.like(req["wr"].mask, name="wr_mask")
+        m.d.sync += [wr_data.eq(req["wr"].data), wr_mask.eq(req["wr"].mask)]
         # the buffer of the data in the read registers, one hot (delayed with the memories' read and their
         # data register): the data is selected by an AND-OR tree, a few LUTs deep at any buffer count
-        sel = {name: {b: Signal(name=f"{name}_sel_{b.name.lower()}") for b in Buffer
-                      if name == "rd" or b in SECOND_READ} for name in ("rd", "rd2")}
+        sel = {name: {} for name in ("rd", "rd2")}
         for name in sel:
-            for b, hot in sel[name].items():
-                read = Signal(name=f"{name}_read_{b.name.lower()}")
-                m.d.sync += [read.eq(req[name].buffer == b), hot.eq(read)]
+            for b in reaches[name]:
+                read, hot = Signal(name=f"{name}_read_{b.name.lower()}"), Signal(name=f"{name}_sel_{b.name.lower()}")
+                m.d.sync += [read.eq(hit[name][b]), hot.eq(read)]
+                sel[name][b] = hot
         raw = {name: {} for name in sel}
         for b in Buffer:
             g = cfg.geometry(b)
-            ports = ["rd"] + (["rd2"] if b in SECOND_READ else [])
+            ports = [name for name in ("rd", "rd2") if b in reaches[name]]
             for bank in range(cfg.banks):
                 mem = self.memories[b, bank]
                 m.submodules[f"{b.name.lower()}_bank{bank}"] = mem
                 w = mem.write_port(granularity=g.bits)
-                # the row's word address as shifts and adds: a product by a constant that is not a power of
-                # two would take a DSP slice (or, merged by Yosys's `share` with another, an unpredictable one)
-                addr = mul_const(wr.tile, g.words) + wr.word
-                m.d.comb += [w.addr.eq(addr), w.data.eq(Cat(*(wr.data[bank][i][:g.bits] for i in range(cfg.lanes))))]
+                m.d.comb += [w.addr.eq(addr["wr"][b]),
+                             w.data.eq(Cat(*(wr_data[bank][i][:g.bits] for i in range(cfg.lanes))))]
                 for i in range(cfg.lanes):
-                    m.d.comb += w.en[i].eq(wr.en & (wr.buffer == b) & wr.mask[bank][i])
+                    m.d.comb += w.en[i].eq(en["wr"] & hit["wr"][b] & wr_mask[bank][i])
                 for name in ports:
                     r = mem.read_port(transparent_for=())
-                    m.d.comb += [r.addr.eq(mul_const(req[name].tile, g.words) + req[name].word),
-                                 r.en.eq(req[name].en)]
+                    m.d.comb += [r.addr.eq(addr[name][b]), r.en.eq(en[name])]
                     # a register right behind the block RAM: its clock-to-out (5 to 6 ns on ECP5 at speed 6)
                     # leaves no room for the select after it
                     q = Signal(len(r.data), name=f"{b.name.lower()}_bank{bank}_{name}_q")

@@ -6,7 +6,8 @@ tile at that word, ``lanes`` elements each, sign- or zero-extended to :data:`ELE
 values are. No back-pressure: an engine requests only what it has room for.
 
 **Buffer write port** (:func:`write_port_signature`): ``en`` with ``buffer``, ``tile``, ``word``, ``data``
-(``banks`` x ``lanes`` elements, each truncated to the buffer's width) and ``mask`` (one bit per element).
+(``banks`` x ``lanes`` elements, each truncated to the buffer's width) and ``mask`` (one bit per element); the
+memory holds it :data:`WRITE_LATENCY` cycles later.
 
 **DRAM read channel**: the :class:`~tokensift.hw.axi.reader.AxiReader`'s own ``i_cmd`` (byte ``addr``,
 ``length``) and ``o_data`` (bus words) streams; addresses are absolute (``MEMORY_BASE`` + the instruction's
@@ -33,12 +34,15 @@ from tokensift.hw.accel.config import ELEMENT_BITS, AccelConfig
 from tokensift.hw.axi.burst import command_layout
 from tokensift.hw.axi.reader import word_layout
 
-__all__ = ["READ_LATENCY", "tile_layout", "read_port_signature", "write_port_signature", "op_layout",
+__all__ = ["READ_LATENCY", "WRITE_LATENCY", "tile_layout", "read_port_signature", "write_port_signature", "op_layout",
            "engine_signature", "check_config", "OpEngine", "BUFFER_BITS"]
 
-#: cycles from a read request to its data (the buffers' request register, the block RAM's registered read, the
-#: register behind it, then the registered buffer select)
-READ_LATENCY = 4
+#: cycles from a read request to its data (the buffers' request register, their address register, the block
+#: RAM's registered read, the register behind it, then the registered buffer select)
+READ_LATENCY = 5
+#: cycles from a write request to the memory holding its data (the buffers' two request registers): a read
+#: requested in the same cycle as a write, or later, sees it
+WRITE_LATENCY = 2
 #: width of a buffer index (:class:`tokensift.quant.accel.isa.Buffer`)
 BUFFER_BITS = 4
 
