@@ -30,6 +30,7 @@ from tokensift.hw.attention.layout import (
     status_layout,
 )
 from tokensift.hw.common.mac_array import mul_const
+from tokensift.hw.common.skid import SkidBuffer
 from tokensift.quant.attention import AttentionParams
 from tokensift.quant.softmax import SoftmaxParams, SoftmaxVariant
 
@@ -116,15 +117,16 @@ class Attention(wiring.Component):
         # -- constants: one beat per frame into a register, checked as it is taken ---------------------
         r = self._ranges
         k = self.k_stream.payload
-        k_full, k_good = Signal(), Signal()
+        # k_go: a checked constants beat is held (k_full & its check), one register in front of the routing
+        k_full, k_good, k_go = Signal(), Signal(), Signal()
         k_raw = Signal(const_layout(), name="k_raw")
         m.d.comb += self.k_stream.ready.eq(~k_full)
+        good = ((k.scale_multiplier != 0) & (k.scale_multiplier[r.scale_mult_bits:] == 0)
+                & (k.scale_shift <= r.scale_shift_max)
+                & (k.out_multiplier != 0) & (k.out_multiplier[r.out_mult_bits:] == 0)
+                & (k.out_shift <= r.out_shift_max))
         with m.If(self.k_stream.valid & ~k_full):
-            m.d.sync += [k_raw.eq(k), k_full.eq(1),
-                         k_good.eq((k.scale_multiplier != 0) & (k.scale_multiplier[r.scale_mult_bits:] == 0)
-                                   & (k.scale_shift <= r.scale_shift_max)
-                                   & (k.out_multiplier != 0) & (k.out_multiplier[r.out_mult_bits:] == 0)
-                                   & (k.out_shift <= r.out_shift_max))]
+            m.d.sync += [k_raw.eq(k), k_full.eq(1), k_good.eq(good), k_go.eq(good)]
         for eng in engines:
             m.d.comb += [eng.consts.scale_multiplier.eq(k_raw.scale_multiplier),
                          eng.consts.scale_shift.eq(k_raw.scale_shift),
@@ -139,7 +141,7 @@ class Attention(wiring.Component):
         n_ok = 1 if self._checked_headers else (hdr_n != 0) & (hdr_n <= p.n_max)
         at_header = state == _FRONT_HEADER
         # a header waits for its constants; then it goes to a core, or is dropped with its beats
-        routed = (at_header & k_full & n_ok & k_good) | (state == _FRONT_FORWARD)
+        routed = (at_header & k_go & n_ok) | (state == _FRONT_FORWARD)
         eng_ready = Signal()
         for h, eng in enumerate(engines):
             m.d.comb += [eng.i_stream.payload.eq(self.i_stream.payload),
@@ -154,7 +156,7 @@ class Attention(wiring.Component):
         with m.If(taken):
             with m.Switch(state):
                 with m.Case(_FRONT_HEADER):
-                    m.d.sync += [remaining.eq(mul_const(hdr_n, 3 * p.chunks)), k_full.eq(0),
+                    m.d.sync += [remaining.eq(mul_const(hdr_n, 3 * p.chunks)), k_full.eq(0), k_go.eq(0),
                                  const_error.eq(~k_good)]
                     with m.If(n_ok & k_good):
                         m.d.sync += [state.eq(_FRONT_FORWARD), error.eq(0)]
@@ -189,6 +191,14 @@ class Attention(wiring.Component):
         if len(sources) == 1:
             wiring.connect(m, wiring.flipped(sink), sources[0])
             return
+        # each core's beats pass a skid buffer first: the core's FIFO pop is then a register, not the
+        # merge's choice across the cores (two wires across the die)
+        slices = []
+        for h, src in enumerate(sources):
+            m.submodules[f"{name}_slice{h}"] = skid = SkidBuffer(layout=src.payload.shape())
+            wiring.connect(m, src, skid.i)
+            slices.append(skid.o)
+        sources = slices
         held = Signal(name=f"{name}_held")
         held_sel = Signal(range(len(sources)), name=f"{name}_held_sel")
         pick = Signal.like(held_sel, name=f"{name}_pick")

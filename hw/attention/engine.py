@@ -118,8 +118,11 @@ class AttentionEngine(wiring.Component):
 
         # -- frame registers and loading ---------------------------------------------------------------
         n = Signal(range(n_max + 1))
-        n_chunks = Signal(range(n_max * chunks + 1))  # N * chunks
-        chunk_len = Signal(range(max(n_max, lanes) + 1))  # max(N, lanes)
+        # the last index of each count, registered with the header: the counters' ends are then equality
+        # compares with registers, not a subtraction's carry chain in front of them
+        n_last = Signal(range(n_max))  # N - 1
+        load_last = Signal(range(n_max * chunks))  # N * chunks - 1
+        chunk_last = Signal(range(max(n_max, lanes)))  # max(N, lanes) - 1
         region = Signal(range(3))  # 0: Q, 1: K, 2: V
         load_addr = Signal(range(n_max * chunks))
         computing = Signal()
@@ -135,8 +138,8 @@ class AttentionEngine(wiring.Component):
         m.d.comb += self.i_stream.ready.eq(~computing)
         with m.If(i_ok & ~loading):  # header
             hdr_n = self.i_stream.payload.header.n_tokens[: len(n)]
-            m.d.sync += [n.eq(hdr_n), n_chunks.eq(mul_const(hdr_n, chunks)), chunk_len.eq(Mux(hdr_n > lanes, hdr_n, lanes)),
-                         loading.eq(1), region.eq(0), load_addr.eq(0), scale.eq(self.consts), frame.eq(~frame)]
+            m.d.sync += [n.eq(hdr_n), n_last.eq(hdr_n - 1), load_last.eq(mul_const(hdr_n, chunks) - 1),
+                         chunk_last.eq(Mux(hdr_n > lanes, hdr_n - 1, lanes - 1)), loading.eq(1), region.eq(0), load_addr.eq(0), scale.eq(self.consts), frame.eq(~frame)]
             for b in range(2):
                 with m.If(frame != b):
                     m.d.sync += out_consts[b].eq(self.consts)
@@ -164,7 +167,7 @@ class AttentionEngine(wiring.Component):
             m.d.sync += phase_pv.eq(k_new >= n)
 
         with m.If(i_ok & loading):
-            with m.If(load_addr == n_chunks - 1):
+            with m.If(load_addr == load_last):
                 m.d.sync += [load_addr.eq(0), region.eq(region + 1)]
                 with m.If(region == 2):
                     m.d.sync += [loading.eq(0), computing.eq(1), q_base.eq(0)]
@@ -187,12 +190,12 @@ class AttentionEngine(wiring.Component):
         qk_op = computing & ~phase_pv
 
         chunk_done = Signal()
-        m.d.comb += chunk_done.eq(pv_advance & (cc == chunk_len - 1))
+        m.d.comb += chunk_done.eq(pv_advance & (cc == chunk_last))
         with m.If(qk_op):
             m.d.sync += kaddr.eq(kaddr + 1)
             with m.If(c == chunks - 1):
                 m.d.sync += c.eq(0)
-                with m.If(j == n - 1):  # end of QK(k)
+                with m.If(j == n_last):  # end of QK(k)
                     m.d.sync += [j.eq(0), q_base.eq(q_base + chunks)]
                     with m.If(k == 0):
                         begin_step(1)
@@ -219,14 +222,14 @@ class AttentionEngine(wiring.Component):
         m.d.comb += [
             op_tag.j.eq(Mux(phase_pv, cc, j)),
             op_tag.bank.eq(Mux(phase_pv, pv_bank, qk_bank)),
-            op_tag.lastj.eq(Mux(phase_pv, cc == n - 1, j == n - 1)),
+            op_tag.lastj.eq(Mux(phase_pv, cc == n_last, j == n_last)),
             op_tag.cls.eq(phase_pv & pv_row0 & (c == 0)),
             op_tag.final.eq(phase_pv & (k == n) & (c == chunks - 1)),
             op_tag.frame.eq(frame),
         ]
         op_valid = qk_op | pv_op
         op_first = Mux(phase_pv, cc == 0, c == 0)
-        op_last = Mux(phase_pv, cc == n - 1, c == chunks - 1)
+        op_last = Mux(phase_pv, cc == n_last, c == chunks - 1)
         m.d.comb += [qbuf.r_addr.eq(q_base + c), kvbuf.r_addr.eq(Mux(phase_pv, vaddr, kaddr)),
                      sm.e_r_bank.eq(pv_bank), sm.e_r_addr.eq(cc)]
 
@@ -293,7 +296,7 @@ class AttentionEngine(wiring.Component):
             for b in range(2):
                 with m.If(sm.done_bank == b):
                     m.d.sync += recips[b].eq(sm.recip)
-        with m.If(i_ok & loading & (region == 2) & (load_addr == n_chunks - 1)):  # a new frame computes
+        with m.If(i_ok & loading & (region == 2) & (load_addr == load_last)):  # a new frame computes
             m.d.sync += [sm_bank.eq(0), scores_ready.eq(0), sm_done.eq(0)]
 
         # -- finished chunks: serial requantization into output beats ----------------------------------

@@ -300,7 +300,7 @@ class SoftmaxUnit(wiring.Component):
 
         bank = Signal()
         row_max = Signal(signed(self._score_bits))
-        n = Signal(range(n_max + 1))
+        n_last = Signal(range(n_max))  # the row's last index, so its end is an equality with a register
         j = Signal(range(n_max + 1))
         reading = Signal()
         summing = Signal()
@@ -312,17 +312,17 @@ class SoftmaxUnit(wiring.Component):
         with m.If(take_max):
             m.d.sync += row_max.eq(self.start_max)
         with m.If(self.start):
-            m.d.sync += [bank.eq(self.start_bank), n.eq(self.start_n), j.eq(0),
+            m.d.sync += [bank.eq(self.start_bank), n_last.eq(self.start_n - 1), j.eq(0),
                          reading.eq(1), summing.eq(1), total.eq(0)]
         # read one score per cycle into a register; the exponent pipeline gets ``s - max`` the cycle after
         m.d.comb += sr.addr.eq(bank * n_max + j)
         rd_valid, rd_last, rd_j = Signal(), Signal(), Signal(range(n_max + 1))
-        m.d.sync += [rd_valid.eq(reading), rd_last.eq(reading & (j == n - 1)), rd_j.eq(j)]
+        m.d.sync += [rd_valid.eq(reading), rd_last.eq(reading & (j == n_last)), rd_j.eq(j)]
         score, sc_valid, sc_last, sc_j = Signal.like(sr.data, name="score"), Signal(), Signal(), Signal.like(rd_j)
         m.d.sync += [score.eq(sr.data), sc_valid.eq(rd_valid), sc_last.eq(rd_last), sc_j.eq(rd_j)]
         with m.If(reading):
             m.d.sync += j.eq(j + 1)
-            with m.If(j == n - 1):
+            with m.If(j == n_last):
                 m.d.sync += reading.eq(0)
         m.d.comb += [exp.i_valid.eq(sc_valid), exp.i_diff.eq(score - row_max), exp.i_tag.eq(Mux(sc_last, 1, 0)
                      | (sc_j << 1))]

@@ -89,6 +89,10 @@ def test_every_method_through_one_design():
             assert got["logits"] == [int(v) for v in expected.logits], i
             assert got["overflows"] == expected.counter.total, i  # the OVERFLOWS register counts what the model does
             assert got["register_error"] == 0 and got["irq_cleared"]
+    # the images saturate at every kind of site, so the OVERFLOWS check above compares counts that are not zero
+    sites = {site.split(".", 1)[1] if site.startswith("pc") else site
+             for e in want if hasattr(e, "counter") for site in e.counter.by_site}
+    assert {"attention.out", "gemm.out", "gelu", "layernorm"} <= sites, sites
     pruned, dense = report["runs"][1], report["runs"][5]
     assert pruned["cycles"] < dense["cycles"]  # DynamicViT's own registers vs the same image run dense
     assert np.unique([r["logits"][0] for r in report["runs"] if r.get("logits")]).size > 3
