@@ -247,8 +247,9 @@ class GemmOpEngine(OpEngine):
         dd = self.dram_data
         rec_left = Signal(range(rec_words + 1))
         in_left = Signal(range(input_words + 1))
-        in_record = rec_left != 0
-        in_input = ~in_record & (in_left != 0)
+        # the phase as two registers that follow the counts (rec_left != 0; in_left != 0 after the record): the
+        # DRAM word's routing to the record, the transposer or the weights starts at flip-flops
+        in_record, in_input = Signal(), Signal()
         tr_free = Signal()                # the transposer's write half is free
         m.d.comb += [dd.ready.eq(in_record | (in_input & tr_free) | (~in_record & ~in_input & gemm.weights.ready)),
                      gemm.weights.valid.eq(dd.valid & ~in_record & ~in_input),
@@ -257,9 +258,12 @@ class GemmOpEngine(OpEngine):
         m.d.comb += [record.start.eq(go), record.i_word.valid.eq(dd.valid & in_record),
                      record.i_word.payload.eq(dd.payload)]
         with m.If(go):
-            m.d.sync += [rec_left.eq(rec_words), in_left.eq(Mux(is_pe, input_words, 0))]
+            m.d.sync += [rec_left.eq(rec_words), in_left.eq(Mux(is_pe, input_words, 0)), in_record.eq(rec_words != 0),
+                         in_input.eq(0)]
         with m.Elif(dd.valid & in_record):
             m.d.sync += rec_left.eq(rec_left - 1)
+            with m.If(rec_left == 1):
+                m.d.sync += [in_record.eq(0), in_input.eq(in_left != 0)]
         rec, rec_in = record.fields, record.done   # rec_in: the record's last word arrived (a pulse)
 
         out_bits = Signal(5)
@@ -321,6 +325,8 @@ class GemmOpEngine(OpEngine):
             m.d.sync += [tw_j.eq(0), tw_r.eq(1 % R), tw_h.eq(int(R == 1)), tr_full.eq(int(R == 1))]
         with m.Elif(tr_write):
             m.d.sync += [tw_j.eq(tw_j + 1), in_left.eq(in_left - 1)]
+            with m.If(in_left == 1):
+                m.d.sync += in_input.eq(0)
             with m.If(tw_j == pdw - 1):
                 m.d.sync += [tw_j.eq(0), tw_r.eq(tw_r + 1)]
                 with m.If((tw_r == R - 1) | (in_left == 1)):

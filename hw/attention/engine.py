@@ -314,11 +314,14 @@ class AttentionEngine(wiring.Component):
         with m.If(mac.vec_valid):
             m.d.sync += [ser_count.eq(lanes), ser_final.eq(vec_tag.final),
                          ser_consts.eq(Mux(vec_tag.frame, out_consts[1], out_consts[0]))]
-            # the accumulators hold P V sums, which fit pv_bits exactly
-            m.d.sync += [hold[lane].eq(mac.vec[lane][: p.pv_bits].as_signed()) for lane in range(lanes)]
         with m.Elif(sending):
             m.d.sync += ser_count.eq(ser_count - 1)
-            m.d.sync += [hold[lane].eq(hold[lane + 1]) for lane in range(lanes - 1)]
+        # the values shift on every other cycle too (only hold[0] while sending is read): their load is then a
+        # multiplexer by a register, not an enable net of every hold bit behind the count's logic
+        # (the accumulators hold P V sums, which fit pv_bits exactly)
+        for lane in range(lanes):
+            shifted = hold[lane + 1] if lane + 1 < lanes else hold[lane]
+            m.d.sync += hold[lane].eq(Mux(mac.vec_valid, mac.vec[lane][: p.pv_bits].as_signed(), shifted))
         # the requantizer is never stalled: a value leaves it RuntimeRequantizer.latency cycles later
         out_last_lane, out_final = rq.o_tag[0], rq.o_tag[1]
         pack = Signal(data.ArrayLayout(signed(p.data_bits), lanes))
