@@ -139,7 +139,8 @@ class AttentionEngine(wiring.Component):
         with m.If(i_ok & ~loading):  # header
             hdr_n = self.i_stream.payload.header.n_tokens[: len(n)]
             m.d.sync += [n.eq(hdr_n), n_last.eq(hdr_n - 1), load_last.eq(mul_const(hdr_n, chunks) - 1),
-                         chunk_last.eq(Mux(hdr_n > lanes, hdr_n - 1, lanes - 1)), loading.eq(1), region.eq(0), load_addr.eq(0), scale.eq(self.consts), frame.eq(~frame)]
+                         chunk_last.eq(Mux(hdr_n > lanes, hdr_n - 1, lanes - 1)), loading.eq(1), region.eq(0),
+                         load_addr.eq(0), scale.eq(self.consts), frame.eq(~frame)]
             for b in range(2):
                 with m.If(frame != b):
                     m.d.sync += out_consts[b].eq(self.consts)
