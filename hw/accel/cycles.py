@@ -3,8 +3,8 @@ rows of every instruction) and each op engine's own formula, plus the sequencer'
 
 Per image (``L``: the DRAM's latency as :class:`tokensift.sim.axi_memory.DramModel` sets it, no back-pressure):
 
-- the header check and the end: ``3 L + 26 + H + I`` cycles (:data:`HEAD_TAIL`), with ``H`` the bus words
-  of the header's 160 bytes and ``I`` those of one 16-byte instruction (``3 L + 48`` on a 64-bit bus): the
+- the header check and the end: ``3 L + 27 + H + I`` cycles (:data:`HEAD_TAIL`), with ``H`` the bus words
+  of the header's 160 bytes and ``I`` those of one 16-byte instruction (``3 L + 49`` on a 64-bit bus): the
   header, the checks, the END instruction's fetch and the done;
 - per instruction after the first: its fetch and dispatch, ``L + 9 + I`` (:data:`FETCH`); a skipped
   (gated) instruction costs its fetch, ``L + 7 + I`` (:data:`SKIP`);
@@ -40,7 +40,7 @@ def HEAD_TAIL(latency: int, data_bytes: int = 8) -> int:  # noqa: N802 - a const
     from tokensift.hw.accel.sequencer import HEADER_CHECK_BYTES
     from tokensift.quant.accel.isa import INSTRUCTION_BYTES
 
-    return 3 * latency + 26 + _words(HEADER_CHECK_BYTES, data_bytes) + _words(INSTRUCTION_BYTES, data_bytes)
+    return 3 * latency + 27 + _words(HEADER_CHECK_BYTES, data_bytes) + _words(INSTRUCTION_BYTES, data_bytes)
 
 
 def FETCH(latency: int, data_bytes: int = 8) -> int:  # noqa: N802

@@ -269,14 +269,18 @@ class GemmOpEngine(OpEngine):
         out_bits = Signal(5)
         rec_bad = Signal()
         rec_checked = Signal()
-        m.d.sync += rec_checked.eq(rec_in)
+        # each check is registered with the record, their OR one cycle later: rec_bad is then ready in the
+        # cycle rec_seen rises, with no compare feeding another compare's OR between two registers
+        rec_checks = Signal(5)
+        m.d.sync += [rec_checked.eq(rec_in), rec_bad.eq(rec_checks.any())]
         with m.If(rec_in):
             ob = rec.out_bits
             m.d.sync += [
                 out_bits.eq(ob[:5]),
-                rec_bad.eq((rec.header[:32] != Tag.LINEAR) | (rec.header[32:] != exp_len) | (rec.m != op.m)
-                           | (rec.k != op.k) | (rec.in_bits != 8) | (rec.w_bits != 8) | (rec.acc_bits != ACC_BITS)
-                           | (ob < 2) | (ob > dst_bits) | (is_gemm & (ob != op.arg))),
+                rec_checks.eq(Cat(rec.header[:32] != Tag.LINEAR, rec.header[32:] != exp_len,
+                                  (rec.m != op.m) | (rec.k != op.k),
+                                  (rec.in_bits != 8) | (rec.w_bits != 8) | (rec.acc_bits != ACC_BITS),
+                                  (ob < 2) | (ob > dst_bits) | (is_gemm & (ob != op.arg)))),
             ]
         rec_seen = Signal()
         with m.If(go):

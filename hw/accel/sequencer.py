@@ -156,6 +156,27 @@ class Sequencer(wiring.Component):
         m.d.sync += [self.start.eq(0), self.finished.eq(0)]
         m.d.comb += self.dram_data.ready.eq(0)
 
+        # the header's words are checked one cycle after they arrive, from a register: the rules' compares
+        # start at flip-flops, not at the DRAM channel's skid buffer
+        header_word = Signal(axi.data_bits)
+        header_at = Signal.like(word_i)
+        header_new = Signal()
+        m.d.sync += header_new.eq(0)
+        with m.If(header_new):
+            with m.Switch(header_at):
+                for w in range(HEADER_CHECK_BYTES // axi.data_bytes):
+                    bad = 0
+                    for at, rule, value in checks:
+                        if at // axi.data_bytes == w:
+                            field = header_word[8 * (at % axi.data_bytes):8 * (at % axi.data_bytes) + 32]
+                            bad = bad | ((field != value) if rule == "eq" else (field > value))
+                    with m.Case(w):
+                        m.d.sync += mismatch.eq(mismatch | bad)
+            for field_at, target in ((_METHOD_AT, image_method), (_STAGES_AT, image_stages)):
+                with m.If(header_at == field_at // axi.data_bytes):
+                    shift = 8 * (field_at % axi.data_bytes)
+                    m.d.sync += target.eq(header_word[shift:shift + len(target)])
+
         def stop(code):
             m.d.sync += [self.fault.eq(code), self.fault_pc.eq(pc), self.engine.eq(self.own_port)]
             m.next = "DRAIN"
@@ -196,23 +217,12 @@ class Sequencer(wiring.Component):
             with m.State("HEADER_DATA"):
                 m.d.comb += self.dram_data.ready.eq(1)
                 with m.If(self.dram_data.valid):
-                    word = self.dram_data.payload.data
-                    m.d.sync += word_i.eq(word_i + 1)
-                    with m.Switch(word_i):
-                        for w in range(HEADER_CHECK_BYTES // axi.data_bytes):
-                            bad = 0
-                            for at, rule, value in checks:
-                                if at // axi.data_bytes == w:
-                                    field = word[8 * (at % axi.data_bytes):8 * (at % axi.data_bytes) + 32]
-                                    bad = bad | ((field != value) if rule == "eq" else (field > value))
-                            with m.Case(w):
-                                m.d.sync += mismatch.eq(mismatch | bad)
-                    for field_at, target in ((_METHOD_AT, image_method), (_STAGES_AT, image_stages)):
-                        with m.If(word_i == field_at // axi.data_bytes):
-                            shift = 8 * (field_at % axi.data_bytes)
-                            m.d.sync += target.eq(word[shift:shift + len(target)])
+                    m.d.sync += [word_i.eq(word_i + 1), header_word.eq(self.dram_data.payload.data),
+                                 header_at.eq(word_i), header_new.eq(1)]
                     with m.If(self.dram_data.payload.last):
-                        m.next = "CHECK"
+                        m.next = "HEADER_LAST"
+            with m.State("HEADER_LAST"):   # the last word's checks are registered in this cycle
+                m.next = "CHECK"
             with m.State("CHECK"):
                 bad_rule = 0
                 for s in range(min(cfg.envelope.stages, MAX_STAGES)):  # the design's; the image may use fewer

@@ -81,7 +81,9 @@ PIECE_DEPTH = 2048
 _EPILOGUE_STAGES = 9
 #: cycles from a beat's write into the output FIFO to the cycle it can leave (``SyncFIFOBuffered``)
 FIFO_LATENCY = 2
-#: the records are read two cycles before the epilogue needs them (the read data is registered)
+#: the records are read two cycles before the epilogue needs them: the address is presented one cycle earlier,
+#: and the read data passes two registers (the first beside the block RAM, so its slow clock-to-out meets no
+#: routing across the array)
 _RECORD_LEAD = 2
 #: the low part of the epilogue's ``int32 x multiplier`` split: an unsigned 17-bit value is a signed 18-bit
 #: operand, so each partial product fits one 18 x 18 DSP (ECP5) or one DSP48 and its sum is registered
@@ -532,10 +534,16 @@ class GemmEngine(wiring.Component):
             nxt_ctl = Signal(dctl)
             m.d.sync += nxt_ctl.eq(ctl[-1])
             ctl.append(nxt_ctl)
-        ctl_r = ctl[lead - _RECORD_LEAD]
-        m.d.comb += crp.addr.eq(Mux(ctl_r.chalf, C, 0) + ctl_r.c)
+        if lead > _RECORD_LEAD:
+            ctl_r = ctl[lead - _RECORD_LEAD - 1]
+            m.d.comb += crp.addr.eq(Mux(ctl_r.chalf, C, 0) + ctl_r.c)
+        else:
+            # the column the drain samples next: the pending tile's first while idle (a start may follow;
+            # a read without one is unused), else the one after d_c (past the last no column follows)
+            m.d.comb += crp.addr.eq(Mux(d_active, Mux(d_info.chalf, C, 0) + d_c + 1, Mux(p_info.chalf, C, 0)))
+        rec_ram = Signal(cfg.record_bits)
         rec = Signal(cfg.record_bits)
-        m.d.sync += rec.eq(crp.data)
+        m.d.sync += [rec_ram.eq(crp.data), rec.eq(rec_ram)]
         bias = rec[:cfg.acc_bits].as_signed()
         mult = rec[cfg.acc_bits:cfg.acc_bits + cfg.multiplier_bits]
         shift = rec[cfg.acc_bits + cfg.multiplier_bits:]
