@@ -24,6 +24,10 @@ from tokensift.cli import main as cli_main
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def loo_table() -> Table:
     fit = json.loads((ROOT / "tokensift" / "data" / "lut_ff_fit.json").read_text())
     table = Table(title="LUT/FF fit: in-sample and leave-one-out relative errors")
@@ -34,7 +38,8 @@ def loo_table() -> Table:
             cells = []
             for metric in ("lut", "ff"):
                 err = e["errors"].get(metric)  # the memories' flip-flops are rules, not fitted
-                cells += ([f"{err['max_rel']:.1%}", f"{err['mean_rel']:.1%}", f"{err['loo_max_rel']:.1%}"]
+                # a fit on one shape has no leave-one-out error (None)
+                cells += ([_pct(err["max_rel"]), _pct(err["mean_rel"]), _pct(err["loo_max_rel"])]
                           if err else ["-", "-", "-"])
             table.add_row(block, family, str(e["n"]), cells[0], cells[1], cells[2], cells[3], cells[4], cells[5])
     return table

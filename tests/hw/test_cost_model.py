@@ -127,6 +127,20 @@ def test_lut_ff_fit_is_the_scripts_output():
     close(stored, fresh)
 
 
+def test_fit_table_prints_every_stored_fit():
+    """bench/bench_cost_model.py's fit table renders every block and family, a fit on one shape (no
+    leave-one-out error) included."""
+    from rich.console import Console
+
+    table = _bench("bench_cost_model").loo_table()
+    console = Console(width=200, record=True)
+    console.print(table)
+    text = console.export_text()
+    stored = json.loads((ROOT / "tokensift" / "data" / "lut_ff_fit.json").read_text())["blocks"]
+    assert table.row_count == sum(len(fams) for fams in stored.values())
+    assert "accelerator" in text
+
+
 def test_validation_catches_a_wrong_model(tmp_path):
     data = load_baselines("requant")
     data["entries"][0]["synth"]["dsp"] += 1
