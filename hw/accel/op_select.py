@@ -239,6 +239,8 @@ class SelectEngine(OpEngine):
         image = Signal()                 # AS-ViT: one weight per head (else per head and token)
         token_weights = Signal()         # AS-ViT's token rule: the combiner takes a weight per head and token
         cand = Signal(row_bits)          # candidates (the selector's tokens but its first)
+        sel_n = Signal(row_bits + 1)     # the selector's tokens, cand + 1 (a register: no adder at its command)
+        walk_any = Signal()              # the walks have rows: not DynamicViT without candidates (a register)
         k = Signal(row_bits)             # top-k: candidates to keep
         fuse = Signal()                  # EViT: the fused token is appended
         m.d.sync += [self.done.eq(0), self.fault.eq(0)]
@@ -330,7 +332,7 @@ class SelectEngine(OpEngine):
         c = sel.i_cmd.payload
         m.d.comb += [sel.i_cmd.valid.eq(sel_cmd_pending),
                      c.mode.eq(Mux(is_sait, Mode.MASS, Mux(is_asvit, Mode.THRESHOLD, Mode.TOPK))),
-                     c.n_tokens.eq(cand + 1), c.k.eq(k), c.threshold.eq(threshold), c.package.eq(fuse),
+                     c.n_tokens.eq(sel_n), c.k.eq(k), c.threshold.eq(threshold), c.package.eq(fuse),
                      c.package_sum.eq(1), c.mass.eq(density)]
         with m.If(sel.i_cmd.ready):
             m.d.sync += sel_cmd_pending.eq(0)
@@ -488,7 +490,8 @@ class SelectEngine(OpEngine):
                            (op.n == 0) | (op.n != op.n2) | (op.protected != 1) | (op.src != Buffer.A) |
                            (op.src2 != Buffer.CLS)))
                 n_cand = Mux(is_dvit, op.n, op.n - 1)
-                m.d.sync += [cand.eq(n_cand), k.eq(Mux(keep_reg < n_cand, keep_reg, n_cand)),
+                m.d.sync += [cand.eq(n_cand), sel_n.eq(n_cand + 1), walk_any.eq(~is_dvit | (op.n != 0)),
+                             k.eq(Mux(keep_reg < n_cand, keep_reg, n_cand)),
                              rows_x.eq(Mux(is_dvit, op.n + op.protected, op.n)), walks.eq(0),
                              feat_phase.eq(~is_dvit | (op.n != 0)),
                              dummy.eq(Mux(is_dvit, words, 0)), first_key.eq(is_dvit), scored.eq(0),
@@ -536,11 +539,11 @@ class SelectEngine(OpEngine):
                 # word; second walk, the scores: DynamicViT's logits (column 0 of src), the others' class rows
                 m.d.comb += walk.payload.word0.eq(0)
                 with m.If(walks == 0):
-                    m.d.comb += [walk.valid.eq(~is_dvit | (cand != 0)), walk.payload.buffer.eq(Buffer.X),
+                    m.d.comb += [walk.valid.eq(walk_any), walk.payload.buffer.eq(Buffer.X),
                                  walk.payload.row0.eq(Mux(is_dvit, op.protected, 0)),
                                  walk.payload.rows.eq(Mux(is_dvit, cand, rows_x)), walk.payload.words.eq(words)]
                 with m.Elif(walks == 1):
-                    m.d.comb += [walk.valid.eq(~is_dvit | (cand != 0)),
+                    m.d.comb += [walk.valid.eq(walk_any),
                                  walk.payload.buffer.eq(Mux(is_dvit, op.src, Buffer.CLS)),
                                  walk.payload.row0.eq(0), walk.payload.rows.eq(Mux(is_dvit, cand, env.heads)),
                                  walk.payload.words.eq(Mux(is_dvit, 1, cls_words))]

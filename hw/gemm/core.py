@@ -226,7 +226,10 @@ class GemmEngine(wiring.Component):
 
         # ---- token buffer: rows banks, the act stream writes the fill half (three register stages:
         # the beat, the tile's row offset and the half's base plus k, their sum) ------------------------
-        act_ready = ~slot_valid.bit_select(fill, 1) & ~jv & ~cv
+        # act.ready is a register, "the fill half is free and no job is in the intake" taken from those flags'
+        # next values (below): combinational, it ran from them through the producer's pop logic into its wide
+        # register enables
+        act_ready = Signal(init=1)
         m.d.comb += self.act.ready.eq(act_ready)
         a1_en = Signal()
         a1 = Signal(act_layout(cfg))
@@ -348,6 +351,12 @@ class GemmEngine(wiring.Component):
                     with m.If(last_col):
                         m.d.sync += [col0_c.eq(0), h_c.eq(~h_c), tok_base.eq(Mux(h_c, 0, half_tok)),
                                      slot_valid.bit_select(h_c, 1).eq(0)]
+        slot_done = go & is_last_k & last_tile & last_col  # slot h_c's last tile issues: the slot is free
+        jv_next = Mux(jv, cv, self.job.valid & ~cv)
+        cv_next = Mux(cv, c_ok & slot_valid.bit_select(fill, 1), jv)
+        fill_next = fill ^ commit
+        valid_next = Cat((slot_valid[h] | commit & (fill == h)) & ~(slot_done & (h_c == h)) for h in range(2))
+        m.d.sync += act_ready.eq(~valid_next.bit_select(fill_next, 1) & ~jv_next & ~cv_next)
         with m.If(commit & (fill == h_next)):  # the array is waiting for this job (or turns to it now)
             m.d.sync += [is_last_k.eq(c_k1), last_tile.eq(c_tiles_m1 == 0), last_col.eq(c_m <= C)]
         # both halves' flags in one place: the loader sets the half it finished, the array clears its own

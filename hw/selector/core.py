@@ -481,6 +481,14 @@ class Selector(wiring.Component):
 
         # the readies outside the FSM: s_more and f_more are clear outside LOAD
         m.d.comb += [self.i_score.ready.eq(s_more), self.i_feature.ready.eq(f_more)]
+        # the search starts in LOAD's first cycle, from registers: its start clears every bin counter, and
+        # driven by the command's valid it made the accept a path across the whole search unit. No score is
+        # counted in that cycle (the class token's, the first, never is), so no cycle is lost
+        search_start = Signal()
+        search_k = Signal.like(search.k)
+        m.d.sync += search_start.eq(0)
+        m.d.comb += [search.start.eq(search_start), search.k.eq(search_k),
+                     search.mass.eq(mode == int(Mode.MASS))]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.i_cmd.ready.eq(1)
@@ -504,8 +512,7 @@ class Selector(wiring.Component):
                         m.d.sync += [pkg.eq(cmd.package), pkg_sum.eq(cmd.package_sum)]
                     if p.mass:
                         m.d.sync += mass.eq(cmd.mass)
-                    m.d.comb += [search.start.eq(1), search.k.eq(cmd.k),
-                                 search.mass.eq(cmd.mode == int(Mode.MASS))]
+                    m.d.sync += [search_start.eq(1), search_k.eq(cmd.k)]
                     m.next = "LOAD"
 
             with m.State("LOAD"):
