@@ -332,6 +332,10 @@ class GemmEngine(wiring.Component):
         last_tile = Signal()
         last_col = Signal()
         m.d.sync += [last_tile.eq(i_c == slot_tiles_m1[h_c]), last_col.eq(cols_left <= C)]
+        # the current slot's weight hold, registered the same way (read when a column tile's last k frees its half)
+        hold0_c = Signal()
+        hold_m1_c = Signal(hold_shape)
+        m.d.sync += [hold0_c.eq(slot_hold0[h_c]), hold_m1_c.eq(slot_hold_m1[h_c])]
         clear_wfull = Signal()
         h_next = Mux(go & is_last_k & last_tile & last_col, ~h_c, h_c)  # the array's slot in the next cycle
         with m.If(go):
@@ -358,19 +362,22 @@ class GemmEngine(wiring.Component):
         valid_next = Cat((slot_valid[h] | commit & (fill == h)) & ~(slot_done & (h_c == h)) for h in range(2))
         m.d.sync += act_ready.eq(~valid_next.bit_select(fill_next, 1) & ~jv_next & ~cv_next)
         with m.If(commit & (fill == h_next)):  # the array is waiting for this job (or turns to it now)
-            m.d.sync += [is_last_k.eq(c_k1), last_tile.eq(c_tiles_m1 == 0), last_col.eq(c_m <= C)]
+            m.d.sync += [is_last_k.eq(c_k1), last_tile.eq(c_tiles_m1 == 0), last_col.eq(c_m <= C),
+                         hold0_c.eq(c_hold0), hold_m1_c.eq(c_hold_m1)]
         # both halves' flags in one place: the loader sets the half it finished, the array clears its own
         # (at once, or after the job's hold while the far banks still read it)
         hold_pending = Signal(2)
         hold_left = Array(Signal(hold_shape, name=f"hold{h}_left") for h in range(2))
+        # (the loader finishes only a half that is not full, the array frees only a full one: never the same half
+        # in one cycle, so the two need no priority between them)
         for h in range(2):
             with m.If(tile_loaded & (tile_loaded_half == h)):
                 m.d.sync += wfull[h].eq(1)
-            with m.Elif(clear_wfull & (wc == h)):
-                with m.If(slot_hold0[h_c]):
+            with m.If(clear_wfull & (wc == h)):
+                with m.If(hold0_c):
                     m.d.sync += wfull[h].eq(0)
                 with m.Else():
-                    m.d.sync += [hold_pending[h].eq(1), hold_left[h].eq(slot_hold_m1[h_c])]
+                    m.d.sync += [hold_pending[h].eq(1), hold_left[h].eq(hold_m1_c)]
             with m.Elif(hold_pending[h]):
                 with m.If(hold_left[h] == 0):
                     m.d.sync += [wfull[h].eq(0), hold_pending[h].eq(0)]
