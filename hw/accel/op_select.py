@@ -370,6 +370,8 @@ class SelectEngine(OpEngine):
         w_wr = wmem.write_port(granularity=HEAD_WEIGHT_FRAC + 1)
         w_rd = wmem.read_port()
         w_stream_valid = Signal()
+        w_read = Signal()              # AS-ViT's token weights: the block RAM's output holds a word of the stream
+        w_word_q = Signal.like(w_rd.data)  # and the register behind it, the stream's word
         pipe_busy = Signal()
 
         def to_squares():
@@ -611,7 +613,7 @@ class SelectEngine(OpEngine):
         # the head weights: EViT's and SaiT's equal ones, AS-ViT's per head (image) or per head and token
         with m.If(token_weights):
             # w_stream_valid is set in LOAD only, and cleared before the next (the COMBINER state)
-            m.d.comb += [comb.i_weight.valid.eq(w_stream_valid), comb.i_weight.payload.eq(w_rd.data)]
+            m.d.comb += [comb.i_weight.valid.eq(w_stream_valid), comb.i_weight.payload.eq(w_word_q)]
         with m.Else():
             m.d.comb += [comb.i_weight.valid.eq(comb_load & (weights_sent != env.heads)),
                          comb.i_weight.payload[0].eq(Mux(is_asvit, head_weight[weights_sent[:max(1, ceil_log2(env.heads))]],
@@ -643,8 +645,9 @@ class SelectEngine(OpEngine):
             m.d.sync += acc.eq(acc + level[0])
         m.d.comb += pipe_busy.eq(Cat(*valids).any())
 
-        # AS-ViT's per-token weights to the combiner, lane-aligned with the class rows' words: a registered
-        # read one word ahead of the stream
+        # AS-ViT's per-token weights to the combiner, lane-aligned with the class rows' words: a read two words
+        # ahead of the stream, the block RAM's word then a register (the RAM's clock-to-out is most of a cycle,
+        # and the combiner writes the word into its own memory)
         w_head = Signal(hbits + 1)
         w_word = Signal(range(wmax + 1))
         w_addr = Signal(range(H * wmax + 1))
@@ -652,9 +655,9 @@ class SelectEngine(OpEngine):
         more = w_head != H
         m.d.comb += [w_rd.addr.eq(w_addr + w_word), w_rd.en.eq(advance)]
         with m.If(fsm.ongoing("COMBINER")):
-            m.d.sync += [w_head.eq(0), w_word.eq(0), w_addr.eq(0), w_stream_valid.eq(0)]
+            m.d.sync += [w_head.eq(0), w_word.eq(0), w_addr.eq(0), w_read.eq(0), w_stream_valid.eq(0)]
         with m.Elif(loading & token_weights & advance):
-            m.d.sync += w_stream_valid.eq(more)
+            m.d.sync += [w_read.eq(more), w_stream_valid.eq(w_read), w_word_q.eq(w_rd.data)]
             with m.If(more):
                 with m.If(w_word == cls_last):
                     m.d.sync += [w_word.eq(0), w_head.eq(w_head + 1), w_addr.eq(w_addr + wmax)]
