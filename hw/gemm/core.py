@@ -360,7 +360,7 @@ class GemmEngine(wiring.Component):
         cv_next = Mux(cv, c_ok & slot_valid.bit_select(fill, 1), jv)
         fill_next = fill ^ commit
         valid_next = Cat((slot_valid[h] | commit & (fill == h)) & ~(slot_done & (h_c == h)) for h in range(2))
-        m.d.sync += act_ready.eq(~valid_next.bit_select(fill_next, 1) & ~jv_next & ~cv_next)
+        m.d.sync += act_ready.eq(~(valid_next >> fill_next)[0] & ~jv_next & ~cv_next)
         with m.If(commit & (fill == h_next)):  # the array is waiting for this job (or turns to it now)
             m.d.sync += [is_last_k.eq(c_k1), last_tile.eq(c_tiles_m1 == 0), last_col.eq(c_m <= C),
                          hold0_c.eq(c_hold0), hold_m1_c.eq(c_hold_m1)]
