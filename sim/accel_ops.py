@@ -99,6 +99,9 @@ class OpResult:
     offered_at_done: bool  #: a DRAM command or write word was still offered at ``done``
     done_at: list = field(default_factory=list)  #: each op's ``done``, cycles from the first ``start``
     drained: int = 0   #: cycles from the first ``start`` until an engine with ``busy`` has written everything
+    #: cycles in which a buffer read asked for the word a write of the same cycle writes (an ECP5 block RAM
+    #: returns an undefined word then: :class:`~tokensift.hw.accel.buffers.TokenBuffers` needs none)
+    collisions: int = 0
 
 
 def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, *, seed: int = 0,
@@ -121,7 +124,7 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
     rng = random.Random(seed)
     memory = bytearray(dram)
     width = cfg.axi.data_bytes
-    result = {"offered_at_done": False}
+    result = {"offered_at_done": False, "collisions": 0}
     commands = []
     writes = []
 
@@ -186,6 +189,17 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
                     return
             ctx.set(eng.dram_data.valid, 0)
 
+    async def collision_monitor(ctx):
+        reads = [eng.rd] + ([eng.rd2] if "rd2" in members else [])
+        while True:
+            wr = eng.wr
+            if ctx.get(wr.en) and ctx.get(wr.mask.as_value()):
+                at = (ctx.get(wr.buffer), ctx.get(wr.tile), ctx.get(wr.word))
+                result["collisions"] += sum(bool(ctx.get(rd.en)) and (ctx.get(rd.buffer), ctx.get(rd.tile),
+                                                                     ctx.get(rd.word)) == at for rd in reads)
+            if not await ticks(ctx):
+                return
+
     async def write_server(ctx):
         while (cmd := await take(ctx, eng.dram_wcmd, eng.dram_wcmd.payload)) is not None:
             addr, length = int(cmd.addr), int(cmd.length)
@@ -249,6 +263,7 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
     sim = Simulator(bench)
     sim.add_clock(1e-8)
     sim.add_testbench(bench_proc)
+    sim.add_testbench(collision_monitor, background=True)
     if "dram_cmd" in members:
         sim.add_testbench(read_server, background=True)
     if "dram_wcmd" in members:
@@ -260,6 +275,8 @@ def run_op(bench: EngineBench, dram: bytes | bytearray, before: dict, op: dict, 
 def check_after(cfg: AccelConfig, result: OpResult, after, dst: Buffer, rows: int) -> None:
     """AssertionError unless ``dst``'s first ``rows`` rows equal the reference's (every column of the
     buffer: an op must not write columns it does not own)."""
+    if result.collisions:
+        raise AssertionError(f"{result.collisions} buffer reads asked for the word written in the same cycle")
     want = after.buffers[dst][:rows]
     got = result.buffers[dst][:rows, :want.shape[1]]
     if not np.array_equal(got, want):

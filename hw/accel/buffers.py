@@ -12,7 +12,9 @@ from amaranth.lib.wiring import In
 
 from tokensift.hw.accel.config import ELEMENT_BITS, AccelConfig
 from tokensift.hw.accel.ports import read_port_signature, write_port_signature
+from tokensift.hw.common.ecp5 import DP16KD_ADDR_PINS, DP16KD_WIDTHS, dp16kd_memory, is_ecp5
 from tokensift.hw.common.mac_array import mul_const
+from tokensift.hw.common.resources import map_memory
 from tokensift.quant.accel.isa import Buffer
 
 __all__ = ["TokenBuffers", "SECOND_READ"]
@@ -73,19 +75,48 @@ class TokenBuffers(wiring.Component):
         wr_data = Signal.like(req["wr"].data, name="wr_data")
         wr_mask = Signal.like(req["wr"].mask, name="wr_mask")
         m.d.sync += [wr_data.eq(req["wr"].data), wr_mask.eq(req["wr"].mask)]
-        # the buffer of the data in the read registers, one hot (delayed with the memories' read and their
-        # data register): the data is selected by an AND-OR tree, a few LUTs deep at any buffer count
+        # on ECP5 a buffer that maps onto block RAM is built of DP16KDs with the read register inside
+        # (:func:`~tokensift.hw.common.ecp5.dp16kd_memory`, the same cells memory_libmap picks): the RAM's slow
+        # clock-to-out then ends in the RAM, and the address ranges' multiplexer joins the select below
+        ranges = {b: _ranges(cfg, b) if is_ecp5(platform) else None for b in Buffer}
+        # the buffer (and on ECP5 the address range) of the data in the read registers, one hot, delayed with
+        # the memories' read and their data register: the data is selected by an AND-OR tree, a few LUTs deep
+        # at any buffer count
         sel = {name: {} for name in ("rd", "rd2")}
         for name in sel:
             for b in reaches[name]:
                 read, hot = Signal(name=f"{name}_read_{b.name.lower()}"), Signal(name=f"{name}_sel_{b.name.lower()}")
-                m.d.sync += [read.eq(hit[name][b]), hot.eq(read)]
-                sel[name][b] = hot
+                m.d.sync += read.eq(hit[name][b])
+                if ranges[b] is None or ranges[b][1] == 1:
+                    m.d.sync += hot.eq(read)
+                    sel[name][b, 0] = hot
+                    continue
+                lsb, count = ranges[b]
+                for j in range(count):
+                    in_range = Signal(name=f"{name}_range{j}_{b.name.lower()}")
+                    m.d.sync += in_range.eq(addr[name][b][lsb:] == j)
+                    hot_j = Signal(name=f"{name}_sel_{b.name.lower()}_{j}")
+                    m.d.sync += hot_j.eq(read & in_range)
+                    sel[name][b, j] = hot_j
         raw = {name: {} for name in sel}
         for b in Buffer:
             g = cfg.geometry(b)
             ports = [name for name in ("rd", "rd2") if b in reaches[name]]
             for bank in range(cfg.banks):
+                if ranges[b] is not None:
+                    self.memories[b, bank]._MustUse__silence = True  # the testbenches' memory, not built here
+                    data = Cat(*(wr_data[bank][i][:g.bits] for i in range(cfg.lanes)))
+                    lane_en = Cat(*(en["wr"] & hit["wr"][b] & wr_mask[bank][i] for i in range(cfg.lanes)))
+                    for name in ports:
+                        words = dp16kd_memory(m, f"{b.name.lower()}_bank{bank}_{name}", width=g.bits * cfg.lanes,
+                                              depth=g.depth, granularity=g.bits, wr_en=lane_en,
+                                              wr_addr=addr["wr"][b], wr_data=data, rd_en=en[name],
+                                              rd_addr=addr[name][b])
+                        for j, word in enumerate(words):
+                            for i in range(cfg.lanes):
+                                value = word[i * g.bits:(i + 1) * g.bits]
+                                raw[name][b, j, bank, i] = value.as_signed() if g.signed else value
+                    continue
                 mem = self.memories[b, bank]
                 m.submodules[f"{b.name.lower()}_bank{bank}"] = mem
                 w = mem.write_port(granularity=g.bits)
@@ -102,14 +133,25 @@ class TokenBuffers(wiring.Component):
                     m.d.sync += q.eq(r.data)
                     for i in range(cfg.lanes):
                         value = q[i * g.bits:(i + 1) * g.bits]
-                        raw[name][b, bank, i] = value.as_signed() if g.signed else value
+                        raw[name][b, 0, bank, i] = value.as_signed() if g.signed else value
         for name in sel:
             port = getattr(self, name)
             for bank in range(cfg.banks):
                 for i in range(cfg.lanes):
-                    terms = [raw[name][b, bank, i] & hot.replicate(ELEMENT_BITS) for b, hot in sel[name].items()]
+                    terms = [raw[name][b, j, bank, i] & hot.replicate(ELEMENT_BITS)
+                             for (b, j), hot in sel[name].items()]
                     m.d.sync += port.data[bank][i].eq(_or_tree(terms))
         return m
+
+
+def _ranges(cfg: AccelConfig, b: Buffer) -> tuple[int, int] | None:
+    """``(first address bit of the range, ranges)`` of a buffer's memory built of DP16KDs on ECP5, None when it
+    is not (LUT RAM or flip-flops)."""
+    g = cfg.geometry(b)
+    mapped = map_memory(g.bits * cfg.lanes, g.depth, family="ecp5", granularity=g.bits)
+    if mapped.kind != "block" or mapped.unit not in DP16KD_WIDTHS:
+        return None
+    return DP16KD_ADDR_PINS - DP16KD_WIDTHS[mapped.unit], mapped.mux_ways
 
 
 def _or_tree(terms: list[Value]) -> Value:

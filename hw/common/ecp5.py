@@ -15,9 +15,10 @@ A platform is an ECP5 build when its ``family`` is ``"ecp5"``, as Amaranth's ``L
 
 from __future__ import annotations
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, Value, signed
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, Value, signed
 
-__all__ = ["ECP5", "DP16KD_WORDS", "MULT18_BITS", "is_ecp5", "dp16kd_8bit", "mult18x18d_registered"]
+__all__ = ["ECP5", "DP16KD_WORDS", "MULT18_BITS", "is_ecp5", "DP16KD_ADDR_PINS", "DP16KD_WIDTHS", "dp16kd_8bit",
+           "dp16kd_memory", "mult18x18d_registered"]
 
 #: words of one DP16KD in its 9-bit mode (the 8-bit words use 8 of the 9 bits)
 DP16KD_WORDS = 2048
@@ -77,6 +78,119 @@ def dp16kd_8bit(m: Module, name: str, *, depth: int, wr_en, wr_addr, wr_data, rd
     )
     m.d.comb += q.eq(do[:8])
     return q
+
+
+#: a DP16KD's address pins, and the port widths it has (each doubling of the width takes one address pin: the
+#: address is left-justified, ``ADx[log2 position of the width:]``)
+DP16KD_ADDR_PINS = 14
+DP16KD_WIDTHS = {1: 0, 2: 1, 4: 2, 9: 3, 18: 4, 36: 5}
+#: the bits one byte enable covers in the 18- and 36-bit modes (ADx0..3 are the byte enables there)
+_BYTE = 9
+
+
+def dp16kd_memory(m: Module, name: str, *, width: int, depth: int, granularity: int, wr_en, wr_addr, wr_data,
+                  rd_en, rd_addr) -> list[Value] | None:
+    """A ``width`` x ``depth`` memory with one write enable per ``granularity`` bits (``wr_en``, one bit per
+    group) and one read port, built of DP16KDs laid out as Yosys's ``memory_libmap`` lays the same memory out
+    (the primitive, port width, address ranges and cell count of
+    :func:`~tokensift.hw.common.resources.map_memory`: the block RAMs an ECP5 build has are the ones the
+    resource model counts), with the read data in each RAM's output register.
+
+    Returns one word per address range (``map_memory``'s ``mux_ways``): the word read from that range two
+    cycles after ``rd_addr`` with ``rd_en`` (an Amaranth read port with its enable plus one register, the
+    register in the RAM; without ``rd_en`` the word is held), for the caller to select by the range of the
+    address it read. Returns None when the memory does not map onto block RAM (LUT RAM or flip-flops), or
+    onto a port width this layout does not cover. A read of an address written in the same cycle returns an
+    undefined word: the caller guarantees that none is used."""
+    from tokensift.hw.common.resources import map_memory
+
+    mapped = map_memory(width, depth, family="ecp5", granularity=granularity)
+    if mapped.kind != "block" or mapped.unit not in DP16KD_WIDTHS:
+        return None
+    unit, ranges = mapped.unit, mapped.mux_ways
+    lsb = DP16KD_WIDTHS[unit]
+    cell_abits = DP16KD_ADDR_PINS - lsb
+    # memory_libmap's swizzle: every enable group starts on a byte lane of the port and is padded to whole
+    # bytes (9 bits from the 9-bit width up, the port's width below)
+    byte = _BYTE if unit >= _BYTE else unit
+    groups = [(g, min(granularity, width - g)) for g in range(0, width, granularity)]
+    lanes = []  # per swizzled byte lane: (group, first data bit, bits)
+    for gi, (start, bits) in enumerate(groups):
+        for off in range(0, bits, byte):
+            lanes.append((gi, start + off, min(byte, bits - off)))
+    per_cell = unit // byte
+    cells = -(-len(lanes) // per_cell)
+    if cells * ranges != mapped.count:
+        raise RuntimeError(f"{name}: {cells * ranges} DP16KDs laid out, memory_libmap's mapping has {mapped.count}")
+    wr_en, wr_addr, rd_addr = Value.cast(wr_en), Value.cast(wr_addr), Value.cast(rd_addr)
+    words = []
+    for r in range(ranges):
+        in_range = (wr_addr[cell_abits:] == r) if ranges > 1 else Const(1, 1)
+        parts = [None] * width
+        for c in range(cells):
+            cell_lanes = lanes[c * per_cell:(c + 1) * per_cell]
+            data = Signal(unit, name=f"{name}_r{r}c{c}_di")
+            bes = Signal(max(1, unit // _BYTE), name=f"{name}_r{r}c{c}_be")
+            for i, (gi, first, bits) in enumerate(cell_lanes):
+                m.d.comb += data[i * byte:i * byte + bits].eq(Value.cast(wr_data)[first:first + bits])
+                m.d.comb += bes[i if unit >= 18 else 0].eq(wr_en[gi] & in_range)
+            out = Signal(unit, name=f"{name}_r{r}c{c}_do")
+            _dp16kd_instance(m, f"{name}_r{r}c{c}", unit=unit, cell_abits=cell_abits, wr_bes=bes,
+                             wr_addr=wr_addr[:cell_abits], wr_data=data, rd_en=rd_en, rd_addr=rd_addr[:cell_abits],
+                             rd_data=out)
+            for i, (_, first, bits) in enumerate(cell_lanes):
+                for k in range(bits):
+                    parts[first + k] = out[i * byte + k]
+        words.append(Cat(*parts))
+    return words
+
+
+def _dp16kd_instance(m: Module, name: str, *, unit: int, cell_abits: int, wr_bes, wr_addr, wr_data, rd_en,
+                     rd_addr, rd_data) -> None:
+    """One DP16KD: port A writes ``wr_data`` (``unit`` bits) at ``wr_addr`` with byte enables ``wr_bes``
+    (one enable below 18 bits), port B reads ``rd_addr`` into the output register (``REGMODE OUTREG``) when
+    ``rd_en``; the 36-bit width is the pseudo-dual-port mode Yosys maps ``PDPW16KD`` onto (data on both ports'
+    pins, ADA0..3 the byte enables, ``CEA`` the write enable)."""
+    lsb = DP16KD_ADDR_PINS - cell_abits
+    ports = {}
+    for i in range(DP16KD_ADDR_PINS):
+        a = i - lsb
+        ports[f"i_ADB{i}"] = rd_addr[a] if 0 <= a < len(rd_addr) else Const(0, 1)
+        if a >= 0:
+            ports[f"i_ADA{i}"] = wr_addr[a] if a < len(wr_addr) else Const(0, 1)
+        elif unit >= 18 and i < len(wr_bes):
+            ports[f"i_ADA{i}"] = wr_bes[i]
+        else:
+            ports[f"i_ADA{i}"] = Const(0, 1)
+    for i in range(18):
+        ports[f"i_DIA{i}"] = wr_data[i] if i < unit else Const(0, 1)
+        ports[f"i_DIB{i}"] = wr_data[18 + i] if unit == 36 else Const(0, 1)
+    wide = unit == 36
+    do_a, do_b = Signal(18, name=f"{name}_doa"), Signal(18, name=f"{name}_dob")
+    for i in range(18):
+        ports[f"o_DOA{i}"] = do_a[i]
+        ports[f"o_DOB{i}"] = do_b[i]
+    for i in range(3):
+        ports[f"i_CSA{i}"] = Const(0, 1)
+        ports[f"i_CSB{i}"] = Const(0, 1)
+    any_be = Value.cast(wr_bes).any()
+    _place_dp16kd(
+        m, name,
+        p_DATA_WIDTH_A=unit, p_DATA_WIDTH_B=unit, p_REGMODE_A="OUTREG" if wide else "NOREG", p_REGMODE_B="OUTREG",
+        p_RESETMODE="SYNC", p_ASYNC_RESET_RELEASE="SYNC", p_CSDECODE_A="0b000", p_CSDECODE_B="0b000",
+        p_WRITEMODE_A="NORMAL", p_WRITEMODE_B="NORMAL", p_GSR="AUTO",
+        i_CLKA=ClockSignal(), i_CEA=any_be if wide else Const(1, 1), i_OCEA=Const(1, 1),
+        i_WEA=Const(1, 1) if wide else any_be, i_RSTA=Const(0, 1),
+        i_CLKB=ClockSignal(), i_CEB=rd_en, i_OCEB=Const(1, 1), i_WEB=Const(0, 1), i_RSTB=Const(0, 1),
+        **ports,
+    )
+    m.d.comb += rd_data.eq(Cat(do_a, do_b)[:unit] if wide else do_b[:unit])
+
+
+def _place_dp16kd(m: Module, name: str, **pins_and_params) -> None:
+    """The DP16KD instance (a testbench replaces this with a model of the primitive that reads the same pins
+    and parameters)."""
+    m.submodules[name] = Instance("DP16KD", **pins_and_params)
 
 
 #: widest operand of a MULT18X18D (signed)

@@ -301,6 +301,8 @@ class MemoryMap:
     mux_ways: int
     ff: int
     soft: dict = field(default_factory=dict, compare=False)
+    #: a block RAM's port width in bits (one of the primitive's widths), 0 for the other kinds
+    unit: int = field(default=0, compare=False)
 
     @property
     def lut(self) -> float:
@@ -438,8 +440,8 @@ def map_memory(width: int, depth: int, *, family: str, sync_read: bool = True, r
             abits = max(1, (depth - 1).bit_length())
             soft["emu_bits"], soft["emu_addr_bits"] = width, abits
             return MemoryMap(width, depth, "block", ram.primitive, count, blocks, mult_a,
-                             2 * width + abits + 2 + select, soft)
-        return MemoryMap(width, depth, "block", ram.primitive, count, blocks, mult_a, select, soft)
+                             2 * width + abits + 2 + select, soft, unit)
+        return MemoryMap(width, depth, "block", ram.primitive, count, blocks, mult_a, select, soft, unit)
     # LUT RAM reads asynchronously: a synchronous read port gets its data register in flip-flops
     return MemoryMap(width, depth, "distributed", ram.primitive, count, blocks, mult_a, read_reg, soft)
 
