@@ -267,6 +267,9 @@ class SelectEngine(OpEngine):
         first_key = Signal()      # DynamicViT: the class token's dummy key is still to be sent
         scored = Signal(row_bits + 1)
         weights_sent = Signal(range(env.heads + 1))
+        # the head weights' valid, ``comb_load & (weights_sent != heads)`` kept as a register (written wherever
+        # either changes): the combiner's row ready waits on it, and the compare then ran on into the reader
+        weights_valid = Signal()
         bad_score = Signal()
         discard = Signal()        # a fault found after the load: drain the selector, write nothing
         packaged = Signal()       # the selector sends a package token
@@ -497,8 +500,8 @@ class SelectEngine(OpEngine):
                              rows_x.eq(Mux(is_dvit, op.n + op.protected, op.n)), walks.eq(0),
                              feat_phase.eq(~is_dvit | (op.n != 0)),
                              dummy.eq(Mux(is_dvit, words, 0)), first_key.eq(is_dvit), scored.eq(0),
-                             weights_sent.eq(0), bad_score.eq(0), discard.eq(0), dst_row.eq(op.protected),
-                             beat.eq(0)]
+                             weights_sent.eq(0), weights_valid.eq(comb_load), bad_score.eq(0), discard.eq(0),
+                             dst_row.eq(op.protected), beat.eq(0)]
                 m.d.comb += record.start.eq(1)
                 # the op's verdict, registered here and acted on in FETCH (the compares' OR would otherwise run on
                 # into the state machine): a good op loses no cycle, a bad one answers a cycle later
@@ -534,7 +537,8 @@ class SelectEngine(OpEngine):
                     m.d.sync += [sel_cmd_pending.eq(1), comb_cmd_pending.eq(~is_dvit)]
                     m.next = "COMBINER"
             with m.State("COMBINER"):
-                m.d.sync += [ph_dummy.eq(is_dvit), ph_feat.eq(~is_dvit), comb_load.eq(~is_dvit)]
+                m.d.sync += [ph_dummy.eq(is_dvit), ph_feat.eq(~is_dvit), comb_load.eq(~is_dvit),
+                             weights_valid.eq(~is_dvit & (weights_sent != env.heads))]
                 m.next = "LOAD"
             with m.State("LOAD"):
                 # first walk, the features: X's candidate rows (DynamicViT: after a dummy class token), every
@@ -597,8 +601,10 @@ class SelectEngine(OpEngine):
                 m.d.sync += [ph_dummy.eq(0), ph_feat.eq(feat_phase), ph_keys.eq(~feat_phase)]
         with m.If(ph_feat & out.valid & sel.i_feature.ready & out.payload.last):
             m.d.sync += [feat_phase.eq(0), ph_feat.eq(0), ph_keys.eq(is_dvit), ph_comb.eq(~is_dvit)]
-        with m.If(loading & sel.o_frame.valid):  # the load is over
-            m.d.sync += [ph_dummy.eq(0), ph_feat.eq(0), ph_keys.eq(0), ph_comb.eq(0), comb_load.eq(0)]
+        load_over = loading & sel.o_frame.valid
+        with m.If(load_over):
+            m.d.sync += [ph_dummy.eq(0), ph_feat.eq(0), ph_keys.eq(0), ph_comb.eq(0), comb_load.eq(0),
+                         weights_valid.eq(0)]
         # the scores: DynamicViT's keys (the class token's dummy first), or the combiner's mean attention
         with m.If(is_dvit):
             m.d.comb += [sel.i_score.valid.eq(loading & first_key | ph_keys & out.valid),
@@ -615,11 +621,12 @@ class SelectEngine(OpEngine):
             # w_stream_valid is set in LOAD only, and cleared before the next (the COMBINER state)
             m.d.comb += [comb.i_weight.valid.eq(w_stream_valid), comb.i_weight.payload.eq(w_word_q)]
         with m.Else():
-            m.d.comb += [comb.i_weight.valid.eq(comb_load & (weights_sent != env.heads)),
+            m.d.comb += [comb.i_weight.valid.eq(weights_valid),
                          comb.i_weight.payload[0].eq(Mux(is_asvit, head_weight[weights_sent[:max(1, ceil_log2(env.heads))]],
                                                          int(equal_head_weights(env.heads)[0])))]
             with m.If(comb.i_weight.valid & comb.i_weight.ready):
-                m.d.sync += weights_sent.eq(weights_sent + 1)
+                m.d.sync += [weights_sent.eq(weights_sent + 1),
+                             weights_valid.eq(~load_over & (weights_sent != env.heads - 1))]
 
         # -- AS-ViT's squares: int8 head outputs, squared (inputs and products registered), summed by a
         #    registered adder tree, accumulated per head ------------------------------------------------

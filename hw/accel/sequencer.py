@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 
-from amaranth.hdl import Array, Module, Signal
+from amaranth.hdl import Array, Const, Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -118,7 +118,7 @@ class Sequencer(wiring.Component):
             "engine": Out(range(count + 1)),   # the engine owning the read DMA and ``done``; ``count``: the sequencer
             "buffers_owner": Out(range(count + 1)),  # the engine owning the buffer ports
             "drain": In(1),
-            "start": Out(1),
+            "start": Out(count),  # one bit per engine, one cycle: the engine's start (one hot: no decoder behind it)
             "eng_done": In(1),
             "eng_rows": In(config.row_bits),
             "eng_fault": In(1),
@@ -301,7 +301,8 @@ class Sequencer(wiring.Component):
                 for idx in self._overlapping:
                     same = same | ((self.engine == idx) & (self.buffers_owner == idx))
                 with m.If(~self.drain | same):  # the fence
-                    m.d.sync += [self.start.eq(1), self.buffers_owner.eq(self.engine)]
+                    m.d.sync += [self.start.eq(Const(1, len(self.start)) << self.engine),
+                                 self.buffers_owner.eq(self.engine)]
                     m.next = "WAIT"
             with m.State("DRAIN"):  # the image ends once every buffer write has landed
                 with m.If(~self.drain):

@@ -164,7 +164,7 @@ class Accelerator(wiring.Component):
                 m.d.comb += skid[key].i.payload.eq(words.payload)
         for i, eng in enumerate(engines):
             ports = eng.signature.members
-            m.d.comb += [eng.op.eq(seq.op), eng.start.eq(seq.start & (seq.engine == i)), eng.rd.data.eq(bufs.rd.data)]
+            m.d.comb += [eng.op.eq(seq.op), eng.start.eq(seq.start[i]), eng.rd.data.eq(bufs.rd.data)]
             if "regs" in ports:  # the selection engine reads the stage registers
                 m.d.comb += eng.regs.eq(seq.regs)
             if "rd2" in ports:

@@ -337,7 +337,8 @@ class GemmEngine(wiring.Component):
         hold_m1_c = Signal(hold_shape)
         m.d.sync += [hold0_c.eq(slot_hold0[h_c]), hold_m1_c.eq(slot_hold_m1[h_c])]
         clear_wfull = Signal()
-        h_next = Mux(go & is_last_k & last_tile & last_col, ~h_c, h_c)  # the array's slot in the next cycle
+        slot_done = go & is_last_k & last_tile & last_col  # slot h_c's last tile issues: the slot is free
+        h_next = Mux(slot_done, ~h_c, h_c)  # the array's slot in the next cycle
         with m.If(go):
             m.d.sync += [k_c.eq(k_c + 1), is_last_k.eq(k_c == slot_km2[h_c])]
             with m.If(is_last_k):
@@ -355,7 +356,6 @@ class GemmEngine(wiring.Component):
                     with m.If(last_col):
                         m.d.sync += [col0_c.eq(0), h_c.eq(~h_c), tok_base.eq(Mux(h_c, 0, half_tok)),
                                      slot_valid.bit_select(h_c, 1).eq(0)]
-        slot_done = go & is_last_k & last_tile & last_col  # slot h_c's last tile issues: the slot is free
         jv_next = Mux(jv, cv, self.job.valid & ~cv)
         cv_next = Mux(cv, c_ok & slot_valid.bit_select(fill, 1), jv)
         fill_next = fill ^ commit
