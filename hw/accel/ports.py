@@ -41,7 +41,8 @@ __all__ = ["READ_LATENCY", "WRITE_LATENCY", "tile_layout", "read_port_signature"
 #: RAM's registered read, the register behind it, then the registered buffer select)
 READ_LATENCY = 5
 #: cycles from a write request to the memory holding its data (the buffers' two request registers): a read
-#: requested in the same cycle as a write, or later, sees it
+#: requested after a write sees it; one requested in the same cycle for the same word gets the old word in the
+#: simulator and an undefined one from an ECP5 block RAM, so no engine issues one (the engine tests check)
 WRITE_LATENCY = 2
 #: width of a buffer index (:class:`tokensift.quant.accel.isa.Buffer`)
 BUFFER_BITS = 4

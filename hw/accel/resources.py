@@ -16,7 +16,9 @@ The design is the sum of its parts (:func:`parts`), each counted by the rules of
   ``tile x words`` are shifts and adds (no DSP);
 * the token buffers: one memory per buffer and bank with a write enable per element (``granularity``), the
   buffers the residual add reads twice (:data:`~tokensift.hw.accel.buffers.SECOND_READ`) once per read port,
-  and a register behind each memory's read word (:func:`read_register_bits`).
+  and a register behind each memory's read word (:func:`read_register_bits`). These are the behavioural
+  buffers the Yosys baselines synthesize; an ECP5 place-and-route build has the same block RAMs with that
+  register inside them (:func:`tokensift.hw.common.ecp5.dp16kd_memory`), so its flip-flop count is lower.
 
 LUT and FF: the parts' own models plus the ``accelerator`` fit (``tokensift/data/lut_ff_fit.json``) over
 :func:`features`, the engines' control and the multiplexers that hand the shared ports to one engine at a time
