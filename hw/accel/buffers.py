@@ -12,9 +12,8 @@ from amaranth.lib.wiring import In
 
 from tokensift.hw.accel.config import ELEMENT_BITS, AccelConfig
 from tokensift.hw.accel.ports import read_port_signature, write_port_signature
-from tokensift.hw.common.ecp5 import DP16KD_ADDR_PINS, DP16KD_WIDTHS, dp16kd_memory, is_ecp5
+from tokensift.hw.common.ecp5 import dp16kd_memory, dp16kd_ranges, is_ecp5
 from tokensift.hw.common.mac_array import mul_const
-from tokensift.hw.common.resources import map_memory
 from tokensift.quant.accel.isa import Buffer
 
 __all__ = ["TokenBuffers", "SECOND_READ"]
@@ -78,7 +77,8 @@ class TokenBuffers(wiring.Component):
         # on ECP5 a buffer that maps onto block RAM is built of DP16KDs with the read register inside
         # (:func:`~tokensift.hw.common.ecp5.dp16kd_memory`, the same cells memory_libmap picks): the RAM's slow
         # clock-to-out then ends in the RAM, and the address ranges' multiplexer joins the select below
-        ranges = {b: _ranges(cfg, b) if is_ecp5(platform) else None for b in Buffer}
+        ranges = {b: dp16kd_ranges(width=cfg.geometry(b).bits * cfg.lanes, depth=cfg.geometry(b).depth,
+                                   granularity=cfg.geometry(b).bits) if is_ecp5(platform) else None for b in Buffer}
         # the buffer (and on ECP5 the address range) of the data in the read registers, one hot, delayed with
         # the memories' read and their data register: the data is selected by an AND-OR tree, a few LUTs deep
         # at any buffer count
@@ -142,16 +142,6 @@ class TokenBuffers(wiring.Component):
                              for (b, j), hot in sel[name].items()]
                     m.d.sync += port.data[bank][i].eq(_or_tree(terms))
         return m
-
-
-def _ranges(cfg: AccelConfig, b: Buffer) -> tuple[int, int] | None:
-    """``(first address bit of the range, ranges)`` of a buffer's memory built of DP16KDs on ECP5, None when it
-    is not (LUT RAM or flip-flops)."""
-    g = cfg.geometry(b)
-    mapped = map_memory(g.bits * cfg.lanes, g.depth, family="ecp5", granularity=g.bits)
-    if mapped.kind != "block" or mapped.unit not in DP16KD_WIDTHS:
-        return None
-    return DP16KD_ADDR_PINS - DP16KD_WIDTHS[mapped.unit], mapped.mux_ways
 
 
 def _or_tree(terms: list[Value]) -> Value:

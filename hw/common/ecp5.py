@@ -18,7 +18,7 @@ from __future__ import annotations
 from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, Value, signed
 
 __all__ = ["ECP5", "DP16KD_WORDS", "MULT18_BITS", "is_ecp5", "DP16KD_ADDR_PINS", "DP16KD_WIDTHS", "dp16kd_8bit",
-           "dp16kd_memory", "mult18x18d_registered"]
+           "dp16kd_ranges", "dp16kd_memory", "mult18x18d_registered"]
 
 #: words of one DP16KD in its 9-bit mode (the 8-bit words use 8 of the 9 bits)
 DP16KD_WORDS = 2048
@@ -88,6 +88,17 @@ DP16KD_WIDTHS = {1: 0, 2: 1, 4: 2, 9: 3, 18: 4, 36: 5}
 _BYTE = 9
 
 
+def dp16kd_ranges(*, width: int, depth: int, granularity: int) -> tuple[int, int] | None:
+    """``(address bits per range, ranges)`` of the memory :func:`dp16kd_memory` builds (the address's high bits
+    above the first name its range), None when it builds none."""
+    from tokensift.hw.common.resources import map_memory
+
+    mapped = map_memory(width, depth, family="ecp5", granularity=granularity)
+    if mapped.kind != "block" or mapped.unit not in DP16KD_WIDTHS:
+        return None
+    return DP16KD_ADDR_PINS - DP16KD_WIDTHS[mapped.unit], mapped.mux_ways
+
+
 def dp16kd_memory(m: Module, name: str, *, width: int, depth: int, granularity: int, wr_en, wr_addr, wr_data,
                   rd_en, rd_addr) -> list[Value] | None:
     """A ``width`` x ``depth`` memory with one write enable per ``granularity`` bits (``wr_en``, one bit per
@@ -104,12 +115,11 @@ def dp16kd_memory(m: Module, name: str, *, width: int, depth: int, granularity: 
     undefined word: the caller guarantees that none is used."""
     from tokensift.hw.common.resources import map_memory
 
-    mapped = map_memory(width, depth, family="ecp5", granularity=granularity)
-    if mapped.kind != "block" or mapped.unit not in DP16KD_WIDTHS:
+    if dp16kd_ranges(width=width, depth=depth, granularity=granularity) is None:
         return None
+    mapped = map_memory(width, depth, family="ecp5", granularity=granularity)
     unit, ranges = mapped.unit, mapped.mux_ways
-    lsb = DP16KD_WIDTHS[unit]
-    cell_abits = DP16KD_ADDR_PINS - lsb
+    cell_abits = DP16KD_ADDR_PINS - DP16KD_WIDTHS[unit]
     # memory_libmap's swizzle: every enable group starts on a byte lane of the port and is padded to whole
     # bytes (9 bits from the 9-bit width up, the port's width below)
     byte = _BYTE if unit >= _BYTE else unit
