@@ -3,8 +3,10 @@
 Yosys maps an Amaranth memory onto a DP16KD block RAM but never absorbs a register behind its read port into
 the RAM's own output register (``REGMODE "OUTREG"``): the read data then leaves the slow block-RAM
 clock-to-out into the fabric, a 5 to 6 ns path at speed 6 before any routing. A block that wants the output
-register asks :func:`is_ecp5` and instantiates :func:`dp16kd_8bit` instead of a memory; any other platform
-(the Python simulator, Verilator, the Xilinx resource counts) keeps the behavioural memory and its register.
+register asks :func:`is_ecp5` and instantiates :func:`dp16kd_8bit` (one int8 RAM) or :func:`dp16kd_memory` (any
+width and depth, with per-group write enables, laid out as Yosys's ``memory_libmap`` lays it out) instead of a
+memory; any other platform (the Python simulator, Verilator, the Xilinx resource counts, the Yosys baselines)
+keeps the behavioural memory and its register.
 
 A platform is an ECP5 build when its ``family`` is ``"ecp5"``, as Amaranth's ``LatticePlatform`` says;
 :data:`ECP5` is the platform object for a bare netlist (:mod:`tokensift.hw.cost.pnr` elaborates with it).
