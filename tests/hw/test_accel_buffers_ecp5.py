@@ -20,13 +20,9 @@ from tokensift.hw.accel import resources as accel_resources
 from tokensift.hw.accel.buffers import SECOND_READ, TokenBuffers
 from tokensift.hw.accel.ports import READ_LATENCY
 from tokensift.hw.common import ecp5
-from tokensift.hw.common.ecp5 import DP16KD_ADDR_PINS, DP16KD_WIDTHS, ECP5
+from tokensift.hw.common.ecp5 import DP16KD_ADDR_PINS, DP16KD_WIDTHS, ECP5, dp16kd_ranges
 from tokensift.hw.common.resources import map_memory
 from tokensift.quant.accel.isa import Buffer
-
-
-def _pin(pins: dict, name: str):
-    return pins[name]
 
 
 def _const(pins: dict, name: str, value: int) -> None:
@@ -51,32 +47,32 @@ def _dp16kd_model(m: Module, name: str, **pins):
             _const(pins, f"i_ADA{i}", 0)
         _const(pins, f"i_ADB{i}", 0)
     abits = DP16KD_ADDR_PINS - lsb
-    wr_addr = Cat(*(_pin(pins, f"i_ADA{i}") for i in range(lsb, DP16KD_ADDR_PINS)))
-    rd_addr = Cat(*(_pin(pins, f"i_ADB{i}") for i in range(lsb, DP16KD_ADDR_PINS)))
+    wr_addr = Cat(*(pins[f"i_ADA{i}"] for i in range(lsb, DP16KD_ADDR_PINS)))
+    rd_addr = Cat(*(pins[f"i_ADB{i}"] for i in range(lsb, DP16KD_ADDR_PINS)))
     data_pins = [f"i_DIA{i}" for i in range(18)] + [f"i_DIB{i}" for i in range(18)]
-    wr_data = Cat(*(_pin(pins, p) for p in data_pins[:unit]))
+    wr_data = Cat(*(pins[p] for p in data_pins[:unit]))
     if wide:
         _const(pins, "i_WEA", 1)
-        write, bytes_ = _pin(pins, "i_CEA"), [_pin(pins, f"i_ADA{i}") for i in range(4)]
+        write, bytes_ = pins["i_CEA"], [pins[f"i_ADA{i}"] for i in range(4)]
     else:
         _const(pins, "i_CEA", 1)
-        write = _pin(pins, "i_WEA")
-        bytes_ = [_pin(pins, f"i_ADA{i}") for i in range(2)] if unit == 18 else [Const(1, 1)]
+        write = pins["i_WEA"]
+        bytes_ = [pins[f"i_ADA{i}"] for i in range(2)] if unit == 18 else [Const(1, 1)]
     byte = 9 if unit >= 18 else unit
     mem = memory.Memory(shape=unit, depth=1 << abits, init=[])
     m.submodules[name] = mem
     wp = mem.write_port(granularity=byte)
     rp = mem.read_port(transparent_for=())
-    m.d.comb += [wp.addr.eq(wr_addr), wp.data.eq(wr_data), rp.addr.eq(rd_addr), rp.en.eq(_pin(pins, "i_CEB"))]
+    m.d.comb += [wp.addr.eq(wr_addr), wp.data.eq(wr_data), rp.addr.eq(rd_addr), rp.en.eq(pins["i_CEB"])]
     for i, enable in enumerate(bytes_):
         m.d.comb += wp.en[i].eq(write & enable)
     collided = Signal(name=f"{name}_collided")
     out = Signal(unit, name=f"{name}_outreg")
-    with m.If(_pin(pins, "i_CEB")):
+    with m.If(pins["i_CEB"]):
         m.d.sync += collided.eq(write & Cat(*bytes_).any() & (wr_addr == rd_addr))
     m.d.sync += out.eq(Mux(collided, ~rp.data, rp.data))
-    do_a = [_pin(pins, f"o_DOA{i}") for i in range(18)]
-    do_b = [_pin(pins, f"o_DOB{i}") for i in range(18)]
+    do_a = [pins[f"o_DOA{i}"] for i in range(18)]
+    do_b = [pins[f"o_DOB{i}"] for i in range(18)]
     outputs = (do_a + do_b) if wide else do_b
     for i, pin in enumerate(outputs[:unit]):
         m.d.comb += pin.eq(out[i])
@@ -122,12 +118,12 @@ def dp16kd_model(monkeypatch):
 def _addresses(cfg, b: Buffer, rng: random.Random) -> list[tuple[int, int]]:
     """A few (tile, word) of the buffer: both ends, each address range's first and last words, random ones."""
     g = cfg.geometry(b)
-    mapped = map_memory(g.bits * cfg.lanes, g.depth, family="ecp5", granularity=g.bits)
     words = {0, g.depth - 1} | {rng.randrange(g.depth) for _ in range(6)}
-    if mapped.kind == "block":
-        span = 1 << (DP16KD_ADDR_PINS - DP16KD_WIDTHS[mapped.unit])
-        for r in range(mapped.mux_ways):
-            words |= {r * span, min(g.depth - 1, (r + 1) * span - 1)}
+    ranges = dp16kd_ranges(width=g.bits * cfg.lanes, depth=g.depth, granularity=g.bits)
+    if ranges is not None:
+        abits, count = ranges
+        for r in range(count):
+            words |= {r << abits, min(g.depth - 1, ((r + 1) << abits) - 1)}
     return sorted((w // g.words, w % g.words) for w in words if w < g.depth)
 
 
