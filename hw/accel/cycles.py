@@ -3,17 +3,17 @@ rows of every instruction) and each op engine's own formula, plus the sequencer'
 
 Per image (``L``: the DRAM's latency as :class:`tokensift.sim.axi_memory.DramModel` sets it, no back-pressure):
 
-- the header check and the end: ``3 L + 27 + H + I`` cycles (:data:`HEAD_TAIL`), with ``H`` the bus words
-  of the header's 160 bytes and ``I`` those of one 16-byte instruction (``3 L + 49`` on a 64-bit bus): the
+- the header check and the end: ``3 L + 33 + H + I`` cycles (:data:`HEAD_TAIL`), with ``H`` the bus words
+  of the header's 160 bytes and ``I`` those of one 16-byte instruction (``3 L + 55`` on a 64-bit bus): the
   header, the checks, the END instruction's fetch and the done;
-- per instruction after the first: its fetch and dispatch, ``L + 9 + I`` (:data:`FETCH`); a skipped
-  (gated) instruction costs its fetch, ``L + 7 + I`` (:data:`SKIP`);
+- per instruction after the first: its fetch and dispatch, ``L + 11 + I`` (:data:`FETCH`); a skipped
+  (gated) instruction costs its fetch, ``L + 9 + I`` (:data:`SKIP`);
 - per executed instruction: its engine's cycles (``op_*.cycles``; a layer's ATTENTION ops overlap, so they
   follow :class:`tokensift.hw.accel.op_attention.HeadSchedule`, and the op after them waits for the last
   head's writes: :data:`FENCE`), with DRAM records answered
-  ``L + 5`` cycles after the engine's command (:data:`ENGINE_LATENCY`: the read DMA's command acceptance,
-  the AR channel and its output register around the memory's latency); the patch embedding's two commands
-  overlap by ``L + 6`` (:data:`PATCH_OVERLAP`).
+  ``L + 7`` cycles after the engine's command (:data:`ENGINE_LATENCY`: the command's register slice, the read
+  DMA's command acceptance, the AR channel and its output register around the memory's latency, the words'
+  register slice); the patch embedding's two commands overlap by ``L + 8`` (:data:`PATCH_OVERLAP`).
 
 The sequencer constants were measured in Verilator from the sequencer's own start/done ports
 (``tokensift.sim.tb_accel`` ``op_timing``) at two latencies; the engines' formulas are exact against their
@@ -40,19 +40,19 @@ def HEAD_TAIL(latency: int, data_bytes: int = 8) -> int:  # noqa: N802 - a const
     from tokensift.hw.accel.sequencer import HEADER_CHECK_BYTES
     from tokensift.quant.accel.isa import INSTRUCTION_BYTES
 
-    return 3 * latency + 27 + _words(HEADER_CHECK_BYTES, data_bytes) + _words(INSTRUCTION_BYTES, data_bytes)
+    return 3 * latency + 33 + _words(HEADER_CHECK_BYTES, data_bytes) + _words(INSTRUCTION_BYTES, data_bytes)
 
 
 def FETCH(latency: int, data_bytes: int = 8) -> int:  # noqa: N802
     from tokensift.quant.accel.isa import INSTRUCTION_BYTES
 
-    return latency + 9 + _words(INSTRUCTION_BYTES, data_bytes)
+    return latency + 11 + _words(INSTRUCTION_BYTES, data_bytes)
 
 
 def SKIP(latency: int, data_bytes: int = 8) -> int:  # noqa: N802
     from tokensift.quant.accel.isa import INSTRUCTION_BYTES
 
-    return latency + 7 + _words(INSTRUCTION_BYTES, data_bytes)
+    return latency + 9 + _words(INSTRUCTION_BYTES, data_bytes)
 
 
 #: cycles from the attention engine's ``busy`` falling to the next op's ``start`` when the sequencer waits on
@@ -61,11 +61,11 @@ FENCE = 1
 
 
 def ENGINE_LATENCY(latency: int) -> int:  # noqa: N802
-    return latency + 5
+    return latency + 7
 
 
 def PATCH_OVERLAP(latency: int) -> int:  # noqa: N802
-    return latency + 6
+    return latency + 8
 
 
 @lru_cache(maxsize=64)

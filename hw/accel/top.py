@@ -21,11 +21,12 @@ from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.accel.op_residual import ResidualEngine
 from tokensift.hw.accel.regmap import accel_regmap
 from tokensift.hw.accel.sequencer import Sequencer
+from tokensift.hw.axi.burst import command_layout
 from tokensift.hw.axi.bus import axi_lite_signature, axi_read_signature, axi_write_signature
 from tokensift.hw.axi.reader import AxiReader, word_layout
 from tokensift.hw.axi.registers import AxiLiteRegisters
 from tokensift.hw.axi.writer import AxiWriter
-from tokensift.hw.common.skid import SkidBuffer
+from tokensift.hw.common.skid import RegisterSlice, SkidBuffer
 from tokensift.quant.accel.isa import Opcode
 from tokensift.quant.accel.registers import MAX_STAGES
 
@@ -154,14 +155,22 @@ class Accelerator(wiring.Component):
         m.submodules.dram_skid = dram_skid = SkidBuffer(layout=word_layout(cfg.axi))
         wiring.connect(m, reader.o_data, dram_skid.i)
         words = dram_skid.o
-        # each DRAM consumer behind a skid buffer: the ready the owner multiplexer hands the reader is a
-        # register, not the end of an engine's own ready logic
-        skid = {}
+        # each DRAM consumer's words and commands behind register slices of its own, one cycle each: the ready
+        # the owner multiplexer hands the reader is a register, not the end of an engine's own ready logic; the
+        # words' valid an engine's state reacts to is a register, not the owner's decode (the sequencer's engine
+        # register fans out to every engine: that path was the whole design's worst); and an engine's command
+        # valid, combinational from its state, no longer runs through the owner multiplexer into the read DMA's
+        # command register (the worst path before)
+        slices = {}
+        commands = {}
         for key, consumer in [("sequencer", seq), *((name, eng) for name, _, eng in self.engines)]:
             if "dram_data" in consumer.signature.members:
-                m.submodules[f"dram_skid_{key}"] = skid[key] = SkidBuffer(layout=word_layout(cfg.axi))
-                wiring.connect(m, skid[key].o, consumer.dram_data)
-                m.d.comb += skid[key].i.payload.eq(words.payload)
+                m.submodules[f"dram_words_{key}"] = slices[key] = RegisterSlice(layout=word_layout(cfg.axi))
+                wiring.connect(m, slices[key].o, consumer.dram_data)
+                m.d.comb += slices[key].i.payload.eq(words.payload)
+            if "dram_cmd" in consumer.signature.members:
+                m.submodules[f"dram_cmd_{key}"] = commands[key] = RegisterSlice(layout=command_layout(cfg.axi))
+                wiring.connect(m, consumer.dram_cmd, commands[key].i)
         for i, eng in enumerate(engines):
             ports = eng.signature.members
             m.d.comb += [eng.op.eq(seq.op), eng.start.eq(seq.start[i]), eng.rd.data.eq(bufs.rd.data)]
@@ -193,17 +202,19 @@ class Accelerator(wiring.Component):
                 m.d.comb += [seq.eng_protected.eq(eng.protected_out), seq.eng_stage_ran.eq(eng.stage_ran)]
         with m.Switch(seq.engine):
             with m.Case(seq.own_port):
-                m.d.comb += [cmd.valid.eq(seq.dram_cmd.valid), cmd.payload.eq(seq.dram_cmd.payload),
-                             seq.dram_cmd.ready.eq(cmd.ready), skid["sequencer"].i.valid.eq(words.valid),
-                             words.ready.eq(skid["sequencer"].i.ready)]
+                own = commands["sequencer"].o
+                m.d.comb += [cmd.valid.eq(own.valid), cmd.payload.eq(own.payload),
+                             own.ready.eq(cmd.ready), slices["sequencer"].i.valid.eq(words.valid),
+                             words.ready.eq(slices["sequencer"].i.ready)]
             for i, (engine_name, _, eng) in enumerate(self.engines):
                 ports = eng.signature.members
                 with m.Case(i):
                     m.d.comb += seq.eng_rows.eq(eng.rows)
                     if "dram_cmd" in ports:
-                        m.d.comb += [cmd.valid.eq(eng.dram_cmd.valid), cmd.payload.eq(eng.dram_cmd.payload),
-                                     eng.dram_cmd.ready.eq(cmd.ready), skid[engine_name].i.valid.eq(words.valid),
-                                     words.ready.eq(skid[engine_name].i.ready)]
+                        own = commands[engine_name].o
+                        m.d.comb += [cmd.valid.eq(own.valid), cmd.payload.eq(own.payload),
+                                     own.ready.eq(cmd.ready), slices[engine_name].i.valid.eq(words.valid),
+                                     words.ready.eq(slices[engine_name].i.ready)]
         # the write DMA belongs to the one engine that writes (the logits'), wired without the owner's
         # multiplexer: its valids and readies are registers or one gate from them (they leave the engine idle
         # outside its op), and the W channel's pop logic would otherwise start at the sequencer's owner register

@@ -1,6 +1,13 @@
-"""A stream register slice that adds no latency (a skid buffer): the ``ready`` it gives its producer is a
-register, so a consumer's ``ready`` logic ends at the slice instead of running on into the producer's output
-register (and, in the whole accelerator, through the multiplexer that hands the DRAM channel to one engine).
+"""Stream register slices.
+
+:class:`SkidBuffer` adds no latency: the ``ready`` it gives its producer is a register, so a consumer's
+``ready`` logic ends at the slice instead of running on into the producer's output register (and, in the whole
+accelerator, through the multiplexer that hands the DRAM channel to one engine).
+
+:class:`RegisterSlice` adds one cycle and registers both directions: ``o.valid`` and ``o.payload`` are
+registers as well as ``i.ready``, so a producer's ``valid`` logic ends at the slice (in the whole accelerator,
+an engine's DRAM command, combinational from its state, no longer runs through the owner multiplexer into the
+read DMA). It keeps full throughput: a consumer that takes a beat every cycle gets one every cycle.
 
 ``o`` is ``i`` passed through while the spare register is empty. A beat offered while ``o`` is stalled goes
 into the spare and ``i.ready`` drops until ``o`` has taken it; the spare is then offered first. Every beat
@@ -14,7 +21,7 @@ from amaranth.hdl import Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["SkidBuffer"]
+__all__ = ["SkidBuffer", "RegisterSlice"]
 
 
 class SkidBuffer(wiring.Component):
@@ -34,4 +41,29 @@ class SkidBuffer(wiring.Component):
             m.d.sync += [spare.eq(self.i.payload), full.eq(1)]
         with m.Elif(full & self.o.ready):
             m.d.sync += full.eq(0)
+        return m
+
+
+class RegisterSlice(wiring.Component):
+    """``i`` -> ``o`` one cycle later, streams of ``layout``; ``o.valid``, ``o.payload`` and ``i.ready`` are
+    registers.
+
+    A beat taken while ``o`` is free (empty, or handing its beat over in this cycle) goes to ``o``; one taken
+    while ``o`` is stalled waits in the spare register, and ``i.ready`` drops until the spare has moved to ``o``.
+    """
+
+    def __init__(self, *, layout: data.Layout):
+        self._layout = layout
+        super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        spare = Signal(self._layout)
+        full = Signal()
+        m.d.comb += self.i.ready.eq(~full)
+        with m.If(~self.o.valid | self.o.ready):
+            m.d.sync += [self.o.valid.eq(full | self.i.valid),
+                         self.o.payload.eq(Mux(full, Value.cast(spare), Value.cast(self.i.payload))), full.eq(0)]
+        with m.Elif(~full & self.i.valid):
+            m.d.sync += [spare.eq(self.i.payload), full.eq(1)]
         return m
