@@ -316,8 +316,17 @@ class SelectEngine(OpEngine):
         head_good = Signal()      # the tag and the method
         refs_good = Signal()      # the length follows from nrefs (4-byte references, the record 8-byte aligned)
         fits = Signal()           # not EViT's fused token beyond the envelope
+        # the length's words past the scalars, and one less, from the header alone: it arrives at least two bus
+        # words before nrefs, so these are set when the verdict takes nrefs, which then meets them in equality
+        # compares (no adder in front of the compare: the sum of nrefs was the whole design's worst path)
+        pairs = Signal(30)        # (length - RECORD_BYTES) / 8: the 8-byte words of references
+        pairs_less = Signal(30)   # that minus 1 (all ones when there are none)
+        pairs_ok = Signal()       # length a whole number of 8-byte words, at least RECORD_BYTES
+        m.d.sync += [pairs.eq(length[3:] - RECORD_BYTES // 8), pairs_less.eq(length[3:] - (RECORD_BYTES // 8 + 1)),
+                     pairs_ok.eq((length[:3] == 0) & (length[3:] >= RECORD_BYTES // 8))]
+        half = nrefs[1:29]        # ceil(nrefs / 2) is half, or half + 1 for an odd nrefs
         m.d.sync += [head_good.eq((tag == Tag.STAGE) & (fields.method[3:] == 0) & (fields.method[:3] == method)),
-                     refs_good.eq((nrefs[29:] == 0) & (length == RECORD_BYTES + ((nrefs[:29] + 1) >> 1 << 3))),
+                     refs_good.eq(pairs_ok & (nrefs[29:] == 0) & Mux(nrefs[0], pairs_less == half, pairs == half)),
                      fits.eq(~(is_evit & (fields.option != 0) & k_over))]
         op_bad = Signal()         # the op's checks fail (registered in CHECK, acted on in FETCH)
         record_bad = Signal()     # the record's checks fail, or EViT's fused token would not fit

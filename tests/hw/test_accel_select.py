@@ -371,6 +371,25 @@ def test_faults_on_malformed_records_and_scores(thorough):
     list(_faults(cfg, [(regs, dram, op_of(bad, state, regs))], state))
 
 
+@pytest.mark.parametrize("nrefs,pairs,good", [(1, 1, True), (2, 1, True), (3, 2, True), (3, 1, False),
+                                               (2, 2, False), (1, 0, False), (0, 1, False)])
+def test_record_length_against_its_references(nrefs, pairs, good):
+    """A record's length must be its scalars plus ``ceil(nrefs / 2)`` 8-byte words of 4-byte references (those
+    of SPViT's stage; other methods ignore them): an even and an odd count whose length agrees runs as the
+    reference on the image as compiled does (the patch breaks the image's checksum, which the reference checks),
+    one word too few or too many faults."""
+    dram, regs, stages = selects("dynamicvit")
+    cfg = config_for("dynamicvit")
+    pc, ins, before, after, entry = stages[0]
+    patched = _patched(_patched(dram, regs, ins, "nrefs", nrefs), regs, ins, "length", RECORD_BYTES + 8 * pairs)
+    if good:
+        result, seen = run_select(cfg, regs, patched, before, op_of(ins, before, regs))
+        check_run(result, seen, dram, regs, before, ins)
+    else:
+        for result in _faults(cfg, [(regs, patched, op_of(ins, before, regs))], before):
+            assert len(result.dram_commands) == 1
+
+
 @THOROUGH
 def test_faults_of_evit_and_sait(thorough):
     dram, regs, stages = selects("evit")
