@@ -24,12 +24,16 @@ from amaranth.lib.wiring import In, Out
 __all__ = ["SkidBuffer", "RegisterSlice"]
 
 
-class SkidBuffer(wiring.Component):
-    """``i`` -> ``o``, streams of ``layout``; ``i.ready`` is a register."""
+class _StreamSlice(wiring.Component):
+    """``i`` -> ``o``, streams of ``layout``."""
 
     def __init__(self, *, layout: data.Layout):
         self._layout = layout
         super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
+
+
+class SkidBuffer(_StreamSlice):
+    """``i`` -> ``o``, streams of ``layout``; ``i.ready`` is a register."""
 
     def elaborate(self, platform):
         m = Module()
@@ -44,17 +48,13 @@ class SkidBuffer(wiring.Component):
         return m
 
 
-class RegisterSlice(wiring.Component):
+class RegisterSlice(_StreamSlice):
     """``i`` -> ``o`` one cycle later, streams of ``layout``; ``o.valid``, ``o.payload`` and ``i.ready`` are
     registers.
 
     A beat taken while ``o`` is free (empty, or handing its beat over in this cycle) goes to ``o``; one taken
     while ``o`` is stalled waits in the spare register, and ``i.ready`` drops until the spare has moved to ``o``.
     """
-
-    def __init__(self, *, layout: data.Layout):
-        self._layout = layout
-        super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
 
     def elaborate(self, platform):
         m = Module()
