@@ -9,7 +9,7 @@ registers as well as ``i.ready``, so a producer's ``valid`` logic ends at the sl
 an engine's DRAM command, combinational from its state, no longer runs through the owner multiplexer into the
 read DMA). It keeps full throughput: a consumer that takes a beat every cycle gets one every cycle.
 
-``o`` is ``i`` passed through while the spare register is empty. A beat offered while ``o`` is stalled goes
+In the skid buffer ``o`` is ``i`` passed through while the spare register is empty. A beat offered while ``o`` is stalled goes
 into the spare and ``i.ready`` drops until ``o`` has taken it; the spare is then offered first. Every beat
 comes out in order, none is lost or repeated, and a consumer that keeps up sees the producer's beats in the
 same cycles as without the slice.
