@@ -72,6 +72,7 @@ from tokensift.hw.accel.config import AccelConfig
 from tokensift.hw.accel.ports import READ_LATENCY, OpEngine, check_config
 from tokensift.hw.accel.rows import RecordFields, RowReader
 from tokensift.hw.accel.sequencer import registers_layout
+from tokensift.hw.common.skid import SkidBuffer
 from tokensift.hw.score_combiner.core import CombinerParams, ScoreCombiner, combiner_cycles
 from tokensift.hw.selector.core import Selector
 from tokensift.hw.selector.core import cycle_breakdown as selector_cycles
@@ -260,7 +261,11 @@ class SelectEngine(OpEngine):
         fields = record.fields
 
         walk = reader.i_walk
-        out = reader.o_word
+        # the words pass a skid buffer: the consumers' ready (a phase's OR of the selector's and the combiner's)
+        # ends there instead of running on into the reader's FIFO and its output register's enable
+        m.submodules.words = words_skid = SkidBuffer(layout=reader.o_word.payload.shape())
+        wiring.connect(m, reader.o_word, words_skid.i)
+        out = words_skid.o
         walks = Signal(2)         # walks handed to the reader: the features', then the scores'
         feat_phase = Signal()     # the reader's words are features (else scores)
         dummy = Signal(range(words + 1))  # DynamicViT: the class token's dummy feature beats still to send

@@ -184,7 +184,17 @@ class AttentionEngine(wiring.Component):
         # (itself an adder behind its output register) and inflight was a carry chain in front of every issue
         used = Signal(range(self.out_fifo_depth + 2))
         credit_ok = used < self.out_fifo_depth
-        class_ok = ~(pv_row0 & (c == 0)) | (sfifo.level == 0)
+        # whether the class-score FIFO is empty, a register kept beside it: the FIFO's level is an adder over its
+        # output register, and its compare with zero was a carry chain in front of every PV issue
+        scores_left = Signal(range(n_max + 1))
+        scores_empty = Signal(init=1)
+        s_push = sfifo.w_en & sfifo.w_rdy
+        s_pop = sfifo.r_en & sfifo.r_rdy
+        with m.If(s_push & ~s_pop):
+            m.d.sync += [scores_left.eq(scores_left + 1), scores_empty.eq(0)]
+        with m.Elif(s_pop & ~s_push):
+            m.d.sync += [scores_left.eq(scores_left - 1), scores_empty.eq(scores_left == 1)]
+        class_ok = ~(pv_row0 & (c == 0)) | scores_empty
         go = Mux(sm_done.bit_select(pv_bank, 1), 1, 0) & credit_ok & class_ok
         pv_advance = computing & phase_pv & (~chunk_start | go)
         pv_op = pv_advance & (cc < n)

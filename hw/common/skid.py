@@ -13,6 +13,9 @@ In the skid buffer ``o`` is ``i`` passed through while the spare register is emp
 into the spare and ``i.ready`` drops until ``o`` has taken it; the spare is then offered first. Every beat
 comes out in order, none is lost or repeated, and a consumer that keeps up sees the producer's beats in the
 same cycles as without the slice.
+
+Both slices copy ``i.payload`` into the spare in every cycle it is empty, so the spare's wide enable is one
+register (``full``), not the consumer's ``ready``; only the copy of the cycle that fills it is ever read.
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ class SkidBuffer(_StreamSlice):
         full = Signal()
         m.d.comb += [self.i.ready.eq(~full), self.o.valid.eq(full | self.i.valid),
                      self.o.payload.eq(Mux(full, Value.cast(spare), Value.cast(self.i.payload)))]
+        with m.If(~full):
+            m.d.sync += spare.eq(self.i.payload)
         with m.If(~full & self.i.valid & ~self.o.ready):
-            m.d.sync += [spare.eq(self.i.payload), full.eq(1)]
+            m.d.sync += full.eq(1)
         with m.Elif(full & self.o.ready):
             m.d.sync += full.eq(0)
         return m
@@ -65,5 +70,7 @@ class RegisterSlice(_StreamSlice):
             m.d.sync += [self.o.valid.eq(full | self.i.valid),
                          self.o.payload.eq(Mux(full, Value.cast(spare), Value.cast(self.i.payload))), full.eq(0)]
         with m.Elif(~full & self.i.valid):
-            m.d.sync += [spare.eq(self.i.payload), full.eq(1)]
+            m.d.sync += full.eq(1)
+        with m.If(~full):
+            m.d.sync += spare.eq(self.i.payload)
         return m

@@ -339,16 +339,18 @@ class GemmEngine(wiring.Component):
         clear_wfull = Signal()
         slot_done = go & is_last_k & last_tile & last_col  # slot h_c's last tile issues: the slot is free
         h_next = Mux(slot_done, ~h_c, h_c)  # the array's slot in the next cycle
+        # the pending drain's record follows the array's state while no drain is pending (shadow_free is
+        # ~p_valid) and freezes at the last k that sets p_valid: its 70-odd enables hang on one register, not on go
+        with m.If(shadow_free):
+            m.d.sync += [p_info.tile.eq(i_c), p_info.n.eq(slot_n[h_c]), p_info.m_left.eq(cols_left),
+                         p_info.col0.eq(col0_c), p_info.chalf.eq(wc), p_info.free_consts.eq(last_tile),
+                         p_info.job_last.eq(last_tile & last_col), p_info.sign_mask.eq(slot_sign_mask[h_c])]
         with m.If(go):
             m.d.sync += [k_c.eq(k_c + 1), is_last_k.eq(k_c == slot_km2[h_c])]
             with m.If(is_last_k):
                 m.d.sync += is_last_k.eq(slot_k1[h_next])
                 m.d.sync += [k_c.eq(0), i_c.eq(i_c + 1), tok_base.eq(tok_base + cfg.max_in), shadow_free.eq(0),
-                             p_valid.eq(1), p_wait.eq(ISSUE_TO_DRAIN - 1),
-                             p_info.tile.eq(i_c), p_info.n.eq(slot_n[h_c]), p_info.m_left.eq(cols_left),
-                             p_info.col0.eq(col0_c), p_info.chalf.eq(wc), p_info.free_consts.eq(last_tile),
-                             p_info.job_last.eq(last_tile & last_col),
-                             p_info.sign_mask.eq(slot_sign_mask[h_c])]
+                             p_valid.eq(1), p_wait.eq(ISSUE_TO_DRAIN - 1)]
                 with m.If(last_tile):
                     m.d.sync += [i_c.eq(0), tok_base.eq(Mux(h_c, half_tok, 0)), wc.eq(~wc), col0_c.eq(col0_c + C),
                                  cols_left.eq(cols_left - C)]
@@ -366,18 +368,28 @@ class GemmEngine(wiring.Component):
                          hold0_c.eq(c_hold0), hold_m1_c.eq(c_hold_m1)]
         # both halves' flags in one place: the loader sets the half it finished, the array clears its own
         # (at once, or after the job's hold while the far banks still read it)
+        # A held half's wait starts from a register one cycle after the array frees it (hold_start), so the
+        # array's issue decision reaches only the flags, not the hold counters' enables: the first cycle of the
+        # wait is then decided from the registered hold (zero: free now; else count down from hold - 1).
         hold_pending = Signal(2)
+        hold_start = Signal(2)
         hold_left = Array(Signal(hold_shape, name=f"hold{h}_left") for h in range(2))
+        held_m1_zero = Signal()
+        held_m2 = Signal(hold_shape)
+        m.d.sync += [held_m1_zero.eq(hold_m1_c == 0), held_m2.eq(hold_m1_c - 1)]
         # (the loader finishes only a half that is not full, the array frees only a full one: never the same half
         # in one cycle, so the two need no priority between them)
         for h in range(2):
             with m.If(tile_loaded & (tile_loaded_half == h)):
                 m.d.sync += wfull[h].eq(1)
-            with m.If(clear_wfull & (wc == h)):
-                with m.If(hold0_c):
+            m.d.sync += hold_start[h].eq(clear_wfull & (wc == h) & ~hold0_c)
+            with m.If(clear_wfull & (wc == h) & hold0_c):
+                m.d.sync += wfull[h].eq(0)
+            with m.If(hold_start[h]):
+                with m.If(held_m1_zero):
                     m.d.sync += wfull[h].eq(0)
                 with m.Else():
-                    m.d.sync += [hold_pending[h].eq(1), hold_left[h].eq(hold_m1_c)]
+                    m.d.sync += [hold_pending[h].eq(1), hold_left[h].eq(held_m2)]
             with m.Elif(hold_pending[h]):
                 with m.If(hold_left[h] == 0):
                     m.d.sync += [wfull[h].eq(0), hold_pending[h].eq(0)]
