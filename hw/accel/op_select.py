@@ -313,7 +313,7 @@ class SelectEngine(OpEngine):
 
         # the record's verdict, acted on from the state after RECORD_CHECK on (a good record costs no cycle): three
         # registers that follow the captured fields every cycle (complete in RECORD_CHECK, unchanged until the
-        # next op's record), each a shallow tree beside the fields, and one LUT over them where states use it
+        # next op starts its record), each a shallow tree beside the fields, and one LUT over them where states use it
         skip = Signal()           # SaiT at density 1: the stage leaves the tokens as they are
         k_over = Signal()         # EViT: the kept tokens and the fused one exceed the envelope
         m.d.sync += [skip.eq(is_sait & (density == MASS_ONE)), k_over.eq(k + 2 > env.max_tokens)]

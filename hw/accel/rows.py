@@ -181,7 +181,9 @@ class RecordFields(wiring.Component):
     captured from the DRAM read channel's bus words as they arrive (any AXI width, one word per cycle, every
     word taken): ``start`` begins a record whose byte 0 is at byte ``skew`` (a multiple of 8) of its first bus
     word (the command is word-aligned down); ``fields`` are registers, complete the cycle after the word with
-    ``last``, when ``done`` pulses. ``length``: the record's bytes the command covers, at most."""
+    ``last``, when ``done`` pulses, and unchanged until the next ``start`` (while a record arrives, a slot whose
+    word has not come yet holds whatever the bus carries). ``length``: the record's bytes the command covers, at
+    most."""
 
     def __init__(self, *, config: AccelConfig, fields: dict[str, int], length: int):
         self._cfg = check_config(config)
@@ -207,12 +209,16 @@ class RecordFields(wiring.Component):
             m.d.sync += pos.eq(-self.skew)
         with m.If(self.i_word.valid):
             m.d.sync += [pos.eq(pos + db), self.done.eq(self.i_word.payload.last)]
-            for j in range(db // piece):
-                for name, at in self._fields.items():
-                    for h in range(8 // piece):
-                        with m.If(pos == at + h * piece - j * piece):
-                            m.d.sync += self.fields[name][8 * piece * h:8 * piece * (h + 1)].eq(
-                                word[8 * piece * j:8 * piece * (j + 1)])
+        # a slot copies the bus word in every cycle the position is its word's, not only in the word's valid
+        # cycle: pos moves on with that word and never comes back within the record, so the last copy is the
+        # word itself, and the slot's wide enable is a compare of one register (valid, the consumer's handshake,
+        # reaches only pos)
+        for j in range(db // piece):
+            for name, at in self._fields.items():
+                for h in range(8 // piece):
+                    with m.If(pos == at + h * piece - j * piece):
+                        m.d.sync += self.fields[name][8 * piece * h:8 * piece * (h + 1)].eq(
+                            word[8 * piece * j:8 * piece * (j + 1)])
         return m
 
 
